@@ -1,0 +1,322 @@
+//! The developer: reads the approved scenario catalog, applies with
+//! materials (R10, R11), signs agreements (R13), submits WASM jobs and reads
+//! their released results (R16). A developer sees only its own records;
+//! another developer's ids answer 404.
+
+use super::blocking;
+use crate::auth::{Auth, Body};
+use crate::error::{ApiError, ApiResult};
+use crate::keys::new_id;
+use crate::state::AppState;
+use crate::store::{append, get_in, put_in, NewEntry, Table};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use runtime::Usage;
+use sandbox::TableRef;
+use scenarios::budget::Budget;
+use scenarios::party::{Actor, Role};
+use scenarios::workflow::{Agreement, Application, Materials, Scenario, ScenarioStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+fn not_found(what: &str, id: &str) -> ApiError {
+    ApiError::NotFound(format!("no {what} {}", id.escape_debug()))
+}
+
+pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+    actor.require(Role::Developer)?;
+    let store = st.store.clone();
+    let approved: Vec<Scenario> = blocking(move || store.list(Table::Scenarios, Some(("status", "approved")))).await?;
+    Ok(Json(json!({"scenarios": approved})))
+}
+
+pub(crate) async fn scenario(State(st): State<AppState>, Auth(actor): Auth, Path(id): Path<String>) -> ApiResult<Json<Scenario>> {
+    actor.require(Role::Developer)?;
+    let store = st.store.clone();
+    let sc: Option<Scenario> = blocking(move || store.get(Table::Scenarios, &id)).await?;
+    // Scenarios that are not approved are invisible to developers.
+    let sc = sc.filter(|s| s.status == ScenarioStatus::Approved).ok_or_else(|| not_found("approved scenario", ""))?;
+    Ok(Json(sc))
+}
+
+/// An application request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Apply {
+    scenario_id: String,
+    materials: Materials,
+}
+
+pub(crate) async fn apply(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Body(req): Body<Apply>,
+) -> ApiResult<(StatusCode, Json<Application>)> {
+    actor.require(Role::Developer)?;
+    let (store, calendar) = (st.store.clone(), st.config.calendar.clone());
+    let app = blocking(move || {
+        store.tx(|tx| {
+            let sc: Scenario = get_in(tx, Table::Scenarios, &req.scenario_id)?
+                .filter(|s: &Scenario| s.status == ScenarioStatus::Approved)
+                .ok_or_else(|| not_found("approved scenario", &req.scenario_id))?;
+            let now = Utc::now();
+            let app = Application::submit(new_id("ap"), &sc, req.materials, &actor, now, &calendar)?;
+            put_in(tx, Table::Applications, &app.id, &[&app.developer_id, &app.scenario_id, "submitted"], &app)?;
+            append(
+                tx,
+                NewEntry::by(&actor, "application.submit", &app.id,
+                    json!({"scenario": sc.id, "due_on": app.due_on, "materials": app.materials})),
+                now,
+            )?;
+            Ok(app)
+        })
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(app)))
+}
+
+pub(crate) async fn list_applications(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+    actor.require(Role::Developer)?;
+    let store = st.store.clone();
+    let id = actor.id.clone();
+    let apps: Vec<Application> = blocking(move || store.list(Table::Applications, Some(("developer_id", &id)))).await?;
+    Ok(Json(json!({"applications": apps})))
+}
+
+pub(crate) async fn application(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Application>> {
+    actor.require(Role::Developer)?;
+    let store = st.store.clone();
+    let key = id.clone();
+    let app: Option<Application> = blocking(move || store.get(Table::Applications, &key)).await?;
+    Ok(Json(app.filter(|a| a.developer_id == actor.id).ok_or_else(|| not_found("application", &id))?))
+}
+
+/// An agreement with its budget.
+fn agreement_view(ag: &Agreement, sc: &Scenario, spent: Budget) -> Value {
+    let limit = sc.spec.release.total_budget();
+    json!({
+        "agreement": ag,
+        "scenario": {"id": sc.id, "name": sc.spec.name, "purpose": sc.spec.purpose},
+        "budget": {"limit": limit, "spent": spent, "remaining": limit.minus(&spent),
+            "per_query": sc.spec.release.query_cost()},
+    })
+}
+
+/// Loads an agreement of `actor` with its scenario.
+fn own_agreement(st: &AppState, actor: &Actor, id: &str) -> ApiResult<(Agreement, Scenario)> {
+    let ag: Agreement = st
+        .store
+        .get(Table::Agreements, id)?
+        .filter(|a: &Agreement| a.developer_id == actor.id)
+        .ok_or_else(|| not_found("agreement", id))?;
+    let sc: Scenario = st
+        .store
+        .get(Table::Scenarios, &ag.scenario_id)?
+        .ok_or_else(|| ApiError::Internal("agreement without scenario".into()))?;
+    Ok((ag, sc))
+}
+
+pub(crate) async fn list_agreements(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+    actor.require(Role::Developer)?;
+    let s = st.clone();
+    let out = blocking(move || {
+        let ags: Vec<Agreement> = s.store.list(Table::Agreements, Some(("developer_id", &actor.id)))?;
+        let mut out = Vec::new();
+        for ag in ags {
+            let (ag, sc) = own_agreement(&s, &actor, &ag.id)?;
+            let spent = s.store.budget_spent(&actor.id, &sc.id)?;
+            out.push(agreement_view(&ag, &sc, spent));
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(json!({"agreements": out})))
+}
+
+pub(crate) async fn agreement(State(st): State<AppState>, Auth(actor): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    actor.require(Role::Developer)?;
+    let s = st.clone();
+    let v = blocking(move || {
+        let (ag, sc) = own_agreement(&s, &actor, &id)?;
+        let spent = s.store.budget_spent(&actor.id, &sc.id)?;
+        Ok(agreement_view(&ag, &sc, spent))
+    })
+    .await?;
+    Ok(Json(v))
+}
+
+pub(crate) async fn sign(State(st): State<AppState>, Auth(actor): Auth, Path(id): Path<String>) -> ApiResult<Json<Agreement>> {
+    actor.require(Role::Developer)?;
+    let store = st.store.clone();
+    let ag = blocking(move || {
+        store.tx(|tx| {
+            let mut ag: Agreement = get_in(tx, Table::Agreements, &id)?
+                .filter(|a: &Agreement| a.developer_id == actor.id)
+                .ok_or_else(|| not_found("agreement", &id))?;
+            let now = Utc::now();
+            ag.sign(&actor, now)?;
+            put_in(tx, Table::Agreements, &ag.id, &[&ag.developer_id, &ag.scenario_id], &ag)?;
+            append(tx, NewEntry::by(&actor, "agreement.sign", &ag.id, json!({"valid_until": ag.valid_until})), now)?;
+            Ok(ag)
+        })
+    })
+    .await?;
+    Ok(Json(ag))
+}
+
+/// Lifecycle of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Accepted, not started.
+    Queued,
+    /// Running.
+    Running,
+    /// Finished; its output was released to the developer.
+    Succeeded,
+    /// Stopped with an error; nothing was released.
+    Failed,
+}
+
+impl JobStatus {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+        }
+    }
+}
+
+/// One query a job received, with its ledger entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueryRecord {
+    /// Ledger sequence number of the release entry.
+    pub ledger_seq: Option<u64>,
+    /// SQL as submitted.
+    pub sql: String,
+    /// Epsilon charged.
+    pub epsilon: f64,
+    /// Groups released.
+    pub released_groups: Option<u64>,
+    /// Hash of the released bytes.
+    pub output_hash: Option<String>,
+}
+
+/// A job as stored and shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// `job_...`
+    pub id: String,
+    /// Agreement it runs under.
+    pub agreement_id: String,
+    /// Submitting developer.
+    pub developer_id: String,
+    /// Scenario of the agreement.
+    pub scenario_id: String,
+    /// SHA-256 of the module: the job's code identity.
+    pub module_hash: String,
+    /// Module size in bytes.
+    pub module_size: u64,
+    /// SHA-256 of the parameters, if any.
+    pub params_hash: Option<String>,
+    /// State.
+    pub status: JobStatus,
+    /// Submission time.
+    pub submitted_at: DateTime<Utc>,
+    /// Start time.
+    pub started_at: Option<DateTime<Utc>>,
+    /// End time.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why it failed.
+    pub error: Option<Value>,
+    /// Resources used.
+    pub usage: Option<Usage>,
+    /// Queries answered.
+    pub queries: Vec<QueryRecord>,
+    /// Datasets read, with versions.
+    pub tables: Vec<TableRef>,
+    /// Hash of the released output.
+    pub output_hash: Option<String>,
+    /// Size of the released output.
+    pub output_bytes: Option<u64>,
+    /// Job log messages (bounded).
+    pub logs: Vec<String>,
+}
+
+/// Query string of a job submission.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubmitQuery {
+    /// Wait for the job to finish before answering.
+    #[serde(default)]
+    wait: bool,
+    /// Parameters readable by the job (text).
+    #[serde(default)]
+    params: Option<String>,
+}
+
+pub(crate) async fn submit_job(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+    Query(q): Query<SubmitQuery>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<JobRecord>)> {
+    actor.require(Role::Developer)?;
+    let params = q.params.unwrap_or_default().into_bytes();
+    let job = crate::jobs::submit(&st, &actor, &id, body.to_vec(), params).await?;
+    if !q.wait {
+        return Ok((StatusCode::ACCEPTED, Json(job)));
+    }
+    let done = crate::jobs::wait(&st, &job.id).await?;
+    Ok((StatusCode::OK, Json(done)))
+}
+
+fn own_job(st: &AppState, actor: &Actor, id: &str) -> ApiResult<JobRecord> {
+    st.store
+        .get(Table::Jobs, id)?
+        .filter(|j: &JobRecord| j.developer_id == actor.id)
+        .ok_or_else(|| not_found("job", id))
+}
+
+pub(crate) async fn list_jobs(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+    actor.require(Role::Developer)?;
+    let store = st.store.clone();
+    let jobs: Vec<JobRecord> = blocking(move || store.list(Table::Jobs, Some(("developer_id", &actor.id)))).await?;
+    Ok(Json(json!({"jobs": jobs})))
+}
+
+pub(crate) async fn job(State(st): State<AppState>, Auth(actor): Auth, Path(id): Path<String>) -> ApiResult<Json<JobRecord>> {
+    actor.require(Role::Developer)?;
+    let s = st.clone();
+    Ok(Json(blocking(move || own_job(&s, &actor, &id)).await?))
+}
+
+pub(crate) async fn job_output(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    actor.require(Role::Developer)?;
+    let s = st.clone();
+    let bytes = blocking(move || {
+        let j = own_job(&s, &actor, &id)?;
+        if j.status != JobStatus::Succeeded {
+            return Err(ApiError::Conflict(format!("job {} has no released output (status {})", j.id, j.status.as_str())));
+        }
+        s.store.job_output(&j.id)?.ok_or_else(|| ApiError::Internal("released job without output".into()))
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
+}

@@ -1,0 +1,203 @@
+//! The operator: creates parties, proposes scenarios for the regulator's
+//! approval (R8), and reviews applications within 5 working days, issuing an
+//! agreement on approval (R12, R13).
+
+use super::{blocking, current_datasets};
+use crate::auth::{Auth, Body};
+use crate::error::{ApiError, ApiResult};
+use crate::keys::{new_id, new_token};
+use crate::state::AppState;
+use crate::store::{append, get_in, put_in, NewEntry, Party, Store, Table};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{Duration, Utc};
+use scenarios::party::Role;
+use scenarios::policy::ScenarioSpec;
+use scenarios::workflow::{Agreement, Application, Scenario, ScenarioStatus, Terms};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Request to create a party.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewParty {
+    name: String,
+    role: Role,
+}
+
+pub(crate) async fn create_party(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Body(req): Body<NewParty>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    actor.require(Role::Operator)?;
+    let name = req.name.trim().to_string();
+    if name.is_empty() || name.len() > 200 {
+        return Err(ApiError::BadRequest("name must be 1-200 characters".into()));
+    }
+    let (token, hash) = new_token();
+    let party = Party { id: new_id("pt"), name, role: req.role, created_at: Utc::now().to_rfc3339() };
+    let store = st.store.clone();
+    let p = party.clone();
+    blocking(move || {
+        store.tx(|tx| {
+            Store::insert_party(tx, &p, &hash)?;
+            append(tx, NewEntry::by(&actor, "party.create", &p.id, json!({"name": p.name, "role": p.role})), Utc::now())?;
+            Ok(())
+        })
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": party.id, "name": party.name, "role": party.role, "token": token,
+            "note": "the token is shown only once; the platform stores its hash"})),
+    ))
+}
+
+pub(crate) async fn list_parties(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+    if actor.role != Role::Operator && actor.role != Role::Regulator {
+        return Err(ApiError::Forbidden("only the operator and the regulator list parties".into()));
+    }
+    let store = st.store.clone();
+    let parties = blocking(move || store.parties()).await?;
+    Ok(Json(json!({"parties": parties})))
+}
+
+pub(crate) async fn propose_scenario(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Body(spec): Body<ScenarioSpec>,
+) -> ApiResult<(StatusCode, Json<Scenario>)> {
+    actor.require(Role::Operator)?;
+    let s = st.clone();
+    let scenario = blocking(move || {
+        let datasets = current_datasets(&s)?;
+        spec.validate(|name| datasets.iter().find(|d| d.name == name).map(|d| &d.spec))?;
+        for t in &spec.tables {
+            let shared = datasets
+                .iter()
+                .find(|d| d.name == t.dataset)
+                .is_some_and(|d| d.spec.share_class != scenarios::catalog::ShareClass::NotShared);
+            if !shared {
+                return Err(ApiError::BadRequest(format!(
+                    "dataset `{}` is not shared and cannot be developed",
+                    t.dataset
+                )));
+            }
+        }
+        let now = Utc::now();
+        let sc = Scenario::propose(new_id("sc"), spec, &actor, now)?;
+        s.store.tx(|tx| {
+            put_in(tx, Table::Scenarios, &sc.id, &["pending"], &sc)?;
+            append(
+                tx,
+                NewEntry::by(&actor, "scenario.propose", &sc.id, json!({"name": sc.spec.name, "class": sc.spec.class,
+                    "purpose": sc.spec.purpose, "spec": sc.spec})),
+                now,
+            )?;
+            Ok(())
+        })?;
+        Ok(sc)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(scenario)))
+}
+
+pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+    actor.require(Role::Operator)?;
+    let store = st.store.clone();
+    let all: Vec<Scenario> = blocking(move || store.list(Table::Scenarios, None)).await?;
+    Ok(Json(json!({"scenarios": all})))
+}
+
+pub(crate) async fn list_applications(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+    actor.require(Role::Operator)?;
+    let store = st.store.clone();
+    let apps: Vec<Application> = blocking(move || store.list(Table::Applications, None)).await?;
+    let today = Utc::now().date_naive();
+    let out: Vec<Value> = apps
+        .iter()
+        .map(|a| {
+            let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("overdue".into(), json!(a.is_overdue(today)));
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!({"applications": out})))
+}
+
+/// The operator's decision on an application.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Decision {
+    approve: bool,
+    #[serde(default)]
+    reason: Option<String>,
+    /// Validity of the agreement in days (default 90, at most 3 years).
+    #[serde(default)]
+    valid_days: Option<u32>,
+    /// Terms; defaults to the platform's standard terms.
+    #[serde(default)]
+    terms: Option<Terms>,
+}
+
+pub(crate) async fn decide_application(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+    Body(d): Body<Decision>,
+) -> ApiResult<Json<Value>> {
+    actor.require(Role::Operator)?;
+    let days = d.valid_days.unwrap_or(90);
+    if !(1..=1095).contains(&days) {
+        return Err(ApiError::BadRequest("valid_days must be between 1 and 1095".into()));
+    }
+    let store = st.store.clone();
+    let out = blocking(move || {
+        store.tx(|tx| {
+            let mut app: Application = get_in(tx, Table::Applications, &id)?
+                .ok_or_else(|| ApiError::NotFound(format!("no application {}", id.escape_debug())))?;
+            let sc: Scenario = get_in(tx, Table::Scenarios, &app.scenario_id)?
+                .ok_or_else(|| ApiError::Internal("application without scenario".into()))?;
+            let now = Utc::now();
+            app.decide(d.approve, d.reason.clone(), &actor, now)?;
+            let status = if d.approve { "approved" } else { "rejected" };
+            put_in(tx, Table::Applications, &app.id, &[&app.developer_id, &app.scenario_id, status], &app)?;
+            append(
+                tx,
+                NewEntry::by(&actor, &format!("application.{}", if d.approve { "approve" } else { "reject" }), &app.id,
+                    json!({"scenario": app.scenario_id, "developer": app.developer_id, "reason": app.reason,
+                        "due_on": app.due_on, "on_time": now.date_naive() <= app.due_on})),
+                now,
+            )?;
+            if !d.approve {
+                return Ok(json!({"application": app}));
+            }
+            if sc.status != ScenarioStatus::Approved {
+                return Err(ApiError::Conflict(format!("scenario {} is no longer approved", sc.id)));
+            }
+            let ag = Agreement::issue(
+                new_id("ag"),
+                &app,
+                d.terms.clone().unwrap_or_default(),
+                now,
+                now + Duration::days(i64::from(days)),
+                &actor,
+            )?;
+            put_in(tx, Table::Agreements, &ag.id, &[&ag.developer_id, &ag.scenario_id], &ag)?;
+            append(
+                tx,
+                NewEntry::by(&actor, "agreement.issue", &ag.id, json!({"application": app.id, "scenario": ag.scenario_id,
+                    "developer": ag.developer_id, "valid_from": ag.valid_from, "valid_until": ag.valid_until,
+                    "terms": ag.terms, "budget": sc.spec.release.total_budget()})),
+                now,
+            )?;
+            Ok(json!({"application": app, "agreement": ag}))
+        })
+    })
+    .await?;
+    Ok(Json(out))
+}

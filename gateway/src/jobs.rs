@@ -1,0 +1,364 @@
+//! The job lifecycle on the server: accept a module under an open
+//! agreement, run it in the WASM runtime with a policy-scoped data door,
+//! charge every query to the (developer, scenario) budget in the same
+//! transaction as its ledger entry, and release the output only if the job
+//! succeeded and the agreement is still open.
+//!
+//! Budgets are kept per developer and scenario, not per agreement, so a new
+//! application for the same scenario does not reset the budget.
+
+use crate::api::{blocking, current_datasets, JobRecord, JobStatus, QueryRecord};
+use crate::error::{ApiError, ApiResult};
+use crate::keys::new_id;
+use crate::state::AppState;
+use crate::store::{append, charge_in, get_in, put_in, set_job_output, NewEntry, Store, Table};
+use chrono::Utc;
+use runtime::{JobInput, JobOutcome};
+use sandbox::desensitize::TokenKey;
+use sandbox::{Accountant, QueryLineage, ScopeConfig, TableData, TableVersion};
+use scenarios::budget::Budget;
+use scenarios::party::Actor;
+use scenarios::workflow::{Agreement, Scenario, ScenarioStatus};
+use serde_json::json;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Charges budgets and records releases in the store.
+struct StoreAccountant {
+    store: Arc<Store>,
+    developer: Actor,
+    agreement_id: String,
+    scenario_id: String,
+    limit: Budget,
+    job_id: String,
+    /// Ledger sequence numbers of the releases, in order.
+    released: Mutex<Vec<u64>>,
+}
+
+fn to_sandbox(e: ApiError) -> sandbox::Error {
+    match e {
+        ApiError::BudgetExhausted(m) => sandbox::Error::BudgetExhausted(m),
+        ApiError::Forbidden(m) => sandbox::Error::AccessClosed(m),
+        other => sandbox::Error::Internal(other.to_string()),
+    }
+}
+
+impl Accountant for StoreAccountant {
+    fn charge(&self, cost: &Budget, lineage: &QueryLineage) -> sandbox::Result<()> {
+        self.store
+            .tx(|tx| {
+                let ag: Agreement = get_in(tx, Table::Agreements, &self.agreement_id)?
+                    .ok_or_else(|| ApiError::Internal("agreement vanished".into()))?;
+                let now = Utc::now();
+                ag.check_open(now)?;
+                let after = charge_in(tx, &self.developer.id, &self.scenario_id, cost, &self.limit)?;
+                append(
+                    tx,
+                    NewEntry::by(&self.developer, "query.charge", &self.job_id, json!({
+                        "agreement": self.agreement_id,
+                        "scenario": self.scenario_id,
+                        "purpose": lineage.purpose,
+                        "sql": lineage.sql,
+                        "plan_hash": lineage.plan_hash,
+                        "tables": lineage.tables,
+                        "mechanism": lineage.mechanism,
+                        "cost": cost,
+                        "budget_spent_after": after,
+                        "budget_limit": self.limit,
+                    })),
+                    now,
+                )?;
+                Ok(())
+            })
+            .map_err(to_sandbox)
+    }
+
+    fn release(&self, lineage: &QueryLineage) -> sandbox::Result<()> {
+        let seq = self
+            .store
+            .tx(|tx| {
+                append(
+                    tx,
+                    NewEntry::by(&self.developer, "query.release", &self.job_id, json!({
+                        "agreement": self.agreement_id,
+                        "sql": lineage.sql,
+                        "plan_hash": lineage.plan_hash,
+                        "released_groups": lineage.released_groups,
+                        "output_hash": lineage.output_hash,
+                        "output_bytes": lineage.output_bytes,
+                    })),
+                    Utc::now(),
+                )
+            })
+            .map_err(to_sandbox)?;
+        if let Ok(mut r) = self.released.lock() {
+            r.push(seq);
+        }
+        Ok(())
+    }
+}
+
+/// Accepts a job under an agreement of `actor`.
+pub async fn submit(st: &AppState, actor: &Actor, agreement_id: &str, module: Vec<u8>, params: Vec<u8>) -> ApiResult<JobRecord> {
+    if params.len() > runtime::MAX_PARAMS_BYTES {
+        return Err(ApiError::TooLarge(format!("job parameters exceed {} bytes", runtime::MAX_PARAMS_BYTES)));
+    }
+    if module.is_empty() {
+        return Err(ApiError::BadRequest("the request body must be the job's WASM module".into()));
+    }
+    let (s, a, id) = (st.clone(), actor.clone(), agreement_id.to_string());
+    let (ag, sc) = blocking(move || {
+        let ag: Agreement = s
+            .store
+            .get(Table::Agreements, &id)?
+            .filter(|x: &Agreement| x.developer_id == a.id)
+            .ok_or_else(|| ApiError::NotFound(format!("no agreement {}", id.escape_debug())))?;
+        let sc: Scenario =
+            s.store.get(Table::Scenarios, &ag.scenario_id)?.ok_or_else(|| ApiError::Internal("no scenario".into()))?;
+        Ok((ag, sc))
+    })
+    .await?;
+    ag.check_open(Utc::now())?;
+    if sc.status != ScenarioStatus::Approved {
+        return Err(ApiError::Forbidden(format!("scenario {} is not approved", sc.id)));
+    }
+    let rt = st.runtime.clone();
+    let bytes = module.clone();
+    let info = tokio::task::spawn_blocking(move || rt.load(&bytes))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
+        .0;
+    let now = Utc::now();
+    let job = JobRecord {
+        id: new_id("job"),
+        agreement_id: ag.id.clone(),
+        developer_id: actor.id.clone(),
+        scenario_id: sc.id.clone(),
+        module_hash: info.hash.clone(),
+        module_size: info.size,
+        params_hash: (!params.is_empty()).then(|| hex::encode(scenarios::ledger::sha256(&params))),
+        status: JobStatus::Queued,
+        submitted_at: now,
+        started_at: None,
+        finished_at: None,
+        error: None,
+        usage: None,
+        queries: Vec::new(),
+        tables: Vec::new(),
+        output_hash: None,
+        output_bytes: None,
+        logs: Vec::new(),
+    };
+    let (store, j, a) = (st.store.clone(), job.clone(), actor.clone());
+    blocking(move || {
+        store.tx(|tx| {
+            Store::put_module(tx, &j.module_hash, &module, &now.to_rfc3339())?;
+            put_in(tx, Table::Jobs, &j.id, &[&j.agreement_id, &j.developer_id, "queued"], &j)?;
+            append(
+                tx,
+                NewEntry::by(&a, "job.submit", &j.id, json!({"agreement": j.agreement_id, "scenario": j.scenario_id,
+                    "module_hash": j.module_hash, "module_size": j.module_size, "params_hash": j.params_hash})),
+                now,
+            )?;
+            Ok(())
+        })
+    })
+    .await?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    if let Ok(mut r) = st.running.lock() {
+        r.insert(job.id.clone(), cancel.clone());
+    }
+    let (s, a, jid) = (st.clone(), actor.clone(), job.id.clone());
+    let params_for_run = params;
+    tokio::spawn(async move {
+        let id = jid.clone();
+        if let Err(e) = run(&s, &a, &jid, params_for_run, cancel).await {
+            tracing::error!(job = %id, error = %e, "job bookkeeping failed");
+        }
+        if let Ok(mut r) = s.running.lock() {
+            r.remove(&id);
+        }
+    });
+    Ok(job)
+}
+
+/// Waits until a job is no longer queued or running.
+pub async fn wait(st: &AppState, job_id: &str) -> ApiResult<JobRecord> {
+    let limit = Duration::from_millis(st.config.job_limits.timeout_ms) + Duration::from_secs(120);
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let (store, id) = (st.store.clone(), job_id.to_string());
+        let job: JobRecord = blocking(move || store.get(Table::Jobs, &id))
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
+        if matches!(job.status, JobStatus::Succeeded | JobStatus::Failed) {
+            return Ok(job);
+        }
+        if started.elapsed() > limit {
+            return Err(ApiError::Internal(format!("job {job_id} did not finish in time")));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+fn failure(kind: &str, message: &str) -> serde_json::Value {
+    json!({"kind": kind, "message": message})
+}
+
+async fn run(st: &AppState, actor: &Actor, job_id: &str, params: Vec<u8>, cancel: Arc<AtomicBool>) -> ApiResult<()> {
+    let (s, id) = (st.clone(), job_id.to_string());
+    let (mut job, ag, sc, bytes, tables) = blocking(move || {
+        let mut job: JobRecord = s.store.get(Table::Jobs, &id)?.ok_or_else(|| ApiError::Internal("job vanished".into()))?;
+        let ag: Agreement =
+            s.store.get(Table::Agreements, &job.agreement_id)?.ok_or_else(|| ApiError::Internal("no agreement".into()))?;
+        let sc: Scenario =
+            s.store.get(Table::Scenarios, &job.scenario_id)?.ok_or_else(|| ApiError::Internal("no scenario".into()))?;
+        let bytes = s.store.module(&job.module_hash)?.ok_or_else(|| ApiError::Internal("no module".into()))?;
+        let datasets = current_datasets(&s)?;
+        let mut tables = Vec::new();
+        for t in &sc.spec.tables {
+            let d = datasets
+                .iter()
+                .find(|d| d.name == t.dataset)
+                .ok_or_else(|| ApiError::Forbidden(format!("dataset `{}` is no longer in the catalog", t.dataset)))?;
+            tables.push(TableVersion {
+                spec: d.spec.clone(),
+                version: d.profile.version.clone(),
+                unit_unique: d.profile.unit_unique,
+                data: TableData::File(d.profile.fingerprint),
+            });
+        }
+        job.status = JobStatus::Running;
+        job.started_at = Some(Utc::now());
+        s.store.tx(|tx| put_in(tx, Table::Jobs, &job.id, &[&job.agreement_id, &job.developer_id, "running"], &job))?;
+        Ok((job, ag, sc, bytes, tables))
+    })
+    .await?;
+
+    let accountant = Arc::new(StoreAccountant {
+        store: st.store.clone(),
+        developer: actor.clone(),
+        agreement_id: ag.id.clone(),
+        scenario_id: sc.id.clone(),
+        limit: sc.spec.release.total_budget(),
+        job_id: job.id.clone(),
+        released: Mutex::new(Vec::new()),
+    });
+    let limits = st.config.job_limits;
+    let cfg = ScopeConfig {
+        agreement_id: ag.id.clone(),
+        scenario: sc.spec.clone(),
+        tables,
+        token_key: TokenKey::new(&st.keys.token_key(&ag.id)),
+        memory_limit: usize::try_from(limits.query_memory_bytes).unwrap_or(usize::MAX),
+    };
+    let outcome = match st.plane.open(cfg, accountant.clone()).await {
+        Ok(scope) => {
+            let rt = st.runtime.clone();
+            let handle = tokio::runtime::Handle::current();
+            let input = JobInput { scope: Some(Arc::new(scope)), params, limits, handle, cancel };
+            tokio::task::spawn_blocking(move || rt.run(&bytes, input))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+        }
+        Err(e) => JobOutcome {
+            result: Err(runtime::JobError::PermissionDenied(e.to_string())),
+            usage: Default::default(),
+            logs: Vec::new(),
+            releases: Vec::new(),
+        },
+    };
+    finish(st, actor, &mut job, &accountant, outcome).await
+}
+
+async fn finish(
+    st: &AppState,
+    actor: &Actor,
+    job: &mut JobRecord,
+    accountant: &StoreAccountant,
+    outcome: JobOutcome,
+) -> ApiResult<()> {
+    let seqs = accountant.released.lock().map(|v| v.clone()).unwrap_or_default();
+    job.queries = outcome
+        .releases
+        .iter()
+        .enumerate()
+        .map(|(i, l)| QueryRecord {
+            ledger_seq: seqs.get(i).copied(),
+            sql: l.sql.clone(),
+            epsilon: l.cost.epsilon.as_f64(),
+            released_groups: l.released_groups,
+            output_hash: l.output_hash.clone(),
+        })
+        .collect();
+    let mut tables: Vec<sandbox::TableRef> = outcome.releases.iter().flat_map(|l| l.tables.clone()).collect();
+    tables.sort_by(|a, b| (&a.dataset, &a.version).cmp(&(&b.dataset, &b.version)));
+    tables.dedup();
+    job.tables = tables;
+    job.usage = Some(outcome.usage.clone());
+    job.logs = outcome.logs.clone();
+    job.finished_at = Some(Utc::now());
+
+    let (store, actor, mut j) = (st.store.clone(), actor.clone(), job.clone());
+    let result = outcome.result;
+    let done = blocking(move || {
+        store.tx(|tx| {
+            let now = Utc::now();
+            let ag: Agreement = get_in(tx, Table::Agreements, &j.agreement_id)?
+                .ok_or_else(|| ApiError::Internal("agreement vanished".into()))?;
+            // Access closes for running jobs too: nothing is released after
+            // the agreement ended.
+            let result = match (result, ag.check_open(now)) {
+                (Ok(_), Err(e)) => Err(runtime::JobError::PermissionDenied(e.to_string())),
+                (r, _) => r,
+            };
+            match &result {
+                Ok(output) => {
+                    j.status = JobStatus::Succeeded;
+                    j.output_hash = Some(hex::encode(scenarios::ledger::sha256(output)));
+                    j.output_bytes = Some(output.len() as u64);
+                    set_job_output(tx, &j.id, output)?;
+                }
+                Err(e) => {
+                    j.status = JobStatus::Failed;
+                    j.error = Some(failure(e.kind(), &e.to_string()));
+                }
+            }
+            put_in(tx, Table::Jobs, &j.id, &[&j.agreement_id, &j.developer_id, j.status.as_str()], &j)?;
+            append(
+                tx,
+                NewEntry::by(&actor, "job.finish", &j.id, json!({
+                    "agreement": j.agreement_id,
+                    "module_hash": j.module_hash,
+                    "status": j.status,
+                    "error": j.error,
+                    "usage": j.usage,
+                    "queries": j.queries.len(),
+                    "tables": j.tables,
+                })),
+                now,
+            )?;
+            if j.status == JobStatus::Succeeded {
+                append(
+                    tx,
+                    NewEntry::by(&actor, "result.release", &j.id, json!({
+                        "agreement": j.agreement_id,
+                        "to": j.developer_id,
+                        "medium": "https api download",
+                        "output_hash": j.output_hash,
+                        "output_bytes": j.output_bytes,
+                        "query_releases": j.queries.iter().filter_map(|q| q.ledger_seq).collect::<Vec<_>>(),
+                    })),
+                    now,
+                )?;
+            }
+            Ok(j)
+        })
+    })
+    .await?;
+    *job = done;
+    Ok(())
+}

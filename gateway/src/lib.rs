@@ -1,0 +1,21 @@
+//! Invis gateway: the only composition root. It owns HTTP (axum), the
+//! embedded store (SQLite), keys, the job lifecycle and the `invis` command
+//! line, and wires `scenarios`, `sandbox` and `runtime` together.
+//!
+//! API boundary: wire types live here and convert to and from the domain
+//! types of `scenarios`; no other crate knows HTTP or JSON bodies.
+
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod demo;
+pub mod error;
+pub mod jobs;
+pub mod keys;
+pub mod ledger;
+pub mod server;
+pub mod state;
+pub mod store;
+
+pub use api::router;
+pub use state::{AppState, Config};

@@ -1,0 +1,59 @@
+//! Starting the HTTP server and bootstrapping the first parties.
+
+use crate::keys::{new_id, new_token};
+use crate::state::AppState;
+use crate::store::{append, NewEntry, Party, Store};
+use chrono::Utc;
+use scenarios::party::Role;
+use serde_json::json;
+use std::net::SocketAddr;
+
+/// Serves the API on `listener` until the process is stopped.
+pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    let app = crate::router(state);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// Binds `addr` (use port 0 for any free port) and returns the listener and
+/// the address actually bound.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// A party created by [`bootstrap`], with its one-time token.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Bootstrapped {
+    /// Party id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Bearer token (shown once).
+    pub token: String,
+}
+
+/// Creates the first operator and regulator. Refuses when an operator
+/// already exists, so it cannot be used to mint new operator tokens later.
+pub fn bootstrap(store: &Store, operator_name: &str, regulator_name: &str) -> anyhow::Result<Vec<Bootstrapped>> {
+    if store.count_role(Role::Operator).map_err(|e| anyhow::anyhow!("{e}"))? > 0 {
+        anyhow::bail!("the platform is already bootstrapped: an operator exists");
+    }
+    let mut out = Vec::new();
+    store
+        .tx(|tx| {
+            for (name, role) in [(operator_name, Role::Operator), (regulator_name, Role::Regulator)] {
+                let (token, hash) = new_token();
+                let p = Party { id: new_id("pt"), name: name.to_string(), role, created_at: Utc::now().to_rfc3339() };
+                Store::insert_party(tx, &p, &hash)?;
+                append(tx, NewEntry::system("party.bootstrap", &p.id, json!({"name": p.name, "role": role})), Utc::now())?;
+                out.push(Bootstrapped { id: p.id, name: p.name, role, token });
+            }
+            Ok(())
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(out)
+}

@@ -1,0 +1,66 @@
+//! Shared state of the server: the store, keys, data plane, WASM runtime
+//! and configuration. Cloned into every handler.
+
+use crate::keys::Keys;
+use crate::store::Store;
+use runtime::{JobLimits, Runtime};
+use sandbox::DataPlane;
+use scenarios::calendar::Calendar;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+/// Server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the store, keys and modules.
+    pub data_dir: PathBuf,
+    /// Limits applied to every job.
+    pub job_limits: JobLimits,
+    /// Working-day calendar for review deadlines.
+    pub calendar: Calendar,
+    /// Sample rows shown per dataset in the development catalog.
+    pub sample_rows: usize,
+}
+
+/// Everything handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Metadata and ledger.
+    pub store: Arc<Store>,
+    /// Signing and tokenization keys.
+    pub keys: Arc<Keys>,
+    /// Registered tables.
+    pub plane: Arc<DataPlane>,
+    /// The WASM runtime (one engine per process).
+    pub runtime: Arc<Runtime>,
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Stop flags of running jobs, by job id. A flag set here stops the
+    /// job at its next epoch tick or host call.
+    pub running: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
+}
+
+impl AppState {
+    /// Opens the store and keys in `config.data_dir` and builds the engines.
+    pub fn open(config: Config) -> anyhow::Result<AppState> {
+        let store = Store::open(&config.data_dir)?;
+        let keys = Keys::load_or_create(&config.data_dir)?;
+        let runtime = Runtime::new().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(AppState {
+            store: Arc::new(store),
+            keys: Arc::new(keys),
+            plane: Arc::new(DataPlane::new()),
+            runtime: Arc::new(runtime),
+            config: Arc::new(config),
+            running: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("data_dir", &self.config.data_dir).finish_non_exhaustive()
+    }
+}

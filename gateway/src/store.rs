@@ -1,0 +1,461 @@
+//! The embedded store: one SQLite file (WAL, `synchronous=FULL`) holding
+//! parties, the catalog, scenarios, applications, agreements, privacy
+//! budgets, modules, jobs and the lineage ledger. Every state change and its
+//! ledger entry are written in one transaction, so either both are durable
+//! or neither is.
+//!
+//! Records are stored as JSON documents of the `scenarios` types plus the
+//! columns needed to look them up; the ledger stores each entry's canonical
+//! text and leaf hash exactly as they were hashed.
+
+use crate::error::{ApiError, ApiResult};
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use scenarios::budget::{Budget, Delta, Epsilon};
+use scenarios::ledger::{leaf_hash, EntryBody, ZERO_HASH};
+use scenarios::party::{Actor, Role};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS parties (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS datasets (id TEXT PRIMARY KEY, name TEXT NOT NULL, owner TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS scenarios (id TEXT PRIMARY KEY, status TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS applications (
+    id TEXT PRIMARY KEY, developer_id TEXT NOT NULL, scenario_id TEXT NOT NULL,
+    status TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS agreements (
+    id TEXT PRIMARY KEY, developer_id TEXT NOT NULL, scenario_id TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS budgets (
+    developer_id TEXT NOT NULL, scenario_id TEXT NOT NULL,
+    epsilon_spent INTEGER NOT NULL, delta_spent INTEGER NOT NULL,
+    PRIMARY KEY (developer_id, scenario_id));
+CREATE TABLE IF NOT EXISTS modules (hash TEXT PRIMARY KEY, bytes BLOB NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, agreement_id TEXT NOT NULL, developer_id TEXT NOT NULL,
+    status TEXT NOT NULL, body TEXT NOT NULL, output BLOB);
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, action TEXT NOT NULL, subject TEXT NOT NULL,
+    body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS ledger_subject ON ledger (subject);
+"#;
+
+/// Current schema version, recorded in `meta`.
+const SCHEMA_VERSION: &str = "1";
+
+/// The store.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+/// A ledger entry before it is sequenced and hashed.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    /// Acting party id, or `system`.
+    pub actor: String,
+    /// Acting role, or `system`.
+    pub role: String,
+    /// `noun.verb`.
+    pub action: String,
+    /// Record acted on.
+    pub subject: String,
+    /// Lineage details.
+    pub details: serde_json::Value,
+}
+
+impl NewEntry {
+    /// An entry by an authenticated party.
+    pub fn by(actor: &Actor, action: &str, subject: &str, details: serde_json::Value) -> NewEntry {
+        NewEntry {
+            actor: actor.id.clone(),
+            role: actor.role.as_str().into(),
+            action: action.into(),
+            subject: subject.into(),
+            details,
+        }
+    }
+    /// An entry by the platform itself.
+    pub fn system(action: &str, subject: &str, details: serde_json::Value) -> NewEntry {
+        NewEntry { actor: "system".into(), role: "system".into(), action: action.into(), subject: subject.into(), details }
+    }
+}
+
+/// A stored ledger entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredEntry {
+    /// Sequence number.
+    pub seq: u64,
+    /// Hex leaf hash.
+    pub hash: String,
+    /// Canonical text as hashed.
+    pub body: String,
+}
+
+/// A party as stored (without its token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Party {
+    /// `pt_...`
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Creation time.
+    pub created_at: String,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+/// Appends one entry to the ledger inside `tx`; returns its sequence number.
+pub fn append(tx: &Transaction<'_>, e: NewEntry, time: DateTime<Utc>) -> ApiResult<u64> {
+    let last: Option<(i64, String)> = tx
+        .query_row("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (seq, prev) = match last {
+        Some((s, h)) => (s as u64 + 1, h),
+        None => (0, hex::encode(ZERO_HASH)),
+    };
+    let body = EntryBody {
+        seq,
+        prev,
+        time,
+        actor: e.actor,
+        role: e.role,
+        action: e.action.clone(),
+        subject: e.subject.clone(),
+        details: e.details,
+    };
+    let text = String::from_utf8(body.canonical()).map_err(internal)?;
+    let hash = hex::encode(leaf_hash(text.as_bytes()));
+    tx.execute(
+        "INSERT INTO ledger (seq, hash, action, subject, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![seq as i64, hash, e.action, e.subject, text],
+    )?;
+    Ok(seq)
+}
+
+fn to_json<T: Serialize>(v: &T) -> ApiResult<String> {
+    serde_json::to_string(v).map_err(internal)
+}
+
+fn from_json<T: DeserializeOwned>(s: &str) -> ApiResult<T> {
+    serde_json::from_str(s).map_err(internal)
+}
+
+impl Store {
+    /// Opens (creating if needed) `dir/invis.db`.
+    pub fn open(dir: &Path) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(dir)?;
+        let conn = Connection::open(dir.join("invis.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        let version: Option<String> =
+            conn.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0)).optional()?;
+        match version.as_deref() {
+            None => {
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?1)", [SCHEMA_VERSION])?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(v) => anyhow::bail!("store schema version {v} is not supported by this binary"),
+        }
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    fn lock(&self) -> ApiResult<MutexGuard<'_, Connection>> {
+        self.conn.lock().map_err(|_| ApiError::Internal("store lock poisoned".into()))
+    }
+
+    /// Runs `f` in one transaction; commits only if it returns `Ok`.
+    pub fn tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> ApiResult<T>) -> ApiResult<T> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        let v = f(&tx)?;
+        tx.commit()?;
+        Ok(v)
+    }
+
+    /// Runs a read-only closure.
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
+        let conn = self.lock()?;
+        f(&conn)
+    }
+
+    // ----- parties ---------------------------------------------------------
+
+    /// Creates a party with a token hash.
+    pub fn insert_party(tx: &Transaction<'_>, p: &Party, token_hash: &str) -> ApiResult<()> {
+        tx.execute(
+            "INSERT INTO parties (id, name, role, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![p.id, p.name, p.role.as_str(), token_hash, p.created_at],
+        )?;
+        Ok(())
+    }
+
+    /// The party holding a token hash.
+    pub fn party_by_token(&self, token_hash: &str) -> ApiResult<Option<Party>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT id, name, role, created_at FROM parties WHERE token_hash = ?1",
+                [token_hash],
+                |r| {
+                    let role: String = r.get(2)?;
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, role, r.get::<_, String>(3)?))
+                },
+            )
+            .optional()?
+            .map(|(id, name, role, created_at)| {
+                let role = Role::parse(&role).ok_or_else(|| internal("bad role in store"))?;
+                Ok(Party { id, name, role, created_at })
+            })
+            .transpose()
+        })
+    }
+
+    /// All parties.
+    pub fn parties(&self) -> ApiResult<Vec<Party>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT id, name, role, created_at FROM parties ORDER BY created_at, id")?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, name, role, created_at) = row?;
+                let role = Role::parse(&role).ok_or_else(|| internal("bad role in store"))?;
+                out.push(Party { id, name, role, created_at });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Number of parties with `role`.
+    pub fn count_role(&self, role: Role) -> ApiResult<u64> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT COUNT(*) FROM parties WHERE role = ?1", [role.as_str()], |r| r.get::<_, i64>(0))?
+                as u64)
+        })
+    }
+
+    // ----- generic JSON documents -------------------------------------------
+
+    /// Loads the JSON body of `id` from `table`.
+    pub fn get<T: DeserializeOwned>(&self, table: Table, id: &str) -> ApiResult<Option<T>> {
+        self.read(|c| get_in(c, table, id))
+    }
+
+    /// Lists bodies of `table` where `column = value` (or all when `None`).
+    pub fn list<T: DeserializeOwned>(&self, table: Table, filter: Option<(&str, &str)>) -> ApiResult<Vec<T>> {
+        self.read(|c| list_in(c, table, filter))
+    }
+
+    // ----- budgets ------------------------------------------------------------
+
+    /// Budget spent by a developer under a scenario, across all agreements.
+    pub fn budget_spent(&self, developer_id: &str, scenario_id: &str) -> ApiResult<Budget> {
+        self.read(|c| spent_in(c, developer_id, scenario_id))
+    }
+
+    // ----- modules and jobs ---------------------------------------------------
+
+    /// Stores module bytes under their hash (idempotent).
+    pub fn put_module(tx: &Transaction<'_>, hash: &str, bytes: &[u8], now: &str) -> ApiResult<()> {
+        tx.execute(
+            "INSERT OR IGNORE INTO modules (hash, bytes, created_at) VALUES (?1, ?2, ?3)",
+            params![hash, bytes, now],
+        )?;
+        Ok(())
+    }
+
+    /// Module bytes by hash.
+    pub fn module(&self, hash: &str) -> ApiResult<Option<Vec<u8>>> {
+        self.read(|c| Ok(c.query_row("SELECT bytes FROM modules WHERE hash = ?1", [hash], |r| r.get(0)).optional()?))
+    }
+
+    /// A job's released output.
+    pub fn job_output(&self, id: &str) -> ApiResult<Option<Vec<u8>>> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT output FROM jobs WHERE id = ?1", [id], |r| r.get::<_, Option<Vec<u8>>>(0))
+                .optional()?
+                .flatten())
+        })
+    }
+
+    // ----- ledger ---------------------------------------------------------------
+
+    /// Entries `from..` (at most `limit`).
+    pub fn ledger(&self, from: u64, limit: u64) -> ApiResult<Vec<StoredEntry>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT seq, hash, body FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
+            let rows = st.query_map(params![from as i64, limit.min(i64::MAX as u64) as i64], |r| {
+                Ok(StoredEntry { seq: r.get::<_, i64>(0)? as u64, hash: r.get(1)?, body: r.get(2)? })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Entries about one subject, in order.
+    pub fn ledger_for(&self, subject: &str) -> ApiResult<Vec<StoredEntry>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT seq, hash, body FROM ledger WHERE subject = ?1 ORDER BY seq")?;
+            let rows = st.query_map([subject], |r| {
+                Ok(StoredEntry { seq: r.get::<_, i64>(0)? as u64, hash: r.get(1)?, body: r.get(2)? })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Number of ledger entries.
+    pub fn ledger_size(&self) -> ApiResult<u64> {
+        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get::<_, i64>(0))? as u64))
+    }
+}
+
+/// Tables holding JSON documents.
+#[derive(Debug, Clone, Copy)]
+pub enum Table {
+    /// Dataset versions.
+    Datasets,
+    /// Scenarios.
+    Scenarios,
+    /// Applications.
+    Applications,
+    /// Agreements.
+    Agreements,
+    /// Jobs.
+    Jobs,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Datasets => "datasets",
+            Table::Scenarios => "scenarios",
+            Table::Applications => "applications",
+            Table::Agreements => "agreements",
+            Table::Jobs => "jobs",
+        }
+    }
+    fn columns(self) -> &'static [&'static str] {
+        match self {
+            Table::Datasets => &["name", "owner"],
+            Table::Scenarios => &["status"],
+            Table::Applications => &["developer_id", "scenario_id", "status"],
+            Table::Agreements => &["developer_id", "scenario_id"],
+            Table::Jobs => &["agreement_id", "developer_id", "status"],
+        }
+    }
+}
+
+/// Loads one document inside a connection or transaction.
+pub fn get_in<T: DeserializeOwned>(c: &Connection, table: Table, id: &str) -> ApiResult<Option<T>> {
+    let sql = format!("SELECT body FROM {} WHERE id = ?1", table.name());
+    let body: Option<String> = c.query_row(&sql, [id], |r| r.get(0)).optional()?;
+    body.map(|b| from_json(&b)).transpose()
+}
+
+/// Lists documents inside a connection or transaction.
+pub fn list_in<T: DeserializeOwned>(c: &Connection, table: Table, filter: Option<(&str, &str)>) -> ApiResult<Vec<T>> {
+    let mut bodies: Vec<String> = Vec::new();
+    match filter {
+        Some((col, val)) => {
+            if !table.columns().contains(&col) {
+                return Err(internal(format!("no column {col}")));
+            }
+            let sql = format!("SELECT body FROM {} WHERE {col} = ?1 ORDER BY rowid", table.name());
+            let mut st = c.prepare(&sql)?;
+            for b in st.query_map([val], |r| r.get::<_, String>(0))? {
+                bodies.push(b?);
+            }
+        }
+        None => {
+            let sql = format!("SELECT body FROM {} ORDER BY rowid", table.name());
+            let mut st = c.prepare(&sql)?;
+            for b in st.query_map([], |r| r.get::<_, String>(0))? {
+                bodies.push(b?);
+            }
+        }
+    }
+    bodies.iter().map(|b| from_json(b)).collect()
+}
+
+/// Inserts or replaces a document with its lookup columns (in the order of
+/// the table's `columns`).
+pub fn put_in<T: Serialize>(tx: &Transaction<'_>, table: Table, id: &str, cols: &[&str], body: &T) -> ApiResult<()> {
+    let names = table.columns();
+    if names.len() != cols.len() {
+        return Err(internal("column count mismatch"));
+    }
+    let placeholders: Vec<String> = (0..names.len() + 2).map(|i| format!("?{}", i + 1)).collect();
+    // An upsert, not INSERT OR REPLACE: replacing would drop columns that
+    // are not part of the document (a job's output).
+    let updates: Vec<String> = names.iter().chain(["body"].iter()).map(|n| format!("{n} = excluded.{n}")).collect();
+    let sql = format!(
+        "INSERT INTO {} (id, {}, body) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}",
+        table.name(),
+        names.join(", "),
+        placeholders.join(", "),
+        updates.join(", ")
+    );
+    let json = to_json(body)?;
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&id];
+    for c in cols {
+        values.push(c);
+    }
+    values.push(&json);
+    tx.execute(&sql, values.as_slice())?;
+    Ok(())
+}
+
+/// Budget spent, inside a connection or transaction.
+pub fn spent_in(c: &Connection, developer_id: &str, scenario_id: &str) -> ApiResult<Budget> {
+    let row: Option<(i64, i64)> = c
+        .query_row(
+            "SELECT epsilon_spent, delta_spent FROM budgets WHERE developer_id = ?1 AND scenario_id = ?2",
+            [developer_id, scenario_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (e, d) = row.unwrap_or((0, 0));
+    Ok(Budget { epsilon: Epsilon(e.max(0) as u64), delta: Delta(d.max(0) as u64) })
+}
+
+/// Charges `cost` against `limit` for (developer, scenario) inside `tx`;
+/// fails with `BudgetExhausted` and changes nothing when it does not fit.
+pub fn charge_in(tx: &Transaction<'_>, developer_id: &str, scenario_id: &str, cost: &Budget, limit: &Budget) -> ApiResult<Budget> {
+    let spent = spent_in(tx, developer_id, scenario_id)?;
+    if !spent.can_afford(cost, limit) {
+        return Err(ApiError::BudgetExhausted(format!(
+            "privacy budget exhausted: spent epsilon {} of {}, the query needs {}",
+            spent.epsilon, limit.epsilon, cost.epsilon
+        )));
+    }
+    let after = spent.plus(cost);
+    tx.execute(
+        "INSERT INTO budgets (developer_id, scenario_id, epsilon_spent, delta_spent) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (developer_id, scenario_id) DO UPDATE SET epsilon_spent = ?3, delta_spent = ?4",
+        params![developer_id, scenario_id, after.epsilon.0 as i64, after.delta.0 as i64],
+    )?;
+    Ok(after)
+}
+
+/// Stores a job's output bytes.
+pub fn set_job_output(tx: &Transaction<'_>, id: &str, output: &[u8]) -> ApiResult<()> {
+    tx.execute("UPDATE jobs SET output = ?2 WHERE id = ?1", params![id, output])?;
+    Ok(())
+}

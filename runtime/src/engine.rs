@@ -1,0 +1,291 @@
+//! The wasmtime embedding: one [`Runtime`] (one `Engine`) per process, one
+//! `Store` per job. Modules are validated against the host ABI before they
+//! are accepted, compiled once and cached by content hash.
+
+use crate::error::JobError;
+use crate::host::{self, HostState, HostStop, Limiter, ABI_MODULE};
+use crate::limits::{JobLimits, MAX_MODULE_BYTES};
+use sandbox::{JobScope, QueryLineage};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::{Config, Engine, ExternType, Linker, Module, Store, Trap, UpdateDeadline};
+
+/// Wall-clock length of one epoch tick.
+const TICK: Duration = Duration::from_millis(5);
+/// Compiled modules kept in memory.
+const CACHE_ENTRIES: usize = 64;
+
+/// Facts about an accepted module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    /// SHA-256 of the module bytes, hex: the job's code identity.
+    pub hash: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Resources a job used, recorded in its lineage and metered for fees.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Fuel consumed.
+    pub fuel: u64,
+    /// Wall time in milliseconds.
+    pub wall_ms: u64,
+    /// Largest linear memory size reached, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Host calls made.
+    pub host_calls: u32,
+    /// Queries released to the job.
+    pub queries: u32,
+}
+
+/// Everything a run produced, whether it succeeded or not.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    /// The emitted bytes, or why the job stopped.
+    pub result: Result<Vec<u8>, JobError>,
+    /// Resources used.
+    pub usage: Usage,
+    /// Log messages.
+    pub logs: Vec<String>,
+    /// Lineage of every result the job received (each already charged).
+    pub releases: Vec<QueryLineage>,
+}
+
+/// What a run needs besides the module.
+pub struct JobInput {
+    /// The data door; `None` for a run without data access.
+    pub scope: Option<Arc<JobScope>>,
+    /// Parameters readable with `params_read`.
+    pub params: Vec<u8>,
+    /// Limits.
+    pub limits: JobLimits,
+    /// Tokio runtime that executes queries.
+    pub handle: tokio::runtime::Handle,
+    /// Set to stop the job at its next tick or host call.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// The WASM runtime.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Mutex<HashMap<String, Module>>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Runtime")
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> JobError {
+    JobError::Internal(e.to_string())
+}
+
+impl Runtime {
+    /// Builds the engine: fuel metering and epoch interruption on, no
+    /// threads or shared memory, a bounded native stack for guests.
+    pub fn new() -> Result<Runtime, JobError> {
+        let mut config = Config::new();
+        config.consume_fuel(true);
+        config.epoch_interruption(true);
+        config.max_wasm_stack(512 << 10);
+        // Threads and shared memory are not compiled in (no `threads` feature).
+        config.wasm_memory64(false);
+        config.wasm_multi_memory(false);
+        let engine = Engine::new(&config).map_err(internal)?;
+        let mut linker = Linker::new(&engine);
+        host::link(&mut linker).map_err(internal)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (e, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("invis-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(TICK);
+                    e.increment_epoch();
+                }
+            })
+            .map_err(internal)?;
+        Ok(Runtime { engine, linker, cache: Mutex::new(HashMap::new()), ticker_stop })
+    }
+
+    /// Validates a module against the ABI and compiles it (cached).
+    pub fn load(&self, bytes: &[u8]) -> Result<(ModuleInfo, Module), JobError> {
+        if bytes.len() > MAX_MODULE_BYTES {
+            return Err(JobError::InvalidModule(format!("the module is larger than {MAX_MODULE_BYTES} bytes")));
+        }
+        if bytes.get(..4) != Some(b"\0asm") {
+            return Err(JobError::InvalidModule("not a WebAssembly binary (missing the \\0asm header)".into()));
+        }
+        let hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+        let info = ModuleInfo { hash: hash.clone(), size: bytes.len() as u64 };
+        if let Some(m) = self.cache.lock().ok().and_then(|c| c.get(&hash).cloned()) {
+            return Ok((info, m));
+        }
+        let module = Module::from_binary(&self.engine, bytes).map_err(|e| {
+            JobError::InvalidModule(format!("the module does not validate: {}", first_line(&e.to_string())))
+        })?;
+        check_interface(&module)?;
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= CACHE_ENTRIES {
+                c.clear();
+            }
+            c.insert(hash, module.clone());
+        }
+        Ok((info, module))
+    }
+
+    /// Runs a job to completion on the current thread (call it from a
+    /// blocking context: queries block on `input.handle`).
+    pub fn run(&self, bytes: &[u8], input: JobInput) -> JobOutcome {
+        let started = Instant::now();
+        let mut usage = Usage::default();
+        let module = match self.load(bytes) {
+            Ok((_, m)) => m,
+            Err(e) => return JobOutcome { result: Err(e), usage, logs: Vec::new(), releases: Vec::new() },
+        };
+        if let Err(e) = host::check_params(&input.params) {
+            return JobOutcome { result: Err(e), usage, logs: Vec::new(), releases: Vec::new() };
+        }
+        let limits = input.limits;
+        let deadline = started + Duration::from_millis(limits.timeout_ms);
+        let state = HostState {
+            limiter: Limiter {
+                memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+                table_elements: limits.table_elements as usize,
+                peak_memory: 0,
+                hit: false,
+            },
+            limits,
+            scope: input.scope,
+            handle: input.handle,
+            deadline,
+            cancel: input.cancel.clone(),
+            params: input.params,
+            pending: None,
+            last_error: String::new(),
+            output: Vec::new(),
+            logs: Vec::new(),
+            host_calls: 0,
+            releases: Vec::new(),
+            stop: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let result = (|| -> Result<(), JobError> {
+            store.set_fuel(limits.fuel).map_err(internal)?;
+            store.set_epoch_deadline(1);
+            let cancel = input.cancel.clone();
+            store.epoch_deadline_callback(move |mut ctx| {
+                if cancel.load(Ordering::SeqCst) {
+                    ctx.data_mut().stop = Some(JobError::Cancelled("the job was stopped".into()));
+                    return Ok(UpdateDeadline::Interrupt);
+                }
+                if Instant::now() >= deadline {
+                    ctx.data_mut().stop = Some(JobError::DeadlineExceeded);
+                    return Ok(UpdateDeadline::Interrupt);
+                }
+                Ok(UpdateDeadline::Continue(1))
+            });
+            let instance = self.linker.instantiate(&mut store, &module).map_err(|e| classify(&store, e))?;
+            let run = instance
+                .get_typed_func::<(), i32>(&mut store, "run")
+                .map_err(|e| JobError::InvalidModule(format!("export `run` must be () -> i32: {e}")))?;
+            let status = run.call(&mut store, ()).map_err(|e| classify(&store, e))?;
+            if status != 0 {
+                return Err(JobError::GuestFailed(status));
+            }
+            Ok(())
+        })();
+        usage.fuel = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        usage.wall_ms = started.elapsed().as_millis() as u64;
+        let st = store.into_data();
+        usage.peak_memory_bytes = st.limiter.peak_memory as u64;
+        usage.host_calls = st.host_calls;
+        usage.queries = st.releases.len() as u32;
+        JobOutcome { result: result.map(|()| st.output), usage, logs: st.logs, releases: st.releases }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(300).collect()
+}
+
+/// Maps a wasmtime error to why the job stopped.
+fn classify(store: &Store<HostState>, e: wasmtime::Error) -> JobError {
+    if let Some(stop) = &store.data().stop {
+        return stop.clone();
+    }
+    if let Some(HostStop(j)) = e.downcast_ref::<HostStop>() {
+        return j.clone();
+    }
+    if store.data().limiter.hit {
+        return JobError::MemoryLimit;
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => JobError::OutOfFuel,
+        Some(Trap::Interrupt) => JobError::DeadlineExceeded,
+        Some(Trap::StackOverflow) => JobError::GuestTrap("stack overflow".into()),
+        Some(t) => JobError::GuestTrap(t.to_string()),
+        None => JobError::GuestTrap(first_line(&e.to_string())),
+    }
+}
+
+/// Checks imports and exports against ABI v1.
+fn check_interface(module: &Module) -> Result<(), JobError> {
+    for imp in module.imports() {
+        let (m, n) = (imp.module(), imp.name());
+        match imp.ty() {
+            ExternType::Func(ty) if m == ABI_MODULE => {
+                if !host::import_matches(n, &ty) {
+                    return Err(JobError::InvalidModule(format!(
+                        "import `{m}.{n}` is not a function of the host ABI (or has the wrong type)"
+                    )));
+                }
+            }
+            _ => {
+                return Err(JobError::InvalidModule(format!(
+                    "import `{}.{}` is not part of the host ABI `{ABI_MODULE}`; jobs have no filesystem, network, clock or other imports",
+                    m.escape_debug(),
+                    n.escape_debug()
+                )))
+            }
+        }
+    }
+    let mut has_run = false;
+    let mut has_memory = false;
+    for exp in module.exports() {
+        match (exp.name(), exp.ty()) {
+            ("run", ExternType::Func(ty)) => {
+                let ok = ty.params().len() == 0
+                    && ty.results().len() == 1
+                    && ty.results().all(|r| wasmtime::ValType::eq(&r, &wasmtime::ValType::I32));
+                if !ok {
+                    return Err(JobError::InvalidModule("export `run` must have type () -> i32".into()));
+                }
+                has_run = true;
+            }
+            ("memory", ExternType::Memory(_)) => has_memory = true,
+            _ => {}
+        }
+    }
+    if !has_run {
+        return Err(JobError::InvalidModule("the module does not export `run`".into()));
+    }
+    if !has_memory {
+        return Err(JobError::InvalidModule("the module does not export its `memory`".into()));
+    }
+    Ok(())
+}

@@ -1,0 +1,352 @@
+//! The host ABI, version 1: the guest's only door out of its sandbox.
+//!
+//! Every function lives in the import module [`ABI_MODULE`]. Pointers and
+//! lengths are `i32` offsets into the guest's exported `memory`; every
+//! range is bounds-checked and a bad one returns [`code::INVALID_ARGUMENT`]
+//! rather than trapping. Negative return values are error codes; the text
+//! of the last error can be read with `error_read`. The full specification
+//! is `runtime/ABI.md`.
+
+use crate::error::JobError;
+use crate::limits::{JobLimits, MAX_PARAMS_BYTES, MAX_SQL_BYTES};
+use sandbox::{JobScope, QueryLineage};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use wasmtime::{Caller, Extern, FuncType, Linker, ResourceLimiter, ValType};
+
+/// Import module name of ABI version 1.
+pub const ABI_MODULE: &str = "invis_v1";
+
+/// Error codes returned by host functions (always negative).
+pub mod code {
+    /// A pointer, length or UTF-8 string was invalid.
+    pub const INVALID_ARGUMENT: i32 = -1;
+    /// The query is outside the scenario's policy.
+    pub const POLICY_VIOLATION: i32 = -2;
+    /// The agreement's privacy budget does not cover the query.
+    pub const BUDGET_EXHAUSTED: i32 = -3;
+    /// Access is closed (no scope, agreement ended, dataset suspended).
+    pub const ACCESS_CLOSED: i32 = -4;
+    /// The SQL does not parse or names unknown tables or columns.
+    pub const INVALID_QUERY: i32 = -5;
+    /// A per-job limit was reached (queries, output, logs).
+    pub const LIMIT_EXCEEDED: i32 = -6;
+    /// `result_read` was called with no result pending.
+    pub const NO_RESULT: i32 = -7;
+    /// The destination buffer is smaller than the pending result.
+    pub const BUFFER_TOO_SMALL: i32 = -8;
+    /// The query failed inside the platform; its budget stays charged.
+    pub const INTERNAL: i32 = -9;
+}
+
+/// Fuel charged per host call, on top of the guest's own instructions.
+const HOST_CALL_FUEL: u64 = 10_000;
+/// Extra fuel charged per query.
+const QUERY_FUEL: u64 = 1_000_000;
+
+/// The imports of ABI v1 and their types, for validating modules.
+pub fn abi_functions() -> Vec<(&'static str, Vec<ValType>, Vec<ValType>)> {
+    use ValType::{I32, I64};
+    vec![
+        ("query", vec![I32, I32], vec![I64]),
+        ("result_read", vec![I32, I32], vec![I32]),
+        ("error_read", vec![I32, I32], vec![I32]),
+        ("emit", vec![I32, I32], vec![I32]),
+        ("log", vec![I32, I32], vec![I32]),
+        ("params_len", vec![], vec![I32]),
+        ("params_read", vec![I32, I32], vec![I32]),
+    ]
+}
+
+/// True when `ty` is the ABI type of import `name`.
+pub fn import_matches(name: &str, ty: &FuncType) -> bool {
+    abi_functions().iter().any(|(n, params, results)| {
+        let same = |a: &mut dyn ExactSizeIterator<Item = ValType>, b: &[ValType]| {
+            a.len() == b.len() && a.zip(b).all(|(x, y)| ValType::eq(&x, y))
+        };
+        *n == name && same(&mut ty.params(), params) && same(&mut ty.results(), results)
+    })
+}
+
+/// Why the host stopped the guest (carried through wasmtime as an error).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct HostStop(pub JobError);
+
+/// Memory and table caps, remembering when one was hit.
+pub(crate) struct Limiter {
+    pub memory_bytes: usize,
+    pub table_elements: usize,
+    pub peak_memory: usize,
+    pub hit: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        self.peak_memory = self.peak_memory.max(desired);
+        Ok(true)
+    }
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+    fn instances(&self) -> usize {
+        1
+    }
+    fn tables(&self) -> usize {
+        4
+    }
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
+/// State of one running job, owned by its wasmtime `Store`.
+pub(crate) struct HostState {
+    pub limiter: Limiter,
+    pub limits: JobLimits,
+    /// The data door; `None` for runs that may not query.
+    pub scope: Option<Arc<JobScope>>,
+    pub handle: tokio::runtime::Handle,
+    pub deadline: Instant,
+    pub cancel: Arc<AtomicBool>,
+    pub params: Vec<u8>,
+    pub pending: Option<Vec<u8>>,
+    pub last_error: String,
+    pub output: Vec<u8>,
+    pub logs: Vec<String>,
+    pub host_calls: u32,
+    pub releases: Vec<QueryLineage>,
+    /// Set when the host decided to stop the guest, so the trap that
+    /// follows is reported with this cause.
+    pub stop: Option<JobError>,
+}
+
+type C<'a> = Caller<'a, HostState>;
+
+fn memory_range(caller: &mut C<'_>, ptr: i32, len: i32) -> Option<(wasmtime::Memory, usize, usize)> {
+    let mem = match caller.get_export("memory") {
+        Some(Extern::Memory(m)) => m,
+        _ => return None,
+    };
+    let start = usize::try_from(ptr).ok()?;
+    let len = usize::try_from(len).ok()?;
+    let end = start.checked_add(len)?;
+    (end <= mem.data_size(&*caller)).then_some((mem, start, end))
+}
+
+fn read_bytes(caller: &mut C<'_>, ptr: i32, len: i32, max: usize) -> Result<Vec<u8>, i32> {
+    if usize::try_from(len).map_or(true, |l| l > max) {
+        return Err(code::LIMIT_EXCEEDED);
+    }
+    let (mem, start, end) = memory_range(caller, ptr, len).ok_or(code::INVALID_ARGUMENT)?;
+    mem.data(&*caller).get(start..end).map(<[u8]>::to_vec).ok_or(code::INVALID_ARGUMENT)
+}
+
+fn write_bytes(caller: &mut C<'_>, ptr: i32, bytes: &[u8]) -> Result<(), i32> {
+    let len = i32::try_from(bytes.len()).map_err(|_| code::INVALID_ARGUMENT)?;
+    let (mem, start, end) = memory_range(caller, ptr, len).ok_or(code::INVALID_ARGUMENT)?;
+    let dst = mem.data_mut(&mut *caller).get_mut(start..end).ok_or(code::INVALID_ARGUMENT)?;
+    dst.copy_from_slice(bytes);
+    Ok(())
+}
+
+fn stop(caller: &mut C<'_>, e: JobError) -> wasmtime::Error {
+    caller.data_mut().stop = Some(e.clone());
+    wasmtime::Error::new(HostStop(e))
+}
+
+/// Counts a host call and charges its fuel; stops the guest past a limit.
+fn enter(caller: &mut C<'_>, fuel: u64) -> wasmtime::Result<()> {
+    let st = caller.data_mut();
+    st.host_calls += 1;
+    if st.host_calls > st.limits.host_calls {
+        let n = st.limits.host_calls;
+        return Err(stop(caller, JobError::LimitExceeded(format!("more than {n} host calls"))));
+    }
+    if caller.data().cancel.load(Ordering::SeqCst) {
+        return Err(stop(caller, JobError::Cancelled("the job was stopped".into())));
+    }
+    if Instant::now() >= caller.data().deadline {
+        return Err(stop(caller, JobError::DeadlineExceeded));
+    }
+    let left = caller.get_fuel()?;
+    if left < fuel {
+        caller.set_fuel(0)?;
+        return Err(stop(caller, JobError::OutOfFuel));
+    }
+    caller.set_fuel(left - fuel)?;
+    Ok(())
+}
+
+fn fail(caller: &mut C<'_>, code: i32, msg: impl Into<String>) -> i32 {
+    caller.data_mut().last_error = msg.into();
+    code
+}
+
+fn error_code(e: &sandbox::Error) -> i32 {
+    match e {
+        sandbox::Error::InvalidQuery(_) => code::INVALID_QUERY,
+        sandbox::Error::PolicyViolation(_) => code::POLICY_VIOLATION,
+        sandbox::Error::BudgetExhausted(_) => code::BUDGET_EXHAUSTED,
+        sandbox::Error::AccessClosed(_) | sandbox::Error::InvalidDataset(_) => code::ACCESS_CLOSED,
+        sandbox::Error::ResourcesExhausted(_) => code::LIMIT_EXCEEDED,
+        sandbox::Error::Internal(_) => code::INTERNAL,
+    }
+}
+
+fn host_query(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i64> {
+    enter(&mut caller, HOST_CALL_FUEL + QUERY_FUEL)?;
+    let sql = match read_bytes(&mut caller, ptr, len, MAX_SQL_BYTES).map(String::from_utf8) {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => return Ok(i64::from(fail(&mut caller, code::INVALID_ARGUMENT, "the SQL is not UTF-8"))),
+        Err(c) => return Ok(i64::from(fail(&mut caller, c, "the SQL pointer or length is invalid or too long"))),
+    };
+    let Some(scope) = caller.data().scope.clone() else {
+        return Ok(i64::from(fail(&mut caller, code::ACCESS_CLOSED, "this run has no data access")));
+    };
+    let remaining = caller.data().deadline.saturating_duration_since(Instant::now());
+    let handle = caller.data().handle.clone();
+    let result = handle.block_on(async { tokio::time::timeout(remaining, scope.query(&sql)).await });
+    match result {
+        Err(_) => Err(stop(&mut caller, JobError::DeadlineExceeded)),
+        Ok(Err(e)) => {
+            let c = error_code(&e);
+            let msg = match &e {
+                // Internal details are for the platform's log, not the guest.
+                sandbox::Error::Internal(detail) => {
+                    tracing::warn!(error = %detail, "query execution failed");
+                    "the query failed inside the platform; its budget stays charged".to_string()
+                }
+                other => other.to_string(),
+            };
+            Ok(i64::from(fail(&mut caller, c, msg)))
+        }
+        Ok(Ok(release)) => {
+            let n = release.ipc.len() as i64;
+            let st = caller.data_mut();
+            st.pending = Some(release.ipc);
+            st.releases.push(release.lineage);
+            Ok(n)
+        }
+    }
+}
+
+fn host_result_read(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    enter(&mut caller, HOST_CALL_FUEL)?;
+    let Some(pending) = caller.data_mut().pending.take() else {
+        return Ok(fail(&mut caller, code::NO_RESULT, "no query result is pending"));
+    };
+    if usize::try_from(len).map_or(true, |l| l < pending.len()) {
+        let n = pending.len();
+        caller.data_mut().pending = Some(pending);
+        return Ok(fail(&mut caller, code::BUFFER_TOO_SMALL, format!("the result needs {n} bytes")));
+    }
+    match write_bytes(&mut caller, ptr, &pending) {
+        Ok(()) => Ok(i32::try_from(pending.len()).unwrap_or(i32::MAX)),
+        Err(c) => {
+            caller.data_mut().pending = Some(pending);
+            Ok(fail(&mut caller, c, "the destination pointer or length is invalid"))
+        }
+    }
+}
+
+fn host_error_read(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    enter(&mut caller, HOST_CALL_FUEL)?;
+    let msg = caller.data().last_error.clone().into_bytes();
+    let cap = usize::try_from(len).unwrap_or(0);
+    let mut n = msg.len().min(cap);
+    // Never cut a UTF-8 character in half.
+    while n > 0 && n < msg.len() && (msg.get(n).is_some_and(|b| b & 0xC0 == 0x80)) {
+        n -= 1;
+    }
+    if let Err(c) = write_bytes(&mut caller, ptr, msg.get(..n).unwrap_or(&[])) {
+        return Ok(c);
+    }
+    Ok(i32::try_from(msg.len()).unwrap_or(i32::MAX))
+}
+
+fn host_emit(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    let fuel = HOST_CALL_FUEL + u64::try_from(len.max(0)).unwrap_or(0) / 16;
+    enter(&mut caller, fuel)?;
+    let room = {
+        let st = caller.data();
+        usize::try_from(st.limits.output_bytes).unwrap_or(usize::MAX).saturating_sub(st.output.len())
+    };
+    if usize::try_from(len).is_ok_and(|l| l > room) {
+        let cap = caller.data().limits.output_bytes;
+        return Err(stop(&mut caller, JobError::LimitExceeded(format!("output larger than {cap} bytes"))));
+    }
+    match read_bytes(&mut caller, ptr, len, room) {
+        Ok(bytes) => {
+            caller.data_mut().output.extend_from_slice(&bytes);
+            Ok(0)
+        }
+        Err(c) => Ok(fail(&mut caller, c, "the emit pointer or length is invalid")),
+    }
+}
+
+fn host_log(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    enter(&mut caller, HOST_CALL_FUEL)?;
+    let (count, cap, max) = {
+        let st = caller.data();
+        (st.logs.len(), st.limits.log_message_bytes as usize, st.limits.log_messages as usize)
+    };
+    if count >= max {
+        return Ok(fail(&mut caller, code::LIMIT_EXCEEDED, format!("at most {max} log messages")));
+    }
+    let take = len.min(i32::try_from(cap).unwrap_or(i32::MAX));
+    match read_bytes(&mut caller, ptr, take, cap) {
+        Ok(bytes) => {
+            let msg = String::from_utf8_lossy(&bytes).into_owned();
+            caller.data_mut().logs.push(msg);
+            Ok(0)
+        }
+        Err(c) => Ok(fail(&mut caller, c, "the log pointer or length is invalid")),
+    }
+}
+
+fn host_params_len(mut caller: C<'_>) -> wasmtime::Result<i32> {
+    enter(&mut caller, HOST_CALL_FUEL)?;
+    Ok(i32::try_from(caller.data().params.len()).unwrap_or(i32::MAX))
+}
+
+fn host_params_read(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    enter(&mut caller, HOST_CALL_FUEL)?;
+    let params = caller.data().params.clone();
+    if usize::try_from(len).map_or(true, |l| l < params.len()) {
+        return Ok(fail(&mut caller, code::BUFFER_TOO_SMALL, format!("the parameters need {} bytes", params.len())));
+    }
+    match write_bytes(&mut caller, ptr, &params) {
+        Ok(()) => Ok(i32::try_from(params.len()).unwrap_or(i32::MAX)),
+        Err(c) => Ok(fail(&mut caller, c, "the destination pointer or length is invalid")),
+    }
+}
+
+/// Adds every ABI v1 function to `linker`.
+pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(ABI_MODULE, "query", host_query)?;
+    linker.func_wrap(ABI_MODULE, "result_read", host_result_read)?;
+    linker.func_wrap(ABI_MODULE, "error_read", host_error_read)?;
+    linker.func_wrap(ABI_MODULE, "emit", host_emit)?;
+    linker.func_wrap(ABI_MODULE, "log", host_log)?;
+    linker.func_wrap(ABI_MODULE, "params_len", host_params_len)?;
+    linker.func_wrap(ABI_MODULE, "params_read", host_params_read)?;
+    Ok(())
+}
+
+/// Checks that a parameters blob is within limits.
+pub fn check_params(params: &[u8]) -> Result<(), JobError> {
+    if params.len() > MAX_PARAMS_BYTES {
+        return Err(JobError::LimitExceeded(format!("job parameters exceed {MAX_PARAMS_BYTES} bytes")));
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! Invis WASM runtime: runs untrusted job modules under wasmtime with fuel,
+//! a wall-clock deadline (epoch interruption), memory and table caps, and
+//! no WASI: the only imports a job may have are the host ABI in
+//! [`host`], whose `query` is backed by a policy-scoped
+//! [`sandbox::JobScope`].
+//!
+//! Architecture invariant: this crate never touches DataFusion or raw data;
+//! it can only call [`sandbox::JobScope::query`].
+
+mod engine;
+mod error;
+pub mod host;
+mod limits;
+
+pub use engine::{JobInput, JobOutcome, ModuleInfo, Runtime, Usage};
+pub use error::JobError;
+pub use limits::{JobLimits, MAX_MODULE_BYTES, MAX_PARAMS_BYTES, MAX_SQL_BYTES};

@@ -1,0 +1,214 @@
+//! Desensitized views: the only form in which a job's queries see a table
+//! (R2). Each column is rewritten by its rule before any user expression is
+//! evaluated, and rows without a privacy unit are removed because their
+//! contribution could not be bounded.
+//!
+//! The view also carries the raw privacy unit as the hidden column
+//! [`UNIT_COLUMN`]; user queries can never name it (the plan check refuses
+//! it), but the release mechanism groups by it to bound contributions.
+
+use crate::{Error, Result};
+use datafusion::arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::functions::expr_fn as f;
+use datafusion::logical_expr::{
+    cast, col, create_udf, lit, try_cast, when, ColumnarValue, Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF,
+    Volatility,
+};
+use ring::hmac;
+use scenarios::catalog::{ColumnRule, DatasetSpec, DateUnit, Generalization};
+use std::sync::Arc;
+
+/// Hidden column holding the raw privacy unit of each row.
+pub const UNIT_COLUMN: &str = "__unit";
+
+/// A per-agreement key for [`ColumnRule::Tokenize`]. Tokens from different
+/// keys cannot be linked.
+#[derive(Clone)]
+pub struct TokenKey(hmac::Key);
+
+impl TokenKey {
+    /// Builds the key from 32 secret bytes.
+    pub fn new(bytes: &[u8; 32]) -> TokenKey {
+        TokenKey(hmac::Key::new(hmac::HMAC_SHA256, bytes))
+    }
+
+    /// The token of one value: 128 bits of HMAC-SHA256, hex.
+    pub fn token(&self, value: &str) -> String {
+        let tag = hmac::sign(&self.0, value.as_bytes());
+        hex::encode(tag.as_ref().get(..16).unwrap_or(tag.as_ref()))
+    }
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(<secret>)")
+    }
+}
+
+fn string_map_udf(name: &str, map: impl Fn(&str) -> String + Send + Sync + 'static) -> ScalarUDF {
+    let fun = Arc::new(move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(args)?;
+        let input = arrays
+            .first()
+            .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| datafusion::error::DataFusionError::Internal("string function on a non-string".into()))?;
+        let mut out = StringBuilder::with_capacity(input.len(), input.len() * 16);
+        for i in 0..input.len() {
+            if input.is_null(i) {
+                out.append_null();
+            } else {
+                out.append_value(map(input.value(i)));
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
+    });
+    create_udf(name, vec![DataType::Utf8], DataType::Utf8, Volatility::Immutable, fun)
+}
+
+fn mask(value: &str, keep_prefix: usize, keep_suffix: usize) -> String {
+    let chars: Vec<char> = value.chars().collect();
+    let n = chars.len();
+    chars
+        .iter()
+        .enumerate()
+        .map(|(i, c)| if i < keep_prefix || i + keep_suffix >= n { *c } else { '*' })
+        .collect()
+}
+
+fn as_text(e: Expr, dt: &DataType) -> Expr {
+    if matches!(dt, DataType::Utf8) {
+        e
+    } else {
+        cast(e, DataType::Utf8)
+    }
+}
+
+fn is_integer(dt: &DataType) -> bool {
+    dt.is_integer()
+}
+
+fn numeric_check(column: &str, dt: &DataType) -> Result<()> {
+    if dt.is_numeric() {
+        Ok(())
+    } else {
+        Err(Error::InvalidDataset(format!("column `{column}`: numeric generalization on a {dt} column")))
+    }
+}
+
+/// The expression that presents `column` (of type `dt`) under `rule`, or
+/// `None` for [`ColumnRule::Drop`].
+pub fn rule_expr(column: &str, dt: &DataType, rule: &ColumnRule, key: &TokenKey) -> Result<Option<Expr>> {
+    let c = col(datafusion::common::Column::from_name(column));
+    let e = match rule {
+        ColumnRule::Drop => return Ok(None),
+        ColumnRule::Keep => c,
+        ColumnRule::Mask { keep_prefix, keep_suffix } => {
+            let (p, s) = (*keep_prefix as usize, *keep_suffix as usize);
+            let udf = string_map_udf("invis_mask", move |v| mask(v, p, s));
+            udf.call(vec![as_text(c, dt)])
+        }
+        ColumnRule::Tokenize => {
+            let key = key.clone();
+            let udf = string_map_udf("invis_tokenize", move |v| key.token(v));
+            udf.call(vec![as_text(c, dt)])
+        }
+        ColumnRule::Generalize(Generalization::Prefix { len }) => {
+            let n = *len as usize;
+            let udf = string_map_udf("invis_prefix", move |v| v.chars().take(n).collect());
+            udf.call(vec![as_text(c, dt)])
+        }
+        ColumnRule::Generalize(Generalization::Bucket { width }) => {
+            numeric_check(column, dt)?;
+            let bucket = f::floor(cast(c, DataType::Float64) / lit(*width)) * lit(*width);
+            if is_integer(dt) && width.fract() == 0.0 {
+                try_cast(bucket, DataType::Int64)
+            } else {
+                bucket
+            }
+        }
+        ColumnRule::Generalize(Generalization::Edges { edges }) => {
+            numeric_check(column, dt)?;
+            let first = *edges
+                .first()
+                .ok_or_else(|| Error::InvalidDataset(format!("column `{column}`: no edges")))?;
+            let x = cast(c, DataType::Float64);
+            let mut rev = edges.iter().rev();
+            let top = *rev.next().unwrap_or(&first);
+            let mut case = when(x.clone().gt_eq(lit(top)), lit(top));
+            for e in rev {
+                case = case.when(x.clone().gt_eq(lit(*e)), lit(*e));
+            }
+            // NULL stays NULL; values below the first edge map to it.
+            let expr = when(x.clone().is_null(), lit(ScalarValue::Float64(None)))
+                .otherwise(case.otherwise(lit(first))?)?;
+            if is_integer(dt) && edges.iter().all(|e| e.fract() == 0.0) {
+                try_cast(expr, DataType::Int64)
+            } else {
+                expr
+            }
+        }
+        ColumnRule::Generalize(Generalization::DateTrunc { unit }) => {
+            let unit = match unit {
+                DateUnit::Year => "year",
+                DateUnit::Month => "month",
+            };
+            match dt {
+                DataType::Date32 | DataType::Date64 => cast(
+                    f::date_trunc(lit(unit), cast(c, DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Second, None))),
+                    dt.clone(),
+                ),
+                DataType::Timestamp(_, _) => f::date_trunc(lit(unit), c),
+                other => {
+                    return Err(Error::InvalidDataset(format!(
+                        "column `{column}`: date truncation on a {other} column"
+                    )))
+                }
+            }
+        }
+    };
+    Ok(Some(e))
+}
+
+/// Wraps the raw scan `raw` of a dataset into its desensitized view: rows
+/// with a null privacy unit removed, [`UNIT_COLUMN`] added, every column
+/// presented under its rule, dropped columns absent.
+pub fn view_plan(raw: LogicalPlan, spec: &DatasetSpec, key: &TokenKey) -> Result<LogicalPlan> {
+    let schema = raw.schema().clone();
+    let mut exprs = Vec::with_capacity(spec.columns.len() + 1);
+    let unit = col(datafusion::common::Column::from_name(&spec.privacy_unit));
+    exprs.push(unit.clone().alias(UNIT_COLUMN));
+    for c in &spec.columns {
+        let field = schema
+            .field_with_unqualified_name(&c.name)
+            .map_err(|_| Error::InvalidDataset(format!("column `{}` is missing from the file", c.name)))?;
+        if let Some(e) = rule_expr(&c.name, field.data_type(), &c.rule, key)? {
+            exprs.push(e.alias(&c.name));
+        }
+    }
+    Ok(LogicalPlanBuilder::from(raw).filter(unit.is_not_null())?.project(exprs)?.build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_keeps_prefix_and_suffix_by_character() {
+        assert_eq!(mask("厦门市思明区", 2, 1), "厦门***区");
+        assert_eq!(mask("ab", 2, 2), "ab");
+        assert_eq!(mask("abcdef", 0, 0), "******");
+    }
+
+    #[test]
+    fn tokens_depend_on_the_key() {
+        let a = TokenKey::new(&[1u8; 32]);
+        let b = TokenKey::new(&[2u8; 32]);
+        assert_eq!(a.token("E1"), a.token("E1"));
+        assert_ne!(a.token("E1"), a.token("E2"));
+        assert_ne!(a.token("E1"), b.token("E1"));
+        assert_eq!(a.token("E1").len(), 32);
+        assert!(!format!("{a:?}").contains('1'));
+    }
+}

@@ -1,0 +1,730 @@
+//! Policy checks on logical plans (R16, R17): the user's SQL is planned by
+//! DataFusion against the desensitized views, type-coerced by the analyzer,
+//! and then this module walks the plan. Only one shape is accepted:
+//!
+//! ```text
+//! [Projection of group keys and aggregates]
+//!   Aggregate(GROUP BY keys; COUNT / SUM / AVG / COUNT(DISTINCT unit))
+//!     [Filter]  (WHERE)
+//!       granted table | INNER JOIN of granted tables on their privacy units
+//! ```
+//!
+//! Every column use is checked against the scenario's column control list
+//! (group, filter, aggregate, join), every expression against an allowlist
+//! of operators and functions that cannot fail on data, and every SUM/AVG
+//! argument must have declared bounds. Anything else is refused with a
+//! message naming the rule. The result is a [`Checked`] query from which the
+//! release mechanism builds its own plan; the user's plan is never executed.
+
+use crate::desensitize::UNIT_COLUMN;
+use crate::scope::{TableInfo, ViewProvider};
+use crate::{Error, Result};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Column, DFSchema, TableReference};
+use datafusion::datasource::source_as_provider;
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{
+    cast, col, BinaryExpr, Expr, ExprSchemable, JoinConstraint, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
+};
+use scenarios::policy::{effective_bounds, ColumnOp};
+use std::collections::HashMap;
+
+/// One use of a granted table in the FROM clause.
+#[derive(Debug, Clone)]
+pub(crate) struct TableUse {
+    /// How columns of this table are qualified (alias or table name).
+    pub qualifier: TableReference,
+    /// Catalog table name.
+    pub table: String,
+}
+
+/// What one user aggregate measures.
+#[derive(Debug, Clone)]
+pub(crate) enum AggKind {
+    /// `COUNT(*)`: rows.
+    CountRows,
+    /// `COUNT(expr)`: rows where `expr` is not null.
+    CountNonNull(Expr),
+    /// `COUNT(DISTINCT unit)`: distinct privacy units.
+    CountUnits,
+    /// `SUM(expr)` with integer clamping bounds.
+    Sum(Expr, i64, i64),
+    /// `AVG(expr)` with integer clamping bounds.
+    Avg(Expr, i64, i64),
+}
+
+/// Where an output column comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutputRef {
+    /// The i-th group key.
+    Group(usize),
+    /// The i-th aggregate.
+    Agg(usize),
+}
+
+/// A query that passed every check.
+#[derive(Debug, Clone)]
+pub(crate) struct Checked {
+    /// The FROM/WHERE part, with joins rewritten to the hidden unit column.
+    pub input: LogicalPlan,
+    /// The hidden privacy-unit column of the first table.
+    pub unit: Expr,
+    /// Tables used.
+    pub uses: Vec<TableUse>,
+    /// True when every table used has at most one row per unit.
+    pub unique: bool,
+    /// Group key expressions over `input`.
+    pub groups: Vec<Expr>,
+    /// True when every group key is a function of columns of tables with at
+    /// most one row per unit, so each unit falls in exactly one group.
+    pub groups_unit_determined: bool,
+    /// Aggregates.
+    pub aggs: Vec<AggKind>,
+    /// Output columns in order: name and source.
+    pub outputs: Vec<(String, OutputRef)>,
+}
+
+/// Where in the query an expression appears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Group,
+    Filter,
+    Aggregate,
+}
+
+impl Use {
+    fn op(self) -> ColumnOp {
+        match self {
+            Use::Group => ColumnOp::Group,
+            Use::Filter => ColumnOp::Filter,
+            Use::Aggregate => ColumnOp::Aggregate,
+        }
+    }
+    fn describe(self) -> &'static str {
+        match self {
+            Use::Group => "GROUP BY",
+            Use::Filter => "WHERE / JOIN conditions",
+            Use::Aggregate => "aggregates",
+        }
+    }
+}
+
+fn refuse<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Error::PolicyViolation(msg.into()))
+}
+
+/// Scalar functions a query may call, and which of their arguments must be
+/// literals (so that no data value can make them fail).
+fn function_rule(name: &str) -> Option<&'static [usize]> {
+    // The listed argument positions must be literals.
+    const NONE: &[usize] = &[];
+    const AFTER_FIRST: &[usize] = &[1, 2, 3];
+    const FIRST: &[usize] = &[0];
+    match name {
+        "abs" | "floor" | "ceil" | "lower" | "upper" | "trim" | "btrim" | "ltrim" | "rtrim" | "char_length"
+        | "character_length" | "length" | "coalesce" | "nullif" | "greatest" | "least" | "concat" => Some(NONE),
+        "round" | "substr" | "substring" | "left" | "right" => Some(AFTER_FIRST),
+        "date_trunc" | "date_part" | "datepart" => Some(FIRST),
+        _ => None,
+    }
+}
+
+pub(crate) struct Checker<'a> {
+    tables: &'a HashMap<String, TableInfo>,
+    uses: Vec<TableUse>,
+}
+
+impl<'a> Checker<'a> {
+    pub(crate) fn new(tables: &'a HashMap<String, TableInfo>) -> Self {
+        Checker { tables, uses: Vec::new() }
+    }
+
+    /// Checks an analyzed plan and extracts the query.
+    pub(crate) fn check(mut self, plan: &LogicalPlan) -> Result<Checked> {
+        let (projection, agg) = match plan {
+            LogicalPlan::Projection(p) => match p.input.as_ref() {
+                LogicalPlan::Aggregate(a) => (Some(p), a),
+                other => return Err(shape_error(other, true)),
+            },
+            LogicalPlan::Aggregate(a) => (None, a),
+            other => return Err(shape_error(other, false)),
+        };
+        let input = self.relation(&agg.input)?;
+        let schema = agg.input.schema().clone();
+
+        let mut groups = Vec::with_capacity(agg.group_expr.len());
+        for g in &agg.group_expr {
+            if matches!(g, Expr::GroupingSet(_)) {
+                return refuse("GROUPING SETS, ROLLUP and CUBE are not allowed; run one query per grouping");
+            }
+            self.expr(g, Use::Group, &schema)?;
+            groups.push(g.clone());
+        }
+        let mut aggs = Vec::with_capacity(agg.aggr_expr.len());
+        for a in &agg.aggr_expr {
+            aggs.push(self.aggregate(a, &schema)?);
+        }
+
+        let ng = groups.len();
+        let outputs = match projection {
+            Some(p) => {
+                let mut outs = Vec::with_capacity(p.expr.len());
+                for (i, e) in p.expr.iter().enumerate() {
+                    let name = p.schema.field(i).name().clone();
+                    let inner = strip_alias(e);
+                    let Expr::Column(c) = inner else {
+                        return refuse(format!(
+                            "output column `{name}` is computed from aggregates; release COUNT, SUM and AVG \
+                             as they are and derive values inside the job"
+                        ));
+                    };
+                    let idx = agg
+                        .schema
+                        .maybe_index_of_column(c)
+                        .ok_or_else(|| Error::PolicyViolation(format!("output column `{name}` is not an aggregate")))?;
+                    let src = if idx < ng { OutputRef::Group(idx) } else { OutputRef::Agg(idx - ng) };
+                    outs.push((name, src));
+                }
+                outs
+            }
+            None => (0..agg.schema.fields().len())
+                .map(|i| {
+                    let src = if i < ng { OutputRef::Group(i) } else { OutputRef::Agg(i - ng) };
+                    (agg.schema.field(i).name().clone(), src)
+                })
+                .collect(),
+        };
+        if !outputs.iter().any(|(_, s)| matches!(s, OutputRef::Agg(_))) && groups.is_empty() {
+            return refuse("the query releases nothing: select at least one group key or aggregate");
+        }
+
+        let unique = self.uses.iter().all(|u| self.tables.get(&u.table).is_some_and(|t| t.unit_unique));
+        let groups_unit_determined = groups.iter().all(|g| {
+            g.column_refs().iter().all(|c| {
+                self.resolve(c).is_ok_and(|(t, _)| t.unit_unique)
+            })
+        });
+        let first = self
+            .uses
+            .first()
+            .ok_or_else(|| Error::InvalidQuery("the query reads no table".into()))?;
+        let unit = col(Column::new(Some(first.qualifier.clone()), UNIT_COLUMN));
+        Ok(Checked { input, unit, uses: self.uses, unique, groups, groups_unit_determined, aggs, outputs })
+    }
+
+    /// Checks the FROM/WHERE subtree and rebuilds it with unit joins.
+    fn relation(&mut self, plan: &LogicalPlan) -> Result<LogicalPlan> {
+        match plan {
+            LogicalPlan::Filter(f) => {
+                let input = self.relation(&f.input)?;
+                self.expr(&f.predicate, Use::Filter, f.input.schema())?;
+                Ok(LogicalPlanBuilder::from(input).filter(f.predicate.clone())?.build()?)
+            }
+            LogicalPlan::Join(j) => {
+                if j.join_type != JoinType::Inner {
+                    return refuse(format!(
+                        "{} joins are not allowed; only INNER JOIN on the privacy unit",
+                        j.join_type
+                    ));
+                }
+                if j.join_constraint != JoinConstraint::On && j.join_constraint != JoinConstraint::Using {
+                    return refuse("unsupported join form");
+                }
+                let left = self.relation(&j.left)?;
+                let right = self.relation(&j.right)?;
+                let mut conds: Vec<Expr> = j.on.iter().map(|(l, r)| l.clone().eq(r.clone())).collect();
+                if let Some(f) = &j.filter {
+                    conds.extend(split_conjunction(f).into_iter().cloned());
+                }
+                let mut rewritten = Vec::with_capacity(conds.len());
+                let mut linked = false;
+                for c in conds {
+                    if let Some((l, r)) = self.unit_equality(&c)? {
+                        rewritten.push(l.eq(r));
+                        linked = true;
+                    } else {
+                        self.expr(&c, Use::Filter, &j.schema)?;
+                        rewritten.push(c);
+                    }
+                }
+                if !linked {
+                    return refuse(
+                        "tables must be joined on their privacy units (JOIN ... ON a.unit = b.unit); \
+                         other joins could attribute one unit's rows to another",
+                    );
+                }
+                Ok(LogicalPlanBuilder::from(left).join_on(right, JoinType::Inner, rewritten)?.build()?)
+            }
+            LogicalPlan::SubqueryAlias(a) => match a.input.as_ref() {
+                LogicalPlan::TableScan(s) => {
+                    self.leaf(s, a.alias.clone())?;
+                    Ok(plan.clone())
+                }
+                _ => refuse("derived tables and subqueries in FROM are not allowed"),
+            },
+            LogicalPlan::TableScan(s) => {
+                self.leaf(s, s.table_name.clone())?;
+                Ok(plan.clone())
+            }
+            LogicalPlan::Projection(_) | LogicalPlan::Aggregate(_) => {
+                refuse("derived tables and subqueries in FROM are not allowed")
+            }
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
+                refuse("the query must read a table granted by the scenario")
+            }
+            LogicalPlan::Union(_) => refuse("UNION is not allowed; run separate queries"),
+            LogicalPlan::Limit(_) => refuse("LIMIT and OFFSET are not allowed: they select individual rows"),
+            LogicalPlan::Sort(_) => refuse("ORDER BY inside a query is not allowed"),
+            LogicalPlan::Window(_) => refuse("window functions are not allowed: they can release per-row values"),
+            _ => refuse("unsupported FROM clause; only granted tables and INNER JOIN on the privacy unit"),
+        }
+    }
+
+    fn leaf(&mut self, scan: &datafusion::logical_expr::TableScan, qualifier: TableReference) -> Result<()> {
+        let provider = source_as_provider(&scan.source)?;
+        let name = scan.table_name.table().to_string();
+        let any: &dyn std::any::Any = provider.as_ref();
+        let is_view = any.downcast_ref::<ViewProvider>().is_some();
+        if !is_view || !self.tables.contains_key(&name) {
+            return refuse(format!("table `{}` is not granted by the scenario", name.escape_debug()));
+        }
+        if !scan.filters.is_empty() || scan.fetch.is_some() {
+            return refuse("unsupported table scan");
+        }
+        if self.uses.iter().any(|u| u.table == name) {
+            return refuse(format!(
+                "table `{name}` appears twice; self-joins are not allowed because they can isolate a unit"
+            ));
+        }
+        self.uses.push(TableUse { qualifier, table: name });
+        Ok(())
+    }
+
+    /// Resolves a column to its table and name.
+    fn resolve(&self, c: &Column) -> Result<(&'a TableInfo, String)> {
+        let table_use = match &c.relation {
+            Some(q) => self.uses.iter().find(|u| &u.qualifier == q || u.qualifier.table() == q.table()),
+            None => {
+                let mut found = self.uses.iter().filter(|u| {
+                    self.tables.get(&u.table).is_some_and(|t| t.view_schema.field_with_name(&c.name).is_ok())
+                });
+                let first = found.next();
+                if found.next().is_some() {
+                    return Err(Error::InvalidQuery(format!("column `{}` is ambiguous", c.name)));
+                }
+                first
+            }
+        };
+        let table_use =
+            table_use.ok_or_else(|| Error::InvalidQuery(format!("column `{}` does not belong to a table of the query", c.name)))?;
+        let info = self
+            .tables
+            .get(&table_use.table)
+            .ok_or_else(|| Error::Internal("table use without table".into()))?;
+        Ok((info, c.name.clone()))
+    }
+
+    /// If `e` is `a.unit = b.unit` across two tables whose units are of the
+    /// same kind, returns the equality on the hidden unit columns.
+    fn unit_equality(&self, e: &Expr) -> Result<Option<(Expr, Expr)>> {
+        let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = e else {
+            return Ok(None);
+        };
+        let (Expr::Column(lc), Expr::Column(rc)) = (strip_cast(left), strip_cast(right)) else {
+            return Ok(None);
+        };
+        let (lt, ln) = self.resolve(lc)?;
+        let (rt, rn) = self.resolve(rc)?;
+        let l_unit = ln == lt.spec.privacy_unit;
+        let r_unit = rn == rt.spec.privacy_unit;
+        if !l_unit && !r_unit {
+            return Ok(None);
+        }
+        if !(l_unit && r_unit) {
+            return refuse("a privacy unit column can only be joined with another table's privacy unit column");
+        }
+        if lt.spec.name == rt.spec.name {
+            return refuse("self-joins are not allowed");
+        }
+        for (t, n) in [(lt, &ln), (rt, &rn)] {
+            let granted = t.grant.column(n).is_some_and(|g| g.ops.contains(&ColumnOp::Join));
+            if !granted {
+                return refuse(format!("column `{}.{n}` is not granted as a join key", t.spec.name));
+            }
+        }
+        match (&lt.spec.unit_kind, &rt.spec.unit_kind) {
+            (Some(a), Some(b)) if a == b => {}
+            _ => {
+                return refuse(format!(
+                    "tables `{}` and `{}` do not declare the same kind of privacy unit",
+                    lt.spec.name, rt.spec.name
+                ))
+            }
+        }
+        let lq = lc.relation.clone();
+        let rq = rc.relation.clone();
+        let mut l = col(Column::new(lq, UNIT_COLUMN));
+        let mut r = col(Column::new(rq, UNIT_COLUMN));
+        let lt_ty = lt.view_schema.field_with_name(UNIT_COLUMN).map(|f| f.data_type().clone()).ok();
+        let rt_ty = rt.view_schema.field_with_name(UNIT_COLUMN).map(|f| f.data_type().clone()).ok();
+        if lt_ty != rt_ty {
+            l = cast(l, DataType::Utf8);
+            r = cast(r, DataType::Utf8);
+        }
+        Ok(Some((l, r)))
+    }
+
+    fn aggregate(&self, e: &Expr, schema: &DFSchema) -> Result<AggKind> {
+        let Expr::AggregateFunction(AggregateFunction { func, params }) = strip_alias(e) else {
+            return refuse(format!("`{e}` is not an aggregate"));
+        };
+        let name = func.name().to_ascii_lowercase();
+        if params.filter.is_some() {
+            return refuse("FILTER (WHERE ...) on aggregates is not supported; use WHERE");
+        }
+        if !params.order_by.is_empty() {
+            return refuse("ordered aggregates are not supported");
+        }
+        let arg = match params.args.as_slice() {
+            [a] => a,
+            _ => return refuse(format!("`{name}` takes exactly one argument here")),
+        };
+        match name.as_str() {
+            "count" if params.distinct => {
+                if let Expr::Column(c) = strip_cast(arg) {
+                    let (t, n) = self.resolve(c)?;
+                    if n == t.spec.privacy_unit {
+                        let granted = t.grant.column(&n).is_some_and(|g| g.ops.contains(&ColumnOp::Aggregate));
+                        if !granted {
+                            return refuse(format!(
+                                "column `{}.{n}` is not granted for aggregates",
+                                t.spec.name
+                            ));
+                        }
+                        return Ok(AggKind::CountUnits);
+                    }
+                }
+                refuse("COUNT(DISTINCT ...) is only allowed on the privacy unit column")
+            }
+            "count" => match arg {
+                Expr::Literal(v, _) if !v.is_null() => Ok(AggKind::CountRows),
+                _ => {
+                    self.expr(arg, Use::Aggregate, schema)?;
+                    Ok(AggKind::CountNonNull(arg.clone()))
+                }
+            },
+            "sum" | "avg" => {
+                if params.distinct {
+                    return refuse(format!("{}(DISTINCT ...) is not allowed", name.to_uppercase()));
+                }
+                self.expr(arg, Use::Aggregate, schema)?;
+                let (lo, hi) = self.bounds(arg).ok_or_else(|| {
+                    Error::PolicyViolation(format!(
+                        "`{arg}` has no declared bounds; {}() needs the scenario to declare bounds for every column it uses",
+                        name.to_uppercase()
+                    ))
+                })?;
+                if !(lo.is_finite() && hi.is_finite()) || lo.abs() > 1e12 || hi.abs() > 1e12 {
+                    return refuse(format!("the bounds of `{arg}` are too wide"));
+                }
+                let (lo, hi) = (lo.floor() as i64, hi.ceil() as i64);
+                Ok(if name == "sum" { AggKind::Sum(arg.clone(), lo, hi) } else { AggKind::Avg(arg.clone(), lo, hi) })
+            }
+            "min" | "max" => refuse(format!(
+                "{}() releases one unit's exact value and is not allowed",
+                name.to_uppercase()
+            )),
+            other => refuse(format!("aggregate `{other}` is not supported; use COUNT, SUM or AVG")),
+        }
+    }
+
+    /// Interval bounds of a numeric expression from declared column bounds.
+    fn bounds(&self, e: &Expr) -> Option<(f64, f64)> {
+        match e {
+            Expr::Alias(a) => self.bounds(&a.expr),
+            Expr::Column(c) => {
+                let (t, n) = self.resolve(c).ok()?;
+                let grant = t.grant.column(&n)?;
+                effective_bounds(grant, Some(&t.spec)).map(|[lo, hi]| (lo, hi))
+            }
+            Expr::Literal(v, _) => {
+                let x = match v.cast_to(&DataType::Float64).ok()? {
+                    datafusion::common::ScalarValue::Float64(Some(x)) => x,
+                    _ => return None,
+                };
+                Some((x, x))
+            }
+            Expr::Cast(c) => self.bounds(&c.expr),
+            Expr::TryCast(c) => self.bounds(&c.expr),
+            Expr::Negative(x) => self.bounds(x).map(|(lo, hi)| (-hi, -lo)),
+            Expr::BinaryExpr(b) => {
+                let (a1, a2) = self.bounds(&b.left)?;
+                let (b1, b2) = self.bounds(&b.right)?;
+                match b.op {
+                    Operator::Plus => Some((a1 + b1, a2 + b2)),
+                    Operator::Minus => Some((a1 - b2, a2 - b1)),
+                    Operator::Multiply => {
+                        let p = [a1 * b1, a1 * b2, a2 * b1, a2 * b2];
+                        Some((p.iter().cloned().fold(f64::INFINITY, f64::min), p.iter().cloned().fold(f64::NEG_INFINITY, f64::max)))
+                    }
+                    Operator::Divide if b1 == b2 && b1 != 0.0 => {
+                        let (x, y) = (a1 / b1, a2 / b1);
+                        Some((x.min(y), x.max(y)))
+                    }
+                    _ => None,
+                }
+            }
+            Expr::Case(c) => {
+                let mut lo = f64::INFINITY;
+                let mut hi = f64::NEG_INFINITY;
+                let branches = c.when_then_expr.iter().map(|(_, t)| t.as_ref()).chain(c.else_expr.as_deref());
+                for b in branches {
+                    if matches!(b, Expr::Literal(v, _) if v.is_null()) {
+                        continue;
+                    }
+                    let (l, h) = self.bounds(b)?;
+                    lo = lo.min(l);
+                    hi = hi.max(h);
+                }
+                (lo <= hi).then_some((lo, hi))
+            }
+            Expr::ScalarFunction(f) => match f.func.name() {
+                "abs" => {
+                    let (l, h) = self.bounds(f.args.first()?)?;
+                    let m = l.abs().max(h.abs());
+                    Some((if l <= 0.0 && h >= 0.0 { 0.0 } else { l.abs().min(h.abs()) }, m))
+                }
+                "round" | "floor" | "ceil" => {
+                    let (l, h) = self.bounds(f.args.first()?)?;
+                    Some((l.floor(), h.ceil()))
+                }
+                "coalesce" | "greatest" | "least" => {
+                    let mut lo = f64::INFINITY;
+                    let mut hi = f64::NEG_INFINITY;
+                    for a in &f.args {
+                        let (l, h) = self.bounds(a)?;
+                        lo = lo.min(l);
+                        hi = hi.max(h);
+                    }
+                    Some((lo, hi))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Checks one expression in one place of the query.
+    fn expr(&self, e: &Expr, place: Use, schema: &DFSchema) -> Result<()> {
+        match e {
+            Expr::Alias(a) => self.expr(&a.expr, place, schema),
+            Expr::Column(c) => self.column(c, place),
+            Expr::Literal(_, _) => Ok(()),
+            Expr::BinaryExpr(b) => {
+                use Operator::*;
+                match b.op {
+                    Eq | NotEq | Lt | LtEq | Gt | GtEq | And | Or | Plus | Minus | Multiply | IsDistinctFrom
+                    | IsNotDistinctFrom | StringConcat => {}
+                    Divide | Modulo => {
+                        let nonzero_literal = match strip_cast(&b.right) {
+                            Expr::Literal(v, _) => {
+                                !v.is_null()
+                                    && v.cast_to(&DataType::Float64).ok().is_some_and(|x| {
+                                        matches!(x, datafusion::common::ScalarValue::Float64(Some(f)) if f != 0.0)
+                                    })
+                            }
+                            _ => false,
+                        };
+                        if !nonzero_literal {
+                            return refuse(format!(
+                                "`{e}`: division and modulo are only allowed by a non-zero constant"
+                            ));
+                        }
+                    }
+                    other => return refuse(format!("operator `{other}` is not allowed")),
+                }
+                self.expr(&b.left, place, schema)?;
+                self.expr(&b.right, place, schema)
+            }
+            Expr::Like(l) => {
+                if !matches!(strip_cast(&l.pattern), Expr::Literal(_, _)) {
+                    return refuse("LIKE patterns must be constants");
+                }
+                self.expr(&l.expr, place, schema)
+            }
+            Expr::Not(x)
+            | Expr::IsNull(x)
+            | Expr::IsNotNull(x)
+            | Expr::IsTrue(x)
+            | Expr::IsFalse(x)
+            | Expr::IsUnknown(x)
+            | Expr::IsNotTrue(x)
+            | Expr::IsNotFalse(x)
+            | Expr::IsNotUnknown(x)
+            | Expr::Negative(x) => self.expr(x, place, schema),
+            Expr::Between(b) => {
+                self.expr(&b.expr, place, schema)?;
+                self.expr(&b.low, place, schema)?;
+                self.expr(&b.high, place, schema)
+            }
+            Expr::Case(c) => {
+                if let Some(x) = &c.expr {
+                    self.expr(x, place, schema)?;
+                }
+                for (w, t) in &c.when_then_expr {
+                    self.expr(w, place, schema)?;
+                    self.expr(t, place, schema)?;
+                }
+                if let Some(x) = &c.else_expr {
+                    self.expr(x, place, schema)?;
+                }
+                Ok(())
+            }
+            Expr::Cast(c) => {
+                let from = c.expr.get_type(schema).map_err(|e| Error::InvalidQuery(e.to_string()))?;
+                let to = c.field.data_type();
+                if !safe_cast(&from, to) {
+                    return refuse(format!("CAST from {from} to {to} can fail on data values; use TRY_CAST"));
+                }
+                self.expr(&c.expr, place, schema)
+            }
+            Expr::TryCast(c) => self.expr(&c.expr, place, schema),
+            Expr::ScalarFunction(f) => {
+                let name = f.func.name();
+                let literal_args = function_rule(name)
+                    .ok_or_else(|| Error::PolicyViolation(format!("function `{name}` is not allowed")))?;
+                for (i, a) in f.args.iter().enumerate() {
+                    if literal_args.contains(&i) {
+                        if !matches!(strip_cast(a), Expr::Literal(_, _)) {
+                            return refuse(format!("argument {} of `{name}` must be a constant", i + 1));
+                        }
+                    } else {
+                        self.expr(a, place, schema)?;
+                    }
+                }
+                Ok(())
+            }
+            Expr::InList(l) => {
+                if l.list.len() > 1000 {
+                    return refuse("IN lists are limited to 1000 constants");
+                }
+                if l.list.iter().any(|x| !matches!(strip_cast(x), Expr::Literal(_, _))) {
+                    return refuse("IN lists must hold constants");
+                }
+                self.expr(&l.expr, place, schema)
+            }
+            Expr::AggregateFunction(_) => {
+                refuse("aggregates are only allowed directly in the SELECT list, not nested or in WHERE/GROUP BY")
+            }
+            Expr::WindowFunction(_) => refuse("window functions are not allowed: they can release per-row values"),
+            Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_) | Expr::SetComparison(_) => {
+                refuse("subqueries are not allowed")
+            }
+            Expr::Placeholder(_) => refuse("query parameters are not supported"),
+            other => refuse(format!("expression `{other}` is not allowed")),
+        }
+    }
+
+    fn column(&self, c: &Column, place: Use) -> Result<()> {
+        if c.name == UNIT_COLUMN {
+            return refuse(format!("column `{UNIT_COLUMN}` is not granted by the scenario"));
+        }
+        let (t, name) = self.resolve(c)?;
+        if name == t.spec.privacy_unit {
+            return refuse(format!(
+                "`{}.{name}` is the privacy unit: it may only be a join key or counted with COUNT(DISTINCT ...)",
+                t.spec.name
+            ));
+        }
+        let grant = t.grant.column(&name).ok_or_else(|| {
+            Error::PolicyViolation(format!("column `{}.{name}` is not granted by the scenario", t.spec.name))
+        })?;
+        if !grant.ops.contains(&place.op()) {
+            let allowed: Vec<&str> = grant
+                .ops
+                .iter()
+                .map(|o| match o {
+                    ColumnOp::Group => "group",
+                    ColumnOp::Filter => "filter",
+                    ColumnOp::Aggregate => "aggregate",
+                    ColumnOp::Join => "join",
+                })
+                .collect();
+            return refuse(format!(
+                "column `{}.{name}` may not be used in {}; the scenario allows: {}",
+                t.spec.name,
+                place.describe(),
+                if allowed.is_empty() { "nothing".to_string() } else { allowed.join(", ") }
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn strip_alias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => strip_alias(&a.expr),
+        other => other,
+    }
+}
+
+fn strip_cast(e: &Expr) -> &Expr {
+    match e {
+        Expr::Cast(c) => strip_cast(&c.expr),
+        Expr::TryCast(c) => strip_cast(&c.expr),
+        Expr::Alias(a) => strip_cast(&a.expr),
+        other => other,
+    }
+}
+
+/// Casts that cannot fail on any value of the source type.
+fn safe_cast(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    if from == to || matches!(from, Null) {
+        return true;
+    }
+    match to {
+        Utf8 | LargeUtf8 | Utf8View => !matches!(from, Binary | LargeBinary | BinaryView),
+        Float64 => from.is_numeric(),
+        Float32 => from.is_integer() || matches!(from, Float16),
+        Int64 => matches!(from, Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32),
+        Int32 => matches!(from, Int8 | Int16 | UInt8 | UInt16),
+        Timestamp(_, _) | Date32 | Date64 => matches!(from, Date32 | Date64 | Timestamp(_, _)),
+        _ => false,
+    }
+}
+
+/// Why a plan of the wrong shape is refused, naming the rule.
+fn shape_error(plan: &LogicalPlan, under_projection: bool) -> Error {
+    let msg = match plan {
+        LogicalPlan::Sort(_) => {
+            "ORDER BY is not supported: released groups come sorted by their keys; sort further inside the job"
+        }
+        LogicalPlan::Limit(_) => "LIMIT and OFFSET are not allowed: they select individual rows or groups",
+        LogicalPlan::Filter(f) if matches!(f.input.as_ref(), LogicalPlan::Aggregate(_)) => {
+            "HAVING is not allowed: filtering on exact aggregates leaks them; filter released results inside the job"
+        }
+        LogicalPlan::Window(_) => "window functions are not allowed: they can release per-row values",
+        LogicalPlan::Distinct(_) => "SELECT DISTINCT is not allowed; use GROUP BY, whose keys pass the release threshold",
+        LogicalPlan::Union(_) => "UNION is not allowed; run separate queries",
+        LogicalPlan::Projection(_) if under_projection => "derived tables and subqueries are not allowed",
+        LogicalPlan::TableScan(_)
+        | LogicalPlan::Filter(_)
+        | LogicalPlan::Join(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Projection(_) => {
+            "row-level output is not allowed: every selected column must be a GROUP BY key or an aggregate (COUNT, SUM, AVG)"
+        }
+        LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => "the query must read a table granted by the scenario",
+        LogicalPlan::Ddl(_)
+        | LogicalPlan::Dml(_)
+        | LogicalPlan::Copy(_)
+        | LogicalPlan::Statement(_)
+        | LogicalPlan::Explain(_)
+        | LogicalPlan::Analyze(_)
+        | LogicalPlan::DescribeTable(_) => "only SELECT queries are allowed",
+        _ => "unsupported query: only SELECT ... FROM granted tables [WHERE ...] [GROUP BY ...] with COUNT, SUM, AVG",
+    };
+    Error::PolicyViolation(msg.into())
+}

@@ -1,0 +1,151 @@
+//! Profiling a dataset file at registration: its version hash, schema,
+//! row count and whether each privacy unit has at most one row. Reads the
+//! file; reports nothing about its values beyond these counts.
+
+use crate::desensitize::{view_plan, TokenKey, UNIT_COLUMN};
+use crate::scope::{df_error, open_file, FileFingerprint};
+use crate::{Error, Result};
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::datasource::provider_as_source;
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct};
+use datafusion::logical_expr::{col, LogicalPlanBuilder};
+use datafusion::prelude::SessionContext;
+use ring::digest::{Context, SHA256};
+use scenarios::catalog::DatasetSpec;
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+
+/// One column as found in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnProfile {
+    /// Name.
+    pub name: String,
+    /// Arrow data type, as text (for example `Int64`, `Utf8`).
+    pub data_type: String,
+}
+
+/// What registration learns about a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetProfile {
+    /// SHA-256 of the file, hex: the version hash jobs record.
+    pub version: String,
+    /// Size and modification time, to detect later changes.
+    pub fingerprint: FileFingerprint,
+    /// Columns and types.
+    pub columns: Vec<ColumnProfile>,
+    /// Rows with a privacy unit.
+    pub rows: u64,
+    /// Distinct privacy units.
+    pub units: u64,
+    /// True when no unit has more than one row.
+    pub unit_unique: bool,
+}
+
+/// Size and modification time of `path`.
+pub fn fingerprint(path: &str) -> Result<FileFingerprint> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::InvalidDataset(format!("cannot read `{}`: {}", path.escape_debug(), e.kind())))?;
+    if !meta.is_file() {
+        return Err(Error::InvalidDataset(format!("`{}` is not a regular file", path.escape_debug())));
+    }
+    let modified_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    Ok(FileFingerprint { len: meta.len(), modified_ns })
+}
+
+/// SHA-256 of a file, hex.
+pub fn hash_file(path: &str) -> Result<String> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Error::InvalidDataset(format!("cannot open `{}`: {}", path.escape_debug(), e.kind())))?;
+    let mut ctx = Context::new(&SHA256);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::InvalidDataset(format!("read failed: {}", e.kind())))?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(buf.get(..n).unwrap_or(&[]));
+    }
+    Ok(hex::encode(ctx.finish().as_ref()))
+}
+
+/// Profiles the file of `spec` and checks it against the spec: every file
+/// column needs a rule, every rule a column, and every rule must fit its
+/// column's type.
+pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
+    spec.validate()?;
+    if !std::path::Path::new(&spec.path).is_absolute() {
+        return Err(Error::InvalidDataset("the dataset path must be absolute".into()));
+    }
+    let before = fingerprint(&spec.path)?;
+    let version = hash_file(&spec.path)?;
+    let provider = open_file(spec).await?;
+    let schema: SchemaRef = provider.schema();
+    for f in schema.fields() {
+        if spec.column(f.name()).is_none() {
+            return Err(Error::InvalidDataset(format!(
+                "column `{}` of the file has no desensitization rule",
+                f.name().escape_debug()
+            )));
+        }
+    }
+    for c in &spec.columns {
+        if schema.field_with_name(&c.name).is_err() {
+            return Err(Error::InvalidDataset(format!("column `{}` is not in the file", c.name)));
+        }
+    }
+    let scan = LogicalPlanBuilder::scan("raw", provider_as_source(provider.clone()), None)?.build()?;
+    // Building the view checks that every rule fits its column type.
+    let view = view_plan(scan, spec, &TokenKey::new(&[0u8; 32]))?;
+    let counted = LogicalPlanBuilder::from(view)
+        .aggregate(
+            Vec::<datafusion::logical_expr::Expr>::new(),
+            vec![count(col(UNIT_COLUMN)).alias("rows"), count_distinct(col(UNIT_COLUMN)).alias("units")],
+        )?
+        .build()?;
+    let ctx = SessionContext::new();
+    let batches = ctx
+        .execute_logical_plan(counted)
+        .await
+        .map_err(df_error)?
+        .collect()
+        .await
+        .map_err(|e| {
+            tracing::warn!(path = %spec.path, error = %e, "dataset file could not be scanned");
+            Error::InvalidDataset(format!("the file of `{}` could not be read completely; check its format", spec.name))
+        })?;
+    let batch = batches
+        .first()
+        .filter(|b| b.num_rows() == 1)
+        .ok_or_else(|| Error::Internal("the count query returned no row".into()))?;
+    let get = |name: &str| -> u64 {
+        batch
+            .column_by_name(name)
+            .map(|c| c.as_primitive::<Int64Type>().value(0).max(0) as u64)
+            .unwrap_or(0)
+    };
+    let (rows, units) = (get("rows"), get("units"));
+    if rows == 0 {
+        return Err(Error::InvalidDataset("the file has no row with a privacy unit".into()));
+    }
+    if fingerprint(&spec.path)? != before {
+        return Err(Error::InvalidDataset("the file changed while it was being registered".into()));
+    }
+    Ok(DatasetProfile {
+        version,
+        fingerprint: before,
+        columns: schema
+            .fields()
+            .iter()
+            .map(|f| ColumnProfile { name: f.name().clone(), data_type: f.data_type().to_string() })
+            .collect(),
+        rows,
+        units,
+        unit_unique: rows == units,
+    })
+}

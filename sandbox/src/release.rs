@@ -1,0 +1,518 @@
+//! The release mechanism (R17): from a checked query it builds its own
+//! plan that bounds every privacy unit's contribution, runs it, adds exact
+//! discrete Laplace noise to every measurement, and releases only the groups
+//! whose noisy count of distinct units passes a threshold derived from the
+//! minimum group size, epsilon and delta.
+//!
+//! Contribution bounding. When every table read has at most one row per
+//! unit, each unit is one row, values are clamped to the declared bounds,
+//! and a unit touches one group (the fast path: the plan is the user's
+//! aggregate plus a clamp). Otherwise rows are first aggregated per unit and
+//! group, each unit's row count is capped at `k = max_rows_per_unit` and its
+//! sums clamped to `k` times the bounds, and, unless every group key is
+//! determined by the unit, each unit keeps at most `L0 = max_groups_per_unit`
+//! groups chosen at random.
+//!
+//! Budget split. A query spends `epsilon_per_query`, split evenly over its
+//! distinct measurements (the unit count used for thresholding is always
+//! one); each measurement's noise scale is `L0 · Δ / ε_m`.
+//!
+//! Threshold. A group is released only if its noisy unit count reaches
+//! `τ = min_group_size + ⌈b · ln(L0 / (δ · (1 + e^{-1/b})))⌉`, where `b` is
+//! the unit count's noise scale. A group with fewer than `min_group_size`
+//! units then passes with probability at most `δ` over all groups of one
+//! unit, which both enforces the minimum cell size and makes releasing
+//! data-dependent group keys (ε, δ)-differentially private.
+
+use crate::noise::{discrete_laplace, RandomSource, Scale};
+use crate::policy::{AggKind, Checked, OutputRef};
+use crate::{Error, Result};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Builder, Int64Builder, UInt32Array};
+use datafusion::arrow::compute::{cast, concat_batches, lexsort_to_indices, take, SortColumn};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::functions::expr_fn as f;
+use datafusion::functions_aggregate::expr_fn::{count, sum};
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::{
+    col, lit, try_cast, when, Expr, ExprFunctionExt, ExprSchemable, LogicalPlan, LogicalPlanBuilder,
+};
+use scenarios::budget::Budget;
+use scenarios::policy::ReleaseRules;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A dataset and the version a query read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRef {
+    /// Dataset name.
+    pub dataset: String,
+    /// Version hash.
+    pub version: String,
+}
+
+/// One noisy measurement of a query, as recorded in its lineage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeasurementRecord {
+    /// What is measured (`units`, `rows`, `sum(x)`, `count(x)`).
+    pub name: String,
+    /// L1 sensitivity over all groups.
+    pub sensitivity: String,
+    /// Exact noise scale as `num/den`.
+    pub scale: String,
+    /// Noise scale as a decimal.
+    pub scale_f64: f64,
+}
+
+/// Mechanism and parameters of one release, as recorded in its lineage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MechanismRecord {
+    /// Noise distribution.
+    pub noise: String,
+    /// `one_row_per_unit` or `bounded_per_unit`.
+    pub contribution: String,
+    /// k: rows of one unit counted per group.
+    pub max_rows_per_unit: u32,
+    /// L0: groups one unit contributes to.
+    pub max_groups_per_unit: u32,
+    /// Minimum distinct units per released group.
+    pub min_group_size: u32,
+    /// Noisy unit count a group needs to be released.
+    pub threshold: i64,
+    /// Measurements and their noise.
+    pub measurements: Vec<MeasurementRecord>,
+    /// Clamping bounds applied to SUM/AVG arguments.
+    pub bounds: Vec<(String, i64, i64)>,
+}
+
+/// The lineage of one query (R21).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryLineage {
+    /// Agreement charged.
+    pub agreement_id: String,
+    /// The scenario's purpose.
+    pub purpose: String,
+    /// SQL as submitted.
+    pub sql: String,
+    /// SHA-256 of the checked plan.
+    pub plan_hash: String,
+    /// Datasets read and their versions.
+    pub tables: Vec<TableRef>,
+    /// Release mechanism.
+    pub mechanism: MechanismRecord,
+    /// Budget charged.
+    pub cost: Budget,
+    /// Groups released (known after execution).
+    pub released_groups: Option<u64>,
+    /// SHA-256 of the released Arrow IPC bytes.
+    pub output_hash: Option<String>,
+    /// Size of the released bytes.
+    pub output_bytes: Option<u64>,
+}
+
+/// A measurement column of the mechanism's plan.
+#[derive(Debug, Clone)]
+pub(crate) struct Measure {
+    column: String,
+    scale: Scale,
+}
+
+/// How one output column is computed from measurements.
+#[derive(Debug, Clone)]
+enum OutSpec {
+    Group(usize),
+    Count(usize),
+    Sum { m: usize, lo: i64 },
+    Avg { sum: usize, count: usize, lo: i64, hi: i64 },
+}
+
+/// A mechanism ready to run.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    pub plan: LogicalPlan,
+    measures: Vec<Measure>,
+    outputs: Vec<(String, OutSpec)>,
+    groups: usize,
+    threshold: i128,
+    pub mechanism: MechanismRecord,
+}
+
+/// What a measurement is, before columns are assigned. Measurement 0 is
+/// always the distinct-unit count.
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    Units,
+    Rows,
+    NonNull(Expr),
+    Sum(Expr, i64, i64),
+}
+
+impl Kind {
+    fn label(&self) -> String {
+        match self {
+            Kind::Units => "units".into(),
+            Kind::Rows => "rows".into(),
+            Kind::NonNull(e) => format!("count({e})"),
+            Kind::Sum(e, lo, hi) => format!("sum(clamp({e}, {lo}, {hi}))"),
+        }
+    }
+}
+
+fn index_of(kinds: &mut Vec<Kind>, k: Kind) -> usize {
+    if let Some(i) = kinds.iter().position(|x| *x == k) {
+        i
+    } else {
+        kinds.push(k);
+        kinds.len() - 1
+    }
+}
+
+/// The key release threshold (see the module docs).
+pub(crate) fn threshold(min_group_size: u32, unit_scale: f64, l0: u32, delta: f64) -> i128 {
+    let b = unit_scale;
+    let tail = (f64::from(l0) / (delta * (1.0 + (-1.0 / b).exp()))).ln();
+    let margin = if tail > 0.0 { (b * tail).ceil() } else { 0.0 };
+    i128::from(min_group_size) + margin as i128
+}
+
+/// Builds the mechanism's plan and parameters for a checked query.
+pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
+    let fast = c.unique;
+    let k = i64::from(rules.max_rows_per_unit);
+    let needs_l0 = !fast && !c.groups.is_empty() && !c.groups_unit_determined;
+    let l0: u32 = if needs_l0 { rules.max_groups_per_unit } else { 1 };
+
+    // Measurements, deduplicated; unit count first.
+    let mut kinds = vec![Kind::Units];
+    let mut outputs = Vec::with_capacity(c.outputs.len());
+    let mut bounds = Vec::new();
+    for (name, src) in &c.outputs {
+        let spec = match *src {
+            OutputRef::Group(i) => OutSpec::Group(i),
+            OutputRef::Agg(j) => {
+                let agg = c.aggs.get(j).ok_or_else(|| Error::Internal("aggregate index".into()))?;
+                match agg {
+                    AggKind::CountUnits => OutSpec::Count(0),
+                    AggKind::CountRows => OutSpec::Count(if fast { 0 } else { index_of(&mut kinds, Kind::Rows) }),
+                    AggKind::CountNonNull(e) => OutSpec::Count(index_of(&mut kinds, Kind::NonNull(e.clone()))),
+                    AggKind::Sum(e, lo, hi) => {
+                        bounds.push((e.to_string(), *lo, *hi));
+                        OutSpec::Sum { m: index_of(&mut kinds, Kind::Sum(e.clone(), *lo, *hi)), lo: *lo }
+                    }
+                    AggKind::Avg(e, lo, hi) => {
+                        bounds.push((e.to_string(), *lo, *hi));
+                        let sum = index_of(&mut kinds, Kind::Sum(e.clone(), *lo, *hi));
+                        let count = index_of(&mut kinds, Kind::NonNull(e.clone()));
+                        OutSpec::Avg { sum, count, lo: *lo, hi: *hi }
+                    }
+                }
+            }
+        };
+        outputs.push((name.clone(), spec));
+    }
+
+    // Per-group sensitivity of each measurement.
+    let per_group = |kind: &Kind| -> u128 {
+        let rows = if fast { 1 } else { k.unsigned_abs() as u128 };
+        match kind {
+            Kind::Units => 1,
+            Kind::Rows | Kind::NonNull(_) => rows,
+            Kind::Sum(_, lo, hi) => rows * u128::from(lo.unsigned_abs().max(hi.unsigned_abs()).max(1)),
+        }
+    };
+    let share = kinds.len() as u128;
+    let mut measures = Vec::with_capacity(kinds.len());
+    let mut records = Vec::with_capacity(kinds.len());
+    for (i, kind) in kinds.iter().enumerate() {
+        let sensitivity = per_group(kind) * u128::from(l0);
+        let scale = Scale::laplace(sensitivity, share, rules.epsilon_per_query.0)?;
+        records.push(MeasurementRecord {
+            name: kind.label(),
+            sensitivity: sensitivity.to_string(),
+            scale: format!("{}/{}", scale.num, scale.den),
+            scale_f64: scale.as_f64(),
+        });
+        measures.push(Measure { column: format!("__m{i}"), scale });
+    }
+    let unit_scale = measures.first().map(|m| m.scale.as_f64()).unwrap_or(1.0);
+    let tau = threshold(rules.min_group_size, unit_scale, l0, rules.delta_per_query.as_f64());
+
+    let plan = build_plan(c, &kinds, k, needs_l0.then_some(l0))?;
+    Ok(Prepared {
+        plan,
+        measures,
+        outputs,
+        groups: c.groups.len(),
+        threshold: tau,
+        mechanism: MechanismRecord {
+            noise: "discrete_laplace".into(),
+            contribution: if fast { "one_row_per_unit".into() } else { "bounded_per_unit".into() },
+            max_rows_per_unit: if fast { 1 } else { rules.max_rows_per_unit },
+            max_groups_per_unit: l0,
+            min_group_size: rules.min_group_size,
+            threshold: i64::try_from(tau).unwrap_or(i64::MAX),
+            measurements: records,
+            bounds,
+        },
+    })
+}
+
+/// The row-level value a measurement sums, if any.
+fn value_expr(kind: &Kind, schema: &datafusion::common::DFSchema) -> Result<Option<Expr>> {
+    Ok(match kind {
+        Kind::Units | Kind::Rows => None,
+        Kind::NonNull(e) => Some(when(e.clone().is_null(), lit(0i64)).otherwise(lit(1i64))?),
+        Kind::Sum(e, lo, hi) => {
+            let ty = e.get_type(schema).map_err(|e| Error::InvalidQuery(e.to_string()))?;
+            Some(if ty.is_integer() {
+                f::least(vec![f::greatest(vec![try_cast(e.clone(), DataType::Int64), lit(*lo)]), lit(*hi)])
+            } else {
+                let x = try_cast(e.clone(), DataType::Float64);
+                let clamped = f::least(vec![f::greatest(vec![x, lit(*lo as f64)]), lit(*hi as f64)]);
+                try_cast(f::round(vec![clamped]), DataType::Int64)
+            })
+        }
+    })
+}
+
+fn build_plan(c: &Checked, kinds: &[Kind], k: i64, l0: Option<u32>) -> Result<LogicalPlan> {
+    let schema = c.input.schema().clone();
+    let gcols: Vec<String> = (0..c.groups.len()).map(|i| format!("__g{i}")).collect();
+    let mut row_exprs: Vec<Expr> = Vec::new();
+    if !c.unique {
+        row_exprs.push(c.unit.clone().alias("__u"));
+    }
+    for (g, name) in c.groups.iter().zip(&gcols) {
+        row_exprs.push(g.clone().alias(name));
+    }
+    let mut value_cols: Vec<Option<String>> = Vec::with_capacity(kinds.len());
+    for (i, kind) in kinds.iter().enumerate() {
+        match value_expr(kind, &schema)? {
+            Some(e) => {
+                let name = format!("__v{i}");
+                row_exprs.push(e.alias(&name));
+                value_cols.push(Some(name));
+            }
+            None => value_cols.push(None),
+        }
+    }
+    let group_keys: Vec<Expr> = gcols.iter().map(|g| col(g.as_str())).collect();
+    let mut b = LogicalPlanBuilder::from(c.input.clone());
+    if row_exprs.is_empty() {
+        row_exprs.push(lit(1i64).alias("__one"));
+    }
+    b = b.project(row_exprs)?;
+
+    if c.unique {
+        let mut aggs = Vec::with_capacity(kinds.len());
+        for (i, kind) in kinds.iter().enumerate() {
+            let name = format!("__m{i}");
+            aggs.push(match (kind, &value_cols[i]) {
+                (Kind::Units | Kind::Rows, _) => count(lit(1i64)).alias(name),
+                (_, Some(v)) => sum(col(v.as_str())).alias(name),
+                (_, None) => return Err(Error::Internal("measurement without value".into())),
+            });
+        }
+        return Ok(b.aggregate(group_keys, aggs)?.build()?);
+    }
+
+    // Per (unit, group): rows and sums.
+    let mut per_unit_keys = vec![col("__u")];
+    per_unit_keys.extend(group_keys.iter().cloned());
+    let mut stage1 = vec![count(lit(1i64)).alias("__rows")];
+    for v in value_cols.iter().flatten() {
+        stage1.push(sum(col(v.as_str())).alias(v));
+    }
+    b = b.aggregate(per_unit_keys, stage1)?;
+
+    // Bound each unit's contribution to each group.
+    let mut bounded = vec![col("__u")];
+    bounded.extend(group_keys.iter().cloned());
+    bounded.push(f::least(vec![col("__rows"), lit(k)]).alias("__rows"));
+    for (kind, v) in kinds.iter().zip(&value_cols) {
+        let Some(v) = v else { continue };
+        let x = f::coalesce(vec![col(v.as_str()), lit(0i64)]);
+        let e = match kind {
+            Kind::Sum(_, lo, hi) => {
+                let lo_k = lo.saturating_mul(k).min(0);
+                let hi_k = hi.saturating_mul(k).max(0);
+                f::least(vec![f::greatest(vec![x, lit(lo_k)]), lit(hi_k)])
+            }
+            _ => f::least(vec![x, lit(k)]),
+        };
+        bounded.push(e.alias(v));
+    }
+    b = b.project(bounded)?;
+
+    if let Some(l0) = l0 {
+        let rn = row_number()
+            .partition_by(vec![col("__u")])
+            .order_by(vec![f::random().sort(true, false)])
+            .build()?
+            .alias("__rn");
+        b = b.window(vec![rn])?.filter(col("__rn").lt_eq(lit(i64::from(l0))))?;
+    }
+
+    let mut aggs = Vec::with_capacity(kinds.len());
+    for (i, kind) in kinds.iter().enumerate() {
+        let name = format!("__m{i}");
+        aggs.push(match (kind, &value_cols[i]) {
+            (Kind::Units, _) => count(lit(1i64)).alias(name),
+            (Kind::Rows, _) => sum(col("__rows")).alias(name),
+            (_, Some(v)) => sum(col(v.as_str())).alias(name),
+            (_, None) => return Err(Error::Internal("measurement without value".into())),
+        });
+    }
+    Ok(b.aggregate(group_keys, aggs)?.build()?)
+}
+
+/// Casts a released group key to one of the three types the guest SDK
+/// decodes: Int64, Float64 or Utf8.
+fn normalize(a: &ArrayRef) -> Result<ArrayRef> {
+    let dt = a.data_type();
+    let to = if dt.is_integer() {
+        DataType::Int64
+    } else if dt.is_floating() || matches!(dt, DataType::Decimal128(_, _) | DataType::Decimal256(_, _)) {
+        DataType::Float64
+    } else {
+        DataType::Utf8
+    };
+    if dt == &to {
+        Ok(a.clone())
+    } else {
+        Ok(cast(a, &to)?)
+    }
+}
+
+fn clamp_i128(v: i128) -> i64 {
+    v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
+/// Adds noise, applies the threshold and shapes the released table.
+pub(crate) fn finish(p: &Prepared, batches: &[RecordBatch], rng: &mut dyn RandomSource) -> Result<RecordBatch> {
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => Arc::new(p.plan.schema().as_arrow().clone()),
+    };
+    let all = concat_batches(&schema, batches)?;
+    let n = all.num_rows();
+
+    // Exact values of every measurement, then noisy ones.
+    let mut noisy: Vec<Vec<i128>> = Vec::with_capacity(p.measures.len());
+    for m in &p.measures {
+        let column = all
+            .column_by_name(&m.column)
+            .ok_or_else(|| Error::Internal(format!("missing {}", m.column)))?;
+        let column = cast(column, &DataType::Int64)?;
+        let values = column.as_primitive::<Int64Type>();
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let exact = if values.is_null(i) { 0 } else { i128::from(values.value(i)) };
+            out.push(exact + discrete_laplace(rng, m.scale.num, m.scale.den)?);
+        }
+        noisy.push(out);
+    }
+    let units = noisy.first().ok_or_else(|| Error::Internal("no unit measurement".into()))?;
+    let keep: Vec<u32> = (0..n).filter(|&i| units[i] >= p.threshold).map(|i| i as u32).collect();
+    let keep_idx = UInt32Array::from(keep.clone());
+
+    let mut fields = Vec::with_capacity(p.outputs.len());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(p.outputs.len());
+    for (name, spec) in &p.outputs {
+        let array: ArrayRef = match spec {
+            OutSpec::Group(g) => {
+                let c = all
+                    .column_by_name(&format!("__g{g}"))
+                    .ok_or_else(|| Error::Internal("missing group column".into()))?;
+                normalize(&take(c, &keep_idx, None)?)?
+            }
+            OutSpec::Count(m) => {
+                let mut b = Int64Builder::with_capacity(keep.len());
+                for &i in &keep {
+                    b.append_value(clamp_i128(noisy[*m][i as usize].max(0)));
+                }
+                Arc::new(b.finish())
+            }
+            OutSpec::Sum { m, lo } => {
+                let mut b = Int64Builder::with_capacity(keep.len());
+                for &i in &keep {
+                    let v = noisy[*m][i as usize];
+                    b.append_value(clamp_i128(if *lo >= 0 { v.max(0) } else { v }));
+                }
+                Arc::new(b.finish())
+            }
+            OutSpec::Avg { sum, count, lo, hi } => {
+                let mut b = Float64Builder::with_capacity(keep.len());
+                for &i in &keep {
+                    let c = noisy[*count][i as usize];
+                    if c < 1 {
+                        b.append_null();
+                    } else {
+                        let avg = noisy[*sum][i as usize] as f64 / c as f64;
+                        b.append_value(avg.clamp(*lo as f64, *hi as f64));
+                    }
+                }
+                Arc::new(b.finish())
+            }
+        };
+        fields.push(Field::new(name, array.data_type().clone(), true));
+        columns.push(array);
+    }
+    let out_schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(out_schema.clone(), columns)?;
+    if p.groups == 0 || batch.num_rows() < 2 {
+        return Ok(batch);
+    }
+    // Sort by group keys so the order reveals nothing about the engine.
+    let sort_cols: Vec<SortColumn> = p
+        .outputs
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, s))| matches!(s, OutSpec::Group(_)))
+        .map(|(i, _)| SortColumn { values: batch.column(i).clone(), options: None })
+        .collect();
+    if sort_cols.is_empty() {
+        return Ok(batch);
+    }
+    let idx = lexsort_to_indices(&sort_cols, None)?;
+    let cols = batch.columns().iter().map(|c| take(c, &idx, None)).collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(out_schema, cols)?)
+}
+
+/// Serializes a released table as an Arrow IPC stream.
+pub fn to_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    {
+        let mut w = StreamWriter::try_new(&mut buf, &batch.schema())?;
+        w.write(batch)?;
+        w.finish()?;
+    }
+    Ok(buf)
+}
+
+impl From<datafusion::arrow::error::ArrowError> for Error {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        Error::Internal(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_grows_with_noise_and_shrinking_delta() {
+        let t1 = threshold(10, 1.0, 1, 1e-6);
+        let t2 = threshold(10, 3.0, 1, 1e-6);
+        let t3 = threshold(10, 1.0, 1, 1e-9);
+        let t4 = threshold(10, 1.0, 4, 1e-6);
+        assert!(t1 > 10 && t2 > t1 && t3 > t1 && t4 > t1, "{t1} {t2} {t3} {t4}");
+        // P[noise >= tau - k + 1] <= delta for the discrete Laplace tail.
+        let b: f64 = 2.0;
+        let tau = threshold(5, b, 1, 1e-6);
+        let m = (tau - 5 + 1) as f64;
+        let p = (-m / b).exp() / (1.0 + (-1.0 / b).exp());
+        assert!(p <= 1e-6, "{p}");
+    }
+}

@@ -1,0 +1,420 @@
+//! The policy-scoped door to data: a [`DataPlane`] holds the registered
+//! tables, and [`DataPlane::open`] gives a job a [`JobScope`] whose only
+//! operation is [`JobScope::query`], which checks, charges, executes and
+//! protects. The DataFusion session is private to the scope, so no caller
+//! can run SQL without the policy.
+
+use crate::desensitize::{view_plan, TokenKey};
+use crate::noise::SystemRng;
+use crate::policy::Checker;
+use crate::release::{self, QueryLineage};
+use crate::{Error, Result};
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::{provider_as_source, MemTable};
+use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
+use scenarios::budget::Budget;
+use scenarios::catalog::{DataFormat, DatasetSpec};
+use scenarios::policy::{ScenarioSpec, TableGrant};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Size and modification time of a dataset file when it was registered. A
+/// file that no longer matches is refused: its version hash would lie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileFingerprint {
+    /// Length in bytes.
+    pub len: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub modified_ns: i64,
+}
+
+/// Where a table's rows come from.
+#[derive(Debug, Clone)]
+pub enum TableData {
+    /// The registered file (path in the spec), which must still match.
+    File(FileFingerprint),
+    /// In-memory rows, for sample data and tests.
+    Batches(Vec<RecordBatch>),
+}
+
+/// One version of one registered dataset.
+#[derive(Debug, Clone)]
+pub struct TableVersion {
+    /// The registration.
+    pub spec: DatasetSpec,
+    /// Version hash (SHA-256 of the file, hex).
+    pub version: String,
+    /// True when no privacy unit has more than one row.
+    pub unit_unique: bool,
+    /// The rows.
+    pub data: TableData,
+}
+
+/// Everything a job's scope is built from.
+#[derive(Debug, Clone)]
+pub struct ScopeConfig {
+    /// Agreement the queries are charged to.
+    pub agreement_id: String,
+    /// The approved scenario.
+    pub scenario: ScenarioSpec,
+    /// The granted tables, at the versions the job reads.
+    pub tables: Vec<TableVersion>,
+    /// Key for tokenized columns, unique to the agreement.
+    pub token_key: TokenKey,
+    /// Memory DataFusion may use for one query, in bytes.
+    pub memory_limit: usize,
+}
+
+/// Charges the privacy budget and records releases. Implemented by the
+/// gateway over its store; [`MemoryAccountant`] is an in-memory one.
+pub trait Accountant: Send + Sync {
+    /// Charges `cost` to the agreement before the query runs. Must be
+    /// durable when it returns `Ok`, and must fail with
+    /// [`Error::BudgetExhausted`] when the budget does not cover it.
+    fn charge(&self, cost: &Budget, lineage: &QueryLineage) -> Result<()>;
+    /// Records a release after the result is computed and before it is
+    /// handed over.
+    fn release(&self, lineage: &QueryLineage) -> Result<()>;
+}
+
+/// An [`Accountant`] that keeps the budget in memory (local runs, tests).
+#[derive(Debug)]
+pub struct MemoryAccountant {
+    limit: Budget,
+    state: Mutex<(Budget, Vec<QueryLineage>)>,
+}
+
+impl MemoryAccountant {
+    /// A fresh budget of `limit`.
+    pub fn new(limit: Budget) -> Self {
+        MemoryAccountant { limit, state: Mutex::new((Budget::default(), Vec::new())) }
+    }
+    /// Budget spent so far.
+    pub fn spent(&self) -> Budget {
+        self.state.lock().map(|s| s.0).unwrap_or_default()
+    }
+    /// Releases recorded so far.
+    pub fn releases(&self) -> Vec<QueryLineage> {
+        self.state.lock().map(|s| s.1.clone()).unwrap_or_default()
+    }
+}
+
+impl Accountant for MemoryAccountant {
+    fn charge(&self, cost: &Budget, _lineage: &QueryLineage) -> Result<()> {
+        let mut s = self.state.lock().map_err(|_| Error::Internal("accountant lock poisoned".into()))?;
+        if !s.0.can_afford(cost, &self.limit) {
+            return Err(Error::BudgetExhausted(format!(
+                "spent epsilon {} of {}, this query needs {}",
+                s.0.epsilon, self.limit.epsilon, cost.epsilon
+            )));
+        }
+        s.0 = s.0.plus(cost);
+        Ok(())
+    }
+    fn release(&self, lineage: &QueryLineage) -> Result<()> {
+        let mut s = self.state.lock().map_err(|_| Error::Internal("accountant lock poisoned".into()))?;
+        s.1.push(lineage.clone());
+        Ok(())
+    }
+}
+
+/// What the policy checker knows of one granted table.
+#[derive(Debug, Clone)]
+pub(crate) struct TableInfo {
+    pub spec: DatasetSpec,
+    pub grant: TableGrant,
+    pub unit_unique: bool,
+    pub version: String,
+    pub view_schema: SchemaRef,
+}
+
+/// A desensitized view as a table provider. It deliberately does not expose
+/// its logical plan, so user plans show it as one opaque table scan.
+#[derive(Debug)]
+pub(crate) struct ViewProvider {
+    plan: LogicalPlan,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for ViewProvider {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let mut b = LogicalPlanBuilder::from(self.plan.clone());
+        if let Some(f) = conjunction(filters.iter().cloned()) {
+            b = b.filter(f)?;
+        }
+        if let Some(p) = projection {
+            let cols: Vec<Expr> = p
+                .iter()
+                .map(|i| Expr::Column(datafusion::common::Column::from_name(self.schema.field(*i).name())))
+                .collect();
+            b = b.project(cols)?;
+        }
+        state.create_physical_plan(&b.build()?).await
+    }
+}
+
+/// Registered tables and the raw providers behind them, shared by all jobs.
+#[derive(Default)]
+pub struct DataPlane {
+    raw: Mutex<HashMap<String, Arc<dyn TableProvider>>>,
+}
+
+impl std::fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataPlane")
+    }
+}
+
+pub(crate) fn df_error(e: DataFusionError) -> Error {
+    match e {
+        DataFusionError::ResourcesExhausted(m) => Error::ResourcesExhausted(m),
+        DataFusionError::Context(_, inner) => df_error(*inner),
+        DataFusionError::Shared(s) => match Arc::try_unwrap(s) {
+            Ok(inner) => df_error(inner),
+            Err(s) => Error::Internal(s.to_string()),
+        },
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+impl DataPlane {
+    /// An empty data plane.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The raw (not desensitized) provider of a table version. Private to
+    /// the crate: nothing outside may read raw rows.
+    pub(crate) async fn raw_provider(&self, t: &TableVersion) -> Result<Arc<dyn TableProvider>> {
+        match &t.data {
+            TableData::Batches(b) => {
+                let schema = b
+                    .first()
+                    .map(|b| b.schema())
+                    .ok_or_else(|| Error::InvalidDataset(format!("table `{}` has no rows", t.spec.name)))?;
+                Ok(Arc::new(MemTable::try_new(schema, vec![b.clone()])?))
+            }
+            TableData::File(fp) => {
+                let now = crate::profile::fingerprint(&t.spec.path)?;
+                if now != *fp {
+                    return Err(Error::InvalidDataset(format!(
+                        "the file of dataset `{}` changed after registration; register a new version",
+                        t.spec.name
+                    )));
+                }
+                let key = format!("{}:{}", t.version, t.spec.path);
+                if let Some(p) = self.raw.lock().ok().and_then(|m| m.get(&key).cloned()) {
+                    return Ok(p);
+                }
+                let p = open_file(&t.spec).await?;
+                if let Ok(mut m) = self.raw.lock() {
+                    m.insert(key, p.clone());
+                }
+                Ok(p)
+            }
+        }
+    }
+
+    /// Opens a job's scope over the granted tables.
+    pub async fn open(&self, cfg: ScopeConfig, accountant: Arc<dyn Accountant>) -> Result<JobScope> {
+        let runtime = RuntimeEnvBuilder::new().with_memory_limit(cfg.memory_limit, 1.0).build_arc()?;
+        let config = SessionConfig::new().with_information_schema(false).with_target_partitions(
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        );
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let mut tables = HashMap::new();
+        for t in &cfg.tables {
+            let grant = cfg
+                .scenario
+                .table(&t.spec.name)
+                .ok_or_else(|| Error::Internal(format!("table `{}` is not in the scenario", t.spec.name)))?
+                .clone();
+            let raw = self.raw_provider(t).await?;
+            let scan = LogicalPlanBuilder::scan(format!("__raw_{}", t.spec.name), provider_as_source(raw), None)?.build()?;
+            let plan = view_plan(scan, &t.spec, &cfg.token_key)?;
+            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+            ctx.register_table(t.spec.name.as_str(), Arc::new(ViewProvider { plan, schema: schema.clone() }))?;
+            tables.insert(
+                t.spec.name.clone(),
+                TableInfo {
+                    spec: t.spec.clone(),
+                    grant,
+                    unit_unique: t.unit_unique,
+                    version: t.version.clone(),
+                    view_schema: schema,
+                },
+            );
+        }
+        Ok(JobScope {
+            ctx,
+            agreement_id: cfg.agreement_id,
+            scenario: cfg.scenario,
+            tables,
+            accountant,
+            rng: Mutex::new(SystemRng::default()),
+            queries: AtomicU32::new(0),
+        })
+    }
+}
+
+pub(crate) async fn open_file(spec: &DatasetSpec) -> Result<Arc<dyn TableProvider>> {
+    let ctx = SessionContext::new();
+    let format = spec
+        .effective_format()
+        .ok_or_else(|| Error::InvalidDataset("unknown file format".into()))?;
+    let registered = match format {
+        DataFormat::Csv => ctx.register_csv("t", &spec.path, CsvReadOptions::new().has_header(true)).await,
+        DataFormat::Parquet => ctx.register_parquet("t", &spec.path, ParquetReadOptions::default()).await,
+    };
+    registered.map_err(|e| {
+        tracing::warn!(path = %spec.path, error = %e, "dataset file could not be opened");
+        Error::InvalidDataset(format!("the file of `{}` could not be read as {format:?}", spec.name))
+    })?;
+    ctx.table_provider("t").await.map_err(df_error)
+}
+
+/// A released result: what the job receives, and its lineage.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// The protected table.
+    pub batch: RecordBatch,
+    /// The same table as an Arrow IPC stream.
+    pub ipc: Vec<u8>,
+    /// How it was produced.
+    pub lineage: QueryLineage,
+}
+
+/// A job's policy-scoped handle on the data.
+pub struct JobScope {
+    /// The session with the desensitized views. Never handed out.
+    ctx: SessionContext,
+    agreement_id: String,
+    scenario: ScenarioSpec,
+    tables: HashMap<String, TableInfo>,
+    accountant: Arc<dyn Accountant>,
+    /// Noise source. A mutex because queries of one job run one at a time
+    /// anyway, and a sampler must never share bytes between draws.
+    rng: Mutex<SystemRng>,
+    queries: AtomicU32,
+}
+
+impl std::fmt::Debug for JobScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobScope").field("agreement_id", &self.agreement_id).finish_non_exhaustive()
+    }
+}
+
+impl JobScope {
+    /// Names and version hashes of the tables in scope.
+    pub fn tables(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self.tables.values().map(|t| (t.spec.name.clone(), t.version.clone())).collect();
+        v.sort();
+        v
+    }
+
+    /// Queries run so far.
+    pub fn queries_run(&self) -> u32 {
+        self.queries.load(Ordering::SeqCst)
+    }
+
+    /// Checks `sql` against the scenario, charges the budget, runs it and
+    /// returns the protected result. Refusals change nothing and cost
+    /// nothing; once the budget is charged it stays charged, even if
+    /// execution then fails, so failures cannot be used to probe for free.
+    pub async fn query(&self, sql: &str) -> Result<Release> {
+        let rules = &self.scenario.release;
+        let n = self.queries.fetch_add(1, Ordering::SeqCst);
+        if n >= rules.max_queries_per_job {
+            return Err(Error::ResourcesExhausted(format!(
+                "a job may run at most {} queries",
+                rules.max_queries_per_job
+            )));
+        }
+        let state = self.ctx.state();
+        let plan = state
+            .create_logical_plan(sql)
+            .await
+            .map_err(|e| Error::InvalidQuery(planning_message(&e)))?;
+        let analyzed = state
+            .analyzer()
+            .execute_and_check(plan, state.config_options(), |_, _| {})
+            .map_err(|e| Error::InvalidQuery(planning_message(&e)))?;
+        let checked = Checker::new(&self.tables).check(&analyzed)?;
+        let plan_hash = hex::encode(scenarios::ledger::sha256(analyzed.display_indent().to_string().as_bytes()));
+        let prepared = release::prepare(&checked, rules)?;
+        let mut lineage = QueryLineage {
+            agreement_id: self.agreement_id.clone(),
+            purpose: self.scenario.purpose.clone(),
+            sql: sql.to_string(),
+            plan_hash,
+            tables: checked
+                .uses
+                .iter()
+                .filter_map(|u| self.tables.get(&u.table))
+                .map(|t| release::TableRef { dataset: t.spec.name.clone(), version: t.version.clone() })
+                .collect(),
+            mechanism: prepared.mechanism.clone(),
+            cost: rules.query_cost(),
+            released_groups: None,
+            output_hash: None,
+            output_bytes: None,
+        };
+        self.accountant.charge(&lineage.cost, &lineage)?;
+        let batches = self
+            .ctx
+            .execute_logical_plan(prepared.plan.clone())
+            .await
+            .map_err(df_error)?
+            .collect()
+            .await
+            .map_err(df_error)?;
+        let batch = {
+            let mut rng = self.rng.lock().map_err(|_| Error::Internal("noise source lock poisoned".into()))?;
+            release::finish(&prepared, &batches, &mut *rng)?
+        };
+        let ipc = release::to_ipc(&batch)?;
+        lineage.released_groups = Some(batch.num_rows() as u64);
+        lineage.output_hash = Some(hex::encode(scenarios::ledger::sha256(&ipc)));
+        lineage.output_bytes = Some(ipc.len() as u64);
+        self.accountant.release(&lineage)?;
+        Ok(Release { batch, ipc, lineage })
+    }
+}
+
+/// DataFusion planning errors name tables, columns and SQL syntax, never
+/// data values; strip the error-kind prefix for readability.
+fn planning_message(e: &DataFusionError) -> String {
+    let s = e.strip_backtrace();
+    for prefix in ["Error during planning: ", "SQL error: ", "Schema error: "] {
+        if let Some(rest) = s.strip_prefix(prefix) {
+            return rest.to_string();
+        }
+    }
+    s
+}

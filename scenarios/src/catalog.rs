@@ -1,0 +1,319 @@
+//! The data catalog: datasets, their columns and the desensitization rule of
+//! each column (R1-R4).
+//!
+//! This module only describes and validates; applying a rule to data is the
+//! sandbox's job.
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// File formats a dataset can be registered in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// Comma-separated values with a header row.
+    Csv,
+    /// Apache Parquet.
+    Parquet,
+}
+
+impl DataFormat {
+    /// Guesses the format from a file name.
+    pub fn from_path(path: &str) -> Option<DataFormat> {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".csv") {
+            Some(DataFormat::Csv)
+        } else if lower.ends_with(".parquet") {
+            Some(DataFormat::Parquet)
+        } else {
+            None
+        }
+    }
+}
+
+/// How a column is shown to jobs (R2). Applied before any query sees the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ColumnRule {
+    /// Shown unchanged.
+    Keep,
+    /// Not visible at all.
+    Drop,
+    /// Characters replaced by `*` except a kept prefix and suffix.
+    Mask {
+        /// Characters kept at the start.
+        #[serde(default)]
+        keep_prefix: u32,
+        /// Characters kept at the end.
+        #[serde(default)]
+        keep_suffix: u32,
+    },
+    /// Replaced by a coarser value.
+    Generalize(Generalization),
+    /// Replaced by HMAC-SHA256(agreement key, value), hex. Equal values give
+    /// equal tokens within one agreement (so they can be join keys) and
+    /// unrelated tokens across agreements.
+    Tokenize,
+}
+
+/// Coarsening applied by [`ColumnRule::Generalize`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Generalization {
+    /// Numbers rounded down to a multiple of `width`.
+    Bucket {
+        /// Bucket width, > 0.
+        width: f64,
+    },
+    /// Numbers mapped to the lower edge of the range they fall in; values
+    /// below the first edge map to the first edge.
+    Edges {
+        /// Strictly increasing edges.
+        edges: Vec<f64>,
+    },
+    /// Strings cut to their first `len` characters.
+    Prefix {
+        /// Characters kept.
+        len: u32,
+    },
+    /// Dates or timestamps truncated to the start of the year or month.
+    DateTrunc {
+        /// `year` or `month`.
+        unit: DateUnit,
+    },
+}
+
+/// A calendar unit for [`Generalization::DateTrunc`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DateUnit {
+    /// January 1st.
+    Year,
+    /// The 1st of the month.
+    Month,
+}
+
+/// The publicly known value domain of a column, declared by the provider.
+/// Sample data are generated from it, so no real value is ever shown (R3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Domain {
+    /// A closed list of categories (for example the districts of a city).
+    Categories(Vec<String>),
+    /// A numeric range, inclusive.
+    Range {
+        /// Lowest value.
+        min: f64,
+        /// Highest value.
+        max: f64,
+    },
+}
+
+/// One column of a dataset as the provider declares it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSpec {
+    /// Column name in the source file.
+    pub name: String,
+    /// Desensitization rule.
+    pub rule: ColumnRule,
+    /// Public value domain, used for sample data and as default bounds.
+    #[serde(default)]
+    pub domain: Option<Domain>,
+    /// Human description.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Share class of a dataset (R1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ShareClass {
+    /// Shared without conditions.
+    Unconditional,
+    /// Shared on conditions (the default for development data).
+    #[default]
+    Conditional,
+    /// Not shared.
+    NotShared,
+}
+
+/// What a data provider submits to register a dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// Table name jobs use in SQL: lowercase letters, digits and `_`.
+    pub name: String,
+    /// Human description.
+    #[serde(default)]
+    pub description: String,
+    /// Absolute path of the CSV or Parquet file on the platform's storage.
+    pub path: String,
+    /// File format; guessed from the extension when absent.
+    #[serde(default)]
+    pub format: Option<DataFormat>,
+    /// The column identifying the privacy unit (a person, an enterprise).
+    /// Contribution bounding is per distinct value of this column.
+    pub privacy_unit: String,
+    /// Kind of privacy unit (for example `enterprise`). Tables may only be
+    /// joined on their privacy units when the kinds are equal.
+    #[serde(default)]
+    pub unit_kind: Option<String>,
+    /// Share class.
+    #[serde(default)]
+    pub share_class: ShareClass,
+    /// Every column of the file with its rule. Columns of the file that are
+    /// not listed are refused at registration: each column needs a rule.
+    pub columns: Vec<ColumnSpec>,
+}
+
+/// Checks that `name` is usable as an SQL identifier without quoting.
+pub fn validate_identifier(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && name.as_bytes().first().is_some_and(|b| b.is_ascii_lowercase())
+        && !name.starts_with("__");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(format!(
+            "{what} `{}` must be 1-63 characters of a-z, 0-9 and _, starting with a letter",
+            name.escape_debug()
+        )))
+    }
+}
+
+impl DatasetSpec {
+    /// Validates names, rules and domains. Does not look at the file.
+    pub fn validate(&self) -> Result<()> {
+        validate_identifier("dataset name", &self.name)?;
+        if self.path.is_empty() {
+            return Err(Error::InvalidRequest("path is empty".into()));
+        }
+        if self.format.is_none() && DataFormat::from_path(&self.path).is_none() {
+            return Err(Error::InvalidRequest(
+                "format is not given and the path ends in neither .csv nor .parquet".into(),
+            ));
+        }
+        if self.columns.is_empty() {
+            return Err(Error::InvalidRequest("a dataset needs at least one column".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for c in &self.columns {
+            validate_identifier("column name", &c.name)?;
+            if !seen.insert(c.name.as_str()) {
+                return Err(Error::InvalidRequest(format!("column `{}` is listed twice", c.name)));
+            }
+            validate_rule(c)?;
+        }
+        if !seen.contains(self.privacy_unit.as_str()) {
+            return Err(Error::InvalidRequest(format!(
+                "privacy unit column `{}` is not among the columns",
+                self.privacy_unit.escape_debug()
+            )));
+        }
+        if let Some(kind) = &self.unit_kind {
+            validate_identifier("unit kind", kind)?;
+        }
+        Ok(())
+    }
+
+    /// The format, explicit or from the extension.
+    pub fn effective_format(&self) -> Option<DataFormat> {
+        self.format.or_else(|| DataFormat::from_path(&self.path))
+    }
+
+    /// The spec of column `name`.
+    pub fn column(&self, name: &str) -> Option<&ColumnSpec> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+fn validate_rule(c: &ColumnSpec) -> Result<()> {
+    let bad = |m: &str| Err(Error::InvalidRequest(format!("column `{}`: {m}", c.name)));
+    match &c.rule {
+        ColumnRule::Generalize(Generalization::Bucket { width }) => {
+            if !(width.is_finite() && *width > 0.0) {
+                return bad("bucket width must be a finite number > 0");
+            }
+        }
+        ColumnRule::Generalize(Generalization::Edges { edges }) => {
+            if edges.is_empty() || edges.len() > 1000 {
+                return bad("edges must list 1 to 1000 values");
+            }
+            if edges.iter().any(|e| !e.is_finite()) || edges.windows(2).any(|w| w[0] >= w[1]) {
+                return bad("edges must be finite and strictly increasing");
+            }
+        }
+        ColumnRule::Generalize(Generalization::Prefix { len }) => {
+            if *len == 0 {
+                return bad("prefix length must be > 0");
+            }
+        }
+        _ => {}
+    }
+    match &c.domain {
+        Some(Domain::Range { min, max }) if !(min.is_finite() && max.is_finite() && min <= max) => {
+            bad("domain range needs finite min <= max")
+        }
+        Some(Domain::Categories(v)) if v.is_empty() || v.len() > 10_000 => {
+            bad("domain categories must list 1 to 10000 values")
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> DatasetSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "enterprise_register",
+            "path": "/data/reg.parquet",
+            "privacy_unit": "enterprise_id",
+            "columns": [
+                {"name": "enterprise_id", "rule": "tokenize"},
+                {"name": "name", "rule": {"mask": {"keep_prefix": 1}}},
+                {"name": "capital", "rule": {"generalize": {"bucket": {"width": 100000.0}}}},
+                {"name": "district", "rule": "keep", "domain": {"categories": ["a", "b"]}}
+            ]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn valid_spec_passes() {
+        spec().validate().unwrap();
+        assert_eq!(spec().effective_format(), Some(DataFormat::Parquet));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let r: Result<DatasetSpec, _> = serde_json::from_value(serde_json::json!({
+            "name": "x", "path": "/a.csv", "privacy_unit": "id", "columns": [], "secret": 1
+        }));
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn bad_names_and_rules_are_refused() {
+        let mut s = spec();
+        s.name = "Robert'); DROP".into();
+        assert!(matches!(s.validate(), Err(Error::InvalidRequest(_))));
+        let mut s = spec();
+        s.privacy_unit = "nope".into();
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.columns[2].rule = ColumnRule::Generalize(Generalization::Bucket { width: 0.0 });
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.columns.push(s.columns[0].clone());
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.columns[3].name = "__hidden".into();
+        assert!(s.validate().is_err());
+    }
+}

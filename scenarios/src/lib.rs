@@ -1,0 +1,18 @@
+//! Invis governance domain: the catalog, scenarios, applications,
+//! agreements, the working-day calendar, the policy vocabulary that scenario
+//! approvals produce, and the lineage ledger's types and verifier.
+//!
+//! Architecture invariant: this crate does no IO and knows nothing of
+//! DataFusion, wasmtime or HTTP. Everything here is a pure function of its
+//! inputs (time and ids are passed in), so it is tested in isolation.
+
+pub mod budget;
+pub mod calendar;
+pub mod catalog;
+mod error;
+pub mod ledger;
+pub mod party;
+pub mod policy;
+pub mod workflow;
+
+pub use error::{Error, Result};

@@ -1,0 +1,296 @@
+//! The policy vocabulary a scenario approval produces: which tables and
+//! columns a job may touch, what it may do with each column, and the release
+//! rules every result must pass (R8, R16, R17).
+//!
+//! The sandbox enforces these on query plans; this module only defines and
+//! validates them, including refusing unsafe release parameters.
+
+use crate::budget::{Budget, Delta, Epsilon};
+use crate::catalog::{ColumnRule, DatasetSpec, Domain};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// What a query may do with a column (a column control list entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnOp {
+    /// Appear in GROUP BY (its values are released as group keys).
+    Group,
+    /// Appear in WHERE / JOIN filters.
+    Filter,
+    /// Appear inside COUNT / SUM / AVG.
+    Aggregate,
+    /// Be an equi-join key. Only privacy-unit columns can be join keys.
+    Join,
+}
+
+/// One column a scenario grants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnGrant {
+    /// Column name in the dataset.
+    pub name: String,
+    /// Allowed operations; anything not listed is refused.
+    pub ops: BTreeSet<ColumnOp>,
+    /// Clamping bounds `[lo, hi]` for SUM and AVG. Required for `aggregate`
+    /// on numeric columns unless the dataset declares a numeric domain.
+    #[serde(default)]
+    pub bounds: Option<[f64; 2]>,
+}
+
+/// One dataset a scenario grants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableGrant {
+    /// Dataset (table) name in the catalog.
+    pub dataset: String,
+    /// Granted columns; others are invisible to jobs.
+    pub columns: Vec<ColumnGrant>,
+}
+
+/// Release rules applied to every query result of the scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRules {
+    /// Total epsilon an agreement under this scenario may spend, ever.
+    pub epsilon_total: Epsilon,
+    /// Epsilon each query spends; split evenly over its measurements.
+    pub epsilon_per_query: Epsilon,
+    /// Total delta an agreement may spend.
+    #[serde(default = "default_delta_total")]
+    pub delta_total: Delta,
+    /// Delta each query spends (for releasing group keys).
+    #[serde(default = "default_delta_per_query")]
+    pub delta_per_query: Delta,
+    /// Minimum number of distinct privacy units in a released group.
+    pub min_group_size: u32,
+    /// At most this many rows of one unit count in one group (k).
+    #[serde(default = "default_max_rows")]
+    pub max_rows_per_unit: u32,
+    /// At most this many groups receive contributions from one unit (L0).
+    #[serde(default = "default_max_groups")]
+    pub max_groups_per_unit: u32,
+    /// At most this many queries per job.
+    #[serde(default = "default_max_queries")]
+    pub max_queries_per_job: u32,
+}
+
+fn default_delta_total() -> Delta {
+    Delta(10_000_000) // 1e-5
+}
+fn default_delta_per_query() -> Delta {
+    Delta(1_000_000) // 1e-6
+}
+fn default_max_rows() -> u32 {
+    1
+}
+fn default_max_groups() -> u32 {
+    1
+}
+fn default_max_queries() -> u32 {
+    32
+}
+
+/// Largest total epsilon the platform accepts for one agreement.
+pub const MAX_EPSILON_TOTAL: Epsilon = Epsilon(20_000_000);
+/// Smallest epsilon per query (smaller adds noise without benefit).
+pub const MIN_EPSILON_PER_QUERY: Epsilon = Epsilon(10_000);
+/// Largest epsilon per query.
+pub const MAX_EPSILON_PER_QUERY: Epsilon = Epsilon(5_000_000);
+/// Largest delta per query: 1e-5.
+pub const MAX_DELTA_PER_QUERY: Delta = Delta(10_000_000);
+/// Largest total delta: 1e-4.
+pub const MAX_DELTA_TOTAL: Delta = Delta(100_000_000);
+/// Smallest minimum group size the platform accepts.
+pub const MIN_GROUP_SIZE_FLOOR: u32 = 3;
+
+impl ReleaseRules {
+    /// Refuses parameters that would make releases unsafe or meaningless.
+    pub fn validate(&self) -> Result<()> {
+        let unsafe_ = |m: String| Err(Error::UnsafeParameter(m));
+        if self.epsilon_per_query < MIN_EPSILON_PER_QUERY || self.epsilon_per_query > MAX_EPSILON_PER_QUERY {
+            return unsafe_(format!(
+                "epsilon_per_query must be between {MIN_EPSILON_PER_QUERY} and {MAX_EPSILON_PER_QUERY}"
+            ));
+        }
+        if self.epsilon_total < self.epsilon_per_query || self.epsilon_total > MAX_EPSILON_TOTAL {
+            return unsafe_(format!(
+                "epsilon_total must be at least epsilon_per_query and at most {MAX_EPSILON_TOTAL}"
+            ));
+        }
+        if self.delta_per_query.0 == 0 || self.delta_per_query > MAX_DELTA_PER_QUERY {
+            return unsafe_(format!("delta_per_query must be > 0 and at most {MAX_DELTA_PER_QUERY}"));
+        }
+        if self.delta_total < self.delta_per_query || self.delta_total > MAX_DELTA_TOTAL {
+            return unsafe_(format!(
+                "delta_total must be at least delta_per_query and at most {MAX_DELTA_TOTAL}"
+            ));
+        }
+        if self.min_group_size < MIN_GROUP_SIZE_FLOOR {
+            return unsafe_(format!("min_group_size must be at least {MIN_GROUP_SIZE_FLOOR}"));
+        }
+        if !(1..=1000).contains(&self.max_rows_per_unit) {
+            return unsafe_("max_rows_per_unit must be between 1 and 1000".into());
+        }
+        if !(1..=1000).contains(&self.max_groups_per_unit) {
+            return unsafe_("max_groups_per_unit must be between 1 and 1000".into());
+        }
+        if !(1..=1000).contains(&self.max_queries_per_job) {
+            return unsafe_("max_queries_per_job must be between 1 and 1000".into());
+        }
+        Ok(())
+    }
+
+    /// The budget one agreement may spend in total.
+    pub fn total_budget(&self) -> Budget {
+        Budget { epsilon: self.epsilon_total, delta: self.delta_total }
+    }
+
+    /// The budget one query spends.
+    pub fn query_cost(&self) -> Budget {
+        Budget { epsilon: self.epsilon_per_query, delta: self.delta_per_query }
+    }
+}
+
+/// What the operator proposes and the regulator approves (R8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioSpec {
+    /// Short title.
+    pub name: String,
+    /// Scenario class; the regulator approves a class once (一类场景一审定).
+    pub class: String,
+    /// Purpose of use, recorded in every release's lineage (R21).
+    pub purpose: String,
+    /// Granted tables.
+    pub tables: Vec<TableGrant>,
+    /// Release rules.
+    pub release: ReleaseRules,
+}
+
+impl ScenarioSpec {
+    /// Validates the spec against the catalog entries it names. `datasets`
+    /// must contain the spec of every granted table.
+    pub fn validate<'a>(&self, lookup: impl Fn(&str) -> Option<&'a DatasetSpec>) -> Result<()> {
+        if self.name.trim().is_empty() || self.purpose.trim().is_empty() || self.class.trim().is_empty() {
+            return Err(Error::InvalidRequest("name, class and purpose must not be empty".into()));
+        }
+        if self.tables.is_empty() {
+            return Err(Error::InvalidRequest("a scenario must grant at least one table".into()));
+        }
+        self.release.validate()?;
+        let mut seen = BTreeSet::new();
+        for t in &self.tables {
+            if !seen.insert(t.dataset.as_str()) {
+                return Err(Error::InvalidRequest(format!("table `{}` is granted twice", t.dataset)));
+            }
+            let ds = lookup(&t.dataset).ok_or_else(|| {
+                Error::InvalidRequest(format!("table `{}` is not in the catalog", t.dataset.escape_debug()))
+            })?;
+            let mut cols = BTreeSet::new();
+            for g in &t.columns {
+                if !cols.insert(g.name.as_str()) {
+                    return Err(Error::InvalidRequest(format!(
+                        "column `{}.{}` is granted twice",
+                        t.dataset, g.name
+                    )));
+                }
+                let spec = ds.column(&g.name).ok_or_else(|| {
+                    Error::InvalidRequest(format!(
+                        "column `{}.{}` does not exist",
+                        t.dataset,
+                        g.name.escape_debug()
+                    ))
+                })?;
+                if spec.rule == ColumnRule::Drop {
+                    return Err(Error::InvalidRequest(format!(
+                        "column `{}.{}` is dropped by its desensitization rule and cannot be granted",
+                        t.dataset, g.name
+                    )));
+                }
+                if g.ops.contains(&ColumnOp::Join) && g.name != ds.privacy_unit {
+                    return Err(Error::InvalidRequest(format!(
+                        "column `{}.{}`: only the privacy unit column can be a join key",
+                        t.dataset, g.name
+                    )));
+                }
+                if g.name == ds.privacy_unit && g.ops.iter().any(|o| *o != ColumnOp::Join && *o != ColumnOp::Aggregate) {
+                    return Err(Error::InvalidRequest(format!(
+                        "column `{}.{}` is the privacy unit: it can only be a join key or counted distinct",
+                        t.dataset, g.name
+                    )));
+                }
+                if let Some([lo, hi]) = g.bounds {
+                    if !(lo.is_finite() && hi.is_finite() && lo <= hi) || lo.abs() > 1e12 || hi.abs() > 1e12 {
+                        return Err(Error::UnsafeParameter(format!(
+                            "column `{}.{}`: bounds must be finite, lo <= hi, and within +-1e12",
+                            t.dataset, g.name
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The grant for `table`, if any.
+    pub fn table(&self, table: &str) -> Option<&TableGrant> {
+        self.tables.iter().find(|t| t.dataset == table)
+    }
+}
+
+impl TableGrant {
+    /// The grant for `column`, if any.
+    pub fn column(&self, column: &str) -> Option<&ColumnGrant> {
+        self.columns.iter().find(|c| c.name == column)
+    }
+}
+
+/// Clamping bounds of a granted column: the grant's own, else the dataset's
+/// declared numeric domain.
+pub fn effective_bounds(grant: &ColumnGrant, spec: Option<&DatasetSpec>) -> Option<[f64; 2]> {
+    grant.bounds.or_else(|| {
+        spec.and_then(|s| s.column(&grant.name)).and_then(|c| match c.domain {
+            Some(Domain::Range { min, max }) => Some([min, max]),
+            _ => None,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> ReleaseRules {
+        serde_json::from_value(serde_json::json!({
+            "epsilon_total": 3.0, "epsilon_per_query": 0.5, "min_group_size": 10
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let r = rules();
+        r.validate().unwrap();
+        assert_eq!(r.max_rows_per_unit, 1);
+        assert_eq!(r.delta_per_query, Delta(1_000_000));
+        assert_eq!(r.query_cost().epsilon, Epsilon(500_000));
+    }
+
+    #[test]
+    fn unsafe_parameters_are_refused() {
+        let mut r = rules();
+        r.epsilon_total = Epsilon::from_f64(100.0).unwrap();
+        assert!(matches!(r.validate(), Err(Error::UnsafeParameter(_))));
+        let mut r = rules();
+        r.min_group_size = 1;
+        assert!(matches!(r.validate(), Err(Error::UnsafeParameter(_))));
+        let mut r = rules();
+        r.delta_per_query = Delta(0);
+        assert!(r.validate().is_err());
+        let mut r = rules();
+        r.epsilon_per_query = Epsilon::from_f64(4.0).unwrap();
+        assert!(r.validate().is_err(), "per query above total");
+    }
+}

@@ -1,0 +1,414 @@
+//! State machines of scenarios, applications and agreements (R8, R11-R13).
+//!
+//! Every transition takes the acting party and the time, checks role and
+//! state, and either changes the record or returns an error without
+//! changing anything.
+
+use crate::calendar::Calendar;
+use crate::party::{Actor, Role};
+use crate::policy::ScenarioSpec;
+use crate::{Error, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Review deadline for applications, in working days (R12).
+pub const REVIEW_WORKING_DAYS: u32 = 5;
+
+/// Lifecycle of a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScenarioStatus {
+    /// Proposed by the operator, waiting for the regulator.
+    Pending,
+    /// Approved: visible to developers in the scenario catalog.
+    Approved,
+    /// Rejected by the regulator, with a reason.
+    Rejected,
+}
+
+/// A scenario and its approval state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scenario {
+    /// `sc_...`
+    pub id: String,
+    /// What was proposed.
+    pub spec: ScenarioSpec,
+    /// Approval state.
+    pub status: ScenarioStatus,
+    /// Operator who proposed it.
+    pub created_by: String,
+    /// When it was proposed.
+    pub created_at: DateTime<Utc>,
+    /// Regulator who decided.
+    pub decided_by: Option<String>,
+    /// When it was decided.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// Reason given with the decision.
+    pub reason: Option<String>,
+}
+
+impl Scenario {
+    /// A new proposal by an operator.
+    pub fn propose(id: String, spec: ScenarioSpec, by: &Actor, at: DateTime<Utc>) -> Result<Scenario> {
+        by.require(Role::Operator)?;
+        Ok(Scenario {
+            id,
+            spec,
+            status: ScenarioStatus::Pending,
+            created_by: by.id.clone(),
+            created_at: at,
+            decided_by: None,
+            decided_at: None,
+            reason: None,
+        })
+    }
+
+    /// The regulator's decision. Nobody decides their own proposal.
+    pub fn decide(&mut self, approve: bool, reason: Option<String>, by: &Actor, at: DateTime<Utc>) -> Result<()> {
+        by.require(Role::Regulator)?;
+        if by.id == self.created_by {
+            return Err(Error::Forbidden("nobody approves their own proposal".into()));
+        }
+        if self.status != ScenarioStatus::Pending {
+            return Err(Error::IllegalState(format!("scenario {} was already decided", self.id)));
+        }
+        if !approve && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(Error::InvalidRequest("a rejection needs a reason".into()));
+        }
+        self.status = if approve { ScenarioStatus::Approved } else { ScenarioStatus::Rejected };
+        self.decided_by = Some(by.id.clone());
+        self.decided_at = Some(at);
+        self.reason = reason;
+        Ok(())
+    }
+}
+
+/// The materials of an application (R11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Materials {
+    /// Qualifications of the applicant (licences, certifications).
+    pub qualifications: String,
+    /// Data needs and why the scenario's data meet them.
+    pub data_needs: String,
+    /// How the applicant will develop (jobs, models).
+    pub development_method: String,
+    /// Security measures on the applicant's side.
+    pub security_measures: String,
+    /// Named security officer (R10).
+    pub security_officer: String,
+}
+
+impl Materials {
+    /// Every item must be present.
+    pub fn validate(&self) -> Result<()> {
+        let items = [
+            ("qualifications", &self.qualifications),
+            ("data_needs", &self.data_needs),
+            ("development_method", &self.development_method),
+            ("security_measures", &self.security_measures),
+            ("security_officer", &self.security_officer),
+        ];
+        let missing: Vec<&str> = items.iter().filter(|(_, v)| v.trim().is_empty()).map(|(k, _)| *k).collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidRequest(format!("missing materials: {}", missing.join(", "))))
+        }
+    }
+}
+
+/// Lifecycle of an application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplicationStatus {
+    /// Waiting for the operator.
+    Submitted,
+    /// Approved; an agreement was issued.
+    Approved,
+    /// Rejected with a reason.
+    Rejected,
+}
+
+/// A developer's application for a scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Application {
+    /// `ap_...`
+    pub id: String,
+    /// Scenario applied for.
+    pub scenario_id: String,
+    /// Applying developer.
+    pub developer_id: String,
+    /// Materials.
+    pub materials: Materials,
+    /// State.
+    pub status: ApplicationStatus,
+    /// Submission time.
+    pub submitted_at: DateTime<Utc>,
+    /// Decision deadline: 5 working days after submission.
+    pub due_on: chrono::NaiveDate,
+    /// Operator who decided.
+    pub decided_by: Option<String>,
+    /// Decision time.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// Reason (mandatory on rejection).
+    pub reason: Option<String>,
+}
+
+impl Application {
+    /// A developer applies for an approved scenario.
+    pub fn submit(
+        id: String,
+        scenario: &Scenario,
+        materials: Materials,
+        by: &Actor,
+        at: DateTime<Utc>,
+        calendar: &Calendar,
+    ) -> Result<Application> {
+        by.require(Role::Developer)?;
+        if scenario.status != ScenarioStatus::Approved {
+            return Err(Error::IllegalState(format!("scenario {} is not approved", scenario.id)));
+        }
+        materials.validate()?;
+        Ok(Application {
+            id,
+            scenario_id: scenario.id.clone(),
+            developer_id: by.id.clone(),
+            materials,
+            status: ApplicationStatus::Submitted,
+            submitted_at: at,
+            due_on: calendar.add_working_days(at.date_naive(), REVIEW_WORKING_DAYS),
+            decided_by: None,
+            decided_at: None,
+            reason: None,
+        })
+    }
+
+    /// The operator's decision.
+    pub fn decide(&mut self, approve: bool, reason: Option<String>, by: &Actor, at: DateTime<Utc>) -> Result<()> {
+        by.require(Role::Operator)?;
+        if by.id == self.developer_id {
+            return Err(Error::Forbidden("nobody approves their own request".into()));
+        }
+        if self.status != ApplicationStatus::Submitted {
+            return Err(Error::IllegalState(format!("application {} was already decided", self.id)));
+        }
+        if !approve && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(Error::InvalidRequest("a rejection needs a reason".into()));
+        }
+        self.status = if approve { ApplicationStatus::Approved } else { ApplicationStatus::Rejected };
+        self.decided_by = Some(by.id.clone());
+        self.decided_at = Some(at);
+        self.reason = reason;
+        Ok(())
+    }
+
+    /// True when undecided past its due date.
+    pub fn is_overdue(&self, today: chrono::NaiveDate) -> bool {
+        self.status == ApplicationStatus::Submitted && today > self.due_on
+    }
+}
+
+/// Lifecycle of an agreement (R13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgreementStatus {
+    /// Issued and signed by the operator; waiting for the developer.
+    Issued,
+    /// Signed by both parties: access is open within the validity period.
+    Active,
+    /// Ended early by the operator or the developer.
+    Terminated,
+}
+
+/// The terms of an agreement (R13).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Terms {
+    /// Conditions of use.
+    pub conditions: String,
+    /// Security requirements.
+    pub security_requirements: String,
+    /// Fees.
+    pub fees: String,
+    /// Liability.
+    pub liability: String,
+}
+
+impl Default for Terms {
+    fn default() -> Self {
+        Terms {
+            conditions: "results may be used only for the scenario's stated purpose".into(),
+            security_requirements: "jobs run only inside the platform; no attempt to re-identify data subjects".into(),
+            fees: "metered per job, rows scanned and fuel, per the published tariff".into(),
+            liability: "the party using the data is responsible for its use (谁使用谁负责)".into(),
+        }
+    }
+}
+
+/// An agreement between the operator and a developer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agreement {
+    /// `ag_...`
+    pub id: String,
+    /// The approved application.
+    pub application_id: String,
+    /// Scenario whose scope the agreement opens.
+    pub scenario_id: String,
+    /// The developer.
+    pub developer_id: String,
+    /// The operator who issued it.
+    pub operator_id: String,
+    /// Terms.
+    pub terms: Terms,
+    /// State.
+    pub status: AgreementStatus,
+    /// Start of validity.
+    pub valid_from: DateTime<Utc>,
+    /// End of validity (exclusive).
+    pub valid_until: DateTime<Utc>,
+    /// When the developer signed.
+    pub signed_at: Option<DateTime<Utc>>,
+}
+
+impl Agreement {
+    /// Issued by the operator on approving an application.
+    pub fn issue(
+        id: String,
+        app: &Application,
+        terms: Terms,
+        valid_from: DateTime<Utc>,
+        valid_until: DateTime<Utc>,
+        by: &Actor,
+    ) -> Result<Agreement> {
+        by.require(Role::Operator)?;
+        if app.status != ApplicationStatus::Approved {
+            return Err(Error::IllegalState(format!("application {} is not approved", app.id)));
+        }
+        if valid_until <= valid_from {
+            return Err(Error::InvalidRequest("validity must end after it starts".into()));
+        }
+        Ok(Agreement {
+            id,
+            application_id: app.id.clone(),
+            scenario_id: app.scenario_id.clone(),
+            developer_id: app.developer_id.clone(),
+            operator_id: by.id.clone(),
+            terms,
+            status: AgreementStatus::Issued,
+            valid_from,
+            valid_until,
+            signed_at: None,
+        })
+    }
+
+    /// The developer countersigns; access opens.
+    pub fn sign(&mut self, by: &Actor, at: DateTime<Utc>) -> Result<()> {
+        by.require(Role::Developer)?;
+        if by.id != self.developer_id {
+            return Err(Error::Forbidden("only the agreement's developer can sign it".into()));
+        }
+        if self.status != AgreementStatus::Issued {
+            return Err(Error::IllegalState(format!("agreement {} is not waiting for a signature", self.id)));
+        }
+        if at >= self.valid_until {
+            return Err(Error::IllegalState(format!("agreement {} has expired", self.id)));
+        }
+        self.status = AgreementStatus::Active;
+        self.signed_at = Some(at);
+        Ok(())
+    }
+
+    /// Fails unless the agreement opens access at `now`.
+    pub fn check_open(&self, now: DateTime<Utc>) -> Result<()> {
+        match self.status {
+            AgreementStatus::Issued => Err(Error::AgreementClosed(format!("agreement {} is not signed", self.id))),
+            AgreementStatus::Terminated => Err(Error::AgreementClosed(format!("agreement {} was terminated", self.id))),
+            AgreementStatus::Active if now < self.valid_from => {
+                Err(Error::AgreementClosed(format!("agreement {} is not yet valid", self.id)))
+            }
+            AgreementStatus::Active if now >= self.valid_until => {
+                Err(Error::AgreementClosed(format!("agreement {} has expired", self.id)))
+            }
+            AgreementStatus::Active => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn actor(id: &str, role: Role) -> Actor {
+        Actor { id: id.into(), role, name: id.into() }
+    }
+
+    fn spec() -> ScenarioSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "credit", "class": "credit", "purpose": "p",
+            "tables": [{"dataset": "t", "columns": []}],
+            "release": {"epsilon_total": 1.0, "epsilon_per_query": 0.5, "min_group_size": 5}
+        }))
+        .unwrap()
+    }
+
+    fn materials() -> Materials {
+        Materials {
+            qualifications: "bank licence".into(),
+            data_needs: "n".into(),
+            development_method: "m".into(),
+            security_measures: "s".into(),
+            security_officer: "Li".into(),
+        }
+    }
+
+    #[test]
+    fn full_lifecycle() {
+        let now = Utc::now();
+        let op = actor("op", Role::Operator);
+        let reg = actor("reg", Role::Regulator);
+        let dev = actor("dev", Role::Developer);
+        let mut sc = Scenario::propose("sc".into(), spec(), &op, now).unwrap();
+        let premature = Application::submit("ap".into(), &sc, materials(), &dev, now, &Calendar::default());
+        assert!(matches!(premature, Err(Error::IllegalState(_))));
+        sc.decide(true, None, &reg, now).unwrap();
+        assert!(matches!(sc.decide(true, None, &reg, now), Err(Error::IllegalState(_))));
+        let mut app = Application::submit("ap".into(), &sc, materials(), &dev, now, &Calendar::default()).unwrap();
+        assert!(matches!(app.decide(true, None, &dev, now), Err(Error::Forbidden(_))));
+        app.decide(true, None, &op, now).unwrap();
+        let mut ag = Agreement::issue("ag".into(), &app, Terms::default(), now, now + Duration::days(30), &op).unwrap();
+        assert!(matches!(ag.check_open(now), Err(Error::AgreementClosed(_))));
+        assert!(matches!(ag.sign(&actor("other", Role::Developer), now), Err(Error::Forbidden(_))));
+        ag.sign(&dev, now).unwrap();
+        ag.check_open(now).unwrap();
+        assert!(matches!(ag.check_open(now + Duration::days(31)), Err(Error::AgreementClosed(_))));
+    }
+
+    #[test]
+    fn rejection_needs_reason_and_materials_are_complete() {
+        let now = Utc::now();
+        let op = actor("op", Role::Operator);
+        let mut sc = Scenario::propose("sc".into(), spec(), &op, now).unwrap();
+        assert!(sc.decide(false, None, &actor("reg", Role::Regulator), now).is_err());
+        assert_eq!(sc.status, ScenarioStatus::Pending, "a failed transition changes nothing");
+        assert!(matches!(sc.decide(true, None, &op, now), Err(Error::Forbidden(_))));
+        let mut m = materials();
+        m.security_officer = " ".into();
+        assert_eq!(m.validate(), Err(Error::InvalidRequest("missing materials: security_officer".into())));
+    }
+
+    #[test]
+    fn signing_an_expired_agreement_fails() {
+        let now = Utc::now();
+        let op = actor("op", Role::Operator);
+        let dev = actor("dev", Role::Developer);
+        let mut sc = Scenario::propose("sc".into(), spec(), &op, now).unwrap();
+        sc.decide(true, None, &actor("reg", Role::Regulator), now).unwrap();
+        let mut app = Application::submit("ap".into(), &sc, materials(), &dev, now, &Calendar::default()).unwrap();
+        app.decide(true, None, &op, now).unwrap();
+        let mut ag = Agreement::issue("ag".into(), &app, Terms::default(), now, now + Duration::days(1), &op).unwrap();
+        assert!(matches!(ag.sign(&dev, now + Duration::days(2)), Err(Error::IllegalState(_))));
+        assert_eq!(ag.status, AgreementStatus::Issued);
+    }
+}
