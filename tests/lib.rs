@@ -1,1 +1,349 @@
-//! placeholder
+//! Harness for the end-to-end tests: builds the real `invis` binary, starts
+//! `invis serve` on 127.0.0.1 with a fresh data directory, and talks to it
+//! over HTTP. Every server is killed when its handle is dropped.
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The shared public data (`../shared/data`), read in place.
+pub fn shared_data() -> PathBuf {
+    workspace().join("../shared/data")
+}
+
+/// The `invis` binary, built once per test process with the same profile
+/// and target directory as the tests.
+pub fn invis() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/all-<hash> -> target/<profile>
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target profile directory")
+            .to_path_buf();
+        let target = profile_dir
+            .parent()
+            .expect("target directory")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace())
+            .args(["build", "--quiet", "-p", "gateway", "--bin", "invis"]);
+        cmd.env("CARGO_TARGET_DIR", &target);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "building the invis binary failed");
+        profile_dir.join("invis")
+    })
+}
+
+/// Runs `invis` with `args` and returns (exit code, stdout, stderr).
+pub fn run_invis(args: &[&str]) -> Result<(i32, String, String)> {
+    let out = Command::new(invis())
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A response.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status.
+    pub status: u16,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The body as JSON (Null if it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    /// The `error.code` of an error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+    /// The `error.message` of an error body.
+    pub fn message(&self) -> String {
+        self.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// Asserts a 2xx status and returns the JSON body.
+    pub fn ok(&self) -> Value {
+        assert!(
+            (200..300).contains(&self.status),
+            "expected success, got HTTP {}: {}",
+            self.status,
+            self.text()
+        );
+        self.json()
+    }
+}
+
+/// A client acting as one party.
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn new(base: &str, token: Option<&str>) -> Api {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(300)))
+            .build()
+            .into();
+        Api {
+            base: base.to_string(),
+            token: token.map(str::to_string),
+            agent,
+        }
+    }
+
+    /// The same server as another party.
+    pub fn as_token(&self, token: &str) -> Api {
+        Api::new(&self.base, Some(token))
+    }
+
+    /// The bearer token of this client (empty when anonymous).
+    pub fn token(&self) -> &str {
+        self.token.as_deref().unwrap_or("")
+    }
+
+    /// The same server without credentials.
+    pub fn anonymous(&self) -> Api {
+        Api::new(&self.base, None)
+    }
+
+    fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+        let mut r = r.expect("HTTP request failed");
+        let status = r.status().as_u16();
+        let body = r
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .expect("reading body");
+        Reply { status, body }
+    }
+
+    /// GET.
+    pub fn get(&self, path: &str) -> Reply {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        Self::finish(req.call())
+    }
+
+    /// POST JSON.
+    pub fn post(&self, path: &str, body: &Value) -> Reply {
+        self.post_raw(
+            path,
+            serde_json::to_vec(body).expect("json").as_slice(),
+            "application/json",
+        )
+    }
+
+    /// POST raw bytes.
+    pub fn post_raw(&self, path: &str, body: &[u8], content_type: &str) -> Reply {
+        let mut req = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", content_type);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        Self::finish(req.send(body))
+    }
+}
+
+/// A running `invis serve`.
+pub struct Server {
+    child: Child,
+    /// Base URL.
+    pub base: String,
+    /// Data directory (kept until the server is dropped).
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    /// Operator client.
+    pub operator: Api,
+    /// Regulator client.
+    pub regulator: Api,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Extra `serve` arguments (job limits).
+pub type ServeArgs<'a> = &'a [&'a str];
+
+impl Server {
+    /// Bootstraps a fresh data directory and starts a server on it.
+    pub fn start(extra: ServeArgs<'_>) -> Result<Server> {
+        let tmp = tempfile::Builder::new().prefix("invis-e2e-").tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        let (code, out, err) = run_invis(&[
+            "admin",
+            "bootstrap",
+            "--data-dir",
+            &dir.to_string_lossy(),
+            "--json",
+        ])?;
+        if code != 0 {
+            bail!("bootstrap failed: {err}");
+        }
+        let parties: Value = serde_json::from_str(&out).context("bootstrap output")?;
+        let token = |role: &str| -> Result<String> {
+            parties
+                .as_array()
+                .and_then(|a| a.iter().find(|p| p["role"] == role))
+                .and_then(|p| p["token"].as_str())
+                .map(str::to_string)
+                .context("bootstrap token")
+        };
+        let (op, reg) = (token("operator")?, token("regulator")?);
+        let mut s = Server::spawn(&dir, extra, &op, &reg)?;
+        s._tmp = Some(tmp);
+        Ok(s)
+    }
+
+    /// Starts a server on an existing data directory.
+    pub fn spawn(
+        dir: &Path,
+        extra: ServeArgs<'_>,
+        operator: &str,
+        regulator: &str,
+    ) -> Result<Server> {
+        let mut child = Command::new(invis())
+            .args([
+                "serve",
+                "--data-dir",
+                &dir.to_string_lossy(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let base = line
+            .trim()
+            .strip_prefix("invis listening on ")
+            .context("unexpected first line")?
+            .to_string();
+        let api = Api::new(&base, None);
+        Ok(Server {
+            child,
+            base,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            operator: api.as_token(operator),
+            regulator: api.as_token(regulator),
+        })
+    }
+
+    /// Kills the server process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Creates a party and returns its client.
+    pub fn party(&self, name: &str, role: &str) -> Api {
+        let r = self
+            .operator
+            .post("/v1/operator/parties", &json!({"name": name, "role": role}))
+            .ok();
+        self.operator.as_token(r["token"].as_str().expect("token"))
+    }
+
+    /// Number of ledger entries, from an export.
+    pub fn ledger_size(&self) -> usize {
+        let r = self.regulator.get("/v1/regulator/ledger");
+        assert_eq!(r.status, 200);
+        r.text()
+            .lines()
+            .filter(|l| l.starts_with("{\"hash\""))
+            .count()
+    }
+}
+
+/// A job module from WAT text.
+pub fn wat(text: &str) -> Vec<u8> {
+    wat::parse_str(text).expect("valid WAT")
+}
+
+/// A job that runs one query and logs the error when it is refused.
+pub fn probe(sql: &str) -> Vec<u8> {
+    let escaped: String = sql
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' => format!("\\{b:02x}"),
+            0x20..=0x7e => (b as char).to_string(),
+            _ => format!("\\{b:02x}"),
+        })
+        .collect();
+    wat(&format!(
+        r#"(module
+  (import "invis_v1" "query" (func $query (param i32 i32) (result i64)))
+  (import "invis_v1" "error_read" (func $error_read (param i32 i32) (result i32)))
+  (import "invis_v1" "log" (func $log (param i32 i32) (result i32)))
+  (import "invis_v1" "result_read" (func $result_read (param i32 i32) (result i32)))
+  (import "invis_v1" "emit" (func $emit (param i32 i32) (result i32)))
+  (memory (export "memory") 4)
+  (data (i32.const 0) "{escaped}")
+  (func (export "run") (result i32)
+    (local $r i64) (local $n i32)
+    (local.set $r (call $query (i32.const 0) (i32.const {len})))
+    (if (i64.lt_s (local.get $r) (i64.const 0))
+      (then
+        (local.set $n (call $error_read (i32.const 65536) (i32.const 1024)))
+        (drop (call $log (i32.const 65536) (select (local.get $n) (i32.const 1024) (i32.lt_s (local.get $n) (i32.const 1024)))))
+        (return (i32.wrap_i64 (local.get $r)))))
+    (local.set $n (call $result_read (i32.const 131072) (i32.wrap_i64 (local.get $r))))
+    (drop (call $emit (i32.const 131072) (local.get $n)))
+    (i32.const 0)))"#,
+        len = sql.len()
+    ))
+}

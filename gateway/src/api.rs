@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use sandbox::profile::DatasetProfile;
 use scenarios::catalog::DatasetSpec;
+use scenarios::party::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -44,16 +45,23 @@ pub struct DatasetRecord {
 }
 
 /// Runs store work off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(e.to_string()))?
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
 /// The latest version of every dataset.
 pub(crate) fn current_datasets(st: &AppState) -> ApiResult<Vec<DatasetRecord>> {
     let all: Vec<DatasetRecord> = st.store.list(crate::store::Table::Datasets, None)?;
-    let mut latest: std::collections::BTreeMap<String, DatasetRecord> = std::collections::BTreeMap::new();
+    let mut latest: std::collections::BTreeMap<String, DatasetRecord> =
+        std::collections::BTreeMap::new();
     for d in all {
-        let newer = latest.get(&d.name).is_none_or(|cur| d.version > cur.version);
+        let newer = latest
+            .get(&d.name)
+            .is_none_or(|cur| d.version > cur.version);
         if newer {
             latest.insert(d.name.clone(), d);
         }
@@ -72,34 +80,76 @@ async fn not_found() -> ApiError {
 /// Largest request body (a WASM module), in bytes.
 pub const MAX_BODY: usize = runtime::MAX_MODULE_BYTES + 1024;
 
-/// The router of the whole API.
+/// Routes of one role, guarded by [`crate::auth::require_role`].
+fn role_routes(state: &AppState, role: Role, routes: Router<AppState>) -> Router<AppState> {
+    routes.route_layer(axum::middleware::from_fn_with_state(
+        (state.clone(), role),
+        crate::auth::require_role,
+    ))
+}
+
+/// The router of the whole API. Every route under `/v1/<role>/` is reachable
+/// by that role only; the catalog and `whoami` by every authenticated party.
 pub fn router(state: AppState) -> Router {
+    let provider = Router::new().route("/datasets", post(provider::register).get(provider::list));
+    let operator = Router::new()
+        .route(
+            "/parties",
+            post(operator::create_party).get(operator::list_parties),
+        )
+        .route(
+            "/scenarios",
+            post(operator::propose_scenario).get(operator::list_scenarios),
+        )
+        .route("/applications", get(operator::list_applications))
+        .route(
+            "/applications/{id}/decision",
+            post(operator::decide_application),
+        );
+    let regulator = Router::new()
+        .route("/parties", get(operator::list_parties))
+        .route("/scenarios", get(regulator::list_scenarios))
+        .route("/scenarios/{id}/decision", post(regulator::decide_scenario))
+        .route("/releases", get(regulator::releases))
+        .route("/ledger", get(regulator::export_ledger))
+        .route("/ledger/public-key", get(regulator::public_key));
+    let developer = Router::new()
+        .route("/scenarios", get(developer::list_scenarios))
+        .route("/scenarios/{id}", get(developer::scenario))
+        .route(
+            "/applications",
+            post(developer::apply).get(developer::list_applications),
+        )
+        .route("/applications/{id}", get(developer::application))
+        .route("/agreements", get(developer::list_agreements))
+        .route("/agreements/{id}", get(developer::agreement))
+        .route("/agreements/{id}/sign", post(developer::sign))
+        .route("/agreements/{id}/jobs", post(developer::submit_job))
+        .route("/jobs", get(developer::list_jobs))
+        .route("/jobs/{id}", get(developer::job))
+        .route("/jobs/{id}/output", get(developer::job_output));
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/whoami", get(catalog::whoami))
         .route("/v1/catalog", get(catalog::list))
         .route("/v1/catalog/{name}", get(catalog::detail))
-        .route("/v1/provider/datasets", post(provider::register).get(provider::list))
-        .route("/v1/operator/parties", post(operator::create_party).get(operator::list_parties))
-        .route("/v1/operator/scenarios", post(operator::propose_scenario).get(operator::list_scenarios))
-        .route("/v1/operator/applications", get(operator::list_applications))
-        .route("/v1/operator/applications/{id}/decision", post(operator::decide_application))
-        .route("/v1/regulator/scenarios", get(regulator::list_scenarios))
-        .route("/v1/regulator/scenarios/{id}/decision", post(regulator::decide_scenario))
-        .route("/v1/regulator/releases", get(regulator::releases))
-        .route("/v1/regulator/ledger", get(regulator::export_ledger))
-        .route("/v1/regulator/ledger/public-key", get(regulator::public_key))
-        .route("/v1/developer/scenarios", get(developer::list_scenarios))
-        .route("/v1/developer/scenarios/{id}", get(developer::scenario))
-        .route("/v1/developer/applications", post(developer::apply).get(developer::list_applications))
-        .route("/v1/developer/applications/{id}", get(developer::application))
-        .route("/v1/developer/agreements", get(developer::list_agreements))
-        .route("/v1/developer/agreements/{id}", get(developer::agreement))
-        .route("/v1/developer/agreements/{id}/sign", post(developer::sign))
-        .route("/v1/developer/agreements/{id}/jobs", post(developer::submit_job))
-        .route("/v1/developer/jobs", get(developer::list_jobs))
-        .route("/v1/developer/jobs/{id}", get(developer::job))
-        .route("/v1/developer/jobs/{id}/output", get(developer::job_output))
+        .route("/v1/ledger/public-key", get(regulator::public_key))
+        .nest(
+            "/v1/provider",
+            role_routes(&state, Role::Provider, provider),
+        )
+        .nest(
+            "/v1/operator",
+            role_routes(&state, Role::Operator, operator),
+        )
+        .nest(
+            "/v1/regulator",
+            role_routes(&state, Role::Regulator, regulator),
+        )
+        .nest(
+            "/v1/developer",
+            role_routes(&state, Role::Developer, developer),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

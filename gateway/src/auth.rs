@@ -5,37 +5,76 @@
 use crate::error::ApiError;
 use crate::keys::token_hash;
 use crate::state::AppState;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::Json;
-use scenarios::party::Actor;
+use scenarios::party::{Actor, Role};
 use serde::de::DeserializeOwned;
 
 /// The authenticated party of a request.
 #[derive(Debug, Clone)]
 pub struct Auth(pub Actor);
 
+/// Resolves the bearer token of a request to its party.
+async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Actor, ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Unauthorized)?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .ok_or(ApiError::Unauthorized)?
+        .trim();
+    if token.is_empty() || token.len() > 200 {
+        return Err(ApiError::Unauthorized);
+    }
+    let hash = token_hash(token);
+    let store = state.store.clone();
+    let party = tokio::task::spawn_blocking(move || store.party_by_token(&hash))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
+        .ok_or(ApiError::Unauthorized)?;
+    Ok(Actor {
+        id: party.id,
+        role: party.role,
+        name: party.name,
+    })
+}
+
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized)?;
-        let token = header.strip_prefix("Bearer ").ok_or(ApiError::Unauthorized)?.trim();
-        if token.is_empty() || token.len() > 200 {
-            return Err(ApiError::Unauthorized);
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(actor) = parts.extensions.get::<Actor>() {
+            return Ok(Auth(actor.clone()));
         }
-        let hash = token_hash(token);
-        let store = state.store.clone();
-        let party = tokio::task::spawn_blocking(move || store.party_by_token(&hash))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??
-            .ok_or(ApiError::Unauthorized)?;
-        Ok(Auth(Actor { id: party.id, role: party.role, name: party.name }))
+        Ok(Auth(authenticate(&parts.headers, state).await?))
     }
+}
+
+/// Middleware of a role's route prefix: authenticates, refuses every other
+/// role with 403 before the request body is read, and hands the party to
+/// the handler.
+pub async fn require_role(
+    State((state, role)): State<(AppState, Role)>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let actor = authenticate(req.headers(), &state).await?;
+    if actor.role != role {
+        return Err(ApiError::Forbidden(format!(
+            "this route is for the {role} role, not {}",
+            actor.role
+        )));
+    }
+    req.extensions_mut().insert(actor);
+    Ok(next.run(req).await)
 }
 
 /// A JSON body whose rejection is answered in the platform's error format.

@@ -35,14 +35,21 @@ impl Reply {
     }
     /// The error message of an error body.
     pub fn error_message(&self) -> String {
-        self.json()["error"]["message"].as_str().unwrap_or("").to_string()
+        self.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
     /// Fails unless the status is 2xx.
     pub fn ok(self) -> Result<Reply> {
         if (200..300).contains(&self.status) {
             Ok(self)
         } else {
-            anyhow::bail!("HTTP {}: {}", self.status, String::from_utf8_lossy(&self.body))
+            anyhow::bail!(
+                "HTTP {}: {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
         }
     }
 }
@@ -55,18 +62,30 @@ impl Client {
             .timeout_global(Some(Duration::from_secs(600)))
             .build()
             .into();
-        Client { base: base.trim_end_matches('/').to_string(), token: None, agent }
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: None,
+            agent,
+        }
     }
 
     /// The same client acting as the holder of `token`.
     pub fn with_token(&self, token: &str) -> Client {
-        Client { token: Some(token.to_string()), ..self.clone() }
+        Client {
+            token: Some(token.to_string()),
+            ..self.clone()
+        }
     }
 
     fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply> {
         let mut r = r.context("request failed")?;
         let status = r.status().as_u16();
-        let body = r.body_mut().with_config().limit(64 << 20).read_to_vec().context("reading the response")?;
+        let body = r
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .context("reading the response")?;
         Ok(Reply { status, body })
     }
 
@@ -94,7 +113,10 @@ impl Client {
 
     /// POST raw bytes to `path`.
     pub fn post_bytes(&self, path: &str, body: &[u8], content_type: &str) -> Result<Reply> {
-        let mut req = self.agent.post(format!("{}{path}", self.base)).header("Content-Type", content_type);
+        let mut req = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", content_type);
         if let Some(a) = self.auth() {
             req = req.header("Authorization", a);
         }

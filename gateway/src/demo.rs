@@ -64,7 +64,11 @@ fn say(role: &str, msg: impl AsRef<str>) {
 
 fn expect_ok(r: Reply, what: &str) -> Result<Value> {
     if !(200..300).contains(&r.status) {
-        bail!("{what} failed: HTTP {} {}", r.status, String::from_utf8_lossy(&r.body));
+        bail!(
+            "{what} failed: HTTP {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
     }
     Ok(r.json())
 }
@@ -96,8 +100,15 @@ fn print_table(header: &[String], rows: &[Vec<String>], indent: &str) {
 
 fn print_csv(csv: &str, indent: &str, max_rows: usize) {
     let mut lines = csv.lines();
-    let header: Vec<String> = lines.next().unwrap_or("").split(',').map(str::to_string).collect();
-    let rows: Vec<Vec<String>> = lines.map(|l| l.split(',').map(str::to_string).collect()).collect();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
     let shown = rows.len().min(max_rows);
     print_table(&header, rows.get(..shown).unwrap_or(&[]), indent);
     if rows.len() > shown {
@@ -117,13 +128,13 @@ pub fn bank_scenario() -> Value {
                 {"name": "industry", "ops": ["group", "filter"]},
                 {"name": "district", "ops": ["group", "filter"]},
                 {"name": "founded_year", "ops": ["group", "filter"]},
-                {"name": "employees", "ops": ["aggregate", "filter"], "bounds": [0, 500]}
+                {"name": "employees", "ops": ["aggregate", "filter"], "bounds": [0, 200]}
             ]},
             {"dataset": "social_insurance", "columns": [
                 {"name": "enterprise_id", "ops": ["join"]},
                 {"name": "month", "ops": ["filter"]},
-                {"name": "insured_count", "ops": ["aggregate"], "bounds": [0, 200]},
-                {"name": "amount_paid", "ops": ["aggregate"], "bounds": [0, 300000]},
+                {"name": "insured_count", "ops": ["aggregate"], "bounds": [0, 150]},
+                {"name": "amount_paid", "ops": ["aggregate"], "bounds": [0, 100000]},
                 {"name": "arrears", "ops": ["aggregate"], "bounds": [0, 1]}
             ]},
             {"dataset": "tax_credit", "columns": [
@@ -145,49 +156,58 @@ pub fn bank_scenario() -> Value {
 pub fn dataset_specs(files: &data::DemoFiles) -> Vec<(&'static str, Value)> {
     let path = |p: &Path| p.to_string_lossy().to_string();
     vec![
-        ("Market Supervision Bureau", json!({
-            "name": "enterprise_register",
-            "description": "registered enterprises of the city with industry, district and size",
-            "path": path(&files.register),
-            "privacy_unit": "enterprise_id",
-            "unit_kind": "enterprise",
-            "columns": [
-                {"name": "enterprise_id", "rule": "tokenize", "description": "unified social credit code"},
-                {"name": "name", "rule": {"mask": {"keep_prefix": 6}}},
-                {"name": "industry", "rule": "keep", "domain": {"categories": data::INDUSTRIES}},
-                {"name": "district", "rule": "keep", "domain": {"categories": data::DISTRICTS}},
-                {"name": "founded_year", "rule": {"generalize": {"bucket": {"width": 5.0}}}, "domain": {"range": {"min": 1990.0, "max": 2025.0}}},
-                {"name": "registered_capital", "rule": {"generalize": {"edges": {"edges": [0.0, 100.0, 500.0, 1000.0, 5000.0]}}}},
-                {"name": "employees", "rule": "keep", "domain": {"range": {"min": 1.0, "max": 3000.0}}},
-                {"name": "legal_rep_phone", "rule": "drop"}
-            ]
-        })),
-        ("Human Resources and Social Security Bureau", json!({
-            "name": "social_insurance",
-            "description": "monthly social-insurance contributions per enterprise",
-            "path": path(&files.insurance),
-            "privacy_unit": "enterprise_id",
-            "unit_kind": "enterprise",
-            "columns": [
-                {"name": "enterprise_id", "rule": "tokenize"},
-                {"name": "month", "rule": "keep"},
-                {"name": "insured_count", "rule": "keep", "domain": {"range": {"min": 0.0, "max": 3000.0}}},
-                {"name": "amount_paid", "rule": "keep", "domain": {"range": {"min": 0.0, "max": 5000000.0}}},
-                {"name": "arrears", "rule": "keep", "domain": {"range": {"min": 0.0, "max": 1.0}}}
-            ]
-        })),
-        ("Municipal Tax Service", json!({
-            "name": "tax_credit",
-            "description": "annual tax-credit grade per enterprise (A best, D worst)",
-            "path": path(&files.tax),
-            "privacy_unit": "enterprise_id",
-            "unit_kind": "enterprise",
-            "columns": [
-                {"name": "enterprise_id", "rule": "tokenize"},
-                {"name": "year", "rule": "keep"},
-                {"name": "grade", "rule": "keep", "domain": {"categories": data::GRADES}}
-            ]
-        })),
+        (
+            "Market Supervision Bureau",
+            json!({
+                "name": "enterprise_register",
+                "description": "registered enterprises of the city with industry, district and size",
+                "path": path(&files.register),
+                "privacy_unit": "enterprise_id",
+                "unit_kind": "enterprise",
+                "columns": [
+                    {"name": "enterprise_id", "rule": "tokenize", "description": "unified social credit code"},
+                    {"name": "name", "rule": {"mask": {"keep_prefix": 6}}},
+                    {"name": "industry", "rule": "keep", "domain": {"categories": data::INDUSTRIES}},
+                    {"name": "district", "rule": "keep", "domain": {"categories": data::DISTRICTS}},
+                    {"name": "founded_year", "rule": {"generalize": {"bucket": {"width": 5.0}}}, "domain": {"range": {"min": 1990.0, "max": 2025.0}}},
+                    {"name": "registered_capital", "rule": {"generalize": {"edges": {"edges": [0.0, 100.0, 500.0, 1000.0, 5000.0]}}}},
+                    {"name": "employees", "rule": "keep", "domain": {"range": {"min": 1.0, "max": 3000.0}}},
+                    {"name": "legal_rep_phone", "rule": "drop"}
+                ]
+            }),
+        ),
+        (
+            "Human Resources and Social Security Bureau",
+            json!({
+                "name": "social_insurance",
+                "description": "monthly social-insurance contributions per enterprise",
+                "path": path(&files.insurance),
+                "privacy_unit": "enterprise_id",
+                "unit_kind": "enterprise",
+                "columns": [
+                    {"name": "enterprise_id", "rule": "tokenize"},
+                    {"name": "month", "rule": "keep"},
+                    {"name": "insured_count", "rule": "keep", "domain": {"range": {"min": 0.0, "max": 3000.0}}},
+                    {"name": "amount_paid", "rule": "keep", "domain": {"range": {"min": 0.0, "max": 5000000.0}}},
+                    {"name": "arrears", "rule": "keep", "domain": {"range": {"min": 0.0, "max": 1.0}}}
+                ]
+            }),
+        ),
+        (
+            "Municipal Tax Service",
+            json!({
+                "name": "tax_credit",
+                "description": "annual tax-credit grade per enterprise (A best, D worst)",
+                "path": path(&files.tax),
+                "privacy_unit": "enterprise_id",
+                "unit_kind": "enterprise",
+                "columns": [
+                    {"name": "enterprise_id", "rule": "tokenize"},
+                    {"name": "year", "rule": "keep"},
+                    {"name": "grade", "rule": "keep", "domain": {"categories": data::GRADES}}
+                ]
+            }),
+        ),
     ]
 }
 
@@ -213,7 +233,9 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    println!("Invis demo: a bank's small-business credit scenario on public data that stays invisible\n");
+    println!(
+        "Invis demo: a bank's small-business credit scenario on public data that stays invisible\n"
+    );
     let t = Instant::now();
     let files = data::generate(&root.join("data"), opts.enterprises)?;
     say(
@@ -233,41 +255,87 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         sample_rows: 5,
     };
     let state = AppState::open(config)?;
-    let boot = bootstrap(&state.store, "Xiamen Big Data Operation Co.", "Municipal Big Data Bureau")?;
+    let boot = bootstrap(
+        &state.store,
+        "Xiamen Big Data Operation Co.",
+        "Municipal Big Data Bureau",
+    )?;
     let (listener, addr) = bind("127.0.0.1:0".parse()?).await?;
     let server = tokio::spawn(serve(state, listener));
-    say("setup", format!("server on http://{addr}, store {} (SQLite), no other service", root.join("store").display()));
+    say(
+        "setup",
+        format!(
+            "server on http://{addr}, store {} (SQLite), no other service",
+            root.join("store").display()
+        ),
+    );
     let base = format!("http://{addr}");
     let result = tokio::task::spawn_blocking(move || script(&base, &boot, &files, &root)).await?;
     server.abort();
     result?;
-    println!("\ndemo finished in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "\ndemo finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
-fn script(base: &str, boot: &[crate::server::Bootstrapped], files: &data::DemoFiles, root: &Path) -> Result<()> {
+fn script(
+    base: &str,
+    boot: &[crate::server::Bootstrapped],
+    files: &data::DemoFiles,
+    root: &Path,
+) -> Result<()> {
     let anon = Client::new(base);
     let token = |role: scenarios::party::Role| -> Result<String> {
-        boot.iter().find(|b| b.role == role).map(|b| b.token.clone()).context("bootstrap party missing")
+        boot.iter()
+            .find(|b| b.role == role)
+            .map(|b| b.token.clone())
+            .context("bootstrap party missing")
     };
     let operator = anon.with_token(&token(scenarios::party::Role::Operator)?);
     let regulator = anon.with_token(&token(scenarios::party::Role::Regulator)?);
-    say("operator", "bootstrapped the operator and the regulator (tokens stored only as hashes)");
+    say(
+        "operator",
+        "bootstrapped the operator and the regulator (tokens stored only as hashes)",
+    );
 
     // Parties.
     let mut providers = Vec::new();
     for (name, spec) in dataset_specs(files) {
-        let p = expect_ok(operator.post("/v1/operator/parties", &json!({"name": name, "role": "provider"}))?, "create provider")?;
-        providers.push((anon.with_token(p["token"].as_str().unwrap_or("")), name, spec));
+        let p = expect_ok(
+            operator.post(
+                "/v1/operator/parties",
+                &json!({"name": name, "role": "provider"}),
+            )?,
+            "create provider",
+        )?;
+        providers.push((
+            anon.with_token(p["token"].as_str().unwrap_or("")),
+            name,
+            spec,
+        ));
     }
-    let dev = expect_ok(operator.post("/v1/operator/parties", &json!({"name": "Example Commercial Bank", "role": "developer"}))?, "create developer")?;
+    let dev = expect_ok(
+        operator.post(
+            "/v1/operator/parties",
+            &json!({"name": "Example Commercial Bank", "role": "developer"}),
+        )?,
+        "create developer",
+    )?;
     let developer = anon.with_token(dev["token"].as_str().unwrap_or(""));
-    say("operator", "created 3 data providers and 1 developer (Example Commercial Bank)");
+    say(
+        "operator",
+        "created 3 data providers and 1 developer (Example Commercial Bank)",
+    );
 
     // 1. Providers register datasets.
     println!();
     for (client, name, spec) in &providers {
-        let d = expect_ok(client.post("/v1/provider/datasets", spec)?, "register dataset")?;
+        let d = expect_ok(
+            client.post("/v1/provider/datasets", spec)?,
+            "register dataset",
+        )?;
         let rules: Vec<String> = d["columns"]
             .as_array()
             .map(|cs| {
@@ -290,7 +358,11 @@ fn script(base: &str, boot: &[crate::server::Bootstrapped], files: &data::DemoFi
                 d["name"].as_str().unwrap_or(""),
                 d["version"],
                 d["rows"],
-                d["version_hash"].as_str().unwrap_or("").get(..12).unwrap_or(""),
+                d["version_hash"]
+                    .as_str()
+                    .unwrap_or("")
+                    .get(..12)
+                    .unwrap_or(""),
                 rules.join(" ")
             ),
         );
@@ -299,13 +371,27 @@ fn script(base: &str, boot: &[crate::server::Bootstrapped], files: &data::DemoFi
     // 2. The catalog with synthetic desensitized sample rows.
     let cat = expect_ok(developer.get("/v1/catalog/enterprise_register")?, "catalog")?;
     say("catalog", "enterprise_register sample (synthetic rows through the desensitization rules; no real value):");
-    let header: Vec<String> =
-        cat["sample"]["columns"].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap_or("").to_string()).collect()).unwrap_or_default();
+    let header: Vec<String> = cat["sample"]["columns"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
     let rows: Vec<Vec<String>> = cat["sample"]["rows"]
         .as_array()
         .map(|rs| {
             rs.iter()
-                .map(|r| r.as_array().map(|c| c.iter().map(|v| v.as_str().unwrap_or("NULL").to_string()).collect()).unwrap_or_default())
+                .map(|r| {
+                    r.as_array()
+                        .map(|c| {
+                            c.iter()
+                                .map(|v| v.as_str().unwrap_or("NULL").to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -313,39 +399,100 @@ fn script(base: &str, boot: &[crate::server::Bootstrapped], files: &data::DemoFi
 
     // 3. Scenario proposed by the operator, approved by the regulator.
     println!();
-    let sc = expect_ok(operator.post("/v1/operator/scenarios", &bank_scenario())?, "propose scenario")?;
+    let sc = expect_ok(
+        operator.post("/v1/operator/scenarios", &bank_scenario())?,
+        "propose scenario",
+    )?;
     let sc_id = sc["id"].as_str().unwrap_or("").to_string();
     say("operator", format!("proposed scenario {sc_id} \"{}\": epsilon 5.0 in total, 1.0 per query, groups of at least 10 enterprises", sc["spec"]["name"].as_str().unwrap_or("")));
     let visible = expect_ok(developer.get("/v1/developer/scenarios")?, "list scenarios")?;
-    say("developer", format!("scenario catalog before approval: {} scenarios visible", visible["scenarios"].as_array().map_or(0, Vec::len)));
-    expect_ok(regulator.post(&format!("/v1/regulator/scenarios/{sc_id}/decision"), &json!({"approve": true, "reason": "purpose and release rules reviewed"}))?, "approve scenario")?;
-    say("regulator", format!("approved the scenario class credit-risk-assessment ({sc_id})"));
+    say(
+        "developer",
+        format!(
+            "scenario catalog before approval: {} scenarios visible",
+            visible["scenarios"].as_array().map_or(0, Vec::len)
+        ),
+    );
+    expect_ok(
+        regulator.post(
+            &format!("/v1/regulator/scenarios/{sc_id}/decision"),
+            &json!({"approve": true, "reason": "purpose and release rules reviewed"}),
+        )?,
+        "approve scenario",
+    )?;
+    say(
+        "regulator",
+        format!("approved the scenario class credit-risk-assessment ({sc_id})"),
+    );
     let visible = expect_ok(developer.get("/v1/developer/scenarios")?, "list scenarios")?;
-    say("developer", format!("scenario catalog after approval: {} scenario visible", visible["scenarios"].as_array().map_or(0, Vec::len)));
+    say(
+        "developer",
+        format!(
+            "scenario catalog after approval: {} scenario visible",
+            visible["scenarios"].as_array().map_or(0, Vec::len)
+        ),
+    );
 
     // 4. Application, review, agreement.
-    let app = expect_ok(developer.post("/v1/developer/applications", &json!({"scenario_id": sc_id, "materials": materials()}))?, "apply")?;
+    let app = expect_ok(
+        developer.post(
+            "/v1/developer/applications",
+            &json!({"scenario_id": sc_id, "materials": materials()}),
+        )?,
+        "apply",
+    )?;
     let app_id = app["id"].as_str().unwrap_or("").to_string();
-    say("developer", format!("applied ({app_id}); decision due by {}", app["due_on"].as_str().unwrap_or("")));
+    say(
+        "developer",
+        format!(
+            "applied ({app_id}); decision due by {}",
+            app["due_on"].as_str().unwrap_or("")
+        ),
+    );
     let dec = expect_ok(
         operator.post(&format!("/v1/operator/applications/{app_id}/decision"), &json!({"approve": true, "reason": "materials complete; security officer named", "valid_days": 180}))?,
         "approve application",
     )?;
     let ag_id = dec["agreement"]["id"].as_str().unwrap_or("").to_string();
-    say("operator", format!("approved the application and issued agreement {ag_id}, valid until {}", dec["agreement"]["valid_until"].as_str().unwrap_or("")));
+    say(
+        "operator",
+        format!(
+            "approved the application and issued agreement {ag_id}, valid until {}",
+            dec["agreement"]["valid_until"].as_str().unwrap_or("")
+        ),
+    );
     let jobs_path = format!("/v1/developer/agreements/{ag_id}/jobs?wait=true");
     let early = developer.post_bytes(&jobs_path, BANK_CREDIT_WASM, "application/wasm")?;
     if early.status != 403 {
-        bail!("a job before signing must be refused, got HTTP {}", early.status);
+        bail!(
+            "a job before signing must be refused, got HTTP {}",
+            early.status
+        );
     }
-    say("developer", format!("submitting a job before signing -> HTTP {}: {}", early.status, early.error_message()));
-    expect_ok(developer.post(&format!("/v1/developer/agreements/{ag_id}/sign"), &json!({}))?, "sign")?;
+    say(
+        "developer",
+        format!(
+            "submitting a job before signing -> HTTP {}: {}",
+            early.status,
+            early.error_message()
+        ),
+    );
+    expect_ok(
+        developer.post(
+            &format!("/v1/developer/agreements/{ag_id}/sign"),
+            &json!({}),
+        )?,
+        "sign",
+    )?;
     say("developer", "signed the agreement: access is open");
 
     // 5. The job.
     println!();
     let t = Instant::now();
-    let job = expect_ok(developer.post_bytes(&jobs_path, BANK_CREDIT_WASM, "application/wasm")?, "run job")?;
+    let job = expect_ok(
+        developer.post_bytes(&jobs_path, BANK_CREDIT_WASM, "application/wasm")?,
+        "run job",
+    )?;
     if job["status"] != "succeeded" {
         bail!("the bank job failed: {}", job["error"]);
     }
@@ -364,61 +511,184 @@ fn script(base: &str, boot: &[crate::server::Bootstrapped], files: &data::DemoFi
         ),
     );
     for q in job["queries"].as_array().cloned().unwrap_or_default() {
-        say("sandbox", format!("  released {} groups at epsilon {} (ledger entry {}): {}", q["released_groups"], q["epsilon"], q["ledger_seq"], q["sql"].as_str().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")));
+        say(
+            "sandbox",
+            format!(
+                "  released {} groups at epsilon {} (ledger entry {}): {}",
+                q["released_groups"],
+                q["epsilon"],
+                q["ledger_seq"],
+                q["sql"]
+                    .as_str()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        );
     }
-    let out = developer.get(&format!("/v1/developer/jobs/{}/output", job["id"].as_str().unwrap_or("")))?.ok()?;
+    let out = developer
+        .get(&format!(
+            "/v1/developer/jobs/{}/output",
+            job["id"].as_str().unwrap_or("")
+        ))?
+        .ok()?;
     let csv = String::from_utf8_lossy(&out.body).to_string();
-    say("developer", "released result (noisy, contribution-bounded, small groups suppressed):");
+    say(
+        "developer",
+        "released result (noisy, contribution-bounded, small groups suppressed):",
+    );
     print_csv(&csv, "            ", 60);
-    let ag = expect_ok(developer.get(&format!("/v1/developer/agreements/{ag_id}"))?, "agreement")?;
-    say("developer", format!("privacy budget: spent epsilon {} of {}, {} left", ag["budget"]["spent"]["epsilon"], ag["budget"]["limit"]["epsilon"], ag["budget"]["remaining"]["epsilon"]));
+    let ag = expect_ok(
+        developer.get(&format!("/v1/developer/agreements/{ag_id}"))?,
+        "agreement",
+    )?;
+    say(
+        "developer",
+        format!(
+            "privacy budget: spent epsilon {} of {}, {} left",
+            ag["budget"]["spent"]["epsilon"],
+            ag["budget"]["limit"]["epsilon"],
+            ag["budget"]["remaining"]["epsilon"]
+        ),
+    );
 
     // 6. Refused attempts.
     println!();
     let probe_sql = "SELECT * FROM enterprise_register WHERE enterprise_id = '91350200MA00000000'";
-    let probe = expect_ok(developer.post_bytes(&jobs_path, &probe_job(probe_sql)?, "application/wasm")?, "probe job")?;
-    say("developer", format!("attack: a job asking for one enterprise's row: {probe_sql}"));
-    say("sandbox", format!("  -> job {}: {}", probe["status"].as_str().unwrap_or(""), probe["logs"].get(0).and_then(Value::as_str).unwrap_or("")));
+    let probe = expect_ok(
+        developer.post_bytes(&jobs_path, &probe_job(probe_sql)?, "application/wasm")?,
+        "probe job",
+    )?;
+    say(
+        "developer",
+        format!("attack: a job asking for one enterprise's row: {probe_sql}"),
+    );
+    say(
+        "sandbox",
+        format!(
+            "  -> job {}: {}",
+            probe["status"].as_str().unwrap_or(""),
+            probe["logs"].get(0).and_then(Value::as_str).unwrap_or("")
+        ),
+    );
     if probe["status"] != "failed" || probe["queries"].as_array().map_or(1, Vec::len) != 0 {
         bail!("the row-level probe must be refused");
     }
-    let ag2 = expect_ok(developer.get(&format!("/v1/developer/agreements/{ag_id}"))?, "agreement")?;
-    say("developer", format!("  budget unchanged: spent epsilon {}", ag2["budget"]["spent"]["epsilon"]));
-    let again = expect_ok(developer.post_bytes(&jobs_path, BANK_CREDIT_WASM, "application/wasm")?, "rerun job")?;
-    say("developer", "attack: run the same job again to average the noise away");
-    say("sandbox", format!("  -> job {} after {} queries: {}", again["status"].as_str().unwrap_or(""), again["queries"].as_array().map_or(0, Vec::len), again["logs"].get(0).and_then(Value::as_str).unwrap_or("")));
+    let ag2 = expect_ok(
+        developer.get(&format!("/v1/developer/agreements/{ag_id}"))?,
+        "agreement",
+    )?;
+    say(
+        "developer",
+        format!(
+            "  budget unchanged: spent epsilon {}",
+            ag2["budget"]["spent"]["epsilon"]
+        ),
+    );
+    let again = expect_ok(
+        developer.post_bytes(&jobs_path, BANK_CREDIT_WASM, "application/wasm")?,
+        "rerun job",
+    )?;
+    say(
+        "developer",
+        "attack: run the same job again to average the noise away",
+    );
+    say(
+        "sandbox",
+        format!(
+            "  -> job {} after {} queries: {}",
+            again["status"].as_str().unwrap_or(""),
+            again["queries"].as_array().map_or(0, Vec::len),
+            again["logs"].get(0).and_then(Value::as_str).unwrap_or("")
+        ),
+    );
     if again["status"] != "failed" {
         bail!("the job past its budget must fail");
     }
     let bad = developer.post_bytes(&jobs_path, b"this is not wasm", "application/wasm")?;
-    say("developer", format!("a malformed module -> HTTP {}: {}", bad.status, bad.error_message()));
+    say(
+        "developer",
+        format!(
+            "a malformed module -> HTTP {}: {}",
+            bad.status,
+            bad.error_message()
+        ),
+    );
 
     // 7. The regulator's view and the ledger.
     println!();
     let rel = expect_ok(regulator.get("/v1/regulator/releases")?, "releases")?;
     for r in rel["releases"].as_array().cloned().unwrap_or_default() {
-        let actions: Vec<String> = r["lineage"].as_array().map(|l| l.iter().map(|e| format!("#{} {}", e["seq"], e["entry"]["action"].as_str().unwrap_or(""))).collect()).unwrap_or_default();
-        say("regulator", format!("release of job {} to {}: output {}...; lineage {}", r["job"]["id"].as_str().unwrap_or(""), r["job"]["developer_id"].as_str().unwrap_or(""), r["job"]["output_hash"].as_str().unwrap_or("").get(..12).unwrap_or(""), actions.join(", ")));
+        let actions: Vec<String> = r["lineage"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|e| {
+                        format!(
+                            "#{} {}",
+                            e["seq"],
+                            e["entry"]["action"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        say(
+            "regulator",
+            format!(
+                "release of job {} to {}: output {}...; lineage {}",
+                r["job"]["id"].as_str().unwrap_or(""),
+                r["job"]["developer_id"].as_str().unwrap_or(""),
+                r["job"]["output_hash"]
+                    .as_str()
+                    .unwrap_or("")
+                    .get(..12)
+                    .unwrap_or(""),
+                actions.join(", ")
+            ),
+        );
     }
     let export = regulator.get("/v1/regulator/ledger")?.ok()?;
-    let key = expect_ok(regulator.get("/v1/regulator/ledger/public-key")?, "public key")?;
+    let key = expect_ok(
+        regulator.get("/v1/regulator/ledger/public-key")?,
+        "public key",
+    )?;
     let key = hex::decode(key["public_key"].as_str().unwrap_or(""))?;
     let path = root.join("ledger-export.ndjson");
     std::fs::write(&path, &export.body)?;
     let text = String::from_utf8(export.body.clone())?;
     match scenarios::ledger::verify_export(text.lines(), Some(&key)) {
-        Ok(r) => say("regulator", format!("exported the ledger ({} entries) to {}; invis verify-ledger: OK, root {}...", r.entries, path.display(), r.root.get(..16).unwrap_or(""))),
+        Ok(r) => say(
+            "regulator",
+            format!(
+                "exported the ledger ({} entries) to {}; invis verify-ledger: OK, root {}...",
+                r.entries,
+                path.display(),
+                r.root.get(..16).unwrap_or("")
+            ),
+        ),
         Err(f) => bail!("the ledger does not verify: {}", f.reason),
     }
     // Tamper with one entry of a copy: the verifier names it.
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    let target = lines.iter().position(|l| l.contains("query.release")).context("no release entry")?;
+    let target = lines
+        .iter()
+        .position(|l| l.contains("query.release"))
+        .context("no release entry")?;
     if let Some(l) = lines.get_mut(target) {
         *l = l.replacen("released_groups", "released_groupz", 1);
     }
     match scenarios::ledger::verify_export(lines.iter(), Some(&key)) {
         Ok(_) => bail!("a tampered ledger verified"),
-        Err(f) => say("regulator", format!("a copy with one edited byte in entry {}: verify-ledger FAILED: {}", target.saturating_sub(1), f.reason)),
+        Err(f) => say(
+            "regulator",
+            format!(
+                "a copy with one edited byte in entry {}: verify-ledger FAILED: {}",
+                target.saturating_sub(1),
+                f.reason
+            ),
+        ),
     }
     Ok(())
 }

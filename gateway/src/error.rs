@@ -29,7 +29,7 @@ pub enum ApiError {
     #[error("{0}")]
     PolicyViolation(String),
     /// 409: the privacy budget is used up.
-    #[error("{0}")]
+    #[error("privacy budget exhausted: {0}")]
     BudgetExhausted(String),
     /// 413: too large.
     #[error("{0}")]
@@ -54,7 +54,9 @@ impl ApiError {
             ApiError::PolicyViolation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "policy_violation"),
             ApiError::BudgetExhausted(_) => (StatusCode::CONFLICT, "budget_exhausted"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ApiError::ResourcesExhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "resources_exhausted"),
+            ApiError::ResourcesExhausted(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "resources_exhausted")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -66,7 +68,11 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
-        (status, Json(json!({"error": {"code": code, "message": self.to_string()}}))).into_response()
+        (
+            status,
+            Json(json!({"error": {"code": code, "message": self.to_string()}})),
+        )
+            .into_response()
     }
 }
 
@@ -79,7 +85,7 @@ impl From<scenarios::Error> for ApiError {
             E::Forbidden(m) => ApiError::Forbidden(m),
             E::UnsafeParameter(m) => ApiError::PolicyViolation(format!("unsafe parameter: {m}")),
             E::AgreementClosed(m) => ApiError::Forbidden(format!("agreement closed: {m}")),
-            E::BudgetExhausted(m) => ApiError::BudgetExhausted(format!("privacy budget exhausted: {m}")),
+            E::BudgetExhausted(m) => ApiError::BudgetExhausted(m),
             E::LedgerInvalid(m) => ApiError::Internal(m),
         }
     }
@@ -91,7 +97,7 @@ impl From<sandbox::Error> for ApiError {
         match e {
             E::InvalidQuery(m) => ApiError::BadRequest(format!("invalid query: {m}")),
             E::PolicyViolation(m) => ApiError::PolicyViolation(format!("policy violation: {m}")),
-            E::BudgetExhausted(m) => ApiError::BudgetExhausted(format!("privacy budget exhausted: {m}")),
+            E::BudgetExhausted(m) => ApiError::BudgetExhausted(m),
             E::AccessClosed(m) => ApiError::Forbidden(format!("access closed: {m}")),
             E::InvalidDataset(m) => ApiError::BadRequest(format!("invalid dataset: {m}")),
             E::ResourcesExhausted(m) => ApiError::ResourcesExhausted(m),
@@ -103,7 +109,9 @@ impl From<sandbox::Error> for ApiError {
 impl From<runtime::JobError> for ApiError {
     fn from(e: runtime::JobError) -> Self {
         match e {
-            runtime::JobError::InvalidModule(m) => ApiError::BadRequest(format!("invalid module: {m}")),
+            runtime::JobError::InvalidModule(m) => {
+                ApiError::BadRequest(format!("invalid module: {m}"))
+            }
             runtime::JobError::Internal(m) => ApiError::Internal(m),
             other => ApiError::Conflict(other.to_string()),
         }

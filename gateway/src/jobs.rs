@@ -52,21 +52,27 @@ impl Accountant for StoreAccountant {
                     .ok_or_else(|| ApiError::Internal("agreement vanished".into()))?;
                 let now = Utc::now();
                 ag.check_open(now)?;
-                let after = charge_in(tx, &self.developer.id, &self.scenario_id, cost, &self.limit)?;
+                let after =
+                    charge_in(tx, &self.developer.id, &self.scenario_id, cost, &self.limit)?;
                 append(
                     tx,
-                    NewEntry::by(&self.developer, "query.charge", &self.job_id, json!({
-                        "agreement": self.agreement_id,
-                        "scenario": self.scenario_id,
-                        "purpose": lineage.purpose,
-                        "sql": lineage.sql,
-                        "plan_hash": lineage.plan_hash,
-                        "tables": lineage.tables,
-                        "mechanism": lineage.mechanism,
-                        "cost": cost,
-                        "budget_spent_after": after,
-                        "budget_limit": self.limit,
-                    })),
+                    NewEntry::by(
+                        &self.developer,
+                        "query.charge",
+                        &self.job_id,
+                        json!({
+                            "agreement": self.agreement_id,
+                            "scenario": self.scenario_id,
+                            "purpose": lineage.purpose,
+                            "sql": lineage.sql,
+                            "plan_hash": lineage.plan_hash,
+                            "tables": lineage.tables,
+                            "mechanism": lineage.mechanism,
+                            "cost": cost,
+                            "budget_spent_after": after,
+                            "budget_limit": self.limit,
+                        }),
+                    ),
                     now,
                 )?;
                 Ok(())
@@ -80,14 +86,19 @@ impl Accountant for StoreAccountant {
             .tx(|tx| {
                 append(
                     tx,
-                    NewEntry::by(&self.developer, "query.release", &self.job_id, json!({
-                        "agreement": self.agreement_id,
-                        "sql": lineage.sql,
-                        "plan_hash": lineage.plan_hash,
-                        "released_groups": lineage.released_groups,
-                        "output_hash": lineage.output_hash,
-                        "output_bytes": lineage.output_bytes,
-                    })),
+                    NewEntry::by(
+                        &self.developer,
+                        "query.release",
+                        &self.job_id,
+                        json!({
+                            "agreement": self.agreement_id,
+                            "sql": lineage.sql,
+                            "plan_hash": lineage.plan_hash,
+                            "released_groups": lineage.released_groups,
+                            "output_hash": lineage.output_hash,
+                            "output_bytes": lineage.output_bytes,
+                        }),
+                    ),
                     Utc::now(),
                 )
             })
@@ -100,12 +111,23 @@ impl Accountant for StoreAccountant {
 }
 
 /// Accepts a job under an agreement of `actor`.
-pub async fn submit(st: &AppState, actor: &Actor, agreement_id: &str, module: Vec<u8>, params: Vec<u8>) -> ApiResult<JobRecord> {
+pub async fn submit(
+    st: &AppState,
+    actor: &Actor,
+    agreement_id: &str,
+    module: Vec<u8>,
+    params: Vec<u8>,
+) -> ApiResult<JobRecord> {
     if params.len() > runtime::MAX_PARAMS_BYTES {
-        return Err(ApiError::TooLarge(format!("job parameters exceed {} bytes", runtime::MAX_PARAMS_BYTES)));
+        return Err(ApiError::TooLarge(format!(
+            "job parameters exceed {} bytes",
+            runtime::MAX_PARAMS_BYTES
+        )));
     }
     if module.is_empty() {
-        return Err(ApiError::BadRequest("the request body must be the job's WASM module".into()));
+        return Err(ApiError::BadRequest(
+            "the request body must be the job's WASM module".into(),
+        ));
     }
     let (s, a, id) = (st.clone(), actor.clone(), agreement_id.to_string());
     let (ag, sc) = blocking(move || {
@@ -114,14 +136,19 @@ pub async fn submit(st: &AppState, actor: &Actor, agreement_id: &str, module: Ve
             .get(Table::Agreements, &id)?
             .filter(|x: &Agreement| x.developer_id == a.id)
             .ok_or_else(|| ApiError::NotFound(format!("no agreement {}", id.escape_debug())))?;
-        let sc: Scenario =
-            s.store.get(Table::Scenarios, &ag.scenario_id)?.ok_or_else(|| ApiError::Internal("no scenario".into()))?;
+        let sc: Scenario = s
+            .store
+            .get(Table::Scenarios, &ag.scenario_id)?
+            .ok_or_else(|| ApiError::Internal("no scenario".into()))?;
         Ok((ag, sc))
     })
     .await?;
     ag.check_open(Utc::now())?;
     if sc.status != ScenarioStatus::Approved {
-        return Err(ApiError::Forbidden(format!("scenario {} is not approved", sc.id)));
+        return Err(ApiError::Forbidden(format!(
+            "scenario {} is not approved",
+            sc.id
+        )));
     }
     let rt = st.runtime.clone();
     let bytes = module.clone();
@@ -197,7 +224,9 @@ pub async fn wait(st: &AppState, job_id: &str) -> ApiResult<JobRecord> {
             return Ok(job);
         }
         if started.elapsed() > limit {
-            return Err(ApiError::Internal(format!("job {job_id} did not finish in time")));
+            return Err(ApiError::Internal(format!(
+                "job {job_id} did not finish in time"
+            )));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
@@ -208,22 +237,43 @@ fn failure(kind: &str, message: &str) -> serde_json::Value {
     json!({"kind": kind, "message": message})
 }
 
-async fn run(st: &AppState, actor: &Actor, job_id: &str, params: Vec<u8>, cancel: Arc<AtomicBool>) -> ApiResult<()> {
+async fn run(
+    st: &AppState,
+    actor: &Actor,
+    job_id: &str,
+    params: Vec<u8>,
+    cancel: Arc<AtomicBool>,
+) -> ApiResult<()> {
     let (s, id) = (st.clone(), job_id.to_string());
     let (mut job, ag, sc, bytes, tables) = blocking(move || {
-        let mut job: JobRecord = s.store.get(Table::Jobs, &id)?.ok_or_else(|| ApiError::Internal("job vanished".into()))?;
-        let ag: Agreement =
-            s.store.get(Table::Agreements, &job.agreement_id)?.ok_or_else(|| ApiError::Internal("no agreement".into()))?;
-        let sc: Scenario =
-            s.store.get(Table::Scenarios, &job.scenario_id)?.ok_or_else(|| ApiError::Internal("no scenario".into()))?;
-        let bytes = s.store.module(&job.module_hash)?.ok_or_else(|| ApiError::Internal("no module".into()))?;
+        let mut job: JobRecord = s
+            .store
+            .get(Table::Jobs, &id)?
+            .ok_or_else(|| ApiError::Internal("job vanished".into()))?;
+        let ag: Agreement = s
+            .store
+            .get(Table::Agreements, &job.agreement_id)?
+            .ok_or_else(|| ApiError::Internal("no agreement".into()))?;
+        let sc: Scenario = s
+            .store
+            .get(Table::Scenarios, &job.scenario_id)?
+            .ok_or_else(|| ApiError::Internal("no scenario".into()))?;
+        let bytes = s
+            .store
+            .module(&job.module_hash)?
+            .ok_or_else(|| ApiError::Internal("no module".into()))?;
         let datasets = current_datasets(&s)?;
         let mut tables = Vec::new();
         for t in &sc.spec.tables {
             let d = datasets
                 .iter()
                 .find(|d| d.name == t.dataset)
-                .ok_or_else(|| ApiError::Forbidden(format!("dataset `{}` is no longer in the catalog", t.dataset)))?;
+                .ok_or_else(|| {
+                    ApiError::Forbidden(format!(
+                        "dataset `{}` is no longer in the catalog",
+                        t.dataset
+                    ))
+                })?;
             tables.push(TableVersion {
                 spec: d.spec.clone(),
                 version: d.profile.version.clone(),
@@ -233,7 +283,15 @@ async fn run(st: &AppState, actor: &Actor, job_id: &str, params: Vec<u8>, cancel
         }
         job.status = JobStatus::Running;
         job.started_at = Some(Utc::now());
-        s.store.tx(|tx| put_in(tx, Table::Jobs, &job.id, &[&job.agreement_id, &job.developer_id, "running"], &job))?;
+        s.store.tx(|tx| {
+            put_in(
+                tx,
+                Table::Jobs,
+                &job.id,
+                &[&job.agreement_id, &job.developer_id, "running"],
+                &job,
+            )
+        })?;
         Ok((job, ag, sc, bytes, tables))
     })
     .await?;
@@ -259,7 +317,13 @@ async fn run(st: &AppState, actor: &Actor, job_id: &str, params: Vec<u8>, cancel
         Ok(scope) => {
             let rt = st.runtime.clone();
             let handle = tokio::runtime::Handle::current();
-            let input = JobInput { scope: Some(Arc::new(scope)), params, limits, handle, cancel };
+            let input = JobInput {
+                scope: Some(Arc::new(scope)),
+                params,
+                limits,
+                handle,
+                cancel,
+            };
             tokio::task::spawn_blocking(move || rt.run(&bytes, input))
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?
@@ -281,7 +345,11 @@ async fn finish(
     accountant: &StoreAccountant,
     outcome: JobOutcome,
 ) -> ApiResult<()> {
-    let seqs = accountant.released.lock().map(|v| v.clone()).unwrap_or_default();
+    let seqs = accountant
+        .released
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
     job.queries = outcome
         .releases
         .iter()
@@ -294,7 +362,11 @@ async fn finish(
             output_hash: l.output_hash.clone(),
         })
         .collect();
-    let mut tables: Vec<sandbox::TableRef> = outcome.releases.iter().flat_map(|l| l.tables.clone()).collect();
+    let mut tables: Vec<sandbox::TableRef> = outcome
+        .releases
+        .iter()
+        .flat_map(|l| l.tables.clone())
+        .collect();
     tables.sort_by(|a, b| (&a.dataset, &a.version).cmp(&(&b.dataset, &b.version)));
     tables.dedup();
     job.tables = tables;

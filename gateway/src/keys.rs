@@ -28,7 +28,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     opts.write(true).create_new(true);
     #[cfg(unix)]
     opts.mode(0o600);
-    let mut f = opts.open(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     Ok(())
@@ -42,20 +44,26 @@ impl Keys {
         let rng = SystemRandom::new();
         let lpath = kdir.join("ledger.ed25519.pk8");
         if !lpath.exists() {
-            let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("key generation failed"))?;
+            let doc = Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|_| anyhow::anyhow!("key generation failed"))?;
             write_private(&lpath, doc.as_ref())?;
         }
         let pk8 = std::fs::read(&lpath)?;
-        let ledger = Ed25519KeyPair::from_pkcs8(&pk8).map_err(|_| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key", lpath.display()))?;
+        let ledger = Ed25519KeyPair::from_pkcs8(&pk8)
+            .map_err(|_| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key", lpath.display()))?;
         let tpath = kdir.join("tokenize.key");
         if !tpath.exists() {
             let mut k = [0u8; 32];
-            rng.fill(&mut k).map_err(|_| anyhow::anyhow!("random generation failed"))?;
+            rng.fill(&mut k)
+                .map_err(|_| anyhow::anyhow!("random generation failed"))?;
             write_private(&tpath, &k)?;
         }
         let t = std::fs::read(&tpath)?;
         anyhow::ensure!(t.len() == 32, "{} must hold 32 bytes", tpath.display());
-        Ok(Keys { ledger, tokenize_master: hmac::Key::new(hmac::HMAC_SHA256, &t) })
+        Ok(Keys {
+            ledger,
+            tokenize_master: hmac::Key::new(hmac::HMAC_SHA256, &t),
+        })
     }
 
     /// Signs with the ledger key.
@@ -71,7 +79,10 @@ impl Keys {
     /// The tokenization key of one agreement: tokens of two agreements
     /// cannot be linked.
     pub fn token_key(&self, agreement_id: &str) -> [u8; 32] {
-        let tag = hmac::sign(&self.tokenize_master, format!("invis tokenize v1 {agreement_id}").as_bytes());
+        let tag = hmac::sign(
+            &self.tokenize_master,
+            format!("invis tokenize v1 {agreement_id}").as_bytes(),
+        );
         let mut k = [0u8; 32];
         k.copy_from_slice(tag.as_ref().get(..32).unwrap_or(&[0u8; 32]));
         k

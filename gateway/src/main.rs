@@ -7,7 +7,11 @@ use gateway::state::{AppState, Config};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "invis", version, about = "Invis: a usable-but-invisible computation sandbox for public data")]
+#[command(
+    name = "invis",
+    version,
+    about = "Invis: a usable-but-invisible computation sandbox for public data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,6 +27,17 @@ enum Command {
         /// Address to listen on (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Write the demo's synthetic datasets (Parquet) to a directory.
+    GenDemoData {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Enterprises to generate.
+        #[arg(long, default_value_t = 30_000)]
+        enterprises: usize,
     },
     /// Run the whole product story in one process, on synthetic data.
     Demo {
@@ -62,6 +77,34 @@ enum Command {
     },
 }
 
+/// Per-job limits of the server.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Wall-clock limit of a job, in milliseconds.
+    #[arg(long, default_value_t = runtime::JobLimits::default().timeout_ms)]
+    job_timeout_ms: u64,
+    /// Fuel (instructions) of a job.
+    #[arg(long, default_value_t = runtime::JobLimits::default().fuel)]
+    job_fuel: u64,
+    /// Linear memory cap of a job, in MiB.
+    #[arg(long, default_value_t = runtime::JobLimits::default().memory_bytes >> 20)]
+    job_memory_mib: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Result<runtime::JobLimits> {
+        let l = runtime::JobLimits {
+            timeout_ms: self.job_timeout_ms,
+            fuel: self.job_fuel,
+            memory_bytes: self.job_memory_mib << 20,
+            ..runtime::JobLimits::default()
+        };
+        l.validate()
+            .map_err(|e| anyhow::anyhow!("invalid job limits: {e}"))?;
+        Ok(l)
+    }
+}
+
 #[derive(Subcommand)]
 enum AdminCommand {
     /// Create the first operator and regulator and print their tokens.
@@ -82,11 +125,20 @@ enum AdminCommand {
 }
 
 fn config(data_dir: PathBuf) -> Config {
-    Config { data_dir, job_limits: runtime::JobLimits::default(), calendar: Default::default(), sample_rows: 10 }
+    Config {
+        data_dir,
+        job_limits: runtime::JobLimits::default(),
+        calendar: Default::default(),
+        sample_rows: 10,
+    }
 }
 
 fn read_key(arg: &str) -> Result<Vec<u8>> {
-    let text = if std::path::Path::new(arg).exists() { std::fs::read_to_string(arg)? } else { arg.to_string() };
+    let text = if std::path::Path::new(arg).exists() {
+        std::fs::read_to_string(arg)?
+    } else {
+        arg.to_string()
+    };
     let key = hex::decode(text.trim()).context("the public key must be hex")?;
     anyhow::ensure!(key.len() == 32, "an Ed25519 public key has 32 bytes");
     Ok(key)
@@ -95,28 +147,68 @@ fn read_key(arg: &str) -> Result<Vec<u8>> {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("INVIS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("INVIS_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { data_dir, listen } => {
-            let state = AppState::open(config(data_dir))?;
+        Command::Serve {
+            data_dir,
+            listen,
+            limits,
+        } => {
+            let mut cfg = config(data_dir);
+            cfg.job_limits = limits.limits()?;
+            let state = AppState::open(cfg)?;
             let (listener, addr) = gateway::server::bind(listen).await?;
             println!("invis listening on http://{addr}");
             gateway::server::serve(state, listener).await
         }
-        Command::Demo { data_dir, enterprises } => {
-            gateway::demo::run(gateway::demo::DemoOptions { data_dir, enterprises }).await
+        Command::GenDemoData { out, enterprises } => {
+            let f = gateway::demo::data::generate(&out, enterprises)?;
+            println!(
+                "{}\n{}\n{}",
+                f.register.display(),
+                f.insurance.display(),
+                f.tax.display()
+            );
+            Ok(())
         }
-        Command::Admin { command: AdminCommand::Bootstrap { data_dir, operator, regulator, json } } => {
+        Command::Demo {
+            data_dir,
+            enterprises,
+        } => {
+            gateway::demo::run(gateway::demo::DemoOptions {
+                data_dir,
+                enterprises,
+            })
+            .await
+        }
+        Command::Admin {
+            command:
+                AdminCommand::Bootstrap {
+                    data_dir,
+                    operator,
+                    regulator,
+                    json,
+                },
+        } => {
             let state = AppState::open(config(data_dir))?;
             let parties = gateway::server::bootstrap(&state.store, &operator, &regulator)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&parties)?);
             } else {
                 for p in parties {
-                    println!("{:<10} {:<24} {}  token: {}", p.role.as_str(), p.name, p.id, p.token);
+                    println!(
+                        "{:<10} {:<24} {}  token: {}",
+                        p.role.as_str(),
+                        p.name,
+                        p.id,
+                        p.token
+                    );
                 }
                 println!("keep these tokens: they are shown once and stored only as hashes");
             }
@@ -128,19 +220,33 @@ async fn main() -> Result<()> {
                 Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(&p)?)),
                 None => Box::new(std::io::stdout().lock()),
             };
-            gateway::ledger::export(&state.store, &state.keys, &mut out).map_err(|e| anyhow::anyhow!("{e}"))?;
+            gateway::ledger::export(&state.store, &state.keys, &mut out)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             out.flush()?;
             Ok(())
         }
-        Command::VerifyLedger { export, public_key, json } => {
+        Command::VerifyLedger {
+            export,
+            public_key,
+            json,
+        } => {
             let key = public_key.as_deref().map(read_key).transpose()?;
-            let text = std::fs::read_to_string(&export).with_context(|| format!("reading {}", export.display()))?;
+            let text = std::fs::read_to_string(&export)
+                .with_context(|| format!("reading {}", export.display()))?;
             match scenarios::ledger::verify_export(text.lines(), key.as_deref()) {
                 Ok(r) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"ok": true, "report": r}))?);
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(
+                                &serde_json::json!({"ok": true, "report": r})
+                            )?
+                        );
                     } else {
-                        println!("ledger OK: {} entries, {} signed checkpoint(s), root {}", r.entries, r.checkpoints, r.root);
+                        println!(
+                            "ledger OK: {} entries, {} signed checkpoint(s), root {}",
+                            r.entries, r.checkpoints, r.root
+                        );
                         if !r.key_pinned {
                             println!("warning: no --public-key given; the key inside the export was trusted");
                         }
@@ -149,9 +255,17 @@ async fn main() -> Result<()> {
                 }
                 Err(f) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"ok": false, "failure": f}))?);
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(
+                                &serde_json::json!({"ok": false, "failure": f})
+                            )?
+                        );
                     } else {
-                        let at = f.first_bad_entry.map(|e| format!("first bad entry: {e}; ")).unwrap_or_default();
+                        let at = f
+                            .first_bad_entry
+                            .map(|e| format!("first bad entry: {e}; "))
+                            .unwrap_or_default();
                         eprintln!("ledger INVALID: {at}line {}: {}", f.line, f.reason);
                     }
                     std::process::exit(1);

@@ -38,19 +38,48 @@ pub struct Bootstrapped {
 
 /// Creates the first operator and regulator. Refuses when an operator
 /// already exists, so it cannot be used to mint new operator tokens later.
-pub fn bootstrap(store: &Store, operator_name: &str, regulator_name: &str) -> anyhow::Result<Vec<Bootstrapped>> {
-    if store.count_role(Role::Operator).map_err(|e| anyhow::anyhow!("{e}"))? > 0 {
+pub fn bootstrap(
+    store: &Store,
+    operator_name: &str,
+    regulator_name: &str,
+) -> anyhow::Result<Vec<Bootstrapped>> {
+    if store
+        .count_role(Role::Operator)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        > 0
+    {
         anyhow::bail!("the platform is already bootstrapped: an operator exists");
     }
     let mut out = Vec::new();
     store
         .tx(|tx| {
-            for (name, role) in [(operator_name, Role::Operator), (regulator_name, Role::Regulator)] {
+            for (name, role) in [
+                (operator_name, Role::Operator),
+                (regulator_name, Role::Regulator),
+            ] {
                 let (token, hash) = new_token();
-                let p = Party { id: new_id("pt"), name: name.to_string(), role, created_at: Utc::now().to_rfc3339() };
+                let p = Party {
+                    id: new_id("pt"),
+                    name: name.to_string(),
+                    role,
+                    created_at: Utc::now().to_rfc3339(),
+                };
                 Store::insert_party(tx, &p, &hash)?;
-                append(tx, NewEntry::system("party.bootstrap", &p.id, json!({"name": p.name, "role": role})), Utc::now())?;
-                out.push(Bootstrapped { id: p.id, name: p.name, role, token });
+                append(
+                    tx,
+                    NewEntry::system(
+                        "party.bootstrap",
+                        &p.id,
+                        json!({"name": p.name, "role": role}),
+                    ),
+                    Utc::now(),
+                )?;
+                out.push(Bootstrapped {
+                    id: p.id,
+                    name: p.name,
+                    role,
+                    token,
+                });
             }
             Ok(())
         })

@@ -61,6 +61,8 @@ impl AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("data_dir", &self.config.data_dir).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("data_dir", &self.config.data_dir)
+            .finish_non_exhaustive()
     }
 }

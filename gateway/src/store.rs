@@ -87,7 +87,13 @@ impl NewEntry {
     }
     /// An entry by the platform itself.
     pub fn system(action: &str, subject: &str, details: serde_json::Value) -> NewEntry {
-        NewEntry { actor: "system".into(), role: "system".into(), action: action.into(), subject: subject.into(), details }
+        NewEntry {
+            actor: "system".into(),
+            role: "system".into(),
+            action: action.into(),
+            subject: subject.into(),
+            details,
+        }
     }
 }
 
@@ -122,7 +128,11 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 /// Appends one entry to the ledger inside `tx`; returns its sequence number.
 pub fn append(tx: &Transaction<'_>, e: NewEntry, time: DateTime<Utc>) -> ApiResult<u64> {
     let last: Option<(i64, String)> = tx
-        .query_row("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?;
     let (seq, prev) = match last {
         Some((s, h)) => (s as u64 + 1, h),
@@ -165,20 +175,30 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
-        let version: Option<String> =
-            conn.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0)).optional()?;
+        let version: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
         match version.as_deref() {
             None => {
-                conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?1)", [SCHEMA_VERSION])?;
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', ?1)",
+                    [SCHEMA_VERSION],
+                )?;
             }
             Some(SCHEMA_VERSION) => {}
             Some(v) => anyhow::bail!("store schema version {v} is not supported by this binary"),
         }
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn lock(&self) -> ApiResult<MutexGuard<'_, Connection>> {
-        self.conn.lock().map_err(|_| ApiError::Internal("store lock poisoned".into()))
+        self.conn
+            .lock()
+            .map_err(|_| ApiError::Internal("store lock poisoned".into()))
     }
 
     /// Runs `f` in one transaction; commits only if it returns `Ok`.
@@ -215,13 +235,23 @@ impl Store {
                 [token_hash],
                 |r| {
                     let role: String = r.get(2)?;
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, role, r.get::<_, String>(3)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        role,
+                        r.get::<_, String>(3)?,
+                    ))
                 },
             )
             .optional()?
             .map(|(id, name, role, created_at)| {
                 let role = Role::parse(&role).ok_or_else(|| internal("bad role in store"))?;
-                Ok(Party { id, name, role, created_at })
+                Ok(Party {
+                    id,
+                    name,
+                    role,
+                    created_at,
+                })
             })
             .transpose()
         })
@@ -230,15 +260,27 @@ impl Store {
     /// All parties.
     pub fn parties(&self) -> ApiResult<Vec<Party>> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT id, name, role, created_at FROM parties ORDER BY created_at, id")?;
+            let mut st = c.prepare(
+                "SELECT id, name, role, created_at FROM parties ORDER BY created_at, id",
+            )?;
             let rows = st.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
             })?;
             let mut out = Vec::new();
             for row in rows {
                 let (id, name, role, created_at) = row?;
                 let role = Role::parse(&role).ok_or_else(|| internal("bad role in store"))?;
-                out.push(Party { id, name, role, created_at });
+                out.push(Party {
+                    id,
+                    name,
+                    role,
+                    created_at,
+                });
             }
             Ok(out)
         })
@@ -247,8 +289,11 @@ impl Store {
     /// Number of parties with `role`.
     pub fn count_role(&self, role: Role) -> ApiResult<u64> {
         self.read(|c| {
-            Ok(c.query_row("SELECT COUNT(*) FROM parties WHERE role = ?1", [role.as_str()], |r| r.get::<_, i64>(0))?
-                as u64)
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM parties WHERE role = ?1",
+                [role.as_str()],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
         })
     }
 
@@ -260,7 +305,11 @@ impl Store {
     }
 
     /// Lists bodies of `table` where `column = value` (or all when `None`).
-    pub fn list<T: DeserializeOwned>(&self, table: Table, filter: Option<(&str, &str)>) -> ApiResult<Vec<T>> {
+    pub fn list<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        filter: Option<(&str, &str)>,
+    ) -> ApiResult<Vec<T>> {
         self.read(|c| list_in(c, table, filter))
     }
 
@@ -284,15 +333,26 @@ impl Store {
 
     /// Module bytes by hash.
     pub fn module(&self, hash: &str) -> ApiResult<Option<Vec<u8>>> {
-        self.read(|c| Ok(c.query_row("SELECT bytes FROM modules WHERE hash = ?1", [hash], |r| r.get(0)).optional()?))
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT bytes FROM modules WHERE hash = ?1", [hash], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
+        })
     }
 
     /// A job's released output.
     pub fn job_output(&self, id: &str) -> ApiResult<Option<Vec<u8>>> {
         self.read(|c| {
-            Ok(c.query_row("SELECT output FROM jobs WHERE id = ?1", [id], |r| r.get::<_, Option<Vec<u8>>>(0))
+            Ok(
+                c.query_row("SELECT output FROM jobs WHERE id = ?1", [id], |r| {
+                    r.get::<_, Option<Vec<u8>>>(0)
+                })
                 .optional()?
-                .flatten())
+                .flatten(),
+            )
         })
     }
 
@@ -301,10 +361,19 @@ impl Store {
     /// Entries `from..` (at most `limit`).
     pub fn ledger(&self, from: u64, limit: u64) -> ApiResult<Vec<StoredEntry>> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT seq, hash, body FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
-            let rows = st.query_map(params![from as i64, limit.min(i64::MAX as u64) as i64], |r| {
-                Ok(StoredEntry { seq: r.get::<_, i64>(0)? as u64, hash: r.get(1)?, body: r.get(2)? })
-            })?;
+            let mut st = c.prepare(
+                "SELECT seq, hash, body FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = st.query_map(
+                params![from as i64, limit.min(i64::MAX as u64) as i64],
+                |r| {
+                    Ok(StoredEntry {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        hash: r.get(1)?,
+                        body: r.get(2)?,
+                    })
+                },
+            )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
@@ -312,9 +381,14 @@ impl Store {
     /// Entries about one subject, in order.
     pub fn ledger_for(&self, subject: &str) -> ApiResult<Vec<StoredEntry>> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT seq, hash, body FROM ledger WHERE subject = ?1 ORDER BY seq")?;
+            let mut st =
+                c.prepare("SELECT seq, hash, body FROM ledger WHERE subject = ?1 ORDER BY seq")?;
             let rows = st.query_map([subject], |r| {
-                Ok(StoredEntry { seq: r.get::<_, i64>(0)? as u64, hash: r.get(1)?, body: r.get(2)? })
+                Ok(StoredEntry {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    hash: r.get(1)?,
+                    body: r.get(2)?,
+                })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -322,7 +396,9 @@ impl Store {
 
     /// Number of ledger entries.
     pub fn ledger_size(&self) -> ApiResult<u64> {
-        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get::<_, i64>(0))? as u64))
+        self.read(|c| {
+            Ok(c.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get::<_, i64>(0))? as u64)
+        })
     }
 }
 
@@ -370,14 +446,21 @@ pub fn get_in<T: DeserializeOwned>(c: &Connection, table: Table, id: &str) -> Ap
 }
 
 /// Lists documents inside a connection or transaction.
-pub fn list_in<T: DeserializeOwned>(c: &Connection, table: Table, filter: Option<(&str, &str)>) -> ApiResult<Vec<T>> {
+pub fn list_in<T: DeserializeOwned>(
+    c: &Connection,
+    table: Table,
+    filter: Option<(&str, &str)>,
+) -> ApiResult<Vec<T>> {
     let mut bodies: Vec<String> = Vec::new();
     match filter {
         Some((col, val)) => {
             if !table.columns().contains(&col) {
                 return Err(internal(format!("no column {col}")));
             }
-            let sql = format!("SELECT body FROM {} WHERE {col} = ?1 ORDER BY rowid", table.name());
+            let sql = format!(
+                "SELECT body FROM {} WHERE {col} = ?1 ORDER BY rowid",
+                table.name()
+            );
             let mut st = c.prepare(&sql)?;
             for b in st.query_map([val], |r| r.get::<_, String>(0))? {
                 bodies.push(b?);
@@ -396,15 +479,27 @@ pub fn list_in<T: DeserializeOwned>(c: &Connection, table: Table, filter: Option
 
 /// Inserts or replaces a document with its lookup columns (in the order of
 /// the table's `columns`).
-pub fn put_in<T: Serialize>(tx: &Transaction<'_>, table: Table, id: &str, cols: &[&str], body: &T) -> ApiResult<()> {
+pub fn put_in<T: Serialize>(
+    tx: &Transaction<'_>,
+    table: Table,
+    id: &str,
+    cols: &[&str],
+    body: &T,
+) -> ApiResult<()> {
     let names = table.columns();
     if names.len() != cols.len() {
         return Err(internal("column count mismatch"));
     }
-    let placeholders: Vec<String> = (0..names.len() + 2).map(|i| format!("?{}", i + 1)).collect();
+    let placeholders: Vec<String> = (0..names.len() + 2)
+        .map(|i| format!("?{}", i + 1))
+        .collect();
     // An upsert, not INSERT OR REPLACE: replacing would drop columns that
     // are not part of the document (a job's output).
-    let updates: Vec<String> = names.iter().chain(["body"].iter()).map(|n| format!("{n} = excluded.{n}")).collect();
+    let updates: Vec<String> = names
+        .iter()
+        .chain(["body"].iter())
+        .map(|n| format!("{n} = excluded.{n}"))
+        .collect();
     let sql = format!(
         "INSERT INTO {} (id, {}, body) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}",
         table.name(),
@@ -432,16 +527,25 @@ pub fn spent_in(c: &Connection, developer_id: &str, scenario_id: &str) -> ApiRes
         )
         .optional()?;
     let (e, d) = row.unwrap_or((0, 0));
-    Ok(Budget { epsilon: Epsilon(e.max(0) as u64), delta: Delta(d.max(0) as u64) })
+    Ok(Budget {
+        epsilon: Epsilon(e.max(0) as u64),
+        delta: Delta(d.max(0) as u64),
+    })
 }
 
 /// Charges `cost` against `limit` for (developer, scenario) inside `tx`;
 /// fails with `BudgetExhausted` and changes nothing when it does not fit.
-pub fn charge_in(tx: &Transaction<'_>, developer_id: &str, scenario_id: &str, cost: &Budget, limit: &Budget) -> ApiResult<Budget> {
+pub fn charge_in(
+    tx: &Transaction<'_>,
+    developer_id: &str,
+    scenario_id: &str,
+    cost: &Budget,
+    limit: &Budget,
+) -> ApiResult<Budget> {
     let spent = spent_in(tx, developer_id, scenario_id)?;
     if !spent.can_afford(cost, limit) {
         return Err(ApiError::BudgetExhausted(format!(
-            "privacy budget exhausted: spent epsilon {} of {}, the query needs {}",
+            "spent epsilon {} of {}, the query needs {}",
             spent.epsilon, limit.epsilon, cost.epsilon
         )));
     }
@@ -456,6 +560,9 @@ pub fn charge_in(tx: &Transaction<'_>, developer_id: &str, scenario_id: &str, co
 
 /// Stores a job's output bytes.
 pub fn set_job_output(tx: &Transaction<'_>, id: &str, output: &[u8]) -> ApiResult<()> {
-    tx.execute("UPDATE jobs SET output = ?2 WHERE id = ?1", params![id, output])?;
+    tx.execute(
+        "UPDATE jobs SET output = ?2 WHERE id = ?1",
+        params![id, output],
+    )?;
     Ok(())
 }

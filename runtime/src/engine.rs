@@ -118,24 +118,39 @@ impl Runtime {
                 }
             })
             .map_err(internal)?;
-        Ok(Runtime { engine, linker, cache: Mutex::new(HashMap::new()), ticker_stop })
+        Ok(Runtime {
+            engine,
+            linker,
+            cache: Mutex::new(HashMap::new()),
+            ticker_stop,
+        })
     }
 
     /// Validates a module against the ABI and compiles it (cached).
     pub fn load(&self, bytes: &[u8]) -> Result<(ModuleInfo, Module), JobError> {
         if bytes.len() > MAX_MODULE_BYTES {
-            return Err(JobError::InvalidModule(format!("the module is larger than {MAX_MODULE_BYTES} bytes")));
+            return Err(JobError::InvalidModule(format!(
+                "the module is larger than {MAX_MODULE_BYTES} bytes"
+            )));
         }
         if bytes.get(..4) != Some(b"\0asm") {
-            return Err(JobError::InvalidModule("not a WebAssembly binary (missing the \\0asm header)".into()));
+            return Err(JobError::InvalidModule(
+                "not a WebAssembly binary (missing the \\0asm header)".into(),
+            ));
         }
         let hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
-        let info = ModuleInfo { hash: hash.clone(), size: bytes.len() as u64 };
+        let info = ModuleInfo {
+            hash: hash.clone(),
+            size: bytes.len() as u64,
+        };
         if let Some(m) = self.cache.lock().ok().and_then(|c| c.get(&hash).cloned()) {
             return Ok((info, m));
         }
         let module = Module::from_binary(&self.engine, bytes).map_err(|e| {
-            JobError::InvalidModule(format!("the module does not validate: {}", first_line(&e.to_string())))
+            JobError::InvalidModule(format!(
+                "the module does not validate: {}",
+                first_line(&e.to_string())
+            ))
         })?;
         check_interface(&module)?;
         if let Ok(mut c) = self.cache.lock() {
@@ -154,10 +169,22 @@ impl Runtime {
         let mut usage = Usage::default();
         let module = match self.load(bytes) {
             Ok((_, m)) => m,
-            Err(e) => return JobOutcome { result: Err(e), usage, logs: Vec::new(), releases: Vec::new() },
+            Err(e) => {
+                return JobOutcome {
+                    result: Err(e),
+                    usage,
+                    logs: Vec::new(),
+                    releases: Vec::new(),
+                }
+            }
         };
         if let Err(e) = host::check_params(&input.params) {
-            return JobOutcome { result: Err(e), usage, logs: Vec::new(), releases: Vec::new() };
+            return JobOutcome {
+                result: Err(e),
+                usage,
+                logs: Vec::new(),
+                releases: Vec::new(),
+            };
         }
         let limits = input.limits;
         let deadline = started + Duration::from_millis(limits.timeout_ms);
@@ -199,10 +226,15 @@ impl Runtime {
                 }
                 Ok(UpdateDeadline::Continue(1))
             });
-            let instance = self.linker.instantiate(&mut store, &module).map_err(|e| classify(&store, e))?;
+            let instance = self
+                .linker
+                .instantiate(&mut store, &module)
+                .map_err(|e| classify(&store, e))?;
             let run = instance
                 .get_typed_func::<(), i32>(&mut store, "run")
-                .map_err(|e| JobError::InvalidModule(format!("export `run` must be () -> i32: {e}")))?;
+                .map_err(|e| {
+                    JobError::InvalidModule(format!("export `run` must be () -> i32: {e}"))
+                })?;
             let status = run.call(&mut store, ()).map_err(|e| classify(&store, e))?;
             if status != 0 {
                 return Err(JobError::GuestFailed(status));
@@ -215,7 +247,12 @@ impl Runtime {
         usage.peak_memory_bytes = st.limiter.peak_memory as u64;
         usage.host_calls = st.host_calls;
         usage.queries = st.releases.len() as u32;
-        JobOutcome { result: result.map(|()| st.output), usage, logs: st.logs, releases: st.releases }
+        JobOutcome {
+            result: result.map(|()| st.output),
+            usage,
+            logs: st.logs,
+            releases: st.releases,
+        }
     }
 }
 
@@ -271,9 +308,13 @@ fn check_interface(module: &Module) -> Result<(), JobError> {
             ("run", ExternType::Func(ty)) => {
                 let ok = ty.params().len() == 0
                     && ty.results().len() == 1
-                    && ty.results().all(|r| wasmtime::ValType::eq(&r, &wasmtime::ValType::I32));
+                    && ty
+                        .results()
+                        .all(|r| wasmtime::ValType::eq(&r, &wasmtime::ValType::I32));
                 if !ok {
-                    return Err(JobError::InvalidModule("export `run` must have type () -> i32".into()));
+                    return Err(JobError::InvalidModule(
+                        "export `run` must have type () -> i32".into(),
+                    ));
                 }
                 has_run = true;
             }
@@ -282,10 +323,14 @@ fn check_interface(module: &Module) -> Result<(), JobError> {
         }
     }
     if !has_run {
-        return Err(JobError::InvalidModule("the module does not export `run`".into()));
+        return Err(JobError::InvalidModule(
+            "the module does not export `run`".into(),
+        ));
     }
     if !has_memory {
-        return Err(JobError::InvalidModule("the module does not export its `memory`".into()));
+        return Err(JobError::InvalidModule(
+            "the module does not export its `memory`".into(),
+        ));
     }
     Ok(())
 }

@@ -83,7 +83,12 @@ pub(crate) struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
             self.hit = true;
             return Ok(false);
@@ -91,7 +96,12 @@ impl ResourceLimiter for Limiter {
         self.peak_memory = self.peak_memory.max(desired);
         Ok(true)
     }
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.table_elements {
             self.hit = true;
             return Ok(false);
@@ -132,7 +142,11 @@ pub(crate) struct HostState {
 
 type C<'a> = Caller<'a, HostState>;
 
-fn memory_range(caller: &mut C<'_>, ptr: i32, len: i32) -> Option<(wasmtime::Memory, usize, usize)> {
+fn memory_range(
+    caller: &mut C<'_>,
+    ptr: i32,
+    len: i32,
+) -> Option<(wasmtime::Memory, usize, usize)> {
     let mem = match caller.get_export("memory") {
         Some(Extern::Memory(m)) => m,
         _ => return None,
@@ -148,13 +162,19 @@ fn read_bytes(caller: &mut C<'_>, ptr: i32, len: i32, max: usize) -> Result<Vec<
         return Err(code::LIMIT_EXCEEDED);
     }
     let (mem, start, end) = memory_range(caller, ptr, len).ok_or(code::INVALID_ARGUMENT)?;
-    mem.data(&*caller).get(start..end).map(<[u8]>::to_vec).ok_or(code::INVALID_ARGUMENT)
+    mem.data(&*caller)
+        .get(start..end)
+        .map(<[u8]>::to_vec)
+        .ok_or(code::INVALID_ARGUMENT)
 }
 
 fn write_bytes(caller: &mut C<'_>, ptr: i32, bytes: &[u8]) -> Result<(), i32> {
     let len = i32::try_from(bytes.len()).map_err(|_| code::INVALID_ARGUMENT)?;
     let (mem, start, end) = memory_range(caller, ptr, len).ok_or(code::INVALID_ARGUMENT)?;
-    let dst = mem.data_mut(&mut *caller).get_mut(start..end).ok_or(code::INVALID_ARGUMENT)?;
+    let dst = mem
+        .data_mut(&mut *caller)
+        .get_mut(start..end)
+        .ok_or(code::INVALID_ARGUMENT)?;
     dst.copy_from_slice(bytes);
     Ok(())
 }
@@ -170,10 +190,16 @@ fn enter(caller: &mut C<'_>, fuel: u64) -> wasmtime::Result<()> {
     st.host_calls += 1;
     if st.host_calls > st.limits.host_calls {
         let n = st.limits.host_calls;
-        return Err(stop(caller, JobError::LimitExceeded(format!("more than {n} host calls"))));
+        return Err(stop(
+            caller,
+            JobError::LimitExceeded(format!("more than {n} host calls")),
+        ));
     }
     if caller.data().cancel.load(Ordering::SeqCst) {
-        return Err(stop(caller, JobError::Cancelled("the job was stopped".into())));
+        return Err(stop(
+            caller,
+            JobError::Cancelled("the job was stopped".into()),
+        ));
     }
     if Instant::now() >= caller.data().deadline {
         return Err(stop(caller, JobError::DeadlineExceeded));
@@ -207,15 +233,35 @@ fn host_query(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i64> {
     enter(&mut caller, HOST_CALL_FUEL + QUERY_FUEL)?;
     let sql = match read_bytes(&mut caller, ptr, len, MAX_SQL_BYTES).map(String::from_utf8) {
         Ok(Ok(s)) => s,
-        Ok(Err(_)) => return Ok(i64::from(fail(&mut caller, code::INVALID_ARGUMENT, "the SQL is not UTF-8"))),
-        Err(c) => return Ok(i64::from(fail(&mut caller, c, "the SQL pointer or length is invalid or too long"))),
+        Ok(Err(_)) => {
+            return Ok(i64::from(fail(
+                &mut caller,
+                code::INVALID_ARGUMENT,
+                "the SQL is not UTF-8",
+            )))
+        }
+        Err(c) => {
+            return Ok(i64::from(fail(
+                &mut caller,
+                c,
+                "the SQL pointer or length is invalid or too long",
+            )))
+        }
     };
     let Some(scope) = caller.data().scope.clone() else {
-        return Ok(i64::from(fail(&mut caller, code::ACCESS_CLOSED, "this run has no data access")));
+        return Ok(i64::from(fail(
+            &mut caller,
+            code::ACCESS_CLOSED,
+            "this run has no data access",
+        )));
     };
-    let remaining = caller.data().deadline.saturating_duration_since(Instant::now());
+    let remaining = caller
+        .data()
+        .deadline
+        .saturating_duration_since(Instant::now());
     let handle = caller.data().handle.clone();
-    let result = handle.block_on(async { tokio::time::timeout(remaining, scope.query(&sql)).await });
+    let result =
+        handle.block_on(async { tokio::time::timeout(remaining, scope.query(&sql)).await });
     match result {
         Err(_) => Err(stop(&mut caller, JobError::DeadlineExceeded)),
         Ok(Err(e)) => {
@@ -243,18 +289,30 @@ fn host_query(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i64> {
 fn host_result_read(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
     enter(&mut caller, HOST_CALL_FUEL)?;
     let Some(pending) = caller.data_mut().pending.take() else {
-        return Ok(fail(&mut caller, code::NO_RESULT, "no query result is pending"));
+        return Ok(fail(
+            &mut caller,
+            code::NO_RESULT,
+            "no query result is pending",
+        ));
     };
     if usize::try_from(len).map_or(true, |l| l < pending.len()) {
         let n = pending.len();
         caller.data_mut().pending = Some(pending);
-        return Ok(fail(&mut caller, code::BUFFER_TOO_SMALL, format!("the result needs {n} bytes")));
+        return Ok(fail(
+            &mut caller,
+            code::BUFFER_TOO_SMALL,
+            format!("the result needs {n} bytes"),
+        ));
     }
     match write_bytes(&mut caller, ptr, &pending) {
         Ok(()) => Ok(i32::try_from(pending.len()).unwrap_or(i32::MAX)),
         Err(c) => {
             caller.data_mut().pending = Some(pending);
-            Ok(fail(&mut caller, c, "the destination pointer or length is invalid"))
+            Ok(fail(
+                &mut caller,
+                c,
+                "the destination pointer or length is invalid",
+            ))
         }
     }
 }
@@ -279,18 +337,27 @@ fn host_emit(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
     enter(&mut caller, fuel)?;
     let room = {
         let st = caller.data();
-        usize::try_from(st.limits.output_bytes).unwrap_or(usize::MAX).saturating_sub(st.output.len())
+        usize::try_from(st.limits.output_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(st.output.len())
     };
     if usize::try_from(len).is_ok_and(|l| l > room) {
         let cap = caller.data().limits.output_bytes;
-        return Err(stop(&mut caller, JobError::LimitExceeded(format!("output larger than {cap} bytes"))));
+        return Err(stop(
+            &mut caller,
+            JobError::LimitExceeded(format!("output larger than {cap} bytes")),
+        ));
     }
     match read_bytes(&mut caller, ptr, len, room) {
         Ok(bytes) => {
             caller.data_mut().output.extend_from_slice(&bytes);
             Ok(0)
         }
-        Err(c) => Ok(fail(&mut caller, c, "the emit pointer or length is invalid")),
+        Err(c) => Ok(fail(
+            &mut caller,
+            c,
+            "the emit pointer or length is invalid",
+        )),
     }
 }
 
@@ -298,10 +365,18 @@ fn host_log(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
     enter(&mut caller, HOST_CALL_FUEL)?;
     let (count, cap, max) = {
         let st = caller.data();
-        (st.logs.len(), st.limits.log_message_bytes as usize, st.limits.log_messages as usize)
+        (
+            st.logs.len(),
+            st.limits.log_message_bytes as usize,
+            st.limits.log_messages as usize,
+        )
     };
     if count >= max {
-        return Ok(fail(&mut caller, code::LIMIT_EXCEEDED, format!("at most {max} log messages")));
+        return Ok(fail(
+            &mut caller,
+            code::LIMIT_EXCEEDED,
+            format!("at most {max} log messages"),
+        ));
     }
     let take = len.min(i32::try_from(cap).unwrap_or(i32::MAX));
     match read_bytes(&mut caller, ptr, take, cap) {
@@ -323,11 +398,19 @@ fn host_params_read(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i
     enter(&mut caller, HOST_CALL_FUEL)?;
     let params = caller.data().params.clone();
     if usize::try_from(len).map_or(true, |l| l < params.len()) {
-        return Ok(fail(&mut caller, code::BUFFER_TOO_SMALL, format!("the parameters need {} bytes", params.len())));
+        return Ok(fail(
+            &mut caller,
+            code::BUFFER_TOO_SMALL,
+            format!("the parameters need {} bytes", params.len()),
+        ));
     }
     match write_bytes(&mut caller, ptr, &params) {
         Ok(()) => Ok(i32::try_from(params.len()).unwrap_or(i32::MAX)),
-        Err(c) => Ok(fail(&mut caller, c, "the destination pointer or length is invalid")),
+        Err(c) => Ok(fail(
+            &mut caller,
+            c,
+            "the destination pointer or length is invalid",
+        )),
     }
 }
 
@@ -346,7 +429,9 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 /// Checks that a parameters blob is within limits.
 pub fn check_params(params: &[u8]) -> Result<(), JobError> {
     if params.len() > MAX_PARAMS_BYTES {
-        return Err(JobError::LimitExceeded(format!("job parameters exceed {MAX_PARAMS_BYTES} bytes")));
+        return Err(JobError::LimitExceeded(format!(
+            "job parameters exceed {MAX_PARAMS_BYTES} bytes"
+        )));
     }
     Ok(())
 }

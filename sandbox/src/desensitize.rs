@@ -13,8 +13,8 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::functions::expr_fn as f;
 use datafusion::logical_expr::{
-    cast, col, create_udf, lit, try_cast, when, ColumnarValue, Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF,
-    Volatility,
+    cast, col, create_udf, lit, try_cast, when, ColumnarValue, Expr, LogicalPlan,
+    LogicalPlanBuilder, ScalarUDF, Volatility,
 };
 use ring::hmac;
 use scenarios::catalog::{ColumnRule, DatasetSpec, DateUnit, Generalization};
@@ -48,23 +48,35 @@ impl std::fmt::Debug for TokenKey {
 }
 
 fn string_map_udf(name: &str, map: impl Fn(&str) -> String + Send + Sync + 'static) -> ScalarUDF {
-    let fun = Arc::new(move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(args)?;
-        let input = arrays
-            .first()
-            .and_then(|a| a.as_any().downcast_ref::<StringArray>())
-            .ok_or_else(|| datafusion::error::DataFusionError::Internal("string function on a non-string".into()))?;
-        let mut out = StringBuilder::with_capacity(input.len(), input.len() * 16);
-        for i in 0..input.len() {
-            if input.is_null(i) {
-                out.append_null();
-            } else {
-                out.append_value(map(input.value(i)));
+    let fun = Arc::new(
+        move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let input = arrays
+                .first()
+                .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+                .ok_or_else(|| {
+                    datafusion::error::DataFusionError::Internal(
+                        "string function on a non-string".into(),
+                    )
+                })?;
+            let mut out = StringBuilder::with_capacity(input.len(), input.len() * 16);
+            for i in 0..input.len() {
+                if input.is_null(i) {
+                    out.append_null();
+                } else {
+                    out.append_value(map(input.value(i)));
+                }
             }
-        }
-        Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
-    });
-    create_udf(name, vec![DataType::Utf8], DataType::Utf8, Volatility::Immutable, fun)
+            Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
+        },
+    );
+    create_udf(
+        name,
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        fun,
+    )
 }
 
 fn mask(value: &str, keep_prefix: usize, keep_suffix: usize) -> String {
@@ -73,7 +85,13 @@ fn mask(value: &str, keep_prefix: usize, keep_suffix: usize) -> String {
     chars
         .iter()
         .enumerate()
-        .map(|(i, c)| if i < keep_prefix || i + keep_suffix >= n { *c } else { '*' })
+        .map(|(i, c)| {
+            if i < keep_prefix || i + keep_suffix >= n {
+                *c
+            } else {
+                '*'
+            }
+        })
         .collect()
 }
 
@@ -93,18 +111,28 @@ fn numeric_check(column: &str, dt: &DataType) -> Result<()> {
     if dt.is_numeric() {
         Ok(())
     } else {
-        Err(Error::InvalidDataset(format!("column `{column}`: numeric generalization on a {dt} column")))
+        Err(Error::InvalidDataset(format!(
+            "column `{column}`: numeric generalization on a {dt} column"
+        )))
     }
 }
 
 /// The expression that presents `column` (of type `dt`) under `rule`, or
 /// `None` for [`ColumnRule::Drop`].
-pub fn rule_expr(column: &str, dt: &DataType, rule: &ColumnRule, key: &TokenKey) -> Result<Option<Expr>> {
+pub fn rule_expr(
+    column: &str,
+    dt: &DataType,
+    rule: &ColumnRule,
+    key: &TokenKey,
+) -> Result<Option<Expr>> {
     let c = col(datafusion::common::Column::from_name(column));
     let e = match rule {
         ColumnRule::Drop => return Ok(None),
         ColumnRule::Keep => c,
-        ColumnRule::Mask { keep_prefix, keep_suffix } => {
+        ColumnRule::Mask {
+            keep_prefix,
+            keep_suffix,
+        } => {
             let (p, s) = (*keep_prefix as usize, *keep_suffix as usize);
             let udf = string_map_udf("invis_mask", move |v| mask(v, p, s));
             udf.call(vec![as_text(c, dt)])
@@ -156,7 +184,16 @@ pub fn rule_expr(column: &str, dt: &DataType, rule: &ColumnRule, key: &TokenKey)
             };
             match dt {
                 DataType::Date32 | DataType::Date64 => cast(
-                    f::date_trunc(lit(unit), cast(c, DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Second, None))),
+                    f::date_trunc(
+                        lit(unit),
+                        cast(
+                            c,
+                            DataType::Timestamp(
+                                datafusion::arrow::datatypes::TimeUnit::Second,
+                                None,
+                            ),
+                        ),
+                    ),
                     dt.clone(),
                 ),
                 DataType::Timestamp(_, _) => f::date_trunc(lit(unit), c),
@@ -180,14 +217,17 @@ pub fn view_plan(raw: LogicalPlan, spec: &DatasetSpec, key: &TokenKey) -> Result
     let unit = col(datafusion::common::Column::from_name(&spec.privacy_unit));
     exprs.push(unit.clone().alias(UNIT_COLUMN));
     for c in &spec.columns {
-        let field = schema
-            .field_with_unqualified_name(&c.name)
-            .map_err(|_| Error::InvalidDataset(format!("column `{}` is missing from the file", c.name)))?;
+        let field = schema.field_with_unqualified_name(&c.name).map_err(|_| {
+            Error::InvalidDataset(format!("column `{}` is missing from the file", c.name))
+        })?;
         if let Some(e) = rule_expr(&c.name, field.data_type(), &c.rule, key)? {
             exprs.push(e.alias(&c.name));
         }
     }
-    Ok(LogicalPlanBuilder::from(raw).filter(unit.is_not_null())?.project(exprs)?.build()?)
+    Ok(LogicalPlanBuilder::from(raw)
+        .filter(unit.is_not_null())?
+        .project(exprs)?
+        .build()?)
 }
 
 #[cfg(test)]

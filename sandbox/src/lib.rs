@@ -20,7 +20,8 @@ mod scope;
 pub use error::{Error, Result};
 pub use release::{QueryLineage, TableRef};
 pub use scope::{
-    Accountant, DataPlane, FileFingerprint, JobScope, MemoryAccountant, Release, ScopeConfig, TableData, TableVersion,
+    Accountant, DataPlane, FileFingerprint, JobScope, MemoryAccountant, Release, ScopeConfig,
+    TableData, TableVersion,
 };
 
 /// Arrow, as used by this crate (re-exported so callers need no second copy).

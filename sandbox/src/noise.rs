@@ -26,7 +26,11 @@ pub struct SystemRng {
 
 impl Default for SystemRng {
     fn default() -> Self {
-        SystemRng { rng: SystemRandom::new(), buf: Box::new([0u8; 4096]), pos: 4096 }
+        SystemRng {
+            rng: SystemRandom::new(),
+            buf: Box::new([0u8; 4096]),
+            pos: 4096,
+        }
     }
 }
 
@@ -61,7 +65,11 @@ pub fn uniform_below(rng: &mut dyn RandomSource, n: u128) -> Result<u128> {
     }
     let bits = 128 - (n - 1).leading_zeros();
     let bytes = bits.div_ceil(8) as usize;
-    let mask: u128 = if bits == 128 { u128::MAX } else { (1u128 << bits) - 1 };
+    let mask: u128 = if bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
+    };
     loop {
         let mut b = [0u8; 16];
         rng.fill(&mut b[..bytes])?;
@@ -83,7 +91,9 @@ pub fn bernoulli(rng: &mut dyn RandomSource, num: u128, den: u128) -> Result<boo
 /// Bernoulli(exp(-num/den)), exact (CKS algorithm 1). Requires `den > 0`.
 pub fn bernoulli_exp(rng: &mut dyn RandomSource, num: u128, den: u128) -> Result<bool> {
     if den == 0 {
-        return Err(Error::Internal("bernoulli_exp with zero denominator".into()));
+        return Err(Error::Internal(
+            "bernoulli_exp with zero denominator".into(),
+        ));
     }
     if num <= den {
         return bernoulli_exp_le1(rng, num, den);
@@ -160,11 +170,18 @@ impl Scale {
         let num = sensitivity
             .checked_mul(share)
             .and_then(|v| v.checked_mul(1_000_000))
-            .ok_or_else(|| Error::PolicyViolation("sensitivity too large for the noise sampler".into()))?;
+            .ok_or_else(|| {
+                Error::PolicyViolation("sensitivity too large for the noise sampler".into())
+            })?;
         if epsilon_micros == 0 || num == 0 {
-            return Err(Error::PolicyViolation("epsilon and sensitivity must be > 0".into()));
+            return Err(Error::PolicyViolation(
+                "epsilon and sensitivity must be > 0".into(),
+            ));
         }
-        Ok(Scale { num, den: epsilon_micros as u128 })
+        Ok(Scale {
+            num,
+            den: epsilon_micros as u128,
+        })
     }
 
     /// The scale as a float, for thresholds and reports.
@@ -208,7 +225,9 @@ pub(crate) mod tests {
         let mut rng = TestRng(2);
         let n = 40_000;
         // exp(-1.5) = 0.2231
-        let hits = (0..n).filter(|_| bernoulli_exp(&mut rng, 3, 2).unwrap()).count();
+        let hits = (0..n)
+            .filter(|_| bernoulli_exp(&mut rng, 3, 2).unwrap())
+            .count();
         let p = hits as f64 / n as f64;
         assert!((p - (-1.5f64).exp()).abs() < 0.01, "{p}");
     }
@@ -222,7 +241,9 @@ pub(crate) mod tests {
         let n = 50_000usize;
         let mut counts = std::collections::BTreeMap::<i128, usize>::new();
         for _ in 0..n {
-            *counts.entry(discrete_laplace(&mut rng, num, den).unwrap()).or_default() += 1;
+            *counts
+                .entry(discrete_laplace(&mut rng, num, den).unwrap())
+                .or_default() += 1;
         }
         let q = (-(den as f64) / num as f64).exp();
         let pmf = |x: i128| (1.0 - q) / (1.0 + q) * q.powi(x.unsigned_abs() as i32);

@@ -25,7 +25,8 @@ use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
-    cast, col, BinaryExpr, Expr, ExprSchemable, JoinConstraint, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
+    cast, col, BinaryExpr, Expr, ExprSchemable, JoinConstraint, JoinType, LogicalPlan,
+    LogicalPlanBuilder, Operator,
 };
 use scenarios::policy::{effective_bounds, ColumnOp};
 use std::collections::HashMap;
@@ -122,8 +123,9 @@ fn function_rule(name: &str) -> Option<&'static [usize]> {
     const AFTER_FIRST: &[usize] = &[1, 2, 3];
     const FIRST: &[usize] = &[0];
     match name {
-        "abs" | "floor" | "ceil" | "lower" | "upper" | "trim" | "btrim" | "ltrim" | "rtrim" | "char_length"
-        | "character_length" | "length" | "coalesce" | "nullif" | "greatest" | "least" | "concat" => Some(NONE),
+        "abs" | "floor" | "ceil" | "lower" | "upper" | "trim" | "btrim" | "ltrim" | "rtrim"
+        | "char_length" | "character_length" | "length" | "coalesce" | "nullif" | "greatest"
+        | "least" | "concat" => Some(NONE),
         "round" | "substr" | "substring" | "left" | "right" => Some(AFTER_FIRST),
         "date_trunc" | "date_part" | "datepart" => Some(FIRST),
         _ => None,
@@ -137,7 +139,10 @@ pub(crate) struct Checker<'a> {
 
 impl<'a> Checker<'a> {
     pub(crate) fn new(tables: &'a HashMap<String, TableInfo>) -> Self {
-        Checker { tables, uses: Vec::new() }
+        Checker {
+            tables,
+            uses: Vec::new(),
+        }
     }
 
     /// Checks an analyzed plan and extracts the query.
@@ -156,7 +161,9 @@ impl<'a> Checker<'a> {
         let mut groups = Vec::with_capacity(agg.group_expr.len());
         for g in &agg.group_expr {
             if matches!(g, Expr::GroupingSet(_)) {
-                return refuse("GROUPING SETS, ROLLUP and CUBE are not allowed; run one query per grouping");
+                return refuse(
+                    "GROUPING SETS, ROLLUP and CUBE are not allowed; run one query per grouping",
+                );
             }
             self.expr(g, Use::Group, &schema)?;
             groups.push(g.clone());
@@ -179,38 +186,61 @@ impl<'a> Checker<'a> {
                              as they are and derive values inside the job"
                         ));
                     };
-                    let idx = agg
-                        .schema
-                        .maybe_index_of_column(c)
-                        .ok_or_else(|| Error::PolicyViolation(format!("output column `{name}` is not an aggregate")))?;
-                    let src = if idx < ng { OutputRef::Group(idx) } else { OutputRef::Agg(idx - ng) };
+                    let idx = agg.schema.maybe_index_of_column(c).ok_or_else(|| {
+                        Error::PolicyViolation(format!(
+                            "output column `{name}` is not an aggregate"
+                        ))
+                    })?;
+                    let src = if idx < ng {
+                        OutputRef::Group(idx)
+                    } else {
+                        OutputRef::Agg(idx - ng)
+                    };
                     outs.push((name, src));
                 }
                 outs
             }
             None => (0..agg.schema.fields().len())
                 .map(|i| {
-                    let src = if i < ng { OutputRef::Group(i) } else { OutputRef::Agg(i - ng) };
+                    let src = if i < ng {
+                        OutputRef::Group(i)
+                    } else {
+                        OutputRef::Agg(i - ng)
+                    };
                     (agg.schema.field(i).name().clone(), src)
                 })
                 .collect(),
         };
         if !outputs.iter().any(|(_, s)| matches!(s, OutputRef::Agg(_))) && groups.is_empty() {
-            return refuse("the query releases nothing: select at least one group key or aggregate");
+            return refuse(
+                "the query releases nothing: select at least one group key or aggregate",
+            );
         }
 
-        let unique = self.uses.iter().all(|u| self.tables.get(&u.table).is_some_and(|t| t.unit_unique));
+        let unique = self
+            .uses
+            .iter()
+            .all(|u| self.tables.get(&u.table).is_some_and(|t| t.unit_unique));
         let groups_unit_determined = groups.iter().all(|g| {
-            g.column_refs().iter().all(|c| {
-                self.resolve(c).is_ok_and(|(t, _)| t.unit_unique)
-            })
+            g.column_refs()
+                .iter()
+                .all(|c| self.resolve(c).is_ok_and(|(t, _)| t.unit_unique))
         });
         let first = self
             .uses
             .first()
             .ok_or_else(|| Error::InvalidQuery("the query reads no table".into()))?;
         let unit = col(Column::new(Some(first.qualifier.clone()), UNIT_COLUMN));
-        Ok(Checked { input, unit, uses: self.uses, unique, groups, groups_unit_determined, aggs, outputs })
+        Ok(Checked {
+            input,
+            unit,
+            uses: self.uses,
+            unique,
+            groups,
+            groups_unit_determined,
+            aggs,
+            outputs,
+        })
     }
 
     /// Checks the FROM/WHERE subtree and rebuilds it with unit joins.
@@ -219,7 +249,9 @@ impl<'a> Checker<'a> {
             LogicalPlan::Filter(f) => {
                 let input = self.relation(&f.input)?;
                 self.expr(&f.predicate, Use::Filter, f.input.schema())?;
-                Ok(LogicalPlanBuilder::from(input).filter(f.predicate.clone())?.build()?)
+                Ok(LogicalPlanBuilder::from(input)
+                    .filter(f.predicate.clone())?
+                    .build()?)
             }
             LogicalPlan::Join(j) => {
                 if j.join_type != JoinType::Inner {
@@ -228,12 +260,15 @@ impl<'a> Checker<'a> {
                         j.join_type
                     ));
                 }
-                if j.join_constraint != JoinConstraint::On && j.join_constraint != JoinConstraint::Using {
+                if j.join_constraint != JoinConstraint::On
+                    && j.join_constraint != JoinConstraint::Using
+                {
                     return refuse("unsupported join form");
                 }
                 let left = self.relation(&j.left)?;
                 let right = self.relation(&j.right)?;
-                let mut conds: Vec<Expr> = j.on.iter().map(|(l, r)| l.clone().eq(r.clone())).collect();
+                let mut conds: Vec<Expr> =
+                    j.on.iter().map(|(l, r)| l.clone().eq(r.clone())).collect();
                 if let Some(f) = &j.filter {
                     conds.extend(split_conjunction(f).into_iter().cloned());
                 }
@@ -254,7 +289,9 @@ impl<'a> Checker<'a> {
                          other joins could attribute one unit's rows to another",
                     );
                 }
-                Ok(LogicalPlanBuilder::from(left).join_on(right, JoinType::Inner, rewritten)?.build()?)
+                Ok(LogicalPlanBuilder::from(left)
+                    .join_on(right, JoinType::Inner, rewritten)?
+                    .build()?)
             }
             LogicalPlan::SubqueryAlias(a) => match a.input.as_ref() {
                 LogicalPlan::TableScan(s) => {
@@ -274,20 +311,33 @@ impl<'a> Checker<'a> {
                 refuse("the query must read a table granted by the scenario")
             }
             LogicalPlan::Union(_) => refuse("UNION is not allowed; run separate queries"),
-            LogicalPlan::Limit(_) => refuse("LIMIT and OFFSET are not allowed: they select individual rows"),
+            LogicalPlan::Limit(_) => {
+                refuse("LIMIT and OFFSET are not allowed: they select individual rows")
+            }
             LogicalPlan::Sort(_) => refuse("ORDER BY inside a query is not allowed"),
-            LogicalPlan::Window(_) => refuse("window functions are not allowed: they can release per-row values"),
-            _ => refuse("unsupported FROM clause; only granted tables and INNER JOIN on the privacy unit"),
+            LogicalPlan::Window(_) => {
+                refuse("window functions are not allowed: they can release per-row values")
+            }
+            _ => refuse(
+                "unsupported FROM clause; only granted tables and INNER JOIN on the privacy unit",
+            ),
         }
     }
 
-    fn leaf(&mut self, scan: &datafusion::logical_expr::TableScan, qualifier: TableReference) -> Result<()> {
+    fn leaf(
+        &mut self,
+        scan: &datafusion::logical_expr::TableScan,
+        qualifier: TableReference,
+    ) -> Result<()> {
         let provider = source_as_provider(&scan.source)?;
         let name = scan.table_name.table().to_string();
         let any: &dyn std::any::Any = provider.as_ref();
         let is_view = any.downcast_ref::<ViewProvider>().is_some();
         if !is_view || !self.tables.contains_key(&name) {
-            return refuse(format!("table `{}` is not granted by the scenario", name.escape_debug()));
+            return refuse(format!(
+                "table `{}` is not granted by the scenario",
+                name.escape_debug()
+            ));
         }
         if !scan.filters.is_empty() || scan.fetch.is_some() {
             return refuse("unsupported table scan");
@@ -297,27 +347,42 @@ impl<'a> Checker<'a> {
                 "table `{name}` appears twice; self-joins are not allowed because they can isolate a unit"
             ));
         }
-        self.uses.push(TableUse { qualifier, table: name });
+        self.uses.push(TableUse {
+            qualifier,
+            table: name,
+        });
         Ok(())
     }
 
     /// Resolves a column to its table and name.
     fn resolve(&self, c: &Column) -> Result<(&'a TableInfo, String)> {
         let table_use = match &c.relation {
-            Some(q) => self.uses.iter().find(|u| &u.qualifier == q || u.qualifier.table() == q.table()),
+            Some(q) => self
+                .uses
+                .iter()
+                .find(|u| &u.qualifier == q || u.qualifier.table() == q.table()),
             None => {
                 let mut found = self.uses.iter().filter(|u| {
-                    self.tables.get(&u.table).is_some_and(|t| t.view_schema.field_with_name(&c.name).is_ok())
+                    self.tables
+                        .get(&u.table)
+                        .is_some_and(|t| t.view_schema.field_with_name(&c.name).is_ok())
                 });
                 let first = found.next();
                 if found.next().is_some() {
-                    return Err(Error::InvalidQuery(format!("column `{}` is ambiguous", c.name)));
+                    return Err(Error::InvalidQuery(format!(
+                        "column `{}` is ambiguous",
+                        c.name
+                    )));
                 }
                 first
             }
         };
-        let table_use =
-            table_use.ok_or_else(|| Error::InvalidQuery(format!("column `{}` does not belong to a table of the query", c.name)))?;
+        let table_use = table_use.ok_or_else(|| {
+            Error::InvalidQuery(format!(
+                "column `{}` does not belong to a table of the query",
+                c.name
+            ))
+        })?;
         let info = self
             .tables
             .get(&table_use.table)
@@ -328,7 +393,12 @@ impl<'a> Checker<'a> {
     /// If `e` is `a.unit = b.unit` across two tables whose units are of the
     /// same kind, returns the equality on the hidden unit columns.
     fn unit_equality(&self, e: &Expr) -> Result<Option<(Expr, Expr)>> {
-        let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = e else {
+        let Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) = e
+        else {
             return Ok(None);
         };
         let (Expr::Column(lc), Expr::Column(rc)) = (strip_cast(left), strip_cast(right)) else {
@@ -342,15 +412,23 @@ impl<'a> Checker<'a> {
             return Ok(None);
         }
         if !(l_unit && r_unit) {
-            return refuse("a privacy unit column can only be joined with another table's privacy unit column");
+            return refuse(
+                "a privacy unit column can only be joined with another table's privacy unit column",
+            );
         }
         if lt.spec.name == rt.spec.name {
             return refuse("self-joins are not allowed");
         }
         for (t, n) in [(lt, &ln), (rt, &rn)] {
-            let granted = t.grant.column(n).is_some_and(|g| g.ops.contains(&ColumnOp::Join));
+            let granted = t
+                .grant
+                .column(n)
+                .is_some_and(|g| g.ops.contains(&ColumnOp::Join));
             if !granted {
-                return refuse(format!("column `{}.{n}` is not granted as a join key", t.spec.name));
+                return refuse(format!(
+                    "column `{}.{n}` is not granted as a join key",
+                    t.spec.name
+                ));
             }
         }
         match (&lt.spec.unit_kind, &rt.spec.unit_kind) {
@@ -366,8 +444,16 @@ impl<'a> Checker<'a> {
         let rq = rc.relation.clone();
         let mut l = col(Column::new(lq, UNIT_COLUMN));
         let mut r = col(Column::new(rq, UNIT_COLUMN));
-        let lt_ty = lt.view_schema.field_with_name(UNIT_COLUMN).map(|f| f.data_type().clone()).ok();
-        let rt_ty = rt.view_schema.field_with_name(UNIT_COLUMN).map(|f| f.data_type().clone()).ok();
+        let lt_ty = lt
+            .view_schema
+            .field_with_name(UNIT_COLUMN)
+            .map(|f| f.data_type().clone())
+            .ok();
+        let rt_ty = rt
+            .view_schema
+            .field_with_name(UNIT_COLUMN)
+            .map(|f| f.data_type().clone())
+            .ok();
         if lt_ty != rt_ty {
             l = cast(l, DataType::Utf8);
             r = cast(r, DataType::Utf8);
@@ -395,7 +481,10 @@ impl<'a> Checker<'a> {
                 if let Expr::Column(c) = strip_cast(arg) {
                     let (t, n) = self.resolve(c)?;
                     if n == t.spec.privacy_unit {
-                        let granted = t.grant.column(&n).is_some_and(|g| g.ops.contains(&ColumnOp::Aggregate));
+                        let granted = t
+                            .grant
+                            .column(&n)
+                            .is_some_and(|g| g.ops.contains(&ColumnOp::Aggregate));
                         if !granted {
                             return refuse(format!(
                                 "column `{}.{n}` is not granted for aggregates",
@@ -416,7 +505,10 @@ impl<'a> Checker<'a> {
             },
             "sum" | "avg" => {
                 if params.distinct {
-                    return refuse(format!("{}(DISTINCT ...) is not allowed", name.to_uppercase()));
+                    return refuse(format!(
+                        "{}(DISTINCT ...) is not allowed",
+                        name.to_uppercase()
+                    ));
                 }
                 self.expr(arg, Use::Aggregate, schema)?;
                 let (lo, hi) = self.bounds(arg).ok_or_else(|| {
@@ -429,13 +521,19 @@ impl<'a> Checker<'a> {
                     return refuse(format!("the bounds of `{arg}` are too wide"));
                 }
                 let (lo, hi) = (lo.floor() as i64, hi.ceil() as i64);
-                Ok(if name == "sum" { AggKind::Sum(arg.clone(), lo, hi) } else { AggKind::Avg(arg.clone(), lo, hi) })
+                Ok(if name == "sum" {
+                    AggKind::Sum(arg.clone(), lo, hi)
+                } else {
+                    AggKind::Avg(arg.clone(), lo, hi)
+                })
             }
             "min" | "max" => refuse(format!(
                 "{}() releases one unit's exact value and is not allowed",
                 name.to_uppercase()
             )),
-            other => refuse(format!("aggregate `{other}` is not supported; use COUNT, SUM or AVG")),
+            other => refuse(format!(
+                "aggregate `{other}` is not supported; use COUNT, SUM or AVG"
+            )),
         }
     }
 
@@ -466,7 +564,10 @@ impl<'a> Checker<'a> {
                     Operator::Minus => Some((a1 - b2, a2 - b1)),
                     Operator::Multiply => {
                         let p = [a1 * b1, a1 * b2, a2 * b1, a2 * b2];
-                        Some((p.iter().cloned().fold(f64::INFINITY, f64::min), p.iter().cloned().fold(f64::NEG_INFINITY, f64::max)))
+                        Some((
+                            p.iter().cloned().fold(f64::INFINITY, f64::min),
+                            p.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+                        ))
                     }
                     Operator::Divide if b1 == b2 && b1 != 0.0 => {
                         let (x, y) = (a1 / b1, a2 / b1);
@@ -478,7 +579,11 @@ impl<'a> Checker<'a> {
             Expr::Case(c) => {
                 let mut lo = f64::INFINITY;
                 let mut hi = f64::NEG_INFINITY;
-                let branches = c.when_then_expr.iter().map(|(_, t)| t.as_ref()).chain(c.else_expr.as_deref());
+                let branches = c
+                    .when_then_expr
+                    .iter()
+                    .map(|(_, t)| t.as_ref())
+                    .chain(c.else_expr.as_deref());
                 for b in branches {
                     if matches!(b, Expr::Literal(v, _) if v.is_null()) {
                         continue;
@@ -493,7 +598,14 @@ impl<'a> Checker<'a> {
                 "abs" => {
                     let (l, h) = self.bounds(f.args.first()?)?;
                     let m = l.abs().max(h.abs());
-                    Some((if l <= 0.0 && h >= 0.0 { 0.0 } else { l.abs().min(h.abs()) }, m))
+                    Some((
+                        if l <= 0.0 && h >= 0.0 {
+                            0.0
+                        } else {
+                            l.abs().min(h.abs())
+                        },
+                        m,
+                    ))
                 }
                 "round" | "floor" | "ceil" => {
                     let (l, h) = self.bounds(f.args.first()?)?;
@@ -628,7 +740,9 @@ impl<'a> Checker<'a> {
 
     fn column(&self, c: &Column, place: Use) -> Result<()> {
         if c.name == UNIT_COLUMN {
-            return refuse(format!("column `{UNIT_COLUMN}` is not granted by the scenario"));
+            return refuse(format!(
+                "column `{UNIT_COLUMN}` is not granted by the scenario"
+            ));
         }
         let (t, name) = self.resolve(c)?;
         if name == t.spec.privacy_unit {
@@ -638,7 +752,10 @@ impl<'a> Checker<'a> {
             ));
         }
         let grant = t.grant.column(&name).ok_or_else(|| {
-            Error::PolicyViolation(format!("column `{}.{name}` is not granted by the scenario", t.spec.name))
+            Error::PolicyViolation(format!(
+                "column `{}.{name}` is not granted by the scenario",
+                t.spec.name
+            ))
         })?;
         if !grant.ops.contains(&place.op()) {
             let allowed: Vec<&str> = grant
@@ -655,7 +772,11 @@ impl<'a> Checker<'a> {
                 "column `{}.{name}` may not be used in {}; the scenario allows: {}",
                 t.spec.name,
                 place.describe(),
-                if allowed.is_empty() { "nothing".to_string() } else { allowed.join(", ") }
+                if allowed.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    allowed.join(", ")
+                }
             ));
         }
         Ok(())

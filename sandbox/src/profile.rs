@@ -44,10 +44,18 @@ pub struct DatasetProfile {
 
 /// Size and modification time of `path`.
 pub fn fingerprint(path: &str) -> Result<FileFingerprint> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::InvalidDataset(format!("cannot read `{}`: {}", path.escape_debug(), e.kind())))?;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::InvalidDataset(format!(
+            "cannot read `{}`: {}",
+            path.escape_debug(),
+            e.kind()
+        ))
+    })?;
     if !meta.is_file() {
-        return Err(Error::InvalidDataset(format!("`{}` is not a regular file", path.escape_debug())));
+        return Err(Error::InvalidDataset(format!(
+            "`{}` is not a regular file",
+            path.escape_debug()
+        )));
     }
     let modified_ns = meta
         .modified()
@@ -55,17 +63,27 @@ pub fn fingerprint(path: &str) -> Result<FileFingerprint> {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    Ok(FileFingerprint { len: meta.len(), modified_ns })
+    Ok(FileFingerprint {
+        len: meta.len(),
+        modified_ns,
+    })
 }
 
 /// SHA-256 of a file, hex.
 pub fn hash_file(path: &str) -> Result<String> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| Error::InvalidDataset(format!("cannot open `{}`: {}", path.escape_debug(), e.kind())))?;
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        Error::InvalidDataset(format!(
+            "cannot open `{}`: {}",
+            path.escape_debug(),
+            e.kind()
+        ))
+    })?;
     let mut ctx = Context::new(&SHA256);
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf).map_err(|e| Error::InvalidDataset(format!("read failed: {}", e.kind())))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::InvalidDataset(format!("read failed: {}", e.kind())))?;
         if n == 0 {
             break;
         }
@@ -80,7 +98,9 @@ pub fn hash_file(path: &str) -> Result<String> {
 pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
     spec.validate()?;
     if !std::path::Path::new(&spec.path).is_absolute() {
-        return Err(Error::InvalidDataset("the dataset path must be absolute".into()));
+        return Err(Error::InvalidDataset(
+            "the dataset path must be absolute".into(),
+        ));
     }
     let before = fingerprint(&spec.path)?;
     let version = hash_file(&spec.path)?;
@@ -96,16 +116,23 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
     }
     for c in &spec.columns {
         if schema.field_with_name(&c.name).is_err() {
-            return Err(Error::InvalidDataset(format!("column `{}` is not in the file", c.name)));
+            return Err(Error::InvalidDataset(format!(
+                "column `{}` is not in the file",
+                c.name
+            )));
         }
     }
-    let scan = LogicalPlanBuilder::scan("raw", provider_as_source(provider.clone()), None)?.build()?;
+    let scan =
+        LogicalPlanBuilder::scan("raw", provider_as_source(provider.clone()), None)?.build()?;
     // Building the view checks that every rule fits its column type.
     let view = view_plan(scan, spec, &TokenKey::new(&[0u8; 32]))?;
     let counted = LogicalPlanBuilder::from(view)
         .aggregate(
             Vec::<datafusion::logical_expr::Expr>::new(),
-            vec![count(col(UNIT_COLUMN)).alias("rows"), count_distinct(col(UNIT_COLUMN)).alias("units")],
+            vec![
+                count(col(UNIT_COLUMN)).alias("rows"),
+                count_distinct(col(UNIT_COLUMN)).alias("units"),
+            ],
         )?
         .build()?;
     let ctx = SessionContext::new();
@@ -117,7 +144,10 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
         .await
         .map_err(|e| {
             tracing::warn!(path = %spec.path, error = %e, "dataset file could not be scanned");
-            Error::InvalidDataset(format!("the file of `{}` could not be read completely; check its format", spec.name))
+            Error::InvalidDataset(format!(
+                "the file of `{}` could not be read completely; check its format",
+                spec.name
+            ))
         })?;
     let batch = batches
         .first()
@@ -131,10 +161,14 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
     };
     let (rows, units) = (get("rows"), get("units"));
     if rows == 0 {
-        return Err(Error::InvalidDataset("the file has no row with a privacy unit".into()));
+        return Err(Error::InvalidDataset(
+            "the file has no row with a privacy unit".into(),
+        ));
     }
     if fingerprint(&spec.path)? != before {
-        return Err(Error::InvalidDataset("the file changed while it was being registered".into()));
+        return Err(Error::InvalidDataset(
+            "the file changed while it was being registered".into(),
+        ));
     }
     Ok(DatasetProfile {
         version,
@@ -142,7 +176,10 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
         columns: schema
             .fields()
             .iter()
-            .map(|f| ColumnProfile { name: f.name().clone(), data_type: f.data_type().to_string() })
+            .map(|f| ColumnProfile {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+            })
             .collect(),
         rows,
         units,

@@ -27,7 +27,9 @@
 use crate::noise::{discrete_laplace, RandomSource, Scale};
 use crate::policy::{AggKind, Checked, OutputRef};
 use crate::{Error, Result};
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Builder, Int64Builder, UInt32Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Float64Builder, Int64Builder, UInt32Array,
+};
 use datafusion::arrow::compute::{cast, concat_batches, lexsort_to_indices, take, SortColumn};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -123,8 +125,16 @@ pub(crate) struct Measure {
 enum OutSpec {
     Group(usize),
     Count(usize),
-    Sum { m: usize, lo: i64 },
-    Avg { sum: usize, count: usize, lo: i64, hi: i64 },
+    Sum {
+        m: usize,
+        lo: i64,
+    },
+    Avg {
+        sum: usize,
+        count: usize,
+        lo: i64,
+        hi: i64,
+    },
 }
 
 /// A mechanism ready to run.
@@ -159,6 +169,18 @@ impl Kind {
     }
 }
 
+/// The measurement counting rows where `e` is not null. When `e` can never
+/// be null that is the row count itself, and sharing it saves a share of
+/// the budget.
+fn non_null(e: &Expr, c: &Checked, fast: bool) -> Kind {
+    let nullable = e.nullable(c.input.schema()).unwrap_or(true);
+    match (nullable, fast) {
+        (false, true) => Kind::Units,
+        (false, false) => Kind::Rows,
+        (true, _) => Kind::NonNull(e.clone()),
+    }
+}
+
 fn index_of(kinds: &mut Vec<Kind>, k: Kind) -> usize {
     if let Some(i) = kinds.iter().position(|x| *x == k) {
         i
@@ -181,7 +203,11 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
     let fast = c.unique;
     let k = i64::from(rules.max_rows_per_unit);
     let needs_l0 = !fast && !c.groups.is_empty() && !c.groups_unit_determined;
-    let l0: u32 = if needs_l0 { rules.max_groups_per_unit } else { 1 };
+    let l0: u32 = if needs_l0 {
+        rules.max_groups_per_unit
+    } else {
+        1
+    };
 
     // Measurements, deduplicated; unit count first.
     let mut kinds = vec![Kind::Units];
@@ -191,20 +217,37 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
         let spec = match *src {
             OutputRef::Group(i) => OutSpec::Group(i),
             OutputRef::Agg(j) => {
-                let agg = c.aggs.get(j).ok_or_else(|| Error::Internal("aggregate index".into()))?;
+                let agg = c
+                    .aggs
+                    .get(j)
+                    .ok_or_else(|| Error::Internal("aggregate index".into()))?;
                 match agg {
                     AggKind::CountUnits => OutSpec::Count(0),
-                    AggKind::CountRows => OutSpec::Count(if fast { 0 } else { index_of(&mut kinds, Kind::Rows) }),
-                    AggKind::CountNonNull(e) => OutSpec::Count(index_of(&mut kinds, Kind::NonNull(e.clone()))),
+                    AggKind::CountRows => OutSpec::Count(if fast {
+                        0
+                    } else {
+                        index_of(&mut kinds, Kind::Rows)
+                    }),
+                    AggKind::CountNonNull(e) => {
+                        OutSpec::Count(index_of(&mut kinds, non_null(e, c, fast)))
+                    }
                     AggKind::Sum(e, lo, hi) => {
                         bounds.push((e.to_string(), *lo, *hi));
-                        OutSpec::Sum { m: index_of(&mut kinds, Kind::Sum(e.clone(), *lo, *hi)), lo: *lo }
+                        OutSpec::Sum {
+                            m: index_of(&mut kinds, Kind::Sum(e.clone(), *lo, *hi)),
+                            lo: *lo,
+                        }
                     }
                     AggKind::Avg(e, lo, hi) => {
                         bounds.push((e.to_string(), *lo, *hi));
                         let sum = index_of(&mut kinds, Kind::Sum(e.clone(), *lo, *hi));
-                        let count = index_of(&mut kinds, Kind::NonNull(e.clone()));
-                        OutSpec::Avg { sum, count, lo: *lo, hi: *hi }
+                        let count = index_of(&mut kinds, non_null(e, c, fast));
+                        OutSpec::Avg {
+                            sum,
+                            count,
+                            lo: *lo,
+                            hi: *hi,
+                        }
                     }
                 }
             }
@@ -218,7 +261,9 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
         match kind {
             Kind::Units => 1,
             Kind::Rows | Kind::NonNull(_) => rows,
-            Kind::Sum(_, lo, hi) => rows * u128::from(lo.unsigned_abs().max(hi.unsigned_abs()).max(1)),
+            Kind::Sum(_, lo, hi) => {
+                rows * u128::from(lo.unsigned_abs().max(hi.unsigned_abs()).max(1))
+            }
         }
     };
     let share = kinds.len() as u128;
@@ -233,10 +278,18 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
             scale: format!("{}/{}", scale.num, scale.den),
             scale_f64: scale.as_f64(),
         });
-        measures.push(Measure { column: format!("__m{i}"), scale });
+        measures.push(Measure {
+            column: format!("__m{i}"),
+            scale,
+        });
     }
     let unit_scale = measures.first().map(|m| m.scale.as_f64()).unwrap_or(1.0);
-    let tau = threshold(rules.min_group_size, unit_scale, l0, rules.delta_per_query.as_f64());
+    let tau = threshold(
+        rules.min_group_size,
+        unit_scale,
+        l0,
+        rules.delta_per_query.as_f64(),
+    );
 
     let plan = build_plan(c, &kinds, k, needs_l0.then_some(l0))?;
     Ok(Prepared {
@@ -247,7 +300,11 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
         threshold: tau,
         mechanism: MechanismRecord {
             noise: "discrete_laplace".into(),
-            contribution: if fast { "one_row_per_unit".into() } else { "bounded_per_unit".into() },
+            contribution: if fast {
+                "one_row_per_unit".into()
+            } else {
+                "bounded_per_unit".into()
+            },
             max_rows_per_unit: if fast { 1 } else { rules.max_rows_per_unit },
             max_groups_per_unit: l0,
             min_group_size: rules.min_group_size,
@@ -264,12 +321,18 @@ fn value_expr(kind: &Kind, schema: &datafusion::common::DFSchema) -> Result<Opti
         Kind::Units | Kind::Rows => None,
         Kind::NonNull(e) => Some(when(e.clone().is_null(), lit(0i64)).otherwise(lit(1i64))?),
         Kind::Sum(e, lo, hi) => {
-            let ty = e.get_type(schema).map_err(|e| Error::InvalidQuery(e.to_string()))?;
+            let ty = e
+                .get_type(schema)
+                .map_err(|e| Error::InvalidQuery(e.to_string()))?;
             Some(if ty.is_integer() {
-                f::least(vec![f::greatest(vec![try_cast(e.clone(), DataType::Int64), lit(*lo)]), lit(*hi)])
+                f::least(vec![
+                    f::greatest(vec![try_cast(e.clone(), DataType::Int64), lit(*lo)]),
+                    lit(*hi),
+                ])
             } else {
                 let x = try_cast(e.clone(), DataType::Float64);
-                let clamped = f::least(vec![f::greatest(vec![x, lit(*lo as f64)]), lit(*hi as f64)]);
+                let clamped =
+                    f::least(vec![f::greatest(vec![x, lit(*lo as f64)]), lit(*hi as f64)]);
                 try_cast(f::round(vec![clamped]), DataType::Int64)
             })
         }
@@ -351,7 +414,9 @@ fn build_plan(c: &Checked, kinds: &[Kind], k: i64, l0: Option<u32>) -> Result<Lo
             .order_by(vec![f::random().sort(true, false)])
             .build()?
             .alias("__rn");
-        b = b.window(vec![rn])?.filter(col("__rn").lt_eq(lit(i64::from(l0))))?;
+        b = b
+            .window(vec![rn])?
+            .filter(col("__rn").lt_eq(lit(i64::from(l0))))?;
     }
 
     let mut aggs = Vec::with_capacity(kinds.len());
@@ -373,7 +438,9 @@ fn normalize(a: &ArrayRef) -> Result<ArrayRef> {
     let dt = a.data_type();
     let to = if dt.is_integer() {
         DataType::Int64
-    } else if dt.is_floating() || matches!(dt, DataType::Decimal128(_, _) | DataType::Decimal256(_, _)) {
+    } else if dt.is_floating()
+        || matches!(dt, DataType::Decimal128(_, _) | DataType::Decimal256(_, _))
+    {
         DataType::Float64
     } else {
         DataType::Utf8
@@ -390,7 +457,11 @@ fn clamp_i128(v: i128) -> i64 {
 }
 
 /// Adds noise, applies the threshold and shapes the released table.
-pub(crate) fn finish(p: &Prepared, batches: &[RecordBatch], rng: &mut dyn RandomSource) -> Result<RecordBatch> {
+pub(crate) fn finish(
+    p: &Prepared,
+    batches: &[RecordBatch],
+    rng: &mut dyn RandomSource,
+) -> Result<RecordBatch> {
     let schema = match batches.first() {
         Some(b) => b.schema(),
         None => Arc::new(p.plan.schema().as_arrow().clone()),
@@ -408,13 +479,22 @@ pub(crate) fn finish(p: &Prepared, batches: &[RecordBatch], rng: &mut dyn Random
         let values = column.as_primitive::<Int64Type>();
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            let exact = if values.is_null(i) { 0 } else { i128::from(values.value(i)) };
+            let exact = if values.is_null(i) {
+                0
+            } else {
+                i128::from(values.value(i))
+            };
             out.push(exact + discrete_laplace(rng, m.scale.num, m.scale.den)?);
         }
         noisy.push(out);
     }
-    let units = noisy.first().ok_or_else(|| Error::Internal("no unit measurement".into()))?;
-    let keep: Vec<u32> = (0..n).filter(|&i| units[i] >= p.threshold).map(|i| i as u32).collect();
+    let units = noisy
+        .first()
+        .ok_or_else(|| Error::Internal("no unit measurement".into()))?;
+    let keep: Vec<u32> = (0..n)
+        .filter(|&i| units[i] >= p.threshold)
+        .map(|i| i as u32)
+        .collect();
     let keep_idx = UInt32Array::from(keep.clone());
 
     let mut fields = Vec::with_capacity(p.outputs.len());
@@ -470,13 +550,20 @@ pub(crate) fn finish(p: &Prepared, batches: &[RecordBatch], rng: &mut dyn Random
         .iter()
         .enumerate()
         .filter(|(_, (_, s))| matches!(s, OutSpec::Group(_)))
-        .map(|(i, _)| SortColumn { values: batch.column(i).clone(), options: None })
+        .map(|(i, _)| SortColumn {
+            values: batch.column(i).clone(),
+            options: None,
+        })
         .collect();
     if sort_cols.is_empty() {
         return Ok(batch);
     }
     let idx = lexsort_to_indices(&sort_cols, None)?;
-    let cols = batch.columns().iter().map(|c| take(c, &idx, None)).collect::<Result<Vec<_>, _>>()?;
+    let cols = batch
+        .columns()
+        .iter()
+        .map(|c| take(c, &idx, None))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(out_schema, cols)?)
 }
 
@@ -507,7 +594,10 @@ mod tests {
         let t2 = threshold(10, 3.0, 1, 1e-6);
         let t3 = threshold(10, 1.0, 1, 1e-9);
         let t4 = threshold(10, 1.0, 4, 1e-6);
-        assert!(t1 > 10 && t2 > t1 && t3 > t1 && t4 > t1, "{t1} {t2} {t3} {t4}");
+        assert!(
+            t1 > 10 && t2 > t1 && t3 > t1 && t4 > t1,
+            "{t1} {t2} {t3} {t4}"
+        );
         // P[noise >= tau - k + 1] <= delta for the discrete Laplace tail.
         let b: f64 = 2.0;
         let tau = threshold(5, b, 1, 1e-6);

@@ -44,7 +44,9 @@ impl Gen {
 }
 
 fn seed_of(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x1000_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x1000_0000_01b3)
+    })
 }
 
 /// Parses a type name recorded at registration.
@@ -56,24 +58,41 @@ pub fn parse_type(s: &str) -> Result<DataType> {
 /// Generates `rows` synthetic raw rows for `spec` with the column types of
 /// `types` (name, Arrow type). When `unit_unique` is false, privacy units
 /// repeat, as they do in the real table.
-pub fn sample_batch(spec: &DatasetSpec, types: &[(String, DataType)], rows: usize, unit_unique: bool) -> Result<RecordBatch> {
+pub fn sample_batch(
+    spec: &DatasetSpec,
+    types: &[(String, DataType)],
+    rows: usize,
+    unit_unique: bool,
+) -> Result<RecordBatch> {
     let mut g = Gen(seed_of(&spec.name));
     let mut fields = Vec::with_capacity(types.len());
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(types.len());
     for (name, dt) in types {
         let domain = spec.column(name).and_then(|c| c.domain.clone());
         let is_unit = *name == spec.privacy_unit;
-        let unit_pool = if unit_unique { rows as u64 } else { (rows as u64 / 3).max(1) };
+        let unit_pool = if unit_unique {
+            rows as u64
+        } else {
+            (rows as u64 / 3).max(1)
+        };
         let array: ArrayRef = if is_unit {
             let mut b = StringBuilder::new();
             for i in 0..rows {
-                let id = if unit_unique { i as u64 } else { g.below(unit_pool) };
+                let id = if unit_unique {
+                    i as u64
+                } else {
+                    g.below(unit_pool)
+                };
                 b.append_value(format!("S{id:06}"));
             }
             cast(&(Arc::new(b.finish()) as ArrayRef), dt).unwrap_or_else(|_| {
                 let mut b = Int64Builder::new();
                 for i in 0..rows {
-                    b.append_value(if unit_unique { i as i64 } else { g.below(unit_pool) as i64 });
+                    b.append_value(if unit_unique {
+                        i as i64
+                    } else {
+                        g.below(unit_pool) as i64
+                    });
                 }
                 Arc::new(b.finish())
             })
@@ -82,12 +101,17 @@ pub fn sample_batch(spec: &DatasetSpec, types: &[(String, DataType)], rows: usiz
                 (Some(Domain::Categories(values)), _) => {
                     let mut b = StringBuilder::new();
                     for _ in 0..rows {
-                        let v = values.get(g.below(values.len() as u64) as usize).cloned().unwrap_or_default();
+                        let v = values
+                            .get(g.below(values.len() as u64) as usize)
+                            .cloned()
+                            .unwrap_or_default();
                         b.append_value(v);
                     }
                     let s: ArrayRef = Arc::new(b.finish());
                     cast(&s, dt).map_err(|_| {
-                        Error::InvalidDataset(format!("column `{name}`: categories do not fit type {dt}"))
+                        Error::InvalidDataset(format!(
+                            "column `{name}`: categories do not fit type {dt}"
+                        ))
                     })?
                 }
                 (d, dt) if dt.is_integer() => {
@@ -132,15 +156,21 @@ pub fn sample_batch(spec: &DatasetSpec, types: &[(String, DataType)], rows: usiz
                     for _ in 0..rows {
                         b.append_value(format!("{name}-{:04}", g.below(10_000)));
                     }
-                    cast(&(Arc::new(b.finish()) as ArrayRef), dt)
-                        .map_err(|_| Error::InvalidDataset(format!("column `{name}`: cannot synthesize type {dt}")))?
+                    cast(&(Arc::new(b.finish()) as ArrayRef), dt).map_err(|_| {
+                        Error::InvalidDataset(format!(
+                            "column `{name}`: cannot synthesize type {dt}"
+                        ))
+                    })?
                 }
             }
         };
         fields.push(Field::new(name, dt.clone(), true));
         columns.push(array);
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// Sample rows as jobs would see them (desensitized), as text cells.
@@ -152,10 +182,17 @@ pub async fn sample_rows(
 ) -> Result<(Vec<String>, Vec<Vec<Option<String>>>)> {
     let batch = sample_batch(spec, types, rows, unit_unique)?;
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
-    let scan = LogicalPlanBuilder::scan("sample", provider_as_source(Arc::new(table)), None)?.build()?;
+    let scan =
+        LogicalPlanBuilder::scan("sample", provider_as_source(Arc::new(table)), None)?.build()?;
     let view = view_plan(scan, spec, &TokenKey::new(&[7u8; 32]))?;
     let ctx = SessionContext::new();
-    let out = ctx.execute_logical_plan(view).await.map_err(df_error)?.collect().await.map_err(df_error)?;
+    let out = ctx
+        .execute_logical_plan(view)
+        .await
+        .map_err(df_error)?
+        .collect()
+        .await
+        .map_err(df_error)?;
     let Some(first) = out.first() else {
         return Ok((Vec::new(), Vec::new()));
     };
@@ -168,7 +205,10 @@ pub async fn sample_rows(
         .filter(|(_, f)| !f.name().starts_with("__"))
         .map(|(i, _)| i)
         .collect();
-    let header = visible.iter().map(|&i| first.schema().field(i).name().clone()).collect();
+    let header = visible
+        .iter()
+        .map(|&i| first.schema().field(i).name().clone())
+        .collect();
     let mut cells = Vec::new();
     let opts = FormatOptions::default();
     for b in &out {

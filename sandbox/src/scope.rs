@@ -17,7 +17,9 @@ use datafusion::datasource::{provider_as_source, MemTable};
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown, TableType};
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown, TableType,
+};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use scenarios::budget::Budget;
@@ -97,7 +99,10 @@ pub struct MemoryAccountant {
 impl MemoryAccountant {
     /// A fresh budget of `limit`.
     pub fn new(limit: Budget) -> Self {
-        MemoryAccountant { limit, state: Mutex::new((Budget::default(), Vec::new())) }
+        MemoryAccountant {
+            limit,
+            state: Mutex::new((Budget::default(), Vec::new())),
+        }
     }
     /// Budget spent so far.
     pub fn spent(&self) -> Budget {
@@ -111,7 +116,10 @@ impl MemoryAccountant {
 
 impl Accountant for MemoryAccountant {
     fn charge(&self, cost: &Budget, _lineage: &QueryLineage) -> Result<()> {
-        let mut s = self.state.lock().map_err(|_| Error::Internal("accountant lock poisoned".into()))?;
+        let mut s = self
+            .state
+            .lock()
+            .map_err(|_| Error::Internal("accountant lock poisoned".into()))?;
         if !s.0.can_afford(cost, &self.limit) {
             return Err(Error::BudgetExhausted(format!(
                 "spent epsilon {} of {}, this query needs {}",
@@ -122,7 +130,10 @@ impl Accountant for MemoryAccountant {
         Ok(())
     }
     fn release(&self, lineage: &QueryLineage) -> Result<()> {
-        let mut s = self.state.lock().map_err(|_| Error::Internal("accountant lock poisoned".into()))?;
+        let mut s = self
+            .state
+            .lock()
+            .map_err(|_| Error::Internal("accountant lock poisoned".into()))?;
         s.1.push(lineage.clone());
         Ok(())
     }
@@ -154,7 +165,10 @@ impl TableProvider for ViewProvider {
     fn table_type(&self) -> TableType {
         TableType::Base
     }
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
     async fn scan(
@@ -171,7 +185,11 @@ impl TableProvider for ViewProvider {
         if let Some(p) = projection {
             let cols: Vec<Expr> = p
                 .iter()
-                .map(|i| Expr::Column(datafusion::common::Column::from_name(self.schema.field(*i).name())))
+                .map(|i| {
+                    Expr::Column(datafusion::common::Column::from_name(
+                        self.schema.field(*i).name(),
+                    ))
+                })
                 .collect();
             b = b.project(cols)?;
         }
@@ -214,10 +232,9 @@ impl DataPlane {
     pub(crate) async fn raw_provider(&self, t: &TableVersion) -> Result<Arc<dyn TableProvider>> {
         match &t.data {
             TableData::Batches(b) => {
-                let schema = b
-                    .first()
-                    .map(|b| b.schema())
-                    .ok_or_else(|| Error::InvalidDataset(format!("table `{}` has no rows", t.spec.name)))?;
+                let schema = b.first().map(|b| b.schema()).ok_or_else(|| {
+                    Error::InvalidDataset(format!("table `{}` has no rows", t.spec.name))
+                })?;
                 Ok(Arc::new(MemTable::try_new(schema, vec![b.clone()])?))
             }
             TableData::File(fp) => {
@@ -242,24 +259,47 @@ impl DataPlane {
     }
 
     /// Opens a job's scope over the granted tables.
-    pub async fn open(&self, cfg: ScopeConfig, accountant: Arc<dyn Accountant>) -> Result<JobScope> {
-        let runtime = RuntimeEnvBuilder::new().with_memory_limit(cfg.memory_limit, 1.0).build_arc()?;
-        let config = SessionConfig::new().with_information_schema(false).with_target_partitions(
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-        );
+    pub async fn open(
+        &self,
+        cfg: ScopeConfig,
+        accountant: Arc<dyn Accountant>,
+    ) -> Result<JobScope> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(cfg.memory_limit, 1.0)
+            .build_arc()?;
+        let config = SessionConfig::new()
+            .with_information_schema(false)
+            .with_target_partitions(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2),
+            );
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let mut tables = HashMap::new();
         for t in &cfg.tables {
             let grant = cfg
                 .scenario
                 .table(&t.spec.name)
-                .ok_or_else(|| Error::Internal(format!("table `{}` is not in the scenario", t.spec.name)))?
+                .ok_or_else(|| {
+                    Error::Internal(format!("table `{}` is not in the scenario", t.spec.name))
+                })?
                 .clone();
             let raw = self.raw_provider(t).await?;
-            let scan = LogicalPlanBuilder::scan(format!("__raw_{}", t.spec.name), provider_as_source(raw), None)?.build()?;
+            let scan = LogicalPlanBuilder::scan(
+                format!("__raw_{}", t.spec.name),
+                provider_as_source(raw),
+                None,
+            )?
+            .build()?;
             let plan = view_plan(scan, &t.spec, &cfg.token_key)?;
             let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-            ctx.register_table(t.spec.name.as_str(), Arc::new(ViewProvider { plan, schema: schema.clone() }))?;
+            ctx.register_table(
+                t.spec.name.as_str(),
+                Arc::new(ViewProvider {
+                    plan,
+                    schema: schema.clone(),
+                }),
+            )?;
             tables.insert(
                 t.spec.name.clone(),
                 TableInfo {
@@ -289,12 +329,21 @@ pub(crate) async fn open_file(spec: &DatasetSpec) -> Result<Arc<dyn TableProvide
         .effective_format()
         .ok_or_else(|| Error::InvalidDataset("unknown file format".into()))?;
     let registered = match format {
-        DataFormat::Csv => ctx.register_csv("t", &spec.path, CsvReadOptions::new().has_header(true)).await,
-        DataFormat::Parquet => ctx.register_parquet("t", &spec.path, ParquetReadOptions::default()).await,
+        DataFormat::Csv => {
+            ctx.register_csv("t", &spec.path, CsvReadOptions::new().has_header(true))
+                .await
+        }
+        DataFormat::Parquet => {
+            ctx.register_parquet("t", &spec.path, ParquetReadOptions::default())
+                .await
+        }
     };
     registered.map_err(|e| {
         tracing::warn!(path = %spec.path, error = %e, "dataset file could not be opened");
-        Error::InvalidDataset(format!("the file of `{}` could not be read as {format:?}", spec.name))
+        Error::InvalidDataset(format!(
+            "the file of `{}` could not be read as {format:?}",
+            spec.name
+        ))
     })?;
     ctx.table_provider("t").await.map_err(df_error)
 }
@@ -326,14 +375,20 @@ pub struct JobScope {
 
 impl std::fmt::Debug for JobScope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobScope").field("agreement_id", &self.agreement_id).finish_non_exhaustive()
+        f.debug_struct("JobScope")
+            .field("agreement_id", &self.agreement_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl JobScope {
     /// Names and version hashes of the tables in scope.
     pub fn tables(&self) -> Vec<(String, String)> {
-        let mut v: Vec<_> = self.tables.values().map(|t| (t.spec.name.clone(), t.version.clone())).collect();
+        let mut v: Vec<_> = self
+            .tables
+            .values()
+            .map(|t| (t.spec.name.clone(), t.version.clone()))
+            .collect();
         v.sort();
         v
     }
@@ -366,7 +421,9 @@ impl JobScope {
             .execute_and_check(plan, state.config_options(), |_, _| {})
             .map_err(|e| Error::InvalidQuery(planning_message(&e)))?;
         let checked = Checker::new(&self.tables).check(&analyzed)?;
-        let plan_hash = hex::encode(scenarios::ledger::sha256(analyzed.display_indent().to_string().as_bytes()));
+        let plan_hash = hex::encode(scenarios::ledger::sha256(
+            analyzed.display_indent().to_string().as_bytes(),
+        ));
         let prepared = release::prepare(&checked, rules)?;
         let mut lineage = QueryLineage {
             agreement_id: self.agreement_id.clone(),
@@ -377,7 +434,10 @@ impl JobScope {
                 .uses
                 .iter()
                 .filter_map(|u| self.tables.get(&u.table))
-                .map(|t| release::TableRef { dataset: t.spec.name.clone(), version: t.version.clone() })
+                .map(|t| release::TableRef {
+                    dataset: t.spec.name.clone(),
+                    version: t.version.clone(),
+                })
                 .collect(),
             mechanism: prepared.mechanism.clone(),
             cost: rules.query_cost(),
@@ -395,7 +455,10 @@ impl JobScope {
             .await
             .map_err(df_error)?;
         let batch = {
-            let mut rng = self.rng.lock().map_err(|_| Error::Internal("noise source lock poisoned".into()))?;
+            let mut rng = self
+                .rng
+                .lock()
+                .map_err(|_| Error::Internal("noise source lock poisoned".into()))?;
             release::finish(&prepared, &batches, &mut *rng)?
         };
         let ipc = release::to_ipc(&batch)?;
@@ -403,7 +466,11 @@ impl JobScope {
         lineage.output_hash = Some(hex::encode(scenarios::ledger::sha256(&ipc)));
         lineage.output_bytes = Some(ipc.len() as u64);
         self.accountant.release(&lineage)?;
-        Ok(Release { batch, ipc, lineage })
+        Ok(Release {
+            batch,
+            ipc,
+            lineage,
+        })
     }
 }
 

@@ -111,8 +111,15 @@ pub struct Budget {
 impl Budget {
     /// True when `self + charge` stays within `limit` in both parts.
     pub fn can_afford(&self, charge: &Budget, limit: &Budget) -> bool {
-        self.epsilon.0.checked_add(charge.epsilon.0).is_some_and(|e| e <= limit.epsilon.0)
-            && self.delta.0.checked_add(charge.delta.0).is_some_and(|d| d <= limit.delta.0)
+        self.epsilon
+            .0
+            .checked_add(charge.epsilon.0)
+            .is_some_and(|e| e <= limit.epsilon.0)
+            && self
+                .delta
+                .0
+                .checked_add(charge.delta.0)
+                .is_some_and(|d| d <= limit.delta.0)
     }
     /// Component-wise saturating sum.
     pub fn plus(&self, o: &Budget) -> Budget {
@@ -154,10 +161,34 @@ mod tests {
 
     #[test]
     fn affordability_is_checked_on_both_parts() {
-        let limit = Budget { epsilon: Epsilon(1_000_000), delta: Delta(10) };
-        let spent = Budget { epsilon: Epsilon(900_000), delta: Delta(5) };
-        assert!(spent.can_afford(&Budget { epsilon: Epsilon(100_000), delta: Delta(5) }, &limit));
-        assert!(!spent.can_afford(&Budget { epsilon: Epsilon(100_001), delta: Delta(0) }, &limit));
-        assert!(!spent.can_afford(&Budget { epsilon: Epsilon(0), delta: Delta(6) }, &limit));
+        let limit = Budget {
+            epsilon: Epsilon(1_000_000),
+            delta: Delta(10),
+        };
+        let spent = Budget {
+            epsilon: Epsilon(900_000),
+            delta: Delta(5),
+        };
+        assert!(spent.can_afford(
+            &Budget {
+                epsilon: Epsilon(100_000),
+                delta: Delta(5)
+            },
+            &limit
+        ));
+        assert!(!spent.can_afford(
+            &Budget {
+                epsilon: Epsilon(100_001),
+                delta: Delta(0)
+            },
+            &limit
+        ));
+        assert!(!spent.can_afford(
+            &Budget {
+                epsilon: Epsilon(0),
+                delta: Delta(6)
+            },
+            &limit
+        ));
     }
 }

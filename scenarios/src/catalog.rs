@@ -172,8 +172,13 @@ pub struct DatasetSpec {
 pub fn validate_identifier(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && name.as_bytes().first().is_some_and(|b| b.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && name
+            .as_bytes()
+            .first()
+            .is_some_and(|b| b.is_ascii_lowercase())
         && !name.starts_with("__");
     if ok {
         Ok(())
@@ -198,13 +203,18 @@ impl DatasetSpec {
             ));
         }
         if self.columns.is_empty() {
-            return Err(Error::InvalidRequest("a dataset needs at least one column".into()));
+            return Err(Error::InvalidRequest(
+                "a dataset needs at least one column".into(),
+            ));
         }
         let mut seen = BTreeSet::new();
         for c in &self.columns {
             validate_identifier("column name", &c.name)?;
             if !seen.insert(c.name.as_str()) {
-                return Err(Error::InvalidRequest(format!("column `{}` is listed twice", c.name)));
+                return Err(Error::InvalidRequest(format!(
+                    "column `{}` is listed twice",
+                    c.name
+                )));
             }
             validate_rule(c)?;
         }

@@ -134,7 +134,8 @@ impl Checkpoint {
             "{EXPORT_FORMAT} checkpoint\nsize {}\nroot {}\ntime {}\n",
             self.size,
             self.root,
-            self.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            self.time
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         )
         .into_bytes()
     }
@@ -207,21 +208,42 @@ pub struct VerifyFailure {
 /// Verifies an export read as lines. `pinned_key` is the operator's public
 /// key obtained out of band; without it the key in the header is used and
 /// the report says so.
-pub fn verify_export<I, S>(lines: I, pinned_key: Option<&[u8]>) -> Result<VerifyReport, VerifyFailure>
+pub fn verify_export<I, S>(
+    lines: I,
+    pinned_key: Option<&[u8]>,
+) -> Result<VerifyReport, VerifyFailure>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
-    let fail = |first_bad_entry: Option<u64>, line: u64, reason: String| VerifyFailure { first_bad_entry, line, reason };
-    let mut iter = lines.into_iter().enumerate().filter(|(_, l)| !l.as_ref().trim().is_empty());
-    let (_, header_line) = iter.next().ok_or_else(|| fail(None, 1, "the export is empty".into()))?;
-    let header: ExportHeader = serde_json::from_str(header_line.as_ref())
-        .map_err(|e| fail(None, 1, format!("the first line is not an export header: {e}")))?;
+    let fail = |first_bad_entry: Option<u64>, line: u64, reason: String| VerifyFailure {
+        first_bad_entry,
+        line,
+        reason,
+    };
+    let mut iter = lines
+        .into_iter()
+        .enumerate()
+        .filter(|(_, l)| !l.as_ref().trim().is_empty());
+    let (_, header_line) = iter
+        .next()
+        .ok_or_else(|| fail(None, 1, "the export is empty".into()))?;
+    let header: ExportHeader = serde_json::from_str(header_line.as_ref()).map_err(|e| {
+        fail(
+            None,
+            1,
+            format!("the first line is not an export header: {e}"),
+        )
+    })?;
     if header.format != EXPORT_FORMAT {
-        return Err(fail(None, 1, format!("unknown export format `{}`", header.format.escape_debug())));
+        return Err(fail(
+            None,
+            1,
+            format!("unknown export format `{}`", header.format.escape_debug()),
+        ));
     }
-    let header_key =
-        hex::decode(&header.public_key).map_err(|_| fail(None, 1, "the header's public key is not hex".into()))?;
+    let header_key = hex::decode(&header.public_key)
+        .map_err(|_| fail(None, 1, "the header's public key is not hex".into()))?;
     let key: Vec<u8> = pinned_key.map(<[u8]>::to_vec).unwrap_or(header_key);
 
     let mut leaves: Vec<Hash> = Vec::new();
@@ -229,14 +251,24 @@ where
     let mut last_checkpoint_size = 0u64;
     for (idx, line) in iter {
         let lineno = idx as u64 + 1;
-        let value: serde_json::Value = serde_json::from_str(line.as_ref())
-            .map_err(|e| fail(Some(leaves.len() as u64), lineno, format!("line is not JSON: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(line.as_ref()).map_err(|e| {
+            fail(
+                Some(leaves.len() as u64),
+                lineno,
+                format!("line is not JSON: {e}"),
+            )
+        })?;
         if value.get("checkpoint").is_some() {
             let sc: SignedCheckpoint = serde_json::from_value(value)
                 .map_err(|e| fail(None, lineno, format!("malformed checkpoint: {e}")))?;
-            let sig = hex::decode(&sc.signature).map_err(|_| fail(None, lineno, "signature is not hex".into()))?;
+            let sig = hex::decode(&sc.signature)
+                .map_err(|_| fail(None, lineno, "signature is not hex".into()))?;
             if !sc.checkpoint.verify(&key, &sig) {
-                return Err(fail(None, lineno, "checkpoint signature does not verify with the operator key".into()));
+                return Err(fail(
+                    None,
+                    lineno,
+                    "checkpoint signature does not verify with the operator key".into(),
+                ));
             }
             let size = sc.checkpoint.size;
             if size > leaves.len() as u64 {
@@ -269,10 +301,19 @@ where
             .map_err(|e| fail(Some(seq), lineno, format!("malformed entry line: {e}")))?;
         let computed = leaf_hash(entry.body.as_bytes());
         if hex::encode(computed) != entry.hash {
-            return Err(fail(Some(seq), lineno, format!("entry {seq} was altered: its content does not match its hash")));
+            return Err(fail(
+                Some(seq),
+                lineno,
+                format!("entry {seq} was altered: its content does not match its hash"),
+            ));
         }
-        let body: EntryBody = serde_json::from_str(&entry.body)
-            .map_err(|e| fail(Some(seq), lineno, format!("entry {seq} body is malformed: {e}")))?;
+        let body: EntryBody = serde_json::from_str(&entry.body).map_err(|e| {
+            fail(
+                Some(seq),
+                lineno,
+                format!("entry {seq} body is malformed: {e}"),
+            )
+        })?;
         if body.seq != seq {
             return Err(fail(
                 Some(seq.min(body.seq)),
@@ -352,11 +393,27 @@ mod tests {
             let text = String::from_utf8(body.canonical()).unwrap();
             prev = leaf_hash(text.as_bytes());
             leaves.push(prev);
-            lines.push(serde_json::to_string(&ExportEntry { hash: hex::encode(prev), body: text }).unwrap());
+            lines.push(
+                serde_json::to_string(&ExportEntry {
+                    hash: hex::encode(prev),
+                    body: text,
+                })
+                .unwrap(),
+            );
         }
-        let cp = Checkpoint { size: n, root: hex::encode(merkle_root(&leaves)), time: Utc::now() };
+        let cp = Checkpoint {
+            size: n,
+            root: hex::encode(merkle_root(&leaves)),
+            time: Utc::now(),
+        };
         let sig = kp.sign(&cp.signing_message());
-        lines.push(serde_json::to_string(&SignedCheckpoint { checkpoint: cp, signature: hex::encode(sig.as_ref()) }).unwrap());
+        lines.push(
+            serde_json::to_string(&SignedCheckpoint {
+                checkpoint: cp,
+                signature: hex::encode(sig.as_ref()),
+            })
+            .unwrap(),
+        );
         lines
     }
 
@@ -370,7 +427,10 @@ mod tests {
         assert_eq!(merkle_root(&l), expect);
         assert_eq!(merkle_root(&[]), sha256(b""));
         // RFC 6962 test vector: the empty tree hash.
-        assert_eq!(hex::encode(merkle_root(&[])), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            hex::encode(merkle_root(&[])),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 
     #[test]
@@ -398,10 +458,20 @@ mod tests {
         let lines = export(10, &kp);
         let mut removed = lines.clone();
         removed.remove(6);
-        assert_eq!(verify_export(&removed, Some(&pk)).unwrap_err().first_bad_entry, Some(5));
+        assert_eq!(
+            verify_export(&removed, Some(&pk))
+                .unwrap_err()
+                .first_bad_entry,
+            Some(5)
+        );
         let mut swapped = lines.clone();
         swapped.swap(3, 4);
-        assert_eq!(verify_export(&swapped, Some(&pk)).unwrap_err().first_bad_entry, Some(2));
+        assert_eq!(
+            verify_export(&swapped, Some(&pk))
+                .unwrap_err()
+                .first_bad_entry,
+            Some(2)
+        );
         let mut truncated = lines.clone();
         truncated.remove(10);
         assert!(verify_export(&truncated, Some(&pk)).is_err());

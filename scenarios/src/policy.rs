@@ -109,7 +109,9 @@ impl ReleaseRules {
     /// Refuses parameters that would make releases unsafe or meaningless.
     pub fn validate(&self) -> Result<()> {
         let unsafe_ = |m: String| Err(Error::UnsafeParameter(m));
-        if self.epsilon_per_query < MIN_EPSILON_PER_QUERY || self.epsilon_per_query > MAX_EPSILON_PER_QUERY {
+        if self.epsilon_per_query < MIN_EPSILON_PER_QUERY
+            || self.epsilon_per_query > MAX_EPSILON_PER_QUERY
+        {
             return unsafe_(format!(
                 "epsilon_per_query must be between {MIN_EPSILON_PER_QUERY} and {MAX_EPSILON_PER_QUERY}"
             ));
@@ -120,7 +122,9 @@ impl ReleaseRules {
             ));
         }
         if self.delta_per_query.0 == 0 || self.delta_per_query > MAX_DELTA_PER_QUERY {
-            return unsafe_(format!("delta_per_query must be > 0 and at most {MAX_DELTA_PER_QUERY}"));
+            return unsafe_(format!(
+                "delta_per_query must be > 0 and at most {MAX_DELTA_PER_QUERY}"
+            ));
         }
         if self.delta_total < self.delta_per_query || self.delta_total > MAX_DELTA_TOTAL {
             return unsafe_(format!(
@@ -128,7 +132,9 @@ impl ReleaseRules {
             ));
         }
         if self.min_group_size < MIN_GROUP_SIZE_FLOOR {
-            return unsafe_(format!("min_group_size must be at least {MIN_GROUP_SIZE_FLOOR}"));
+            return unsafe_(format!(
+                "min_group_size must be at least {MIN_GROUP_SIZE_FLOOR}"
+            ));
         }
         if !(1..=1000).contains(&self.max_rows_per_unit) {
             return unsafe_("max_rows_per_unit must be between 1 and 1000".into());
@@ -144,12 +150,18 @@ impl ReleaseRules {
 
     /// The budget one agreement may spend in total.
     pub fn total_budget(&self) -> Budget {
-        Budget { epsilon: self.epsilon_total, delta: self.delta_total }
+        Budget {
+            epsilon: self.epsilon_total,
+            delta: self.delta_total,
+        }
     }
 
     /// The budget one query spends.
     pub fn query_cost(&self) -> Budget {
-        Budget { epsilon: self.epsilon_per_query, delta: self.delta_per_query }
+        Budget {
+            epsilon: self.epsilon_per_query,
+            delta: self.delta_per_query,
+        }
     }
 }
 
@@ -173,20 +185,33 @@ impl ScenarioSpec {
     /// Validates the spec against the catalog entries it names. `datasets`
     /// must contain the spec of every granted table.
     pub fn validate<'a>(&self, lookup: impl Fn(&str) -> Option<&'a DatasetSpec>) -> Result<()> {
-        if self.name.trim().is_empty() || self.purpose.trim().is_empty() || self.class.trim().is_empty() {
-            return Err(Error::InvalidRequest("name, class and purpose must not be empty".into()));
+        if self.name.trim().is_empty()
+            || self.purpose.trim().is_empty()
+            || self.class.trim().is_empty()
+        {
+            return Err(Error::InvalidRequest(
+                "name, class and purpose must not be empty".into(),
+            ));
         }
         if self.tables.is_empty() {
-            return Err(Error::InvalidRequest("a scenario must grant at least one table".into()));
+            return Err(Error::InvalidRequest(
+                "a scenario must grant at least one table".into(),
+            ));
         }
         self.release.validate()?;
         let mut seen = BTreeSet::new();
         for t in &self.tables {
             if !seen.insert(t.dataset.as_str()) {
-                return Err(Error::InvalidRequest(format!("table `{}` is granted twice", t.dataset)));
+                return Err(Error::InvalidRequest(format!(
+                    "table `{}` is granted twice",
+                    t.dataset
+                )));
             }
             let ds = lookup(&t.dataset).ok_or_else(|| {
-                Error::InvalidRequest(format!("table `{}` is not in the catalog", t.dataset.escape_debug()))
+                Error::InvalidRequest(format!(
+                    "table `{}` is not in the catalog",
+                    t.dataset.escape_debug()
+                ))
             })?;
             let mut cols = BTreeSet::new();
             for g in &t.columns {
@@ -215,14 +240,21 @@ impl ScenarioSpec {
                         t.dataset, g.name
                     )));
                 }
-                if g.name == ds.privacy_unit && g.ops.iter().any(|o| *o != ColumnOp::Join && *o != ColumnOp::Aggregate) {
+                if g.name == ds.privacy_unit
+                    && g.ops
+                        .iter()
+                        .any(|o| *o != ColumnOp::Join && *o != ColumnOp::Aggregate)
+                {
                     return Err(Error::InvalidRequest(format!(
                         "column `{}.{}` is the privacy unit: it can only be a join key or counted distinct",
                         t.dataset, g.name
                     )));
                 }
                 if let Some([lo, hi]) = g.bounds {
-                    if !(lo.is_finite() && hi.is_finite() && lo <= hi) || lo.abs() > 1e12 || hi.abs() > 1e12 {
+                    if !(lo.is_finite() && hi.is_finite() && lo <= hi)
+                        || lo.abs() > 1e12
+                        || hi.abs() > 1e12
+                    {
                         return Err(Error::UnsafeParameter(format!(
                             "column `{}.{}`: bounds must be finite, lo <= hi, and within +-1e12",
                             t.dataset, g.name
@@ -251,10 +283,11 @@ impl TableGrant {
 /// declared numeric domain.
 pub fn effective_bounds(grant: &ColumnGrant, spec: Option<&DatasetSpec>) -> Option<[f64; 2]> {
     grant.bounds.or_else(|| {
-        spec.and_then(|s| s.column(&grant.name)).and_then(|c| match c.domain {
-            Some(Domain::Range { min, max }) => Some([min, max]),
-            _ => None,
-        })
+        spec.and_then(|s| s.column(&grant.name))
+            .and_then(|c| match c.domain {
+                Some(Domain::Range { min, max }) => Some([min, max]),
+                _ => None,
+            })
     })
 }
 

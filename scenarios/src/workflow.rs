@@ -49,7 +49,12 @@ pub struct Scenario {
 
 impl Scenario {
     /// A new proposal by an operator.
-    pub fn propose(id: String, spec: ScenarioSpec, by: &Actor, at: DateTime<Utc>) -> Result<Scenario> {
+    pub fn propose(
+        id: String,
+        spec: ScenarioSpec,
+        by: &Actor,
+        at: DateTime<Utc>,
+    ) -> Result<Scenario> {
         by.require(Role::Operator)?;
         Ok(Scenario {
             id,
@@ -64,18 +69,33 @@ impl Scenario {
     }
 
     /// The regulator's decision. Nobody decides their own proposal.
-    pub fn decide(&mut self, approve: bool, reason: Option<String>, by: &Actor, at: DateTime<Utc>) -> Result<()> {
+    pub fn decide(
+        &mut self,
+        approve: bool,
+        reason: Option<String>,
+        by: &Actor,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
         by.require(Role::Regulator)?;
         if by.id == self.created_by {
-            return Err(Error::Forbidden("nobody approves their own proposal".into()));
+            return Err(Error::Forbidden(
+                "nobody approves their own proposal".into(),
+            ));
         }
         if self.status != ScenarioStatus::Pending {
-            return Err(Error::IllegalState(format!("scenario {} was already decided", self.id)));
+            return Err(Error::IllegalState(format!(
+                "scenario {} was already decided",
+                self.id
+            )));
         }
         if !approve && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
             return Err(Error::InvalidRequest("a rejection needs a reason".into()));
         }
-        self.status = if approve { ScenarioStatus::Approved } else { ScenarioStatus::Rejected };
+        self.status = if approve {
+            ScenarioStatus::Approved
+        } else {
+            ScenarioStatus::Rejected
+        };
         self.decided_by = Some(by.id.clone());
         self.decided_at = Some(at);
         self.reason = reason;
@@ -109,11 +129,18 @@ impl Materials {
             ("security_measures", &self.security_measures),
             ("security_officer", &self.security_officer),
         ];
-        let missing: Vec<&str> = items.iter().filter(|(_, v)| v.trim().is_empty()).map(|(k, _)| *k).collect();
+        let missing: Vec<&str> = items
+            .iter()
+            .filter(|(_, v)| v.trim().is_empty())
+            .map(|(k, _)| *k)
+            .collect();
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(Error::InvalidRequest(format!("missing materials: {}", missing.join(", "))))
+            Err(Error::InvalidRequest(format!(
+                "missing materials: {}",
+                missing.join(", ")
+            )))
         }
     }
 }
@@ -167,7 +194,10 @@ impl Application {
     ) -> Result<Application> {
         by.require(Role::Developer)?;
         if scenario.status != ScenarioStatus::Approved {
-            return Err(Error::IllegalState(format!("scenario {} is not approved", scenario.id)));
+            return Err(Error::IllegalState(format!(
+                "scenario {} is not approved",
+                scenario.id
+            )));
         }
         materials.validate()?;
         Ok(Application {
@@ -185,18 +215,31 @@ impl Application {
     }
 
     /// The operator's decision.
-    pub fn decide(&mut self, approve: bool, reason: Option<String>, by: &Actor, at: DateTime<Utc>) -> Result<()> {
+    pub fn decide(
+        &mut self,
+        approve: bool,
+        reason: Option<String>,
+        by: &Actor,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
         by.require(Role::Operator)?;
         if by.id == self.developer_id {
             return Err(Error::Forbidden("nobody approves their own request".into()));
         }
         if self.status != ApplicationStatus::Submitted {
-            return Err(Error::IllegalState(format!("application {} was already decided", self.id)));
+            return Err(Error::IllegalState(format!(
+                "application {} was already decided",
+                self.id
+            )));
         }
         if !approve && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
             return Err(Error::InvalidRequest("a rejection needs a reason".into()));
         }
-        self.status = if approve { ApplicationStatus::Approved } else { ApplicationStatus::Rejected };
+        self.status = if approve {
+            ApplicationStatus::Approved
+        } else {
+            ApplicationStatus::Rejected
+        };
         self.decided_by = Some(by.id.clone());
         self.decided_at = Some(at);
         self.reason = reason;
@@ -239,7 +282,8 @@ impl Default for Terms {
     fn default() -> Self {
         Terms {
             conditions: "results may be used only for the scenario's stated purpose".into(),
-            security_requirements: "jobs run only inside the platform; no attempt to re-identify data subjects".into(),
+            security_requirements:
+                "jobs run only inside the platform; no attempt to re-identify data subjects".into(),
             fees: "metered per job, rows scanned and fuel, per the published tariff".into(),
             liability: "the party using the data is responsible for its use (谁使用谁负责)".into(),
         }
@@ -283,10 +327,15 @@ impl Agreement {
     ) -> Result<Agreement> {
         by.require(Role::Operator)?;
         if app.status != ApplicationStatus::Approved {
-            return Err(Error::IllegalState(format!("application {} is not approved", app.id)));
+            return Err(Error::IllegalState(format!(
+                "application {} is not approved",
+                app.id
+            )));
         }
         if valid_until <= valid_from {
-            return Err(Error::InvalidRequest("validity must end after it starts".into()));
+            return Err(Error::InvalidRequest(
+                "validity must end after it starts".into(),
+            ));
         }
         Ok(Agreement {
             id,
@@ -306,13 +355,21 @@ impl Agreement {
     pub fn sign(&mut self, by: &Actor, at: DateTime<Utc>) -> Result<()> {
         by.require(Role::Developer)?;
         if by.id != self.developer_id {
-            return Err(Error::Forbidden("only the agreement's developer can sign it".into()));
+            return Err(Error::Forbidden(
+                "only the agreement's developer can sign it".into(),
+            ));
         }
         if self.status != AgreementStatus::Issued {
-            return Err(Error::IllegalState(format!("agreement {} is not waiting for a signature", self.id)));
+            return Err(Error::IllegalState(format!(
+                "agreement {} is not waiting for a signature",
+                self.id
+            )));
         }
         if at >= self.valid_until {
-            return Err(Error::IllegalState(format!("agreement {} has expired", self.id)));
+            return Err(Error::IllegalState(format!(
+                "agreement {} has expired",
+                self.id
+            )));
         }
         self.status = AgreementStatus::Active;
         self.signed_at = Some(at);
@@ -322,14 +379,20 @@ impl Agreement {
     /// Fails unless the agreement opens access at `now`.
     pub fn check_open(&self, now: DateTime<Utc>) -> Result<()> {
         match self.status {
-            AgreementStatus::Issued => Err(Error::AgreementClosed(format!("agreement {} is not signed", self.id))),
-            AgreementStatus::Terminated => Err(Error::AgreementClosed(format!("agreement {} was terminated", self.id))),
-            AgreementStatus::Active if now < self.valid_from => {
-                Err(Error::AgreementClosed(format!("agreement {} is not yet valid", self.id)))
-            }
-            AgreementStatus::Active if now >= self.valid_until => {
-                Err(Error::AgreementClosed(format!("agreement {} has expired", self.id)))
-            }
+            AgreementStatus::Issued => Err(Error::AgreementClosed(format!(
+                "agreement {} is not signed",
+                self.id
+            ))),
+            AgreementStatus::Terminated => Err(Error::AgreementClosed(format!(
+                "agreement {} was terminated",
+                self.id
+            ))),
+            AgreementStatus::Active if now < self.valid_from => Err(Error::AgreementClosed(
+                format!("agreement {} is not yet valid", self.id),
+            )),
+            AgreementStatus::Active if now >= self.valid_until => Err(Error::AgreementClosed(
+                format!("agreement {} has expired", self.id),
+            )),
             AgreementStatus::Active => Ok(()),
         }
     }
@@ -341,7 +404,11 @@ mod tests {
     use chrono::Duration;
 
     fn actor(id: &str, role: Role) -> Actor {
-        Actor { id: id.into(), role, name: id.into() }
+        Actor {
+            id: id.into(),
+            role,
+            name: id.into(),
+        }
     }
 
     fn spec() -> ScenarioSpec {
@@ -370,19 +437,54 @@ mod tests {
         let reg = actor("reg", Role::Regulator);
         let dev = actor("dev", Role::Developer);
         let mut sc = Scenario::propose("sc".into(), spec(), &op, now).unwrap();
-        let premature = Application::submit("ap".into(), &sc, materials(), &dev, now, &Calendar::default());
+        let premature = Application::submit(
+            "ap".into(),
+            &sc,
+            materials(),
+            &dev,
+            now,
+            &Calendar::default(),
+        );
         assert!(matches!(premature, Err(Error::IllegalState(_))));
         sc.decide(true, None, &reg, now).unwrap();
-        assert!(matches!(sc.decide(true, None, &reg, now), Err(Error::IllegalState(_))));
-        let mut app = Application::submit("ap".into(), &sc, materials(), &dev, now, &Calendar::default()).unwrap();
-        assert!(matches!(app.decide(true, None, &dev, now), Err(Error::Forbidden(_))));
+        assert!(matches!(
+            sc.decide(true, None, &reg, now),
+            Err(Error::IllegalState(_))
+        ));
+        let mut app = Application::submit(
+            "ap".into(),
+            &sc,
+            materials(),
+            &dev,
+            now,
+            &Calendar::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            app.decide(true, None, &dev, now),
+            Err(Error::Forbidden(_))
+        ));
         app.decide(true, None, &op, now).unwrap();
-        let mut ag = Agreement::issue("ag".into(), &app, Terms::default(), now, now + Duration::days(30), &op).unwrap();
+        let mut ag = Agreement::issue(
+            "ag".into(),
+            &app,
+            Terms::default(),
+            now,
+            now + Duration::days(30),
+            &op,
+        )
+        .unwrap();
         assert!(matches!(ag.check_open(now), Err(Error::AgreementClosed(_))));
-        assert!(matches!(ag.sign(&actor("other", Role::Developer), now), Err(Error::Forbidden(_))));
+        assert!(matches!(
+            ag.sign(&actor("other", Role::Developer), now),
+            Err(Error::Forbidden(_))
+        ));
         ag.sign(&dev, now).unwrap();
         ag.check_open(now).unwrap();
-        assert!(matches!(ag.check_open(now + Duration::days(31)), Err(Error::AgreementClosed(_))));
+        assert!(matches!(
+            ag.check_open(now + Duration::days(31)),
+            Err(Error::AgreementClosed(_))
+        ));
     }
 
     #[test]
@@ -390,12 +492,26 @@ mod tests {
         let now = Utc::now();
         let op = actor("op", Role::Operator);
         let mut sc = Scenario::propose("sc".into(), spec(), &op, now).unwrap();
-        assert!(sc.decide(false, None, &actor("reg", Role::Regulator), now).is_err());
-        assert_eq!(sc.status, ScenarioStatus::Pending, "a failed transition changes nothing");
-        assert!(matches!(sc.decide(true, None, &op, now), Err(Error::Forbidden(_))));
+        assert!(sc
+            .decide(false, None, &actor("reg", Role::Regulator), now)
+            .is_err());
+        assert_eq!(
+            sc.status,
+            ScenarioStatus::Pending,
+            "a failed transition changes nothing"
+        );
+        assert!(matches!(
+            sc.decide(true, None, &op, now),
+            Err(Error::Forbidden(_))
+        ));
         let mut m = materials();
         m.security_officer = " ".into();
-        assert_eq!(m.validate(), Err(Error::InvalidRequest("missing materials: security_officer".into())));
+        assert_eq!(
+            m.validate(),
+            Err(Error::InvalidRequest(
+                "missing materials: security_officer".into()
+            ))
+        );
     }
 
     #[test]
@@ -404,11 +520,31 @@ mod tests {
         let op = actor("op", Role::Operator);
         let dev = actor("dev", Role::Developer);
         let mut sc = Scenario::propose("sc".into(), spec(), &op, now).unwrap();
-        sc.decide(true, None, &actor("reg", Role::Regulator), now).unwrap();
-        let mut app = Application::submit("ap".into(), &sc, materials(), &dev, now, &Calendar::default()).unwrap();
+        sc.decide(true, None, &actor("reg", Role::Regulator), now)
+            .unwrap();
+        let mut app = Application::submit(
+            "ap".into(),
+            &sc,
+            materials(),
+            &dev,
+            now,
+            &Calendar::default(),
+        )
+        .unwrap();
         app.decide(true, None, &op, now).unwrap();
-        let mut ag = Agreement::issue("ag".into(), &app, Terms::default(), now, now + Duration::days(1), &op).unwrap();
-        assert!(matches!(ag.sign(&dev, now + Duration::days(2)), Err(Error::IllegalState(_))));
+        let mut ag = Agreement::issue(
+            "ag".into(),
+            &app,
+            Terms::default(),
+            now,
+            now + Duration::days(1),
+            &op,
+        )
+        .unwrap();
+        assert!(matches!(
+            ag.sign(&dev, now + Duration::days(2)),
+            Err(Error::IllegalState(_))
+        ));
         assert_eq!(ag.status, AgreementStatus::Issued);
     }
 }

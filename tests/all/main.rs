@@ -1,1 +1,7 @@
-//! e2e
+//! End-to-end tests: each starts the real `invis serve` on 127.0.0.1 and
+//! drives it over HTTP as the four roles would. One test binary, one module
+//! per area.
+
+mod fixture;
+mod refusals;
+mod spine;

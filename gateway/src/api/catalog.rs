@@ -50,7 +50,9 @@ pub(crate) async fn whoami(Auth(actor): Auth) -> Json<Value> {
 pub(crate) async fn list(State(st): State<AppState>, Auth(_actor): Auth) -> ApiResult<Json<Value>> {
     let s = st.clone();
     let datasets = blocking(move || current_datasets(&s)).await?;
-    Ok(Json(json!({"datasets": datasets.iter().map(view).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"datasets": datasets.iter().map(view).collect::<Vec<_>>()}),
+    ))
 }
 
 pub(crate) async fn detail(
@@ -63,14 +65,25 @@ pub(crate) async fn detail(
     let d = datasets
         .into_iter()
         .find(|d| d.name == name)
-        .ok_or_else(|| ApiError::NotFound(format!("no dataset `{}` in the catalog", name.escape_debug())))?;
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no dataset `{}` in the catalog",
+                name.escape_debug()
+            ))
+        })?;
     let types = d
         .profile
         .columns
         .iter()
         .map(|c| Ok((c.name.clone(), parse_type(&c.data_type)?)))
         .collect::<Result<Vec<_>, sandbox::Error>>()?;
-    let (header, rows) = sample_rows(&d.spec, &types, st.config.sample_rows, d.profile.unit_unique).await?;
+    let (header, rows) = sample_rows(
+        &d.spec,
+        &types,
+        st.config.sample_rows,
+        d.profile.unit_unique,
+    )
+    .await?;
     let mut v = view(&d);
     if let Some(obj) = v.as_object_mut() {
         obj.insert(

@@ -27,19 +27,29 @@ fn not_found(what: &str, id: &str) -> ApiError {
     ApiError::NotFound(format!("no {what} {}", id.escape_debug()))
 }
 
-pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+pub(crate) async fn list_scenarios(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let store = st.store.clone();
-    let approved: Vec<Scenario> = blocking(move || store.list(Table::Scenarios, Some(("status", "approved")))).await?;
+    let approved: Vec<Scenario> =
+        blocking(move || store.list(Table::Scenarios, Some(("status", "approved")))).await?;
     Ok(Json(json!({"scenarios": approved})))
 }
 
-pub(crate) async fn scenario(State(st): State<AppState>, Auth(actor): Auth, Path(id): Path<String>) -> ApiResult<Json<Scenario>> {
+pub(crate) async fn scenario(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Scenario>> {
     actor.require(Role::Developer)?;
     let store = st.store.clone();
     let sc: Option<Scenario> = blocking(move || store.get(Table::Scenarios, &id)).await?;
     // Scenarios that are not approved are invisible to developers.
-    let sc = sc.filter(|s| s.status == ScenarioStatus::Approved).ok_or_else(|| not_found("approved scenario", ""))?;
+    let sc = sc
+        .filter(|s| s.status == ScenarioStatus::Approved)
+        .ok_or_else(|| not_found("approved scenario", ""))?;
     Ok(Json(sc))
 }
 
@@ -64,12 +74,23 @@ pub(crate) async fn apply(
                 .filter(|s: &Scenario| s.status == ScenarioStatus::Approved)
                 .ok_or_else(|| not_found("approved scenario", &req.scenario_id))?;
             let now = Utc::now();
-            let app = Application::submit(new_id("ap"), &sc, req.materials, &actor, now, &calendar)?;
-            put_in(tx, Table::Applications, &app.id, &[&app.developer_id, &app.scenario_id, "submitted"], &app)?;
+            let app =
+                Application::submit(new_id("ap"), &sc, req.materials, &actor, now, &calendar)?;
+            put_in(
+                tx,
+                Table::Applications,
+                &app.id,
+                &[&app.developer_id, &app.scenario_id, "submitted"],
+                &app,
+            )?;
             append(
                 tx,
-                NewEntry::by(&actor, "application.submit", &app.id,
-                    json!({"scenario": sc.id, "due_on": app.due_on, "materials": app.materials})),
+                NewEntry::by(
+                    &actor,
+                    "application.submit",
+                    &app.id,
+                    json!({"scenario": sc.id, "due_on": app.due_on, "materials": app.materials}),
+                ),
                 now,
             )?;
             Ok(app)
@@ -79,11 +100,15 @@ pub(crate) async fn apply(
     Ok((StatusCode::CREATED, Json(app)))
 }
 
-pub(crate) async fn list_applications(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+pub(crate) async fn list_applications(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let store = st.store.clone();
     let id = actor.id.clone();
-    let apps: Vec<Application> = blocking(move || store.list(Table::Applications, Some(("developer_id", &id)))).await?;
+    let apps: Vec<Application> =
+        blocking(move || store.list(Table::Applications, Some(("developer_id", &id)))).await?;
     Ok(Json(json!({"applications": apps})))
 }
 
@@ -96,7 +121,10 @@ pub(crate) async fn application(
     let store = st.store.clone();
     let key = id.clone();
     let app: Option<Application> = blocking(move || store.get(Table::Applications, &key)).await?;
-    Ok(Json(app.filter(|a| a.developer_id == actor.id).ok_or_else(|| not_found("application", &id))?))
+    Ok(Json(
+        app.filter(|a| a.developer_id == actor.id)
+            .ok_or_else(|| not_found("application", &id))?,
+    ))
 }
 
 /// An agreement with its budget.
@@ -124,11 +152,16 @@ fn own_agreement(st: &AppState, actor: &Actor, id: &str) -> ApiResult<(Agreement
     Ok((ag, sc))
 }
 
-pub(crate) async fn list_agreements(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+pub(crate) async fn list_agreements(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let s = st.clone();
     let out = blocking(move || {
-        let ags: Vec<Agreement> = s.store.list(Table::Agreements, Some(("developer_id", &actor.id)))?;
+        let ags: Vec<Agreement> = s
+            .store
+            .list(Table::Agreements, Some(("developer_id", &actor.id)))?;
         let mut out = Vec::new();
         for ag in ags {
             let (ag, sc) = own_agreement(&s, &actor, &ag.id)?;
@@ -141,7 +174,11 @@ pub(crate) async fn list_agreements(State(st): State<AppState>, Auth(actor): Aut
     Ok(Json(json!({"agreements": out})))
 }
 
-pub(crate) async fn agreement(State(st): State<AppState>, Auth(actor): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub(crate) async fn agreement(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let s = st.clone();
     let v = blocking(move || {
@@ -153,7 +190,11 @@ pub(crate) async fn agreement(State(st): State<AppState>, Auth(actor): Auth, Pat
     Ok(Json(v))
 }
 
-pub(crate) async fn sign(State(st): State<AppState>, Auth(actor): Auth, Path(id): Path<String>) -> ApiResult<Json<Agreement>> {
+pub(crate) async fn sign(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Agreement>> {
     actor.require(Role::Developer)?;
     let store = st.store.clone();
     let ag = blocking(move || {
@@ -163,8 +204,23 @@ pub(crate) async fn sign(State(st): State<AppState>, Auth(actor): Auth, Path(id)
                 .ok_or_else(|| not_found("agreement", &id))?;
             let now = Utc::now();
             ag.sign(&actor, now)?;
-            put_in(tx, Table::Agreements, &ag.id, &[&ag.developer_id, &ag.scenario_id], &ag)?;
-            append(tx, NewEntry::by(&actor, "agreement.sign", &ag.id, json!({"valid_until": ag.valid_until})), now)?;
+            put_in(
+                tx,
+                Table::Agreements,
+                &ag.id,
+                &[&ag.developer_id, &ag.scenario_id],
+                &ag,
+            )?;
+            append(
+                tx,
+                NewEntry::by(
+                    &actor,
+                    "agreement.sign",
+                    &ag.id,
+                    json!({"valid_until": ag.valid_until}),
+                ),
+                now,
+            )?;
             Ok(ag)
         })
     })
@@ -290,14 +346,22 @@ fn own_job(st: &AppState, actor: &Actor, id: &str) -> ApiResult<JobRecord> {
         .ok_or_else(|| not_found("job", id))
 }
 
-pub(crate) async fn list_jobs(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+pub(crate) async fn list_jobs(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let store = st.store.clone();
-    let jobs: Vec<JobRecord> = blocking(move || store.list(Table::Jobs, Some(("developer_id", &actor.id)))).await?;
+    let jobs: Vec<JobRecord> =
+        blocking(move || store.list(Table::Jobs, Some(("developer_id", &actor.id)))).await?;
     Ok(Json(json!({"jobs": jobs})))
 }
 
-pub(crate) async fn job(State(st): State<AppState>, Auth(actor): Auth, Path(id): Path<String>) -> ApiResult<Json<JobRecord>> {
+pub(crate) async fn job(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobRecord>> {
     actor.require(Role::Developer)?;
     let s = st.clone();
     Ok(Json(blocking(move || own_job(&s, &actor, &id)).await?))
@@ -313,9 +377,15 @@ pub(crate) async fn job_output(
     let bytes = blocking(move || {
         let j = own_job(&s, &actor, &id)?;
         if j.status != JobStatus::Succeeded {
-            return Err(ApiError::Conflict(format!("job {} has no released output (status {})", j.id, j.status.as_str())));
+            return Err(ApiError::Conflict(format!(
+                "job {} has no released output (status {})",
+                j.id,
+                j.status.as_str()
+            )));
         }
-        s.store.job_output(&j.id)?.ok_or_else(|| ApiError::Internal("released job without output".into()))
+        s.store
+            .job_output(&j.id)?
+            .ok_or_else(|| ApiError::Internal("released job without output".into()))
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))

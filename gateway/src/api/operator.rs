@@ -37,27 +37,49 @@ pub(crate) async fn create_party(
         return Err(ApiError::BadRequest("name must be 1-200 characters".into()));
     }
     let (token, hash) = new_token();
-    let party = Party { id: new_id("pt"), name, role: req.role, created_at: Utc::now().to_rfc3339() };
+    let party = Party {
+        id: new_id("pt"),
+        name,
+        role: req.role,
+        created_at: Utc::now().to_rfc3339(),
+    };
     let store = st.store.clone();
     let p = party.clone();
     blocking(move || {
         store.tx(|tx| {
             Store::insert_party(tx, &p, &hash)?;
-            append(tx, NewEntry::by(&actor, "party.create", &p.id, json!({"name": p.name, "role": p.role})), Utc::now())?;
+            append(
+                tx,
+                NewEntry::by(
+                    &actor,
+                    "party.create",
+                    &p.id,
+                    json!({"name": p.name, "role": p.role}),
+                ),
+                Utc::now(),
+            )?;
             Ok(())
         })
     })
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": party.id, "name": party.name, "role": party.role, "token": token,
-            "note": "the token is shown only once; the platform stores its hash"})),
+        Json(
+            json!({"id": party.id, "name": party.name, "role": party.role, "token": token,
+            "note": "the token is shown only once; the platform stores its hash"}),
+        ),
     ))
 }
 
-pub(crate) async fn list_parties(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+pub(crate) async fn list_parties(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+) -> ApiResult<Json<Value>> {
+    // Reachable under both /v1/operator and /v1/regulator.
     if actor.role != Role::Operator && actor.role != Role::Regulator {
-        return Err(ApiError::Forbidden("only the operator and the regulator list parties".into()));
+        return Err(ApiError::Forbidden(
+            "only the operator and the regulator list parties".into(),
+        ));
     }
     let store = st.store.clone();
     let parties = blocking(move || store.parties()).await?;
@@ -92,8 +114,13 @@ pub(crate) async fn propose_scenario(
             put_in(tx, Table::Scenarios, &sc.id, &["pending"], &sc)?;
             append(
                 tx,
-                NewEntry::by(&actor, "scenario.propose", &sc.id, json!({"name": sc.spec.name, "class": sc.spec.class,
-                    "purpose": sc.spec.purpose, "spec": sc.spec})),
+                NewEntry::by(
+                    &actor,
+                    "scenario.propose",
+                    &sc.id,
+                    json!({"name": sc.spec.name, "class": sc.spec.class,
+                    "purpose": sc.spec.purpose, "spec": sc.spec}),
+                ),
                 now,
             )?;
             Ok(())
@@ -104,14 +131,20 @@ pub(crate) async fn propose_scenario(
     Ok((StatusCode::CREATED, Json(scenario)))
 }
 
-pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+pub(crate) async fn list_scenarios(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+) -> ApiResult<Json<Value>> {
     actor.require(Role::Operator)?;
     let store = st.store.clone();
     let all: Vec<Scenario> = blocking(move || store.list(Table::Scenarios, None)).await?;
     Ok(Json(json!({"scenarios": all})))
 }
 
-pub(crate) async fn list_applications(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+pub(crate) async fn list_applications(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+) -> ApiResult<Json<Value>> {
     actor.require(Role::Operator)?;
     let store = st.store.clone();
     let apps: Vec<Application> = blocking(move || store.list(Table::Applications, None)).await?;
@@ -153,7 +186,9 @@ pub(crate) async fn decide_application(
     actor.require(Role::Operator)?;
     let days = d.valid_days.unwrap_or(90);
     if !(1..=1095).contains(&days) {
-        return Err(ApiError::BadRequest("valid_days must be between 1 and 1095".into()));
+        return Err(ApiError::BadRequest(
+            "valid_days must be between 1 and 1095".into(),
+        ));
     }
     let store = st.store.clone();
     let out = blocking(move || {

@@ -76,6 +76,9 @@ pub(crate) async fn list(State(st): State<AppState>, Auth(actor): Auth) -> ApiRe
     actor.require(Role::Provider)?;
     let store = st.store.clone();
     let id = actor.id.clone();
-    let mine: Vec<DatasetRecord> = blocking(move || store.list(Table::Datasets, Some(("owner", &id)))).await?;
-    Ok(Json(json!({"datasets": mine.iter().map(super::catalog::view).collect::<Vec<_>>()})))
+    let mine: Vec<DatasetRecord> =
+        blocking(move || store.list(Table::Datasets, Some(("owner", &id)))).await?;
+    Ok(Json(
+        json!({"datasets": mine.iter().map(super::catalog::view).collect::<Vec<_>>()}),
+    ))
 }

@@ -18,7 +18,10 @@ use scenarios::workflow::Scenario;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+pub(crate) async fn list_scenarios(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+) -> ApiResult<Json<Value>> {
     actor.require(Role::Regulator)?;
     let store = st.store.clone();
     let all: Vec<Scenario> = blocking(move || store.list(Table::Scenarios, None)).await?;
@@ -52,8 +55,12 @@ pub(crate) async fn decide_scenario(
             put_in(tx, Table::Scenarios, &sc.id, &[status], &sc)?;
             append(
                 tx,
-                NewEntry::by(&actor, &format!("scenario.{}", if d.approve { "approve" } else { "reject" }), &sc.id,
-                    json!({"class": sc.spec.class, "reason": sc.reason})),
+                NewEntry::by(
+                    &actor,
+                    &format!("scenario.{}", if d.approve { "approve" } else { "reject" }),
+                    &sc.id,
+                    json!({"class": sc.spec.class, "reason": sc.reason}),
+                ),
                 now,
             )?;
             Ok(sc)
@@ -63,13 +70,19 @@ pub(crate) async fn decide_scenario(
     Ok(Json(sc))
 }
 
-pub(crate) async fn releases(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+pub(crate) async fn releases(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+) -> ApiResult<Json<Value>> {
     actor.require(Role::Regulator)?;
     let store = st.store.clone();
     let out = blocking(move || {
         let jobs: Vec<JobRecord> = store.list(Table::Jobs, None)?;
         let mut releases = Vec::new();
-        for j in jobs.iter().filter(|j| j.status == super::developer::JobStatus::Succeeded) {
+        for j in jobs
+            .iter()
+            .filter(|j| j.status == super::developer::JobStatus::Succeeded)
+        {
             let lineage: Vec<Value> = store
                 .ledger_for(&j.id)?
                 .iter()
@@ -86,7 +99,10 @@ pub(crate) async fn releases(State(st): State<AppState>, Auth(actor): Auth) -> A
     Ok(Json(json!({"releases": out})))
 }
 
-pub(crate) async fn export_ledger(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<impl IntoResponse> {
+pub(crate) async fn export_ledger(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+) -> ApiResult<impl IntoResponse> {
     actor.require(Role::Regulator)?;
     let (store, keys) = (st.store.clone(), st.keys.clone());
     let bytes = blocking(move || {
@@ -98,6 +114,11 @@ pub(crate) async fn export_ledger(State(st): State<AppState>, Auth(actor): Auth)
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], bytes))
 }
 
-pub(crate) async fn public_key(State(st): State<AppState>, Auth(_actor): Auth) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({"algorithm": "ed25519", "public_key": st.keys.public_key_hex()})))
+pub(crate) async fn public_key(
+    State(st): State<AppState>,
+    Auth(_actor): Auth,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({"algorithm": "ed25519", "public_key": st.keys.public_key_hex()}),
+    ))
 }

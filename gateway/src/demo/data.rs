@@ -89,7 +89,10 @@ fn ints(v: Vec<i64>) -> ArrayRef {
 }
 
 fn batch(cols: Vec<(&str, ArrayRef)>) -> anyhow::Result<RecordBatch> {
-    let fields: Vec<Field> = cols.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), false)).collect();
+    let fields: Vec<Field> = cols
+        .iter()
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), false))
+        .collect();
     let arrays: Vec<ArrayRef> = cols.into_iter().map(|(_, a)| a).collect();
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
@@ -111,18 +114,27 @@ pub fn generate(dir: &Path, enterprises: usize) -> anyhow::Result<DemoFiles> {
     let mut ids = Vec::with_capacity(enterprises);
     let (mut names, mut inds, mut dists, mut phones) = (vec![], vec![], vec![], vec![]);
     let (mut founded, mut capital, mut employees) = (vec![], vec![], vec![]);
-    let (mut s_ids, mut s_month, mut s_insured, mut s_paid, mut s_arrears) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut s_ids, mut s_month, mut s_insured, mut s_paid, mut s_arrears) =
+        (vec![], vec![], vec![], vec![], vec![]);
     let (mut t_ids, mut t_year, mut t_grade) = (vec![], vec![], vec![]);
-    let syllables = ["Hai", "Lu", "Xin", "Hua", "Jin", "Tai", "Feng", "Yuan", "Kai", "Rui", "Sheng", "Tong"];
+    let syllables = [
+        "Hai", "Lu", "Xin", "Hua", "Jin", "Tai", "Feng", "Yuan", "Kai", "Rui", "Sheng", "Tong",
+    ];
     for i in 0..enterprises {
-        let id = format!("91350200MA{:08X}", (i as u64).wrapping_mul(2_654_435_761) & 0xFFFF_FFFF);
+        let id = format!(
+            "91350200MA{:08X}",
+            (i as u64).wrapping_mul(2_654_435_761) & 0xFFFF_FFFF
+        );
         let ind = rng.pick(&industry_weights);
         let dist = rng.pick(&district_weights(ind));
         let size = (2.3 + 1.1 * rng.normal()).exp().round().clamp(1.0, 3000.0) as i64;
         let a = syllables[(rng.next() % 12) as usize];
         let b = syllables[(rng.next() % 12) as usize];
         ids.push(id.clone());
-        names.push(format!("Xiamen {a}{b} {} Co., Ltd.", INDUSTRIES[ind].replace('_', " ")));
+        names.push(format!(
+            "Xiamen {a}{b} {} Co., Ltd.",
+            INDUSTRIES[ind].replace('_', " ")
+        ));
         inds.push(INDUSTRIES[ind].to_string());
         dists.push(DISTRICTS[dist].to_string());
         phones.push(format!("13{:09}", rng.next() % 1_000_000_000));
@@ -130,13 +142,21 @@ pub fn generate(dir: &Path, enterprises: usize) -> anyhow::Result<DemoFiles> {
         capital.push((size as f64 * (20.0 + 40.0 * rng.unit())).round() as i64);
         employees.push(size);
         // Social insurance: most staff insured; wages differ by industry.
-        let wage = [5200.0, 4600.0, 9800.0, 6100.0, 5400.0, 4200.0, 4500.0, 3900.0][ind];
+        let wage = [
+            5200.0, 4600.0, 9800.0, 6100.0, 5400.0, 4200.0, 4500.0, 3900.0,
+        ][ind];
         let coverage = 0.65 + 0.3 * rng.unit();
         let troubled = rng.unit() < 0.04;
         for m in 1..=12 {
-            let insured = ((size as f64) * coverage * (1.0 + 0.05 * rng.normal())).round().max(0.0) as i64;
+            let insured = ((size as f64) * coverage * (1.0 + 0.05 * rng.normal()))
+                .round()
+                .max(0.0) as i64;
             let arrears = i64::from(troubled && rng.unit() < 0.5);
-            let paid = if arrears == 1 { 0 } else { (insured as f64 * wage * 0.16 * (1.0 + 0.03 * rng.normal())).round() as i64 };
+            let paid = if arrears == 1 {
+                0
+            } else {
+                (insured as f64 * wage * 0.16 * (1.0 + 0.03 * rng.normal())).round() as i64
+            };
             s_ids.push(id.clone());
             s_month.push(format!("2025-{m:02}"));
             s_insured.push(insured);
@@ -179,7 +199,11 @@ pub fn generate(dir: &Path, enterprises: usize) -> anyhow::Result<DemoFiles> {
         ("amount_paid", ints(s_paid)),
         ("arrears", ints(s_arrears)),
     ])?;
-    let tax = batch(vec![("enterprise_id", strings(t_ids)), ("year", ints(t_year)), ("grade", strings(t_grade))])?;
+    let tax = batch(vec![
+        ("enterprise_id", strings(t_ids)),
+        ("year", ints(t_year)),
+        ("grade", strings(t_grade)),
+    ])?;
     sandbox::files::write_parquet(&files.register, &[register])?;
     sandbox::files::write_parquet(&files.insurance, &[insurance])?;
     sandbox::files::write_parquet(&files.tax, &[tax])?;

@@ -81,8 +81,18 @@ impl Table {
     /// A cell rendered as text, whatever its type (empty for null).
     pub fn text(&self, name: &str, row: usize) -> String {
         match self.column(name).map(|c| &c.values) {
-            Some(Values::Int64(v)) => v.get(row).cloned().flatten().map(|x| x.to_string()).unwrap_or_default(),
-            Some(Values::Float64(v)) => v.get(row).cloned().flatten().map(|x| format!("{:.2}", x)).unwrap_or_default(),
+            Some(Values::Int64(v)) => v
+                .get(row)
+                .cloned()
+                .flatten()
+                .map(|x| x.to_string())
+                .unwrap_or_default(),
+            Some(Values::Float64(v)) => v
+                .get(row)
+                .cloned()
+                .flatten()
+                .map(|x| format!("{:.2}", x))
+                .unwrap_or_default(),
             Some(Values::Utf8(v)) => v.get(row).cloned().flatten().unwrap_or_default(),
             None => String::new(),
         }
@@ -177,11 +187,16 @@ impl<'a> Tbl<'a> {
     }
     fn indirect(&self, p: usize) -> R<usize> {
         let off = u32_at(self.buf, p)? as usize;
-        p.checked_add(off).map(Ok).unwrap_or_else(|| err("bad offset"))
+        p.checked_add(off)
+            .map(Ok)
+            .unwrap_or_else(|| err("bad offset"))
     }
     fn table(&self, i: usize) -> R<Option<Tbl<'a>>> {
         match self.field(i)? {
-            Some(p) => Ok(Some(Tbl { buf: self.buf, pos: self.indirect(p)? })),
+            Some(p) => Ok(Some(Tbl {
+                buf: self.buf,
+                pos: self.indirect(p)?,
+            })),
             None => Ok(None),
         }
     }
@@ -207,7 +222,10 @@ impl<'a> Tbl<'a> {
         }
     }
     fn table_at(&self, p: usize) -> R<Tbl<'a>> {
-        Ok(Tbl { buf: self.buf, pos: self.indirect(p)? })
+        Ok(Tbl {
+            buf: self.buf,
+            pos: self.indirect(p)?,
+        })
     }
 }
 
@@ -274,7 +292,12 @@ fn validity(body: &[u8], off: usize, len: usize, rows: usize, nulls: i64) -> R<V
     Ok(v)
 }
 
-fn read_batch(msg: Tbl<'_>, body: &[u8], fields: &[(String, Kind)], out: &mut [Vec<Cell>]) -> R<()> {
+fn read_batch(
+    msg: Tbl<'_>,
+    body: &[u8],
+    fields: &[(String, Kind)],
+    out: &mut [Vec<Cell>],
+) -> R<()> {
     let rb = match msg.table(2)? {
         Some(t) => t,
         None => return err("record batch message without header"),
@@ -346,7 +369,9 @@ fn read_batch(msg: Tbl<'_>, body: &[u8], fields: &[(String, Kind)], out: &mut [V
                         return err("bad string offsets");
                     }
                     let bytes = slice(data, s as usize, (e - s) as usize)?;
-                    col.push(Cell::S(String::from_utf8(bytes.to_vec()).or_else(|_| err("text is not UTF-8"))?));
+                    col.push(Cell::S(
+                        String::from_utf8(bytes.to_vec()).or_else(|_| err("text is not UTF-8"))?,
+                    ));
                 }
                 b += 3;
             }
@@ -410,9 +435,21 @@ pub fn decode(bytes: &[u8]) -> Result<Table, String> {
     let mut columns = Vec::with_capacity(fields.len());
     for ((name, kind), cs) in fields.into_iter().zip(cells) {
         let values = match kind {
-            Kind::Int64 => Values::Int64(cs.into_iter().map(|c| if let Cell::I(v) = c { Some(v) } else { None }).collect()),
-            Kind::Float64 => Values::Float64(cs.into_iter().map(|c| if let Cell::F(v) = c { Some(v) } else { None }).collect()),
-            Kind::Utf8 => Values::Utf8(cs.into_iter().map(|c| if let Cell::S(v) = c { Some(v) } else { None }).collect()),
+            Kind::Int64 => Values::Int64(
+                cs.into_iter()
+                    .map(|c| if let Cell::I(v) = c { Some(v) } else { None })
+                    .collect(),
+            ),
+            Kind::Float64 => Values::Float64(
+                cs.into_iter()
+                    .map(|c| if let Cell::F(v) = c { Some(v) } else { None })
+                    .collect(),
+            ),
+            Kind::Utf8 => Values::Utf8(
+                cs.into_iter()
+                    .map(|c| if let Cell::S(v) = c { Some(v) } else { None })
+                    .collect(),
+            ),
         };
         columns.push(Column { name, values });
     }

@@ -129,10 +129,21 @@ fn last_error(code: i32) -> Error {
     let mut buf = vec![0u8; 1024];
     // SAFETY: the host writes at most `buf.len()` bytes into `buf`.
     let n = unsafe { sys::error_read(buf.as_mut_ptr() as i32, buf.len() as i32) };
-    let n = if n < 0 { 0 } else { (n as usize).min(buf.len()) };
+    let n = if n < 0 {
+        0
+    } else {
+        (n as usize).min(buf.len())
+    };
     buf.truncate(n);
     let message = String::from_utf8(buf).unwrap_or_else(|_| "host error".to_string());
-    Error { code, message: if message.is_empty() { format!("host error {}", code) } else { message } }
+    Error {
+        code,
+        message: if message.is_empty() {
+            format!("host error {}", code)
+        } else {
+            message
+        },
+    }
 }
 
 /// Runs `sql` and returns the raw Arrow IPC stream of the protected result.
@@ -155,7 +166,10 @@ pub fn query_ipc(sql: &str) -> Result<Vec<u8>, Error> {
 /// Runs `sql` and returns the protected result as a table.
 pub fn query(sql: &str) -> Result<Table, Error> {
     let bytes = query_ipc(sql)?;
-    ipc::decode(&bytes).map_err(|m| Error { code: code::DECODE, message: m })
+    ipc::decode(&bytes).map_err(|m| Error {
+        code: code::DECODE,
+        message: m,
+    })
 }
 
 /// Appends bytes to the job's result.
