@@ -544,10 +544,7 @@ pub fn charge_in(
 ) -> ApiResult<Budget> {
     let spent = spent_in(tx, developer_id, scenario_id)?;
     if !spent.can_afford(cost, limit) {
-        return Err(ApiError::BudgetExhausted(format!(
-            "spent epsilon {} of {}, the query needs {}",
-            spent.epsilon, limit.epsilon, cost.epsilon
-        )));
+        return Err(ApiError::BudgetExhausted(spent.shortfall(cost, limit)));
     }
     let after = spent.plus(cost);
     tx.execute(

@@ -16,6 +16,8 @@ pub mod profile;
 pub mod release;
 pub mod sample;
 mod scope;
+#[cfg(test)]
+mod tests;
 
 pub use error::{Error, Result};
 pub use release::{QueryLineage, TableRef};

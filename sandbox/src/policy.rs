@@ -827,6 +827,9 @@ fn shape_error(plan: &LogicalPlan, under_projection: bool) -> Error {
             "HAVING is not allowed: filtering on exact aggregates leaks them; filter released results inside the job"
         }
         LogicalPlan::Window(_) => "window functions are not allowed: they can release per-row values",
+        LogicalPlan::Distinct(d) if matches!(d.input().as_ref(), LogicalPlan::Union(_)) => {
+            "UNION is not allowed; run separate queries"
+        }
         LogicalPlan::Distinct(_) => "SELECT DISTINCT is not allowed; use GROUP BY, whose keys pass the release threshold",
         LogicalPlan::Union(_) => "UNION is not allowed; run separate queries",
         LogicalPlan::Projection(_) if under_projection => "derived tables and subqueries are not allowed",

@@ -321,6 +321,17 @@ fn value_expr(kind: &Kind, schema: &datafusion::common::DFSchema) -> Result<Opti
         Kind::Units | Kind::Rows => None,
         Kind::NonNull(e) => Some(when(e.clone().is_null(), lit(0i64)).otherwise(lit(1i64))?),
         Kind::Sum(e, lo, hi) => {
+            // The analyzer casts integer arguments of AVG to Float64; clamping
+            // the integer itself is exact and cheaper.
+            let e = match e {
+                Expr::Cast(c)
+                    if c.field.data_type() == &DataType::Float64
+                        && c.expr.get_type(schema).is_ok_and(|t| t.is_integer()) =>
+                {
+                    c.expr.as_ref()
+                }
+                other => other,
+            };
             let ty = e
                 .get_type(schema)
                 .map_err(|e| Error::InvalidQuery(e.to_string()))?;

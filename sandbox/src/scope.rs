@@ -121,10 +121,7 @@ impl Accountant for MemoryAccountant {
             .lock()
             .map_err(|_| Error::Internal("accountant lock poisoned".into()))?;
         if !s.0.can_afford(cost, &self.limit) {
-            return Err(Error::BudgetExhausted(format!(
-                "spent epsilon {} of {}, this query needs {}",
-                s.0.epsilon, self.limit.epsilon, cost.epsilon
-            )));
+            return Err(Error::BudgetExhausted(s.0.shortfall(cost, &self.limit)));
         }
         s.0 = s.0.plus(cost);
         Ok(())
@@ -478,10 +475,29 @@ impl JobScope {
 /// data values; strip the error-kind prefix for readability.
 fn planning_message(e: &DataFusionError) -> String {
     let s = e.strip_backtrace();
-    for prefix in ["Error during planning: ", "SQL error: ", "Schema error: "] {
-        if let Some(rest) = s.strip_prefix(prefix) {
-            return rest.to_string();
-        }
+    // DataFusion appends a bug-report hint to some type errors; it is noise
+    // for a developer whose query simply has the wrong types.
+    let s = s
+        .split("\nThis issue was likely caused")
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let mut s = [
+        "Error during planning: ",
+        "SQL error: ",
+        "Schema error: ",
+        "Internal error: ",
+    ]
+    .iter()
+    .find_map(|p| s.strip_prefix(p).map(str::to_string))
+    .unwrap_or(s);
+    if s.len() > 400 {
+        let cut = (0..=400)
+            .rev()
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(0);
+        s.truncate(cut);
+        s.push_str("...");
     }
     s
 }

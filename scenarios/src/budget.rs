@@ -121,6 +121,20 @@ impl Budget {
                 .checked_add(charge.delta.0)
                 .is_some_and(|d| d <= limit.delta.0)
     }
+    /// Says which part of `limit` a `charge` on top of `self` would exceed.
+    pub fn shortfall(&self, charge: &Budget, limit: &Budget) -> String {
+        if self.epsilon.0.saturating_add(charge.epsilon.0) > limit.epsilon.0 {
+            format!(
+                "spent epsilon {} of {}, the query needs {}",
+                self.epsilon, limit.epsilon, charge.epsilon
+            )
+        } else {
+            format!(
+                "spent delta {} of {}, the query needs {}",
+                self.delta, limit.delta, charge.delta
+            )
+        }
+    }
     /// Component-wise saturating sum.
     pub fn plus(&self, o: &Budget) -> Budget {
         Budget {

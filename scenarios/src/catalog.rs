@@ -244,10 +244,10 @@ impl DatasetSpec {
 fn validate_rule(c: &ColumnSpec) -> Result<()> {
     let bad = |m: &str| Err(Error::InvalidRequest(format!("column `{}`: {m}", c.name)));
     match &c.rule {
-        ColumnRule::Generalize(Generalization::Bucket { width }) => {
-            if !(width.is_finite() && *width > 0.0) {
-                return bad("bucket width must be a finite number > 0");
-            }
+        ColumnRule::Generalize(Generalization::Bucket { width })
+            if !(width.is_finite() && *width > 0.0) =>
+        {
+            return bad("bucket width must be a finite number > 0");
         }
         ColumnRule::Generalize(Generalization::Edges { edges }) => {
             if edges.is_empty() || edges.len() > 1000 {
@@ -257,10 +257,8 @@ fn validate_rule(c: &ColumnSpec) -> Result<()> {
                 return bad("edges must be finite and strictly increasing");
             }
         }
-        ColumnRule::Generalize(Generalization::Prefix { len }) => {
-            if *len == 0 {
-                return bad("prefix length must be > 0");
-            }
+        ColumnRule::Generalize(Generalization::Prefix { len: 0 }) => {
+            return bad("prefix length must be > 0");
         }
         _ => {}
     }

@@ -80,7 +80,7 @@ fn default_delta_total() -> Delta {
     Delta(10_000_000) // 1e-5
 }
 fn default_delta_per_query() -> Delta {
-    Delta(1_000_000) // 1e-6
+    Delta(100_000) // 1e-7: a hundred queries per 1e-5
 }
 fn default_max_rows() -> u32 {
     1
@@ -307,7 +307,7 @@ mod tests {
         let r = rules();
         r.validate().unwrap();
         assert_eq!(r.max_rows_per_unit, 1);
-        assert_eq!(r.delta_per_query, Delta(1_000_000));
+        assert_eq!(r.delta_per_query, Delta(100_000));
         assert_eq!(r.query_cost().epsilon, Epsilon(500_000));
     }
 

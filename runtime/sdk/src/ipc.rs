@@ -306,10 +306,10 @@ fn read_batch(
         return err("compressed batches are not supported");
     }
     let rows = rb.i64(0, 0)?;
-    if rows < 0 {
-        return err("negative row count");
-    }
-    let rows = rows as usize;
+    let rows = match usize::try_from(rows) {
+        Ok(r) => r,
+        Err(_) => return err("bad row count"),
+    };
     let (nodes, n_nodes) = rb.vector(1)?;
     let (bufs, n_bufs) = rb.vector(2)?;
     if n_nodes != fields.len() {
@@ -321,16 +321,16 @@ fn read_batch(
         }
         let off = i64_at(msg.buf, bufs + 16 * i)?;
         let len = i64_at(msg.buf, bufs + 16 * i + 8)?;
-        if off < 0 || len < 0 {
-            return err("negative buffer");
+        match (usize::try_from(off), usize::try_from(len)) {
+            (Ok(o), Ok(l)) => Ok((o, l)),
+            _ => err("bad buffer"),
         }
-        Ok((off as usize, len as usize))
     };
     let mut b = 0usize;
     for (k, (_, kind)) in fields.iter().enumerate() {
         let node_len = i64_at(msg.buf, nodes + 16 * k)?;
         let nulls = i64_at(msg.buf, nodes + 16 * k + 8)?;
-        if node_len as usize != rows {
+        if usize::try_from(node_len).ok() != Some(rows) {
             return err("column length differs from the batch length");
         }
         let (voff, vlen) = buffer(b)?;
@@ -342,7 +342,7 @@ fn read_batch(
         match kind {
             Kind::Int64 | Kind::Float64 => {
                 let (off, _) = buffer(b + 1)?;
-                let data = slice(body, off, rows.checked_mul(8).unwrap_or(usize::MAX))?;
+                let data = slice(body, off, rows.saturating_mul(8))?;
                 for (i, ok) in valid.iter().enumerate() {
                     let raw = i64_at(data, 8 * i)?;
                     col.push(match (*ok, kind) {
@@ -356,7 +356,7 @@ fn read_batch(
             Kind::Utf8 => {
                 let (ooff, _) = buffer(b + 1)?;
                 let (doff, dlen) = buffer(b + 2)?;
-                let offsets = slice(body, ooff, (rows + 1).checked_mul(4).unwrap_or(usize::MAX))?;
+                let offsets = slice(body, ooff, rows.saturating_add(1).saturating_mul(4))?;
                 let data = slice(body, doff, dlen)?;
                 for (i, ok) in valid.iter().enumerate() {
                     if !*ok {
@@ -410,11 +410,12 @@ pub fn decode(bytes: &[u8]) -> Result<Table, String> {
         let msg = Tbl::root(meta)?;
         let header_type = msg.u8(1, 0)?;
         let body_len = msg.i64(3, 0)?;
-        if body_len < 0 {
-            return err("negative body length");
-        }
-        let body = slice(bytes, at, body_len as usize)?;
-        at += body_len as usize;
+        let body_len = match usize::try_from(body_len) {
+            Ok(n) => n,
+            Err(_) => return err("bad body length"),
+        };
+        let body = slice(bytes, at, body_len)?;
+        at += body_len;
         match header_type {
             1 => {
                 let f = read_schema(msg)?;

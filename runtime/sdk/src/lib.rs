@@ -6,7 +6,7 @@
 //! sends), [`emit`] appends to the job's result, [`log`] writes a bounded
 //! diagnostic, [`params`] reads the job's parameters.
 //!
-//! ```ignore
+//! ```no_run
 //! fn main() -> Result<(), invis::Error> {
 //!     let t = invis::query("SELECT district, COUNT(*) AS n FROM enterprises GROUP BY district")?;
 //!     for row in 0..t.num_rows() {

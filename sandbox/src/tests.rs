@@ -1,0 +1,346 @@
+//! Tests of the policy checker and the release mechanism on the PUMS
+//! census sample (`../shared/data/pums`, read in place): which SQL is
+//! accepted, which is refused and why (R16), and that released values are
+//! bounded, noisy and thresholded (R17).
+
+use crate::desensitize::TokenKey;
+use crate::profile::profile;
+use crate::{DataPlane, Error, JobScope, MemoryAccountant, ScopeConfig, TableData, TableVersion};
+use scenarios::budget::{Budget, Delta, Epsilon};
+use scenarios::catalog::DatasetSpec;
+use scenarios::policy::ScenarioSpec;
+use serde_json::json;
+use std::sync::Arc;
+
+fn pums(file: &str) -> String {
+    format!(
+        "{}/../../shared/data/pums/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn spec(file: &str, name: &str) -> DatasetSpec {
+    serde_json::from_value(json!({
+        "name": name,
+        "path": pums(file),
+        "privacy_unit": "pid",
+        "unit_kind": "person",
+        "columns": [
+            {"name": "age", "rule": "keep"},
+            {"name": "sex", "rule": "keep"},
+            {"name": "educ", "rule": "keep"},
+            {"name": "race", "rule": "keep"},
+            {"name": "income", "rule": "keep"},
+            {"name": "married", "rule": "keep"},
+            {"name": "pid", "rule": "tokenize"}
+        ]
+    }))
+    .unwrap()
+}
+
+fn scenario(table: &str, epsilon_per_query: f64, epsilon_total: f64) -> ScenarioSpec {
+    serde_json::from_value(json!({
+        "name": "census", "class": "demography", "purpose": "testing",
+        "tables": [{"dataset": table, "columns": [
+            {"name": "age", "ops": ["group", "filter", "aggregate"], "bounds": [0, 100]},
+            {"name": "sex", "ops": ["group", "filter"]},
+            {"name": "educ", "ops": ["group", "filter", "aggregate"]},
+            {"name": "race", "ops": ["group", "filter"]},
+            {"name": "income", "ops": ["aggregate", "filter"], "bounds": [0, 500000]},
+            {"name": "married", "ops": ["group", "filter", "aggregate"], "bounds": [0, 1]},
+            {"name": "pid", "ops": ["join", "aggregate"]}
+        ]}],
+        "release": {"epsilon_total": epsilon_total, "epsilon_per_query": epsilon_per_query,
+            "min_group_size": 5, "max_rows_per_unit": 1, "max_queries_per_job": 1000,
+            "delta_per_query": 1e-7, "delta_total": 1e-4}
+    }))
+    .unwrap()
+}
+
+async fn open(file: &str, eps_q: f64, eps_total: f64) -> (JobScope, Arc<MemoryAccountant>) {
+    let name = "pums";
+    let spec = spec(file, name);
+    let p = profile(&spec).await.expect("profile");
+    let sc = scenario(name, eps_q, eps_total);
+    let accountant = Arc::new(MemoryAccountant::new(sc.release.total_budget()));
+    let cfg = ScopeConfig {
+        agreement_id: "ag_test".into(),
+        scenario: sc,
+        tables: vec![TableVersion {
+            spec,
+            version: p.version,
+            unit_unique: p.unit_unique,
+            data: TableData::File(p.fingerprint),
+        }],
+        token_key: TokenKey::new(&[9u8; 32]),
+        memory_limit: 1 << 30,
+    };
+    let scope = DataPlane::new()
+        .open(cfg, accountant.clone())
+        .await
+        .expect("scope");
+    (scope, accountant)
+}
+
+#[tokio::test]
+async fn accepted_queries() {
+    let (scope, acc) = open("PUMS_pid.csv", 0.1, 100.0).await;
+    for sql in [
+        "SELECT COUNT(*) FROM pums",
+        "SELECT sex, COUNT(*) FROM pums GROUP BY sex",
+        "SELECT educ, AVG(income) FROM pums GROUP BY educ",
+        "SELECT married, SUM(income) AS total FROM pums GROUP BY married",
+        "SELECT race, sex, COUNT(*) FROM pums GROUP BY race, sex",
+        "SELECT COUNT(DISTINCT pid) FROM pums WHERE age > 30",
+        "SELECT floor(age / 10) AS decade, COUNT(*) FROM pums GROUP BY floor(age / 10)",
+        "SELECT sex, SUM(CASE WHEN married = 1 THEN 1 ELSE 0 END) AS wed FROM pums GROUP BY sex",
+        "SELECT sex, COUNT(*) FROM pums WHERE educ IN (1, 2, 3) AND age BETWEEN 20 AND 60 GROUP BY sex",
+        "SELECT sex, AVG(age) FROM pums WHERE CAST(educ AS VARCHAR) = '9' GROUP BY sex",
+    ] {
+        let r = scope.query(sql).await;
+        assert!(r.is_ok(), "{sql}: {r:?}");
+    }
+    assert_eq!(acc.releases().len(), 10);
+}
+
+#[tokio::test]
+async fn refused_queries_name_the_rule_and_cost_nothing() {
+    let (scope, acc) = open("PUMS_pid.csv", 0.1, 100.0).await;
+    let cases = [
+        ("SELECT * FROM pums", "row-level output"),
+        ("SELECT age FROM pums", "row-level output"),
+        ("SELECT income FROM pums WHERE age = 59", "row-level output"),
+        (
+            "SELECT sex, COUNT(*) FROM pums GROUP BY sex HAVING COUNT(*) > 1",
+            "HAVING",
+        ),
+        ("SELECT sex, MAX(income) FROM pums GROUP BY sex", "MAX"),
+        (
+            "SELECT sex, ROW_NUMBER() OVER (ORDER BY income) FROM pums",
+            "window",
+        ),
+        ("SELECT COUNT(*) FROM pums LIMIT 1", "LIMIT"),
+        (
+            "SELECT sex, COUNT(*) FROM pums GROUP BY sex ORDER BY sex",
+            "ORDER BY",
+        ),
+        (
+            "SELECT COUNT(*) FROM (SELECT * FROM pums WHERE age = 59) t",
+            "derived tables",
+        ),
+        (
+            "SELECT COUNT(*) FROM pums WHERE income IN (SELECT income FROM pums)",
+            "subqueries",
+        ),
+        (
+            "SELECT COUNT(*) FROM pums a JOIN pums b ON a.pid = b.pid",
+            "self-join",
+        ),
+        (
+            "SELECT COUNT(*) FROM pums UNION SELECT COUNT(*) FROM pums",
+            "UNION",
+        ),
+        ("SELECT COUNT(pid) FROM pums", "privacy unit"),
+        ("SELECT COUNT(*) FROM pums WHERE pid = 'x'", "privacy unit"),
+        (
+            "SELECT COUNT(DISTINCT income) FROM pums",
+            "only allowed on the privacy unit",
+        ),
+        ("SELECT SUM(income / age) FROM pums", "division"),
+        ("SELECT SUM(educ) FROM pums", "no declared bounds"),
+        (
+            "SELECT sex, COUNT(*) FROM pums WHERE CAST('1' || sex AS INT) > 0 GROUP BY sex",
+            "TRY_CAST",
+        ),
+        (
+            "SELECT sex, COUNT(*) FROM pums WHERE random() < 0.5 GROUP BY sex",
+            "function `random`",
+        ),
+        (
+            "SELECT sex, COUNT(*) FROM pums GROUP BY ROLLUP (sex)",
+            "ROLLUP",
+        ),
+        (
+            "SELECT __unit, COUNT(*) FROM pums GROUP BY __unit",
+            "not granted",
+        ),
+        (
+            "SELECT sex, SUM(income) FILTER (WHERE age > 50) FROM pums GROUP BY sex",
+            "FILTER",
+        ),
+        ("EXPLAIN SELECT COUNT(*) FROM pums", "only SELECT"),
+        (
+            "COPY (SELECT COUNT(*) FROM pums) TO '/tmp/invis-leak.csv'",
+            "only SELECT",
+        ),
+        (
+            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+            "only SELECT",
+        ),
+        ("SET datafusion.execution.batch_size = 1", "only SELECT"),
+        ("SELECT DISTINCT sex FROM pums", "DISTINCT"),
+        ("SELECT 1", "read a table"),
+    ];
+    for (sql, needle) in cases {
+        match scope.query(sql).await {
+            Err(Error::PolicyViolation(m)) => {
+                assert!(m.contains(needle), "{sql}: `{m}` lacks `{needle}`")
+            }
+            other => panic!("{sql}: expected a policy violation, got {other:?}"),
+        }
+    }
+    for sql in [
+        "SELEC 1",
+        "SELECT nope, COUNT(*) FROM pums GROUP BY nope",
+        "SELECT COUNT(*) FROM other",
+    ] {
+        assert!(
+            matches!(scope.query(sql).await, Err(Error::InvalidQuery(_))),
+            "{sql}"
+        );
+    }
+    assert_eq!(acc.spent(), Budget::default(), "refusals are free");
+    assert!(!std::path::Path::new("/tmp/invis-leak.csv").exists());
+}
+
+fn column_i64(b: &crate::arrow::record_batch::RecordBatch, name: &str) -> Vec<i64> {
+    use crate::arrow::array::AsArray;
+    use crate::arrow::datatypes::Int64Type;
+    b.column_by_name(name)
+        .unwrap()
+        .as_primitive::<Int64Type>()
+        .values()
+        .to_vec()
+}
+
+fn column_str(b: &crate::arrow::record_batch::RecordBatch, name: &str) -> Vec<String> {
+    let a = crate::arrow::compute::cast(
+        b.column_by_name(name).unwrap(),
+        &crate::arrow::datatypes::DataType::Utf8,
+    )
+    .unwrap();
+    use crate::arrow::array::AsArray;
+    a.as_string::<i32>()
+        .iter()
+        .map(|s| s.unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn counts_are_accurate_noisy_and_keys_sorted() {
+    let (scope, _) = open("PUMS_pid.csv", 1.0, 100.0).await;
+    let r = scope
+        .query("SELECT sex, COUNT(*) AS n FROM pums GROUP BY sex")
+        .await
+        .unwrap();
+    assert_eq!(column_i64(&r.batch, "sex"), vec![0, 1]);
+    let n = column_i64(&r.batch, "n");
+    // True counts 486 and 514; noise scale 1 (one measurement at epsilon 1).
+    assert!((n[0] - 486).abs() < 40 && (n[1] - 514).abs() < 40, "{n:?}");
+    assert_eq!(r.lineage.mechanism.measurements.len(), 1);
+    assert_eq!(r.lineage.mechanism.measurements[0].scale, "1000000/1000000");
+    // Repeating the query gives fresh noise: not always the exact answer.
+    let mut exact = 0;
+    for _ in 0..10 {
+        let r = scope
+            .query("SELECT sex, COUNT(*) AS n FROM pums GROUP BY sex")
+            .await
+            .unwrap();
+        if column_i64(&r.batch, "n") == vec![486, 514] {
+            exact += 1;
+        }
+    }
+    assert!(exact < 10, "noise must be added");
+}
+
+#[tokio::test]
+async fn a_group_of_one_is_never_released() {
+    // race 5 has one person, race 6 five: both under min_group_size + margin.
+    let (scope, _) = open("PUMS_pid.csv", 1.0, 1000.0).await;
+    for _ in 0..30 {
+        let r = scope
+            .query("SELECT race, COUNT(*) AS n FROM pums GROUP BY race")
+            .await
+            .unwrap();
+        let races = column_i64(&r.batch, "race");
+        assert!(!races.contains(&5) && !races.contains(&6), "{races:?}");
+        assert!(races.contains(&1) && races.contains(&3), "{races:?}");
+    }
+}
+
+#[tokio::test]
+async fn sums_are_clamped_to_declared_bounds() {
+    let (scope, _) = open("PUMS_pid.csv", 1.0, 100.0).await;
+    // AVG(age) must lie in [0, 100] whatever the noise.
+    let r = scope
+        .query("SELECT educ, AVG(age) AS a FROM pums GROUP BY educ")
+        .await
+        .unwrap();
+    use crate::arrow::array::AsArray;
+    use crate::arrow::datatypes::Float64Type;
+    for v in r
+        .batch
+        .column_by_name("a")
+        .unwrap()
+        .as_primitive::<Float64Type>()
+        .iter()
+        .flatten()
+    {
+        assert!((0.0..=100.0).contains(&v), "{v}");
+    }
+    let b = &r.lineage.mechanism.bounds;
+    assert!(
+        b.len() == 1 && b[0].0.contains("pums.age") && (b[0].1, b[0].2) == (0, 100),
+        "{b:?}"
+    );
+}
+
+#[tokio::test]
+async fn each_unit_counts_once_when_it_has_several_rows() {
+    // PUMS_dup repeats each person 1-3 times (1948 rows, 1000 people). With
+    // k = 1 row per unit the released count is about 1000, not 1948.
+    let (scope, _) = open("PUMS_dup.csv", 1.0, 100.0).await;
+    let r = scope.query("SELECT COUNT(*) AS n FROM pums").await.unwrap();
+    let n = column_i64(&r.batch, "n")[0];
+    assert!((n - 1000).abs() < 50, "{n}");
+    assert_eq!(r.lineage.mechanism.contribution, "bounded_per_unit");
+    let r = scope
+        .query("SELECT COUNT(DISTINCT pid) AS units FROM pums")
+        .await
+        .unwrap();
+    assert!((column_i64(&r.batch, "units")[0] - 1000).abs() < 50);
+}
+
+#[tokio::test]
+async fn the_budget_is_charged_before_release_and_then_refuses() {
+    let (scope, acc) = open("PUMS_pid.csv", 0.5, 1.0).await;
+    scope.query("SELECT COUNT(*) FROM pums").await.unwrap();
+    scope.query("SELECT COUNT(*) FROM pums").await.unwrap();
+    let third = scope.query("SELECT COUNT(*) FROM pums").await;
+    assert!(matches!(third, Err(Error::BudgetExhausted(_))), "{third:?}");
+    assert_eq!(
+        acc.spent(),
+        Budget {
+            epsilon: Epsilon(1_000_000),
+            delta: Delta(200_000)
+        }
+    );
+    assert_eq!(acc.releases().len(), 2);
+}
+
+#[tokio::test]
+async fn the_ipc_result_decodes_in_the_guest_sdk() {
+    let (scope, _) = open("PUMS_pid.csv", 1.0, 100.0).await;
+    let r = scope
+        .query("SELECT sex, COUNT(*) AS n, AVG(income) AS mean_income, SUM(income) AS total FROM pums GROUP BY sex")
+        .await
+        .unwrap();
+    let t = invis::ipc::decode(&r.ipc).expect("decodes");
+    assert_eq!(t.num_rows(), r.batch.num_rows());
+    let names: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["sex", "n", "mean_income", "total"]);
+    assert_eq!(t.i64("n", 0), Some(column_i64(&r.batch, "n")[0]));
+    assert!(t.f64("mean_income", 1).is_some());
+    assert_eq!(r.lineage.output_hash.as_deref().map(str::len), Some(64));
+    assert_eq!(column_str(&r.batch, "sex"), ["0", "1"]);
+}
