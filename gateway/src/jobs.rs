@@ -201,7 +201,10 @@ pub async fn submit(
     tokio::spawn(async move {
         let id = jid.clone();
         if let Err(e) = run(&s, &a, &jid, params_for_run, cancel).await {
-            tracing::error!(job = %id, error = %e, "job bookkeeping failed");
+            tracing::error!(job = %id, error = %e, "job failed before it could run");
+            if let Err(e2) = close_job(&s, &id, "internal", &e.to_string()).await {
+                tracing::error!(job = %id, error = %e2, "recording the job failure failed");
+            }
         }
         if let Ok(mut r) = s.running.lock() {
             r.remove(&id);
@@ -231,6 +234,71 @@ pub async fn wait(st: &AppState, job_id: &str) -> ApiResult<JobRecord> {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }
+}
+
+/// Marks a job that cannot finish normally as failed, with its ledger entry.
+/// Does nothing to a job that already finished.
+pub async fn close_job(st: &AppState, job_id: &str, kind: &str, message: &str) -> ApiResult<()> {
+    let (store, id, kind, message) = (
+        st.store.clone(),
+        job_id.to_string(),
+        kind.to_string(),
+        message.to_string(),
+    );
+    blocking(move || {
+        store.tx(|tx| {
+            let Some(mut j) = get_in::<JobRecord>(tx, Table::Jobs, &id)? else {
+                return Ok(());
+            };
+            if matches!(j.status, JobStatus::Succeeded | JobStatus::Failed) {
+                return Ok(());
+            }
+            j.status = JobStatus::Failed;
+            j.error = Some(failure(&kind, &message));
+            j.finished_at = Some(Utc::now());
+            put_in(
+                tx,
+                Table::Jobs,
+                &j.id,
+                &[&j.agreement_id, &j.developer_id, "failed"],
+                &j,
+            )?;
+            append(
+                tx,
+                NewEntry::system(
+                    "job.finish",
+                    &j.id,
+                    json!({"agreement": j.agreement_id, "status": "failed", "error": j.error}),
+                ),
+                Utc::now(),
+            )?;
+            Ok(())
+        })
+    })
+    .await
+}
+
+/// Closes jobs left queued or running by a previous process (a crash or a
+/// kill): nothing of theirs was released, and their charged queries stay
+/// charged.
+pub async fn recover_interrupted(st: &AppState) -> ApiResult<usize> {
+    let store = st.store.clone();
+    let open: Vec<JobRecord> = blocking(move || {
+        let mut v: Vec<JobRecord> = store.list(Table::Jobs, Some(("status", "running")))?;
+        v.extend(store.list::<JobRecord>(Table::Jobs, Some(("status", "queued")))?);
+        Ok(v)
+    })
+    .await?;
+    for j in &open {
+        close_job(
+            st,
+            &j.id,
+            "interrupted",
+            "the server stopped while the job was running; nothing was released",
+        )
+        .await?;
+    }
+    Ok(open.len())
 }
 
 fn failure(kind: &str, message: &str) -> serde_json::Value {

@@ -48,6 +48,15 @@ enum Command {
         #[arg(long, default_value_t = 30_000)]
         enterprises: usize,
     },
+    /// Time protected queries against the same queries run raw in DataFusion.
+    Bench {
+        /// Enterprises in the synthetic data set.
+        #[arg(long, default_value_t = 30_000)]
+        enterprises: usize,
+        /// Timed runs per query (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        iterations: usize,
+    },
     /// Administration.
     Admin {
         #[command(subcommand)]
@@ -187,6 +196,10 @@ async fn main() -> Result<()> {
             })
             .await
         }
+        Command::Bench {
+            enterprises,
+            iterations,
+        } => gateway::bench::run(enterprises, iterations).await,
         Command::Admin {
             command:
                 AdminCommand::Bootstrap {

@@ -10,6 +10,15 @@ use std::net::SocketAddr;
 
 /// Serves the API on `listener` until the process is stopped.
 pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    let closed = crate::jobs::recover_interrupted(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if closed > 0 {
+        tracing::warn!(
+            jobs = closed,
+            "closed jobs interrupted by the previous shutdown"
+        );
+    }
     let app = crate::router(state);
     axum::serve(listener, app).await?;
     Ok(())

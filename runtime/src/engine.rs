@@ -162,6 +162,11 @@ impl Runtime {
         Ok((info, module))
     }
 
+    /// Compiled modules currently cached.
+    pub fn cached_modules(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
     /// Runs a job to completion on the current thread (call it from a
     /// blocking context: queries block on `input.handle`).
     pub fn run(&self, bytes: &[u8], input: JobInput) -> JobOutcome {

@@ -158,8 +158,10 @@ fn memory_range(
 }
 
 fn read_bytes(caller: &mut C<'_>, ptr: i32, len: i32, max: usize) -> Result<Vec<u8>, i32> {
-    if usize::try_from(len).map_or(true, |l| l > max) {
-        return Err(code::LIMIT_EXCEEDED);
+    match usize::try_from(len) {
+        Err(_) => return Err(code::INVALID_ARGUMENT),
+        Ok(l) if l > max => return Err(code::LIMIT_EXCEEDED),
+        Ok(_) => {}
     }
     let (mem, start, end) = memory_range(caller, ptr, len).ok_or(code::INVALID_ARGUMENT)?;
     mem.data(&*caller)

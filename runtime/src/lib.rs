@@ -11,6 +11,8 @@ mod engine;
 mod error;
 pub mod host;
 mod limits;
+#[cfg(test)]
+mod tests;
 
 pub use engine::{JobInput, JobOutcome, ModuleInfo, Runtime, Usage};
 pub use error::JobError;

@@ -334,3 +334,38 @@ fn released_result_is_arrow_ipc_with_only_large_groups() {
         );
     }
 }
+
+/// A job running when the server is killed is closed as `interrupted` on
+/// the next start; nothing of it is released.
+#[test]
+fn a_job_interrupted_by_a_crash_is_closed_on_restart() {
+    let mut w = world(
+        300,
+        5.0,
+        &["--job-timeout-ms", "60000", "--job-fuel", "100000000000"],
+    );
+    let forever = invis_tests::wat(
+        r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (loop $l (br $l)) (i32.const 0)))"#,
+    );
+    let path = format!("/v1/developer/agreements/{}/jobs", w.agreement);
+    let r = w.developer.post_raw(&path, &forever, "application/wasm");
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (op, reg, dev) = (
+        token_of(&w.server.operator),
+        token_of(&w.server.regulator),
+        token_of(&w.developer),
+    );
+    w.server.kill();
+    let server = Server::spawn(&w.server.dir.clone(), &[], &op, &reg).expect("restart");
+    let dev = server.operator.anonymous().as_token(&dev);
+    let job = dev.get(&format!("/v1/developer/jobs/{id}")).ok();
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["kind"], "interrupted");
+    assert_eq!(
+        dev.get(&format!("/v1/developer/jobs/{id}/output")).status,
+        409
+    );
+    w.server = server;
+}

@@ -1,0 +1,282 @@
+//! Hostile and malformed modules against the runtime alone (no data door):
+//! each is stopped with the right `JobError` and the runtime stays usable.
+
+use crate::{JobError, JobInput, JobLimits, Runtime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+fn rt() -> (Runtime, tokio::runtime::Runtime) {
+    (
+        Runtime::new().unwrap(),
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+    )
+}
+
+fn input(tokio: &tokio::runtime::Runtime, limits: JobLimits) -> JobInput {
+    JobInput {
+        scope: None,
+        params: b"hello params".to_vec(),
+        limits,
+        handle: tokio.handle().clone(),
+        cancel: Arc::new(AtomicBool::new(false)),
+    }
+}
+
+fn run(src: &str, limits: JobLimits) -> crate::JobOutcome {
+    let (r, t) = rt();
+    let bytes = wat::parse_str(src).unwrap();
+    r.run(&bytes, input(&t, limits))
+}
+
+const IMPORTS: &str = r#"
+  (import "invis_v1" "query" (func $query (param i32 i32) (result i64)))
+  (import "invis_v1" "error_read" (func $error_read (param i32 i32) (result i32)))
+  (import "invis_v1" "emit" (func $emit (param i32 i32) (result i32)))
+  (import "invis_v1" "log" (func $log (param i32 i32) (result i32)))
+  (import "invis_v1" "params_len" (func $params_len (result i32)))
+  (import "invis_v1" "params_read" (func $params_read (param i32 i32) (result i32)))
+  (memory (export "memory") 1)"#;
+
+#[test]
+fn a_well_behaved_job_emits_its_params() {
+    let out = run(
+        &format!(
+            r#"(module {IMPORTS}
+  (func (export "run") (result i32)
+    (local $n i32)
+    (local.set $n (call $params_read (i32.const 0) (call $params_len)))
+    (drop (call $emit (i32.const 0) (local.get $n)))
+    (drop (call $log (i32.const 0) (i32.const 5)))
+    (i32.const 0)))"#
+        ),
+        JobLimits::default(),
+    );
+    assert_eq!(out.result.unwrap(), b"hello params");
+    assert_eq!(out.logs, vec!["hello".to_string()]);
+    assert!(out.usage.fuel > 0 && out.usage.host_calls == 4);
+}
+
+#[test]
+fn infinite_loop_runs_out_of_fuel() {
+    let out = run(
+        r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (loop $l (br $l)) (i32.const 0)))"#,
+        JobLimits {
+            fuel: 50_000_000,
+            ..JobLimits::default()
+        },
+    );
+    assert_eq!(out.result.unwrap_err(), JobError::OutOfFuel);
+}
+
+#[test]
+fn infinite_loop_hits_the_deadline_when_fuel_is_plenty() {
+    let started = std::time::Instant::now();
+    let out = run(
+        r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (loop $l (br $l)) (i32.const 0)))"#,
+        JobLimits {
+            fuel: 100_000_000_000,
+            timeout_ms: 200,
+            ..JobLimits::default()
+        },
+    );
+    assert_eq!(out.result.unwrap_err(), JobError::DeadlineExceeded);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn memory_growth_bomb_hits_the_cap() {
+    let out = run(
+        r#"(module (memory (export "memory") 1)
+  (func (export "run") (result i32)
+    (loop $l (if (i32.ge_s (memory.grow (i32.const 1)) (i32.const 0)) (then (br $l))))
+    (unreachable)))"#,
+        JobLimits {
+            memory_bytes: 4 << 20,
+            ..JobLimits::default()
+        },
+    );
+    assert_eq!(out.result.unwrap_err(), JobError::MemoryLimit);
+    assert!(out.usage.peak_memory_bytes <= 4 << 20);
+}
+
+#[test]
+fn a_memory_larger_than_the_cap_cannot_even_start() {
+    let out = run(
+        r#"(module (memory (export "memory") 1000) (func (export "run") (result i32) (i32.const 0)))"#,
+        JobLimits {
+            memory_bytes: 1 << 20,
+            ..JobLimits::default()
+        },
+    );
+    assert_eq!(out.result.unwrap_err(), JobError::MemoryLimit);
+}
+
+#[test]
+fn deep_recursion_is_a_stack_overflow_trap() {
+    let out = run(
+        r#"(module (memory (export "memory") 1)
+  (func $f (param i32) (result i32) (call $f (i32.add (local.get 0) (i32.const 1))))
+  (func (export "run") (result i32) (call $f (i32.const 0))))"#,
+        JobLimits::default(),
+    );
+    assert_eq!(
+        out.result.unwrap_err(),
+        JobError::GuestTrap("stack overflow".into())
+    );
+}
+
+#[test]
+fn huge_output_is_stopped() {
+    let out = run(
+        &format!(
+            r#"(module {IMPORTS}
+  (func (export "run") (result i32)
+    (loop $l (drop (call $emit (i32.const 0) (i32.const 65536))) (br $l))
+    (i32.const 0)))"#
+        ),
+        JobLimits {
+            output_bytes: 1 << 20,
+            ..JobLimits::default()
+        },
+    );
+    assert!(
+        matches!(out.result, Err(JobError::LimitExceeded(ref m)) if m.contains("output")),
+        "{:?}",
+        out.result
+    );
+}
+
+#[test]
+fn a_flood_of_host_calls_is_stopped() {
+    let out = run(
+        &format!(
+            r#"(module {IMPORTS}
+  (func (export "run") (result i32) (loop $l (drop (call $params_len)) (br $l)) (i32.const 0)))"#
+        ),
+        JobLimits {
+            host_calls: 1000,
+            ..JobLimits::default()
+        },
+    );
+    assert!(
+        matches!(out.result, Err(JobError::LimitExceeded(ref m)) if m.contains("host calls")),
+        "{:?}",
+        out.result
+    );
+    assert_eq!(out.usage.host_calls, 1001);
+}
+
+#[test]
+fn bad_pointers_are_error_codes_not_crashes() {
+    let out = run(
+        &format!(
+            r#"(module {IMPORTS}
+  (func (export "run") (result i32)
+    (if (i32.ne (call $emit (i32.const 65000) (i32.const 1000)) (i32.const -1)) (then (return (i32.const 10))))
+    (if (i32.ne (call $emit (i32.const -5) (i32.const 1)) (i32.const -1)) (then (return (i32.const 11))))
+    (if (i32.ne (call $log (i32.const 0) (i32.const -1)) (i32.const -1)) (then (return (i32.const 12))))
+    (if (i32.ne (call $params_read (i32.const 65530) (i32.const 100)) (i32.const -1)) (then (return (i32.const 13))))
+    (i32.const 0)))"#
+        ),
+        JobLimits::default(),
+    );
+    assert_eq!(out.result.unwrap(), b"");
+}
+
+#[test]
+fn queries_without_a_data_door_are_refused_with_a_readable_error() {
+    let out = run(
+        &format!(
+            r#"(module {IMPORTS}
+  (data (i32.const 0) "SELECT 1")
+  (func (export "run") (result i32)
+    (local $n i32)
+    (if (i64.ne (call $query (i32.const 0) (i32.const 8)) (i64.const -4)) (then (return (i32.const 1))))
+    (local.set $n (call $error_read (i32.const 100) (i32.const 200)))
+    (drop (call $emit (i32.const 100) (local.get $n)))
+    (i32.const 0)))"#
+        ),
+        JobLimits::default(),
+    );
+    assert_eq!(
+        String::from_utf8(out.result.unwrap()).unwrap(),
+        "this run has no data access"
+    );
+}
+
+#[test]
+fn cancellation_stops_a_running_job() {
+    let (r, t) = rt();
+    let bytes =
+        wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (loop $l (br $l)) (i32.const 0)))"#)
+            .unwrap();
+    let mut inp = input(
+        &t,
+        JobLimits {
+            fuel: 100_000_000_000,
+            ..JobLimits::default()
+        },
+    );
+    let cancel = inp.cancel.clone();
+    inp.params.clear();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        cancel.store(true, Ordering::SeqCst);
+    });
+    let out = r.run(&bytes, inp);
+    assert!(
+        matches!(out.result, Err(JobError::Cancelled(_))),
+        "{:?}",
+        out.result
+    );
+}
+
+#[test]
+fn invalid_modules_are_refused_before_running() {
+    let (r, _t) = rt();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"not wasm at all".to_vec(), "not a WebAssembly binary"),
+        (b"\0asm\x01\0\0\0\x05".to_vec(), "does not validate"),
+        (
+            wat::parse_str(r#"(module (import "env" "clock" (func)) (memory (export "memory") 1) (func (export "run") (result i32) (i32.const 0)))"#).unwrap(),
+            "not part of the host ABI",
+        ),
+        (
+            wat::parse_str(r#"(module (import "invis_v1" "socket" (func)) (memory (export "memory") 1) (func (export "run") (result i32) (i32.const 0)))"#).unwrap(),
+            "not a function of the host ABI",
+        ),
+        (
+            wat::parse_str(r#"(module (import "invis_v1" "memory" (memory 1)) (func (export "run") (result i32) (i32.const 0)))"#).unwrap(),
+            "not part of the host ABI",
+        ),
+        (wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "run") (param i32) (result i32) (i32.const 0)))"#).unwrap(), "() -> i32"),
+        (vec![0u8; crate::MAX_MODULE_BYTES + 1], "larger than"),
+    ];
+    for (bytes, needle) in cases {
+        match r.load(&bytes) {
+            Err(JobError::InvalidModule(m)) => {
+                assert!(m.contains(needle), "`{m}` lacks `{needle}`")
+            }
+            other => panic!(
+                "expected an invalid module ({needle}), got {:?}",
+                other.map(|(i, _)| i)
+            ),
+        }
+    }
+}
+
+#[test]
+fn compiled_modules_are_cached_by_hash() {
+    let (r, _t) = rt();
+    let bytes = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let (a, _) = r.load(&bytes).unwrap();
+    let (b, _) = r.load(&bytes).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(r.cached_modules(), 1);
+}
