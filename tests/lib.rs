@@ -35,10 +35,7 @@ pub fn invis() -> &'static Path {
             .and_then(Path::parent)
             .expect("target profile directory")
             .to_path_buf();
-        let target = profile_dir
-            .parent()
-            .expect("target directory")
-            .to_path_buf();
+        let target = profile_dir.parent().expect("target directory").to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(workspace())
@@ -82,17 +79,11 @@ impl Reply {
     }
     /// The `error.code` of an error body.
     pub fn code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
+        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
     }
     /// The `error.message` of an error body.
     pub fn message(&self) -> String {
-        self.json()["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
+        self.json()["error"]["message"].as_str().unwrap_or("").to_string()
     }
     /// The body as text.
     pub fn text(&self) -> String {
@@ -245,12 +236,7 @@ impl Server {
     }
 
     /// Starts a server on an existing data directory.
-    pub fn spawn(
-        dir: &Path,
-        extra: ServeArgs<'_>,
-        operator: &str,
-        regulator: &str,
-    ) -> Result<Server> {
+    pub fn spawn(dir: &Path, extra: ServeArgs<'_>, operator: &str, regulator: &str) -> Result<Server> {
         let mut child = Command::new(invis())
             .args([
                 "serve",
@@ -302,10 +288,7 @@ impl Server {
     pub fn ledger_size(&self) -> usize {
         let r = self.regulator.get("/v1/regulator/ledger");
         assert_eq!(r.status, 200);
-        r.text()
-            .lines()
-            .filter(|l| l.starts_with("{\"hash\""))
-            .count()
+        r.text().lines().filter(|l| l.starts_with("{\"hash\"")).count()
     }
 }
 

@@ -56,12 +56,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// The latest version of every dataset.
 pub(crate) fn current_datasets(st: &AppState) -> ApiResult<Vec<DatasetRecord>> {
     let all: Vec<DatasetRecord> = st.store.list(crate::store::Table::Datasets, None)?;
-    let mut latest: std::collections::BTreeMap<String, DatasetRecord> =
-        std::collections::BTreeMap::new();
+    let mut latest: std::collections::BTreeMap<String, DatasetRecord> = std::collections::BTreeMap::new();
     for d in all {
-        let newer = latest
-            .get(&d.name)
-            .is_none_or(|cur| d.version > cur.version);
+        let newer = latest.get(&d.name).is_none_or(|cur| d.version > cur.version);
         if newer {
             latest.insert(d.name.clone(), d);
         }
@@ -102,10 +99,7 @@ pub fn router(state: AppState) -> Router {
             post(operator::propose_scenario).get(operator::list_scenarios),
         )
         .route("/applications", get(operator::list_applications))
-        .route(
-            "/applications/{id}/decision",
-            post(operator::decide_application),
-        );
+        .route("/applications/{id}/decision", post(operator::decide_application));
     let regulator = Router::new()
         .route("/parties", get(operator::list_parties))
         .route("/scenarios", get(regulator::list_scenarios))
@@ -134,22 +128,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/catalog", get(catalog::list))
         .route("/v1/catalog/{name}", get(catalog::detail))
         .route("/v1/ledger/public-key", get(regulator::public_key))
-        .nest(
-            "/v1/provider",
-            role_routes(&state, Role::Provider, provider),
-        )
-        .nest(
-            "/v1/operator",
-            role_routes(&state, Role::Operator, operator),
-        )
-        .nest(
-            "/v1/regulator",
-            role_routes(&state, Role::Regulator, regulator),
-        )
-        .nest(
-            "/v1/developer",
-            role_routes(&state, Role::Developer, developer),
-        )
+        .nest("/v1/provider", role_routes(&state, Role::Provider, provider))
+        .nest("/v1/operator", role_routes(&state, Role::Operator, operator))
+        .nest("/v1/regulator", role_routes(&state, Role::Regulator, regulator))
+        .nest("/v1/developer", role_routes(&state, Role::Developer, developer))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

@@ -47,10 +47,7 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Actor, Ap
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         if let Some(actor) = parts.extensions.get::<Actor>() {
             return Ok(Auth(actor.clone()));
         }

@@ -30,8 +30,7 @@ pub async fn run(enterprises: usize, iterations: usize) -> Result<()> {
         token_key: TokenKey::new(&[1u8; 32]),
         memory_limit: 4 << 30,
     };
-    let case =
-        |name: &str, sql: &str, raw: &str| (name.to_string(), sql.to_string(), raw.to_string());
+    let case = |name: &str, sql: &str, raw: &str| (name.to_string(), sql.to_string(), raw.to_string());
     let cases = vec![
         case(
             "count by industry, district (register)",

@@ -35,21 +35,14 @@ impl Reply {
     }
     /// The error message of an error body.
     pub fn error_message(&self) -> String {
-        self.json()["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
+        self.json()["error"]["message"].as_str().unwrap_or("").to_string()
     }
     /// Fails unless the status is 2xx.
     pub fn ok(self) -> Result<Reply> {
         if (200..300).contains(&self.status) {
             Ok(self)
         } else {
-            anyhow::bail!(
-                "HTTP {}: {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
+            anyhow::bail!("HTTP {}: {}", self.status, String::from_utf8_lossy(&self.body))
         }
     }
 }

@@ -233,9 +233,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    println!(
-        "Invis demo: a bank's small-business credit scenario on public data that stays invisible\n"
-    );
+    println!("Invis demo: a bank's small-business credit scenario on public data that stays invisible\n");
     let t = Instant::now();
     let files = data::generate(&root.join("data"), opts.enterprises)?;
     say(
@@ -273,10 +271,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let result = tokio::task::spawn_blocking(move || script(&base, &boot, &files, &root)).await?;
     server.abort();
     result?;
-    println!(
-        "\ndemo finished in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("\ndemo finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -304,17 +299,10 @@ fn script(
     let mut providers = Vec::new();
     for (name, spec) in dataset_specs(files) {
         let p = expect_ok(
-            operator.post(
-                "/v1/operator/parties",
-                &json!({"name": name, "role": "provider"}),
-            )?,
+            operator.post("/v1/operator/parties", &json!({"name": name, "role": "provider"}))?,
             "create provider",
         )?;
-        providers.push((
-            anon.with_token(p["token"].as_str().unwrap_or("")),
-            name,
-            spec,
-        ));
+        providers.push((anon.with_token(p["token"].as_str().unwrap_or("")), name, spec));
     }
     let dev = expect_ok(
         operator.post(
@@ -332,10 +320,7 @@ fn script(
     // 1. Providers register datasets.
     println!();
     for (client, name, spec) in &providers {
-        let d = expect_ok(
-            client.post("/v1/provider/datasets", spec)?,
-            "register dataset",
-        )?;
+        let d = expect_ok(client.post("/v1/provider/datasets", spec)?, "register dataset")?;
         let rules: Vec<String> = d["columns"]
             .as_array()
             .map(|cs| {
@@ -358,11 +343,7 @@ fn script(
                 d["name"].as_str().unwrap_or(""),
                 d["version"],
                 d["rows"],
-                d["version_hash"]
-                    .as_str()
-                    .unwrap_or("")
-                    .get(..12)
-                    .unwrap_or(""),
+                d["version_hash"].as_str().unwrap_or("").get(..12).unwrap_or(""),
                 rules.join(" ")
             ),
         );
@@ -370,14 +351,13 @@ fn script(
 
     // 2. The catalog with synthetic desensitized sample rows.
     let cat = expect_ok(developer.get("/v1/catalog/enterprise_register")?, "catalog")?;
-    say("catalog", "enterprise_register sample (synthetic rows through the desensitization rules; no real value):");
+    say(
+        "catalog",
+        "enterprise_register sample (synthetic rows through the desensitization rules; no real value):",
+    );
     let header: Vec<String> = cat["sample"]["columns"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|v| v.as_str().unwrap_or("").to_string())
-                .collect()
-        })
+        .map(|a| a.iter().map(|v| v.as_str().unwrap_or("").to_string()).collect())
         .unwrap_or_default();
     let rows: Vec<Vec<String>> = cat["sample"]["rows"]
         .as_array()
@@ -464,10 +444,7 @@ fn script(
     let jobs_path = format!("/v1/developer/agreements/{ag_id}/jobs?wait=true");
     let early = developer.post_bytes(&jobs_path, BANK_CREDIT_WASM, "application/wasm")?;
     if early.status != 403 {
-        bail!(
-            "a job before signing must be refused, got HTTP {}",
-            early.status
-        );
+        bail!("a job before signing must be refused, got HTTP {}", early.status);
     }
     say(
         "developer",
@@ -478,10 +455,7 @@ fn script(
         ),
     );
     expect_ok(
-        developer.post(
-            &format!("/v1/developer/agreements/{ag_id}/sign"),
-            &json!({}),
-        )?,
+        developer.post(&format!("/v1/developer/agreements/{ag_id}/sign"), &json!({}))?,
         "sign",
     )?;
     say("developer", "signed the agreement: access is open");
@@ -624,13 +598,7 @@ fn script(
             .as_array()
             .map(|l| {
                 l.iter()
-                    .map(|e| {
-                        format!(
-                            "#{} {}",
-                            e["seq"],
-                            e["entry"]["action"].as_str().unwrap_or("")
-                        )
-                    })
+                    .map(|e| format!("#{} {}", e["seq"], e["entry"]["action"].as_str().unwrap_or("")))
                     .collect()
             })
             .unwrap_or_default();
@@ -650,10 +618,7 @@ fn script(
         );
     }
     let export = regulator.get("/v1/regulator/ledger")?.ok()?;
-    let key = expect_ok(
-        regulator.get("/v1/regulator/ledger/public-key")?,
-        "public key",
-    )?;
+    let key = expect_ok(regulator.get("/v1/regulator/ledger/public-key")?, "public key")?;
     let key = hex::decode(key["public_key"].as_str().unwrap_or(""))?;
     let path = root.join("ledger-export.ndjson");
     std::fs::write(&path, &export.body)?;

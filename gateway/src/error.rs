@@ -54,9 +54,7 @@ impl ApiError {
             ApiError::PolicyViolation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "policy_violation"),
             ApiError::BudgetExhausted(_) => (StatusCode::CONFLICT, "budget_exhausted"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ApiError::ResourcesExhausted(_) => {
-                (StatusCode::TOO_MANY_REQUESTS, "resources_exhausted")
-            }
+            ApiError::ResourcesExhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "resources_exhausted"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -109,9 +107,7 @@ impl From<sandbox::Error> for ApiError {
 impl From<runtime::JobError> for ApiError {
     fn from(e: runtime::JobError) -> Self {
         match e {
-            runtime::JobError::InvalidModule(m) => {
-                ApiError::BadRequest(format!("invalid module: {m}"))
-            }
+            runtime::JobError::InvalidModule(m) => ApiError::BadRequest(format!("invalid module: {m}")),
             runtime::JobError::Internal(m) => ApiError::Internal(m),
             other => ApiError::Conflict(other.to_string()),
         }

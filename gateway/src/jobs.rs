@@ -52,8 +52,7 @@ impl Accountant for StoreAccountant {
                     .ok_or_else(|| ApiError::Internal("agreement vanished".into()))?;
                 let now = Utc::now();
                 ag.check_open(now)?;
-                let after =
-                    charge_in(tx, &self.developer.id, &self.scenario_id, cost, &self.limit)?;
+                let after = charge_in(tx, &self.developer.id, &self.scenario_id, cost, &self.limit)?;
                 append(
                     tx,
                     NewEntry::by(
@@ -145,10 +144,7 @@ pub async fn submit(
     .await?;
     ag.check_open(Utc::now())?;
     if sc.status != ScenarioStatus::Approved {
-        return Err(ApiError::Forbidden(format!(
-            "scenario {} is not approved",
-            sc.id
-        )));
+        return Err(ApiError::Forbidden(format!("scenario {} is not approved", sc.id)));
     }
     let rt = st.runtime.clone();
     let bytes = module.clone();
@@ -227,9 +223,7 @@ pub async fn wait(st: &AppState, job_id: &str) -> ApiResult<JobRecord> {
             return Ok(job);
         }
         if started.elapsed() > limit {
-            return Err(ApiError::Internal(format!(
-                "job {job_id} did not finish in time"
-            )));
+            return Err(ApiError::Internal(format!("job {job_id} did not finish in time")));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
@@ -333,15 +327,9 @@ async fn run(
         let datasets = current_datasets(&s)?;
         let mut tables = Vec::new();
         for t in &sc.spec.tables {
-            let d = datasets
-                .iter()
-                .find(|d| d.name == t.dataset)
-                .ok_or_else(|| {
-                    ApiError::Forbidden(format!(
-                        "dataset `{}` is no longer in the catalog",
-                        t.dataset
-                    ))
-                })?;
+            let d = datasets.iter().find(|d| d.name == t.dataset).ok_or_else(|| {
+                ApiError::Forbidden(format!("dataset `{}` is no longer in the catalog", t.dataset))
+            })?;
             tables.push(TableVersion {
                 spec: d.spec.clone(),
                 version: d.profile.version.clone(),
@@ -413,11 +401,7 @@ async fn finish(
     accountant: &StoreAccountant,
     outcome: JobOutcome,
 ) -> ApiResult<()> {
-    let seqs = accountant
-        .released
-        .lock()
-        .map(|v| v.clone())
-        .unwrap_or_default();
+    let seqs = accountant.released.lock().map(|v| v.clone()).unwrap_or_default();
     job.queries = outcome
         .releases
         .iter()
@@ -430,11 +414,7 @@ async fn finish(
             output_hash: l.output_hash.clone(),
         })
         .collect();
-    let mut tables: Vec<sandbox::TableRef> = outcome
-        .releases
-        .iter()
-        .flat_map(|l| l.tables.clone())
-        .collect();
+    let mut tables: Vec<sandbox::TableRef> = outcome.releases.iter().flat_map(|l| l.tables.clone()).collect();
     tables.sort_by(|a, b| (&a.dataset, &a.version).cmp(&(&b.dataset, &b.version)));
     tables.dedup();
     job.tables = tables;

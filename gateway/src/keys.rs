@@ -44,8 +44,8 @@ impl Keys {
         let rng = SystemRandom::new();
         let lpath = kdir.join("ledger.ed25519.pk8");
         if !lpath.exists() {
-            let doc = Ed25519KeyPair::generate_pkcs8(&rng)
-                .map_err(|_| anyhow::anyhow!("key generation failed"))?;
+            let doc =
+                Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("key generation failed"))?;
             write_private(&lpath, doc.as_ref())?;
         }
         let pk8 = std::fs::read(&lpath)?;

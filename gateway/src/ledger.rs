@@ -6,8 +6,7 @@ use crate::keys::Keys;
 use crate::store::Store;
 use chrono::Utc;
 use scenarios::ledger::{
-    merkle_root, parse_hash, Checkpoint, ExportEntry, ExportHeader, Hash, SignedCheckpoint,
-    EXPORT_FORMAT,
+    merkle_root, parse_hash, Checkpoint, ExportEntry, ExportHeader, Hash, SignedCheckpoint, EXPORT_FORMAT,
 };
 use std::io::Write;
 

@@ -157,8 +157,7 @@ fn read_key(arg: &str) -> Result<Vec<u8>> {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("INVIS_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("INVIS_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -244,16 +243,14 @@ async fn main() -> Result<()> {
             json,
         } => {
             let key = public_key.as_deref().map(read_key).transpose()?;
-            let text = std::fs::read_to_string(&export)
-                .with_context(|| format!("reading {}", export.display()))?;
+            let text =
+                std::fs::read_to_string(&export).with_context(|| format!("reading {}", export.display()))?;
             match scenarios::ledger::verify_export(text.lines(), key.as_deref()) {
                 Ok(r) => {
                     if json {
                         println!(
                             "{}",
-                            serde_json::to_string_pretty(
-                                &serde_json::json!({"ok": true, "report": r})
-                            )?
+                            serde_json::to_string_pretty(&serde_json::json!({"ok": true, "report": r}))?
                         );
                     } else {
                         println!(
@@ -270,9 +267,7 @@ async fn main() -> Result<()> {
                     if json {
                         println!(
                             "{}",
-                            serde_json::to_string_pretty(
-                                &serde_json::json!({"ok": false, "failure": f})
-                            )?
+                            serde_json::to_string_pretty(&serde_json::json!({"ok": false, "failure": f}))?
                         );
                     } else {
                         let at = f

@@ -14,10 +14,7 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> anyhow
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if closed > 0 {
-        tracing::warn!(
-            jobs = closed,
-            "closed jobs interrupted by the previous shutdown"
-        );
+        tracing::warn!(jobs = closed, "closed jobs interrupted by the previous shutdown");
     }
     let app = crate::router(state);
     axum::serve(listener, app).await?;
@@ -62,10 +59,7 @@ pub fn bootstrap(
     let mut out = Vec::new();
     store
         .tx(|tx| {
-            for (name, role) in [
-                (operator_name, Role::Operator),
-                (regulator_name, Role::Regulator),
-            ] {
+            for (name, role) in [(operator_name, Role::Operator), (regulator_name, Role::Regulator)] {
                 let (token, hash) = new_token();
                 let p = Party {
                     id: new_id("pt"),
@@ -76,11 +70,7 @@ pub fn bootstrap(
                 Store::insert_party(tx, &p, &hash)?;
                 append(
                     tx,
-                    NewEntry::system(
-                        "party.bootstrap",
-                        &p.id,
-                        json!({"name": p.name, "role": role}),
-                    ),
+                    NewEntry::system("party.bootstrap", &p.id, json!({"name": p.name, "role": role})),
                     Utc::now(),
                 )?;
                 out.push(Bootstrapped {

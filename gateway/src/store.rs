@@ -176,9 +176,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
         let version: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
-                r.get(0)
-            })
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
             .optional()?;
         match version.as_deref() {
             None => {
@@ -260,9 +258,8 @@ impl Store {
     /// All parties.
     pub fn parties(&self) -> ApiResult<Vec<Party>> {
         self.read(|c| {
-            let mut st = c.prepare(
-                "SELECT id, name, role, created_at FROM parties ORDER BY created_at, id",
-            )?;
+            let mut st =
+                c.prepare("SELECT id, name, role, created_at FROM parties ORDER BY created_at, id")?;
             let rows = st.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -305,11 +302,7 @@ impl Store {
     }
 
     /// Lists bodies of `table` where `column = value` (or all when `None`).
-    pub fn list<T: DeserializeOwned>(
-        &self,
-        table: Table,
-        filter: Option<(&str, &str)>,
-    ) -> ApiResult<Vec<T>> {
+    pub fn list<T: DeserializeOwned>(&self, table: Table, filter: Option<(&str, &str)>) -> ApiResult<Vec<T>> {
         self.read(|c| list_in(c, table, filter))
     }
 
@@ -335,10 +328,8 @@ impl Store {
     pub fn module(&self, hash: &str) -> ApiResult<Option<Vec<u8>>> {
         self.read(|c| {
             Ok(
-                c.query_row("SELECT bytes FROM modules WHERE hash = ?1", [hash], |r| {
-                    r.get(0)
-                })
-                .optional()?,
+                c.query_row("SELECT bytes FROM modules WHERE hash = ?1", [hash], |r| r.get(0))
+                    .optional()?,
             )
         })
     }
@@ -346,13 +337,11 @@ impl Store {
     /// A job's released output.
     pub fn job_output(&self, id: &str) -> ApiResult<Option<Vec<u8>>> {
         self.read(|c| {
-            Ok(
-                c.query_row("SELECT output FROM jobs WHERE id = ?1", [id], |r| {
-                    r.get::<_, Option<Vec<u8>>>(0)
-                })
-                .optional()?
-                .flatten(),
-            )
+            Ok(c.query_row("SELECT output FROM jobs WHERE id = ?1", [id], |r| {
+                r.get::<_, Option<Vec<u8>>>(0)
+            })
+            .optional()?
+            .flatten())
         })
     }
 
@@ -361,19 +350,15 @@ impl Store {
     /// Entries `from..` (at most `limit`).
     pub fn ledger(&self, from: u64, limit: u64) -> ApiResult<Vec<StoredEntry>> {
         self.read(|c| {
-            let mut st = c.prepare(
-                "SELECT seq, hash, body FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
-            )?;
-            let rows = st.query_map(
-                params![from as i64, limit.min(i64::MAX as u64) as i64],
-                |r| {
-                    Ok(StoredEntry {
-                        seq: r.get::<_, i64>(0)? as u64,
-                        hash: r.get(1)?,
-                        body: r.get(2)?,
-                    })
-                },
-            )?;
+            let mut st =
+                c.prepare("SELECT seq, hash, body FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
+            let rows = st.query_map(params![from as i64, limit.min(i64::MAX as u64) as i64], |r| {
+                Ok(StoredEntry {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    hash: r.get(1)?,
+                    body: r.get(2)?,
+                })
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
@@ -381,8 +366,7 @@ impl Store {
     /// Entries about one subject, in order.
     pub fn ledger_for(&self, subject: &str) -> ApiResult<Vec<StoredEntry>> {
         self.read(|c| {
-            let mut st =
-                c.prepare("SELECT seq, hash, body FROM ledger WHERE subject = ?1 ORDER BY seq")?;
+            let mut st = c.prepare("SELECT seq, hash, body FROM ledger WHERE subject = ?1 ORDER BY seq")?;
             let rows = st.query_map([subject], |r| {
                 Ok(StoredEntry {
                     seq: r.get::<_, i64>(0)? as u64,
@@ -396,9 +380,7 @@ impl Store {
 
     /// Number of ledger entries.
     pub fn ledger_size(&self) -> ApiResult<u64> {
-        self.read(|c| {
-            Ok(c.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get::<_, i64>(0))? as u64)
-        })
+        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get::<_, i64>(0))? as u64))
     }
 }
 
@@ -490,9 +472,7 @@ pub fn put_in<T: Serialize>(
     if names.len() != cols.len() {
         return Err(internal("column count mismatch"));
     }
-    let placeholders: Vec<String> = (0..names.len() + 2)
-        .map(|i| format!("?{}", i + 1))
-        .collect();
+    let placeholders: Vec<String> = (0..names.len() + 2).map(|i| format!("?{}", i + 1)).collect();
     // An upsert, not INSERT OR REPLACE: replacing would drop columns that
     // are not part of the document (a job's output).
     let updates: Vec<String> = names
@@ -550,16 +530,18 @@ pub fn charge_in(
     tx.execute(
         "INSERT INTO budgets (developer_id, scenario_id, epsilon_spent, delta_spent) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (developer_id, scenario_id) DO UPDATE SET epsilon_spent = ?3, delta_spent = ?4",
-        params![developer_id, scenario_id, after.epsilon.0 as i64, after.delta.0 as i64],
+        params![
+            developer_id,
+            scenario_id,
+            after.epsilon.0 as i64,
+            after.delta.0 as i64
+        ],
     )?;
     Ok(after)
 }
 
 /// Stores a job's output bytes.
 pub fn set_job_output(tx: &Transaction<'_>, id: &str, output: &[u8]) -> ApiResult<()> {
-    tx.execute(
-        "UPDATE jobs SET output = ?2 WHERE id = ?1",
-        params![id, output],
-    )?;
+    tx.execute("UPDATE jobs SET output = ?2 WHERE id = ?1", params![id, output])?;
     Ok(())
 }

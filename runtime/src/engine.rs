@@ -237,9 +237,7 @@ impl Runtime {
                 .map_err(|e| classify(&store, e))?;
             let run = instance
                 .get_typed_func::<(), i32>(&mut store, "run")
-                .map_err(|e| {
-                    JobError::InvalidModule(format!("export `run` must be () -> i32: {e}"))
-                })?;
+                .map_err(|e| JobError::InvalidModule(format!("export `run` must be () -> i32: {e}")))?;
             let status = run.call(&mut store, ()).map_err(|e| classify(&store, e))?;
             if status != 0 {
                 return Err(JobError::GuestFailed(status));
@@ -328,9 +326,7 @@ fn check_interface(module: &Module) -> Result<(), JobError> {
         }
     }
     if !has_run {
-        return Err(JobError::InvalidModule(
-            "the module does not export `run`".into(),
-        ));
+        return Err(JobError::InvalidModule("the module does not export `run`".into()));
     }
     if !has_memory {
         return Err(JobError::InvalidModule(

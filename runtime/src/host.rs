@@ -18,27 +18,9 @@ use wasmtime::{Caller, Extern, FuncType, Linker, ResourceLimiter, ValType};
 /// Import module name of ABI version 1.
 pub const ABI_MODULE: &str = "invis_v1";
 
-/// Error codes returned by host functions (always negative).
-pub mod code {
-    /// A pointer, length or UTF-8 string was invalid.
-    pub const INVALID_ARGUMENT: i32 = -1;
-    /// The query is outside the scenario's policy.
-    pub const POLICY_VIOLATION: i32 = -2;
-    /// The agreement's privacy budget does not cover the query.
-    pub const BUDGET_EXHAUSTED: i32 = -3;
-    /// Access is closed (no scope, agreement ended, dataset suspended).
-    pub const ACCESS_CLOSED: i32 = -4;
-    /// The SQL does not parse or names unknown tables or columns.
-    pub const INVALID_QUERY: i32 = -5;
-    /// A per-job limit was reached (queries, output, logs).
-    pub const LIMIT_EXCEEDED: i32 = -6;
-    /// `result_read` was called with no result pending.
-    pub const NO_RESULT: i32 = -7;
-    /// The destination buffer is smaller than the pending result.
-    pub const BUFFER_TOO_SMALL: i32 = -8;
-    /// The query failed inside the platform; its budget stays charged.
-    pub const INTERNAL: i32 = -9;
-}
+/// Error codes returned by host functions (always negative). They are
+/// defined once, in the guest SDK, so both sides of the ABI agree.
+pub use invis::code;
 
 /// Fuel charged per host call, on top of the guest's own instructions.
 const HOST_CALL_FUEL: u64 = 10_000;
@@ -142,11 +124,7 @@ pub(crate) struct HostState {
 
 type C<'a> = Caller<'a, HostState>;
 
-fn memory_range(
-    caller: &mut C<'_>,
-    ptr: i32,
-    len: i32,
-) -> Option<(wasmtime::Memory, usize, usize)> {
+fn memory_range(caller: &mut C<'_>, ptr: i32, len: i32) -> Option<(wasmtime::Memory, usize, usize)> {
     let mem = match caller.get_export("memory") {
         Some(Extern::Memory(m)) => m,
         _ => return None,
@@ -198,10 +176,7 @@ fn enter(caller: &mut C<'_>, fuel: u64) -> wasmtime::Result<()> {
         ));
     }
     if caller.data().cancel.load(Ordering::SeqCst) {
-        return Err(stop(
-            caller,
-            JobError::Cancelled("the job was stopped".into()),
-        ));
+        return Err(stop(caller, JobError::Cancelled("the job was stopped".into())));
     }
     if Instant::now() >= caller.data().deadline {
         return Err(stop(caller, JobError::DeadlineExceeded));
@@ -257,13 +232,9 @@ fn host_query(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i64> {
             "this run has no data access",
         )));
     };
-    let remaining = caller
-        .data()
-        .deadline
-        .saturating_duration_since(Instant::now());
+    let remaining = caller.data().deadline.saturating_duration_since(Instant::now());
     let handle = caller.data().handle.clone();
-    let result =
-        handle.block_on(async { tokio::time::timeout(remaining, scope.query(&sql)).await });
+    let result = handle.block_on(async { tokio::time::timeout(remaining, scope.query(&sql)).await });
     match result {
         Err(_) => Err(stop(&mut caller, JobError::DeadlineExceeded)),
         Ok(Err(e)) => {
@@ -291,11 +262,7 @@ fn host_query(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i64> {
 fn host_result_read(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
     enter(&mut caller, HOST_CALL_FUEL)?;
     let Some(pending) = caller.data_mut().pending.take() else {
-        return Ok(fail(
-            &mut caller,
-            code::NO_RESULT,
-            "no query result is pending",
-        ));
+        return Ok(fail(&mut caller, code::NO_RESULT, "no query result is pending"));
     };
     if usize::try_from(len).map_or(true, |l| l < pending.len()) {
         let n = pending.len();
@@ -355,11 +322,7 @@ fn host_emit(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
             caller.data_mut().output.extend_from_slice(&bytes);
             Ok(0)
         }
-        Err(c) => Ok(fail(
-            &mut caller,
-            c,
-            "the emit pointer or length is invalid",
-        )),
+        Err(c) => Ok(fail(&mut caller, c, "the emit pointer or length is invalid")),
     }
 }
 

@@ -13,8 +13,8 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::functions::expr_fn as f;
 use datafusion::logical_expr::{
-    cast, col, create_udf, lit, try_cast, when, ColumnarValue, Expr, LogicalPlan,
-    LogicalPlanBuilder, ScalarUDF, Volatility,
+    cast, col, create_udf, lit, try_cast, when, ColumnarValue, Expr, LogicalPlan, LogicalPlanBuilder,
+    ScalarUDF, Volatility,
 };
 use ring::hmac;
 use scenarios::catalog::{ColumnRule, DatasetSpec, DateUnit, Generalization};
@@ -55,9 +55,7 @@ fn string_map_udf(name: &str, map: impl Fn(&str) -> String + Send + Sync + 'stat
                 .first()
                 .and_then(|a| a.as_any().downcast_ref::<StringArray>())
                 .ok_or_else(|| {
-                    datafusion::error::DataFusionError::Internal(
-                        "string function on a non-string".into(),
-                    )
+                    datafusion::error::DataFusionError::Internal("string function on a non-string".into())
                 })?;
             let mut out = StringBuilder::with_capacity(input.len(), input.len() * 16);
             for i in 0..input.len() {
@@ -119,12 +117,7 @@ fn numeric_check(column: &str, dt: &DataType) -> Result<()> {
 
 /// The expression that presents `column` (of type `dt`) under `rule`, or
 /// `None` for [`ColumnRule::Drop`].
-pub fn rule_expr(
-    column: &str,
-    dt: &DataType,
-    rule: &ColumnRule,
-    key: &TokenKey,
-) -> Result<Option<Expr>> {
+pub fn rule_expr(column: &str, dt: &DataType, rule: &ColumnRule, key: &TokenKey) -> Result<Option<Expr>> {
     let c = col(datafusion::common::Column::from_name(column));
     let e = match rule {
         ColumnRule::Drop => return Ok(None),
@@ -188,10 +181,7 @@ pub fn rule_expr(
                         lit(unit),
                         cast(
                             c,
-                            DataType::Timestamp(
-                                datafusion::arrow::datatypes::TimeUnit::Second,
-                                None,
-                            ),
+                            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Second, None),
                         ),
                     ),
                     dt.clone(),
@@ -217,9 +207,9 @@ pub fn view_plan(raw: LogicalPlan, spec: &DatasetSpec, key: &TokenKey) -> Result
     let unit = col(datafusion::common::Column::from_name(&spec.privacy_unit));
     exprs.push(unit.clone().alias(UNIT_COLUMN));
     for c in &spec.columns {
-        let field = schema.field_with_unqualified_name(&c.name).map_err(|_| {
-            Error::InvalidDataset(format!("column `{}` is missing from the file", c.name))
-        })?;
+        let field = schema
+            .field_with_unqualified_name(&c.name)
+            .map_err(|_| Error::InvalidDataset(format!("column `{}` is missing from the file", c.name)))?;
         if let Some(e) = rule_expr(&c.name, field.data_type(), &c.rule, key)? {
             exprs.push(e.alias(&c.name));
         }

@@ -23,8 +23,8 @@ mod tests;
 pub use error::{Error, Result};
 pub use release::{QueryLineage, TableRef};
 pub use scope::{
-    Accountant, DataPlane, FileFingerprint, JobScope, MemoryAccountant, Release, ScopeConfig,
-    TableData, TableVersion,
+    Accountant, DataPlane, FileFingerprint, JobScope, MemoryAccountant, Release, ScopeConfig, TableData,
+    TableVersion,
 };
 
 /// Arrow, as used by this crate (re-exported so callers need no second copy).

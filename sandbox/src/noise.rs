@@ -91,9 +91,7 @@ pub fn bernoulli(rng: &mut dyn RandomSource, num: u128, den: u128) -> Result<boo
 /// Bernoulli(exp(-num/den)), exact (CKS algorithm 1). Requires `den > 0`.
 pub fn bernoulli_exp(rng: &mut dyn RandomSource, num: u128, den: u128) -> Result<bool> {
     if den == 0 {
-        return Err(Error::Internal(
-            "bernoulli_exp with zero denominator".into(),
-        ));
+        return Err(Error::Internal("bernoulli_exp with zero denominator".into()));
     }
     if num <= den {
         return bernoulli_exp_le1(rng, num, den);
@@ -170,9 +168,7 @@ impl Scale {
         let num = sensitivity
             .checked_mul(share)
             .and_then(|v| v.checked_mul(1_000_000))
-            .ok_or_else(|| {
-                Error::PolicyViolation("sensitivity too large for the noise sampler".into())
-            })?;
+            .ok_or_else(|| Error::PolicyViolation("sensitivity too large for the noise sampler".into()))?;
         if epsilon_micros == 0 || num == 0 {
             return Err(Error::PolicyViolation(
                 "epsilon and sensitivity must be > 0".into(),
@@ -194,17 +190,15 @@ impl Scale {
 pub(crate) mod tests {
     use super::*;
 
-    /// Deterministic generator for repeatable statistical tests (splitmix64).
+    /// Deterministic generator for repeatable statistical tests.
     pub(crate) struct TestRng(pub u64);
     impl RandomSource for TestRng {
         fn fill(&mut self, buf: &mut [u8]) -> Result<()> {
+            let mut g = crate::sample::SplitMix64(self.0);
             for b in buf.iter_mut() {
-                self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = self.0;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                *b = (z ^ (z >> 31)) as u8;
+                *b = g.next_u64() as u8;
             }
+            self.0 = g.0;
             Ok(())
         }
     }
@@ -225,9 +219,7 @@ pub(crate) mod tests {
         let mut rng = TestRng(2);
         let n = 40_000;
         // exp(-1.5) = 0.2231
-        let hits = (0..n)
-            .filter(|_| bernoulli_exp(&mut rng, 3, 2).unwrap())
-            .count();
+        let hits = (0..n).filter(|_| bernoulli_exp(&mut rng, 3, 2).unwrap()).count();
         let p = hits as f64 / n as f64;
         assert!((p - (-1.5f64).exp()).abs() < 0.01, "{p}");
     }

@@ -25,8 +25,8 @@ use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
-    cast, col, BinaryExpr, Expr, ExprSchemable, JoinConstraint, JoinType, LogicalPlan,
-    LogicalPlanBuilder, Operator,
+    cast, col, BinaryExpr, Expr, ExprSchemable, JoinConstraint, JoinType, LogicalPlan, LogicalPlanBuilder,
+    Operator,
 };
 use scenarios::policy::{effective_bounds, ColumnOp};
 use std::collections::HashMap;
@@ -124,8 +124,8 @@ fn function_rule(name: &str) -> Option<&'static [usize]> {
     const FIRST: &[usize] = &[0];
     match name {
         "abs" | "floor" | "ceil" | "lower" | "upper" | "trim" | "btrim" | "ltrim" | "rtrim"
-        | "char_length" | "character_length" | "length" | "coalesce" | "nullif" | "greatest"
-        | "least" | "concat" => Some(NONE),
+        | "char_length" | "character_length" | "length" | "coalesce" | "nullif" | "greatest" | "least"
+        | "concat" => Some(NONE),
         "round" | "substr" | "substring" | "left" | "right" => Some(AFTER_FIRST),
         "date_trunc" | "date_part" | "datepart" => Some(FIRST),
         _ => None,
@@ -161,9 +161,7 @@ impl<'a> Checker<'a> {
         let mut groups = Vec::with_capacity(agg.group_expr.len());
         for g in &agg.group_expr {
             if matches!(g, Expr::GroupingSet(_)) {
-                return refuse(
-                    "GROUPING SETS, ROLLUP and CUBE are not allowed; run one query per grouping",
-                );
+                return refuse("GROUPING SETS, ROLLUP and CUBE are not allowed; run one query per grouping");
             }
             self.expr(g, Use::Group, &schema)?;
             groups.push(g.clone());
@@ -187,9 +185,7 @@ impl<'a> Checker<'a> {
                         ));
                     };
                     let idx = agg.schema.maybe_index_of_column(c).ok_or_else(|| {
-                        Error::PolicyViolation(format!(
-                            "output column `{name}` is not an aggregate"
-                        ))
+                        Error::PolicyViolation(format!("output column `{name}` is not an aggregate"))
                     })?;
                     let src = if idx < ng {
                         OutputRef::Group(idx)
@@ -212,9 +208,7 @@ impl<'a> Checker<'a> {
                 .collect(),
         };
         if !outputs.iter().any(|(_, s)| matches!(s, OutputRef::Agg(_))) && groups.is_empty() {
-            return refuse(
-                "the query releases nothing: select at least one group key or aggregate",
-            );
+            return refuse("the query releases nothing: select at least one group key or aggregate");
         }
 
         let unique = self
@@ -260,15 +254,12 @@ impl<'a> Checker<'a> {
                         j.join_type
                     ));
                 }
-                if j.join_constraint != JoinConstraint::On
-                    && j.join_constraint != JoinConstraint::Using
-                {
+                if j.join_constraint != JoinConstraint::On && j.join_constraint != JoinConstraint::Using {
                     return refuse("unsupported join form");
                 }
                 let left = self.relation(&j.left)?;
                 let right = self.relation(&j.right)?;
-                let mut conds: Vec<Expr> =
-                    j.on.iter().map(|(l, r)| l.clone().eq(r.clone())).collect();
+                let mut conds: Vec<Expr> = j.on.iter().map(|(l, r)| l.clone().eq(r.clone())).collect();
                 if let Some(f) = &j.filter {
                     conds.extend(split_conjunction(f).into_iter().cloned());
                 }
@@ -311,24 +302,16 @@ impl<'a> Checker<'a> {
                 refuse("the query must read a table granted by the scenario")
             }
             LogicalPlan::Union(_) => refuse("UNION is not allowed; run separate queries"),
-            LogicalPlan::Limit(_) => {
-                refuse("LIMIT and OFFSET are not allowed: they select individual rows")
-            }
+            LogicalPlan::Limit(_) => refuse("LIMIT and OFFSET are not allowed: they select individual rows"),
             LogicalPlan::Sort(_) => refuse("ORDER BY inside a query is not allowed"),
             LogicalPlan::Window(_) => {
                 refuse("window functions are not allowed: they can release per-row values")
             }
-            _ => refuse(
-                "unsupported FROM clause; only granted tables and INNER JOIN on the privacy unit",
-            ),
+            _ => refuse("unsupported FROM clause; only granted tables and INNER JOIN on the privacy unit"),
         }
     }
 
-    fn leaf(
-        &mut self,
-        scan: &datafusion::logical_expr::TableScan,
-        qualifier: TableReference,
-    ) -> Result<()> {
+    fn leaf(&mut self, scan: &datafusion::logical_expr::TableScan, qualifier: TableReference) -> Result<()> {
         let provider = source_as_provider(&scan.source)?;
         let name = scan.table_name.table().to_string();
         let any: &dyn std::any::Any = provider.as_ref();
@@ -369,10 +352,7 @@ impl<'a> Checker<'a> {
                 });
                 let first = found.next();
                 if found.next().is_some() {
-                    return Err(Error::InvalidQuery(format!(
-                        "column `{}` is ambiguous",
-                        c.name
-                    )));
+                    return Err(Error::InvalidQuery(format!("column `{}` is ambiguous", c.name)));
                 }
                 first
             }
@@ -420,10 +400,7 @@ impl<'a> Checker<'a> {
             return refuse("self-joins are not allowed");
         }
         for (t, n) in [(lt, &ln), (rt, &rn)] {
-            let granted = t
-                .grant
-                .column(n)
-                .is_some_and(|g| g.ops.contains(&ColumnOp::Join));
+            let granted = t.grant.column(n).is_some_and(|g| g.ops.contains(&ColumnOp::Join));
             if !granted {
                 return refuse(format!(
                     "column `{}.{n}` is not granted as a join key",
@@ -505,10 +482,7 @@ impl<'a> Checker<'a> {
             },
             "sum" | "avg" => {
                 if params.distinct {
-                    return refuse(format!(
-                        "{}(DISTINCT ...) is not allowed",
-                        name.to_uppercase()
-                    ));
+                    return refuse(format!("{}(DISTINCT ...) is not allowed", name.to_uppercase()));
                 }
                 self.expr(arg, Use::Aggregate, schema)?;
                 let (lo, hi) = self.bounds(arg).ok_or_else(|| {
@@ -636,8 +610,8 @@ impl<'a> Checker<'a> {
             Expr::BinaryExpr(b) => {
                 use Operator::*;
                 match b.op {
-                    Eq | NotEq | Lt | LtEq | Gt | GtEq | And | Or | Plus | Minus | Multiply | IsDistinctFrom
-                    | IsNotDistinctFrom | StringConcat => {}
+                    Eq | NotEq | Lt | LtEq | Gt | GtEq | And | Or | Plus | Minus | Multiply
+                    | IsDistinctFrom | IsNotDistinctFrom | StringConcat => {}
                     Divide | Modulo => {
                         let nonzero_literal = match strip_cast(&b.right) {
                             Expr::Literal(v, _) => {
@@ -694,10 +668,15 @@ impl<'a> Checker<'a> {
                 Ok(())
             }
             Expr::Cast(c) => {
-                let from = c.expr.get_type(schema).map_err(|e| Error::InvalidQuery(e.to_string()))?;
+                let from = c
+                    .expr
+                    .get_type(schema)
+                    .map_err(|e| Error::InvalidQuery(e.to_string()))?;
                 let to = c.field.data_type();
                 if !safe_cast(&from, to) {
-                    return refuse(format!("CAST from {from} to {to} can fail on data values; use TRY_CAST"));
+                    return refuse(format!(
+                        "CAST from {from} to {to} can fail on data values; use TRY_CAST"
+                    ));
                 }
                 self.expr(&c.expr, place, schema)
             }
@@ -721,15 +700,20 @@ impl<'a> Checker<'a> {
                 if l.list.len() > 1000 {
                     return refuse("IN lists are limited to 1000 constants");
                 }
-                if l.list.iter().any(|x| !matches!(strip_cast(x), Expr::Literal(_, _))) {
+                if l.list
+                    .iter()
+                    .any(|x| !matches!(strip_cast(x), Expr::Literal(_, _)))
+                {
                     return refuse("IN lists must hold constants");
                 }
                 self.expr(&l.expr, place, schema)
             }
-            Expr::AggregateFunction(_) => {
-                refuse("aggregates are only allowed directly in the SELECT list, not nested or in WHERE/GROUP BY")
+            Expr::AggregateFunction(_) => refuse(
+                "aggregates are only allowed directly in the SELECT list, not nested or in WHERE/GROUP BY",
+            ),
+            Expr::WindowFunction(_) => {
+                refuse("window functions are not allowed: they can release per-row values")
             }
-            Expr::WindowFunction(_) => refuse("window functions are not allowed: they can release per-row values"),
             Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_) | Expr::SetComparison(_) => {
                 refuse("subqueries are not allowed")
             }
@@ -740,9 +724,7 @@ impl<'a> Checker<'a> {
 
     fn column(&self, c: &Column, place: Use) -> Result<()> {
         if c.name == UNIT_COLUMN {
-            return refuse(format!(
-                "column `{UNIT_COLUMN}` is not granted by the scenario"
-            ));
+            return refuse(format!("column `{UNIT_COLUMN}` is not granted by the scenario"));
         }
         let (t, name) = self.resolve(c)?;
         if name == t.spec.privacy_unit {

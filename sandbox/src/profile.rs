@@ -44,13 +44,8 @@ pub struct DatasetProfile {
 
 /// Size and modification time of `path`.
 pub fn fingerprint(path: &str) -> Result<FileFingerprint> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        Error::InvalidDataset(format!(
-            "cannot read `{}`: {}",
-            path.escape_debug(),
-            e.kind()
-        ))
-    })?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::InvalidDataset(format!("cannot read `{}`: {}", path.escape_debug(), e.kind())))?;
     if !meta.is_file() {
         return Err(Error::InvalidDataset(format!(
             "`{}` is not a regular file",
@@ -71,13 +66,8 @@ pub fn fingerprint(path: &str) -> Result<FileFingerprint> {
 
 /// SHA-256 of a file, hex.
 pub fn hash_file(path: &str) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| {
-        Error::InvalidDataset(format!(
-            "cannot open `{}`: {}",
-            path.escape_debug(),
-            e.kind()
-        ))
-    })?;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Error::InvalidDataset(format!("cannot open `{}`: {}", path.escape_debug(), e.kind())))?;
     let mut ctx = Context::new(&SHA256);
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -98,9 +88,7 @@ pub fn hash_file(path: &str) -> Result<String> {
 pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
     spec.validate()?;
     if !std::path::Path::new(&spec.path).is_absolute() {
-        return Err(Error::InvalidDataset(
-            "the dataset path must be absolute".into(),
-        ));
+        return Err(Error::InvalidDataset("the dataset path must be absolute".into()));
     }
     let before = fingerprint(&spec.path)?;
     let version = hash_file(&spec.path)?;
@@ -122,8 +110,7 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
             )));
         }
     }
-    let scan =
-        LogicalPlanBuilder::scan("raw", provider_as_source(provider.clone()), None)?.build()?;
+    let scan = LogicalPlanBuilder::scan("raw", provider_as_source(provider.clone()), None)?.build()?;
     // Building the view checks that every rule fits its column type.
     let view = view_plan(scan, spec, &TokenKey::new(&[0u8; 32]))?;
     let counted = LogicalPlanBuilder::from(view)

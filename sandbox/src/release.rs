@@ -27,9 +27,7 @@
 use crate::noise::{discrete_laplace, RandomSource, Scale};
 use crate::policy::{AggKind, Checked, OutputRef};
 use crate::{Error, Result};
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Builder, Int64Builder, UInt32Array,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Builder, Int64Builder, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches, lexsort_to_indices, take, SortColumn};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -203,11 +201,7 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
     let fast = c.unique;
     let k = i64::from(rules.max_rows_per_unit);
     let needs_l0 = !fast && !c.groups.is_empty() && !c.groups_unit_determined;
-    let l0: u32 = if needs_l0 {
-        rules.max_groups_per_unit
-    } else {
-        1
-    };
+    let l0: u32 = if needs_l0 { rules.max_groups_per_unit } else { 1 };
 
     // Measurements, deduplicated; unit count first.
     let mut kinds = vec![Kind::Units];
@@ -223,14 +217,10 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
                     .ok_or_else(|| Error::Internal("aggregate index".into()))?;
                 match agg {
                     AggKind::CountUnits => OutSpec::Count(0),
-                    AggKind::CountRows => OutSpec::Count(if fast {
-                        0
-                    } else {
-                        index_of(&mut kinds, Kind::Rows)
-                    }),
-                    AggKind::CountNonNull(e) => {
-                        OutSpec::Count(index_of(&mut kinds, non_null(e, c, fast)))
+                    AggKind::CountRows => {
+                        OutSpec::Count(if fast { 0 } else { index_of(&mut kinds, Kind::Rows) })
                     }
+                    AggKind::CountNonNull(e) => OutSpec::Count(index_of(&mut kinds, non_null(e, c, fast))),
                     AggKind::Sum(e, lo, hi) => {
                         bounds.push((e.to_string(), *lo, *hi));
                         OutSpec::Sum {
@@ -261,9 +251,7 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
         match kind {
             Kind::Units => 1,
             Kind::Rows | Kind::NonNull(_) => rows,
-            Kind::Sum(_, lo, hi) => {
-                rows * u128::from(lo.unsigned_abs().max(hi.unsigned_abs()).max(1))
-            }
+            Kind::Sum(_, lo, hi) => rows * u128::from(lo.unsigned_abs().max(hi.unsigned_abs()).max(1)),
         }
     };
     let share = kinds.len() as u128;
@@ -342,8 +330,7 @@ fn value_expr(kind: &Kind, schema: &datafusion::common::DFSchema) -> Result<Opti
                 ])
             } else {
                 let x = try_cast(e.clone(), DataType::Float64);
-                let clamped =
-                    f::least(vec![f::greatest(vec![x, lit(*lo as f64)]), lit(*hi as f64)]);
+                let clamped = f::least(vec![f::greatest(vec![x, lit(*lo as f64)]), lit(*hi as f64)]);
                 try_cast(f::round(vec![clamped]), DataType::Int64)
             })
         }
@@ -449,9 +436,7 @@ fn normalize(a: &ArrayRef) -> Result<ArrayRef> {
     let dt = a.data_type();
     let to = if dt.is_integer() {
         DataType::Int64
-    } else if dt.is_floating()
-        || matches!(dt, DataType::Decimal128(_, _) | DataType::Decimal256(_, _))
-    {
+    } else if dt.is_floating() || matches!(dt, DataType::Decimal128(_, _) | DataType::Decimal256(_, _)) {
         DataType::Float64
     } else {
         DataType::Utf8
@@ -605,10 +590,7 @@ mod tests {
         let t2 = threshold(10, 3.0, 1, 1e-6);
         let t3 = threshold(10, 1.0, 1, 1e-9);
         let t4 = threshold(10, 1.0, 4, 1e-6);
-        assert!(
-            t1 > 10 && t2 > t1 && t3 > t1 && t4 > t1,
-            "{t1} {t2} {t3} {t4}"
-        );
+        assert!(t1 > 10 && t2 > t1 && t3 > t1 && t4 > t1, "{t1} {t2} {t3} {t4}");
         // P[noise >= tau - k + 1] <= delta for the discrete Laplace tail.
         let b: f64 = 2.0;
         let tau = threshold(5, b, 1, 1e-6);

@@ -19,27 +19,33 @@ use datafusion::prelude::SessionContext;
 use scenarios::catalog::{DatasetSpec, Domain};
 use std::sync::Arc;
 
-/// A small deterministic generator (splitmix64); sample data need to be
-/// reproducible, not secret.
-struct Gen(u64);
+/// A small deterministic generator (splitmix64, Steele et al. 2014) for
+/// synthetic data, which must be reproducible, not secret. Never used for
+/// noise: that is [`crate::noise::SystemRng`].
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
 
-impl Gen {
-    fn next(&mut self) -> u64 {
+impl SplitMix64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    /// A value in `[0, n)` (0 when `n` is 0); the modulo bias is irrelevant
+    /// for synthetic data.
+    pub fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    /// A float in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -64,7 +70,7 @@ pub fn sample_batch(
     rows: usize,
     unit_unique: bool,
 ) -> Result<RecordBatch> {
-    let mut g = Gen(seed_of(&spec.name));
+    let mut g = SplitMix64(seed_of(&spec.name));
     let mut fields = Vec::with_capacity(types.len());
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(types.len());
     for (name, dt) in types {
@@ -78,11 +84,7 @@ pub fn sample_batch(
         let array: ArrayRef = if is_unit {
             let mut b = StringBuilder::new();
             for i in 0..rows {
-                let id = if unit_unique {
-                    i as u64
-                } else {
-                    g.below(unit_pool)
-                };
+                let id = if unit_unique { i as u64 } else { g.below(unit_pool) };
                 b.append_value(format!("S{id:06}"));
             }
             cast(&(Arc::new(b.finish()) as ArrayRef), dt).unwrap_or_else(|_| {
@@ -109,9 +111,7 @@ pub fn sample_batch(
                     }
                     let s: ArrayRef = Arc::new(b.finish());
                     cast(&s, dt).map_err(|_| {
-                        Error::InvalidDataset(format!(
-                            "column `{name}`: categories do not fit type {dt}"
-                        ))
+                        Error::InvalidDataset(format!("column `{name}`: categories do not fit type {dt}"))
                     })?
                 }
                 (d, dt) if dt.is_integer() => {
@@ -157,9 +157,7 @@ pub fn sample_batch(
                         b.append_value(format!("{name}-{:04}", g.below(10_000)));
                     }
                     cast(&(Arc::new(b.finish()) as ArrayRef), dt).map_err(|_| {
-                        Error::InvalidDataset(format!(
-                            "column `{name}`: cannot synthesize type {dt}"
-                        ))
+                        Error::InvalidDataset(format!("column `{name}`: cannot synthesize type {dt}"))
                     })?
                 }
             }
@@ -167,10 +165,7 @@ pub fn sample_batch(
         fields.push(Field::new(name, dt.clone(), true));
         columns.push(array);
     }
-    Ok(RecordBatch::try_new(
-        Arc::new(Schema::new(fields)),
-        columns,
-    )?)
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
 }
 
 /// Sample rows as jobs would see them (desensitized), as text cells.
@@ -182,8 +177,7 @@ pub async fn sample_rows(
 ) -> Result<(Vec<String>, Vec<Vec<Option<String>>>)> {
     let batch = sample_batch(spec, types, rows, unit_unique)?;
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
-    let scan =
-        LogicalPlanBuilder::scan("sample", provider_as_source(Arc::new(table)), None)?.build()?;
+    let scan = LogicalPlanBuilder::scan("sample", provider_as_source(Arc::new(table)), None)?.build()?;
     let view = view_plan(scan, spec, &TokenKey::new(&[7u8; 32]))?;
     let ctx = SessionContext::new();
     let out = ctx

@@ -229,9 +229,10 @@ impl DataPlane {
     pub(crate) async fn raw_provider(&self, t: &TableVersion) -> Result<Arc<dyn TableProvider>> {
         match &t.data {
             TableData::Batches(b) => {
-                let schema = b.first().map(|b| b.schema()).ok_or_else(|| {
-                    Error::InvalidDataset(format!("table `{}` has no rows", t.spec.name))
-                })?;
+                let schema = b
+                    .first()
+                    .map(|b| b.schema())
+                    .ok_or_else(|| Error::InvalidDataset(format!("table `{}` has no rows", t.spec.name)))?;
                 Ok(Arc::new(MemTable::try_new(schema, vec![b.clone()])?))
             }
             TableData::File(fp) => {
@@ -256,38 +257,25 @@ impl DataPlane {
     }
 
     /// Opens a job's scope over the granted tables.
-    pub async fn open(
-        &self,
-        cfg: ScopeConfig,
-        accountant: Arc<dyn Accountant>,
-    ) -> Result<JobScope> {
+    pub async fn open(&self, cfg: ScopeConfig, accountant: Arc<dyn Accountant>) -> Result<JobScope> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(cfg.memory_limit, 1.0)
             .build_arc()?;
         let config = SessionConfig::new()
             .with_information_schema(false)
-            .with_target_partitions(
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2),
-            );
+            .with_target_partitions(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let mut tables = HashMap::new();
         for t in &cfg.tables {
             let grant = cfg
                 .scenario
                 .table(&t.spec.name)
-                .ok_or_else(|| {
-                    Error::Internal(format!("table `{}` is not in the scenario", t.spec.name))
-                })?
+                .ok_or_else(|| Error::Internal(format!("table `{}` is not in the scenario", t.spec.name)))?
                 .clone();
             let raw = self.raw_provider(t).await?;
-            let scan = LogicalPlanBuilder::scan(
-                format!("__raw_{}", t.spec.name),
-                provider_as_source(raw),
-                None,
-            )?
-            .build()?;
+            let scan =
+                LogicalPlanBuilder::scan(format!("__raw_{}", t.spec.name), provider_as_source(raw), None)?
+                    .build()?;
             let plan = view_plan(scan, &t.spec, &cfg.token_key)?;
             let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
             ctx.register_table(
@@ -463,11 +451,7 @@ impl JobScope {
         lineage.output_hash = Some(hex::encode(scenarios::ledger::sha256(&ipc)));
         lineage.output_bytes = Some(ipc.len() as u64);
         self.accountant.release(&lineage)?;
-        Ok(Release {
-            batch,
-            ipc,
-            lineage,
-        })
+        Ok(Release { batch, ipc, lineage })
     }
 }
 
@@ -492,10 +476,7 @@ fn planning_message(e: &DataFusionError) -> String {
     .find_map(|p| s.strip_prefix(p).map(str::to_string))
     .unwrap_or(s);
     if s.len() > 400 {
-        let cut = (0..=400)
-            .rev()
-            .find(|i| s.is_char_boundary(*i))
-            .unwrap_or(0);
+        let cut = (0..=400).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
         s.truncate(cut);
         s.push_str("...");
     }

@@ -13,10 +13,7 @@ use serde_json::json;
 use std::sync::Arc;
 
 fn pums(file: &str) -> String {
-    format!(
-        "{}/../../shared/data/pums/{file}",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    format!("{}/../../shared/data/pums/{file}", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn spec(file: &str, name: &str) -> DatasetSpec {
@@ -156,14 +153,8 @@ async fn refused_queries_name_the_rule_and_cost_nothing() {
             "SELECT sex, COUNT(*) FROM pums WHERE random() < 0.5 GROUP BY sex",
             "function `random`",
         ),
-        (
-            "SELECT sex, COUNT(*) FROM pums GROUP BY ROLLUP (sex)",
-            "ROLLUP",
-        ),
-        (
-            "SELECT __unit, COUNT(*) FROM pums GROUP BY __unit",
-            "not granted",
-        ),
+        ("SELECT sex, COUNT(*) FROM pums GROUP BY ROLLUP (sex)", "ROLLUP"),
+        ("SELECT __unit, COUNT(*) FROM pums GROUP BY __unit", "not granted"),
         (
             "SELECT sex, SUM(income) FILTER (WHERE age > 50) FROM pums GROUP BY sex",
             "FILTER",

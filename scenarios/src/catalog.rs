@@ -175,10 +175,7 @@ pub fn validate_identifier(what: &str, name: &str) -> Result<()> {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && name
-            .as_bytes()
-            .first()
-            .is_some_and(|b| b.is_ascii_lowercase())
+        && name.as_bytes().first().is_some_and(|b| b.is_ascii_lowercase())
         && !name.starts_with("__");
     if ok {
         Ok(())
@@ -244,9 +241,7 @@ impl DatasetSpec {
 fn validate_rule(c: &ColumnSpec) -> Result<()> {
     let bad = |m: &str| Err(Error::InvalidRequest(format!("column `{}`: {m}", c.name)));
     match &c.rule {
-        ColumnRule::Generalize(Generalization::Bucket { width })
-            if !(width.is_finite() && *width > 0.0) =>
-        {
+        ColumnRule::Generalize(Generalization::Bucket { width }) if !(width.is_finite() && *width > 0.0) => {
             return bad("bucket width must be a finite number > 0");
         }
         ColumnRule::Generalize(Generalization::Edges { edges }) => {

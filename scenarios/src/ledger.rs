@@ -134,8 +134,7 @@ impl Checkpoint {
             "{EXPORT_FORMAT} checkpoint\nsize {}\nroot {}\ntime {}\n",
             self.size,
             self.root,
-            self.time
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            self.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         )
         .into_bytes()
     }
@@ -208,10 +207,7 @@ pub struct VerifyFailure {
 /// Verifies an export read as lines. `pinned_key` is the operator's public
 /// key obtained out of band; without it the key in the header is used and
 /// the report says so.
-pub fn verify_export<I, S>(
-    lines: I,
-    pinned_key: Option<&[u8]>,
-) -> Result<VerifyReport, VerifyFailure>
+pub fn verify_export<I, S>(lines: I, pinned_key: Option<&[u8]>) -> Result<VerifyReport, VerifyFailure>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
@@ -228,13 +224,8 @@ where
     let (_, header_line) = iter
         .next()
         .ok_or_else(|| fail(None, 1, "the export is empty".into()))?;
-    let header: ExportHeader = serde_json::from_str(header_line.as_ref()).map_err(|e| {
-        fail(
-            None,
-            1,
-            format!("the first line is not an export header: {e}"),
-        )
-    })?;
+    let header: ExportHeader = serde_json::from_str(header_line.as_ref())
+        .map_err(|e| fail(None, 1, format!("the first line is not an export header: {e}")))?;
     if header.format != EXPORT_FORMAT {
         return Err(fail(
             None,
@@ -261,8 +252,8 @@ where
         if value.get("checkpoint").is_some() {
             let sc: SignedCheckpoint = serde_json::from_value(value)
                 .map_err(|e| fail(None, lineno, format!("malformed checkpoint: {e}")))?;
-            let sig = hex::decode(&sc.signature)
-                .map_err(|_| fail(None, lineno, "signature is not hex".into()))?;
+            let sig =
+                hex::decode(&sc.signature).map_err(|_| fail(None, lineno, "signature is not hex".into()))?;
             if !sc.checkpoint.verify(&key, &sig) {
                 return Err(fail(
                     None,
@@ -289,7 +280,9 @@ where
                 return Err(fail(
                     None,
                     lineno,
-                    format!("the entries before this checkpoint do not hash to its signed root (size {size})"),
+                    format!(
+                        "the entries before this checkpoint do not hash to its signed root (size {size})"
+                    ),
                 ));
             }
             last_checkpoint_size = size;
@@ -307,18 +300,16 @@ where
                 format!("entry {seq} was altered: its content does not match its hash"),
             ));
         }
-        let body: EntryBody = serde_json::from_str(&entry.body).map_err(|e| {
-            fail(
-                Some(seq),
-                lineno,
-                format!("entry {seq} body is malformed: {e}"),
-            )
-        })?;
+        let body: EntryBody = serde_json::from_str(&entry.body)
+            .map_err(|e| fail(Some(seq), lineno, format!("entry {seq} body is malformed: {e}")))?;
         if body.seq != seq {
             return Err(fail(
                 Some(seq.min(body.seq)),
                 lineno,
-                format!("expected entry {seq} here but found entry {}: entries were removed or reordered", body.seq),
+                format!(
+                    "expected entry {seq} here but found entry {}: entries were removed or reordered",
+                    body.seq
+                ),
             ));
         }
         let expected_prev = leaves.last().copied().unwrap_or(ZERO_HASH);
@@ -459,17 +450,13 @@ mod tests {
         let mut removed = lines.clone();
         removed.remove(6);
         assert_eq!(
-            verify_export(&removed, Some(&pk))
-                .unwrap_err()
-                .first_bad_entry,
+            verify_export(&removed, Some(&pk)).unwrap_err().first_bad_entry,
             Some(5)
         );
         let mut swapped = lines.clone();
         swapped.swap(3, 4);
         assert_eq!(
-            verify_export(&swapped, Some(&pk))
-                .unwrap_err()
-                .first_bad_entry,
+            verify_export(&swapped, Some(&pk)).unwrap_err().first_bad_entry,
             Some(2)
         );
         let mut truncated = lines.clone();

@@ -109,9 +109,7 @@ impl ReleaseRules {
     /// Refuses parameters that would make releases unsafe or meaningless.
     pub fn validate(&self) -> Result<()> {
         let unsafe_ = |m: String| Err(Error::UnsafeParameter(m));
-        if self.epsilon_per_query < MIN_EPSILON_PER_QUERY
-            || self.epsilon_per_query > MAX_EPSILON_PER_QUERY
-        {
+        if self.epsilon_per_query < MIN_EPSILON_PER_QUERY || self.epsilon_per_query > MAX_EPSILON_PER_QUERY {
             return unsafe_(format!(
                 "epsilon_per_query must be between {MIN_EPSILON_PER_QUERY} and {MAX_EPSILON_PER_QUERY}"
             ));
@@ -132,9 +130,7 @@ impl ReleaseRules {
             ));
         }
         if self.min_group_size < MIN_GROUP_SIZE_FLOOR {
-            return unsafe_(format!(
-                "min_group_size must be at least {MIN_GROUP_SIZE_FLOOR}"
-            ));
+            return unsafe_(format!("min_group_size must be at least {MIN_GROUP_SIZE_FLOOR}"));
         }
         if !(1..=1000).contains(&self.max_rows_per_unit) {
             return unsafe_("max_rows_per_unit must be between 1 and 1000".into());
@@ -185,10 +181,7 @@ impl ScenarioSpec {
     /// Validates the spec against the catalog entries it names. `datasets`
     /// must contain the spec of every granted table.
     pub fn validate<'a>(&self, lookup: impl Fn(&str) -> Option<&'a DatasetSpec>) -> Result<()> {
-        if self.name.trim().is_empty()
-            || self.purpose.trim().is_empty()
-            || self.class.trim().is_empty()
-        {
+        if self.name.trim().is_empty() || self.purpose.trim().is_empty() || self.class.trim().is_empty() {
             return Err(Error::InvalidRequest(
                 "name, class and purpose must not be empty".into(),
             ));
@@ -251,10 +244,7 @@ impl ScenarioSpec {
                     )));
                 }
                 if let Some([lo, hi]) = g.bounds {
-                    if !(lo.is_finite() && hi.is_finite() && lo <= hi)
-                        || lo.abs() > 1e12
-                        || hi.abs() > 1e12
-                    {
+                    if !(lo.is_finite() && hi.is_finite() && lo <= hi) || lo.abs() > 1e12 || hi.abs() > 1e12 {
                         return Err(Error::UnsafeParameter(format!(
                             "column `{}.{}`: bounds must be finite, lo <= hi, and within +-1e12",
                             t.dataset, g.name

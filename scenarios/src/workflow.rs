@@ -14,6 +14,28 @@ use serde::{Deserialize, Serialize};
 /// Review deadline for applications, in working days (R12).
 pub const REVIEW_WORKING_DAYS: u32 = 5;
 
+/// The checks every approve-or-reject decision shares: the decider is not
+/// the requester, the record is still undecided, and a rejection says why.
+fn check_decision(
+    approve: bool,
+    reason: Option<&str>,
+    by: &Actor,
+    requester: &str,
+    undecided: bool,
+    what: &str,
+) -> Result<()> {
+    if by.id == requester {
+        return Err(Error::Forbidden("nobody approves their own request".into()));
+    }
+    if !undecided {
+        return Err(Error::IllegalState(format!("{what} was already decided")));
+    }
+    if !approve && reason.is_none_or(|r| r.trim().is_empty()) {
+        return Err(Error::InvalidRequest("a rejection needs a reason".into()));
+    }
+    Ok(())
+}
+
 /// Lifecycle of a scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,12 +71,7 @@ pub struct Scenario {
 
 impl Scenario {
     /// A new proposal by an operator.
-    pub fn propose(
-        id: String,
-        spec: ScenarioSpec,
-        by: &Actor,
-        at: DateTime<Utc>,
-    ) -> Result<Scenario> {
+    pub fn propose(id: String, spec: ScenarioSpec, by: &Actor, at: DateTime<Utc>) -> Result<Scenario> {
         by.require(Role::Operator)?;
         Ok(Scenario {
             id,
@@ -77,20 +94,9 @@ impl Scenario {
         at: DateTime<Utc>,
     ) -> Result<()> {
         by.require(Role::Regulator)?;
-        if by.id == self.created_by {
-            return Err(Error::Forbidden(
-                "nobody approves their own proposal".into(),
-            ));
-        }
-        if self.status != ScenarioStatus::Pending {
-            return Err(Error::IllegalState(format!(
-                "scenario {} was already decided",
-                self.id
-            )));
-        }
-        if !approve && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
-            return Err(Error::InvalidRequest("a rejection needs a reason".into()));
-        }
+        let undecided = self.status == ScenarioStatus::Pending;
+        let what = format!("scenario {}", self.id);
+        check_decision(approve, reason.as_deref(), by, &self.created_by, undecided, &what)?;
         self.status = if approve {
             ScenarioStatus::Approved
         } else {
@@ -223,18 +229,16 @@ impl Application {
         at: DateTime<Utc>,
     ) -> Result<()> {
         by.require(Role::Operator)?;
-        if by.id == self.developer_id {
-            return Err(Error::Forbidden("nobody approves their own request".into()));
-        }
-        if self.status != ApplicationStatus::Submitted {
-            return Err(Error::IllegalState(format!(
-                "application {} was already decided",
-                self.id
-            )));
-        }
-        if !approve && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
-            return Err(Error::InvalidRequest("a rejection needs a reason".into()));
-        }
+        let undecided = self.status == ApplicationStatus::Submitted;
+        let what = format!("application {}", self.id);
+        check_decision(
+            approve,
+            reason.as_deref(),
+            by,
+            &self.developer_id,
+            undecided,
+            &what,
+        )?;
         self.status = if approve {
             ApplicationStatus::Approved
         } else {
@@ -333,9 +337,7 @@ impl Agreement {
             )));
         }
         if valid_until <= valid_from {
-            return Err(Error::InvalidRequest(
-                "validity must end after it starts".into(),
-            ));
+            return Err(Error::InvalidRequest("validity must end after it starts".into()));
         }
         Ok(Agreement {
             id,
@@ -366,10 +368,7 @@ impl Agreement {
             )));
         }
         if at >= self.valid_until {
-            return Err(Error::IllegalState(format!(
-                "agreement {} has expired",
-                self.id
-            )));
+            return Err(Error::IllegalState(format!("agreement {} has expired", self.id)));
         }
         self.status = AgreementStatus::Active;
         self.signed_at = Some(at);
@@ -387,12 +386,14 @@ impl Agreement {
                 "agreement {} was terminated",
                 self.id
             ))),
-            AgreementStatus::Active if now < self.valid_from => Err(Error::AgreementClosed(
-                format!("agreement {} is not yet valid", self.id),
-            )),
-            AgreementStatus::Active if now >= self.valid_until => Err(Error::AgreementClosed(
-                format!("agreement {} has expired", self.id),
-            )),
+            AgreementStatus::Active if now < self.valid_from => Err(Error::AgreementClosed(format!(
+                "agreement {} is not yet valid",
+                self.id
+            ))),
+            AgreementStatus::Active if now >= self.valid_until => Err(Error::AgreementClosed(format!(
+                "agreement {} has expired",
+                self.id
+            ))),
             AgreementStatus::Active => Ok(()),
         }
     }
@@ -437,29 +438,15 @@ mod tests {
         let reg = actor("reg", Role::Regulator);
         let dev = actor("dev", Role::Developer);
         let mut sc = Scenario::propose("sc".into(), spec(), &op, now).unwrap();
-        let premature = Application::submit(
-            "ap".into(),
-            &sc,
-            materials(),
-            &dev,
-            now,
-            &Calendar::default(),
-        );
+        let premature = Application::submit("ap".into(), &sc, materials(), &dev, now, &Calendar::default());
         assert!(matches!(premature, Err(Error::IllegalState(_))));
         sc.decide(true, None, &reg, now).unwrap();
         assert!(matches!(
             sc.decide(true, None, &reg, now),
             Err(Error::IllegalState(_))
         ));
-        let mut app = Application::submit(
-            "ap".into(),
-            &sc,
-            materials(),
-            &dev,
-            now,
-            &Calendar::default(),
-        )
-        .unwrap();
+        let mut app =
+            Application::submit("ap".into(), &sc, materials(), &dev, now, &Calendar::default()).unwrap();
         assert!(matches!(
             app.decide(true, None, &dev, now),
             Err(Error::Forbidden(_))
@@ -522,15 +509,8 @@ mod tests {
         let mut sc = Scenario::propose("sc".into(), spec(), &op, now).unwrap();
         sc.decide(true, None, &actor("reg", Role::Regulator), now)
             .unwrap();
-        let mut app = Application::submit(
-            "ap".into(),
-            &sc,
-            materials(),
-            &dev,
-            now,
-            &Calendar::default(),
-        )
-        .unwrap();
+        let mut app =
+            Application::submit("ap".into(), &sc, materials(), &dev, now, &Calendar::default()).unwrap();
         app.decide(true, None, &op, now).unwrap();
         let mut ag = Agreement::issue(
             "ag".into(),

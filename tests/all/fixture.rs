@@ -173,15 +173,9 @@ pub(crate) fn world(enterprises: usize, epsilon_total: f64, serve_args: &[&str])
             &json!({"approve": true, "valid_days": 30}),
         )
         .ok();
-    let agreement = d["agreement"]["id"]
-        .as_str()
-        .expect("agreement id")
-        .to_string();
+    let agreement = d["agreement"]["id"].as_str().expect("agreement id").to_string();
     developer
-        .post(
-            &format!("/v1/developer/agreements/{agreement}/sign"),
-            &json!({}),
-        )
+        .post(&format!("/v1/developer/agreements/{agreement}/sign"), &json!({}))
         .ok();
     World {
         server,

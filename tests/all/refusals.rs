@@ -32,10 +32,7 @@ fn malformed_requests_unknown_ids_and_wrong_roles() {
     );
     assert_eq!(r.status, 400);
     assert!(r.message().contains("admin"), "{}", r.message());
-    let r = op.post(
-        "/v1/operator/parties",
-        &json!({"name": "x", "role": "emperor"}),
-    );
+    let r = op.post("/v1/operator/parties", &json!({"name": "x", "role": "emperor"}));
     assert_eq!(r.status, 400);
     // Missing materials.
     let r = w.developer.post(
@@ -83,10 +80,7 @@ fn malformed_requests_unknown_ids_and_wrong_roles() {
     );
     assert_eq!(
         w.developer
-            .post(
-                "/v1/operator/parties",
-                &json!({"name": "me", "role": "operator"})
-            )
+            .post("/v1/operator/parties", &json!({"name": "me", "role": "operator"}))
             .status,
         403
     );
@@ -136,11 +130,7 @@ fn malformed_requests_unknown_ids_and_wrong_roles() {
         r.text()
     );
 
-    assert_eq!(
-        w.server.ledger_size(),
-        before,
-        "refused requests write nothing"
-    );
+    assert_eq!(w.server.ledger_size(), before, "refused requests write nothing");
     assert_healthy(&w);
 }
 
@@ -149,15 +139,47 @@ fn sql_that_does_not_parse_or_leaves_the_scenario_is_refused_for_free() {
     let w = world(800, 5.0, &[]);
     let cases: &[(&str, i64, &str)] = &[
         ("SELEC industry FROM enterprise_register", -5, "invalid query"),
-        ("SELECT industry, COUNT(*) FROM no_such_table GROUP BY industry", -5, "not found"),
+        (
+            "SELECT industry, COUNT(*) FROM no_such_table GROUP BY industry",
+            -5,
+            "not found",
+        ),
         ("SELECT * FROM enterprise_register", -2, "row-level output"),
-        ("SELECT name, COUNT(*) FROM enterprise_register GROUP BY name", -2, "not granted"),
-        ("SELECT industry, MAX(employees) FROM enterprise_register GROUP BY industry", -2, "MAX"),
-        ("SELECT industry, COUNT(*) FROM enterprise_register GROUP BY industry ORDER BY 2 DESC LIMIT 1", -2, "LIMIT"),
-        ("SELECT industry, COUNT(*) FROM enterprise_register GROUP BY industry ORDER BY 2 DESC", -2, "ORDER BY"),
-        ("SELECT industry, COUNT(*) FROM enterprise_register GROUP BY industry HAVING COUNT(*) < 5", -2, "HAVING"),
-        ("SELECT COUNT(*) FROM enterprise_register WHERE registered_capital > 100", -2, "not granted"),
-        ("SELECT industry, SUM(founded_year) FROM enterprise_register GROUP BY industry", -2, "aggregates"),
+        (
+            "SELECT name, COUNT(*) FROM enterprise_register GROUP BY name",
+            -2,
+            "not granted",
+        ),
+        (
+            "SELECT industry, MAX(employees) FROM enterprise_register GROUP BY industry",
+            -2,
+            "MAX",
+        ),
+        (
+            "SELECT industry, COUNT(*) FROM enterprise_register GROUP BY industry ORDER BY 2 DESC LIMIT 1",
+            -2,
+            "LIMIT",
+        ),
+        (
+            "SELECT industry, COUNT(*) FROM enterprise_register GROUP BY industry ORDER BY 2 DESC",
+            -2,
+            "ORDER BY",
+        ),
+        (
+            "SELECT industry, COUNT(*) FROM enterprise_register GROUP BY industry HAVING COUNT(*) < 5",
+            -2,
+            "HAVING",
+        ),
+        (
+            "SELECT COUNT(*) FROM enterprise_register WHERE registered_capital > 100",
+            -2,
+            "not granted",
+        ),
+        (
+            "SELECT industry, SUM(founded_year) FROM enterprise_register GROUP BY industry",
+            -2,
+            "aggregates",
+        ),
         ("DROP TABLE enterprise_register", -2, "only SELECT"),
     ];
     for (sql, code, needle) in cases {
@@ -172,10 +194,7 @@ fn sql_that_does_not_parse_or_leaves_the_scenario_is_refused_for_free() {
             "{sql}: {job}"
         );
         let log = job["logs"][0].as_str().unwrap_or("");
-        assert!(
-            log.contains(needle),
-            "{sql}: expected `{needle}` in `{log}`"
-        );
+        assert!(log.contains(needle), "{sql}: expected `{needle}` in `{log}`");
         assert_eq!(job["queries"].as_array().unwrap().len(), 0);
     }
     assert_eq!(w.spent(), 0.0, "refused queries cost nothing");
@@ -233,16 +252,12 @@ fn invalid_modules_are_refused_at_submission() {
         ),
     ];
     for (what, module, needle) in cases {
-        let r = w
-            .developer
-            .post_raw(&w.jobs_path(), &module, "application/wasm");
+        let r = w.developer.post_raw(&w.jobs_path(), &module, "application/wasm");
         assert_eq!(r.status, 400, "{what}: {}", r.text());
         assert!(r.message().contains(needle), "{what}: {}", r.message());
     }
     let huge = vec![0u8; 17 << 20];
-    let r = w
-        .developer
-        .post_raw(&w.jobs_path(), &huge, "application/wasm");
+    let r = w.developer.post_raw(&w.jobs_path(), &huge, "application/wasm");
     assert_eq!(r.status, 413, "oversized module");
     assert_eq!(
         w.server.ledger_size(),
@@ -292,9 +307,8 @@ fn hostile_jobs_are_stopped_and_the_server_keeps_serving() {
         "{job}"
     );
 
-    let trap = wat(
-        r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (unreachable)))"#,
-    );
+    let trap =
+        wat(r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (unreachable)))"#);
     assert_eq!(w.run(&trap)["error"]["kind"], "guest_trap");
 
     let out_of_bounds = wat(r#"(module

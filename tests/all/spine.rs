@@ -13,8 +13,7 @@ fn one_job_end_to_end_over_http() {
     let server = Server::start(&[]).expect("server");
     let data = server.dir.join("data");
     let data_s = data.to_string_lossy().to_string();
-    let (code, _, err) =
-        run_invis(&["gen-demo-data", "--out", &data_s, "--enterprises", "4000"]).unwrap();
+    let (code, _, err) = run_invis(&["gen-demo-data", "--out", &data_s, "--enterprises", "4000"]).unwrap();
     assert_eq!(code, 0, "{err}");
 
     // R1/R2: providers register datasets with a rule per column.
@@ -80,19 +79,14 @@ fn one_job_end_to_end_over_http() {
         0
     );
     assert_eq!(
-        developer
-            .get(&format!("/v1/developer/scenarios/{sc_id}"))
-            .status,
+        developer.get(&format!("/v1/developer/scenarios/{sc_id}")).status,
         404
     );
     let apply_early = developer.post(
         "/v1/developer/applications",
         &json!({"scenario_id": sc_id, "materials": materials()}),
     );
-    assert_eq!(
-        apply_early.status, 404,
-        "cannot apply for an unapproved scenario"
-    );
+    assert_eq!(apply_early.status, 404, "cannot apply for an unapproved scenario");
     server
         .regulator
         .post(
@@ -145,9 +139,7 @@ fn one_job_end_to_end_over_http() {
         "every dataset version read is recorded"
     );
     let usage = &job["usage"];
-    assert!(
-        usage["fuel"].as_u64().unwrap() > 0 && usage["peak_memory_bytes"].as_u64().unwrap() > 0
-    );
+    assert!(usage["fuel"].as_u64().unwrap() > 0 && usage["peak_memory_bytes"].as_u64().unwrap() > 0);
     let out = developer.get(&format!(
         "/v1/developer/jobs/{}/output",
         job["id"].as_str().unwrap()
@@ -165,9 +157,7 @@ fn one_job_end_to_end_over_http() {
         "{} cells released",
         rows.len()
     );
-    let agreement = developer
-        .get(&format!("/v1/developer/agreements/{ag}"))
-        .ok();
+    let agreement = developer.get(&format!("/v1/developer/agreements/{ag}")).ok();
     assert_eq!(agreement["budget"]["spent"]["epsilon"], 3.0);
     assert_eq!(agreement["budget"]["remaining"]["epsilon"], 2.0);
 
@@ -213,39 +203,22 @@ fn one_job_end_to_end_over_http() {
         .to_string();
     let path = server.dir.join("export.ndjson");
     std::fs::write(&path, &export.body).unwrap();
-    let (code, out, err) = run_invis(&[
-        "verify-ledger",
-        &path.to_string_lossy(),
-        "--public-key",
-        &key,
-    ])
-    .unwrap();
+    let (code, out, err) =
+        run_invis(&["verify-ledger", &path.to_string_lossy(), "--public-key", &key]).unwrap();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ledger OK"), "{out}");
 
     // A single edited byte is caught and the entry named.
     let text = export.text();
     let lines: Vec<&str> = text.lines().collect();
-    let victim = lines
-        .iter()
-        .position(|l| l.contains("query.release"))
-        .unwrap();
+    let victim = lines.iter().position(|l| l.contains("query.release")).unwrap();
     let mut tampered: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
     tampered[victim] = tampered[victim].replacen("output_hash", "output_hasH", 1);
     let bad = server.dir.join("tampered.ndjson");
     std::fs::write(&bad, tampered.join("\n")).unwrap();
-    let (code, _, err) = run_invis(&[
-        "verify-ledger",
-        &bad.to_string_lossy(),
-        "--public-key",
-        &key,
-    ])
-    .unwrap();
+    let (code, _, err) = run_invis(&["verify-ledger", &bad.to_string_lossy(), "--public-key", &key]).unwrap();
     assert_eq!(code, 1);
-    assert!(
-        err.contains(&format!("first bad entry: {}", victim - 1)),
-        "{err}"
-    );
+    assert!(err.contains(&format!("first bad entry: {}", victim - 1)), "{err}");
 }
 
 /// Restarting the server keeps everything: parties, agreements, budgets,
@@ -267,21 +240,15 @@ fn restart_keeps_everything() {
     let op_token = token_of(&op);
     let reg_token = token_of(&reg);
     let server = Server::spawn(&dir, &[], &op_token, &reg_token).expect("restart");
-    let dev = server
-        .operator
-        .anonymous()
-        .as_token(&token_of(&w.developer));
+    let dev = server.operator.anonymous().as_token(&token_of(&w.developer));
     assert_eq!(server.ledger_size(), before);
     let j = dev.get(&format!("/v1/developer/jobs/{job_id}")).ok();
     assert_eq!(j["status"], "succeeded");
     assert_eq!(
-        dev.get(&format!("/v1/developer/jobs/{job_id}/output"))
-            .status,
+        dev.get(&format!("/v1/developer/jobs/{job_id}/output")).status,
         200
     );
-    let ag = dev
-        .get(&format!("/v1/developer/agreements/{}", w.agreement))
-        .ok();
+    let ag = dev.get(&format!("/v1/developer/agreements/{}", w.agreement)).ok();
     assert_eq!(ag["budget"]["spent"]["epsilon"].as_f64().unwrap(), spent);
 
     // The ledger continues from where it was and still verifies.
@@ -324,8 +291,8 @@ fn released_result_is_arrow_ipc_with_only_large_groups() {
     let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["district", "n", "staff"]);
     assert!(table.num_rows() >= 4 && table.num_rows() <= 6);
-    let mechanism = &w.server.regulator.get("/v1/regulator/releases").ok()["releases"][0]
-        ["lineage"][1]["entry"]["details"]["mechanism"];
+    let mechanism = &w.server.regulator.get("/v1/regulator/releases").ok()["releases"][0]["lineage"][1]
+        ["entry"]["details"]["mechanism"];
     let threshold = mechanism["threshold"].as_i64().unwrap();
     for row in 0..table.num_rows() {
         assert!(
@@ -363,9 +330,6 @@ fn a_job_interrupted_by_a_crash_is_closed_on_restart() {
     let job = dev.get(&format!("/v1/developer/jobs/{id}")).ok();
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["error"]["kind"], "interrupted");
-    assert_eq!(
-        dev.get(&format!("/v1/developer/jobs/{id}/output")).status,
-        409
-    );
+    assert_eq!(dev.get(&format!("/v1/developer/jobs/{id}/output")).status, 409);
     w.server = server;
 }

@@ -65,25 +65,14 @@ pub(crate) async fn detail(
     let d = datasets
         .into_iter()
         .find(|d| d.name == name)
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "no dataset `{}` in the catalog",
-                name.escape_debug()
-            ))
-        })?;
+        .ok_or_else(|| ApiError::NotFound(format!("no dataset `{}` in the catalog", name.escape_debug())))?;
     let types = d
         .profile
         .columns
         .iter()
         .map(|c| Ok((c.name.clone(), parse_type(&c.data_type)?)))
         .collect::<Result<Vec<_>, sandbox::Error>>()?;
-    let (header, rows) = sample_rows(
-        &d.spec,
-        &types,
-        st.config.sample_rows,
-        d.profile.unit_unique,
-    )
-    .await?;
+    let (header, rows) = sample_rows(&d.spec, &types, st.config.sample_rows, d.profile.unit_unique).await?;
     let mut v = view(&d);
     if let Some(obj) = v.as_object_mut() {
         obj.insert(

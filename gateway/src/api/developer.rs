@@ -27,10 +27,7 @@ fn not_found(what: &str, id: &str) -> ApiError {
     ApiError::NotFound(format!("no {what} {}", id.escape_debug()))
 }
 
-pub(crate) async fn list_scenarios(
-    State(st): State<AppState>,
-    Auth(actor): Auth,
-) -> ApiResult<Json<Value>> {
+pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let store = st.store.clone();
     let approved: Vec<Scenario> =
@@ -74,8 +71,7 @@ pub(crate) async fn apply(
                 .filter(|s: &Scenario| s.status == ScenarioStatus::Approved)
                 .ok_or_else(|| not_found("approved scenario", &req.scenario_id))?;
             let now = Utc::now();
-            let app =
-                Application::submit(new_id("ap"), &sc, req.materials, &actor, now, &calendar)?;
+            let app = Application::submit(new_id("ap"), &sc, req.materials, &actor, now, &calendar)?;
             put_in(
                 tx,
                 Table::Applications,
@@ -152,10 +148,7 @@ fn own_agreement(st: &AppState, actor: &Actor, id: &str) -> ApiResult<(Agreement
     Ok((ag, sc))
 }
 
-pub(crate) async fn list_agreements(
-    State(st): State<AppState>,
-    Auth(actor): Auth,
-) -> ApiResult<Json<Value>> {
+pub(crate) async fn list_agreements(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let s = st.clone();
     let out = blocking(move || {
@@ -346,10 +339,7 @@ fn own_job(st: &AppState, actor: &Actor, id: &str) -> ApiResult<JobRecord> {
         .ok_or_else(|| not_found("job", id))
 }
 
-pub(crate) async fn list_jobs(
-    State(st): State<AppState>,
-    Auth(actor): Auth,
-) -> ApiResult<Json<Value>> {
+pub(crate) async fn list_jobs(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let store = st.store.clone();
     let jobs: Vec<JobRecord> =

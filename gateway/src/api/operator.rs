@@ -71,10 +71,7 @@ pub(crate) async fn create_party(
     ))
 }
 
-pub(crate) async fn list_parties(
-    State(st): State<AppState>,
-    Auth(actor): Auth,
-) -> ApiResult<Json<Value>> {
+pub(crate) async fn list_parties(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     // Reachable under both /v1/operator and /v1/regulator.
     if actor.role != Role::Operator && actor.role != Role::Regulator {
         return Err(ApiError::Forbidden(
@@ -131,10 +128,7 @@ pub(crate) async fn propose_scenario(
     Ok((StatusCode::CREATED, Json(scenario)))
 }
 
-pub(crate) async fn list_scenarios(
-    State(st): State<AppState>,
-    Auth(actor): Auth,
-) -> ApiResult<Json<Value>> {
+pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Operator)?;
     let store = st.store.clone();
     let all: Vec<Scenario> = blocking(move || store.list(Table::Scenarios, None)).await?;
@@ -200,19 +194,32 @@ pub(crate) async fn decide_application(
             let now = Utc::now();
             app.decide(d.approve, d.reason.clone(), &actor, now)?;
             let status = if d.approve { "approved" } else { "rejected" };
-            put_in(tx, Table::Applications, &app.id, &[&app.developer_id, &app.scenario_id, status], &app)?;
+            put_in(
+                tx,
+                Table::Applications,
+                &app.id,
+                &[&app.developer_id, &app.scenario_id, status],
+                &app,
+            )?;
             append(
                 tx,
-                NewEntry::by(&actor, &format!("application.{}", if d.approve { "approve" } else { "reject" }), &app.id,
+                NewEntry::by(
+                    &actor,
+                    &format!("application.{}", if d.approve { "approve" } else { "reject" }),
+                    &app.id,
                     json!({"scenario": app.scenario_id, "developer": app.developer_id, "reason": app.reason,
-                        "due_on": app.due_on, "on_time": now.date_naive() <= app.due_on})),
+                        "due_on": app.due_on, "on_time": now.date_naive() <= app.due_on}),
+                ),
                 now,
             )?;
             if !d.approve {
                 return Ok(json!({"application": app}));
             }
             if sc.status != ScenarioStatus::Approved {
-                return Err(ApiError::Conflict(format!("scenario {} is no longer approved", sc.id)));
+                return Err(ApiError::Conflict(format!(
+                    "scenario {} is no longer approved",
+                    sc.id
+                )));
             }
             let ag = Agreement::issue(
                 new_id("ag"),
@@ -222,12 +229,23 @@ pub(crate) async fn decide_application(
                 now + Duration::days(i64::from(days)),
                 &actor,
             )?;
-            put_in(tx, Table::Agreements, &ag.id, &[&ag.developer_id, &ag.scenario_id], &ag)?;
+            put_in(
+                tx,
+                Table::Agreements,
+                &ag.id,
+                &[&ag.developer_id, &ag.scenario_id],
+                &ag,
+            )?;
             append(
                 tx,
-                NewEntry::by(&actor, "agreement.issue", &ag.id, json!({"application": app.id, "scenario": ag.scenario_id,
+                NewEntry::by(
+                    &actor,
+                    "agreement.issue",
+                    &ag.id,
+                    json!({"application": app.id, "scenario": ag.scenario_id,
                     "developer": ag.developer_id, "valid_from": ag.valid_from, "valid_until": ag.valid_until,
-                    "terms": ag.terms, "budget": sc.spec.release.total_budget()})),
+                    "terms": ag.terms, "budget": sc.spec.release.total_budget()}),
+                ),
                 now,
             )?;
             Ok(json!({"application": app, "agreement": ag}))

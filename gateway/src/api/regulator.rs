@@ -18,10 +18,7 @@ use scenarios::workflow::Scenario;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub(crate) async fn list_scenarios(
-    State(st): State<AppState>,
-    Auth(actor): Auth,
-) -> ApiResult<Json<Value>> {
+pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Regulator)?;
     let store = st.store.clone();
     let all: Vec<Scenario> = blocking(move || store.list(Table::Scenarios, None)).await?;
@@ -70,10 +67,7 @@ pub(crate) async fn decide_scenario(
     Ok(Json(sc))
 }
 
-pub(crate) async fn releases(
-    State(st): State<AppState>,
-    Auth(actor): Auth,
-) -> ApiResult<Json<Value>> {
+pub(crate) async fn releases(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Regulator)?;
     let store = st.store.clone();
     let out = blocking(move || {
@@ -114,10 +108,7 @@ pub(crate) async fn export_ledger(
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], bytes))
 }
 
-pub(crate) async fn public_key(
-    State(st): State<AppState>,
-    Auth(_actor): Auth,
-) -> ApiResult<Json<Value>> {
+pub(crate) async fn public_key(State(st): State<AppState>, Auth(_actor): Auth) -> ApiResult<Json<Value>> {
     Ok(Json(
         json!({"algorithm": "ed25519", "public_key": st.keys.public_key_hex()}),
     ))

@@ -6,6 +6,7 @@
 use sandbox::arrow::array::{ArrayRef, Int64Builder, StringBuilder};
 use sandbox::arrow::datatypes::{Field, Schema};
 use sandbox::arrow::record_batch::RecordBatch;
+use sandbox::sample::SplitMix64;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,18 +28,15 @@ pub const DISTRICTS: [&str; 6] = ["siming", "huli", "jimei", "haicang", "tongan"
 /// Tax-credit grades, best first.
 pub const GRADES: [&str; 5] = ["A", "B", "M", "C", "D"];
 
-struct Rng(u64);
+/// The synthetic-data generator, with the two draws the demo needs on top.
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.unit()
     }
     fn pick(&mut self, weights: &[f64]) -> usize {
         let total: f64 = weights.iter().sum();
@@ -100,7 +98,7 @@ fn batch(cols: Vec<(&str, ArrayRef)>) -> anyhow::Result<RecordBatch> {
 /// Generates the three files into `dir`.
 pub fn generate(dir: &Path, enterprises: usize) -> anyhow::Result<DemoFiles> {
     std::fs::create_dir_all(dir)?;
-    let mut rng = Rng(20_261_123);
+    let mut rng = Rng(SplitMix64(20_261_123));
     let industry_weights = [0.22, 0.25, 0.12, 0.10, 0.09, 0.12, 0.06, 0.04];
     // District weights per industry: agriculture sits in the outer districts.
     let district_weights = |industry: usize| -> [f64; 6] {
@@ -142,9 +140,7 @@ pub fn generate(dir: &Path, enterprises: usize) -> anyhow::Result<DemoFiles> {
         capital.push((size as f64 * (20.0 + 40.0 * rng.unit())).round() as i64);
         employees.push(size);
         // Social insurance: most staff insured; wages differ by industry.
-        let wage = [
-            5200.0, 4600.0, 9800.0, 6100.0, 5400.0, 4200.0, 4500.0, 3900.0,
-        ][ind];
+        let wage = [5200.0, 4600.0, 9800.0, 6100.0, 5400.0, 4200.0, 4500.0, 3900.0][ind];
         let coverage = 0.65 + 0.3 * rng.unit();
         let troubled = rng.unit() < 0.04;
         for m in 1..=12 {

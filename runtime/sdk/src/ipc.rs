@@ -187,9 +187,7 @@ impl<'a> Tbl<'a> {
     }
     fn indirect(&self, p: usize) -> R<usize> {
         let off = u32_at(self.buf, p)? as usize;
-        p.checked_add(off)
-            .map(Ok)
-            .unwrap_or_else(|| err("bad offset"))
+        p.checked_add(off).map(Ok).unwrap_or_else(|| err("bad offset"))
     }
     fn table(&self, i: usize) -> R<Option<Tbl<'a>>> {
         match self.field(i)? {
@@ -292,12 +290,7 @@ fn validity(body: &[u8], off: usize, len: usize, rows: usize, nulls: i64) -> R<V
     Ok(v)
 }
 
-fn read_batch(
-    msg: Tbl<'_>,
-    body: &[u8],
-    fields: &[(String, Kind)],
-    out: &mut [Vec<Cell>],
-) -> R<()> {
+fn read_batch(msg: Tbl<'_>, body: &[u8], fields: &[(String, Kind)], out: &mut [Vec<Cell>]) -> R<()> {
     let rb = match msg.table(2)? {
         Some(t) => t,
         None => return err("record batch message without header"),

@@ -129,11 +129,7 @@ fn last_error(code: i32) -> Error {
     let mut buf = vec![0u8; 1024];
     // SAFETY: the host writes at most `buf.len()` bytes into `buf`.
     let n = unsafe { sys::error_read(buf.as_mut_ptr() as i32, buf.len() as i32) };
-    let n = if n < 0 {
-        0
-    } else {
-        (n as usize).min(buf.len())
-    };
+    let n = if n < 0 { 0 } else { (n as usize).min(buf.len()) };
     buf.truncate(n);
     let message = String::from_utf8(buf).unwrap_or_else(|_| "host error".to_string());
     Error {
