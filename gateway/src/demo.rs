@@ -143,6 +143,7 @@ pub fn bank_scenario() -> Value {
                 {"name": "year", "ops": ["filter"]}
             ]}
         ],
+        "aggregates": ["count", "sum", "avg"],
         "release": {
             "epsilon_total": 5.0,
             "epsilon_per_query": 1.0,

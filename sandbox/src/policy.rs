@@ -28,8 +28,8 @@ use datafusion::logical_expr::{
     cast, col, BinaryExpr, Expr, ExprSchemable, JoinConstraint, JoinType, LogicalPlan, LogicalPlanBuilder,
     Operator,
 };
-use scenarios::policy::{effective_bounds, ColumnOp};
-use std::collections::HashMap;
+use scenarios::policy::{effective_bounds, AggregateFn, ColumnOp};
+use std::collections::{BTreeSet, HashMap};
 
 /// One use of a granted table in the FROM clause.
 #[derive(Debug, Clone)]
@@ -134,13 +134,15 @@ fn function_rule(name: &str) -> Option<&'static [usize]> {
 
 pub(crate) struct Checker<'a> {
     tables: &'a HashMap<String, TableInfo>,
+    allowed: &'a BTreeSet<AggregateFn>,
     uses: Vec<TableUse>,
 }
 
 impl<'a> Checker<'a> {
-    pub(crate) fn new(tables: &'a HashMap<String, TableInfo>) -> Self {
+    pub(crate) fn new(tables: &'a HashMap<String, TableInfo>, allowed: &'a BTreeSet<AggregateFn>) -> Self {
         Checker {
             tables,
+            allowed,
             uses: Vec::new(),
         }
     }
@@ -168,7 +170,20 @@ impl<'a> Checker<'a> {
         }
         let mut aggs = Vec::with_capacity(agg.aggr_expr.len());
         for a in &agg.aggr_expr {
-            aggs.push(self.aggregate(a, &schema)?);
+            let kind = self.aggregate(a, &schema)?;
+            let f = match kind {
+                AggKind::CountRows | AggKind::CountNonNull(_) => AggregateFn::Count,
+                AggKind::CountUnits => AggregateFn::CountDistinctUnits,
+                AggKind::Sum(..) => AggregateFn::Sum,
+                AggKind::Avg(..) => AggregateFn::Avg,
+            };
+            if !self.allowed.contains(&f) {
+                return refuse(format!(
+                    "{} is not among the scenario's allowed aggregate functions",
+                    f.sql()
+                ));
+            }
+            aggs.push(kind);
         }
 
         let ng = groups.len();

@@ -405,7 +405,7 @@ impl JobScope {
             .analyzer()
             .execute_and_check(plan, state.config_options(), |_, _| {})
             .map_err(|e| Error::InvalidQuery(planning_message(&e)))?;
-        let checked = Checker::new(&self.tables).check(&analyzed)?;
+        let checked = Checker::new(&self.tables, &self.scenario.aggregates).check(&analyzed)?;
         let plan_hash = hex::encode(scenarios::ledger::sha256(
             analyzed.display_indent().to_string().as_bytes(),
         ));

@@ -218,6 +218,40 @@ fn column_str(b: &crate::arrow::record_batch::RecordBatch, name: &str) -> Vec<St
 }
 
 #[tokio::test]
+async fn only_the_scenarios_aggregate_functions_are_allowed() {
+    let name = "pums";
+    let spec = spec("PUMS_pid.csv", name);
+    let p = profile(&spec).await.unwrap();
+    let mut sc = scenario(name, 0.1, 10.0);
+    sc.aggregates = [scenarios::policy::AggregateFn::Count].into_iter().collect();
+    let cfg = ScopeConfig {
+        agreement_id: "ag".into(),
+        scenario: sc.clone(),
+        tables: vec![TableVersion {
+            spec,
+            version: p.version,
+            unit_unique: true,
+            data: TableData::File(p.fingerprint),
+        }],
+        token_key: TokenKey::new(&[1u8; 32]),
+        memory_limit: 1 << 30,
+    };
+    let acc = Arc::new(MemoryAccountant::new(sc.release.total_budget()));
+    let scope = DataPlane::new().open(cfg, acc).await.unwrap();
+    assert!(scope
+        .query("SELECT sex, COUNT(*) FROM pums GROUP BY sex")
+        .await
+        .is_ok());
+    match scope
+        .query("SELECT sex, AVG(income) FROM pums GROUP BY sex")
+        .await
+    {
+        Err(Error::PolicyViolation(m)) => assert!(m.contains("AVG is not among"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn counts_are_accurate_noisy_and_keys_sorted() {
     let (scope, _) = open("PUMS_pid.csv", 1.0, 100.0).await;
     let r = scope

@@ -173,8 +173,48 @@ pub struct ScenarioSpec {
     pub purpose: String,
     /// Granted tables.
     pub tables: Vec<TableGrant>,
+    /// Aggregate functions queries may use; all of them when absent.
+    #[serde(default = "all_aggregates")]
+    pub aggregates: BTreeSet<AggregateFn>,
     /// Release rules.
     pub release: ReleaseRules,
+}
+
+/// Aggregate functions a scenario can allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggregateFn {
+    /// `COUNT(*)`, `COUNT(x)`.
+    Count,
+    /// `COUNT(DISTINCT privacy_unit)`.
+    CountDistinctUnits,
+    /// `SUM(x)` (needs bounds).
+    Sum,
+    /// `AVG(x)` (needs bounds).
+    Avg,
+}
+
+impl AggregateFn {
+    /// SQL spelling, for messages.
+    pub fn sql(self) -> &'static str {
+        match self {
+            AggregateFn::Count => "COUNT",
+            AggregateFn::CountDistinctUnits => "COUNT(DISTINCT unit)",
+            AggregateFn::Sum => "SUM",
+            AggregateFn::Avg => "AVG",
+        }
+    }
+}
+
+fn all_aggregates() -> BTreeSet<AggregateFn> {
+    [
+        AggregateFn::Count,
+        AggregateFn::CountDistinctUnits,
+        AggregateFn::Sum,
+        AggregateFn::Avg,
+    ]
+    .into_iter()
+    .collect()
 }
 
 impl ScenarioSpec {
