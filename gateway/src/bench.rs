@@ -3,24 +3,160 @@
 use crate::demo::{self, data};
 use anyhow::Result;
 use sandbox::desensitize::TokenKey;
-use sandbox::{DataPlane, ScopeConfig, TableData, TableVersion};
+use sandbox::{DataPlane, ScopeConfig, TableVersion};
 use scenarios::catalog::DatasetSpec;
 use scenarios::policy::ScenarioSpec;
+use std::path::{Path, PathBuf};
 
-/// Generates the demo data, registers it in memory and prints the table.
-pub async fn run(enterprises: usize, iterations: usize) -> Result<()> {
+/// Runs both benchmark sections: the demo's municipal data and, when the
+/// directory exists, the PUMS census sample.
+pub async fn run(enterprises: usize, iterations: usize, pums: Option<PathBuf>, reps: usize) -> Result<()> {
+    demo_section(enterprises, iterations).await?;
+    match pums {
+        Some(dir) if dir.join("PUMS_x1000.csv").exists() => {
+            pums_section(&std::fs::canonicalize(&dir)?, iterations, reps).await
+        }
+        Some(dir) => anyhow::bail!("no PUMS_x1000.csv in {}", dir.display()),
+        None => Ok(()),
+    }
+}
+
+fn pums_spec(path: &Path) -> Result<DatasetSpec> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "name": "pums",
+        "description": "California PUMS extract (smartnoise-sdk), one row per person",
+        "path": path.to_string_lossy(),
+        "privacy_unit": "pid",
+        "unit_kind": "person",
+        "columns": [
+            {"name": "age", "rule": "keep"}, {"name": "sex", "rule": "keep"}, {"name": "educ", "rule": "keep"},
+            {"name": "race", "rule": "keep"}, {"name": "income", "rule": "keep"}, {"name": "married", "rule": "keep"},
+            {"name": "pid", "rule": "tokenize"}
+        ]
+    }))?)
+}
+
+fn pums_scenario(epsilon: f64) -> Result<ScenarioSpec> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "name": "census tables", "class": "demography", "purpose": "benchmark",
+        "tables": [{"dataset": "pums", "columns": [
+            {"name": "sex", "ops": ["group"]}, {"name": "educ", "ops": ["group"]},
+            {"name": "race", "ops": ["group"]}, {"name": "married", "ops": ["group"]},
+            {"name": "income", "ops": ["aggregate"], "bounds": [0, 500000]},
+            {"name": "age", "ops": ["group", "filter"]}
+        ]}],
+        "release": {"epsilon_total": 20.0, "epsilon_per_query": epsilon, "min_group_size": 5,
+            "delta_per_query": 1e-7, "delta_total": 1e-4}
+    }))?)
+}
+
+async fn pums_table(path: &Path) -> Result<TableVersion> {
+    let spec = pums_spec(path)?;
+    let p = sandbox::profile::profile(&spec).await?;
+    Ok(TableVersion::from_profile(spec, &p))
+}
+
+/// The five census queries of issue 5 (income clamped to [0, 500000]).
+fn pums_queries() -> Vec<(&'static str, &'static str, usize, Option<&'static str>)> {
+    vec![
+        ("COUNT(*)", "SELECT COUNT(*) AS n FROM pums", 0, None),
+        (
+            "COUNT by sex",
+            "SELECT sex, COUNT(*) AS n FROM pums GROUP BY sex",
+            1,
+            None,
+        ),
+        (
+            "AVG(income) by educ",
+            "SELECT educ, AVG(income) AS avg_income FROM pums GROUP BY educ",
+            1,
+            Some(
+                "SELECT educ, SUM(LEAST(GREATEST(income, 0), 500000)), COUNT(income) FROM pums GROUP BY educ",
+            ),
+        ),
+        (
+            "SUM(income) by married",
+            "SELECT married, SUM(income) AS total FROM pums GROUP BY married",
+            1,
+            None,
+        ),
+        (
+            "COUNT by race, sex",
+            "SELECT race, sex, COUNT(*) AS n FROM pums GROUP BY race, sex",
+            2,
+            None,
+        ),
+    ]
+}
+
+async fn pums_section(dir: &Path, iterations: usize, reps: usize) -> Result<()> {
+    println!();
+    let big = pums_table(&dir.join("PUMS_x1000.csv")).await?;
+    let plane = DataPlane::new();
+    let cfg = |t: TableVersion, eps: f64| -> Result<ScopeConfig> {
+        Ok(ScopeConfig {
+            agreement_id: "bench".into(),
+            scenario: pums_scenario(eps)?,
+            tables: vec![t],
+            token_key: TokenKey::new(&[1u8; 32]),
+            memory_limit: 4 << 30,
+        })
+    };
+    let cases: Vec<(String, String, String)> = pums_queries()
+        .iter()
+        .map(|(n, q, _, _)| (n.to_string(), q.to_string(), q.to_string()))
+        .collect();
+    let rows = sandbox::bench::compare(&plane, cfg(big, 1.0)?, &cases, iterations).await?;
+    println!("PUMS_x1000.csv: 1,000,000 rows (CSV, read on every query); median of {iterations} runs");
+    println!(
+        "{:<58} {:>10} {:>14} {:>7}",
+        "query", "raw ms", "protected ms", "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<58} {:>10.2} {:>14.2} {:>6.2}x",
+            r.name, r.raw_ms, r.protected_ms, r.ratio
+        );
+    }
+    println!();
+    println!("PUMS.csv (1,000 real people): mean relative error over {reps} releases per query");
+    println!(
+        "{:<26} {:>7} {:>12} {:>12} {:>10}",
+        "query", "epsilon", "invis", "laplace ref", "released"
+    );
+    let small = pums_table(&dir.join("PUMS_pid.csv")).await?;
+    for eps in [1.0, 0.1] {
+        let cases: Vec<sandbox::bench::AccuracyCase> = pums_queries()
+            .into_iter()
+            .map(|(n, q, k, parts)| sandbox::bench::AccuracyCase {
+                name: n.into(),
+                sql: q.into(),
+                keys: k,
+                avg_parts_sql: parts.map(str::to_string),
+            })
+            .collect();
+        for r in sandbox::bench::accuracy(&plane, cfg(small.clone(), eps)?, &cases, reps).await? {
+            println!(
+                "{:<26} {:>7} {:>11.2}% {:>11.2}% {:>9.0}%",
+                r.name,
+                r.epsilon,
+                100.0 * r.mean_relative_error,
+                100.0 * r.reference_relative_error,
+                100.0 * r.released_fraction
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn demo_section(enterprises: usize, iterations: usize) -> Result<()> {
     let tmp = tempfile::Builder::new().prefix("invis-bench-").tempdir()?;
     let files = data::generate(tmp.path(), enterprises)?;
     let mut tables = Vec::new();
     for (_, spec) in demo::dataset_specs(&files) {
         let spec: DatasetSpec = serde_json::from_value(spec)?;
         let p = sandbox::profile::profile(&spec).await?;
-        tables.push(TableVersion {
-            spec,
-            version: p.version,
-            unit_unique: p.unit_unique,
-            data: TableData::File(p.fingerprint),
-        });
+        tables.push(TableVersion::from_profile(spec, &p));
     }
     let scenario: ScenarioSpec = serde_json::from_value(demo::bank_scenario())?;
     let cfg = ScopeConfig {

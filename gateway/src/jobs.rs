@@ -15,7 +15,7 @@ use crate::store::{append, charge_in, get_in, put_in, set_job_output, NewEntry, 
 use chrono::Utc;
 use runtime::{JobInput, JobOutcome};
 use sandbox::desensitize::TokenKey;
-use sandbox::{Accountant, QueryLineage, ScopeConfig, TableData, TableVersion};
+use sandbox::{Accountant, QueryLineage, ScopeConfig, TableVersion};
 use scenarios::budget::Budget;
 use scenarios::party::Actor;
 use scenarios::workflow::{Agreement, Scenario, ScenarioStatus};
@@ -330,12 +330,7 @@ async fn run(
             let d = datasets.iter().find(|d| d.name == t.dataset).ok_or_else(|| {
                 ApiError::Forbidden(format!("dataset `{}` is no longer in the catalog", t.dataset))
             })?;
-            tables.push(TableVersion {
-                spec: d.spec.clone(),
-                version: d.profile.version.clone(),
-                unit_unique: d.profile.unit_unique,
-                data: TableData::File(d.profile.fingerprint),
-            });
+            tables.push(TableVersion::from_profile(d.spec.clone(), &d.profile));
         }
         job.status = JobStatus::Running;
         job.started_at = Some(Utc::now());

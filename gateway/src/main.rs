@@ -56,6 +56,15 @@ enum Command {
         /// Timed runs per query (the median is reported).
         #[arg(long, default_value_t = 10)]
         iterations: usize,
+        /// Directory of the PUMS census files (PUMS_x1000.csv, PUMS_pid.csv).
+        #[arg(long, default_value = "../shared/data/pums")]
+        pums: PathBuf,
+        /// Skip the PUMS section.
+        #[arg(long)]
+        no_pums: bool,
+        /// Releases per query for the accuracy table.
+        #[arg(long, default_value_t = 50)]
+        reps: usize,
     },
     /// Administration.
     Admin {
@@ -198,7 +207,10 @@ async fn main() -> Result<()> {
         Command::Bench {
             enterprises,
             iterations,
-        } => gateway::bench::run(enterprises, iterations).await,
+            pums,
+            no_pums,
+            reps,
+        } => gateway::bench::run(enterprises, iterations, (!no_pums).then_some(pums), reps).await,
         Command::Admin {
             command:
                 AdminCommand::Bootstrap {

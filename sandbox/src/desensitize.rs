@@ -199,9 +199,15 @@ pub fn rule_expr(column: &str, dt: &DataType, rule: &ColumnRule, key: &TokenKey)
 }
 
 /// Wraps the raw scan `raw` of a dataset into its desensitized view: rows
-/// with a null privacy unit removed, [`UNIT_COLUMN`] added, every column
+/// with a null privacy unit removed (unless `unit_complete` says the file
+/// has none), [`UNIT_COLUMN`] added, every column
 /// presented under its rule, dropped columns absent.
-pub fn view_plan(raw: LogicalPlan, spec: &DatasetSpec, key: &TokenKey) -> Result<LogicalPlan> {
+pub fn view_plan(
+    raw: LogicalPlan,
+    spec: &DatasetSpec,
+    key: &TokenKey,
+    unit_complete: bool,
+) -> Result<LogicalPlan> {
     let schema = raw.schema().clone();
     let mut exprs = Vec::with_capacity(spec.columns.len() + 1);
     let unit = col(datafusion::common::Column::from_name(&spec.privacy_unit));
@@ -214,10 +220,13 @@ pub fn view_plan(raw: LogicalPlan, spec: &DatasetSpec, key: &TokenKey) -> Result
             exprs.push(e.alias(&c.name));
         }
     }
-    Ok(LogicalPlanBuilder::from(raw)
-        .filter(unit.is_not_null())?
-        .project(exprs)?
-        .build()?)
+    let mut b = LogicalPlanBuilder::from(raw);
+    // When registration found no null unit the filter is a no-op, and
+    // skipping it saves reading the unit column in queries that need none.
+    if !unit_complete {
+        b = b.filter(unit.is_not_null())?;
+    }
+    Ok(b.project(exprs)?.build()?)
 }
 
 #[cfg(test)]

@@ -45,14 +45,16 @@ pub(crate) struct TableUse {
 pub(crate) enum AggKind {
     /// `COUNT(*)`: rows.
     CountRows,
-    /// `COUNT(expr)`: rows where `expr` is not null.
-    CountNonNull(Expr),
+    /// `COUNT(expr)`: rows where `expr` is not null; `true` when `expr` is
+    /// a column registration found to have no null.
+    CountNonNull(Expr, bool),
     /// `COUNT(DISTINCT unit)`: distinct privacy units.
     CountUnits,
     /// `SUM(expr)` with integer clamping bounds.
     Sum(Expr, i64, i64),
-    /// `AVG(expr)` with integer clamping bounds.
-    Avg(Expr, i64, i64),
+    /// `AVG(expr)` with integer clamping bounds; `true` when `expr` is a
+    /// column without nulls.
+    Avg(Expr, i64, i64, bool),
 }
 
 /// Where an output column comes from.
@@ -172,7 +174,7 @@ impl<'a> Checker<'a> {
         for a in &agg.aggr_expr {
             let kind = self.aggregate(a, &schema)?;
             let f = match kind {
-                AggKind::CountRows | AggKind::CountNonNull(_) => AggregateFn::Count,
+                AggKind::CountRows | AggKind::CountNonNull(..) => AggregateFn::Count,
                 AggKind::CountUnits => AggregateFn::CountDistinctUnits,
                 AggKind::Sum(..) => AggregateFn::Sum,
                 AggKind::Avg(..) => AggregateFn::Avg,
@@ -492,7 +494,7 @@ impl<'a> Checker<'a> {
                 Expr::Literal(v, _) if !v.is_null() => Ok(AggKind::CountRows),
                 _ => {
                     self.expr(arg, Use::Aggregate, schema)?;
-                    Ok(AggKind::CountNonNull(arg.clone()))
+                    Ok(AggKind::CountNonNull(arg.clone(), self.complete(arg)))
                 }
             },
             "sum" | "avg" => {
@@ -513,7 +515,7 @@ impl<'a> Checker<'a> {
                 Ok(if name == "sum" {
                     AggKind::Sum(arg.clone(), lo, hi)
                 } else {
-                    AggKind::Avg(arg.clone(), lo, hi)
+                    AggKind::Avg(arg.clone(), lo, hi, self.complete(arg))
                 })
             }
             "min" | "max" => refuse(format!(
@@ -523,6 +525,15 @@ impl<'a> Checker<'a> {
             other => refuse(format!(
                 "aggregate `{other}` is not supported; use COUNT, SUM or AVG"
             )),
+        }
+    }
+
+    /// True when `e` is (a cast of) a column that registration found to
+    /// hold no null.
+    fn complete(&self, e: &Expr) -> bool {
+        match strip_cast(e) {
+            Expr::Column(c) => self.resolve(c).is_ok_and(|(t, n)| t.complete.contains(&n)),
+            _ => false,
         }
     }
 

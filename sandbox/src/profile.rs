@@ -2,7 +2,7 @@
 //! row count and whether each privacy unit has at most one row. Reads the
 //! file; reports nothing about its values beyond these counts.
 
-use crate::desensitize::{view_plan, TokenKey, UNIT_COLUMN};
+use crate::desensitize::{view_plan, TokenKey};
 use crate::scope::{df_error, open_file, FileFingerprint};
 use crate::{Error, Result};
 use datafusion::arrow::array::AsArray;
@@ -23,6 +23,9 @@ pub struct ColumnProfile {
     pub name: String,
     /// Arrow data type, as text (for example `Int64`, `Utf8`).
     pub data_type: String,
+    /// Null values in the column (unknown for old registrations).
+    #[serde(default)]
+    pub nulls: Option<u64>,
 }
 
 /// What registration learns about a file.
@@ -40,6 +43,9 @@ pub struct DatasetProfile {
     pub units: u64,
     /// True when no unit has more than one row.
     pub unit_unique: bool,
+    /// Rows in the file, with or without a privacy unit.
+    #[serde(default)]
+    pub rows_total: Option<u64>,
 }
 
 /// Size and modification time of `path`.
@@ -112,15 +118,18 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
     }
     let scan = LogicalPlanBuilder::scan("raw", provider_as_source(provider.clone()), None)?.build()?;
     // Building the view checks that every rule fits its column type.
-    let view = view_plan(scan, spec, &TokenKey::new(&[0u8; 32]))?;
-    let counted = LogicalPlanBuilder::from(view)
-        .aggregate(
-            Vec::<datafusion::logical_expr::Expr>::new(),
-            vec![
-                count(col(UNIT_COLUMN)).alias("rows"),
-                count_distinct(col(UNIT_COLUMN)).alias("units"),
-            ],
-        )?
+    view_plan(scan.clone(), spec, &TokenKey::new(&[0u8; 32]), false)?;
+    let unit = col(datafusion::common::Column::from_name(&spec.privacy_unit));
+    let mut aggs = vec![
+        count(datafusion::logical_expr::lit(1i64)).alias("__total"),
+        count(unit.clone()).alias("__rows"),
+        count_distinct(unit).alias("__units"),
+    ];
+    for (i, f) in schema.fields().iter().enumerate() {
+        aggs.push(count(col(datafusion::common::Column::from_name(f.name()))).alias(format!("__c{i}")));
+    }
+    let counted = LogicalPlanBuilder::from(scan)
+        .aggregate(Vec::<datafusion::logical_expr::Expr>::new(), aggs)?
         .build()?;
     let ctx = SessionContext::new();
     let batches = ctx
@@ -146,7 +155,7 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
             .map(|c| c.as_primitive::<Int64Type>().value(0).max(0) as u64)
             .unwrap_or(0)
     };
-    let (rows, units) = (get("rows"), get("units"));
+    let (total, rows, units) = (get("__total"), get("__rows"), get("__units"));
     if rows == 0 {
         return Err(Error::InvalidDataset(
             "the file has no row with a privacy unit".into(),
@@ -163,13 +172,16 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
         columns: schema
             .fields()
             .iter()
-            .map(|f| ColumnProfile {
+            .enumerate()
+            .map(|(i, f)| ColumnProfile {
                 name: f.name().clone(),
                 data_type: f.data_type().to_string(),
+                nulls: Some(total.saturating_sub(get(&format!("__c{i}")))),
             })
             .collect(),
         rows,
         units,
         unit_unique: rows == units,
+        rows_total: Some(total),
     })
 }

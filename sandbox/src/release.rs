@@ -170,8 +170,8 @@ impl Kind {
 /// The measurement counting rows where `e` is not null. When `e` can never
 /// be null that is the row count itself, and sharing it saves a share of
 /// the budget.
-fn non_null(e: &Expr, c: &Checked, fast: bool) -> Kind {
-    let nullable = e.nullable(c.input.schema()).unwrap_or(true);
+fn non_null(e: &Expr, complete: bool, c: &Checked, fast: bool) -> Kind {
+    let nullable = !complete && e.nullable(c.input.schema()).unwrap_or(true);
     match (nullable, fast) {
         (false, true) => Kind::Units,
         (false, false) => Kind::Rows,
@@ -220,7 +220,9 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
                     AggKind::CountRows => {
                         OutSpec::Count(if fast { 0 } else { index_of(&mut kinds, Kind::Rows) })
                     }
-                    AggKind::CountNonNull(e) => OutSpec::Count(index_of(&mut kinds, non_null(e, c, fast))),
+                    AggKind::CountNonNull(e, complete) => {
+                        OutSpec::Count(index_of(&mut kinds, non_null(e, *complete, c, fast)))
+                    }
                     AggKind::Sum(e, lo, hi) => {
                         bounds.push((e.to_string(), *lo, *hi));
                         OutSpec::Sum {
@@ -228,10 +230,10 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
                             lo: *lo,
                         }
                     }
-                    AggKind::Avg(e, lo, hi) => {
+                    AggKind::Avg(e, lo, hi, complete) => {
                         bounds.push((e.to_string(), *lo, *hi));
                         let sum = index_of(&mut kinds, Kind::Sum(e.clone(), *lo, *hi));
-                        let count = index_of(&mut kinds, non_null(e, c, fast));
+                        let count = index_of(&mut kinds, non_null(e, *complete, c, fast));
                         OutSpec::Avg {
                             sum,
                             count,

@@ -58,8 +58,28 @@ pub struct TableVersion {
     pub version: String,
     /// True when no privacy unit has more than one row.
     pub unit_unique: bool,
+    /// Columns measured at registration to hold no null.
+    pub complete_columns: Vec<String>,
     /// The rows.
     pub data: TableData,
+}
+
+impl TableVersion {
+    /// The registered file version described by its profile.
+    pub fn from_profile(spec: DatasetSpec, p: &crate::profile::DatasetProfile) -> TableVersion {
+        TableVersion {
+            complete_columns: p
+                .columns
+                .iter()
+                .filter(|c| c.nulls == Some(0))
+                .map(|c| c.name.clone())
+                .collect(),
+            spec,
+            version: p.version.clone(),
+            unit_unique: p.unit_unique,
+            data: TableData::File(p.fingerprint),
+        }
+    }
 }
 
 /// Everything a job's scope is built from.
@@ -142,6 +162,8 @@ pub(crate) struct TableInfo {
     pub spec: DatasetSpec,
     pub grant: TableGrant,
     pub unit_unique: bool,
+    /// Columns without nulls in this version.
+    pub complete: std::collections::HashSet<String>,
     pub version: String,
     pub view_schema: SchemaRef,
 }
@@ -276,7 +298,8 @@ impl DataPlane {
             let scan =
                 LogicalPlanBuilder::scan(format!("__raw_{}", t.spec.name), provider_as_source(raw), None)?
                     .build()?;
-            let plan = view_plan(scan, &t.spec, &cfg.token_key)?;
+            let unit_complete = t.complete_columns.contains(&t.spec.privacy_unit);
+            let plan = view_plan(scan, &t.spec, &cfg.token_key, unit_complete)?;
             let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
             ctx.register_table(
                 t.spec.name.as_str(),
@@ -291,6 +314,7 @@ impl DataPlane {
                     spec: t.spec.clone(),
                     grant,
                     unit_unique: t.unit_unique,
+                    complete: t.complete_columns.iter().cloned().collect(),
                     version: t.version.clone(),
                     view_schema: schema,
                 },

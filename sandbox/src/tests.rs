@@ -5,7 +5,7 @@
 
 use crate::desensitize::TokenKey;
 use crate::profile::profile;
-use crate::{DataPlane, Error, JobScope, MemoryAccountant, ScopeConfig, TableData, TableVersion};
+use crate::{DataPlane, Error, JobScope, MemoryAccountant, ScopeConfig, TableVersion};
 use scenarios::budget::{Budget, Delta, Epsilon};
 use scenarios::catalog::DatasetSpec;
 use scenarios::policy::ScenarioSpec;
@@ -63,12 +63,7 @@ async fn open(file: &str, eps_q: f64, eps_total: f64) -> (JobScope, Arc<MemoryAc
     let cfg = ScopeConfig {
         agreement_id: "ag_test".into(),
         scenario: sc,
-        tables: vec![TableVersion {
-            spec,
-            version: p.version,
-            unit_unique: p.unit_unique,
-            data: TableData::File(p.fingerprint),
-        }],
+        tables: vec![TableVersion::from_profile(spec, &p)],
         token_key: TokenKey::new(&[9u8; 32]),
         memory_limit: 1 << 30,
     };
@@ -227,12 +222,7 @@ async fn only_the_scenarios_aggregate_functions_are_allowed() {
     let cfg = ScopeConfig {
         agreement_id: "ag".into(),
         scenario: sc.clone(),
-        tables: vec![TableVersion {
-            spec,
-            version: p.version,
-            unit_unique: true,
-            data: TableData::File(p.fingerprint),
-        }],
+        tables: vec![TableVersion::from_profile(spec, &p)],
         token_key: TokenKey::new(&[1u8; 32]),
         memory_limit: 1 << 30,
     };
