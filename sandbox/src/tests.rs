@@ -12,11 +12,13 @@ use scenarios::policy::ScenarioSpec;
 use serde_json::json;
 use std::sync::Arc;
 
-fn pums(file: &str) -> String {
+mod attacks;
+
+pub(super) fn pums(file: &str) -> String {
     format!("{}/../../shared/data/pums/{file}", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn spec(file: &str, name: &str) -> DatasetSpec {
+pub(super) fn spec(file: &str, name: &str) -> DatasetSpec {
     serde_json::from_value(json!({
         "name": name,
         "path": pums(file),
@@ -35,7 +37,7 @@ fn spec(file: &str, name: &str) -> DatasetSpec {
     .unwrap()
 }
 
-fn scenario(table: &str, epsilon_per_query: f64, epsilon_total: f64) -> ScenarioSpec {
+pub(super) fn scenario(table: &str, epsilon_per_query: f64, epsilon_total: f64) -> ScenarioSpec {
     serde_json::from_value(json!({
         "name": "census", "class": "demography", "purpose": "testing",
         "tables": [{"dataset": table, "columns": [
@@ -48,13 +50,13 @@ fn scenario(table: &str, epsilon_per_query: f64, epsilon_total: f64) -> Scenario
             {"name": "pid", "ops": ["join", "aggregate"]}
         ]}],
         "release": {"epsilon_total": epsilon_total, "epsilon_per_query": epsilon_per_query,
-            "min_group_size": 5, "max_rows_per_unit": 1, "max_queries_per_job": 1000,
-            "delta_per_query": 1e-7, "delta_total": 1e-4}
+            "min_group_size": 5, "max_rows_per_unit": 1, "max_queries_per_job": 100000,
+            "delta_per_query": 1e-7, "delta_total": (epsilon_total * 1e-4).max(1e-4)}
     }))
     .unwrap()
 }
 
-async fn open(file: &str, eps_q: f64, eps_total: f64) -> (JobScope, Arc<MemoryAccountant>) {
+pub(super) async fn open(file: &str, eps_q: f64, eps_total: f64) -> (JobScope, Arc<MemoryAccountant>) {
     let name = "pums";
     let spec = spec(file, name);
     let p = profile(&spec).await.expect("profile");
@@ -189,7 +191,7 @@ async fn refused_queries_name_the_rule_and_cost_nothing() {
     assert!(!std::path::Path::new("/tmp/invis-leak.csv").exists());
 }
 
-fn column_i64(b: &crate::arrow::record_batch::RecordBatch, name: &str) -> Vec<i64> {
+pub(super) fn column_i64(b: &crate::arrow::record_batch::RecordBatch, name: &str) -> Vec<i64> {
     use crate::arrow::array::AsArray;
     use crate::arrow::datatypes::Int64Type;
     b.column_by_name(name)
