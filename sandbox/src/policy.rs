@@ -51,10 +51,24 @@ pub(crate) enum AggKind {
     /// `COUNT(DISTINCT unit)`: distinct privacy units.
     CountUnits,
     /// `SUM(expr)` with integer clamping bounds.
-    Sum(Expr, i64, i64),
+    Sum(Bounded),
     /// `AVG(expr)` with integer clamping bounds; `true` when `expr` is a
     /// column without nulls.
-    Avg(Expr, i64, i64, bool),
+    Avg(Bounded, bool),
+}
+
+/// A SUM or AVG argument with its clamping bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Bounded {
+    /// The argument.
+    pub expr: Expr,
+    /// Lower bound (rounded down to an integer).
+    pub lo: i64,
+    /// Upper bound (rounded up to an integer).
+    pub hi: i64,
+    /// False when the argument is an integer column whose every value
+    /// already lies within the bounds, so clamping would change nothing.
+    pub clamp: bool,
 }
 
 /// Where an output column comes from.
@@ -512,10 +526,16 @@ impl<'a> Checker<'a> {
                     return refuse(format!("the bounds of `{arg}` are too wide"));
                 }
                 let (lo, hi) = (lo.floor() as i64, hi.ceil() as i64);
+                let bounded = Bounded {
+                    expr: arg.clone(),
+                    lo,
+                    hi,
+                    clamp: !self.within(arg, lo, hi),
+                };
                 Ok(if name == "sum" {
-                    AggKind::Sum(arg.clone(), lo, hi)
+                    AggKind::Sum(bounded)
                 } else {
-                    AggKind::Avg(arg.clone(), lo, hi, self.complete(arg))
+                    AggKind::Avg(bounded, self.complete(arg))
                 })
             }
             "min" | "max" => refuse(format!(
@@ -525,6 +545,24 @@ impl<'a> Checker<'a> {
             other => refuse(format!(
                 "aggregate `{other}` is not supported; use COUNT, SUM or AVG"
             )),
+        }
+    }
+
+    /// True when `e` is (a cast of) an integer column whose registered
+    /// range lies within `[lo, hi]`.
+    fn within(&self, e: &Expr, lo: i64, hi: i64) -> bool {
+        match strip_cast(e) {
+            Expr::Column(c) => self.resolve(c).is_ok_and(|(t, n)| {
+                let integer = t
+                    .view_schema
+                    .field_with_name(&n)
+                    .is_ok_and(|f| f.data_type().is_integer());
+                integer
+                    && t.ranges
+                        .get(&n)
+                        .is_some_and(|(a, b)| *a >= lo as f64 && *b <= hi as f64)
+            }),
+            _ => false,
         }
     }
 

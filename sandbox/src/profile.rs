@@ -8,7 +8,7 @@ use crate::{Error, Result};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::datasource::provider_as_source;
-use datafusion::functions_aggregate::expr_fn::{count, count_distinct};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, min};
 use datafusion::logical_expr::{col, LogicalPlanBuilder};
 use datafusion::prelude::SessionContext;
 use ring::digest::{Context, SHA256};
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::io::Read;
 
 /// One column as found in the file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ColumnProfile {
     /// Name.
     pub name: String,
@@ -26,10 +26,16 @@ pub struct ColumnProfile {
     /// Null values in the column (unknown for old registrations).
     #[serde(default)]
     pub nulls: Option<u64>,
+    /// Smallest and largest value of a numeric column. Private to the
+    /// platform: an extreme is one unit's exact value, so it is never shown
+    /// to anyone; it only lets the mechanism skip clamping when every value
+    /// already lies within a scenario's bounds (the output is identical).
+    #[serde(default)]
+    pub range: Option<[f64; 2]>,
 }
 
 /// What registration learns about a file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetProfile {
     /// SHA-256 of the file, hex: the version hash jobs record.
     pub version: String,
@@ -126,7 +132,13 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
         count_distinct(unit).alias("__units"),
     ];
     for (i, f) in schema.fields().iter().enumerate() {
-        aggs.push(count(col(datafusion::common::Column::from_name(f.name()))).alias(format!("__c{i}")));
+        let c = col(datafusion::common::Column::from_name(f.name()));
+        aggs.push(count(c.clone()).alias(format!("__c{i}")));
+        if f.data_type().is_numeric() {
+            let x = datafusion::logical_expr::cast(c, datafusion::arrow::datatypes::DataType::Float64);
+            aggs.push(min(x.clone()).alias(format!("__lo{i}")));
+            aggs.push(max(x).alias(format!("__hi{i}")));
+        }
     }
     let counted = LogicalPlanBuilder::from(scan)
         .aggregate(Vec::<datafusion::logical_expr::Expr>::new(), aggs)?
@@ -155,6 +167,12 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
             .map(|c| c.as_primitive::<Int64Type>().value(0).max(0) as u64)
             .unwrap_or(0)
     };
+    let getf = |name: &str| -> Option<f64> {
+        use datafusion::arrow::array::Array;
+        let c = batch.column_by_name(name)?;
+        let c = c.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+        (!c.is_null(0) && c.value(0).is_finite()).then(|| c.value(0))
+    };
     let (total, rows, units) = (get("__total"), get("__rows"), get("__units"));
     if rows == 0 {
         return Err(Error::InvalidDataset(
@@ -177,6 +195,10 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
                 name: f.name().clone(),
                 data_type: f.data_type().to_string(),
                 nulls: Some(total.saturating_sub(get(&format!("__c{i}")))),
+                range: match (getf(&format!("__lo{i}")), getf(&format!("__hi{i}"))) {
+                    (Some(lo), Some(hi)) => Some([lo, hi]),
+                    _ => None,
+                },
             })
             .collect(),
         rows,

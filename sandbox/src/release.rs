@@ -153,7 +153,8 @@ enum Kind {
     Units,
     Rows,
     NonNull(Expr),
-    Sum(Expr, i64, i64),
+    /// A clamped sum; the flag says whether clamping is needed.
+    Sum(Expr, i64, i64, bool),
 }
 
 impl Kind {
@@ -162,7 +163,7 @@ impl Kind {
             Kind::Units => "units".into(),
             Kind::Rows => "rows".into(),
             Kind::NonNull(e) => format!("count({e})"),
-            Kind::Sum(e, lo, hi) => format!("sum(clamp({e}, {lo}, {hi}))"),
+            Kind::Sum(e, lo, hi, _) => format!("sum(clamp({e}, {lo}, {hi}))"),
         }
     }
 }
@@ -223,22 +224,22 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
                     AggKind::CountNonNull(e, complete) => {
                         OutSpec::Count(index_of(&mut kinds, non_null(e, *complete, c, fast)))
                     }
-                    AggKind::Sum(e, lo, hi) => {
-                        bounds.push((e.to_string(), *lo, *hi));
+                    AggKind::Sum(b) => {
+                        bounds.push((b.expr.to_string(), b.lo, b.hi));
                         OutSpec::Sum {
-                            m: index_of(&mut kinds, Kind::Sum(e.clone(), *lo, *hi)),
-                            lo: *lo,
+                            m: index_of(&mut kinds, Kind::Sum(b.expr.clone(), b.lo, b.hi, b.clamp)),
+                            lo: b.lo,
                         }
                     }
-                    AggKind::Avg(e, lo, hi, complete) => {
-                        bounds.push((e.to_string(), *lo, *hi));
-                        let sum = index_of(&mut kinds, Kind::Sum(e.clone(), *lo, *hi));
-                        let count = index_of(&mut kinds, non_null(e, *complete, c, fast));
+                    AggKind::Avg(b, complete) => {
+                        bounds.push((b.expr.to_string(), b.lo, b.hi));
+                        let sum = index_of(&mut kinds, Kind::Sum(b.expr.clone(), b.lo, b.hi, b.clamp));
+                        let count = index_of(&mut kinds, non_null(&b.expr, *complete, c, fast));
                         OutSpec::Avg {
                             sum,
                             count,
-                            lo: *lo,
-                            hi: *hi,
+                            lo: b.lo,
+                            hi: b.hi,
                         }
                     }
                 }
@@ -253,7 +254,7 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
         match kind {
             Kind::Units => 1,
             Kind::Rows | Kind::NonNull(_) => rows,
-            Kind::Sum(_, lo, hi) => rows * u128::from(lo.unsigned_abs().max(hi.unsigned_abs()).max(1)),
+            Kind::Sum(_, lo, hi, _) => rows * u128::from(lo.unsigned_abs().max(hi.unsigned_abs()).max(1)),
         }
     };
     let share = kinds.len() as u128;
@@ -306,11 +307,62 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
 }
 
 /// The row-level value a measurement sums, if any.
+/// `clamp(x, lo, hi)` as one tight kernel (the contribution bound of every
+/// SUM and AVG argument, so it is on the hot path of every such query).
+/// Int64 input is clamped; Float64 input is clamped and rounded to the
+/// nearest integer (NaN counts as 0). The output is Int64, so every sum is
+/// an exact integer sum: summing floats would let rounding error exceed the
+/// sensitivity the noise is calibrated to.
+fn clamp_udf(input: DataType, lo: i64, hi: i64) -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::arrow::array::{Float64Array, Int64Array};
+    use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
+    let is_float = input == DataType::Float64;
+    let fun = Arc::new(
+        move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let a = arrays.first().ok_or_else(|| {
+                datafusion::error::DataFusionError::Internal("clamp without argument".into())
+            })?;
+            let out: ArrayRef = if is_float {
+                let a = a.as_any().downcast_ref::<Float64Array>().ok_or_else(|| {
+                    datafusion::error::DataFusionError::Internal("clamp of a non-float".into())
+                })?;
+                let (lo, hi) = (lo as f64, hi as f64);
+                // Branch-free so it vectorizes: clamp, then round half away from
+                // zero; NaN becomes 0 (Rust's float-to-int cast saturates).
+                Arc::new(
+                    datafusion::arrow::compute::kernels::arity::unary::<_, _, Int64Type>(a, |x| {
+                        let y = x.clamp(lo, hi);
+                        (y + 0.5f64.copysign(y)) as i64
+                    }),
+                )
+            } else {
+                let a = a.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
+                    datafusion::error::DataFusionError::Internal("clamp of a non-integer".into())
+                })?;
+                Arc::new(
+                    datafusion::arrow::compute::kernels::arity::unary::<_, _, Int64Type>(a, |v| {
+                        v.clamp(lo, hi)
+                    }),
+                )
+            };
+            Ok(ColumnarValue::Array(out))
+        },
+    );
+    create_udf(
+        "invis_clamp",
+        vec![input],
+        DataType::Int64,
+        Volatility::Immutable,
+        fun,
+    )
+}
+
 fn value_expr(kind: &Kind, schema: &datafusion::common::DFSchema) -> Result<Option<Expr>> {
     Ok(match kind {
         Kind::Units | Kind::Rows => None,
         Kind::NonNull(e) => Some(when(e.clone().is_null(), lit(0i64)).otherwise(lit(1i64))?),
-        Kind::Sum(e, lo, hi) => {
+        Kind::Sum(e, lo, hi, clamp) => {
             // The analyzer casts integer arguments of AVG to Float64; clamping
             // the integer itself is exact and cheaper.
             let e = match e {
@@ -325,15 +377,14 @@ fn value_expr(kind: &Kind, schema: &datafusion::common::DFSchema) -> Result<Opti
             let ty = e
                 .get_type(schema)
                 .map_err(|e| Error::InvalidQuery(e.to_string()))?;
-            Some(if ty.is_integer() {
-                f::least(vec![
-                    f::greatest(vec![try_cast(e.clone(), DataType::Int64), lit(*lo)]),
-                    lit(*hi),
-                ])
+            Some(if ty.is_integer() && !clamp {
+                // Every value is already within the bounds (measured at
+                // registration): clamping is the identity here.
+                try_cast(e.clone(), DataType::Int64)
+            } else if ty.is_integer() {
+                clamp_udf(DataType::Int64, *lo, *hi).call(vec![try_cast(e.clone(), DataType::Int64)])
             } else {
-                let x = try_cast(e.clone(), DataType::Float64);
-                let clamped = f::least(vec![f::greatest(vec![x, lit(*lo as f64)]), lit(*hi as f64)]);
-                try_cast(f::round(vec![clamped]), DataType::Int64)
+                clamp_udf(DataType::Float64, *lo, *hi).call(vec![try_cast(e.clone(), DataType::Float64)])
             })
         }
     })
@@ -397,7 +448,7 @@ fn build_plan(c: &Checked, kinds: &[Kind], k: i64, l0: Option<u32>) -> Result<Lo
         let Some(v) = v else { continue };
         let x = f::coalesce(vec![col(v.as_str()), lit(0i64)]);
         let e = match kind {
-            Kind::Sum(_, lo, hi) => {
+            Kind::Sum(_, lo, hi, _) => {
                 let lo_k = lo.saturating_mul(k).min(0);
                 let hi_k = hi.saturating_mul(k).max(0);
                 f::least(vec![f::greatest(vec![x, lit(lo_k)]), lit(hi_k)])

@@ -60,6 +60,9 @@ pub struct TableVersion {
     pub unit_unique: bool,
     /// Columns measured at registration to hold no null.
     pub complete_columns: Vec<String>,
+    /// Smallest and largest value of numeric columns, measured at
+    /// registration; never shown to anyone (see `ColumnProfile::range`).
+    pub column_ranges: Vec<(String, f64, f64)>,
     /// The rows.
     pub data: TableData,
 }
@@ -73,6 +76,11 @@ impl TableVersion {
                 .iter()
                 .filter(|c| c.nulls == Some(0))
                 .map(|c| c.name.clone())
+                .collect(),
+            column_ranges: p
+                .columns
+                .iter()
+                .filter_map(|c| c.range.map(|[lo, hi]| (c.name.clone(), lo, hi)))
                 .collect(),
             spec,
             version: p.version.clone(),
@@ -164,6 +172,8 @@ pub(crate) struct TableInfo {
     pub unit_unique: bool,
     /// Columns without nulls in this version.
     pub complete: std::collections::HashSet<String>,
+    /// Value ranges of numeric columns in this version (never released).
+    pub ranges: HashMap<String, (f64, f64)>,
     pub version: String,
     pub view_schema: SchemaRef,
 }
@@ -315,6 +325,11 @@ impl DataPlane {
                     grant,
                     unit_unique: t.unit_unique,
                     complete: t.complete_columns.iter().cloned().collect(),
+                    ranges: t
+                        .column_ranges
+                        .iter()
+                        .map(|(n, lo, hi)| (n.clone(), (*lo, *hi)))
+                        .collect(),
                     version: t.version.clone(),
                     view_schema: schema,
                 },

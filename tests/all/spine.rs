@@ -40,6 +40,13 @@ fn one_job_end_to_end_over_http() {
     let developer = server.party("Example Bank", "developer");
     let cat = developer.get("/v1/catalog/enterprise_register").ok();
     assert_eq!(cat["rows"], 4000);
+    // Catalog columns say name, type, rule, declared domain and description;
+    // nothing measured from the data (an extreme is one unit's value).
+    for c in cat["columns"].as_array().unwrap() {
+        let mut keys: Vec<&str> = c.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["description", "domain", "name", "rule", "type"]);
+    }
     let sample = &cat["sample"];
     let cols: Vec<&str> = sample["columns"]
         .as_array()
