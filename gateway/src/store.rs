@@ -11,7 +11,7 @@
 use crate::error::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use scenarios::budget::{Budget, Delta, Epsilon};
+use scenarios::budget::{Budget, Delta, Epsilon, Rho};
 use scenarios::ledger::{leaf_hash, EntryBody, ZERO_HASH};
 use scenarios::party::{Actor, Role};
 use serde::de::DeserializeOwned;
@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS agreements (
     id TEXT PRIMARY KEY, developer_id TEXT NOT NULL, scenario_id TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS budgets (
     developer_id TEXT NOT NULL, scenario_id TEXT NOT NULL,
-    epsilon_spent INTEGER NOT NULL, delta_spent INTEGER NOT NULL,
+    epsilon_spent INTEGER NOT NULL, delta_spent INTEGER NOT NULL, rho_spent INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (developer_id, scenario_id));
 CREATE TABLE IF NOT EXISTS modules (hash TEXT PRIMARY KEY, bytes BLOB NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -46,7 +46,8 @@ CREATE INDEX IF NOT EXISTS ledger_subject ON ledger (subject);
 "#;
 
 /// Current schema version, recorded in `meta`.
-const SCHEMA_VERSION: &str = "1";
+/// Version 2 added `budgets.rho_spent` (zCDP accounting).
+const SCHEMA_VERSION: &str = "2";
 
 /// The store.
 pub struct Store {
@@ -186,6 +187,14 @@ impl Store {
                 )?;
             }
             Some(SCHEMA_VERSION) => {}
+            Some("1") => {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute_batch(
+                    "ALTER TABLE budgets ADD COLUMN rho_spent INTEGER NOT NULL DEFAULT 0;
+                     UPDATE meta SET value = '2' WHERE key = 'schema';",
+                )?;
+                tx.commit()?;
+            }
             Some(v) => anyhow::bail!("store schema version {v} is not supported by this binary"),
         }
         Ok(Store {
@@ -499,17 +508,18 @@ pub fn put_in<T: Serialize>(
 
 /// Budget spent, inside a connection or transaction.
 pub fn spent_in(c: &Connection, developer_id: &str, scenario_id: &str) -> ApiResult<Budget> {
-    let row: Option<(i64, i64)> = c
+    let row: Option<(i64, i64, i64)> = c
         .query_row(
-            "SELECT epsilon_spent, delta_spent FROM budgets WHERE developer_id = ?1 AND scenario_id = ?2",
+            "SELECT epsilon_spent, delta_spent, rho_spent FROM budgets WHERE developer_id = ?1 AND scenario_id = ?2",
             [developer_id, scenario_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    let (e, d) = row.unwrap_or((0, 0));
+    let (e, d, r) = row.unwrap_or((0, 0, 0));
     Ok(Budget {
         epsilon: Epsilon(e.max(0) as u64),
         delta: Delta(d.max(0) as u64),
+        rho: Rho(r.max(0) as u64),
     })
 }
 
@@ -528,14 +538,9 @@ pub fn charge_in(
     }
     let after = spent.plus(cost);
     tx.execute(
-        "INSERT INTO budgets (developer_id, scenario_id, epsilon_spent, delta_spent) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (developer_id, scenario_id) DO UPDATE SET epsilon_spent = ?3, delta_spent = ?4",
-        params![
-            developer_id,
-            scenario_id,
-            after.epsilon.0 as i64,
-            after.delta.0 as i64
-        ],
+"INSERT INTO budgets (developer_id, scenario_id, epsilon_spent, delta_spent, rho_spent) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (developer_id, scenario_id) DO UPDATE SET epsilon_spent = ?3, delta_spent = ?4, rho_spent = ?5",
+        params![developer_id, scenario_id, after.epsilon.0 as i64, after.delta.0 as i64, after.rho.0 as i64],
     )?;
     Ok(after)
 }
@@ -544,4 +549,82 @@ pub fn charge_in(
 pub fn set_job_output(tx: &Transaction<'_>, id: &str, output: &[u8]) -> ApiResult<()> {
     tx.execute("UPDATE jobs SET output = ?2 WHERE id = ?1", params![id, output])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_store_is_migrated_and_keeps_its_budgets() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join("invis.db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('schema', '1');
+                 CREATE TABLE budgets (developer_id TEXT NOT NULL, scenario_id TEXT NOT NULL,
+                     epsilon_spent INTEGER NOT NULL, delta_spent INTEGER NOT NULL,
+                     PRIMARY KEY (developer_id, scenario_id));
+                 INSERT INTO budgets VALUES ('pt_a', 'sc_a', 1500000, 200000);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let spent = store.budget_spent("pt_a", "sc_a").unwrap();
+        assert_eq!(
+            (spent.epsilon, spent.delta, spent.rho),
+            (Epsilon(1_500_000), Delta(200_000), Rho(0))
+        );
+        let limit = Budget {
+            epsilon: Epsilon(2_000_000),
+            delta: Delta(1_000_000),
+            rho: Rho(1_000_000),
+        };
+        store
+            .tx(|tx| {
+                charge_in(
+                    tx,
+                    "pt_a",
+                    "sc_a",
+                    &Budget {
+                        rho: Rho(300_000),
+                        ..Default::default()
+                    },
+                    &limit,
+                )
+            })
+            .unwrap();
+        assert_eq!(store.budget_spent("pt_a", "sc_a").unwrap().rho, Rho(300_000));
+        drop(store);
+        // Opening again is a no-op.
+        assert_eq!(
+            Store::open(dir.path())
+                .unwrap()
+                .budget_spent("pt_a", "sc_a")
+                .unwrap()
+                .rho,
+            Rho(300_000)
+        );
+    }
+
+    #[test]
+    fn a_charge_that_does_not_fit_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let limit = Budget {
+            epsilon: Epsilon(1_000_000),
+            delta: Delta(10),
+            rho: Rho(0),
+        };
+        let q = Budget {
+            epsilon: Epsilon(600_000),
+            delta: Delta(1),
+            rho: Rho(0),
+        };
+        store.tx(|tx| charge_in(tx, "d", "s", &q, &limit)).unwrap();
+        let refused = store.tx(|tx| charge_in(tx, "d", "s", &q, &limit));
+        assert!(matches!(refused, Err(ApiError::BudgetExhausted(_))));
+        assert_eq!(store.budget_spent("d", "s").unwrap(), q);
+    }
 }

@@ -8,7 +8,7 @@
 use crate::scope::{Accountant, DataPlane, MemoryAccountant, ScopeConfig};
 use crate::{Error, Result};
 use datafusion::prelude::SessionContext;
-use scenarios::budget::{Budget, Delta, Epsilon};
+use scenarios::budget::{Budget, Delta, Epsilon, Rho};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +23,14 @@ pub struct BenchRow {
     pub protected_ms: f64,
     /// `protected_ms / raw_ms`.
     pub ratio: f64,
+}
+
+fn unlimited_budget() -> Budget {
+    Budget {
+        epsilon: Epsilon(u64::MAX / 4),
+        delta: Delta(u64::MAX / 4),
+        rho: Rho(u64::MAX / 4),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -44,10 +52,7 @@ pub async fn compare(
     for t in &cfg.tables {
         raw.register_table(t.spec.name.as_str(), plane.raw_provider(t).await?)?;
     }
-    let unlimited = Budget {
-        epsilon: Epsilon(u64::MAX / 4),
-        delta: Delta(u64::MAX / 4),
-    };
+    let unlimited = unlimited_budget();
     let accountant: Arc<dyn Accountant> = Arc::new(MemoryAccountant::new(unlimited));
     let mut cfg = cfg;
     cfg.scenario.release.max_queries_per_job = u32::MAX;
@@ -167,10 +172,7 @@ pub async fn accuracy(
         raw.register_table(t.spec.name.as_str(), plane.raw_provider(t).await?)?;
     }
     let epsilon = cfg.scenario.release.epsilon_per_query.as_f64();
-    let unlimited = Budget {
-        epsilon: Epsilon(u64::MAX / 4),
-        delta: Delta(u64::MAX / 4),
-    };
+    let unlimited = unlimited_budget();
     let mut cfg = cfg;
     cfg.scenario.release.max_queries_per_job = u32::MAX;
     let scope = plane

@@ -8,6 +8,8 @@
 //! [`RandomSource`]; production uses `ring`'s system RNG.
 
 use crate::{Error, Result};
+use num_bigint::{BigInt, BigUint};
+use num_traits::{One, ToPrimitive, Zero};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// A source of uniformly random bytes.
@@ -150,6 +152,83 @@ pub fn discrete_laplace(rng: &mut dyn RandomSource, num: u128, den: u128) -> Res
     }
 }
 
+/// A uniform big integer in `[0, n)`, by rejection (exact).
+pub fn uniform_below_big(rng: &mut dyn RandomSource, n: &BigUint) -> Result<BigUint> {
+    if n.is_zero() {
+        return Err(Error::Internal("uniform_below_big(0)".into()));
+    }
+    let top = n - 1u32;
+    let bits = top.bits();
+    if bits == 0 {
+        return Ok(BigUint::zero());
+    }
+    let bytes = bits.div_ceil(8) as usize;
+    let spare = (bytes as u64) * 8 - bits;
+    let mut buf = vec![0u8; bytes];
+    loop {
+        rng.fill(&mut buf)?;
+        if let Some(last) = buf.last_mut() {
+            *last &= 0xFF >> spare;
+        }
+        let v = BigUint::from_bytes_le(&buf);
+        if &v < n {
+            return Ok(v);
+        }
+    }
+}
+
+/// Bernoulli(exp(-num/den)) on big integers, exact (CKS algorithm 1).
+pub fn bernoulli_exp_big(rng: &mut dyn RandomSource, num: &BigUint, den: &BigUint) -> Result<bool> {
+    if den.is_zero() {
+        return Err(Error::Internal("bernoulli_exp with zero denominator".into()));
+    }
+    let whole = num / den;
+    // Each whole unit needs a Bernoulli(exp(-1)) success; a count beyond
+    // u64 would need more successes than can ever happen in a row.
+    let Some(whole) = whole.to_u64() else {
+        return Ok(false);
+    };
+    for _ in 0..whole {
+        if !bernoulli_exp(rng, 1, 1)? {
+            return Ok(false);
+        }
+    }
+    let rem = num % den;
+    let mut k = BigUint::one();
+    loop {
+        let d = den * &k;
+        if uniform_below_big(rng, &d)? >= rem {
+            return Ok(k.bit(0));
+        }
+        k += 1u32;
+    }
+}
+
+/// A discrete Gaussian sample with variance parameter `sigma2 = num/den`:
+/// `P[x] ∝ exp(-x² / (2 sigma2))` (CKS algorithm 3, by rejection from a
+/// discrete Laplace of scale `floor(sigma) + 1`).
+pub fn discrete_gaussian(rng: &mut dyn RandomSource, num: &BigUint, den: &BigUint) -> Result<i128> {
+    if num.is_zero() || den.is_zero() {
+        return Err(Error::Internal("discrete gaussian variance must be > 0".into()));
+    }
+    // floor(sqrt(num/den)) = floor(sqrt(floor(num/den))).
+    let t: BigUint = (num / den).sqrt() + 1u32;
+    let t_small = t
+        .to_u128()
+        .ok_or_else(|| Error::PolicyViolation("noise scale too large".into()))?;
+    // gamma = (|y| den t - num)^2 / (2 num den t^2)
+    let gamma_den: BigUint = BigUint::from(2u32) * num * den * &t * &t;
+    let n_int = BigInt::from(num.clone());
+    loop {
+        let y = discrete_laplace(rng, t_small, 1)?;
+        let a = BigInt::from(BigUint::from(y.unsigned_abs()) * den * &t) - &n_int;
+        let gamma_num = (&a * &a).to_biguint().unwrap_or_default();
+        if bernoulli_exp_big(rng, &gamma_num, &gamma_den)? {
+            return Ok(y);
+        }
+    }
+}
+
 /// Noise scale of a measurement as an exact fraction, with the float for
 /// reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +337,76 @@ pub(crate) mod tests {
         chi2 += (tail_obs as f64 - exp_tail).powi(2) / exp_tail;
         // 18 bins, 17 degrees of freedom: the 99.9% quantile is 40.79.
         assert!(chi2 < 40.79, "chi2 = {chi2}");
+    }
+
+    /// Chi-squared goodness of fit of the discrete Gaussian against its pmf
+    /// `P[x] ∝ exp(-x² / (2 sigma2))`, normalised numerically.
+    #[test]
+    fn discrete_gaussian_matches_theory() {
+        let mut rng = SystemRng::default();
+        let (num, den) = (BigUint::from(5u32), BigUint::from(2u32)); // sigma2 = 2.5
+        let n = 50_000usize;
+        let mut counts = std::collections::BTreeMap::<i128, usize>::new();
+        for _ in 0..n {
+            *counts
+                .entry(discrete_gaussian(&mut rng, &num, &den).unwrap())
+                .or_default() += 1;
+        }
+        let w = |x: i128| (-(x * x) as f64 / 5.0).exp();
+        let z: f64 = (-60i128..=60).map(w).sum();
+        let pmf = |x: i128| w(x) / z;
+        let mut chi2 = 0.0;
+        let mut tail_obs = 0usize;
+        let mut tail_p = 1.0;
+        for x in -5i128..=5 {
+            let obs = *counts.get(&x).unwrap_or(&0) as f64;
+            let exp = pmf(x) * n as f64;
+            tail_p -= pmf(x);
+            chi2 += (obs - exp).powi(2) / exp;
+        }
+        for (x, c) in &counts {
+            if x.abs() > 5 {
+                tail_obs += c;
+            }
+        }
+        let exp_tail = tail_p * n as f64;
+        chi2 += (tail_obs as f64 - exp_tail).powi(2) / exp_tail;
+        // 12 bins, 11 degrees of freedom: the 99.9% quantile is 31.26.
+        assert!(chi2 < 31.26, "chi2 = {chi2}");
+        // Mean zero, variance slightly below sigma2 (CKS: at most sigma2).
+        let mean = counts.iter().map(|(x, c)| *x as f64 * *c as f64).sum::<f64>() / n as f64;
+        let var = counts
+            .iter()
+            .map(|(x, c)| (*x as f64 - mean).powi(2) * *c as f64)
+            .sum::<f64>()
+            / n as f64;
+        assert!(
+            mean.abs() < 0.05 && (var - 2.5).abs() < 0.1,
+            "mean {mean} var {var}"
+        );
+    }
+
+    #[test]
+    fn huge_gaussian_parameters_do_not_overflow() {
+        // sigma about 2e7: the rejection test needs more than 128 bits.
+        let mut rng = SystemRng::default();
+        let num = BigUint::from(4u64) * BigUint::from(10u64).pow(20);
+        let den = BigUint::from(1_000_000u32);
+        for _ in 0..20 {
+            let x = discrete_gaussian(&mut rng, &num, &den).unwrap();
+            assert!(x.abs() < 400_000_000, "{x}");
+        }
+    }
+
+    #[test]
+    fn uniform_big_covers_its_range() {
+        let mut rng = TestRng(5);
+        let n = BigUint::from(5u32);
+        let mut seen = [0u32; 5];
+        for _ in 0..5000 {
+            seen[uniform_below_big(&mut rng, &n).unwrap().to_usize().unwrap()] += 1;
+        }
+        assert!(seen.iter().all(|&c| (850..1150).contains(&c)), "{seen:?}");
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! unit, which both enforces the minimum cell size and makes releasing
 //! data-dependent group keys (ε, δ)-differentially private.
 
-use crate::noise::{discrete_laplace, RandomSource, Scale};
+use crate::noise::{discrete_gaussian, discrete_laplace, RandomSource, Scale};
 use crate::policy::{AggKind, Checked, OutputRef};
 use crate::{Error, Result};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Builder, Int64Builder, UInt32Array};
@@ -38,8 +38,10 @@ use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{
     col, lit, try_cast, when, Expr, ExprFunctionExt, ExprSchemable, LogicalPlan, LogicalPlanBuilder,
 };
+use num_bigint::BigUint;
+use num_traits::ToPrimitive;
 use scenarios::budget::Budget;
-use scenarios::policy::ReleaseRules;
+use scenarios::policy::{NoiseKind, ReleaseRules};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -115,7 +117,7 @@ pub struct QueryLineage {
 #[derive(Debug, Clone)]
 pub(crate) struct Measure {
     column: String,
-    scale: Scale,
+    noise: Noise,
 }
 
 /// How one output column is computed from measurements.
@@ -189,12 +191,90 @@ fn index_of(kinds: &mut Vec<Kind>, k: Kind) -> usize {
     }
 }
 
-/// The key release threshold (see the module docs).
+/// The key release threshold for Laplace noise (see the module docs).
+#[cfg(test)]
 pub(crate) fn threshold(min_group_size: u32, unit_scale: f64, l0: u32, delta: f64) -> i128 {
-    let b = unit_scale;
-    let tail = (f64::from(l0) / (delta * (1.0 + (-1.0 / b).exp()))).ln();
-    let margin = if tail > 0.0 { (b * tail).ceil() } else { 0.0 };
-    i128::from(min_group_size) + margin as i128
+    i128::from(min_group_size) + Noise::laplace_margin(unit_scale, l0, delta) as i128
+}
+
+/// The noise of one measurement.
+#[derive(Debug, Clone)]
+pub(crate) enum Noise {
+    /// Discrete Laplace with this scale.
+    Laplace(Scale),
+    /// Discrete Gaussian with variance parameter `num/den`.
+    Gaussian { num: BigUint, den: BigUint },
+}
+
+impl Noise {
+    /// Gaussian noise for a measurement with squared L2 sensitivity
+    /// `l2_squared` receiving `1/share` of a query's rho (in millionths):
+    /// `sigma2 = l2² · share / (2 rho)`.
+    fn gaussian(l2_squared: &BigUint, share: u128, rho_micros: u64) -> Result<Noise> {
+        if rho_micros == 0 {
+            return Err(Error::PolicyViolation(
+                "rho must be > 0 for Gaussian noise".into(),
+            ));
+        }
+        let num = l2_squared * BigUint::from(share) * BigUint::from(1_000_000u32);
+        let den = BigUint::from(2u32) * BigUint::from(rho_micros);
+        Ok(Noise::Gaussian { num, den })
+    }
+
+    fn sample(&self, rng: &mut dyn RandomSource) -> Result<i128> {
+        match self {
+            Noise::Laplace(s) => discrete_laplace(rng, s.num, s.den),
+            Noise::Gaussian { num, den } => discrete_gaussian(rng, num, den),
+        }
+    }
+
+    /// The exact parameter, for the lineage.
+    fn exact(&self) -> String {
+        match self {
+            Noise::Laplace(s) => format!("{}/{}", s.num, s.den),
+            Noise::Gaussian { num, den } => format!("sigma2={num}/{den}"),
+        }
+    }
+
+    /// Laplace scale, or Gaussian standard deviation.
+    fn scale_f64(&self) -> f64 {
+        match self {
+            Noise::Laplace(s) => s.as_f64(),
+            Noise::Gaussian { num, den } => {
+                (num.to_f64().unwrap_or(f64::MAX) / den.to_f64().unwrap_or(1.0)).sqrt()
+            }
+        }
+    }
+
+    /// How far above the minimum group size a noisy unit count must be so
+    /// that, over the `l0` groups one unit can touch, a group below the
+    /// minimum is released with probability at most `delta`.
+    fn tail_margin(&self, l0: u32, delta: f64) -> f64 {
+        match self {
+            Noise::Laplace(s) => Self::laplace_margin(s.as_f64(), l0, delta),
+            // Discrete Gaussian tails are sub-Gaussian (CKS 2020):
+            // P[Z >= m] <= exp(-m² / (2 sigma2)).
+            Noise::Gaussian { .. } => {
+                let sigma = self.scale_f64();
+                let tail = (f64::from(l0) / delta).ln();
+                if tail > 0.0 {
+                    (sigma * (2.0 * tail).sqrt()).ceil()
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
+    /// Discrete Laplace tail: P[Z >= m] = exp(-m/b) / (1 + exp(-1/b)).
+    fn laplace_margin(b: f64, l0: u32, delta: f64) -> f64 {
+        let tail = (f64::from(l0) / (delta * (1.0 + (-1.0 / b).exp()))).ln();
+        if tail > 0.0 {
+            (b * tail).ceil()
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Builds the mechanism's plan and parameters for a checked query.
@@ -261,26 +341,41 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
     let mut measures = Vec::with_capacity(kinds.len());
     let mut records = Vec::with_capacity(kinds.len());
     for (i, kind) in kinds.iter().enumerate() {
-        let sensitivity = per_group(kind) * u128::from(l0);
-        let scale = Scale::laplace(sensitivity, share, rules.epsilon_per_query.0)?;
+        let (noise, sensitivity) = match rules.noise {
+            NoiseKind::Laplace => {
+                // L1 sensitivity over all groups.
+                let l1 = per_group(kind) * u128::from(l0);
+                (
+                    Noise::Laplace(Scale::laplace(l1, share, rules.epsilon_per_query.0)?),
+                    l1.to_string(),
+                )
+            }
+            NoiseKind::Gaussian => {
+                // L2 sensitivity over all groups: sqrt(L0) times per group.
+                let d = per_group(kind);
+                let l2_squared = BigUint::from(d) * d * l0;
+                (
+                    Noise::gaussian(&l2_squared, share, rules.rho_per_query.0)?,
+                    format!("sqrt({l2_squared})"),
+                )
+            }
+        };
         records.push(MeasurementRecord {
             name: kind.label(),
-            sensitivity: sensitivity.to_string(),
-            scale: format!("{}/{}", scale.num, scale.den),
-            scale_f64: scale.as_f64(),
+            sensitivity,
+            scale: noise.exact(),
+            scale_f64: noise.scale_f64(),
         });
         measures.push(Measure {
             column: format!("__m{i}"),
-            scale,
+            noise,
         });
     }
-    let unit_scale = measures.first().map(|m| m.scale.as_f64()).unwrap_or(1.0);
-    let tau = threshold(
-        rules.min_group_size,
-        unit_scale,
-        l0,
-        rules.delta_per_query.as_f64(),
-    );
+    let margin = measures
+        .first()
+        .map(|m| m.noise.tail_margin(l0, rules.delta_per_query.as_f64()))
+        .unwrap_or(0.0);
+    let tau = i128::from(rules.min_group_size) + margin as i128;
 
     let plan = build_plan(c, &kinds, k, needs_l0.then_some(l0))?;
     Ok(Prepared {
@@ -290,7 +385,10 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
         groups: c.groups.len(),
         threshold: tau,
         mechanism: MechanismRecord {
-            noise: "discrete_laplace".into(),
+            noise: match rules.noise {
+                NoiseKind::Laplace => "discrete_laplace".into(),
+                NoiseKind::Gaussian => "discrete_gaussian".into(),
+            },
             contribution: if fast {
                 "one_row_per_unit".into()
             } else {
@@ -533,7 +631,7 @@ pub(crate) fn finish(
             } else {
                 i128::from(values.value(i))
             };
-            out.push(exact + discrete_laplace(rng, m.scale.num, m.scale.den)?);
+            out.push(exact + m.noise.sample(rng)?);
         }
         noisy.push(out);
     }

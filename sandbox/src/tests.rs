@@ -244,6 +244,49 @@ async fn only_the_scenarios_aggregate_functions_are_allowed() {
 }
 
 #[tokio::test]
+async fn gaussian_scenarios_spend_rho_and_release_accurate_counts() {
+    let name = "pums";
+    let spec = spec("PUMS_pid.csv", name);
+    let p = profile(&spec).await.unwrap();
+    let mut sc = scenario(name, 1.0, 10.0);
+    sc.release.noise = scenarios::policy::NoiseKind::Gaussian;
+    sc.release.epsilon_per_query = Epsilon(0);
+    sc.release.epsilon_total = Epsilon(0);
+    sc.release.rho_per_query = scenarios::budget::Rho(500_000);
+    sc.release.rho_total = scenarios::budget::Rho(1_000_000);
+    sc.release.delta_total = Delta(100_000_000);
+    sc.release.max_queries_per_job = 100;
+    sc.release.validate().unwrap();
+    let acc = Arc::new(MemoryAccountant::new(sc.release.total_budget()));
+    let cfg = ScopeConfig {
+        agreement_id: "ag".into(),
+        scenario: sc,
+        tables: vec![TableVersion::from_profile(spec, &p)],
+        token_key: TokenKey::new(&[1u8; 32]),
+        memory_limit: 1 << 30,
+    };
+    let scope = DataPlane::new().open(cfg, acc.clone()).await.unwrap();
+    let r = scope
+        .query("SELECT sex, COUNT(*) AS n FROM pums GROUP BY sex")
+        .await
+        .unwrap();
+    assert_eq!(r.lineage.mechanism.noise, "discrete_gaussian");
+    // One measurement at rho 0.5, sensitivity 1: sigma = 1.
+    assert_eq!(
+        r.lineage.mechanism.measurements[0].scale,
+        "sigma2=1000000/1000000"
+    );
+    let n = column_i64(&r.batch, "n");
+    assert!((n[0] - 486).abs() < 10 && (n[1] - 514).abs() < 10, "{n:?}");
+    scope.query("SELECT COUNT(*) FROM pums").await.unwrap();
+    assert!(
+        matches!(scope.query("SELECT COUNT(*) FROM pums").await, Err(Error::BudgetExhausted(m)) if m.contains("rho"))
+    );
+    assert_eq!(acc.spent().rho, scenarios::budget::Rho(1_000_000));
+    assert_eq!(acc.spent().epsilon, Epsilon(0));
+}
+
+#[tokio::test]
 async fn counts_are_accurate_noisy_and_keys_sorted() {
     let (scope, _) = open("PUMS_pid.csv", 1.0, 100.0).await;
     let r = scope
@@ -339,7 +382,8 @@ async fn the_budget_is_charged_before_release_and_then_refuses() {
         acc.spent(),
         Budget {
             epsilon: Epsilon(1_000_000),
-            delta: Delta(200_000)
+            delta: Delta(200_000),
+            rho: Default::default()
         }
     );
     assert_eq!(acc.releases().len(), 2);

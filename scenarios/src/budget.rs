@@ -1,8 +1,14 @@
 //! Privacy-budget quantities in exact integer units.
 //!
 //! Budgets are accounted in integers so that no sequence of charges can drift
-//! through floating-point rounding: epsilon in millionths, delta in units of
-//! 1e-12. The wire form is a decimal number.
+//! through floating-point rounding: epsilon and rho in millionths, delta in
+//! units of 1e-12. The wire form is a decimal number.
+//!
+//! A budget has three parts. Pure differential privacy (discrete Laplace
+//! noise) spends epsilon; zero-concentrated DP (discrete Gaussian noise)
+//! spends rho; releasing data-dependent group keys spends delta. Each part
+//! composes by addition and is limited separately; [`Budget::guarantee`]
+//! states the combined (epsilon, delta) guarantee.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -15,10 +21,16 @@ pub struct Epsilon(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Delta(pub u64);
 
+/// Zero-concentrated DP rho in millionths (0.5 == 500_000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Rho(pub u64);
+
 /// One epsilon unit is this fraction of 1.0.
 pub const EPSILON_UNITS: u64 = 1_000_000;
 /// One delta unit is this fraction of 1.0.
 pub const DELTA_UNITS: u64 = 1_000_000_000_000;
+/// One rho unit is this fraction of 1.0.
+pub const RHO_UNITS: u64 = 1_000_000;
 
 fn units_from_f64(x: f64, per_one: u64, what: &str) -> Result<u64, String> {
     if !x.is_finite() || x < 0.0 {
@@ -31,58 +43,31 @@ fn units_from_f64(x: f64, per_one: u64, what: &str) -> Result<u64, String> {
     Ok(scaled as u64)
 }
 
-impl Epsilon {
-    /// Converts a decimal epsilon, rounding to the nearest millionth.
-    pub fn from_f64(x: f64) -> Result<Self, String> {
-        units_from_f64(x, EPSILON_UNITS, "epsilon").map(Epsilon)
-    }
-    /// The value as a float, for display and noise-scale reports only.
-    pub fn as_f64(self) -> f64 {
-        self.0 as f64 / EPSILON_UNITS as f64
-    }
-    /// Saturating sum.
-    pub fn saturating_add(self, o: Epsilon) -> Epsilon {
-        Epsilon(self.0.saturating_add(o.0))
-    }
-    /// Saturating difference.
-    pub fn saturating_sub(self, o: Epsilon) -> Epsilon {
-        Epsilon(self.0.saturating_sub(o.0))
-    }
-}
-
-impl Delta {
-    /// Converts a decimal delta, rounding to the nearest 1e-12.
-    pub fn from_f64(x: f64) -> Result<Self, String> {
-        units_from_f64(x, DELTA_UNITS, "delta").map(Delta)
-    }
-    /// The value as a float.
-    pub fn as_f64(self) -> f64 {
-        self.0 as f64 / DELTA_UNITS as f64
-    }
-    /// Saturating sum.
-    pub fn saturating_add(self, o: Delta) -> Delta {
-        Delta(self.0.saturating_add(o.0))
-    }
-    /// Saturating difference.
-    pub fn saturating_sub(self, o: Delta) -> Delta {
-        Delta(self.0.saturating_sub(o.0))
-    }
-}
-
-impl fmt::Display for Epsilon {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.as_f64())
-    }
-}
-
-impl fmt::Display for Delta {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:e}", self.as_f64())
-    }
-}
-
-macro_rules! decimal_serde {
-    ($t:ty) => {
+macro_rules! quantity {
+    ($t:ident, $units:expr, $what:literal, $fmt:literal) => {
+        impl $t {
+            /// Converts a decimal value, rounding to the nearest unit.
+            pub fn from_f64(x: f64) -> Result<Self, String> {
+                units_from_f64(x, $units, $what).map($t)
+            }
+            /// The value as a float, for display and reports only.
+            pub fn as_f64(self) -> f64 {
+                self.0 as f64 / $units as f64
+            }
+            /// Saturating sum.
+            pub fn saturating_add(self, o: $t) -> $t {
+                $t(self.0.saturating_add(o.0))
+            }
+            /// Saturating difference.
+            pub fn saturating_sub(self, o: $t) -> $t {
+                $t(self.0.saturating_sub(o.0))
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, $fmt, self.as_f64())
+            }
+        }
         impl Serialize for $t {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_f64(self.as_f64())
@@ -91,42 +76,47 @@ macro_rules! decimal_serde {
         impl<'de> Deserialize<'de> for $t {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let x = f64::deserialize(d)?;
-                <$t>::from_f64(x).map_err(serde::de::Error::custom)
+                $t::from_f64(x).map_err(serde::de::Error::custom)
             }
         }
     };
 }
-decimal_serde!(Epsilon);
-decimal_serde!(Delta);
+quantity!(Epsilon, EPSILON_UNITS, "epsilon", "{}");
+quantity!(Delta, DELTA_UNITS, "delta", "{:e}");
+quantity!(Rho, RHO_UNITS, "rho", "{}");
 
 /// A spend or an allowance of privacy budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Budget {
-    /// Epsilon part.
+    /// Pure-DP part.
     pub epsilon: Epsilon,
     /// Delta part.
     pub delta: Delta,
+    /// zCDP part.
+    #[serde(default)]
+    pub rho: Rho,
 }
 
 impl Budget {
-    /// True when `self + charge` stays within `limit` in both parts.
+    /// True when `self + charge` stays within `limit` in every part.
     pub fn can_afford(&self, charge: &Budget, limit: &Budget) -> bool {
-        self.epsilon
-            .0
-            .checked_add(charge.epsilon.0)
-            .is_some_and(|e| e <= limit.epsilon.0)
-            && self
-                .delta
-                .0
-                .checked_add(charge.delta.0)
-                .is_some_and(|d| d <= limit.delta.0)
+        let fits = |a: u64, b: u64, l: u64| a.checked_add(b).is_some_and(|s| s <= l);
+        fits(self.epsilon.0, charge.epsilon.0, limit.epsilon.0)
+            && fits(self.delta.0, charge.delta.0, limit.delta.0)
+            && fits(self.rho.0, charge.rho.0, limit.rho.0)
     }
+
     /// Says which part of `limit` a `charge` on top of `self` would exceed.
     pub fn shortfall(&self, charge: &Budget, limit: &Budget) -> String {
         if self.epsilon.0.saturating_add(charge.epsilon.0) > limit.epsilon.0 {
             format!(
                 "spent epsilon {} of {}, the query needs {}",
                 self.epsilon, limit.epsilon, charge.epsilon
+            )
+        } else if self.rho.0.saturating_add(charge.rho.0) > limit.rho.0 {
+            format!(
+                "spent rho {} of {}, the query needs {}",
+                self.rho, limit.rho, charge.rho
             )
         } else {
             format!(
@@ -135,19 +125,40 @@ impl Budget {
             )
         }
     }
+
     /// Component-wise saturating sum.
     pub fn plus(&self, o: &Budget) -> Budget {
         Budget {
             epsilon: self.epsilon.saturating_add(o.epsilon),
             delta: self.delta.saturating_add(o.delta),
+            rho: self.rho.saturating_add(o.rho),
         }
     }
+
     /// Component-wise saturating difference.
     pub fn minus(&self, o: &Budget) -> Budget {
         Budget {
             epsilon: self.epsilon.saturating_sub(o.epsilon),
             delta: self.delta.saturating_sub(o.delta),
+            rho: self.rho.saturating_sub(o.rho),
         }
+    }
+
+    /// The (epsilon, delta) guarantee of everything this budget covers:
+    /// pure epsilon plus the zCDP part converted at half the delta
+    /// (Bun-Steinke 2016: rho-zCDP implies (rho + 2 sqrt(rho ln(1/d)), d)-DP),
+    /// with the other half of delta left for key release.
+    pub fn guarantee(&self) -> (f64, f64) {
+        let delta = self.delta.as_f64();
+        let rho = self.rho.as_f64();
+        if rho == 0.0 || delta == 0.0 {
+            return (self.epsilon.as_f64(), delta);
+        }
+        let d = delta / 2.0;
+        (
+            self.epsilon.as_f64() + rho + 2.0 * (rho * (1.0 / d).ln()).sqrt(),
+            delta,
+        )
     }
 }
 
@@ -171,38 +182,65 @@ mod tests {
         assert!(Epsilon::from_f64(-0.5).is_err());
         assert!(Epsilon::from_f64(f64::NAN).is_err());
         assert!(Delta::from_f64(f64::INFINITY).is_err());
+        assert!(Rho::from_f64(-1.0).is_err());
     }
 
     #[test]
-    fn affordability_is_checked_on_both_parts() {
+    fn affordability_is_checked_on_every_part() {
         let limit = Budget {
             epsilon: Epsilon(1_000_000),
             delta: Delta(10),
+            rho: Rho(500_000),
         };
         let spent = Budget {
             epsilon: Epsilon(900_000),
             delta: Delta(5),
+            rho: Rho(400_000),
         };
-        assert!(spent.can_afford(
-            &Budget {
-                epsilon: Epsilon(100_000),
-                delta: Delta(5)
-            },
-            &limit
-        ));
+        let ok = Budget {
+            epsilon: Epsilon(100_000),
+            delta: Delta(5),
+            rho: Rho(100_000),
+        };
+        assert!(spent.can_afford(&ok, &limit));
         assert!(!spent.can_afford(
             &Budget {
                 epsilon: Epsilon(100_001),
-                delta: Delta(0)
+                ..Default::default()
             },
             &limit
         ));
         assert!(!spent.can_afford(
             &Budget {
-                epsilon: Epsilon(0),
-                delta: Delta(6)
+                delta: Delta(6),
+                ..Default::default()
             },
             &limit
         ));
+        let too_much_rho = Budget {
+            rho: Rho(100_001),
+            ..Default::default()
+        };
+        assert!(!spent.can_afford(&too_much_rho, &limit));
+        assert!(spent.shortfall(&too_much_rho, &limit).contains("rho"));
+    }
+
+    #[test]
+    fn old_records_without_rho_still_parse() {
+        let b: Budget = serde_json::from_str(r#"{"epsilon": 1.0, "delta": 1e-6}"#).unwrap();
+        assert_eq!(b.rho, Rho(0));
+    }
+
+    #[test]
+    fn zcdp_converts_to_an_epsilon_delta_guarantee() {
+        let b = Budget {
+            epsilon: Epsilon(0),
+            delta: Delta(2_000_000),
+            rho: Rho(100_000),
+        };
+        let (e, d) = b.guarantee();
+        // rho 0.1 at delta 1e-6: 0.1 + 2 sqrt(0.1 ln 1e6) = 2.45.
+        assert!((e - 2.4507).abs() < 1e-3, "{e}");
+        assert_eq!(d, 2e-6);
     }
 }

@@ -5,7 +5,7 @@
 //! The sandbox enforces these on query plans; this module only defines and
 //! validates them, including refusing unsafe release parameters.
 
-use crate::budget::{Budget, Delta, Epsilon};
+use crate::budget::{Budget, Delta, Epsilon, Rho};
 use crate::catalog::{ColumnRule, DatasetSpec, Domain};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -53,10 +53,25 @@ pub struct TableGrant {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRules {
-    /// Total epsilon an agreement under this scenario may spend, ever.
+    /// Noise distribution: discrete Laplace (pure epsilon-DP, the default)
+    /// or discrete Gaussian (rho-zCDP, better for many groups per unit).
+    #[serde(default)]
+    pub noise: NoiseKind,
+    /// Total epsilon an agreement under this scenario may spend, ever
+    /// (Laplace scenarios).
+    #[serde(default)]
     pub epsilon_total: Epsilon,
-    /// Epsilon each query spends; split evenly over its measurements.
+    /// Epsilon each query spends; split evenly over its measurements
+    /// (Laplace scenarios).
+    #[serde(default)]
     pub epsilon_per_query: Epsilon,
+    /// Total rho an agreement may spend (Gaussian scenarios).
+    #[serde(default)]
+    pub rho_total: Rho,
+    /// Rho each query spends; split evenly over its measurements
+    /// (Gaussian scenarios).
+    #[serde(default)]
+    pub rho_per_query: Rho,
     /// Total delta an agreement may spend.
     #[serde(default = "default_delta_total")]
     pub delta_total: Delta,
@@ -74,6 +89,17 @@ pub struct ReleaseRules {
     /// At most this many queries per job.
     #[serde(default = "default_max_queries")]
     pub max_queries_per_job: u32,
+}
+
+/// The noise a scenario adds to every measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseKind {
+    /// Discrete Laplace; budget in epsilon.
+    #[default]
+    Laplace,
+    /// Discrete Gaussian; budget in rho (zero-concentrated DP).
+    Gaussian,
 }
 
 fn default_delta_total() -> Delta {
@@ -102,6 +128,12 @@ pub const MAX_EPSILON_PER_QUERY: Epsilon = Epsilon(5_000_000);
 pub const MAX_DELTA_PER_QUERY: Delta = Delta(10_000_000);
 /// Largest total delta: 1e-4.
 pub const MAX_DELTA_TOTAL: Delta = Delta(100_000_000);
+/// Smallest rho per query.
+pub const MIN_RHO_PER_QUERY: Rho = Rho(100);
+/// Largest rho per query.
+pub const MAX_RHO_PER_QUERY: Rho = Rho(1_000_000);
+/// Largest total rho for one agreement (about epsilon 12 at delta 1e-5).
+pub const MAX_RHO_TOTAL: Rho = Rho(2_000_000);
 /// Smallest minimum group size the platform accepts.
 pub const MIN_GROUP_SIZE_FLOOR: u32 = 3;
 
@@ -109,15 +141,41 @@ impl ReleaseRules {
     /// Refuses parameters that would make releases unsafe or meaningless.
     pub fn validate(&self) -> Result<()> {
         let unsafe_ = |m: String| Err(Error::UnsafeParameter(m));
-        if self.epsilon_per_query < MIN_EPSILON_PER_QUERY || self.epsilon_per_query > MAX_EPSILON_PER_QUERY {
-            return unsafe_(format!(
-                "epsilon_per_query must be between {MIN_EPSILON_PER_QUERY} and {MAX_EPSILON_PER_QUERY}"
-            ));
-        }
-        if self.epsilon_total < self.epsilon_per_query || self.epsilon_total > MAX_EPSILON_TOTAL {
-            return unsafe_(format!(
-                "epsilon_total must be at least epsilon_per_query and at most {MAX_EPSILON_TOTAL}"
-            ));
+        match self.noise {
+            NoiseKind::Laplace => {
+                if self.epsilon_per_query < MIN_EPSILON_PER_QUERY
+                    || self.epsilon_per_query > MAX_EPSILON_PER_QUERY
+                {
+                    return unsafe_(format!(
+                        "epsilon_per_query must be between {MIN_EPSILON_PER_QUERY} and {MAX_EPSILON_PER_QUERY}"
+                    ));
+                }
+                if self.epsilon_total < self.epsilon_per_query || self.epsilon_total > MAX_EPSILON_TOTAL {
+                    return unsafe_(format!(
+                        "epsilon_total must be at least epsilon_per_query and at most {MAX_EPSILON_TOTAL}"
+                    ));
+                }
+                if self.rho_total.0 != 0 || self.rho_per_query.0 != 0 {
+                    return unsafe_(
+                        "rho applies to Gaussian noise; a Laplace scenario sets epsilon only".into(),
+                    );
+                }
+            }
+            NoiseKind::Gaussian => {
+                if self.rho_per_query < MIN_RHO_PER_QUERY || self.rho_per_query > MAX_RHO_PER_QUERY {
+                    return unsafe_(format!(
+                        "rho_per_query must be between {MIN_RHO_PER_QUERY} and {MAX_RHO_PER_QUERY}"
+                    ));
+                }
+                if self.rho_total < self.rho_per_query || self.rho_total > MAX_RHO_TOTAL {
+                    return unsafe_(format!(
+                        "rho_total must be at least rho_per_query and at most {MAX_RHO_TOTAL}"
+                    ));
+                }
+                if self.epsilon_total.0 != 0 || self.epsilon_per_query.0 != 0 {
+                    return unsafe_("a Gaussian scenario sets rho, not epsilon".into());
+                }
+            }
         }
         if self.delta_per_query.0 == 0 || self.delta_per_query > MAX_DELTA_PER_QUERY {
             return unsafe_(format!(
@@ -149,6 +207,7 @@ impl ReleaseRules {
         Budget {
             epsilon: self.epsilon_total,
             delta: self.delta_total,
+            rho: self.rho_total,
         }
     }
 
@@ -157,6 +216,7 @@ impl ReleaseRules {
         Budget {
             epsilon: self.epsilon_per_query,
             delta: self.delta_per_query,
+            rho: self.rho_per_query,
         }
     }
 }
@@ -339,6 +399,23 @@ mod tests {
         assert_eq!(r.max_rows_per_unit, 1);
         assert_eq!(r.delta_per_query, Delta(100_000));
         assert_eq!(r.query_cost().epsilon, Epsilon(500_000));
+    }
+
+    #[test]
+    fn gaussian_rules_spend_rho_only() {
+        let r: ReleaseRules = serde_json::from_value(serde_json::json!({
+            "noise": "gaussian", "rho_total": 1.0, "rho_per_query": 0.1, "min_group_size": 10
+        }))
+        .unwrap();
+        r.validate().unwrap();
+        assert_eq!(r.query_cost().rho, Rho(100_000));
+        assert_eq!(r.query_cost().epsilon, Epsilon(0));
+        let mut mixed = r.clone();
+        mixed.epsilon_per_query = Epsilon(100_000);
+        assert!(matches!(mixed.validate(), Err(Error::UnsafeParameter(_))));
+        let mut greedy = r;
+        greedy.rho_total = Rho(50_000_000);
+        assert!(matches!(greedy.validate(), Err(Error::UnsafeParameter(_))));
     }
 
     #[test]

@@ -129,8 +129,9 @@ fn agreement_view(ag: &Agreement, sc: &Scenario, spent: Budget) -> Value {
     json!({
         "agreement": ag,
         "scenario": {"id": sc.id, "name": sc.spec.name, "purpose": sc.spec.purpose},
-        "budget": {"limit": limit, "spent": spent, "remaining": limit.minus(&spent),
-            "per_query": sc.spec.release.query_cost()},
+    "budget": {"limit": limit, "spent": spent, "remaining": limit.minus(&spent),
+            "per_query": sc.spec.release.query_cost(), "noise": sc.spec.release.noise,
+            "guarantee": {"epsilon": limit.guarantee().0, "delta": limit.guarantee().1}},
     })
 }
 
