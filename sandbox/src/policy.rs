@@ -100,7 +100,15 @@ pub(crate) struct Checked {
     pub aggs: Vec<AggKind>,
     /// Output columns in order: name and source.
     pub outputs: Vec<(String, OutputRef)>,
+    /// When every group key is a column with a public domain: the declared
+    /// categories of each key, in GROUP BY order. All their combinations are
+    /// released (values of small cells suppressed) and no key depends on
+    /// the data. `Some(vec![])` when there is no GROUP BY.
+    pub public_keys: Option<Vec<Vec<String>>>,
 }
+
+/// Most cells a public-domain release may have.
+pub(crate) const MAX_PUBLIC_CELLS: usize = 10_000;
 
 /// Where in the query an expression appears.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +264,7 @@ impl<'a> Checker<'a> {
             .first()
             .ok_or_else(|| Error::InvalidQuery("the query reads no table".into()))?;
         let unit = col(Column::new(Some(first.qualifier.clone()), UNIT_COLUMN));
+        let public_keys = self.public_keys(&groups);
         Ok(Checked {
             input,
             unit,
@@ -265,7 +274,35 @@ impl<'a> Checker<'a> {
             groups_unit_determined,
             aggs,
             outputs,
+            public_keys,
         })
+    }
+
+    /// The declared categories of every group key, when all are public-domain
+    /// columns and their combinations are few enough to list.
+    fn public_keys(&self, groups: &[Expr]) -> Option<Vec<Vec<String>>> {
+        let mut domains = Vec::with_capacity(groups.len());
+        let mut cells = 1usize;
+        for g in groups {
+            let Expr::Column(c) = strip_cast(g) else {
+                return None;
+            };
+            let (t, n) = self.resolve(c).ok()?;
+            if !t.grant.column(&n).is_some_and(|gr| gr.public_domain) {
+                return None;
+            }
+            let Some(scenarios::catalog::Domain::Categories(values)) =
+                t.spec.column(&n).and_then(|s| s.domain.clone())
+            else {
+                return None;
+            };
+            cells = cells.checked_mul(values.len())?;
+            if cells > MAX_PUBLIC_CELLS {
+                return None;
+            }
+            domains.push(values);
+        }
+        Some(domains)
     }
 
     /// Checks the FROM/WHERE subtree and rebuilds it with unit joins.

@@ -145,6 +145,10 @@ pub(crate) struct Prepared {
     outputs: Vec<(String, OutSpec)>,
     groups: usize,
     threshold: i128,
+    /// Public key domains (see `Checked::public_keys`).
+    public_keys: Option<Vec<Vec<String>>>,
+    /// What the query costs: no delta when no released key depends on data.
+    pub cost: Budget,
     pub mechanism: MechanismRecord,
 }
 
@@ -378,12 +382,18 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
     let tau = i128::from(rules.min_group_size) + margin as i128;
 
     let plan = build_plan(c, &kinds, k, needs_l0.then_some(l0))?;
+    let mut cost = rules.query_cost();
+    if c.public_keys.is_some() {
+        cost.delta = scenarios::budget::Delta(0);
+    }
     Ok(Prepared {
         plan,
         measures,
         outputs,
         groups: c.groups.len(),
         threshold: tau,
+        public_keys: c.public_keys.clone(),
+        cost,
         mechanism: MechanismRecord {
             noise: match rules.noise {
                 NoiseKind::Laplace => "discrete_laplace".into(),
@@ -603,6 +613,89 @@ fn clamp_i128(v: i128) -> i64 {
     v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
+/// Renders one cell as text, for matching keys.
+fn key_text(a: &ArrayRef, row: usize) -> String {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    if a.is_null(row) {
+        return "\u{0}NULL".into();
+    }
+    ArrayFormatter::try_new(a.as_ref(), &FormatOptions::default())
+        .map(|f| f.value(row).to_string())
+        .unwrap_or_default()
+}
+
+/// The type a released key of type `dt` is normalized to.
+fn normalized_type(dt: &DataType) -> DataType {
+    if dt.is_integer() {
+        DataType::Int64
+    } else if dt.is_floating() || matches!(dt, DataType::Decimal128(_, _) | DataType::Decimal256(_, _)) {
+        DataType::Float64
+    } else {
+        DataType::Utf8
+    }
+}
+
+/// One row of the release before shaping: where its key comes from and
+/// its noisy measurements.
+struct Cell {
+    /// Row of the exact result, or `None` for a public key with no data.
+    source: Option<usize>,
+    /// Index into each public domain (public mode only).
+    coords: Vec<usize>,
+    noisy: Vec<i128>,
+    /// Values withheld (public mode: the key stays, the values go).
+    suppressed: bool,
+}
+
+/// Complementary suppression over the public grid: along every dimension,
+/// a line holding exactly one suppressed cell gets its smallest other cell
+/// suppressed too, so no suppressed value is the difference of a total and
+/// released values. Decided on noisy counts only.
+fn secondary_suppression(cells: &mut [Cell], dims: &[usize]) {
+    if dims.is_empty() {
+        return;
+    }
+    let index = |coords: &[usize]| coords.iter().zip(dims).fold(0usize, |acc, (c, d)| acc * d + c);
+    loop {
+        let mut changed = false;
+        for d in 0..dims.len() {
+            if dims[d] < 2 {
+                continue;
+            }
+            // Lines along dimension d: every combination of the other coords.
+            let mut lines: std::collections::BTreeMap<Vec<usize>, Vec<usize>> =
+                std::collections::BTreeMap::new();
+            for (i, c) in cells.iter().enumerate() {
+                let mut key = c.coords.clone();
+                key[d] = usize::MAX;
+                lines.entry(key).or_default().push(i);
+            }
+            for members in lines.values() {
+                let suppressed = members.iter().filter(|&&i| cells[i].suppressed).count();
+                if suppressed == 1 {
+                    let victim = members
+                        .iter()
+                        .copied()
+                        .filter(|&i| !cells[i].suppressed)
+                        .min_by_key(|&i| {
+                            (
+                                cells[i].noisy.first().copied().unwrap_or(0),
+                                index(&cells[i].coords),
+                            )
+                        });
+                    if let Some(v) = victim {
+                        cells[v].suppressed = true;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            return;
+        }
+    }
+}
+
 /// Adds noise, applies the threshold and shapes the released table.
 pub(crate) fn finish(
     p: &Prepared,
@@ -616,68 +709,149 @@ pub(crate) fn finish(
     let all = concat_batches(&schema, batches)?;
     let n = all.num_rows();
 
-    // Exact values of every measurement, then noisy ones.
-    let mut noisy: Vec<Vec<i128>> = Vec::with_capacity(p.measures.len());
+    // Exact measurements by row of the exact result.
+    let mut exact: Vec<Vec<i128>> = Vec::with_capacity(p.measures.len());
     for m in &p.measures {
         let column = all
             .column_by_name(&m.column)
             .ok_or_else(|| Error::Internal(format!("missing {}", m.column)))?;
         let column = cast(column, &DataType::Int64)?;
         let values = column.as_primitive::<Int64Type>();
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let exact = if values.is_null(i) {
-                0
-            } else {
-                i128::from(values.value(i))
-            };
-            out.push(exact + m.noise.sample(rng)?);
-        }
-        noisy.push(out);
+        exact.push(
+            (0..n)
+                .map(|i| {
+                    if values.is_null(i) {
+                        0
+                    } else {
+                        i128::from(values.value(i))
+                    }
+                })
+                .collect(),
+        );
     }
-    let units = noisy
-        .first()
-        .ok_or_else(|| Error::Internal("no unit measurement".into()))?;
-    let keep: Vec<u32> = (0..n)
-        .filter(|&i| units[i] >= p.threshold)
-        .map(|i| i as u32)
-        .collect();
-    let keep_idx = UInt32Array::from(keep.clone());
+    let mut keys: Vec<ArrayRef> = Vec::with_capacity(p.groups);
+    let mut key_types: Vec<DataType> = Vec::with_capacity(p.groups);
+    for g in 0..p.groups {
+        let name = format!("__g{g}");
+        let c = all
+            .column_by_name(&name)
+            .ok_or_else(|| Error::Internal("missing group column".into()))?;
+        key_types.push(normalized_type(c.data_type()));
+        keys.push(normalize(c)?);
+    }
+
+    // The cells to release: every exact row, or every public combination.
+    let mut cells: Vec<Cell> = Vec::new();
+    let mut public_values: Vec<ArrayRef> = Vec::new();
+    match &p.public_keys {
+        None => cells.extend((0..n).map(|i| Cell {
+            source: Some(i),
+            coords: Vec::new(),
+            noisy: Vec::new(),
+            suppressed: false,
+        })),
+        Some(domains) => {
+            // Canonical text of each category, through the key's type.
+            for (d, values) in domains.iter().enumerate() {
+                let strings: ArrayRef = Arc::new(datafusion::arrow::array::StringArray::from(values.clone()));
+                let ty = key_types.get(d).cloned().unwrap_or(DataType::Utf8);
+                public_values.push(cast(&strings, &ty)?);
+            }
+            let mut by_key: std::collections::HashMap<Vec<String>, usize> = std::collections::HashMap::new();
+            for i in 0..n {
+                by_key.insert(keys.iter().map(|k| key_text(k, i)).collect(), i);
+            }
+            let dims: Vec<usize> = domains.iter().map(Vec::len).collect();
+            let total: usize = dims.iter().product();
+            for flat in 0..total {
+                let mut coords = vec![0usize; dims.len()];
+                let mut rest = flat;
+                for d in (0..dims.len()).rev() {
+                    coords[d] = rest % dims[d];
+                    rest /= dims[d];
+                }
+                let text: Vec<String> = coords
+                    .iter()
+                    .enumerate()
+                    .map(|(d, c)| key_text(&public_values[d], *c))
+                    .collect();
+                cells.push(Cell {
+                    source: by_key.get(&text).copied(),
+                    coords,
+                    noisy: Vec::new(),
+                    suppressed: false,
+                });
+            }
+        }
+    }
+    for cell in &mut cells {
+        for (m, values) in p.measures.iter().zip(&exact) {
+            let e = cell.source.and_then(|i| values.get(i).copied()).unwrap_or(0);
+            cell.noisy.push(e + m.noise.sample(rng)?);
+        }
+        cell.suppressed = cell.noisy.first().copied().unwrap_or(0) < p.threshold;
+    }
+    if let Some(domains) = &p.public_keys {
+        let dims: Vec<usize> = domains.iter().map(Vec::len).collect();
+        secondary_suppression(&mut cells, &dims);
+    } else {
+        // Data-dependent keys: a cell below the threshold is not released.
+        cells.retain(|c| !c.suppressed);
+    }
 
     let mut fields = Vec::with_capacity(p.outputs.len());
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(p.outputs.len());
     for (name, spec) in &p.outputs {
         let array: ArrayRef = match spec {
-            OutSpec::Group(g) => {
-                let c = all
-                    .column_by_name(&format!("__g{g}"))
-                    .ok_or_else(|| Error::Internal("missing group column".into()))?;
-                normalize(&take(c, &keep_idx, None)?)?
-            }
+            OutSpec::Group(g) => match &p.public_keys {
+                Some(_) => {
+                    let values = public_values
+                        .get(*g)
+                        .ok_or_else(|| Error::Internal("public domain".into()))?;
+                    let idx =
+                        UInt32Array::from(cells.iter().map(|c| c.coords[*g] as u32).collect::<Vec<_>>());
+                    take(values, &idx, None)?
+                }
+                None => {
+                    let k = keys.get(*g).ok_or_else(|| Error::Internal("group key".into()))?;
+                    let idx = UInt32Array::from(
+                        cells
+                            .iter()
+                            .map(|c| c.source.unwrap_or(0) as u32)
+                            .collect::<Vec<_>>(),
+                    );
+                    take(k, &idx, None)?
+                }
+            },
             OutSpec::Count(m) => {
-                let mut b = Int64Builder::with_capacity(keep.len());
-                for &i in &keep {
-                    b.append_value(clamp_i128(noisy[*m][i as usize].max(0)));
+                let mut b = Int64Builder::with_capacity(cells.len());
+                for c in &cells {
+                    match c.suppressed {
+                        true => b.append_null(),
+                        false => b.append_value(clamp_i128(c.noisy[*m].max(0))),
+                    }
                 }
                 Arc::new(b.finish())
             }
             OutSpec::Sum { m, lo } => {
-                let mut b = Int64Builder::with_capacity(keep.len());
-                for &i in &keep {
-                    let v = noisy[*m][i as usize];
-                    b.append_value(clamp_i128(if *lo >= 0 { v.max(0) } else { v }));
+                let mut b = Int64Builder::with_capacity(cells.len());
+                for c in &cells {
+                    let v = c.noisy[*m];
+                    match c.suppressed {
+                        true => b.append_null(),
+                        false => b.append_value(clamp_i128(if *lo >= 0 { v.max(0) } else { v })),
+                    }
                 }
                 Arc::new(b.finish())
             }
             OutSpec::Avg { sum, count, lo, hi } => {
-                let mut b = Float64Builder::with_capacity(keep.len());
-                for &i in &keep {
-                    let c = noisy[*count][i as usize];
-                    if c < 1 {
+                let mut b = Float64Builder::with_capacity(cells.len());
+                for c in &cells {
+                    let n = c.noisy[*count];
+                    if c.suppressed || n < 1 {
                         b.append_null();
                     } else {
-                        let avg = noisy[*sum][i as usize] as f64 / c as f64;
-                        b.append_value(avg.clamp(*lo as f64, *hi as f64));
+                        b.append_value((c.noisy[*sum] as f64 / n as f64).clamp(*lo as f64, *hi as f64));
                     }
                 }
                 Arc::new(b.finish())
@@ -734,6 +908,56 @@ impl From<datafusion::arrow::error::ArrowError> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn grid(counts: &[i128], dims: &[usize], threshold: i128) -> Vec<Cell> {
+        (0..counts.len())
+            .map(|flat| {
+                let mut coords = vec![0usize; dims.len()];
+                let mut rest = flat;
+                for d in (0..dims.len()).rev() {
+                    coords[d] = rest % dims[d];
+                    rest /= dims[d];
+                }
+                Cell {
+                    source: None,
+                    coords,
+                    noisy: vec![counts[flat]],
+                    suppressed: counts[flat] < threshold,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lone_suppressed_cell_gets_a_complement() {
+        // One dimension of 4: only the 3 is below 10, so the next smallest
+        // (40) goes too; the total minus released cells no longer isolates it.
+        let mut cells = grid(&[100, 3, 40, 70], &[4], 10);
+        secondary_suppression(&mut cells, &[4]);
+        let s: Vec<bool> = cells.iter().map(|c| c.suppressed).collect();
+        assert_eq!(s, [false, true, true, false]);
+    }
+
+    #[test]
+    fn complements_propagate_across_dimensions_until_no_line_has_one() {
+        // 2 x 3 grid; the 2 is small. Row 0 gets a complement, which leaves
+        // two columns with one suppressed cell each, so row 1 loses cells too.
+        let mut cells = grid(&[2, 50, 60, 80, 90, 30], &[2, 3], 10);
+        secondary_suppression(&mut cells, &[2, 3]);
+        for d in 0..2 {
+            let mut lines: std::collections::BTreeMap<Vec<usize>, usize> = std::collections::BTreeMap::new();
+            for c in &cells {
+                let mut k = c.coords.clone();
+                k[d] = usize::MAX;
+                *lines.entry(k).or_default() += usize::from(c.suppressed);
+            }
+            assert!(
+                lines.values().all(|&n| n != 1),
+                "a line with one suppressed cell remains: {lines:?}"
+            );
+        }
+        assert!(cells[0].suppressed);
+    }
 
     #[test]
     fn threshold_grows_with_noise_and_shrinking_delta() {

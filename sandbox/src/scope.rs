@@ -464,7 +464,7 @@ impl JobScope {
                 })
                 .collect(),
             mechanism: prepared.mechanism.clone(),
-            cost: rules.query_cost(),
+            cost: prepared.cost,
             released_groups: None,
             output_hash: None,
             output_bytes: None,

@@ -37,6 +37,12 @@ pub struct ColumnGrant {
     /// on numeric columns unless the dataset declares a numeric domain.
     #[serde(default)]
     pub bounds: Option<[f64; 2]>,
+    /// The column's declared categories are public knowledge (for example
+    /// the districts of the city). Grouping only by such columns releases
+    /// every category, with small cells' values suppressed, instead of
+    /// releasing only keys that pass the noisy threshold; it spends no delta.
+    #[serde(default)]
+    pub public_domain: bool,
 }
 
 /// One dataset a scenario grants.
@@ -342,6 +348,15 @@ impl ScenarioSpec {
                         "column `{}.{}` is the privacy unit: it can only be a join key or counted distinct",
                         t.dataset, g.name
                     )));
+                }
+                if g.public_domain {
+                    let categorical = matches!(spec.domain, Some(Domain::Categories(_)));
+                    if !categorical || !g.ops.contains(&ColumnOp::Group) {
+                        return Err(Error::InvalidRequest(format!(
+                            "column `{}.{}`: a public domain needs the group operation and categories declared by the dataset",
+                            t.dataset, g.name
+                        )));
+                    }
                 }
                 if let Some([lo, hi]) = g.bounds {
                     if !(lo.is_finite() && hi.is_finite() && lo <= hi) || lo.abs() > 1e12 || hi.abs() > 1e12 {

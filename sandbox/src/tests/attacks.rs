@@ -15,9 +15,15 @@ use std::sync::Arc;
 const TARGET: &str = "age = 59 AND educ = 9 AND race = 1 AND sex = 1 AND married = 1";
 const NOBODY: &str = "age = 59 AND educ = 17 AND race = 1 AND sex = 1 AND married = 1";
 
+/// The released count, or `None` when it was withheld.
 async fn count(scope: &JobScope, sql: &str) -> Option<i64> {
+    use crate::arrow::array::{Array, AsArray};
     let r = scope.query(sql).await.expect(sql);
-    column_i64(&r.batch, "n").first().copied()
+    let c = r
+        .batch
+        .column_by_name("n")?
+        .as_primitive::<crate::arrow::datatypes::Int64Type>();
+    (c.len() == 1 && !c.is_null(0)).then(|| c.value(0))
 }
 
 /// Runs `attack` against a world where the isolated set holds one person
