@@ -553,6 +553,13 @@ impl<'a> Checker<'a> {
                     return refuse(format!("{}(DISTINCT ...) is not allowed", name.to_uppercase()));
                 }
                 self.expr(arg, Use::Aggregate, schema)?;
+                // The analyzer casts AVG's integer argument to Float64; the
+                // mechanism sums integers anyway, and without the cast SUM(x)
+                // and AVG(x) share one measurement.
+                let arg = match arg {
+                    Expr::Cast(c) if c.expr.get_type(schema).is_ok_and(|t| t.is_integer()) => c.expr.as_ref(),
+                    other => other,
+                };
                 let (lo, hi) = self.bounds(arg).ok_or_else(|| {
                     Error::PolicyViolation(format!(
                         "`{arg}` has no declared bounds; {}() needs the scenario to declare bounds for every column it uses",

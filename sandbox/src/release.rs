@@ -147,9 +147,37 @@ pub(crate) struct Prepared {
     threshold: i128,
     /// Public key domains (see `Checked::public_keys`).
     public_keys: Option<Vec<Vec<String>>>,
+    /// Dominance and p% rules per sum measurement.
+    sdc: Vec<SumRule>,
     /// What the query costs: no delta when no released key depends on data.
     pub cost: Budget,
     pub mechanism: MechanismRecord,
+}
+
+/// The disclosure rules applied to one sum measurement, on noisy values.
+#[derive(Debug, Clone)]
+struct SumRule {
+    /// The sum measurement.
+    sum: usize,
+    /// (measurement of the top-n sum, k percent).
+    dominance: Option<(usize, u32)>,
+    /// (top-1 measurement, top-2 measurement, p percent).
+    p_rule: Option<(usize, usize, u32)>,
+}
+
+impl SumRule {
+    /// True when the cell's sum must be withheld.
+    fn withholds(&self, noisy: &[i128]) -> bool {
+        let get = |i: usize| noisy.get(i).copied().unwrap_or(0) as f64;
+        let total = get(self.sum);
+        let dominated = self
+            .dominance
+            .is_some_and(|(top, k)| total <= 0.0 || get(top) >= total * f64::from(k) / 100.0);
+        let estimable = self
+            .p_rule
+            .is_some_and(|(top1, top2, p)| total - get(top2) < get(top1) * f64::from(p) / 100.0);
+        dominated || estimable
+    }
 }
 
 /// What a measurement is, before columns are assigned. Measurement 0 is
@@ -161,6 +189,12 @@ enum Kind {
     NonNull(Expr),
     /// A clamped sum; the flag says whether clamping is needed.
     Sum(Expr, i64, i64, bool),
+    /// The sum of the `n` largest unit contributions to the sum measured
+    /// at index `sum` (for the dominance and p% rules).
+    Top {
+        sum: usize,
+        n: u32,
+    },
 }
 
 impl Kind {
@@ -170,6 +204,7 @@ impl Kind {
             Kind::Rows => "rows".into(),
             Kind::NonNull(e) => format!("count({e})"),
             Kind::Sum(e, lo, hi, _) => format!("sum(clamp({e}, {lo}, {hi}))"),
+            Kind::Top { sum, n } => format!("top{n}(measurement {sum})"),
         }
     }
 }
@@ -332,13 +367,50 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
         outputs.push((name.clone(), spec));
     }
 
+    // Measurements for the dominance and p% rules: the sums of each
+    // cell's largest contributions, for every non-negative sum.
+    let mut sdc = Vec::new();
+    if rules.dominance.is_some() || rules.p_percent.is_some() {
+        let sums: Vec<usize> = kinds
+            .iter()
+            .enumerate()
+            .filter(|(_, kd)| matches!(kd, Kind::Sum(_, lo, _, _) if *lo >= 0))
+            .map(|(i, _)| i)
+            .collect();
+        for s in sums {
+            let dominance = rules
+                .dominance
+                .map(|d| (index_of(&mut kinds, Kind::Top { sum: s, n: d.n }), d.k));
+            let p_rule = rules.p_percent.map(|p| {
+                (
+                    index_of(&mut kinds, Kind::Top { sum: s, n: 1 }),
+                    index_of(&mut kinds, Kind::Top { sum: s, n: 2 }),
+                    p,
+                )
+            });
+            sdc.push(SumRule {
+                sum: s,
+                dominance,
+                p_rule,
+            });
+        }
+    }
+
     // Per-group sensitivity of each measurement.
     let per_group = |kind: &Kind| -> u128 {
         let rows = if fast { 1 } else { k.unsigned_abs() as u128 };
+        let sum_sens =
+            |lo: &i64, hi: &i64| rows * u128::from(lo.unsigned_abs().max(hi.unsigned_abs()).max(1));
         match kind {
             Kind::Units => 1,
             Kind::Rows | Kind::NonNull(_) => rows,
-            Kind::Sum(_, lo, hi, _) => rows * u128::from(lo.unsigned_abs().max(hi.unsigned_abs()).max(1)),
+            Kind::Sum(_, lo, hi, _) => sum_sens(lo, hi),
+            // One unit moves the sum of the n largest contributions by at
+            // most its own bounded contribution.
+            Kind::Top { sum, .. } => match kinds.get(*sum) {
+                Some(Kind::Sum(_, lo, hi, _)) => sum_sens(lo, hi),
+                _ => rows,
+            },
         }
     };
     let share = kinds.len() as u128;
@@ -393,6 +465,7 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
         groups: c.groups.len(),
         threshold: tau,
         public_keys: c.public_keys.clone(),
+        sdc,
         cost,
         mechanism: MechanismRecord {
             noise: match rules.noise {
@@ -468,7 +541,7 @@ fn clamp_udf(input: DataType, lo: i64, hi: i64) -> datafusion::logical_expr::Sca
 
 fn value_expr(kind: &Kind, schema: &datafusion::common::DFSchema) -> Result<Option<Expr>> {
     Ok(match kind {
-        Kind::Units | Kind::Rows => None,
+        Kind::Units | Kind::Rows | Kind::Top { .. } => None,
         Kind::NonNull(e) => Some(when(e.clone().is_null(), lit(0i64)).otherwise(lit(1i64))?),
         Kind::Sum(e, lo, hi, clamp) => {
             // The analyzer casts integer arguments of AVG to Float64; clamping
@@ -496,6 +569,21 @@ fn value_expr(kind: &Kind, schema: &datafusion::common::DFSchema) -> Result<Opti
             })
         }
     })
+}
+
+/// Adds window expressions, each under a name, keeping every column.
+/// `window_plan` groups the expressions by sort keys and sorts the input as
+/// the physical planner requires; it takes them unaliased, so the names are
+/// given by a projection afterwards.
+fn with_windows(b: LogicalPlanBuilder, windows: Vec<(Expr, String)>) -> Result<LogicalPlanBuilder> {
+    let input = b.build()?;
+    let mut exprs: Vec<Expr> = input.schema().columns().into_iter().map(Expr::Column).collect();
+    let names: Vec<String> = windows.iter().map(|(e, _)| e.schema_name().to_string()).collect();
+    let plan = LogicalPlanBuilder::window_plan(input, windows.iter().map(|(e, _)| e.clone()))?;
+    for ((_, alias), name) in windows.iter().zip(names) {
+        exprs.push(col(datafusion::common::Column::from_name(name)).alias(alias));
+    }
+    Ok(LogicalPlanBuilder::from(plan).project(exprs)?)
 }
 
 fn build_plan(c: &Checked, kinds: &[Kind], k: i64, l0: Option<u32>) -> Result<LogicalPlan> {
@@ -526,56 +614,73 @@ fn build_plan(c: &Checked, kinds: &[Kind], k: i64, l0: Option<u32>) -> Result<Lo
     }
     b = b.project(row_exprs)?;
 
-    if c.unique {
-        let mut aggs = Vec::with_capacity(kinds.len());
-        for (i, kind) in kinds.iter().enumerate() {
-            let name = format!("__m{i}");
-            aggs.push(match (kind, &value_cols[i]) {
-                (Kind::Units | Kind::Rows, _) => count(lit(1i64)).alias(name),
-                (_, Some(v)) => sum(col(v.as_str())).alias(name),
-                (_, None) => return Err(Error::Internal("measurement without value".into())),
-            });
+    if !c.unique {
+        // Per (unit, group): rows and sums.
+        let mut per_unit_keys = vec![col("__u")];
+        per_unit_keys.extend(group_keys.iter().cloned());
+        let mut stage1 = vec![count(lit(1i64)).alias("__rows")];
+        for v in value_cols.iter().flatten() {
+            stage1.push(sum(col(v.as_str())).alias(v));
         }
-        return Ok(b.aggregate(group_keys, aggs)?.build()?);
+        b = b.aggregate(per_unit_keys, stage1)?;
+
+        // Bound each unit's contribution to each group.
+        let mut bounded = vec![col("__u")];
+        bounded.extend(group_keys.iter().cloned());
+        bounded.push(f::least(vec![col("__rows"), lit(k)]).alias("__rows"));
+        for (kind, v) in kinds.iter().zip(&value_cols) {
+            let Some(v) = v else { continue };
+            let x = f::coalesce(vec![col(v.as_str()), lit(0i64)]);
+            let e = match kind {
+                Kind::Sum(_, lo, hi, _) => {
+                    let lo_k = lo.saturating_mul(k).min(0);
+                    let hi_k = hi.saturating_mul(k).max(0);
+                    f::least(vec![f::greatest(vec![x, lit(lo_k)]), lit(hi_k)])
+                }
+                _ => f::least(vec![x, lit(k)]),
+            };
+            bounded.push(e.alias(v));
+        }
+        b = b.project(bounded)?;
+
+        if let Some(l0) = l0 {
+            let rn = row_number()
+                .partition_by(vec![col("__u")])
+                .order_by(vec![f::random().sort(true, false)])
+                .build()?;
+            b = with_windows(b, vec![(rn, "__rn".to_string())])?
+                .filter(col("__rn").lt_eq(lit(i64::from(l0))))?;
+        }
     }
 
-    // Per (unit, group): rows and sums.
-    let mut per_unit_keys = vec![col("__u")];
-    per_unit_keys.extend(group_keys.iter().cloned());
-    let mut stage1 = vec![count(lit(1i64)).alias("__rows")];
-    for v in value_cols.iter().flatten() {
-        stage1.push(sum(col(v.as_str())).alias(v));
-    }
-    b = b.aggregate(per_unit_keys, stage1)?;
-
-    // Bound each unit's contribution to each group.
-    let mut bounded = vec![col("__u")];
-    bounded.extend(group_keys.iter().cloned());
-    bounded.push(f::least(vec![col("__rows"), lit(k)]).alias("__rows"));
-    for (kind, v) in kinds.iter().zip(&value_cols) {
-        let Some(v) = v else { continue };
-        let x = f::coalesce(vec![col(v.as_str()), lit(0i64)]);
-        let e = match kind {
-            Kind::Sum(_, lo, hi, _) => {
-                let lo_k = lo.saturating_mul(k).min(0);
-                let hi_k = hi.saturating_mul(k).max(0);
-                f::least(vec![f::greatest(vec![x, lit(lo_k)]), lit(hi_k)])
-            }
-            _ => f::least(vec![x, lit(k)]),
-        };
-        bounded.push(e.alias(v));
-    }
-    b = b.project(bounded)?;
-
-    if let Some(l0) = l0 {
-        let rn = row_number()
-            .partition_by(vec![col("__u")])
-            .order_by(vec![f::random().sort(true, false)])
-            .build()?
-            .alias("__rn");
-        b = b
-            .window(vec![rn])?
-            .filter(col("__rn").lt_eq(lit(i64::from(l0))))?;
+    // Rank each unit's (bounded) contribution within its group, for the
+    // sums whose largest contributions are measured.
+    let mut ranked: Vec<usize> = kinds
+        .iter()
+        .filter_map(|kd| match kd {
+            Kind::Top { sum, .. } => Some(*sum),
+            _ => None,
+        })
+        .collect();
+    ranked.sort_unstable();
+    ranked.dedup();
+    if !ranked.is_empty() {
+        let mut ranks = Vec::with_capacity(ranked.len());
+        for s in &ranked {
+            let v = value_cols
+                .get(*s)
+                .cloned()
+                .flatten()
+                .ok_or_else(|| Error::Internal("top of a measurement without values".into()))?;
+            ranks.push((
+                row_number()
+                    .partition_by(group_keys.clone())
+                    .order_by(vec![col(v.as_str()).sort(false, true)])
+                    .build()?,
+                format!("__r{s}"),
+            ));
+        }
+        b = with_windows(b, ranks)?;
     }
 
     let mut aggs = Vec::with_capacity(kinds.len());
@@ -583,7 +688,17 @@ fn build_plan(c: &Checked, kinds: &[Kind], k: i64, l0: Option<u32>) -> Result<Lo
         let name = format!("__m{i}");
         aggs.push(match (kind, &value_cols[i]) {
             (Kind::Units, _) => count(lit(1i64)).alias(name),
+            (Kind::Rows, _) if c.unique => count(lit(1i64)).alias(name),
             (Kind::Rows, _) => sum(col("__rows")).alias(name),
+            (Kind::Top { sum: s, n }, _) => {
+                let v = value_cols.get(*s).cloned().flatten().unwrap_or_default();
+                let top = when(
+                    col(format!("__r{s}").as_str()).lt_eq(lit(i64::from(*n))),
+                    col(v.as_str()),
+                )
+                .otherwise(lit(0i64))?;
+                sum(top).alias(name)
+            }
             (_, Some(v)) => sum(col(v.as_str())).alias(name),
             (_, None) => return Err(Error::Internal("measurement without value".into())),
         });
@@ -645,6 +760,8 @@ struct Cell {
     noisy: Vec<i128>,
     /// Values withheld (public mode: the key stays, the values go).
     suppressed: bool,
+    /// Sum measurements withheld by the dominance or p% rule.
+    withheld: Vec<usize>,
 }
 
 /// Complementary suppression over the public grid: along every dimension,
@@ -749,6 +866,7 @@ pub(crate) fn finish(
             coords: Vec::new(),
             noisy: Vec::new(),
             suppressed: false,
+            withheld: Vec::new(),
         })),
         Some(domains) => {
             // Canonical text of each category, through the key's type.
@@ -780,6 +898,7 @@ pub(crate) fn finish(
                     coords,
                     noisy: Vec::new(),
                     suppressed: false,
+                    withheld: Vec::new(),
                 });
             }
         }
@@ -790,6 +909,12 @@ pub(crate) fn finish(
             cell.noisy.push(e + m.noise.sample(rng)?);
         }
         cell.suppressed = cell.noisy.first().copied().unwrap_or(0) < p.threshold;
+        cell.withheld = p
+            .sdc
+            .iter()
+            .filter(|r| r.withholds(&cell.noisy))
+            .map(|r| r.sum)
+            .collect();
     }
     if let Some(domains) = &p.public_keys {
         let dims: Vec<usize> = domains.iter().map(Vec::len).collect();
@@ -837,7 +962,7 @@ pub(crate) fn finish(
                 let mut b = Int64Builder::with_capacity(cells.len());
                 for c in &cells {
                     let v = c.noisy[*m];
-                    match c.suppressed {
+                    match c.suppressed || c.withheld.contains(m) {
                         true => b.append_null(),
                         false => b.append_value(clamp_i128(if *lo >= 0 { v.max(0) } else { v })),
                     }
@@ -848,7 +973,7 @@ pub(crate) fn finish(
                 let mut b = Float64Builder::with_capacity(cells.len());
                 for c in &cells {
                     let n = c.noisy[*count];
-                    if c.suppressed || n < 1 {
+                    if c.suppressed || n < 1 || c.withheld.contains(sum) {
                         b.append_null();
                     } else {
                         b.append_value((c.noisy[*sum] as f64 / n as f64).clamp(*lo as f64, *hi as f64));
@@ -923,6 +1048,7 @@ mod tests {
                     coords,
                     noisy: vec![counts[flat]],
                     suppressed: counts[flat] < threshold,
+                    withheld: Vec::new(),
                 }
             })
             .collect()

@@ -9,6 +9,7 @@ use crate::{DataPlane, Error, JobScope, MemoryAccountant, ScopeConfig, TableVers
 use scenarios::budget::{Budget, Delta, Epsilon};
 use scenarios::catalog::DatasetSpec;
 use scenarios::policy::ScenarioSpec;
+
 use serde_json::json;
 use std::sync::Arc;
 
@@ -302,7 +303,11 @@ async fn public_domains_release_every_category_and_spend_no_delta() {
     let mut sc = scenario(name, 1.0, 10.0);
     sc.release.delta_total = Delta(100_000_000);
     sc.release.max_queries_per_job = 100;
-    for g in sc.tables[0].columns.iter_mut().filter(|g| g.name == "race" || g.name == "sex") {
+    for g in sc.tables[0]
+        .columns
+        .iter_mut()
+        .filter(|g| g.name == "race" || g.name == "sex")
+    {
         g.public_domain = true;
     }
     sc.validate(|_| Some(&spec)).unwrap();
@@ -339,6 +344,119 @@ async fn public_domains_release_every_category_and_spend_no_delta() {
         .await
         .unwrap();
     assert!(r.lineage.cost.delta > Delta(0));
+}
+
+#[tokio::test]
+async fn dominated_and_estimable_sums_are_withheld() {
+    // Group a: one unit holds the whole sum (dominated). Group c: the two
+    // largest hold almost all (p% rule). Groups b and d: many small equal
+    // contributions.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("firms.csv");
+    let mut csv = String::from("pid,grp,val\n");
+    let mut pid = 0;
+    let mut row = |g: &str, v: i64, csv: &mut String| {
+        pid += 1;
+        csv.push_str(&format!("{pid},{g},{v}\n"));
+    };
+    row("a", 1000, &mut csv);
+    for _ in 0..300 {
+        row("a", 0, &mut csv);
+        row("b", 100, &mut csv);
+        row("c", 1, &mut csv);
+        row("d", 100, &mut csv);
+    }
+    row("c", 1000, &mut csv);
+    row("c", 1000, &mut csv);
+    std::fs::write(&path, csv).unwrap();
+    let spec: DatasetSpec = serde_json::from_value(json!({
+        "name": "firms", "path": path.to_string_lossy(), "privacy_unit": "pid", "unit_kind": "firm",
+        "columns": [{"name": "pid", "rule": "tokenize"}, {"name": "grp", "rule": "keep"}, {"name": "val", "rule": "keep"}]
+    }))
+    .unwrap();
+    let p = profile(&spec).await.unwrap();
+    let sc: ScenarioSpec = serde_json::from_value(json!({
+        "name": "s", "class": "c", "purpose": "p",
+        "tables": [{"dataset": "firms", "columns": [
+            {"name": "grp", "ops": ["group"]}, {"name": "val", "ops": ["aggregate"], "bounds": [0, 1000]}
+        ]}],
+        "release": {"epsilon_total": 1000.0, "epsilon_per_query": 50.0, "min_group_size": 5,
+            "max_queries_per_job": 1000, "delta_total": 1e-3,
+            "dominance": {"n": 1, "k": 50}, "p_percent": 50}
+    }))
+    .unwrap();
+    let acc = Arc::new(MemoryAccountant::new(sc.release.total_budget()));
+    let cfg = ScopeConfig {
+        agreement_id: "ag".into(),
+        scenario: sc,
+        tables: vec![TableVersion::from_profile(spec, &p)],
+        token_key: TokenKey::new(&[1u8; 32]),
+        memory_limit: 1 << 30,
+    };
+    let scope = DataPlane::new().open(cfg, acc).await.unwrap();
+    use crate::arrow::array::Array;
+    let mut withheld = std::collections::BTreeMap::<String, usize>::new();
+    let runs = 20;
+    for _ in 0..runs {
+        let r = scope
+            .query("SELECT grp, COUNT(*) AS n, SUM(val) AS total, AVG(val) AS mean FROM firms GROUP BY grp")
+            .await
+            .unwrap();
+        assert_eq!(column_str(&r.batch, "grp"), ["a", "b", "c", "d"]);
+        let (n, total, mean) = (r.batch.column(1), r.batch.column(2), r.batch.column(3));
+        for (i, g) in ["a", "b", "c", "d"].iter().enumerate() {
+            assert!(!n.is_null(i), "counts are never withheld by the sum rules");
+            assert_eq!(
+                total.is_null(i),
+                mean.is_null(i),
+                "SUM and AVG are withheld together"
+            );
+            if total.is_null(i) {
+                *withheld.entry(g.to_string()).or_default() += 1;
+            }
+        }
+        let names: Vec<&str> = r
+            .lineage
+            .mechanism
+            .measurements
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.starts_with("top1")) && names.iter().any(|n| n.starts_with("top2")),
+            "{names:?}"
+        );
+    }
+    let w = |g: &str| withheld.get(g).copied().unwrap_or(0);
+    assert!(
+        w("a") >= runs - 2 && w("c") >= runs - 2,
+        "dominated cells released: {withheld:?}"
+    );
+    assert!(
+        w("b") <= 2 && w("d") <= 2,
+        "balanced cells withheld: {withheld:?}"
+    );
+}
+
+#[tokio::test]
+async fn units_in_many_groups_keep_at_most_l0_of_them() {
+    // PUMS_dup repeats people; grouping by a per-row random-ish key would
+    // put a unit in several groups. Age is per person, so use a key that
+    // varies within a person: none exists in PUMS, so repeat rows with the
+    // unit's rows spread over educ levels via a join-free expression.
+    let (scope, _) = open("PUMS_dup.csv", 1.0, 1e6).await;
+    // `educ` is constant per person, so grouping is unit-determined only if
+    // the table has one row per unit; PUMS_dup does not, so L0 applies.
+    let r = scope
+        .query("SELECT educ, COUNT(*) AS n FROM pums GROUP BY educ")
+        .await
+        .unwrap();
+    assert_eq!(r.lineage.mechanism.contribution, "bounded_per_unit");
+    assert_eq!(r.lineage.mechanism.max_groups_per_unit, 1);
+    let total: i64 = column_i64(&r.batch, "n").iter().sum();
+    // About 1000 people, each counted once in one group (minus small
+    // suppressed groups), not 1948 rows.
+    assert!(total < 1100, "{total}");
 }
 
 #[tokio::test]
@@ -435,7 +553,11 @@ async fn the_budget_is_charged_before_release_and_then_refuses() {
     assert!(matches!(third, Err(Error::BudgetExhausted(_))), "{third:?}");
     assert_eq!(
         acc.spent(),
-        Budget { epsilon: Epsilon(1_000_000), delta: Delta(0), rho: Default::default() }
+        Budget {
+            epsilon: Epsilon(1_000_000),
+            delta: Delta(0),
+            rho: Default::default()
+        }
     );
     assert_eq!(acc.releases().len(), 2);
 }

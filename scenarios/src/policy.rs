@@ -95,6 +95,25 @@ pub struct ReleaseRules {
     /// At most this many queries per job.
     #[serde(default = "default_max_queries")]
     pub max_queries_per_job: u32,
+    /// (n, k)-dominance rule for sums: a cell's SUM and AVG are withheld
+    /// when its `n` largest contributors hold at least `k` percent of it.
+    #[serde(default)]
+    pub dominance: Option<Dominance>,
+    /// p% rule for sums: a cell's SUM and AVG are withheld when the total
+    /// minus its two largest contributions is below `p` percent of the
+    /// largest (the second largest could estimate the largest that well).
+    #[serde(default)]
+    pub p_percent: Option<u32>,
+}
+
+/// Parameters of the (n, k)-dominance rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dominance {
+    /// Largest contributors considered: 1 or 2.
+    pub n: u32,
+    /// Share in percent, 1 to 99.
+    pub k: u32,
 }
 
 /// The noise a scenario adds to every measurement.
@@ -204,6 +223,16 @@ impl ReleaseRules {
         }
         if !(1..=1000).contains(&self.max_queries_per_job) {
             return unsafe_("max_queries_per_job must be between 1 and 1000".into());
+        }
+        if let Some(d) = self.dominance {
+            if !(1..=2).contains(&d.n) || !(1..=99).contains(&d.k) {
+                return unsafe_("dominance needs n of 1 or 2 and k between 1 and 99 percent".into());
+            }
+        }
+        if let Some(p) = self.p_percent {
+            if !(1..=100).contains(&p) {
+                return unsafe_("p_percent must be between 1 and 100".into());
+            }
         }
         Ok(())
     }
