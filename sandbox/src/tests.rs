@@ -348,7 +348,7 @@ async fn public_domains_release_every_category_and_spend_no_delta() {
 
 #[tokio::test]
 async fn dominated_and_estimable_sums_are_withheld() {
-// Group a: one unit holds the whole sum (dominated). Group c: the two
+    // Group a: one unit holds the whole sum (dominated). Group c: the two
     // largest hold almost all (p% rule). Groups b and d: many small equal
     // contributions. Epsilon is large so that the noisy decisions are crisp:
     // this tests the rules, not the noise.
