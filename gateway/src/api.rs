@@ -99,7 +99,9 @@ pub fn router(state: AppState) -> Router {
             post(operator::propose_scenario).get(operator::list_scenarios),
         )
         .route("/applications", get(operator::list_applications))
-        .route("/applications/{id}/decision", post(operator::decide_application));
+        .route("/applications/{id}/decision", post(operator::decide_application))
+        .route("/reviews", get(operator::list_reviews))
+        .route("/reviews/{id}/decision", post(operator::decide_review));
     let regulator = Router::new()
         .route("/parties", get(operator::list_parties))
         .route("/scenarios", get(regulator::list_scenarios))

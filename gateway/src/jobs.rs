@@ -172,6 +172,7 @@ pub async fn submit(
         output_hash: None,
         output_bytes: None,
         logs: Vec::new(),
+        review: None,
     };
     let (store, j, a) = (st.store.clone(), job.clone(), actor.clone());
     blocking(move || {
@@ -219,7 +220,7 @@ pub async fn wait(st: &AppState, job_id: &str) -> ApiResult<JobRecord> {
         let job: JobRecord = blocking(move || store.get(Table::Jobs, &id))
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
-        if matches!(job.status, JobStatus::Succeeded | JobStatus::Failed) {
+        if job.status.is_final() {
             return Ok(job);
         }
         if started.elapsed() > limit {
@@ -228,6 +229,33 @@ pub async fn wait(st: &AppState, job_id: &str) -> ApiResult<JobRecord> {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }
+}
+
+/// The airlock's automatic checks on a finished job, shown to the reviewing
+/// operator beside the output.
+fn verdicts(j: &JobRecord, releases: &[QueryLineage], output: &[u8], limit: u64) -> serde_json::Value {
+    let epsilon: f64 = releases.iter().map(|l| l.cost.epsilon.as_f64()).sum();
+    let rho: f64 = releases.iter().map(|l| l.cost.rho.as_f64()).sum();
+    let min_threshold = releases.iter().map(|l| l.mechanism.threshold).min();
+    let mechanisms: std::collections::BTreeSet<&str> =
+        releases.iter().map(|l| l.mechanism.noise.as_str()).collect();
+    let text = std::str::from_utf8(output).is_ok();
+    json!([
+        {"check": "protected_inputs", "pass": releases.iter().all(|l| l.output_hash.is_some()),
+         "detail": format!("{} queries, every one through the release mechanism ({}); epsilon {epsilon}, rho {rho}",
+            releases.len(), mechanisms.into_iter().collect::<Vec<_>>().join(", "))},
+        {"check": "small_groups_suppressed", "pass": true,
+         "detail": match min_threshold {
+             Some(t) => format!("every released group had a noisy count of at least {t} units"),
+             None => "no query results were used".to_string(),
+         }},
+        {"check": "output_size", "pass": (output.len() as u64) <= limit,
+         "detail": format!("{} bytes (limit {limit})", output.len())},
+        {"check": "output_readable", "pass": text,
+         "detail": if text { "UTF-8 text: review it below" } else { "binary output: review the job's source before approving" }},
+        {"check": "datasets", "pass": true,
+         "detail": j.tables.iter().map(|t| format!("{}@{}", t.dataset, t.version.get(..12).unwrap_or(""))).collect::<Vec<_>>().join(", ")},
+    ])
 }
 
 /// Marks a job that cannot finish normally as failed, with its ledger entry.
@@ -244,7 +272,7 @@ pub async fn close_job(st: &AppState, job_id: &str, kind: &str, message: &str) -
             let Some(mut j) = get_in::<JobRecord>(tx, Table::Jobs, &id)? else {
                 return Ok(());
             };
-            if matches!(j.status, JobStatus::Succeeded | JobStatus::Failed) {
+            if j.status.is_final() {
                 return Ok(());
             }
             j.status = JobStatus::Failed;
@@ -386,7 +414,15 @@ async fn run(
             releases: Vec::new(),
         },
     };
-    finish(st, actor, &mut job, &accountant, outcome).await
+    finish(
+        st,
+        actor,
+        &mut job,
+        &accountant,
+        outcome,
+        sc.spec.release.review_required,
+    )
+    .await
 }
 
 async fn finish(
@@ -395,7 +431,9 @@ async fn finish(
     job: &mut JobRecord,
     accountant: &StoreAccountant,
     outcome: JobOutcome,
+    review_required: bool,
 ) -> ApiResult<()> {
+    let output_limit = st.config.job_limits.output_bytes;
     let seqs = accountant.released.lock().map(|v| v.clone()).unwrap_or_default();
     job.queries = outcome
         .releases
@@ -419,6 +457,7 @@ async fn finish(
 
     let (store, actor, mut j) = (st.store.clone(), actor.clone(), job.clone());
     let result = outcome.result;
+    let releases = outcome.releases;
     let done = blocking(move || {
         store.tx(|tx| {
             let now = Utc::now();
@@ -431,10 +470,13 @@ async fn finish(
                 (r, _) => r,
             };
             match &result {
-                Ok(output) => {
-                    j.status = JobStatus::Succeeded;
+Ok(output) => {
+                    j.status = if review_required { JobStatus::AwaitingReview } else { JobStatus::Succeeded };
                     j.output_hash = Some(hex::encode(scenarios::ledger::sha256(output)));
                     j.output_bytes = Some(output.len() as u64);
+                    if review_required {
+                        j.review = Some(json!({"verdicts": verdicts(&j, &releases, output, output_limit)}));
+                    }
                     set_job_output(tx, &j.id, output)?;
                 }
                 Err(e) => {

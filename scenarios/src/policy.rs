@@ -104,6 +104,10 @@ pub struct ReleaseRules {
     /// largest (the second largest could estimate the largest that well).
     #[serde(default)]
     pub p_percent: Option<u32>,
+    /// Job outputs wait for the operator's review before release (the
+    /// airlock).
+    #[serde(default)]
+    pub review_required: bool,
 }
 
 /// Parameters of the (n, k)-dominance rule.

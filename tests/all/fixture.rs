@@ -124,6 +124,11 @@ pub(crate) fn materials() -> Value {
 
 /// Builds the world on a fresh server with `enterprises` synthetic firms.
 pub(crate) fn world(enterprises: usize, epsilon_total: f64, serve_args: &[&str]) -> World {
+    world_with(enterprises, scenario(epsilon_total), serve_args)
+}
+
+/// The same, with a scenario of the caller's.
+pub(crate) fn world_with(enterprises: usize, scenario_spec: Value, serve_args: &[&str]) -> World {
     let server = Server::start(serve_args).expect("server");
     let data = server.dir.join("data");
     let data_s = data.to_string_lossy().to_string();
@@ -149,7 +154,7 @@ pub(crate) fn world(enterprises: usize, epsilon_total: f64, serve_args: &[&str])
     let developer = server.party("Example Bank", "developer");
     let sc = server
         .operator
-        .post("/v1/operator/scenarios", &scenario(epsilon_total))
+        .post("/v1/operator/scenarios", &scenario_spec)
         .ok();
     let scenario_id = sc["id"].as_str().expect("scenario id").to_string();
     server

@@ -4,4 +4,5 @@
 
 mod fixture;
 mod refusals;
+mod release;
 mod spine;

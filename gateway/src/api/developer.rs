@@ -234,9 +234,18 @@ pub enum JobStatus {
     Succeeded,
     /// Stopped with an error; nothing was released.
     Failed,
+    /// Finished; the output waits for the operator's review (the airlock).
+    AwaitingReview,
+    /// Finished, but the operator's review withheld the output.
+    Withheld,
 }
 
 impl JobStatus {
+    /// True once the runner is done with the job.
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+
     /// Wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -244,6 +253,8 @@ impl JobStatus {
             JobStatus::Running => "running",
             JobStatus::Succeeded => "succeeded",
             JobStatus::Failed => "failed",
+            JobStatus::AwaitingReview => "awaiting_review",
+            JobStatus::Withheld => "withheld",
         }
     }
 }
@@ -302,6 +313,9 @@ pub struct JobRecord {
     pub output_bytes: Option<u64>,
     /// Job log messages (bounded).
     pub logs: Vec<String>,
+    /// The airlock: automatic check verdicts and the operator's decision.
+    #[serde(default)]
+    pub review: Option<Value>,
 }
 
 /// Query string of a job submission.

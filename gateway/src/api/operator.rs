@@ -3,6 +3,7 @@
 //! agreement on approval (R12, R13).
 
 use super::{blocking, current_datasets};
+use super::{JobRecord, JobStatus};
 use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::{new_id, new_token};
@@ -253,4 +254,85 @@ pub(crate) async fn decide_application(
     })
     .await?;
     Ok(Json(out))
+}
+
+/// Jobs whose output waits in the airlock, with the automatic checks and a
+/// preview of the output (which is already protected).
+pub(crate) async fn list_reviews(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+    actor.require(Role::Operator)?;
+    let store = st.store.clone();
+    let out = blocking(move || {
+        let jobs: Vec<JobRecord> = store.list(Table::Jobs, Some(("status", "awaiting_review")))?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            let output = store.job_output(&j.id)?.unwrap_or_default();
+            let preview = String::from_utf8_lossy(output.get(..16 * 1024).unwrap_or(&output)).into_owned();
+            out.push(json!({"job": j, "output_preview": preview}));
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(json!({"reviews": out})))
+}
+
+/// The operator's decision on a job's output.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReviewDecision {
+    approve: bool,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub(crate) async fn decide_review(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+    Body(d): Body<ReviewDecision>,
+) -> ApiResult<Json<JobRecord>> {
+    actor.require(Role::Operator)?;
+    if !d.approve && d.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        return Err(ApiError::BadRequest(
+            "withholding an output needs a reason".into(),
+        ));
+    }
+    let store = st.store.clone();
+    let job = blocking(move || {
+        store.tx(|tx| {
+            let mut j: JobRecord = get_in(tx, Table::Jobs, &id)?
+                .ok_or_else(|| ApiError::NotFound(format!("no job {}", id.escape_debug())))?;
+            if j.status != JobStatus::AwaitingReview {
+                return Err(ApiError::Conflict(format!("job {} is not waiting for review", j.id)));
+            }
+            let now = Utc::now();
+            j.status = if d.approve { JobStatus::Succeeded } else { JobStatus::Withheld };
+            let decision = json!({"approve": d.approve, "reason": d.reason, "by": actor.id, "at": now});
+            if let Some(Value::Object(r)) = j.review.as_mut() {
+                r.insert("decision".into(), decision.clone());
+            } else {
+                j.review = Some(json!({"decision": decision}));
+            }
+            put_in(tx, Table::Jobs, &j.id, &[&j.agreement_id, &j.developer_id, j.status.as_str()], &j)?;
+            let action = if d.approve { "review.approve" } else { "review.withhold" };
+            append(tx, NewEntry::by(&actor, action, &j.id, json!({"reason": d.reason, "output_hash": j.output_hash})), now)?;
+            if d.approve {
+                append(
+                    tx,
+                    NewEntry::by(&actor, "result.release", &j.id, json!({
+                        "agreement": j.agreement_id,
+                        "to": j.developer_id,
+                        "medium": "https api download",
+                        "output_hash": j.output_hash,
+                        "output_bytes": j.output_bytes,
+                        "reviewed_by": actor.id,
+                        "query_releases": j.queries.iter().filter_map(|q| q.ledger_seq).collect::<Vec<_>>(),
+                    })),
+                    now,
+                )?;
+            }
+            Ok(j)
+        })
+    })
+    .await?;
+    Ok(Json(job))
 }
