@@ -198,6 +198,45 @@ pub fn rule_expr(column: &str, dt: &DataType, rule: &ColumnRule, key: &TokenKey)
     Ok(Some(e))
 }
 
+/// Which privacy units a view lets through: units suspended by an
+/// objection are excluded (R7); when a scenario needs the subjects'
+/// consent, only consenting units are kept (R14). Units are compared as
+/// text.
+#[derive(Debug, Clone, Default)]
+pub struct UnitFilter {
+    /// Units whose rows never reach a job.
+    pub exclude: Arc<std::collections::HashSet<String>>,
+    /// When set, only these units' rows reach a job.
+    pub only: Option<Arc<std::collections::HashSet<String>>>,
+}
+
+fn membership_udf(name: &str, set: Arc<std::collections::HashSet<String>>, keep_members: bool) -> ScalarUDF {
+    use datafusion::arrow::array::BooleanArray;
+    let fun = Arc::new(
+        move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let input = arrays
+                .first()
+                .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+                .ok_or_else(|| {
+                    datafusion::error::DataFusionError::Internal("unit filter on a non-string".into())
+                })?;
+            let out: BooleanArray = input
+                .iter()
+                .map(|v| Some(v.is_some_and(|u| set.contains(u)) == keep_members))
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
+        },
+    );
+    create_udf(
+        name,
+        vec![DataType::Utf8],
+        DataType::Boolean,
+        Volatility::Immutable,
+        fun,
+    )
+}
+
 /// Wraps the raw scan `raw` of a dataset into its desensitized view: rows
 /// with a null privacy unit removed (unless `unit_complete` says the file
 /// has none), [`UNIT_COLUMN`] added, every column
@@ -207,6 +246,7 @@ pub fn view_plan(
     spec: &DatasetSpec,
     key: &TokenKey,
     unit_complete: bool,
+    units: &UnitFilter,
 ) -> Result<LogicalPlan> {
     let schema = raw.schema().clone();
     let mut exprs = Vec::with_capacity(spec.columns.len() + 1);
@@ -224,7 +264,16 @@ pub fn view_plan(
     // When registration found no null unit the filter is a no-op, and
     // skipping it saves reading the unit column in queries that need none.
     if !unit_complete {
-        b = b.filter(unit.is_not_null())?;
+        b = b.filter(unit.clone().is_not_null())?;
+    }
+    let unit_text = cast(unit.clone(), DataType::Utf8);
+    if !units.exclude.is_empty() {
+        b = b.filter(
+            membership_udf("invis_not_suspended", units.exclude.clone(), false).call(vec![unit_text.clone()]),
+        )?;
+    }
+    if let Some(only) = &units.only {
+        b = b.filter(membership_udf("invis_consented", only.clone(), true).call(vec![unit_text]))?;
     }
     Ok(b.project(exprs)?.build()?)
 }

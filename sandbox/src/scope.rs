@@ -63,6 +63,8 @@ pub struct TableVersion {
     /// Smallest and largest value of numeric columns, measured at
     /// registration; never shown to anyone (see `ColumnProfile::range`).
     pub column_ranges: Vec<(String, f64, f64)>,
+    /// Suspended and (when consent is needed) consenting units.
+    pub units: crate::desensitize::UnitFilter,
     /// The rows.
     pub data: TableData,
 }
@@ -82,6 +84,7 @@ impl TableVersion {
                 .iter()
                 .filter_map(|c| c.range.map(|[lo, hi]| (c.name.clone(), lo, hi)))
                 .collect(),
+            units: Default::default(),
             spec,
             version: p.version.clone(),
             unit_unique: p.unit_unique,
@@ -309,7 +312,7 @@ impl DataPlane {
                 LogicalPlanBuilder::scan(format!("__raw_{}", t.spec.name), provider_as_source(raw), None)?
                     .build()?;
             let unit_complete = t.complete_columns.contains(&t.spec.privacy_unit);
-            let plan = view_plan(scan, &t.spec, &cfg.token_key, unit_complete)?;
+            let plan = view_plan(scan, &t.spec, &cfg.token_key, unit_complete, &t.units)?;
             let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
             ctx.register_table(
                 t.spec.name.as_str(),

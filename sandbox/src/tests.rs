@@ -461,6 +461,45 @@ async fn units_in_many_groups_keep_at_most_l0_of_them() {
 }
 
 #[tokio::test]
+async fn suspended_and_non_consenting_units_never_reach_a_query() {
+    let name = "pums";
+    let spec = spec("PUMS_pid.csv", name);
+    let p = profile(&spec).await.unwrap();
+    let run = |units: crate::desensitize::UnitFilter| {
+        let (spec, p) = (spec.clone(), p.clone());
+        async move {
+            let sc = scenario(name, 5.0, 1e6);
+            let mut t = TableVersion::from_profile(spec, &p);
+            t.units = units;
+            let acc = Arc::new(MemoryAccountant::new(sc.release.total_budget()));
+            let cfg = ScopeConfig {
+                agreement_id: "ag".into(),
+                scenario: sc,
+                tables: vec![t],
+                token_key: TokenKey::new(&[1u8; 32]),
+                memory_limit: 1 << 30,
+            };
+            let scope = DataPlane::new().open(cfg, acc).await.unwrap();
+            let r = scope.query("SELECT COUNT(*) AS n FROM pums").await.unwrap();
+            column_i64(&r.batch, "n")[0]
+        }
+    };
+    let first_half: std::collections::HashSet<String> = (1..=500).map(|i| i.to_string()).collect();
+    let suspended = run(crate::desensitize::UnitFilter {
+        exclude: Arc::new(first_half.clone()),
+        only: None,
+    })
+    .await;
+    assert!((suspended - 500).abs() < 10, "{suspended}");
+    let consenting = run(crate::desensitize::UnitFilter {
+        exclude: Arc::new((1..=50).map(|i| i.to_string()).collect()),
+        only: Some(Arc::new(first_half)),
+    })
+    .await;
+    assert!((consenting - 450).abs() < 10, "{consenting}");
+}
+
+#[tokio::test]
 async fn counts_are_accurate_noisy_and_keys_sorted() {
     let (scope, _) = open("PUMS_pid.csv", 1.0, 100.0).await;
     let r = scope
