@@ -44,6 +44,16 @@ pub struct DatasetRecord {
     pub created_at: DateTime<Utc>,
 }
 
+impl crate::store::Record for DatasetRecord {
+    const TABLE: crate::store::Table = crate::store::Table::Datasets;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lookup(&self) -> Vec<String> {
+        vec![self.name.clone(), self.owner.clone()]
+    }
+}
+
 /// Runs store work off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> ApiResult<T> + Send + 'static,

@@ -11,7 +11,7 @@ use crate::api::{blocking, current_datasets, JobRecord, JobStatus, QueryRecord};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
-use crate::store::{append, charge_in, get_in, put_in, set_job_output, NewEntry, Store, Table};
+use crate::store::{append, charge_in, get_in, put, set_job_output, NewEntry, Store, Table};
 use chrono::Utc;
 use runtime::{JobInput, JobOutcome};
 use sandbox::desensitize::TokenKey;
@@ -178,7 +178,7 @@ pub async fn submit(
     blocking(move || {
         store.tx(|tx| {
             Store::put_module(tx, &j.module_hash, &module, &now.to_rfc3339())?;
-            put_in(tx, Table::Jobs, &j.id, &[&j.agreement_id, &j.developer_id, "queued"], &j)?;
+            put(tx, &j)?;
             append(
                 tx,
                 NewEntry::by(&a, "job.submit", &j.id, json!({"agreement": j.agreement_id, "scenario": j.scenario_id,
@@ -278,13 +278,7 @@ pub async fn close_job(st: &AppState, job_id: &str, kind: &str, message: &str) -
             j.status = JobStatus::Failed;
             j.error = Some(failure(&kind, &message));
             j.finished_at = Some(Utc::now());
-            put_in(
-                tx,
-                Table::Jobs,
-                &j.id,
-                &[&j.agreement_id, &j.developer_id, "failed"],
-                &j,
-            )?;
+            put(tx, &j)?;
             append(
                 tx,
                 NewEntry::system(
@@ -362,15 +356,7 @@ async fn run(
         }
         job.status = JobStatus::Running;
         job.started_at = Some(Utc::now());
-        s.store.tx(|tx| {
-            put_in(
-                tx,
-                Table::Jobs,
-                &job.id,
-                &[&job.agreement_id, &job.developer_id, "running"],
-                &job,
-            )
-        })?;
+        s.store.tx(|tx| put(tx, &job))?;
         Ok((job, ag, sc, bytes, tables))
     })
     .await?;
@@ -484,7 +470,7 @@ Ok(output) => {
                     j.error = Some(failure(e.kind(), &e.to_string()));
                 }
             }
-            put_in(tx, Table::Jobs, &j.id, &[&j.agreement_id, &j.developer_id, j.status.as_str()], &j)?;
+            put(tx, &j)?;
             append(
                 tx,
                 NewEntry::by(&actor, "job.finish", &j.id, json!({

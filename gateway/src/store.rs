@@ -429,6 +429,65 @@ impl Table {
     }
 }
 
+/// A document stored in one of the JSON tables, with its lookup columns.
+pub trait Record: Serialize {
+    /// Its table.
+    const TABLE: Table;
+    /// Its id.
+    fn id(&self) -> &str;
+    /// Lookup column values, in the order of the table's columns.
+    fn lookup(&self) -> Vec<String>;
+}
+
+/// The wire name of a unit-like enum (its serde form).
+pub fn wire_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+impl Record for scenarios::workflow::Scenario {
+    const TABLE: Table = Table::Scenarios;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lookup(&self) -> Vec<String> {
+        vec![wire_name(&self.status)]
+    }
+}
+
+impl Record for scenarios::workflow::Application {
+    const TABLE: Table = Table::Applications;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lookup(&self) -> Vec<String> {
+        vec![
+            self.developer_id.clone(),
+            self.scenario_id.clone(),
+            wire_name(&self.status),
+        ]
+    }
+}
+
+impl Record for scenarios::workflow::Agreement {
+    const TABLE: Table = Table::Agreements;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lookup(&self) -> Vec<String> {
+        vec![self.developer_id.clone(), self.scenario_id.clone()]
+    }
+}
+
+/// Inserts or updates a record with its lookup columns.
+pub fn put<R: Record>(tx: &Transaction<'_>, r: &R) -> ApiResult<()> {
+    let cols = r.lookup();
+    let refs: Vec<&str> = cols.iter().map(String::as_str).collect();
+    put_in(tx, R::TABLE, r.id(), &refs, r)
+}
+
 /// Loads one document inside a connection or transaction.
 pub fn get_in<T: DeserializeOwned>(c: &Connection, table: Table, id: &str) -> ApiResult<Option<T>> {
     let sql = format!("SELECT body FROM {} WHERE id = ?1", table.name());

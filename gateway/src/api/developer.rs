@@ -8,7 +8,7 @@ use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
-use crate::store::{append, get_in, put_in, NewEntry, Table};
+use crate::store::{append, get_in, put, NewEntry, Table};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -72,13 +72,7 @@ pub(crate) async fn apply(
                 .ok_or_else(|| not_found("approved scenario", &req.scenario_id))?;
             let now = Utc::now();
             let app = Application::submit(new_id("ap"), &sc, req.materials, &actor, now, &calendar)?;
-            put_in(
-                tx,
-                Table::Applications,
-                &app.id,
-                &[&app.developer_id, &app.scenario_id, "submitted"],
-                &app,
-            )?;
+            put(tx, &app)?;
             append(
                 tx,
                 NewEntry::by(
@@ -198,13 +192,7 @@ pub(crate) async fn sign(
                 .ok_or_else(|| not_found("agreement", &id))?;
             let now = Utc::now();
             ag.sign(&actor, now)?;
-            put_in(
-                tx,
-                Table::Agreements,
-                &ag.id,
-                &[&ag.developer_id, &ag.scenario_id],
-                &ag,
-            )?;
+            put(tx, &ag)?;
             append(
                 tx,
                 NewEntry::by(
@@ -316,6 +304,20 @@ pub struct JobRecord {
     /// The airlock: automatic check verdicts and the operator's decision.
     #[serde(default)]
     pub review: Option<Value>,
+}
+
+impl crate::store::Record for JobRecord {
+    const TABLE: Table = Table::Jobs;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lookup(&self) -> Vec<String> {
+        vec![
+            self.agreement_id.clone(),
+            self.developer_id.clone(),
+            self.status.as_str().to_string(),
+        ]
+    }
 }
 
 /// Query string of a job submission.

@@ -8,7 +8,7 @@ use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::{new_id, new_token};
 use crate::state::AppState;
-use crate::store::{append, get_in, put_in, NewEntry, Party, Store, Table};
+use crate::store::{append, get_in, put, NewEntry, Party, Store, Table};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -109,7 +109,7 @@ pub(crate) async fn propose_scenario(
         let now = Utc::now();
         let sc = Scenario::propose(new_id("sc"), spec, &actor, now)?;
         s.store.tx(|tx| {
-            put_in(tx, Table::Scenarios, &sc.id, &["pending"], &sc)?;
+            put(tx, &sc)?;
             append(
                 tx,
                 NewEntry::by(
@@ -194,14 +194,7 @@ pub(crate) async fn decide_application(
                 .ok_or_else(|| ApiError::Internal("application without scenario".into()))?;
             let now = Utc::now();
             app.decide(d.approve, d.reason.clone(), &actor, now)?;
-            let status = if d.approve { "approved" } else { "rejected" };
-            put_in(
-                tx,
-                Table::Applications,
-                &app.id,
-                &[&app.developer_id, &app.scenario_id, status],
-                &app,
-            )?;
+            put(tx, &app)?;
             append(
                 tx,
                 NewEntry::by(
@@ -230,13 +223,7 @@ pub(crate) async fn decide_application(
                 now + Duration::days(i64::from(days)),
                 &actor,
             )?;
-            put_in(
-                tx,
-                Table::Agreements,
-                &ag.id,
-                &[&ag.developer_id, &ag.scenario_id],
-                &ag,
-            )?;
+            put(tx, &ag)?;
             append(
                 tx,
                 NewEntry::by(
@@ -312,7 +299,7 @@ pub(crate) async fn decide_review(
             } else {
                 j.review = Some(json!({"decision": decision}));
             }
-            put_in(tx, Table::Jobs, &j.id, &[&j.agreement_id, &j.developer_id, j.status.as_str()], &j)?;
+            put(tx, &j)?;
             let action = if d.approve { "review.approve" } else { "review.withhold" };
             append(tx, NewEntry::by(&actor, action, &j.id, json!({"reason": d.reason, "output_hash": j.output_hash})), now)?;
             if d.approve {

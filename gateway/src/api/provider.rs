@@ -7,7 +7,7 @@ use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
-use crate::store::{append, list_in, put_in, NewEntry, Table};
+use crate::store::{append, list_in, put, NewEntry, Table};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -45,7 +45,7 @@ pub(crate) async fn register(
                 profile: profile.clone(),
                 created_at: Utc::now(),
             };
-            put_in(tx, Table::Datasets, &record.id, &[&record.name, &record.owner], &record)?;
+            put(tx, &record)?;
             append(
                 tx,
                 NewEntry::by(

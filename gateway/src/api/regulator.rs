@@ -7,7 +7,7 @@ use super::{blocking, JobRecord};
 use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::store::{append, get_in, put_in, NewEntry, Table};
+use crate::store::{append, get_in, put, NewEntry, Table};
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -48,8 +48,7 @@ pub(crate) async fn decide_scenario(
                 .ok_or_else(|| ApiError::NotFound(format!("no scenario {}", id.escape_debug())))?;
             let now = Utc::now();
             sc.decide(d.approve, d.reason.clone(), &actor, now)?;
-            let status = if d.approve { "approved" } else { "rejected" };
-            put_in(tx, Table::Scenarios, &sc.id, &[status], &sc)?;
+            put(tx, &sc)?;
             append(
                 tx,
                 NewEntry::by(
