@@ -8,6 +8,19 @@ use scenarios::catalog::DatasetSpec;
 use scenarios::policy::ScenarioSpec;
 use std::path::{Path, PathBuf};
 
+fn print_timings(rows: &[sandbox::bench::BenchRow]) {
+    println!(
+        "{:<58} {:>10} {:>14} {:>7}",
+        "query", "raw ms", "protected ms", "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<58} {:>10.2} {:>14.2} {:>6.2}x",
+            r.name, r.raw_ms, r.protected_ms, r.ratio
+        );
+    }
+}
+
 /// Runs both benchmark sections: the demo's municipal data and, when the
 /// directory exists, the PUMS census sample.
 pub async fn run(enterprises: usize, iterations: usize, pums: Option<PathBuf>, reps: usize) -> Result<()> {
@@ -108,16 +121,7 @@ async fn pums_section(dir: &Path, iterations: usize, reps: usize) -> Result<()> 
         .collect();
     let rows = sandbox::bench::compare(&plane, cfg(big, 1.0)?, &cases, iterations).await?;
     println!("PUMS_x1000.csv: 1,000,000 rows (CSV, read on every query); median of {iterations} runs");
-    println!(
-        "{:<58} {:>10} {:>14} {:>7}",
-        "query", "raw ms", "protected ms", "ratio"
-    );
-    for r in rows {
-        println!(
-            "{:<58} {:>10.2} {:>14.2} {:>6.2}x",
-            r.name, r.raw_ms, r.protected_ms, r.ratio
-        );
-    }
+    print_timings(&rows);
     println!();
     println!("PUMS.csv (1,000 real people): mean relative error over {reps} releases per query");
     println!(
@@ -198,15 +202,6 @@ async fn demo_section(enterprises: usize, iterations: usize) -> Result<()> {
         "{enterprises} enterprises, {} insurance rows; median of {iterations} runs",
         enterprises * 12
     );
-    println!(
-        "{:<58} {:>10} {:>14} {:>7}",
-        "query", "raw ms", "protected ms", "ratio"
-    );
-    for r in rows {
-        println!(
-            "{:<58} {:>10.2} {:>14.2} {:>6.2}x",
-            r.name, r.raw_ms, r.protected_ms, r.ratio
-        );
-    }
+    print_timings(&rows);
     Ok(())
 }

@@ -231,6 +231,25 @@ pub async fn wait(st: &AppState, job_id: &str) -> ApiResult<JobRecord> {
     }
 }
 
+/// The ledger entry that releases a job's output to its developer (R21:
+/// to whom, by what medium, which output, from which query releases).
+pub fn release_entry(actor: &Actor, j: &JobRecord, reviewed_by: Option<&str>) -> NewEntry {
+    NewEntry::by(
+        actor,
+        "result.release",
+        &j.id,
+        json!({
+            "agreement": j.agreement_id,
+            "to": j.developer_id,
+            "medium": "https api download",
+            "output_hash": j.output_hash,
+            "output_bytes": j.output_bytes,
+            "reviewed_by": reviewed_by,
+            "query_releases": j.queries.iter().filter_map(|q| q.ledger_seq).collect::<Vec<_>>(),
+        }),
+    )
+}
+
 /// The airlock's automatic checks on a finished job, shown to the reviewing
 /// operator beside the output.
 fn verdicts(j: &JobRecord, releases: &[QueryLineage], output: &[u8], limit: u64) -> serde_json::Value {
@@ -456,8 +475,12 @@ async fn finish(
                 (r, _) => r,
             };
             match &result {
-Ok(output) => {
-                    j.status = if review_required { JobStatus::AwaitingReview } else { JobStatus::Succeeded };
+                Ok(output) => {
+                    j.status = if review_required {
+                        JobStatus::AwaitingReview
+                    } else {
+                        JobStatus::Succeeded
+                    };
                     j.output_hash = Some(hex::encode(scenarios::ledger::sha256(output)));
                     j.output_bytes = Some(output.len() as u64);
                     if review_required {
@@ -473,30 +496,24 @@ Ok(output) => {
             put(tx, &j)?;
             append(
                 tx,
-                NewEntry::by(&actor, "job.finish", &j.id, json!({
-                    "agreement": j.agreement_id,
-                    "module_hash": j.module_hash,
-                    "status": j.status,
-                    "error": j.error,
-                    "usage": j.usage,
-                    "queries": j.queries.len(),
-                    "tables": j.tables,
-                })),
+                NewEntry::by(
+                    &actor,
+                    "job.finish",
+                    &j.id,
+                    json!({
+                        "agreement": j.agreement_id,
+                        "module_hash": j.module_hash,
+                        "status": j.status,
+                        "error": j.error,
+                        "usage": j.usage,
+                        "queries": j.queries.len(),
+                        "tables": j.tables,
+                    }),
+                ),
                 now,
             )?;
             if j.status == JobStatus::Succeeded {
-                append(
-                    tx,
-                    NewEntry::by(&actor, "result.release", &j.id, json!({
-                        "agreement": j.agreement_id,
-                        "to": j.developer_id,
-                        "medium": "https api download",
-                        "output_hash": j.output_hash,
-                        "output_bytes": j.output_bytes,
-                        "query_releases": j.queries.iter().filter_map(|q| q.ledger_seq).collect::<Vec<_>>(),
-                    })),
-                    now,
-                )?;
+                append(tx, release_entry(&actor, &j, None), now)?;
             }
             Ok(j)
         })

@@ -47,16 +47,20 @@ impl std::fmt::Debug for TokenKey {
     }
 }
 
+/// The single Utf8 argument of a scalar function, as an array.
+fn string_arg(args: &[ColumnarValue]) -> datafusion::error::Result<StringArray> {
+    let arrays = ColumnarValue::values_to_arrays(args)?;
+    arrays
+        .first()
+        .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+        .cloned()
+        .ok_or_else(|| datafusion::error::DataFusionError::Internal("string function on a non-string".into()))
+}
+
 fn string_map_udf(name: &str, map: impl Fn(&str) -> String + Send + Sync + 'static) -> ScalarUDF {
     let fun = Arc::new(
         move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
-            let arrays = ColumnarValue::values_to_arrays(args)?;
-            let input = arrays
-                .first()
-                .and_then(|a| a.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| {
-                    datafusion::error::DataFusionError::Internal("string function on a non-string".into())
-                })?;
+            let input = string_arg(args)?;
             let mut out = StringBuilder::with_capacity(input.len(), input.len() * 16);
             for i in 0..input.len() {
                 if input.is_null(i) {
@@ -214,13 +218,7 @@ fn membership_udf(name: &str, set: Arc<std::collections::HashSet<String>>, keep_
     use datafusion::arrow::array::BooleanArray;
     let fun = Arc::new(
         move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
-            let arrays = ColumnarValue::values_to_arrays(args)?;
-            let input = arrays
-                .first()
-                .and_then(|a| a.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| {
-                    datafusion::error::DataFusionError::Internal("unit filter on a non-string".into())
-                })?;
+            let input = string_arg(args)?;
             let out: BooleanArray = input
                 .iter()
                 .map(|v| Some(v.is_some_and(|u| set.contains(u)) == keep_members))

@@ -289,10 +289,17 @@ pub(crate) async fn decide_review(
             let mut j: JobRecord = get_in(tx, Table::Jobs, &id)?
                 .ok_or_else(|| ApiError::NotFound(format!("no job {}", id.escape_debug())))?;
             if j.status != JobStatus::AwaitingReview {
-                return Err(ApiError::Conflict(format!("job {} is not waiting for review", j.id)));
+                return Err(ApiError::Conflict(format!(
+                    "job {} is not waiting for review",
+                    j.id
+                )));
             }
             let now = Utc::now();
-            j.status = if d.approve { JobStatus::Succeeded } else { JobStatus::Withheld };
+            j.status = if d.approve {
+                JobStatus::Succeeded
+            } else {
+                JobStatus::Withheld
+            };
             let decision = json!({"approve": d.approve, "reason": d.reason, "by": actor.id, "at": now});
             if let Some(Value::Object(r)) = j.review.as_mut() {
                 r.insert("decision".into(), decision.clone());
@@ -300,22 +307,23 @@ pub(crate) async fn decide_review(
                 j.review = Some(json!({"decision": decision}));
             }
             put(tx, &j)?;
-            let action = if d.approve { "review.approve" } else { "review.withhold" };
-            append(tx, NewEntry::by(&actor, action, &j.id, json!({"reason": d.reason, "output_hash": j.output_hash})), now)?;
+            let action = if d.approve {
+                "review.approve"
+            } else {
+                "review.withhold"
+            };
+            append(
+                tx,
+                NewEntry::by(
+                    &actor,
+                    action,
+                    &j.id,
+                    json!({"reason": d.reason, "output_hash": j.output_hash}),
+                ),
+                now,
+            )?;
             if d.approve {
-                append(
-                    tx,
-                    NewEntry::by(&actor, "result.release", &j.id, json!({
-                        "agreement": j.agreement_id,
-                        "to": j.developer_id,
-                        "medium": "https api download",
-                        "output_hash": j.output_hash,
-                        "output_bytes": j.output_bytes,
-                        "reviewed_by": actor.id,
-                        "query_releases": j.queries.iter().filter_map(|q| q.ledger_seq).collect::<Vec<_>>(),
-                    })),
-                    now,
-                )?;
+                append(tx, crate::jobs::release_entry(&actor, &j, Some(&actor.id)), now)?;
             }
             Ok(j)
         })
