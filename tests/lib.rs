@@ -168,6 +168,33 @@ impl Api {
         )
     }
 
+    /// Announces a POST of `len` bytes with `Expect: 100-continue` and
+    /// returns the status the server answers before any body is sent (how
+    /// a careful client learns that an upload is too large).
+    pub fn post_announced(&self, path: &str, len: usize) -> u16 {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let auth = self
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/wasm\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).expect("write");
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).expect("read");
+        let text = String::from_utf8_lossy(&buf[..n]);
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// POST raw bytes.
     pub fn post_raw(&self, path: &str, body: &[u8], content_type: &str) -> Reply {
         let mut req = self

@@ -80,6 +80,26 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "service": "invis", "version": env!("CARGO_PKG_VERSION")}))
 }
 
+/// Refuses a request whose declared body is larger than [`MAX_BODY`] before
+/// reading any of it (so a client that sent `Expect: 100-continue` never
+/// uploads it). Bodies without a length are still capped while read.
+async fn reject_oversized(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return ApiError::TooLarge(format!("the request body is larger than {MAX_BODY} bytes"))
+            .into_response();
+    }
+    next.run(req).await
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
@@ -146,5 +166,6 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1/developer", role_routes(&state, Role::Developer, developer))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(reject_oversized))
         .with_state(state)
 }

@@ -256,9 +256,11 @@ fn invalid_modules_are_refused_at_submission() {
         assert_eq!(r.status, 400, "{what}: {}", r.text());
         assert!(r.message().contains(needle), "{what}: {}", r.message());
     }
-    let huge = vec![0u8; 17 << 20];
-    let r = w.developer.post_raw(&w.jobs_path(), &huge, "application/wasm");
-    assert_eq!(r.status, 413, "oversized module");
+    assert_eq!(
+        w.developer.post_announced(&w.jobs_path(), 17 << 20),
+        413,
+        "oversized module"
+    );
     assert_eq!(
         w.server.ledger_size(),
         before,
