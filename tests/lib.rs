@@ -195,6 +195,22 @@ impl Api {
             .unwrap_or(0)
     }
 
+    /// POST JSON, tolerating a server that dies mid-request: the status
+    /// and body of a complete response, or `None`.
+    pub fn try_post(&self, path: &str, body: &Value) -> Option<(u16, Value)> {
+        let mut req = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut r = req.send(body.to_string().as_bytes()).ok()?;
+        let status = r.status().as_u16();
+        let bytes = r.body_mut().read_to_vec().ok()?;
+        Some((status, serde_json::from_slice(&bytes).ok()?))
+    }
+
     /// POST raw bytes.
     pub fn post_raw(&self, path: &str, body: &[u8], content_type: &str) -> Reply {
         let mut req = self
@@ -294,6 +310,18 @@ impl Server {
             operator: api.as_token(operator),
             regulator: api.as_token(regulator),
         })
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same data
+    /// directory with the same tokens.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let mut fresh = Server::spawn(&self.dir, &[], self.operator.token(), self.regulator.token())?;
+        std::mem::swap(&mut self.child, &mut fresh.child);
+        std::mem::swap(&mut self.base, &mut fresh.base);
+        std::mem::swap(&mut self.operator, &mut fresh.operator);
+        std::mem::swap(&mut self.regulator, &mut fresh.regulator);
+        Ok(())
     }
 
     /// Kills the server process (SIGKILL) and waits for it.

@@ -5,6 +5,7 @@
 
 mod catalog;
 mod developer;
+mod ledger;
 mod operator;
 mod provider;
 mod regulator;
@@ -137,8 +138,10 @@ pub fn router(state: AppState) -> Router {
         .route("/scenarios", get(regulator::list_scenarios))
         .route("/scenarios/{id}/decision", post(regulator::decide_scenario))
         .route("/releases", get(regulator::releases))
-        .route("/ledger", get(regulator::export_ledger))
-        .route("/ledger/public-key", get(regulator::public_key));
+        .route("/ledger", get(ledger::feed))
+        .route("/ledger/feed", get(ledger::feed))
+        .route("/ledger/receipts/{seq}", get(ledger::receipt))
+        .route("/ledger/public-key", get(ledger::public_key));
     let developer = Router::new()
         .route("/scenarios", get(developer::list_scenarios))
         .route("/scenarios/{id}", get(developer::scenario))
@@ -153,13 +156,18 @@ pub fn router(state: AppState) -> Router {
         .route("/agreements/{id}/jobs", post(developer::submit_job))
         .route("/jobs", get(developer::list_jobs))
         .route("/jobs/{id}", get(developer::job))
-        .route("/jobs/{id}/output", get(developer::job_output));
+        .route("/jobs/{id}/output", get(developer::job_output))
+        .route("/jobs/{id}/receipt", get(developer::job_receipt));
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/whoami", get(catalog::whoami))
         .route("/v1/catalog", get(catalog::list))
         .route("/v1/catalog/{name}", get(catalog::detail))
-        .route("/v1/ledger/public-key", get(regulator::public_key))
+        .route("/v1/ledger/public-key", get(ledger::public_key))
+        .route("/v1/ledger/checkpoint", get(ledger::checkpoint))
+        .route("/v1/ledger/checkpoints", get(ledger::checkpoints))
+        .route("/v1/ledger/proof/inclusion", get(ledger::inclusion))
+        .route("/v1/ledger/proof/consistency", get(ledger::consistency))
         .nest("/v1/provider", role_routes(&state, Role::Provider, provider))
         .nest("/v1/operator", role_routes(&state, Role::Operator, operator))
         .nest("/v1/regulator", role_routes(&state, Role::Regulator, regulator))

@@ -1,5 +1,7 @@
 //! `invis bench`: protected versus raw query times over the demo's data.
 
+pub mod ledger;
+
 use crate::demo::{self, data};
 use anyhow::Result;
 use sandbox::desensitize::TokenKey;

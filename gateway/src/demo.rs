@@ -248,10 +248,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         ),
     );
     let config = Config {
-        data_dir: root.join("store"),
-        job_limits: runtime::JobLimits::default(),
-        calendar: Default::default(),
         sample_rows: 5,
+        ..Config::new(root.join("store"))
     };
     let state = AppState::open(config)?;
     let boot = bootstrap(
@@ -514,6 +512,24 @@ fn script(
         "released result (noisy, contribution-bounded, small groups suppressed):",
     );
     print_csv(&csv, "            ", 60);
+    let receipt = expect_ok(
+        developer.get(&format!(
+            "/v1/developer/jobs/{}/receipt",
+            job["id"].as_str().unwrap_or("")
+        ))?,
+        "receipt",
+    )?;
+    let receipt: scenarios::ledger::Receipt = serde_json::from_value(receipt)?;
+    let key = expect_ok(developer.get("/v1/ledger/public-key")?, "public key")?;
+    let key = hex::decode(key["public_key"].as_str().unwrap_or(""))?;
+    let proven = scenarios::ledger::verify_receipt(&receipt, Some(&key), Some(&out.body))?;
+    say(
+        "developer",
+        format!(
+            "receipt verified offline: the output's hash is ledger entry {} ({}), proven in the signed tree of {} entries",
+            proven.seq, proven.action, proven.checkpoint_size
+        ),
+    );
     let ag = expect_ok(
         developer.get(&format!("/v1/developer/agreements/{ag_id}"))?,
         "agreement",
@@ -624,7 +640,7 @@ fn script(
     let path = root.join("ledger-export.ndjson");
     std::fs::write(&path, &export.body)?;
     let text = String::from_utf8(export.body.clone())?;
-    match scenarios::ledger::verify_export(text.lines(), Some(&key)) {
+    match scenarios::ledger::verify_export(text.lines(), Some(&key), &[]) {
         Ok(r) => say(
             "regulator",
             format!(
@@ -645,14 +661,15 @@ fn script(
     if let Some(l) = lines.get_mut(target) {
         *l = l.replacen("released_groups", "released_groupz", 1);
     }
-    match scenarios::ledger::verify_export(lines.iter(), Some(&key)) {
+    let victim: Value = serde_json::from_str(lines.get(target).map_or("", String::as_str))?;
+    let victim: Value = serde_json::from_str(victim["body"].as_str().unwrap_or(""))?;
+    match scenarios::ledger::verify_export(lines.iter(), Some(&key), &[]) {
         Ok(_) => bail!("a tampered ledger verified"),
         Err(f) => say(
             "regulator",
             format!(
                 "a copy with one edited byte in entry {}: verify-ledger FAILED: {}",
-                target.saturating_sub(1),
-                f.reason
+                victim["seq"], f.reason
             ),
         ),
     }

@@ -71,9 +71,14 @@ impl Keys {
         self.ledger.sign(msg).as_ref().to_vec()
     }
 
+    /// The ledger public key (raw 32 bytes).
+    pub fn public_key(&self) -> Vec<u8> {
+        self.ledger.public_key().as_ref().to_vec()
+    }
+
     /// The ledger public key, hex.
     pub fn public_key_hex(&self) -> String {
-        hex::encode(self.ledger.public_key().as_ref())
+        hex::encode(self.public_key())
     }
 
     /// The tokenization key of one agreement: tokens of two agreements

@@ -1,61 +1,246 @@
-//! Ledger export and signed checkpoints. The verifier itself lives in
-//! `scenarios::ledger` so that it runs offline with no platform code.
+//! The ledger service: the in-memory Merkle tree over committed entries,
+//! signed checkpoints, inclusion and consistency proofs, receipts, and the
+//! export feed. The verifier itself lives in `scenarios::ledger` so that it
+//! runs offline with no platform code.
+//!
+//! The tree is derived data: it is rebuilt from the stored leaf hashes on
+//! first use and caught up from the store whenever a proof or checkpoint is
+//! asked for, so it only ever covers committed entries, in order.
 
 use crate::error::{ApiError, ApiResult};
 use crate::keys::Keys;
 use crate::store::Store;
 use chrono::Utc;
 use scenarios::ledger::{
-    merkle_root, parse_hash, Checkpoint, ExportEntry, ExportHeader, Hash, SignedCheckpoint, EXPORT_FORMAT,
+    proof_hex, Checkpoint, ConsistencyLink, ExportCheckpoint, ExportEntry, ExportHeader, MerkleTree,
+    ProofError, Receipt, SignedCheckpoint, EXPORT_FORMAT, RECEIPT_FORMAT,
 };
 use std::io::Write;
+use std::sync::{Mutex, MutexGuard};
 
+/// Entries read from the store per page.
 const PAGE: u64 = 10_000;
 
-/// Signs a checkpoint over the first `size` leaf hashes.
-pub fn sign_checkpoint(keys: &Keys, leaves: &[Hash]) -> SignedCheckpoint {
-    let checkpoint = Checkpoint {
-        size: leaves.len() as u64,
-        root: hex::encode(merkle_root(leaves)),
-        time: Utc::now(),
-    };
-    let signature = hex::encode(keys.sign(&checkpoint.signing_message()));
-    SignedCheckpoint {
-        checkpoint,
-        signature,
+/// The ledger's derived state.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    tree: Mutex<MerkleTree>,
+}
+
+impl From<ProofError> for ApiError {
+    fn from(e: ProofError) -> ApiError {
+        ApiError::BadRequest(e.to_string())
     }
 }
 
-/// Writes the whole ledger as an export: header, every entry, and a
-/// checkpoint signed now over all of them. Returns the checkpoint.
-pub fn export(store: &Store, keys: &Keys, out: &mut dyn Write) -> ApiResult<SignedCheckpoint> {
-    let io = |e: std::io::Error| ApiError::Internal(format!("export write: {e}"));
-    let header = ExportHeader {
-        format: EXPORT_FORMAT.into(),
-        public_key: keys.public_key_hex(),
-        exported_at: Utc::now(),
-    };
-    writeln!(out, "{}", serde_json::to_string(&header)?).map_err(io)?;
-    let mut leaves: Vec<Hash> = Vec::new();
-    let mut from = 0u64;
-    loop {
-        let page = store.ledger(from, PAGE)?;
-        if page.is_empty() {
-            break;
-        }
-        for e in &page {
-            let h = parse_hash(&e.hash)
-                .ok_or_else(|| ApiError::Internal(format!("bad hash at entry {}", e.seq)))?;
-            leaves.push(h);
-            let line = ExportEntry {
-                hash: e.hash.clone(),
-                body: e.body.clone(),
-            };
-            writeln!(out, "{}", serde_json::to_string(&line)?).map_err(io)?;
-        }
-        from = page.last().map(|e| e.seq + 1).unwrap_or(from);
+impl Ledger {
+    /// An empty service; the tree is loaded on first use.
+    pub fn new() -> Ledger {
+        Ledger::default()
     }
-    let cp = sign_checkpoint(keys, &leaves);
-    writeln!(out, "{}", serde_json::to_string(&cp)?).map_err(io)?;
-    Ok(cp)
+
+    /// The tree, caught up with every committed entry.
+    fn tree(&self, store: &Store) -> ApiResult<MutexGuard<'_, MerkleTree>> {
+        let mut tree = self
+            .tree
+            .lock()
+            .map_err(|_| ApiError::Internal("ledger tree lock poisoned".into()))?;
+        loop {
+            let page = store.ledger_hashes(tree.size(), PAGE)?;
+            if page.is_empty() {
+                return Ok(tree);
+            }
+            for (seq, h) in page {
+                if seq != tree.size() {
+                    return Err(ApiError::Internal(format!(
+                        "ledger entry {} is missing from the store",
+                        tree.size()
+                    )));
+                }
+                tree.push(h);
+            }
+        }
+    }
+
+    /// Number of committed entries.
+    pub fn size(&self, store: &Store) -> ApiResult<u64> {
+        Ok(self.tree(store)?.size())
+    }
+
+    /// A signed checkpoint over every committed entry: the stored one if it
+    /// is current, otherwise a new one, signed and stored.
+    pub fn checkpoint(&self, store: &Store, keys: &Keys) -> ApiResult<SignedCheckpoint> {
+        let tree = self.tree(store)?;
+        let size = tree.size();
+        if let Some(cp) = store.checkpoint_at_or_before(size)? {
+            if cp.checkpoint.size == size {
+                return Ok(cp);
+            }
+        }
+        let checkpoint = Checkpoint {
+            size,
+            root: hex::encode(tree.root()),
+            time: Utc::now(),
+        };
+        drop(tree);
+        let signature = hex::encode(keys.sign(&checkpoint.signing_message()));
+        let cp = SignedCheckpoint {
+            checkpoint,
+            signature,
+        };
+        store.put_checkpoint(&cp)?;
+        // A concurrent caller may have stored one for the same size first;
+        // the stored one is the one everybody gets.
+        Ok(store
+            .checkpoint_at_or_before(size)?
+            .filter(|c| c.checkpoint.size == size)
+            .unwrap_or(cp))
+    }
+
+    /// Signs a checkpoint only if entries were added since the last one
+    /// (the periodic signer).
+    pub fn checkpoint_if_grown(&self, store: &Store, keys: &Keys) -> ApiResult<Option<SignedCheckpoint>> {
+        let size = self.size(store)?;
+        let last = store.checkpoint_at_or_before(u64::MAX)?;
+        if size == 0 || last.is_some_and(|c| c.checkpoint.size >= size) {
+            return Ok(None);
+        }
+        self.checkpoint(store, keys).map(Some)
+    }
+
+    /// The audit path of entry `seq` in the tree of size `size`.
+    pub fn inclusion_proof(&self, store: &Store, seq: u64, size: u64) -> ApiResult<Vec<String>> {
+        Ok(proof_hex(&self.tree(store)?.inclusion_proof(seq, size)?))
+    }
+
+    /// The consistency proof between tree sizes `first` and `second`.
+    pub fn consistency_proof(&self, store: &Store, first: u64, second: u64) -> ApiResult<Vec<String>> {
+        Ok(proof_hex(&self.tree(store)?.consistency_proof(first, second)?))
+    }
+
+    /// A receipt for entry `seq` against the current signed checkpoint.
+    pub fn receipt(&self, store: &Store, keys: &Keys, seq: u64) -> ApiResult<Receipt> {
+        let entry = store
+            .ledger(seq, 1)?
+            .pop()
+            .filter(|e| e.seq == seq)
+            .ok_or_else(|| ApiError::NotFound(format!("no ledger entry {seq}")))?;
+        let checkpoint = self.checkpoint(store, keys)?;
+        let inclusion = self.inclusion_proof(store, seq, checkpoint.checkpoint.size)?;
+        Ok(Receipt {
+            format: RECEIPT_FORMAT.into(),
+            public_key: keys.public_key_hex(),
+            seq,
+            entry: ExportEntry {
+                hash: entry.hash,
+                body: entry.body,
+            },
+            inclusion,
+            checkpoint,
+        })
+    }
+
+    /// The receipt of the `result.release` entry of a job, if it was released.
+    pub fn release_receipt(&self, store: &Store, keys: &Keys, job_id: &str) -> ApiResult<Option<Receipt>> {
+        let seq = store
+            .ledger_for(job_id)?
+            .into_iter()
+            .find(|e| {
+                serde_json::from_str::<serde_json::Value>(&e.body)
+                    .is_ok_and(|b| b["action"] == "result.release")
+            })
+            .map(|e| e.seq);
+        seq.map(|s| self.receipt(store, keys, s)).transpose()
+    }
+
+    /// Writes the ledger from entry `from` as export lines: the header
+    /// (when asked: a resumed feed appended to an earlier one leaves it out
+    /// and is still one valid export), every entry, each stored checkpoint
+    /// after the entry that completes it with a consistency proof from the
+    /// checkpoint before it, and a checkpoint over everything at the end.
+    /// Returns the size reached.
+    pub fn export(
+        &self,
+        store: &Store,
+        keys: &Keys,
+        from: u64,
+        header: bool,
+        out: &mut dyn Write,
+    ) -> ApiResult<u64> {
+        if header {
+            let header = ExportHeader {
+                format: EXPORT_FORMAT.into(),
+                public_key: keys.public_key_hex(),
+                exported_at: Utc::now(),
+            };
+            line(out, &header)?;
+        }
+        let last = self.checkpoint(store, keys)?;
+        let end = last.checkpoint.size;
+        if from > end {
+            return Err(ApiError::BadRequest(format!(
+                "the ledger has {end} entries; cannot start at {from}"
+            )));
+        }
+        let mut previous = store.checkpoint_at_or_before(from)?.map(|c| c.checkpoint.size);
+        let mut pending = store
+            .checkpoints(from.saturating_add(1), end)?
+            .into_iter()
+            .peekable();
+        let mut next = from;
+        while next < end {
+            let page = store.ledger(next, PAGE.min(end - next))?;
+            if page.is_empty() {
+                break;
+            }
+            for e in page {
+                next = e.seq + 1;
+                line(
+                    out,
+                    &ExportEntry {
+                        hash: e.hash,
+                        body: e.body,
+                    },
+                )?;
+                while let Some(cp) = pending.next_if(|c| c.checkpoint.size == next) {
+                    self.write_checkpoint(store, out, cp, &mut previous)?;
+                }
+            }
+        }
+        if from == end {
+            self.write_checkpoint(store, out, last, &mut previous)?;
+        }
+        Ok(end)
+    }
+
+    fn write_checkpoint(
+        &self,
+        store: &Store,
+        out: &mut dyn Write,
+        cp: SignedCheckpoint,
+        previous: &mut Option<u64>,
+    ) -> ApiResult<()> {
+        let size = cp.checkpoint.size;
+        let consistency = match *previous {
+            Some(p) if p < size => Some(ConsistencyLink {
+                from: p,
+                proof: self.consistency_proof(store, p, size)?,
+            }),
+            _ => None,
+        };
+        *previous = Some(size);
+        line(
+            out,
+            &ExportCheckpoint {
+                checkpoint: cp.checkpoint,
+                signature: cp.signature,
+                consistency,
+            },
+        )
+    }
+}
+
+fn line(out: &mut dyn Write, v: &impl serde::Serialize) -> ApiResult<()> {
+    let text = serde_json::to_string(v)?;
+    writeln!(out, "{text}").map_err(|e| ApiError::Internal(format!("export write: {e}")))
 }

@@ -1,9 +1,11 @@
 //! The `invis` command line: serve the API, run the demo, bootstrap the
-//! first parties, export and verify the ledger.
+//! first parties, export and verify the ledger and receipts, back up and
+//! restore, and benchmark.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use gateway::state::{AppState, Config};
+use scenarios::ledger::{Receipt, SignedCheckpoint};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -66,6 +68,23 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         reps: usize,
     },
+    /// Time the ledger: durable appends (one client and many), proofs,
+    /// export and offline verification of a large ledger.
+    BenchLedger {
+        /// Entries in the large ledger that is proven and verified.
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+        /// Durable appends timed per phase.
+        #[arg(long, default_value_t = 20_000)]
+        appends: u64,
+        /// Concurrent clients of the group-commit phase.
+        #[arg(long, default_value_t = 32)]
+        clients: u64,
+        /// Directory for the benchmark's store (a temporary one when absent;
+        /// it must be on the disk whose durability is measured).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Administration.
     Admin {
         #[command(subcommand)]
@@ -79,8 +98,14 @@ enum Command {
         /// Output file (standard output when absent).
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// First entry; an export resumed from a later entry has no header
+        /// and can be appended to an earlier one.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
     },
-    /// Verify a ledger export offline: every hash, link, signature and root.
+    /// Verify a ledger export offline: every hash, link, signature, root and
+    /// consistency proof, and that checkpoints held from before are
+    /// prefixes of it. Exits 1 and names the first bad entry on failure.
     VerifyLedger {
         /// The export (NDJSON).
         export: PathBuf,
@@ -89,9 +114,49 @@ enum Command {
         /// integrity but not who signed.
         #[arg(long)]
         public_key: Option<String>,
+        /// A signed checkpoint obtained earlier (a checkpoint, receipt or
+        /// backup manifest JSON file); repeatable. A forked or truncated
+        /// history fails against it.
+        #[arg(long)]
+        checkpoint: Vec<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Verify a release receipt offline: the entry, its inclusion proof and
+    /// the signed checkpoint, and optionally the released bytes.
+    VerifyReceipt {
+        /// The receipt (JSON).
+        receipt: PathBuf,
+        /// The operator's Ed25519 public key (hex, or a file holding it).
+        #[arg(long)]
+        public_key: Option<String>,
+        /// The released output, to check against the entry's output hash.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Back up a data directory (store snapshot, keys, signed manifest)
+    /// into a new directory; safe while the server runs.
+    Backup {
+        /// Directory of the store and keys.
+        #[arg(long, env = "INVIS_DATA_DIR", default_value = "invis-data")]
+        data_dir: PathBuf,
+        /// The new backup directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into a new data directory after verifying its
+    /// whole ledger.
+    Restore {
+        /// The backup directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to create.
+        #[arg(long, env = "INVIS_DATA_DIR", default_value = "invis-data")]
+        data_dir: PathBuf,
     },
 }
 
@@ -143,12 +208,7 @@ enum AdminCommand {
 }
 
 fn config(data_dir: PathBuf) -> Config {
-    Config {
-        data_dir,
-        job_limits: runtime::JobLimits::default(),
-        calendar: Default::default(),
-        sample_rows: 10,
-    }
+    Config::new(data_dir)
 }
 
 fn read_key(arg: &str) -> Result<Vec<u8>> {
@@ -238,13 +298,19 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::ExportLedger { data_dir, output } => {
+        Command::ExportLedger {
+            data_dir,
+            output,
+            from,
+        } => {
             let state = AppState::open(config(data_dir))?;
             let mut out: Box<dyn std::io::Write> = match output {
                 Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(&p)?)),
                 None => Box::new(std::io::stdout().lock()),
             };
-            gateway::ledger::export(&state.store, &state.keys, &mut out)
+            state
+                .ledger
+                .export(&state.store, &state.keys, from, from == 0, &mut out)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             out.flush()?;
             Ok(())
@@ -252,45 +318,155 @@ async fn main() -> Result<()> {
         Command::VerifyLedger {
             export,
             public_key,
+            checkpoint,
             json,
-        } => {
-            let key = public_key.as_deref().map(read_key).transpose()?;
-            let text =
-                std::fs::read_to_string(&export).with_context(|| format!("reading {}", export.display()))?;
-            match scenarios::ledger::verify_export(text.lines(), key.as_deref()) {
-                Ok(r) => {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&serde_json::json!({"ok": true, "report": r}))?
-                        );
-                    } else {
-                        println!(
-                            "ledger OK: {} entries, {} signed checkpoint(s), root {}",
-                            r.entries, r.checkpoints, r.root
-                        );
-                        if !r.key_pinned {
-                            println!("warning: no --public-key given; the key inside the export was trusted");
-                        }
-                    }
-                    Ok(())
-                }
-                Err(f) => {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&serde_json::json!({"ok": false, "failure": f}))?
-                        );
-                    } else {
-                        let at = f
-                            .first_bad_entry
-                            .map(|e| format!("first bad entry: {e}; "))
-                            .unwrap_or_default();
-                        eprintln!("ledger INVALID: {at}line {}: {}", f.line, f.reason);
-                    }
-                    std::process::exit(1);
-                }
+        } => verify_ledger(&export, public_key.as_deref(), &checkpoint, json),
+        Command::VerifyReceipt {
+            receipt,
+            public_key,
+            output,
+            json,
+        } => verify_receipt(&receipt, public_key.as_deref(), output.as_deref(), json),
+        Command::Backup { data_dir, out } => {
+            let m = gateway::backup::backup(&data_dir, &out)?;
+            println!(
+                "backed up {} ({} ledger entries, root {}) to {}",
+                data_dir.display(),
+                m.checkpoint.checkpoint.size,
+                m.checkpoint.checkpoint.root,
+                out.display()
+            );
+            println!("the backup holds the signing and tokenization keys: store it as carefully as the data");
+            Ok(())
+        }
+        Command::Restore { from, data_dir } => {
+            let r = gateway::backup::restore(&from, &data_dir)?;
+            println!(
+                "restored {} into {}: ledger OK, {} entries, {} signed checkpoint(s), root {}",
+                from.display(),
+                data_dir.display(),
+                r.report.entries,
+                r.report.checkpoints,
+                r.report.root
+            );
+            Ok(())
+        }
+        Command::BenchLedger {
+            entries,
+            appends,
+            clients,
+            dir,
+        } => gateway::bench::ledger::run(entries, appends, clients, dir.as_deref()),
+    }
+}
+
+/// A signed checkpoint from a file holding a checkpoint, a receipt or a
+/// backup manifest.
+fn held_checkpoint(path: &std::path::Path) -> Result<SignedCheckpoint> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let cp = if v.get("signature").is_some() {
+        v
+    } else {
+        v["checkpoint"].clone()
+    };
+    serde_json::from_value(cp).with_context(|| format!("{} holds no signed checkpoint", path.display()))
+}
+
+fn print_json(v: serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+fn verify_ledger(export: &std::path::Path, key: Option<&str>, held: &[PathBuf], json: bool) -> Result<()> {
+    use std::io::BufRead;
+    let key = key.map(read_key).transpose()?;
+    let held = held
+        .iter()
+        .map(|p| held_checkpoint(p))
+        .collect::<Result<Vec<_>>>()?;
+    let file = std::fs::File::open(export).with_context(|| format!("reading {}", export.display()))?;
+    let lines = std::io::BufReader::new(file)
+        .lines()
+        .map(|l| l.unwrap_or_else(|e| format!("<unreadable line: {e}>")));
+    match scenarios::ledger::verify_export(lines, key.as_deref(), &held) {
+        Ok(r) => {
+            if json {
+                return print_json(serde_json::json!({"ok": true, "report": r}));
             }
+            println!(
+                "ledger OK: {} entries, {} signed checkpoint(s), {} consistency proof(s), {} held checkpoint(s) \
+                 consistent, root {}",
+                r.entries, r.checkpoints, r.consistency_proofs, r.held_checkpoints, r.root
+            );
+            if !r.key_pinned {
+                println!("warning: no --public-key given; the key inside the export was trusted");
+            }
+            Ok(())
+        }
+        Err(f) => {
+            if json {
+                print_json(serde_json::json!({"ok": false, "failure": f}))?;
+            } else {
+                let at = f
+                    .first_bad_entry
+                    .map(|e| format!("first bad entry: {e}; "))
+                    .unwrap_or_default();
+                eprintln!("ledger INVALID: {at}line {}: {}", f.line, f.reason);
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+fn verify_receipt(
+    receipt: &std::path::Path,
+    key: Option<&str>,
+    output: Option<&std::path::Path>,
+    json: bool,
+) -> Result<()> {
+    let key = key.map(read_key).transpose()?;
+    let text = std::fs::read_to_string(receipt).with_context(|| format!("reading {}", receipt.display()))?;
+    let output = output
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
+    let parsed: Result<Receipt, _> = serde_json::from_str(&text);
+    let result = parsed
+        .map_err(|e| format!("the receipt is malformed: {e}"))
+        .and_then(|r| {
+            scenarios::ledger::verify_receipt(&r, key.as_deref(), output.as_deref())
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(r) => {
+            if json {
+                return print_json(serde_json::json!({"ok": true, "report": r}));
+            }
+            println!(
+                "receipt OK: entry {} ({} {}) is in the signed ledger of {} entries{}",
+                r.seq,
+                r.action,
+                r.subject,
+                r.checkpoint_size,
+                if r.output_matches {
+                    "; the output matches its hash"
+                } else {
+                    ""
+                }
+            );
+            if !r.key_pinned {
+                println!("warning: no --public-key given; the key inside the receipt was trusted");
+            }
+            Ok(())
+        }
+        Err(reason) => {
+            if json {
+                print_json(serde_json::json!({"ok": false, "reason": reason}))?;
+            } else {
+                eprintln!("receipt INVALID: {reason}");
+            }
+            std::process::exit(1);
         }
     }
 }

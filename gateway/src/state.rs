@@ -2,6 +2,7 @@
 //! and configuration. Cloned into every handler.
 
 use crate::keys::Keys;
+use crate::ledger::Ledger;
 use crate::store::Store;
 use runtime::{JobLimits, Runtime};
 use sandbox::DataPlane;
@@ -22,6 +23,21 @@ pub struct Config {
     pub calendar: Calendar,
     /// Sample rows shown per dataset in the development catalog.
     pub sample_rows: usize,
+    /// How often the server signs a checkpoint when the ledger has grown.
+    pub checkpoint_every: std::time::Duration,
+}
+
+impl Config {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: PathBuf) -> Config {
+        Config {
+            data_dir,
+            job_limits: JobLimits::default(),
+            calendar: Calendar::default(),
+            sample_rows: 10,
+            checkpoint_every: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 /// Everything handlers share.
@@ -31,6 +47,8 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// Signing and tokenization keys.
     pub keys: Arc<Keys>,
+    /// The Merkle tree, checkpoints and proofs over the store's ledger.
+    pub ledger: Arc<Ledger>,
     /// Registered tables.
     pub plane: Arc<DataPlane>,
     /// The WASM runtime (one engine per process).
@@ -51,6 +69,7 @@ impl AppState {
         Ok(AppState {
             store: Arc::new(store),
             keys: Arc::new(keys),
+            ledger: Arc::new(Ledger::new()),
             plane: Arc::new(DataPlane::new()),
             runtime: Arc::new(runtime),
             config: Arc::new(config),

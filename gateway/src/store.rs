@@ -1,8 +1,14 @@
-//! The embedded store: one SQLite file (WAL, `synchronous=FULL`) holding
-//! parties, the catalog, scenarios, applications, agreements, privacy
-//! budgets, modules, jobs and the lineage ledger. Every state change and its
-//! ledger entry are written in one transaction, so either both are durable
-//! or neither is.
+//! The embedded store: one SQLite file (write-ahead log, group commit)
+//! holding parties, the catalog, scenarios, applications, agreements,
+//! privacy budgets, modules, jobs, the lineage ledger and its signed
+//! checkpoints. Every state change and its ledger entry are written in one
+//! transaction, so either both are durable or neither is; [`Store::tx`]
+//! returns only once the transaction is on disk (see [`durable`]).
+//!
+//! Ledger entries and checkpoints are append-only: triggers refuse every
+//! `UPDATE` and `DELETE` on them, and no code path removes them, so the
+//! retention of R22 (at least three years) is "forever" unless a regulator
+//! rules otherwise. The storage format is described in `docs/ledger.md`.
 //!
 //! Records are stored as JSON documents of the `scenarios` types plus the
 //! columns needed to look them up; the ledger stores each entry's canonical
@@ -12,7 +18,7 @@ use crate::error::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use scenarios::budget::{Budget, Delta, Epsilon, Rho};
-use scenarios::ledger::{leaf_hash, EntryBody, ZERO_HASH};
+use scenarios::ledger::{leaf_hash, parse_hash, Checkpoint, EntryBody, Hash, SignedCheckpoint, ZERO_HASH};
 use scenarios::party::{Actor, Role};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -43,16 +49,31 @@ CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, action TEXT NOT NULL, subject TEXT NOT NULL,
     body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS ledger_subject ON ledger (subject);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY, root TEXT NOT NULL, time TEXT NOT NULL, signature TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger
+    BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON ledger
+    BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
+    BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
+    BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
 "#;
 
 /// Current schema version, recorded in `meta`.
-/// Version 2 added `budgets.rho_spent` (zCDP accounting).
-const SCHEMA_VERSION: &str = "2";
+/// Version 2 added `budgets.rho_spent` (zCDP accounting); version 3 the
+/// `checkpoints` table and the append-only triggers (created by `SCHEMA`).
+const SCHEMA_VERSION: &str = "3";
 
 /// The store.
 pub struct Store {
     conn: Mutex<Connection>,
+    sync: durable::GroupSync,
 }
+
+pub mod durable;
+pub use durable::SyncStats;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -129,11 +150,8 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 /// Appends one entry to the ledger inside `tx`; returns its sequence number.
 pub fn append(tx: &Transaction<'_>, e: NewEntry, time: DateTime<Utc>) -> ApiResult<u64> {
     let last: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let (seq, prev) = match last {
         Some((s, h)) => (s as u64 + 1, h),
@@ -151,10 +169,8 @@ pub fn append(tx: &Transaction<'_>, e: NewEntry, time: DateTime<Utc>) -> ApiResu
     };
     let text = String::from_utf8(body.canonical()).map_err(internal)?;
     let hash = hex::encode(leaf_hash(text.as_bytes()));
-    tx.execute(
-        "INSERT INTO ledger (seq, hash, action, subject, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![seq as i64, hash, e.action, e.subject, text],
-    )?;
+    tx.prepare_cached("INSERT INTO ledger (seq, hash, action, subject, body) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![seq as i64, hash, e.action, e.subject, text])?;
     Ok(seq)
 }
 
@@ -170,9 +186,12 @@ impl Store {
     /// Opens (creating if needed) `dir/invis.db`.
     pub fn open(dir: &Path) -> anyhow::Result<Store> {
         std::fs::create_dir_all(dir)?;
-        let conn = Connection::open(dir.join("invis.db"))?;
+        let path = dir.join("invis.db");
+        let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // Commits reach the log without waiting; `tx` waits for the group
+        // flush instead (see `durable`).
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
@@ -191,15 +210,29 @@ impl Store {
                 let tx = conn.unchecked_transaction()?;
                 tx.execute_batch(
                     "ALTER TABLE budgets ADD COLUMN rho_spent INTEGER NOT NULL DEFAULT 0;
-                     UPDATE meta SET value = '2' WHERE key = 'schema';",
+                     UPDATE meta SET value = '3' WHERE key = 'schema';",
                 )?;
                 tx.commit()?;
             }
+            Some("2") => {
+                conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema'", [])?;
+            }
             Some(v) => anyhow::bail!("store schema version {v} is not supported by this binary"),
         }
+        // Make the log durable once, with its directory entry, before any
+        // commit is acknowledged against it.
+        let wal = dir.join("invis.db-wal");
+        std::fs::File::open(&wal)?.sync_all()?;
+        std::fs::File::open(dir)?.sync_all()?;
         Ok(Store {
             conn: Mutex::new(conn),
+            sync: durable::GroupSync::new(wal),
         })
+    }
+
+    /// Group-commit counters.
+    pub fn sync_stats(&self) -> SyncStats {
+        self.sync.stats()
     }
 
     fn lock(&self) -> ApiResult<MutexGuard<'_, Connection>> {
@@ -208,12 +241,17 @@ impl Store {
             .map_err(|_| ApiError::Internal("store lock poisoned".into()))
     }
 
-    /// Runs `f` in one transaction; commits only if it returns `Ok`.
+    /// Runs `f` in one transaction; commits only if it returns `Ok`, and
+    /// returns only once the commit is durable.
     pub fn tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> ApiResult<T>) -> ApiResult<T> {
-        let mut conn = self.lock()?;
-        let tx = conn.transaction()?;
-        let v = f(&tx)?;
-        tx.commit()?;
+        let (v, n) = {
+            let mut conn = self.lock()?;
+            let tx = conn.transaction()?;
+            let v = f(&tx)?;
+            tx.commit()?;
+            (v, self.sync.committed())
+        };
+        self.sync.wait_durable(n).map_err(ApiError::Internal)?;
         Ok(v)
     }
 
@@ -387,9 +425,98 @@ impl Store {
         })
     }
 
+    /// Leaf hashes of entries `from..` (at most `limit`), in order.
+    pub fn ledger_hashes(&self, from: u64, limit: u64) -> ApiResult<Vec<(u64, Hash)>> {
+        self.read(|c| {
+            let mut st =
+                c.prepare_cached("SELECT seq, hash FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
+            let rows = st.query_map(params![from as i64, limit.min(i64::MAX as u64) as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, hex) = row?;
+                let h =
+                    parse_hash(&hex).ok_or_else(|| internal(format!("entry {seq} has a malformed hash")))?;
+                out.push((seq, h));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records a signed checkpoint (idempotent per size: the first one
+    /// signed for a size is kept).
+    pub fn put_checkpoint(&self, cp: &SignedCheckpoint) -> ApiResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO checkpoints (size, root, time, signature) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    cp.checkpoint.size as i64,
+                    cp.checkpoint.root,
+                    cp.checkpoint
+                        .time
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    cp.signature
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Stored checkpoints with `from <= size <= to`, in order.
+    pub fn checkpoints(&self, from: u64, to: u64) -> ApiResult<Vec<SignedCheckpoint>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT size, root, time, signature FROM checkpoints WHERE size >= ?1 AND size <= ?2 ORDER BY size",
+            )?;
+            let rows = st.query_map(
+                params![from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (size, root, time, signature) = row?;
+                let time = DateTime::parse_from_rfc3339(&time).map_err(internal)?.with_timezone(&Utc);
+                out.push(SignedCheckpoint {
+                    checkpoint: Checkpoint { size, root, time },
+                    signature,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The stored checkpoint of largest size at most `at`.
+    pub fn checkpoint_at_or_before(&self, at: u64) -> ApiResult<Option<SignedCheckpoint>> {
+        let size: Option<i64> = self.read(|c| {
+            Ok(c.query_row(
+                "SELECT MAX(size) FROM checkpoints WHERE size <= ?1",
+                [at.min(i64::MAX as u64) as i64],
+                |r| r.get(0),
+            )?)
+        })?;
+        Ok(match size {
+            Some(s) => self.checkpoints(s as u64, s as u64)?.pop(),
+            None => None,
+        })
+    }
+
     /// Number of ledger entries.
     pub fn ledger_size(&self) -> ApiResult<u64> {
-        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get::<_, i64>(0))? as u64))
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM ledger", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64,
+            )
+        })
     }
 }
 

@@ -18,6 +18,9 @@ use ring::digest::{Context, SHA256};
 use ring::signature::{UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 
+mod merkle;
+pub use merkle::{verify_consistency, verify_inclusion, MerkleTree, ProofError};
+
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
 
@@ -169,7 +172,7 @@ pub struct ExportEntry {
     pub body: String,
 }
 
-/// A checkpoint line of an export.
+/// A signed checkpoint, as served by the API and carried in receipts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignedCheckpoint {
@@ -179,6 +182,63 @@ pub struct SignedCheckpoint {
     pub signature: String,
 }
 
+impl SignedCheckpoint {
+    /// The signed root, if it is well-formed hex.
+    pub fn root(&self) -> Option<Hash> {
+        parse_hash(&self.checkpoint.root)
+    }
+
+    /// True when the signature verifies under `public_key`.
+    pub fn verify(&self, public_key: &[u8]) -> bool {
+        hex::decode(&self.signature).is_ok_and(|sig| self.checkpoint.verify(public_key, &sig))
+    }
+}
+
+/// A checkpoint line of an export: the signed checkpoint and, after the
+/// first, the proof that an earlier checkpoint's tree (normally the one
+/// before it) is a prefix of this one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportCheckpoint {
+    /// The checkpoint.
+    pub checkpoint: Checkpoint,
+    /// Hex Ed25519 signature over [`Checkpoint::signing_message`].
+    pub signature: String,
+    /// Consistency with an earlier checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<ConsistencyLink>,
+}
+
+impl ExportCheckpoint {
+    /// The signed part.
+    pub fn signed(&self) -> SignedCheckpoint {
+        SignedCheckpoint {
+            checkpoint: self.checkpoint.clone(),
+            signature: self.signature.clone(),
+        }
+    }
+}
+
+/// A consistency proof from an earlier tree size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyLink {
+    /// The earlier size.
+    pub from: u64,
+    /// Hex hashes of the RFC 6962 consistency proof.
+    pub proof: Vec<String>,
+}
+
+/// Parses a list of hex hashes.
+pub fn parse_proof(proof: &[String]) -> Option<Vec<Hash>> {
+    proof.iter().map(|h| parse_hash(h)).collect()
+}
+
+/// Hex-encodes a list of hashes.
+pub fn proof_hex(proof: &[Hash]) -> Vec<String> {
+    proof.iter().map(hex::encode).collect()
+}
+
 /// What a successful verification found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
@@ -186,6 +246,11 @@ pub struct VerifyReport {
     pub entries: u64,
     /// Checkpoints whose signature and root were checked.
     pub checkpoints: u64,
+    /// Consistency proofs between checkpoints that were checked.
+    pub consistency_proofs: u64,
+    /// Checkpoints held by the verifier (from receipts or earlier exports)
+    /// that were found to be prefixes of this export.
+    pub held_checkpoints: u64,
     /// Hex Merkle root over all entries.
     pub root: String,
     /// True when the key came from `--public-key` rather than the export itself.
@@ -198,25 +263,185 @@ pub struct VerifyFailure {
     /// The first entry that is altered, missing or out of place, when the
     /// failure can be pinned to one.
     pub first_bad_entry: Option<u64>,
-    /// 1-based line of the export where the problem was seen.
+    /// 1-based line of the export where the problem was seen (0: after
+    /// the last line, or in a held checkpoint).
     pub line: u64,
     /// What is wrong.
     pub reason: String,
 }
 
+fn fail(first_bad_entry: Option<u64>, line: u64, reason: String) -> VerifyFailure {
+    VerifyFailure {
+        first_bad_entry,
+        line,
+        reason,
+    }
+}
+
+/// The state of an export being verified line by line.
+struct Verifier<'k> {
+    key: &'k [u8],
+    tree: MerkleTree,
+    prev: Hash,
+    checkpoints: u64,
+    proofs: u64,
+    last: Option<u64>,
+}
+
+impl Verifier<'_> {
+    fn entry(&mut self, line: &str, lineno: u64) -> Result<(), VerifyFailure> {
+        let seq = self.tree.size();
+        let entry: ExportEntry = serde_json::from_str(line)
+            .map_err(|e| fail(Some(seq), lineno, format!("malformed entry line: {e}")))?;
+        let computed = leaf_hash(entry.body.as_bytes());
+        if parse_hash(&entry.hash) != Some(computed) {
+            return Err(fail(
+                Some(seq),
+                lineno,
+                format!("entry {seq} was altered: its content does not match its hash"),
+            ));
+        }
+        let body: EntryBody = serde_json::from_str(&entry.body)
+            .map_err(|e| fail(Some(seq), lineno, format!("entry {seq} body is malformed: {e}")))?;
+        if body.seq != seq {
+            return Err(fail(
+                Some(seq.min(body.seq)),
+                lineno,
+                format!(
+                    "expected entry {seq} here but found entry {}: entries were removed or reordered",
+                    body.seq
+                ),
+            ));
+        }
+        if parse_hash(&body.prev) != Some(self.prev) {
+            let culprit = seq.saturating_sub(1);
+            return Err(fail(
+                Some(culprit),
+                lineno,
+                format!("chain broken between entries {culprit} and {seq}: entry {culprit} was altered or replaced"),
+            ));
+        }
+        self.prev = computed;
+        self.tree.push(computed);
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, line: &str, lineno: u64) -> Result<(), VerifyFailure> {
+        let have = self.tree.size();
+        let cp: ExportCheckpoint = serde_json::from_str(line)
+            .map_err(|e| fail(None, lineno, format!("malformed checkpoint: {e}")))?;
+        let size = cp.checkpoint.size;
+        if !cp.signed().verify(self.key) {
+            return Err(fail(
+                None,
+                lineno,
+                format!(
+                    "the signature of the checkpoint at size {size} does not verify with the operator key"
+                ),
+            ));
+        }
+        let root = cp
+            .signed()
+            .root()
+            .ok_or_else(|| fail(None, lineno, "the checkpoint root is not a hash".into()))?;
+        if size > have {
+            return Err(fail(
+                Some(have),
+                lineno,
+                format!("signed checkpoint covers {size} entries but only {have} precede it: entries were removed"),
+            ));
+        }
+        if self.last.is_some_and(|last_size| size < last_size) {
+            return Err(fail(None, lineno, "checkpoints go backwards".into()));
+        }
+        if let Some(link) = &cp.consistency {
+            // The earlier tree is the one the verified entries give (every
+            // earlier checkpoint line was checked against it).
+            let from = link.from;
+            let earlier = self.tree.root_at(from.min(size)).map_err(|_| {
+                fail(
+                    None,
+                    lineno,
+                    format!("consistency proof from size {from}, beyond this checkpoint"),
+                )
+            })?;
+            let proof = parse_proof(&link.proof)
+                .ok_or_else(|| fail(None, lineno, "consistency proof is not a list of hashes".into()))?;
+            if from > size || !merkle::verify_consistency(from, size, &earlier, &root, &proof) {
+                return Err(fail(
+                    None,
+                    lineno,
+                    format!("forked history: the signed trees of sizes {from} and {size} are not consistent"),
+                ));
+            }
+            self.proofs += 1;
+        }
+        if self.tree.root_at(size).ok() != Some(root) {
+            return Err(fail(
+                None,
+                lineno,
+                format!(
+                    "the entries before this checkpoint do not hash to its signed root (size {size}): \
+                     they were rewritten after it was signed"
+                ),
+            ));
+        }
+        self.last = Some(size);
+        self.checkpoints += 1;
+        Ok(())
+    }
+
+    /// A checkpoint the verifier obtained elsewhere (a receipt, an earlier
+    /// export) must describe a prefix of this export.
+    fn held(&self, cp: &SignedCheckpoint) -> Result<(), VerifyFailure> {
+        let size = cp.checkpoint.size;
+        if !cp.verify(self.key) {
+            return Err(fail(
+                None,
+                0,
+                format!("the held checkpoint at size {size} is not signed by the operator key"),
+            ));
+        }
+        if size > self.tree.size() {
+            return Err(fail(
+                Some(self.tree.size()),
+                0,
+                format!(
+                    "a held signed checkpoint covers {size} entries but the export has only {}: entries were removed",
+                    self.tree.size()
+                ),
+            ));
+        }
+        if self.tree.root_at(size).ok() != cp.root() {
+            return Err(fail(
+                None,
+                0,
+                format!(
+                    "forked history: the held checkpoint at size {size} (signed {}) does not match this \
+                     export's first {size} entries; the operator has signed two different histories",
+                    cp.checkpoint.time.to_rfc3339()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Verifies an export read as lines. `pinned_key` is the operator's public
 /// key obtained out of band; without it the key in the header is used and
-/// the report says so.
-pub fn verify_export<I, S>(lines: I, pinned_key: Option<&[u8]>) -> Result<VerifyReport, VerifyFailure>
+/// the report says so. `held` are signed checkpoints the verifier obtained
+/// before (from receipts or earlier exports): each must be a prefix of this
+/// export, which is how a rewritten (forked) history is caught even when
+/// the export is internally consistent.
+pub fn verify_export<I, S>(
+    lines: I,
+    pinned_key: Option<&[u8]>,
+    held: &[SignedCheckpoint],
+) -> Result<VerifyReport, VerifyFailure>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
-    let fail = |first_bad_entry: Option<u64>, line: u64, reason: String| VerifyFailure {
-        first_bad_entry,
-        line,
-        reason,
-    };
     let mut iter = lines
         .into_iter()
         .enumerate()
@@ -236,110 +461,162 @@ where
     let header_key = hex::decode(&header.public_key)
         .map_err(|_| fail(None, 1, "the header's public key is not hex".into()))?;
     let key: Vec<u8> = pinned_key.map(<[u8]>::to_vec).unwrap_or(header_key);
-
-    let mut leaves: Vec<Hash> = Vec::new();
-    let mut checkpoints = 0u64;
-    let mut last_checkpoint_size = 0u64;
+    let mut v = Verifier {
+        key: &key,
+        tree: MerkleTree::new(),
+        prev: ZERO_HASH,
+        checkpoints: 0,
+        proofs: 0,
+        last: None,
+    };
     for (idx, line) in iter {
-        let lineno = idx as u64 + 1;
-        let value: serde_json::Value = serde_json::from_str(line.as_ref()).map_err(|e| {
-            fail(
-                Some(leaves.len() as u64),
-                lineno,
-                format!("line is not JSON: {e}"),
-            )
-        })?;
-        if value.get("checkpoint").is_some() {
-            let sc: SignedCheckpoint = serde_json::from_value(value)
-                .map_err(|e| fail(None, lineno, format!("malformed checkpoint: {e}")))?;
-            let sig =
-                hex::decode(&sc.signature).map_err(|_| fail(None, lineno, "signature is not hex".into()))?;
-            if !sc.checkpoint.verify(&key, &sig) {
+        let (line, lineno) = (line.as_ref().trim(), idx as u64 + 1);
+        if line.starts_with("{\"checkpoint\"") {
+            v.checkpoint(line, lineno)?;
+        } else if line.starts_with("{\"format\"") {
+            // A resumed feed appended to an earlier one repeats the header.
+            let h: ExportHeader = serde_json::from_str(line)
+                .map_err(|e| fail(None, lineno, format!("malformed header line: {e}")))?;
+            if h.format != header.format || h.public_key != header.public_key {
                 return Err(fail(
                     None,
                     lineno,
-                    "checkpoint signature does not verify with the operator key".into(),
+                    "a later header names a different format or key".into(),
                 ));
             }
-            let size = sc.checkpoint.size;
-            if size > leaves.len() as u64 {
-                return Err(fail(
-                    Some(leaves.len() as u64),
-                    lineno,
-                    format!(
-                        "signed checkpoint covers {size} entries but only {} precede it: entries were removed",
-                        leaves.len()
-                    ),
-                ));
-            }
-            if size < last_checkpoint_size {
-                return Err(fail(None, lineno, "checkpoints go backwards".into()));
-            }
-            let root = merkle_root(leaves.get(..size as usize).unwrap_or(&leaves));
-            if hex::encode(root) != sc.checkpoint.root {
-                return Err(fail(
-                    None,
-                    lineno,
-                    format!(
-                        "the entries before this checkpoint do not hash to its signed root (size {size})"
-                    ),
-                ));
-            }
-            last_checkpoint_size = size;
-            checkpoints += 1;
-            continue;
+        } else {
+            v.entry(line, lineno)?;
         }
-        let seq = leaves.len() as u64;
-        let entry: ExportEntry = serde_json::from_value(value)
-            .map_err(|e| fail(Some(seq), lineno, format!("malformed entry line: {e}")))?;
-        let computed = leaf_hash(entry.body.as_bytes());
-        if hex::encode(computed) != entry.hash {
-            return Err(fail(
-                Some(seq),
-                lineno,
-                format!("entry {seq} was altered: its content does not match its hash"),
-            ));
-        }
-        let body: EntryBody = serde_json::from_str(&entry.body)
-            .map_err(|e| fail(Some(seq), lineno, format!("entry {seq} body is malformed: {e}")))?;
-        if body.seq != seq {
-            return Err(fail(
-                Some(seq.min(body.seq)),
-                lineno,
-                format!(
-                    "expected entry {seq} here but found entry {}: entries were removed or reordered",
-                    body.seq
-                ),
-            ));
-        }
-        let expected_prev = leaves.last().copied().unwrap_or(ZERO_HASH);
-        if body.prev != hex::encode(expected_prev) {
-            let culprit = seq.saturating_sub(1);
-            return Err(fail(
-                Some(culprit),
-                lineno,
-                format!("chain broken between entries {culprit} and {seq}: entry {culprit} was altered or replaced"),
-            ));
-        }
-        leaves.push(computed);
     }
-    if checkpoints == 0 {
+    let size = v.tree.size();
+    let Some(last_size) = v.last else {
         return Err(fail(None, 0, "the export has no signed checkpoint".into()));
-    }
-    if last_checkpoint_size != leaves.len() as u64 {
+    };
+    if last_size != size {
         return Err(fail(
-            Some(last_checkpoint_size),
+            Some(last_size),
             0,
-            format!(
-                "entries {last_checkpoint_size}..{} are not covered by any signed checkpoint",
-                leaves.len()
-            ),
+            format!("entries {last_size}..{size} are not covered by any signed checkpoint"),
         ));
     }
+    for cp in held {
+        v.held(cp)?;
+    }
     Ok(VerifyReport {
-        entries: leaves.len() as u64,
-        checkpoints,
-        root: hex::encode(merkle_root(&leaves)),
+        entries: size,
+        checkpoints: v.checkpoints,
+        consistency_proofs: v.proofs,
+        held_checkpoints: held.len() as u64,
+        root: hex::encode(v.tree.root()),
+        key_pinned: pinned_key.is_some(),
+    })
+}
+
+/// Format tag of receipts.
+pub const RECEIPT_FORMAT: &str = "invis-receipt/1";
+
+/// Proof that one entry (typically a `result.release`) is in the ledger:
+/// the entry, its inclusion proof, and the signed checkpoint it leads to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    /// Always [`RECEIPT_FORMAT`].
+    pub format: String,
+    /// Hex Ed25519 public key of the operator, as claimed by the issuer.
+    pub public_key: String,
+    /// Index of the entry.
+    pub seq: u64,
+    /// The entry: its leaf hash and canonical text.
+    pub entry: ExportEntry,
+    /// Hex audit path from the entry to the checkpoint's root.
+    pub inclusion: Vec<String>,
+    /// A signed checkpoint covering the entry.
+    pub checkpoint: SignedCheckpoint,
+}
+
+/// What a verified receipt proves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReceiptReport {
+    /// Entry index.
+    pub seq: u64,
+    /// The entry's action.
+    pub action: String,
+    /// The entry's subject (a job id for releases).
+    pub subject: String,
+    /// Size of the signed tree the entry was proven in.
+    pub checkpoint_size: u64,
+    /// True when an output file was given and matched the entry's output hash.
+    pub output_matches: bool,
+    /// True when the key came from the caller rather than the receipt.
+    pub key_pinned: bool,
+}
+
+/// Verifies a receipt offline. With `output`, the released bytes must hash
+/// to the entry's `output_hash`.
+pub fn verify_receipt(
+    r: &Receipt,
+    pinned_key: Option<&[u8]>,
+    output: Option<&[u8]>,
+) -> Result<ReceiptReport> {
+    let bad = |m: String| Error::LedgerInvalid(m);
+    if r.format != RECEIPT_FORMAT {
+        return Err(bad(format!(
+            "unknown receipt format `{}`",
+            r.format.escape_debug()
+        )));
+    }
+    let claimed =
+        hex::decode(&r.public_key).map_err(|_| bad("the receipt's public key is not hex".into()))?;
+    let key = pinned_key.unwrap_or(&claimed);
+    if !r.checkpoint.verify(key) {
+        return Err(bad(
+            "the checkpoint signature does not verify with the operator key".into(),
+        ));
+    }
+    let leaf = leaf_hash(r.entry.body.as_bytes());
+    if parse_hash(&r.entry.hash) != Some(leaf) {
+        return Err(bad(
+            "the entry was altered: its content does not match its hash".into()
+        ));
+    }
+    let body: EntryBody =
+        serde_json::from_str(&r.entry.body).map_err(|e| bad(format!("the entry is malformed: {e}")))?;
+    if body.seq != r.seq {
+        return Err(bad(format!(
+            "the receipt names entry {} but holds entry {}",
+            r.seq, body.seq
+        )));
+    }
+    let proof =
+        parse_proof(&r.inclusion).ok_or_else(|| bad("the inclusion proof is not a list of hashes".into()))?;
+    let root = r
+        .checkpoint
+        .root()
+        .ok_or_else(|| bad("the checkpoint root is not a hash".into()))?;
+    if !merkle::verify_inclusion(r.seq, r.checkpoint.checkpoint.size, &leaf, &proof, &root) {
+        return Err(bad(format!(
+            "the inclusion proof does not place entry {} under the signed root of size {}",
+            r.seq, r.checkpoint.checkpoint.size
+        )));
+    }
+    let output_matches = match output {
+        None => false,
+        Some(bytes) => {
+            let claimed = body.details.get("output_hash").and_then(|v| v.as_str());
+            if claimed != Some(hex::encode(sha256(bytes)).as_str()) {
+                return Err(bad(
+                    "the output does not match the output hash in the entry".into()
+                ));
+            }
+            true
+        }
+    };
+    Ok(ReceiptReport {
+        seq: r.seq,
+        action: body.action,
+        subject: body.subject,
+        checkpoint_size: r.checkpoint.checkpoint.size,
+        output_matches,
         key_pinned: pinned_key.is_some(),
     })
 }
@@ -361,29 +638,62 @@ mod tests {
         Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap()
     }
 
-    fn export(n: u64, kp: &Ed25519KeyPair) -> Vec<String> {
+    fn body(seq: u64, prev: &Hash, subject: &str) -> String {
+        let body = EntryBody {
+            seq,
+            prev: hex::encode(prev),
+            time: Utc::now(),
+            actor: "pt_a".into(),
+            role: "operator".into(),
+            action: "result.release".into(),
+            subject: subject.into(),
+            details: serde_json::json!({"n": seq, "output_hash": hex::encode(sha256(subject.as_bytes()))}),
+        };
+        String::from_utf8(body.canonical()).unwrap()
+    }
+
+    fn sign(kp: &Ed25519KeyPair, tree: &MerkleTree, size: u64) -> SignedCheckpoint {
+        let checkpoint = Checkpoint {
+            size,
+            root: hex::encode(tree.root_at(size).unwrap()),
+            time: Utc::now(),
+        };
+        let signature = hex::encode(kp.sign(&checkpoint.signing_message()).as_ref());
+        SignedCheckpoint {
+            checkpoint,
+            signature,
+        }
+    }
+
+    /// An export of `n` entries with a checkpoint after every entry in
+    /// `at` (and one at the end), each linked to the previous by a
+    /// consistency proof. `rewrite` replaces the subject of one entry and
+    /// re-chains everything after it, as an operator rewriting history would.
+    fn export_with(
+        n: u64,
+        at: &[u64],
+        kp: &Ed25519KeyPair,
+        rewrite: Option<u64>,
+    ) -> (Vec<String>, MerkleTree, Vec<SignedCheckpoint>) {
         let mut lines = vec![serde_json::to_string(&ExportHeader {
             format: EXPORT_FORMAT.into(),
             public_key: hex::encode(kp.public_key().as_ref()),
             exported_at: Utc::now(),
         })
         .unwrap()];
+        let mut tree = MerkleTree::new();
         let mut prev = ZERO_HASH;
-        let mut leaves = vec![];
+        let mut signed = vec![];
+        let mut last: Option<u64> = None;
         for seq in 0..n {
-            let body = EntryBody {
-                seq,
-                prev: hex::encode(prev),
-                time: Utc::now(),
-                actor: "pt_a".into(),
-                role: "operator".into(),
-                action: "test.append".into(),
-                subject: format!("x{seq}"),
-                details: serde_json::json!({"n": seq}),
+            let subject = if rewrite == Some(seq) {
+                format!("forged{seq}")
+            } else {
+                format!("x{seq}")
             };
-            let text = String::from_utf8(body.canonical()).unwrap();
+            let text = body(seq, &prev, &subject);
             prev = leaf_hash(text.as_bytes());
-            leaves.push(prev);
+            tree.push(prev);
             lines.push(
                 serde_json::to_string(&ExportEntry {
                     hash: hex::encode(prev),
@@ -391,21 +701,30 @@ mod tests {
                 })
                 .unwrap(),
             );
+            let size = seq + 1;
+            if at.contains(&size) || size == n {
+                let cp = sign(kp, &tree, size);
+                let consistency = last.map(|from| ConsistencyLink {
+                    from,
+                    proof: proof_hex(&tree.consistency_proof(from, size).unwrap()),
+                });
+                lines.push(
+                    serde_json::to_string(&ExportCheckpoint {
+                        checkpoint: cp.checkpoint.clone(),
+                        signature: cp.signature.clone(),
+                        consistency,
+                    })
+                    .unwrap(),
+                );
+                signed.push(cp);
+                last = Some(size);
+            }
         }
-        let cp = Checkpoint {
-            size: n,
-            root: hex::encode(merkle_root(&leaves)),
-            time: Utc::now(),
-        };
-        let sig = kp.sign(&cp.signing_message());
-        lines.push(
-            serde_json::to_string(&SignedCheckpoint {
-                checkpoint: cp,
-                signature: hex::encode(sig.as_ref()),
-            })
-            .unwrap(),
-        );
-        lines
+        (lines, tree, signed)
+    }
+
+    fn export(n: u64, kp: &Ed25519KeyPair) -> Vec<String> {
+        export_with(n, &[], kp, None).0
     }
 
     #[test]
@@ -425,11 +744,14 @@ mod tests {
     }
 
     #[test]
-    fn clean_export_verifies() {
+    fn clean_export_verifies_with_its_consistency_links() {
         let kp = keypair();
-        let lines = export(10, &kp);
-        let r = verify_export(&lines, Some(kp.public_key().as_ref())).unwrap();
+        let (lines, _, signed) = export_with(10, &[3, 4, 8], &kp, None);
+        let r = verify_export(&lines, Some(kp.public_key().as_ref()), &signed).unwrap();
         assert_eq!(r.entries, 10);
+        assert_eq!(r.checkpoints, 4);
+        assert_eq!(r.consistency_proofs, 3);
+        assert_eq!(r.held_checkpoints, 4);
         assert!(r.key_pinned);
     }
 
@@ -438,8 +760,17 @@ mod tests {
         let kp = keypair();
         let mut lines = export(10, &kp);
         lines[4] = lines[4].replace("x3", "x9");
-        let f = verify_export(&lines, Some(kp.public_key().as_ref())).unwrap_err();
+        let f = verify_export(&lines, Some(kp.public_key().as_ref()), &[]).unwrap_err();
         assert_eq!(f.first_bad_entry, Some(3));
+        // One flipped byte in the stored hash is caught the same way.
+        let mut lines = export(10, &kp);
+        let flipped =
+            lines[6]
+                .replacen("\"hash\":\"", "\"hash\":\"0", 1)
+                .replacen("\"hash\":\"00", "\"hash\":\"01", 1);
+        lines[6] = flipped;
+        let f = verify_export(&lines, Some(kp.public_key().as_ref()), &[]).unwrap_err();
+        assert_eq!(f.first_bad_entry, Some(5), "{}", f.reason);
     }
 
     #[test]
@@ -450,18 +781,55 @@ mod tests {
         let mut removed = lines.clone();
         removed.remove(6);
         assert_eq!(
-            verify_export(&removed, Some(&pk)).unwrap_err().first_bad_entry,
+            verify_export(&removed, Some(&pk), &[])
+                .unwrap_err()
+                .first_bad_entry,
             Some(5)
         );
         let mut swapped = lines.clone();
         swapped.swap(3, 4);
         assert_eq!(
-            verify_export(&swapped, Some(&pk)).unwrap_err().first_bad_entry,
+            verify_export(&swapped, Some(&pk), &[])
+                .unwrap_err()
+                .first_bad_entry,
             Some(2)
         );
-        let mut truncated = lines.clone();
-        truncated.remove(10);
-        assert!(verify_export(&truncated, Some(&pk)).is_err());
+        // Dropping the tail and its checkpoint leaves an export that is
+        // internally whole; a checkpoint the regulator holds catches it.
+        let (lines, _, signed) = export_with(10, &[6], &kp, None);
+        let truncated: Vec<String> = lines[..8].to_vec();
+        assert!(verify_export(&truncated, Some(&pk), &[]).is_ok());
+        let f = verify_export(&truncated, Some(&pk), &signed[1..]).unwrap_err();
+        assert_eq!(f.first_bad_entry, Some(6), "{}", f.reason);
+        // Without its final checkpoint, the tail is uncovered.
+        let mut no_final = lines.clone();
+        no_final.pop();
+        let f = verify_export(&no_final, Some(&pk), &[]).unwrap_err();
+        assert!(f.reason.contains("not covered"), "{}", f.reason);
+    }
+
+    #[test]
+    fn forked_history_is_caught() {
+        let kp = keypair();
+        let pk = kp.public_key().as_ref().to_vec();
+        // The regulator holds a checkpoint at size 8 from the honest
+        // history; the operator later rewrites entry 5 and re-signs.
+        let (_, _, honest) = export_with(12, &[8], &kp, None);
+        let (forked, _, _) = export_with(12, &[8], &kp, Some(5));
+        assert!(verify_export(&forked, Some(&pk), &[]).is_ok(), "internally whole");
+        let f = verify_export(&forked, Some(&pk), &honest[..1]).unwrap_err();
+        assert!(f.reason.contains("forked history"), "{}", f.reason);
+        // Two signed checkpoints in one export that are not consistent: the
+        // honest checkpoint at 8 spliced before the forked tail.
+        let (honest_lines, _, _) = export_with(12, &[8], &kp, None);
+        let mut spliced = forked.clone();
+        spliced[9] = honest_lines[9].clone();
+        let f = verify_export(&spliced, Some(&pk), &[]).unwrap_err();
+        assert!(
+            f.reason.contains("rewritten") || f.reason.contains("forked"),
+            "{}",
+            f.reason
+        );
     }
 
     #[test]
@@ -469,7 +837,53 @@ mod tests {
         let kp = keypair();
         let lines = export(3, &kp);
         let other = keypair();
-        let f = verify_export(&lines, Some(other.public_key().as_ref())).unwrap_err();
+        let f = verify_export(&lines, Some(other.public_key().as_ref()), &[]).unwrap_err();
         assert!(f.reason.contains("signature"));
+    }
+
+    fn receipt(kp: &Ed25519KeyPair, seq: u64) -> Receipt {
+        let (lines, tree, signed) = export_with(9, &[], kp, None);
+        let entry: ExportEntry = serde_json::from_str(&lines[seq as usize + 1]).unwrap();
+        Receipt {
+            format: RECEIPT_FORMAT.into(),
+            public_key: hex::encode(kp.public_key().as_ref()),
+            seq,
+            entry,
+            inclusion: proof_hex(&tree.inclusion_proof(seq, 9).unwrap()),
+            checkpoint: signed[0].clone(),
+        }
+    }
+
+    #[test]
+    fn receipts_verify_and_tampered_receipts_do_not() {
+        let kp = keypair();
+        let pk = kp.public_key().as_ref().to_vec();
+        let r = receipt(&kp, 4);
+        let rep = verify_receipt(&r, Some(&pk), Some(b"x4")).unwrap();
+        assert_eq!(
+            (rep.seq, rep.subject.as_str(), rep.output_matches),
+            (4, "x4", true)
+        );
+        assert!(
+            verify_receipt(&r, Some(&pk), Some(b"x5")).is_err(),
+            "other output"
+        );
+        let mut moved = r.clone();
+        moved.seq = 5;
+        assert!(verify_receipt(&moved, Some(&pk), None).is_err(), "other index");
+        let mut edited = r.clone();
+        edited.entry.body = edited.entry.body.replace("x4", "x7");
+        assert!(verify_receipt(&edited, Some(&pk), None).is_err(), "edited entry");
+        let mut reproved = r.clone();
+        reproved.inclusion.pop();
+        assert!(verify_receipt(&reproved, Some(&pk), None).is_err(), "short proof");
+        let mut resized = r.clone();
+        resized.checkpoint.checkpoint.size = 10;
+        assert!(
+            verify_receipt(&resized, Some(&pk), None).is_err(),
+            "unsigned size"
+        );
+        let other = keypair();
+        assert!(verify_receipt(&r, Some(other.public_key().as_ref()), None).is_err());
     }
 }

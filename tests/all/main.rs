@@ -3,6 +3,7 @@
 //! per area.
 
 mod fixture;
+mod ledger;
 mod refusals;
 mod release;
 mod spine;

@@ -3,7 +3,7 @@
 
 use crate::fixture::{self, materials, world, BANK_JOB};
 use invis_tests::{probe, run_invis, Server};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// The whole path: catalog, scenario approval, application, agreement, a
 /// Rust guest job with three protected queries, the released table, the
@@ -225,7 +225,9 @@ fn one_job_end_to_end_over_http() {
     std::fs::write(&bad, tampered.join("\n")).unwrap();
     let (code, _, err) = run_invis(&["verify-ledger", &bad.to_string_lossy(), "--public-key", &key]).unwrap();
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("first bad entry: {}", victim - 1)), "{err}");
+    let body: Value = serde_json::from_str(lines[victim]).unwrap();
+    let seq = serde_json::from_str::<Value>(body["body"].as_str().unwrap()).unwrap()["seq"].clone();
+    assert!(err.contains(&format!("first bad entry: {seq}")), "{err}");
 }
 
 /// Restarting the server keeps everything: parties, agreements, budgets,

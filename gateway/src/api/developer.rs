@@ -374,6 +374,25 @@ pub(crate) async fn job(
     Ok(Json(blocking(move || own_job(&s, &actor, &id)).await?))
 }
 
+/// The receipt of a released result: the `result.release` entry, its
+/// inclusion proof and a signed checkpoint, verifiable offline with
+/// `invis verify-receipt`.
+pub(crate) async fn job_receipt(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<scenarios::ledger::Receipt>> {
+    actor.require(Role::Developer)?;
+    let receipt = blocking(move || {
+        let j = own_job(&st, &actor, &id)?;
+        st.ledger
+            .release_receipt(&st.store, &st.keys, &j.id)?
+            .ok_or_else(|| ApiError::Conflict(format!("job {} has no released output", j.id)))
+    })
+    .await?;
+    Ok(Json(receipt))
+}
+
 pub(crate) async fn job_output(
     State(st): State<AppState>,
     Auth(actor): Auth,

@@ -1,18 +1,16 @@
-//! The regulator: approves scenario classes (R8), lists every release with
-//! its lineage (R21), and exports the signed ledger for offline
-//! verification (R22, R23). The regulator reads everything and changes no
-//! data other than its own decisions.
+//! The regulator: approves scenario classes (R8) and lists every release
+//! with its lineage and receipt, filtered by agreement, scenario, developer
+//! and time (R21, R23). The ledger feed is in `api::ledger`. The regulator
+//! reads everything and changes no data other than its own decisions.
 
 use super::{blocking, JobRecord};
 use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::{append, get_in, put, NewEntry, Table};
-use axum::extract::{Path, State};
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::{Path, Query, State};
 use axum::Json;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use scenarios::party::Role;
 use scenarios::workflow::Scenario;
 use serde::Deserialize;
@@ -66,16 +64,46 @@ pub(crate) async fn decide_scenario(
     Ok(Json(sc))
 }
 
-pub(crate) async fn releases(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+/// Filters of the release list; all optional, combined with AND.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReleaseFilter {
+    agreement: Option<String>,
+    scenario: Option<String>,
+    developer: Option<String>,
+    /// Released at or after (RFC 3339).
+    since: Option<DateTime<Utc>>,
+    /// Released before (RFC 3339).
+    until: Option<DateTime<Utc>>,
+}
+
+impl ReleaseFilter {
+    fn keeps(&self, j: &JobRecord) -> bool {
+        let at = j.finished_at;
+        self.agreement.as_ref().is_none_or(|a| *a == j.agreement_id)
+            && self.scenario.as_ref().is_none_or(|s| *s == j.scenario_id)
+            && self.developer.as_ref().is_none_or(|d| *d == j.developer_id)
+            && self.since.is_none_or(|t| at.is_some_and(|at| at >= t))
+            && self.until.is_none_or(|t| at.is_some_and(|at| at < t))
+    }
+}
+
+pub(crate) async fn releases(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Query(filter): Query<ReleaseFilter>,
+) -> ApiResult<Json<Value>> {
     actor.require(Role::Regulator)?;
-    let store = st.store.clone();
     let out = blocking(move || {
-        let jobs: Vec<JobRecord> = store.list(Table::Jobs, None)?;
+        let store = &st.store;
+        let mut jobs: Vec<JobRecord> = match &filter.agreement {
+            Some(a) => store.list(Table::Jobs, Some(("agreement_id", a)))?,
+            None => store.list(Table::Jobs, None)?,
+        };
+        jobs.retain(|j| j.status == super::developer::JobStatus::Succeeded && filter.keeps(j));
+        jobs.sort_by_key(|j| j.finished_at);
         let mut releases = Vec::new();
-        for j in jobs
-            .iter()
-            .filter(|j| j.status == super::developer::JobStatus::Succeeded)
-        {
+        for j in &jobs {
             let lineage: Vec<Value> = store
                 .ledger_for(&j.id)?
                 .iter()
@@ -84,31 +112,11 @@ pub(crate) async fn releases(State(st): State<AppState>, Auth(actor): Auth) -> A
                     json!({"seq": e.seq, "hash": e.hash, "entry": body})
                 })
                 .collect();
-            releases.push(json!({"job": j, "lineage": lineage}));
+            let receipt = st.ledger.release_receipt(store, &st.keys, &j.id)?;
+            releases.push(json!({"job": j, "lineage": lineage, "receipt": receipt}));
         }
         Ok(releases)
     })
     .await?;
     Ok(Json(json!({"releases": out})))
-}
-
-pub(crate) async fn export_ledger(
-    State(st): State<AppState>,
-    Auth(actor): Auth,
-) -> ApiResult<impl IntoResponse> {
-    actor.require(Role::Regulator)?;
-    let (store, keys) = (st.store.clone(), st.keys.clone());
-    let bytes = blocking(move || {
-        let mut buf = Vec::new();
-        crate::ledger::export(&store, &keys, &mut buf)?;
-        Ok(buf)
-    })
-    .await?;
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], bytes))
-}
-
-pub(crate) async fn public_key(State(st): State<AppState>, Auth(_actor): Auth) -> ApiResult<Json<Value>> {
-    Ok(Json(
-        json!({"algorithm": "ed25519", "public_key": st.keys.public_key_hex()}),
-    ))
 }

@@ -1,0 +1,216 @@
+//! The ledger over HTTP (R21-R23, R27). Checkpoints and proofs are hashes
+//! only, so every authenticated party may fetch them (a developer checks
+//! that its receipt stays in the history the regulator sees); the feed of
+//! whole entries and receipts for any entry are the regulator's.
+
+use super::blocking;
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use scenarios::ledger::{Receipt, SignedCheckpoint};
+use scenarios::party::Role;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::time::Duration;
+
+pub(crate) async fn public_key(State(st): State<AppState>, Auth(_actor): Auth) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({"algorithm": "ed25519", "public_key": st.keys.public_key_hex()}),
+    ))
+}
+
+/// The current signed checkpoint (signed now if the ledger grew).
+pub(crate) async fn checkpoint(
+    State(st): State<AppState>,
+    Auth(_actor): Auth,
+) -> ApiResult<Json<SignedCheckpoint>> {
+    Ok(Json(
+        blocking(move || st.ledger.checkpoint(&st.store, &st.keys)).await?,
+    ))
+}
+
+/// A range of stored checkpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Range {
+    #[serde(default)]
+    from: u64,
+    #[serde(default = "u64_max")]
+    to: u64,
+}
+
+fn u64_max() -> u64 {
+    u64::MAX
+}
+
+pub(crate) async fn checkpoints(
+    State(st): State<AppState>,
+    Auth(_actor): Auth,
+    Query(r): Query<Range>,
+) -> ApiResult<Json<Value>> {
+    let list = blocking(move || st.store.checkpoints(r.from, r.to)).await?;
+    Ok(Json(json!({"checkpoints": list})))
+}
+
+/// An inclusion proof request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InclusionQuery {
+    seq: u64,
+    size: u64,
+}
+
+pub(crate) async fn inclusion(
+    State(st): State<AppState>,
+    Auth(_actor): Auth,
+    Query(q): Query<InclusionQuery>,
+) -> ApiResult<Json<Value>> {
+    let proof = blocking(move || st.ledger.inclusion_proof(&st.store, q.seq, q.size)).await?;
+    Ok(Json(json!({"seq": q.seq, "size": q.size, "proof": proof})))
+}
+
+/// A consistency proof request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsistencyQuery {
+    first: u64,
+    second: u64,
+}
+
+pub(crate) async fn consistency(
+    State(st): State<AppState>,
+    Auth(_actor): Auth,
+    Query(q): Query<ConsistencyQuery>,
+) -> ApiResult<Json<Value>> {
+    let proof = blocking(move || st.ledger.consistency_proof(&st.store, q.first, q.second)).await?;
+    Ok(Json(
+        json!({"first": q.first, "second": q.second, "proof": proof}),
+    ))
+}
+
+/// The regulator's receipt for any entry.
+pub(crate) async fn receipt(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(seq): Path<u64>,
+) -> ApiResult<Json<Receipt>> {
+    actor.require(Role::Regulator)?;
+    Ok(Json(
+        blocking(move || st.ledger.receipt(&st.store, &st.keys, seq)).await?,
+    ))
+}
+
+/// Where a feed starts and whether it keeps following.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FeedQuery {
+    #[serde(default)]
+    from: u64,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// How often a following feed looks for new entries.
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+
+/// The ledger as an NDJSON stream from entry `from` (R23): the export
+/// format, streamed page by page so any size is served in constant memory.
+/// A feed from 0 starts with the header; a feed resumed from `n` does not,
+/// so appending it to the first `n` entries of an earlier one gives one
+/// valid export. With `follow=true` the stream stays open and carries new
+/// entries, each burst closed by a signed checkpoint, until the client
+/// goes away.
+pub(crate) async fn feed(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Query(q): Query<FeedQuery>,
+) -> ApiResult<Response> {
+    actor.require(Role::Regulator)?;
+    let s = st.clone();
+    let size = blocking(move || s.ledger.size(&s.store)).await?;
+    if q.from > size {
+        return Err(ApiError::BadRequest(format!(
+            "the ledger has {size} entries; a feed cannot start at {}",
+            q.from
+        )));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let mut from = q.from;
+        let mut header = from == 0;
+        loop {
+            match st.ledger.export(&st.store, &st.keys, from, header, &mut out) {
+                Ok(end) => from = end,
+                Err(e) => {
+                    tracing::error!(error = %e, "ledger feed stopped");
+                    return;
+                }
+            }
+            header = false;
+            if out.flush().is_err() || !q.follow {
+                return;
+            }
+            loop {
+                std::thread::sleep(FOLLOW_POLL);
+                if out.tx.is_closed() {
+                    return;
+                }
+                match st.ledger.size(&st.store) {
+                    Ok(n) if n > from => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "ledger feed stopped");
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Bytes sent to the client per chunk.
+const CHUNK: usize = 64 << 10;
+
+/// Writes into the response stream; fails once the client has gone.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}

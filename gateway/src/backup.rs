@@ -1,0 +1,203 @@
+//! Backup and restore of a data directory (R25): a consistent snapshot of
+//! the store taken while the server runs, the keys that sign and tokenize,
+//! and a manifest with a signed checkpoint. Restore refuses to overwrite,
+//! checks the snapshot's digest, replays the whole ledger through the
+//! offline verifier against the manifest's key and checkpoint, and only
+//! then installs it, so a restored platform verifies and keeps growing from
+//! where it was.
+//!
+//! A backup holds the signing and tokenization keys: keep it as carefully
+//! as the data directory itself.
+
+use crate::keys::Keys;
+use crate::ledger::Ledger;
+use crate::store::Store;
+use anyhow::{bail, ensure, Context, Result};
+use chrono::{DateTime, Utc};
+use scenarios::ledger::{sha256, verify_export, SignedCheckpoint, VerifyReport};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+
+/// Format tag of backup manifests.
+pub const BACKUP_FORMAT: &str = "invis-backup/1";
+const DB: &str = "invis.db";
+const MANIFEST: &str = "MANIFEST.json";
+const KEY_FILES: [&str; 2] = ["ledger.ed25519.pk8", "tokenize.key"];
+
+/// What a backup holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`BACKUP_FORMAT`].
+    pub format: String,
+    /// When the snapshot was taken.
+    pub created_at: DateTime<Utc>,
+    /// A checkpoint signed just before the snapshot; the snapshot's ledger
+    /// extends it.
+    pub checkpoint: SignedCheckpoint,
+    /// Hex Ed25519 public key of the ledger.
+    pub public_key: String,
+    /// Hex SHA-256 of the snapshot file.
+    pub database_sha256: String,
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn copy_private(from: &Path, to: &Path) -> Result<()> {
+    let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(to)
+        .with_context(|| format!("creating {}", to.display()))?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn file_sha256(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(sha256(&bytes)))
+}
+
+/// Backs up `data_dir` into the new directory `out`.
+pub fn backup(data_dir: &Path, out: &Path) -> Result<Manifest> {
+    ensure!(
+        data_dir.join(DB).is_file(),
+        "there is no store in {}",
+        data_dir.display()
+    );
+    ensure!(
+        !out.exists() || std::fs::read_dir(out)?.next().is_none(),
+        "{} exists and is not empty; a backup never overwrites",
+        out.display()
+    );
+    let store = Store::open(data_dir)?;
+    let keys = Keys::load_or_create(data_dir)?;
+    let checkpoint = Ledger::new()
+        .checkpoint(&store, &keys)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::create_dir_all(out.join("keys"))?;
+    let db = out.join(DB);
+    let target = db.to_str().context("the backup path is not UTF-8")?.to_string();
+    store
+        .read(|c| {
+            c.execute("VACUUM INTO ?1", [&target])?;
+            Ok(())
+        })
+        .map_err(|e| anyhow::anyhow!("snapshot: {e}"))?;
+    std::fs::File::open(&db)?.sync_all()?;
+    for k in KEY_FILES {
+        copy_private(&data_dir.join("keys").join(k), &out.join("keys").join(k))?;
+    }
+    let manifest = Manifest {
+        format: BACKUP_FORMAT.into(),
+        created_at: Utc::now(),
+        checkpoint,
+        public_key: keys.public_key_hex(),
+        database_sha256: file_sha256(&db)?,
+    };
+    std::fs::write(out.join(MANIFEST), serde_json::to_vec_pretty(&manifest)?)?;
+    std::fs::File::open(out.join(MANIFEST))?.sync_all()?;
+    sync_dir(&out.join("keys"))?;
+    sync_dir(out)?;
+    Ok(manifest)
+}
+
+/// What a restore installed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Restored {
+    /// The backup's manifest.
+    pub manifest: Manifest,
+    /// The verifier's report on the restored ledger.
+    pub report: VerifyReport,
+}
+
+/// Restores the backup in `from` into `data_dir`, which must not hold a
+/// store yet.
+pub fn restore(from: &Path, data_dir: &Path) -> Result<Restored> {
+    let manifest: Manifest = serde_json::from_slice(
+        &std::fs::read(from.join(MANIFEST))
+            .with_context(|| format!("reading {}", from.join(MANIFEST).display()))?,
+    )
+    .context("the backup manifest is malformed")?;
+    ensure!(
+        manifest.format == BACKUP_FORMAT,
+        "unknown backup format {:?}",
+        manifest.format
+    );
+    if data_dir.join(DB).exists() || data_dir.join("keys").exists() {
+        bail!(
+            "{} already holds a store or keys; restore only into a new directory",
+            data_dir.display()
+        );
+    }
+    ensure!(
+        file_sha256(&from.join(DB))? == manifest.database_sha256,
+        "the backup's database does not match its manifest (corrupted or altered)"
+    );
+    let pinned = hex::decode(&manifest.public_key).context("the manifest's public key is not hex")?;
+
+    // Stage next to the target, verify there, then move into place.
+    let staging = data_dir.join(".restore");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(staging.join("keys"))?;
+    std::fs::copy(from.join(DB), staging.join(DB))?;
+    for k in KEY_FILES {
+        copy_private(&from.join("keys").join(k), &staging.join("keys").join(k))?;
+    }
+    let report = {
+        let store = Store::open(&staging)?;
+        let keys = Keys::load_or_create(&staging)?;
+        ensure!(
+            keys.public_key_hex() == manifest.public_key,
+            "the backup's signing key does not match its manifest"
+        );
+        let export = staging.join("verify.ndjson");
+        {
+            let mut w = BufWriter::new(std::fs::File::create(&export)?);
+            Ledger::new()
+                .export(&store, &keys, 0, true, &mut w)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            w.flush()?;
+        }
+        let lines = BufReader::new(std::fs::File::open(&export)?)
+            .lines()
+            .map(|l| l.unwrap_or_else(|e| format!("<unreadable line: {e}>")));
+        let report = verify_export(lines, Some(&pinned), std::slice::from_ref(&manifest.checkpoint))
+            .map_err(|f| {
+                anyhow::anyhow!(
+                    "the backup's ledger does not verify: line {}: {}",
+                    f.line,
+                    f.reason
+                )
+            })?;
+        std::fs::remove_file(&export)?;
+        report
+    };
+    // Closing the store folded its log into the database file.
+    ensure!(
+        std::fs::metadata(staging.join("invis.db-wal")).map_or(true, |m| m.len() == 0),
+        "the staged store did not close cleanly; nothing was installed"
+    );
+    std::fs::create_dir_all(data_dir.join("keys"))?;
+    std::fs::rename(staging.join(DB), data_dir.join(DB))?;
+    for k in KEY_FILES {
+        std::fs::rename(staging.join("keys").join(k), data_dir.join("keys").join(k))?;
+    }
+    std::fs::remove_dir_all(&staging)?;
+    sync_dir(&data_dir.join("keys"))?;
+    sync_dir(data_dir)?;
+    Ok(Restored { manifest, report })
+}

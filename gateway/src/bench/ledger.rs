@@ -1,0 +1,216 @@
+//! `invis bench-ledger`: durable append throughput (one client, then many
+//! through group commit), proof generation, and export plus offline
+//! verification of a large ledger, all measured in one run on the disk the
+//! store lives on.
+
+use crate::keys::Keys;
+use crate::ledger::Ledger;
+use crate::store::{append, NewEntry, Store};
+use anyhow::{anyhow, Result};
+use chrono::Utc;
+use scenarios::ledger::{parse_proof, verify_consistency, verify_export, verify_inclusion, MerkleTree};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A release-sized entry (about 600 bytes of canonical text).
+fn entry(i: u64) -> NewEntry {
+    NewEntry::system(
+        "query.release",
+        &format!("job_bench{:08}", i / 4),
+        serde_json::json!({
+            "agreement": "ag_bench", "scenario": "sc_bench",
+            "sql": "SELECT industry, district, COUNT(*) AS n, AVG(paid) AS avg_paid FROM insurance GROUP BY industry, district",
+            "plan_hash": "6c1f0e3b9d2a4c5e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e",
+            "mechanism": {"noise": "discrete_laplace", "epsilon": 0.1, "min_group_size": 10, "max_rows_per_unit": 12},
+            "epsilon_spent": 100000, "released_groups": 142, "suppressed_groups": 9,
+            "output_hash": format!("{:064x}", i),
+        }),
+    )
+}
+
+fn err(e: crate::error::ApiError) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
+/// Times `n` single-entry transactions split over `clients` threads;
+/// returns (appends per second, flushes).
+fn appends(store: &Arc<Store>, first: u64, n: u64, clients: u64) -> Result<(f64, u64)> {
+    let before = store.sync_stats();
+    let per = n / clients.max(1);
+    let t = Instant::now();
+    let handles: Vec<_> = (0..clients.max(1))
+        .map(|c| {
+            let store = store.clone();
+            std::thread::spawn(move || -> Result<()> {
+                for i in 0..per {
+                    let e = entry(first + c * per + i);
+                    store.tx(|tx| append(tx, e, Utc::now())).map_err(err)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| anyhow!("an append thread panicked"))??;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let flushes = store.sync_stats().flushes - before.flushes;
+    Ok(((per * clients.max(1)) as f64 / secs, flushes))
+}
+
+/// Runs the benchmark in a temporary store under `dir` (or the system's
+/// temporary directory).
+pub fn run(entries: u64, n: u64, clients: u64, dir: Option<&Path>) -> Result<()> {
+    let tmp = match dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let store = Arc::new(Store::open(tmp.path())?);
+    let keys = Keys::load_or_create(tmp.path())?;
+    println!("ledger benchmark in {}", tmp.path().display());
+    println!("{:<52} {:>16}", "measure", "value");
+    let row = |name: &str, value: String| println!("{name:<52} {value:>16}");
+
+    let (single, flushes) = appends(&store, 0, n, 1)?;
+    row("durable appends/s, 1 client", format!("{single:.0}"));
+    row(
+        "  entries per flush",
+        format!("{:.1}", n as f64 / flushes.max(1) as f64),
+    );
+    let (many, flushes) = appends(&store, n, n, clients)?;
+    row(
+        &format!("durable appends/s, {clients} clients"),
+        format!("{many:.0}"),
+    );
+    row(
+        "  entries per flush",
+        format!("{:.1}", n as f64 / flushes.max(1) as f64),
+    );
+    row("  ratio to 1 client", format!("{:.1}x", many / single));
+
+    // Grow to the large size with bulk transactions (not timed as appends).
+    let t = Instant::now();
+    let mut next = store.ledger_size().map_err(err)?;
+    while next < entries {
+        let batch = (entries - next).min(20_000);
+        store
+            .tx(|tx| {
+                for i in next..next + batch {
+                    append(tx, entry(i), Utc::now())?;
+                }
+                Ok(())
+            })
+            .map_err(err)?;
+        next += batch;
+    }
+    let size = store.ledger_size().map_err(err)?;
+    row(
+        &format!("bulk load to {size} entries, s"),
+        format!("{:.2}", t.elapsed().as_secs_f64()),
+    );
+
+    let ledger = Ledger::new();
+    let t = Instant::now();
+    ledger.size(&store).map_err(err)?;
+    row("Merkle tree load from store, ms", format!("{:.0}", ms(t)));
+    let t = Instant::now();
+    let cp = ledger.checkpoint(&store, &keys).map_err(err)?;
+    row(
+        "checkpoint (root + Ed25519 signature), ms",
+        format!("{:.2}", ms(t)),
+    );
+    let root = cp.root().ok_or_else(|| anyhow!("bad root"))?;
+
+    let samples = 1000u64;
+    let mut rng = sandbox::sample::SplitMix64(7);
+    let t = Instant::now();
+    let mut proofs = Vec::new();
+    for _ in 0..samples {
+        let seq = rng.next_u64() % size;
+        proofs.push((seq, ledger.inclusion_proof(&store, seq, size).map_err(err)?));
+    }
+    row(
+        "inclusion proof generation, us",
+        format!("{:.1}", us(t) / samples as f64),
+    );
+    let t = Instant::now();
+    for (seq, p) in &proofs {
+        let leaf = store.ledger_hashes(*seq, 1).map_err(err)?;
+        let leaf = leaf.first().map(|l| l.1).ok_or_else(|| anyhow!("missing leaf"))?;
+        let p = parse_proof(p).ok_or_else(|| anyhow!("bad proof"))?;
+        anyhow::ensure!(
+            verify_inclusion(*seq, size, &leaf, &p, &root),
+            "inclusion proof failed"
+        );
+    }
+    row(
+        "inclusion proof check (with leaf read), us",
+        format!("{:.1}", us(t) / samples as f64),
+    );
+    let t = Instant::now();
+    let mut pairs = Vec::new();
+    for _ in 0..samples {
+        let first = 1 + rng.next_u64() % (size - 1);
+        pairs.push((first, ledger.consistency_proof(&store, first, size).map_err(err)?));
+    }
+    row(
+        "consistency proof generation, us",
+        format!("{:.1}", us(t) / samples as f64),
+    );
+    // Check the proofs against roots computed independently from the leaves.
+    let check = MerkleTree::from_leaves(
+        store
+            .ledger_hashes(0, size)
+            .map_err(err)?
+            .into_iter()
+            .map(|(_, h)| h),
+    );
+    for (first, p) in &pairs {
+        let earlier = check.root_at(*first).map_err(|e| anyhow!("{e}"))?;
+        let p = parse_proof(p).ok_or_else(|| anyhow!("bad proof"))?;
+        anyhow::ensure!(
+            verify_consistency(*first, size, &earlier, &root, &p),
+            "consistency proof failed"
+        );
+    }
+
+    let path = tmp.path().join("export.ndjson");
+    let t = Instant::now();
+    {
+        let mut w = BufWriter::new(std::fs::File::create(&path)?);
+        ledger.export(&store, &keys, 0, true, &mut w).map_err(err)?;
+        w.flush()?;
+    }
+    let bytes = std::fs::metadata(&path)?.len();
+    row(
+        &format!("export {size} entries ({} MB), s", bytes >> 20),
+        format!("{:.2}", t.elapsed().as_secs_f64()),
+    );
+    let key = keys.public_key();
+    let t = Instant::now();
+    let lines = BufReader::new(std::fs::File::open(&path)?)
+        .lines()
+        .map(|l| l.unwrap_or_default());
+    let report = verify_export(lines, Some(&key), std::slice::from_ref(&cp))
+        .map_err(|f| anyhow!("verification failed: {}", f.reason))?;
+    let secs = t.elapsed().as_secs_f64();
+    row(
+        &format!("offline verification of {} entries, s", report.entries),
+        format!("{secs:.2}"),
+    );
+    row(
+        "  entries verified per second",
+        format!("{:.0}", report.entries as f64 / secs),
+    );
+    Ok(())
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn us(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e6
+}
