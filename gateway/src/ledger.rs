@@ -10,7 +10,7 @@
 use crate::error::{ApiError, ApiResult};
 use crate::keys::Keys;
 use crate::store::Store;
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use scenarios::ledger::{
     proof_hex, Checkpoint, ConsistencyLink, ExportCheckpoint, ExportEntry, ExportHeader, MerkleTree,
     ProofError, Receipt, SignedCheckpoint, EXPORT_FORMAT, RECEIPT_FORMAT,
@@ -80,7 +80,8 @@ impl Ledger {
         let checkpoint = Checkpoint {
             size,
             root: hex::encode(tree.root()),
-            time: Utc::now(),
+            // Signed and stored at microsecond precision.
+            time: Utc::now().trunc_subsecs(6),
         };
         drop(tree);
         let signature = hex::encode(keys.sign(&checkpoint.signing_message()));

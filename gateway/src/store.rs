@@ -795,6 +795,40 @@ mod tests {
     }
 
     #[test]
+    fn ledger_rows_cannot_be_changed_or_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .tx(|tx| append(tx, NewEntry::system("test.append", "x", serde_json::json!({})), Utc::now()))
+            .unwrap();
+        let cp = SignedCheckpoint {
+            checkpoint: Checkpoint {
+                size: 1,
+                root: "00".repeat(32),
+                time: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+            },
+            signature: "00".into(),
+        };
+        store.put_checkpoint(&cp).unwrap();
+        for sql in [
+            "UPDATE ledger SET body = 'forged' WHERE seq = 0",
+            "DELETE FROM ledger WHERE seq = 0",
+            "UPDATE checkpoints SET root = 'forged'",
+            "DELETE FROM checkpoints",
+        ] {
+            let r = store.tx(|tx| Ok(tx.execute(sql, [])?));
+            assert!(r.is_err(), "{sql} must be refused");
+        }
+        assert_eq!(store.ledger_size().unwrap(), 1);
+        assert_eq!(store.ledger(0, 1).unwrap()[0].seq, 0);
+        assert_eq!(store.checkpoints(0, u64::MAX).unwrap(), vec![cp]);
+        // Acknowledged writes were flushed: at least one flush, never more
+        // flushes than commits.
+        let s = store.sync_stats();
+        assert!(s.flushes >= 1 && s.flushes <= s.commits, "{s:?}");
+    }
+
+    #[test]
     fn a_charge_that_does_not_fit_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
