@@ -16,13 +16,14 @@
 
 use crate::error::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use scenarios::budget::{Budget, Delta, Epsilon, Rho};
 use scenarios::ledger::{leaf_hash, parse_hash, Checkpoint, EntryBody, Hash, SignedCheckpoint, ZERO_HASH};
 use scenarios::party::{Actor, Role};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 const SCHEMA: &str = r#"
@@ -68,7 +69,10 @@ const SCHEMA_VERSION: &str = "3";
 
 /// The store.
 pub struct Store {
-    conn: Mutex<Connection>,
+    writer: Mutex<durable::Writer>,
+    /// Writers waiting for the connection (they will join the open batch).
+    waiting: AtomicUsize,
+    batches: durable::Batches,
     sync: durable::GroupSync,
 }
 
@@ -148,7 +152,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// Appends one entry to the ledger inside `tx`; returns its sequence number.
-pub fn append(tx: &Transaction<'_>, e: NewEntry, time: DateTime<Utc>) -> ApiResult<u64> {
+pub fn append(tx: &Connection, e: NewEntry, time: DateTime<Utc>) -> ApiResult<u64> {
     let last: Option<(i64, String)> = tx
         .prepare_cached("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -225,7 +229,9 @@ impl Store {
         std::fs::File::open(&wal)?.sync_all()?;
         std::fs::File::open(dir)?.sync_all()?;
         Ok(Store {
-            conn: Mutex::new(conn),
+            writer: Mutex::new(durable::Writer::new(conn)),
+            waiting: AtomicUsize::new(0),
+            batches: durable::Batches::default(),
             sync: durable::GroupSync::new(wal),
         })
     }
@@ -235,36 +241,94 @@ impl Store {
         self.sync.stats()
     }
 
-    fn lock(&self) -> ApiResult<MutexGuard<'_, Connection>> {
-        self.conn
+    fn lock(&self) -> ApiResult<MutexGuard<'_, durable::Writer>> {
+        self.writer
             .lock()
             .map_err(|_| ApiError::Internal("store lock poisoned".into()))
     }
 
-    /// Runs `f` in one transaction; commits only if it returns `Ok`, and
-    /// returns only once the commit is durable.
-    pub fn tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> ApiResult<T>) -> ApiResult<T> {
-        let (v, n) = {
-            let mut conn = self.lock()?;
-            let tx = conn.transaction()?;
-            let v = f(&tx)?;
-            tx.commit()?;
-            (v, self.sync.committed())
+    /// Runs `f` as one all-or-nothing unit of change: its writes are kept
+    /// only if it returns `Ok`, and it returns only once they are durable.
+    /// Concurrent callers share a transaction and a flush (see
+    /// [`durable`]); each caller's changes still stand or fall alone.
+    pub fn tx<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let locked = self.lock();
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let mut w = locked?;
+        let batch = w.join()?;
+        let result = match w.conn.execute_batch("SAVEPOINT invis_tx") {
+            Err(e) => Err(e.into()),
+            // A panicking closure is a bug; it must not leave its changes
+            // in a batch others will commit, nor poison the store.
+            Ok(()) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&w.conn)))
+                .unwrap_or_else(|_| Err(ApiError::Internal("a store operation panicked".into())))
+            {
+                Ok(v) => w
+                    .conn
+                    .execute_batch("RELEASE invis_tx")
+                    .map(|()| v)
+                    .map_err(ApiError::from),
+                Err(e) => {
+                    // Undo this caller's changes only (when the database has
+                    // not already rolled the whole batch back).
+                    if !w.conn.is_autocommit() {
+                        let _ = w.conn.execute_batch("ROLLBACK TO invis_tx; RELEASE invis_tx");
+                    }
+                    Err(e)
+                }
+            },
         };
-        self.sync.wait_durable(n).map_err(ApiError::Internal)?;
-        Ok(v)
+        // The last writer in closes the batch for everyone in it, makes it
+        // durable and tells the others.
+        let last = self.waiting.load(Ordering::SeqCst) == 0 || w.full() || w.conn.is_autocommit();
+        let closed = if last {
+            self.batches.close(&mut w, &self.sync, true)
+        } else {
+            None
+        };
+        drop(w);
+        let outcome = match closed {
+            Some(c) => {
+                let outcome = match c.commit.clone().and_then(|n| self.sync.wait_durable(n)) {
+                    Ok(()) => durable::Outcome::Durable,
+                    Err(e) => durable::Outcome::Failed(e),
+                };
+                self.batches.publish(&c, outcome.clone());
+                outcome
+            }
+            None => self.batches.wait(batch),
+        };
+        let v = result?;
+        match outcome {
+            durable::Outcome::Durable => Ok(v),
+            durable::Outcome::Committed(n) => {
+                self.sync.wait_durable(n).map_err(ApiError::Internal)?;
+                Ok(v)
+            }
+            durable::Outcome::Failed(e) => Err(ApiError::Internal(e)),
+        }
     }
 
-    /// Runs a read-only closure.
+    /// Runs a read-only closure on committed data (an open batch is
+    /// committed first).
     pub fn read<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
-        let conn = self.lock()?;
-        f(&conn)
+        let mut w = self.lock()?;
+        // A reader does not wait for the flush: the batch's members do.
+        if let Some(c) = self.batches.close(&mut w, &self.sync, false) {
+            let outcome = match &c.commit {
+                Ok(n) => durable::Outcome::Committed(*n),
+                Err(e) => durable::Outcome::Failed(e.clone()),
+            };
+            self.batches.publish(&c, outcome);
+        }
+        f(&w.conn)
     }
 
     // ----- parties ---------------------------------------------------------
 
     /// Creates a party with a token hash.
-    pub fn insert_party(tx: &Transaction<'_>, p: &Party, token_hash: &str) -> ApiResult<()> {
+    pub fn insert_party(tx: &Connection, p: &Party, token_hash: &str) -> ApiResult<()> {
         tx.execute(
             "INSERT INTO parties (id, name, role, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![p.id, p.name, p.role.as_str(), token_hash, p.created_at],
@@ -363,7 +427,7 @@ impl Store {
     // ----- modules and jobs ---------------------------------------------------
 
     /// Stores module bytes under their hash (idempotent).
-    pub fn put_module(tx: &Transaction<'_>, hash: &str, bytes: &[u8], now: &str) -> ApiResult<()> {
+    pub fn put_module(tx: &Connection, hash: &str, bytes: &[u8], now: &str) -> ApiResult<()> {
         tx.execute(
             "INSERT OR IGNORE INTO modules (hash, bytes, created_at) VALUES (?1, ?2, ?3)",
             params![hash, bytes, now],
@@ -609,7 +673,7 @@ impl Record for scenarios::workflow::Agreement {
 }
 
 /// Inserts or updates a record with its lookup columns.
-pub fn put<R: Record>(tx: &Transaction<'_>, r: &R) -> ApiResult<()> {
+pub fn put<R: Record>(tx: &Connection, r: &R) -> ApiResult<()> {
     let cols = r.lookup();
     let refs: Vec<&str> = cols.iter().map(String::as_str).collect();
     put_in(tx, R::TABLE, r.id(), &refs, r)
@@ -657,7 +721,7 @@ pub fn list_in<T: DeserializeOwned>(
 /// Inserts or replaces a document with its lookup columns (in the order of
 /// the table's `columns`).
 pub fn put_in<T: Serialize>(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     table: Table,
     id: &str,
     cols: &[&str],
@@ -712,7 +776,7 @@ pub fn spent_in(c: &Connection, developer_id: &str, scenario_id: &str) -> ApiRes
 /// Charges `cost` against `limit` for (developer, scenario) inside `tx`;
 /// fails with `BudgetExhausted` and changes nothing when it does not fit.
 pub fn charge_in(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     developer_id: &str,
     scenario_id: &str,
     cost: &Budget,
@@ -732,7 +796,7 @@ pub fn charge_in(
 }
 
 /// Stores a job's output bytes.
-pub fn set_job_output(tx: &Transaction<'_>, id: &str, output: &[u8]) -> ApiResult<()> {
+pub fn set_job_output(tx: &Connection, id: &str, output: &[u8]) -> ApiResult<()> {
     tx.execute("UPDATE jobs SET output = ?2 WHERE id = ?1", params![id, output])?;
     Ok(())
 }
@@ -799,7 +863,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store
-            .tx(|tx| append(tx, NewEntry::system("test.append", "x", serde_json::json!({})), Utc::now()))
+            .tx(|tx| {
+                append(
+                    tx,
+                    NewEntry::system("test.append", "x", serde_json::json!({})),
+                    Utc::now(),
+                )
+            })
             .unwrap();
         let cp = SignedCheckpoint {
             checkpoint: Checkpoint {
@@ -826,6 +896,64 @@ mod tests {
         // flushes than commits.
         let s = store.sync_stats();
         assert!(s.flushes >= 1 && s.flushes <= s.commits, "{s:?}");
+    }
+
+    #[test]
+    fn concurrent_writers_share_batches_and_each_stands_or_falls_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut kept = Vec::new();
+                    for i in 0..60 {
+                        let subject = format!("t{t}-{i}");
+                        let fail = i % 7 == 3;
+                        let r = store.tx(|tx| {
+                            append(
+                                tx,
+                                NewEntry::system("test.append", &subject, serde_json::json!({})),
+                                Utc::now(),
+                            )?;
+                            if fail {
+                                return Err(ApiError::Conflict("refused after writing".into()));
+                            }
+                            Ok(())
+                        });
+                        assert_eq!(r.is_err(), fail);
+                        if !fail {
+                            kept.push(subject);
+                        }
+                        // Readers interleave with open batches.
+                        if i % 10 == 0 {
+                            store.ledger_size().unwrap();
+                        }
+                    }
+                    kept
+                })
+            })
+            .collect();
+        let mut kept: Vec<String> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let entries = store.ledger(0, 10_000).unwrap();
+        let mut present: Vec<String> = entries
+            .iter()
+            .map(|e| serde_json::from_str::<EntryBody>(&e.body).unwrap().subject)
+            .collect();
+        kept.sort();
+        present.sort();
+        assert_eq!(
+            present, kept,
+            "every acknowledged write and nothing of a refused one"
+        );
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(e.seq, i as u64, "no gaps");
+        }
+        let s = store.sync_stats();
+        assert!(
+            s.commits < kept.len() as u64,
+            "writers shared transactions: {s:?}"
+        );
     }
 
     #[test]

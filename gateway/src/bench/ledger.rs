@@ -5,7 +5,7 @@
 
 use crate::keys::Keys;
 use crate::ledger::Ledger;
-use crate::store::{append, NewEntry, Store};
+use crate::store::{append, NewEntry, Store, SyncStats};
 use anyhow::{anyhow, Result};
 use chrono::Utc;
 use scenarios::ledger::{parse_proof, verify_consistency, verify_export, verify_inclusion, MerkleTree};
@@ -35,8 +35,8 @@ fn err(e: crate::error::ApiError) -> anyhow::Error {
 }
 
 /// Times `n` single-entry transactions split over `clients` threads;
-/// returns (appends per second, flushes).
-fn appends(store: &Arc<Store>, first: u64, n: u64, clients: u64) -> Result<(f64, u64)> {
+/// returns appends per second and the group-commit counters of the run.
+fn appends(store: &Arc<Store>, first: u64, n: u64, clients: u64) -> Result<(f64, SyncStats)> {
     let before = store.sync_stats();
     let per = n / clients.max(1);
     let t = Instant::now();
@@ -56,8 +56,13 @@ fn appends(store: &Arc<Store>, first: u64, n: u64, clients: u64) -> Result<(f64,
         h.join().map_err(|_| anyhow!("an append thread panicked"))??;
     }
     let secs = t.elapsed().as_secs_f64();
-    let flushes = store.sync_stats().flushes - before.flushes;
-    Ok(((per * clients.max(1)) as f64 / secs, flushes))
+    let after = store.sync_stats();
+    let stats = SyncStats {
+        commits: after.commits - before.commits,
+        flushes: after.flushes - before.flushes,
+        flush_time: after.flush_time - before.flush_time,
+    };
+    Ok(((per * clients.max(1)) as f64 / secs, stats))
 }
 
 /// Runs the benchmark in a temporary store under `dir` (or the system's
@@ -73,21 +78,27 @@ pub fn run(entries: u64, n: u64, clients: u64, dir: Option<&Path>) -> Result<()>
     println!("{:<52} {:>16}", "measure", "value");
     let row = |name: &str, value: String| println!("{name:<52} {value:>16}");
 
-    let (single, flushes) = appends(&store, 0, n, 1)?;
+    let batching = |s: SyncStats| {
+        let flushes = s.flushes.max(1) as f64;
+        row(
+            "  entries per transaction",
+            format!("{:.1}", n as f64 / s.commits.max(1) as f64),
+        );
+        row("  entries per flush", format!("{:.1}", n as f64 / flushes));
+        row(
+            "  mean flush (fdatasync), us",
+            format!("{:.0}", s.flush_time.as_secs_f64() * 1e6 / flushes),
+        );
+    };
+    let (single, stats) = appends(&store, 0, n, 1)?;
     row("durable appends/s, 1 client", format!("{single:.0}"));
-    row(
-        "  entries per flush",
-        format!("{:.1}", n as f64 / flushes.max(1) as f64),
-    );
-    let (many, flushes) = appends(&store, n, n, clients)?;
+    batching(stats);
+    let (many, stats) = appends(&store, n, n, clients)?;
     row(
         &format!("durable appends/s, {clients} clients"),
         format!("{many:.0}"),
     );
-    row(
-        "  entries per flush",
-        format!("{:.1}", n as f64 / flushes.max(1) as f64),
-    );
+    batching(stats);
     row("  ratio to 1 client", format!("{:.1}x", many / single));
 
     // Grow to the large size with bulk transactions (not timed as appends).
