@@ -318,25 +318,20 @@ fn backup_restores_verifies_keeps_growing_and_a_diverged_restore_is_a_fork() {
 
     // Restore into a new directory.
     let restored = server.dir.join("restored");
-    let rdir = restored.to_string_lossy().into_owned();
-    let (code, out, err) = run_invis(&[
-        "restore",
-        "--from",
-        &backup.to_string_lossy(),
-        "--data-dir",
-        &rdir,
-    ])
-    .unwrap();
+    let restore = |from: &Path, into: &Path| {
+        run_invis(&[
+            "restore",
+            "--from",
+            &from.to_string_lossy(),
+            "--data-dir",
+            &into.to_string_lossy(),
+        ])
+        .unwrap()
+    };
+    let (code, out, err) = restore(&backup, &restored);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ledger OK"), "{out}");
-    let (code, _, err) = run_invis(&[
-        "restore",
-        "--from",
-        &backup.to_string_lossy(),
-        "--data-dir",
-        &rdir,
-    ])
-    .unwrap();
+    let (code, _, err) = restore(&backup, &restored);
     assert_ne!(code, 0, "restoring over a store is refused");
     assert!(err.contains("already holds"), "{err}");
     let corrupt = server.dir.join("corrupt");
@@ -349,14 +344,7 @@ fn backup_restores_verifies_keeps_growing_and_a_diverged_restore_is_a_fork() {
     db[mid] ^= 1;
     std::fs::write(corrupt.join("invis.db"), db).unwrap();
     let elsewhere = server.dir.join("elsewhere");
-    let (code, _, err) = run_invis(&[
-        "restore",
-        "--from",
-        &corrupt.to_string_lossy(),
-        "--data-dir",
-        &elsewhere.to_string_lossy(),
-    ])
-    .unwrap();
+    let (code, _, err) = restore(&corrupt, &elsewhere);
     assert_ne!(code, 0);
     assert!(err.contains("does not match its manifest"), "{err}");
     assert!(!elsewhere.join("invis.db").exists(), "nothing installed");
