@@ -143,15 +143,10 @@ impl Ledger {
 
     /// The receipt of the `result.release` entry of a job, if it was released.
     pub fn release_receipt(&self, store: &Store, keys: &Keys, job_id: &str) -> ApiResult<Option<Receipt>> {
-        let seq = store
-            .ledger_for(job_id)?
-            .into_iter()
-            .find(|e| {
-                serde_json::from_str::<serde_json::Value>(&e.body)
-                    .is_ok_and(|b| b["action"] == "result.release")
-            })
-            .map(|e| e.seq);
-        seq.map(|s| self.receipt(store, keys, s)).transpose()
+        store
+            .ledger_seq_of(job_id, "result.release")?
+            .map(|s| self.receipt(store, keys, s))
+            .transpose()
     }
 
     /// Writes the ledger from entry `from` as export lines: the header

@@ -489,6 +489,18 @@ impl Store {
         })
     }
 
+    /// The first entry about `subject` with `action`, if any.
+    pub fn ledger_seq_of(&self, subject: &str, action: &str) -> ApiResult<Option<u64>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT MIN(seq) FROM ledger WHERE subject = ?1 AND action = ?2",
+                [subject, action],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .map(|s| s as u64))
+        })
+    }
+
     /// Leaf hashes of entries `from..` (at most `limit`), in order.
     pub fn ledger_hashes(&self, from: u64, limit: u64) -> ApiResult<Vec<(u64, Hash)>> {
         self.read(|c| {
