@@ -14,9 +14,9 @@ use crate::ledger::Ledger;
 use crate::store::Store;
 use anyhow::{bail, ensure, Context, Result};
 use chrono::{DateTime, Utc};
-use scenarios::ledger::{sha256, verify_export, SignedCheckpoint, VerifyReport};
+use scenarios::ledger::{sha256, SignedCheckpoint, VerifyReport};
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 /// Format tag of backup manifests.
@@ -172,11 +172,9 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<Restored> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             w.flush()?;
         }
-        let lines = BufReader::new(std::fs::File::open(&export)?)
-            .lines()
-            .map(|l| l.unwrap_or_else(|e| format!("<unreadable line: {e}>")));
-        let report = verify_export(lines, Some(&pinned), std::slice::from_ref(&manifest.checkpoint))
-            .map_err(|f| {
+        let report =
+            crate::ledger::verify_file(&export, Some(&pinned), std::slice::from_ref(&manifest.checkpoint))?
+                .map_err(|f| {
                 anyhow::anyhow!(
                     "the backup's ledger does not verify: line {}: {}",
                     f.line,

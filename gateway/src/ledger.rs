@@ -12,10 +12,12 @@ use crate::keys::Keys;
 use crate::store::Store;
 use chrono::{SubsecRound, Utc};
 use scenarios::ledger::{
-    proof_hex, Checkpoint, ConsistencyLink, ExportCheckpoint, ExportEntry, ExportHeader, MerkleTree,
-    ProofError, Receipt, SignedCheckpoint, EXPORT_FORMAT, RECEIPT_FORMAT,
+    proof_hex, verify_export, Checkpoint, ConsistencyLink, ExportCheckpoint, ExportEntry, ExportHeader,
+    MerkleTree, ProofError, Receipt, SignedCheckpoint, VerifyFailure, VerifyReport, EXPORT_FORMAT,
+    RECEIPT_FORMAT,
 };
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 /// Entries read from the store per page.
@@ -119,14 +121,21 @@ impl Ledger {
         Ok(proof_hex(&self.tree(store)?.consistency_proof(first, second)?))
     }
 
-    /// A receipt for entry `seq` against the current signed checkpoint.
-    pub fn receipt(&self, store: &Store, keys: &Keys, seq: u64) -> ApiResult<Receipt> {
+    /// A receipt for entry `seq` under `checkpoint` (normally the current
+    /// one, from [`Ledger::checkpoint`], fetched once for many receipts).
+    pub fn receipt(
+        &self,
+        store: &Store,
+        keys: &Keys,
+        seq: u64,
+        checkpoint: &SignedCheckpoint,
+    ) -> ApiResult<Receipt> {
         let entry = store
             .ledger(seq, 1)?
             .pop()
             .filter(|e| e.seq == seq)
             .ok_or_else(|| ApiError::NotFound(format!("no ledger entry {seq}")))?;
-        let checkpoint = self.checkpoint(store, keys)?;
+        let checkpoint = checkpoint.clone();
         let inclusion = self.inclusion_proof(store, seq, checkpoint.checkpoint.size)?;
         Ok(Receipt {
             format: RECEIPT_FORMAT.into(),
@@ -142,10 +151,16 @@ impl Ledger {
     }
 
     /// The receipt of the `result.release` entry of a job, if it was released.
-    pub fn release_receipt(&self, store: &Store, keys: &Keys, job_id: &str) -> ApiResult<Option<Receipt>> {
+    pub fn release_receipt(
+        &self,
+        store: &Store,
+        keys: &Keys,
+        job_id: &str,
+        checkpoint: &SignedCheckpoint,
+    ) -> ApiResult<Option<Receipt>> {
         store
             .ledger_seq_of(job_id, "result.release")?
-            .map(|s| self.receipt(store, keys, s))
+            .map(|s| self.receipt(store, keys, s, checkpoint))
             .transpose()
     }
 
@@ -234,6 +249,20 @@ impl Ledger {
             },
         )
     }
+}
+
+/// Verifies an export file offline (see `scenarios::ledger::verify_export`);
+/// an unreadable line fails verification at that line. The outer error is
+/// only for a file that cannot be opened.
+pub fn verify_file(
+    path: &Path,
+    pinned_key: Option<&[u8]>,
+    held: &[SignedCheckpoint],
+) -> std::io::Result<Result<VerifyReport, VerifyFailure>> {
+    let lines = BufReader::new(std::fs::File::open(path)?)
+        .lines()
+        .map(|l| l.unwrap_or_else(|e| format!("<unreadable line: {e}>")));
+    Ok(verify_export(lines, pinned_key, held))
 }
 
 fn line(out: &mut dyn Write, v: &impl serde::Serialize) -> ApiResult<()> {

@@ -380,17 +380,14 @@ fn print_json(v: serde_json::Value) -> Result<()> {
 }
 
 fn verify_ledger(export: &std::path::Path, key: Option<&str>, held: &[PathBuf], json: bool) -> Result<()> {
-    use std::io::BufRead;
     let key = key.map(read_key).transpose()?;
     let held = held
         .iter()
         .map(|p| held_checkpoint(p))
         .collect::<Result<Vec<_>>>()?;
-    let file = std::fs::File::open(export).with_context(|| format!("reading {}", export.display()))?;
-    let lines = std::io::BufReader::new(file)
-        .lines()
-        .map(|l| l.unwrap_or_else(|e| format!("<unreadable line: {e}>")));
-    match scenarios::ledger::verify_export(lines, key.as_deref(), &held) {
+    let verdict = gateway::ledger::verify_file(export, key.as_deref(), &held)
+        .with_context(|| format!("reading {}", export.display()))?;
+    match verdict {
         Ok(r) => {
             if json {
                 return print_json(serde_json::json!({"ok": true, "report": r}));

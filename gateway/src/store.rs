@@ -541,10 +541,28 @@ impl Store {
 
     /// Stored checkpoints with `from <= size <= to`, in order.
     pub fn checkpoints(&self, from: u64, to: u64) -> ApiResult<Vec<SignedCheckpoint>> {
+        self.checkpoint_rows(
+            "SELECT size, root, time, signature FROM checkpoints WHERE size >= ?1 AND size <= ?2 ORDER BY size",
+            from,
+            to,
+        )
+    }
+
+    /// The stored checkpoint of largest size at most `at`.
+    pub fn checkpoint_at_or_before(&self, at: u64) -> ApiResult<Option<SignedCheckpoint>> {
+        Ok(self
+            .checkpoint_rows(
+                "SELECT size, root, time, signature FROM checkpoints WHERE size >= ?1 AND size <= ?2 \
+                 ORDER BY size DESC LIMIT 1",
+                0,
+                at,
+            )?
+            .pop())
+    }
+
+    fn checkpoint_rows(&self, sql: &str, from: u64, to: u64) -> ApiResult<Vec<SignedCheckpoint>> {
         self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT size, root, time, signature FROM checkpoints WHERE size >= ?1 AND size <= ?2 ORDER BY size",
-            )?;
+            let mut st = c.prepare_cached(sql)?;
             let rows = st.query_map(
                 params![from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64],
                 |r| {
@@ -559,28 +577,15 @@ impl Store {
             let mut out = Vec::new();
             for row in rows {
                 let (size, root, time, signature) = row?;
-                let time = DateTime::parse_from_rfc3339(&time).map_err(internal)?.with_timezone(&Utc);
+                let time = DateTime::parse_from_rfc3339(&time)
+                    .map_err(internal)?
+                    .with_timezone(&Utc);
                 out.push(SignedCheckpoint {
                     checkpoint: Checkpoint { size, root, time },
                     signature,
                 });
             }
             Ok(out)
-        })
-    }
-
-    /// The stored checkpoint of largest size at most `at`.
-    pub fn checkpoint_at_or_before(&self, at: u64) -> ApiResult<Option<SignedCheckpoint>> {
-        let size: Option<i64> = self.read(|c| {
-            Ok(c.query_row(
-                "SELECT MAX(size) FROM checkpoints WHERE size <= ?1",
-                [at.min(i64::MAX as u64) as i64],
-                |r| r.get(0),
-            )?)
-        })?;
-        Ok(match size {
-            Some(s) => self.checkpoints(s as u64, s as u64)?.pop(),
-            None => None,
         })
     }
 

@@ -385,8 +385,9 @@ pub(crate) async fn job_receipt(
     actor.require(Role::Developer)?;
     let receipt = blocking(move || {
         let j = own_job(&st, &actor, &id)?;
+        let current = st.ledger.checkpoint(&st.store, &st.keys)?;
         st.ledger
-            .release_receipt(&st.store, &st.keys, &j.id)?
+            .release_receipt(&st.store, &st.keys, &j.id, &current)?
             .ok_or_else(|| ApiError::Conflict(format!("job {} has no released output", j.id)))
     })
     .await?;

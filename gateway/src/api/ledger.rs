@@ -102,7 +102,11 @@ pub(crate) async fn receipt(
 ) -> ApiResult<Json<Receipt>> {
     actor.require(Role::Regulator)?;
     Ok(Json(
-        blocking(move || st.ledger.receipt(&st.store, &st.keys, seq)).await?,
+        blocking(move || {
+            let current = st.ledger.checkpoint(&st.store, &st.keys)?;
+            st.ledger.receipt(&st.store, &st.keys, seq, &current)
+        })
+        .await?,
     ))
 }
 

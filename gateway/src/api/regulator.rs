@@ -102,6 +102,8 @@ pub(crate) async fn releases(
         };
         jobs.retain(|j| j.status == super::developer::JobStatus::Succeeded && filter.keeps(j));
         jobs.sort_by_key(|j| j.finished_at);
+        // One current checkpoint serves every receipt in the list.
+        let current = st.ledger.checkpoint(store, &st.keys)?;
         let mut releases = Vec::new();
         for j in &jobs {
             let lineage: Vec<Value> = store
@@ -112,7 +114,7 @@ pub(crate) async fn releases(
                     json!({"seq": e.seq, "hash": e.hash, "entry": body})
                 })
                 .collect();
-            let receipt = st.ledger.release_receipt(store, &st.keys, &j.id)?;
+            let receipt = st.ledger.release_receipt(store, &st.keys, &j.id, &current)?;
             releases.push(json!({"job": j, "lineage": lineage, "receipt": receipt}));
         }
         Ok(releases)

@@ -8,8 +8,8 @@ use crate::ledger::Ledger;
 use crate::store::{append, NewEntry, Store, SyncStats};
 use anyhow::{anyhow, Result};
 use chrono::Utc;
-use scenarios::ledger::{parse_proof, verify_consistency, verify_export, verify_inclusion, MerkleTree};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use scenarios::ledger::{parse_proof, verify_consistency, verify_inclusion, MerkleTree};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -201,10 +201,7 @@ pub fn run(entries: u64, n: u64, clients: u64, dir: Option<&Path>) -> Result<()>
     );
     let key = keys.public_key();
     let t = Instant::now();
-    let lines = BufReader::new(std::fs::File::open(&path)?)
-        .lines()
-        .map(|l| l.unwrap_or_default());
-    let report = verify_export(lines, Some(&key), std::slice::from_ref(&cp))
+    let report = crate::ledger::verify_file(&path, Some(&key), std::slice::from_ref(&cp))?
         .map_err(|f| anyhow!("verification failed: {}", f.reason))?;
     let secs = t.elapsed().as_secs_f64();
     row(
