@@ -5,6 +5,7 @@
 use crate::error::JobError;
 use crate::host::{self, HostState, HostStop, Limiter, ABI_MODULE};
 use crate::limits::{JobLimits, MAX_MODULE_BYTES};
+use crate::udf::UdfFactory;
 use sandbox::{JobScope, QueryLineage};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -73,6 +74,7 @@ pub struct JobInput {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    udf_factory: Arc<UdfFactory>,
     cache: Mutex<HashMap<String, Module>>,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -107,6 +109,7 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(internal)?;
         let mut linker = Linker::new(&engine);
         host::link(&mut linker).map_err(internal)?;
+        let udf_factory = Arc::new(UdfFactory::new(&engine).map_err(internal)?);
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (e, stop) = (engine.clone(), ticker_stop.clone());
         std::thread::Builder::new()
@@ -121,6 +124,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
+            udf_factory,
             cache: Mutex::new(HashMap::new()),
             ticker_stop,
         })
@@ -199,6 +203,7 @@ impl Runtime {
                 table_elements: limits.table_elements as usize,
                 peak_memory: 0,
                 hit: false,
+                instances: 1,
             },
             limits,
             scope: input.scope,
@@ -213,24 +218,21 @@ impl Runtime {
             host_calls: 0,
             releases: Vec::new(),
             stop: None,
+            module: module.clone(),
+            bytes: Arc::from(bytes),
+            udf_factory: self.udf_factory.clone(),
+            udfs: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let result = (|| -> Result<(), JobError> {
             store.set_fuel(limits.fuel).map_err(internal)?;
-            store.set_epoch_deadline(1);
-            let cancel = input.cancel.clone();
-            store.epoch_deadline_callback(move |mut ctx| {
-                if cancel.load(Ordering::SeqCst) {
-                    ctx.data_mut().stop = Some(JobError::Cancelled("the job was stopped".into()));
-                    return Ok(UpdateDeadline::Interrupt);
-                }
-                if Instant::now() >= deadline {
-                    ctx.data_mut().stop = Some(JobError::DeadlineExceeded);
-                    return Ok(UpdateDeadline::Interrupt);
-                }
-                Ok(UpdateDeadline::Continue(1))
-            });
+            arm_deadline(
+                &mut store,
+                deadline,
+                input.cancel.clone(),
+                |s: &mut HostState, e| s.stop = Some(e),
+            );
             let instance = self
                 .linker
                 .instantiate(&mut store, &module)
@@ -257,6 +259,28 @@ impl Runtime {
             releases: st.releases,
         }
     }
+}
+
+/// Interrupts a store's guest at the first epoch tick after `deadline` or
+/// after `cancel` is set, recording why with `record`.
+pub(crate) fn arm_deadline<T: 'static>(
+    store: &mut Store<T>,
+    deadline: Instant,
+    cancel: Arc<AtomicBool>,
+    record: fn(&mut T, JobError),
+) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |mut ctx| {
+        if cancel.load(Ordering::SeqCst) {
+            record(ctx.data_mut(), JobError::Cancelled("the job was stopped".into()));
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        if Instant::now() >= deadline {
+            record(ctx.data_mut(), JobError::DeadlineExceeded);
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        Ok(UpdateDeadline::Continue(1))
+    });
 }
 
 fn first_line(s: &str) -> String {

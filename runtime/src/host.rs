@@ -9,6 +9,7 @@
 
 use crate::error::JobError;
 use crate::limits::{JobLimits, MAX_PARAMS_BYTES, MAX_SQL_BYTES};
+use crate::udf::{UdfFactory, UdfHost};
 use sandbox::{JobScope, QueryLineage};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,10 +27,13 @@ pub use invis::code;
 const HOST_CALL_FUEL: u64 = 10_000;
 /// Extra fuel charged per query.
 const QUERY_FUEL: u64 = 1_000_000;
+/// Extra fuel charged per row function registration (the module is
+/// analysed and instantiated a second time).
+const UDF_FUEL: u64 = 1_000_000;
 
 /// The imports of ABI v1 and their types, for validating modules.
 pub fn abi_functions() -> Vec<(&'static str, Vec<ValType>, Vec<ValType>)> {
-    use ValType::{I32, I64};
+    use ValType::{F64, I32, I64};
     vec![
         ("query", vec![I32, I32], vec![I64]),
         ("result_read", vec![I32, I32], vec![I32]),
@@ -38,6 +42,7 @@ pub fn abi_functions() -> Vec<(&'static str, Vec<ValType>, Vec<ValType>)> {
         ("log", vec![I32, I32], vec![I32]),
         ("params_len", vec![], vec![I32]),
         ("params_read", vec![I32, I32], vec![I32]),
+        ("udf_register", vec![I32, I32, F64, F64], vec![I32]),
     ]
 }
 
@@ -62,6 +67,9 @@ pub(crate) struct Limiter {
     pub table_elements: usize,
     pub peak_memory: usize,
     pub hit: bool,
+    /// Instances (and memories) the store may hold: 1 for a job, more for
+    /// the row-function store, which adds a driver per function.
+    pub instances: usize,
 }
 
 impl ResourceLimiter for Limiter {
@@ -91,13 +99,13 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
     fn instances(&self) -> usize {
-        1
+        self.instances
     }
     fn tables(&self) -> usize {
-        4
+        4 * self.instances
     }
     fn memories(&self) -> usize {
-        1
+        self.instances
     }
 }
 
@@ -120,6 +128,13 @@ pub(crate) struct HostState {
     /// Set when the host decided to stop the guest, so the trap that
     /// follows is reported with this cause.
     pub stop: Option<JobError>,
+    /// The job's module and its bytes, for a second instance that runs
+    /// row functions.
+    pub module: wasmtime::Module,
+    pub bytes: Arc<[u8]>,
+    pub udf_factory: Arc<UdfFactory>,
+    /// Created at the first `udf_register`.
+    pub udfs: Option<Arc<UdfHost>>,
 }
 
 type C<'a> = Caller<'a, HostState>;
@@ -238,6 +253,11 @@ fn host_query(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i64> {
     match result {
         Err(_) => Err(stop(&mut caller, JobError::DeadlineExceeded)),
         Ok(Err(e)) => {
+            // Row functions stopped by the deadline or a cancellation stop
+            // the job with that cause.
+            if let Some(why) = caller.data().udfs.as_ref().and_then(|u| u.stop()) {
+                return Err(stop(&mut caller, why));
+            }
             let c = error_code(&e);
             let msg = match &e {
                 // Internal details are for the platform's log, not the guest.
@@ -379,6 +399,70 @@ fn host_params_read(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i
     }
 }
 
+fn host_udf_register(mut caller: C<'_>, ptr: i32, len: i32, lo: f64, hi: f64) -> wasmtime::Result<i32> {
+    enter(&mut caller, HOST_CALL_FUEL + UDF_FUEL)?;
+    let name = match read_bytes(&mut caller, ptr, len, 64).map(String::from_utf8) {
+        Ok(Ok(s)) => s,
+        _ => {
+            return Ok(fail(
+                &mut caller,
+                code::INVALID_ARGUMENT,
+                "the row function name is invalid or longer than 64 bytes",
+            ))
+        }
+    };
+    if let Err(m) = sandbox::udf::valid_name(&name) {
+        return Ok(fail(&mut caller, code::INVALID_ARGUMENT, m));
+    }
+    if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+        return Ok(fail(
+            &mut caller,
+            code::INVALID_ARGUMENT,
+            "the bounds must be finite numbers with lo <= hi",
+        ));
+    }
+    let Some(scope) = caller.data().scope.clone() else {
+        return Ok(fail(
+            &mut caller,
+            code::ACCESS_CLOSED,
+            "this run has no data access",
+        ));
+    };
+    let host = match caller.data().udfs.clone() {
+        Some(h) => h,
+        None => {
+            let st = caller.data();
+            let made = UdfHost::new(
+                st.udf_factory.clone(),
+                st.module.clone(),
+                st.bytes.clone(),
+                st.limiter.memory_bytes,
+                st.deadline,
+                st.cancel.clone(),
+            );
+            match made {
+                Ok(h) => {
+                    let h = Arc::new(h);
+                    caller.data_mut().udfs = Some(h.clone());
+                    h
+                }
+                Err(e) => return Ok(fail(&mut caller, code::POLICY_VIOLATION, e.to_string())),
+            }
+        }
+    };
+    let f = match host.add(&name, (lo, hi)) {
+        Ok(f) => f,
+        Err(m) => return Ok(fail(&mut caller, code::POLICY_VIOLATION, m)),
+    };
+    match scope.register_row_function(Arc::new(f)) {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            let c = error_code(&e);
+            Ok(fail(&mut caller, c, e.to_string()))
+        }
+    }
+}
+
 /// Adds every ABI v1 function to `linker`.
 pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(ABI_MODULE, "query", host_query)?;
@@ -388,6 +472,7 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(ABI_MODULE, "log", host_log)?;
     linker.func_wrap(ABI_MODULE, "params_len", host_params_len)?;
     linker.func_wrap(ABI_MODULE, "params_read", host_params_read)?;
+    linker.func_wrap(ABI_MODULE, "udf_register", host_udf_register)?;
     Ok(())
 }
 

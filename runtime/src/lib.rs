@@ -13,6 +13,7 @@ pub mod host;
 mod limits;
 #[cfg(test)]
 mod tests;
+pub mod udf;
 
 pub use engine::{JobInput, JobOutcome, ModuleInfo, Runtime, Usage};
 pub use error::JobError;

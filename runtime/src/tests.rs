@@ -5,6 +5,8 @@ use crate::{JobError, JobInput, JobLimits, Runtime};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+mod udf;
+
 fn rt() -> (Runtime, tokio::runtime::Runtime) {
     (
         Runtime::new().unwrap(),

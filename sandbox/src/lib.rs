@@ -19,6 +19,7 @@ pub mod sample;
 mod scope;
 #[cfg(test)]
 mod tests;
+pub mod udf;
 
 pub use error::{Error, Result};
 pub use release::{QueryLineage, TableRef};

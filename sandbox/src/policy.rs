@@ -159,14 +159,21 @@ fn function_rule(name: &str) -> Option<&'static [usize]> {
 pub(crate) struct Checker<'a> {
     tables: &'a HashMap<String, TableInfo>,
     allowed: &'a BTreeSet<AggregateFn>,
+    /// The job's row functions and their declared output bounds.
+    row_functions: &'a HashMap<String, (f64, f64)>,
     uses: Vec<TableUse>,
 }
 
 impl<'a> Checker<'a> {
-    pub(crate) fn new(tables: &'a HashMap<String, TableInfo>, allowed: &'a BTreeSet<AggregateFn>) -> Self {
+    pub(crate) fn new(
+        tables: &'a HashMap<String, TableInfo>,
+        allowed: &'a BTreeSet<AggregateFn>,
+        row_functions: &'a HashMap<String, (f64, f64)>,
+    ) -> Self {
         Checker {
             tables,
             allowed,
+            row_functions,
             uses: Vec::new(),
         }
     }
@@ -676,6 +683,9 @@ impl<'a> Checker<'a> {
                 }
                 (lo <= hi).then_some((lo, hi))
             }
+            Expr::ScalarFunction(f) if self.row_functions.contains_key(f.func.name()) => {
+                self.row_functions.get(f.func.name()).copied()
+            }
             Expr::ScalarFunction(f) => match f.func.name() {
                 "abs" => {
                     let (l, h) = self.bounds(f.args.first()?)?;
@@ -789,6 +799,16 @@ impl<'a> Checker<'a> {
                 self.expr(&c.expr, place, schema)
             }
             Expr::TryCast(c) => self.expr(&c.expr, place, schema),
+            Expr::ScalarFunction(f) if self.row_functions.contains_key(f.func.name()) => {
+                if place != Use::Aggregate {
+                    return refuse(format!(
+                        "row function `{}` may only be used inside COUNT, SUM or AVG arguments, not in {}: its output is never released per row",
+                        f.func.name(),
+                        place.describe()
+                    ));
+                }
+                f.args.iter().try_for_each(|a| self.expr(a, place, schema))
+            }
             Expr::ScalarFunction(f) => {
                 let name = f.func.name();
                 let literal_args = function_rule(name)

@@ -8,6 +8,7 @@ use crate::desensitize::{view_plan, TokenKey};
 use crate::noise::SystemRng;
 use crate::policy::Checker;
 use crate::release::{self, QueryLineage};
+use crate::udf::{self, RowFunction};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -18,7 +19,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
-    Expr, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown, TableType,
+    Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF, TableProviderFilterPushDown, TableType,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
@@ -346,6 +347,7 @@ impl DataPlane {
             accountant,
             rng: Mutex::new(SystemRng::default()),
             queries: AtomicU32::new(0),
+            row_functions: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -398,6 +400,8 @@ pub struct JobScope {
     /// anyway, and a sampler must never share bytes between draws.
     rng: Mutex<SystemRng>,
     queries: AtomicU32,
+    /// Row functions the job registered, with their declared bounds.
+    row_functions: Mutex<HashMap<String, (f64, f64)>>,
 }
 
 impl std::fmt::Debug for JobScope {
@@ -425,6 +429,50 @@ impl JobScope {
         self.queries.load(Ordering::SeqCst)
     }
 
+    /// Makes a job's row function callable in this scope's queries, where
+    /// the policy lets it feed aggregates only (see [`crate::udf`]).
+    pub fn register_row_function(&self, f: Arc<dyn RowFunction>) -> Result<()> {
+        let name = f.name().to_string();
+        udf::valid_name(&name).map_err(Error::InvalidQuery)?;
+        let arity = f.arity();
+        if arity == 0 || arity > udf::MAX_ROW_FUNCTION_ARGS {
+            return Err(Error::InvalidQuery(format!(
+                "a row function takes 1 to {} arguments",
+                udf::MAX_ROW_FUNCTION_ARGS
+            )));
+        }
+        let (lo, hi) = f.bounds();
+        if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+            return Err(Error::InvalidQuery(
+                "a row function's bounds must be finite with lo <= hi".into(),
+            ));
+        }
+        let mut registered = self
+            .row_functions
+            .lock()
+            .map_err(|_| Error::Internal("row function registry poisoned".into()))?;
+        let state = self.ctx.state();
+        let taken = registered.contains_key(&name)
+            || state.scalar_functions().contains_key(&name)
+            || state.aggregate_functions().contains_key(&name)
+            || state.window_functions().contains_key(&name);
+        if taken {
+            return Err(Error::InvalidQuery(format!(
+                "a function named `{name}` already exists; choose another name"
+            )));
+        }
+        if registered.len() >= udf::MAX_ROW_FUNCTIONS {
+            return Err(Error::ResourcesExhausted(format!(
+                "a job may register at most {} row functions",
+                udf::MAX_ROW_FUNCTIONS
+            )));
+        }
+        self.ctx
+            .register_udf(ScalarUDF::new_from_impl(udf::GuestUdf::new(f)));
+        registered.insert(name, (lo, hi));
+        Ok(())
+    }
+
     /// Checks `sql` against the scenario, charges the budget, runs it and
     /// returns the protected result. Refusals change nothing and cost
     /// nothing; once the budget is charged it stays charged, even if
@@ -447,7 +495,14 @@ impl JobScope {
             .analyzer()
             .execute_and_check(plan, state.config_options(), |_, _| {})
             .map_err(|e| Error::InvalidQuery(planning_message(&e)))?;
-        let checked = Checker::new(&self.tables, &self.scenario.aggregates).check(&analyzed)?;
+        let checked = {
+            let row_functions = self
+                .row_functions
+                .lock()
+                .map_err(|_| Error::Internal("row function registry poisoned".into()))?
+                .clone();
+            Checker::new(&self.tables, &self.scenario.aggregates, &row_functions).check(&analyzed)?
+        };
         let plan_hash = hex::encode(scenarios::ledger::sha256(
             analyzed.display_indent().to_string().as_bytes(),
         ));

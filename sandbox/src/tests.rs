@@ -618,3 +618,91 @@ async fn the_ipc_result_decodes_in_the_guest_sdk() {
     assert_eq!(r.lineage.output_hash.as_deref().map(str::len), Some(64));
     assert_eq!(column_str(&r.batch, "sex"), ["0", "1"]);
 }
+
+/// A native row function for testing the policy and clamping.
+#[derive(Debug)]
+struct Native {
+    name: &'static str,
+    bounds: (f64, f64),
+    f: fn(f64) -> f64,
+}
+
+impl crate::udf::RowFunction for Native {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn arity(&self) -> usize {
+        1
+    }
+    fn bounds(&self) -> (f64, f64) {
+        self.bounds
+    }
+    fn eval(&self, args: &[&[f64]], rows: usize) -> Result<Vec<f64>, String> {
+        let a = args.first().ok_or("no argument")?;
+        Ok(a.iter().take(rows).map(|x| (self.f)(*x)).collect())
+    }
+}
+
+fn native(name: &'static str, bounds: (f64, f64), f: fn(f64) -> f64) -> Arc<dyn crate::udf::RowFunction> {
+    Arc::new(Native { name, bounds, f })
+}
+
+#[tokio::test]
+async fn row_functions_feed_aggregates_only_and_are_clamped_to_their_bounds() {
+    let (scope, acc) = open("PUMS_pid.csv", 10.0, 1000.0).await;
+    scope
+        .register_row_function(native("half", (0.0, 250_000.0), |x| x / 2.0))
+        .unwrap();
+    // Accepted inside aggregates; the sum of halves is about half the sum.
+    let full = scope.query("SELECT SUM(income) AS s FROM pums").await.unwrap();
+    let half = scope
+        .query("SELECT SUM(half(income)) AS s FROM pums")
+        .await
+        .unwrap();
+    let get = |r: &crate::Release| {
+        r.batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .map(|a| a.value(0))
+            .unwrap()
+    };
+    let ratio = get(&half) as f64 / get(&full) as f64;
+    assert!((ratio - 0.5).abs() < 0.03, "ratio {ratio}");
+    scope
+        .query("SELECT sex, AVG(half(income)) AS a, COUNT(half(age)) AS c FROM pums GROUP BY sex")
+        .await
+        .unwrap();
+    let released = acc.releases().len();
+    // Refused anywhere its output could leave per row or select rows.
+    for (sql, place) in [
+        ("SELECT half(income) FROM pums", "row-level"),
+        (
+            "SELECT half(income) AS h, COUNT(*) FROM pums GROUP BY half(income)",
+            "GROUP BY",
+        ),
+        ("SELECT COUNT(*) FROM pums WHERE half(income) > 1000", "WHERE"),
+    ] {
+        let e = scope.query(sql).await.unwrap_err().to_string();
+        assert!(e.contains(place), "{sql}: {e}");
+    }
+    assert_eq!(acc.releases().len(), released, "refusals release nothing");
+    // A function that lies about its range is clamped: every row gives
+    // 10^9, declared at most 1, so the sum is about the row count.
+    scope
+        .register_row_function(native("liar", (0.0, 1.0), |_| 1e9))
+        .unwrap();
+    let n = get(&scope.query("SELECT COUNT(*) AS n FROM pums").await.unwrap());
+    let s = get(&scope.query("SELECT SUM(liar(age)) AS s FROM pums").await.unwrap());
+    assert!((s - n).abs() < n / 20, "sum {s} vs count {n}");
+    // Names that shadow built-ins, bad names and bad bounds are refused.
+    for f in [
+        native("sum", (0.0, 1.0), |x| x),
+        native("abs", (0.0, 1.0), |x| x),
+        native("Bad-Name", (0.0, 1.0), |x| x),
+        native("half", (0.0, 1.0), |x| x),
+        native("inf", (0.0, f64::INFINITY), |x| x),
+    ] {
+        assert!(scope.register_row_function(f).is_err());
+    }
+}

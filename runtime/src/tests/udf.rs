@@ -1,0 +1,261 @@
+//! Guest row functions: stateless ones feed aggregates at native-like
+//! cost, stateful or unbounded ones are refused at registration, and a trap
+//! on one row nulls that row instead of failing the query.
+
+use super::rt;
+use crate::{JobInput, JobLimits};
+use sandbox::arrow::array::{Array, Int64Array, RecordBatch};
+use sandbox::arrow::datatypes::{DataType, Field, Schema};
+use sandbox::desensitize::TokenKey;
+use sandbox::{DataPlane, JobScope, MemoryAccountant, ScopeConfig, TableData, TableVersion};
+use serde_json::json;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// 1,000 people with `x = 1..=1000`.
+async fn scope() -> (JobScope, Arc<MemoryAccountant>) {
+    let n = 1000i64;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("pid", DataType::Int64, false),
+        Field::new("x", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..n)),
+            Arc::new(Int64Array::from_iter_values(1..=n)),
+        ],
+    )
+    .unwrap();
+    let spec = serde_json::from_value(json!({
+        "name": "t", "path": "", "privacy_unit": "pid", "unit_kind": "person",
+        "columns": [{"name": "pid", "rule": "tokenize"}, {"name": "x", "rule": "keep"}]
+    }))
+    .unwrap();
+    let scenario: scenarios::policy::ScenarioSpec = serde_json::from_value(json!({
+        "name": "udf", "class": "test", "purpose": "testing row functions",
+        "tables": [{"dataset": "t", "columns": [
+            {"name": "x", "ops": ["aggregate", "filter", "group"], "bounds": [0, 1000]},
+            {"name": "pid", "ops": ["aggregate"]}
+        ]}],
+        "release": {"epsilon_total": 1000.0, "epsilon_per_query": 10.0,
+            "min_group_size": 5, "max_rows_per_unit": 1, "max_queries_per_job": 100,
+            "delta_per_query": 1e-7, "delta_total": 1e-3}
+    }))
+    .unwrap();
+    let accountant = Arc::new(MemoryAccountant::new(scenario.release.total_budget()));
+    let cfg = ScopeConfig {
+        agreement_id: "ag".into(),
+        scenario,
+        tables: vec![TableVersion {
+            spec,
+            version: "v1".into(),
+            unit_unique: true,
+            complete_columns: vec!["pid".into(), "x".into()],
+            column_ranges: vec![("x".into(), 1.0, n as f64)],
+            units: Default::default(),
+            data: TableData::Batches(vec![batch]),
+        }],
+        token_key: TokenKey::new(&[1u8; 32]),
+        memory_limit: 1 << 30,
+    };
+    let scope = DataPlane::new().open(cfg, accountant.clone()).await.unwrap();
+    (scope, accountant)
+}
+
+/// A job that registers row function `name` with bounds `[lo, hi]`, runs
+/// `sql` and emits the Arrow IPC result, or emits `ERR <code> <message>`.
+fn job(funcs: &str, name: &str, lo: f64, hi: f64, sql: &str) -> Vec<u8> {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    wat::parse_str(format!(
+        r#"(module
+  (import "invis_v1" "query" (func $query (param i32 i32) (result i64)))
+  (import "invis_v1" "result_read" (func $result_read (param i32 i32) (result i32)))
+  (import "invis_v1" "error_read" (func $error_read (param i32 i32) (result i32)))
+  (import "invis_v1" "emit" (func $emit (param i32 i32) (result i32)))
+  (import "invis_v1" "udf_register" (func $udf_register (param i32 i32 f64 f64) (result i32)))
+  (memory (export "memory") 4)
+  (global $g (mut f64) (f64.const 0))
+  (data (i32.const 0) "{name}")
+  (data (i32.const 64) "{sql}")
+  (func $fail (param $code i32) (result i32)
+    (local $n i32)
+    (i32.store (i32.const 2048) (i32.const 0x20525245))
+    (local.set $n (call $error_read (i32.const 2052) (i32.const 1000)))
+    (drop (call $emit (i32.const 2048) (i32.add (local.get $n) (i32.const 4))))
+    (i32.const 0))
+  {funcs}
+  (func (export "run") (result i32)
+    (local $r i32) (local $n i64)
+    (local.set $r (call $udf_register (i32.const 0) (i32.const {name_len}) (f64.const {lo}) (f64.const {hi})))
+    (if (i32.ne (local.get $r) (i32.const 0)) (then (return (call $fail (local.get $r)))))
+    (local.set $n (call $query (i32.const 64) (i32.const {sql_len})))
+    (if (i64.lt_s (local.get $n) (i64.const 0)) (then (return (call $fail (i32.wrap_i64 (local.get $n))))))
+    (drop (call $result_read (i32.const 65536) (i32.wrap_i64 (local.get $n))))
+    (drop (call $emit (i32.const 65536) (i32.wrap_i64 (local.get $n))))
+    (i32.const 0)))"#,
+        name = esc(name),
+        sql = esc(sql),
+        name_len = name.len(),
+        sql_len = sql.len(),
+    ))
+    .unwrap()
+}
+
+enum Got {
+    Table(RecordBatch),
+    Refused(String),
+}
+
+fn run_job(bytes: &[u8]) -> (Got, crate::JobOutcome) {
+    let (r, t) = rt();
+    let (scope, _acc) = t.block_on(scope());
+    let input = JobInput {
+        scope: Some(Arc::new(scope)),
+        params: Vec::new(),
+        limits: JobLimits::default(),
+        handle: t.handle().clone(),
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let out = r.run(bytes, input);
+    let bytes = out.result.clone().expect("the job finishes");
+    let got = match bytes.strip_prefix(b"ERR ") {
+        Some(msg) => Got::Refused(String::from_utf8_lossy(msg).into_owned()),
+        None => {
+            let mut reader =
+                sandbox::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+                    .unwrap();
+            Got::Table(reader.next().unwrap().unwrap())
+        }
+    };
+    (got, out)
+}
+
+fn value(b: &RecordBatch, col: usize) -> f64 {
+    let c = b.column(col);
+    if let Some(a) = c.as_any().downcast_ref::<Int64Array>() {
+        return a.value(0) as f64;
+    }
+    c.as_any()
+        .downcast_ref::<sandbox::arrow::array::Float64Array>()
+        .unwrap()
+        .value(0)
+}
+
+const DOUBLE: &str =
+    r#"(func (export "double") (param f64) (result f64) (f64.mul (local.get 0) (f64.const 2)))"#;
+
+#[test]
+fn a_stateless_row_function_feeds_sums() {
+    // Sum of 2x over x = 1..=1000 is 1,001,000 (noise at epsilon 10 is small).
+    let (got, out) = run_job(&job(
+        DOUBLE,
+        "double",
+        0.0,
+        2000.0,
+        "SELECT SUM(double(x)) AS s FROM t",
+    ));
+    let Got::Table(b) = got else { panic!("refused") };
+    let s = value(&b, 0);
+    assert!((s - 1_001_000.0).abs() < 5_000.0, "sum {s}");
+    assert_eq!(out.releases.len(), 1);
+}
+
+#[test]
+fn a_row_function_that_lies_about_its_range_is_clamped() {
+    let big = r#"(func (export "big") (param f64) (result f64) (f64.const 1e12))"#;
+    let (got, _) = run_job(&job(big, "big", 0.0, 1.0, "SELECT SUM(big(x)) AS s FROM t"));
+    let Got::Table(b) = got else { panic!("refused") };
+    let s = value(&b, 0);
+    assert!((s - 1000.0).abs() < 50.0, "clamped sum {s}");
+}
+
+#[test]
+fn a_trap_on_one_row_nulls_that_row_only() {
+    // Traps (unreachable) on rows with x > 900: COUNT of non-null is ~900.
+    let picky = r#"(func (export "picky") (param f64) (result f64)
+        (if (f64.gt (local.get 0) (f64.const 900)) (then unreachable))
+        (local.get 0))"#;
+    let (got, out) = run_job(&job(
+        picky,
+        "picky",
+        0.0,
+        1000.0,
+        "SELECT COUNT(picky(x)) AS n FROM t",
+    ));
+    let Got::Table(b) = got else { panic!("refused") };
+    let n = value(&b, 0);
+    assert!((n - 900.0).abs() < 10.0, "count {n}");
+    assert!(out.result.is_ok());
+}
+
+#[test]
+fn stateful_unbounded_or_host_calling_row_functions_are_refused() {
+    let cases = [
+        (
+            r#"(func (export "f") (param f64) (result f64) (global.set $g (local.get 0)) (global.get $g))"#,
+            "not stateless",
+        ),
+        (
+            r#"(func (export "f") (param f64) (result f64) (f64.store (i32.const 0) (local.get 0)) (local.get 0))"#,
+            "not stateless",
+        ),
+        (
+            r#"(func (export "f") (param f64) (result f64) (loop $l (br $l)) (local.get 0))"#,
+            "a loop",
+        ),
+        (
+            r#"(func $f (export "f") (param f64) (result f64) (call $f (local.get 0)))"#,
+            "recursive",
+        ),
+        (
+            r#"(func (export "f") (param f64) (result f64) (drop (call $emit (i32.const 0) (i32.const 1))) (local.get 0))"#,
+            "calls the host",
+        ),
+        (
+            r#"(func (export "f") (param i32) (result f64) (f64.const 0))"#,
+            "must have type",
+        ),
+        (
+            r#"(func (export "g") (param f64) (result f64) (local.get 0))"#,
+            "exports no function",
+        ),
+    ];
+    for (funcs, why) in cases {
+        let (got, out) = run_job(&job(funcs, "f", 0.0, 1.0, "SELECT SUM(f(x)) AS s FROM t"));
+        let Got::Refused(msg) = got else {
+            panic!("{funcs}: accepted")
+        };
+        assert!(msg.contains(why), "{funcs}: {msg}");
+        assert!(out.releases.is_empty(), "nothing released or charged");
+    }
+}
+
+#[test]
+fn row_functions_cannot_group_filter_or_shadow_builtins() {
+    for (sql, name, why) in [
+        (
+            "SELECT double(x) AS d, COUNT(*) AS n FROM t GROUP BY double(x)",
+            "double",
+            "GROUP BY",
+        ),
+        (
+            "SELECT COUNT(*) AS n FROM t WHERE double(x) > 10",
+            "double",
+            "WHERE",
+        ),
+    ] {
+        let (got, out) = run_job(&job(DOUBLE, name, 0.0, 2000.0, sql));
+        let Got::Refused(msg) = got else {
+            panic!("{sql}: accepted")
+        };
+        assert!(msg.contains(why), "{sql}: {msg}");
+        assert!(out.releases.is_empty());
+    }
+    let sum = r#"(func (export "sum") (param f64) (result f64) (local.get 0))"#;
+    let (got, _) = run_job(&job(sum, "sum", 0.0, 1.0, "SELECT COUNT(*) AS n FROM t"));
+    let Got::Refused(msg) = got else {
+        panic!("shadowing accepted")
+    };
+    assert!(msg.contains("already exists"), "{msg}");
+}
