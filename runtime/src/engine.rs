@@ -4,7 +4,7 @@
 
 use crate::error::JobError;
 use crate::host::{self, HostState, HostStop, Limiter, ABI_MODULE};
-use crate::limits::{JobLimits, MAX_MODULE_BYTES};
+use crate::limits::{JobLimits, MAX_MEMORY_BYTES, MAX_MODULE_BYTES, MAX_TABLE_ELEMENTS};
 use crate::udf::UdfFactory;
 use sandbox::{JobScope, QueryLineage};
 use serde::{Deserialize, Serialize};
@@ -12,12 +12,20 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wasmtime::{Config, Engine, ExternType, Linker, Module, Store, Trap, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+};
 
 /// Wall-clock length of one epoch tick.
 const TICK: Duration = Duration::from_millis(5);
 /// Compiled modules kept in memory.
 const CACHE_ENTRIES: usize = 64;
+/// Jobs running at once; more wait for a slot.
+pub const CONCURRENT_JOBS: usize = 32;
+/// Instances one job may hold: itself, its row-function instance and one
+/// driver per row function.
+const INSTANCES_PER_JOB: usize = 2 + sandbox::udf::MAX_ROW_FUNCTIONS;
 
 /// Facts about an accepted module.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +83,9 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     udf_factory: Arc<UdfFactory>,
-    cache: Mutex<HashMap<String, Module>>,
+    /// Compiled and pre-linked modules by SHA-256.
+    cache: Mutex<HashMap<String, InstancePre<HostState>>>,
+    slots: Slots,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -97,9 +107,22 @@ fn internal(e: impl std::fmt::Display) -> JobError {
 
 impl Runtime {
     /// Builds the engine: fuel metering and epoch interruption on, no
-    /// threads or shared memory, a bounded native stack for guests.
+    /// threads or shared memory, a bounded native stack for guests, and a
+    /// pooling allocator sized for [`CONCURRENT_JOBS`] jobs (instance
+    /// memory is reserved once and reused copy-on-write, which makes a
+    /// cached instantiation take microseconds).
     pub fn new() -> Result<Runtime, JobError> {
+        let mut pool = PoolingAllocationConfig::new();
+        let slots = u32::try_from(CONCURRENT_JOBS * INSTANCES_PER_JOB).unwrap_or(u32::MAX);
+        pool.total_core_instances(slots)
+            .total_memories(slots)
+            .total_tables(slots)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .max_memory_size(MAX_MEMORY_BYTES);
         let mut config = Config::new();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         config.consume_fuel(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(512 << 10);
@@ -126,12 +149,19 @@ impl Runtime {
             linker,
             udf_factory,
             cache: Mutex::new(HashMap::new()),
+            slots: Slots::new(CONCURRENT_JOBS),
             ticker_stop,
         })
     }
 
     /// Validates a module against the ABI and compiles it (cached).
     pub fn load(&self, bytes: &[u8]) -> Result<(ModuleInfo, Module), JobError> {
+        self.prepare(bytes).map(|(info, pre)| (info, pre.module().clone()))
+    }
+
+    /// Like [`Runtime::load`], returning the module linked against the host
+    /// ABI and ready to instantiate.
+    fn prepare(&self, bytes: &[u8]) -> Result<(ModuleInfo, InstancePre<HostState>), JobError> {
         if bytes.len() > MAX_MODULE_BYTES {
             return Err(JobError::InvalidModule(format!(
                 "the module is larger than {MAX_MODULE_BYTES} bytes"
@@ -147,8 +177,8 @@ impl Runtime {
             hash: hash.clone(),
             size: bytes.len() as u64,
         };
-        if let Some(m) = self.cache.lock().ok().and_then(|c| c.get(&hash).cloned()) {
-            return Ok((info, m));
+        if let Some(pre) = self.cache.lock().ok().and_then(|c| c.get(&hash).cloned()) {
+            return Ok((info, pre));
         }
         let module = Module::from_binary(&self.engine, bytes).map_err(|e| {
             JobError::InvalidModule(format!(
@@ -157,13 +187,16 @@ impl Runtime {
             ))
         })?;
         check_interface(&module)?;
+        let pre = self.linker.instantiate_pre(&module).map_err(|e| {
+            JobError::InvalidModule(format!("the module does not link: {}", first_line(&e.to_string())))
+        })?;
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= CACHE_ENTRIES {
                 c.clear();
             }
-            c.insert(hash, module.clone());
+            c.insert(hash, pre.clone());
         }
-        Ok((info, module))
+        Ok((info, pre))
     }
 
     /// Compiled modules currently cached.
@@ -174,10 +207,11 @@ impl Runtime {
     /// Runs a job to completion on the current thread (call it from a
     /// blocking context: queries block on `input.handle`).
     pub fn run(&self, bytes: &[u8], input: JobInput) -> JobOutcome {
+        let _slot = self.slots.acquire();
         let started = Instant::now();
         let mut usage = Usage::default();
-        let module = match self.load(bytes) {
-            Ok((_, m)) => m,
+        let pre = match self.prepare(bytes) {
+            Ok((_, p)) => p,
             Err(e) => {
                 return JobOutcome {
                     result: Err(e),
@@ -218,7 +252,7 @@ impl Runtime {
             host_calls: 0,
             releases: Vec::new(),
             stop: None,
-            module: module.clone(),
+            module: pre.module().clone(),
             bytes: Arc::from(bytes),
             udf_factory: self.udf_factory.clone(),
             udfs: None,
@@ -233,10 +267,7 @@ impl Runtime {
                 input.cancel.clone(),
                 |s: &mut HostState, e| s.stop = Some(e),
             );
-            let instance = self
-                .linker
-                .instantiate(&mut store, &module)
-                .map_err(|e| classify(&store, e))?;
+            let instance = pre.instantiate(&mut store).map_err(|e| classify(&store, e))?;
             let run = instance
                 .get_typed_func::<(), i32>(&mut store, "run")
                 .map_err(|e| JobError::InvalidModule(format!("export `run` must be () -> i32: {e}")))?;
@@ -281,6 +312,39 @@ pub(crate) fn arm_deadline<T: 'static>(
         }
         Ok(UpdateDeadline::Continue(1))
     });
+}
+
+/// A counting semaphore for job slots.
+struct Slots {
+    free: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots {
+            free: Mutex::new(n),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+    fn acquire(&self) -> Slot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut free = self.0.free.lock().unwrap_or_else(|p| p.into_inner());
+        *free += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 fn first_line(s: &str) -> String {

@@ -1,6 +1,6 @@
-//! Invis WASM runtime: runs untrusted job modules under wasmtime with fuel,
-//! a wall-clock deadline (epoch interruption), memory and table caps, and
-//! no WASI: the only imports a job may have are the host ABI in
+//! Invis WASM runtime: runs untrusted job modules under wasmtime (pooling
+//! allocator) with fuel, a wall-clock deadline (epoch interruption), memory
+//! and table caps, and no WASI: the only imports a job may have are the host ABI in
 //! [`host`], whose `query` is backed by a policy-scoped
 //! [`sandbox::JobScope`].
 //!
@@ -15,6 +15,8 @@ mod limits;
 mod tests;
 pub mod udf;
 
-pub use engine::{JobInput, JobOutcome, ModuleInfo, Runtime, Usage};
+pub use engine::{JobInput, JobOutcome, ModuleInfo, Runtime, Usage, CONCURRENT_JOBS};
 pub use error::JobError;
-pub use limits::{JobLimits, MAX_MODULE_BYTES, MAX_PARAMS_BYTES, MAX_SQL_BYTES};
+pub use limits::{
+    JobLimits, MAX_MEMORY_BYTES, MAX_MODULE_BYTES, MAX_PARAMS_BYTES, MAX_SQL_BYTES, MAX_TABLE_ELEMENTS,
+};

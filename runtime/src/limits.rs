@@ -29,6 +29,10 @@ pub struct JobLimits {
     pub query_memory_bytes: u64,
 }
 
+/// Largest linear memory a job may be given, in bytes.
+pub const MAX_MEMORY_BYTES: usize = 4 << 30;
+/// Most table elements a job may be given.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Largest module accepted, in bytes.
 pub const MAX_MODULE_BYTES: usize = 16 << 20;
 /// Longest SQL text accepted by `query`, in bytes.
@@ -58,8 +62,8 @@ impl JobLimits {
         let checks: [(&str, u64, u64); 8] = [
             ("fuel", self.fuel, 100_000_000_000),
             ("timeout_ms", self.timeout_ms, 600_000),
-            ("memory_bytes", self.memory_bytes, 4 << 30),
-            ("table_elements", u64::from(self.table_elements), 1_000_000),
+            ("memory_bytes", self.memory_bytes, MAX_MEMORY_BYTES as u64),
+            ("table_elements", u64::from(self.table_elements), MAX_TABLE_ELEMENTS as u64),
             ("output_bytes", self.output_bytes, 64 << 20),
             ("log_messages", u64::from(self.log_messages), 10_000),
             ("host_calls", u64::from(self.host_calls), 1_000_000),

@@ -4,7 +4,9 @@
 //! (`invis_v1`). This crate wraps the ABI: [`query`] returns a typed
 //! [`Table`] of protected aggregates (decoded from the Arrow IPC the host
 //! sends), [`emit`] appends to the job's result, [`log`] writes a bounded
-//! diagnostic, [`params`] reads the job's parameters.
+//! diagnostic, [`params`] reads the job's parameters, and
+//! [`register_row_function`] lets queries call one of the job's own
+//! functions on each row (its result feeds aggregates only).
 //!
 //! ```no_run
 //! fn main() -> Result<(), invis::Error> {
@@ -96,6 +98,7 @@ mod sys {
         pub fn log(ptr: i32, len: i32) -> i32;
         pub fn params_len() -> i32;
         pub fn params_read(ptr: i32, len: i32) -> i32;
+        pub fn udf_register(name_ptr: i32, name_len: i32, lo: f64, hi: f64) -> i32;
     }
 }
 
@@ -122,6 +125,9 @@ mod sys {
     }
     pub unsafe fn params_read(_: i32, _: i32) -> i32 {
         0
+    }
+    pub unsafe fn udf_register(_: i32, _: i32, _: f64, _: f64) -> i32 {
+        super::code::ACCESS_CLOSED
     }
 }
 
@@ -204,6 +210,34 @@ pub fn params() -> Vec<u8> {
     let got = unsafe { sys::params_read(buf.as_mut_ptr() as i32, buf.len() as i32) };
     buf.truncate(if got < 0 { 0 } else { got as usize });
     buf
+}
+
+/// Makes the exported function `name` callable in this job's queries as a
+/// row function: DataFusion calls it on each row's (desensitized) values
+/// inside the platform, and its result may only feed COUNT, SUM or AVG,
+/// clamped to `[lo, hi]`.
+///
+/// The function must be exported with `#[no_mangle] pub extern "C"`, take
+/// 1 to 8 `f64` and return `f64` (`NaN` is null both ways), and be
+/// stateless: no writes to memory or globals, no loops, no recursion, no
+/// host calls. Plain arithmetic, comparisons and `f64` methods qualify. A
+/// trap on one row makes that row's value null.
+///
+/// ```no_run
+/// #[no_mangle]
+/// pub extern "C" fn coverage(insured: f64, employees: f64) -> f64 {
+///     if employees > 0.0 { (insured / employees).min(1.0) } else { f64::NAN }
+/// }
+/// invis::register_row_function("coverage", 0.0, 1.0).unwrap();
+/// ```
+pub fn register_row_function(name: &str, lo: f64, hi: f64) -> Result<(), Error> {
+    // SAFETY: the pointer and length describe `name`.
+    let r = unsafe { sys::udf_register(name.as_ptr() as i32, name.len() as i32, lo, hi) };
+    if r < 0 {
+        Err(last_error(r))
+    } else {
+        Ok(())
+    }
 }
 
 /// Defines the exported `run` entry point from a function returning

@@ -259,3 +259,11 @@ fn row_functions_cannot_group_filter_or_shadow_builtins() {
     };
     assert!(msg.contains("already exists"), "{msg}");
 }
+
+#[test]
+fn the_insurer_example_row_function_is_stateless() {
+    let bytes = include_bytes!("../../jobs/insurer_risk/job.wasm");
+    assert_eq!(crate::udf::check_stateless(bytes, "coverage"), Ok(2));
+    // `run` writes memory and loops: it could never be a row function.
+    assert!(crate::udf::check_stateless(bytes, "run").is_err());
+}
