@@ -145,6 +145,7 @@ pub fn router(state: AppState) -> Router {
     let developer = Router::new()
         .route("/scenarios", get(developer::list_scenarios))
         .route("/scenarios/{id}", get(developer::scenario))
+        .route("/scenarios/{id}/bundle", get(developer::scenario_bundle))
         .route(
             "/applications",
             post(developer::apply).get(developer::list_applications),

@@ -15,6 +15,7 @@ pub mod error;
 pub mod jobs;
 pub mod keys;
 pub mod ledger;
+pub mod local;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -123,6 +123,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a job on the scenario's synthetic sample data, here, with the
+    /// platform's runtime, policy and privacy mechanism, and print what it
+    /// would emit. No server and no real data are needed.
+    RunLocal {
+        /// The job module (.wasm).
+        job: PathBuf,
+        /// A scenario bundle file (from
+        /// `GET /v1/developer/scenarios/{id}/bundle`), or a scenario id whose
+        /// bundle is fetched from --server with INVIS_TOKEN.
+        #[arg(long)]
+        scenario: String,
+        /// Platform to fetch a bundle from.
+        #[arg(long, env = "INVIS_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Synthetic rows per dataset.
+        #[arg(long, default_value_t = 10_000)]
+        rows: usize,
+        /// Job parameters (text).
+        #[arg(long, default_value = "")]
+        params: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify a release receipt offline: the entry, its inclusion proof and
     /// the signed checkpoint, and optionally the released bytes.
     VerifyReceipt {
@@ -327,6 +351,25 @@ async fn main() -> Result<()> {
             output,
             json,
         } => verify_receipt(&receipt, public_key.as_deref(), output.as_deref(), json),
+        Command::RunLocal {
+            job,
+            scenario,
+            server,
+            rows,
+            params,
+            json,
+        } => {
+            let code = gateway::local::run(gateway::local::LocalRun {
+                job,
+                scenario,
+                server,
+                rows,
+                params: params.into_bytes(),
+                json,
+            })
+            .await?;
+            std::process::exit(code)
+        }
         Command::Backup { data_dir, out } => {
             let m = gateway::backup::backup(&data_dir, &out)?;
             println!(

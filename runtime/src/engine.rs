@@ -156,7 +156,8 @@ impl Runtime {
 
     /// Validates a module against the ABI and compiles it (cached).
     pub fn load(&self, bytes: &[u8]) -> Result<(ModuleInfo, Module), JobError> {
-        self.prepare(bytes).map(|(info, pre)| (info, pre.module().clone()))
+        self.prepare(bytes)
+            .map(|(info, pre)| (info, pre.module().clone()))
     }
 
     /// Like [`Runtime::load`], returning the module linked against the host
@@ -188,7 +189,10 @@ impl Runtime {
         })?;
         check_interface(&module)?;
         let pre = self.linker.instantiate_pre(&module).map_err(|e| {
-            JobError::InvalidModule(format!("the module does not link: {}", first_line(&e.to_string())))
+            JobError::InvalidModule(format!(
+                "the module does not link: {}",
+                first_line(&e.to_string())
+            ))
         })?;
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= CACHE_ENTRIES {

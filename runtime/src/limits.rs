@@ -63,7 +63,11 @@ impl JobLimits {
             ("fuel", self.fuel, 100_000_000_000),
             ("timeout_ms", self.timeout_ms, 600_000),
             ("memory_bytes", self.memory_bytes, MAX_MEMORY_BYTES as u64),
-            ("table_elements", u64::from(self.table_elements), MAX_TABLE_ELEMENTS as u64),
+            (
+                "table_elements",
+                u64::from(self.table_elements),
+                MAX_TABLE_ELEMENTS as u64,
+            ),
             ("output_bytes", self.output_bytes, 64 << 20),
             ("log_messages", u64::from(self.log_messages), 10_000),
             ("host_calls", u64::from(self.host_calls), 1_000_000),

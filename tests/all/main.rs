@@ -2,6 +2,7 @@
 //! drives it over HTTP as the four roles would. One test binary, one module
 //! per area.
 
+mod examples;
 mod fixture;
 mod ledger;
 mod refusals;

@@ -50,6 +50,27 @@ pub(crate) async fn scenario(
     Ok(Json(sc))
 }
 
+/// The scenario's local-run bundle: the scenario and its datasets'
+/// schemas, rules and domains, without paths or data (see
+/// [`crate::local`]).
+pub(crate) async fn scenario_bundle(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<crate::local::Bundle>> {
+    actor.require(Role::Developer)?;
+    let s = st.clone();
+    let (sc, datasets) = blocking(move || {
+        let sc: Option<Scenario> = s.store.get(Table::Scenarios, &id)?;
+        Ok((sc, super::current_datasets(&s)?))
+    })
+    .await?;
+    let sc = sc
+        .filter(|s| s.status == ScenarioStatus::Approved)
+        .ok_or_else(|| not_found("approved scenario", ""))?;
+    Ok(Json(crate::local::bundle(&sc.id, &sc.spec, &datasets)))
+}
+
 /// An application request.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
