@@ -407,6 +407,7 @@ async fn run(
                 limits,
                 handle,
                 cancel,
+                module_hash: Some(job.module_hash.clone()),
             };
             tokio::task::spawn_blocking(move || rt.run(&bytes, input))
                 .await

@@ -85,6 +85,17 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Time the WASM runtime: cold compile, cached instantiation, a trivial
+    /// job end to end, and a row function against the same native
+    /// expression.
+    BenchRuntime {
+        /// Rows the row function is evaluated on.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Timed runs per query (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        iterations: usize,
+    },
     /// Administration.
     Admin {
         #[command(subcommand)]
@@ -351,6 +362,7 @@ async fn main() -> Result<()> {
             output,
             json,
         } => verify_receipt(&receipt, public_key.as_deref(), output.as_deref(), json),
+        Command::BenchRuntime { rows, iterations } => gateway::bench::runtime::run(rows, iterations).await,
         Command::RunLocal {
             job,
             scenario,

@@ -3,7 +3,7 @@
 //! are accepted, compiled once and cached by content hash.
 
 use crate::error::JobError;
-use crate::host::{self, HostState, HostStop, Limiter, ABI_MODULE};
+use crate::host::{self, HostState, HostStop, ABI_MODULE};
 use crate::limits::{JobLimits, MAX_MEMORY_BYTES, MAX_MODULE_BYTES, MAX_TABLE_ELEMENTS};
 use crate::udf::UdfFactory;
 use sandbox::{JobScope, QueryLineage};
@@ -76,6 +76,9 @@ pub struct JobInput {
     pub handle: tokio::runtime::Handle,
     /// Set to stop the job at its next tick or host call.
     pub cancel: Arc<AtomicBool>,
+    /// The module's SHA-256 (hex) when the caller already knows it: a
+    /// cached module then starts without hashing the bytes again.
+    pub module_hash: Option<String>,
 }
 
 /// The WASM runtime.
@@ -84,7 +87,7 @@ pub struct Runtime {
     linker: Linker<HostState>,
     udf_factory: Arc<UdfFactory>,
     /// Compiled and pre-linked modules by SHA-256.
-    cache: Mutex<HashMap<String, InstancePre<HostState>>>,
+    cache: Mutex<HashMap<String, Prepared>>,
     slots: Slots,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -157,12 +160,16 @@ impl Runtime {
     /// Validates a module against the ABI and compiles it (cached).
     pub fn load(&self, bytes: &[u8]) -> Result<(ModuleInfo, Module), JobError> {
         self.prepare(bytes)
-            .map(|(info, pre)| (info, pre.module().clone()))
+            .map(|(info, p)| (info, p.pre.module().clone()))
+    }
+
+    fn cached(&self, hash: &str) -> Option<Prepared> {
+        self.cache.lock().ok().and_then(|c| c.get(hash).cloned())
     }
 
     /// Like [`Runtime::load`], returning the module linked against the host
     /// ABI and ready to instantiate.
-    fn prepare(&self, bytes: &[u8]) -> Result<(ModuleInfo, InstancePre<HostState>), JobError> {
+    fn prepare(&self, bytes: &[u8]) -> Result<(ModuleInfo, Prepared), JobError> {
         if bytes.len() > MAX_MODULE_BYTES {
             return Err(JobError::InvalidModule(format!(
                 "the module is larger than {MAX_MODULE_BYTES} bytes"
@@ -178,8 +185,8 @@ impl Runtime {
             hash: hash.clone(),
             size: bytes.len() as u64,
         };
-        if let Some(pre) = self.cache.lock().ok().and_then(|c| c.get(&hash).cloned()) {
-            return Ok((info, pre));
+        if let Some(p) = self.cached(&hash) {
+            return Ok((info, p));
         }
         let module = Module::from_binary(&self.engine, bytes).map_err(|e| {
             JobError::InvalidModule(format!(
@@ -194,13 +201,64 @@ impl Runtime {
                 first_line(&e.to_string())
             ))
         })?;
+        let p = Prepared {
+            pre,
+            bytes: Arc::from(bytes),
+        };
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= CACHE_ENTRIES {
                 c.clear();
             }
-            c.insert(hash, pre.clone());
+            c.insert(hash, p.clone());
         }
-        Ok((info, pre))
+        Ok((info, p))
+    }
+
+    /// Instantiates a cached module in a fresh store with default limits
+    /// and drops it, without running anything: the per-job set-up cost,
+    /// for benchmarks and health checks.
+    pub fn instantiate_only(&self, hash: &str) -> Result<(), JobError> {
+        let p = self
+            .cached(hash)
+            .ok_or_else(|| JobError::InvalidModule(format!("module {hash} is not loaded")))?;
+        let limits = JobLimits::default();
+        let state = HostState::new(
+            limits,
+            None,
+            tokio::runtime::Handle::try_current().map_err(internal)?,
+            Instant::now() + Duration::from_millis(limits.timeout_ms),
+            Arc::new(AtomicBool::new(false)),
+            Vec::new(),
+            &p,
+            self.udf_factory.clone(),
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_fuel(limits.fuel).map_err(internal)?;
+        p.pre.instantiate(&mut store).map_err(|e| classify(&store, e))?;
+        Ok(())
+    }
+
+    /// Export `name` of a module as a row function outside any job (for
+    /// benchmarks): the same checks, second instance and driver as
+    /// `udf_register`.
+    pub fn row_function(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        bounds: (f64, f64),
+    ) -> Result<Arc<dyn sandbox::udf::RowFunction>, JobError> {
+        let (_, p) = self.prepare(bytes)?;
+        let host = Arc::new(crate::udf::UdfHost::new(
+            self.udf_factory.clone(),
+            p.pre.module().clone(),
+            p.bytes.clone(),
+            MAX_MEMORY_BYTES,
+            Instant::now() + Duration::from_secs(3600),
+            Arc::new(AtomicBool::new(false)),
+        )?);
+        let f = host.add(name, bounds).map_err(JobError::InvalidModule)?;
+        Ok(Arc::new(f))
     }
 
     /// Compiled modules currently cached.
@@ -214,8 +272,9 @@ impl Runtime {
         let _slot = self.slots.acquire();
         let started = Instant::now();
         let mut usage = Usage::default();
-        let pre = match self.prepare(bytes) {
-            Ok((_, p)) => p,
+        let known = input.module_hash.as_deref().and_then(|h| self.cached(h));
+        let prepared = match known.map(Ok).unwrap_or_else(|| self.prepare(bytes).map(|(_, p)| p)) {
+            Ok(p) => p,
             Err(e) => {
                 return JobOutcome {
                     result: Err(e),
@@ -235,32 +294,16 @@ impl Runtime {
         }
         let limits = input.limits;
         let deadline = started + Duration::from_millis(limits.timeout_ms);
-        let state = HostState {
-            limiter: Limiter {
-                memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
-                table_elements: limits.table_elements as usize,
-                peak_memory: 0,
-                hit: false,
-                instances: 1,
-            },
+        let state = HostState::new(
             limits,
-            scope: input.scope,
-            handle: input.handle,
+            input.scope,
+            input.handle,
             deadline,
-            cancel: input.cancel.clone(),
-            params: input.params,
-            pending: None,
-            last_error: String::new(),
-            output: Vec::new(),
-            logs: Vec::new(),
-            host_calls: 0,
-            releases: Vec::new(),
-            stop: None,
-            module: pre.module().clone(),
-            bytes: Arc::from(bytes),
-            udf_factory: self.udf_factory.clone(),
-            udfs: None,
-        };
+            input.cancel.clone(),
+            input.params,
+            &prepared,
+            self.udf_factory.clone(),
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let result = (|| -> Result<(), JobError> {
@@ -271,7 +314,7 @@ impl Runtime {
                 input.cancel.clone(),
                 |s: &mut HostState, e| s.stop = Some(e),
             );
-            let instance = pre.instantiate(&mut store).map_err(|e| classify(&store, e))?;
+            let instance = prepared.pre.instantiate(&mut store).map_err(|e| classify(&store, e))?;
             let run = instance
                 .get_typed_func::<(), i32>(&mut store, "run")
                 .map_err(|e| JobError::InvalidModule(format!("export `run` must be () -> i32: {e}")))?;
@@ -316,6 +359,14 @@ pub(crate) fn arm_deadline<T: 'static>(
         }
         Ok(UpdateDeadline::Continue(1))
     });
+}
+
+/// A compiled module linked against the host ABI, with its bytes (which
+/// row functions analyse).
+#[derive(Clone)]
+pub(crate) struct Prepared {
+    pub(crate) pre: InstancePre<HostState>,
+    pub(crate) bytes: Arc<[u8]>,
 }
 
 /// A counting semaphore for job slots.

@@ -137,6 +137,48 @@ pub(crate) struct HostState {
     pub udfs: Option<Arc<UdfHost>>,
 }
 
+impl HostState {
+    /// The state of a job about to start.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        limits: JobLimits,
+        scope: Option<Arc<JobScope>>,
+        handle: tokio::runtime::Handle,
+        deadline: Instant,
+        cancel: Arc<AtomicBool>,
+        params: Vec<u8>,
+        module: &crate::engine::Prepared,
+        udf_factory: Arc<UdfFactory>,
+    ) -> HostState {
+        HostState {
+            limiter: Limiter {
+                memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+                table_elements: limits.table_elements as usize,
+                peak_memory: 0,
+                hit: false,
+                instances: 1,
+            },
+            limits,
+            scope,
+            handle,
+            deadline,
+            cancel,
+            params,
+            pending: None,
+            last_error: String::new(),
+            output: Vec::new(),
+            logs: Vec::new(),
+            host_calls: 0,
+            releases: Vec::new(),
+            stop: None,
+            module: module.pre.module().clone(),
+            bytes: module.bytes.clone(),
+            udf_factory,
+            udfs: None,
+        }
+    }
+}
+
 type C<'a> = Caller<'a, HostState>;
 
 fn memory_range(caller: &mut C<'_>, ptr: i32, len: i32) -> Option<(wasmtime::Memory, usize, usize)> {

@@ -24,6 +24,7 @@ fn input(tokio: &tokio::runtime::Runtime, limits: JobLimits) -> JobInput {
         limits,
         handle: tokio.handle().clone(),
         cancel: Arc::new(AtomicBool::new(false)),
+        module_hash: None,
     }
 }
 

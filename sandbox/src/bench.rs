@@ -254,3 +254,66 @@ pub async fn accuracy(
     }
     Ok(rows)
 }
+
+/// Times `SELECT SUM(f(insured, employees))` with a two-argument row
+/// function against `SELECT SUM(native)` over `rows` synthetic rows
+/// (`insured` in 0..=150, `employees` in 0..=200); returns the median of
+/// each after a warm-up, and fails if the two sums differ.
+pub async fn row_function_vs_native(
+    f: Arc<dyn crate::udf::RowFunction>,
+    native: &str,
+    rows: usize,
+    iterations: usize,
+) -> Result<(std::time::Duration, std::time::Duration)> {
+    use datafusion::arrow::array::{Array, Float64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let mut g = crate::sample::SplitMix64(42);
+    let insured: Float64Array = (0..rows).map(|_| Some(g.below(151) as f64)).collect();
+    let employees: Float64Array = (0..rows).map(|_| Some(g.below(201) as f64)).collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("insured", DataType::Float64, true),
+        Field::new("employees", DataType::Float64, true),
+    ]));
+    let batch = RecordBatch::try_new(schema, vec![Arc::new(insured), Arc::new(employees)])?;
+    let ctx = SessionContext::new();
+    ctx.register_batch("t", batch)?;
+    let name = f.name().to_string();
+    ctx.register_udf(crate::udf::scalar_udf(f));
+    let queries = [
+        format!("SELECT SUM({name}(insured, employees)) AS s FROM t"),
+        format!("SELECT SUM({native}) AS s FROM t"),
+    ];
+    let mut times = [Vec::new(), Vec::new()];
+    let mut sums = [None, None];
+    for _ in 0..=iterations.max(1) {
+        for (i, sql) in queries.iter().enumerate() {
+            let t = Instant::now();
+            let out = ctx.sql(sql).await?.collect().await?;
+            let d = t.elapsed();
+            let v = out.first().and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .filter(|a| !a.is_null(0))
+                    .map(|a| a.value(0))
+            });
+            if let (Some(slot), Some(sum)) = (times.get_mut(i), sums.get_mut(i)) {
+                slot.push(d);
+                *sum = v;
+            }
+        }
+    }
+    if let [Some(a), Some(b)] = sums {
+        if (a - b).abs() > 1e-6 * b.abs().max(1.0) {
+            return Err(Error::Internal(format!(
+                "the row function and the native expression disagree: {a} vs {b}"
+            )));
+        }
+    }
+    let [wasm, native] = times.map(|mut v| {
+        v.remove(0); // warm-up
+        v.sort();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    });
+    Ok((wasm, native))
+}

@@ -137,3 +137,9 @@ impl ScalarUDFImpl for GuestUdf {
         Ok(ColumnarValue::Array(Arc::new(array)))
     }
 }
+
+/// A row function as a DataFusion scalar function, for benchmarks that
+/// compare it with a native expression outside any job scope.
+pub fn scalar_udf(f: Arc<dyn RowFunction>) -> datafusion::logical_expr::ScalarUDF {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(GuestUdf::new(f))
+}

@@ -116,6 +116,7 @@ fn run_job(bytes: &[u8]) -> (Got, crate::JobOutcome) {
         limits: JobLimits::default(),
         handle: t.handle().clone(),
         cancel: Arc::new(AtomicBool::new(false)),
+        module_hash: None,
     };
     let out = r.run(bytes, input);
     let bytes = out.result.clone().expect("the job finishes");
