@@ -222,16 +222,16 @@ impl Runtime {
             .cached(hash)
             .ok_or_else(|| JobError::InvalidModule(format!("module {hash} is not loaded")))?;
         let limits = JobLimits::default();
-        let state = HostState::new(
+        let input = JobInput {
+            scope: None,
+            params: Vec::new(),
             limits,
-            None,
-            tokio::runtime::Handle::try_current().map_err(internal)?,
-            Instant::now() + Duration::from_millis(limits.timeout_ms),
-            Arc::new(AtomicBool::new(false)),
-            Vec::new(),
-            &p,
-            self.udf_factory.clone(),
-        );
+            handle: tokio::runtime::Handle::try_current().map_err(internal)?,
+            cancel: Arc::new(AtomicBool::new(false)),
+            module_hash: None,
+        };
+        let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
+        let state = HostState::new(input, deadline, &p, self.udf_factory.clone());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_fuel(limits.fuel).map_err(internal)?;
@@ -273,7 +273,10 @@ impl Runtime {
         let started = Instant::now();
         let mut usage = Usage::default();
         let known = input.module_hash.as_deref().and_then(|h| self.cached(h));
-        let prepared = match known.map(Ok).unwrap_or_else(|| self.prepare(bytes).map(|(_, p)| p)) {
+        let prepared = match known
+            .map(Ok)
+            .unwrap_or_else(|| self.prepare(bytes).map(|(_, p)| p))
+        {
             Ok(p) => p,
             Err(e) => {
                 return JobOutcome {
@@ -294,27 +297,19 @@ impl Runtime {
         }
         let limits = input.limits;
         let deadline = started + Duration::from_millis(limits.timeout_ms);
-        let state = HostState::new(
-            limits,
-            input.scope,
-            input.handle,
-            deadline,
-            input.cancel.clone(),
-            input.params,
-            &prepared,
-            self.udf_factory.clone(),
-        );
+        let cancel = input.cancel.clone();
+        let state = HostState::new(input, deadline, &prepared, self.udf_factory.clone());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let result = (|| -> Result<(), JobError> {
             store.set_fuel(limits.fuel).map_err(internal)?;
-            arm_deadline(
-                &mut store,
-                deadline,
-                input.cancel.clone(),
-                |s: &mut HostState, e| s.stop = Some(e),
-            );
-            let instance = prepared.pre.instantiate(&mut store).map_err(|e| classify(&store, e))?;
+            arm_deadline(&mut store, deadline, cancel.clone(), |s: &mut HostState, e| {
+                s.stop = Some(e)
+            });
+            let instance = prepared
+                .pre
+                .instantiate(&mut store)
+                .map_err(|e| classify(&store, e))?;
             let run = instance
                 .get_typed_func::<(), i32>(&mut store, "run")
                 .map_err(|e| JobError::InvalidModule(format!("export `run` must be () -> i32: {e}")))?;

@@ -139,17 +139,13 @@ pub(crate) struct HostState {
 
 impl HostState {
     /// The state of a job about to start.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        limits: JobLimits,
-        scope: Option<Arc<JobScope>>,
-        handle: tokio::runtime::Handle,
+        input: crate::JobInput,
         deadline: Instant,
-        cancel: Arc<AtomicBool>,
-        params: Vec<u8>,
         module: &crate::engine::Prepared,
         udf_factory: Arc<UdfFactory>,
     ) -> HostState {
+        let limits = input.limits;
         HostState {
             limiter: Limiter {
                 memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
@@ -159,11 +155,11 @@ impl HostState {
                 instances: 1,
             },
             limits,
-            scope,
-            handle,
+            scope: input.scope,
+            handle: input.handle,
             deadline,
-            cancel,
-            params,
+            cancel: input.cancel,
+            params: input.params,
             pending: None,
             last_error: String::new(),
             output: Vec::new(),

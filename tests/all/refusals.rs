@@ -330,3 +330,61 @@ fn hostile_jobs_are_stopped_and_the_server_keeps_serving() {
     assert_eq!(ok["status"], "succeeded", "{ok}");
     assert_healthy(&w);
 }
+
+/// A job that receives one protected result and then misbehaves is charged
+/// for that one result, releases nothing, and the server keeps serving.
+#[test]
+fn hostile_jobs_after_a_query_are_charged_only_for_what_they_received() {
+    let w = world(500, 10.0, &["--job-fuel", "200000000"]);
+    let sql = "SELECT COUNT(*) AS n FROM enterprise_register";
+    let then = |hostile: &str| {
+        wat(&format!(
+            r#"(module
+  (import "invis_v1" "query" (func $query (param i32 i32) (result i64)))
+  (import "invis_v1" "emit" (func $emit (param i32 i32) (result i32)))
+  (import "invis_v1" "log" (func $log (param i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 0) "{sql}")
+  (func (export "run") (result i32)
+    (if (i64.lt_s (call $query (i32.const 0) (i32.const {len})) (i64.const 0)) (then (return (i32.const 9))))
+    {hostile}
+    (i32.const 0)))"#,
+            len = sql.len()
+        ))
+    };
+    let cases = [
+        // Output past the 1 MiB cap, 64 KiB at a time.
+        (
+            "(loop $l (drop (call $emit (i32.const 0) (i32.const 65536))) (br $l))",
+            "limit_exceeded",
+        ),
+        // A flood of host calls.
+        (
+            "(loop $l (drop (call $log (i32.const 0) (i32.const 1))) (br $l))",
+            "limit_exceeded",
+        ),
+        ("(unreachable)", "guest_trap"),
+    ];
+    for (i, (hostile, kind)) in cases.iter().enumerate() {
+        let job = w.run(&then(hostile));
+        assert_eq!(job["status"], "failed", "{job}");
+        assert_eq!(job["error"]["kind"], *kind, "{job}");
+        let id = job["id"].as_str().unwrap();
+        assert_ne!(
+            w.developer.get(&format!("/v1/developer/jobs/{id}/output")).status,
+            200,
+            "a failed job releases no output"
+        );
+        let releases = w.server.regulator.get("/v1/regulator/releases").ok();
+        assert!(
+            !releases.to_string().contains(id),
+            "no release entry for a failed job"
+        );
+        let spent = w.spent();
+        assert!(
+            (spent - (i + 1) as f64).abs() < 1e-9,
+            "charged exactly the one query it received: {spent}"
+        );
+    }
+    assert_healthy(&w);
+}

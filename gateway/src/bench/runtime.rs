@@ -97,9 +97,19 @@ pub async fn run(rows: usize, iterations: usize) -> Result<()> {
     println!("invis bench-runtime (medians; this machine)");
     println!("| measure | value |");
     println!("|---|---|");
-    println!("| cold compile of the bank job ({} KiB) | {} |", BANK.len() / 1024, ms(median(compile)));
-    println!("| cached instantiation (pooling allocator) | {} (target <= 100 us) |", us(median(inst)));
-    println!("| trivial job end to end in process | {} |", us(median(trivial_times)));
+    println!(
+        "| cold compile of the bank job ({} KiB) | {} |",
+        BANK.len() / 1024,
+        ms(median(compile))
+    );
+    println!(
+        "| cached instantiation (pooling allocator) | {} (target <= 100 us) |",
+        us(median(inst))
+    );
+    println!(
+        "| trivial job end to end in process | {} |",
+        us(median(trivial_times))
+    );
     println!("| SUM(row function) over {rows} rows, WASM | {} |", ms(wasm));
     println!("| same function as a native expression | {} |", ms(native));
     println!(
