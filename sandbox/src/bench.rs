@@ -33,7 +33,8 @@ fn unlimited_budget() -> Budget {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (`NaN` when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -258,13 +259,13 @@ pub async fn accuracy(
 /// Times `SELECT SUM(f(insured, employees))` with a two-argument row
 /// function against `SELECT SUM(native)` over `rows` synthetic rows
 /// (`insured` in 0..=150, `employees` in 0..=200); returns the median of
-/// each after a warm-up, and fails if the two sums differ.
+/// each in seconds after a warm-up, and fails if the two sums differ.
 pub async fn row_function_vs_native(
     f: Arc<dyn crate::udf::RowFunction>,
     native: &str,
     rows: usize,
     iterations: usize,
-) -> Result<(std::time::Duration, std::time::Duration)> {
+) -> Result<(f64, f64)> {
     use datafusion::arrow::array::{Array, Float64Array, RecordBatch};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     let mut g = crate::sample::SplitMix64(42);
@@ -289,7 +290,7 @@ pub async fn row_function_vs_native(
         for (i, sql) in queries.iter().enumerate() {
             let t = Instant::now();
             let out = ctx.sql(sql).await?.collect().await?;
-            let d = t.elapsed();
+            let d = t.elapsed().as_secs_f64();
             let v = out.first().and_then(|b| {
                 b.column(0)
                     .as_any()
@@ -312,8 +313,7 @@ pub async fn row_function_vs_native(
     }
     let [wasm, native] = times.map(|mut v| {
         v.remove(0); // warm-up
-        v.sort();
-        v.get(v.len() / 2).copied().unwrap_or_default()
+        median(v)
     });
     Ok((wasm, native))
 }

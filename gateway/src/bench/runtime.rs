@@ -5,24 +5,20 @@
 
 use anyhow::{anyhow, Result};
 use runtime::{JobInput, JobLimits, Runtime};
+use sandbox::bench::median;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const BANK: &[u8] = include_bytes!("../../../runtime/jobs/bank_credit/job.wasm");
 const INSURER: &[u8] = include_bytes!("../../../runtime/jobs/insurer_risk/job.wasm");
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
+fn us(seconds: f64) -> String {
+    format!("{:.1} us", seconds * 1e6)
 }
 
-fn us(d: Duration) -> String {
-    format!("{:.1} us", d.as_secs_f64() * 1e6)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+fn ms(seconds: f64) -> String {
+    format!("{:.2} ms", seconds * 1e3)
 }
 
 /// A trivial job: emits two bytes and returns.
@@ -47,7 +43,7 @@ pub async fn run(rows: usize, iterations: usize) -> Result<()> {
         let rt = Runtime::new()?;
         let t = Instant::now();
         rt.load(BANK)?;
-        compile.push(t.elapsed());
+        compile.push(t.elapsed().as_secs_f64());
     }
 
     // 2. Cached instantiation of the same module.
@@ -58,7 +54,7 @@ pub async fn run(rows: usize, iterations: usize) -> Result<()> {
     for _ in 0..1000 {
         let t = Instant::now();
         rt.instantiate_only(&bank_hash)?;
-        inst.push(t.elapsed());
+        inst.push(t.elapsed().as_secs_f64());
     }
 
     // 3. A trivial job end to end (store, instance, run, output).
@@ -67,7 +63,7 @@ pub async fn run(rows: usize, iterations: usize) -> Result<()> {
     let module_hash = hash(&module);
     let handle = tokio::runtime::Handle::current();
     let (r2, m2, h2) = (rt.clone(), module.clone(), handle.clone());
-    let trivial_times = tokio::task::spawn_blocking(move || -> Result<Vec<Duration>> {
+    let trivial_times = tokio::task::spawn_blocking(move || -> Result<Vec<f64>> {
         let mut v = Vec::new();
         for _ in 0..1000 {
             let input = JobInput {
@@ -80,7 +76,7 @@ pub async fn run(rows: usize, iterations: usize) -> Result<()> {
             };
             let t = Instant::now();
             let out = r2.run(&m2, input);
-            v.push(t.elapsed());
+            v.push(t.elapsed().as_secs_f64());
             if out.result.as_deref() != Ok(b"ok".as_slice()) {
                 return Err(anyhow!("the trivial job failed: {:?}", out.result));
             }
@@ -114,7 +110,7 @@ pub async fn run(rows: usize, iterations: usize) -> Result<()> {
     println!("| same function as a native expression | {} |", ms(native));
     println!(
         "| WASM / native | {:.2}x (target <= 2x) |",
-        wasm.as_secs_f64() / native.as_secs_f64().max(1e-9)
+        wasm / native.max(1e-9)
     );
     Ok(())
 }
