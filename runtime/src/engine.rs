@@ -251,8 +251,7 @@ impl Runtime {
         let (_, p) = self.prepare(bytes)?;
         let host = Arc::new(crate::udf::UdfHost::new(
             self.udf_factory.clone(),
-            p.pre.module().clone(),
-            p.bytes.clone(),
+            &p,
             MAX_MEMORY_BYTES,
             Instant::now() + Duration::from_secs(3600),
             Arc::new(AtomicBool::new(false)),

@@ -130,8 +130,7 @@ pub(crate) struct HostState {
     pub stop: Option<JobError>,
     /// The job's module and its bytes, for a second instance that runs
     /// row functions.
-    pub module: wasmtime::Module,
-    pub bytes: Arc<[u8]>,
+    pub module: crate::engine::Prepared,
     pub udf_factory: Arc<UdfFactory>,
     /// Created at the first `udf_register`.
     pub udfs: Option<Arc<UdfHost>>,
@@ -167,8 +166,7 @@ impl HostState {
             host_calls: 0,
             releases: Vec::new(),
             stop: None,
-            module: module.pre.module().clone(),
-            bytes: module.bytes.clone(),
+            module: module.clone(),
             udf_factory,
             udfs: None,
         }
@@ -472,8 +470,7 @@ fn host_udf_register(mut caller: C<'_>, ptr: i32, len: i32, lo: f64, hi: f64) ->
             let st = caller.data();
             let made = UdfHost::new(
                 st.udf_factory.clone(),
-                st.module.clone(),
-                st.bytes.clone(),
+                &st.module,
                 st.limiter.memory_bytes,
                 st.deadline,
                 st.cancel.clone(),

@@ -320,8 +320,7 @@ impl UdfHost {
     /// trap, the job's memory cap, and the job's deadline and cancel flag.
     pub(crate) fn new(
         factory: Arc<UdfFactory>,
-        module: Module,
-        bytes: Arc<[u8]>,
+        module: &crate::engine::Prepared,
         memory_bytes: usize,
         deadline: Instant,
         cancel: Arc<AtomicBool>,
@@ -346,15 +345,18 @@ impl UdfHost {
         crate::engine::arm_deadline(&mut store, deadline, cancel, |s: &mut UdfState, e| {
             s.stop = Some(e)
         });
-        let instance = factory.linker.instantiate(&mut store, &module).map_err(|e| {
-            JobError::GuestTrap(format!(
-                "the module could not be instantiated for row functions: {}",
-                e.to_string().lines().next().unwrap_or("")
-            ))
-        })?;
+        let instance = factory
+            .linker
+            .instantiate(&mut store, module.pre.module())
+            .map_err(|e| {
+                JobError::GuestTrap(format!(
+                    "the module could not be instantiated for row functions: {}",
+                    e.to_string().lines().next().unwrap_or("")
+                ))
+            })?;
         Ok(UdfHost {
             factory,
-            bytes,
+            bytes: module.bytes.clone(),
             inner: Mutex::new(UdfInner {
                 store,
                 instance,
