@@ -88,12 +88,8 @@ pub fn backup(data_dir: &Path, out: &Path) -> Result<Manifest> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::create_dir_all(out.join("keys"))?;
     let db = out.join(DB);
-    let target = db.to_str().context("the backup path is not UTF-8")?.to_string();
     store
-        .read(|c| {
-            c.execute("VACUUM INTO ?1", [&target])?;
-            Ok(())
-        })
+        .snapshot(&db)
         .map_err(|e| anyhow::anyhow!("snapshot: {e}"))?;
     std::fs::File::open(&db)?.sync_all()?;
     for k in KEY_FILES {

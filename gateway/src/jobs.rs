@@ -46,61 +46,61 @@ fn to_sandbox(e: ApiError) -> sandbox::Error {
 
 impl Accountant for StoreAccountant {
     fn charge(&self, cost: &Budget, lineage: &QueryLineage) -> sandbox::Result<()> {
+        let mut entry = NewEntry::by(
+            &self.developer,
+            "query.charge",
+            &self.job_id,
+            json!({
+                "agreement": self.agreement_id,
+                "scenario": self.scenario_id,
+                "purpose": lineage.purpose,
+                "sql": lineage.sql,
+                "plan_hash": lineage.plan_hash,
+                "tables": lineage.tables,
+                "mechanism": lineage.mechanism,
+                "cost": cost,
+                "budget_limit": self.limit,
+            }),
+        );
+        let (agreement, developer, scenario) = (
+            self.agreement_id.clone(),
+            self.developer.id.clone(),
+            self.scenario_id.clone(),
+        );
+        let (cost, limit) = (*cost, self.limit);
         self.store
-            .tx(|tx| {
-                let ag: Agreement = get_in(tx, Table::Agreements, &self.agreement_id)?
+            .tx(move |tx| {
+                let ag: Agreement = get_in(tx, Table::Agreements, &agreement)?
                     .ok_or_else(|| ApiError::Internal("agreement vanished".into()))?;
                 let now = Utc::now();
                 ag.check_open(now)?;
-                let after = charge_in(tx, &self.developer.id, &self.scenario_id, cost, &self.limit)?;
-                append(
-                    tx,
-                    NewEntry::by(
-                        &self.developer,
-                        "query.charge",
-                        &self.job_id,
-                        json!({
-                            "agreement": self.agreement_id,
-                            "scenario": self.scenario_id,
-                            "purpose": lineage.purpose,
-                            "sql": lineage.sql,
-                            "plan_hash": lineage.plan_hash,
-                            "tables": lineage.tables,
-                            "mechanism": lineage.mechanism,
-                            "cost": cost,
-                            "budget_spent_after": after,
-                            "budget_limit": self.limit,
-                        }),
-                    ),
-                    now,
-                )?;
+                let after = charge_in(tx, &developer, &scenario, &cost, &limit)?;
+                if let serde_json::Value::Object(d) = &mut entry.details {
+                    d.insert("budget_spent_after".into(), json!(after));
+                }
+                append(tx, entry, now)?;
                 Ok(())
             })
             .map_err(to_sandbox)
     }
 
     fn release(&self, lineage: &QueryLineage) -> sandbox::Result<()> {
+        let entry = NewEntry::by(
+            &self.developer,
+            "query.release",
+            &self.job_id,
+            json!({
+                "agreement": self.agreement_id,
+                "sql": lineage.sql,
+                "plan_hash": lineage.plan_hash,
+                "released_groups": lineage.released_groups,
+                "output_hash": lineage.output_hash,
+                "output_bytes": lineage.output_bytes,
+            }),
+        );
         let seq = self
             .store
-            .tx(|tx| {
-                append(
-                    tx,
-                    NewEntry::by(
-                        &self.developer,
-                        "query.release",
-                        &self.job_id,
-                        json!({
-                            "agreement": self.agreement_id,
-                            "sql": lineage.sql,
-                            "plan_hash": lineage.plan_hash,
-                            "released_groups": lineage.released_groups,
-                            "output_hash": lineage.output_hash,
-                            "output_bytes": lineage.output_bytes,
-                        }),
-                    ),
-                    Utc::now(),
-                )
-            })
+            .tx(move |tx| append(tx, entry, Utc::now()))
             .map_err(to_sandbox)?;
         if let Ok(mut r) = self.released.lock() {
             r.push(seq);
@@ -175,8 +175,7 @@ pub async fn submit(
         review: None,
     };
     let (store, j, a) = (st.store.clone(), job.clone(), actor.clone());
-    blocking(move || {
-        store.tx(|tx| {
+    store.write(move |tx| {
             Store::put_module(tx, &j.module_hash, &module, &now.to_rfc3339())?;
             put(tx, &j)?;
             append(
@@ -187,7 +186,6 @@ pub async fn submit(
             )?;
             Ok(())
         })
-    })
     .await?;
     let cancel = Arc::new(AtomicBool::new(false));
     if let Ok(mut r) = st.running.lock() {
@@ -286,8 +284,8 @@ pub async fn close_job(st: &AppState, job_id: &str, kind: &str, message: &str) -
         kind.to_string(),
         message.to_string(),
     );
-    blocking(move || {
-        store.tx(|tx| {
+    store
+        .write(move |tx| {
             let Some(mut j) = get_in::<JobRecord>(tx, Table::Jobs, &id)? else {
                 return Ok(());
             };
@@ -309,8 +307,7 @@ pub async fn close_job(st: &AppState, job_id: &str, kind: &str, message: &str) -
             )?;
             Ok(())
         })
-    })
-    .await
+        .await
 }
 
 /// Closes jobs left queued or running by a previous process (a crash or a
@@ -375,7 +372,7 @@ async fn run(
         }
         job.status = JobStatus::Running;
         job.started_at = Some(Utc::now());
-        s.store.tx(|tx| put(tx, &job))?;
+        let job = s.store.tx(move |tx| put(tx, &job).map(|()| job))?;
         Ok((job, ag, sc, bytes, tables))
     })
     .await?;
@@ -464,8 +461,8 @@ async fn finish(
     let (store, actor, mut j) = (st.store.clone(), actor.clone(), job.clone());
     let result = outcome.result;
     let releases = outcome.releases;
-    let done = blocking(move || {
-        store.tx(|tx| {
+    let done = store
+        .write(move |tx| {
             let now = Utc::now();
             let ag: Agreement = get_in(tx, Table::Agreements, &j.agreement_id)?
                 .ok_or_else(|| ApiError::Internal("agreement vanished".into()))?;
@@ -518,8 +515,7 @@ async fn finish(
             }
             Ok(j)
         })
-    })
-    .await?;
+        .await?;
     *job = done;
     Ok(())
 }

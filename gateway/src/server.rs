@@ -76,14 +76,18 @@ pub fn bootstrap(
     {
         anyhow::bail!("the platform is already bootstrapped: an operator exists");
     }
-    let mut out = Vec::new();
+    let parties = [
+        (operator_name.to_string(), Role::Operator),
+        (regulator_name.to_string(), Role::Regulator),
+    ];
     store
-        .tx(|tx| {
-            for (name, role) in [(operator_name, Role::Operator), (regulator_name, Role::Regulator)] {
+        .tx(move |tx| {
+            let mut out = Vec::new();
+            for (name, role) in parties {
                 let (token, hash) = new_token();
                 let p = Party {
                     id: new_id("pt"),
-                    name: name.to_string(),
+                    name,
                     role,
                     created_at: Utc::now().to_rfc3339(),
                 };
@@ -100,8 +104,7 @@ pub fn bootstrap(
                     token,
                 });
             }
-            Ok(())
+            Ok(out)
         })
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(out)
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -23,8 +23,7 @@ use scenarios::party::{Actor, Role};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -69,11 +68,12 @@ const SCHEMA_VERSION: &str = "3";
 
 /// The store.
 pub struct Store {
-    writer: Mutex<durable::Writer>,
-    /// Writers waiting for the connection (they will join the open batch).
-    waiting: AtomicUsize,
-    batches: durable::Batches,
-    sync: durable::GroupSync,
+    /// Owns the write connection (group commit).
+    committer: durable::Committer,
+    /// A second connection for reads: it sees committed data only.
+    reader: Mutex<Connection>,
+    /// The database file.
+    path: std::path::PathBuf,
 }
 
 pub mod durable;
@@ -145,6 +145,10 @@ pub struct Party {
     pub role: Role,
     /// Creation time.
     pub created_at: String,
+}
+
+fn unfinished() -> ApiError {
+    ApiError::Internal("a store operation failed before it finished (see the server log)".into())
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -228,101 +232,102 @@ impl Store {
         let wal = dir.join("invis.db-wal");
         std::fs::File::open(&wal)?.sync_all()?;
         std::fs::File::open(dir)?.sync_all()?;
+        let reader = Connection::open(&path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(10))?;
+        reader.pragma_update(None, "query_only", "ON")?;
         Ok(Store {
-            writer: Mutex::new(durable::Writer::new(conn)),
-            waiting: AtomicUsize::new(0),
-            batches: durable::Batches::default(),
-            sync: durable::GroupSync::new(wal),
+            committer: durable::Committer::start(conn, wal)?,
+            reader: Mutex::new(reader),
+            path,
         })
     }
 
     /// Group-commit counters.
     pub fn sync_stats(&self) -> SyncStats {
-        self.sync.stats()
+        self.committer.stats()
     }
 
-    fn lock(&self) -> ApiResult<MutexGuard<'_, durable::Writer>> {
-        self.writer
-            .lock()
-            .map_err(|_| ApiError::Internal("store lock poisoned".into()))
+    /// Runs `f` as one all-or-nothing unit of change on the writer thread:
+    /// its writes are kept only if it returns `Ok`, and this returns only
+    /// once they are durable. Concurrent callers share a transaction and a
+    /// flush (see [`durable`]); each caller's changes still stand or fall
+    /// alone. Blocks the calling thread; async code uses [`Store::write`].
+    pub fn tx<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&Connection) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        // Filled in on the writer or flusher thread. If the unit is dropped
+        // unanswered (it panicked), only the caller holds the slot any more.
+        let slot = Arc::new(Mutex::new(None::<ApiResult<T>>));
+        let theirs = slot.clone();
+        self.submit(f, move |answer| {
+            *theirs.lock().unwrap_or_else(|p| p.into_inner()) = Some(answer);
+        })?;
+        self.committer.wait(|| Arc::strong_count(&slot) == 1);
+        let answer = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        answer.unwrap_or_else(|| Err(unfinished()))
     }
 
-    /// Runs `f` as one all-or-nothing unit of change: its writes are kept
-    /// only if it returns `Ok`, and it returns only once they are durable.
-    /// Concurrent callers share a transaction and a flush (see
-    /// [`durable`]); each caller's changes still stand or fall alone.
-    pub fn tx<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let locked = self.lock();
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        let mut w = locked?;
-        let batch = w.join()?;
-        let result = match w.conn.execute_batch("SAVEPOINT invis_tx") {
-            Err(e) => Err(e.into()),
-            // A panicking closure is a bug; it must not leave its changes
-            // in a batch others will commit, nor poison the store.
-            Ok(()) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&w.conn)))
-                .unwrap_or_else(|_| Err(ApiError::Internal("a store operation panicked".into())))
-            {
-                Ok(v) => w
-                    .conn
-                    .execute_batch("RELEASE invis_tx")
-                    .map(|()| v)
-                    .map_err(ApiError::from),
-                Err(e) => {
-                    // Undo this caller's changes only (when the database has
-                    // not already rolled the whole batch back).
-                    if !w.conn.is_autocommit() {
-                        let _ = w.conn.execute_batch("ROLLBACK TO invis_tx; RELEASE invis_tx");
-                    }
-                    Err(e)
-                }
-            },
-        };
-        // The last writer in closes the batch for everyone in it, makes it
-        // durable and tells the others.
-        let last = self.waiting.load(Ordering::SeqCst) == 0 || w.full() || w.conn.is_autocommit();
-        let closed = if last {
-            self.batches.close(&mut w, &self.sync, true)
+    /// [`Store::tx`] for async callers: waits without holding a thread.
+    pub async fn write<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&Connection) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(f, move |a| {
+            let _ = reply.send(a);
+        })?;
+        answer.await.map_err(|_| unfinished())?
+    }
+
+    /// Queues `f` on the writer; `deliver` gets its result once the batch's
+    /// outcome is known (and is dropped uncalled if `f` panics).
+    fn submit<T, F>(&self, f: F, deliver: impl FnOnce(ApiResult<T>) + Send + 'static) -> ApiResult<()>
+    where
+        F: FnOnce(&Connection) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let work: durable::Work = Box::new(move |conn: &Connection| {
+            let result = f(conn);
+            durable::Done {
+                ok: result.is_ok(),
+                answer: Box::new(move |outcome: durable::Outcome| {
+                    deliver(match outcome {
+                        Ok(()) => result,
+                        Err(e) => result.and(Err(ApiError::Internal(e))),
+                    })
+                }),
+            }
+        });
+        if self.committer.submit(work) {
+            Ok(())
         } else {
-            None
-        };
-        drop(w);
-        let outcome = match closed {
-            Some(c) => {
-                let outcome = match c.commit.clone().and_then(|n| self.sync.wait_durable(n)) {
-                    Ok(()) => durable::Outcome::Durable,
-                    Err(e) => durable::Outcome::Failed(e),
-                };
-                self.batches.publish(&c, outcome.clone());
-                outcome
-            }
-            None => self.batches.wait(batch),
-        };
-        let v = result?;
-        match outcome {
-            durable::Outcome::Durable => Ok(v),
-            durable::Outcome::Committed(n) => {
-                self.sync.wait_durable(n).map_err(ApiError::Internal)?;
-                Ok(v)
-            }
-            durable::Outcome::Failed(e) => Err(ApiError::Internal(e)),
+            Err(ApiError::Internal("the store's writer has stopped".into()))
         }
     }
 
-    /// Runs a read-only closure on committed data (an open batch is
-    /// committed first).
+    /// Writes a consistent copy of the database (committed data) to
+    /// `target`, a new file, while writers carry on.
+    pub fn snapshot(&self, target: &Path) -> ApiResult<()> {
+        let target = target
+            .to_str()
+            .ok_or_else(|| ApiError::BadRequest("the snapshot path is not UTF-8".into()))?;
+        let c = Connection::open(&self.path)?;
+        c.busy_timeout(std::time::Duration::from_secs(10))?;
+        c.execute("VACUUM INTO ?1", [target])?;
+        Ok(())
+    }
+
+    /// Runs a read-only closure on committed data, on the reading
+    /// connection (writers are not held up).
     pub fn read<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
-        let mut w = self.lock()?;
-        // A reader does not wait for the flush: the batch's members do.
-        if let Some(c) = self.batches.close(&mut w, &self.sync, false) {
-            let outcome = match &c.commit {
-                Ok(n) => durable::Outcome::Committed(*n),
-                Err(e) => durable::Outcome::Failed(e.clone()),
-            };
-            self.batches.publish(&c, outcome);
-        }
-        f(&w.conn)
+        let c = self
+            .reader
+            .lock()
+            .map_err(|_| ApiError::Internal("store lock poisoned".into()))?;
+        f(&c)
     }
 
     // ----- parties ---------------------------------------------------------
@@ -523,7 +528,8 @@ impl Store {
     /// Records a signed checkpoint (idempotent per size: the first one
     /// signed for a size is kept).
     pub fn put_checkpoint(&self, cp: &SignedCheckpoint) -> ApiResult<()> {
-        self.tx(|tx| {
+        let cp = cp.clone();
+        self.tx(move |tx| {
             tx.execute(
                 "INSERT OR IGNORE INTO checkpoints (size, root, time, signature) VALUES (?1, ?2, ?3, ?4)",
                 params![
@@ -849,7 +855,7 @@ mod tests {
             rho: Rho(1_000_000),
         };
         store
-            .tx(|tx| {
+            .tx(move |tx| {
                 charge_in(
                     tx,
                     "pt_a",
@@ -880,7 +886,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store
-            .tx(|tx| {
+            .tx(move |tx| {
                 append(
                     tx,
                     NewEntry::system("test.append", "x", serde_json::json!({})),
@@ -903,7 +909,7 @@ mod tests {
             "UPDATE checkpoints SET root = 'forged'",
             "DELETE FROM checkpoints",
         ] {
-            let r = store.tx(|tx| Ok(tx.execute(sql, [])?));
+            let r = store.tx(move |tx| Ok(tx.execute(sql, [])?));
             assert!(r.is_err(), "{sql} must be refused");
         }
         assert_eq!(store.ledger_size().unwrap(), 1);
@@ -927,12 +933,9 @@ mod tests {
                     for i in 0..60 {
                         let subject = format!("t{t}-{i}");
                         let fail = i % 7 == 3;
-                        let r = store.tx(|tx| {
-                            append(
-                                tx,
-                                NewEntry::system("test.append", &subject, serde_json::json!({})),
-                                Utc::now(),
-                            )?;
+                        let entry = NewEntry::system("test.append", &subject, serde_json::json!({}));
+                        let r = store.tx(move |tx| {
+                            append(tx, entry, Utc::now())?;
                             if fail {
                                 return Err(ApiError::Conflict("refused after writing".into()));
                             }
@@ -974,6 +977,37 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_change_is_undone_and_the_writer_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        let append_one = |subject: &'static str| {
+            move |tx: &Connection| {
+                append(
+                    tx,
+                    NewEntry::system("test.append", subject, serde_json::json!({})),
+                    Utc::now(),
+                )
+            }
+        };
+        store.tx(append_one("before")).unwrap();
+        let panicked = store.tx(move |tx| -> ApiResult<()> {
+            append_one("lost")(tx)?;
+            panic!("a bug in a store operation");
+        });
+        assert!(matches!(panicked, Err(ApiError::Internal(_))), "{panicked:?}");
+        // Async callers go through the same writer.
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(store.write(append_one("after"))).unwrap();
+        let subjects: Vec<String> = store
+            .ledger(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_str::<EntryBody>(&e.body).unwrap().subject)
+            .collect();
+        assert_eq!(subjects, ["before", "after"]);
+    }
+
+    #[test]
     fn a_charge_that_does_not_fit_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -987,8 +1021,8 @@ mod tests {
             delta: Delta(1),
             rho: Rho(0),
         };
-        store.tx(|tx| charge_in(tx, "d", "s", &q, &limit)).unwrap();
-        let refused = store.tx(|tx| charge_in(tx, "d", "s", &q, &limit));
+        store.tx(move |tx| charge_in(tx, "d", "s", &q, &limit)).unwrap();
+        let refused = store.tx(move |tx| charge_in(tx, "d", "s", &q, &limit));
         assert!(matches!(refused, Err(ApiError::BudgetExhausted(_))));
         assert_eq!(store.budget_spent("d", "s").unwrap(), q);
     }

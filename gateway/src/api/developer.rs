@@ -86,8 +86,8 @@ pub(crate) async fn apply(
 ) -> ApiResult<(StatusCode, Json<Application>)> {
     actor.require(Role::Developer)?;
     let (store, calendar) = (st.store.clone(), st.config.calendar.clone());
-    let app = blocking(move || {
-        store.tx(|tx| {
+    let app = store
+        .write(move |tx| {
             let sc: Scenario = get_in(tx, Table::Scenarios, &req.scenario_id)?
                 .filter(|s: &Scenario| s.status == ScenarioStatus::Approved)
                 .ok_or_else(|| not_found("approved scenario", &req.scenario_id))?;
@@ -106,8 +106,7 @@ pub(crate) async fn apply(
             )?;
             Ok(app)
         })
-    })
-    .await?;
+        .await?;
     Ok((StatusCode::CREATED, Json(app)))
 }
 
@@ -206,8 +205,8 @@ pub(crate) async fn sign(
 ) -> ApiResult<Json<Agreement>> {
     actor.require(Role::Developer)?;
     let store = st.store.clone();
-    let ag = blocking(move || {
-        store.tx(|tx| {
+    let ag = store
+        .write(move |tx| {
             let mut ag: Agreement = get_in(tx, Table::Agreements, &id)?
                 .filter(|a: &Agreement| a.developer_id == actor.id)
                 .ok_or_else(|| not_found("agreement", &id))?;
@@ -226,8 +225,7 @@ pub(crate) async fn sign(
             )?;
             Ok(ag)
         })
-    })
-    .await?;
+        .await?;
     Ok(Json(ag))
 }
 

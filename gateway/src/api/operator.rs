@@ -46,8 +46,8 @@ pub(crate) async fn create_party(
     };
     let store = st.store.clone();
     let p = party.clone();
-    blocking(move || {
-        store.tx(|tx| {
+    store
+        .write(move |tx| {
             Store::insert_party(tx, &p, &hash)?;
             append(
                 tx,
@@ -61,8 +61,7 @@ pub(crate) async fn create_party(
             )?;
             Ok(())
         })
-    })
-    .await?;
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(
@@ -108,7 +107,7 @@ pub(crate) async fn propose_scenario(
         }
         let now = Utc::now();
         let sc = Scenario::propose(new_id("sc"), spec, &actor, now)?;
-        s.store.tx(|tx| {
+        s.store.tx(move |tx| {
             put(tx, &sc)?;
             append(
                 tx,
@@ -121,9 +120,8 @@ pub(crate) async fn propose_scenario(
                 ),
                 now,
             )?;
-            Ok(())
-        })?;
-        Ok(sc)
+            Ok(sc)
+        })
     })
     .await?;
     Ok((StatusCode::CREATED, Json(scenario)))
@@ -186,8 +184,8 @@ pub(crate) async fn decide_application(
         ));
     }
     let store = st.store.clone();
-    let out = blocking(move || {
-        store.tx(|tx| {
+    let out = store
+        .write(move |tx| {
             let mut app: Application = get_in(tx, Table::Applications, &id)?
                 .ok_or_else(|| ApiError::NotFound(format!("no application {}", id.escape_debug())))?;
             let sc: Scenario = get_in(tx, Table::Scenarios, &app.scenario_id)?
@@ -238,8 +236,7 @@ pub(crate) async fn decide_application(
             )?;
             Ok(json!({"application": app, "agreement": ag}))
         })
-    })
-    .await?;
+        .await?;
     Ok(Json(out))
 }
 
@@ -284,8 +281,8 @@ pub(crate) async fn decide_review(
         ));
     }
     let store = st.store.clone();
-    let job = blocking(move || {
-        store.tx(|tx| {
+    let job = store
+        .write(move |tx| {
             let mut j: JobRecord = get_in(tx, Table::Jobs, &id)?
                 .ok_or_else(|| ApiError::NotFound(format!("no job {}", id.escape_debug())))?;
             if j.status != JobStatus::AwaitingReview {
@@ -327,7 +324,6 @@ pub(crate) async fn decide_review(
             }
             Ok(j)
         })
-    })
-    .await?;
+        .await?;
     Ok(Json(job))
 }

@@ -25,8 +25,7 @@ pub(crate) async fn register(
     spec.validate()?;
     let profile = sandbox::profile::profile(&spec).await?;
     let store = st.store.clone();
-    let record = blocking(move || {
-        store.tx(|tx| {
+    let record = store.write(move |tx| {
             let existing: Vec<DatasetRecord> = list_in(tx, Table::Datasets, Some(("name", &spec.name)))?;
             if let Some(other) = existing.iter().find(|d| d.owner != actor.id) {
                 return Err(ApiError::Conflict(format!(
@@ -67,7 +66,6 @@ pub(crate) async fn register(
             )?;
             Ok(record)
         })
-    })
     .await?;
     Ok((StatusCode::CREATED, Json(super::catalog::view(&record))))
 }

@@ -40,8 +40,8 @@ pub(crate) async fn decide_scenario(
 ) -> ApiResult<Json<Scenario>> {
     actor.require(Role::Regulator)?;
     let store = st.store.clone();
-    let sc = blocking(move || {
-        store.tx(|tx| {
+    let sc = store
+        .write(move |tx| {
             let mut sc: Scenario = get_in(tx, Table::Scenarios, &id)?
                 .ok_or_else(|| ApiError::NotFound(format!("no scenario {}", id.escape_debug())))?;
             let now = Utc::now();
@@ -59,8 +59,7 @@ pub(crate) async fn decide_scenario(
             )?;
             Ok(sc)
         })
-    })
-    .await?;
+        .await?;
     Ok(Json(sc))
 }
 

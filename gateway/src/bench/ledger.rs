@@ -34,26 +34,71 @@ fn err(e: crate::error::ApiError) -> anyhow::Error {
     anyhow!("{e}")
 }
 
-/// Times `n` single-entry transactions split over `clients` threads;
+/// How the benchmark's clients wait for their appends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clients {
+    /// Async tasks on a runtime with one worker per core, as the server's
+    /// request handlers call [`Store::write`].
+    Tasks,
+    /// One OS thread each, blocked in [`Store::tx`].
+    Threads,
+}
+
+/// Times `n` single-entry transactions split over `clients` clients;
 /// returns appends per second and the group-commit counters of the run.
-fn appends(store: &Arc<Store>, first: u64, n: u64, clients: u64) -> Result<(f64, SyncStats)> {
+fn appends(store: &Arc<Store>, first: u64, n: u64, clients: u64, how: Clients) -> Result<(f64, SyncStats)> {
     let before = store.sync_stats();
-    let per = n / clients.max(1);
+    let clients = clients.max(1);
+    let per = n / clients;
     let t = Instant::now();
-    let handles: Vec<_> = (0..clients.max(1))
-        .map(|c| {
+    match how {
+        Clients::Threads => {
+            let handles: Vec<_> = (0..clients)
+                .map(|c| {
+                    let store = store.clone();
+                    std::thread::spawn(move || -> Result<()> {
+                        for i in 0..per {
+                            let e = entry(first + c * per + i);
+                            store.tx(move |tx| append(tx, e, Utc::now())).map_err(err)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().map_err(|_| anyhow!("an append thread panicked"))??;
+            }
+        }
+        Clients::Tasks => {
+            // A runtime of its own (the command itself runs inside one).
             let store = store.clone();
-            std::thread::spawn(move || -> Result<()> {
-                for i in 0..per {
-                    let e = entry(first + c * per + i);
-                    store.tx(|tx| append(tx, e, Utc::now())).map_err(err)?;
-                }
-                Ok(())
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..clients)
+                        .map(|c| {
+                            let store = store.clone();
+                            tokio::spawn(async move {
+                                for i in 0..per {
+                                    let e = entry(first + c * per + i);
+                                    store
+                                        .write(move |tx| append(tx, e, Utc::now()))
+                                        .await
+                                        .map_err(err)?;
+                                }
+                                Ok::<(), anyhow::Error>(())
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.map_err(|_| anyhow!("an append task panicked"))??;
+                    }
+                    Ok::<(), anyhow::Error>(())
+                })
             })
-        })
-        .collect();
-    for h in handles {
-        h.join().map_err(|_| anyhow!("an append thread panicked"))??;
+            .join()
+            .map_err(|_| anyhow!("the append runtime panicked"))??;
+        }
     }
     let secs = t.elapsed().as_secs_f64();
     let after = store.sync_stats();
@@ -62,7 +107,7 @@ fn appends(store: &Arc<Store>, first: u64, n: u64, clients: u64) -> Result<(f64,
         flushes: after.flushes - before.flushes,
         flush_time: after.flush_time - before.flush_time,
     };
-    Ok(((per * clients.max(1)) as f64 / secs, stats))
+    Ok(((per * clients) as f64 / secs, stats))
 }
 
 /// Runs the benchmark in a temporary store under `dir` (or the system's
@@ -90,16 +135,22 @@ pub fn run(entries: u64, n: u64, clients: u64, dir: Option<&Path>) -> Result<()>
             format!("{:.0}", s.flush_time.as_secs_f64() * 1e6 / flushes),
         );
     };
-    let (single, stats) = appends(&store, 0, n, 1)?;
+    let (single, stats) = appends(&store, 0, n, 1, Clients::Tasks)?;
     row("durable appends/s, 1 client", format!("{single:.0}"));
     batching(stats);
-    let (many, stats) = appends(&store, n, n, clients)?;
+    let (many, stats) = appends(&store, n, n, clients, Clients::Tasks)?;
     row(
-        &format!("durable appends/s, {clients} clients"),
+        &format!("durable appends/s, {clients} clients (async, as the server)"),
         format!("{many:.0}"),
     );
     batching(stats);
     row("  ratio to 1 client", format!("{:.1}x", many / single));
+    let (threads, stats) = appends(&store, 2 * n, n, clients, Clients::Threads)?;
+    row(
+        &format!("durable appends/s, {clients} blocking threads"),
+        format!("{threads:.0}"),
+    );
+    batching(stats);
 
     // Grow to the large size with bulk transactions (not timed as appends).
     let t = Instant::now();
@@ -107,7 +158,7 @@ pub fn run(entries: u64, n: u64, clients: u64, dir: Option<&Path>) -> Result<()>
     while next < entries {
         let batch = (entries - next).min(20_000);
         store
-            .tx(|tx| {
+            .tx(move |tx| {
                 for i in next..next + batch {
                     append(tx, entry(i), Utc::now())?;
                 }

@@ -1,254 +1,302 @@
-//! Group commit, in two layers.
+//! Group commit with one writer thread and one flusher thread.
 //!
-//! **Batches.** Writers that arrive while another writer holds the
-//! connection join one SQLite transaction: each runs its own closure on its
-//! own thread inside a savepoint (so a failing closure undoes only its own
-//! changes), and the last writer of the batch commits for all, waits for
-//! the flush, and tells the others once. A batch closes when no writer is
-//! waiting, when it reaches [`MAX_BATCH`], or when a reader needs the
-//! connection, so a reader never sees uncommitted data.
+//! **Writer.** A caller of [`Store::tx`](super::Store::tx) hands its
+//! closure to the writer thread, which owns the write connection. The
+//! writer takes every unit of work that is waiting (up to [`MAX_BATCH`]),
+//! runs each in its own savepoint inside one SQLite transaction (so a
+//! failing or panicking unit undoes only its own changes), commits, hands
+//! the batch to the flusher and goes straight on with the next batch. When
+//! the flusher is idle, a batch is committed as soon as it holds
+//! `EARLY_BATCH` units, so the disk works on one batch while the next is
+//! written instead of everyone waiting in one lockstep group. No
+//! caller ever waits for a lock another caller holds, and work runs back to
+//! back on one thread: this is what makes many small transactions cheap on
+//! a machine with few cores, where handing a lock from thread to thread
+//! costs more than the work.
 //!
-//! **Flushes.** SQLite commits into its write-ahead log without waiting for
-//! the disk (`synchronous=NORMAL`); a write is acknowledged only after the
-//! log has been flushed with `fdatasync` past its commit. Whoever waits
-//! first flushes for everyone who committed before the flush began, so one
-//! flush makes many commits durable while the next batch is being written.
+//! **Flusher.** SQLite commits into its write-ahead log without waiting for
+//! the disk (`synchronous=NORMAL`). The flusher takes every committed batch
+//! that is waiting, makes the log durable with one `fdatasync`, and only
+//! then tells each caller its result; so one flush covers many commits
+//! while the writer is already building the next batch. A unit whose own
+//! closure failed is answered at once: it changed nothing.
 //!
 //! Why this is sound: a committed transaction lives either in the WAL file
 //! (which the flush covers) or, after a checkpoint, in the database file,
 //! and SQLite in `NORMAL` mode syncs the WAL before a checkpoint and the
 //! database after it, before the WAL is ever rewound and reused.
+//!
+//! A failed flush poisons the store: what was committed may be lost, so
+//! nothing more is acknowledged.
 
 use rusqlite::Connection;
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-/// Most writers in one SQLite transaction.
+/// Most units of work in one SQLite transaction.
 pub const MAX_BATCH: usize = 256;
 
-/// The connection and the batch open on it.
-#[derive(Debug)]
-pub(super) struct Writer {
-    pub(super) conn: Connection,
-    /// Id of the open batch and how many writers are in it.
-    open: Option<(u64, usize)>,
-    next_id: u64,
-}
+/// Units after which a batch is committed at once if the flusher is idle.
+const EARLY_BATCH: usize = 8;
 
-impl Writer {
-    pub(super) fn new(conn: Connection) -> Writer {
-        Writer {
-            conn,
-            open: None,
-            next_id: 1,
-        }
-    }
+/// How a batch ended for the units in it: durable, or why not.
+pub(super) type Outcome = Result<(), String>;
 
-    /// Joins the open batch or begins one; returns its id.
-    pub(super) fn join(&mut self) -> rusqlite::Result<u64> {
-        if let Some((id, n)) = &mut self.open {
-            *n += 1;
-            return Ok(*id);
-        }
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let id = self.next_id;
-        self.next_id += 1;
-        self.open = Some((id, 1));
-        Ok(id)
-    }
+/// A unit of work: runs on the writer thread against the write connection
+/// and says whether it succeeded and how to answer its caller.
+pub(super) type Work = Box<dyn FnOnce(&Connection) -> Done + Send>;
 
-    /// Whether the open batch is full.
-    pub(super) fn full(&self) -> bool {
-        self.open.is_some_and(|(_, n)| n >= MAX_BATCH)
-    }
-}
-
-/// What the members of a closed batch learn.
-#[derive(Debug, Clone)]
-pub(super) enum Outcome {
-    /// Committed and flushed: acknowledge.
-    Durable,
-    /// Committed (by a reader, who does not flush): wait for this commit
-    /// number to be flushed, then acknowledge.
-    Committed(u64),
-    /// Not committed; nothing of the batch is kept.
-    Failed(String),
-}
-
-/// A batch just committed by the caller, who must publish its outcome.
-#[derive(Debug)]
-pub(super) struct Closed {
-    id: u64,
-    /// Members waiting for the outcome (all but the closer, when the
-    /// closer is a member).
-    others: usize,
-    /// The commit number, or why the commit failed.
-    pub(super) commit: Result<u64, String>,
-}
-
-/// Outcomes of closed batches, published once per batch so each waiting
-/// member wakes once.
-#[derive(Debug, Default)]
-pub(super) struct Batches {
-    state: Mutex<BTreeMap<u64, (Outcome, usize)>>,
-    published: Condvar,
-}
-
-impl Batches {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, (Outcome, usize)>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Commits the open batch, if any. Call with the writer held; publish
-    /// the result after releasing it. `member` says whether the caller is
-    /// one of the batch's writers (a reader is not).
-    pub(super) fn close(&self, w: &mut Writer, sync: &GroupSync, member: bool) -> Option<Closed> {
-        let (id, members) = w.open.take()?;
-        let commit = if w.conn.is_autocommit() {
-            Err("the database rolled the transaction back".to_string())
-        } else {
-            match w.conn.execute_batch("COMMIT") {
-                Ok(()) => Ok(sync.committed()),
-                Err(e) => {
-                    let _ = w.conn.execute_batch("ROLLBACK");
-                    Err(format!("commit failed: {e}"))
-                }
-            }
-        };
-        Some(Closed {
-            id,
-            others: members.saturating_sub(usize::from(member)),
-            commit,
-        })
-    }
-
-    /// Tells the other members of a closed batch how it ended.
-    pub(super) fn publish(&self, closed: &Closed, outcome: Outcome) {
-        if closed.others == 0 {
-            return;
-        }
-        self.lock().insert(closed.id, (outcome, closed.others));
-        self.published.notify_all();
-    }
-
-    /// Waits for the outcome of batch `id`, as one of its other members.
-    pub(super) fn wait(&self, id: u64) -> Outcome {
-        let mut s = self.lock();
-        loop {
-            if let Some((outcome, readers)) = s.get_mut(&id) {
-                let outcome = outcome.clone();
-                *readers -= 1;
-                if *readers == 0 {
-                    s.remove(&id);
-                }
-                return outcome;
-            }
-            s = self.published.wait(s).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
-/// The group-commit coordinator of one store.
-#[derive(Debug)]
-pub(super) struct GroupSync {
-    wal: PathBuf,
-    state: Mutex<State>,
-    flushed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    /// Commits so far; a commit's number is its position in commit order.
-    committed: u64,
-    /// All commits up to this number are on disk.
-    durable: u64,
-    /// A flush is in progress.
-    flushing: bool,
-    /// Flushes performed and their total time (for the benchmark).
-    flushes: u64,
-    flush_time: std::time::Duration,
-    /// A failed flush poisons the store: what was committed may be lost,
-    /// so nothing more is acknowledged.
-    failed: Option<String>,
+/// What a unit of work leaves behind once it has run.
+pub(super) struct Done {
+    /// The closure returned `Ok` (its changes are in the batch).
+    pub(super) ok: bool,
+    /// Answers the caller once the batch's outcome is known.
+    pub(super) answer: Box<dyn FnOnce(Outcome) + Send>,
 }
 
 /// Counters of a store's group commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncStats {
-    /// Commits acknowledged or pending.
+    /// Transactions committed.
     pub commits: u64,
     /// `fdatasync` calls made for them.
     pub flushes: u64,
     /// Time spent in them.
-    pub flush_time: std::time::Duration,
+    pub flush_time: Duration,
 }
 
-impl GroupSync {
-    pub(super) fn new(wal: PathBuf) -> GroupSync {
-        GroupSync {
-            wal,
-            state: Mutex::new(State::default()),
-            flushed: Condvar::new(),
+/// The running writer and flusher of one store.
+pub(super) struct Committer {
+    work: Option<Sender<Work>>,
+    wake: Arc<Wake>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stats: Arc<Mutex<SyncStats>>,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer").field("stats", &self.stats()).finish()
+    }
+}
+
+/// Wakes callers once their answers are in: one broadcast per flushed
+/// group (a single system call), rather than one wake-up per caller on the
+/// flusher's path.
+#[derive(Default)]
+struct Wake {
+    round: Mutex<u64>,
+    answered: Condvar,
+    /// The flusher is waiting for work.
+    flusher_idle: std::sync::atomic::AtomicBool,
+}
+
+impl Wake {
+    fn all(&self) {
+        *self.round.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.answered.notify_all();
+    }
+}
+
+/// A committed batch on its way to the flusher.
+struct Committed {
+    answers: Vec<Box<dyn FnOnce(Outcome) + Send>>,
+}
+
+fn lock(stats: &Mutex<SyncStats>) -> MutexGuard<'_, SyncStats> {
+    // Plain counters: a panic elsewhere cannot leave them half-updated.
+    stats.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Committer {
+    /// Starts the writer on `conn` and the flusher on the log file `wal`.
+    pub(super) fn start(conn: Connection, wal: PathBuf) -> std::io::Result<Committer> {
+        let stats = Arc::new(Mutex::new(SyncStats::default()));
+        let (work_tx, work_rx) = mpsc::channel::<Work>();
+        let (flush_tx, flush_rx) = mpsc::channel::<Committed>();
+        let wake = Arc::new(Wake::default());
+        let writer = {
+            let (stats, wake) = (stats.clone(), wake.clone());
+            std::thread::Builder::new()
+                .name("invis-store-writer".into())
+                .spawn(move || write_loop(conn, work_rx, flush_tx, &stats, &wake))?
+        };
+        let flusher = {
+            let (stats, wake) = (stats.clone(), wake.clone());
+            std::thread::Builder::new()
+                .name("invis-store-flusher".into())
+                .spawn(move || flush_loop(wal, flush_rx, &stats, &wake))?
+        };
+        Ok(Committer {
+            work: Some(work_tx),
+            wake,
+            threads: vec![writer, flusher],
+            stats,
+        })
+    }
+
+    /// Queues a unit of work; `false` when the writer has stopped.
+    pub(super) fn submit(&self, w: Work) -> bool {
+        self.work.as_ref().is_some_and(|s| s.send(w).is_ok())
+    }
+
+    /// Blocks until `answered()` holds; it is checked again after each
+    /// round of answers.
+    pub(super) fn wait(&self, answered: impl Fn() -> bool) {
+        let mut round = self.wake.round.lock().unwrap_or_else(|p| p.into_inner());
+        while !answered() {
+            round = self.wake.answered.wait(round).unwrap_or_else(|p| p.into_inner());
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The state is plain counters; a panic elsewhere cannot leave it
-        // half-updated, so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records a commit. Call while still holding the connection, so that
-    /// numbers follow commit order.
-    pub(super) fn committed(&self) -> u64 {
-        let mut s = self.lock();
-        s.committed += 1;
-        s.committed
-    }
-
-    /// Returns once commit `n` is on disk.
-    pub(super) fn wait_durable(&self, n: u64) -> Result<(), String> {
-        let mut s = self.lock();
-        loop {
-            if let Some(e) = &s.failed {
-                return Err(e.clone());
-            }
-            if s.durable >= n {
-                return Ok(());
-            }
-            if !s.flushing {
-                s.flushing = true;
-                let target = s.committed;
-                drop(s);
-                let started = std::time::Instant::now();
-                let result = self.flush();
-                s = self.lock();
-                s.flushing = false;
-                s.flushes += 1;
-                s.flush_time += started.elapsed();
-                match result {
-                    Ok(()) => s.durable = s.durable.max(target),
-                    Err(e) => s.failed = Some(format!("the store could not flush its log: {e}")),
-                }
-                self.flushed.notify_all();
-                continue;
-            }
-            s = self.flushed.wait(s).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    fn flush(&self) -> std::io::Result<()> {
-        File::open(&self.wal)?.sync_data()
     }
 
     pub(super) fn stats(&self) -> SyncStats {
-        let s = self.lock();
-        SyncStats {
-            commits: s.committed,
-            flushes: s.flushes,
-            flush_time: s.flush_time,
+        *lock(&self.stats)
+    }
+}
+
+impl Drop for Committer {
+    /// Lets queued work finish, flushes it, and closes the connection.
+    fn drop(&mut self) {
+        self.work = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
+    }
+}
+
+fn write_loop(
+    conn: Connection,
+    work: Receiver<Work>,
+    flush: Sender<Committed>,
+    stats: &Mutex<SyncStats>,
+    wake: &Wake,
+) {
+    let mut next = work.recv().ok();
+    while let Some(first) = next.take() {
+        let mut answers = Vec::new();
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Run nothing; the caller learns why.
+            drop(first);
+            wake.all();
+            tracing::error!(error = %e, "the store could not begin a transaction");
+            next = work.recv().ok();
+            continue;
+        }
+        let mut unit = Some(first);
+        let mut rolled_back = false;
+        while let Some(w) = unit.take() {
+            match run_one(&conn, w) {
+                Some(done) if done.ok => answers.push(done.answer),
+                // Its own error needs no flush: it changed nothing.
+                Some(done) => {
+                    (done.answer)(Ok(()));
+                    wake.all();
+                }
+                // A panic: the caller learns it from the dropped answer.
+                None => wake.all(),
+            }
+            if conn.is_autocommit() {
+                // The database rolled the whole batch back (for example a
+                // full disk): nothing of it is kept.
+                rolled_back = true;
+                break;
+            }
+            // Commit early when the disk would otherwise sit idle: the
+            // flusher takes this batch while the next one is written.
+            let early = answers.len() >= EARLY_BATCH && wake.flusher_idle.load(Ordering::Acquire);
+            if answers.len() < MAX_BATCH && !early {
+                unit = work.try_recv().ok();
+            }
+        }
+        let outcome = if rolled_back {
+            Err("the database rolled the transaction back".to_string())
+        } else {
+            match conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    Err(format!("commit failed: {e}"))
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                lock(stats).commits += 1;
+                if let Err(mpsc::SendError(c)) = flush.send(Committed { answers }) {
+                    for a in c.answers {
+                        a(Err("the store's flusher stopped".into()));
+                    }
+                    wake.all();
+                }
+            }
+            Err(e) => {
+                for a in answers {
+                    a(Err(e.clone()));
+                }
+                wake.all();
+            }
+        }
+        next = work.recv().ok();
+    }
+}
+
+/// Runs one unit in a savepoint; `None` when it panicked (its changes are
+/// undone and its answer dropped).
+fn run_one(conn: &Connection, w: Work) -> Option<Done> {
+    if let Err(e) = conn
+        .prepare_cached("SAVEPOINT invis_tx")
+        .and_then(|mut s| s.execute([]))
+    {
+        tracing::error!(error = %e, "the store could not open a savepoint");
+        return None;
+    }
+    // A panicking closure is a bug; it must not leave its changes in a
+    // batch others will commit, nor stop the writer.
+    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w(conn))).ok();
+    let keep = done.as_ref().is_some_and(|d| d.ok);
+    if !conn.is_autocommit() {
+        let end = if keep {
+            conn.prepare_cached("RELEASE invis_tx")
+                .and_then(|mut s| s.execute([]))
+                .map(|_| ())
+        } else {
+            conn.execute_batch("ROLLBACK TO invis_tx; RELEASE invis_tx")
+        };
+        if let Err(e) = end {
+            tracing::error!(error = %e, "the store could not close a savepoint");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+    done
+}
+
+fn flush_loop(wal: PathBuf, batches: Receiver<Committed>, stats: &Mutex<SyncStats>, wake: &Wake) {
+    let mut failed: Option<String> = None;
+    loop {
+        wake.flusher_idle.store(true, Ordering::Release);
+        let Ok(first) = batches.recv() else { break };
+        wake.flusher_idle.store(false, Ordering::Release);
+        let mut group = vec![first];
+        group.extend(batches.try_iter());
+        if failed.is_none() {
+            let started = Instant::now();
+            let r = File::open(&wal).and_then(|f| f.sync_data());
+            let mut s = lock(stats);
+            s.flushes += 1;
+            s.flush_time += started.elapsed();
+            if let Err(e) = r {
+                tracing::error!(error = %e, "the store could not flush its log; it acknowledges nothing more");
+                failed = Some(format!("the store could not flush its log: {e}"));
+            }
+        }
+        for c in group {
+            for a in c.answers {
+                a(failed.clone().map_or(Ok(()), Err));
+            }
+        }
+        wake.all();
     }
 }
