@@ -7,6 +7,7 @@ mod catalog;
 mod developer;
 mod ledger;
 mod operator;
+mod oversight;
 mod provider;
 mod regulator;
 
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 pub use developer::{JobRecord, JobStatus, QueryRecord};
+pub(crate) use oversight::gate;
 
 /// One registered version of a dataset.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,71 +110,256 @@ async fn not_found() -> ApiError {
 /// Largest request body (a WASM module), in bytes.
 pub const MAX_BODY: usize = runtime::MAX_MODULE_BYTES + 1024;
 
-/// Routes of one role, guarded by [`crate::auth::require_role`].
-fn role_routes(state: &AppState, role: Role, routes: Router<AppState>) -> Router<AppState> {
-    routes.route_layer(axum::middleware::from_fn_with_state(
-        (state.clone(), role),
-        crate::auth::require_role,
-    ))
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "role")]
+pub enum Access {
+    /// Anyone, without a token.
+    Public,
+    /// Every authenticated party.
+    Authenticated,
+    /// Parties of one role only; every other role gets 403 before the
+    /// request body is read.
+    Role(Role),
 }
 
-/// The router of the whole API. Every route under `/v1/<role>/` is reachable
-/// by that role only; the catalog and `whoami` by every authenticated party.
+/// One route of the API: the table below is the only place routes are
+/// declared, so `invis routes` and the authorization matrix test cover all
+/// of them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Route {
+    /// `GET` or `POST`.
+    pub method: &'static str,
+    /// Path with `{param}` placeholders.
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    #[serde(skip)]
+    handler: fn() -> axum::routing::MethodRouter<AppState>,
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    handler: fn() -> axum::routing::MethodRouter<AppState>,
+) -> Route {
+    Route {
+        method,
+        path,
+        access,
+        handler,
+    }
+}
+
+use Access::{Authenticated, Public};
+const PROVIDER: Access = Access::Role(Role::Provider);
+const OPERATOR: Access = Access::Role(Role::Operator);
+const DEVELOPER: Access = Access::Role(Role::Developer);
+const REGULATOR: Access = Access::Role(Role::Regulator);
+
+/// Every route of the API.
+pub const ROUTES: &[Route] = &[
+    route("GET", "/v1/health", Public, || get(health)),
+    route("GET", "/v1/ledger/public-key", Public, || get(ledger::public_key)),
+    route("GET", "/v1/whoami", Authenticated, || get(catalog::whoami)),
+    route("GET", "/v1/catalog", Authenticated, || get(catalog::list)),
+    route("GET", "/v1/catalog/{name}", Authenticated, || {
+        get(catalog::detail)
+    }),
+    route("GET", "/v1/ledger/checkpoint", Authenticated, || {
+        get(ledger::checkpoint)
+    }),
+    route("GET", "/v1/ledger/checkpoints", Authenticated, || {
+        get(ledger::checkpoints)
+    }),
+    route("GET", "/v1/ledger/proof/inclusion", Authenticated, || {
+        get(ledger::inclusion)
+    }),
+    route("GET", "/v1/ledger/proof/consistency", Authenticated, || {
+        get(ledger::consistency)
+    }),
+    // The data provider.
+    route("POST", "/v1/provider/datasets", PROVIDER, || {
+        post(provider::register)
+    }),
+    route("GET", "/v1/provider/datasets", PROVIDER, || get(provider::list)),
+    route("POST", "/v1/provider/objections", PROVIDER, || {
+        post(oversight::file_objection)
+    }),
+    route("GET", "/v1/provider/objections", PROVIDER, || {
+        get(oversight::list_objections)
+    }),
+    // The operator.
+    route("POST", "/v1/operator/parties", OPERATOR, || {
+        post(operator::create_party)
+    }),
+    route("GET", "/v1/operator/parties", OPERATOR, || {
+        get(operator::list_parties)
+    }),
+    route("POST", "/v1/operator/scenarios", OPERATOR, || {
+        post(operator::propose_scenario)
+    }),
+    route("GET", "/v1/operator/scenarios", OPERATOR, || {
+        get(operator::list_scenarios)
+    }),
+    route("GET", "/v1/operator/applications", OPERATOR, || {
+        get(operator::list_applications)
+    }),
+    route(
+        "POST",
+        "/v1/operator/applications/{id}/decision",
+        OPERATOR,
+        || post(operator::decide_application),
+    ),
+    route("GET", "/v1/operator/reviews", OPERATOR, || {
+        get(operator::list_reviews)
+    }),
+    route("POST", "/v1/operator/reviews/{id}/decision", OPERATOR, || {
+        post(operator::decide_review)
+    }),
+    route("GET", "/v1/operator/agreements", OPERATOR, || {
+        get(oversight::list_agreements)
+    }),
+    route("POST", "/v1/operator/agreements/{id}/filing", OPERATOR, || {
+        post(oversight::file_agreement)
+    }),
+    route("POST", "/v1/operator/agreements/{id}/halt", OPERATOR, || {
+        post(oversight::halt_agreement)
+    }),
+    route("POST", "/v1/operator/scenarios/{id}/halt", OPERATOR, || {
+        post(oversight::halt_scenario)
+    }),
+    route("GET", "/v1/operator/risk-reports", OPERATOR, || {
+        get(oversight::list_risk_reports)
+    }),
+    route("POST", "/v1/operator/objections", OPERATOR, || {
+        post(oversight::file_objection)
+    }),
+    route("GET", "/v1/operator/objections", OPERATOR, || {
+        get(oversight::list_objections)
+    }),
+    route(
+        "POST",
+        "/v1/operator/objections/{id}/resolution",
+        OPERATOR,
+        || post(oversight::resolve_objection),
+    ),
+    route("POST", "/v1/operator/incidents", OPERATOR, || {
+        post(oversight::report_incident)
+    }),
+    route("GET", "/v1/operator/incidents", OPERATOR, || {
+        get(oversight::list_incidents)
+    }),
+    route("POST", "/v1/operator/incidents/{id}/state", OPERATOR, || {
+        post(oversight::advance_incident)
+    }),
+    route("GET", "/v1/operator/overdue", OPERATOR, || {
+        get(oversight::overdue)
+    }),
+    // The regulator.
+    route("GET", "/v1/regulator/parties", REGULATOR, || {
+        get(operator::list_parties)
+    }),
+    route("GET", "/v1/regulator/scenarios", REGULATOR, || {
+        get(regulator::list_scenarios)
+    }),
+    route("POST", "/v1/regulator/scenarios/{id}/decision", REGULATOR, || {
+        post(regulator::decide_scenario)
+    }),
+    route("GET", "/v1/regulator/releases", REGULATOR, || {
+        get(regulator::releases)
+    }),
+    route("GET", "/v1/regulator/agreements", REGULATOR, || {
+        get(oversight::list_agreements)
+    }),
+    route("GET", "/v1/regulator/overdue", REGULATOR, || {
+        get(oversight::overdue)
+    }),
+    route("GET", "/v1/regulator/objections", REGULATOR, || {
+        get(oversight::list_objections)
+    }),
+    route("GET", "/v1/regulator/risk-reports", REGULATOR, || {
+        get(oversight::list_risk_reports)
+    }),
+    route("GET", "/v1/regulator/incidents", REGULATOR, || {
+        get(oversight::list_incidents)
+    }),
+    route("GET", "/v1/regulator/ledger", REGULATOR, || get(ledger::feed)),
+    route("GET", "/v1/regulator/ledger/feed", REGULATOR, || {
+        get(ledger::feed)
+    }),
+    route("GET", "/v1/regulator/ledger/receipts/{seq}", REGULATOR, || {
+        get(ledger::receipt)
+    }),
+    route("GET", "/v1/regulator/ledger/public-key", REGULATOR, || {
+        get(ledger::public_key)
+    }),
+    // The developer.
+    route("GET", "/v1/developer/scenarios", DEVELOPER, || {
+        get(developer::list_scenarios)
+    }),
+    route("GET", "/v1/developer/scenarios/{id}", DEVELOPER, || {
+        get(developer::scenario)
+    }),
+    route("GET", "/v1/developer/scenarios/{id}/bundle", DEVELOPER, || {
+        get(developer::scenario_bundle)
+    }),
+    route("POST", "/v1/developer/applications", DEVELOPER, || {
+        post(developer::apply)
+    }),
+    route("GET", "/v1/developer/applications", DEVELOPER, || {
+        get(developer::list_applications)
+    }),
+    route("GET", "/v1/developer/applications/{id}", DEVELOPER, || {
+        get(developer::application)
+    }),
+    route("GET", "/v1/developer/agreements", DEVELOPER, || {
+        get(developer::list_agreements)
+    }),
+    route("GET", "/v1/developer/agreements/{id}", DEVELOPER, || {
+        get(developer::agreement)
+    }),
+    route("POST", "/v1/developer/agreements/{id}/sign", DEVELOPER, || {
+        post(developer::sign)
+    }),
+    route("POST", "/v1/developer/agreements/{id}/halt", DEVELOPER, || {
+        post(oversight::halt_agreement)
+    }),
+    route("GET", "/v1/developer/risk-reports", DEVELOPER, || {
+        get(oversight::list_risk_reports)
+    }),
+    route("POST", "/v1/developer/agreements/{id}/jobs", DEVELOPER, || {
+        post(developer::submit_job)
+    }),
+    route("GET", "/v1/developer/jobs", DEVELOPER, || {
+        get(developer::list_jobs)
+    }),
+    route("GET", "/v1/developer/jobs/{id}", DEVELOPER, || {
+        get(developer::job)
+    }),
+    route("GET", "/v1/developer/jobs/{id}/output", DEVELOPER, || {
+        get(developer::job_output)
+    }),
+    route("GET", "/v1/developer/jobs/{id}/receipt", DEVELOPER, || {
+        get(developer::job_receipt)
+    }),
+];
+
+/// The router of the whole API, built from [`ROUTES`].
 pub fn router(state: AppState) -> Router {
-    let provider = Router::new().route("/datasets", post(provider::register).get(provider::list));
-    let operator = Router::new()
-        .route(
-            "/parties",
-            post(operator::create_party).get(operator::list_parties),
-        )
-        .route(
-            "/scenarios",
-            post(operator::propose_scenario).get(operator::list_scenarios),
-        )
-        .route("/applications", get(operator::list_applications))
-        .route("/applications/{id}/decision", post(operator::decide_application))
-        .route("/reviews", get(operator::list_reviews))
-        .route("/reviews/{id}/decision", post(operator::decide_review));
-    let regulator = Router::new()
-        .route("/parties", get(operator::list_parties))
-        .route("/scenarios", get(regulator::list_scenarios))
-        .route("/scenarios/{id}/decision", post(regulator::decide_scenario))
-        .route("/releases", get(regulator::releases))
-        .route("/ledger", get(ledger::feed))
-        .route("/ledger/feed", get(ledger::feed))
-        .route("/ledger/receipts/{seq}", get(ledger::receipt))
-        .route("/ledger/public-key", get(ledger::public_key));
-    let developer = Router::new()
-        .route("/scenarios", get(developer::list_scenarios))
-        .route("/scenarios/{id}", get(developer::scenario))
-        .route("/scenarios/{id}/bundle", get(developer::scenario_bundle))
-        .route(
-            "/applications",
-            post(developer::apply).get(developer::list_applications),
-        )
-        .route("/applications/{id}", get(developer::application))
-        .route("/agreements", get(developer::list_agreements))
-        .route("/agreements/{id}", get(developer::agreement))
-        .route("/agreements/{id}/sign", post(developer::sign))
-        .route("/agreements/{id}/jobs", post(developer::submit_job))
-        .route("/jobs", get(developer::list_jobs))
-        .route("/jobs/{id}", get(developer::job))
-        .route("/jobs/{id}/output", get(developer::job_output))
-        .route("/jobs/{id}/receipt", get(developer::job_receipt));
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/whoami", get(catalog::whoami))
-        .route("/v1/catalog", get(catalog::list))
-        .route("/v1/catalog/{name}", get(catalog::detail))
-        .route("/v1/ledger/public-key", get(ledger::public_key))
-        .route("/v1/ledger/checkpoint", get(ledger::checkpoint))
-        .route("/v1/ledger/checkpoints", get(ledger::checkpoints))
-        .route("/v1/ledger/proof/inclusion", get(ledger::inclusion))
-        .route("/v1/ledger/proof/consistency", get(ledger::consistency))
-        .nest("/v1/provider", role_routes(&state, Role::Provider, provider))
-        .nest("/v1/operator", role_routes(&state, Role::Operator, operator))
-        .nest("/v1/regulator", role_routes(&state, Role::Regulator, regulator))
-        .nest("/v1/developer", role_routes(&state, Role::Developer, developer))
+    let mut router = Router::new();
+    for r in ROUTES {
+        let mut handler = (r.handler)();
+        if let Access::Role(role) = r.access {
+            handler = handler.route_layer(axum::middleware::from_fn_with_state(
+                (state.clone(), role),
+                crate::auth::require_role,
+            ));
+        }
+        router = router.route(r.path, handler);
+    }
+    router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(reject_oversized))

@@ -139,6 +139,8 @@ pub async fn submit(
             .store
             .get(Table::Scenarios, &ag.scenario_id)?
             .ok_or_else(|| ApiError::Internal("no scenario".into()))?;
+        // A suspended dataset refuses the job now rather than when it runs.
+        scenario_tables(&s, &sc)?;
         Ok((ag, sc))
     })
     .await?;
@@ -333,6 +335,23 @@ pub async fn recover_interrupted(st: &AppState) -> ApiResult<usize> {
     Ok(open.len())
 }
 
+/// The current versions of a scenario's datasets, with the rows of
+/// objecting subjects withheld; refused while a dataset is suspended (R7).
+fn scenario_tables(st: &AppState, sc: &Scenario) -> ApiResult<Vec<TableVersion>> {
+    let datasets = current_datasets(st)?;
+    let objections: Vec<scenarios::oversight::Objection> = st.store.list(Table::Objections, None)?;
+    let mut tables = Vec::new();
+    for t in &sc.spec.tables {
+        let d = datasets.iter().find(|d| d.name == t.dataset).ok_or_else(|| {
+            ApiError::Forbidden(format!("dataset `{}` is no longer in the catalog", t.dataset))
+        })?;
+        let mut tv = TableVersion::from_profile(d.spec.clone(), &d.profile);
+        tv.units = crate::api::gate(&objections, d)?;
+        tables.push(tv);
+    }
+    Ok(tables)
+}
+
 fn failure(kind: &str, message: &str) -> serde_json::Value {
     json!({"kind": kind, "message": message})
 }
@@ -362,14 +381,7 @@ async fn run(
             .store
             .module(&job.module_hash)?
             .ok_or_else(|| ApiError::Internal("no module".into()))?;
-        let datasets = current_datasets(&s)?;
-        let mut tables = Vec::new();
-        for t in &sc.spec.tables {
-            let d = datasets.iter().find(|d| d.name == t.dataset).ok_or_else(|| {
-                ApiError::Forbidden(format!("dataset `{}` is no longer in the catalog", t.dataset))
-            })?;
-            tables.push(TableVersion::from_profile(d.spec.clone(), &d.profile));
-        }
+        let tables = scenario_tables(&s, &sc)?;
         job.status = JobStatus::Running;
         job.started_at = Some(Utc::now());
         let job = s.store.tx(move |tx| put(tx, &job).map(|()| job))?;

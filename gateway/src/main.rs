@@ -31,6 +31,11 @@ enum Command {
         listen: std::net::SocketAddr,
         #[command(flatten)]
         limits: LimitArgs,
+        /// Working-day calendar for review and filing deadlines (JSON:
+        /// `{"holidays": ["2026-10-01", ...], "workdays": ["2026-10-10", ...]}`);
+        /// weekends are off by default.
+        #[arg(long)]
+        calendar: Option<PathBuf>,
     },
     /// Write the demo's synthetic datasets (Parquet) to a directory.
     GenDemoData {
@@ -173,6 +178,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List every route of the HTTP API and who may call it.
+    Routes {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Back up a data directory (store snapshot, keys, signed manifest)
     /// into a new directory; safe while the server runs.
     Backup {
@@ -271,9 +282,16 @@ async fn main() -> Result<()> {
             data_dir,
             listen,
             limits,
+            calendar,
         } => {
             let mut cfg = config(data_dir);
             cfg.job_limits = limits.limits()?;
+            if let Some(path) = calendar {
+                let text = std::fs::read(&path)
+                    .map_err(|e| anyhow::anyhow!("reading the calendar {}: {e}", path.display()))?;
+                cfg.calendar = serde_json::from_slice(&text)
+                    .map_err(|e| anyhow::anyhow!("the calendar {} is not valid: {e}", path.display()))?;
+            }
             let state = AppState::open(cfg)?;
             let (listener, addr) = gateway::server::bind(listen).await?;
             println!("invis listening on http://{addr}");
@@ -356,6 +374,22 @@ async fn main() -> Result<()> {
             checkpoint,
             json,
         } => verify_ledger(&export, public_key.as_deref(), &checkpoint, json),
+        Command::Routes { json } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(gateway::api::ROUTES)?);
+            } else {
+                println!("{:<6} {:<48} access", "method", "path");
+                for r in gateway::api::ROUTES {
+                    let access = match r.access {
+                        gateway::api::Access::Public => "anyone".to_string(),
+                        gateway::api::Access::Authenticated => "every authenticated party".to_string(),
+                        gateway::api::Access::Role(role) => format!("{role} only"),
+                    };
+                    println!("{:<6} {:<48} {access}", r.method, r.path);
+                }
+            }
+            Ok(())
+        }
         Command::VerifyReceipt {
             receipt,
             public_key,

@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS budgets (
     developer_id TEXT NOT NULL, scenario_id TEXT NOT NULL,
     epsilon_spent INTEGER NOT NULL, delta_spent INTEGER NOT NULL, rho_spent INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (developer_id, scenario_id));
+CREATE TABLE IF NOT EXISTS objections (
+    id TEXT PRIMARY KEY, dataset TEXT NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS risk_reports (id TEXT PRIMARY KEY, filed_by TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS incidents (id TEXT PRIMARY KEY, state TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS modules (hash TEXT PRIMARY KEY, bytes BLOB NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, agreement_id TEXT NOT NULL, developer_id TEXT NOT NULL,
@@ -620,6 +624,12 @@ pub enum Table {
     Agreements,
     /// Jobs.
     Jobs,
+    /// Objections (R7).
+    Objections,
+    /// Stop-and-report risk reports (R20).
+    RiskReports,
+    /// Security incidents (R25).
+    Incidents,
 }
 
 impl Table {
@@ -630,6 +640,9 @@ impl Table {
             Table::Applications => "applications",
             Table::Agreements => "agreements",
             Table::Jobs => "jobs",
+            Table::Objections => "objections",
+            Table::RiskReports => "risk_reports",
+            Table::Incidents => "incidents",
         }
     }
     fn columns(self) -> &'static [&'static str] {
@@ -639,6 +652,9 @@ impl Table {
             Table::Applications => &["developer_id", "scenario_id", "status"],
             Table::Agreements => &["developer_id", "scenario_id"],
             Table::Jobs => &["agreement_id", "developer_id", "status"],
+            Table::Objections => &["dataset", "status"],
+            Table::RiskReports => &["filed_by"],
+            Table::Incidents => &["state"],
         }
     }
 }
@@ -692,6 +708,36 @@ impl Record for scenarios::workflow::Agreement {
     }
     fn lookup(&self) -> Vec<String> {
         vec![self.developer_id.clone(), self.scenario_id.clone()]
+    }
+}
+
+impl Record for scenarios::oversight::Objection {
+    const TABLE: Table = Table::Objections;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lookup(&self) -> Vec<String> {
+        vec![self.dataset.clone(), wire_name(&self.status)]
+    }
+}
+
+impl Record for scenarios::oversight::RiskReport {
+    const TABLE: Table = Table::RiskReports;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lookup(&self) -> Vec<String> {
+        vec![self.filed_by.clone()]
+    }
+}
+
+impl Record for scenarios::oversight::Incident {
+    const TABLE: Table = Table::Incidents;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lookup(&self) -> Vec<String> {
+        vec![wire_name(&self.state)]
     }
 }
 

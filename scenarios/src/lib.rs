@@ -11,6 +11,7 @@ pub mod calendar;
 pub mod catalog;
 mod error;
 pub mod ledger;
+pub mod oversight;
 pub mod party;
 pub mod policy;
 pub mod workflow;

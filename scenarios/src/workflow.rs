@@ -46,6 +46,9 @@ pub enum ScenarioStatus {
     Approved,
     /// Rejected by the regulator, with a reason.
     Rejected,
+    /// Stopped by the operator after a risk was found (R20): hidden from
+    /// developers, every agreement under it halted.
+    Halted,
 }
 
 /// A scenario and its approval state.
@@ -256,6 +259,9 @@ impl Application {
     }
 }
 
+/// Working days the operator has to file a signed agreement (R12).
+pub const FILING_DAYS: u32 = 5;
+
 /// Lifecycle of an agreement (R13).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -266,6 +272,8 @@ pub enum AgreementStatus {
     Active,
     /// Ended early by the operator or the developer.
     Terminated,
+    /// Stopped at once after a risk was found (R20); see the risk report.
+    Halted,
 }
 
 /// The terms of an agreement (R13).
@@ -317,6 +325,16 @@ pub struct Agreement {
     pub valid_until: DateTime<Utc>,
     /// When the developer signed.
     pub signed_at: Option<DateTime<Utc>>,
+    /// Date by which the operator must file the signed agreement with the
+    /// regulator: 5 working days after signature (R12).
+    #[serde(default)]
+    pub filing_due: Option<chrono::NaiveDate>,
+    /// When it was filed.
+    #[serde(default)]
+    pub filed_at: Option<DateTime<Utc>>,
+    /// The risk report that halted it.
+    #[serde(default)]
+    pub halted_by_report: Option<String>,
 }
 
 impl Agreement {
@@ -350,11 +368,15 @@ impl Agreement {
             valid_from,
             valid_until,
             signed_at: None,
+            filing_due: None,
+            filed_at: None,
+            halted_by_report: None,
         })
     }
 
-    /// The developer countersigns; access opens.
-    pub fn sign(&mut self, by: &Actor, at: DateTime<Utc>) -> Result<()> {
+    /// The developer countersigns; access opens, and the filing deadline
+    /// starts.
+    pub fn sign(&mut self, by: &Actor, at: DateTime<Utc>, calendar: &Calendar) -> Result<()> {
         by.require(Role::Developer)?;
         if by.id != self.developer_id {
             return Err(Error::Forbidden(
@@ -372,7 +394,47 @@ impl Agreement {
         }
         self.status = AgreementStatus::Active;
         self.signed_at = Some(at);
+        self.filing_due = Some(calendar.add_working_days(at.date_naive(), FILING_DAYS));
         Ok(())
+    }
+
+    /// The operator files the signed agreement with the regulator (R12).
+    pub fn file(&mut self, by: &Actor, at: DateTime<Utc>) -> Result<()> {
+        by.require(Role::Operator)?;
+        if self.signed_at.is_none() {
+            return Err(Error::IllegalState(format!(
+                "agreement {} is not signed yet",
+                self.id
+            )));
+        }
+        if self.filed_at.is_some() {
+            return Err(Error::IllegalState(format!(
+                "agreement {} was already filed",
+                self.id
+            )));
+        }
+        self.filed_at = Some(at);
+        Ok(())
+    }
+
+    /// Signed but not filed with the regulator by its due date.
+    pub fn filing_overdue(&self, today: chrono::NaiveDate) -> bool {
+        self.filed_at.is_none() && self.filing_due.is_some_and(|d| today > d)
+    }
+
+    /// Stops access at once (R20); running jobs release nothing more.
+    pub fn halt(&mut self, report_id: &str) -> Result<()> {
+        match self.status {
+            AgreementStatus::Issued | AgreementStatus::Active => {
+                self.status = AgreementStatus::Halted;
+                self.halted_by_report = Some(report_id.to_string());
+                Ok(())
+            }
+            AgreementStatus::Terminated | AgreementStatus::Halted => Err(Error::IllegalState(format!(
+                "agreement {} is already closed",
+                self.id
+            ))),
+        }
     }
 
     /// Fails unless the agreement opens access at `now`.
@@ -384,6 +446,10 @@ impl Agreement {
             ))),
             AgreementStatus::Terminated => Err(Error::AgreementClosed(format!(
                 "agreement {} was terminated",
+                self.id
+            ))),
+            AgreementStatus::Halted => Err(Error::AgreementClosed(format!(
+                "agreement {} was halted after a risk report",
                 self.id
             ))),
             AgreementStatus::Active if now < self.valid_from => Err(Error::AgreementClosed(format!(
@@ -463,10 +529,10 @@ mod tests {
         .unwrap();
         assert!(matches!(ag.check_open(now), Err(Error::AgreementClosed(_))));
         assert!(matches!(
-            ag.sign(&actor("other", Role::Developer), now),
+            ag.sign(&actor("other", Role::Developer), now, &Calendar::default()),
             Err(Error::Forbidden(_))
         ));
-        ag.sign(&dev, now).unwrap();
+        ag.sign(&dev, now, &Calendar::default()).unwrap();
         ag.check_open(now).unwrap();
         assert!(matches!(
             ag.check_open(now + Duration::days(31)),
@@ -522,7 +588,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            ag.sign(&dev, now + Duration::days(2)),
+            ag.sign(&dev, now + Duration::days(2), &Calendar::default()),
             Err(Error::IllegalState(_))
         ));
         assert_eq!(ag.status, AgreementStatus::Issued);

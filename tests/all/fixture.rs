@@ -12,6 +12,19 @@ pub(crate) struct World {
     pub(crate) developer: Api,
     pub(crate) scenario: String,
     pub(crate) agreement: String,
+    /// The three providers, by name.
+    pub(crate) providers: Vec<(String, Api)>,
+}
+
+impl World {
+    /// A provider's client by name.
+    pub(crate) fn provider(&self, name: &str) -> &Api {
+        self.providers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a)
+            .unwrap_or_else(|| panic!("no provider {name}"))
+    }
 }
 
 impl World {
@@ -146,10 +159,12 @@ pub(crate) fn world_with(enterprises: usize, scenario_spec: Value, serve_args: &
         "Social Security Bureau",
         "Tax Service",
     ];
+    let mut providers = Vec::new();
     for (spec, name) in dataset_specs(&data_s).iter().zip(names) {
         let p = server.party(name, "provider");
         let r = p.post("/v1/provider/datasets", spec);
         assert_eq!(r.status, 201, "{}", r.text());
+        providers.push((name.to_string(), p));
     }
     let developer = server.party("Example Bank", "developer");
     let sc = server
@@ -187,5 +202,6 @@ pub(crate) fn world_with(enterprises: usize, scenario_spec: Value, serve_args: &
         developer,
         scenario: scenario_id,
         agreement,
+        providers,
     }
 }

@@ -4,6 +4,7 @@
 
 mod examples;
 mod fixture;
+mod governance;
 mod ledger;
 mod refusals;
 mod release;

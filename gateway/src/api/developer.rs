@@ -204,14 +204,14 @@ pub(crate) async fn sign(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Agreement>> {
     actor.require(Role::Developer)?;
-    let store = st.store.clone();
+    let (store, calendar) = (st.store.clone(), st.config.calendar.clone());
     let ag = store
         .write(move |tx| {
             let mut ag: Agreement = get_in(tx, Table::Agreements, &id)?
                 .filter(|a: &Agreement| a.developer_id == actor.id)
                 .ok_or_else(|| not_found("agreement", &id))?;
             let now = Utc::now();
-            ag.sign(&actor, now)?;
+            ag.sign(&actor, now, &calendar)?;
             put(tx, &ag)?;
             append(
                 tx,
@@ -219,7 +219,7 @@ pub(crate) async fn sign(
                     &actor,
                     "agreement.sign",
                     &ag.id,
-                    json!({"valid_until": ag.valid_until}),
+                    json!({"valid_until": ag.valid_until, "filing_due": ag.filing_due}),
                 ),
                 now,
             )?;

@@ -1,0 +1,515 @@
+//! Oversight: objections that suspend data at once (R7), stop-and-report
+//! halts with risk reports (R20), security incidents (R25), filing of
+//! agreements with the regulator and the overdue list (R12).
+
+use super::{blocking, current_datasets, DatasetRecord, JobRecord};
+use crate::auth::{Auth, Body};
+use crate::error::{ApiError, ApiResult};
+use crate::keys::new_id;
+use crate::state::AppState;
+use crate::store::{append, get_in, list_in, put, NewEntry, Table};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{NaiveDate, Utc};
+use rusqlite::Connection;
+use sandbox::desensitize::UnitFilter;
+use scenarios::oversight::{
+    Claim, HaltScope, Incident, Objection, ObjectionStatus, ObjectionTarget, PlanState, RiskReport, Severity,
+};
+use scenarios::party::{Actor, Role};
+use scenarios::workflow::{Agreement, AgreementStatus, Application, Scenario, ScenarioStatus};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+fn not_found(what: &str, id: &str) -> ApiError {
+    ApiError::NotFound(format!("no {what} {}", id.escape_debug()))
+}
+
+// ----- objections (R7) -------------------------------------------------------
+
+/// An objection as shown: the subject's unit value is replaced by its
+/// SHA-256, so nobody reads a protected value back from the platform.
+fn objection_view(o: &Objection) -> Value {
+    let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
+    if let (ObjectionTarget::Subject { unit }, Some(t)) = (&o.target, v.get_mut("target")) {
+        *t = json!({"kind": "subject", "unit_sha256": hex::encode(scenarios::ledger::sha256(unit.as_bytes()))});
+    }
+    v
+}
+
+/// Checks a dataset version against the objections: refused while
+/// suspended; otherwise the units whose rows are withheld.
+pub(crate) fn gate(objections: &[Objection], d: &DatasetRecord) -> ApiResult<UnitFilter> {
+    if let Some(o) = objections
+        .iter()
+        .find(|o| o.dataset == d.name && o.suspends_dataset(d.version))
+    {
+        return Err(ApiError::Forbidden(format!(
+            "dataset `{}` is suspended by objection {} ({})",
+            d.name,
+            o.id,
+            if o.status == ObjectionStatus::Open {
+                "until it is resolved"
+            } else {
+                "upheld; waiting for a corrected version"
+            }
+        )));
+    }
+    let exclude: HashSet<String> = objections
+        .iter()
+        .filter(|o| o.dataset == d.name)
+        .filter_map(|o| o.excluded_unit().map(str::to_string))
+        .collect();
+    Ok(UnitFilter {
+        exclude: Arc::new(exclude),
+        only: None,
+    })
+}
+
+/// Sets the stop flag of every running job `pick` selects; returns their
+/// ids. A stopped job releases nothing.
+pub(crate) fn stop_running(st: &AppState, pick: impl Fn(&JobRecord) -> bool) -> ApiResult<Vec<String>> {
+    let running: Vec<(String, Arc<std::sync::atomic::AtomicBool>)> = st
+        .running
+        .lock()
+        .map_err(|_| ApiError::Internal("job table poisoned".into()))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut stopped = Vec::new();
+    for (id, flag) in running {
+        if let Some(j) = st.store.get::<JobRecord>(Table::Jobs, &id)? {
+            if !j.status.is_final() && pick(&j) {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                stopped.push(id);
+            }
+        }
+    }
+    Ok(stopped)
+}
+
+/// An objection filed by the operator (for an affected member of the
+/// public) or by a provider (on its own datasets).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewObjection {
+    dataset: String,
+    /// The privacy unit of the one subject objecting; absent for the whole
+    /// dataset.
+    #[serde(default)]
+    subject: Option<String>,
+    objector: String,
+    grounds: String,
+}
+
+pub(crate) async fn file_objection(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Body(req): Body<NewObjection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let s = st.clone();
+    let (o, stopped) = blocking(move || {
+        let d = current_datasets(&s)?
+            .into_iter()
+            .find(|d| d.name == req.dataset)
+            .ok_or_else(|| not_found("dataset", &req.dataset))?;
+        if actor.role == Role::Provider && d.owner != actor.id {
+            return Err(ApiError::Forbidden(format!(
+                "dataset `{}` is provided by another party",
+                d.name
+            )));
+        }
+        let target = match req.subject {
+            Some(unit) => ObjectionTarget::Subject { unit },
+            None => ObjectionTarget::Dataset,
+        };
+        let now = Utc::now();
+        let claim = Claim {
+            dataset: d.name.clone(),
+            dataset_version: d.version,
+            target,
+            objector: req.objector,
+            grounds: req.grounds,
+        };
+        let o = Objection::file(new_id("ob"), claim, &actor, now)?;
+        let view = objection_view(&o);
+        let o = s.store.tx(move |tx| {
+            put(tx, &o)?;
+            let details = json!({"dataset": o.dataset, "dataset_version": o.dataset_version,
+                "target": view["target"], "grounds": o.grounds});
+            append(tx, NewEntry::by(&actor, "objection.file", &o.id, details), now)?;
+            Ok(o)
+        })?;
+        // Suspension reaches running jobs too: any job whose scenario
+        // reads the dataset stops and releases nothing.
+        let scenarios: Vec<Scenario> = s.store.list(Table::Scenarios, None)?;
+        let reading: HashSet<String> = scenarios
+            .iter()
+            .filter(|sc| sc.spec.tables.iter().any(|t| t.dataset == o.dataset))
+            .map(|sc| sc.id.clone())
+            .collect();
+        let stopped = stop_running(&s, |j| reading.contains(&j.scenario_id))?;
+        Ok((o, stopped))
+    })
+    .await?;
+    let mut v = objection_view(&o);
+    v["stopped_jobs"] = json!(stopped);
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+pub(crate) async fn list_objections(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+    let s = st.clone();
+    let all = blocking(move || {
+        let all: Vec<Objection> = s.store.list(Table::Objections, None)?;
+        if actor.role != Role::Provider {
+            return Ok(all);
+        }
+        let mine: HashSet<String> = current_datasets(&s)?
+            .into_iter()
+            .filter(|d| d.owner == actor.id)
+            .map(|d| d.name)
+            .collect();
+        Ok(all.into_iter().filter(|o| mine.contains(&o.dataset)).collect())
+    })
+    .await?;
+    Ok(Json(
+        json!({"objections": all.iter().map(objection_view).collect::<Vec<_>>()}),
+    ))
+}
+
+/// The operator's resolution of an objection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Resolution {
+    upheld: bool,
+    reason: String,
+}
+
+pub(crate) async fn resolve_objection(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+    Body(r): Body<Resolution>,
+) -> ApiResult<Json<Value>> {
+    let o = st
+        .store
+        .write(move |tx| {
+            let mut o: Objection =
+                get_in(tx, Table::Objections, &id)?.ok_or_else(|| not_found("objection", &id))?;
+            let now = Utc::now();
+            o.resolve(r.upheld, r.reason, &actor, now)?;
+            put(tx, &o)?;
+            append(
+                tx,
+                NewEntry::by(
+                    &actor,
+                    "objection.resolve",
+                    &o.id,
+                    json!({"dataset": o.dataset, "status": o.status, "reason": o.resolution}),
+                ),
+                now,
+            )?;
+            Ok(o)
+        })
+        .await?;
+    Ok(Json(objection_view(&o)))
+}
+
+// ----- stop and report (R20) ---------------------------------------------------
+
+/// A halt with its risk report.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Halt {
+    risk: String,
+    measures: String,
+}
+
+/// Halts agreements in one transaction with the report and its ledger
+/// entries; returns the report.
+fn halt_in(
+    tx: &Connection,
+    actor: &Actor,
+    scope: HaltScope,
+    h: Halt,
+    agreements: Vec<Agreement>,
+) -> ApiResult<RiskReport> {
+    let now = Utc::now();
+    let report = RiskReport::file(new_id("rr"), scope, h.risk, h.measures, actor, now)?;
+    let mut halted = Vec::new();
+    for mut ag in agreements {
+        if matches!(ag.status, AgreementStatus::Issued | AgreementStatus::Active) {
+            ag.halt(&report.id)?;
+            put(tx, &ag)?;
+            halted.push(ag.id);
+        }
+    }
+    put(tx, &report)?;
+    append(
+        tx,
+        NewEntry::by(
+            actor,
+            "risk.report",
+            &report.id,
+            json!({"scope": report.scope, "risk": report.risk, "measures": report.measures,
+                "halted_agreements": halted}),
+        ),
+        now,
+    )?;
+    Ok(report)
+}
+
+/// Records which jobs a halt stopped.
+async fn with_stopped(
+    st: &AppState,
+    mut report: RiskReport,
+    pick: impl Fn(&JobRecord) -> bool + Send + 'static,
+) -> ApiResult<Value> {
+    let s = st.clone();
+    let stopped = blocking(move || stop_running(&s, pick)).await?;
+    report.stopped_jobs = stopped;
+    let r = report.clone();
+    st.store.write(move |tx| put(tx, &r)).await?;
+    Ok(serde_json::to_value(&report).unwrap_or(Value::Null))
+}
+
+pub(crate) async fn halt_agreement(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+    Body(h): Body<Halt>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let agreement = id.clone();
+    let report = st
+        .store
+        .write(move |tx| {
+            let ag: Agreement = get_in(tx, Table::Agreements, &id)?
+                .filter(|a: &Agreement| actor.role == Role::Operator || a.developer_id == actor.id)
+                .ok_or_else(|| not_found("agreement", &id))?;
+            if !matches!(ag.status, AgreementStatus::Issued | AgreementStatus::Active) {
+                return Err(ApiError::Conflict(format!(
+                    "agreement {} is already closed",
+                    ag.id
+                )));
+            }
+            halt_in(tx, &actor, HaltScope::Agreement(ag.id.clone()), h, vec![ag])
+        })
+        .await?;
+    let v = with_stopped(&st, report, move |j| j.agreement_id == agreement).await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+pub(crate) async fn halt_scenario(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+    Body(h): Body<Halt>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let scenario = id.clone();
+    let report = st
+        .store
+        .write(move |tx| {
+            let mut sc: Scenario =
+                get_in(tx, Table::Scenarios, &id)?.ok_or_else(|| not_found("scenario", &id))?;
+            if sc.status == ScenarioStatus::Halted {
+                return Err(ApiError::Conflict(format!(
+                    "scenario {} is already halted",
+                    sc.id
+                )));
+            }
+            sc.status = ScenarioStatus::Halted;
+            put(tx, &sc)?;
+            let agreements: Vec<Agreement> = list_in(tx, Table::Agreements, Some(("scenario_id", &sc.id)))?;
+            halt_in(tx, &actor, HaltScope::Scenario(sc.id.clone()), h, agreements)
+        })
+        .await?;
+    let v = with_stopped(&st, report, move |j| j.scenario_id == scenario).await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+pub(crate) async fn list_risk_reports(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+) -> ApiResult<Json<Value>> {
+    let store = st.store.clone();
+    let all: Vec<RiskReport> = blocking(move || match actor.role {
+        Role::Developer => store.list(Table::RiskReports, Some(("filed_by", &actor.id))),
+        _ => store.list(Table::RiskReports, None),
+    })
+    .await?;
+    Ok(Json(json!({"risk_reports": all})))
+}
+
+// ----- incidents (R25) -----------------------------------------------------------
+
+/// A new incident.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewIncident {
+    severity: Severity,
+    summary: String,
+}
+
+pub(crate) async fn report_incident(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Body(req): Body<NewIncident>,
+) -> ApiResult<(StatusCode, Json<Incident>)> {
+    let i = st
+        .store
+        .write(move |tx| {
+            let now = Utc::now();
+            let i = Incident::report(new_id("in"), req.severity, req.summary, &actor, now)?;
+            put(tx, &i)?;
+            append(
+                tx,
+                NewEntry::by(
+                    &actor,
+                    "incident.report",
+                    &i.id,
+                    json!({"severity": i.severity, "summary": i.summary}),
+                ),
+                now,
+            )?;
+            Ok(i)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(i)))
+}
+
+/// A step of the emergency plan.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Step {
+    state: PlanState,
+    note: String,
+}
+
+pub(crate) async fn advance_incident(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+    Body(step): Body<Step>,
+) -> ApiResult<Json<Incident>> {
+    let i = st
+        .store
+        .write(move |tx| {
+            let mut i: Incident =
+                get_in(tx, Table::Incidents, &id)?.ok_or_else(|| not_found("incident", &id))?;
+            let now = Utc::now();
+            i.advance(step.state, step.note, &actor, now)?;
+            put(tx, &i)?;
+            append(
+                tx,
+                NewEntry::by(
+                    &actor,
+                    "incident.advance",
+                    &i.id,
+                    json!({"state": i.state, "note": i.history.last().map(|s| &s.note)}),
+                ),
+                now,
+            )?;
+            Ok(i)
+        })
+        .await?;
+    Ok(Json(i))
+}
+
+pub(crate) async fn list_incidents(State(st): State<AppState>, Auth(_actor): Auth) -> ApiResult<Json<Value>> {
+    let store = st.store.clone();
+    let all: Vec<Incident> = blocking(move || store.list(Table::Incidents, None)).await?;
+    Ok(Json(json!({"incidents": all})))
+}
+
+// ----- filing and deadlines (R12) ---------------------------------------------------
+
+pub(crate) async fn list_agreements(
+    State(st): State<AppState>,
+    Auth(_actor): Auth,
+) -> ApiResult<Json<Value>> {
+    let store = st.store.clone();
+    let all: Vec<Agreement> = blocking(move || store.list(Table::Agreements, None)).await?;
+    let today = Utc::now().date_naive();
+    let out: Vec<Value> = all
+        .iter()
+        .map(|a| {
+            let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
+            v["filing_overdue"] = json!(a.filing_overdue(today));
+            v
+        })
+        .collect();
+    Ok(Json(json!({"agreements": out})))
+}
+
+pub(crate) async fn file_agreement(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Agreement>> {
+    let ag = st
+        .store
+        .write(move |tx| {
+            let mut ag: Agreement = get_in(tx, Table::Agreements, &id)?.ok_or_else(|| not_found("agreement", &id))?;
+            let now = Utc::now();
+            ag.file(&actor, now)?;
+            put(tx, &ag)?;
+            append(
+                tx,
+                NewEntry::by(
+                    &actor,
+                    "agreement.file",
+                    &ag.id,
+                    json!({"filing_due": ag.filing_due, "on_time": ag.filing_due.is_none_or(|d| now.date_naive() <= d)}),
+                ),
+                now,
+            )?;
+            Ok(ag)
+        })
+        .await?;
+    Ok(Json(ag))
+}
+
+/// The day the overdue list is computed for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AsOf {
+    #[serde(default)]
+    as_of: Option<NaiveDate>,
+}
+
+pub(crate) async fn overdue(
+    State(st): State<AppState>,
+    Auth(_actor): Auth,
+    Query(q): Query<AsOf>,
+) -> ApiResult<Json<Value>> {
+    let today = q.as_of.unwrap_or_else(|| Utc::now().date_naive());
+    let store = st.store.clone();
+    let (apps, ags) = blocking(move || {
+        let apps: Vec<Application> = store.list(Table::Applications, None)?;
+        let ags: Vec<Agreement> = store.list(Table::Agreements, None)?;
+        Ok((apps, ags))
+    })
+    .await?;
+    let apps: Vec<Value> = apps
+        .iter()
+        .filter(|a| a.is_overdue(today))
+        .map(|a| {
+            json!({"id": a.id, "developer_id": a.developer_id, "scenario_id": a.scenario_id,
+            "submitted_at": a.submitted_at, "due_on": a.due_on})
+        })
+        .collect();
+    let ags: Vec<Value> = ags
+        .iter()
+        .filter(|a| a.filing_overdue(today))
+        .map(|a| {
+            json!({"id": a.id, "developer_id": a.developer_id, "signed_at": a.signed_at,
+            "filing_due": a.filing_due})
+        })
+        .collect();
+    Ok(Json(
+        json!({"as_of": today, "applications": apps, "agreement_filings": ags}),
+    ))
+}

@@ -1,0 +1,423 @@
+//! Governance through the real server: the authorization matrix over every
+//! route (R24, R27), deadlines on a working-day calendar (R12), objections
+//! that suspend data at once (R7), stop-and-report (R20) and incidents
+//! (R25), with developers kept apart from each other.
+
+use crate::fixture::{materials, world, BANK_JOB};
+use chrono::{Datelike, Days, NaiveDate, Utc, Weekday};
+use invis_tests::{run_invis, wat, Api, Server};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// Fills `{param}` placeholders with ids that exist nowhere.
+fn concrete(path: &str) -> String {
+    path.replace("{id}", "x_0000")
+        .replace("{name}", "no_such_dataset")
+        .replace("{seq}", "0")
+}
+
+fn call(api: &Api, method: &str, path: &str) -> (u16, String) {
+    let r = match method {
+        "GET" => api.get(path),
+        "POST" => api.post(path, &json!({})),
+        other => panic!("unexpected method {other}"),
+    };
+    (r.status, r.text())
+}
+
+#[test]
+fn authorization_matrix_covers_every_route() {
+    // R24, R27: every route x every role (and no token at all).
+    let (code, out, err) = run_invis(&["routes", "--json"]).expect("routes");
+    assert_eq!(code, 0, "{err}");
+    let routes: Vec<Value> = serde_json::from_str(&out).expect("route table");
+    assert!(routes.len() > 40, "the table lists every route");
+
+    let server = Server::start(&[]).expect("server");
+    let parties = [
+        ("provider", server.party("Tax Service", "provider")),
+        ("operator", server.operator.clone()),
+        ("developer", server.party("Example Bank", "developer")),
+        ("regulator", server.regulator.clone()),
+    ];
+    let anonymous = server.operator.anonymous();
+    let before = server.ledger_size();
+
+    // Refused pairs first: every one gets 401/403 and changes nothing.
+    let mut checked = 0;
+    for r in &routes {
+        let (method, path) = (r["method"].as_str().unwrap(), r["path"].as_str().unwrap());
+        let path = concrete(path);
+        let access = r["access"]["kind"].as_str().unwrap();
+        if access != "public" {
+            let (status, body) = call(&anonymous, method, &path);
+            assert_eq!(status, 401, "{method} {path} without a token: {body}");
+        }
+        for (role, api) in &parties {
+            let allowed = match access {
+                "public" | "authenticated" => true,
+                _ => r["access"]["role"] == *role,
+            };
+            if allowed {
+                continue;
+            }
+            let (status, body) = call(api, method, &path);
+            assert_eq!(status, 403, "{method} {path} as {role}: {body}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "{checked} refused pairs");
+    assert_eq!(server.ledger_size(), before, "refused requests changed nothing");
+
+    // Allowed pairs pass authorization (they may still be bad requests:
+    // the ids do not exist and the bodies are empty).
+    for r in &routes {
+        let (method, path) = (r["method"].as_str().unwrap(), r["path"].as_str().unwrap());
+        let path = concrete(path);
+        for (role, api) in &parties {
+            let access = r["access"]["kind"].as_str().unwrap();
+            let allowed = access != "role" || r["access"]["role"] == *role;
+            if !allowed {
+                continue;
+            }
+            let (status, body) = call(api, method, &path);
+            assert!(
+                ![401, 403, 405].contains(&status) && status < 500,
+                "{method} {path} as {role} was refused or failed: {status} {body}"
+            );
+        }
+    }
+    assert_eq!(
+        server.ledger_size(),
+        before,
+        "empty bodies and unknown ids changed nothing"
+    );
+}
+
+/// The next `n` weekdays after `from`.
+fn weekdays_after(from: NaiveDate, n: usize) -> Vec<NaiveDate> {
+    let mut out = Vec::new();
+    let mut d = from;
+    while out.len() < n {
+        d = d + Days::new(1);
+        if !matches!(d.weekday(), Weekday::Sat | Weekday::Sun) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+fn wait_final(api: &Api, job: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = api.get(&format!("/v1/developer/jobs/{job}")).ok();
+        let s = j["status"].as_str().unwrap_or("");
+        if !["queued", "running"].contains(&s) {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job {job} did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn actions(server: &Server) -> Vec<String> {
+    let r = server.regulator.get("/v1/regulator/ledger");
+    r.text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| {
+            let body: Value = serde_json::from_str(e["body"].as_str()?).ok()?;
+            Some(body["action"].as_str()?.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
+    // A calendar whose next two weekdays are public holidays and whose
+    // next Saturday is a make-up workday (R12).
+    let today = Utc::now().date_naive();
+    let holidays = weekdays_after(today, 2);
+    let mut saturday = today + Days::new(1);
+    while saturday.weekday() != Weekday::Sat {
+        saturday = saturday + Days::new(1);
+    }
+    let cal_dir = tempfile::tempdir().unwrap();
+    let cal = cal_dir.path().join("calendar.json");
+    std::fs::write(
+        &cal,
+        json!({"holidays": holidays, "workdays": [saturday]}).to_string(),
+    )
+    .unwrap();
+    let cal_s = cal.to_string_lossy().to_string();
+    let w = world(
+        2000,
+        20.0,
+        &[
+            "--calendar",
+            &cal_s,
+            "--job-fuel",
+            "100000000000",
+            "--job-timeout-ms",
+            "120000",
+        ],
+    );
+    let (op, reg, dev) = (&w.server.operator, &w.server.regulator, &w.developer);
+
+    // Expected due date: 5 working days counted on the same calendar.
+    let mut due = today;
+    let mut left = 5;
+    while left > 0 {
+        due = due + Days::new(1);
+        let weekend = matches!(due.weekday(), Weekday::Sat | Weekday::Sun);
+        let working = due == saturday || (!weekend && !holidays.contains(&due));
+        if working {
+            left -= 1;
+        }
+    }
+
+    // A second developer applies; nobody decides in time.
+    let other = w.server.party("Other Lender", "developer");
+    let app = other
+        .post(
+            "/v1/developer/applications",
+            &json!({"scenario_id": w.scenario, "materials": materials()}),
+        )
+        .ok();
+    let app_id = app["id"].as_str().unwrap().to_string();
+    assert_eq!(app["due_on"], json!(due), "decision due in 5 working days");
+    // Developers never see each other's applications, agreements or jobs.
+    assert_eq!(
+        dev.get(&format!("/v1/developer/applications/{app_id}")).status,
+        404
+    );
+    assert_eq!(
+        other
+            .get(&format!("/v1/developer/agreements/{}", w.agreement))
+            .status,
+        404
+    );
+    let listed = other.get("/v1/developer/applications").ok();
+    assert_eq!(listed["applications"].as_array().unwrap().len(), 1);
+
+    // Overdue detection: nothing is overdue today; past the due dates the
+    // undecided application and the unfiled agreement are listed.
+    let now = reg.get("/v1/regulator/overdue").ok();
+    assert_eq!(now["applications"], json!([]), "{now}");
+    let later = due + Days::new(10);
+    let overdue = reg.get(&format!("/v1/regulator/overdue?as_of={later}")).ok();
+    let ids: Vec<&str> = overdue["applications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [app_id.as_str()], "{overdue}");
+    let filings = overdue["agreement_filings"].as_array().unwrap();
+    assert_eq!(filings.len(), 1, "{overdue}");
+    assert_eq!(filings[0]["id"], json!(w.agreement));
+    assert_eq!(reg.get("/v1/regulator/overdue?as_of=not-a-date").status, 400);
+
+    // Rejection needs a reason; with one it is final.
+    let decide = format!("/v1/operator/applications/{app_id}/decision");
+    let r = op.post(&decide, &json!({"approve": false}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    let rejected = op
+        .post(
+            &decide,
+            &json!({"approve": false, "reason": "materials do not show a licence"}),
+        )
+        .ok();
+    assert_eq!(rejected["application"]["status"], "rejected");
+    let again = op.post(&decide, &json!({"approve": true}));
+    assert_eq!(again.status, 409, "deciding twice: {}", again.text());
+    let seen = other.get(&format!("/v1/developer/applications/{app_id}")).ok();
+    assert_eq!(seen["reason"], "materials do not show a licence");
+
+    // Filing the signed agreement with the regulator clears it from the
+    // overdue list; filing twice is refused.
+    let filed = op
+        .post(
+            &format!("/v1/operator/agreements/{}/filing", w.agreement),
+            &json!({}),
+        )
+        .ok();
+    assert!(filed["filed_at"].is_string());
+    let r = op.post(
+        &format!("/v1/operator/agreements/{}/filing", w.agreement),
+        &json!({}),
+    );
+    assert_eq!(r.status, 409);
+    let overdue = reg.get(&format!("/v1/regulator/overdue?as_of={later}")).ok();
+    assert_eq!(overdue["agreement_filings"], json!([]));
+
+    // The job works before any objection.
+    let ok = w.run(BANK_JOB);
+    assert_eq!(ok["status"], "succeeded", "{ok}");
+
+    // R7: an objection to a whole dataset suspends it at once: a running
+    // job reading it is stopped and releases nothing, new jobs are refused.
+    let forever = wat(r#"(module (memory (export "memory") 1)
+        (func (export "run") (result i32) (loop $l (br $l)) (i32.const 0)))"#);
+    let running = dev
+        .post_raw(
+            &format!("/v1/developer/agreements/{}/jobs", w.agreement),
+            &forever,
+            "application/wasm",
+        )
+        .ok();
+    let running_id = running["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    let ob = op
+        .post(
+            "/v1/operator/objections",
+            &json!({"dataset": "tax_credit", "objector": "an enterprise owner",
+                "grounds": "the credit grades of 2024 are wrong"}),
+        )
+        .ok();
+    let ob_id = ob["id"].as_str().unwrap().to_string();
+    assert_eq!(ob["status"], "open");
+    assert_eq!(ob["stopped_jobs"], json!([running_id]), "{ob}");
+    let stopped = wait_final(dev, &running_id);
+    assert_eq!(stopped["status"], "failed", "{stopped}");
+    assert_eq!(stopped["error"]["kind"], "cancelled", "{stopped}");
+    assert!(stopped["output_hash"].is_null());
+    let refused = dev.post_raw(&w.jobs_path(), BANK_JOB, "application/wasm");
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert!(refused.message().contains("suspended") && refused.message().contains(&ob_id));
+    // The dataset's provider sees the objection; other providers do not.
+    let tax = w.provider("Tax Service");
+    let mine = tax.get("/v1/provider/objections").ok();
+    assert_eq!(mine["objections"].as_array().unwrap().len(), 1);
+    let market = w.provider("Market Supervision Bureau");
+    let theirs = market.get("/v1/provider/objections").ok();
+    assert_eq!(theirs["objections"], json!([]));
+    // A provider cannot object on another provider's dataset.
+    let r = market.post(
+        "/v1/provider/objections",
+        &json!({"dataset": "tax_credit", "objector": "x", "grounds": "y"}),
+    );
+    assert_eq!(r.status, 403);
+    // Resolution needs a reason; dismissal lifts the suspension.
+    let resolve = format!("/v1/operator/objections/{ob_id}/resolution");
+    assert_eq!(
+        op.post(&resolve, &json!({"upheld": false, "reason": " "})).status,
+        400
+    );
+    let dismissed = op
+        .post(
+            &resolve,
+            &json!({"upheld": false, "reason": "grades checked against the source"}),
+        )
+        .ok();
+    assert_eq!(dismissed["status"], "dismissed");
+    assert_eq!(
+        op.post(&resolve, &json!({"upheld": true, "reason": "again"}))
+            .status,
+        409
+    );
+    let after = w.run(BANK_JOB);
+    assert_eq!(after["status"], "succeeded", "{after}");
+
+    // An objection by one subject withholds that subject's rows; the
+    // unit value is never shown back, not even in the ledger.
+    let unit = "E-OBJECTING-SUBJECT-000123";
+    let sub = op
+        .post(
+            "/v1/operator/objections",
+            &json!({"dataset": "enterprise_register", "subject": unit,
+                "objector": "the enterprise itself", "grounds": "withdraws from secondary use"}),
+        )
+        .ok();
+    assert_eq!(sub["target"]["kind"], "subject");
+    assert!(sub["target"]["unit_sha256"].is_string());
+    let listed = reg.get("/v1/regulator/objections").ok();
+    assert!(!listed.to_string().contains(unit));
+    assert!(!reg.get("/v1/regulator/ledger").text().contains(unit));
+    let with_subject_out = w.run(BANK_JOB);
+    assert_eq!(with_subject_out["status"], "succeeded", "{with_subject_out}");
+
+    // R20: the developer stops its own agreement and reports the risk.
+    let halt = format!("/v1/developer/agreements/{}/halt", w.agreement);
+    assert_eq!(dev.post(&halt, &json!({"risk": "", "measures": "m"})).status, 400);
+    assert_eq!(
+        other.post(&halt, &json!({"risk": "r", "measures": "m"})).status,
+        404,
+        "another developer cannot halt it"
+    );
+    let report = dev
+        .post(
+            &halt,
+            &json!({"risk": "a result may single out a small district", "measures": "stopped all jobs"}),
+        )
+        .ok();
+    assert_eq!(report["scope"], json!({"kind": "agreement", "id": w.agreement}));
+    let ag = dev.get(&format!("/v1/developer/agreements/{}", w.agreement)).ok();
+    assert_eq!(ag["agreement"]["status"], "halted", "{ag}");
+    let r = dev.post_raw(&w.jobs_path(), BANK_JOB, "application/wasm");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.message().contains("halted"), "{}", r.text());
+    assert_eq!(
+        dev.post(&halt, &json!({"risk": "r", "measures": "m"})).status,
+        409
+    );
+    let reports = reg.get("/v1/regulator/risk-reports").ok();
+    assert_eq!(reports["risk_reports"].as_array().unwrap().len(), 1);
+
+    // The operator halts the whole scenario: developers no longer see it.
+    let r = op
+        .post(
+            &format!("/v1/operator/scenarios/{}/halt", w.scenario),
+            &json!({"risk": "the class of results is too fine-grained", "measures": "review the scenario"}),
+        )
+        .ok();
+    assert_eq!(r["scope"]["kind"], "scenario");
+    let visible = dev.get("/v1/developer/scenarios").ok();
+    assert_eq!(visible["scenarios"], json!([]));
+    let r = other.post(
+        "/v1/developer/applications",
+        &json!({"scenario_id": w.scenario, "materials": materials()}),
+    );
+    assert_eq!(r.status, 404, "a halted scenario takes no applications");
+
+    // R25: an incident and its emergency plan, forward only.
+    let inc = op
+        .post(
+            "/v1/operator/incidents",
+            &json!({"severity": "high", "summary": "unusual query pattern from one developer"}),
+        )
+        .ok();
+    let inc_id = inc["id"].as_str().unwrap();
+    let step = format!("/v1/operator/incidents/{inc_id}/state");
+    op.post(
+        &step,
+        &json!({"state": "plan_activated", "note": "agreement halted"}),
+    )
+    .ok();
+    op.post(
+        &step,
+        &json!({"state": "contained", "note": "no further releases"}),
+    )
+    .ok();
+    let back = op.post(&step, &json!({"state": "plan_activated", "note": "again"}));
+    assert_eq!(back.status, 409, "{}", back.text());
+    let bad = op.post(&step, &json!({"state": "exploded", "note": "x"}));
+    assert_eq!(bad.status, 400);
+    let incidents = reg.get("/v1/regulator/incidents").ok();
+    assert_eq!(incidents["incidents"][0]["state"], "contained");
+    assert_eq!(incidents["incidents"][0]["history"].as_array().unwrap().len(), 3);
+
+    // Every state change is in the ledger.
+    let seen = actions(&w.server);
+    for a in [
+        "application.reject",
+        "agreement.file",
+        "objection.file",
+        "objection.resolve",
+        "risk.report",
+        "incident.report",
+        "incident.advance",
+    ] {
+        assert!(seen.iter().any(|s| s == a), "{a} missing from the ledger");
+    }
+}
