@@ -52,10 +52,18 @@ pub fn invis() -> &'static Path {
 
 /// Runs `invis` with `args` and returns (exit code, stdout, stderr).
 pub fn run_invis(args: &[&str]) -> Result<(i32, String, String)> {
-    let out = Command::new(invis())
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()?;
+    run_invis_as(args, None)
+}
+
+/// Runs `invis` against the server of `api`, as its party (`INVIS_SERVER`
+/// and `INVIS_TOKEN` set), when given.
+pub fn run_invis_as(args: &[&str], api: Option<&Api>) -> Result<(i32, String, String)> {
+    let mut cmd = Command::new(invis());
+    cmd.args(args).env("RUST_BACKTRACE", "0");
+    if let Some(a) = api {
+        cmd.env("INVIS_SERVER", &a.base).env("INVIS_TOKEN", a.token());
+    }
+    let out = cmd.output()?;
     Ok((
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod backup;
 pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod error;

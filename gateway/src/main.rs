@@ -178,6 +178,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Call the API as the holder of INVIS_TOKEN: any route of `invis
+    /// routes`, answered as readable tables (or JSON with --json).
+    /// Example: `invis call POST /v1/operator/objections/ob_1/resolution
+    /// upheld=false reason="checked against the source"`.
+    Call {
+        /// GET or POST.
+        method: String,
+        /// The route's path with its ids filled in.
+        path: String,
+        /// key=value fields: the JSON body of a POST (values that parse as
+        /// JSON are JSON, others text), or the query of a GET.
+        fields: Vec<String>,
+        /// Send this file as the body instead (a .wasm module as
+        /// application/wasm, anything else as JSON).
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// The platform.
+        #[arg(long, env = "INVIS_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List every route of the HTTP API and who may call it.
     Routes {
         /// Print JSON.
@@ -374,6 +397,25 @@ async fn main() -> Result<()> {
             checkpoint,
             json,
         } => verify_ledger(&export, public_key.as_deref(), &checkpoint, json),
+        Command::Call {
+            method,
+            path,
+            fields,
+            body,
+            server,
+            json,
+        } => {
+            let code = gateway::cli::call(&gateway::cli::Call {
+                method,
+                path,
+                fields,
+                body,
+                server,
+                token: std::env::var("INVIS_TOKEN").ok(),
+                json,
+            })?;
+            std::process::exit(code);
+        }
         Command::Routes { json } => {
             if json {
                 println!("{}", serde_json::to_string_pretty(gateway::api::ROUTES)?);

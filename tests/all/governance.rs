@@ -5,7 +5,7 @@
 
 use crate::fixture::{materials, world, BANK_JOB};
 use chrono::{Datelike, Days, NaiveDate, Utc, Weekday};
-use invis_tests::{run_invis, wat, Api, Server};
+use invis_tests::{run_invis, run_invis_as, wat, Api, Server};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -406,6 +406,46 @@ fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
     let incidents = reg.get("/v1/regulator/incidents").ok();
     assert_eq!(incidents["incidents"][0]["state"], "contained");
     assert_eq!(incidents["incidents"][0]["history"].as_array().unwrap().len(), 3);
+
+    // The same actions from the command line, as tables or JSON.
+    let (code, out, err) = run_invis_as(
+        &[
+            "call",
+            "POST",
+            "/v1/operator/incidents",
+            "severity=low",
+            "summary=a lost laptop, disk encrypted",
+        ],
+        Some(op),
+    )
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("state") && out.contains("reported"), "{out}");
+    let (code, out, _) = run_invis_as(&["call", "GET", "/v1/regulator/incidents"], Some(reg)).unwrap();
+    assert_eq!(code, 0);
+    assert!(out.starts_with("\nincidents:\n  id "), "{out}");
+    assert!(out.contains("a lost laptop") && out.contains(inc_id), "{out}");
+    let (code, out, _) = run_invis_as(
+        &[
+            "call",
+            "GET",
+            "/v1/regulator/overdue",
+            &format!("as_of={later}"),
+            "--json",
+        ],
+        Some(reg),
+    )
+    .unwrap();
+    assert_eq!(code, 0);
+    let parsed: Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(parsed["as_of"], json!(later));
+    // Refusals exit 1 and say why.
+    let (code, _, err) = run_invis_as(&["call", "GET", "/v1/operator/incidents"], Some(reg)).unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("HTTP 403"), "{err}");
+    let (code, _, err) = run_invis_as(&["call", "POST", "/v1/operator/incidents", "oops"], Some(op)).unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("key=value"), "{err}");
 
     // Every state change is in the ledger.
     let seen = actions(&w.server);
