@@ -197,6 +197,12 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/operator/parties", OPERATOR, || {
         get(operator::list_parties)
     }),
+    route("POST", "/v1/operator/organizations", OPERATOR, || {
+        post(operator::create_organization)
+    }),
+    route("GET", "/v1/operator/organizations", OPERATOR, || {
+        get(operator::list_organizations)
+    }),
     route("POST", "/v1/operator/scenarios", OPERATOR, || {
         post(operator::propose_scenario)
     }),
@@ -260,6 +266,9 @@ pub const ROUTES: &[Route] = &[
     // The regulator.
     route("GET", "/v1/regulator/parties", REGULATOR, || {
         get(operator::list_parties)
+    }),
+    route("GET", "/v1/regulator/organizations", REGULATOR, || {
+        get(operator::list_organizations)
     }),
     route("GET", "/v1/regulator/scenarios", REGULATOR, || {
         get(regulator::list_scenarios)

@@ -41,6 +41,7 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Actor, Ap
         id: party.id,
         role: party.role,
         name: party.name,
+        org: party.organization,
     })
 }
 

@@ -85,11 +85,19 @@ pub fn bootstrap(
             let mut out = Vec::new();
             for (name, role) in parties {
                 let (token, hash) = new_token();
+                let org = crate::store::Organization {
+                    id: new_id("org"),
+                    name: name.clone(),
+                    registration: None,
+                    created_at: Utc::now().to_rfc3339(),
+                };
+                crate::store::put(tx, &org)?;
                 let p = Party {
                     id: new_id("pt"),
                     name,
                     role,
                     created_at: Utc::now().to_rfc3339(),
+                    organization: org.id,
                 };
                 Store::insert_party(tx, &p, &hash)?;
                 append(

@@ -29,7 +29,8 @@ const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS parties (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL,
-    token_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL);
+    token_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, org_id TEXT);
+CREATE TABLE IF NOT EXISTS organizations (id TEXT PRIMARY KEY, name TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS datasets (id TEXT PRIMARY KEY, name TEXT NOT NULL, owner TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS scenarios (id TEXT PRIMARY KEY, status TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS applications (
@@ -67,8 +68,9 @@ CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
 
 /// Current schema version, recorded in `meta`.
 /// Version 2 added `budgets.rho_spent` (zCDP accounting); version 3 the
-/// `checkpoints` table and the append-only triggers (created by `SCHEMA`).
-const SCHEMA_VERSION: &str = "3";
+/// `checkpoints` table and the append-only triggers (created by `SCHEMA`);
+/// version 4 `parties.org_id` and the organizations.
+const SCHEMA_VERSION: &str = "4";
 
 /// The store.
 pub struct Store {
@@ -149,6 +151,67 @@ pub struct Party {
     pub role: Role,
     /// Creation time.
     pub created_at: String,
+    /// Organization it is a member of (`org_...`).
+    pub organization: String,
+}
+
+/// An organization: a provider department, the operator, a developer
+/// company or the regulator, with its member parties (R24).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Organization {
+    /// `org_...`
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Unified social credit code or other registration number, if given.
+    #[serde(default)]
+    pub registration: Option<String>,
+    /// Creation time.
+    pub created_at: String,
+}
+
+impl Record for Organization {
+    const TABLE: Table = Table::Organizations;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lookup(&self) -> Vec<String> {
+        vec![self.name.clone()]
+    }
+}
+
+/// One party by id, inside a connection or transaction.
+pub fn party_in(c: &Connection, id: &str) -> ApiResult<Option<Party>> {
+    Ok(parties_where(c, "WHERE id = ?1", &[&id])?.pop())
+}
+
+/// Parties matching a `WHERE`/`ORDER BY` suffix.
+fn parties_where(c: &Connection, suffix: &str, args: &[&dyn rusqlite::ToSql]) -> ApiResult<Vec<Party>> {
+    let sql = format!("SELECT id, name, role, created_at, org_id FROM parties {suffix}");
+    let mut st = c.prepare(&sql)?;
+    let rows = st.query_map(args, |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<String>>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, name, role, created_at, org) = row?;
+        let role = Role::parse(&role).ok_or_else(|| internal("bad role in store"))?;
+        out.push(Party {
+            // Parties created before organizations existed are their own.
+            organization: org.unwrap_or_else(|| id.clone()),
+            id,
+            name,
+            role,
+            created_at,
+        });
+    }
+    Ok(out)
 }
 
 fn unfinished() -> ApiError {
@@ -218,16 +281,24 @@ impl Store {
                 )?;
             }
             Some(SCHEMA_VERSION) => {}
-            Some("1") => {
+            Some(old @ ("1" | "2" | "3")) => {
                 let tx = conn.unchecked_transaction()?;
-                tx.execute_batch(
-                    "ALTER TABLE budgets ADD COLUMN rho_spent INTEGER NOT NULL DEFAULT 0;
-                     UPDATE meta SET value = '3' WHERE key = 'schema';",
+                if old == "1" {
+                    tx.execute_batch("ALTER TABLE budgets ADD COLUMN rho_spent INTEGER NOT NULL DEFAULT 0;")?;
+                }
+                let has_org: bool = tx.query_row(
+                    "SELECT COUNT(*) > 0 FROM pragma_table_info('parties') WHERE name = 'org_id'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                if !has_org {
+                    tx.execute_batch("ALTER TABLE parties ADD COLUMN org_id TEXT;")?;
+                }
+                tx.execute(
+                    "UPDATE meta SET value = ?1 WHERE key = 'schema'",
+                    [SCHEMA_VERSION],
                 )?;
                 tx.commit()?;
-            }
-            Some("2") => {
-                conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema'", [])?;
             }
             Some(v) => anyhow::bail!("store schema version {v} is not supported by this binary"),
         }
@@ -339,68 +410,22 @@ impl Store {
     /// Creates a party with a token hash.
     pub fn insert_party(tx: &Connection, p: &Party, token_hash: &str) -> ApiResult<()> {
         tx.execute(
-            "INSERT INTO parties (id, name, role, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![p.id, p.name, p.role.as_str(), token_hash, p.created_at],
+            "INSERT INTO parties (id, name, role, token_hash, created_at, org_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![p.id, p.name, p.role.as_str(), token_hash, p.created_at, p.organization],
         )?;
         Ok(())
     }
 
     /// The party holding a token hash.
     pub fn party_by_token(&self, token_hash: &str) -> ApiResult<Option<Party>> {
-        self.read(|c| {
-            c.query_row(
-                "SELECT id, name, role, created_at FROM parties WHERE token_hash = ?1",
-                [token_hash],
-                |r| {
-                    let role: String = r.get(2)?;
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        role,
-                        r.get::<_, String>(3)?,
-                    ))
-                },
-            )
-            .optional()?
-            .map(|(id, name, role, created_at)| {
-                let role = Role::parse(&role).ok_or_else(|| internal("bad role in store"))?;
-                Ok(Party {
-                    id,
-                    name,
-                    role,
-                    created_at,
-                })
-            })
-            .transpose()
-        })
+        Ok(self
+            .read(|c| parties_where(c, "WHERE token_hash = ?1", &[&token_hash]))?
+            .pop())
     }
 
     /// All parties.
     pub fn parties(&self) -> ApiResult<Vec<Party>> {
-        self.read(|c| {
-            let mut st =
-                c.prepare("SELECT id, name, role, created_at FROM parties ORDER BY created_at, id")?;
-            let rows = st.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, name, role, created_at) = row?;
-                let role = Role::parse(&role).ok_or_else(|| internal("bad role in store"))?;
-                out.push(Party {
-                    id,
-                    name,
-                    role,
-                    created_at,
-                });
-            }
-            Ok(out)
-        })
+        self.read(|c| parties_where(c, "ORDER BY created_at, id", &[]))
     }
 
     /// Number of parties with `role`.
@@ -630,6 +655,8 @@ pub enum Table {
     RiskReports,
     /// Security incidents (R25).
     Incidents,
+    /// Organizations (R24).
+    Organizations,
 }
 
 impl Table {
@@ -643,6 +670,7 @@ impl Table {
             Table::Objections => "objections",
             Table::RiskReports => "risk_reports",
             Table::Incidents => "incidents",
+            Table::Organizations => "organizations",
         }
     }
     fn columns(self) -> &'static [&'static str] {
@@ -655,6 +683,7 @@ impl Table {
             Table::Objections => &["dataset", "status"],
             Table::RiskReports => &["filed_by"],
             Table::Incidents => &["state"],
+            Table::Organizations => &["name"],
         }
     }
 }

@@ -347,6 +347,7 @@ mod tests {
             id: format!("pt_{role}"),
             role,
             name: role.to_string(),
+            org: format!("org_{role}"),
         }
     }
 

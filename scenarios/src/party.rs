@@ -55,6 +55,9 @@ pub struct Actor {
     pub role: Role,
     /// Display name, for reports.
     pub name: String,
+    /// The organization the party acts for (`org_...`).
+    #[serde(default)]
+    pub org: String,
 }
 
 impl Actor {

@@ -14,18 +14,31 @@ use serde::{Deserialize, Serialize};
 /// Review deadline for applications, in working days (R12).
 pub const REVIEW_WORKING_DAYS: u32 = 5;
 
+/// Who made a request: the party and its organization.
+#[derive(Debug, Clone, Copy)]
+struct Requester<'a> {
+    id: &'a str,
+    org: &'a str,
+}
+
 /// The checks every approve-or-reject decision shares: the decider is not
-/// the requester, the record is still undecided, and a rejection says why.
+/// the requester nor a member of the requester's organization, the record
+/// is still undecided, and a rejection says why.
 fn check_decision(
     approve: bool,
     reason: Option<&str>,
     by: &Actor,
-    requester: &str,
+    requester: Requester<'_>,
     undecided: bool,
     what: &str,
 ) -> Result<()> {
-    if by.id == requester {
+    if by.id == requester.id {
         return Err(Error::Forbidden("nobody approves their own request".into()));
+    }
+    if !by.org.is_empty() && by.org == requester.org {
+        return Err(Error::Forbidden(
+            "nobody decides a request of their own organization".into(),
+        ));
     }
     if !undecided {
         return Err(Error::IllegalState(format!("{what} was already decided")));
@@ -62,6 +75,9 @@ pub struct Scenario {
     pub status: ScenarioStatus,
     /// Operator who proposed it.
     pub created_by: String,
+    /// Their organization.
+    #[serde(default)]
+    pub created_by_org: String,
     /// When it was proposed.
     pub created_at: DateTime<Utc>,
     /// Regulator who decided.
@@ -81,6 +97,7 @@ impl Scenario {
             spec,
             status: ScenarioStatus::Pending,
             created_by: by.id.clone(),
+            created_by_org: by.org.clone(),
             created_at: at,
             decided_by: None,
             decided_at: None,
@@ -99,7 +116,11 @@ impl Scenario {
         by.require(Role::Regulator)?;
         let undecided = self.status == ScenarioStatus::Pending;
         let what = format!("scenario {}", self.id);
-        check_decision(approve, reason.as_deref(), by, &self.created_by, undecided, &what)?;
+        let requester = Requester {
+            id: &self.created_by,
+            org: &self.created_by_org,
+        };
+        check_decision(approve, reason.as_deref(), by, requester, undecided, &what)?;
         self.status = if approve {
             ScenarioStatus::Approved
         } else {
@@ -175,6 +196,9 @@ pub struct Application {
     pub scenario_id: String,
     /// Applying developer.
     pub developer_id: String,
+    /// Its organization.
+    #[serde(default)]
+    pub developer_org: String,
     /// Materials.
     pub materials: Materials,
     /// State.
@@ -213,6 +237,7 @@ impl Application {
             id,
             scenario_id: scenario.id.clone(),
             developer_id: by.id.clone(),
+            developer_org: by.org.clone(),
             materials,
             status: ApplicationStatus::Submitted,
             submitted_at: at,
@@ -234,14 +259,11 @@ impl Application {
         by.require(Role::Operator)?;
         let undecided = self.status == ApplicationStatus::Submitted;
         let what = format!("application {}", self.id);
-        check_decision(
-            approve,
-            reason.as_deref(),
-            by,
-            &self.developer_id,
-            undecided,
-            &what,
-        )?;
+        let requester = Requester {
+            id: &self.developer_id,
+            org: &self.developer_org,
+        };
+        check_decision(approve, reason.as_deref(), by, requester, undecided, &what)?;
         self.status = if approve {
             ApplicationStatus::Approved
         } else {
@@ -475,6 +497,7 @@ mod tests {
             id: id.into(),
             role,
             name: id.into(),
+            org: format!("org_{id}"),
         }
     }
 
@@ -565,6 +588,32 @@ mod tests {
                 "missing materials: security_officer".into()
             ))
         );
+    }
+
+    #[test]
+    fn nobody_decides_for_their_own_organization() {
+        let now = Utc::now();
+        let op = actor("op", Role::Operator);
+        let mut sc = Scenario::propose("sc".into(), spec(), &op, now).unwrap();
+        sc.decide(true, None, &actor("reg", Role::Regulator), now)
+            .unwrap();
+        let dev = Actor {
+            org: "org_group".into(),
+            ..actor("dev", Role::Developer)
+        };
+        let seconded = Actor {
+            org: "org_group".into(),
+            ..actor("op2", Role::Operator)
+        };
+        let mut app =
+            Application::submit("ap".into(), &sc, materials(), &dev, now, &Calendar::default()).unwrap();
+        let before = app.clone();
+        assert!(matches!(
+            app.decide(true, None, &seconded, now),
+            Err(Error::Forbidden(_))
+        ));
+        assert_eq!(app, before, "a refused decision changes nothing");
+        app.decide(true, None, &op, now).unwrap();
     }
 
     #[test]

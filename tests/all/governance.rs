@@ -218,6 +218,57 @@ fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
     assert_eq!(filings[0]["id"], json!(w.agreement));
     assert_eq!(reg.get("/v1/regulator/overdue?as_of=not-a-date").status, 400);
 
+    // Organizations (R24): nobody decides a request of their own
+    // organization, even under another party.
+    let group = op
+        .post(
+            "/v1/operator/organizations",
+            &json!({"name": "Example Financial Group", "registration": "91350200MA0000000X"}),
+        )
+        .ok();
+    let group_id = group["id"].as_str().unwrap();
+    let member = |name: &str, role: &str| {
+        let p = op
+            .post(
+                "/v1/operator/parties",
+                &json!({"name": name, "role": role, "organization": group_id}),
+            )
+            .ok();
+        assert_eq!(p["organization"], json!(group_id));
+        op.as_token(p["token"].as_str().unwrap())
+    };
+    let group_dev = member("Group Lending Arm", "developer");
+    let group_op = member("Group seconded operator", "operator");
+    let app2 = group_dev
+        .post(
+            "/v1/developer/applications",
+            &json!({"scenario_id": w.scenario, "materials": materials()}),
+        )
+        .ok();
+    let r = group_op.post(
+        &format!(
+            "/v1/operator/applications/{}/decision",
+            app2["id"].as_str().unwrap()
+        ),
+        &json!({"approve": true}),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.message().contains("own organization"), "{}", r.text());
+    let r = op.post(
+        "/v1/operator/parties",
+        &json!({"name": "x", "role": "developer", "organization": "org_missing"}),
+    );
+    assert_eq!(r.status, 404);
+    let orgs = reg.get("/v1/regulator/organizations").ok();
+    let listed = orgs["organizations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == json!(group_id))
+        .expect("the group is listed")
+        .clone();
+    assert_eq!(listed["members"].as_array().unwrap().len(), 2, "{listed}");
+
     // Rejection needs a reason; with one it is final.
     let decide = format!("/v1/operator/applications/{app_id}/decision");
     let r = op.post(&decide, &json!({"approve": false}));

@@ -8,7 +8,7 @@ use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::{new_id, new_token};
 use crate::state::AppState;
-use crate::store::{append, get_in, put, NewEntry, Party, Store, Table};
+use crate::store::{append, get_in, party_in, put, NewEntry, Organization, Party, Store, Table};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -25,6 +25,10 @@ use serde_json::{json, Value};
 pub(crate) struct NewParty {
     name: String,
     role: Role,
+    /// The organization it joins (`org_...`); a new organization of the
+    /// same name when absent.
+    #[serde(default)]
+    organization: Option<String>,
 }
 
 pub(crate) async fn create_party(
@@ -38,16 +42,36 @@ pub(crate) async fn create_party(
         return Err(ApiError::BadRequest("name must be 1-200 characters".into()));
     }
     let (token, hash) = new_token();
-    let party = Party {
-        id: new_id("pt"),
-        name,
-        role: req.role,
-        created_at: Utc::now().to_rfc3339(),
-    };
-    let store = st.store.clone();
-    let p = party.clone();
-    store
+    let now = Utc::now().to_rfc3339();
+    let party = st
+        .store
         .write(move |tx| {
+            let org = match req.organization {
+                Some(id) => get_in::<Organization>(tx, Table::Organizations, &id)?
+                    .ok_or_else(|| ApiError::NotFound(format!("no organization {}", id.escape_debug())))?,
+                None => {
+                    let org = Organization {
+                        id: new_id("org"),
+                        name: name.clone(),
+                        registration: None,
+                        created_at: now.clone(),
+                    };
+                    put(tx, &org)?;
+                    append(
+                        tx,
+                        NewEntry::by(&actor, "organization.create", &org.id, json!({"name": org.name})),
+                        Utc::now(),
+                    )?;
+                    org
+                }
+            };
+            let p = Party {
+                id: new_id("pt"),
+                name,
+                role: req.role,
+                created_at: now,
+                organization: org.id,
+            };
             Store::insert_party(tx, &p, &hash)?;
             append(
                 tx,
@@ -55,20 +79,88 @@ pub(crate) async fn create_party(
                     &actor,
                     "party.create",
                     &p.id,
-                    json!({"name": p.name, "role": p.role}),
+                    json!({"name": p.name, "role": p.role, "organization": p.organization}),
                 ),
                 Utc::now(),
             )?;
-            Ok(())
+            Ok(p)
         })
         .await?;
     Ok((
         StatusCode::CREATED,
         Json(
-            json!({"id": party.id, "name": party.name, "role": party.role, "token": token,
-            "note": "the token is shown only once; the platform stores its hash"}),
+            json!({"id": party.id, "name": party.name, "role": party.role, "organization": party.organization,
+            "token": token, "note": "the token is shown only once; the platform stores its hash"}),
         ),
     ))
+}
+
+/// A new organization.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewOrganization {
+    name: String,
+    #[serde(default)]
+    registration: Option<String>,
+}
+
+pub(crate) async fn create_organization(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Body(req): Body<NewOrganization>,
+) -> ApiResult<(StatusCode, Json<Organization>)> {
+    let name = req.name.trim().to_string();
+    if name.is_empty() || name.len() > 200 {
+        return Err(ApiError::BadRequest("name must be 1-200 characters".into()));
+    }
+    let org = Organization {
+        id: new_id("org"),
+        name,
+        registration: req.registration,
+        created_at: Utc::now().to_rfc3339(),
+    };
+    let o = org.clone();
+    st.store
+        .write(move |tx| {
+            put(tx, &o)?;
+            append(
+                tx,
+                NewEntry::by(
+                    &actor,
+                    "organization.create",
+                    &o.id,
+                    json!({"name": o.name, "registration": o.registration}),
+                ),
+                Utc::now(),
+            )
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(org)))
+}
+
+/// Organizations with their members (operator and regulator).
+pub(crate) async fn list_organizations(
+    State(st): State<AppState>,
+    Auth(_actor): Auth,
+) -> ApiResult<Json<Value>> {
+    let store = st.store.clone();
+    let (orgs, parties) = blocking(move || {
+        let orgs: Vec<Organization> = store.list(Table::Organizations, None)?;
+        Ok((orgs, store.parties()?))
+    })
+    .await?;
+    let out: Vec<Value> = orgs
+        .iter()
+        .map(|o| {
+            let members: Vec<Value> = parties
+                .iter()
+                .filter(|p| p.organization == o.id)
+                .map(|p| json!({"id": p.id, "name": p.name, "role": p.role}))
+                .collect();
+            json!({"id": o.id, "name": o.name, "registration": o.registration, "members": members})
+        })
+        .collect();
+    Ok(Json(json!({"organizations": out})))
 }
 
 pub(crate) async fn list_parties(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
@@ -290,6 +382,11 @@ pub(crate) async fn decide_review(
                     "job {} is not waiting for review",
                     j.id
                 )));
+            }
+            if party_in(tx, &j.developer_id)?.is_some_and(|p| p.organization == actor.org) {
+                return Err(ApiError::Forbidden(
+                    "nobody reviews the output of their own organization".into(),
+                ));
             }
             let now = Utc::now();
             j.status = if d.approve {
