@@ -10,6 +10,7 @@ mod operator;
 mod oversight;
 mod provider;
 mod regulator;
+mod report;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -279,6 +280,11 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/regulator/releases", REGULATOR, || {
         get(regulator::releases)
     }),
+    route("GET", "/v1/regulator/applications", REGULATOR, || {
+        get(report::list_applications)
+    }),
+    route("GET", "/v1/regulator/jobs", REGULATOR, || get(report::list_jobs)),
+    route("GET", "/v1/regulator/report", REGULATOR, || get(report::report)),
     route("GET", "/v1/regulator/agreements", REGULATOR, || {
         get(oversight::list_agreements)
     }),

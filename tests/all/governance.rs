@@ -498,6 +498,37 @@ fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
     assert_ne!(code, 0);
     assert!(err.contains("key=value"), "{err}");
 
+    // R26: the periodic report sums up the period for the regulator.
+    let report = reg.get("/v1/regulator/report").ok();
+    assert!(report["jobs"]["submitted"].as_u64().unwrap() >= 4, "{report}");
+    assert!(
+        report["jobs"]["released_results"].as_u64().unwrap() >= 3,
+        "{report}"
+    );
+    assert_eq!(report["jobs"]["by_status"]["failed"], json!(1), "{report}");
+    assert_eq!(report["reviews"]["decided"], json!(2), "{report}");
+    assert_eq!(report["incidents"]["reported"], json!(2), "{report}");
+    assert_eq!(report["objections"]["filed"], json!(2), "{report}");
+    assert_eq!(report["objections"]["open"], json!(1), "{report}");
+    assert_eq!(report["risk_reports"]["filed"], json!(2), "{report}");
+    let providers = report["providers"].as_array().unwrap();
+    assert_eq!(providers.len(), 3, "{report}");
+    let market = providers
+        .iter()
+        .find(|p| p["name"] == "Market Supervision Bureau")
+        .unwrap();
+    assert_eq!(market["datasets"], json!(["enterprise_register"]));
+    assert!(market["releases_reading"].as_u64().unwrap() >= 3, "{market}");
+    assert!(report["budgets"][0]["epsilon_spent"].as_f64().unwrap() > 0.0);
+    let r = reg.get("/v1/regulator/report?from=2026-12-01&to=2026-11-01");
+    assert_eq!(r.status, 400);
+    // The regulator reads every application and job, never an output.
+    let all = reg.get("/v1/regulator/applications").ok();
+    assert_eq!(all["applications"].as_array().unwrap().len(), 3);
+    let jobs = reg.get("/v1/regulator/jobs").ok();
+    assert!(!jobs["jobs"].as_array().unwrap().is_empty());
+    assert!(jobs["jobs"][0].get("output").is_none());
+
     // Every state change is in the ledger.
     let seen = actions(&w.server);
     for a in [

@@ -46,9 +46,15 @@ pub(crate) async fn create_party(
     let party = st
         .store
         .write(move |tx| {
-            let org = match req.organization {
-                Some(id) => get_in::<Organization>(tx, Table::Organizations, &id)?
-                    .ok_or_else(|| ApiError::NotFound(format!("no organization {}", id.escape_debug())))?,
+            // A party without an organization gets its own, recorded in the
+            // same ledger entry as the party.
+            let (org, new_org) = match req.organization {
+                Some(id) => (
+                    get_in::<Organization>(tx, Table::Organizations, &id)?.ok_or_else(|| {
+                        ApiError::NotFound(format!("no organization {}", id.escape_debug()))
+                    })?,
+                    false,
+                ),
                 None => {
                     let org = Organization {
                         id: new_id("org"),
@@ -57,12 +63,7 @@ pub(crate) async fn create_party(
                         created_at: now.clone(),
                     };
                     put(tx, &org)?;
-                    append(
-                        tx,
-                        NewEntry::by(&actor, "organization.create", &org.id, json!({"name": org.name})),
-                        Utc::now(),
-                    )?;
-                    org
+                    (org, true)
                 }
             };
             let p = Party {
@@ -79,7 +80,8 @@ pub(crate) async fn create_party(
                     &actor,
                     "party.create",
                     &p.id,
-                    json!({"name": p.name, "role": p.role, "organization": p.organization}),
+                    json!({"name": p.name, "role": p.role, "organization": p.organization,
+                        "new_organization": new_org}),
                 ),
                 Utc::now(),
             )?;
