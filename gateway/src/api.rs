@@ -4,6 +4,7 @@
 //! `scenarios` and write it with its ledger entry in one store transaction.
 
 mod catalog;
+mod consent;
 mod developer;
 mod ledger;
 mod operator;
@@ -185,6 +186,14 @@ pub const ROUTES: &[Route] = &[
         post(provider::register)
     }),
     route("GET", "/v1/provider/datasets", PROVIDER, || get(provider::list)),
+    route("POST", "/v1/provider/consents", PROVIDER, || {
+        post(consent::record)
+    }),
+    route("GET", "/v1/provider/consents", PROVIDER, || get(consent::counts)),
+    route("GET", "/v1/operator/consents", OPERATOR, || get(consent::counts)),
+    route("GET", "/v1/regulator/consents", REGULATOR, || {
+        get(consent::counts)
+    }),
     route("POST", "/v1/provider/objections", PROVIDER, || {
         post(oversight::file_objection)
     }),

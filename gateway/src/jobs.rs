@@ -336,10 +336,17 @@ pub async fn recover_interrupted(st: &AppState) -> ApiResult<usize> {
 }
 
 /// The current versions of a scenario's datasets, with the rows of
-/// objecting subjects withheld; refused while a dataset is suspended (R7).
+/// objecting subjects withheld (R7) and, when the scenario needs consent,
+/// only consenting subjects kept (R14); refused while a dataset is
+/// suspended.
 fn scenario_tables(st: &AppState, sc: &Scenario) -> ApiResult<Vec<TableVersion>> {
     let datasets = current_datasets(st)?;
     let objections: Vec<scenarios::oversight::Objection> = st.store.list(Table::Objections, None)?;
+    let consenting = if sc.spec.needs_consent {
+        Some(Arc::new(st.store.consenting_units(&sc.id)?))
+    } else {
+        None
+    };
     let mut tables = Vec::new();
     for t in &sc.spec.tables {
         let d = datasets.iter().find(|d| d.name == t.dataset).ok_or_else(|| {
@@ -347,6 +354,7 @@ fn scenario_tables(st: &AppState, sc: &Scenario) -> ApiResult<Vec<TableVersion>>
         })?;
         let mut tv = TableVersion::from_profile(d.spec.clone(), &d.profile);
         tv.units = crate::api::gate(&objections, d)?;
+        tv.units.only = consenting.clone();
         tables.push(tv);
     }
     Ok(tables)

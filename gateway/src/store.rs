@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS objections (
     id TEXT PRIMARY KEY, dataset TEXT NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS risk_reports (id TEXT PRIMARY KEY, filed_by TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS incidents (id TEXT PRIMARY KEY, state TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS consents (
+    scenario_id TEXT NOT NULL, unit TEXT NOT NULL, granted INTEGER NOT NULL,
+    recorded_by TEXT NOT NULL, recorded_at TEXT NOT NULL, PRIMARY KEY (scenario_id, unit));
 CREATE TABLE IF NOT EXISTS modules (hash TEXT PRIMARY KEY, bytes BLOB NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, agreement_id TEXT NOT NULL, developer_id TEXT NOT NULL,
@@ -852,6 +855,57 @@ pub fn put_in<T: Serialize>(
     values.push(&json);
     tx.execute(&sql, values.as_slice())?;
     Ok(())
+}
+
+/// Records consent (or its withdrawal) of `units` for a scenario; the last
+/// record of a unit counts. Returns how many records changed.
+pub fn put_consents(
+    tx: &Connection,
+    scenario_id: &str,
+    units: &[String],
+    granted: bool,
+    by: &str,
+    at: &str,
+) -> ApiResult<usize> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO consents (scenario_id, unit, granted, recorded_by, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (scenario_id, unit) DO UPDATE SET granted = excluded.granted,
+             recorded_by = excluded.recorded_by, recorded_at = excluded.recorded_at
+         WHERE consents.granted != excluded.granted",
+    )?;
+    let mut changed = 0;
+    for u in units {
+        changed += st.execute(params![scenario_id, u, granted, by, at])?;
+    }
+    Ok(changed)
+}
+
+impl Store {
+    /// Units that consented to a scenario.
+    pub fn consenting_units(&self, scenario_id: &str) -> ApiResult<std::collections::HashSet<String>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT unit FROM consents WHERE scenario_id = ?1 AND granted = 1")?;
+            let rows = st.query_map([scenario_id], |r| r.get::<_, String>(0))?;
+            let mut out = std::collections::HashSet::new();
+            for r in rows {
+                out.insert(r?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Consent counts per scenario: (scenario, granted, withdrawn).
+    pub fn consent_counts(&self) -> ApiResult<Vec<(String, u64, u64)>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT scenario_id, SUM(granted), SUM(1 - granted) FROM consents GROUP BY scenario_id ORDER BY scenario_id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
 }
 
 /// Budget spent, inside a connection or transaction.

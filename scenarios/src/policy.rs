@@ -277,6 +277,11 @@ pub struct ScenarioSpec {
     pub aggregates: BTreeSet<AggregateFn>,
     /// Release rules.
     pub release: ReleaseRules,
+    /// The scenario uses source data about people or enterprises that must
+    /// consent: only the rows of subjects with a consent record for this
+    /// scenario reach its jobs (R14).
+    #[serde(default)]
+    pub needs_consent: bool,
 }
 
 /// Aggregate functions a scenario can allow.

@@ -543,3 +543,86 @@ fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
         assert!(seen.iter().any(|s| s == a), "{a} missing from the ledger");
     }
 }
+
+/// The enterprise ids the demo data generator gives its first `n` firms.
+fn enterprise_ids(n: u64) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("91350200MA{:08X}", i.wrapping_mul(2_654_435_761) & 0xFFFF_FFFF))
+        .collect()
+}
+
+fn released_count(w: &crate::fixture::World) -> i64 {
+    let job = w.run(&invis_tests::probe(
+        "SELECT COUNT(*) AS n FROM enterprise_register",
+    ));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let out = w.developer.get(&format!(
+        "/v1/developer/jobs/{}/output",
+        job["id"].as_str().unwrap()
+    ));
+    let table = invis::ipc::decode(&out.body).expect("IPC output");
+    // A count below the release threshold is suppressed (no row, or null).
+    if table.num_rows() == 0 {
+        return 0;
+    }
+    table.i64("n", 0).unwrap_or(0)
+}
+
+#[test]
+fn only_consenting_subjects_reach_a_scenario_that_needs_consent() {
+    // R14: consent per subject and scenario, recorded by the provider.
+    let mut sc = crate::fixture::scenario(20.0);
+    sc["needs_consent"] = json!(true);
+    let w = crate::fixture::world_with(2000, sc, &[]);
+    let market = w.provider("Market Supervision Bureau");
+    assert!(released_count(&w) < 150, "nobody consented yet");
+
+    let ids = enterprise_ids(1000);
+    let grant = market
+        .post(
+            "/v1/provider/consents",
+            &json!({"scenario_id": w.scenario, "units": ids, "basis": "online consent form, 2026-11"}),
+        )
+        .ok();
+    assert_eq!(grant["changed"], json!(1000));
+    let n = released_count(&w);
+    assert!((n - 1000).abs() < 150, "about the 1000 consenting firms: {n}");
+
+    let withdraw = market
+        .post(
+            "/v1/provider/consents",
+            &json!({"scenario_id": w.scenario, "units": ids[..500], "granted": false,
+                "basis": "withdrawals received by post"}),
+        )
+        .ok();
+    assert_eq!(withdraw["changed"], json!(500));
+    let n = released_count(&w);
+    assert!((n - 500).abs() < 150, "withdrawn rows are gone: {n}");
+
+    let counts = w.server.regulator.get("/v1/regulator/consents").ok();
+    assert_eq!(
+        counts["consents"],
+        json!([{"scenario_id": w.scenario, "granted": 500, "withdrawn": 500}])
+    );
+    // Bad batches change nothing; a provider without data in the scenario
+    // cannot record consent for it; unit values never come back.
+    let r = market.post(
+        "/v1/provider/consents",
+        &json!({"scenario_id": w.scenario, "units": [], "basis": "x"}),
+    );
+    assert_eq!(r.status, 400);
+    let r = market.post(
+        "/v1/provider/consents",
+        &json!({"scenario_id": w.scenario, "units": ["a"], "basis": " "}),
+    );
+    assert_eq!(r.status, 400);
+    let stranger = w.server.party("Late Provider", "provider");
+    let r = stranger.post(
+        "/v1/provider/consents",
+        &json!({"scenario_id": w.scenario, "units": ["a"], "basis": "b"}),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    let ledger = w.server.regulator.get("/v1/regulator/ledger").text();
+    assert!(!ledger.contains(&ids[0]), "unit values stay out of the ledger");
+    assert!(ledger.contains("consent.withdraw"));
+}
