@@ -12,6 +12,7 @@ mod oversight;
 mod provider;
 mod regulator;
 mod report;
+mod verify;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -349,6 +350,9 @@ pub const ROUTES: &[Route] = &[
     }),
     route("POST", "/v1/developer/agreements/{id}/halt", DEVELOPER, || {
         post(oversight::halt_agreement)
+    }),
+    route("POST", "/v1/developer/agreements/{id}/verify", DEVELOPER, || {
+        post(verify::verify)
     }),
     route("GET", "/v1/developer/risk-reports", DEVELOPER, || {
         get(oversight::list_risk_reports)

@@ -339,7 +339,7 @@ pub async fn recover_interrupted(st: &AppState) -> ApiResult<usize> {
 /// objecting subjects withheld (R7) and, when the scenario needs consent,
 /// only consenting subjects kept (R14); refused while a dataset is
 /// suspended.
-fn scenario_tables(st: &AppState, sc: &Scenario) -> ApiResult<Vec<TableVersion>> {
+pub(crate) fn scenario_tables(st: &AppState, sc: &Scenario) -> ApiResult<Vec<TableVersion>> {
     let datasets = current_datasets(st)?;
     let objections: Vec<scenarios::oversight::Objection> = st.store.list(Table::Objections, None)?;
     let consenting = if sc.spec.needs_consent {

@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS incidents (id TEXT PRIMARY KEY, state TEXT NOT NULL, 
 CREATE TABLE IF NOT EXISTS consents (
     scenario_id TEXT NOT NULL, unit TEXT NOT NULL, granted INTEGER NOT NULL,
     recorded_by TEXT NOT NULL, recorded_at TEXT NOT NULL, PRIMARY KEY (scenario_id, unit));
+CREATE TABLE IF NOT EXISTS verifications (
+    developer_id TEXT NOT NULL, scenario_id TEXT NOT NULL, unit TEXT NOT NULL, checks INTEGER NOT NULL,
+    PRIMARY KEY (developer_id, scenario_id, unit));
 CREATE TABLE IF NOT EXISTS modules (hash TEXT PRIMARY KEY, bytes BLOB NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, agreement_id TEXT NOT NULL, developer_id TEXT NOT NULL,

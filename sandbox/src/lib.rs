@@ -20,6 +20,7 @@ mod scope;
 #[cfg(test)]
 mod tests;
 pub mod udf;
+pub mod verify;
 
 pub use error::{Error, Result};
 pub use release::{QueryLineage, TableRef};

@@ -876,6 +876,7 @@ impl<'a> Checker<'a> {
                     ColumnOp::Filter => "filter",
                     ColumnOp::Aggregate => "aggregate",
                     ColumnOp::Join => "join",
+                    ColumnOp::Verify => "verify",
                 })
                 .collect();
             return refuse(format!(

@@ -706,3 +706,41 @@ async fn row_functions_feed_aggregates_only_and_are_clamped_to_their_bounds() {
         assert!(scope.register_row_function(f).is_err());
     }
 }
+
+#[tokio::test]
+async fn verification_answers_match_or_no_match_and_never_a_value() {
+    use crate::verify::{Claim, Claimed};
+    let spec = spec("PUMS_pid.csv", "pums");
+    let p = profile(&spec).await.unwrap();
+    let mut t = TableVersion::from_profile(spec, &p);
+    let claim = |unit: &str, values: &[(&str, Claimed)]| Claim {
+        unit: unit.into(),
+        values: values.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+    };
+    let plane = DataPlane::new();
+    // pid 1 is 59, sex 1, income 0.0; pid 2 is 31 with income 17000.
+    let claims = [
+        claim(
+            "1",
+            &[("age", Claimed::Number(59.0)), ("sex", Claimed::Number(1.0))],
+        ),
+        claim("1", &[("age", Claimed::Number(58.0))]),
+        claim("2", &[("income", Claimed::Text("17000".into()))]),
+        claim("no-such-person", &[("age", Claimed::Number(1.0))]),
+    ];
+    let r = plane.verify(&t, &claims).await.unwrap();
+    assert_eq!(r, [Some(true), Some(false), Some(true), None]);
+    // Withheld subjects are unknown, as if absent.
+    t.units.exclude = Arc::new(["1".to_string()].into_iter().collect());
+    let r = plane.verify(&t, &claims[..2]).await.unwrap();
+    assert_eq!(r, [None, None]);
+    // The unit column and unknown columns cannot be checked.
+    assert!(plane
+        .verify(&t, &[claim("2", &[("pid", Claimed::Number(2.0))])])
+        .await
+        .is_err());
+    assert!(plane
+        .verify(&t, &[claim("2", &[("salary", Claimed::Number(2.0))])])
+        .await
+        .is_err());
+}

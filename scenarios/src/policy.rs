@@ -23,6 +23,9 @@ pub enum ColumnOp {
     Aggregate,
     /// Be an equi-join key. Only privacy-unit columns can be join keys.
     Join,
+    /// Be checked against a value a developer claims for one consenting
+    /// subject; the answer is match or no match, never the value (R18).
+    Verify,
 }
 
 /// One column a scenario grants.

@@ -167,10 +167,20 @@ pub(crate) fn world_with(enterprises: usize, scenario_spec: Value, serve_args: &
         providers.push((name.to_string(), p));
     }
     let developer = server.party("Example Bank", "developer");
-    let sc = server
-        .operator
-        .post("/v1/operator/scenarios", &scenario_spec)
-        .ok();
+    let (scenario_id, agreement) = open_agreement(&server, &developer, &scenario_spec);
+    World {
+        server,
+        developer,
+        scenario: scenario_id,
+        agreement,
+        providers,
+    }
+}
+
+/// Proposes and approves a scenario, and takes `developer` through its
+/// application to a signed agreement; returns (scenario id, agreement id).
+pub(crate) fn open_agreement(server: &Server, developer: &Api, scenario_spec: &Value) -> (String, String) {
+    let sc = server.operator.post("/v1/operator/scenarios", scenario_spec).ok();
     let scenario_id = sc["id"].as_str().expect("scenario id").to_string();
     server
         .regulator
@@ -197,11 +207,5 @@ pub(crate) fn world_with(enterprises: usize, scenario_spec: Value, serve_args: &
     developer
         .post(&format!("/v1/developer/agreements/{agreement}/sign"), &json!({}))
         .ok();
-    World {
-        server,
-        developer,
-        scenario: scenario_id,
-        agreement,
-        providers,
-    }
+    (scenario_id, agreement)
 }

@@ -626,3 +626,125 @@ fn only_consenting_subjects_reach_a_scenario_that_needs_consent() {
     assert!(!ledger.contains(&ids[0]), "unit values stay out of the ledger");
     assert!(ledger.contains("consent.withdraw"));
 }
+
+#[test]
+fn cross_verification_says_only_match_or_no_match_for_consenting_subjects() {
+    // R18: a developer checks its own records against public data.
+    let server = Server::start(&[]).expect("server");
+    let dir = server.dir.join("bureau");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut csv = String::from("enterprise_id,employees,industry\n");
+    for i in 0..200 {
+        let industry = ["retail", "software", "food"][i % 3];
+        csv.push_str(&format!("F{i:04},{},{industry}\n", i % 50 + 1));
+    }
+    let path = dir.join("firms.csv");
+    std::fs::write(&path, csv).unwrap();
+    let bureau = server.party("Credit Bureau", "provider");
+    bureau
+        .post(
+            "/v1/provider/datasets",
+            &json!({"name": "firms", "path": path.to_string_lossy(), "privacy_unit": "enterprise_id",
+                "unit_kind": "enterprise", "columns": [
+                    {"name": "enterprise_id", "rule": "tokenize"},
+                    {"name": "employees", "rule": "keep"},
+                    {"name": "industry", "rule": "keep"}]}),
+        )
+        .ok();
+    let dev = server.party("Example Bank", "developer");
+    let spec = json!({
+        "name": "Loan application checks", "class": "credit-verification",
+        "purpose": "confirm what applicants declare",
+        "tables": [{"dataset": "firms", "columns": [
+            {"name": "enterprise_id", "ops": ["join"]},
+            {"name": "employees", "ops": ["verify"]},
+            {"name": "industry", "ops": ["group", "verify"]}]}],
+        "release": {"epsilon_total": 1.0, "epsilon_per_query": 0.5, "min_group_size": 10}
+    });
+    let (scenario, agreement) = crate::fixture::open_agreement(&server, &dev, &spec);
+    // F0001..F0009 consented; F0010 did not.
+    let consenting: Vec<String> = (1..10).map(|i| format!("F{i:04}")).collect();
+    bureau
+        .post(
+            "/v1/provider/consents",
+            &json!({"scenario_id": scenario, "units": consenting, "basis": "loan application form"}),
+        )
+        .ok();
+    let verify = format!("/v1/developer/agreements/{agreement}/verify");
+    // F0001 has 2 employees in software; F0002 has 3 in food.
+    let r = dev
+        .post(
+            &verify,
+            &json!({"dataset": "firms", "records": [
+                {"subject": "F0001", "claims": {"employees": 2, "industry": "software"}},
+                {"subject": "F0002", "claims": {"employees": 3, "industry": "retail"}},
+                {"subject": "F0010", "claims": {"employees": 11}},
+                {"subject": "F9999", "claims": {"employees": 1}}]}),
+        )
+        .ok();
+    assert_eq!(
+        r["results"],
+        json!(["match", "no_match", "unavailable", "unavailable"]),
+        "non-consenting and unknown subjects look the same"
+    );
+    assert!(!r.to_string().contains("F0001"), "nothing is echoed");
+
+    // Attack: finding a value by trying candidates stops at the limit.
+    let mut answers = Vec::new();
+    for guess in 1..=6 {
+        let r = dev
+            .post(
+                &verify,
+                &json!({"dataset": "firms", "records": [{"subject": "F0005", "claims": {"employees": guess}}]}),
+            )
+            .ok();
+        answers.push(r["results"][0].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        answers,
+        [
+            "no_match",
+            "no_match",
+            "no_match",
+            "limit_reached",
+            "limit_reached",
+            "limit_reached"
+        ],
+        "F0005 has 6 employees; the limit stops the search first"
+    );
+    // F0001 was checked once above: two more checks, then the limit.
+    for expect in ["match", "match", "limit_reached"] {
+        let r = dev
+            .post(
+                &verify,
+                &json!({"dataset": "firms", "records": [{"subject": "F0001", "claims": {"industry": "software"}}]}),
+            )
+            .ok();
+        assert_eq!(r["results"][0], expect);
+    }
+
+    // Columns without the verify grant, bad claims, other developers.
+    let r = dev.post(
+        &verify,
+        &json!({"dataset": "firms", "records": [{"subject": "F0003", "claims": {"enterprise_id": "F0003"}}]}),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.message().contains("verify"), "{}", r.text());
+    let r = dev.post(
+        &verify,
+        &json!({"dataset": "firms", "records": [{"subject": "F0003", "claims": {"employees": [1]}}]}),
+    );
+    assert_eq!(r.status, 400);
+    let r = dev.post(&verify, &json!({"dataset": "firms", "records": []}));
+    assert_eq!(r.status, 400);
+    let other = server.party("Other Bank", "developer");
+    let r = other.post(
+        &verify,
+        &json!({"dataset": "firms", "records": [{"subject": "F0003", "claims": {"employees": 4}}]}),
+    );
+    assert_eq!(r.status, 404);
+    // Each batch is in the ledger, without subjects or values.
+    let ledger = server.regulator.get("/v1/regulator/ledger").text();
+    assert_eq!(ledger.matches("verify.batch").count(), 10, "one entry per batch");
+    assert!(!ledger.contains("F0005"));
+}
