@@ -105,6 +105,28 @@ impl Scenario {
         })
     }
 
+    /// Approves a new proposal under its class, already approved by the
+    /// regulator with `prior` (一类场景一审定: a class is approved once).
+    pub fn approve_under_class(&mut self, prior: &Scenario, at: DateTime<Utc>) -> Result<()> {
+        if self.status != ScenarioStatus::Pending {
+            return Err(Error::IllegalState(format!("scenario {} was already decided", self.id)));
+        }
+        if prior.status != ScenarioStatus::Approved || prior.spec.class != self.spec.class {
+            return Err(Error::IllegalState(format!(
+                "scenario {} does not approve the class `{}`",
+                prior.id, self.spec.class
+            )));
+        }
+        self.status = ScenarioStatus::Approved;
+        self.decided_by = prior.decided_by.clone();
+        self.decided_at = Some(at);
+        self.reason = Some(format!(
+            "class `{}` was approved by the regulator with scenario {}",
+            self.spec.class, prior.id
+        ));
+        Ok(())
+    }
+
     /// The regulator's decision. Nobody decides their own proposal.
     pub fn decide(
         &mut self,
@@ -588,6 +610,26 @@ mod tests {
                 "missing materials: security_officer".into()
             ))
         );
+    }
+
+    #[test]
+    fn a_class_is_approved_once() {
+        let now = Utc::now();
+        let op = actor("op", Role::Operator);
+        let mut first = Scenario::propose("sc1".into(), spec(), &op, now).unwrap();
+        let mut second = Scenario::propose("sc2".into(), spec(), &op, now).unwrap();
+        // Not before the regulator approved the class.
+        assert!(second.approve_under_class(&first, now).is_err());
+        first
+            .decide(true, None, &actor("reg", Role::Regulator), now)
+            .unwrap();
+        second.approve_under_class(&first, now).unwrap();
+        assert_eq!(second.status, ScenarioStatus::Approved);
+        let mut other = spec();
+        other.class = "another".into();
+        let mut third = Scenario::propose("sc3".into(), other, &op, now).unwrap();
+        assert!(third.approve_under_class(&first, now).is_err());
+        assert_eq!(third.status, ScenarioStatus::Pending);
     }
 
     #[test]

@@ -164,6 +164,18 @@ fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
     );
     let (op, reg, dev) = (&w.server.operator, &w.server.regulator, &w.developer);
 
+    // R8: a class is approved once; later scenarios of it need no new
+    // decision, a new class does.
+    let mut same_class = crate::fixture::scenario(5.0);
+    same_class["name"] = json!("Credit indicators by founding year");
+    let second = op.post("/v1/operator/scenarios", &same_class).ok();
+    assert_eq!(second["status"], "approved", "{second}");
+    assert!(second["reason"].as_str().unwrap().contains(&w.scenario));
+    let mut new_class = crate::fixture::scenario(5.0);
+    new_class["class"] = json!("insurance-pricing");
+    let third = op.post("/v1/operator/scenarios", &new_class).ok();
+    assert_eq!(third["status"], "pending");
+
     // Expected due date: 5 working days counted on the same calendar.
     let mut due = today;
     let mut left = 5;
@@ -424,7 +436,14 @@ fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
         .ok();
     assert_eq!(r["scope"]["kind"], "scenario");
     let visible = dev.get("/v1/developer/scenarios").ok();
-    assert_eq!(visible["scenarios"], json!([]));
+    assert!(
+        visible["scenarios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["id"] != json!(w.scenario)),
+        "{visible}"
+    );
     let r = other.post(
         "/v1/developer/applications",
         &json!({"scenario_id": w.scenario, "materials": materials()}),

@@ -8,7 +8,7 @@ use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::{new_id, new_token};
 use crate::state::AppState;
-use crate::store::{append, get_in, party_in, put, NewEntry, Organization, Party, Store, Table};
+use crate::store::{append, get_in, list_in, party_in, put, NewEntry, Organization, Party, Store, Table};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -200,9 +200,8 @@ pub(crate) async fn propose_scenario(
             }
         }
         let now = Utc::now();
-        let sc = Scenario::propose(new_id("sc"), spec, &actor, now)?;
+        let mut sc = Scenario::propose(new_id("sc"), spec, &actor, now)?;
         s.store.tx(move |tx| {
-            put(tx, &sc)?;
             append(
                 tx,
                 NewEntry::by(
@@ -214,6 +213,22 @@ pub(crate) async fn propose_scenario(
                 ),
                 now,
             )?;
+            // A class the regulator approved once approves its later
+            // scenarios (R8).
+            let approved: Vec<Scenario> = list_in(tx, Table::Scenarios, Some(("status", "approved")))?;
+            if let Some(prior) = approved.iter().find(|p| p.spec.class == sc.spec.class) {
+                sc.approve_under_class(prior, now)?;
+                append(
+                    tx,
+                    NewEntry::system(
+                        "scenario.approve",
+                        &sc.id,
+                        json!({"class": sc.spec.class, "reason": sc.reason, "class_approved_with": prior.id}),
+                    ),
+                    now,
+                )?;
+            }
+            put(tx, &sc)?;
             Ok(sc)
         })
     })
