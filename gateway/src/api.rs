@@ -211,6 +211,12 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/operator/organizations", OPERATOR, || {
         post(operator::create_organization)
     }),
+    route(
+        "POST",
+        "/v1/operator/organizations/{id}/standing",
+        OPERATOR,
+        || post(operator::record_standing),
+    ),
     route("GET", "/v1/operator/organizations", OPERATOR, || {
         get(operator::list_organizations)
     }),
@@ -329,6 +335,9 @@ pub const ROUTES: &[Route] = &[
     }),
     route("GET", "/v1/developer/scenarios/{id}/bundle", DEVELOPER, || {
         get(developer::scenario_bundle)
+    }),
+    route("GET", "/v1/developer/eligibility", DEVELOPER, || {
+        get(developer::eligibility)
     }),
     route("POST", "/v1/developer/applications", DEVELOPER, || {
         post(developer::apply)

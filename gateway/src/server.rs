@@ -90,6 +90,7 @@ pub fn bootstrap(
                     name: name.clone(),
                     registration: None,
                     created_at: Utc::now().to_rfc3339(),
+                    standing: Vec::new(),
                 };
                 crate::store::put(tx, &org)?;
                 let p = Party {

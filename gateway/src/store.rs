@@ -174,6 +174,17 @@ pub struct Organization {
     pub registration: Option<String>,
     /// Creation time.
     pub created_at: String,
+    /// Standing records that bear on eligibility (R10).
+    #[serde(default)]
+    pub standing: Vec<scenarios::party::Standing>,
+}
+
+/// The organization of a party, inside a connection or transaction.
+pub fn organization_of(c: &Connection, party_id: &str) -> ApiResult<Option<Organization>> {
+    match party_in(c, party_id)? {
+        Some(p) => get_in(c, Table::Organizations, &p.organization),
+        None => Ok(None),
+    }
 }
 
 impl Record for Organization {

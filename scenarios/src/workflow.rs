@@ -109,7 +109,10 @@ impl Scenario {
     /// regulator with `prior` (一类场景一审定: a class is approved once).
     pub fn approve_under_class(&mut self, prior: &Scenario, at: DateTime<Utc>) -> Result<()> {
         if self.status != ScenarioStatus::Pending {
-            return Err(Error::IllegalState(format!("scenario {} was already decided", self.id)));
+            return Err(Error::IllegalState(format!(
+                "scenario {} was already decided",
+                self.id
+            )));
         }
         if prior.status != ScenarioStatus::Approved || prior.spec.class != self.spec.class {
             return Err(Error::IllegalState(format!(

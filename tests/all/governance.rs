@@ -271,6 +271,40 @@ fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
         &json!({"name": "x", "role": "developer", "organization": "org_missing"}),
     );
     assert_eq!(r.status, 404);
+    // R10: eligibility is checked at application, with the reasons.
+    let eligible = group_dev.get("/v1/developer/eligibility").ok();
+    assert_eq!(eligible["eligible"], json!(true), "{eligible}");
+    let standing = format!("/v1/operator/organizations/{group_id}/standing");
+    let listed_on = today - Days::new(30);
+    op.post(
+        &standing,
+        &json!({"kind": "dishonesty_listing", "date": listed_on, "source": "Credit China, list 2026-10"}),
+    )
+    .ok();
+    let incident_on = today - Days::new(400);
+    op.post(
+        &standing,
+        &json!({"kind": "security_incident", "date": incident_on, "source": "CAC notice 2025-17"}),
+    )
+    .ok();
+    let r = group_dev.post(
+        "/v1/developer/applications",
+        &json!({"scenario_id": w.scenario, "materials": materials()}),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.message().contains("dishonest") && r.message().contains("security incident"),
+        "both reasons are named: {}",
+        r.text()
+    );
+    let eligible = group_dev.get("/v1/developer/eligibility").ok();
+    assert_eq!(eligible["eligible"], json!(false));
+    assert_eq!(eligible["reasons"].as_array().unwrap().len(), 2);
+    let r = op.post(
+        &standing,
+        &json!({"kind": "dishonesty_listing", "date": today, "source": " "}),
+    );
+    assert_eq!(r.status, 400);
     let orgs = reg.get("/v1/regulator/organizations").ok();
     let listed = orgs["organizations"]
         .as_array()

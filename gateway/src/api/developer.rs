@@ -8,7 +8,7 @@ use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
-use crate::store::{append, get_in, put, NewEntry, Table};
+use crate::store::{append, get_in, organization_of, put, NewEntry, Table};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -92,6 +92,17 @@ pub(crate) async fn apply(
                 .filter(|s: &Scenario| s.status == ScenarioStatus::Approved)
                 .ok_or_else(|| not_found("approved scenario", &req.scenario_id))?;
             let now = Utc::now();
+            // R10: eligibility is checked at application, with the reasons.
+            let standing = organization_of(tx, &actor.id)?
+                .map(|o| o.standing)
+                .unwrap_or_default();
+            let why = scenarios::party::ineligibility(&standing, now.date_naive());
+            if !why.is_empty() {
+                return Err(ApiError::Forbidden(format!(
+                    "not eligible to apply: {}",
+                    why.join("; ")
+                )));
+            }
             let app = Application::submit(new_id("ap"), &sc, req.materials, &actor, now, &calendar)?;
             put(tx, &app)?;
             append(
@@ -108,6 +119,22 @@ pub(crate) async fn apply(
         })
         .await?;
     Ok((StatusCode::CREATED, Json(app)))
+}
+
+/// The developer's own standing and whether it may apply now (R10).
+pub(crate) async fn eligibility(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+    let store = st.store.clone();
+    let id = actor.id.clone();
+    let org = blocking(move || store.read(|c| organization_of(c, &id))).await?;
+    let standing = org.as_ref().map(|o| o.standing.clone()).unwrap_or_default();
+    let why = scenarios::party::ineligibility(&standing, Utc::now().date_naive());
+    Ok(Json(json!({
+        "organization": org.as_ref().map(|o| &o.id),
+        "eligible": why.is_empty(),
+        "reasons": why,
+        "standing": standing,
+        "also_required_at_application": ["qualifications", "a named security officer"],
+    })))
 }
 
 pub(crate) async fn list_applications(

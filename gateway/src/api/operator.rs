@@ -61,6 +61,7 @@ pub(crate) async fn create_party(
                         name: name.clone(),
                         registration: None,
                         created_at: now.clone(),
+                        standing: Vec::new(),
                     };
                     put(tx, &org)?;
                     (org, true)
@@ -120,6 +121,7 @@ pub(crate) async fn create_organization(
         name,
         registration: req.registration,
         created_at: Utc::now().to_rfc3339(),
+        standing: Vec::new(),
     };
     let o = org.clone();
     st.store
@@ -138,6 +140,39 @@ pub(crate) async fn create_organization(
         })
         .await?;
     Ok((StatusCode::CREATED, Json(org)))
+}
+
+/// Records a standing fact about an organization (R10).
+pub(crate) async fn record_standing(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+    Body(rec): Body<scenarios::party::Standing>,
+) -> ApiResult<Json<Organization>> {
+    if rec.source.trim().is_empty() {
+        return Err(ApiError::BadRequest(
+            "the source of the record is required".into(),
+        ));
+    }
+    if rec.until.is_some_and(|u| u < rec.date) {
+        return Err(ApiError::BadRequest("`until` is before `date`".into()));
+    }
+    let org = st
+        .store
+        .write(move |tx| {
+            let mut org: Organization = get_in(tx, Table::Organizations, &id)?
+                .ok_or_else(|| ApiError::NotFound(format!("no organization {}", id.escape_debug())))?;
+            org.standing.push(rec.clone());
+            put(tx, &org)?;
+            append(
+                tx,
+                NewEntry::by(&actor, "organization.standing", &org.id, json!({"record": rec})),
+                Utc::now(),
+            )?;
+            Ok(org)
+        })
+        .await?;
+    Ok(Json(org))
 }
 
 /// Organizations with their members (operator and regulator).
@@ -159,7 +194,8 @@ pub(crate) async fn list_organizations(
                 .filter(|p| p.organization == o.id)
                 .map(|p| json!({"id": p.id, "name": p.name, "role": p.role}))
                 .collect();
-            json!({"id": o.id, "name": o.name, "registration": o.registration, "members": members})
+            json!({"id": o.id, "name": o.name, "registration": o.registration, "members": members,
+                "standing": o.standing})
         })
         .collect();
     Ok(Json(json!({"organizations": out})))
