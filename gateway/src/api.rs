@@ -6,6 +6,7 @@
 mod catalog;
 mod consent;
 mod developer;
+mod fees;
 mod ledger;
 mod operator;
 mod oversight;
@@ -166,6 +167,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/health", Public, || get(health)),
     route("GET", "/v1/ledger/public-key", Public, || get(ledger::public_key)),
     route("GET", "/v1/whoami", Authenticated, || get(catalog::whoami)),
+    route("GET", "/v1/tariff", Authenticated, || get(fees::tariff)),
     route("GET", "/v1/catalog", Authenticated, || get(catalog::list)),
     route("GET", "/v1/catalog/{name}", Authenticated, || {
         get(catalog::detail)
@@ -253,6 +255,9 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/operator/scenarios/{id}/halt", OPERATOR, || {
         post(oversight::halt_scenario)
     }),
+    route("GET", "/v1/operator/agreements/{id}/statement", OPERATOR, || {
+        get(fees::statement)
+    }),
     route("GET", "/v1/operator/risk-reports", OPERATOR, || {
         get(oversight::list_risk_reports)
     }),
@@ -304,6 +309,12 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/regulator/agreements", REGULATOR, || {
         get(oversight::list_agreements)
     }),
+    route(
+        "GET",
+        "/v1/regulator/agreements/{id}/statement",
+        REGULATOR,
+        || get(fees::statement),
+    ),
     route("GET", "/v1/regulator/overdue", REGULATOR, || {
         get(oversight::overdue)
     }),
@@ -363,6 +374,12 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/developer/agreements/{id}/verify", DEVELOPER, || {
         post(verify::verify)
     }),
+    route(
+        "GET",
+        "/v1/developer/agreements/{id}/statement",
+        DEVELOPER,
+        || get(fees::statement),
+    ),
     route("GET", "/v1/developer/risk-reports", DEVELOPER, || {
         get(oversight::list_risk_reports)
     }),

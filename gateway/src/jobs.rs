@@ -7,7 +7,7 @@
 //! Budgets are kept per developer and scenario, not per agreement, so a new
 //! application for the same scenario does not reset the budget.
 
-use crate::api::{blocking, current_datasets, JobRecord, JobStatus, QueryRecord};
+use crate::api::{blocking, current_datasets, DatasetRecord, JobRecord, JobStatus, QueryRecord};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
@@ -458,6 +458,16 @@ async fn finish(
 ) -> ApiResult<()> {
     let output_limit = st.config.job_limits.output_bytes;
     let seqs = accountant.released.lock().map(|v| v.clone()).unwrap_or_default();
+    // Row counts of every registered version, by version hash.
+    let store = st.store.clone();
+    let rows: std::collections::HashMap<String, u64> = blocking(move || {
+        let all: Vec<DatasetRecord> = store.list(Table::Datasets, None)?;
+        Ok(all
+            .into_iter()
+            .map(|d| (d.profile.version, d.profile.rows))
+            .collect())
+    })
+    .await?;
     job.queries = outcome
         .releases
         .iter()
@@ -468,6 +478,14 @@ async fn finish(
             epsilon: l.cost.epsilon.as_f64(),
             released_groups: l.released_groups,
             output_hash: l.output_hash.clone(),
+            rows_metered: l
+                .tables
+                .iter()
+                .map(|t| t.version.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .map(|v| rows.get(v).copied().unwrap_or(0))
+                .sum(),
         })
         .collect();
     let mut tables: Vec<sandbox::TableRef> = outcome.releases.iter().flat_map(|l| l.tables.clone()).collect();

@@ -36,6 +36,11 @@ enum Command {
         /// weekends are off by default.
         #[arg(long)]
         calendar: Option<PathBuf>,
+        /// The published tariff (JSON: `{"per_job_fen": 100, "per_query_fen":
+        /// 20, "per_million_rows_fen": 50, "per_billion_fuel_fen": 10}`, the
+        /// defaults).
+        #[arg(long)]
+        tariff: Option<PathBuf>,
     },
     /// Write the demo's synthetic datasets (Parquet) to a directory.
     GenDemoData {
@@ -306,6 +311,7 @@ async fn main() -> Result<()> {
             listen,
             limits,
             calendar,
+            tariff,
         } => {
             let mut cfg = config(data_dir);
             cfg.job_limits = limits.limits()?;
@@ -314,6 +320,12 @@ async fn main() -> Result<()> {
                     .map_err(|e| anyhow::anyhow!("reading the calendar {}: {e}", path.display()))?;
                 cfg.calendar = serde_json::from_slice(&text)
                     .map_err(|e| anyhow::anyhow!("the calendar {} is not valid: {e}", path.display()))?;
+            }
+            if let Some(path) = tariff {
+                let text = std::fs::read(&path)
+                    .map_err(|e| anyhow::anyhow!("reading the tariff {}: {e}", path.display()))?;
+                cfg.tariff = serde_json::from_slice(&text)
+                    .map_err(|e| anyhow::anyhow!("the tariff {} is not valid: {e}", path.display()))?;
             }
             let state = AppState::open(cfg)?;
             let (listener, addr) = gateway::server::bind(listen).await?;

@@ -21,6 +21,8 @@ pub struct Config {
     pub job_limits: JobLimits,
     /// Working-day calendar for review deadlines.
     pub calendar: Calendar,
+    /// The published tariff (R15).
+    pub tariff: scenarios::fees::Tariff,
     /// Sample rows shown per dataset in the development catalog.
     pub sample_rows: usize,
     /// How often the server signs a checkpoint when the ledger has grown.
@@ -34,6 +36,7 @@ impl Config {
             data_dir,
             job_limits: JobLimits::default(),
             calendar: Calendar::default(),
+            tariff: scenarios::fees::Tariff::default(),
             sample_rows: 10,
             checkpoint_every: std::time::Duration::from_secs(10),
         }

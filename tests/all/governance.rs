@@ -551,6 +551,60 @@ fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
     assert_ne!(code, 0);
     assert!(err.contains("key=value"), "{err}");
 
+    // R15: fees metered from the agreement's actual use.
+    let tariff = dev.get("/v1/tariff").ok()["tariff"].clone();
+    let st = dev
+        .get(&format!("/v1/developer/agreements/{}/statement", w.agreement))
+        .ok();
+    let m = &st["statement"]["metered"];
+    let jobs = dev.get("/v1/developer/jobs").ok();
+    let started: Vec<&Value> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["started_at"].is_string())
+        .collect();
+    assert_eq!(m["jobs"], json!(started.len()), "{st}");
+    let queries: Vec<&Value> = started
+        .iter()
+        .flat_map(|j| j["queries"].as_array().unwrap())
+        .collect();
+    assert_eq!(m["queries"], json!(queries.len()));
+    // Rows are whole catalog tables, so every query's rows are a sum of
+    // catalog row counts.
+    let catalog = dev.get("/v1/catalog").ok();
+    let sizes: Vec<u64> = catalog["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["rows"].as_u64().unwrap())
+        .collect();
+    for q in &queries {
+        let r = q["rows_metered"].as_u64().unwrap();
+        let sums: Vec<u64> = (1..8u32)
+            .map(|mask| (0..3).filter(|i| mask & (1 << i) != 0).map(|i| sizes[i]).sum())
+            .collect();
+        assert!(sums.contains(&r), "{r} is not a sum of table sizes {sizes:?}");
+    }
+    let rows: u64 = queries.iter().map(|q| q["rows_metered"].as_u64().unwrap()).sum();
+    assert_eq!(m["rows"], json!(rows));
+    let expect = m["jobs"].as_u64().unwrap() * tariff["per_job_fen"].as_u64().unwrap()
+        + m["queries"].as_u64().unwrap() * tariff["per_query_fen"].as_u64().unwrap()
+        + (rows * tariff["per_million_rows_fen"].as_u64().unwrap()).div_ceil(1_000_000)
+        + (m["fuel"].as_u64().unwrap() * tariff["per_billion_fuel_fen"].as_u64().unwrap())
+            .div_ceil(1_000_000_000);
+    assert_eq!(st["statement"]["total_fen"], json!(expect), "{st}");
+    assert_eq!(
+        other
+            .get(&format!("/v1/developer/agreements/{}/statement", w.agreement))
+            .status,
+        404
+    );
+    let seen = reg
+        .get(&format!("/v1/regulator/agreements/{}/statement", w.agreement))
+        .ok();
+    assert_eq!(seen["statement"], st["statement"]);
+
     // R26: the periodic report sums up the period for the regulator.
     let report = reg.get("/v1/regulator/report").ok();
     assert!(report["jobs"]["submitted"].as_u64().unwrap() >= 4, "{report}");

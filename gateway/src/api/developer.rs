@@ -306,6 +306,10 @@ pub struct QueryRecord {
     pub released_groups: Option<u64>,
     /// Hash of the released bytes.
     pub output_hash: Option<String>,
+    /// Table rows metered for fees: the catalog row counts of the tables
+    /// the query read (R15).
+    #[serde(default)]
+    pub rows_metered: u64,
 }
 
 /// A job as stored and shown.
