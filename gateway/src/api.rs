@@ -10,6 +10,7 @@ mod fees;
 mod ledger;
 mod operator;
 mod oversight;
+mod products;
 mod provider;
 mod regulator;
 mod report;
@@ -197,6 +198,9 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/regulator/consents", REGULATOR, || {
         get(consent::counts)
     }),
+    route("GET", "/v1/provider/data-applications", PROVIDER, || {
+        get(products::list)
+    }),
     route("POST", "/v1/provider/objections", PROVIDER, || {
         post(oversight::file_objection)
     }),
@@ -258,6 +262,15 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/operator/agreements/{id}/statement", OPERATOR, || {
         get(fees::statement)
     }),
+    route("GET", "/v1/operator/data-applications", OPERATOR, || {
+        get(products::list)
+    }),
+    route(
+        "POST",
+        "/v1/operator/data-applications/{id}/decision",
+        OPERATOR,
+        || post(products::decide),
+    ),
     route("GET", "/v1/operator/risk-reports", OPERATOR, || {
         get(oversight::list_risk_reports)
     }),
@@ -315,6 +328,9 @@ pub const ROUTES: &[Route] = &[
         REGULATOR,
         || get(fees::statement),
     ),
+    route("GET", "/v1/regulator/data-applications", REGULATOR, || {
+        get(products::list)
+    }),
     route("GET", "/v1/regulator/overdue", REGULATOR, || {
         get(oversight::overdue)
     }),
@@ -380,6 +396,12 @@ pub const ROUTES: &[Route] = &[
         DEVELOPER,
         || get(fees::statement),
     ),
+    route("POST", "/v1/developer/data-applications", DEVELOPER, || {
+        post(products::submit)
+    }),
+    route("GET", "/v1/developer/data-applications", DEVELOPER, || {
+        get(products::list)
+    }),
     route("GET", "/v1/developer/risk-reports", DEVELOPER, || {
         get(oversight::list_risk_reports)
     }),

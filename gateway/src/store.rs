@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS consents (
 CREATE TABLE IF NOT EXISTS verifications (
     developer_id TEXT NOT NULL, scenario_id TEXT NOT NULL, unit TEXT NOT NULL, checks INTEGER NOT NULL,
     PRIMARY KEY (developer_id, scenario_id, unit));
+CREATE TABLE IF NOT EXISTS data_applications (
+    id TEXT PRIMARY KEY, developer_id TEXT NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS modules (hash TEXT PRIMARY KEY, bytes BLOB NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, agreement_id TEXT NOT NULL, developer_id TEXT NOT NULL,
@@ -674,6 +676,8 @@ pub enum Table {
     Incidents,
     /// Organizations (R24).
     Organizations,
+    /// Data applications (R19).
+    DataApplications,
 }
 
 impl Table {
@@ -688,6 +692,7 @@ impl Table {
             Table::RiskReports => "risk_reports",
             Table::Incidents => "incidents",
             Table::Organizations => "organizations",
+            Table::DataApplications => "data_applications",
         }
     }
     fn columns(self) -> &'static [&'static str] {
@@ -701,6 +706,7 @@ impl Table {
             Table::RiskReports => &["filed_by"],
             Table::Incidents => &["state"],
             Table::Organizations => &["name"],
+            Table::DataApplications => &["developer_id", "status"],
         }
     }
 }
@@ -754,6 +760,16 @@ impl Record for scenarios::workflow::Agreement {
     }
     fn lookup(&self) -> Vec<String> {
         vec![self.developer_id.clone(), self.scenario_id.clone()]
+    }
+}
+
+impl Record for scenarios::workflow::DataApplication {
+    const TABLE: Table = Table::DataApplications;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lookup(&self) -> Vec<String> {
+        vec![self.developer_id.clone(), wire_name(&self.status)]
     }
 }
 

@@ -512,6 +512,115 @@ impl Agreement {
     }
 }
 
+/// A data application: the developer's product built on released results,
+/// reviewed for security and compliance before it is released (R19).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataApplication {
+    /// `da_...`
+    pub id: String,
+    /// The developer.
+    pub developer_id: String,
+    /// Its organization.
+    pub developer_org: String,
+    /// The agreement whose results it uses.
+    pub agreement_id: String,
+    /// Product name.
+    pub name: String,
+    /// What it does and for whom.
+    pub description: String,
+    /// Jobs whose released results it uses.
+    pub jobs: Vec<String>,
+    /// The developer's own security and compliance assessment.
+    pub assessment: String,
+    /// Review state (submitted, approved, rejected).
+    pub status: ApplicationStatus,
+    /// When submitted.
+    pub submitted_at: DateTime<Utc>,
+    /// Reviewer.
+    pub decided_by: Option<String>,
+    /// When decided.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// Reason given.
+    pub reason: Option<String>,
+}
+
+impl DataApplication {
+    /// Submitted by a developer; `jobs` must be its own released jobs
+    /// (checked by the caller, who knows them).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one field per material of the submission"
+    )]
+    pub fn submit(
+        id: String,
+        agreement_id: String,
+        name: String,
+        description: String,
+        jobs: Vec<String>,
+        assessment: String,
+        by: &Actor,
+        at: DateTime<Utc>,
+    ) -> Result<DataApplication> {
+        by.require(Role::Developer)?;
+        for (what, v) in [
+            ("name", &name),
+            ("description", &description),
+            ("assessment", &assessment),
+        ] {
+            if v.trim().is_empty() {
+                return Err(Error::InvalidRequest(format!("the {what} is required")));
+            }
+        }
+        if jobs.is_empty() {
+            return Err(Error::InvalidRequest(
+                "name the jobs whose results it uses".into(),
+            ));
+        }
+        Ok(DataApplication {
+            id,
+            developer_id: by.id.clone(),
+            developer_org: by.org.clone(),
+            agreement_id,
+            name,
+            description,
+            jobs,
+            assessment,
+            status: ApplicationStatus::Submitted,
+            submitted_at: at,
+            decided_by: None,
+            decided_at: None,
+            reason: None,
+        })
+    }
+
+    /// The operator's compliance review.
+    pub fn decide(
+        &mut self,
+        approve: bool,
+        reason: Option<String>,
+        by: &Actor,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        by.require(Role::Operator)?;
+        let requester = Requester {
+            id: &self.developer_id,
+            org: &self.developer_org,
+        };
+        let undecided = self.status == ApplicationStatus::Submitted;
+        let what = format!("data application {}", self.id);
+        check_decision(approve, reason.as_deref(), by, requester, undecided, &what)?;
+        self.status = if approve {
+            ApplicationStatus::Approved
+        } else {
+            ApplicationStatus::Rejected
+        };
+        self.decided_by = Some(by.id.clone());
+        self.decided_at = Some(at);
+        self.reason = reason;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

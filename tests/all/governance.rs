@@ -352,6 +352,50 @@ fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
     let ok = w.run(BANK_JOB);
     assert_eq!(ok["status"], "succeeded", "{ok}");
 
+    // R19: a product built on the results passes a compliance review and,
+    // once approved, is reported to the regulator and the providers.
+    let submission = |jobs: Value| {
+        json!({"agreement_id": w.agreement, "name": "SME credit score", "jobs": jobs,
+            "description": "scores loan applicants from district and industry indicators",
+            "assessment": "uses only released aggregates; no subject-level data"})
+    };
+    let r = dev.post(
+        "/v1/developer/data-applications",
+        &submission(json!(["job_unknown"])),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let da = dev
+        .post("/v1/developer/data-applications", &submission(json!([ok["id"]])))
+        .ok();
+    let da_id = da["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        w.provider("Market Supervision Bureau")
+            .get("/v1/provider/data-applications")
+            .ok()["data_applications"],
+        json!([]),
+        "not before approval"
+    );
+    let review = format!("/v1/operator/data-applications/{da_id}/decision");
+    assert_eq!(
+        op.post(&review, &json!({"approve": false})).status,
+        400,
+        "a rejection needs a reason"
+    );
+    let approved = op.post(&review, &json!({"approve": true})).ok();
+    assert_eq!(approved["status"], "approved");
+    assert_eq!(op.post(&review, &json!({"approve": true})).status, 409);
+    let reported = reg.get("/v1/regulator/data-applications").ok();
+    assert_eq!(reported["data_applications"][0]["id"], json!(da_id));
+    let to_provider = w
+        .provider("Market Supervision Bureau")
+        .get("/v1/provider/data-applications")
+        .ok();
+    assert_eq!(to_provider["data_applications"][0]["id"], json!(da_id));
+    assert_eq!(
+        other.get("/v1/developer/data-applications").ok()["data_applications"],
+        json!([])
+    );
+
     // R7: an objection to a whole dataset suspends it at once: a running
     // job reading it is stopped and releases nothing, new jobs are refused.
     let forever = wat(r#"(module (memory (export "memory") 1)
