@@ -6,6 +6,7 @@
 mod catalog;
 mod consent;
 mod developer;
+mod feedback;
 mod fees;
 mod ledger;
 mod operator;
@@ -201,6 +202,18 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/provider/data-applications", PROVIDER, || {
         get(products::list)
     }),
+    route("GET", "/v1/provider/unmet-needs", PROVIDER, || {
+        get(feedback::unmet_needs)
+    }),
+    route("GET", "/v1/provider/quality-flags", PROVIDER, || {
+        get(feedback::list_flags)
+    }),
+    route(
+        "POST",
+        "/v1/provider/quality-flags/{id}/outcome",
+        PROVIDER,
+        || post(feedback::resolve_flag),
+    ),
     route("POST", "/v1/provider/objections", PROVIDER, || {
         post(oversight::file_objection)
     }),
@@ -271,6 +284,18 @@ pub const ROUTES: &[Route] = &[
         OPERATOR,
         || post(products::decide),
     ),
+    route("GET", "/v1/operator/demands", OPERATOR, || {
+        get(feedback::list_demands)
+    }),
+    route("POST", "/v1/operator/demands/{id}/answer", OPERATOR, || {
+        post(feedback::answer_demand)
+    }),
+    route("POST", "/v1/operator/quality-flags", OPERATOR, || {
+        post(feedback::raise_flag)
+    }),
+    route("GET", "/v1/operator/quality-flags", OPERATOR, || {
+        get(feedback::list_flags)
+    }),
     route("GET", "/v1/operator/risk-reports", OPERATOR, || {
         get(oversight::list_risk_reports)
     }),
@@ -330,6 +355,12 @@ pub const ROUTES: &[Route] = &[
     ),
     route("GET", "/v1/regulator/data-applications", REGULATOR, || {
         get(products::list)
+    }),
+    route("GET", "/v1/regulator/demands", REGULATOR, || {
+        get(feedback::list_demands)
+    }),
+    route("GET", "/v1/regulator/quality-flags", REGULATOR, || {
+        get(feedback::list_flags)
     }),
     route("GET", "/v1/regulator/overdue", REGULATOR, || {
         get(oversight::overdue)
@@ -401,6 +432,18 @@ pub const ROUTES: &[Route] = &[
     }),
     route("GET", "/v1/developer/data-applications", DEVELOPER, || {
         get(products::list)
+    }),
+    route("POST", "/v1/developer/demands", DEVELOPER, || {
+        post(feedback::raise_demand)
+    }),
+    route("GET", "/v1/developer/demands", DEVELOPER, || {
+        get(feedback::list_demands)
+    }),
+    route("POST", "/v1/developer/quality-flags", DEVELOPER, || {
+        post(feedback::raise_flag)
+    }),
+    route("GET", "/v1/developer/quality-flags", DEVELOPER, || {
+        get(feedback::list_flags)
     }),
     route("GET", "/v1/developer/risk-reports", DEVELOPER, || {
         get(oversight::list_risk_reports)

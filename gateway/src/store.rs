@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS verifications (
     PRIMARY KEY (developer_id, scenario_id, unit));
 CREATE TABLE IF NOT EXISTS data_applications (
     id TEXT PRIMARY KEY, developer_id TEXT NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS demands (id TEXT PRIMARY KEY, raised_by TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quality_flags (id TEXT PRIMARY KEY, dataset TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS modules (hash TEXT PRIMARY KEY, bytes BLOB NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, agreement_id TEXT NOT NULL, developer_id TEXT NOT NULL,
@@ -678,6 +680,10 @@ pub enum Table {
     Organizations,
     /// Data applications (R19).
     DataApplications,
+    /// Scenario demands (R9).
+    Demands,
+    /// Data-quality flags (R6).
+    QualityFlags,
 }
 
 impl Table {
@@ -693,6 +699,8 @@ impl Table {
             Table::Incidents => "incidents",
             Table::Organizations => "organizations",
             Table::DataApplications => "data_applications",
+            Table::Demands => "demands",
+            Table::QualityFlags => "quality_flags",
         }
     }
     fn columns(self) -> &'static [&'static str] {
@@ -707,6 +715,8 @@ impl Table {
             Table::Incidents => &["state"],
             Table::Organizations => &["name"],
             Table::DataApplications => &["developer_id", "status"],
+            Table::Demands => &["raised_by"],
+            Table::QualityFlags => &["dataset"],
         }
     }
 }
@@ -770,6 +780,26 @@ impl Record for scenarios::workflow::DataApplication {
     }
     fn lookup(&self) -> Vec<String> {
         vec![self.developer_id.clone(), wire_name(&self.status)]
+    }
+}
+
+impl Record for scenarios::feedback::Demand {
+    const TABLE: Table = Table::Demands;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lookup(&self) -> Vec<String> {
+        vec![self.by.clone()]
+    }
+}
+
+impl Record for scenarios::feedback::QualityFlag {
+    const TABLE: Table = Table::QualityFlags;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lookup(&self) -> Vec<String> {
+        vec![self.dataset.clone()]
     }
 }
 

@@ -10,6 +10,7 @@ pub mod budget;
 pub mod calendar;
 pub mod catalog;
 mod error;
+pub mod feedback;
 pub mod fees;
 pub mod ledger;
 pub mod oversight;

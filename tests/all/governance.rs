@@ -899,3 +899,108 @@ fn cross_verification_says_only_match_or_no_match_for_consenting_subjects() {
     assert_eq!(ledger.matches("verify.batch").count(), 10, "one entry per batch");
     assert!(!ledger.contains("F0005"));
 }
+
+#[test]
+fn demands_and_quality_flags_close_the_loop_with_the_data_side() {
+    let w = world(300, 5.0, &[]);
+    let (op, reg, dev) = (&w.server.operator, &w.server.regulator, &w.developer);
+    let tax = w.provider("Tax Service");
+    let market = w.provider("Market Supervision Bureau");
+
+    // R9: a demand the catalog cannot meet is fed back to the data side.
+    let d = dev
+        .post(
+            "/v1/developer/demands",
+            &json!({"title": "Green loans", "description": "price loans by emissions",
+                "data_needed": ["emissions per enterprise", "energy use per enterprise"]}),
+        )
+        .ok();
+    let answer = format!("/v1/operator/demands/{}/answer", d["id"].as_str().unwrap());
+    let r = op.post(
+        &answer,
+        &json!({"outcome": "data_unmet", "answer": "no emissions data"}),
+    );
+    assert_eq!(r.status, 400, "unmet needs must be listed: {}", r.text());
+    op.post(
+        &answer,
+        &json!({"outcome": "data_unmet", "unmet_needs": ["emissions per enterprise"],
+            "answer": "the environment bureau does not share emissions yet"}),
+    )
+    .ok();
+    assert_eq!(
+        op.post(&answer, &json!({"outcome": "declined", "answer": "again"}))
+            .status,
+        409
+    );
+    let fed_back = tax.get("/v1/provider/unmet-needs").ok();
+    assert_eq!(
+        fed_back["unmet_needs"][0]["unmet_needs"],
+        json!(["emissions per enterprise"])
+    );
+    assert_eq!(
+        reg.get("/v1/regulator/demands").ok()["demands"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // R6: a flag goes to the dataset's provider, who corrects it with a
+    // new version; the outcome is kept.
+    let r = dev.post(
+        "/v1/developer/quality-flags",
+        &json!({"dataset": "tax_credit", "column": "no_such", "description": "x"}),
+    );
+    assert_eq!(r.status, 400);
+    let flag = dev
+        .post(
+            "/v1/developer/quality-flags",
+            &json!({"dataset": "tax_credit", "column": "grade",
+                "description": "grade A counts look shifted to 2023 in the sample"}),
+        )
+        .ok();
+    let flag_id = flag["id"].as_str().unwrap();
+    assert_eq!(flag["status"], "open");
+    assert_eq!(
+        tax.get("/v1/provider/quality-flags").ok()["quality_flags"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        market.get("/v1/provider/quality-flags").ok()["quality_flags"],
+        json!([])
+    );
+    let outcome = format!("/v1/provider/quality-flags/{flag_id}/outcome");
+    let r = market.post(&outcome, &json!({"finding": "not ours"}));
+    assert_eq!(r.status, 404, "only the providing department resolves it");
+    let r = tax.post(
+        &outcome,
+        &json!({"corrected_version": 2, "finding": "re-imported"}),
+    );
+    assert_eq!(
+        r.status,
+        400,
+        "the correction must be registered first: {}",
+        r.text()
+    );
+    let spec = crate::fixture::dataset_specs(&w.server.dir.join("data").to_string_lossy())[2].clone();
+    let v2 = tax.post("/v1/provider/datasets", &spec).ok();
+    assert_eq!(v2["version"], json!(2));
+    let fixed = tax
+        .post(
+            &outcome,
+            &json!({"corrected_version": 2, "finding": "2023 grades re-imported from the source"}),
+        )
+        .ok();
+    assert_eq!(fixed["status"], "corrected");
+    assert_eq!(tax.post(&outcome, &json!({"finding": "again"})).status, 409);
+    let mine = dev.get("/v1/developer/quality-flags").ok();
+    assert_eq!(
+        mine["quality_flags"][0]["finding"],
+        "2023 grades re-imported from the source"
+    );
+    let all = reg.get("/v1/regulator/quality-flags").ok();
+    assert_eq!(all["quality_flags"][0]["corrected_version"], json!(2));
+}
