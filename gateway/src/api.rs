@@ -51,6 +51,61 @@ pub struct DatasetRecord {
     pub profile: DatasetProfile,
     /// Registration time (the dataset's update time).
     pub created_at: DateTime<Utc>,
+    /// The operator's review of this version's desensitization rules (R2).
+    /// Versions stored before reviews existed count as approved.
+    #[serde(default = "RulesReview::legacy")]
+    pub review: RulesReview,
+}
+
+/// State of a rules review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewStatus {
+    /// Waiting for the operator; the version is not used.
+    Pending,
+    /// Approved: the version can be read.
+    Approved,
+    /// Rejected with a reason; the version is never used.
+    Rejected,
+}
+
+/// The operator's review of a dataset version's desensitization rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesReview {
+    /// State.
+    pub status: ReviewStatus,
+    /// Reviewer.
+    pub by: Option<String>,
+    /// When.
+    pub at: Option<DateTime<Utc>>,
+    /// Reason (required when rejected).
+    pub reason: Option<String>,
+}
+
+impl RulesReview {
+    fn legacy() -> RulesReview {
+        RulesReview {
+            status: ReviewStatus::Approved,
+            by: None,
+            at: None,
+            reason: Some("registered before rule reviews".into()),
+        }
+    }
+
+    /// Waiting for the operator.
+    pub fn pending() -> RulesReview {
+        RulesReview {
+            status: ReviewStatus::Pending,
+            by: None,
+            at: None,
+            reason: None,
+        }
+    }
+
+    /// True once the operator approved the rules.
+    pub fn approved(&self) -> bool {
+        self.status == ReviewStatus::Approved
+    }
 }
 
 impl crate::store::Record for DatasetRecord {
@@ -72,11 +127,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
-/// The latest version of every dataset.
+/// The latest version of every dataset whose rules the operator approved:
+/// the versions jobs read and scenarios are built on.
 pub(crate) fn current_datasets(st: &AppState) -> ApiResult<Vec<DatasetRecord>> {
     let all: Vec<DatasetRecord> = st.store.list(crate::store::Table::Datasets, None)?;
     let mut latest: std::collections::BTreeMap<String, DatasetRecord> = std::collections::BTreeMap::new();
-    for d in all {
+    for d in all.into_iter().filter(|d| d.review.approved()) {
         let newer = latest.get(&d.name).is_none_or(|cur| d.version > cur.version);
         if newer {
             latest.insert(d.name.clone(), d);
@@ -221,6 +277,12 @@ pub const ROUTES: &[Route] = &[
         get(oversight::list_objections)
     }),
     // The operator.
+    route("GET", "/v1/operator/datasets", OPERATOR, || {
+        get(provider::all_versions)
+    }),
+    route("POST", "/v1/operator/datasets/{id}/review", OPERATOR, || {
+        post(provider::review_rules)
+    }),
     route("POST", "/v1/operator/parties", OPERATOR, || {
         post(operator::create_party)
     }),

@@ -346,7 +346,19 @@ fn script(
                 rules.join(" ")
             ),
         );
+        let id = d["id"].as_str().unwrap_or("");
+        expect_ok(
+            operator.post(
+                &format!("/v1/operator/datasets/{id}/review"),
+                &json!({"approve": true}),
+            )?,
+            "review rules",
+        )?;
     }
+    say(
+        "operator",
+        "reviewed and approved every column's desensitization rule (R2)",
+    );
 
     // 2. The catalog with synthetic desensitized sample rows.
     let cat = expect_ok(developer.get("/v1/catalog/enterprise_register")?, "catalog")?;

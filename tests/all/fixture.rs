@@ -162,8 +162,7 @@ pub(crate) fn world_with(enterprises: usize, scenario_spec: Value, serve_args: &
     let mut providers = Vec::new();
     for (spec, name) in dataset_specs(&data_s).iter().zip(names) {
         let p = server.party(name, "provider");
-        let r = p.post("/v1/provider/datasets", spec);
-        assert_eq!(r.status, 201, "{}", r.text());
+        register(&server, &p, spec);
         providers.push((name.to_string(), p));
     }
     let developer = server.party("Example Bank", "developer");
@@ -175,6 +174,21 @@ pub(crate) fn world_with(enterprises: usize, scenario_spec: Value, serve_args: &
         agreement,
         providers,
     }
+}
+
+/// Registers a dataset version and has the operator approve its rules;
+/// returns the catalog view of the version.
+pub(crate) fn register(server: &Server, provider: &Api, spec: &Value) -> Value {
+    let r = provider.post("/v1/provider/datasets", spec);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().expect("dataset id").to_string();
+    server
+        .operator
+        .post(
+            &format!("/v1/operator/datasets/{id}/review"),
+            &json!({"approve": true}),
+        )
+        .ok()
 }
 
 /// Proposes and approves a scenario, and takes `developer` through its

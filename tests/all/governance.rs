@@ -792,16 +792,15 @@ fn cross_verification_says_only_match_or_no_match_for_consenting_subjects() {
     let path = dir.join("firms.csv");
     std::fs::write(&path, csv).unwrap();
     let bureau = server.party("Credit Bureau", "provider");
-    bureau
-        .post(
-            "/v1/provider/datasets",
-            &json!({"name": "firms", "path": path.to_string_lossy(), "privacy_unit": "enterprise_id",
-                "unit_kind": "enterprise", "columns": [
-                    {"name": "enterprise_id", "rule": "tokenize"},
-                    {"name": "employees", "rule": "keep"},
-                    {"name": "industry", "rule": "keep"}]}),
-        )
-        .ok();
+    crate::fixture::register(
+        &server,
+        &bureau,
+        &json!({"name": "firms", "path": path.to_string_lossy(), "privacy_unit": "enterprise_id",
+            "unit_kind": "enterprise", "columns": [
+                {"name": "enterprise_id", "rule": "tokenize"},
+                {"name": "employees", "rule": "keep"},
+                {"name": "industry", "rule": "keep"}]}),
+    );
     let dev = server.party("Example Bank", "developer");
     let spec = json!({
         "name": "Loan application checks", "class": "credit-verification",
@@ -986,7 +985,7 @@ fn demands_and_quality_flags_close_the_loop_with_the_data_side() {
         r.text()
     );
     let spec = crate::fixture::dataset_specs(&w.server.dir.join("data").to_string_lossy())[2].clone();
-    let v2 = tax.post("/v1/provider/datasets", &spec).ok();
+    let v2 = crate::fixture::register(&w.server, tax, &spec);
     assert_eq!(v2["version"], json!(2));
     let fixed = tax
         .post(

@@ -31,6 +31,21 @@ fn one_job_end_to_end_over_http() {
         let d = r.json();
         assert_eq!(d["version"], 1);
         assert_eq!(d["version_hash"].as_str().unwrap().len(), 64);
+        // R2: a version is used only once the operator approved its rules.
+        assert_eq!(d["rules_review"]["status"], "pending");
+        let id = d["id"].as_str().unwrap();
+        assert_eq!(developer_view_of(&server, d["name"].as_str().unwrap()), 404);
+        let review = format!("/v1/operator/datasets/{id}/review");
+        assert_eq!(
+            server.operator.post(&review, &json!({"approve": false})).status,
+            400
+        );
+        let approved = server.operator.post(&review, &json!({"approve": true})).ok();
+        assert_eq!(approved["rules_review"]["status"], "approved");
+        assert_eq!(
+            server.operator.post(&review, &json!({"approve": true})).status,
+            409
+        );
     }
     // One source per data item: another provider cannot register the same name.
     let dup = providers[1].post("/v1/provider/datasets", &fixture::dataset_specs(&data_s)[0]);
@@ -341,4 +356,12 @@ fn a_job_interrupted_by_a_crash_is_closed_on_restart() {
     assert_eq!(job["error"]["kind"], "interrupted");
     assert_eq!(dev.get(&format!("/v1/developer/jobs/{id}/output")).status, 409);
     w.server = server;
+}
+
+/// Status of a dataset's catalog page as a fresh developer sees it.
+fn developer_view_of(server: &Server, name: &str) -> u16 {
+    server
+        .party("Catalog Reader", "developer")
+        .get(&format!("/v1/catalog/{name}"))
+        .status
 }

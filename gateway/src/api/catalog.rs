@@ -36,6 +36,7 @@ pub(crate) fn view(d: &DatasetRecord) -> Value {
         "unit_kind": d.spec.unit_kind,
         "rows": d.profile.rows,
         "updated_at": d.created_at,
+        "rules_review": d.review,
         "columns": columns,
         "developable": d.spec.share_class != scenarios::catalog::ShareClass::NotShared,
         "excluded_reason": (d.spec.share_class == scenarios::catalog::ShareClass::NotShared)

@@ -43,6 +43,7 @@ pub(crate) async fn register(
                 spec: spec.clone(),
                 profile: profile.clone(),
                 created_at: Utc::now(),
+                review: super::RulesReview::pending(),
             };
             put(tx, &record)?;
             append(
@@ -79,4 +80,81 @@ pub(crate) async fn list(State(st): State<AppState>, Auth(actor): Auth) -> ApiRe
     Ok(Json(
         json!({"datasets": mine.iter().map(super::catalog::view).collect::<Vec<_>>()}),
     ))
+}
+
+/// The operator's review of a version's desensitization rules.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RulesDecision {
+    approve: bool,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Every dataset version with its rules and their review (operator).
+pub(crate) async fn all_versions(State(st): State<AppState>, Auth(_a): Auth) -> ApiResult<Json<Value>> {
+    let store = st.store.clone();
+    let all: Vec<DatasetRecord> = blocking(move || store.list(Table::Datasets, None)).await?;
+    Ok(Json(
+        json!({"datasets": all.iter().map(super::catalog::view).collect::<Vec<_>>()}),
+    ))
+}
+
+/// Approves or rejects a version's rules (R2); an approved version becomes
+/// the one jobs read. Nobody reviews a version of their own organization.
+pub(crate) async fn review_rules(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Body(d): Body<RulesDecision>,
+) -> ApiResult<Json<Value>> {
+    if !d.approve && d.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        return Err(ApiError::BadRequest("a rejection needs a reason".into()));
+    }
+    let record = st
+        .store
+        .write(move |tx| {
+            let mut r: DatasetRecord = crate::store::get_in(tx, Table::Datasets, &id)?
+                .ok_or_else(|| ApiError::NotFound(format!("no dataset version {}", id.escape_debug())))?;
+            if r.review.status != super::ReviewStatus::Pending {
+                return Err(ApiError::Conflict(format!(
+                    "the rules of {} were already reviewed",
+                    r.id
+                )));
+            }
+            if crate::store::party_in(tx, &r.owner)?.is_some_and(|p| p.organization == actor.org) {
+                return Err(ApiError::Forbidden(
+                    "nobody reviews the rules of their own organization".into(),
+                ));
+            }
+            let now = Utc::now();
+            r.review = super::RulesReview {
+                status: if d.approve {
+                    super::ReviewStatus::Approved
+                } else {
+                    super::ReviewStatus::Rejected
+                },
+                by: Some(actor.id.clone()),
+                at: Some(now),
+                reason: d.reason,
+            };
+            put(tx, &r)?;
+            append(
+                tx,
+                NewEntry::by(
+                    &actor,
+                    if d.approve {
+                        "rules.approve"
+                    } else {
+                        "rules.reject"
+                    },
+                    &r.id,
+                    json!({"name": r.name, "version": r.version, "reason": r.review.reason}),
+                ),
+                now,
+            )?;
+            Ok(r)
+        })
+        .await?;
+    Ok(Json(super::catalog::view(&record)))
 }
