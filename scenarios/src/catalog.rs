@@ -139,6 +139,21 @@ pub enum ShareClass {
     NotShared,
 }
 
+/// Open class of a dataset under the public data opening rules (R1):
+/// whether and how it is opened to the public, apart from development on
+/// the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenClass {
+    /// Opened to anyone (无条件开放).
+    Unconditional,
+    /// Opened on conditions (有条件开放).
+    Conditional,
+    /// Not opened (不予开放); the default.
+    #[default]
+    NotOpen,
+}
+
 /// What a data provider submits to register a dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,6 +178,13 @@ pub struct DatasetSpec {
     /// Share class.
     #[serde(default)]
     pub share_class: ShareClass,
+    /// Open class.
+    #[serde(default)]
+    pub open_class: OpenClass,
+    /// Why a dataset that is not shared is excluded from development (R4);
+    /// required when `share_class` is `not_shared`.
+    #[serde(default)]
+    pub exclusion_reason: Option<String>,
     /// Every column of the file with its rule. Columns of the file that are
     /// not listed are refused at registration: each column needs a rule.
     pub columns: Vec<ColumnSpec>,
@@ -193,6 +215,24 @@ impl DatasetSpec {
         validate_identifier("dataset name", &self.name)?;
         if self.path.is_empty() {
             return Err(Error::InvalidRequest("path is empty".into()));
+        }
+        let reason = self
+            .exclusion_reason
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty());
+        match (self.share_class, reason) {
+            (ShareClass::NotShared, None) => {
+                return Err(Error::InvalidRequest(
+                    "a dataset that is not shared needs an exclusion_reason".into(),
+                ))
+            }
+            (ShareClass::Unconditional | ShareClass::Conditional, Some(_)) => {
+                return Err(Error::InvalidRequest(
+                    "exclusion_reason is only for datasets that are not shared".into(),
+                ))
+            }
+            _ => {}
         }
         if self.format.is_none() && DataFormat::from_path(&self.path).is_none() {
             return Err(Error::InvalidRequest(

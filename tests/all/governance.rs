@@ -1002,4 +1002,28 @@ fn demands_and_quality_flags_close_the_loop_with_the_data_side() {
     );
     let all = reg.get("/v1/regulator/quality-flags").ok();
     assert_eq!(all["quality_flags"][0]["corrected_version"], json!(2));
+
+    // R1, R4: open class, and exclusion from development with the stated
+    // reason.
+    let mut archive = spec.clone();
+    archive["name"] = json!("tax_archive");
+    archive["share_class"] = json!("not_shared");
+    archive["open_class"] = json!("not_open");
+    let r = tax.post("/v1/provider/datasets", &archive);
+    assert_eq!(r.status, 400, "the reason is required: {}", r.text());
+    archive["exclusion_reason"] = json!("contains tax audit findings protected by law");
+    crate::fixture::register(&w.server, tax, &archive);
+    let listed = dev.get("/v1/catalog/tax_archive").ok();
+    assert_eq!(listed["developable"], json!(false));
+    assert_eq!(listed["open_class"], "not_open");
+    assert_eq!(
+        listed["excluded_reason"],
+        "contains tax audit findings protected by law"
+    );
+    let mut sc = crate::fixture::scenario(5.0);
+    sc["class"] = json!("archive-use");
+    sc["tables"] = json!([{"dataset": "tax_archive", "columns": [{"name": "grade", "ops": ["group"]}]}]);
+    let r = op.post("/v1/operator/scenarios", &sc);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.message().contains("not shared"), "{}", r.text());
 }

@@ -32,6 +32,7 @@ pub(crate) fn view(d: &DatasetRecord) -> Value {
         "owner": d.owner,
         "owner_name": d.owner_name,
         "share_class": d.spec.share_class,
+        "open_class": d.spec.open_class,
         "privacy_unit": d.spec.privacy_unit,
         "unit_kind": d.spec.unit_kind,
         "rows": d.profile.rows,
@@ -39,8 +40,7 @@ pub(crate) fn view(d: &DatasetRecord) -> Value {
         "rules_review": d.review,
         "columns": columns,
         "developable": d.spec.share_class != scenarios::catalog::ShareClass::NotShared,
-        "excluded_reason": (d.spec.share_class == scenarios::catalog::ShareClass::NotShared)
-            .then_some("not shared: the provider classified this dataset as not shareable"),
+        "excluded_reason": d.spec.exclusion_reason,
     })
 }
 
