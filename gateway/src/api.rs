@@ -11,6 +11,7 @@ mod fees;
 mod ledger;
 mod operator;
 mod oversight;
+mod private;
 mod products;
 mod provider;
 mod regulator;
@@ -31,6 +32,7 @@ use serde_json::json;
 
 pub use developer::{JobRecord, JobStatus, QueryRecord};
 pub(crate) use oversight::gate;
+pub(crate) use private::of_agreement as private_tables;
 
 /// One registered version of a dataset.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -358,6 +360,9 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/operator/quality-flags", OPERATOR, || {
         get(feedback::list_flags)
     }),
+    route("GET", "/v1/operator/agreements/{id}/datasets", OPERATOR, || {
+        get(private::list)
+    }),
     route("GET", "/v1/operator/risk-reports", OPERATOR, || {
         get(oversight::list_risk_reports)
     }),
@@ -423,6 +428,9 @@ pub const ROUTES: &[Route] = &[
     }),
     route("GET", "/v1/regulator/quality-flags", REGULATOR, || {
         get(feedback::list_flags)
+    }),
+    route("GET", "/v1/regulator/agreements/{id}/datasets", REGULATOR, || {
+        get(private::list)
     }),
     route("GET", "/v1/regulator/overdue", REGULATOR, || {
         get(oversight::overdue)
@@ -506,6 +514,15 @@ pub const ROUTES: &[Route] = &[
     }),
     route("GET", "/v1/developer/quality-flags", DEVELOPER, || {
         get(feedback::list_flags)
+    }),
+    route(
+        "POST",
+        "/v1/developer/agreements/{id}/datasets",
+        DEVELOPER,
+        || post(private::upload),
+    ),
+    route("GET", "/v1/developer/agreements/{id}/datasets", DEVELOPER, || {
+        get(private::list)
     }),
     route("GET", "/v1/developer/risk-reports", DEVELOPER, || {
         get(oversight::list_risk_reports)

@@ -372,7 +372,7 @@ async fn run(
     cancel: Arc<AtomicBool>,
 ) -> ApiResult<()> {
     let (s, id) = (st.clone(), job_id.to_string());
-    let (mut job, ag, sc, bytes, tables) = blocking(move || {
+    let (mut job, ag, sc, spec, bytes, tables) = blocking(move || {
         let mut job: JobRecord = s
             .store
             .get(Table::Jobs, &id)?
@@ -389,11 +389,17 @@ async fn run(
             .store
             .module(&job.module_hash)?
             .ok_or_else(|| ApiError::Internal("no module".into()))?;
-        let tables = scenario_tables(&s, &sc)?;
+        let mut tables = scenario_tables(&s, &sc)?;
+        // The agreement's own tables (R5) join the scope with their grants.
+        let mut spec = sc.spec.clone();
+        for p in crate::api::private_tables(&s, &ag.id)? {
+            tables.push(TableVersion::from_profile(p.spec.clone(), &p.profile));
+            spec.tables.push(p.grant);
+        }
         job.status = JobStatus::Running;
         job.started_at = Some(Utc::now());
         let job = s.store.tx(move |tx| put(tx, &job).map(|()| job))?;
-        Ok((job, ag, sc, bytes, tables))
+        Ok((job, ag, sc, spec, bytes, tables))
     })
     .await?;
 
@@ -409,7 +415,7 @@ async fn run(
     let limits = st.config.job_limits;
     let cfg = ScopeConfig {
         agreement_id: ag.id.clone(),
-        scenario: sc.spec.clone(),
+        scenario: spec,
         tables,
         token_key: TokenKey::new(&st.keys.token_key(&ag.id)),
         memory_limit: usize::try_from(limits.query_memory_bytes).unwrap_or(usize::MAX),

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS data_applications (
     id TEXT PRIMARY KEY, developer_id TEXT NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS demands (id TEXT PRIMARY KEY, raised_by TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quality_flags (id TEXT PRIMARY KEY, dataset TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS private_datasets (id TEXT PRIMARY KEY, agreement_id TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS modules (hash TEXT PRIMARY KEY, bytes BLOB NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, agreement_id TEXT NOT NULL, developer_id TEXT NOT NULL,
@@ -684,6 +685,8 @@ pub enum Table {
     Demands,
     /// Data-quality flags (R6).
     QualityFlags,
+    /// Developer-supplied tables (R5).
+    PrivateDatasets,
 }
 
 impl Table {
@@ -701,6 +704,7 @@ impl Table {
             Table::DataApplications => "data_applications",
             Table::Demands => "demands",
             Table::QualityFlags => "quality_flags",
+            Table::PrivateDatasets => "private_datasets",
         }
     }
     fn columns(self) -> &'static [&'static str] {
@@ -717,6 +721,7 @@ impl Table {
             Table::DataApplications => &["developer_id", "status"],
             Table::Demands => &["raised_by"],
             Table::QualityFlags => &["dataset"],
+            Table::PrivateDatasets => &["agreement_id"],
         }
     }
 }

@@ -196,13 +196,16 @@ pub(crate) fn register(server: &Server, provider: &Api, spec: &Value) -> Value {
 pub(crate) fn open_agreement(server: &Server, developer: &Api, scenario_spec: &Value) -> (String, String) {
     let sc = server.operator.post("/v1/operator/scenarios", scenario_spec).ok();
     let scenario_id = sc["id"].as_str().expect("scenario id").to_string();
-    server
-        .regulator
-        .post(
-            &format!("/v1/regulator/scenarios/{scenario_id}/decision"),
-            &json!({"approve": true}),
-        )
-        .ok();
+    // A scenario of an already approved class is approved on proposal.
+    if sc["status"] == "pending" {
+        server
+            .regulator
+            .post(
+                &format!("/v1/regulator/scenarios/{scenario_id}/decision"),
+                &json!({"approve": true}),
+            )
+            .ok();
+    }
     let app = developer
         .post(
             "/v1/developer/applications",

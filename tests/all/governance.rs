@@ -1027,3 +1027,74 @@ fn demands_and_quality_flags_close_the_loop_with_the_data_side() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.message().contains("not shared"), "{}", r.text());
 }
+
+#[test]
+fn a_developers_own_data_joins_public_data_only_inside_its_agreement() {
+    // R5: 融合开发 under the same release rules.
+    let w = world(2000, 20.0, &[]);
+    let dev = &w.developer;
+    let mut csv = String::from("enterprise_id,loan_amount\n");
+    for id in enterprise_ids(1500) {
+        csv.push_str(&format!("{id},1000\n"));
+    }
+    let upload = |name: &str, grant: Value| {
+        json!({"name": name, "privacy_unit": "enterprise_id", "unit_kind": "enterprise",
+            "columns": [{"name": "enterprise_id", "rule": "tokenize"}, {"name": "loan_amount", "rule": "keep"}],
+            "grant": grant, "csv": csv})
+    };
+    let good_grant = json!([{"name": "enterprise_id", "ops": ["join"]},
+        {"name": "loan_amount", "ops": ["aggregate"], "bounds": [0, 100000]}]);
+    let path = format!("/v1/developer/agreements/{}/datasets", w.agreement);
+    let r = dev.post(&path, &upload("tax_credit", good_grant.clone()));
+    assert_eq!(r.status, 409, "public names are taken: {}", r.text());
+    let r = dev.post(
+        &path,
+        &upload("my_loans", json!([{"name": "loan_amount", "ops": ["join"]}])),
+    );
+    assert_eq!(r.status, 400, "grants follow the scenario rules: {}", r.text());
+    let mine = dev.post(&path, &upload("my_loans", good_grant)).ok();
+    assert_eq!(mine["rows"], json!(1500));
+    let listed = dev.get(&path).ok();
+    assert_eq!(listed["datasets"].as_array().unwrap().len(), 1);
+    assert!(
+        !listed.to_string().contains("91350200MA"),
+        "metadata only, no rows"
+    );
+
+    // Joined with the register inside a job, released under the same rules.
+    let job = w.run(&invis_tests::probe(
+        "SELECT r.industry, COUNT(*) AS n, SUM(l.loan_amount) AS total FROM enterprise_register r \
+         JOIN my_loans l ON r.enterprise_id = l.enterprise_id GROUP BY r.industry",
+    ));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let out = dev.get(&format!(
+        "/v1/developer/jobs/{}/output",
+        job["id"].as_str().unwrap()
+    ));
+    let table = invis::ipc::decode(&out.body).expect("IPC");
+    let n: i64 = (0..table.num_rows()).filter_map(|i| table.i64("n", i)).sum();
+    assert!((n - 1500).abs() < 300, "about the 1500 joined firms: {n}");
+    // Row-level output stays refused for the developer's own table too.
+    let job = w.run(&invis_tests::probe("SELECT loan_amount FROM my_loans"));
+    assert_eq!(job["status"], "failed", "{job}");
+
+    // Another developer's jobs do not see it.
+    let other = w.server.party("Other Lender", "developer");
+    let sc = dev.get(&format!("/v1/developer/scenarios/{}", w.scenario)).ok();
+    let (_, theirs) = crate::fixture::open_agreement(&w.server, &other, &sc["spec"]);
+    let job = other
+        .post_raw(
+            &format!("/v1/developer/agreements/{theirs}/jobs?wait=true"),
+            &invis_tests::probe("SELECT COUNT(*) AS n FROM my_loans"),
+            "application/wasm",
+        )
+        .ok();
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(
+        other.get(&path).status,
+        404,
+        "nor can it list another agreement's tables"
+    );
+    let ledger = w.server.regulator.get("/v1/regulator/ledger").text();
+    assert!(ledger.contains("private_data.register"));
+}

@@ -1,0 +1,231 @@
+//! Developer-supplied data (R5, 融合开发): a developer brings its own (or a
+//! third party's) table into one agreement. It is stored inside the
+//! platform, joined with public data only inside jobs of that agreement,
+//! under the scenario's release rules; nobody else's jobs see it, and
+//! nobody, the developer included, reads its rows back.
+
+use super::blocking;
+use crate::auth::{Auth, Body};
+use crate::error::{ApiError, ApiResult};
+use crate::keys::new_id;
+use crate::state::AppState;
+use crate::store::{append, NewEntry, Record, Table};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use sandbox::profile::DatasetProfile;
+use scenarios::catalog::{ColumnSpec, DatasetSpec};
+use scenarios::policy::TableGrant;
+use scenarios::workflow::{Agreement, Scenario};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Largest CSV a developer can bring, in bytes.
+const MAX_CSV_BYTES: usize = 8 << 20;
+
+/// A developer's table inside one agreement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PrivateDataset {
+    /// `pd_...`
+    pub id: String,
+    /// The only agreement whose jobs see it.
+    pub agreement_id: String,
+    /// Its developer.
+    pub developer_id: String,
+    /// Registration (the file is the platform's copy).
+    pub spec: DatasetSpec,
+    /// Columns jobs may use, and how.
+    pub grant: TableGrant,
+    /// What profiling found.
+    pub profile: DatasetProfile,
+    /// When it was brought in.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Record for PrivateDataset {
+    const TABLE: Table = Table::PrivateDatasets;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lookup(&self) -> Vec<String> {
+        vec![self.agreement_id.clone()]
+    }
+}
+
+/// What the developer sends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Upload {
+    /// Table name its jobs use.
+    name: String,
+    #[serde(default)]
+    description: String,
+    privacy_unit: String,
+    #[serde(default)]
+    unit_kind: Option<String>,
+    /// Every column with its rule.
+    columns: Vec<ColumnSpec>,
+    /// The operations jobs may apply to each column (as in a scenario).
+    grant: Vec<scenarios::policy::ColumnGrant>,
+    /// The table itself, as CSV text with a header row.
+    csv: String,
+}
+
+/// The extra tables and grants of an agreement's private data.
+pub(crate) fn of_agreement(st: &AppState, agreement: &str) -> ApiResult<Vec<PrivateDataset>> {
+    st.store
+        .list(Table::PrivateDatasets, Some(("agreement_id", agreement)))
+}
+
+pub(crate) async fn upload(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+    Body(req): Body<Upload>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if req.csv.len() > MAX_CSV_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "the CSV is larger than {MAX_CSV_BYTES} bytes"
+        )));
+    }
+    let s = st.clone();
+    let name = req.name.clone();
+    let (ag, sc, existing) = blocking(move || {
+        let ag: Agreement = s
+            .store
+            .get(Table::Agreements, &id)?
+            .filter(|a: &Agreement| a.developer_id == actor.id)
+            .ok_or_else(|| ApiError::NotFound(format!("no agreement {}", id.escape_debug())))?;
+        ag.check_open(Utc::now())?;
+        let sc: Scenario = s
+            .store
+            .get(Table::Scenarios, &ag.scenario_id)?
+            .ok_or_else(|| ApiError::Internal("no scenario".into()))?;
+        let catalog = super::current_datasets(&s)?;
+        if catalog.iter().any(|d| d.name == name) || sc.spec.table(&name).is_some() {
+            return Err(ApiError::Conflict(format!(
+                "`{name}` is a public dataset's name; choose another"
+            )));
+        }
+        let existing = of_agreement(&s, &ag.id)?;
+        Ok((ag, sc, existing))
+    })
+    .await?;
+    if existing.iter().any(|p| p.spec.name == req.name) {
+        return Err(ApiError::Conflict(format!(
+            "agreement {} already has a table `{}`",
+            ag.id, req.name
+        )));
+    }
+    // The platform's copy of the file, readable by the platform only.
+    let dir = st.config.data_dir.join("private").join(&ag.id);
+    let path = dir.join(format!("{}.csv", new_id("pd")));
+    let spec = DatasetSpec {
+        name: req.name,
+        description: req.description,
+        path: path.to_string_lossy().into_owned(),
+        format: Some(scenarios::catalog::DataFormat::Csv),
+        privacy_unit: req.privacy_unit,
+        unit_kind: req.unit_kind,
+        share_class: scenarios::catalog::ShareClass::Conditional,
+        open_class: scenarios::catalog::OpenClass::NotOpen,
+        exclusion_reason: None,
+        columns: req.columns,
+    };
+    spec.validate()?;
+    let grant = TableGrant {
+        dataset: spec.name.clone(),
+        columns: req.grant,
+    };
+    // The grants are checked as if the table were part of the scenario:
+    // the same rules for units, joins, bounds and domains.
+    let mut extended = sc.spec.clone();
+    extended.tables.push(grant.clone());
+    let catalog = {
+        let s = st.clone();
+        blocking(move || super::current_datasets(&s)).await?
+    };
+    extended.validate(|n| {
+        if n == spec.name {
+            Some(&spec)
+        } else {
+            catalog.iter().find(|d| d.name == n).map(|d| &d.spec)
+        }
+    })?;
+    write_private(&dir, &path, req.csv.as_bytes())?;
+    let profile = match sandbox::profile::profile(&spec).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
+    };
+    let record = PrivateDataset {
+        id: new_id("pd"),
+        agreement_id: ag.id.clone(),
+        developer_id: ag.developer_id.clone(),
+        spec,
+        grant,
+        profile,
+        created_at: Utc::now(),
+    };
+    let r = record.clone();
+    st.store
+        .write(move |tx| {
+            crate::store::put(tx, &r)?;
+            append(
+                tx,
+                NewEntry::system(
+                    "private_data.register",
+                    &r.id,
+                    json!({"agreement": r.agreement_id, "developer": r.developer_id, "name": r.spec.name,
+                        "version_hash": r.profile.version, "rows": r.profile.rows,
+                        "rules": r.spec.columns.iter().map(|c| json!({"column": c.name, "rule": c.rule})).collect::<Vec<_>>(),
+                        "grant": r.grant}),
+                ),
+                r.created_at,
+            )
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(view(&record))))
+}
+
+fn write_private(dir: &std::path::Path, path: &std::path::Path, bytes: &[u8]) -> ApiResult<()> {
+    use std::io::Write;
+    let io = |e: std::io::Error| ApiError::Internal(format!("storing the table: {e}"));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+/// Metadata only: never rows, samples or measured ranges.
+fn view(p: &PrivateDataset) -> Value {
+    json!({"id": p.id, "agreement_id": p.agreement_id, "name": p.spec.name, "rows": p.profile.rows,
+        "version_hash": p.profile.version, "columns": p.spec.columns, "grant": p.grant,
+        "created_at": p.created_at})
+}
+
+pub(crate) async fn list(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let s = st.clone();
+    let all = blocking(move || {
+        let ag: Option<Agreement> = s.store.get(Table::Agreements, &id)?;
+        let ag = ag
+            .filter(|a| actor.role != scenarios::party::Role::Developer || a.developer_id == actor.id)
+            .ok_or_else(|| ApiError::NotFound(format!("no agreement {}", id.escape_debug())))?;
+        of_agreement(&s, &ag.id)
+    })
+    .await?;
+    Ok(Json(
+        json!({"datasets": all.iter().map(view).collect::<Vec<_>>()}),
+    ))
+}
