@@ -363,6 +363,9 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/operator/agreements/{id}/datasets", OPERATOR, || {
         get(private::list)
     }),
+    route("POST", "/v1/operator/agreements/{id}/terminate", OPERATOR, || {
+        post(oversight::terminate_agreement)
+    }),
     route("GET", "/v1/operator/risk-reports", OPERATOR, || {
         get(oversight::list_risk_reports)
     }),
@@ -431,6 +434,9 @@ pub const ROUTES: &[Route] = &[
     }),
     route("GET", "/v1/regulator/agreements/{id}/datasets", REGULATOR, || {
         get(private::list)
+    }),
+    route("GET", "/v1/regulator/datasets", REGULATOR, || {
+        get(provider::all_versions)
     }),
     route("GET", "/v1/regulator/overdue", REGULATOR, || {
         get(oversight::overdue)
@@ -524,6 +530,12 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/developer/agreements/{id}/datasets", DEVELOPER, || {
         get(private::list)
     }),
+    route(
+        "POST",
+        "/v1/developer/agreements/{id}/terminate",
+        DEVELOPER,
+        || post(oversight::terminate_agreement),
+    ),
     route("GET", "/v1/developer/risk-reports", DEVELOPER, || {
         get(oversight::list_risk_reports)
     }),

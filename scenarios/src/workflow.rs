@@ -382,6 +382,20 @@ pub struct Agreement {
     /// The risk report that halted it.
     #[serde(default)]
     pub halted_by_report: Option<String>,
+    /// Why it was terminated, by whom and when.
+    #[serde(default)]
+    pub termination: Option<Termination>,
+}
+
+/// An early end of an agreement by one of its parties.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Termination {
+    /// The party that ended it.
+    pub by: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why.
+    pub reason: String,
 }
 
 impl Agreement {
@@ -418,6 +432,7 @@ impl Agreement {
             filing_due: None,
             filed_at: None,
             halted_by_report: None,
+            termination: None,
         })
     }
 
@@ -467,6 +482,34 @@ impl Agreement {
     /// Signed but not filed with the regulator by its due date.
     pub fn filing_overdue(&self, today: chrono::NaiveDate) -> bool {
         self.filed_at.is_none() && self.filing_due.is_some_and(|d| today > d)
+    }
+
+    /// Ends the agreement early (R13): the operator, or its developer.
+    pub fn terminate(&mut self, reason: String, by: &Actor, at: DateTime<Utc>) -> Result<()> {
+        let party = by.role == Role::Operator || (by.role == Role::Developer && by.id == self.developer_id);
+        if !party {
+            return Err(Error::Forbidden(
+                "only a party to the agreement can end it".into(),
+            ));
+        }
+        if reason.trim().is_empty() {
+            return Err(Error::InvalidRequest("a termination needs a reason".into()));
+        }
+        match self.status {
+            AgreementStatus::Issued | AgreementStatus::Active => {
+                self.status = AgreementStatus::Terminated;
+                self.termination = Some(Termination {
+                    by: by.id.clone(),
+                    at,
+                    reason,
+                });
+                Ok(())
+            }
+            AgreementStatus::Terminated | AgreementStatus::Halted => Err(Error::IllegalState(format!(
+                "agreement {} is already closed",
+                self.id
+            ))),
+        }
     }
 
     /// Stops access at once (R20); running jobs release nothing more.

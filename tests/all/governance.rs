@@ -1097,4 +1097,19 @@ fn a_developers_own_data_joins_public_data_only_inside_its_agreement() {
     );
     let ledger = w.server.regulator.get("/v1/regulator/ledger").text();
     assert!(ledger.contains("private_data.register"));
+
+    // R13: a party ends its agreement early; access closes at once.
+    let end = format!("/v1/developer/agreements/{theirs}/terminate");
+    assert_eq!(dev.post(&end, &json!({"reason": "not mine"})).status, 404);
+    assert_eq!(other.post(&end, &json!({"reason": " "})).status, 400);
+    let ended = other.post(&end, &json!({"reason": "project cancelled"})).ok();
+    assert_eq!(ended["status"], "terminated");
+    assert_eq!(other.post(&end, &json!({"reason": "again"})).status, 409);
+    let r = other.post_raw(
+        &format!("/v1/developer/agreements/{theirs}/jobs"),
+        &invis_tests::probe("SELECT COUNT(*) AS n FROM enterprise_register"),
+        "application/wasm",
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.message().contains("terminated"), "{}", r.text());
 }

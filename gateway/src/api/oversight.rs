@@ -302,6 +302,51 @@ pub(crate) async fn halt_agreement(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
+/// Why an agreement ends early.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Terminate {
+    reason: String,
+}
+
+/// Ends an agreement early (R13); its running jobs stop and release
+/// nothing more.
+pub(crate) async fn terminate_agreement(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+    Body(t): Body<Terminate>,
+) -> ApiResult<Json<Value>> {
+    let agreement = id.clone();
+    let ag = st
+        .store
+        .write(move |tx| {
+            let mut ag: Agreement = get_in(tx, Table::Agreements, &id)?
+                .filter(|a: &Agreement| actor.role == Role::Operator || a.developer_id == actor.id)
+                .ok_or_else(|| not_found("agreement", &id))?;
+            let now = Utc::now();
+            ag.terminate(t.reason, &actor, now)?;
+            put(tx, &ag)?;
+            append(
+                tx,
+                NewEntry::by(
+                    &actor,
+                    "agreement.terminate",
+                    &ag.id,
+                    json!({"termination": ag.termination}),
+                ),
+                now,
+            )?;
+            Ok(ag)
+        })
+        .await?;
+    let s = st.clone();
+    let stopped = blocking(move || stop_running(&s, |j| j.agreement_id == agreement)).await?;
+    let mut v = serde_json::to_value(&ag).unwrap_or(Value::Null);
+    v["stopped_jobs"] = json!(stopped);
+    Ok(Json(v))
+}
+
 pub(crate) async fn halt_scenario(
     State(st): State<AppState>,
     Auth(actor): Auth,
