@@ -120,6 +120,41 @@ impl crate::store::Record for DatasetRecord {
     }
 }
 
+/// "No such thing": 404 with the id as given (escaped, never interpreted).
+pub(crate) fn not_found(what: &str, id: &str) -> ApiError {
+    ApiError::NotFound(format!("no {what} {}", id.escape_debug()))
+}
+
+/// A period of whole days, both ends included; open where absent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Period {
+    #[serde(default)]
+    pub(crate) from: Option<chrono::NaiveDate>,
+    #[serde(default)]
+    pub(crate) to: Option<chrono::NaiveDate>,
+}
+
+/// A developer's own agreement, open now, with its scenario.
+pub(crate) fn open_agreement_of(
+    st: &AppState,
+    developer: &str,
+    id: &str,
+) -> ApiResult<(scenarios::workflow::Agreement, scenarios::workflow::Scenario)> {
+    use scenarios::workflow::{Agreement, Scenario};
+    let ag: Agreement = st
+        .store
+        .get(crate::store::Table::Agreements, id)?
+        .filter(|a: &Agreement| a.developer_id == developer)
+        .ok_or_else(|| not_found("agreement", id))?;
+    ag.check_open(Utc::now())?;
+    let sc: Scenario = st
+        .store
+        .get(crate::store::Table::Scenarios, &ag.scenario_id)?
+        .ok_or_else(|| ApiError::Internal("agreement without scenario".into()))?;
+    Ok((ag, sc))
+}
+
 /// Runs store work off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> ApiResult<T> + Send + 'static,
@@ -167,7 +202,7 @@ async fn reject_oversized(
     next.run(req).await
 }
 
-async fn not_found() -> ApiError {
+async fn no_route() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
 
@@ -570,7 +605,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(r.path, handler);
     }
     router
-        .fallback(not_found)
+        .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(reject_oversized))
         .with_state(state)

@@ -4,21 +4,9 @@
 //! outcome is kept.
 
 use crate::party::{Actor, Role};
-use crate::{Error, Result};
+use crate::{required, Error, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-
-fn required(what: &str, v: &str) -> Result<()> {
-    if v.trim().is_empty() {
-        Err(Error::InvalidRequest(format!("the {what} is required")))
-    } else if v.len() > 4000 {
-        Err(Error::InvalidRequest(format!(
-            "the {what} is longer than 4000 bytes"
-        )))
-    } else {
-        Ok(())
-    }
-}
 
 /// How the operator answered a demand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,13 +59,13 @@ impl Demand {
         at: DateTime<Utc>,
     ) -> Result<Demand> {
         by.require(Role::Developer)?;
-        required("title", &title)?;
-        required("description", &description)?;
+        required("the title", &title)?;
+        required("the description", &description)?;
         if data_needed.is_empty() || data_needed.len() > 50 {
             return Err(Error::InvalidRequest("list between 1 and 50 data needs".into()));
         }
         for d in &data_needed {
-            required("data need", d)?;
+            required("the data need", d)?;
         }
         Ok(Demand {
             id,
@@ -111,7 +99,7 @@ impl Demand {
                 self.id
             )));
         }
-        required("answer", &answer)?;
+        required("the answer", &answer)?;
         match outcome {
             DemandOutcome::ScenarioProposed if scenario_id.is_none() => {
                 return Err(Error::InvalidRequest("name the scenario proposed".into()))
@@ -122,7 +110,7 @@ impl Demand {
             _ => {}
         }
         for n in &unmet_needs {
-            required("unmet need", n)?;
+            required("the unmet need", n)?;
         }
         self.outcome = Some(outcome);
         self.scenario_id = scenario_id;
@@ -184,7 +172,7 @@ impl QualityFlag {
         by: &Actor,
         at: DateTime<Utc>,
     ) -> Result<QualityFlag> {
-        required("description", &description)?;
+        required("the description", &description)?;
         Ok(QualityFlag {
             id,
             dataset,
@@ -216,7 +204,7 @@ impl QualityFlag {
                 self.id
             )));
         }
-        required("finding", &finding)?;
+        required("the finding", &finding)?;
         if corrected_version.is_some_and(|v| v <= self.dataset_version) {
             return Err(Error::InvalidRequest(format!(
                 "the correction must be a version after {}",

@@ -19,3 +19,15 @@ pub mod policy;
 pub mod workflow;
 
 pub use error::{Error, Result};
+
+/// Fails unless a free-text field is filled in (and of a sane length):
+/// `what` names it in the message, as in "the grounds are required".
+pub(crate) fn required(what: &str, v: &str) -> Result<()> {
+    if v.trim().is_empty() {
+        Err(Error::InvalidRequest(format!("{what} is required")))
+    } else if v.len() > 4000 {
+        Err(Error::InvalidRequest(format!("{what} is longer than 4000 bytes")))
+    } else {
+        Ok(())
+    }
+}

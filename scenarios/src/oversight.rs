@@ -3,19 +3,9 @@
 //! state of their emergency plan (R25).
 
 use crate::party::{Actor, Role};
-use crate::{Error, Result};
+use crate::{required, Error, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-
-fn required(what: &str, v: &str) -> Result<()> {
-    if v.trim().is_empty() {
-        Err(Error::InvalidRequest(format!("{what} is required")))
-    } else if v.len() > 4000 {
-        Err(Error::InvalidRequest(format!("{what} is longer than 4000 bytes")))
-    } else {
-        Ok(())
-    }
-}
 
 /// What an objection is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

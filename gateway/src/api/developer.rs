@@ -3,7 +3,7 @@
 //! their released results (R16). A developer sees only its own records;
 //! another developer's ids answer 404.
 
-use super::blocking;
+use super::{blocking, not_found};
 use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
@@ -22,10 +22,6 @@ use scenarios::party::{Actor, Role};
 use scenarios::workflow::{Agreement, Application, Materials, Scenario, ScenarioStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-
-fn not_found(what: &str, id: &str) -> ApiError {
-    ApiError::NotFound(format!("no {what} {}", id.escape_debug()))
-}
 
 pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;

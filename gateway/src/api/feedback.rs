@@ -1,7 +1,7 @@
 //! Scenario demands and unmet data needs (R9); data-quality flags that the
 //! providing department verifies and corrects or rejects (R6).
 
-use super::{blocking, current_datasets, DatasetRecord};
+use super::{blocking, current_datasets, not_found, DatasetRecord};
 use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
@@ -16,10 +16,6 @@ use scenarios::party::Role;
 use scenarios::workflow::Scenario;
 use serde::Deserialize;
 use serde_json::{json, Value};
-
-fn not_found(what: &str, id: &str) -> ApiError {
-    ApiError::NotFound(format!("no {what} {}", id.escape_debug()))
-}
 
 /// A new demand.
 #[derive(Debug, Deserialize)]

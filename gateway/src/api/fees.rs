@@ -2,7 +2,7 @@
 //! from the agreement's jobs (see `scenarios::fees` for what is metered and
 //! why rows are whole tables).
 
-use super::{blocking, JobRecord};
+use super::{blocking, JobRecord, Period};
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -13,21 +13,10 @@ use chrono::NaiveDate;
 use scenarios::fees::Metered;
 use scenarios::party::Role;
 use scenarios::workflow::Agreement;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub(crate) async fn tariff(State(st): State<AppState>, Auth(_a): Auth) -> Json<Value> {
     Json(json!({"currency": "CNY", "unit": "fen", "tariff": st.config.tariff}))
-}
-
-/// The statement's period (days, both included); all time when absent.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Period {
-    #[serde(default)]
-    from: Option<NaiveDate>,
-    #[serde(default)]
-    to: Option<NaiveDate>,
 }
 
 /// What an agreement's jobs used in a period: jobs that started, released

@@ -2,7 +2,7 @@
 //! halts with risk reports (R20), security incidents (R25), filing of
 //! agreements with the regulator and the overdue list (R12).
 
-use super::{blocking, current_datasets, DatasetRecord, JobRecord};
+use super::{blocking, current_datasets, not_found, DatasetRecord, JobRecord};
 use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
@@ -23,10 +23,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
-
-fn not_found(what: &str, id: &str) -> ApiError {
-    ApiError::NotFound(format!("no {what} {}", id.escape_debug()))
-}
 
 // ----- objections (R7) -------------------------------------------------------
 

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use sandbox::profile::DatasetProfile;
 use scenarios::catalog::{ColumnSpec, DatasetSpec};
 use scenarios::policy::TableGrant;
-use scenarios::workflow::{Agreement, Scenario};
+use scenarios::workflow::Agreement;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -92,16 +92,7 @@ pub(crate) async fn upload(
     let s = st.clone();
     let name = req.name.clone();
     let (ag, sc, existing) = blocking(move || {
-        let ag: Agreement = s
-            .store
-            .get(Table::Agreements, &id)?
-            .filter(|a: &Agreement| a.developer_id == actor.id)
-            .ok_or_else(|| ApiError::NotFound(format!("no agreement {}", id.escape_debug())))?;
-        ag.check_open(Utc::now())?;
-        let sc: Scenario = s
-            .store
-            .get(Table::Scenarios, &ag.scenario_id)?
-            .ok_or_else(|| ApiError::Internal("no scenario".into()))?;
+        let (ag, sc) = super::open_agreement_of(&s, &actor.id, &id)?;
         let catalog = super::current_datasets(&s)?;
         if catalog.iter().any(|d| d.name == name) || sc.spec.table(&name).is_some() {
             return Err(ApiError::Conflict(format!(

@@ -2,7 +2,7 @@
 //! (metadata only, never outputs), and the periodic operation report with
 //! per-provider contribution figures (R26).
 
-use super::{blocking, current_datasets, DatasetRecord, JobRecord, JobStatus};
+use super::{blocking, current_datasets, DatasetRecord, JobRecord, JobStatus, Period};
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -12,7 +12,6 @@ use axum::Json;
 use chrono::{Days, NaiveDate, Utc};
 use scenarios::oversight::{Incident, Objection, ObjectionStatus, PlanState, RiskReport};
 use scenarios::workflow::{Agreement, Application, ApplicationStatus, Scenario};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
@@ -26,16 +25,6 @@ pub(crate) async fn list_jobs(State(st): State<AppState>, Auth(_a): Auth) -> Api
     let store = st.store.clone();
     let all: Vec<JobRecord> = blocking(move || store.list(Table::Jobs, None)).await?;
     Ok(Json(json!({"jobs": all})))
-}
-
-/// The report's period, in whole days (both ends included).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Period {
-    #[serde(default)]
-    from: Option<NaiveDate>,
-    #[serde(default)]
-    to: Option<NaiveDate>,
 }
 
 fn count_by<'a>(keys: impl Iterator<Item = &'a str>) -> Value {

@@ -10,14 +10,13 @@ use super::blocking;
 use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::store::{append, NewEntry, Table};
+use crate::store::{append, NewEntry};
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::Utc;
 use rusqlite::{params, OptionalExtension};
 use sandbox::verify::{Claim, Claimed, MAX_CLAIMS};
 use scenarios::policy::ColumnOp;
-use scenarios::workflow::{Agreement, Scenario};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -97,16 +96,7 @@ pub(crate) async fn verify(
     let dataset = req.dataset.clone();
     let cols = columns.clone();
     let (ag, table, consenting) = blocking(move || {
-        let ag: Agreement = s
-            .store
-            .get(Table::Agreements, &id)?
-            .filter(|a: &Agreement| a.developer_id == actor.id)
-            .ok_or_else(|| ApiError::NotFound(format!("no agreement {}", id.escape_debug())))?;
-        ag.check_open(Utc::now())?;
-        let sc: Scenario = s
-            .store
-            .get(Table::Scenarios, &ag.scenario_id)?
-            .ok_or_else(|| ApiError::Internal("no scenario".into()))?;
+        let (ag, sc) = super::open_agreement_of(&s, &actor.id, &id)?;
         let grant = sc.spec.table(&dataset).ok_or_else(|| {
             ApiError::Forbidden(format!(
                 "dataset `{}` is not in the scenario",
