@@ -326,6 +326,12 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/operator/parties", OPERATOR, || {
         get(operator::list_parties)
     }),
+    route("POST", "/v1/operator/parties/{id}/token", OPERATOR, || {
+        post(operator::reissue_token)
+    }),
+    route("POST", "/v1/operator/parties/{id}/revoke", OPERATOR, || {
+        post(operator::revoke_token)
+    }),
     route("POST", "/v1/operator/organizations", OPERATOR, || {
         post(operator::create_organization)
     }),

@@ -438,6 +438,15 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a party's token hash (a new token, or revocation with a
+    /// value no token hashes to); false when there is no such party.
+    pub fn set_token_hash(tx: &Connection, id: &str, token_hash: &str) -> ApiResult<bool> {
+        Ok(tx.execute(
+            "UPDATE parties SET token_hash = ?2 WHERE id = ?1",
+            params![id, token_hash],
+        )? == 1)
+    }
+
     /// The party holding a token hash.
     pub fn party_by_token(&self, token_hash: &str) -> ApiResult<Option<Party>> {
         Ok(self

@@ -271,6 +271,35 @@ fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
         &json!({"name": "x", "role": "developer", "organization": "org_missing"}),
     );
     assert_eq!(r.status, 404);
+    // Tokens are reissued (the old one stops working) and revoked.
+    let seconded_id = group_op.get("/v1/whoami").ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = op
+        .post(&format!("/v1/operator/parties/{seconded_id}/revoke"), &json!({}))
+        .ok();
+    assert_eq!(r["revoked"], json!(true));
+    assert_eq!(
+        group_op.get("/v1/whoami").status,
+        401,
+        "a revoked token is refused"
+    );
+    let dev_id = group_dev.get("/v1/whoami").ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fresh = op
+        .post(&format!("/v1/operator/parties/{dev_id}/token"), &json!({}))
+        .ok();
+    assert_eq!(
+        group_dev.get("/v1/whoami").status,
+        401,
+        "the old token stops working"
+    );
+    let group_dev = op.as_token(fresh["token"].as_str().unwrap());
+    assert_eq!(group_dev.get("/v1/whoami").ok()["id"], json!(dev_id));
+
     // R10: eligibility is checked at application, with the reasons.
     let eligible = group_dev.get("/v1/developer/eligibility").ok();
     assert_eq!(eligible["eligible"], json!(true), "{eligible}");

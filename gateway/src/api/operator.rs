@@ -98,6 +98,59 @@ pub(crate) async fn create_party(
     ))
 }
 
+/// Issues a new token for a party (the old one stops working), shown once.
+pub(crate) async fn reissue_token(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let (token, hash) = new_token();
+    let party = id.clone();
+    st.store
+        .write(move |tx| {
+            if !Store::set_token_hash(tx, &id, &hash)? {
+                return Err(ApiError::NotFound(format!("no party {}", id.escape_debug())));
+            }
+            append(
+                tx,
+                NewEntry::by(&actor, "party.token_reissue", &id, json!({})),
+                Utc::now(),
+            )
+        })
+        .await?;
+    Ok(Json(json!({"id": party, "token": token,
+        "note": "the token is shown only once; the previous token no longer works"})))
+}
+
+/// Revokes a party's token: every request with it is refused from now on.
+pub(crate) async fn revoke_token(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if id == actor.id {
+        return Err(ApiError::Conflict(
+            "an operator cannot revoke its own token".into(),
+        ));
+    }
+    // A value no token hashes to (token hashes are 64 hex digits).
+    let revoked = format!("revoked:{}", new_id("rv"));
+    let party = id.clone();
+    st.store
+        .write(move |tx| {
+            if !Store::set_token_hash(tx, &id, &revoked)? {
+                return Err(ApiError::NotFound(format!("no party {}", id.escape_debug())));
+            }
+            append(
+                tx,
+                NewEntry::by(&actor, "party.revoke", &id, json!({})),
+                Utc::now(),
+            )
+        })
+        .await?;
+    Ok(Json(json!({"id": party, "revoked": true})))
+}
+
 /// A new organization.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
