@@ -28,6 +28,7 @@ use datafusion::logical_expr::{
     cast, col, BinaryExpr, Expr, ExprSchemable, JoinConstraint, JoinType, LogicalPlan, LogicalPlanBuilder,
     Operator,
 };
+use scenarios::catalog::ColumnRule;
 use scenarios::policy::{effective_bounds, AggregateFn, ColumnOp};
 use std::collections::{BTreeSet, HashMap};
 
@@ -599,16 +600,19 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// True when `e` is (a cast of) an integer column whose registered
-    /// range lies within `[lo, hi]`.
+    /// True when `e` is (a cast of) a column of whole numbers whose
+    /// registered range lies within `[lo, hi]`: an integer column, or a
+    /// float column kept as is and measured at registration to hold whole
+    /// numbers only (its values then convert to integers exactly).
     fn within(&self, e: &Expr, lo: i64, hi: i64) -> bool {
         match strip_cast(e) {
             Expr::Column(c) => self.resolve(c).is_ok_and(|(t, n)| {
-                let integer = t
-                    .view_schema
-                    .field_with_name(&n)
-                    .is_ok_and(|f| f.data_type().is_integer());
-                integer
+                let whole = t.view_schema.field_with_name(&n).is_ok_and(|f| {
+                    f.data_type().is_integer()
+                        || (f.data_type().is_floating()
+                            && t.spec.column(&n).is_some_and(|c| c.rule == ColumnRule::Keep))
+                });
+                whole
                     && t.ranges
                         .get(&n)
                         .is_some_and(|(a, b)| *a >= lo as f64 && *b <= hi as f64)

@@ -32,6 +32,12 @@ pub struct ColumnProfile {
     /// already lies within a scenario's bounds (the output is identical).
     #[serde(default)]
     pub range: Option<[f64; 2]>,
+    /// Every value of a floating-point column is a whole number (unknown
+    /// for old registrations and other types). With the range, it lets the
+    /// mechanism sum such a column exactly without its clamp-and-round
+    /// kernel.
+    #[serde(default)]
+    pub integral: Option<bool>,
 }
 
 /// What registration learns about a file.
@@ -143,7 +149,19 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
         if f.data_type().is_numeric() {
             let x = datafusion::logical_expr::cast(c, datafusion::arrow::datatypes::DataType::Float64);
             aggs.push(min(x.clone()).alias(format!("__lo{i}")));
-            aggs.push(max(x).alias(format!("__hi{i}")));
+            aggs.push(max(x.clone()).alias(format!("__hi{i}")));
+            if f.data_type().is_floating() {
+                // Values with a fractional part (nulls count as none).
+                let fractional = datafusion::logical_expr::when(
+                    x.clone()
+                        .not_eq(datafusion::functions::math::expr_fn::trunc(vec![x])),
+                    datafusion::logical_expr::lit(1i64),
+                )
+                .otherwise(datafusion::logical_expr::lit(0i64))?;
+                aggs.push(
+                    datafusion::functions_aggregate::expr_fn::sum(fractional).alias(format!("__frac{i}")),
+                );
+            }
         }
     }
     let counted = LogicalPlanBuilder::from(scan)
@@ -205,6 +223,9 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
                     (Some(lo), Some(hi)) => Some([lo, hi]),
                     _ => None,
                 },
+                integral: f.data_type().is_floating().then(|| {
+                    batch.column_by_name(&format!("__frac{i}")).is_some() && get(&format!("__frac{i}")) == 0
+                }),
             })
             .collect(),
         rows,

@@ -558,9 +558,10 @@ fn value_expr(kind: &Kind, schema: &datafusion::common::DFSchema) -> Result<Opti
             let ty = e
                 .get_type(schema)
                 .map_err(|e| Error::InvalidQuery(e.to_string()))?;
-            Some(if ty.is_integer() && !clamp {
-                // Every value is already within the bounds (measured at
-                // registration): clamping is the identity here.
+            Some(if !clamp {
+                // Every value is a whole number within the bounds (measured
+                // at registration): clamping and rounding are the identity
+                // here, and the conversion to an integer is exact.
                 try_cast(e.clone(), DataType::Int64)
             } else if ty.is_integer() {
                 clamp_udf(DataType::Int64, *lo, *hi).call(vec![try_cast(e.clone(), DataType::Int64)])

@@ -80,9 +80,15 @@ impl TableVersion {
                 .filter(|c| c.nulls == Some(0))
                 .map(|c| c.name.clone())
                 .collect(),
+            // Ranges of columns holding whole numbers only: integer
+            // columns, and float columns measured to be integral.
             column_ranges: p
                 .columns
                 .iter()
+                .filter(|c| {
+                    c.integral
+                        .unwrap_or_else(|| c.data_type.starts_with("Int") || c.data_type.starts_with("UInt"))
+                })
                 .filter_map(|c| c.range.map(|[lo, hi]| (c.name.clone(), lo, hi)))
                 .collect(),
             units: Default::default(),

@@ -744,3 +744,37 @@ async fn verification_answers_match_or_no_match_and_never_a_value() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn only_whole_number_columns_skip_the_clamp_kernel() {
+    // PUMS incomes are floats holding whole numbers: their range is kept,
+    // so a SUM within the bounds converts them exactly instead of clamping.
+    let spec = spec("PUMS_pid.csv", "pums");
+    let p = profile(&spec).await.unwrap();
+    let income = p.columns.iter().find(|c| c.name == "income").unwrap();
+    assert_eq!(
+        (income.data_type.as_str(), income.integral),
+        ("Float64", Some(true))
+    );
+    let t = TableVersion::from_profile(spec, &p);
+    assert!(t.column_ranges.iter().any(|(n, _, _)| n == "income"));
+
+    // A float column with a fractional value keeps the kernel.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.csv");
+    std::fs::write(&path, "id,x\n1,2.0\n2,1.5\n3,\n").unwrap();
+    let spec: DatasetSpec = serde_json::from_value(json!({
+        "name": "f", "path": path.to_string_lossy(), "privacy_unit": "id",
+        "columns": [{"name": "id", "rule": "keep"}, {"name": "x", "rule": "keep"}]
+    }))
+    .unwrap();
+    let p = profile(&spec).await.unwrap();
+    let x = p.columns.iter().find(|c| c.name == "x").unwrap();
+    assert_eq!(x.integral, Some(false));
+    let t = TableVersion::from_profile(spec, &p);
+    assert!(!t.column_ranges.iter().any(|(n, _, _)| n == "x"));
+    assert!(
+        t.column_ranges.iter().any(|(n, _, _)| n == "id"),
+        "integers keep theirs"
+    );
+}
