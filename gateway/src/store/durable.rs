@@ -275,6 +275,12 @@ fn run_one(conn: &Connection, w: Work) -> Option<Done> {
 
 fn flush_loop(wal: PathBuf, batches: Receiver<Committed>, stats: &Mutex<SyncStats>, wake: &Wake) {
     let mut failed: Option<String> = None;
+    // The log stays the same file while the store's connections are open:
+    // SQLite rewinds it in place and deletes it only when the last
+    // connection closes, and the writer's stays open as long as this loop
+    // runs. So one handle serves every flush; it is reopened after an
+    // error.
+    let mut log: Option<File> = None;
     loop {
         wake.flusher_idle.store(true, Ordering::Release);
         let Ok(first) = batches.recv() else { break };
@@ -283,7 +289,12 @@ fn flush_loop(wal: PathBuf, batches: Receiver<Committed>, stats: &Mutex<SyncStat
         group.extend(batches.try_iter());
         if failed.is_none() {
             let started = Instant::now();
-            let r = File::open(&wal).and_then(|f| f.sync_data());
+            let r = match log.take() {
+                Some(f) => Ok(f),
+                None => File::open(&wal),
+            }
+            .and_then(|f| f.sync_data().map(|()| f))
+            .map(|f| log = Some(f));
             let mut s = lock(stats);
             s.flushes += 1;
             s.flush_time += started.elapsed();
