@@ -333,12 +333,7 @@ mod tests {
     use super::*;
 
     fn actor(role: Role) -> Actor {
-        Actor {
-            id: format!("pt_{role}"),
-            role,
-            name: role.to_string(),
-            org: format!("org_{role}"),
-        }
+        crate::party::test_actor(&format!("pt_{role}"), role)
     }
 
     fn claim(target: ObjectionTarget, grounds: &str) -> Claim {

@@ -74,6 +74,17 @@ impl Actor {
     }
 }
 
+/// A party for tests: id `id`, in an organization of its own.
+#[cfg(test)]
+pub(crate) fn test_actor(id: &str, role: Role) -> Actor {
+    Actor {
+        id: id.into(),
+        role,
+        name: id.into(),
+        org: format!("org_{id}"),
+    }
+}
+
 /// A fact about an organization's standing that bears on its eligibility
 /// as a developer (R10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -669,14 +669,7 @@ mod tests {
     use super::*;
     use chrono::Duration;
 
-    fn actor(id: &str, role: Role) -> Actor {
-        Actor {
-            id: id.into(),
-            role,
-            name: id.into(),
-            org: format!("org_{id}"),
-        }
-    }
+    use crate::party::test_actor as actor;
 
     fn spec() -> ScenarioSpec {
         serde_json::from_value(serde_json::json!({
