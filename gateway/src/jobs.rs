@@ -46,11 +46,8 @@ fn to_sandbox(e: ApiError) -> sandbox::Error {
 
 impl Accountant for StoreAccountant {
     fn charge(&self, cost: &Budget, lineage: &QueryLineage) -> sandbox::Result<()> {
-        let mut entry = NewEntry::by(
-            &self.developer,
-            "query.charge",
-            &self.job_id,
-            json!({
+        // Completed inside the transaction with the budget left after it.
+        let mut details = json!({
                 "agreement": self.agreement_id,
                 "scenario": self.scenario_id,
                 "purpose": lineage.purpose,
@@ -60,8 +57,8 @@ impl Accountant for StoreAccountant {
                 "mechanism": lineage.mechanism,
                 "cost": cost,
                 "budget_limit": self.limit,
-            }),
-        );
+        });
+        let (actor, job) = (self.developer.clone(), self.job_id.clone());
         let (agreement, developer, scenario) = (
             self.agreement_id.clone(),
             self.developer.id.clone(),
@@ -75,10 +72,10 @@ impl Accountant for StoreAccountant {
                 let now = Utc::now();
                 ag.check_open(now)?;
                 let after = charge_in(tx, &developer, &scenario, &cost, &limit)?;
-                if let serde_json::Value::Object(d) = &mut entry.details {
+                if let serde_json::Value::Object(d) = &mut details {
                     d.insert("budget_spent_after".into(), json!(after));
                 }
-                append(tx, entry, now)?;
+                append(tx, NewEntry::by(&actor, "query.charge", &job, details), now)?;
                 Ok(())
             })
             .map_err(to_sandbox)

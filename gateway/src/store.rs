@@ -18,7 +18,7 @@ use crate::error::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use scenarios::budget::{Budget, Delta, Epsilon, Rho};
-use scenarios::ledger::{leaf_hash, parse_hash, Checkpoint, EntryBody, Hash, SignedCheckpoint, ZERO_HASH};
+use scenarios::ledger::{leaf_hash, parse_hash, Checkpoint, EntryTail, Hash, SignedCheckpoint, ZERO_HASH};
 use scenarios::party::{Actor, Role};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -102,40 +102,34 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// A ledger entry before it is sequenced and hashed.
+/// A ledger entry before it is sequenced and hashed. Its canonical text is
+/// rendered when it is made, on the caller's thread, so that appending it
+/// on the store's writer thread costs little more than the insert.
 #[derive(Debug, Clone)]
 pub struct NewEntry {
-    /// Acting party id, or `system`.
-    pub actor: String,
-    /// Acting role, or `system`.
-    pub role: String,
-    /// `noun.verb`.
+    /// `noun.verb` (stored in its own column for lookups).
     pub action: String,
-    /// Record acted on.
+    /// Record acted on (stored in its own column for lookups).
     pub subject: String,
-    /// Lineage details.
-    pub details: serde_json::Value,
+    /// Canonical text from `actor` on.
+    tail: EntryTail,
 }
 
 impl NewEntry {
     /// An entry by an authenticated party.
     pub fn by(actor: &Actor, action: &str, subject: &str, details: serde_json::Value) -> NewEntry {
-        NewEntry {
-            actor: actor.id.clone(),
-            role: actor.role.as_str().into(),
-            action: action.into(),
-            subject: subject.into(),
-            details,
-        }
+        NewEntry::new(&actor.id, actor.role.as_str(), action, subject, &details)
     }
     /// An entry by the platform itself.
     pub fn system(action: &str, subject: &str, details: serde_json::Value) -> NewEntry {
+        NewEntry::new("system", "system", action, subject, &details)
+    }
+
+    fn new(actor: &str, role: &str, action: &str, subject: &str, details: &serde_json::Value) -> NewEntry {
         NewEntry {
-            actor: "system".into(),
-            role: "system".into(),
             action: action.into(),
             subject: subject.into(),
-            details,
+            tail: EntryTail::new(actor, role, action, subject, details),
         }
     }
 }
@@ -254,17 +248,7 @@ pub fn append(tx: &Connection, e: NewEntry, time: DateTime<Utc>) -> ApiResult<u6
         Some((s, h)) => (s as u64 + 1, h),
         None => (0, hex::encode(ZERO_HASH)),
     };
-    let body = EntryBody {
-        seq,
-        prev,
-        time,
-        actor: e.actor,
-        role: e.role,
-        action: e.action.clone(),
-        subject: e.subject.clone(),
-        details: e.details,
-    };
-    let text = String::from_utf8(body.canonical()).map_err(internal)?;
+    let text = e.tail.complete(seq, &prev, &time);
     let hash = hex::encode(leaf_hash(text.as_bytes()));
     tx.prepare_cached("INSERT INTO ledger (seq, hash, action, subject, body) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![seq as i64, hash, e.action, e.subject, text])?;
@@ -1034,6 +1018,7 @@ pub fn set_job_output(tx: &Connection, id: &str, output: &[u8]) -> ApiResult<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scenarios::ledger::EntryBody;
 
     #[test]
     fn a_version_1_store_is_migrated_and_keeps_its_budgets() {

@@ -62,6 +62,63 @@ impl EntryBody {
     }
 }
 
+/// The canonical text of an entry from `actor` to the end: everything
+/// that does not depend on the entry's place in the ledger. It is rendered
+/// where the entry is made, so the one thread that sequences entries only
+/// adds `seq`, `prev` and `time` (see [`EntryTail::complete`]); the result is
+/// byte for byte [`EntryBody::canonical`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryTail(String);
+
+/// The fields of [`EntryBody`] after `time`, in the same order.
+#[derive(Serialize)]
+struct TailFields<'a> {
+    actor: &'a str,
+    role: &'a str,
+    action: &'a str,
+    subject: &'a str,
+    details: &'a serde_json::Value,
+}
+
+impl EntryTail {
+    /// Renders the fields after `time`.
+    pub fn new(
+        actor: &str,
+        role: &str,
+        action: &str,
+        subject: &str,
+        details: &serde_json::Value,
+    ) -> EntryTail {
+        let fields = TailFields {
+            actor,
+            role,
+            action,
+            subject,
+            details,
+        };
+        // `{"actor":...}` with its opening brace replaced by the comma that
+        // follows `time`. Serializing strings and a JSON value cannot fail.
+        let text = serde_json::to_string(&fields).unwrap_or_default();
+        EntryTail(format!(",{}", text.get(1..).unwrap_or_default()))
+    }
+
+    /// The canonical text of the entry at `seq` after the entry whose hex
+    /// leaf hash is `prev`, made at `time`.
+    pub fn complete(&self, seq: u64, prev: &str, time: &DateTime<Utc>) -> String {
+        // A timestamp serializes to a plain JSON string.
+        let time = serde_json::to_string(time).unwrap_or_default();
+        let mut text = String::with_capacity(self.0.len() + 128);
+        text.push_str("{\"seq\":");
+        text.push_str(&seq.to_string());
+        text.push_str(",\"prev\":\"");
+        text.push_str(prev);
+        text.push_str("\",\"time\":");
+        text.push_str(&time);
+        text.push_str(&self.0);
+        text
+    }
+}
+
 /// `SHA-256(0x00 || bytes)`.
 pub fn leaf_hash(bytes: &[u8]) -> Hash {
     let mut c = Context::new(&SHA256);
@@ -650,6 +707,43 @@ mod tests {
             details: serde_json::json!({"n": seq, "output_hash": hex::encode(sha256(subject.as_bytes()))}),
         };
         String::from_utf8(body.canonical()).unwrap()
+    }
+
+    #[test]
+    fn a_completed_tail_is_the_canonical_text() {
+        let details = [
+            serde_json::json!({}),
+            serde_json::json!(null),
+            serde_json::json!({"z": 1, "a": [1.5, -2, "x"], "m": {"b": true, "a": null}}),
+            serde_json::json!({"sql": "SELECT \"a\"\n\tFROM t WHERE s = '\u{1}\\'", "名称": "数据 🔒"}),
+            serde_json::json!({"big": u64::MAX, "small": i64::MIN, "f": 1e-300}),
+        ];
+        let times = [
+            Utc::now(),
+            DateTime::<Utc>::from_timestamp(0, 0).unwrap(),
+            DateTime::<Utc>::from_timestamp(1_790_000_000, 123_000).unwrap(),
+        ];
+        for (i, d) in details.iter().enumerate() {
+            for t in &times {
+                let (actor, subject) = ("pt_\"a\\", format!("job_{i}\u{7f}\u{2028}"));
+                let prev = hex::encode(sha256(&[i as u8]));
+                let body = EntryBody {
+                    seq: i as u64 * 1_000_003,
+                    prev: prev.clone(),
+                    time: *t,
+                    actor: actor.into(),
+                    role: "developer".into(),
+                    action: "query.release".into(),
+                    subject: subject.clone(),
+                    details: d.clone(),
+                };
+                let tail = EntryTail::new(actor, "developer", "query.release", &subject, d);
+                assert_eq!(
+                    tail.complete(body.seq, &prev, t),
+                    String::from_utf8(body.canonical()).unwrap()
+                );
+            }
+        }
     }
 
     fn sign(kp: &Ed25519KeyPair, tree: &MerkleTree, size: u64) -> SignedCheckpoint {

@@ -46,7 +46,13 @@ enum Clients {
 
 /// Times `n` single-entry transactions split over `clients` clients;
 /// returns appends per second and the group-commit counters of the run.
-fn appends(store: &Arc<Store>, first: u64, n: u64, clients: u64, how: Clients) -> Result<(f64, SyncStats)> {
+fn appends(
+    store: &Arc<Store>,
+    first: u64,
+    n: u64,
+    clients: u64,
+    how: Clients,
+) -> Result<(f64, SyncStats, f64)> {
     let before = store.sync_stats();
     let clients = clients.max(1);
     let per = n / clients;
@@ -106,8 +112,9 @@ fn appends(store: &Arc<Store>, first: u64, n: u64, clients: u64, how: Clients) -
         commits: after.commits - before.commits,
         flushes: after.flushes - before.flushes,
         flush_time: after.flush_time - before.flush_time,
+        write_time: after.write_time - before.write_time,
     };
-    Ok(((per * clients) as f64 / secs, stats))
+    Ok(((per * clients) as f64 / secs, stats, secs))
 }
 
 /// Runs the benchmark in a temporary store under `dir` (or the system's
@@ -123,7 +130,7 @@ pub fn run(entries: u64, n: u64, clients: u64, dir: Option<&Path>) -> Result<()>
     println!("{:<52} {:>16}", "measure", "value");
     let row = |name: &str, value: String| println!("{name:<52} {value:>16}");
 
-    let batching = |s: SyncStats| {
+    let batching = |(s, secs): (SyncStats, f64)| {
         let flushes = s.flushes.max(1) as f64;
         row(
             "  entries per transaction",
@@ -134,23 +141,35 @@ pub fn run(entries: u64, n: u64, clients: u64, dir: Option<&Path>) -> Result<()>
             "  mean flush (fdatasync), us",
             format!("{:.0}", s.flush_time.as_secs_f64() * 1e6 / flushes),
         );
+        row(
+            "  writer busy / disk flushing, % of the time",
+            format!(
+                "{:.0} / {:.0}",
+                100.0 * s.write_time.as_secs_f64() / secs,
+                100.0 * s.flush_time.as_secs_f64() / secs
+            ),
+        );
+        row(
+            "  writer time per entry, us",
+            format!("{:.1}", s.write_time.as_secs_f64() * 1e6 / n as f64),
+        );
     };
-    let (single, stats) = appends(&store, 0, n, 1, Clients::Tasks)?;
+    let (single, stats, secs) = appends(&store, 0, n, 1, Clients::Tasks)?;
     row("durable appends/s, 1 client", format!("{single:.0}"));
-    batching(stats);
-    let (many, stats) = appends(&store, n, n, clients, Clients::Tasks)?;
+    batching((stats, secs));
+    let (many, stats, secs) = appends(&store, n, n, clients, Clients::Tasks)?;
     row(
         &format!("durable appends/s, {clients} clients (async, as the server)"),
         format!("{many:.0}"),
     );
-    batching(stats);
+    batching((stats, secs));
     row("  ratio to 1 client", format!("{:.1}x", many / single));
-    let (threads, stats) = appends(&store, 2 * n, n, clients, Clients::Threads)?;
+    let (threads, stats, secs) = appends(&store, 2 * n, n, clients, Clients::Threads)?;
     row(
         &format!("durable appends/s, {clients} blocking threads"),
         format!("{threads:.0}"),
     );
-    batching(stats);
+    batching((stats, secs));
 
     // Grow to the large size with bulk transactions (not timed as appends).
     let t = Instant::now();

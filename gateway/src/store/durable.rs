@@ -67,6 +67,9 @@ pub struct SyncStats {
     pub flushes: u64,
     /// Time spent in them.
     pub flush_time: Duration,
+    /// Time the writer spent running and committing batches (the rest of
+    /// the time it waited for work).
+    pub write_time: Duration,
 }
 
 /// The running writer and flusher of one store.
@@ -176,6 +179,7 @@ fn write_loop(
 ) {
     let mut next = work.recv().ok();
     while let Some(first) = next.take() {
+        let started = Instant::now();
         let mut answers = Vec::new();
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             // Run nothing; the caller learns why.
@@ -222,9 +226,13 @@ fn write_loop(
                 }
             }
         };
+        {
+            let mut s = lock(stats);
+            s.write_time += started.elapsed();
+            s.commits += u64::from(outcome.is_ok());
+        }
         match outcome {
             Ok(()) => {
-                lock(stats).commits += 1;
                 if let Err(mpsc::SendError(c)) = flush.send(Committed { answers }) {
                     for a in c.answers {
                         a(Err("the store's flusher stopped".into()));
