@@ -3,6 +3,7 @@
 //! derived. Created on first start with owner-only permissions.
 
 use anyhow::{Context, Result};
+use chrono::Utc;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -94,13 +95,22 @@ impl Keys {
     }
 }
 
-/// A fresh random id with a type prefix, for example `ds_3f9a...`.
+/// A fresh id with a type prefix, for example `job_019a4c3e5f21b7d09a6c4e12`:
+/// the creation time in milliseconds (12 hex digits) and 48 random bits.
+///
+/// Ids made close in time sort next to each other (as UUIDv7 and ULIDs
+/// do), so the ledger's index by subject, which every entry updates, takes
+/// the entries of the jobs and records in flight at one end of the tree:
+/// one or two index pages per commit instead of one page per entry, which
+/// `invis bench-ledger` measures as a large share of an append's cost. The
+/// creation time an id shows is shown by its record anyway.
 pub fn new_id(prefix: &str) -> String {
-    let mut b = [0u8; 10];
-    // The system RNG does not fail on supported platforms; an all-zero id
-    // would collide and be refused by the store's primary key.
+    let millis = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0) & 0xffff_ffff_ffff;
+    let mut b = [0u8; 6];
+    // The system RNG does not fail on supported platforms; a repeated id
+    // would be refused by the store's primary key.
     let _ = SystemRandom::new().fill(&mut b);
-    format!("{prefix}_{}", hex::encode(b))
+    format!("{prefix}_{millis:012x}{}", hex::encode(b))
 }
 
 /// A fresh API token (shown once) and the hash that is stored.
