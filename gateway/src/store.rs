@@ -238,20 +238,52 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
+/// The last entry appended on a store's writer thread, while nothing has
+/// been undone there since (see [`durable::undo_count`]).
+struct LastAppended {
+    undo_count: u64,
+    seq: u64,
+    hash: String,
+}
+
+thread_local! {
+    static LAST_APPENDED: std::cell::RefCell<Option<LastAppended>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Appends one entry to the ledger inside `tx`; returns its sequence number.
+///
+/// On the writer thread the previous entry's number and hash are those
+/// this thread appended last, unless a change was undone since; reading
+/// them back from the table instead costs about a sixth of an append.
 pub fn append(tx: &Connection, e: NewEntry, time: DateTime<Utc>) -> ApiResult<u64> {
-    let last: Option<(i64, String)> = tx
-        .prepare_cached("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let (seq, prev) = match last {
-        Some((s, h)) => (s as u64 + 1, h),
-        None => (0, hex::encode(ZERO_HASH)),
+    let undo_count = durable::undo_count();
+    let cached = LAST_APPENDED.with(|l| {
+        l.borrow()
+            .as_ref()
+            .filter(|l| Some(l.undo_count) == undo_count)
+            .map(|l| (l.seq + 1, l.hash.clone()))
+    });
+    let (seq, prev) = match cached {
+        Some(next) => next,
+        None => tx
+            .prepare_cached("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get::<_, i64>(0)? as u64 + 1, r.get(1)?)))
+            .optional()?
+            .unwrap_or_else(|| (0, hex::encode(ZERO_HASH))),
     };
     let text = e.tail.complete(seq, &prev, &time);
     let hash = hex::encode(leaf_hash(text.as_bytes()));
     tx.prepare_cached("INSERT INTO ledger (seq, hash, action, subject, body) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![seq as i64, hash, e.action, e.subject, text])?;
+    if let Some(undo_count) = undo_count {
+        LAST_APPENDED.with(|l| {
+            *l.borrow_mut() = Some(LastAppended {
+                undo_count,
+                seq,
+                hash,
+            })
+        });
+    }
     Ok(seq)
 }
 
@@ -1158,9 +1190,7 @@ mod tests {
             present, kept,
             "every acknowledged write and nothing of a refused one"
         );
-        for (i, e) in entries.iter().enumerate() {
-            assert_eq!(e.seq, i as u64, "no gaps");
-        }
+        assert_chained(&entries);
         let s = store.sync_stats();
         assert!(
             s.commits < kept.len() as u64,
@@ -1197,6 +1227,21 @@ mod tests {
             .map(|e| serde_json::from_str::<EntryBody>(&e.body).unwrap().subject)
             .collect();
         assert_eq!(subjects, ["before", "after"]);
+        assert_chained(&store.ledger(0, 10).unwrap());
+    }
+
+    /// Entries are numbered from 0 without gaps, each names its
+    /// predecessor's hash, and each hash is that of its text: an append
+    /// after an undone one links to what is really stored.
+    fn assert_chained(entries: &[StoredEntry]) {
+        let mut prev = hex::encode(ZERO_HASH);
+        for (i, e) in entries.iter().enumerate() {
+            let body: EntryBody = serde_json::from_str(&e.body).unwrap();
+            assert_eq!((e.seq, body.seq), (i as u64, i as u64), "no gaps");
+            assert_eq!(body.prev, prev, "entry {i} links to its predecessor");
+            assert_eq!(e.hash, hex::encode(leaf_hash(e.body.as_bytes())));
+            prev = e.hash.clone();
+        }
     }
 
     #[test]

@@ -54,6 +54,26 @@ pub const FLUSHERS: usize = 3;
 /// Units after which a batch is committed at once if no flush is in flight.
 const EARLY_BATCH: usize = 8;
 
+thread_local! {
+    /// On a writer thread, how many times changes were undone there (a
+    /// unit's savepoint rolled back, or a whole batch); `None` elsewhere.
+    static UNDONE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// On a store's writer thread, how many times changes have been undone
+/// there; `None` on every other thread. State a unit derives from what an
+/// earlier unit wrote (the ledger's last entry) stays valid only while
+/// this count does not change: the writer thread owns the one connection
+/// that writes, so nothing else changes the data under it.
+pub(super) fn undo_count() -> Option<u64> {
+    UNDONE.with(|u| u.get())
+}
+
+/// Records that changes were undone on this writer thread.
+fn undone() {
+    UNDONE.with(|u| u.set(u.get().map(|n| n.wrapping_add(1))));
+}
+
 /// How a batch ended for the units in it: durable, or why not.
 pub(super) type Outcome = Result<(), String>;
 
@@ -247,6 +267,7 @@ impl Drop for Committer {
 }
 
 fn write_loop(conn: Connection, work: Receiver<Work>, shared: &Shared) {
+    UNDONE.with(|u| u.set(Some(0)));
     let mut next = work.recv().ok();
     while let Some(first) = next.take() {
         let started = Instant::now();
@@ -298,6 +319,9 @@ fn write_loop(conn: Connection, work: Receiver<Work>, shared: &Shared) {
                 }
             }
         };
+        if outcome.is_err() {
+            undone();
+        }
         {
             let mut s = guard(&shared.stats);
             s.write_time += started.elapsed();
@@ -330,6 +354,9 @@ fn run_one(conn: &Connection, w: Work) -> Option<Done> {
     // batch others will commit, nor stop the writer.
     let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w(conn))).ok();
     let keep = done.as_ref().is_some_and(|d| d.ok);
+    if !keep || conn.is_autocommit() {
+        undone();
+    }
     if !conn.is_autocommit() {
         let end = if keep {
             conn.prepare_cached("RELEASE invis_tx")
