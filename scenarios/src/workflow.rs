@@ -49,6 +49,43 @@ fn check_decision(
     Ok(())
 }
 
+/// The fields of a submitted request (an application, a data
+/// application) that the operator's decision reads and writes.
+struct Review<'a> {
+    what: String,
+    requester: Requester<'a>,
+    status: &'a mut ApplicationStatus,
+    decided_by: &'a mut Option<String>,
+    decided_at: &'a mut Option<DateTime<Utc>>,
+    reason: &'a mut Option<String>,
+}
+
+impl Review<'_> {
+    /// The operator approves or rejects (with a reason) a request that is
+    /// still submitted.
+    fn decide(self, approve: bool, reason: Option<String>, by: &Actor, at: DateTime<Utc>) -> Result<()> {
+        by.require(Role::Operator)?;
+        let undecided = *self.status == ApplicationStatus::Submitted;
+        check_decision(
+            approve,
+            reason.as_deref(),
+            by,
+            self.requester,
+            undecided,
+            &self.what,
+        )?;
+        *self.status = if approve {
+            ApplicationStatus::Approved
+        } else {
+            ApplicationStatus::Rejected
+        };
+        *self.decided_by = Some(by.id.clone());
+        *self.decided_at = Some(at);
+        *self.reason = reason;
+        Ok(())
+    }
+}
+
 /// Lifecycle of a scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -281,23 +318,18 @@ impl Application {
         by: &Actor,
         at: DateTime<Utc>,
     ) -> Result<()> {
-        by.require(Role::Operator)?;
-        let undecided = self.status == ApplicationStatus::Submitted;
-        let what = format!("application {}", self.id);
-        let requester = Requester {
-            id: &self.developer_id,
-            org: &self.developer_org,
-        };
-        check_decision(approve, reason.as_deref(), by, requester, undecided, &what)?;
-        self.status = if approve {
-            ApplicationStatus::Approved
-        } else {
-            ApplicationStatus::Rejected
-        };
-        self.decided_by = Some(by.id.clone());
-        self.decided_at = Some(at);
-        self.reason = reason;
-        Ok(())
+        Review {
+            what: format!("application {}", self.id),
+            requester: Requester {
+                id: &self.developer_id,
+                org: &self.developer_org,
+            },
+            status: &mut self.status,
+            decided_by: &mut self.decided_by,
+            decided_at: &mut self.decided_at,
+            reason: &mut self.reason,
+        }
+        .decide(approve, reason, by, at)
     }
 
     /// True when undecided past its due date.
@@ -644,23 +676,18 @@ impl DataApplication {
         by: &Actor,
         at: DateTime<Utc>,
     ) -> Result<()> {
-        by.require(Role::Operator)?;
-        let requester = Requester {
-            id: &self.developer_id,
-            org: &self.developer_org,
-        };
-        let undecided = self.status == ApplicationStatus::Submitted;
-        let what = format!("data application {}", self.id);
-        check_decision(approve, reason.as_deref(), by, requester, undecided, &what)?;
-        self.status = if approve {
-            ApplicationStatus::Approved
-        } else {
-            ApplicationStatus::Rejected
-        };
-        self.decided_by = Some(by.id.clone());
-        self.decided_at = Some(at);
-        self.reason = reason;
-        Ok(())
+        Review {
+            what: format!("data application {}", self.id),
+            requester: Requester {
+                id: &self.developer_id,
+                org: &self.developer_org,
+            },
+            status: &mut self.status,
+            decided_by: &mut self.decided_by,
+            decided_at: &mut self.decided_at,
+            reason: &mut self.reason,
+        }
+        .decide(approve, reason, by, at)
     }
 }
 

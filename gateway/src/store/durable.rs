@@ -125,7 +125,7 @@ impl std::fmt::Debug for Committer {
 struct Shared {
     flush: Mutex<Flushing>,
     /// Signalled when a batch is committed or the writer stops.
-    committed: Condvar,
+    to_flush: Condvar,
     /// Callers blocked in [`Committer::wait`]: one broadcast per answered
     /// group (a single system call), not one wake-up per caller.
     round: Mutex<u64>,
@@ -178,12 +178,12 @@ impl Shared {
         let n = f.committed;
         f.pending.push_back((n, answers));
         drop(f);
-        self.committed.notify_one();
+        self.to_flush.notify_one();
     }
 
     fn close(&self) {
         guard(&self.flush).closed = true;
-        self.committed.notify_all();
+        self.to_flush.notify_all();
     }
 }
 
@@ -386,7 +386,7 @@ fn flush_loop(wal: PathBuf, shared: &Shared) {
             if f.closed {
                 break;
             }
-            f = shared.committed.wait(f).unwrap_or_else(|p| p.into_inner());
+            f = shared.to_flush.wait(f).unwrap_or_else(|p| p.into_inner());
             continue;
         }
         // Claim every batch committed so far: their commits returned
