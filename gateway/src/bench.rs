@@ -116,6 +116,7 @@ async fn pums_section(dir: &Path, iterations: usize, reps: usize) -> Result<()> 
             tables: vec![t],
             token_key: TokenKey::new(&[1u8; 32]),
             memory_limit: 4 << 30,
+            query_timeout: std::time::Duration::from_secs(60),
         })
     };
     let cases: Vec<(String, String, String)> = pums_queries()
@@ -172,6 +173,7 @@ async fn demo_section(enterprises: usize, iterations: usize) -> Result<()> {
         tables,
         token_key: TokenKey::new(&[1u8; 32]),
         memory_limit: 4 << 30,
+        query_timeout: std::time::Duration::from_secs(60),
     };
     let case = |name: &str, sql: &str, raw: &str| (name.to_string(), sql.to_string(), raw.to_string());
     let cases = vec![

@@ -416,6 +416,7 @@ async fn run(
         tables,
         token_key: TokenKey::new(&st.keys.token_key(&ag.id)),
         memory_limit: usize::try_from(limits.query_memory_bytes).unwrap_or(usize::MAX),
+        query_timeout: std::time::Duration::from_millis(limits.query_timeout_ms),
     };
     let outcome = match st.plane.open(cfg, accountant.clone()).await {
         Ok(scope) => {

@@ -158,6 +158,7 @@ pub async fn run(opts: LocalRun) -> Result<i32> {
         tables,
         token_key: TokenKey::new(&[0u8; 32]),
         memory_limit: usize::try_from(limits.query_memory_bytes).unwrap_or(usize::MAX),
+        query_timeout: std::time::Duration::from_millis(limits.query_timeout_ms),
     };
     let scope = DataPlane::new().open(cfg, accountant.clone()).await?;
     let rt = Runtime::new()?;

@@ -11,7 +11,11 @@ pub struct JobLimits {
     /// Fuel: roughly one unit per WASM instruction executed, plus a fixed
     /// cost per host call. Does not count time spent inside queries.
     pub fuel: u64,
-    /// Wall-clock limit in milliseconds, including time spent in queries.
+    /// Wall-clock limit in milliseconds on the guest's own running time.
+    /// Time spent inside host calls (queries above all) is not counted:
+    /// how long a query takes depends on the data, and it must not decide
+    /// whether the job finishes (invariant I14). Queries have their own
+    /// limit, `query_timeout_ms`.
     pub timeout_ms: u64,
     /// Cap on the guest's linear memory, in bytes.
     pub memory_bytes: u64,
@@ -27,6 +31,16 @@ pub struct JobLimits {
     pub host_calls: u32,
     /// Memory DataFusion may use for one query, in bytes.
     pub query_memory_bytes: u64,
+    /// Wall-clock limit of one query, in milliseconds. A query that runs
+    /// longer is released as if its input were empty (charged as usual):
+    /// the limit never fails the query or the job, so it tells the job
+    /// nothing about the data beyond what a fully suppressed release does.
+    #[serde(default = "default_query_timeout_ms")]
+    pub query_timeout_ms: u64,
+}
+
+fn default_query_timeout_ms() -> u64 {
+    30_000
 }
 
 /// Largest linear memory a job may be given, in bytes.
@@ -52,6 +66,7 @@ impl Default for JobLimits {
             log_message_bytes: 1024,
             host_calls: 10_000,
             query_memory_bytes: 1 << 30,
+            query_timeout_ms: default_query_timeout_ms(),
         }
     }
 }
@@ -59,7 +74,7 @@ impl Default for JobLimits {
 impl JobLimits {
     /// Fails when a limit is zero or above the platform's hard maximum.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(&str, u64, u64); 8] = [
+        let checks: [(&str, u64, u64); 9] = [
             ("fuel", self.fuel, 100_000_000_000),
             ("timeout_ms", self.timeout_ms, 600_000),
             ("memory_bytes", self.memory_bytes, MAX_MEMORY_BYTES as u64),
@@ -72,6 +87,7 @@ impl JobLimits {
             ("log_messages", u64::from(self.log_messages), 10_000),
             ("host_calls", u64::from(self.host_calls), 1_000_000),
             ("query_memory_bytes", self.query_memory_bytes, 16 << 30),
+            ("query_timeout_ms", self.query_timeout_ms, 600_000),
         ];
         for (name, v, max) in checks {
             if v == 0 || v > max {

@@ -113,6 +113,9 @@ pub struct ScopeConfig {
     pub token_key: TokenKey,
     /// Memory DataFusion may use for one query, in bytes.
     pub memory_limit: usize,
+    /// Wall-clock limit of one query's execution. A query that runs longer
+    /// is released as if its input were empty, charged as usual (I14).
+    pub query_timeout: std::time::Duration,
 }
 
 /// Charges the privacy budget and records releases. Implemented by the

@@ -69,6 +69,7 @@ pub(super) async fn open(file: &str, eps_q: f64, eps_total: f64) -> (JobScope, A
         tables: vec![TableVersion::from_profile(spec, &p)],
         token_key: TokenKey::new(&[9u8; 32]),
         memory_limit: 1 << 30,
+        query_timeout: std::time::Duration::from_secs(60),
     };
     let scope = DataPlane::new()
         .open(cfg, accountant.clone())
@@ -228,6 +229,7 @@ async fn only_the_scenarios_aggregate_functions_are_allowed() {
         tables: vec![TableVersion::from_profile(spec, &p)],
         token_key: TokenKey::new(&[1u8; 32]),
         memory_limit: 1 << 30,
+        query_timeout: std::time::Duration::from_secs(60),
     };
     let acc = Arc::new(MemoryAccountant::new(sc.release.total_budget()));
     let scope = DataPlane::new().open(cfg, acc).await.unwrap();
@@ -265,6 +267,7 @@ async fn gaussian_scenarios_spend_rho_and_release_accurate_counts() {
         tables: vec![TableVersion::from_profile(spec, &p)],
         token_key: TokenKey::new(&[1u8; 32]),
         memory_limit: 1 << 30,
+        query_timeout: std::time::Duration::from_secs(60),
     };
     let scope = DataPlane::new().open(cfg, acc.clone()).await.unwrap();
     let r = scope
@@ -318,6 +321,7 @@ async fn public_domains_release_every_category_and_spend_no_delta() {
         tables: vec![TableVersion::from_profile(spec.clone(), &p)],
         token_key: TokenKey::new(&[1u8; 32]),
         memory_limit: 1 << 30,
+        query_timeout: std::time::Duration::from_secs(60),
     };
     let scope = DataPlane::new().open(cfg, acc.clone()).await.unwrap();
     let r = scope
@@ -393,6 +397,7 @@ async fn dominated_and_estimable_sums_are_withheld() {
         tables: vec![TableVersion::from_profile(spec, &p)],
         token_key: TokenKey::new(&[1u8; 32]),
         memory_limit: 1 << 30,
+        query_timeout: std::time::Duration::from_secs(60),
     };
     let scope = DataPlane::new().open(cfg, acc).await.unwrap();
     use crate::arrow::array::Array;
@@ -478,6 +483,7 @@ async fn suspended_and_non_consenting_units_never_reach_a_query() {
                 tables: vec![t],
                 token_key: TokenKey::new(&[1u8; 32]),
                 memory_limit: 1 << 30,
+                query_timeout: std::time::Duration::from_secs(60),
             };
             let scope = DataPlane::new().open(cfg, acc).await.unwrap();
             let r = scope.query("SELECT COUNT(*) AS n FROM pums").await.unwrap();

@@ -58,6 +58,7 @@ async fn scope() -> (JobScope, Arc<MemoryAccountant>) {
         }],
         token_key: TokenKey::new(&[1u8; 32]),
         memory_limit: 1 << 30,
+        query_timeout: std::time::Duration::from_secs(60),
     };
     let scope = DataPlane::new().open(cfg, accountant.clone()).await.unwrap();
     (scope, accountant)

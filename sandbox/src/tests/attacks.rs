@@ -126,6 +126,7 @@ async fn fresh(t: &TableVersion, eps_q: f64, eps_total: f64) -> JobScope {
         tables: vec![t.clone()],
         token_key: crate::desensitize::TokenKey::new(&[3u8; 32]),
         memory_limit: 1 << 30,
+        query_timeout: std::time::Duration::from_secs(60),
     };
     DataPlane::new().open(cfg, acc).await.unwrap()
 }
