@@ -357,6 +357,7 @@ impl DataPlane {
             rng: Mutex::new(SystemRng::default()),
             queries: AtomicU32::new(0),
             row_functions: Mutex::new(HashMap::new()),
+            query_timeout: cfg.query_timeout,
         })
     }
 }
@@ -411,6 +412,8 @@ pub struct JobScope {
     queries: AtomicU32,
     /// Row functions the job registered, with their declared bounds.
     row_functions: Mutex<HashMap<String, (f64, f64)>>,
+    /// Wall-clock limit of one query's execution.
+    query_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for JobScope {
@@ -537,20 +540,36 @@ impl JobScope {
             output_bytes: None,
         };
         self.accountant.charge(&lineage.cost, &lineage)?;
-        let batches = self
-            .ctx
-            .execute_logical_plan(prepared.plan.clone())
-            .await
-            .map_err(df_error)?
-            .collect()
-            .await
-            .map_err(df_error)?;
+        // From here on the outcome must not depend on any single row (I14):
+        // an execution that fails or runs out of time (memory for
+        // aggregation state, a join's fan-out, the query's time limit) is
+        // released as the mechanism's answer on an empty input, charged as
+        // usual. The cause goes to the platform's log only.
+        let executed = tokio::time::timeout(self.query_timeout, self.execute(&prepared.plan)).await;
+        let batches = match executed {
+            Ok(Ok(batches)) => batches,
+            Ok(Err(e)) => {
+                tracing::warn!(agreement = %self.agreement_id, error = %e, "query execution failed; released as an empty input");
+                Vec::new()
+            }
+            Err(_) => {
+                tracing::warn!(agreement = %self.agreement_id, "query ran past its time limit; released as an empty input");
+                Vec::new()
+            }
+        };
         let batch = {
             let mut rng = self
                 .rng
                 .lock()
                 .map_err(|_| Error::Internal("noise source lock poisoned".into()))?;
-            release::finish(&prepared, &batches, &mut *rng)?
+            match release::finish(&prepared, &batches, &mut *rng) {
+                Ok(b) => b,
+                Err(e) if !batches.is_empty() => {
+                    tracing::warn!(agreement = %self.agreement_id, error = %e, "shaping the release failed; released as an empty input");
+                    release::finish(&prepared, &[], &mut *rng)?
+                }
+                Err(e) => return Err(e),
+            }
         };
         let ipc = release::to_ipc(&batch)?;
         lineage.released_groups = Some(batch.num_rows() as u64);
@@ -558,6 +577,19 @@ impl JobScope {
         lineage.output_bytes = Some(ipc.len() as u64);
         self.accountant.release(&lineage)?;
         Ok(Release { batch, ipc, lineage })
+    }
+}
+
+impl JobScope {
+    /// Runs the mechanism's plan to completion.
+    async fn execute(&self, plan: &LogicalPlan) -> Result<Vec<RecordBatch>> {
+        self.ctx
+            .execute_logical_plan(plan.clone())
+            .await
+            .map_err(df_error)?
+            .collect()
+            .await
+            .map_err(df_error)
     }
 }
 
