@@ -10,7 +10,7 @@
 use crate::{Error, Result};
 use datafusion::arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::ScalarValue;
+use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::functions::expr_fn as f;
 use datafusion::logical_expr::{
     cast, col, create_udf, lit, try_cast, when, ColumnarValue, Expr, LogicalPlan, LogicalPlanBuilder,
@@ -235,10 +235,33 @@ fn membership_udf(name: &str, set: Arc<std::collections::HashSet<String>>, keep_
     )
 }
 
-/// Wraps the raw scan `raw` of a dataset into its desensitized view: rows
-/// with a null privacy unit removed (unless `unit_complete` says the file
-/// has none), [`UNIT_COLUMN`] added, every column
-/// presented under its rule, dropped columns absent.
+/// The columns of a dataset's desensitized view, in order: the hidden
+/// [`UNIT_COLUMN`] (the raw unit), then every column not dropped, presented
+/// under its rule. Expressions refer to the raw columns by name.
+pub fn view_columns(schema: &DFSchema, spec: &DatasetSpec, key: &TokenKey) -> Result<Vec<(String, Expr)>> {
+    let mut out = Vec::with_capacity(spec.columns.len() + 1);
+    out.push((
+        UNIT_COLUMN.to_string(),
+        col(datafusion::common::Column::from_name(&spec.privacy_unit)),
+    ));
+    for c in &spec.columns {
+        let field = schema
+            .field_with_unqualified_name(&c.name)
+            .map_err(|_| Error::InvalidDataset(format!("column `{}` is missing from the file", c.name)))?;
+        if let Some(e) = rule_expr(&c.name, field.data_type(), &c.rule, key)? {
+            out.push((c.name.clone(), e));
+        }
+    }
+    Ok(out)
+}
+
+/// Wraps the raw scan `raw` of a dataset into its desensitized view as a
+/// logical plan: rows with a null privacy unit removed (unless
+/// `unit_complete` says the file has none), [`UNIT_COLUMN`] added, every
+/// column presented under its rule, dropped columns absent. Used for
+/// synthetic samples and registration checks; jobs read views through
+/// `scope::ViewProvider`, which applies the same columns with total
+/// evaluation behind a native unit filter.
 pub fn view_plan(
     raw: LogicalPlan,
     spec: &DatasetSpec,
@@ -246,18 +269,11 @@ pub fn view_plan(
     unit_complete: bool,
     units: &UnitFilter,
 ) -> Result<LogicalPlan> {
-    let schema = raw.schema().clone();
-    let mut exprs = Vec::with_capacity(spec.columns.len() + 1);
+    let exprs: Vec<Expr> = view_columns(raw.schema(), spec, key)?
+        .into_iter()
+        .map(|(name, e)| e.alias(name))
+        .collect();
     let unit = col(datafusion::common::Column::from_name(&spec.privacy_unit));
-    exprs.push(unit.clone().alias(UNIT_COLUMN));
-    for c in &spec.columns {
-        let field = schema
-            .field_with_unqualified_name(&c.name)
-            .map_err(|_| Error::InvalidDataset(format!("column `{}` is missing from the file", c.name)))?;
-        if let Some(e) = rule_expr(&c.name, field.data_type(), &c.rule, key)? {
-            exprs.push(e.alias(&c.name));
-        }
-    }
     let mut b = LogicalPlanBuilder::from(raw);
     // When registration found no null unit the filter is a no-op, and
     // skipping it saves reading the unit column in queries that need none.

@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod desensitize;
 mod error;
+mod exec;
 pub mod files;
 pub mod noise;
 mod policy;
@@ -19,6 +20,7 @@ pub mod sample;
 mod scope;
 #[cfg(test)]
 mod tests;
+mod total;
 pub mod udf;
 pub mod verify;
 

@@ -84,8 +84,13 @@ pub(crate) enum OutputRef {
 /// A query that passed every check.
 #[derive(Debug, Clone)]
 pub(crate) struct Checked {
-    /// The FROM/WHERE part, with joins rewritten to the hidden unit column.
-    pub input: LogicalPlan,
+    /// The FROM part: granted tables joined on their hidden unit columns
+    /// only, with no condition on values.
+    pub relation: LogicalPlan,
+    /// WHERE conditions and the ON conditions beyond unit equality, over
+    /// `relation`'s columns. The mechanism evaluates them with total
+    /// semantics, together with every other expression of the query.
+    pub predicates: Vec<Expr>,
     /// The hidden privacy-unit column of the first table.
     pub unit: Expr,
     /// Tables used.
@@ -189,7 +194,8 @@ impl<'a> Checker<'a> {
             LogicalPlan::Aggregate(a) => (None, a),
             other => return Err(shape_error(other, false)),
         };
-        let input = self.relation(&agg.input)?;
+        let mut predicates = Vec::new();
+        let relation = self.relation(&agg.input, &mut predicates)?;
         let schema = agg.input.schema().clone();
 
         let mut groups = Vec::with_capacity(agg.group_expr.len());
@@ -274,7 +280,8 @@ impl<'a> Checker<'a> {
         let unit = col(Column::new(Some(first.qualifier.clone()), UNIT_COLUMN));
         let public_keys = self.public_keys(&groups);
         Ok(Checked {
-            input,
+            relation,
+            predicates,
             unit,
             uses: self.uses,
             unique,
@@ -313,15 +320,15 @@ impl<'a> Checker<'a> {
         Some(domains)
     }
 
-    /// Checks the FROM/WHERE subtree and rebuilds it with unit joins.
-    fn relation(&mut self, plan: &LogicalPlan) -> Result<LogicalPlan> {
+    /// Checks the FROM/WHERE subtree and rebuilds its joins on the hidden
+    /// unit columns; every other condition goes to `predicates`.
+    fn relation(&mut self, plan: &LogicalPlan, predicates: &mut Vec<Expr>) -> Result<LogicalPlan> {
         match plan {
             LogicalPlan::Filter(f) => {
-                let input = self.relation(&f.input)?;
+                let input = self.relation(&f.input, predicates)?;
                 self.expr(&f.predicate, Use::Filter, f.input.schema())?;
-                Ok(LogicalPlanBuilder::from(input)
-                    .filter(f.predicate.clone())?
-                    .build()?)
+                predicates.push(f.predicate.clone());
+                Ok(input)
             }
             LogicalPlan::Join(j) => {
                 if j.join_type != JoinType::Inner {
@@ -333,8 +340,8 @@ impl<'a> Checker<'a> {
                 if j.join_constraint != JoinConstraint::On && j.join_constraint != JoinConstraint::Using {
                     return refuse("unsupported join form");
                 }
-                let left = self.relation(&j.left)?;
-                let right = self.relation(&j.right)?;
+                let left = self.relation(&j.left, predicates)?;
+                let right = self.relation(&j.right, predicates)?;
                 let mut conds: Vec<Expr> = j.on.iter().map(|(l, r)| l.clone().eq(r.clone())).collect();
                 if let Some(f) = &j.filter {
                     conds.extend(split_conjunction(f).into_iter().cloned());
@@ -347,7 +354,7 @@ impl<'a> Checker<'a> {
                         linked = true;
                     } else {
                         self.expr(&c, Use::Filter, &j.schema)?;
-                        rewritten.push(c);
+                        predicates.push(c);
                     }
                 }
                 if !linked {
@@ -623,10 +630,26 @@ impl<'a> Checker<'a> {
 
     /// True when `e` is (a cast of) a column that registration found to
     /// hold no null.
+    ///
+    /// Only plain casts are looked through (the policy admits only casts
+    /// that cannot fail); a TRY_CAST may yield NULL. Float columns never
+    /// count as complete: total evaluation turns NaN and ±inf into NULL.
     fn complete(&self, e: &Expr) -> bool {
-        match strip_cast(e) {
-            Expr::Column(c) => self.resolve(c).is_ok_and(|(t, n)| t.complete.contains(&n)),
-            _ => false,
+        let mut e = e;
+        loop {
+            match e {
+                Expr::Alias(a) => e = &a.expr,
+                Expr::Cast(c) => e = &c.expr,
+                Expr::Column(c) => {
+                    return self.resolve(c).is_ok_and(|(t, n)| {
+                        t.complete.contains(&n)
+                            && t.view_schema
+                                .field_with_name(&n)
+                                .is_ok_and(|f| !f.data_type().is_floating())
+                    })
+                }
+                _ => return false,
+            }
         }
     }
 

@@ -24,14 +24,17 @@
 //! unit, which both enforces the minimum cell size and makes releasing
 //! data-dependent group keys (ε, δ)-differentially private.
 
+use crate::exec::QueryInput;
 use crate::noise::{discrete_gaussian, discrete_laplace, RandomSource, Scale};
 use crate::policy::{AggKind, Checked, OutputRef};
+use crate::total::RowFunctions;
 use crate::{Error, Result};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Builder, Int64Builder, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches, lexsort_to_indices, take, SortColumn};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::provider_as_source;
 use datafusion::functions::expr_fn as f;
 use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::functions_window::expr_fn::row_number;
@@ -212,8 +215,11 @@ impl Kind {
 /// The measurement counting rows where `e` is not null. When `e` can never
 /// be null that is the row count itself, and sharing it saves a share of
 /// the budget.
-fn non_null(e: &Expr, complete: bool, c: &Checked, fast: bool) -> Kind {
-    let nullable = !complete && e.nullable(c.input.schema()).unwrap_or(true);
+///
+/// Only a column registration found complete counts as never null: with
+/// total evaluation any computed value may be NULL on some row.
+fn non_null(e: &Expr, complete: bool, fast: bool) -> Kind {
+    let nullable = !complete;
     match (nullable, fast) {
         (false, true) => Kind::Units,
         (false, false) => Kind::Rows,
@@ -317,7 +323,7 @@ impl Noise {
 }
 
 /// Builds the mechanism's plan and parameters for a checked query.
-pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
+pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules, rows: &RowFunctions) -> Result<Prepared> {
     let fast = c.unique;
     let k = i64::from(rules.max_rows_per_unit);
     let needs_l0 = !fast && !c.groups.is_empty() && !c.groups_unit_determined;
@@ -341,7 +347,7 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
                         OutSpec::Count(if fast { 0 } else { index_of(&mut kinds, Kind::Rows) })
                     }
                     AggKind::CountNonNull(e, complete) => {
-                        OutSpec::Count(index_of(&mut kinds, non_null(e, *complete, c, fast)))
+                        OutSpec::Count(index_of(&mut kinds, non_null(e, *complete, fast)))
                     }
                     AggKind::Sum(b) => {
                         bounds.push((b.expr.to_string(), b.lo, b.hi));
@@ -353,7 +359,7 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
                     AggKind::Avg(b, complete) => {
                         bounds.push((b.expr.to_string(), b.lo, b.hi));
                         let sum = index_of(&mut kinds, Kind::Sum(b.expr.clone(), b.lo, b.hi, b.clamp));
-                        let count = index_of(&mut kinds, non_null(&b.expr, *complete, c, fast));
+                        let count = index_of(&mut kinds, non_null(&b.expr, *complete, fast));
                         OutSpec::Avg {
                             sum,
                             count,
@@ -453,7 +459,7 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules) -> Result<Prepared> {
         .unwrap_or(0.0);
     let tau = i128::from(rules.min_group_size) + margin as i128;
 
-    let plan = build_plan(c, &kinds, k, needs_l0.then_some(l0))?;
+    let plan = build_plan(c, &kinds, k, needs_l0.then_some(l0), rows)?;
     let mut cost = rules.query_cost();
     if c.public_keys.is_some() {
         cost.delta = scenarios::budget::Delta(0);
@@ -539,36 +545,41 @@ fn clamp_udf(input: DataType, lo: i64, hi: i64) -> datafusion::logical_expr::Sca
     )
 }
 
-fn value_expr(kind: &Kind, schema: &datafusion::common::DFSchema) -> Result<Option<Expr>> {
+/// The per-row expression of the query a measurement sums, if any: the
+/// argument of a COUNT, SUM or AVG. The analyzer casts integer arguments of
+/// AVG to Float64; the integer itself is what is clamped (exact, cheaper).
+fn value_arg(kind: &Kind, schema: &datafusion::common::DFSchema) -> Option<Expr> {
+    match kind {
+        Kind::Units | Kind::Rows | Kind::Top { .. } => None,
+        Kind::NonNull(e) => Some(e.clone()),
+        Kind::Sum(e, ..) => Some(match e {
+            Expr::Cast(c)
+                if c.field.data_type() == &DataType::Float64
+                    && c.expr.get_type(schema).is_ok_and(|t| t.is_integer()) =>
+            {
+                c.expr.as_ref().clone()
+            }
+            other => other.clone(),
+        }),
+    }
+}
+
+/// The platform's value of a measurement over the evaluated argument
+/// column `arg` of type `ty` (see [`value_arg`]).
+fn value_of(kind: &Kind, arg: Expr, ty: &DataType) -> Result<Option<Expr>> {
     Ok(match kind {
         Kind::Units | Kind::Rows | Kind::Top { .. } => None,
-        Kind::NonNull(e) => Some(when(e.clone().is_null(), lit(0i64)).otherwise(lit(1i64))?),
-        Kind::Sum(e, lo, hi, clamp) => {
-            // The analyzer casts integer arguments of AVG to Float64; clamping
-            // the integer itself is exact and cheaper.
-            let e = match e {
-                Expr::Cast(c)
-                    if c.field.data_type() == &DataType::Float64
-                        && c.expr.get_type(schema).is_ok_and(|t| t.is_integer()) =>
-                {
-                    c.expr.as_ref()
-                }
-                other => other,
-            };
-            let ty = e
-                .get_type(schema)
-                .map_err(|e| Error::InvalidQuery(e.to_string()))?;
-            Some(if !clamp {
-                // Every value is a whole number within the bounds (measured
-                // at registration): clamping and rounding are the identity
-                // here, and the conversion to an integer is exact.
-                try_cast(e.clone(), DataType::Int64)
-            } else if ty.is_integer() {
-                clamp_udf(DataType::Int64, *lo, *hi).call(vec![try_cast(e.clone(), DataType::Int64)])
-            } else {
-                clamp_udf(DataType::Float64, *lo, *hi).call(vec![try_cast(e.clone(), DataType::Float64)])
-            })
-        }
+        Kind::NonNull(_) => Some(when(arg.is_null(), lit(0i64)).otherwise(lit(1i64))?),
+        Kind::Sum(_, lo, hi, clamp) => Some(if !clamp {
+            // Every value is a whole number within the bounds (measured
+            // at registration): clamping and rounding are the identity
+            // here, and the conversion to an integer is exact.
+            try_cast(arg, DataType::Int64)
+        } else if ty.is_integer() {
+            clamp_udf(DataType::Int64, *lo, *hi).call(vec![try_cast(arg, DataType::Int64)])
+        } else {
+            clamp_udf(DataType::Float64, *lo, *hi).call(vec![try_cast(arg, DataType::Float64)])
+        }),
     })
 }
 
@@ -587,29 +598,73 @@ fn with_windows(b: LogicalPlanBuilder, windows: Vec<(Expr, String)>) -> Result<L
     Ok(LogicalPlanBuilder::from(plan).project(exprs)?)
 }
 
-fn build_plan(c: &Checked, kinds: &[Kind], k: i64, l0: Option<u32>) -> Result<LogicalPlan> {
-    let schema = c.input.schema().clone();
+/// The rows the mechanism aggregates: a [`QueryInput`] evaluates, on every
+/// row of the joined tables and with total semantics, the unit, the group
+/// keys, the aggregate arguments and the WHERE condition; the platform's
+/// own expressions (clamps, contribution bounds) then work on its columns.
+fn build_plan(
+    c: &Checked,
+    kinds: &[Kind],
+    k: i64,
+    l0: Option<u32>,
+    rows: &RowFunctions,
+) -> Result<LogicalPlan> {
+    let schema = c.relation.schema().clone();
     let gcols: Vec<String> = (0..c.groups.len()).map(|i| format!("__g{i}")).collect();
-    let mut row_exprs: Vec<Expr> = Vec::new();
+    let mut outputs: Vec<(String, Expr)> = Vec::new();
     if !c.unique {
-        row_exprs.push(c.unit.clone().alias("__u"));
+        outputs.push(("__u".to_string(), c.unit.clone()));
     }
     for (g, name) in c.groups.iter().zip(&gcols) {
-        row_exprs.push(g.clone().alias(name));
+        outputs.push((name.clone(), g.clone()));
     }
+    // One evaluated column per distinct argument.
+    let mut args: Vec<Expr> = Vec::new();
     let mut value_cols: Vec<Option<String>> = Vec::with_capacity(kinds.len());
+    let mut row_exprs: Vec<Expr> = Vec::new();
+    // Aliased so later stages see unqualified names.
+    if !c.unique {
+        row_exprs.push(col("__u").alias("__u"));
+    }
+    row_exprs.extend(gcols.iter().map(|g| col(g.as_str()).alias(g)));
     for (i, kind) in kinds.iter().enumerate() {
-        match value_expr(kind, &schema)? {
-            Some(e) => {
-                let name = format!("__v{i}");
-                row_exprs.push(e.alias(&name));
-                value_cols.push(Some(name));
+        let Some(arg) = value_arg(kind, &schema) else {
+            value_cols.push(None);
+            continue;
+        };
+        let ty = arg
+            .get_type(&schema)
+            .map_err(|e| Error::InvalidQuery(e.to_string()))?;
+        let j = match args.iter().position(|a| *a == arg) {
+            Some(j) => j,
+            None => {
+                args.push(arg.clone());
+                outputs.push((format!("__a{}", args.len() - 1), arg));
+                args.len() - 1
             }
-            None => value_cols.push(None),
+        };
+        let value = value_of(kind, col(format!("__a{j}").as_str()), &ty)?
+            .ok_or_else(|| Error::Internal("measurement without value".into()))?;
+        let name = format!("__v{i}");
+        row_exprs.push(value.alias(&name));
+        value_cols.push(Some(name));
+    }
+    // The joined tables, reduced to the columns the expressions read.
+    let mut needed: Vec<datafusion::common::Column> = Vec::new();
+    for e in outputs.iter().map(|(_, e)| e).chain(&c.predicates) {
+        for col_ref in e.column_refs() {
+            if !needed.contains(col_ref) {
+                needed.push(col_ref.clone());
+            }
         }
     }
+    let relation = LogicalPlanBuilder::from(c.relation.clone())
+        .project(needed.into_iter().map(Expr::Column))?
+        .build()?;
+    let condition = datafusion::logical_expr::utils::conjunction(c.predicates.iter().cloned());
+    let input = QueryInput::new(relation, outputs, condition, rows.clone())?;
     let group_keys: Vec<Expr> = gcols.iter().map(|g| col(g.as_str())).collect();
-    let mut b = LogicalPlanBuilder::from(c.input.clone());
+    let mut b = LogicalPlanBuilder::scan("__input", provider_as_source(Arc::new(input)), None)?;
     if row_exprs.is_empty() {
         row_exprs.push(lit(1i64).alias("__one"));
     }

@@ -4,22 +4,24 @@
 //! protects. The DataFusion session is private to the scope, so no caller
 //! can run SQL without the policy.
 
-use crate::desensitize::{view_plan, TokenKey};
+use crate::desensitize::{view_columns, TokenKey};
+use crate::exec::{TotalExec, UnitFilterExec};
 use crate::noise::SystemRng;
 use crate::policy::Checker;
 use crate::release::{self, QueryLineage};
+use crate::total::Program;
 use crate::udf::{self, RowFunction};
 use crate::{Error, Result};
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::{provider_as_source, MemTable};
+use datafusion::common::DFSchema;
+use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
-    Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF, TableProviderFilterPushDown, TableType,
+    Expr, ExprSchemable, LogicalPlan, ScalarUDF, TableProviderFilterPushDown, TableType,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
@@ -192,11 +194,51 @@ pub(crate) struct TableInfo {
 }
 
 /// A desensitized view as a table provider. It deliberately does not expose
-/// its logical plan, so user plans show it as one opaque table scan.
+/// its plan, so user plans show it as one opaque table scan, and it accepts
+/// no filter: its scan reads the raw columns it needs, removes excluded
+/// units natively ([`UnitFilterExec`]) and only then presents each column
+/// under its rule with total evaluation ([`TotalExec`]), so no expression
+/// ever sees an excluded row (I12, I14).
 #[derive(Debug)]
 pub(crate) struct ViewProvider {
-    plan: LogicalPlan,
+    raw: Arc<dyn TableProvider>,
+    /// The view's columns and their rule expressions over raw columns.
+    columns: Vec<(String, Expr)>,
+    /// The raw privacy-unit column.
+    unit: String,
+    units: crate::desensitize::UnitFilter,
+    /// False when no row can be excluded (no null unit, no objection, no
+    /// consent requirement): the unit filter is then skipped.
+    filter_units: bool,
     schema: SchemaRef,
+}
+
+impl ViewProvider {
+    fn new(
+        raw: Arc<dyn TableProvider>,
+        spec: &DatasetSpec,
+        key: &TokenKey,
+        unit_complete: bool,
+        units: crate::desensitize::UnitFilter,
+    ) -> Result<Self> {
+        let raw_schema = DFSchema::try_from(raw.schema())?;
+        let columns = view_columns(&raw_schema, spec, key)?;
+        let mut fields = Vec::with_capacity(columns.len());
+        for (name, e) in &columns {
+            let ty = e
+                .get_type(&raw_schema)
+                .map_err(|e| Error::InvalidDataset(e.to_string()))?;
+            fields.push(Field::new(name, ty, true));
+        }
+        Ok(ViewProvider {
+            raw,
+            columns,
+            unit: spec.privacy_unit.clone(),
+            filter_units: !unit_complete || !units.exclude.is_empty() || units.only.is_some(),
+            units,
+            schema: Arc::new(Schema::new(fields)),
+        })
+    }
 }
 
 #[async_trait]
@@ -211,31 +253,56 @@ impl TableProvider for ViewProvider {
         &self,
         filters: &[&Expr],
     ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
     }
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        filters: &[Expr],
+        _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let mut b = LogicalPlanBuilder::from(self.plan.clone());
-        if let Some(f) = conjunction(filters.iter().cloned()) {
-            b = b.filter(f)?;
+        let all: Vec<usize> = (0..self.columns.len()).collect();
+        let wanted: Vec<&(String, Expr)> = projection
+            .unwrap_or(&all)
+            .iter()
+            .map(|i| {
+                self.columns
+                    .get(*i)
+                    .ok_or_else(|| DataFusionError::Internal("view projection out of range".into()))
+            })
+            .collect::<datafusion::error::Result<_>>()?;
+        // Raw columns to read: those the rules use, and the unit to filter on.
+        let raw_schema = self.raw.schema();
+        let mut names: Vec<String> = wanted
+            .iter()
+            .flat_map(|(_, e)| e.column_refs().into_iter().map(|c| c.name.clone()))
+            .collect();
+        if self.filter_units {
+            names.push(self.unit.clone());
         }
-        if let Some(p) = projection {
-            let cols: Vec<Expr> = p
-                .iter()
-                .map(|i| {
-                    Expr::Column(datafusion::common::Column::from_name(
-                        self.schema.field(*i).name(),
-                    ))
-                })
-                .collect();
-            b = b.project(cols)?;
-        }
-        state.create_physical_plan(&b.build()?).await
+        let mut indices = names
+            .iter()
+            .map(|n| raw_schema.index_of(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        indices.sort_unstable();
+        indices.dedup();
+        let scan = self.raw.scan(state, Some(&indices), &[], None).await?;
+        let read = scan.schema();
+        let input: Arc<dyn ExecutionPlan> = if self.filter_units {
+            let unit = read.index_of(&self.unit)?;
+            Arc::new(UnitFilterExec::new(scan, unit, self.units.clone()))
+        } else {
+            scan
+        };
+        let read = DFSchema::try_from(read)?;
+        let none = HashMap::new();
+        let programs = wanted
+            .iter()
+            .map(|(_, e)| Program::compile(e, &read, &none))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let names: Vec<String> = wanted.iter().map(|(n, _)| n.clone()).collect();
+        Ok(Arc::new(TotalExec::new(input, programs, &names, None)))
     }
 }
 
@@ -318,19 +385,10 @@ impl DataPlane {
                 .ok_or_else(|| Error::Internal(format!("table `{}` is not in the scenario", t.spec.name)))?
                 .clone();
             let raw = self.raw_provider(t).await?;
-            let scan =
-                LogicalPlanBuilder::scan(format!("__raw_{}", t.spec.name), provider_as_source(raw), None)?
-                    .build()?;
             let unit_complete = t.complete_columns.contains(&t.spec.privacy_unit);
-            let plan = view_plan(scan, &t.spec, &cfg.token_key, unit_complete, &t.units)?;
-            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-            ctx.register_table(
-                t.spec.name.as_str(),
-                Arc::new(ViewProvider {
-                    plan,
-                    schema: schema.clone(),
-                }),
-            )?;
+            let view = ViewProvider::new(raw, &t.spec, &cfg.token_key, unit_complete, t.units.clone())?;
+            let schema = view.schema.clone();
+            ctx.register_table(t.spec.name.as_str(), Arc::new(view))?;
             tables.insert(
                 t.spec.name.clone(),
                 TableInfo {
@@ -410,8 +468,8 @@ pub struct JobScope {
     /// anyway, and a sampler must never share bytes between draws.
     rng: Mutex<SystemRng>,
     queries: AtomicU32,
-    /// Row functions the job registered, with their declared bounds.
-    row_functions: Mutex<HashMap<String, (f64, f64)>>,
+    /// Row functions the job registered, by name.
+    row_functions: Mutex<HashMap<String, Arc<dyn RowFunction>>>,
     /// Wall-clock limit of one query's execution.
     query_timeout: std::time::Duration,
 }
@@ -480,8 +538,8 @@ impl JobScope {
             )));
         }
         self.ctx
-            .register_udf(ScalarUDF::new_from_impl(udf::GuestUdf::new(f)));
-        registered.insert(name, (lo, hi));
+            .register_udf(ScalarUDF::new_from_impl(udf::GuestUdf::new(f.clone())));
+        registered.insert(name, f);
         Ok(())
     }
 
@@ -507,18 +565,22 @@ impl JobScope {
             .analyzer()
             .execute_and_check(plan, state.config_options(), |_, _| {})
             .map_err(|e| Error::InvalidQuery(planning_message(&e)))?;
+        let row_functions = self
+            .row_functions
+            .lock()
+            .map_err(|_| Error::Internal("row function registry poisoned".into()))?
+            .clone();
         let checked = {
-            let row_functions = self
-                .row_functions
-                .lock()
-                .map_err(|_| Error::Internal("row function registry poisoned".into()))?
-                .clone();
-            Checker::new(&self.tables, &self.scenario.aggregates, &row_functions).check(&analyzed)?
+            let bounds: HashMap<String, (f64, f64)> = row_functions
+                .iter()
+                .map(|(n, f)| (n.clone(), f.bounds()))
+                .collect();
+            Checker::new(&self.tables, &self.scenario.aggregates, &bounds).check(&analyzed)?
         };
         let plan_hash = hex::encode(scenarios::ledger::sha256(
             analyzed.display_indent().to_string().as_bytes(),
         ));
-        let prepared = release::prepare(&checked, rules)?;
+        let prepared = release::prepare(&checked, rules, &row_functions)?;
         let mut lineage = QueryLineage {
             agreement_id: self.agreement_id.clone(),
             purpose: self.scenario.purpose.clone(),

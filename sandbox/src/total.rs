@@ -1,0 +1,556 @@
+//! Total evaluation of expressions (invariant I14): every expression a query
+//! or a desensitization rule evaluates over rows goes through a [`Program`],
+//! which never fails because of a value. A row on which an operator or
+//! function would fail (overflow, a negative length, a date out of range,
+//! division by zero, a panic inside a kernel) yields NULL for that row, and
+//! non-finite floats (NaN, ±inf) become NULL too, so neither an error nor a
+//! non-finite value can tell a job anything about one row.
+//!
+//! How. A logical expression is compiled into a small tree of nodes, each
+//! one DataFusion kernel applied to the already evaluated columns of its
+//! children (constant children stay inside the kernel). Children are always
+//! evaluated on every row, before their parent: CASE, AND and OR are
+//! evaluated eagerly and combined with selection kernels, so no branch runs
+//! only on the rows a secret condition picks, and the work done does not
+//! depend on which rows match. When a kernel fails on a batch, the batch is
+//! split in halves until the failing rows are isolated, and exactly those
+//! rows become NULL; a failure costs `O(log n)` extra kernel calls.
+//!
+//! Row functions (a job's WASM UDFs) are nodes of their own: their per-row
+//! traps are already NULL, and an error from them means the function was
+//! stopped (time limit, cancellation), which fails the whole evaluation;
+//! the caller turns that into an empty-input release.
+//!
+//! What this module must not do: hand out a row, or let an error that
+//! depends on a value escape [`Program::eval`].
+
+use crate::udf::RowFunction;
+use datafusion::arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, Float64Array};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::compute::kernels::zip::zip;
+use datafusion::arrow::compute::{and_kleene, cast, concat, or_kleene, prep_null_mask_filter};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Float16Type, Float32Type, Float64Type, Schema, SchemaRef,
+};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema, DataFusionError, Result, ScalarValue};
+use datafusion::logical_expr::execution_props::ExecutionProps;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{BinaryExpr, Case, Expr, ExprSchemable, Operator};
+use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// One node of a compiled expression.
+#[derive(Debug)]
+enum Node {
+    /// The i-th input column of the program.
+    Input(usize),
+    /// A constant (a child of CASE, AND or OR without column references).
+    Const(ScalarValue),
+    /// One kernel over the evaluated children, bound to a schema of
+    /// placeholder columns `__c0..__cn` of the children's types.
+    Kernel {
+        expr: Arc<dyn PhysicalExpr>,
+        schema: SchemaRef,
+        args: Vec<usize>,
+    },
+    /// Searched CASE: the first branch whose condition is true, else the
+    /// `otherwise` value (or NULL).
+    Case {
+        branches: Vec<(usize, usize)>,
+        otherwise: Option<usize>,
+    },
+    /// Three-valued AND / OR.
+    And(usize, usize),
+    Or(usize, usize),
+    /// A job's row function over Float64 arguments.
+    Row(Arc<dyn RowFunction>, Vec<usize>),
+}
+
+/// A compiled expression with total semantics (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Program {
+    /// Columns of the operator's input the program reads, by index.
+    inputs: Vec<usize>,
+    /// Nodes in evaluation order (children first); the last is the root.
+    nodes: Vec<(Node, DataType)>,
+    /// Display of the source expression, for plans and logs.
+    text: String,
+}
+
+/// Row functions a program may call, by name.
+pub(crate) type RowFunctions = HashMap<String, Arc<dyn RowFunction>>;
+
+/// True when `e` reads no column and calls no row function: a constant
+/// that can stay inside its parent's kernel.
+fn is_constant(e: &Expr, rows: &RowFunctions) -> bool {
+    let mut constant = true;
+    let _ = e.apply(|x| {
+        match x {
+            Expr::Column(_) => constant = false,
+            Expr::ScalarFunction(f) if rows.contains_key(f.func.name()) => constant = false,
+            _ => {}
+        }
+        Ok(if constant {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    constant
+}
+
+fn internal(msg: impl Into<String>) -> DataFusionError {
+    DataFusionError::Internal(msg.into())
+}
+
+struct Compiler<'a> {
+    schema: &'a DFSchema,
+    rows: &'a RowFunctions,
+    inputs: Vec<usize>,
+    nodes: Vec<(Node, DataType)>,
+}
+
+impl Compiler<'_> {
+    fn push(&mut self, node: Node, ty: DataType) -> usize {
+        self.nodes.push((node, ty));
+        self.nodes.len() - 1
+    }
+
+    fn input(&mut self, c: &Column) -> Result<usize> {
+        let idx = self.schema.index_of_column(c)?;
+        let ty = self.schema.field(idx).data_type().clone();
+        let k = match self.inputs.iter().position(|i| *i == idx) {
+            Some(k) => k,
+            None => {
+                self.inputs.push(idx);
+                self.inputs.len() - 1
+            }
+        };
+        Ok(self.push(Node::Input(k), ty))
+    }
+
+    fn compile(&mut self, e: &Expr) -> Result<usize> {
+        match e {
+            Expr::Alias(a) => self.compile(&a.expr),
+            Expr::Column(c) => self.input(c),
+            Expr::Case(c) => self.case(c, e),
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: op @ (Operator::And | Operator::Or),
+                right,
+            }) => {
+                let l = self.boolean(left)?;
+                let r = self.boolean(right)?;
+                let node = if *op == Operator::And {
+                    Node::And(l, r)
+                } else {
+                    Node::Or(l, r)
+                };
+                Ok(self.push(node, DataType::Boolean))
+            }
+            Expr::ScalarFunction(f) if self.rows.contains_key(f.func.name()) => {
+                let func = self
+                    .rows
+                    .get(f.func.name())
+                    .cloned()
+                    .ok_or_else(|| internal("row function vanished"))?;
+                let args = f
+                    .args
+                    .iter()
+                    .map(|a| self.operand(a))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(self.push(Node::Row(func, args), DataType::Float64))
+            }
+            _ => self.kernel(e),
+        }
+    }
+
+    /// A child of CASE, AND or OR: a constant node or a compiled one.
+    fn operand(&mut self, e: &Expr) -> Result<usize> {
+        if is_constant(e, self.rows) {
+            let ty = e.get_type(self.schema)?;
+            // A constant that cannot be folded here (it fails) is compiled
+            // as a kernel, which then yields NULL on every row.
+            if let Expr::Literal(v, _) = e {
+                return Ok(self.push(Node::Const(v.clone()), ty));
+            }
+        }
+        self.compile(e)
+    }
+
+    fn boolean(&mut self, e: &Expr) -> Result<usize> {
+        self.operand(e)
+    }
+
+    fn case(&mut self, c: &Case, whole: &Expr) -> Result<usize> {
+        let ty = whole.get_type(self.schema)?;
+        let mut branches = Vec::with_capacity(c.when_then_expr.len());
+        // `CASE x WHEN v THEN ...` is `CASE WHEN x = v THEN ...`; the
+        // analyzer has coerced `x` and every `v` to one type.
+        for (w, t) in &c.when_then_expr {
+            let cond = match &c.expr {
+                Some(x) => Expr::BinaryExpr(BinaryExpr::new(x.clone(), Operator::Eq, w.clone())),
+                None => w.as_ref().clone(),
+            };
+            let cond = self.boolean(&cond)?;
+            let then = self.operand(t)?;
+            branches.push((cond, then));
+        }
+        let otherwise = match &c.else_expr {
+            Some(x) => Some(self.operand(x)?),
+            None => None,
+        };
+        Ok(self.push(Node::Case { branches, otherwise }, ty))
+    }
+
+    /// Any other expression: one kernel whose non-constant children are
+    /// evaluated first and passed in as placeholder columns.
+    fn kernel(&mut self, e: &Expr) -> Result<usize> {
+        let ty = e.get_type(self.schema)?;
+        let mut args = Vec::new();
+        let mut fields = Vec::new();
+        let mut failed = None;
+        let rewritten = e
+            .clone()
+            .map_children(|child| {
+                if failed.is_some() || is_constant(&child, self.rows) {
+                    return Ok(Transformed::no(child));
+                }
+                let child_ty = match child.get_type(self.schema) {
+                    Ok(t) => t,
+                    Err(err) => {
+                        failed = Some(err);
+                        return Ok(Transformed::no(child));
+                    }
+                };
+                match self.compile(&child) {
+                    Ok(id) => {
+                        let name = format!("__c{}", args.len());
+                        args.push(id);
+                        fields.push(Field::new(&name, child_ty, true));
+                        Ok(Transformed::yes(Expr::Column(Column::from_name(name))))
+                    }
+                    Err(err) => {
+                        failed = Some(err);
+                        Ok(Transformed::no(child))
+                    }
+                }
+            })?
+            .data;
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let df = DFSchema::try_from(schema.clone())?;
+        let expr = create_physical_expr(
+            &rewritten,
+            &df,
+            &ExecutionProps::new(),
+            &PhysicalPlanningContext::default(),
+        )?;
+        Ok(self.push(Node::Kernel { expr, schema, args }, ty))
+    }
+}
+
+impl Program {
+    /// Compiles `e`, whose columns refer to `schema` (the operator's input).
+    pub(crate) fn compile(e: &Expr, schema: &DFSchema, rows: &RowFunctions) -> Result<Program> {
+        let mut c = Compiler {
+            schema,
+            rows,
+            inputs: Vec::new(),
+            nodes: Vec::new(),
+        };
+        c.compile(e)?;
+        Ok(Program {
+            inputs: c.inputs,
+            nodes: c.nodes,
+            text: e.to_string(),
+        })
+    }
+
+    /// Type of the value the program computes.
+    pub(crate) fn data_type(&self) -> DataType {
+        self.nodes
+            .last()
+            .map(|(_, t)| t.clone())
+            .unwrap_or(DataType::Null)
+    }
+
+    /// The source expression, for display.
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// When the program is one input column: its index (no work to do).
+    fn passthrough(&self) -> Option<usize> {
+        match self.nodes.as_slice() {
+            [(Node::Input(k), _)] => self.inputs.get(*k).copied(),
+            _ => None,
+        }
+    }
+
+    /// Evaluates the program on every row of `batch`. Never fails because
+    /// of a value; an error means a row function was stopped (or a fault
+    /// of the platform).
+    pub(crate) fn eval(&self, batch: &RecordBatch) -> Result<ArrayRef> {
+        let n = batch.num_rows();
+        if let Some(i) = self.passthrough() {
+            let a = batch.column(i).clone();
+            return Ok(finite(a));
+        }
+        let mut values: Vec<ArrayRef> = Vec::with_capacity(self.nodes.len());
+        for (node, ty) in &self.nodes {
+            let get = |i: &usize| {
+                values
+                    .get(*i)
+                    .cloned()
+                    .ok_or_else(|| internal("program node out of order"))
+            };
+            let out = match node {
+                Node::Input(k) => {
+                    let idx = self
+                        .inputs
+                        .get(*k)
+                        .ok_or_else(|| internal("program input out of range"))?;
+                    batch.column(*idx).clone()
+                }
+                Node::Const(v) => v.to_array_of_size(n)?,
+                Node::Kernel { expr, schema, args } => {
+                    let cols = args.iter().map(get).collect::<Result<Vec<_>>>()?;
+                    kernel(expr.as_ref(), schema, &cols, n, ty)
+                }
+                Node::Case { branches, otherwise } => {
+                    let mut out = match otherwise {
+                        Some(o) => conform(get(o)?, ty),
+                        None => new_null_array(ty, n),
+                    };
+                    for (cond, then) in branches.iter().rev() {
+                        let mask = true_mask(&get(cond)?);
+                        let then = conform(get(then)?, ty);
+                        out = zip(&mask, &then, &out).unwrap_or_else(|_| new_null_array(ty, n));
+                    }
+                    out
+                }
+                Node::And(l, r) | Node::Or(l, r) => {
+                    let (l, r) = (boolean(&get(l)?), boolean(&get(r)?));
+                    let res = if matches!(node, Node::And(..)) {
+                        and_kleene(&l, &r)
+                    } else {
+                        or_kleene(&l, &r)
+                    };
+                    match res {
+                        Ok(b) => Arc::new(b) as ArrayRef,
+                        Err(_) => new_null_array(&DataType::Boolean, n),
+                    }
+                }
+                Node::Row(f, args) => {
+                    row_function(f.as_ref(), &args.iter().map(get).collect::<Result<Vec<_>>>()?, n)?
+                }
+            };
+            values.push(finite(out));
+        }
+        values.pop().ok_or_else(|| internal("empty program"))
+    }
+}
+
+/// Casts `a` to `ty` when it is of another type (NULL where it cannot be).
+fn conform(a: ArrayRef, ty: &DataType) -> ArrayRef {
+    if a.data_type() == ty {
+        return a;
+    }
+    cast(&a, ty).unwrap_or_else(|_| new_null_array(ty, a.len()))
+}
+
+/// A Boolean view of `a` (NULL where it is not a Boolean).
+fn boolean(a: &ArrayRef) -> BooleanArray {
+    match a.as_boolean_opt() {
+        Some(b) => b.clone(),
+        None => conform(a.clone(), &DataType::Boolean)
+            .as_boolean_opt()
+            .cloned()
+            .unwrap_or_else(|| BooleanArray::from(vec![None; a.len()])),
+    }
+}
+
+/// True where `a` is true; false where it is false or NULL.
+fn true_mask(a: &ArrayRef) -> BooleanArray {
+    let b = boolean(a);
+    if b.null_count() > 0 {
+        prep_null_mask_filter(&b)
+    } else {
+        b
+    }
+}
+
+/// Evaluates one kernel on rows `offset..offset + len`, isolating failing
+/// rows by halving; a failing row becomes NULL.
+fn kernel(
+    expr: &dyn PhysicalExpr,
+    schema: &SchemaRef,
+    cols: &[ArrayRef],
+    n: usize,
+    ty: &DataType,
+) -> ArrayRef {
+    fn attempt(
+        expr: &dyn PhysicalExpr,
+        schema: &SchemaRef,
+        cols: &[ArrayRef],
+        offset: usize,
+        len: usize,
+        ty: &DataType,
+    ) -> Option<ArrayRef> {
+        let sliced: Vec<ArrayRef> = cols.iter().map(|c| c.slice(offset, len)).collect();
+        let batch = RecordBatch::try_new_with_options(
+            schema.clone(),
+            sliced,
+            &RecordBatchOptions::new().with_row_count(Some(len)),
+        )
+        .ok()?;
+        // A kernel may panic on a value instead of returning an error; the
+        // row is then as failed as if it had returned one.
+        let out = catch_unwind(AssertUnwindSafe(|| {
+            expr.evaluate(&batch).and_then(|v| v.into_array(len))
+        }))
+        .ok()?
+        .ok()?;
+        (out.len() == len).then(|| conform(out, ty))
+    }
+    fn range(
+        expr: &dyn PhysicalExpr,
+        schema: &SchemaRef,
+        cols: &[ArrayRef],
+        offset: usize,
+        len: usize,
+        ty: &DataType,
+    ) -> ArrayRef {
+        if let Some(a) = attempt(expr, schema, cols, offset, len, ty) {
+            return a;
+        }
+        if len <= 1 {
+            return new_null_array(ty, len);
+        }
+        let half = len / 2;
+        let left = range(expr, schema, cols, offset, half, ty);
+        let right = range(expr, schema, cols, offset + half, len - half, ty);
+        concat(&[left.as_ref(), right.as_ref()]).unwrap_or_else(|_| new_null_array(ty, len))
+    }
+    if n == 0 {
+        return new_null_array(ty, 0);
+    }
+    range(expr, schema, cols, 0, n, ty)
+}
+
+/// Runs a row function; nulls in and out are NaN.
+fn row_function(f: &dyn RowFunction, args: &[ArrayRef], n: usize) -> Result<ArrayRef> {
+    let cols: Vec<Vec<f64>> = args
+        .iter()
+        .map(|a| {
+            let a = conform(a.clone(), &DataType::Float64);
+            let f = a.as_primitive::<Float64Type>();
+            f.iter().map(|v| v.unwrap_or(f64::NAN)).collect()
+        })
+        .collect();
+    let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
+    let out = f
+        .eval(&refs, n)
+        .map_err(|e| DataFusionError::Execution(format!("row function `{}` stopped: {e}", f.name())))?;
+    if out.len() != n {
+        return Err(internal(format!(
+            "row function `{}` returned {} values for {n} rows",
+            f.name(),
+            out.len()
+        )));
+    }
+    Ok(Arc::new(Float64Array::from(out)))
+}
+
+/// Replaces non-finite floats by NULL.
+fn finite(a: ArrayRef) -> ArrayRef {
+    fn mask<T: datafusion::arrow::datatypes::ArrowPrimitiveType>(
+        a: &ArrayRef,
+        is_finite: impl Fn(T::Native) -> bool,
+    ) -> Option<ArrayRef> {
+        let p = a.as_primitive_opt::<T>()?;
+        if p.values().iter().all(|v| is_finite(*v)) {
+            return None;
+        }
+        let finite: NullBuffer = p.values().iter().map(|v| is_finite(*v)).collect();
+        let nulls = NullBuffer::union(p.nulls(), Some(&finite));
+        let data = p.to_data().into_builder().nulls(nulls).build().ok()?;
+        Some(datafusion::arrow::array::make_array(data))
+    }
+    let fixed = match a.data_type() {
+        DataType::Float64 => mask::<Float64Type>(&a, f64::is_finite),
+        DataType::Float32 => mask::<Float32Type>(&a, f32::is_finite),
+        DataType::Float16 => mask::<Float16Type>(&a, |v| v.is_finite()),
+        _ => None,
+    };
+    fixed.unwrap_or(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::logical_expr::{col, lit, when};
+
+    fn schema() -> DFSchema {
+        DFSchema::try_from(Schema::new(vec![
+            Field::new("x", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]))
+        .unwrap()
+    }
+
+    fn batch() -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::new(schema().as_arrow().clone()),
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), Some(i64::MIN), None, Some(-3)])),
+                Arc::new(StringArray::from(vec![Some("ab"), Some("cd"), Some("ef"), None])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn run(e: Expr) -> ArrayRef {
+        let p = Program::compile(&e, &schema(), &HashMap::new()).unwrap();
+        p.eval(&batch()).unwrap()
+    }
+
+    #[test]
+    fn a_failing_row_is_null_and_the_others_are_computed() {
+        use datafusion::functions::expr_fn::abs;
+        let out = run(abs(col("x")));
+        let out = out.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        assert_eq!(out.iter().collect::<Vec<_>>(), vec![Some(1), None, None, Some(3)]);
+    }
+
+    #[test]
+    fn case_branches_are_evaluated_on_every_row_and_selected() {
+        use datafusion::functions::expr_fn::abs;
+        // The THEN arm fails on row 1; the condition picks it only on row 0.
+        let e = when(col("x").eq(lit(1i64)), abs(col("x")))
+            .otherwise(lit(7i64))
+            .unwrap();
+        let out = run(e);
+        let out = out.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        assert_eq!(
+            out.iter().collect::<Vec<_>>(),
+            vec![Some(1), Some(7), Some(7), Some(7)]
+        );
+    }
+
+    #[test]
+    fn division_by_zero_and_non_finite_values_are_null() {
+        let out = run(col("x") / lit(0i64));
+        assert_eq!(out.null_count(), 4);
+        let out = run(datafusion::logical_expr::cast(col("x"), DataType::Float64) / lit(0.0f64));
+        assert_eq!(out.null_count(), 4, "inf and NaN become NULL");
+    }
+}
