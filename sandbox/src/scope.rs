@@ -454,6 +454,11 @@ pub struct Release {
     pub ipc: Vec<u8>,
     /// How it was produced.
     pub lineage: QueryLineage,
+    /// True when execution failed or ran out of time and the release is
+    /// the mechanism's answer on an empty input. Never shown to a job or a
+    /// developer (it would be the very oracle I14 forbids); tests use it
+    /// to prove total evaluation leaves nothing to fall back from.
+    pub(crate) fallback: bool,
 }
 
 /// A job's policy-scoped handle on the data.
@@ -608,15 +613,15 @@ impl JobScope {
         // released as the mechanism's answer on an empty input, charged as
         // usual. The cause goes to the platform's log only.
         let executed = tokio::time::timeout(self.query_timeout, self.execute(&prepared.plan)).await;
-        let batches = match executed {
-            Ok(Ok(batches)) => batches,
+        let (batches, mut fallback) = match executed {
+            Ok(Ok(batches)) => (batches, false),
             Ok(Err(e)) => {
                 tracing::warn!(agreement = %self.agreement_id, error = %e, "query execution failed; released as an empty input");
-                Vec::new()
+                (Vec::new(), true)
             }
             Err(_) => {
                 tracing::warn!(agreement = %self.agreement_id, "query ran past its time limit; released as an empty input");
-                Vec::new()
+                (Vec::new(), true)
             }
         };
         let batch = {
@@ -628,6 +633,7 @@ impl JobScope {
                 Ok(b) => b,
                 Err(e) if !batches.is_empty() => {
                     tracing::warn!(agreement = %self.agreement_id, error = %e, "shaping the release failed; released as an empty input");
+                    fallback = true;
                     release::finish(&prepared, &[], &mut *rng)?
                 }
                 Err(e) => return Err(e),
@@ -638,7 +644,12 @@ impl JobScope {
         lineage.output_hash = Some(hex::encode(scenarios::ledger::sha256(&ipc)));
         lineage.output_bytes = Some(ipc.len() as u64);
         self.accountant.release(&lineage)?;
-        Ok(Release { batch, ipc, lineage })
+        Ok(Release {
+            batch,
+            ipc,
+            lineage,
+            fallback,
+        })
     }
 }
 

@@ -14,6 +14,7 @@ use serde_json::json;
 use std::sync::Arc;
 
 mod attacks;
+mod oracle;
 
 pub(super) fn pums(file: &str) -> String {
     format!("{}/../../shared/data/pums/{file}", env!("CARGO_MANIFEST_DIR"))
