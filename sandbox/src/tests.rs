@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 mod attacks;
 mod oracle;
+mod property;
 
 pub(super) fn pums(file: &str) -> String {
     format!("{}/../../shared/data/pums/{file}", env!("CARGO_MANIFEST_DIR"))
