@@ -31,11 +31,19 @@ fn table() -> RecordBatch {
     let n = ROWS;
     let i: Vec<i64> = (0..n as i64).map(|r| if r == 0 { 777 } else { r }).collect();
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from((0..n).map(|r| format!("p{r}")).collect::<Vec<_>>())),
+        Arc::new(StringArray::from(
+            (0..n).map(|r| format!("p{r}")).collect::<Vec<_>>(),
+        )),
         Arc::new(Int64Array::from(i)),
-        Arc::new(Float64Array::from((0..n).map(|r| r as f64 / 7.0).collect::<Vec<_>>())),
-        Arc::new(StringArray::from((0..n).map(|r| format!("name {r} é")).collect::<Vec<_>>())),
-        Arc::new(Date32Array::from((0..n as i32).map(|r| r * 100).collect::<Vec<_>>())),
+        Arc::new(Float64Array::from(
+            (0..n).map(|r| r as f64 / 7.0).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            (0..n).map(|r| format!("name {r} é")).collect::<Vec<_>>(),
+        )),
+        Arc::new(Date32Array::from(
+            (0..n as i32).map(|r| r * 100).collect::<Vec<_>>(),
+        )),
         Arc::new(TimestampMicrosecondArray::from(
             (0..n as i64).map(|r| r * 86_400_000_000).collect::<Vec<_>>(),
         )),
@@ -65,7 +73,11 @@ fn unlimited() -> Budget {
     }
 }
 
-pub(super) async fn scope_over(batches: Vec<RecordBatch>, spec: serde_json::Value, grant: serde_json::Value) -> JobScope {
+pub(super) async fn scope_over(
+    batches: Vec<RecordBatch>,
+    spec: serde_json::Value,
+    grant: serde_json::Value,
+) -> JobScope {
     let spec: scenarios::catalog::DatasetSpec = serde_json::from_value(spec).unwrap();
     let sc: scenarios::policy::ScenarioSpec = serde_json::from_value(json!({
         "name": "oracle", "class": "oracle", "purpose": "testing",
@@ -101,7 +113,8 @@ pub(super) async fn scope_over(batches: Vec<RecordBatch>, spec: serde_json::Valu
 
 async fn oracle_scope() -> JobScope {
     let cols = ["i", "f", "s", "d", "t", "n"];
-    let mut columns: Vec<serde_json::Value> = cols.iter().map(|c| json!({"name": c, "rule": "keep"})).collect();
+    let mut columns: Vec<serde_json::Value> =
+        cols.iter().map(|c| json!({"name": c, "rule": "keep"})).collect();
     columns.push(json!({"name": "pid", "rule": "tokenize"}));
     let mut grants: Vec<serde_json::Value> = cols
         .iter()
@@ -135,13 +148,7 @@ fn extremes(kind: Arg) -> Vec<&'static str> {
             "TRY_CAST('9999999999.99' AS DECIMAL(12, 2))",
             "TRY_CAST(NULL AS BIGINT)",
         ],
-        Arg::Text => vec![
-            "s",
-            "''",
-            "'\u{10FFFF}\u{0}x'",
-            "CAST(i AS VARCHAR)",
-            "'ÿ́̂̃̄'",
-        ],
+        Arg::Text => vec!["s", "''", "'\u{10FFFF}\u{0}x'", "CAST(i AS VARCHAR)", "'ÿ́̂̃̄'"],
         Arg::Time => vec![
             "d",
             "t",
@@ -160,7 +167,15 @@ fn extremes(kind: Arg) -> Vec<&'static str> {
             "TRY_CAST('NaN' AS DOUBLE)",
             "TRY_CAST('9999-12-31' AS DATE)",
         ],
-        Arg::ConstInt => vec!["1", "0", "-1", "2147483647", "-2147483648", "9223372036854775807", "(-9223372036854775807 - 1)"],
+        Arg::ConstInt => vec![
+            "1",
+            "0",
+            "-1",
+            "2147483647",
+            "-2147483648",
+            "9223372036854775807",
+            "(-9223372036854775807 - 1)",
+        ],
         Arg::ConstUnit => vec!["'month'", "'year'", "'nanosecond'", "'nonsense'", "''"],
     }
 }
@@ -209,7 +224,13 @@ fn function_calls() -> Vec<String> {
                     let args: Vec<String> = kinds
                         .iter()
                         .enumerate()
-                        .map(|(i, k)| if i == p { special.clone() } else { default_arg(*k).to_string() })
+                        .map(|(i, k)| {
+                            if i == p {
+                                special.clone()
+                            } else {
+                                default_arg(*k).to_string()
+                            }
+                        })
                         .collect();
                     out.push(format!("{}({})", f.name, args.join(", ")));
                 }
@@ -226,7 +247,16 @@ fn operator_forms() -> Vec<String> {
     for (op, kind) in OPERATORS {
         let values = extremes(*kind);
         for l in &values {
-            for r in ["i", "1", "-1", "9223372036854775807", "(-9223372036854775807 - 1)", "1e308", "s", "d"] {
+            for r in [
+                "i",
+                "1",
+                "-1",
+                "9223372036854775807",
+                "(-9223372036854775807 - 1)",
+                "1e308",
+                "s",
+                "d",
+            ] {
                 out.push(format!("({} {op} {r})", only_on_target(l, default_arg(*kind))));
             }
         }
@@ -324,7 +354,12 @@ async fn no_allowed_function_or_operator_fails_on_one_row() {
         stats.0,
         stats.1
     );
-    assert!(failures.is_empty(), "{} outcomes differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} outcomes differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     // Most generated queries must run: a suite that only sees refusals
     // would prove nothing.
     assert!(stats.0 > stats.1, "released {} refused {}", stats.0, stats.1);
@@ -344,4 +379,3 @@ async fn the_issue_example_reads_nothing() {
     let nobody = scope.query(&q(NOBODY)).await;
     assert!(meets.is_ok() && nobody.is_ok(), "{meets:?} {nobody:?}");
 }
-

@@ -51,13 +51,24 @@ fn number() -> BoxedStrategy<String> {
     ];
     leaf.prop_recursive(4, 24, 3, |inner| {
         prop_oneof![
-            (inner.clone(), inner.clone(), proptest::sample::select(&["+", "-", "*"][..]))
+            (
+                inner.clone(),
+                inner.clone(),
+                proptest::sample::select(&["+", "-", "*"][..])
+            )
                 .prop_map(|(a, b, op)| format!("({a} {op} {b})")),
-            (inner.clone(), proptest::sample::select(&["-1", "3", "0.5", "-9223372036854775807"][..]))
+            (
+                inner.clone(),
+                proptest::sample::select(&["-1", "3", "0.5", "-9223372036854775807"][..])
+            )
                 .prop_map(|(a, d)| format!("({a} / {d})")),
-            (inner.clone(), proptest::sample::select(&["-1", "7"][..])).prop_map(|(a, d)| format!("({a} % {d})")),
+            (inner.clone(), proptest::sample::select(&["-1", "7"][..]))
+                .prop_map(|(a, d)| format!("({a} % {d})")),
             inner.clone().prop_map(|a| format!("(-{a})")),
-            (inner.clone(), proptest::sample::select(&["abs", "floor", "ceil"][..]))
+            (
+                inner.clone(),
+                proptest::sample::select(&["abs", "floor", "ceil"][..])
+            )
                 .prop_map(|(a, f)| format!("{f}({a})")),
             (inner.clone(), const_int()).prop_map(|(a, n)| format!("round({a}, {n})")),
             (
@@ -81,10 +92,18 @@ fn text_of(n: BoxedStrategy<String>) -> BoxedStrategy<String> {
         n.clone().prop_map(|a| format!("CAST({a} AS VARCHAR)")),
         Just("''".to_string()),
         Just("'\u{10FFFF}ÿ́'".to_string()),
-        (n.clone(), const_int(), const_int()).prop_map(|(a, p, l)| format!("substr(CAST({a} AS VARCHAR), {p}, {l})")),
-        (n.clone(), const_int(), proptest::sample::select(&["left", "right"][..]))
+        (n.clone(), const_int(), const_int())
+            .prop_map(|(a, p, l)| format!("substr(CAST({a} AS VARCHAR), {p}, {l})")),
+        (
+            n.clone(),
+            const_int(),
+            proptest::sample::select(&["left", "right"][..])
+        )
             .prop_map(|(a, l, f)| format!("{f}(CAST({a} AS VARCHAR), {l})")),
-        (n.clone(), proptest::sample::select(&["lower", "upper", "trim"][..]))
+        (
+            n.clone(),
+            proptest::sample::select(&["lower", "upper", "trim"][..])
+        )
             .prop_map(|(a, f)| format!("{f}(CAST({a} AS VARCHAR))")),
         (n.clone(), n).prop_map(|(a, b)| format!("concat(CAST({a} AS VARCHAR), CAST({b} AS VARCHAR))")),
     ]
@@ -103,7 +122,11 @@ fn boolean_leaf() -> BoxedStrategy<String> {
 
 fn boolean() -> impl Strategy<Value = String> {
     let leaf = prop_oneof![
-        (number(), proptest::sample::select(&["=", "<>", "<", "<=", ">", ">="][..]), number())
+        (
+            number(),
+            proptest::sample::select(&["=", "<>", "<", "<=", ">", ">="][..]),
+            number()
+        )
             .prop_map(|(a, op, b)| format!("({a} {op} {b})")),
         (number(), number(), number()).prop_map(|(a, l, h)| format!("({a} BETWEEN {l} AND {h})")),
         (number(), int_literal(), int_literal()).prop_map(|(a, x, y)| format!("({a} IN ({x}, {y}))")),
@@ -140,7 +163,10 @@ async fn pums_batches() -> Vec<RecordBatch> {
 }
 
 async fn scope(batches: Vec<RecordBatch>) -> JobScope {
-    let mut columns: Vec<serde_json::Value> = COLUMNS.iter().map(|c| json!({"name": c, "rule": "keep"})).collect();
+    let mut columns: Vec<serde_json::Value> = COLUMNS
+        .iter()
+        .map(|c| json!({"name": c, "rule": "keep"}))
+        .collect();
     columns.push(json!({"name": "pid", "rule": "tokenize"}));
     let mut grants: Vec<serde_json::Value> = COLUMNS
         .iter()
