@@ -69,11 +69,16 @@ pub async fn compare(
             raw.sql(raw_sql).await?.collect().await?;
             r.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
-            scope
+            let release = scope
                 .query(protected_sql)
                 .await
                 .map_err(|e| Error::Internal(format!("{name}: {e}")))?;
             p.push(t.elapsed().as_secs_f64() * 1e3);
+            // A release that fell back to an empty input did not do the
+            // work being measured.
+            if release.fallback {
+                return Err(Error::Internal(format!("{name}: execution failed; see the log")));
+            }
         }
         let (raw_ms, protected_ms) = (median(r), median(p));
         rows.push(BenchRow {

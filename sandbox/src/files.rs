@@ -20,3 +20,20 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<()> {
     w.close().map_err(|e| Error::Internal(e.to_string()))?;
     Ok(())
 }
+
+/// Reads a CSV file with a header into Arrow batches (for benchmarks and
+/// tools that register a table in memory). The file is the operator's own;
+/// errors name the path, never a value.
+pub async fn read_csv(path: &Path) -> Result<Vec<RecordBatch>> {
+    let ctx = datafusion::prelude::SessionContext::new();
+    let text = path
+        .to_str()
+        .ok_or_else(|| Error::InvalidDataset(format!("{} is not a UTF-8 path", path.display())))?;
+    let df = ctx
+        .read_csv(text, datafusion::prelude::CsvReadOptions::new().has_header(true))
+        .await
+        .map_err(|_| Error::InvalidDataset(format!("{} could not be read as CSV", path.display())))?;
+    df.collect()
+        .await
+        .map_err(|_| Error::InvalidDataset(format!("{} could not be read as CSV", path.display())))
+}

@@ -58,6 +58,12 @@ pub struct DatasetProfile {
     /// Rows in the file, with or without a privacy unit.
     #[serde(default)]
     pub rows_total: Option<u64>,
+    /// Most rows any one privacy unit has. It bounds how much work one
+    /// unit's presence can add to a join (a developer-supplied table is
+    /// refused above the scenario's rows-per-unit bound, invariant I14).
+    /// Never shown to developers.
+    #[serde(default)]
+    pub max_rows_per_unit: Option<u64>,
 }
 
 /// Size and modification time of `path`.
@@ -164,6 +170,7 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
             }
         }
     }
+    let batch_source = scan.clone();
     let counted = LogicalPlanBuilder::from(scan)
         .aggregate(Vec::<datafusion::logical_expr::Expr>::new(), aggs)?
         .build()?;
@@ -203,6 +210,11 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
             "the file has no row with a privacy unit".into(),
         ));
     }
+    let max_rows_per_unit = if rows == units {
+        1
+    } else {
+        most_rows_of_one_unit(&ctx, &spec.privacy_unit, batch_source).await?
+    };
     if fingerprint(&spec.path)? != before {
         return Err(Error::InvalidDataset(
             "the file changed while it was being registered".into(),
@@ -232,5 +244,40 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
         units,
         unit_unique: rows == units,
         rows_total: Some(total),
+        max_rows_per_unit: Some(max_rows_per_unit),
     })
+}
+
+/// The largest number of rows one privacy unit has in `source`.
+async fn most_rows_of_one_unit(
+    ctx: &SessionContext,
+    unit: &str,
+    source: datafusion::logical_expr::LogicalPlan,
+) -> Result<u64> {
+    let u = col(datafusion::common::Column::from_name(unit));
+    let per_unit = LogicalPlanBuilder::from(source)
+        .filter(u.clone().is_not_null())?
+        .aggregate(
+            vec![u],
+            vec![count(datafusion::logical_expr::lit(1i64)).alias("__n")],
+        )?
+        .aggregate(
+            Vec::<datafusion::logical_expr::Expr>::new(),
+            vec![max(col("__n")).alias("__most")],
+        )?
+        .build()?;
+    let batches = ctx
+        .execute_logical_plan(per_unit)
+        .await
+        .map_err(df_error)?
+        .collect()
+        .await
+        .map_err(df_error)?;
+    Ok(batches
+        .first()
+        .and_then(|b| b.column_by_name("__most"))
+        .map(|c| c.as_primitive::<Int64Type>())
+        .filter(|c| c.len() == 1)
+        .map(|c| c.value(0).max(0) as u64)
+        .unwrap_or(0))
 }

@@ -1081,6 +1081,19 @@ fn a_developers_own_data_joins_public_data_only_inside_its_agreement() {
         &upload("my_loans", json!([{"name": "loan_amount", "ops": ["join"]}])),
     );
     assert_eq!(r.status, 400, "grants follow the scenario rules: {}", r.text());
+    // One unit with more rows than the scenario counts (k = 12) would
+    // multiply its rows in a join, so its presence in the public table
+    // would show in the query's running time (I14): refused, naming the bound.
+    let mut many = String::from("enterprise_id,loan_amount\n");
+    let first = enterprise_ids(1).remove(0);
+    for _ in 0..13 {
+        many.push_str(&format!("{first},1000\n"));
+    }
+    let mut crowded = upload("crowded", good_grant.clone());
+    crowded["csv"] = json!(many);
+    let r = dev.post(&path, &crowded);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.message().contains("more than 12 rows"), "{}", r.text());
     let mine = dev.post(&path, &upload("my_loans", good_grant)).ok();
     assert_eq!(mine["rows"], json!(1500));
     let listed = dev.get(&path).ok();

@@ -152,6 +152,17 @@ pub(crate) async fn upload(
             return Err(e.into());
         }
     };
+    // A unit with many rows here would multiply its rows in a join with a
+    // public table, so whether it is in that table would show in how long
+    // a query takes (invariant I14). The scenario counts at most k rows of
+    // a unit anyway; more are refused.
+    let k = u64::from(sc.spec.release.max_rows_per_unit.max(1));
+    if profile.max_rows_per_unit.unwrap_or(u64::MAX) > k {
+        let _ = std::fs::remove_file(&path);
+        return Err(ApiError::BadRequest(format!(
+            "a privacy unit has more than {k} rows in this table; the scenario counts at most {k} rows per unit, so keep at most {k}"
+        )));
+    }
     let record = PrivateDataset {
         id: new_id("pd"),
         agreement_id: ag.id.clone(),
