@@ -6,6 +6,12 @@
 //! The tree is derived data: it is rebuilt from the stored leaf hashes on
 //! first use and caught up from the store whenever a proof or checkpoint is
 //! asked for, so it only ever covers committed entries, in order.
+//!
+//! Parties other than the regulator see the ledger only as of the latest
+//! *published* checkpoint, which the server's periodic signer publishes at
+//! most once per [`crate::state::Config::publish_every`] (I14): the ledger
+//! grows at each query a job makes, so a checkpoint signed on demand would
+//! let a developer time its job's queries.
 
 use crate::error::{ApiError, ApiResult};
 use crate::keys::Keys;
@@ -27,6 +33,8 @@ const PAGE: u64 = 10_000;
 #[derive(Debug, Default)]
 pub struct Ledger {
     tree: Mutex<MerkleTree>,
+    /// The latest published checkpoint, once there is one.
+    published: Mutex<Option<SignedCheckpoint>>,
 }
 
 impl From<ProofError> for ApiError {
@@ -79,36 +87,89 @@ impl Ledger {
                 return Ok(cp);
             }
         }
-        let checkpoint = Checkpoint {
-            size,
-            root: hex::encode(tree.root()),
-            // Signed and stored at microsecond precision.
-            time: Utc::now().trunc_subsecs(6),
-        };
+        let root = tree.root();
         drop(tree);
-        let signature = hex::encode(keys.sign(&checkpoint.signing_message()));
-        let cp = SignedCheckpoint {
-            checkpoint,
-            signature,
-        };
-        store.put_checkpoint(&cp)?;
-        // A concurrent caller may have stored one for the same size first;
-        // the stored one is the one everybody gets.
-        Ok(store
-            .checkpoint_at_or_before(size)?
-            .filter(|c| c.checkpoint.size == size)
-            .unwrap_or(cp))
+        sign_and_store(store, keys, size, root)
     }
 
-    /// Signs a checkpoint only if entries were added since the last one
-    /// (the periodic signer).
-    pub fn checkpoint_if_grown(&self, store: &Store, keys: &Keys) -> ApiResult<Option<SignedCheckpoint>> {
-        let size = self.size(store)?;
-        let last = store.checkpoint_at_or_before(u64::MAX)?;
-        if size == 0 || last.is_some_and(|c| c.checkpoint.size >= size) {
-            return Ok(None);
+    /// A signed checkpoint over the first `size` entries (at most the
+    /// committed ones): the stored one, or one signed now and stored.
+    pub fn checkpoint_at(&self, store: &Store, keys: &Keys, size: u64) -> ApiResult<SignedCheckpoint> {
+        if let Some(cp) = store
+            .checkpoint_at_or_before(size)?
+            .filter(|c| c.checkpoint.size == size)
+        {
+            return Ok(cp);
         }
-        self.checkpoint(store, keys).map(Some)
+        let root = self.tree(store)?.root_at(size)?;
+        sign_and_store(store, keys, size, root)
+    }
+
+    /// Publishes the current checkpoint (signed now if the ledger grew):
+    /// from now on it is what parties other than the regulator see of the
+    /// ledger. Called by the periodic signer only, so publications come
+    /// at a fixed pace whatever the ledger does.
+    pub fn publish(&self, store: &Store, keys: &Keys) -> ApiResult<SignedCheckpoint> {
+        let before = self.published_now()?;
+        if let Some(p) = &before {
+            if p.checkpoint.size == self.size(store)? {
+                return Ok(p.clone());
+            }
+        }
+        let cp = self.checkpoint(store, keys)?;
+        store.put_publication(cp.checkpoint.size, Utc::now())?;
+        let mut published = self
+            .published
+            .lock()
+            .map_err(|_| ApiError::Internal("published checkpoint lock poisoned".into()))?;
+        if published
+            .as_ref()
+            .is_none_or(|p| p.checkpoint.size <= cp.checkpoint.size)
+        {
+            *published = Some(cp.clone());
+        }
+        Ok(cp)
+    }
+
+    fn published_now(&self) -> ApiResult<Option<SignedCheckpoint>> {
+        Ok(self
+            .published
+            .lock()
+            .map_err(|_| ApiError::Internal("published checkpoint lock poisoned".into()))?
+            .clone())
+    }
+
+    /// The latest published checkpoint (published now if nothing was yet:
+    /// only before the periodic signer's first round).
+    pub fn published(&self, store: &Store, keys: &Keys) -> ApiResult<SignedCheckpoint> {
+        match self.published_now()? {
+            Some(cp) => Ok(cp),
+            None => self.publish(store, keys),
+        }
+    }
+
+    /// The receipt of a job's `result.release` entry as its developer
+    /// gets it: under the published checkpoint when that covers the entry,
+    /// otherwise under a checkpoint over the ledger up to and including
+    /// the entry (signed once and stored). Never under the ledger as it
+    /// stands at the request, whose size would tell how far other jobs
+    /// have got.
+    pub fn published_release_receipt(
+        &self,
+        store: &Store,
+        keys: &Keys,
+        job_id: &str,
+    ) -> ApiResult<Option<Receipt>> {
+        let Some(seq) = store.ledger_seq_of(job_id, "result.release")? else {
+            return Ok(None);
+        };
+        let published = self.published(store, keys)?;
+        let checkpoint = if published.checkpoint.size > seq {
+            published
+        } else {
+            self.checkpoint_at(store, keys, seq.saturating_add(1))?
+        };
+        self.receipt(store, keys, seq, &checkpoint).map(Some)
     }
 
     /// The audit path of entry `seq` in the tree of size `size`.
@@ -249,6 +310,33 @@ impl Ledger {
             },
         )
     }
+}
+
+/// Signs the checkpoint of the tree of `size` entries with `root` now and
+/// stores it; when one for that size was stored first, that one is
+/// returned (the first signed for a size is the one everybody gets).
+fn sign_and_store(
+    store: &Store,
+    keys: &Keys,
+    size: u64,
+    root: scenarios::ledger::Hash,
+) -> ApiResult<SignedCheckpoint> {
+    let checkpoint = Checkpoint {
+        size,
+        root: hex::encode(root),
+        // Signed and stored at microsecond precision.
+        time: Utc::now().trunc_subsecs(6),
+    };
+    let signature = hex::encode(keys.sign(&checkpoint.signing_message()));
+    let cp = SignedCheckpoint {
+        checkpoint,
+        signature,
+    };
+    store.put_checkpoint(&cp)?;
+    Ok(store
+        .checkpoint_at_or_before(size)?
+        .filter(|c| c.checkpoint.size == size)
+        .unwrap_or(cp))
 }
 
 /// Verifies an export file offline (see `scenarios::ledger::verify_export`);
