@@ -701,3 +701,108 @@ async fn finish(
     *job = done;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_800_000_000_000 + ms).single().unwrap()
+    }
+
+    #[test]
+    fn a_job_is_seen_to_end_at_a_whole_number_of_quanta_after_it_started() {
+        let q = Duration::from_millis(1000);
+        let start = at(0);
+        for (ran, seen) in [
+            (0, 1000),
+            (1, 1000),
+            (999, 1000),
+            (1000, 1000),
+            (1001, 2000),
+            (5500, 6000),
+            (-30, 1000),
+        ] {
+            assert_eq!(visible_end(start, at(ran), q), at(seen), "ran {ran} ms");
+        }
+        // Any quantum, microsecond exact.
+        let q = Duration::from_micros(333);
+        let end = visible_end(start, at(10), q);
+        assert_eq!((end - start).num_microseconds(), Some(333 * 31));
+    }
+
+    #[test]
+    fn the_longest_run_covers_every_query_at_its_own_limit() {
+        let limits = JobLimits {
+            timeout_ms: 1_000,
+            query_timeout_ms: 2_000,
+            ..JobLimits::default()
+        };
+        assert_eq!(
+            longest_run(&limits, 10, Duration::from_secs(1)),
+            Duration::from_secs(1 + 20 + 1 + 120)
+        );
+    }
+
+    #[test]
+    fn the_budget_shown_leaves_out_running_jobs_until_they_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cost = Budget {
+            epsilon: scenarios::budget::Epsilon(1_000_000),
+            ..Budget::default()
+        };
+        let limit = Budget {
+            epsilon: scenarios::budget::Epsilon(10_000_000),
+            ..Budget::default()
+        };
+        let job = |id: &str, status: JobStatus, charged: Budget| JobRecord {
+            id: id.into(),
+            agreement_id: "ag".into(),
+            developer_id: "dev".into(),
+            scenario_id: "sc".into(),
+            module_hash: "h".into(),
+            module_size: 1,
+            params_hash: None,
+            status,
+            submitted_at: Utc::now(),
+            started_at: Some(Utc::now()),
+            finished_at: None,
+            error: None,
+            usage: None,
+            queries: Vec::new(),
+            tables: Vec::new(),
+            output_hash: None,
+            output_bytes: None,
+            logs: Vec::new(),
+            review: None,
+            charged_queries: u32::from(charged != Budget::default()),
+            charged,
+            allowance: None,
+        };
+        let (ended, running) = (
+            job("job_a", JobStatus::Failed, cost),
+            job("job_b", JobStatus::Running, cost.plus(&cost)),
+        );
+        store
+            .tx(move |tx| {
+                for _ in 0..3 {
+                    charge_in(tx, "dev", "sc", &cost, &limit)?;
+                }
+                put(tx, &ended)?;
+                put(tx, &running)
+            })
+            .unwrap();
+        assert_eq!(
+            store.budget_spent("dev", "sc").unwrap(),
+            Budget {
+                epsilon: scenarios::budget::Epsilon(3_000_000),
+                ..Budget::default()
+            }
+        );
+        assert_eq!(settled_spent(&store, "dev", "sc").unwrap(), cost);
+        // Another developer's or scenario's running jobs do not count.
+        assert_eq!(settled_spent(&store, "dev", "other").unwrap(), Budget::default());
+    }
+}

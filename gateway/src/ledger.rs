@@ -357,3 +357,70 @@ fn line(out: &mut dyn Write, v: &impl serde::Serialize) -> ApiResult<()> {
     let text = serde_json::to_string(v)?;
     writeln!(out, "{text}").map_err(|e| ApiError::Internal(format!("export write: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{append, NewEntry};
+
+    fn add(store: &Store, subject: &'static str, action: &'static str, n: usize) {
+        store
+            .tx(move |tx| {
+                for _ in 0..n {
+                    append(
+                        tx,
+                        NewEntry::system(action, subject, serde_json::json!({})),
+                        Utc::now(),
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn receipts_reveal_no_more_of_the_ledger_than_the_release_or_a_publication() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let keys = Keys::load_or_create(dir.path()).unwrap();
+        let key = hex::decode(keys.public_key_hex()).unwrap();
+        let ledger = Ledger::new();
+        add(&store, "x", "test.entry", 3);
+        assert_eq!(ledger.published(&store, &keys).unwrap().checkpoint.size, 3);
+        add(&store, "x", "test.entry", 2);
+        add(&store, "job_a", "result.release", 1);
+        add(&store, "x", "test.entry", 2);
+        // The published view has not moved; the regulator's has.
+        assert_eq!(ledger.published(&store, &keys).unwrap().checkpoint.size, 3);
+        assert_eq!(ledger.checkpoint(&store, &keys).unwrap().checkpoint.size, 8);
+        // The receipt is proven over the ledger up to the release, not 8.
+        let r = ledger
+            .published_release_receipt(&store, &keys, "job_a")
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.seq, r.checkpoint.checkpoint.size), (5, 6));
+        scenarios::ledger::verify_receipt(&r, Some(&key), None).unwrap();
+        // Once a publication covers it, that one.
+        assert_eq!(ledger.publish(&store, &keys).unwrap().checkpoint.size, 8);
+        let r = ledger
+            .published_release_receipt(&store, &keys, "job_a")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.checkpoint.checkpoint.size, 8);
+        scenarios::ledger::verify_receipt(&r, Some(&key), None).unwrap();
+        assert!(ledger
+            .published_release_receipt(&store, &keys, "job_b")
+            .unwrap()
+            .is_none());
+        // Only publications are listed as published; the export holds
+        // every checkpoint, in order, and verifies.
+        let sizes = |v: Vec<SignedCheckpoint>| v.iter().map(|c| c.checkpoint.size).collect::<Vec<_>>();
+        assert_eq!(sizes(store.published_checkpoints(0, u64::MAX).unwrap()), [3, 8]);
+        assert_eq!(sizes(store.checkpoints(0, u64::MAX).unwrap()), [3, 6, 8]);
+        let mut out = Vec::new();
+        ledger.export(&store, &keys, 0, true, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let report = verify_export(text.lines(), Some(&key), &[r.checkpoint]).unwrap();
+        assert_eq!((report.entries, report.checkpoints), (8, 3));
+    }
+}

@@ -1169,18 +1169,22 @@ mod tests {
             signature: "00".into(),
         };
         store.put_checkpoint(&cp).unwrap();
+        store.put_publication(1, Utc::now()).unwrap();
         for sql in [
             "UPDATE ledger SET body = 'forged' WHERE seq = 0",
             "DELETE FROM ledger WHERE seq = 0",
             "UPDATE checkpoints SET root = 'forged'",
             "DELETE FROM checkpoints",
+            "UPDATE published_checkpoints SET size = 2",
+            "DELETE FROM published_checkpoints",
         ] {
             let r = store.tx(move |tx| Ok(tx.execute(sql, [])?));
             assert!(r.is_err(), "{sql} must be refused");
         }
         assert_eq!(store.ledger_size().unwrap(), 1);
         assert_eq!(store.ledger(0, 1).unwrap()[0].seq, 0);
-        assert_eq!(store.checkpoints(0, u64::MAX).unwrap(), vec![cp]);
+        assert_eq!(store.checkpoints(0, u64::MAX).unwrap(), vec![cp.clone()]);
+        assert_eq!(store.published_checkpoints(0, u64::MAX).unwrap(), vec![cp]);
         // Acknowledged writes were flushed: at least one flush, never more
         // flushes than commits.
         let s = store.sync_stats();

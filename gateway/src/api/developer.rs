@@ -559,3 +559,84 @@ pub(crate) async fn job_output(
     .await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(status: JobStatus, charged_queries: u32) -> JobRecord {
+        JobRecord {
+            id: "job_1".into(),
+            agreement_id: "ag_1".into(),
+            developer_id: "pt_1".into(),
+            scenario_id: "sc_1".into(),
+            module_hash: "ab".into(),
+            module_size: 10,
+            params_hash: None,
+            status,
+            submitted_at: Utc::now(),
+            started_at: Some(Utc::now()),
+            finished_at: status.is_final().then(Utc::now),
+            error: Some(json!({"kind": "guest_failed", "message": "status 1234"})),
+            usage: Some(Usage::default()),
+            queries: Vec::new(),
+            tables: Vec::new(),
+            output_hash: Some("cd".into()),
+            output_bytes: Some(2),
+            logs: vec!["a secret".into()],
+            review: Some(json!({"decision": {"reason": "too fine"}})),
+            charged_queries,
+            charged: Budget::default(),
+            allowance: None,
+        }
+    }
+
+    #[test]
+    fn only_released_jobs_and_jobs_without_results_are_disclosed() {
+        use JobStatus::*;
+        for (status, charged, disclosed) in [
+            (Succeeded, 1, true),
+            (Succeeded, 0, true),
+            (Failed, 0, true),
+            (Failed, 1, false),
+            (AwaitingReview, 0, true),
+            (AwaitingReview, 1, false),
+            (Withheld, 0, true),
+            (Withheld, 1, false),
+            (Running, 0, false),
+            (Running, 1, false),
+            (Queued, 0, false),
+        ] {
+            let j = job(status, charged);
+            assert_eq!(j.disclosed(), disclosed, "{status:?} after {charged} charges");
+            let v = developer_view(&j);
+            let text = v.to_string();
+            assert_eq!(text.contains("a secret"), disclosed, "{v}");
+            assert_eq!(text.contains("1234"), disclosed, "{v}");
+            assert_eq!(v.get("usage").is_some(), disclosed, "{v}");
+            assert_eq!(v["status"], json!(status), "{v}");
+            assert_eq!(v["module_hash"], "ab");
+            assert_eq!(
+                v.get("details_withheld").is_some(),
+                !disclosed && status.is_final(),
+                "{v}"
+            );
+        }
+        // A released query without a charge count (older records) counts.
+        let mut j = job(JobStatus::Failed, 0);
+        j.queries.push(QueryRecord {
+            ledger_seq: Some(7),
+            sql: "SELECT 1".into(),
+            epsilon: 1.0,
+            released_groups: Some(1),
+            output_hash: None,
+            rows_metered: 0,
+        });
+        assert!(!j.disclosed());
+        // Released: the query is shown without its ledger position.
+        j.status = JobStatus::Succeeded;
+        let v = developer_view(&j);
+        assert_eq!(v["queries"][0]["sql"], "SELECT 1");
+        assert!(v["queries"][0].get("ledger_seq").is_none(), "{v}");
+    }
+}

@@ -96,3 +96,67 @@ pub(crate) async fn statement(
         "tariff": st.config.tariff, "statement": statement,
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{JobStatus, QueryRecord};
+    use chrono::Utc;
+
+    fn job(status: JobStatus, queries: u64) -> JobRecord {
+        JobRecord {
+            id: "job_1".into(),
+            agreement_id: "ag_1".into(),
+            developer_id: "pt_1".into(),
+            scenario_id: "sc_1".into(),
+            module_hash: "ab".into(),
+            module_size: 10,
+            params_hash: None,
+            status,
+            submitted_at: Utc::now(),
+            started_at: Some(Utc::now()),
+            finished_at: None,
+            error: None,
+            usage: Some(runtime::Usage {
+                fuel: 1_234,
+                ..Default::default()
+            }),
+            queries: (0..queries)
+                .map(|_| QueryRecord {
+                    ledger_seq: None,
+                    sql: "SELECT 1".into(),
+                    epsilon: 1.0,
+                    released_groups: Some(1),
+                    output_hash: None,
+                    rows_metered: 7,
+                })
+                .collect(),
+            tables: Vec::new(),
+            output_hash: None,
+            output_bytes: None,
+            logs: Vec::new(),
+            review: None,
+            charged_queries: queries as u32,
+            charged: Default::default(),
+            allowance: Some(Allowance {
+                fuel: 1_000_000,
+                rows_per_query: 100,
+            }),
+        }
+    }
+
+    #[test]
+    fn undisclosed_jobs_are_metered_at_their_allowance() {
+        let m = |j: JobRecord| {
+            let m = metered(&[j], None, None, 5);
+            (m.jobs, m.queries, m.rows, m.fuel)
+        };
+        assert_eq!(m(job(JobStatus::Succeeded, 2)), (1, 2, 14, 1_234));
+        assert_eq!(m(job(JobStatus::Failed, 0)), (1, 0, 0, 1_234));
+        assert_eq!(m(job(JobStatus::Failed, 2)), (1, 2, 200, 1_000_000));
+        assert_eq!(m(job(JobStatus::AwaitingReview, 1)), (1, 1, 100, 1_000_000));
+        assert_eq!(m(job(JobStatus::Withheld, 3)), (1, 3, 300, 1_000_000));
+        // A running job counts as a job and nothing more until it ends.
+        assert_eq!(m(job(JobStatus::Running, 2)), (1, 0, 0, 0));
+    }
+}
