@@ -224,7 +224,9 @@ fn polling_the_ledger_and_the_budget_does_not_time_a_jobs_queries() {
     assert!(listed["checkpoints"].as_array().unwrap().len() <= all["checkpoints"].as_array().unwrap().len());
 
     // The released job's receipt is proven under a checkpoint that reveals
-    // no more than the release itself or a publication, and verifies.
+    // no more than the release itself or a publication, even when the
+    // ledger has moved on since, and verifies.
+    w.server.party("Late Provider", "provider");
     let receipt = dev.get(&format!("/v1/developer/jobs/{id}/receipt")).ok();
     let seq = receipt["seq"].as_u64().unwrap();
     let size = receipt["checkpoint"]["checkpoint"]["size"].as_u64().unwrap();
