@@ -632,15 +632,21 @@ async fn finish(
     job.finished_at = Some(how.ended);
 
     hold_until(how.ended).await;
-    let mut result = outcome.result;
-    if result.is_ok() && how.cancel.load(Ordering::SeqCst) {
-        result = Err(JobError::Cancelled("the job was stopped".into()));
-    }
+    let result = outcome.result;
+    let cancel = how.cancel;
     let (store, actor, mut j) = (st.store.clone(), actor.clone(), job.clone());
     let releases = outcome.releases;
     let done = store
         .write(move |tx| {
             let now = Utc::now();
+            // A stop that came while the end was not yet visible (the job
+            // was still listed as running) stops it.
+            let result = match result {
+                Ok(_) if cancel.load(Ordering::SeqCst) => {
+                    Err(JobError::Cancelled("the job was stopped".into()))
+                }
+                r => r,
+            };
             let ag: Agreement = get_in(tx, Table::Agreements, &j.agreement_id)?
                 .ok_or_else(|| ApiError::Internal("agreement vanished".into()))?;
             // The charges were counted on the stored record as they came.
