@@ -278,7 +278,9 @@ pub fn visible_end(started: DateTime<Utc>, now: DateTime<Utc>, quantum: Duration
     let ran = (now - started).num_microseconds().unwrap_or(i64::MAX).max(0);
     let k = ran.div_euclid(q) + i64::from(ran.rem_euclid(q) != 0);
     let k = k.max(1);
-    started + chrono::Duration::microseconds(k.saturating_mul(q))
+    started
+        .checked_add_signed(chrono::Duration::microseconds(k.saturating_mul(q)))
+        .unwrap_or(now)
 }
 
 /// Sleeps until `at` (not at all when it has passed).
@@ -732,6 +734,9 @@ mod tests {
         ] {
             assert_eq!(visible_end(start, at(ran), q), at(seen), "ran {ran} ms");
         }
+        // Nothing overflows, whatever the clock says.
+        let far = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(visible_end(start, far, q), far);
         // Any quantum, microsecond exact.
         let q = Duration::from_micros(333);
         let end = visible_end(start, at(10), q);
