@@ -256,6 +256,35 @@ impl Drop for Server {
 /// Extra `serve` arguments (job limits).
 pub type ServeArgs<'a> = &'a [&'a str];
 
+/// The time quantum the harness serves with unless a test names its own:
+/// every job's end is rounded up to it, and the suite runs many jobs.
+pub const TEST_QUANTUM_MS: u64 = 50;
+/// The checkpoint publication period the harness serves with unless a
+/// test names its own (or a quantum, which it then defaults to).
+pub const TEST_CHECKPOINT_MS: u64 = 200;
+
+/// `extra` with the harness's time quantum and publication period added
+/// where the test did not name them.
+fn with_time_defaults(extra: ServeArgs<'_>) -> Vec<String> {
+    let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+    let given = |flag: &str| {
+        extra
+            .iter()
+            .position(|a| *a == flag)
+            .and_then(|i| extra.get(i + 1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let quantum = given("--time-quantum-ms");
+    if quantum.is_none() {
+        args.extend(["--time-quantum-ms".into(), TEST_QUANTUM_MS.to_string()]);
+    }
+    if given("--checkpoint-every-ms").is_none() {
+        let every = quantum.unwrap_or(TEST_QUANTUM_MS).max(TEST_CHECKPOINT_MS);
+        args.extend(["--checkpoint-every-ms".into(), every.to_string()]);
+    }
+    args
+}
+
 impl Server {
     /// Bootstraps a fresh data directory and starts a server on it.
     pub fn start(extra: ServeArgs<'_>) -> Result<Server> {
@@ -296,7 +325,7 @@ impl Server {
                 "--listen",
                 "127.0.0.1:0",
             ])
-            .args(extra)
+            .args(with_time_defaults(extra))
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -321,7 +350,7 @@ impl Server {
     }
 
     /// Kills the server (SIGKILL) and starts it again on the same data
-    /// directory with the same tokens.
+    /// directory with the same tokens (and the harness's default options).
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
         let mut fresh = Server::spawn(&self.dir, &[], self.operator.token(), self.regulator.token())?;

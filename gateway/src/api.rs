@@ -30,7 +30,7 @@ use scenarios::party::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-pub use developer::{JobRecord, JobStatus, QueryRecord};
+pub use developer::{developer_view, Allowance, JobRecord, JobStatus, QueryRecord, WITHHELD_NOTE};
 pub(crate) use oversight::gate;
 pub(crate) use private::of_agreement as private_tables;
 

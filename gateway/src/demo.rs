@@ -499,10 +499,9 @@ fn script(
         say(
             "sandbox",
             format!(
-                "  released {} groups at epsilon {} (ledger entry {}): {}",
+                "  released {} groups at epsilon {}: {}",
                 q["released_groups"],
                 q["epsilon"],
-                q["ledger_seq"],
                 q["sql"]
                     .as_str()
                     .unwrap_or("")
@@ -597,17 +596,44 @@ fn script(
         "developer",
         "attack: run the same job again to average the noise away",
     );
+    if again["status"] != "failed" {
+        bail!("the job past its budget must fail");
+    }
+    let ag3 = expect_ok(
+        developer.get(&format!("/v1/developer/agreements/{ag_id}"))?,
+        "agreement",
+    )?;
     say(
         "sandbox",
         format!(
-            "  -> job {} after {} queries: {}",
+            "  -> job {}: budget spent epsilon {} of {}, the query past it refused",
             again["status"].as_str().unwrap_or(""),
-            again["queries"].as_array().map_or(0, Vec::len),
-            again["logs"].get(0).and_then(Value::as_str).unwrap_or("")
+            ag3["budget"]["spent"]["epsilon"],
+            ag3["budget"]["limit"]["epsilon"]
         ),
     );
-    if again["status"] != "failed" {
-        bail!("the job past its budget must fail");
+    if again.get("details_withheld").is_some() {
+        // It received protected results and released nothing: its logs and
+        // error are the regulator's, not the developer's (I14).
+        say(
+            "developer",
+            "  the job's logs, error and queries are withheld: it received protected results and released nothing",
+        );
+        let jobs = expect_ok(regulator.get("/v1/regulator/jobs")?, "regulator jobs")?;
+        let full = jobs["jobs"]
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["id"] == again["id"]))
+            .cloned()
+            .unwrap_or(Value::Null);
+        say(
+            "regulator",
+            format!(
+                "  sees the whole record: {} after {} queries; log: {}",
+                full["error"]["kind"].as_str().unwrap_or(""),
+                full["queries"].as_array().map_or(0, Vec::len),
+                full["logs"].get(0).and_then(Value::as_str).unwrap_or("")
+            ),
+        );
     }
     let bad = developer.post_bytes(&jobs_path, b"this is not wasm", "application/wasm")?;
     say(

@@ -6,21 +6,29 @@
 //!
 //! Budgets are kept per developer and scenario, not per agreement, so a new
 //! application for the same scenario does not reset the budget.
+//!
+//! Time seen from outside is coarse (I14): a job's final state (its status,
+//! `finished_at`, its `job.finish` entry) is written no earlier than
+//! `started_at + k·quantum` for the smallest `k ≥ 1` covering its actual
+//! end ([`visible_end`]), and a running job's charges show in the
+//! developer's budget only once it has ended ([`settled_spent`]).
 
-use crate::api::{blocking, current_datasets, DatasetRecord, JobRecord, JobStatus, QueryRecord};
+use crate::api::{blocking, current_datasets, Allowance, DatasetRecord, JobRecord, JobStatus, QueryRecord};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
-use crate::store::{append, charge_in, get_in, put, set_job_output, NewEntry, Store, Table};
-use chrono::Utc;
-use runtime::{JobInput, JobOutcome};
+use crate::store::{
+    append, charge_in, get_in, list_in, put, set_job_output, spent_in, NewEntry, Store, Table,
+};
+use chrono::{DateTime, Utc};
+use runtime::{JobError, JobInput, JobLimits, JobOutcome};
 use sandbox::desensitize::TokenKey;
 use sandbox::{Accountant, QueryLineage, ScopeConfig, TableVersion};
 use scenarios::budget::Budget;
 use scenarios::party::Actor;
 use scenarios::workflow::{Agreement, Scenario, ScenarioStatus};
 use serde_json::json;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,6 +83,15 @@ impl Accountant for StoreAccountant {
                 if let serde_json::Value::Object(d) = &mut details {
                     d.insert("budget_spent_after".into(), json!(after));
                 }
+                // Counted on the job in the same transaction: the job has
+                // now seen protected data (its details are withheld unless
+                // released), and the charge stays out of the developer's
+                // view of the budget until the job ends.
+                let mut j: JobRecord = get_in(tx, Table::Jobs, &job)?
+                    .ok_or_else(|| ApiError::Internal("job vanished".into()))?;
+                j.charged_queries = j.charged_queries.saturating_add(1);
+                j.charged = j.charged.plus(&cost);
+                put(tx, &j)?;
                 append(tx, NewEntry::by(&actor, "query.charge", &job, details), now)?;
                 Ok(())
             })
@@ -172,6 +189,9 @@ pub async fn submit(
         output_bytes: None,
         logs: Vec::new(),
         review: None,
+        charged_queries: 0,
+        charged: Budget::default(),
+        allowance: None,
     };
     let (store, j, a) = (st.store.clone(), job.clone(), actor.clone());
     store.write(move |tx| {
@@ -196,7 +216,7 @@ pub async fn submit(
         let id = jid.clone();
         if let Err(e) = run(&s, &a, &jid, params_for_run, cancel).await {
             tracing::error!(job = %id, error = %e, "job failed before it could run");
-            if let Err(e2) = close_job(&s, &id, "internal", &e.to_string()).await {
+            if let Err(e2) = close_job(&s, &id, "internal", &e.to_string(), true).await {
                 tracing::error!(job = %id, error = %e2, "recording the job failure failed");
             }
         }
@@ -207,29 +227,92 @@ pub async fn submit(
     Ok(job)
 }
 
-/// Waits until a job is no longer queued or running.
+/// Waits until a job is no longer queued or running, or until it has run
+/// longer than any job of its scenario can ([`longest_run`]; only a job
+/// that waited for a runtime slot gets there): then the job is returned
+/// still running.
 pub async fn wait(st: &AppState, job_id: &str) -> ApiResult<JobRecord> {
-    let limit = Duration::from_millis(st.config.job_limits.timeout_ms) + Duration::from_secs(120);
     let started = std::time::Instant::now();
+    let (s, id) = (st.clone(), job_id.to_string());
+    let max_queries = blocking(move || {
+        let job: JobRecord = s
+            .store
+            .get(Table::Jobs, &id)?
+            .ok_or_else(|| ApiError::NotFound(format!("no job {}", id.escape_debug())))?;
+        let sc: Option<Scenario> = s.store.get(Table::Scenarios, &job.scenario_id)?;
+        Ok(sc.map_or(1, |sc| sc.spec.release.max_queries_per_job))
+    })
+    .await?;
+    let limit = longest_run(&st.config.job_limits, max_queries, st.config.time_quantum);
     let mut pause = Duration::from_millis(10);
     loop {
         let (store, id) = (st.store.clone(), job_id.to_string());
         let job: JobRecord = blocking(move || store.get(Table::Jobs, &id))
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
-        if job.status.is_final() {
+            .ok_or_else(|| ApiError::NotFound(format!("no job {}", job_id.escape_debug())))?;
+        if job.status.is_final() || started.elapsed() > limit {
             return Ok(job);
-        }
-        if started.elapsed() > limit {
-            return Err(ApiError::Internal(format!("job {job_id} did not finish in time")));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 
+/// The longest a job can run once it has a runtime slot: its own running
+/// time (which excludes time inside host calls), every query it may make
+/// at its own time limit, the rounding up to a time quantum, and two
+/// minutes for loading, planning and the store.
+pub fn longest_run(limits: &JobLimits, max_queries: u32, quantum: Duration) -> Duration {
+    Duration::from_millis(limits.timeout_ms)
+        .saturating_add(Duration::from_millis(limits.query_timeout_ms).saturating_mul(max_queries))
+        .saturating_add(quantum)
+        .saturating_add(Duration::from_secs(120))
+}
+
+/// When a job that started at `started` and whose run ended at `now` is
+/// seen to end: `started + k·quantum` for the smallest `k ≥ 1` that is not
+/// before `now` (I14). What anyone outside can time of a job is then a
+/// whole number of quanta, whatever the data made it take.
+pub fn visible_end(started: DateTime<Utc>, now: DateTime<Utc>, quantum: Duration) -> DateTime<Utc> {
+    let q = i64::try_from(quantum.as_micros()).unwrap_or(i64::MAX).max(1);
+    let ran = (now - started).num_microseconds().unwrap_or(i64::MAX).max(0);
+    let k = ran.div_euclid(q) + i64::from(ran.rem_euclid(q) != 0);
+    let k = k.max(1);
+    started
+        .checked_add_signed(chrono::Duration::microseconds(k.saturating_mul(q)))
+        .unwrap_or(now)
+}
+
+/// Sleeps until `at` (not at all when it has passed).
+async fn hold_until(at: DateTime<Utc>) {
+    if let Ok(left) = (at - Utc::now()).to_std() {
+        tokio::time::sleep(left).await;
+    }
+}
+
+/// The budget a developer has spent under a scenario as the developer is
+/// shown it: everything charged, less what the developer's jobs still
+/// running have been charged, read in one snapshot. A running job's
+/// charges appear when its end becomes visible, not at each query.
+pub(crate) fn settled_spent(store: &Store, developer: &str, scenario: &str) -> ApiResult<Budget> {
+    store.read_consistent(|c| {
+        let spent = spent_in(c, developer, scenario)?;
+        let mut open: Vec<JobRecord> = list_in(c, Table::Jobs, Some(("status", "running")))?;
+        open.extend(list_in::<JobRecord>(c, Table::Jobs, Some(("status", "queued")))?);
+        let running = open
+            .iter()
+            .filter(|j| j.developer_id == developer && j.scenario_id == scenario)
+            .fold(Budget::default(), |b, j| b.plus(&j.charged));
+        Ok(spent.minus(&running))
+    })
+}
+
 /// The ledger entry that releases a job's output to its developer (R21:
-/// to whom, by what medium, which output, from which query releases).
+/// to whom, by what medium, which output, from which query releases). The
+/// query releases are named by their output hashes (the entries are the
+/// job's `query.release` entries, by subject), not by their positions: the
+/// developer holds this entry in its receipt, and the gaps between the
+/// positions would count everyone's entries during each query, a clock.
 pub fn release_entry(actor: &Actor, j: &JobRecord, reviewed_by: Option<&str>) -> NewEntry {
     NewEntry::by(
         actor,
@@ -242,7 +325,7 @@ pub fn release_entry(actor: &Actor, j: &JobRecord, reviewed_by: Option<&str>) ->
             "output_hash": j.output_hash,
             "output_bytes": j.output_bytes,
             "reviewed_by": reviewed_by,
-            "query_releases": j.queries.iter().filter_map(|q| q.ledger_seq).collect::<Vec<_>>(),
+            "query_releases": j.queries.iter().map(|q| q.output_hash.as_deref()).collect::<Vec<_>>(),
         }),
     )
 }
@@ -275,8 +358,24 @@ fn verdicts(j: &JobRecord, releases: &[QueryLineage], output: &[u8], limit: u64)
 }
 
 /// Marks a job that cannot finish normally as failed, with its ledger entry.
-/// Does nothing to a job that already finished.
-pub async fn close_job(st: &AppState, job_id: &str, kind: &str, message: &str) -> ApiResult<()> {
+/// Does nothing to a job that already finished. With `quantized`, a job
+/// that started is closed at its [`visible_end`], like any other.
+pub async fn close_job(
+    st: &AppState,
+    job_id: &str,
+    kind: &str,
+    message: &str,
+    quantized: bool,
+) -> ApiResult<()> {
+    let mut ended = Utc::now();
+    if quantized {
+        let (store, id) = (st.store.clone(), job_id.to_string());
+        let job: Option<JobRecord> = blocking(move || store.get(Table::Jobs, &id)).await?;
+        if let Some(started) = job.and_then(|j| j.started_at) {
+            ended = visible_end(started, Utc::now(), st.config.time_quantum);
+            hold_until(ended).await;
+        }
+    }
     let (store, id, kind, message) = (
         st.store.clone(),
         job_id.to_string(),
@@ -293,7 +392,7 @@ pub async fn close_job(st: &AppState, job_id: &str, kind: &str, message: &str) -
             }
             j.status = JobStatus::Failed;
             j.error = Some(failure(&kind, &message));
-            j.finished_at = Some(Utc::now());
+            j.finished_at = Some(ended);
             put(tx, &j)?;
             append(
                 tx,
@@ -326,6 +425,7 @@ pub async fn recover_interrupted(st: &AppState) -> ApiResult<usize> {
             &j.id,
             "interrupted",
             "the server stopped while the job was running; nothing was released",
+            false,
         )
         .await?;
     }
@@ -387,12 +487,23 @@ async fn run(
             .module(&job.module_hash)?
             .ok_or_else(|| ApiError::Internal("no module".into()))?;
         let mut tables = scenario_tables(&s, &sc)?;
+        // Rows of every table in scope, metered per query while the job's
+        // details are withheld (they are catalog counts, public).
+        let mut rows_per_query: u64 = current_datasets(&s)?
+            .iter()
+            .filter(|d| sc.spec.tables.iter().any(|t| t.dataset == d.name))
+            .fold(0u64, |n, d| n.saturating_add(d.profile.rows));
         // The agreement's own tables (R5) join the scope with their grants.
         let mut spec = sc.spec.clone();
         for p in crate::api::private_tables(&s, &ag.id)? {
+            rows_per_query = rows_per_query.saturating_add(p.profile.rows);
             tables.push(TableVersion::from_profile(p.spec.clone(), &p.profile));
             spec.tables.push(p.grant);
         }
+        job.allowance = Some(Allowance {
+            fuel: s.config.job_limits.fuel,
+            rows_per_query,
+        });
         job.status = JobStatus::Running;
         job.started_at = Some(Utc::now());
         let job = s.store.tx(move |tx| put(tx, &job).map(|()| job))?;
@@ -427,7 +538,7 @@ async fn run(
                 params,
                 limits,
                 handle,
-                cancel,
+                cancel: cancel.clone(),
                 module_hash: Some(job.module_hash.clone()),
             };
             tokio::task::spawn_blocking(move || rt.run(&bytes, input))
@@ -435,21 +546,42 @@ async fn run(
                 .map_err(|e| ApiError::Internal(e.to_string()))?
         }
         Err(e) => JobOutcome {
-            result: Err(runtime::JobError::PermissionDenied(e.to_string())),
+            result: Err(JobError::PermissionDenied(e.to_string())),
             usage: Default::default(),
             logs: Vec::new(),
             releases: Vec::new(),
         },
     };
+    // The runtime's slot is free again; the end is made visible only at a
+    // whole number of quanta after the start.
+    let ended = visible_end(
+        job.started_at.unwrap_or_else(Utc::now),
+        Utc::now(),
+        st.config.time_quantum,
+    );
     finish(
         st,
         actor,
         &mut job,
         &accountant,
         outcome,
-        sc.spec.release.review_required,
+        Finish {
+            review_required: sc.spec.release.review_required,
+            ended,
+            cancel,
+        },
     )
     .await
+}
+
+/// How a job's run is closed.
+struct Finish {
+    review_required: bool,
+    /// When the end becomes visible ([`visible_end`]).
+    ended: DateTime<Utc>,
+    /// The job's stop flag: a stop that comes before the end is visible
+    /// still stops the job.
+    cancel: Arc<AtomicBool>,
 }
 
 async fn finish(
@@ -458,8 +590,9 @@ async fn finish(
     job: &mut JobRecord,
     accountant: &StoreAccountant,
     outcome: JobOutcome,
-    review_required: bool,
+    how: Finish,
 ) -> ApiResult<()> {
+    let review_required = how.review_required;
     let output_limit = st.config.job_limits.output_bytes;
     let seqs = accountant.released.lock().map(|v| v.clone()).unwrap_or_default();
     // Row counts of every registered version, by version hash.
@@ -498,20 +631,35 @@ async fn finish(
     job.tables = tables;
     job.usage = Some(outcome.usage.clone());
     job.logs = outcome.logs.clone();
-    job.finished_at = Some(Utc::now());
+    job.finished_at = Some(how.ended);
 
-    let (store, actor, mut j) = (st.store.clone(), actor.clone(), job.clone());
+    hold_until(how.ended).await;
     let result = outcome.result;
+    let cancel = how.cancel;
+    let (store, actor, mut j) = (st.store.clone(), actor.clone(), job.clone());
     let releases = outcome.releases;
     let done = store
         .write(move |tx| {
             let now = Utc::now();
+            // A stop that came while the end was not yet visible (the job
+            // was still listed as running) stops it.
+            let result = match result {
+                Ok(_) if cancel.load(Ordering::SeqCst) => {
+                    Err(JobError::Cancelled("the job was stopped".into()))
+                }
+                r => r,
+            };
             let ag: Agreement = get_in(tx, Table::Agreements, &j.agreement_id)?
                 .ok_or_else(|| ApiError::Internal("agreement vanished".into()))?;
+            // The charges were counted on the stored record as they came.
+            if let Some(stored) = get_in::<JobRecord>(tx, Table::Jobs, &j.id)? {
+                j.charged_queries = stored.charged_queries;
+                j.charged = stored.charged;
+            }
             // Access closes for running jobs too: nothing is released after
             // the agreement ended.
             let result = match (result, ag.check_open(now)) {
-                (Ok(_), Err(e)) => Err(runtime::JobError::PermissionDenied(e.to_string())),
+                (Ok(_), Err(e)) => Err(JobError::PermissionDenied(e.to_string())),
                 (r, _) => r,
             };
             match &result {
@@ -560,4 +708,112 @@ async fn finish(
         .await?;
     *job = done;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_800_000_000_000 + ms).single().unwrap()
+    }
+
+    #[test]
+    fn a_job_is_seen_to_end_at_a_whole_number_of_quanta_after_it_started() {
+        let q = Duration::from_millis(1000);
+        let start = at(0);
+        for (ran, seen) in [
+            (0, 1000),
+            (1, 1000),
+            (999, 1000),
+            (1000, 1000),
+            (1001, 2000),
+            (5500, 6000),
+            (-30, 1000),
+        ] {
+            assert_eq!(visible_end(start, at(ran), q), at(seen), "ran {ran} ms");
+        }
+        // Nothing overflows, whatever the clock says.
+        let far = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(visible_end(start, far, q), far);
+        // Any quantum, microsecond exact.
+        let q = Duration::from_micros(333);
+        let end = visible_end(start, at(10), q);
+        assert_eq!((end - start).num_microseconds(), Some(333 * 31));
+    }
+
+    #[test]
+    fn the_longest_run_covers_every_query_at_its_own_limit() {
+        let limits = JobLimits {
+            timeout_ms: 1_000,
+            query_timeout_ms: 2_000,
+            ..JobLimits::default()
+        };
+        assert_eq!(
+            longest_run(&limits, 10, Duration::from_secs(1)),
+            Duration::from_secs(1 + 20 + 1 + 120)
+        );
+    }
+
+    #[test]
+    fn the_budget_shown_leaves_out_running_jobs_until_they_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cost = Budget {
+            epsilon: scenarios::budget::Epsilon(1_000_000),
+            ..Budget::default()
+        };
+        let limit = Budget {
+            epsilon: scenarios::budget::Epsilon(10_000_000),
+            ..Budget::default()
+        };
+        let job = |id: &str, status: JobStatus, charged: Budget| JobRecord {
+            id: id.into(),
+            agreement_id: "ag".into(),
+            developer_id: "dev".into(),
+            scenario_id: "sc".into(),
+            module_hash: "h".into(),
+            module_size: 1,
+            params_hash: None,
+            status,
+            submitted_at: Utc::now(),
+            started_at: Some(Utc::now()),
+            finished_at: None,
+            error: None,
+            usage: None,
+            queries: Vec::new(),
+            tables: Vec::new(),
+            output_hash: None,
+            output_bytes: None,
+            logs: Vec::new(),
+            review: None,
+            charged_queries: u32::from(charged != Budget::default()),
+            charged,
+            allowance: None,
+        };
+        let (ended, running) = (
+            job("job_a", JobStatus::Failed, cost),
+            job("job_b", JobStatus::Running, cost.plus(&cost)),
+        );
+        store
+            .tx(move |tx| {
+                for _ in 0..3 {
+                    charge_in(tx, "dev", "sc", &cost, &limit)?;
+                }
+                put(tx, &ended)?;
+                put(tx, &running)
+            })
+            .unwrap();
+        assert_eq!(
+            store.budget_spent("dev", "sc").unwrap(),
+            Budget {
+                epsilon: scenarios::budget::Epsilon(3_000_000),
+                ..Budget::default()
+            }
+        );
+        assert_eq!(settled_spent(&store, "dev", "sc").unwrap(), cost);
+        // Another developer's or scenario's running jobs do not count.
+        assert_eq!(settled_spent(&store, "dev", "other").unwrap(), Budget::default());
+    }
 }

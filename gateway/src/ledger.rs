@@ -6,6 +6,12 @@
 //! The tree is derived data: it is rebuilt from the stored leaf hashes on
 //! first use and caught up from the store whenever a proof or checkpoint is
 //! asked for, so it only ever covers committed entries, in order.
+//!
+//! Parties other than the regulator see the ledger only as of the latest
+//! *published* checkpoint, which the server's periodic signer publishes at
+//! most once per [`crate::state::Config::publish_every`] (I14): the ledger
+//! grows at each query a job makes, so a checkpoint signed on demand would
+//! let a developer time its job's queries.
 
 use crate::error::{ApiError, ApiResult};
 use crate::keys::Keys;
@@ -27,6 +33,8 @@ const PAGE: u64 = 10_000;
 #[derive(Debug, Default)]
 pub struct Ledger {
     tree: Mutex<MerkleTree>,
+    /// The latest published checkpoint, once there is one.
+    published: Mutex<Option<SignedCheckpoint>>,
 }
 
 impl From<ProofError> for ApiError {
@@ -79,36 +87,89 @@ impl Ledger {
                 return Ok(cp);
             }
         }
-        let checkpoint = Checkpoint {
-            size,
-            root: hex::encode(tree.root()),
-            // Signed and stored at microsecond precision.
-            time: Utc::now().trunc_subsecs(6),
-        };
+        let root = tree.root();
         drop(tree);
-        let signature = hex::encode(keys.sign(&checkpoint.signing_message()));
-        let cp = SignedCheckpoint {
-            checkpoint,
-            signature,
-        };
-        store.put_checkpoint(&cp)?;
-        // A concurrent caller may have stored one for the same size first;
-        // the stored one is the one everybody gets.
-        Ok(store
-            .checkpoint_at_or_before(size)?
-            .filter(|c| c.checkpoint.size == size)
-            .unwrap_or(cp))
+        sign_and_store(store, keys, size, root)
     }
 
-    /// Signs a checkpoint only if entries were added since the last one
-    /// (the periodic signer).
-    pub fn checkpoint_if_grown(&self, store: &Store, keys: &Keys) -> ApiResult<Option<SignedCheckpoint>> {
-        let size = self.size(store)?;
-        let last = store.checkpoint_at_or_before(u64::MAX)?;
-        if size == 0 || last.is_some_and(|c| c.checkpoint.size >= size) {
-            return Ok(None);
+    /// A signed checkpoint over the first `size` entries (at most the
+    /// committed ones): the stored one, or one signed now and stored.
+    pub fn checkpoint_at(&self, store: &Store, keys: &Keys, size: u64) -> ApiResult<SignedCheckpoint> {
+        if let Some(cp) = store
+            .checkpoint_at_or_before(size)?
+            .filter(|c| c.checkpoint.size == size)
+        {
+            return Ok(cp);
         }
-        self.checkpoint(store, keys).map(Some)
+        let root = self.tree(store)?.root_at(size)?;
+        sign_and_store(store, keys, size, root)
+    }
+
+    /// Publishes the current checkpoint (signed now if the ledger grew):
+    /// from now on it is what parties other than the regulator see of the
+    /// ledger. Called by the periodic signer only, so publications come
+    /// at a fixed pace whatever the ledger does.
+    pub fn publish(&self, store: &Store, keys: &Keys) -> ApiResult<SignedCheckpoint> {
+        let before = self.published_now()?;
+        if let Some(p) = &before {
+            if p.checkpoint.size == self.size(store)? {
+                return Ok(p.clone());
+            }
+        }
+        let cp = self.checkpoint(store, keys)?;
+        store.put_publication(cp.checkpoint.size, Utc::now())?;
+        let mut published = self
+            .published
+            .lock()
+            .map_err(|_| ApiError::Internal("published checkpoint lock poisoned".into()))?;
+        if published
+            .as_ref()
+            .is_none_or(|p| p.checkpoint.size <= cp.checkpoint.size)
+        {
+            *published = Some(cp.clone());
+        }
+        Ok(cp)
+    }
+
+    fn published_now(&self) -> ApiResult<Option<SignedCheckpoint>> {
+        Ok(self
+            .published
+            .lock()
+            .map_err(|_| ApiError::Internal("published checkpoint lock poisoned".into()))?
+            .clone())
+    }
+
+    /// The latest published checkpoint (published now if nothing was yet:
+    /// only before the periodic signer's first round).
+    pub fn published(&self, store: &Store, keys: &Keys) -> ApiResult<SignedCheckpoint> {
+        match self.published_now()? {
+            Some(cp) => Ok(cp),
+            None => self.publish(store, keys),
+        }
+    }
+
+    /// The receipt of a job's `result.release` entry as its developer
+    /// gets it: under the published checkpoint when that covers the entry,
+    /// otherwise under a checkpoint over the ledger up to and including
+    /// the entry (signed once and stored). Never under the ledger as it
+    /// stands at the request, whose size would tell how far other jobs
+    /// have got.
+    pub fn published_release_receipt(
+        &self,
+        store: &Store,
+        keys: &Keys,
+        job_id: &str,
+    ) -> ApiResult<Option<Receipt>> {
+        let Some(seq) = store.ledger_seq_of(job_id, "result.release")? else {
+            return Ok(None);
+        };
+        let published = self.published(store, keys)?;
+        let checkpoint = if published.checkpoint.size > seq {
+            published
+        } else {
+            self.checkpoint_at(store, keys, seq.saturating_add(1))?
+        };
+        self.receipt(store, keys, seq, &checkpoint).map(Some)
     }
 
     /// The audit path of entry `seq` in the tree of size `size`.
@@ -251,6 +312,33 @@ impl Ledger {
     }
 }
 
+/// Signs the checkpoint of the tree of `size` entries with `root` now and
+/// stores it; when one for that size was stored first, that one is
+/// returned (the first signed for a size is the one everybody gets).
+fn sign_and_store(
+    store: &Store,
+    keys: &Keys,
+    size: u64,
+    root: scenarios::ledger::Hash,
+) -> ApiResult<SignedCheckpoint> {
+    let checkpoint = Checkpoint {
+        size,
+        root: hex::encode(root),
+        // Signed and stored at microsecond precision.
+        time: Utc::now().trunc_subsecs(6),
+    };
+    let signature = hex::encode(keys.sign(&checkpoint.signing_message()));
+    let cp = SignedCheckpoint {
+        checkpoint,
+        signature,
+    };
+    store.put_checkpoint(&cp)?;
+    Ok(store
+        .checkpoint_at_or_before(size)?
+        .filter(|c| c.checkpoint.size == size)
+        .unwrap_or(cp))
+}
+
 /// Verifies an export file offline (see `scenarios::ledger::verify_export`);
 /// an unreadable line fails verification at that line. The outer error is
 /// only for a file that cannot be opened.
@@ -268,4 +356,71 @@ pub fn verify_file(
 fn line(out: &mut dyn Write, v: &impl serde::Serialize) -> ApiResult<()> {
     let text = serde_json::to_string(v)?;
     writeln!(out, "{text}").map_err(|e| ApiError::Internal(format!("export write: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{append, NewEntry};
+
+    fn add(store: &Store, subject: &'static str, action: &'static str, n: usize) {
+        store
+            .tx(move |tx| {
+                for _ in 0..n {
+                    append(
+                        tx,
+                        NewEntry::system(action, subject, serde_json::json!({})),
+                        Utc::now(),
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn receipts_reveal_no_more_of_the_ledger_than_the_release_or_a_publication() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let keys = Keys::load_or_create(dir.path()).unwrap();
+        let key = hex::decode(keys.public_key_hex()).unwrap();
+        let ledger = Ledger::new();
+        add(&store, "x", "test.entry", 3);
+        assert_eq!(ledger.published(&store, &keys).unwrap().checkpoint.size, 3);
+        add(&store, "x", "test.entry", 2);
+        add(&store, "job_a", "result.release", 1);
+        add(&store, "x", "test.entry", 2);
+        // The published view has not moved; the regulator's has.
+        assert_eq!(ledger.published(&store, &keys).unwrap().checkpoint.size, 3);
+        assert_eq!(ledger.checkpoint(&store, &keys).unwrap().checkpoint.size, 8);
+        // The receipt is proven over the ledger up to the release, not 8.
+        let r = ledger
+            .published_release_receipt(&store, &keys, "job_a")
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.seq, r.checkpoint.checkpoint.size), (5, 6));
+        scenarios::ledger::verify_receipt(&r, Some(&key), None).unwrap();
+        // Once a publication covers it, that one.
+        assert_eq!(ledger.publish(&store, &keys).unwrap().checkpoint.size, 8);
+        let r = ledger
+            .published_release_receipt(&store, &keys, "job_a")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.checkpoint.checkpoint.size, 8);
+        scenarios::ledger::verify_receipt(&r, Some(&key), None).unwrap();
+        assert!(ledger
+            .published_release_receipt(&store, &keys, "job_b")
+            .unwrap()
+            .is_none());
+        // Only publications are listed as published; the export holds
+        // every checkpoint, in order, and verifies.
+        let sizes = |v: Vec<SignedCheckpoint>| v.iter().map(|c| c.checkpoint.size).collect::<Vec<_>>();
+        assert_eq!(sizes(store.published_checkpoints(0, u64::MAX).unwrap()), [3, 8]);
+        assert_eq!(sizes(store.checkpoints(0, u64::MAX).unwrap()), [3, 6, 8]);
+        let mut out = Vec::new();
+        ledger.export(&store, &keys, 0, true, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let report = verify_export(text.lines(), Some(&key), &[r.checkpoint]).unwrap();
+        assert_eq!((report.entries, report.checkpoints), (8, 3));
+    }
 }

@@ -41,6 +41,8 @@ enum Command {
         /// defaults).
         #[arg(long)]
         tariff: Option<PathBuf>,
+        #[command(flatten)]
+        time: TimeArgs,
     },
     /// Write the demo's synthetic datasets (Parquet) to a directory.
     GenDemoData {
@@ -263,6 +265,24 @@ impl LimitArgs {
     }
 }
 
+/// How coarse time is as seen from outside the platform (I14).
+#[derive(clap::Args)]
+struct TimeArgs {
+    /// Time quantum in milliseconds: a job's end (its final status, its
+    /// `finished_at`, the answer to `?wait=true`) becomes visible only at a
+    /// whole number of quanta after it started, so how long a job took,
+    /// which can depend on the data its queries read, is seen only to the
+    /// quantum.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    time_quantum_ms: u64,
+    /// How often, in milliseconds, a ledger checkpoint is signed and
+    /// published while the ledger grows. Parties other than the regulator
+    /// see the ledger only as of the latest published checkpoint. Must be
+    /// at least the time quantum.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    checkpoint_every_ms: u64,
+}
+
 #[derive(Subcommand)]
 enum AdminCommand {
     /// Create the first operator and regulator and print their tokens.
@@ -313,9 +333,18 @@ async fn main() -> Result<()> {
             limits,
             calendar,
             tariff,
+            time,
         } => {
             let mut cfg = config(data_dir);
             cfg.job_limits = limits.limits()?;
+            anyhow::ensure!(
+                time.checkpoint_every_ms >= time.time_quantum_ms,
+                "--checkpoint-every-ms ({}) must be at least --time-quantum-ms ({})",
+                time.checkpoint_every_ms,
+                time.time_quantum_ms
+            );
+            cfg.time_quantum = std::time::Duration::from_millis(time.time_quantum_ms);
+            cfg.checkpoint_every = std::time::Duration::from_millis(time.checkpoint_every_ms);
             if let Some(path) = calendar {
                 let text = std::fs::read(&path)
                     .map_err(|e| anyhow::anyhow!("reading the calendar {}: {e}", path.display()))?;

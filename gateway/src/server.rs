@@ -16,26 +16,31 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> anyhow
     if closed > 0 {
         tracing::warn!(jobs = closed, "closed jobs interrupted by the previous shutdown");
     }
-    tokio::spawn(sign_checkpoints(state.clone()));
+    // Something is published before the first request.
+    let s = state.clone();
+    crate::api::blocking(move || s.ledger.publish(&s.store, &s.keys))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tokio::spawn(publish_checkpoints(state.clone()));
     let app = crate::router(state);
     axum::serve(listener, app).await?;
     Ok(())
 }
 
-/// Signs a checkpoint every `checkpoint_every` while the ledger grows, so
-/// that the signed history regulators hold never lags far behind.
-async fn sign_checkpoints(state: AppState) {
-    let mut tick = tokio::time::interval(state.config.checkpoint_every);
+/// Signs and publishes a checkpoint every [`crate::state::Config::publish_every`]
+/// while the ledger grows, so that the signed history regulators hold never
+/// lags far behind, and so that what everyone else sees of the ledger's
+/// growth moves at this fixed pace (I14).
+async fn publish_checkpoints(state: AppState) {
+    let mut tick = tokio::time::interval(state.config.publish_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let s = state.clone();
-        let signed =
-            tokio::task::spawn_blocking(move || s.ledger.checkpoint_if_grown(&s.store, &s.keys)).await;
-        match signed {
-            Ok(Ok(Some(cp))) => tracing::debug!(size = cp.checkpoint.size, "signed a ledger checkpoint"),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "could not sign a ledger checkpoint"),
+        let published = tokio::task::spawn_blocking(move || s.ledger.publish(&s.store, &s.keys)).await;
+        match published {
+            Ok(Ok(cp)) => tracing::debug!(size = cp.checkpoint.size, "published a ledger checkpoint"),
+            Ok(Err(e)) => tracing::error!(error = %e, "could not publish a ledger checkpoint"),
             Err(e) => tracing::error!(error = %e, "the checkpoint signer failed"),
         }
     }

@@ -25,8 +25,13 @@ pub struct Config {
     pub tariff: scenarios::fees::Tariff,
     /// Sample rows shown per dataset in the development catalog.
     pub sample_rows: usize,
-    /// How often the server signs a checkpoint when the ledger has grown.
+    /// How often the server signs and publishes a checkpoint when the
+    /// ledger has grown (at least [`Config::time_quantum`]; see
+    /// [`Config::publish_every`]).
     pub checkpoint_every: std::time::Duration,
+    /// Granularity of time as seen from outside a job (I14): a job's end
+    /// becomes visible at a whole number of quanta after its start.
+    pub time_quantum: std::time::Duration,
 }
 
 impl Config {
@@ -39,7 +44,15 @@ impl Config {
             tariff: scenarios::fees::Tariff::default(),
             sample_rows: 10,
             checkpoint_every: std::time::Duration::from_secs(10),
+            time_quantum: std::time::Duration::from_secs(1),
         }
+    }
+
+    /// The period of checkpoint publication: `checkpoint_every`, but never
+    /// shorter than the time quantum, so that what parties other than the
+    /// regulator see of the ledger's growth is no finer than job ends.
+    pub fn publish_every(&self) -> std::time::Duration {
+        self.checkpoint_every.max(self.time_quantum)
     }
 }
 

@@ -75,13 +75,19 @@ CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
     BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
     BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+CREATE TABLE IF NOT EXISTS published_checkpoints (size INTEGER PRIMARY KEY, published_at TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS published_no_update BEFORE UPDATE ON published_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'publications are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS published_no_delete BEFORE DELETE ON published_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'publications are append-only'); END;
 "#;
 
 /// Current schema version, recorded in `meta`.
 /// Version 2 added `budgets.rho_spent` (zCDP accounting); version 3 the
 /// `checkpoints` table and the append-only triggers (created by `SCHEMA`);
-/// version 4 `parties.org_id` and the organizations.
-const SCHEMA_VERSION: &str = "4";
+/// version 4 `parties.org_id` and the organizations; version 5 the
+/// `published_checkpoints` table (created by `SCHEMA`).
+const SCHEMA_VERSION: &str = "5";
 
 /// The store.
 pub struct Store {
@@ -323,7 +329,7 @@ impl Store {
                 )?;
             }
             Some(SCHEMA_VERSION) => {}
-            Some(old @ ("1" | "2" | "3")) => {
+            Some(old @ ("1" | "2" | "3" | "4")) => {
                 let tx = conn.unchecked_transaction()?;
                 if old == "1" {
                     tx.execute_batch("ALTER TABLE budgets ADD COLUMN rho_spent INTEGER NOT NULL DEFAULT 0;")?;
@@ -445,6 +451,17 @@ impl Store {
             .lock()
             .map_err(|_| ApiError::Internal("store lock poisoned".into()))?;
         f(&c)
+    }
+
+    /// Like [`Store::read`], inside one read transaction: every query of
+    /// `f` sees the same committed state.
+    pub fn read_consistent<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
+        self.read(|c| {
+            let tx = c.unchecked_transaction()?;
+            let out = f(&tx)?;
+            tx.finish()?;
+            Ok(out)
+        })
     }
 
     // ----- parties ---------------------------------------------------------
@@ -623,6 +640,31 @@ impl Store {
             )?;
             Ok(())
         })
+    }
+
+    /// Records that the stored checkpoint of `size` was published (shown
+    /// to every party; see `gateway::ledger`). Idempotent.
+    pub fn put_publication(&self, size: u64, at: DateTime<Utc>) -> ApiResult<()> {
+        self.tx(move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO published_checkpoints (size, published_at) VALUES (?1, ?2)",
+                params![
+                    size.min(i64::MAX as u64) as i64,
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Published checkpoints with `from <= size <= to`, in order.
+    pub fn published_checkpoints(&self, from: u64, to: u64) -> ApiResult<Vec<SignedCheckpoint>> {
+        self.checkpoint_rows(
+            "SELECT c.size, c.root, c.time, c.signature FROM checkpoints c \
+             JOIN published_checkpoints p ON p.size = c.size WHERE c.size >= ?1 AND c.size <= ?2 ORDER BY c.size",
+            from,
+            to,
+        )
     }
 
     /// Stored checkpoints with `from <= size <= to`, in order.
@@ -1127,18 +1169,22 @@ mod tests {
             signature: "00".into(),
         };
         store.put_checkpoint(&cp).unwrap();
+        store.put_publication(1, Utc::now()).unwrap();
         for sql in [
             "UPDATE ledger SET body = 'forged' WHERE seq = 0",
             "DELETE FROM ledger WHERE seq = 0",
             "UPDATE checkpoints SET root = 'forged'",
             "DELETE FROM checkpoints",
+            "UPDATE published_checkpoints SET size = 2",
+            "DELETE FROM published_checkpoints",
         ] {
             let r = store.tx(move |tx| Ok(tx.execute(sql, [])?));
             assert!(r.is_err(), "{sql} must be refused");
         }
         assert_eq!(store.ledger_size().unwrap(), 1);
         assert_eq!(store.ledger(0, 1).unwrap()[0].seq, 0);
-        assert_eq!(store.checkpoints(0, u64::MAX).unwrap(), vec![cp]);
+        assert_eq!(store.checkpoints(0, u64::MAX).unwrap(), vec![cp.clone()]);
+        assert_eq!(store.published_checkpoints(0, u64::MAX).unwrap(), vec![cp]);
         // Acknowledged writes were flushed: at least one flush, never more
         // flushes than commits.
         let s = store.sync_stats();

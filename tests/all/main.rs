@@ -2,6 +2,7 @@
 //! drives it over HTTP as the four roles would. One test binary, one module
 //! per area.
 
+mod disclosure;
 mod examples;
 mod fixture;
 mod governance;
@@ -9,3 +10,4 @@ mod ledger;
 mod refusals;
 mod release;
 mod spine;
+mod timing;

@@ -368,8 +368,22 @@ fn hostile_jobs_after_a_query_are_charged_only_for_what_they_received() {
     for (i, (hostile, kind)) in cases.iter().enumerate() {
         let job = w.run(&then(hostile));
         assert_eq!(job["status"], "failed", "{job}");
-        assert_eq!(job["error"]["kind"], *kind, "{job}");
+        // It received a result, so its developer learns only that it
+        // failed (I14); the regulator sees why.
+        assert!(
+            job["error"].is_null() && job["details_withheld"].is_string(),
+            "{job}"
+        );
         let id = job["id"].as_str().unwrap();
+        let seen = w.server.regulator.get("/v1/regulator/jobs").ok();
+        let seen = seen["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == id)
+            .unwrap()
+            .clone();
+        assert_eq!(seen["error"]["kind"], *kind, "{seen}");
         assert_ne!(
             w.developer.get(&format!("/v1/developer/jobs/{id}/output")).status,
             200,

@@ -160,7 +160,9 @@ pub(crate) async fn application(
     ))
 }
 
-/// An agreement with its budget.
+/// An agreement with its budget. `spent` is what the developer's ended
+/// jobs were charged ([`crate::jobs::settled_spent`]): a running job's
+/// charges appear when it ends, so the budget is no clock of its queries.
 fn agreement_view(ag: &Agreement, sc: &Scenario, spent: Budget) -> Value {
     let limit = sc.spec.release.total_budget();
     json!({
@@ -196,7 +198,7 @@ pub(crate) async fn list_agreements(State(st): State<AppState>, Auth(actor): Aut
         let mut out = Vec::new();
         for ag in ags {
             let (ag, sc) = own_agreement(&s, &actor, &ag.id)?;
-            let spent = s.store.budget_spent(&actor.id, &sc.id)?;
+            let spent = crate::jobs::settled_spent(&s.store, &actor.id, &sc.id)?;
             out.push(agreement_view(&ag, &sc, spent));
         }
         Ok(out)
@@ -214,7 +216,7 @@ pub(crate) async fn agreement(
     let s = st.clone();
     let v = blocking(move || {
         let (ag, sc) = own_agreement(&s, &actor, &id)?;
-        let spent = s.store.budget_spent(&actor.id, &sc.id)?;
+        let spent = crate::jobs::settled_spent(&s.store, &actor.id, &sc.id)?;
         Ok(agreement_view(&ag, &sc, spent))
     })
     .await?;
@@ -350,6 +352,87 @@ pub struct JobRecord {
     /// The airlock: automatic check verdicts and the operator's decision.
     #[serde(default)]
     pub review: Option<Value>,
+    /// Queries charged to the budget while the job ran, counted in the
+    /// same transaction as each charge: above zero, the job has been
+    /// handed (or was about to be handed) protected results.
+    #[serde(default)]
+    pub charged_queries: u32,
+    /// Budget charged to the job's queries, counted like `charged_queries`.
+    #[serde(default)]
+    pub charged: Budget,
+    /// What the job is metered at while its details are withheld (R15,
+    /// I14), fixed when it starts.
+    #[serde(default)]
+    pub allowance: Option<Allowance>,
+}
+
+/// Data-independent metering of a job whose details are withheld: what
+/// it could have used, not what it used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allowance {
+    /// The job's fuel limit.
+    pub fuel: u64,
+    /// Catalog rows of every table in the job's scope, metered for each
+    /// query it received.
+    pub rows_per_query: u64,
+}
+
+/// What the developer is told about a job whose details are withheld.
+pub const WITHHELD_NOTE: &str = "details withheld: the job received protected query results and its output \
+was not released to you, so its logs, resource use, error, queries and tables (which could carry those \
+results) are not shown; debug with `invis run-local` on the scenario's sample data";
+
+impl JobRecord {
+    /// True once the job has been handed a protected query result (or a
+    /// query of it was charged).
+    pub fn received_results(&self) -> bool {
+        self.charged_queries > 0 || !self.queries.is_empty()
+    }
+
+    /// The disclosure rule (I14): the developer sees a job's metadata
+    /// (logs, usage, error, queries, tables, output hash, review) only
+    /// once it has ended and either its output was released to them or it
+    /// never received a query result, so that everything about it is a
+    /// function of its code and parameters. A job held for review,
+    /// withheld, failed or stopped after receiving a result discloses
+    /// nothing beyond its status, ids, hashes and times.
+    pub fn disclosed(&self) -> bool {
+        self.status.is_final() && (self.status == JobStatus::Succeeded || !self.received_results())
+    }
+}
+
+/// The one developer-facing view of a job (every developer route that
+/// shows a job goes through it). A disclosed job is shown whole, except
+/// the ledger positions of its queries (gaps between them would count
+/// other parties' entries during a query, a clock); any other job shows
+/// only its status, ids, hashes and times, with a note when it has ended.
+pub fn developer_view(j: &JobRecord) -> Value {
+    if j.disclosed() {
+        let mut v = serde_json::to_value(j).unwrap_or(Value::Null);
+        if let Some(qs) = v.get_mut("queries").and_then(Value::as_array_mut) {
+            for q in qs.iter_mut().filter_map(Value::as_object_mut) {
+                q.remove("ledger_seq");
+            }
+        }
+        return v;
+    }
+    let mut v = json!({
+        "id": j.id,
+        "agreement_id": j.agreement_id,
+        "developer_id": j.developer_id,
+        "scenario_id": j.scenario_id,
+        "module_hash": j.module_hash,
+        "module_size": j.module_size,
+        "params_hash": j.params_hash,
+        "status": j.status,
+        "submitted_at": j.submitted_at,
+        "started_at": j.started_at,
+        "finished_at": j.finished_at,
+    });
+    if j.status.is_final() {
+        v["details_withheld"] = json!(WITHHELD_NOTE);
+    }
+    v
 }
 
 impl crate::store::Record for JobRecord {
@@ -378,21 +461,29 @@ pub(crate) struct SubmitQuery {
     params: Option<String>,
 }
 
+/// Submits a job. With `wait=true` the answer comes once the job has
+/// ended (at a whole number of time quanta after it started), or with 202
+/// and the job still running if it outlives its longest possible run.
 pub(crate) async fn submit_job(
     State(st): State<AppState>,
     Auth(actor): Auth,
     Path(id): Path<String>,
     Query(q): Query<SubmitQuery>,
     body: Bytes,
-) -> ApiResult<(StatusCode, Json<JobRecord>)> {
+) -> ApiResult<(StatusCode, Json<Value>)> {
     actor.require(Role::Developer)?;
     let params = q.params.unwrap_or_default().into_bytes();
     let job = crate::jobs::submit(&st, &actor, &id, body.to_vec(), params).await?;
     if !q.wait {
-        return Ok((StatusCode::ACCEPTED, Json(job)));
+        return Ok((StatusCode::ACCEPTED, Json(developer_view(&job))));
     }
     let done = crate::jobs::wait(&st, &job.id).await?;
-    Ok((StatusCode::OK, Json(done)))
+    let status = if done.status.is_final() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(developer_view(&done))))
 }
 
 fn own_job(st: &AppState, actor: &Actor, id: &str) -> ApiResult<JobRecord> {
@@ -407,17 +498,20 @@ pub(crate) async fn list_jobs(State(st): State<AppState>, Auth(actor): Auth) -> 
     let store = st.store.clone();
     let jobs: Vec<JobRecord> =
         blocking(move || store.list(Table::Jobs, Some(("developer_id", &actor.id)))).await?;
-    Ok(Json(json!({"jobs": jobs})))
+    Ok(Json(
+        json!({"jobs": jobs.iter().map(developer_view).collect::<Vec<_>>()}),
+    ))
 }
 
 pub(crate) async fn job(
     State(st): State<AppState>,
     Auth(actor): Auth,
     Path(id): Path<String>,
-) -> ApiResult<Json<JobRecord>> {
+) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let s = st.clone();
-    Ok(Json(blocking(move || own_job(&s, &actor, &id)).await?))
+    let j = blocking(move || own_job(&s, &actor, &id)).await?;
+    Ok(Json(developer_view(&j)))
 }
 
 /// The receipt of a released result: the `result.release` entry, its
@@ -431,9 +525,11 @@ pub(crate) async fn job_receipt(
     actor.require(Role::Developer)?;
     let receipt = blocking(move || {
         let j = own_job(&st, &actor, &id)?;
-        let current = st.ledger.checkpoint(&st.store, &st.keys)?;
+        // Proven under the published checkpoint, or one over the ledger up
+        // to the release entry: never the ledger as it stands now, whose
+        // size would tell the caller how far other jobs have got.
         st.ledger
-            .release_receipt(&st.store, &st.keys, &j.id, &current)?
+            .published_release_receipt(&st.store, &st.keys, &j.id)?
             .ok_or_else(|| ApiError::Conflict(format!("job {} has no released output", j.id)))
     })
     .await?;
@@ -462,4 +558,85 @@ pub(crate) async fn job_output(
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(status: JobStatus, charged_queries: u32) -> JobRecord {
+        JobRecord {
+            id: "job_1".into(),
+            agreement_id: "ag_1".into(),
+            developer_id: "pt_1".into(),
+            scenario_id: "sc_1".into(),
+            module_hash: "ab".into(),
+            module_size: 10,
+            params_hash: None,
+            status,
+            submitted_at: Utc::now(),
+            started_at: Some(Utc::now()),
+            finished_at: status.is_final().then(Utc::now),
+            error: Some(json!({"kind": "guest_failed", "message": "status 1234"})),
+            usage: Some(Usage::default()),
+            queries: Vec::new(),
+            tables: Vec::new(),
+            output_hash: Some("cd".into()),
+            output_bytes: Some(2),
+            logs: vec!["a secret".into()],
+            review: Some(json!({"decision": {"reason": "too fine"}})),
+            charged_queries,
+            charged: Budget::default(),
+            allowance: None,
+        }
+    }
+
+    #[test]
+    fn only_released_jobs_and_jobs_without_results_are_disclosed() {
+        use JobStatus::*;
+        for (status, charged, disclosed) in [
+            (Succeeded, 1, true),
+            (Succeeded, 0, true),
+            (Failed, 0, true),
+            (Failed, 1, false),
+            (AwaitingReview, 0, true),
+            (AwaitingReview, 1, false),
+            (Withheld, 0, true),
+            (Withheld, 1, false),
+            (Running, 0, false),
+            (Running, 1, false),
+            (Queued, 0, false),
+        ] {
+            let j = job(status, charged);
+            assert_eq!(j.disclosed(), disclosed, "{status:?} after {charged} charges");
+            let v = developer_view(&j);
+            let text = v.to_string();
+            assert_eq!(text.contains("a secret"), disclosed, "{v}");
+            assert_eq!(text.contains("1234"), disclosed, "{v}");
+            assert_eq!(v.get("usage").is_some(), disclosed, "{v}");
+            assert_eq!(v["status"], json!(status), "{v}");
+            assert_eq!(v["module_hash"], "ab");
+            assert_eq!(
+                v.get("details_withheld").is_some(),
+                !disclosed && status.is_final(),
+                "{v}"
+            );
+        }
+        // A released query without a charge count (older records) counts.
+        let mut j = job(JobStatus::Failed, 0);
+        j.queries.push(QueryRecord {
+            ledger_seq: Some(7),
+            sql: "SELECT 1".into(),
+            epsilon: 1.0,
+            released_groups: Some(1),
+            output_hash: None,
+            rows_metered: 0,
+        });
+        assert!(!j.disclosed());
+        // Released: the query is shown without its ledger position.
+        j.status = JobStatus::Succeeded;
+        let v = developer_view(&j);
+        assert_eq!(v["queries"][0]["sql"], "SELECT 1");
+        assert!(v["queries"][0].get("ledger_seq").is_none(), "{v}");
+    }
 }

@@ -2,6 +2,12 @@
 //! only, so every authenticated party may fetch them (a developer checks
 //! that its receipt stays in the history the regulator sees); the feed of
 //! whole entries and receipts for any entry are the regulator's.
+//!
+//! Only the regulator sees the ledger as it stands. Everyone else sees it
+//! as of the latest published checkpoint (signed and published at a fixed
+//! pace by the server, see [`crate::ledger`]): the current checkpoint, the
+//! stored ones and proofs up to that size only, so that polling them does
+//! not time each query of a running job (I14).
 
 use super::blocking;
 use crate::auth::Auth;
@@ -13,7 +19,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use scenarios::ledger::{Receipt, SignedCheckpoint};
-use scenarios::party::Role;
+use scenarios::party::{Actor, Role};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -25,14 +31,38 @@ pub(crate) async fn public_key(State(st): State<AppState>, Auth(_actor): Auth) -
     ))
 }
 
-/// The current signed checkpoint (signed now if the ledger grew).
+/// The current signed checkpoint (signed now if the ledger grew) for the
+/// regulator; the latest published one for everyone else.
 pub(crate) async fn checkpoint(
     State(st): State<AppState>,
-    Auth(_actor): Auth,
+    Auth(actor): Auth,
 ) -> ApiResult<Json<SignedCheckpoint>> {
     Ok(Json(
-        blocking(move || st.ledger.checkpoint(&st.store, &st.keys)).await?,
+        blocking(move || match actor.role {
+            Role::Regulator => st.ledger.checkpoint(&st.store, &st.keys),
+            _ => st.ledger.published(&st.store, &st.keys),
+        })
+        .await?,
     ))
+}
+
+/// The largest tree size `actor` may ask proofs about: none for the
+/// regulator, the published size for everyone else.
+fn proof_limit(st: &AppState, actor: &Actor) -> ApiResult<Option<u64>> {
+    match actor.role {
+        Role::Regulator => Ok(None),
+        _ => Ok(Some(st.ledger.published(&st.store, &st.keys)?.checkpoint.size)),
+    }
+}
+
+/// Refuses a proof about a tree larger than the caller may see.
+fn within(limit: Option<u64>, size: u64) -> ApiResult<()> {
+    match limit {
+        Some(published) if size > published => Err(ApiError::BadRequest(format!(
+            "proofs are served up to the latest published checkpoint (size {published}); size {size} is beyond it"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A range of stored checkpoints.
@@ -49,12 +79,18 @@ fn u64_max() -> u64 {
     u64::MAX
 }
 
+/// Stored checkpoints in a size range: every one for the regulator, the
+/// published ones for everyone else.
 pub(crate) async fn checkpoints(
     State(st): State<AppState>,
-    Auth(_actor): Auth,
+    Auth(actor): Auth,
     Query(r): Query<Range>,
 ) -> ApiResult<Json<Value>> {
-    let list = blocking(move || st.store.checkpoints(r.from, r.to)).await?;
+    let list = blocking(move || match actor.role {
+        Role::Regulator => st.store.checkpoints(r.from, r.to),
+        _ => st.store.published_checkpoints(r.from, r.to),
+    })
+    .await?;
     Ok(Json(json!({"checkpoints": list})))
 }
 
@@ -68,10 +104,14 @@ pub(crate) struct InclusionQuery {
 
 pub(crate) async fn inclusion(
     State(st): State<AppState>,
-    Auth(_actor): Auth,
+    Auth(actor): Auth,
     Query(q): Query<InclusionQuery>,
 ) -> ApiResult<Json<Value>> {
-    let proof = blocking(move || st.ledger.inclusion_proof(&st.store, q.seq, q.size)).await?;
+    let proof = blocking(move || {
+        within(proof_limit(&st, &actor)?, q.size)?;
+        st.ledger.inclusion_proof(&st.store, q.seq, q.size)
+    })
+    .await?;
     Ok(Json(json!({"seq": q.seq, "size": q.size, "proof": proof})))
 }
 
@@ -85,10 +125,16 @@ pub(crate) struct ConsistencyQuery {
 
 pub(crate) async fn consistency(
     State(st): State<AppState>,
-    Auth(_actor): Auth,
+    Auth(actor): Auth,
     Query(q): Query<ConsistencyQuery>,
 ) -> ApiResult<Json<Value>> {
-    let proof = blocking(move || st.ledger.consistency_proof(&st.store, q.first, q.second)).await?;
+    let proof = blocking(move || {
+        let limit = proof_limit(&st, &actor)?;
+        within(limit, q.first)?;
+        within(limit, q.second)?;
+        st.ledger.consistency_proof(&st.store, q.first, q.second)
+    })
+    .await?;
     Ok(Json(
         json!({"first": q.first, "second": q.second, "proof": proof}),
     ))
