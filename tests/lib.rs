@@ -422,3 +422,92 @@ pub fn probe(sql: &str) -> Vec<u8> {
         len = sql.len()
     ))
 }
+
+/// Bytes as a WAT data string.
+fn wat_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\{b:02x}")).collect()
+}
+
+/// A job that registers two row functions and runs every query in
+/// `queries`, emitting for each the `query` return value (8 bytes, little
+/// endian) followed, when it is not negative, by the released Arrow IPC
+/// bytes. Decode the output with [`batch_results`].
+///
+/// The row functions take `(target, value)`: `trap_if(t, v)` traps when
+/// both are 1 and is 1 otherwise; `slow_if(t, v)` runs a long chain of
+/// float operations when both are 1 and returns 0 either way.
+pub fn batch_probe(queries: &[String]) -> Vec<u8> {
+    let mut table = Vec::new();
+    let mut text = Vec::new();
+    const TEXT: usize = 8192;
+    for q in queries {
+        table.extend_from_slice(&((TEXT + text.len()) as u32).to_le_bytes());
+        table.extend_from_slice(&(q.len() as u32).to_le_bytes());
+        text.extend_from_slice(q.as_bytes());
+    }
+    assert!(
+        table.len() <= TEXT && TEXT + text.len() < 400_000,
+        "too many queries for one job"
+    );
+    // About 3,000 dependent square roots on the slow path (within the
+    // runtime's per-row instruction bound).
+    let slow: String = "(local.set $x (f64.sqrt (f64.add (local.get $x) (f64.const 1.5))))".repeat(1500);
+    wat(&format!(
+        r#"(module
+  (import "invis_v1" "query" (func $query (param i32 i32) (result i64)))
+  (import "invis_v1" "result_read" (func $result_read (param i32 i32) (result i32)))
+  (import "invis_v1" "emit" (func $emit (param i32 i32) (result i32)))
+  (import "invis_v1" "udf_register" (func $udf (param i32 i32 f64 f64) (result i32)))
+  (memory (export "memory") 16)
+  (data (i32.const 0) "{table}")
+  (data (i32.const {TEXT}) "{text}")
+  (data (i32.const 400100) "trap_ifslow_if")
+  (func (export "trap_if") (param $t f64) (param $v f64) (result f64)
+    (if (i32.and (f64.eq (local.get $t) (f64.const 1)) (f64.eq (local.get $v) (f64.const 1)))
+      (then unreachable))
+    (f64.const 1))
+  (func (export "slow_if") (param $t f64) (param $v f64) (result f64)
+    (local $x f64)
+    (if (i32.and (f64.eq (local.get $t) (f64.const 1)) (f64.eq (local.get $v) (f64.const 1)))
+      (then {slow}))
+    (f64.mul (local.get $x) (f64.const 0)))
+  (func (export "run") (result i32)
+    (local $i i32) (local $r i64) (local $n i32)
+    (drop (call $udf (i32.const 400100) (i32.const 7) (f64.const 0) (f64.const 1)))
+    (drop (call $udf (i32.const 400107) (i32.const 7) (f64.const 0) (f64.const 1)))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (i32.const {n})))
+        (local.set $r (call $query
+          (i32.load (i32.shl (local.get $i) (i32.const 3)))
+          (i32.load offset=4 (i32.shl (local.get $i) (i32.const 3)))))
+        (i64.store (i32.const 400000) (local.get $r))
+        (drop (call $emit (i32.const 400000) (i32.const 8)))
+        (if (i64.ge_s (local.get $r) (i64.const 0))
+          (then
+            (local.set $n (call $result_read (i32.const 524288) (i32.wrap_i64 (local.get $r))))
+            (drop (call $emit (i32.const 524288) (local.get $n)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    (i32.const 0)))"#,
+        table = wat_bytes(&table),
+        text = wat_bytes(&text),
+        n = queries.len(),
+    ))
+}
+
+/// The results a [`batch_probe`] job emitted: per query, the `query`
+/// return value and the released IPC bytes (empty when negative).
+pub fn batch_results(out: &[u8]) -> Vec<(i64, Vec<u8>)> {
+    let mut rest = out;
+    let mut v = Vec::new();
+    while rest.len() >= 8 {
+        let (code, tail) = rest.split_at(8);
+        let r = i64::from_le_bytes(code.try_into().expect("8 bytes"));
+        let len = usize::try_from(r).unwrap_or(0);
+        let (ipc, tail) = tail.split_at(len.min(tail.len()));
+        v.push((r, ipc.to_vec()));
+        rest = tail;
+    }
+    v
+}
