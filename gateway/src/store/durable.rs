@@ -130,6 +130,11 @@ struct Shared {
     /// group (a single system call), not one wake-up per caller.
     round: Mutex<u64>,
     answered: Condvar,
+    /// Whose turn it is to answer: groups of ready batches are numbered
+    /// under `flush` and answered in that order, so two flushers that
+    /// finish close together cannot answer a later batch first.
+    turn: Mutex<u64>,
+    next_turn: Condvar,
     stats: Mutex<SyncStats>,
 }
 
@@ -151,6 +156,8 @@ struct Flushing {
     failed: Option<String>,
     /// The writer has stopped: flushers leave once everything is answered.
     closed: bool,
+    /// Groups of ready batches taken so far (see `Shared::turn`).
+    groups: u64,
 }
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -440,8 +447,16 @@ fn flush_loop(wal: PathBuf, shared: &Shared) {
         }
         let failed = f.failed.clone();
         let durable = f.durable;
+        let group = (!ready.is_empty()).then(|| {
+            f.groups += 1;
+            f.groups
+        });
         drop(f);
-        if !ready.is_empty() {
+        if let Some(group) = group {
+            let mut turn = guard(&shared.turn);
+            while *turn + 1 != group {
+                turn = shared.next_turn.wait(turn).unwrap_or_else(|p| p.into_inner());
+            }
             for (n, answers) in ready {
                 let outcome = match &failed {
                     Some(e) if n > durable => Err(e.clone()),
@@ -451,6 +466,9 @@ fn flush_loop(wal: PathBuf, shared: &Shared) {
                     a(outcome.clone());
                 }
             }
+            *turn = group;
+            drop(turn);
+            shared.next_turn.notify_all();
             shared.wake_all();
         }
         f = guard(&shared.flush);
