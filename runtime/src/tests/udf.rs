@@ -157,7 +157,10 @@ fn a_stateless_row_function_feeds_sums() {
         2000.0,
         "SELECT SUM(double(x)) AS s FROM t",
     ));
-    let Got::Table(b) = got else { panic!("refused") };
+    let b = match got {
+        Got::Table(b) => b,
+        Got::Refused(m) => panic!("refused: {m}"),
+    };
     let s = value(&b, 0);
     assert!((s - 1_001_000.0).abs() < 5_000.0, "sum {s}");
     assert_eq!(out.releases.len(), 1);
@@ -167,7 +170,10 @@ fn a_stateless_row_function_feeds_sums() {
 fn a_row_function_that_lies_about_its_range_is_clamped() {
     let big = r#"(func (export "big") (param f64) (result f64) (f64.const 1e12))"#;
     let (got, _) = run_job(&job(big, "big", 0.0, 1.0, "SELECT SUM(big(x)) AS s FROM t"));
-    let Got::Table(b) = got else { panic!("refused") };
+    let b = match got {
+        Got::Table(b) => b,
+        Got::Refused(m) => panic!("refused: {m}"),
+    };
     let s = value(&b, 0);
     assert!((s - 1000.0).abs() < 50.0, "clamped sum {s}");
 }
@@ -185,7 +191,10 @@ fn a_trap_on_one_row_nulls_that_row_only() {
         1000.0,
         "SELECT COUNT(picky(x)) AS n FROM t",
     ));
-    let Got::Table(b) = got else { panic!("refused") };
+    let b = match got {
+        Got::Table(b) => b,
+        Got::Refused(m) => panic!("refused: {m}"),
+    };
     let n = value(&b, 0);
     assert!((n - 900.0).abs() < 10.0, "count {n}");
     assert!(out.result.is_ok());
