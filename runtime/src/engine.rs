@@ -251,16 +251,24 @@ impl Runtime {
         name: &str,
         bounds: (f64, f64),
     ) -> Result<Arc<dyn sandbox::udf::RowFunction>, JobError> {
+        let f = self
+            .udf_host(bytes)?
+            .add(name, bounds)
+            .map_err(JobError::InvalidModule)?;
+        Ok(Arc::new(f))
+    }
+
+    /// A row-function instance of a module outside any job, with an hour's
+    /// deadline and no cancel flag.
+    pub(crate) fn udf_host(&self, bytes: &[u8]) -> Result<Arc<crate::udf::UdfHost>, JobError> {
         let (_, p) = self.prepare(bytes)?;
-        let host = Arc::new(crate::udf::UdfHost::new(
+        Ok(Arc::new(crate::udf::UdfHost::new(
             self.udf_factory.clone(),
             &p,
             MAX_MEMORY_BYTES,
             Instant::now() + Duration::from_secs(3600),
             Arc::new(AtomicBool::new(false)),
-        )?);
-        let f = host.add(name, bounds).map_err(JobError::InvalidModule)?;
-        Ok(Arc::new(f))
+        )?))
     }
 
     /// Compiled modules currently cached.
