@@ -22,6 +22,13 @@
 //! imports all trap. A small generated *driver* module, one per row
 //! function, imports the export and loops over a batch held in the
 //! driver's own memory, which the guest code cannot address.
+//!
+//! Time must not tell one row's value either (invariant I14): every batch
+//! of `n` rows consumes exactly `n` times the function's cost bound (plus
+//! the driver's share and a constant) in fuel, whichever branches its rows
+//! take and whether they trap; the driver's `pad` loop burns what the rows
+//! did not use. The query's time limit, not the job's, stops an evaluation
+//! that runs too long.
 
 use crate::error::JobError;
 use crate::host::{abi_functions, Limiter, ABI_MODULE};
