@@ -126,7 +126,7 @@ pub async fn run(rows: usize, iterations: usize) -> Result<()> {
 }
 
 /// Rows of the neighbouring tables (capped: each repetition runs queries).
-const NEIGHBOUR_ROWS: usize = 10_000;
+const NEIGHBOUR_ROWS: usize = 5_000;
 /// Least number of alternating repetitions per comparison.
 const NEIGHBOUR_REPS: usize = 300;
 
@@ -237,11 +237,34 @@ async fn neighbours(rt: &Runtime, rows: usize, reps: usize) -> Result<String> {
         v
     };
     let sql = "SELECT SUM(pick(x)) AS s FROM t";
+    // What padding and traps cost: one batch of rows that all take the
+    // cheap arm (padded to the bound) against one whose rows all trap.
+    let f = rt.row_function(&module, "pick", (-2.0, 1e9))?;
+    let batch = 8192usize;
+    let (cheap, traps) = (vec![1.0; batch], vec![-1.0; batch]);
+    let (mut tc, mut tt) = (Vec::new(), Vec::new());
+    for _ in 0..reps.min(50) {
+        for (v, slot) in [(&cheap, &mut tc), (&traps, &mut tt)] {
+            let t = Instant::now();
+            f.eval(&[v.as_slice()], batch).map_err(|e| anyhow!(e))?;
+            slot.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let (tc, tt) = (median(tc), median(tt));
+    let bound = runtime::udf::row_cost(&module, "pick").map_err(|e| anyhow!(e))?.1;
     let mut out = format!(
         "Neighbouring tables: D has {rows} rows, one of them the target; D-1 is D without it \
          ({reps} alternating repetitions each; accuracy of the best threshold on one \
          measurement, 50% = indistinguishable; A/A is D-1 against itself, the noise floor)\n\
          | measured | target row | mean D - (D-1) | median D - (D-1) | accuracy | A/A accuracy |\n|---|---|---|---|---|---|\n"
+    );
+    out = format!(
+        "| measure | value |\n|---|---|\n\
+         | a row of a function padded to its bound ({bound} instructions) | {:.2} us ({:.2} ns per instruction) |\n\
+         | each trapping row beyond the first in a batch of 8192 | {:.2} us |\n\n{out}",
+        tc / batch as f64 * 1e6,
+        tc / (batch as f64 * bound as f64) * 1e9,
+        (tt - tc) / (batch - 1) as f64 * 1e6
     );
     let minus = base.clone();
     for (label, x) in [
