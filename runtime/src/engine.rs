@@ -41,7 +41,10 @@ pub struct ModuleInfo {
 pub struct Usage {
     /// Fuel consumed.
     pub fuel: u64,
-    /// Wall time in milliseconds.
+    /// Wall time in milliseconds, rounded up to whole seconds (always a
+    /// multiple of 1000, at least 1000 once the job was started): a job's
+    /// running time includes its queries', which depends on the data, so
+    /// only this coarse granularity is reported (invariant I14).
     pub wall_ms: u64,
     /// Largest linear memory size reached, in bytes.
     pub peak_memory_bytes: u64,
@@ -248,16 +251,24 @@ impl Runtime {
         name: &str,
         bounds: (f64, f64),
     ) -> Result<Arc<dyn sandbox::udf::RowFunction>, JobError> {
+        let f = self
+            .udf_host(bytes)?
+            .add(name, bounds)
+            .map_err(JobError::InvalidModule)?;
+        Ok(Arc::new(f))
+    }
+
+    /// A row-function instance of a module outside any job, with an hour's
+    /// deadline and no cancel flag.
+    pub(crate) fn udf_host(&self, bytes: &[u8]) -> Result<Arc<crate::udf::UdfHost>, JobError> {
         let (_, p) = self.prepare(bytes)?;
-        let host = Arc::new(crate::udf::UdfHost::new(
+        Ok(Arc::new(crate::udf::UdfHost::new(
             self.udf_factory.clone(),
             &p,
             MAX_MEMORY_BYTES,
             Instant::now() + Duration::from_secs(3600),
             Arc::new(AtomicBool::new(false)),
-        )?);
-        let f = host.add(name, bounds).map_err(JobError::InvalidModule)?;
-        Ok(Arc::new(f))
+        )?))
     }
 
     /// Compiled modules currently cached.
@@ -295,16 +306,16 @@ impl Runtime {
             };
         }
         let limits = input.limits;
-        let deadline = started + Duration::from_millis(limits.timeout_ms);
-        let cancel = input.cancel.clone();
+        // The guest's own running time starts now (compiling the module is
+        // not the guest's); host calls move the deadline later by the time
+        // they take (`host::timed`).
+        let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
         let state = HostState::new(input, deadline, &prepared, self.udf_factory.clone());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let result = (|| -> Result<(), JobError> {
             store.set_fuel(limits.fuel).map_err(internal)?;
-            arm_deadline(&mut store, deadline, cancel.clone(), |s: &mut HostState, e| {
-                s.stop = Some(e)
-            });
+            arm_deadline(&mut store);
             let instance = prepared
                 .pre
                 .instantiate(&mut store)
@@ -319,7 +330,7 @@ impl Runtime {
             Ok(())
         })();
         usage.fuel = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-        usage.wall_ms = started.elapsed().as_millis() as u64;
+        usage.wall_ms = coarse_wall_ms(started.elapsed());
         let st = store.into_data();
         usage.peak_memory_bytes = st.limiter.peak_memory as u64;
         usage.host_calls = st.host_calls;
@@ -333,26 +344,48 @@ impl Runtime {
     }
 }
 
-/// Interrupts a store's guest at the first epoch tick after `deadline` or
-/// after `cancel` is set, recording why with `record`.
-pub(crate) fn arm_deadline<T: 'static>(
-    store: &mut Store<T>,
-    deadline: Instant,
-    cancel: Arc<AtomicBool>,
-    record: fn(&mut T, JobError),
-) {
+/// Store data that carries its own deadline: the epoch callback reads it
+/// on every tick instead of a value captured when the store was armed, so
+/// the host can move it (later by the time spent in host calls for a job,
+/// to each query's limit for row functions).
+pub(crate) trait Deadline: 'static {
+    /// When the guest must stop.
+    fn deadline(&self) -> Instant;
+    /// Whether the job was stopped (objection, halt, stop).
+    fn cancelled(&self) -> bool;
+    /// Records why the guest is being interrupted.
+    fn interrupted(&mut self, why: JobError);
+}
+
+/// Interrupts a store's guest at the first epoch tick after the deadline
+/// in its data or after its cancel flag is set, recording why.
+pub(crate) fn arm_deadline<T: Deadline>(store: &mut Store<T>) {
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |mut ctx| {
-        if cancel.load(Ordering::SeqCst) {
-            record(ctx.data_mut(), JobError::Cancelled("the job was stopped".into()));
+    store.epoch_deadline_callback(|mut ctx| {
+        let st = ctx.data_mut();
+        if st.cancelled() {
+            st.interrupted(JobError::Cancelled("the job was stopped".into()));
             return Ok(UpdateDeadline::Interrupt);
         }
-        if Instant::now() >= deadline {
-            record(ctx.data_mut(), JobError::DeadlineExceeded);
+        if Instant::now() >= st.deadline() {
+            st.interrupted(JobError::DeadlineExceeded);
             return Ok(UpdateDeadline::Interrupt);
         }
         Ok(UpdateDeadline::Continue(1))
     });
+}
+
+/// Granularity of the reported wall time.
+const WALL_GRANULARITY_MS: u64 = 1000;
+
+/// `elapsed` in milliseconds rounded up to a whole number of
+/// [`WALL_GRANULARITY_MS`]: any run that started reports at least one unit.
+pub(crate) fn coarse_wall_ms(elapsed: Duration) -> u64 {
+    let unit = u128::from(WALL_GRANULARITY_MS) * 1_000_000;
+    let units = elapsed.as_nanos().div_ceil(unit);
+    u64::try_from(units)
+        .unwrap_or(u64::MAX / WALL_GRANULARITY_MS)
+        .saturating_mul(WALL_GRANULARITY_MS)
 }
 
 /// A compiled module linked against the host ABI, with its bytes (which

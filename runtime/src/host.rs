@@ -13,7 +13,7 @@ use crate::udf::{UdfFactory, UdfHost};
 use sandbox::{JobScope, QueryLineage};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wasmtime::{Caller, Extern, FuncType, Linker, ResourceLimiter, ValType};
 
 /// Import module name of ABI version 1.
@@ -30,6 +30,14 @@ const QUERY_FUEL: u64 = 1_000_000;
 /// Extra fuel charged per row function registration (the module is
 /// analysed and instantiated a second time).
 const UDF_FUEL: u64 = 1_000_000;
+/// Time row functions get beyond a query's own limit. The sandbox's timer
+/// releases the empty input at `query_timeout_ms`; a row-function batch
+/// already running then cannot be interrupted by it (the batch is one
+/// synchronous call), so the row-function store's deadline, slightly later,
+/// stops it and frees the function for the job's next query.
+const ROW_FUNCTION_SLACK: Duration = Duration::from_millis(100);
+/// How often a running query looks at the job's cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(5);
 
 /// The imports of ABI v1 and their types, for validating modules.
 pub fn abi_functions() -> Vec<(&'static str, Vec<ValType>, Vec<ValType>)> {
@@ -116,6 +124,9 @@ pub(crate) struct HostState {
     /// The data door; `None` for runs that may not query.
     pub scope: Option<Arc<JobScope>>,
     pub handle: tokio::runtime::Handle,
+    /// When the guest must stop: its start plus `timeout_ms`, moved later
+    /// by the time every host call took, so only the guest's own running
+    /// time counts (I14).
     pub deadline: Instant,
     pub cancel: Arc<AtomicBool>,
     pub params: Vec<u8>,
@@ -173,7 +184,33 @@ impl HostState {
     }
 }
 
+impl crate::engine::Deadline for HostState {
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+    fn interrupted(&mut self, why: JobError) {
+        self.stop = Some(why);
+    }
+}
+
 type C<'a> = Caller<'a, HostState>;
+
+/// Runs host function `f` and moves the guest's deadline later by exactly
+/// the time it took: how long a query (or any host call) runs may depend on
+/// the data, and it must never decide whether the job meets its deadline
+/// (I14). The deadline is checked on entry (`enter`) and by the epoch
+/// callback, which reads it from the store on every tick.
+fn timed<R>(caller: &mut C<'_>, f: impl FnOnce(&mut C<'_>) -> R) -> R {
+    let entered = Instant::now();
+    let r = f(caller);
+    let spent = entered.elapsed();
+    let st = caller.data_mut();
+    st.deadline = st.deadline.checked_add(spent).unwrap_or(st.deadline);
+    r
+}
 
 fn memory_range(caller: &mut C<'_>, ptr: i32, len: i32) -> Option<(wasmtime::Memory, usize, usize)> {
     let mem = match caller.get_export("memory") {
@@ -257,20 +294,20 @@ fn error_code(e: &sandbox::Error) -> i32 {
     }
 }
 
-fn host_query(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i64> {
-    enter(&mut caller, HOST_CALL_FUEL + QUERY_FUEL)?;
-    let sql = match read_bytes(&mut caller, ptr, len, MAX_SQL_BYTES).map(String::from_utf8) {
+fn host_query(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i64> {
+    enter(caller, HOST_CALL_FUEL + QUERY_FUEL)?;
+    let sql = match read_bytes(caller, ptr, len, MAX_SQL_BYTES).map(String::from_utf8) {
         Ok(Ok(s)) => s,
         Ok(Err(_)) => {
             return Ok(i64::from(fail(
-                &mut caller,
+                caller,
                 code::INVALID_ARGUMENT,
                 "the SQL is not UTF-8",
             )))
         }
         Err(c) => {
             return Ok(i64::from(fail(
-                &mut caller,
+                caller,
                 c,
                 "the SQL pointer or length is invalid or too long",
             )))
@@ -278,34 +315,50 @@ fn host_query(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i64> {
     };
     let Some(scope) = caller.data().scope.clone() else {
         return Ok(i64::from(fail(
-            &mut caller,
+            caller,
             code::ACCESS_CLOSED,
             "this run has no data access",
         )));
     };
-    let remaining = caller.data().deadline.saturating_duration_since(Instant::now());
+    // Row functions evaluated by this query stop at the query's own limit
+    // (plus slack), not the job's: a row function interrupted there fails
+    // only this query's execution, which the sandbox releases as the
+    // mechanism's answer on an empty input.
+    if let Some(udfs) = caller.data().udfs.clone() {
+        let limit = Duration::from_millis(caller.data().limits.query_timeout_ms);
+        udfs.set_deadline(Instant::now() + limit + ROW_FUNCTION_SLACK);
+    }
     let handle = caller.data().handle.clone();
-    let result = handle.block_on(async { tokio::time::timeout(remaining, scope.query(&sql)).await });
+    let cancel = caller.data().cancel.clone();
+    // The sandbox times the query itself (`ScopeConfig::query_timeout`); the
+    // host only stops waiting when the job is cancelled.
+    let result = handle.block_on(async {
+        tokio::select! {
+            r = scope.query(&sql) => Some(r),
+            () = cancelled(&cancel) => None,
+        }
+    });
+    // A cancellation (objection, halt, stop) stops the job even when the
+    // query came back: a row function it interrupted made the sandbox
+    // release an empty input, which must not reach the guest as an answer.
+    if cancel.load(Ordering::SeqCst) {
+        return Err(stop(caller, JobError::Cancelled("the job was stopped".into())));
+    }
     match result {
-        Err(_) => Err(stop(&mut caller, JobError::DeadlineExceeded)),
-        Ok(Err(e)) => {
-            // Row functions stopped by the deadline or a cancellation stop
-            // the job with that cause.
-            if let Some(why) = caller.data().udfs.as_ref().and_then(|u| u.stop()) {
-                return Err(stop(&mut caller, why));
-            }
+        None => Err(stop(caller, JobError::Cancelled("the job was stopped".into()))),
+        Some(Err(e)) => {
             let c = error_code(&e);
             let msg = match &e {
                 // Internal details are for the platform's log, not the guest.
                 sandbox::Error::Internal(detail) => {
-                    tracing::warn!(error = %detail, "query execution failed");
+                    tracing::warn!(error = %detail, "query failed inside the platform");
                     "the query failed inside the platform; its budget stays charged".to_string()
                 }
                 other => other.to_string(),
             };
-            Ok(i64::from(fail(&mut caller, c, msg)))
+            Ok(i64::from(fail(caller, c, msg)))
         }
-        Ok(Ok(release)) => {
+        Some(Ok(release)) => {
             let n = release.ipc.len() as i64;
             let st = caller.data_mut();
             st.pending = Some(release.ipc);
@@ -315,35 +368,38 @@ fn host_query(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i64> {
     }
 }
 
-fn host_result_read(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
-    enter(&mut caller, HOST_CALL_FUEL)?;
+/// Resolves once `flag` is set, looking every [`CANCEL_POLL`].
+async fn cancelled(flag: &AtomicBool) {
+    while !flag.load(Ordering::SeqCst) {
+        tokio::time::sleep(CANCEL_POLL).await;
+    }
+}
+
+fn host_result_read(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    enter(caller, HOST_CALL_FUEL)?;
     let Some(pending) = caller.data_mut().pending.take() else {
-        return Ok(fail(&mut caller, code::NO_RESULT, "no query result is pending"));
+        return Ok(fail(caller, code::NO_RESULT, "no query result is pending"));
     };
     if usize::try_from(len).map_or(true, |l| l < pending.len()) {
         let n = pending.len();
         caller.data_mut().pending = Some(pending);
         return Ok(fail(
-            &mut caller,
+            caller,
             code::BUFFER_TOO_SMALL,
             format!("the result needs {n} bytes"),
         ));
     }
-    match write_bytes(&mut caller, ptr, &pending) {
+    match write_bytes(caller, ptr, &pending) {
         Ok(()) => Ok(i32::try_from(pending.len()).unwrap_or(i32::MAX)),
         Err(c) => {
             caller.data_mut().pending = Some(pending);
-            Ok(fail(
-                &mut caller,
-                c,
-                "the destination pointer or length is invalid",
-            ))
+            Ok(fail(caller, c, "the destination pointer or length is invalid"))
         }
     }
 }
 
-fn host_error_read(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
-    enter(&mut caller, HOST_CALL_FUEL)?;
+fn host_error_read(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    enter(caller, HOST_CALL_FUEL)?;
     let msg = caller.data().last_error.clone().into_bytes();
     let cap = usize::try_from(len).unwrap_or(0);
     let mut n = msg.len().min(cap);
@@ -351,15 +407,15 @@ fn host_error_read(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i3
     while n > 0 && n < msg.len() && (msg.get(n).is_some_and(|b| b & 0xC0 == 0x80)) {
         n -= 1;
     }
-    if let Err(c) = write_bytes(&mut caller, ptr, msg.get(..n).unwrap_or(&[])) {
+    if let Err(c) = write_bytes(caller, ptr, msg.get(..n).unwrap_or(&[])) {
         return Ok(c);
     }
     Ok(i32::try_from(msg.len()).unwrap_or(i32::MAX))
 }
 
-fn host_emit(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+fn host_emit(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
     let fuel = HOST_CALL_FUEL + u64::try_from(len.max(0)).unwrap_or(0) / 16;
-    enter(&mut caller, fuel)?;
+    enter(caller, fuel)?;
     let room = {
         let st = caller.data();
         usize::try_from(st.limits.output_bytes)
@@ -369,21 +425,21 @@ fn host_emit(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
     if usize::try_from(len).is_ok_and(|l| l > room) {
         let cap = caller.data().limits.output_bytes;
         return Err(stop(
-            &mut caller,
+            caller,
             JobError::LimitExceeded(format!("output larger than {cap} bytes")),
         ));
     }
-    match read_bytes(&mut caller, ptr, len, room) {
+    match read_bytes(caller, ptr, len, room) {
         Ok(bytes) => {
             caller.data_mut().output.extend_from_slice(&bytes);
             Ok(0)
         }
-        Err(c) => Ok(fail(&mut caller, c, "the emit pointer or length is invalid")),
+        Err(c) => Ok(fail(caller, c, "the emit pointer or length is invalid")),
     }
 }
 
-fn host_log(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
-    enter(&mut caller, HOST_CALL_FUEL)?;
+fn host_log(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    enter(caller, HOST_CALL_FUEL)?;
     let (count, cap, max) = {
         let st = caller.data();
         (
@@ -394,80 +450,75 @@ fn host_log(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
     };
     if count >= max {
         return Ok(fail(
-            &mut caller,
+            caller,
             code::LIMIT_EXCEEDED,
             format!("at most {max} log messages"),
         ));
     }
     let take = len.min(i32::try_from(cap).unwrap_or(i32::MAX));
-    match read_bytes(&mut caller, ptr, take, cap) {
+    match read_bytes(caller, ptr, take, cap) {
         Ok(bytes) => {
             let msg = String::from_utf8_lossy(&bytes).into_owned();
             caller.data_mut().logs.push(msg);
             Ok(0)
         }
-        Err(c) => Ok(fail(&mut caller, c, "the log pointer or length is invalid")),
+        Err(c) => Ok(fail(caller, c, "the log pointer or length is invalid")),
     }
 }
 
-fn host_params_len(mut caller: C<'_>) -> wasmtime::Result<i32> {
-    enter(&mut caller, HOST_CALL_FUEL)?;
+fn host_params_len(caller: &mut C<'_>) -> wasmtime::Result<i32> {
+    enter(caller, HOST_CALL_FUEL)?;
     Ok(i32::try_from(caller.data().params.len()).unwrap_or(i32::MAX))
 }
 
-fn host_params_read(mut caller: C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
-    enter(&mut caller, HOST_CALL_FUEL)?;
+fn host_params_read(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    enter(caller, HOST_CALL_FUEL)?;
     let params = caller.data().params.clone();
     if usize::try_from(len).map_or(true, |l| l < params.len()) {
         return Ok(fail(
-            &mut caller,
+            caller,
             code::BUFFER_TOO_SMALL,
             format!("the parameters need {} bytes", params.len()),
         ));
     }
-    match write_bytes(&mut caller, ptr, &params) {
+    match write_bytes(caller, ptr, &params) {
         Ok(()) => Ok(i32::try_from(params.len()).unwrap_or(i32::MAX)),
-        Err(c) => Ok(fail(
-            &mut caller,
-            c,
-            "the destination pointer or length is invalid",
-        )),
+        Err(c) => Ok(fail(caller, c, "the destination pointer or length is invalid")),
     }
 }
 
-fn host_udf_register(mut caller: C<'_>, ptr: i32, len: i32, lo: f64, hi: f64) -> wasmtime::Result<i32> {
-    enter(&mut caller, HOST_CALL_FUEL + UDF_FUEL)?;
-    let name = match read_bytes(&mut caller, ptr, len, 64).map(String::from_utf8) {
+fn host_udf_register(caller: &mut C<'_>, ptr: i32, len: i32, lo: f64, hi: f64) -> wasmtime::Result<i32> {
+    enter(caller, HOST_CALL_FUEL + UDF_FUEL)?;
+    let name = match read_bytes(caller, ptr, len, 64).map(String::from_utf8) {
         Ok(Ok(s)) => s,
         _ => {
             return Ok(fail(
-                &mut caller,
+                caller,
                 code::INVALID_ARGUMENT,
                 "the row function name is invalid or longer than 64 bytes",
             ))
         }
     };
     if let Err(m) = sandbox::udf::valid_name(&name) {
-        return Ok(fail(&mut caller, code::INVALID_ARGUMENT, m));
+        return Ok(fail(caller, code::INVALID_ARGUMENT, m));
     }
     if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
         return Ok(fail(
-            &mut caller,
+            caller,
             code::INVALID_ARGUMENT,
             "the bounds must be finite numbers with lo <= hi",
         ));
     }
     let Some(scope) = caller.data().scope.clone() else {
-        return Ok(fail(
-            &mut caller,
-            code::ACCESS_CLOSED,
-            "this run has no data access",
-        ));
+        return Ok(fail(caller, code::ACCESS_CLOSED, "this run has no data access"));
     };
     let host = match caller.data().udfs.clone() {
         Some(h) => h,
         None => {
             let st = caller.data();
+            // The second instance runs the module's start function (the
+            // guest's code) now: it gets the guest's remaining time. Later
+            // each query sets the row functions' deadline.
             let made = UdfHost::new(
                 st.udf_factory.clone(),
                 &st.module,
@@ -481,33 +532,54 @@ fn host_udf_register(mut caller: C<'_>, ptr: i32, len: i32, lo: f64, hi: f64) ->
                     caller.data_mut().udfs = Some(h.clone());
                     h
                 }
-                Err(e) => return Ok(fail(&mut caller, code::POLICY_VIOLATION, e.to_string())),
+                Err(e) => return Ok(fail(caller, code::POLICY_VIOLATION, e.to_string())),
             }
         }
     };
     let f = match host.add(&name, (lo, hi)) {
         Ok(f) => f,
-        Err(m) => return Ok(fail(&mut caller, code::POLICY_VIOLATION, m)),
+        Err(m) => return Ok(fail(caller, code::POLICY_VIOLATION, m)),
     };
     match scope.register_row_function(Arc::new(f)) {
         Ok(()) => Ok(0),
         Err(e) => {
             let c = error_code(&e);
-            Ok(fail(&mut caller, c, e.to_string()))
+            Ok(fail(caller, c, e.to_string()))
         }
     }
 }
 
-/// Adds every ABI v1 function to `linker`.
+/// Adds every ABI v1 function to `linker`, each wrapped in [`timed`] so
+/// that no host call's duration counts against the guest's deadline.
 pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(ABI_MODULE, "query", host_query)?;
-    linker.func_wrap(ABI_MODULE, "result_read", host_result_read)?;
-    linker.func_wrap(ABI_MODULE, "error_read", host_error_read)?;
-    linker.func_wrap(ABI_MODULE, "emit", host_emit)?;
-    linker.func_wrap(ABI_MODULE, "log", host_log)?;
-    linker.func_wrap(ABI_MODULE, "params_len", host_params_len)?;
-    linker.func_wrap(ABI_MODULE, "params_read", host_params_read)?;
-    linker.func_wrap(ABI_MODULE, "udf_register", host_udf_register)?;
+    linker.func_wrap(ABI_MODULE, "query", |mut c: C<'_>, p: i32, l: i32| {
+        timed(&mut c, |c| host_query(c, p, l))
+    })?;
+    linker.func_wrap(ABI_MODULE, "result_read", |mut c: C<'_>, p: i32, l: i32| {
+        timed(&mut c, |c| host_result_read(c, p, l))
+    })?;
+    linker.func_wrap(ABI_MODULE, "error_read", |mut c: C<'_>, p: i32, l: i32| {
+        timed(&mut c, |c| host_error_read(c, p, l))
+    })?;
+    linker.func_wrap(ABI_MODULE, "emit", |mut c: C<'_>, p: i32, l: i32| {
+        timed(&mut c, |c| host_emit(c, p, l))
+    })?;
+    linker.func_wrap(ABI_MODULE, "log", |mut c: C<'_>, p: i32, l: i32| {
+        timed(&mut c, |c| host_log(c, p, l))
+    })?;
+    linker.func_wrap(ABI_MODULE, "params_len", |mut c: C<'_>| {
+        timed(&mut c, host_params_len)
+    })?;
+    linker.func_wrap(ABI_MODULE, "params_read", |mut c: C<'_>, p: i32, l: i32| {
+        timed(&mut c, |c| host_params_read(c, p, l))
+    })?;
+    linker.func_wrap(
+        ABI_MODULE,
+        "udf_register",
+        |mut c: C<'_>, p: i32, l: i32, lo: f64, hi: f64| {
+            timed(&mut c, |c| host_udf_register(c, p, l, lo, hi))
+        },
+    )?;
     Ok(())
 }
 

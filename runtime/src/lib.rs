@@ -1,5 +1,6 @@
 //! Invis WASM runtime: runs untrusted job modules under wasmtime (pooling
-//! allocator) with fuel, a wall-clock deadline (epoch interruption), memory
+//! allocator) with fuel, a deadline on the guest's own running time (epoch
+//! interruption; time inside host calls is not counted), memory
 //! and table caps, and no WASI: the only imports a job may have are the host ABI in
 //! [`host`], whose `query` is backed by a policy-scoped
 //! [`sandbox::JobScope`].

@@ -283,3 +283,22 @@ fn compiled_modules_are_cached_by_hash() {
     assert_eq!(a, b);
     assert_eq!(r.cached_modules(), 1);
 }
+
+#[test]
+fn wall_time_is_reported_in_whole_seconds() {
+    use crate::engine::coarse_wall_ms;
+    use std::time::Duration;
+    assert_eq!(coarse_wall_ms(Duration::ZERO), 0);
+    assert_eq!(coarse_wall_ms(Duration::from_nanos(1)), 1000);
+    assert_eq!(coarse_wall_ms(Duration::from_millis(1000)), 1000);
+    assert_eq!(coarse_wall_ms(Duration::from_millis(1001)), 2000);
+    assert_eq!(
+        coarse_wall_ms(Duration::from_secs(59) + Duration::from_micros(1)),
+        60_000
+    );
+    let out = run(
+        r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (i32.const 0)))"#,
+        JobLimits::default(),
+    );
+    assert_eq!(out.usage.wall_ms, 1000);
+}

@@ -22,12 +22,19 @@
 //! imports all trap. A small generated *driver* module, one per row
 //! function, imports the export and loops over a batch held in the
 //! driver's own memory, which the guest code cannot address.
+//!
+//! Time must not tell one row's value either (invariant I14): every batch
+//! of `n` rows consumes exactly `n` times the function's cost bound (plus
+//! the driver's share and a constant) in fuel, whichever branches its rows
+//! take and whether they trap; the driver's `pad` loop burns what the rows
+//! did not use. The query's time limit, not the job's, stops an evaluation
+//! that runs too long.
 
 use crate::error::JobError;
 use crate::host::{abi_functions, Limiter, ABI_MODULE};
 use sandbox::udf::{RowFunction, MAX_ROW_FUNCTION_ARGS};
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use wasmparser::{Operator, Parser, Payload, TypeRef, ValType};
@@ -38,7 +45,19 @@ const CHUNK: usize = 8192;
 /// Bytes of one column in the driver's memory.
 const COLUMN_BYTES: usize = CHUNK * 8;
 /// Most operators one row may execute, counted over the call tree.
-pub const MAX_ROW_COST: u64 = 1_000_000;
+///
+/// Every row is padded to its function's bound (see [`WasmRowFunction`]),
+/// so the bound is what every row costs, not just the worst one. At about
+/// a nanosecond per operator, a function at this bound takes ~10 us per
+/// row, about 10 s for a million rows: inside the default 30 s query limit.
+/// Scoring formulas need tens to hundreds of operators.
+pub const MAX_ROW_COST: u64 = 10_000;
+/// Traps every batch pays for, whether or not its rows trap: a trap (and the
+/// re-entry after it) costs microseconds of host time, far more than the
+/// fuel padding can equalise, so batches with fewer trapping rows than this
+/// are topped up with deliberate traps. Beyond it each trapping row still
+/// costs one trap's time (invariant I14, known limits).
+const TRAP_BUDGET: u64 = 1;
 
 /// Why a function cannot be a row function (shown to the guest).
 fn refuse<T>(msg: impl Into<String>) -> Result<T, String> {
@@ -48,6 +67,14 @@ fn refuse<T>(msg: impl Into<String>) -> Result<T, String> {
 /// Checks that export `name` of `bytes` is a stateless row function and
 /// returns its arity.
 pub fn check_stateless(bytes: &[u8], name: &str) -> Result<usize, String> {
+    row_cost(bytes, name).map(|(arity, _)| arity)
+}
+
+/// Like [`check_stateless`], also returning the function's static cost
+/// bound: the operators of its call tree, each counted once per call site
+/// (without loops or recursion no operator runs twice in one row, and
+/// wasmtime charges at most one unit of fuel per operator).
+pub fn row_cost(bytes: &[u8], name: &str) -> Result<(usize, u64), String> {
     let mut types: Vec<wasmparser::FuncType> = Vec::new();
     let mut func_types: Vec<u32> = Vec::new();
     let mut imported = 0u32;
@@ -107,8 +134,8 @@ pub fn check_stateless(bytes: &[u8], name: &str) -> Result<usize, String> {
         cost: HashMap::new(),
         on_path: Vec::new(),
     };
-    walk.cost(root)?;
-    Ok(arity)
+    let cost = walk.cost(root)?;
+    Ok((arity, cost))
 }
 
 /// Depth-first walk of the call tree with memoized costs.
@@ -156,7 +183,7 @@ impl Walk<'_, '_> {
             }
             if total > MAX_ROW_COST {
                 return refuse(format!(
-                    "row function `{name}` may execute more than {MAX_ROW_COST} instructions per row"
+                    "row function `{name}` may execute more than {MAX_ROW_COST} instructions per row (counted over its call tree, every branch included); every row is padded to this bound so that its running time does not depend on its values"
                 ));
             }
         }
@@ -214,7 +241,9 @@ fn forbidden(op: &Operator<'_>) -> Option<&'static str> {
 /// The driver module for functions of `arity` arguments: `eval(start, end)`
 /// computes rows `start..end`, reading column `c` at `c * 64 KiB` and
 /// writing results after the last column; `progress` holds the row being
-/// computed, so a trap can be pinned to its row.
+/// computed, so a trap can be pinned to its row. `pad(a, b)` burns fuel in
+/// two loops whose bodies cost one unit apart, so any amount above a small
+/// minimum can be burnt exactly; `trap()` traps like a row that traps.
 fn driver_wat(arity: usize) -> String {
     let loads: String = (0..arity)
         .map(|c| format!("(f64.load offset={} (local.get $a))", c * COLUMN_BYTES))
@@ -237,22 +266,92 @@ fn driver_wat(arity: usize) -> String {
         (local.set $a (i32.shl (local.get $i) (i32.const 3)))
         (f64.store offset={out} (local.get $a) (call $f {loads}))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br $next)))))"#,
+        (br $next))))
+  (func (export "pad") (param $a i64) (param $b i64)
+    (block $done
+      (loop $next
+        (br_if $done (i64.eqz (local.get $a)))
+        (local.set $a (i64.sub (local.get $a) (i64.const 1)))
+        (br $next)))
+    (block $done
+      (loop $next
+        (br_if $done (i64.eqz (local.get $b)))
+        (local.set $b (i64.sub (local.get $b) (i64.const 1)))
+        (drop (local.get $b))
+        (br $next))))
+  (func $nested (unreachable))
+  (func (export "trap") (call $nested)))"#,
         out = arity * COLUMN_BYTES
     )
+}
+
+/// A module standing in for a row function while a driver is calibrated.
+fn calibration_wat(arity: usize) -> String {
+    let params = vec!["f64"; arity].join(" ");
+    format!(r#"(module (func (export "f") (param {params}) (result f64) (f64.const 0)))"#)
+}
+
+/// Fuel the driver's own code consumes, measured once per arity (fuel is a
+/// deterministic function of the compiled code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Calibration {
+    /// One `eval` call over no rows.
+    call: u64,
+    /// The driver's share of one row (measured with a function of one
+    /// operator, which is therefore included).
+    row: u64,
+    /// `pad(0, 0)`.
+    pad_base: u64,
+    /// One iteration of `pad`'s first loop; the second costs one more.
+    pad_step: u64,
+    /// One `trap()` call.
+    trap: u64,
+}
+
+impl Calibration {
+    /// The least amount `pad` can burn exactly: with loops of `s` and
+    /// `s + 1` units every amount from `(s + 1)(s - 1)` up is a sum of them.
+    fn pad_min(&self) -> u64 {
+        self.pad_base + (self.pad_step + 1) * self.pad_step.saturating_sub(1)
+    }
+
+    /// Iterations of `pad`'s two loops that burn exactly `fuel` (at least
+    /// [`Calibration::pad_min`]).
+    fn pad_split(&self, fuel: u64) -> Option<(u64, u64)> {
+        let d = fuel.checked_sub(self.pad_base)?;
+        let s = self.pad_step.max(1);
+        let b = d % s;
+        let a = d.checked_sub(b * (s + 1))? / s;
+        Some((a, b))
+    }
 }
 
 /// State of the store row functions run in.
 pub(crate) struct UdfState {
     limiter: Limiter,
     stop: Option<JobError>,
+    /// The current query's deadline (set by `query` before each query).
+    deadline: Instant,
+    cancel: Arc<AtomicBool>,
+}
+
+impl crate::engine::Deadline for UdfState {
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+    fn interrupted(&mut self, why: JobError) {
+        self.stop = Some(why);
+    }
 }
 
 /// Compiled drivers and the trapping host imports, shared by all jobs.
 pub(crate) struct UdfFactory {
     engine: Engine,
     linker: Linker<UdfState>,
-    drivers: Mutex<HashMap<usize, Module>>,
+    drivers: Mutex<HashMap<usize, (Module, Calibration)>>,
 }
 
 impl UdfFactory {
@@ -273,27 +372,97 @@ impl UdfFactory {
         })
     }
 
-    fn driver(&self, arity: usize) -> Result<Module, JobError> {
+    fn driver(&self, arity: usize) -> Result<(Module, Calibration), JobError> {
         let internal = |e: &dyn std::fmt::Display| JobError::Internal(format!("row function driver: {e}"));
         let mut cache = self
             .drivers
             .lock()
             .map_err(|_| JobError::Internal("driver cache poisoned".into()))?;
-        if let Some(m) = cache.get(&arity) {
-            return Ok(m.clone());
+        if let Some(d) = cache.get(&arity) {
+            return Ok(d.clone());
         }
         let wasm = wat::parse_str(driver_wat(arity)).map_err(|e| internal(&e))?;
         let m = Module::from_binary(&self.engine, &wasm).map_err(|e| internal(&e))?;
-        cache.insert(arity, m.clone());
-        Ok(m)
+        let cal = self.calibrate(&m, arity).map_err(|e| internal(&e))?;
+        cache.insert(arity, (m.clone(), cal));
+        Ok((m, cal))
+    }
+
+    /// Measures the fuel of the driver's own code in a throwaway store,
+    /// with a one-operator function in place of the row function.
+    fn calibrate(&self, driver: &Module, arity: usize) -> wasmtime::Result<Calibration> {
+        let stand_in = Module::from_binary(&self.engine, &wat::parse_str(calibration_wat(arity))?)?;
+        let mut store = Store::new(
+            &self.engine,
+            UdfState {
+                limiter: Limiter {
+                    memory_bytes: COLUMN_BYTES * (MAX_ROW_FUNCTION_ARGS + 1),
+                    table_elements: 0,
+                    peak_memory: 0,
+                    hit: false,
+                    instances: 2,
+                },
+                stop: None,
+                deadline: Instant::now() + std::time::Duration::from_secs(60),
+                cancel: Arc::new(AtomicBool::new(false)),
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.set_fuel(1 << 40)?;
+        crate::engine::arm_deadline(&mut store);
+        let f = Instance::new(&mut store, &stand_in, &[])?
+            .get_func(&mut store, "f")
+            .ok_or_else(|| wasmtime::Error::msg("stand-in without `f`"))?;
+        let d = Instance::new(&mut store, driver, &[Extern::Func(f)])?;
+        let eval = d.get_typed_func::<(i32, i32), ()>(&mut store, "eval")?;
+        let pad = d.get_typed_func::<(i64, i64), ()>(&mut store, "pad")?;
+        let trap = d.get_typed_func::<(), ()>(&mut store, "trap")?;
+        let used = |store: &mut Store<UdfState>, run: &mut dyn FnMut(&mut Store<UdfState>)| {
+            let before = store.get_fuel().unwrap_or(0);
+            run(store);
+            before.saturating_sub(store.get_fuel().unwrap_or(0))
+        };
+        let call = used(&mut store, &mut |s| drop(eval.call(s, (0, 0))));
+        let ten = used(&mut store, &mut |s| drop(eval.call(s, (0, 10))));
+        let pad_base = used(&mut store, &mut |s| drop(pad.call(s, (0, 0))));
+        let pad_a = used(&mut store, &mut |s| drop(pad.call(s, (1, 0))));
+        let pad_b = used(&mut store, &mut |s| drop(pad.call(s, (0, 1))));
+        let trap_fuel = used(&mut store, &mut |s| drop(trap.call(s, ())));
+        let cal = Calibration {
+            call,
+            row: ten.saturating_sub(call) / 10,
+            pad_base,
+            pad_step: pad_a.saturating_sub(pad_base),
+            trap: trap_fuel,
+        };
+        // The padding is exact only if these hold; check them once rather
+        // than trust the engine's fuel costs.
+        let linear = used(&mut store, &mut |s| drop(pad.call(s, (7, 5))));
+        let exact = cal.pad_step >= 1
+            && pad_b == pad_a + 1
+            && linear == pad_base + 7 * cal.pad_step + 5 * (cal.pad_step + 1)
+            && ten == call + 10 * cal.row;
+        if !exact {
+            return Err(wasmtime::Error::msg(format!(
+                "fuel of the driver is not linear: {cal:?}"
+            )));
+        }
+        Ok(cal)
     }
 }
 
 struct Driver {
     eval: TypedFunc<(i32, i32), ()>,
+    pad: TypedFunc<(i64, i64), ()>,
+    trap: TypedFunc<(), ()>,
     io: Memory,
     progress: Global,
     arity: usize,
+    /// Fuel every row is padded to.
+    per_row: u64,
+    /// Fuel every batch costs on top of its rows.
+    per_batch: u64,
+    cal: Calibration,
 }
 
 struct UdfInner {
@@ -315,9 +484,15 @@ impl std::fmt::Debug for UdfHost {
     }
 }
 
+/// Fuel the backstop starts with: row functions always terminate within
+/// their bound; the deadline, not fuel, stops a query that runs too long.
+const UDF_FUEL: u64 = u64::MAX / 4;
+
 impl UdfHost {
     /// Instantiates the job's module a second time, with host imports that
-    /// trap, the job's memory cap, and the job's deadline and cancel flag.
+    /// trap, the job's memory cap and cancel flag, and `deadline` for the
+    /// module's start function (each query then sets its own, see
+    /// [`UdfHost::set_deadline`]).
     pub(crate) fn new(
         factory: Arc<UdfFactory>,
         module: &crate::engine::Prepared,
@@ -334,17 +509,15 @@ impl UdfHost {
                 instances: 1 + sandbox::udf::MAX_ROW_FUNCTIONS,
             },
             stop: None,
+            deadline,
+            cancel,
         };
         let mut store = Store::new(&factory.engine, state);
         store.limiter(|s| &mut s.limiter);
-        // Row functions always terminate (no loops or recursion) within
-        // MAX_ROW_COST per row; fuel is only a backstop.
         store
-            .set_fuel(u64::MAX / 4)
+            .set_fuel(UDF_FUEL)
             .map_err(|e| JobError::Internal(e.to_string()))?;
-        crate::engine::arm_deadline(&mut store, deadline, cancel, |s: &mut UdfState, e| {
-            s.stop = Some(e)
-        });
+        crate::engine::arm_deadline(&mut store);
         let instance = factory
             .linker
             .instantiate(&mut store, module.pre.module())
@@ -365,16 +538,32 @@ impl UdfHost {
         })
     }
 
-    /// Why row functions stopped (deadline, cancellation), if they did.
-    pub(crate) fn stop(&self) -> Option<JobError> {
-        self.inner.lock().ok().and_then(|i| i.store.data().stop.clone())
+    /// Sets the deadline of the row functions' evaluations (before each
+    /// query: the query's own limit). Waits for a batch still running from
+    /// a query that timed out, which its own deadline stops.
+    pub(crate) fn set_deadline(&self, deadline: Instant) {
+        if let Ok(mut inner) = self.inner.lock() {
+            let st = inner.store.data_mut();
+            st.deadline = deadline;
+            st.stop = None;
+        }
+    }
+
+    /// Fuel row functions consumed so far in this store (for tests).
+    #[cfg(test)]
+    pub(crate) fn fuel_used(&self) -> u64 {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|i| i.store.get_fuel().ok())
+            .map_or(0, |f| UDF_FUEL.saturating_sub(f))
     }
 
     /// Checks export `name` and prepares its driver. Refusals are messages
     /// for the guest.
     pub(crate) fn add(self: &Arc<Self>, name: &str, bounds: (f64, f64)) -> Result<WasmRowFunction, String> {
-        let arity = check_stateless(&self.bytes, name)?;
-        let driver = self.factory.driver(arity).map_err(|e| e.to_string())?;
+        let (arity, cost) = row_cost(&self.bytes, name)?;
+        let (driver, cal) = self.factory.driver(arity).map_err(|e| e.to_string())?;
         let mut inner = self
             .inner
             .lock()
@@ -389,17 +578,34 @@ impl UdfHost {
         let eval = d
             .get_typed_func::<(i32, i32), ()>(&mut inner.store, "eval")
             .map_err(|e| e.to_string())?;
+        let pad = d
+            .get_typed_func::<(i64, i64), ()>(&mut inner.store, "pad")
+            .map_err(|e| e.to_string())?;
+        let trap = d
+            .get_typed_func::<(), ()>(&mut inner.store, "trap")
+            .map_err(|e| e.to_string())?;
         let io = d
             .get_memory(&mut inner.store, "io")
             .ok_or("driver without memory")?;
         let progress = d
             .get_global(&mut inner.store, "progress")
             .ok_or("driver without progress")?;
+        // What a batch may consume at most, whatever its data: per row the
+        // driver's share, the function's bound, and one re-entry (a row may
+        // trap); per batch one call, the deliberate traps and the least
+        // amount `pad` can burn exactly.
+        let per_row = cal.row + cost + cal.call;
+        let per_batch = cal.call + TRAP_BUDGET * cal.trap + cal.pad_min();
         inner.drivers.push(Driver {
             eval,
+            pad,
+            trap,
             io,
             progress,
             arity,
+            per_row,
+            per_batch,
+            cal,
         });
         Ok(WasmRowFunction {
             host: self.clone(),
@@ -412,6 +618,14 @@ impl UdfHost {
 }
 
 /// One registered row function.
+///
+/// Its running time must not depend on the rows' values (I14), so every
+/// batch of `n` rows consumes exactly `n * per_row + per_batch` fuel, where
+/// `per_row` covers the function's static bound: after the driver has run
+/// (and re-entered after every trapping row), the fuel it used is measured
+/// and the rest is burnt by the driver's `pad` loop. A batch with fewer
+/// trapping rows than [`TRAP_BUDGET`] also traps deliberately, so that the
+/// host's trap handling happens as often as for one with a trapping row.
 #[derive(Debug)]
 pub(crate) struct WasmRowFunction {
     host: Arc<UdfHost>,
@@ -419,6 +633,19 @@ pub(crate) struct WasmRowFunction {
     index: usize,
     arity: usize,
     bounds: (f64, f64),
+}
+
+/// Why evaluation stopped, for the query's log (the job learns nothing:
+/// the sandbox releases an empty input, or the job is cancelled).
+fn interrupted(store: &mut Store<UdfState>, e: &wasmtime::Error) -> Option<String> {
+    match store.data_mut().stop.take() {
+        Some(JobError::Cancelled(_)) => Some("the job was stopped".into()),
+        Some(_) => Some("interrupted at the query's time limit".into()),
+        None if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt | Trap::OutOfFuel)) => {
+            Some("row function interrupted".into())
+        }
+        None => None,
+    }
 }
 
 impl RowFunction for WasmRowFunction {
@@ -442,13 +669,22 @@ impl RowFunction for WasmRowFunction {
         if args.len() != d.arity || args.iter().any(|a| a.len() < rows) {
             return Err("wrong number of arguments".into());
         }
-        let (eval, io, progress, arity) = (d.eval.clone(), d.io, d.progress, d.arity);
+        let (eval, pad, trap, io, progress, arity) = (
+            d.eval.clone(),
+            d.pad.clone(),
+            d.trap.clone(),
+            d.io,
+            d.progress,
+            d.arity,
+        );
+        let (per_row, per_batch, cal) = (d.per_row, d.per_batch, d.cal);
+        let store = &mut inner.store;
         let mut out = Vec::with_capacity(rows);
         let mut start = 0;
         while start < rows {
             let n = (rows - start).min(CHUNK);
             {
-                let mem = io.data_mut(&mut inner.store);
+                let mem = io.data_mut(&mut *store);
                 for (c, col) in args.iter().enumerate() {
                     let dst = mem
                         .get_mut(c * COLUMN_BYTES..c * COLUMN_BYTES + n * 8)
@@ -459,26 +695,41 @@ impl RowFunction for WasmRowFunction {
                     }
                 }
             }
+            let before = store.get_fuel().map_err(|e| e.to_string())?;
             let mut trapped: Vec<usize> = Vec::new();
             let mut from = 0usize;
             while from < n {
-                match eval.call(&mut inner.store, (from as i32, n as i32)) {
+                match eval.call(&mut *store, (from as i32, n as i32)) {
                     Ok(()) => break,
                     Err(e) => {
-                        if let Some(stop) = &inner.store.data().stop {
-                            return Err(stop.to_string());
-                        }
-                        if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt | Trap::OutOfFuel)) {
-                            return Err("row function interrupted".into());
+                        if let Some(why) = interrupted(store, &e) {
+                            return Err(why);
                         }
                         // A trap on one row: that row is null, go on after it.
-                        let at = progress.get(&mut inner.store).i32().unwrap_or(0).max(0) as usize;
+                        let at = progress.get(&mut *store).i32().unwrap_or(0).max(0) as usize;
                         trapped.push(at);
                         from = (at + 1).max(from + 1);
                     }
                 }
             }
-            let mem = io.data(&inner.store);
+            for _ in (trapped.len() as u64)..TRAP_BUDGET {
+                if let Err(e) = trap.call(&mut *store, ()) {
+                    if let Some(why) = interrupted(store, &e) {
+                        return Err(why);
+                    }
+                }
+            }
+            // Burn the rest of the batch's fixed cost.
+            let used = before.saturating_sub(store.get_fuel().map_err(|e| e.to_string())?);
+            let target = (n as u64) * per_row + per_batch;
+            let (a, b) = target
+                .checked_sub(used)
+                .and_then(|left| cal.pad_split(left))
+                .ok_or("row function exceeded its cost bound")?;
+            if let Err(e) = pad.call(&mut *store, (a as i64, b as i64)) {
+                return Err(interrupted(store, &e).unwrap_or_else(|| e.to_string()));
+            }
+            let mem = io.data(&*store);
             let results = mem
                 .get(arity * COLUMN_BYTES..arity * COLUMN_BYTES + n * 8)
                 .ok_or("driver memory too small")?;
