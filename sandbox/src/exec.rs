@@ -278,7 +278,11 @@ impl ExecutionPlan for TotalExec {
         let out = self.schema.clone();
         let stream =
             input.map(move |b| b.and_then(|b| Self::apply(&programs, condition.as_deref(), &schema, b)));
-        Ok(Box::pin(RecordBatchStreamAdapter::new(out, stream)))
+        // Yields to the scheduler now and then, so the query's time limit
+        // can fire even over in-memory input that is never pending.
+        Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
+            RecordBatchStreamAdapter::new(out, stream),
+        )))
     }
 }
 
