@@ -387,26 +387,20 @@ fn true_mask(a: &ArrayRef) -> BooleanArray {
     }
 }
 
-/// Evaluates one kernel on rows `offset..offset + len`, isolating failing
-/// rows by halving; a failing row becomes NULL.
-fn kernel(
-    expr: &dyn PhysicalExpr,
-    schema: &SchemaRef,
-    cols: &[ArrayRef],
-    n: usize,
-    ty: &DataType,
-) -> ArrayRef {
-    fn attempt(
-        expr: &dyn PhysicalExpr,
-        schema: &SchemaRef,
-        cols: &[ArrayRef],
-        offset: usize,
-        len: usize,
-        ty: &DataType,
-    ) -> Option<ArrayRef> {
-        let sliced: Vec<ArrayRef> = cols.iter().map(|c| c.slice(offset, len)).collect();
+/// One kernel applied to evaluated argument columns.
+struct Call<'a> {
+    expr: &'a dyn PhysicalExpr,
+    schema: &'a SchemaRef,
+    cols: &'a [ArrayRef],
+    ty: &'a DataType,
+}
+
+impl Call<'_> {
+    /// The kernel on rows `offset..offset + len`, or `None` if it fails.
+    fn attempt(&self, offset: usize, len: usize) -> Option<ArrayRef> {
+        let sliced: Vec<ArrayRef> = self.cols.iter().map(|c| c.slice(offset, len)).collect();
         let batch = RecordBatch::try_new_with_options(
-            schema.clone(),
+            self.schema.clone(),
             sliced,
             &RecordBatchOptions::new().with_row_count(Some(len)),
         )
@@ -414,37 +408,49 @@ fn kernel(
         // A kernel may panic on a value instead of returning an error; the
         // row is then as failed as if it had returned one.
         let out = catch_unwind(AssertUnwindSafe(|| {
-            expr.evaluate(&batch).and_then(|v| v.into_array(len))
+            self.expr.evaluate(&batch).and_then(|v| v.into_array(len))
         }))
         .ok()?
         .ok()?;
-        (out.len() == len).then(|| conform(out, ty))
+        (out.len() == len).then(|| conform(out, self.ty))
     }
-    fn range(
-        expr: &dyn PhysicalExpr,
-        schema: &SchemaRef,
-        cols: &[ArrayRef],
-        offset: usize,
-        len: usize,
-        ty: &DataType,
-    ) -> ArrayRef {
-        if let Some(a) = attempt(expr, schema, cols, offset, len, ty) {
+
+    /// The kernel on rows `offset..offset + len`, failing rows isolated by
+    /// halving and nulled.
+    fn range(&self, offset: usize, len: usize) -> ArrayRef {
+        if let Some(a) = self.attempt(offset, len) {
             return a;
         }
         if len <= 1 {
             #[cfg(test)]
             NULLED.with(|n| n.set(n.get() + len));
-            return new_null_array(ty, len);
+            return new_null_array(self.ty, len);
         }
         let half = len / 2;
-        let left = range(expr, schema, cols, offset, half, ty);
-        let right = range(expr, schema, cols, offset + half, len - half, ty);
-        concat(&[left.as_ref(), right.as_ref()]).unwrap_or_else(|_| new_null_array(ty, len))
+        let left = self.range(offset, half);
+        let right = self.range(offset + half, len - half);
+        concat(&[left.as_ref(), right.as_ref()]).unwrap_or_else(|_| new_null_array(self.ty, len))
     }
+}
+
+/// Evaluates one kernel on `n` rows; a failing row becomes NULL.
+fn kernel(
+    expr: &dyn PhysicalExpr,
+    schema: &SchemaRef,
+    cols: &[ArrayRef],
+    n: usize,
+    ty: &DataType,
+) -> ArrayRef {
     if n == 0 {
         return new_null_array(ty, 0);
     }
-    range(expr, schema, cols, 0, n, ty)
+    Call {
+        expr,
+        schema,
+        cols,
+        ty,
+    }
+    .range(0, n)
 }
 
 #[cfg(test)]

@@ -560,35 +560,41 @@ pub(crate) async fn job_output(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
 }
 
+/// A job record with every field filled, for tests of what is shown of it.
+#[cfg(test)]
+pub(crate) fn test_job(status: JobStatus, charged_queries: u32) -> JobRecord {
+    JobRecord {
+        id: "job_1".into(),
+        agreement_id: "ag_1".into(),
+        developer_id: "pt_1".into(),
+        scenario_id: "sc_1".into(),
+        module_hash: "ab".into(),
+        module_size: 10,
+        params_hash: None,
+        status,
+        submitted_at: Utc::now(),
+        started_at: Some(Utc::now()),
+        finished_at: status.is_final().then(Utc::now),
+        error: Some(json!({"kind": "guest_failed", "message": "status 1234"})),
+        usage: Some(Usage::default()),
+        queries: Vec::new(),
+        tables: Vec::new(),
+        output_hash: Some("cd".into()),
+        output_bytes: Some(2),
+        logs: vec!["a secret".into()],
+        review: Some(json!({"decision": {"reason": "too fine"}})),
+        charged_queries,
+        charged: Budget::default(),
+        allowance: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn job(status: JobStatus, charged_queries: u32) -> JobRecord {
-        JobRecord {
-            id: "job_1".into(),
-            agreement_id: "ag_1".into(),
-            developer_id: "pt_1".into(),
-            scenario_id: "sc_1".into(),
-            module_hash: "ab".into(),
-            module_size: 10,
-            params_hash: None,
-            status,
-            submitted_at: Utc::now(),
-            started_at: Some(Utc::now()),
-            finished_at: status.is_final().then(Utc::now),
-            error: Some(json!({"kind": "guest_failed", "message": "status 1234"})),
-            usage: Some(Usage::default()),
-            queries: Vec::new(),
-            tables: Vec::new(),
-            output_hash: Some("cd".into()),
-            output_bytes: Some(2),
-            logs: vec!["a secret".into()],
-            review: Some(json!({"decision": {"reason": "too fine"}})),
-            charged_queries,
-            charged: Budget::default(),
-            allowance: None,
-        }
+        test_job(status, charged_queries)
     }
 
     #[test]

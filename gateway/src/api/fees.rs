@@ -101,48 +101,29 @@ pub(crate) async fn statement(
 mod tests {
     use super::*;
     use crate::api::{JobStatus, QueryRecord};
-    use chrono::Utc;
 
     fn job(status: JobStatus, queries: u64) -> JobRecord {
-        JobRecord {
-            id: "job_1".into(),
-            agreement_id: "ag_1".into(),
-            developer_id: "pt_1".into(),
-            scenario_id: "sc_1".into(),
-            module_hash: "ab".into(),
-            module_size: 10,
-            params_hash: None,
-            status,
-            submitted_at: Utc::now(),
-            started_at: Some(Utc::now()),
-            finished_at: None,
-            error: None,
-            usage: Some(runtime::Usage {
-                fuel: 1_234,
-                ..Default::default()
-            }),
-            queries: (0..queries)
-                .map(|_| QueryRecord {
-                    ledger_seq: None,
-                    sql: "SELECT 1".into(),
-                    epsilon: 1.0,
-                    released_groups: Some(1),
-                    output_hash: None,
-                    rows_metered: 7,
-                })
-                .collect(),
-            tables: Vec::new(),
-            output_hash: None,
-            output_bytes: None,
-            logs: Vec::new(),
-            review: None,
-            charged_queries: queries as u32,
-            charged: Default::default(),
-            allowance: Some(Allowance {
-                fuel: 1_000_000,
-                rows_per_query: 100,
-            }),
-        }
+        let mut j = crate::api::developer::test_job(status, queries as u32);
+        j.finished_at = None;
+        j.usage = Some(runtime::Usage {
+            fuel: 1_234,
+            ..Default::default()
+        });
+        j.queries = (0..queries)
+            .map(|_| QueryRecord {
+                ledger_seq: None,
+                sql: "SELECT 1".into(),
+                epsilon: 1.0,
+                released_groups: Some(1),
+                output_hash: None,
+                rows_metered: 7,
+            })
+            .collect();
+        j.allowance = Some(Allowance {
+            fuel: 1_000_000,
+            rows_per_query: 100,
+        });
+        j
     }
 
     #[test]
