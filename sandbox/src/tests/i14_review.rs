@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 /// People in the public table; the target is `p0`.
 const PEOPLE: usize = 300;
 
-/// The public table: `pid`, `age`, `married`. The target (`p0`) is left
+/// The public table: `pid`, `age`, `married`, `income` (distinct). The target (`p0`) is left
 /// out when `target` is `None`, else has `married = target`.
 fn people(target: Option<i64>) -> RecordBatch {
     let rows: Vec<usize> = (0..PEOPLE).filter(|r| *r != 0 || target.is_some()).collect();
@@ -38,15 +38,18 @@ fn people(target: Option<i64>) -> RecordBatch {
         .iter()
         .map(|r| if *r == 0 { target.unwrap_or(0) } else { (*r as i64) % 2 })
         .collect();
+    let income: Vec<i64> = rows.iter().map(|r| 1000 + 7 * *r as i64).collect();
     let schema = Schema::new(vec![
         Field::new("pid", DataType::Utf8, false),
         Field::new("age", DataType::Int64, false),
         Field::new("married", DataType::Int64, false),
+        Field::new("income", DataType::Int64, false),
     ]);
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(pid)),
         Arc::new(Int64Array::from(age)),
         Arc::new(Int64Array::from(married)),
+        Arc::new(Int64Array::from(income)),
     ];
     RecordBatch::try_new(Arc::new(schema), cols).unwrap()
 }
@@ -88,7 +91,7 @@ async fn scope(public: Vec<RecordBatch>, own: Vec<RecordBatch>, memory_limit: us
             public,
             json!({"name": "people", "path": "", "privacy_unit": "pid", "unit_kind": "person",
                 "columns": [{"name": "pid", "rule": "keep"}, {"name": "age", "rule": "keep"},
-                            {"name": "married", "rule": "keep"}]}),
+                            {"name": "married", "rule": "keep"}, {"name": "income", "rule": "keep"}]}),
         ),
         version(
             own,
@@ -106,6 +109,7 @@ async fn scope_of(tables: Vec<TableVersion>, memory_limit: usize, query_timeout:
             {"dataset": "people", "columns": [
                 {"name": "age", "ops": ["group", "filter", "aggregate"], "bounds": [0, 100]},
                 {"name": "married", "ops": ["group", "filter", "aggregate"], "bounds": [0, 1]},
+                {"name": "income", "ops": ["group", "filter"]},
                 {"name": "pid", "ops": ["join", "aggregate"]}]},
             // The developer's own grant (R5: it chooses it, validated like
             // a scenario's; any column may be grouped, filtered, aggregated).
@@ -319,4 +323,52 @@ async fn the_memory_limit_fallback_reads_a_secret_bit() {
         (r0.fallback, r0.batch.num_rows()),
         "the release depends on the target's secret bit"
     );
+}
+
+/// What a job sees of a query that releases the group of people of 60
+/// and over: whether that group is missing (the release came from an empty
+/// input). Checked against the platform's own flag.
+async fn falls_back(s: &JobScope, sql: &str) -> bool {
+    let r = s.query(sql).await.expect("accepted");
+    assert_eq!(r.fallback, r.batch.num_rows() == 0, "the job sees the fallback");
+    r.fallback
+}
+
+/// Without any developer table or large value: the memory limit is an
+/// exact threshold on the data. Group keys padded with a constant of `L`
+/// bytes make the aggregation's memory about `groups x L`; the smallest
+/// `L` whose query falls back (found by bisection, one charged query per
+/// step) is a function of the exact number of groups, so it differs
+/// between D and D minus one row, and a job reads it from the releases
+/// (the fallback releases no group). Here the whole public table; with a
+/// WHERE condition, any exact count (differencing then reads one person).
+#[tokio::test]
+async fn the_memory_limit_is_an_exact_count_oracle_on_public_data() {
+    let memory = 4 << 20;
+    let limit = Duration::from_secs(600);
+    let d = scope(vec![people(Some(1))], vec![mine(1)], memory, limit).await;
+    let d1 = scope(vec![people(None)], vec![mine(1)], memory, limit).await;
+    // People of 60 and over share the key '' (a released group of about 60);
+    // everyone else has a key of their own, padded with `l` bytes: never
+    // released, but held by the aggregation.
+    let sql = |l: usize| {
+        format!(
+            "SELECT COUNT(*) AS n FROM people p GROUP BY \
+             CASE WHEN p.age >= 60 THEN '' ELSE concat(CAST(p.income AS VARCHAR), '{}') END",
+            "x".repeat(l)
+        )
+    };
+    let (mut lo, mut hi) = (1usize, 60_000usize);
+    assert!(!falls_back(&d, &sql(lo)).await && falls_back(&d, &sql(hi)).await, "bracket");
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if falls_back(&d, &sql(mid)).await {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    let on_d1 = falls_back(&d1, &sql(hi)).await;
+    eprintln!("smallest padding that fails on D: {hi} bytes; on D minus one row: fallback {on_d1}");
+    assert!(on_d1, "at padding {hi} the release depends on one row");
 }
