@@ -372,3 +372,75 @@ async fn the_memory_limit_is_an_exact_count_oracle_on_public_data() {
     eprintln!("smallest padding that fails on D: {hi} bytes; on D minus one row: fallback {on_d1}");
     assert!(on_d1, "at padding {hi} the release depends on one row");
 }
+
+/// `policy::Checker::within` skips the clamp of an integer column whose
+/// *raw* range (measured at registration) lies within the bounds, but the
+/// view presents the column under its rule: an integer column generalized
+/// by edges or buckets can take values outside that range. Here balances
+/// in [-5, 5], bounds [-5, 5], and a rule mapping negative balances to
+/// the edge -1,000,000: one person with a negative balance moves the
+/// released SUM by a million against a noise scale of 10 (sensitivity 5).
+#[tokio::test]
+async fn a_generalized_integer_column_is_summed_unclamped() {
+    let table = |target: bool| {
+        let rows: Vec<i64> = (0..100).filter(|r| *r != 0 || target).collect();
+        let pid: Vec<String> = rows.iter().map(|r| format!("p{r}")).collect();
+        let balance: Vec<i64> = rows.iter().map(|r| if *r == 0 { -5 } else { r % 6 }).collect();
+        let schema = Schema::new(vec![
+            Field::new("pid", DataType::Utf8, false),
+            Field::new("balance", DataType::Int64, false),
+        ]);
+        let cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from(pid)), Arc::new(Int64Array::from(balance))];
+        RecordBatch::try_new(Arc::new(schema), cols).unwrap()
+    };
+    let open = |target: bool| async move {
+        let spec: scenarios::catalog::DatasetSpec = serde_json::from_value(json!({
+            "name": "accounts", "path": "", "privacy_unit": "pid", "unit_kind": "person",
+            "columns": [{"name": "pid", "rule": "keep"},
+                {"name": "balance", "rule": {"generalize": {"edges": {"edges": [-1000000.0, 0.0]}}}}]}))
+        .unwrap();
+        let sc: scenarios::policy::ScenarioSpec = serde_json::from_value(json!({
+            "name": "acc", "class": "acc", "purpose": "testing",
+            "tables": [{"dataset": "accounts", "columns": [
+                {"name": "balance", "ops": ["aggregate"], "bounds": [-5, 5]},
+                {"name": "pid", "ops": ["join", "aggregate"]}]}],
+            "release": {"epsilon_total": 1000.0, "epsilon_per_query": 1.0,
+                "min_group_size": 5, "max_rows_per_unit": 1, "max_queries_per_job": 1000,
+                "delta_per_query": 1e-7, "delta_total": 1e-4}
+        }))
+        .unwrap();
+        let t = TableVersion {
+            spec,
+            version: "v1".into(),
+            unit_unique: true,
+            complete_columns: vec!["pid".into(), "balance".into()],
+            // As `TableVersion::from_profile` measures it: raw values.
+            column_ranges: vec![("balance".into(), if target { -5.0 } else { 0.0 }, 5.0)],
+            units: Default::default(),
+            data: TableData::Batches(vec![table(target)]),
+        };
+        let cfg = ScopeConfig {
+            agreement_id: "ag".into(),
+            scenario: sc,
+            tables: vec![t],
+            token_key: TokenKey::new(&[1u8; 32]),
+            memory_limit: 1 << 30,
+            query_timeout: Duration::from_secs(60),
+        };
+        let budget = Budget {
+            epsilon: Epsilon(u64::MAX / 4),
+            delta: Delta(u64::MAX / 4),
+            rho: Rho(u64::MAX / 4),
+        };
+        DataPlane::new()
+            .open(cfg, Arc::new(MemoryAccountant::new(budget)))
+            .await
+            .unwrap()
+    };
+    let (d, d1) = (open(true).await, open(false).await);
+    let sql = "SELECT SUM(balance) AS s FROM accounts";
+    let a = first_i64(&d.query(sql).await.unwrap(), "s").unwrap();
+    let b = first_i64(&d1.query(sql).await.unwrap(), "s").unwrap();
+    eprintln!("released SUM on D {a}, on D minus the target {b} (bound 5, noise scale 10)");
+    assert!((a - b).abs() < 200, "one person moved the sum by {}", (a - b).abs());
+}
