@@ -14,6 +14,7 @@ use serde_json::json;
 use std::sync::Arc;
 
 mod attacks;
+mod i14_review;
 mod oracle;
 mod property;
 
