@@ -12,6 +12,7 @@ pub mod desensitize;
 mod error;
 mod exec;
 pub mod files;
+mod limits;
 pub mod noise;
 mod policy;
 pub mod profile;

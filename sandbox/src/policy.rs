@@ -116,6 +116,64 @@ pub(crate) struct Checked {
 /// Most cells a public-domain release may have.
 pub(crate) const MAX_PUBLIC_CELLS: usize = 10_000;
 
+/// Most expression nodes a query may hold, over all its expressions.
+pub(crate) const MAX_QUERY_NODES: usize = 1024;
+/// Most arguments of one function call.
+pub(crate) const MAX_FUNCTION_ARGS: usize = 32;
+
+/// Refuses expressions whose per-row work could be made large by their
+/// size alone: too many nodes, a function with too many arguments, a text
+/// constant longer than total evaluation lets any value be. With these and
+/// `total::MAX_TEXT_BYTES`, what one row can add to a query's work and
+/// memory is bounded before it runs (invariant I14).
+fn check_size<'e>(exprs: impl IntoIterator<Item = &'e Expr>) -> Result<()> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut nodes = 0usize;
+    let mut problem = None;
+    for e in exprs {
+        let _ = e.apply(|x| {
+            nodes += 1;
+            match x {
+                Expr::ScalarFunction(f) if f.args.len() > MAX_FUNCTION_ARGS => {
+                    problem = Some(format!(
+                        "`{}` is called with {} arguments; at most {MAX_FUNCTION_ARGS} are allowed",
+                        f.func.name(),
+                        f.args.len()
+                    ));
+                }
+                Expr::Literal(v, _) => {
+                    let long = match v {
+                        datafusion::common::ScalarValue::Utf8(Some(t))
+                        | datafusion::common::ScalarValue::LargeUtf8(Some(t))
+                        | datafusion::common::ScalarValue::Utf8View(Some(t)) => t.len(),
+                        datafusion::common::ScalarValue::Binary(Some(b))
+                        | datafusion::common::ScalarValue::LargeBinary(Some(b))
+                        | datafusion::common::ScalarValue::BinaryView(Some(b)) => b.len(),
+                        _ => 0,
+                    };
+                    if long as i64 > crate::total::MAX_TEXT_BYTES {
+                        problem = Some(format!(
+                            "a text constant of {long} bytes; at most {} are allowed",
+                            crate::total::MAX_TEXT_BYTES
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+    }
+    if let Some(p) = problem {
+        return refuse(p);
+    }
+    if nodes > MAX_QUERY_NODES {
+        return refuse(format!(
+            "the query's expressions have {nodes} parts; at most {MAX_QUERY_NODES} are allowed"
+        ));
+    }
+    Ok(())
+}
+
 /// Where in the query an expression appears.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Use {
@@ -314,6 +372,7 @@ impl<'a> Checker<'a> {
             aggs.push(kind);
         }
 
+        check_size(groups.iter().chain(&agg.aggr_expr).chain(&predicates))?;
         let ng = groups.len();
         let outputs = match projection {
             Some(p) => {
@@ -697,18 +756,20 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// True when `e` is (a cast of) a column of whole numbers whose
-    /// registered range lies within `[lo, hi]`: an integer column, or a
-    /// float column kept as is and measured at registration to hold whole
-    /// numbers only (its values then convert to integers exactly).
+    /// True when `e` is (a cast of) a column kept as is (the registered
+    /// range is of raw values: a generalizing rule can move a value outside
+    /// it) that holds whole numbers whose registered range lies within
+    /// `[lo, hi]`: an integer column, or a float column measured at
+    /// registration to hold whole numbers only (its values then convert to
+    /// integers exactly).
     fn within(&self, e: &Expr, lo: i64, hi: i64) -> bool {
         match strip_cast(e) {
             Expr::Column(c) => self.resolve(c).is_ok_and(|(t, n)| {
-                let whole = t.view_schema.field_with_name(&n).is_ok_and(|f| {
-                    f.data_type().is_integer()
-                        || (f.data_type().is_floating()
-                            && t.spec.column(&n).is_some_and(|c| c.rule == ColumnRule::Keep))
-                });
+                let kept = t.spec.column(&n).is_some_and(|c| c.rule == ColumnRule::Keep);
+                let whole = kept
+                    && t.view_schema
+                        .field_with_name(&n)
+                        .is_ok_and(|f| f.data_type().is_integer() || f.data_type().is_floating());
                 whole
                     && t.ranges
                         .get(&n)

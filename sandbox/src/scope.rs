@@ -370,8 +370,9 @@ impl DataPlane {
 
     /// Opens a job's scope over the granted tables.
     pub async fn open(&self, cfg: ScopeConfig, accountant: Arc<dyn Accountant>) -> Result<JobScope> {
+        let pool = Arc::new(crate::limits::NoisyPool::new(cfg.memory_limit));
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(cfg.memory_limit, 1.0)
+            .with_memory_pool(pool.clone())
             .build_arc()?;
         let config = SessionConfig::new()
             .with_information_schema(false)
@@ -416,6 +417,7 @@ impl DataPlane {
             queries: AtomicU32::new(0),
             row_functions: Mutex::new(HashMap::new()),
             query_timeout: cfg.query_timeout,
+            pool,
         })
     }
 }
@@ -475,8 +477,11 @@ pub struct JobScope {
     queries: AtomicU32,
     /// Row functions the job registered, by name.
     row_functions: Mutex<HashMap<String, Arc<dyn RowFunction>>>,
-    /// Wall-clock limit of one query's execution.
+    /// Wall-clock limit of one query's execution (noise is added per
+    /// query, `crate::limits`).
     query_timeout: std::time::Duration,
+    /// The session's memory pool, whose limit is drawn per query.
+    pool: Arc<crate::limits::NoisyPool>,
 }
 
 impl std::fmt::Debug for JobScope {
@@ -612,7 +617,17 @@ impl JobScope {
         // aggregation state, a join's fan-out, the query's time limit) is
         // released as the mechanism's answer on an empty input, charged as
         // usual. The cause goes to the platform's log only.
-        let executed = tokio::time::timeout(self.query_timeout, self.execute(&prepared.plan)).await;
+        // Both limits are drawn afresh with noise, so that whether a query
+        // crosses one is not a noise-free bit about one row.
+        let timeout = {
+            let mut rng = self
+                .rng
+                .lock()
+                .map_err(|_| Error::Internal("noise source lock poisoned".into()))?;
+            self.pool.redraw(&mut *rng)?;
+            crate::limits::noisy_timeout(self.query_timeout, &mut *rng)?
+        };
+        let executed = tokio::time::timeout(timeout, self.execute(&prepared.plan)).await;
         let (batches, mut fallback) = match executed {
             Ok(Ok(batches)) => (batches, false),
             Ok(Err(e)) => {

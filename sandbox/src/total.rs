@@ -484,8 +484,47 @@ fn row_function(f: &dyn RowFunction, args: &[ArrayRef], n: usize) -> Result<Arra
     Ok(Arc::new(Float64Array::from(out)))
 }
 
-/// Replaces non-finite floats by NULL.
+/// Longest text or binary value an expression may produce or read, in
+/// bytes; a longer one is NULL. It bounds what one row can add to the work
+/// and memory of a query (invariant I14): without it one long value,
+/// concatenated many times, made one row's work take seconds and decided
+/// whether a query ran out of memory.
+pub(crate) const MAX_TEXT_BYTES: i64 = 1024;
+
+/// Replaces text longer than [`MAX_TEXT_BYTES`] by NULL.
+fn short(a: ArrayRef) -> ArrayRef {
+    use datafusion::arrow::datatypes::DataType::*;
+    if !matches!(
+        a.data_type(),
+        Utf8 | LargeUtf8 | Utf8View | Binary | LargeBinary | BinaryView
+    ) {
+        return a;
+    }
+    let Ok(lengths) = datafusion::arrow::compute::kernels::length::length(&a) else {
+        return a;
+    };
+    let Ok(lengths) = cast(&lengths, &DataType::Int64) else {
+        return a;
+    };
+    let lengths = lengths.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+    if lengths.values().iter().all(|l| *l <= MAX_TEXT_BYTES) {
+        return a;
+    }
+    let long: BooleanArray = lengths
+        .values()
+        .iter()
+        .map(|l| Some(*l > MAX_TEXT_BYTES))
+        .collect();
+    datafusion::arrow::compute::nullif(&a, &long).unwrap_or_else(|_| new_null_array(a.data_type(), a.len()))
+}
+
+/// What every node yields: non-finite floats and over-long text as NULL.
 fn finite(a: ArrayRef) -> ArrayRef {
+    short(finite_floats(a))
+}
+
+/// Replaces non-finite floats by NULL.
+fn finite_floats(a: ArrayRef) -> ArrayRef {
     fn mask<T: datafusion::arrow::datatypes::ArrowPrimitiveType>(
         a: &ArrayRef,
         is_finite: impl Fn(T::Native) -> bool,
@@ -559,6 +598,18 @@ mod tests {
             out.iter().collect::<Vec<_>>(),
             vec![Some(1), Some(7), Some(7), Some(7)]
         );
+    }
+
+    #[test]
+    fn text_longer_than_the_bound_is_null_wherever_it_appears() {
+        use datafusion::functions::expr_fn::concat;
+        // Each 600-byte operand is within the bound; their concatenation
+        // is not, and is NULL before anything can use it.
+        let long = lit("x".repeat(600));
+        let out = run(concat(vec![col("s"), long.clone(), long]));
+        assert_eq!(out.null_count(), 4);
+        let out = run(concat(vec![col("s"), lit("y".repeat(10))]));
+        assert_eq!(out.null_count(), 0);
     }
 
     #[test]
