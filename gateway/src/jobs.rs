@@ -469,7 +469,7 @@ async fn run(
     cancel: Arc<AtomicBool>,
 ) -> ApiResult<()> {
     let (s, id) = (st.clone(), job_id.to_string());
-    let (mut job, ag, sc, spec, bytes, tables) = blocking(move || {
+    let (mut job, ag, sc, spec, bytes, tables, started) = blocking(move || {
         let mut job: JobRecord = s
             .store
             .get(Table::Jobs, &id)?
@@ -506,8 +506,10 @@ async fn run(
         });
         job.status = JobStatus::Running;
         job.started_at = Some(Utc::now());
+        // The same moment on the clock that sleeps (see `SlotHold`).
+        let started = std::time::Instant::now();
         let job = s.store.tx(move |tx| put(tx, &job).map(|()| job))?;
-        Ok((job, ag, sc, spec, bytes, tables))
+        Ok((job, ag, sc, spec, bytes, tables, started))
     })
     .await?;
 
@@ -540,6 +542,12 @@ async fn run(
                 handle,
                 cancel: cancel.clone(),
                 module_hash: Some(job.module_hash.clone()),
+                // The slot is kept until the job's visible end, so the
+                // start of a job waiting for it says nothing finer.
+                hold_slot: Some(runtime::SlotHold {
+                    started,
+                    quantum: st.config.time_quantum,
+                }),
             };
             tokio::task::spawn_blocking(move || rt.run(&bytes, input))
                 .await
@@ -550,15 +558,16 @@ async fn run(
             usage: Default::default(),
             logs: Vec::new(),
             releases: Vec::new(),
+            ended: std::time::Instant::now(),
         },
     };
-    // The runtime's slot is free again; the end is made visible only at a
-    // whole number of quanta after the start.
-    let ended = visible_end(
-        job.started_at.unwrap_or_else(Utc::now),
-        Utc::now(),
-        st.config.time_quantum,
-    );
+    // The end is made visible only at a whole number of quanta after the
+    // start, computed from when the run really ended (the runtime held the
+    // slot until then).
+    let started_at = job.started_at.unwrap_or_else(Utc::now);
+    let ran = chrono::Duration::from_std(outcome.ended.saturating_duration_since(started))
+        .unwrap_or_else(|_| chrono::Duration::zero());
+    let ended = visible_end(started_at, started_at + ran, st.config.time_quantum);
     finish(
         st,
         actor,

@@ -169,6 +169,7 @@ pub async fn run(opts: LocalRun) -> Result<i32> {
         handle: tokio::runtime::Handle::current(),
         cancel: Arc::new(AtomicBool::new(false)),
         module_hash: None,
+        hold_slot: None,
     };
     let outcome = tokio::task::spawn_blocking(move || rt.run(&bytes, input)).await?;
     let spent = accountant.spent();

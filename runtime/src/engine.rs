@@ -65,6 +65,32 @@ pub struct JobOutcome {
     pub logs: Vec<String>,
     /// Lineage of every result the job received (each already charged).
     pub releases: Vec<QueryLineage>,
+    /// When the run itself ended (before any hold of its slot).
+    pub ended: Instant,
+}
+
+/// Keep a job's slot after its run until `started + k·quantum`, for the
+/// smallest `k ≥ 1` not before the run's end. A job waiting for a slot
+/// starts when one is freed; without the hold its start would tell the end
+/// of the job before it to the instant, and quantizing that job's visible
+/// end would be for nothing (invariant I14).
+#[derive(Debug, Clone, Copy)]
+pub struct SlotHold {
+    /// When the job counts as started.
+    pub started: Instant,
+    /// The quantum of visible ends.
+    pub quantum: Duration,
+}
+
+impl SlotHold {
+    /// The first whole quantum after `started` that is not before `end`.
+    pub fn until(&self, end: Instant) -> Instant {
+        let q = self.quantum.as_nanos().max(1);
+        let ran = end.saturating_duration_since(self.started).as_nanos();
+        let k = (ran.div_ceil(q)).max(1);
+        let wait = u64::try_from(k.saturating_mul(q)).unwrap_or(u64::MAX);
+        self.started + Duration::from_nanos(wait)
+    }
 }
 
 /// What a run needs besides the module.
@@ -82,6 +108,9 @@ pub struct JobInput {
     /// The module's SHA-256 (hex) when the caller already knows it: a
     /// cached module then starts without hashing the bytes again.
     pub module_hash: Option<String>,
+    /// Hold the slot after the run (see [`SlotHold`]); `None` frees it at
+    /// once.
+    pub hold_slot: Option<SlotHold>,
 }
 
 /// The WASM runtime.
@@ -232,6 +261,7 @@ impl Runtime {
             handle: tokio::runtime::Handle::try_current().map_err(internal)?,
             cancel: Arc::new(AtomicBool::new(false)),
             module_hash: None,
+            hold_slot: None,
         };
         let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
         let state = HostState::new(input, deadline, &p, self.udf_factory.clone());
@@ -280,6 +310,16 @@ impl Runtime {
     /// blocking context: queries block on `input.handle`).
     pub fn run(&self, bytes: &[u8], input: JobInput) -> JobOutcome {
         let _slot = self.slots.acquire();
+        let hold = input.hold_slot;
+        let outcome = self.run_in_slot(bytes, input);
+        if let Some(h) = hold {
+            let until = h.until(outcome.ended);
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        }
+        outcome
+    }
+
+    fn run_in_slot(&self, bytes: &[u8], input: JobInput) -> JobOutcome {
         let started = Instant::now();
         let mut usage = Usage::default();
         let known = input.module_hash.as_deref().and_then(|h| self.cached(h));
@@ -294,6 +334,7 @@ impl Runtime {
                     usage,
                     logs: Vec::new(),
                     releases: Vec::new(),
+                    ended: Instant::now(),
                 }
             }
         };
@@ -303,6 +344,7 @@ impl Runtime {
                 usage,
                 logs: Vec::new(),
                 releases: Vec::new(),
+                ended: Instant::now(),
             };
         }
         let limits = input.limits;
@@ -340,6 +382,7 @@ impl Runtime {
             usage,
             logs: st.logs,
             releases: st.releases,
+            ended: Instant::now(),
         }
     }
 }

@@ -16,7 +16,7 @@ mod limits;
 mod tests;
 pub mod udf;
 
-pub use engine::{JobInput, JobOutcome, ModuleInfo, Runtime, Usage, CONCURRENT_JOBS};
+pub use engine::{JobInput, JobOutcome, ModuleInfo, Runtime, SlotHold, Usage, CONCURRENT_JOBS};
 pub use error::JobError;
 pub use limits::{
     JobLimits, MAX_MEMORY_BYTES, MAX_MODULE_BYTES, MAX_PARAMS_BYTES, MAX_SQL_BYTES, MAX_TABLE_ELEMENTS,

@@ -25,6 +25,7 @@ fn input(tokio: &tokio::runtime::Runtime, limits: JobLimits) -> JobInput {
         handle: tokio.handle().clone(),
         cancel: Arc::new(AtomicBool::new(false)),
         module_hash: None,
+        hold_slot: None,
     }
 }
 
@@ -301,4 +302,38 @@ fn wall_time_is_reported_in_whole_seconds() {
         JobLimits::default(),
     );
     assert_eq!(out.usage.wall_ms, 1000);
+}
+
+#[test]
+fn a_job_keeps_its_slot_until_a_whole_quantum_after_its_start() {
+    // I14: the next job in the queue starts when this one's slot is freed;
+    // freeing it at a whole quantum after the start tells that job nothing
+    // finer than this one's visible end.
+    let hold = crate::SlotHold {
+        started: std::time::Instant::now(),
+        quantum: std::time::Duration::from_millis(300),
+    };
+    assert_eq!(
+        hold.until(hold.started),
+        hold.started + hold.quantum,
+        "at least one quantum"
+    );
+    assert_eq!(
+        hold.until(hold.started + std::time::Duration::from_millis(301)),
+        hold.started + 2 * hold.quantum
+    );
+    let (r, t) = rt();
+    let bytes = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let mut job = input(&t, JobLimits::default());
+    job.hold_slot = Some(hold);
+    let out = r.run(&bytes, job);
+    assert!(out.result.is_ok());
+    assert!(out.ended < hold.started + hold.quantum, "the run itself is short");
+    assert!(
+        std::time::Instant::now() >= hold.started + hold.quantum,
+        "the slot was held"
+    );
 }

@@ -78,6 +78,7 @@ pub async fn run(rows: usize, iterations: usize) -> Result<()> {
                 handle: h2.clone(),
                 cancel: Arc::new(AtomicBool::new(false)),
                 module_hash: Some(module_hash.clone()),
+                hold_slot: None,
             };
             let t = Instant::now();
             let out = r2.run(&m2, input);

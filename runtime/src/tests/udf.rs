@@ -138,6 +138,7 @@ fn input(t: &tokio::runtime::Runtime, scope: JobScope, limits: JobLimits) -> Job
         handle: t.handle().clone(),
         cancel: Arc::new(AtomicBool::new(false)),
         module_hash: None,
+        hold_slot: None,
     }
 }
 
