@@ -11,7 +11,8 @@
 //! `Δ/b`-differentially private, where `Δ` is the most one row can move
 //! the quantity. Total evaluation bounds `Δ` (text at most
 //! `total::MAX_TEXT_BYTES`, expressions at most `policy::MAX_QUERY_NODES`
-//! nodes): about 256 KiB of accounted memory and 20 ms of work per row, so
+//! nodes): we estimate about 256 KiB of accounted memory and 20 ms of work
+//! per row at worst (not measured), so
 //! with `b` half the base limit (512 MiB and 15 s by default) a limit's
 //! verdict costs at most about 5·10⁻⁴ and 1.3·10⁻³ per query; this is
 //! not charged to the budget and is stated in `docs/invariants.md`.
