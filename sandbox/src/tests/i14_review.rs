@@ -184,7 +184,7 @@ async fn timed(scope: &JobScope, sql: &str, runs: usize) -> (Duration, crate::Re
 fn first_i64(r: &crate::Release, column: &str) -> Option<i64> {
     let c = r.batch.column_by_name(column)?;
     let c = c.as_primitive_opt::<Int64Type>()?;
-    (c.len() > 0 && c.is_valid(0)).then(|| c.value(0))
+    (!c.is_empty() && c.is_valid(0)).then(|| c.value(0))
 }
 
 /// One row's work is not bounded by anything a developer cannot choose:
