@@ -14,6 +14,12 @@
 //!   `BooleanArray::from_unary`, the ASCII fast path of `lower`/`upper`,
 //!   `zip` in CASE) still see and copy them, and every node's output is
 //!   held until the program ends, outside the memory pool.
+//!
+//! Also: dictionary-encoded text escapes `short` (A5), `||` grows the
+//! bytes behind a NULL quadratically (A6), deep expressions overflow the
+//! compiler's stack after the charge (A7), and the mechanism's Int64 sums
+//! wrap (A8). Timings in comments are from release builds where stated,
+//! else from the debug test build (2 shared cores).
 
 use super::i14_review::{first_i64, people, scope, timed, JOIN};
 use crate::total::Program;
@@ -161,15 +167,31 @@ async fn like_searches_the_bytes_of_a_nulled_value() {
     );
 }
 
-fn peak_rss_kib() -> u64 {
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).map(|v| v.parse().unwrap_or(0)))
         })
         .unwrap_or(0)
+}
+
+/// The memory tests run one at a time: the peak is the process's.
+static MEMORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `sql` on `s`; returns by how many bytes the process's peak
+/// resident memory rose above its resident memory before the query, and
+/// whether the release fell back.
+async fn peak_growth(s: &JobScope, sql: &str) -> (usize, bool) {
+    let _one = MEMORY.lock().unwrap_or_else(|p| p.into_inner());
+    // Resets the peak to the current resident size (Linux).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = status_kib("VmRSS:");
+    let r = s.query(sql).await.expect("accepted");
+    let grew = status_kib("VmHWM:").saturating_sub(before) * 1024;
+    (grew as usize, r.fallback)
 }
 
 /// A4. ... and copied, and held outside the pool: the ASCII fast path of
@@ -177,13 +199,13 @@ fn peak_rss_kib() -> u64 {
 /// output keeps them. 17 chains of 22 nested `lower` (the SQL parser's
 /// recursion limit bounds the depth) over the NULL of 32 copies hold
 /// 374 x 32 KB = 12 MB per carrier row until the program ends, none of it
-/// in the query's memory pool (16 MiB here). Ten carriers: about 100 MiB
+/// in the query's memory pool (16 MiB here). Twenty carriers: about 200 MiB
 /// measured, and no fallback. A batch of 8,192 such rows is about 98 GB:
 /// the process dies (every running job with it), at a fixed threshold the
 /// noisy pool never sees, and one row moves the total by 12 MB.
 #[tokio::test]
 async fn memory_held_by_a_program_is_outside_the_pool() {
-    let carriers: Vec<usize> = (1..=10).collect();
+    let carriers: Vec<usize> = (1..=20).collect();
     let own = mine_with(&haystack(), &carriers);
     let inner = format!("concat({})", vec!["m.s"; 32].join(", "));
     // 17 chains of 22 `lower` over `concat` of 32: 17 x 57 = 969 parts.
@@ -191,17 +213,14 @@ async fn memory_held_by_a_program_is_outside_the_pool() {
     let sql = format!("SELECT COUNT(*) AS n {JOIN} WHERE {}", vec![chain.as_str(); 17].join(" OR "));
     let pool = 16 << 20;
     let s = scope(vec![people(Some(1))], vec![own], pool, NO_LIMIT).await;
-    let before = peak_rss_kib();
-    let r = s.query(&sql).await.expect("accepted");
-    let grew = (peak_rss_kib().saturating_sub(before) * 1024) as usize;
+    let (grew, fallback) = peak_growth(&s, &sql).await;
     eprintln!(
-        "peak RSS grew by {} MiB with a pool of {} MiB; fallback {}",
+        "peak RSS grew by {} MiB with a pool of {} MiB; fallback {fallback}",
         grew >> 20,
         pool >> 20,
-        r.fallback
     );
     assert!(
-        grew < 4 * pool || r.fallback,
+        grew < 4 * pool || fallback,
         "a query held {} MiB outside its {} MiB pool",
         grew >> 20,
         pool >> 20
@@ -233,4 +252,115 @@ fn a_dictionary_encoded_value_is_not_bounded() {
             out.data_type()
         );
     }
+}
+
+/// A6. `||` (arrow's `concat_elements_bytes`) copies null slots too, so
+/// a chain `concat(32 copies) || m.s || m.s || ...` grows the bytes kept
+/// behind one NULL by 1 KB per link: the k-th link holds 32 + k KB for the
+/// row, and every link is held until the program ends (quadratic memory
+/// and copying, on the carrier's rows only). Three chains of 150 links
+/// (999 parts; longer chains overflow the compiler's stack, A7) hold about
+/// 47 MB per row, outside the pool. Three carriers here (run on a large
+/// stack because of A7).
+#[test]
+fn a_concat_chain_grows_the_bytes_behind_a_null_quadratically() {
+    on_a_large_stack(concat_chain)
+}
+
+async fn concat_chain() {
+    let own = mine_with(&haystack(), &[1, 2, 3]);
+    let chain = format!(
+        "concat({}) || {} = 'x'",
+        vec!["m.s"; 32].join(", "),
+        vec!["m.s"; 150].join(" || ")
+    );
+    let sql = format!("SELECT COUNT(*) AS n {JOIN} WHERE {}", vec![chain.as_str(); 3].join(" OR "));
+    let pool = 16 << 20;
+    let s = scope(vec![people(Some(1))], vec![own], pool, NO_LIMIT).await;
+    let (grew, fallback) = peak_growth(&s, &sql).await;
+    eprintln!(
+        "peak RSS grew by {} MiB with a pool of {} MiB; fallback {fallback}",
+        grew >> 20,
+        pool >> 20,
+    );
+    assert!(
+        grew < 4 * pool || fallback,
+        "a query held {} MiB outside its {} MiB pool for three rows",
+        grew >> 20,
+        pool >> 20
+    );
+}
+
+/// A7. Nesting is bounded only by the number of parts (1,024) and the SQL
+/// parser's recursion limit, which a left-deep `a || b || c ...` chain
+/// does not meet. `total::Compiler::compile` recurses once per level with
+/// no stack guard, after the query is charged: about 110 links abort the
+/// whole process with a stack overflow in a debug build (2 MiB test
+/// thread; tokio threads also have 2 MiB; release frames are smaller, not
+/// measured, and the bound allows 510 links), taking every running job
+/// with it.
+/// Run here on a large stack so the suite survives; the test fails while
+/// such a query is accepted rather than refused before charging.
+#[test]
+fn a_deep_expression_is_refused_before_it_can_overflow_the_stack() {
+    let outcome = on_a_large_stack(|| async {
+        let own = mine_with("", &[]);
+        let s = scope(vec![people(Some(1))], vec![own], 1 << 30, NO_LIMIT).await;
+        let sql = format!(
+            "SELECT COUNT(*) AS n {JOIN} WHERE {} = 'x'",
+            vec!["m.s"; 500].join(" || ")
+        );
+        s.query(&sql).await.map(|_| ())
+    });
+    assert!(
+        matches!(outcome, Err(crate::Error::PolicyViolation(_))),
+        "a 500-level expression is accepted and compiled recursively after the charge: {outcome:?}"
+    );
+}
+
+/// Runs a test body on a thread with a 512 MiB stack (see A7).
+fn on_a_large_stack<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    std::thread::Builder::new()
+        .stack_size(512 << 20)
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f())
+        })
+        .unwrap()
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// A8. The mechanism's sums are DataFusion `sum` over Int64, which wraps on
+/// overflow instead of failing. Bounds may reach 1e12, so a query whose
+/// clamped contributions add up past i64::MAX (9.2e6 rows at the upper
+/// bound on the fast path; 9.2e6 / k units on the bounded path) releases a
+/// sum off by 2^64, far outside the noise; choosing the bound so that the
+/// sum sits at the edge (`hi = i64::MAX / n` for a guessed `n`) turns one
+/// row into an exact, noise-free bit. Checked here on DataFusion itself
+/// (the platform's plan uses the same `sum`); the fix is a checked or
+/// 128-bit sum, or refusing bounds with `rows x max(|lo|, |hi|)` near
+/// i64::MAX.
+#[tokio::test]
+async fn the_mechanism_sum_wraps_instead_of_failing() {
+    let ctx = datafusion::prelude::SessionContext::new();
+    let batches = ctx
+        .sql("SELECT SUM(x) AS s FROM (VALUES (9223372036854775807), (1)) AS t(x)")
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let wrapped = batches.as_ref().ok().and_then(|b| {
+        let c = b.first()?.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>()?.clone();
+        (c.is_valid(0) && c.value(0) < 0).then(|| c.value(0))
+    });
+    assert!(wrapped.is_none(), "i64::MAX + 1 summed to {wrapped:?}");
 }
