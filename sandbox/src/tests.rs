@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 mod attacks;
 mod i14_review;
+mod i14_review2;
 mod oracle;
 mod property;
 

@@ -36,7 +36,7 @@ const PEOPLE: usize = 300;
 
 /// The public table: `pid`, `age`, `married`, `income` (distinct). The target (`p0`) is left
 /// out when `target` is `None`, else has `married = target`.
-fn people(target: Option<i64>) -> RecordBatch {
+pub(super) fn people(target: Option<i64>) -> RecordBatch {
     let rows: Vec<usize> = (0..PEOPLE).filter(|r| *r != 0 || target.is_some()).collect();
     let pid: Vec<String> = rows.iter().map(|r| format!("p{r}")).collect();
     let age: Vec<i64> = rows.iter().map(|r| 20 + (*r as i64 % 50)).collect();
@@ -81,7 +81,7 @@ fn mine(big: usize) -> RecordBatch {
     RecordBatch::try_new(Arc::new(schema), cols).unwrap()
 }
 
-fn version(batches: Vec<RecordBatch>, spec: serde_json::Value) -> TableVersion {
+pub(super) fn version(batches: Vec<RecordBatch>, spec: serde_json::Value) -> TableVersion {
     let spec: scenarios::catalog::DatasetSpec = serde_json::from_value(spec).unwrap();
     let columns: Vec<String> = spec.columns.iter().map(|c| c.name.clone()).collect();
     TableVersion {
@@ -97,7 +97,7 @@ fn version(batches: Vec<RecordBatch>, spec: serde_json::Value) -> TableVersion {
 
 /// A scope over the public table and the developer's table, with the
 /// given per-query memory and time limits.
-async fn scope(
+pub(super) async fn scope(
     public: Vec<RecordBatch>,
     own: Vec<RecordBatch>,
     memory_limit: usize,
@@ -119,7 +119,7 @@ async fn scope(
     scope_of(tables, memory_limit, query_timeout).await
 }
 
-async fn scope_of(tables: Vec<TableVersion>, memory_limit: usize, query_timeout: Duration) -> JobScope {
+pub(super) async fn scope_of(tables: Vec<TableVersion>, memory_limit: usize, query_timeout: Duration) -> JobScope {
     let sc: scenarios::policy::ScenarioSpec = serde_json::from_value(json!({
         "name": "fusion", "class": "fusion", "purpose": "testing",
         "tables": [
@@ -166,10 +166,10 @@ fn amplified(x: &str, copies: usize) -> String {
 /// The target's string when its secret bit is 1, else ''.
 const IF_MARRIED: &str = "CASE WHEN p.married = 1 THEN m.s ELSE '' END";
 
-const JOIN: &str = "FROM people p JOIN mine m ON p.pid = m.pid";
+pub(super) const JOIN: &str = "FROM people p JOIN mine m ON p.pid = m.pid";
 
 /// Best of `runs` wall times of `sql`, and the last release.
-async fn timed(scope: &JobScope, sql: &str, runs: usize) -> (Duration, crate::Release) {
+pub(super) async fn timed(scope: &JobScope, sql: &str, runs: usize) -> (Duration, crate::Release) {
     let mut best = Duration::MAX;
     let mut last = None;
     for _ in 0..runs {
@@ -181,7 +181,7 @@ async fn timed(scope: &JobScope, sql: &str, runs: usize) -> (Duration, crate::Re
     (best, last.unwrap())
 }
 
-fn first_i64(r: &crate::Release, column: &str) -> Option<i64> {
+pub(super) fn first_i64(r: &crate::Release, column: &str) -> Option<i64> {
     let c = r.batch.column_by_name(column)?;
     let c = c.as_primitive_opt::<Int64Type>()?;
     (!c.is_empty() && c.is_valid(0)).then(|| c.value(0))
