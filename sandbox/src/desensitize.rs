@@ -252,6 +252,15 @@ pub fn view_columns(schema: &DFSchema, spec: &DatasetSpec, key: &TokenKey) -> Re
             out.push((c.name.clone(), e));
         }
     }
+    // Dictionary-encoded columns (Parquet written from categoricals) are
+    // presented as plain values: total evaluation bounds plain text only.
+    for (_, e) in out.iter_mut() {
+        if let Ok(DataType::Dictionary(_, value)) =
+            datafusion::logical_expr::ExprSchemable::get_type(&*e, schema)
+        {
+            *e = cast(e.clone(), value.as_ref().clone());
+        }
+    }
     Ok(out)
 }
 

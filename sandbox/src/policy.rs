@@ -120,6 +120,26 @@ pub(crate) const MAX_PUBLIC_CELLS: usize = 10_000;
 pub(crate) const MAX_QUERY_NODES: usize = 1024;
 /// Most arguments of one function call.
 pub(crate) const MAX_FUNCTION_ARGS: usize = 32;
+/// Deepest nesting of one expression: total evaluation compiles and runs
+/// it recursively, and must never run out of stack after a query is
+/// charged.
+pub(crate) const MAX_EXPRESSION_DEPTH: usize = 48;
+
+/// Depth of an expression tree.
+fn depth(e: &Expr) -> usize {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut deepest = 0usize;
+    let _ = e.apply_children(|c| {
+        deepest = deepest.max(depth(c));
+        // Stop early past the bound: the caller refuses anyway.
+        Ok(if deepest > MAX_EXPRESSION_DEPTH {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    deepest + 1
+}
 
 /// Refuses expressions whose per-row work could be made large by their
 /// size alone: too many nodes, a function with too many arguments, a text
@@ -334,6 +354,21 @@ impl<'a> Checker<'a> {
 
     /// Checks an analyzed plan and extracts the query.
     pub(crate) fn check(mut self, plan: &LogicalPlan) -> Result<Checked> {
+        // Depth first, before anything walks the expressions recursively.
+        let mut too_deep = false;
+        let _ = datafusion::common::tree_node::TreeNode::apply(plan, |node| {
+            too_deep |= node.expressions().iter().any(|e| depth(e) > MAX_EXPRESSION_DEPTH);
+            Ok(if too_deep {
+                datafusion::common::tree_node::TreeNodeRecursion::Stop
+            } else {
+                datafusion::common::tree_node::TreeNodeRecursion::Continue
+            })
+        });
+        if too_deep {
+            return refuse(format!(
+                "an expression is nested more than {MAX_EXPRESSION_DEPTH} levels deep"
+            ));
+        }
         let (projection, agg) = match plan {
             LogicalPlan::Projection(p) => match p.input.as_ref() {
                 LogicalPlan::Aggregate(a) => (Some(p), a),
@@ -931,8 +966,25 @@ impl<'a> Checker<'a> {
                 self.expr(&b.right, place, schema)
             }
             Expr::Like(l) => {
-                if !matches!(strip_cast(&l.pattern), Expr::Literal(_, _)) {
+                let Expr::Literal(pattern, _) = strip_cast(&l.pattern) else {
                     return refuse("LIKE patterns must be constants");
+                };
+                // Only prefix, suffix and substring patterns: their work
+                // per row is linear in the value. A general pattern runs a
+                // regular expression whose work on one chosen value can be
+                // a million times that of another (invariant I14).
+                let text = match pattern {
+                    datafusion::common::ScalarValue::Utf8(Some(t))
+                    | datafusion::common::ScalarValue::LargeUtf8(Some(t))
+                    | datafusion::common::ScalarValue::Utf8View(Some(t)) => t.as_str(),
+                    _ => return refuse("LIKE patterns must be text constants"),
+                };
+                let inner = text.strip_prefix('%').unwrap_or(text);
+                let inner = inner.strip_suffix('%').unwrap_or(inner);
+                if l.escape_char.is_some() || inner.contains(['%', '_', '\\']) {
+                    return refuse(
+                        "LIKE patterns may only be 'text', 'text%', '%text' or '%text%' (no _ , inner % or escapes)",
+                    );
                 }
                 self.expr(&l.expr, place, schema)
             }

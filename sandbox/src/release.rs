@@ -598,6 +598,13 @@ fn with_windows(b: LogicalPlanBuilder, windows: Vec<(Expr, String)>) -> Result<L
     Ok(LogicalPlanBuilder::from(plan).project(exprs)?)
 }
 
+/// True when a sum of values clamped to `[lo, hi]`, `k` rows per unit,
+/// could pass `i64::MAX` within 4·10⁹ rows: it is then summed in 128 bits.
+pub(crate) fn wide_sum(lo: i64, hi: i64, k: i64) -> bool {
+    let per_row = i128::from(lo.unsigned_abs().max(hi.unsigned_abs())) * i128::from(k.max(1));
+    per_row > i128::from(i32::MAX)
+}
+
 /// The rows the mechanism aggregates: a [`QueryInput`] evaluates, on every
 /// row of the joined tables and with total semantics, the unit, the group
 /// keys, the aggregate arguments and the WHERE condition; the platform's
@@ -643,8 +650,16 @@ fn build_plan(
                 args.len() - 1
             }
         };
-        let value = value_of(kind, col(format!("__a{j}").as_str()), &ty)?
+        let mut value = value_of(kind, col(format!("__a{j}").as_str()), &ty)?
             .ok_or_else(|| Error::Internal("measurement without value".into()))?;
+        // A sum whose bound times k could reach i64::MAX within 4·10⁹ rows
+        // is summed in 128 bits: DataFusion's Int64 SUM wraps around, and a
+        // bound chosen to sit at the wrap would make one row an exact bit.
+        if let Kind::Sum(_, lo, hi, _) = kind {
+            if wide_sum(*lo, *hi, k) {
+                value = try_cast(value, DataType::Decimal128(38, 0));
+            }
+        }
         let name = format!("__v{i}");
         row_exprs.push(value.alias(&name));
         value_cols.push(Some(name));
@@ -888,6 +903,15 @@ pub(crate) fn finish(
         let column = all
             .column_by_name(&m.column)
             .ok_or_else(|| Error::Internal(format!("missing {}", m.column)))?;
+        if let Some(wide) = column.as_primitive_opt::<datafusion::arrow::datatypes::Decimal128Type>() {
+            // 128-bit sums (scale 0) are read as they are.
+            exact.push(
+                (0..n)
+                    .map(|i| if wide.is_null(i) { 0 } else { wide.value(i) })
+                    .collect(),
+            );
+            continue;
+        }
         let column = cast(column, &DataType::Int64)?;
         let values = column.as_primitive::<Int64Type>();
         exact.push(

@@ -70,6 +70,22 @@ enum Node {
     Row(Arc<dyn RowFunction>, Vec<usize>),
 }
 
+impl Node {
+    /// The nodes whose values this one reads.
+    fn children(&self) -> Vec<usize> {
+        match self {
+            Node::Input(_) | Node::Const(_) => Vec::new(),
+            Node::Kernel { args, .. } | Node::Row(_, args) => args.clone(),
+            Node::Case { branches, otherwise } => branches
+                .iter()
+                .flat_map(|(c, t)| [*c, *t])
+                .chain(otherwise.iter().copied())
+                .collect(),
+            Node::And(l, r) | Node::Or(l, r) => vec![*l, *r],
+        }
+    }
+}
+
 /// A compiled expression with total semantics (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Program {
@@ -303,12 +319,23 @@ impl Program {
             let a = batch.column(i).clone();
             return Ok(finite(a));
         }
-        let mut values: Vec<ArrayRef> = Vec::with_capacity(self.nodes.len());
-        for (node, ty) in &self.nodes {
+        // A node's value is dropped after its last reader has run, so a
+        // program holds a few columns at a time, not one per node.
+        let mut last_use = vec![0usize; self.nodes.len()];
+        for (j, (node, _)) in self.nodes.iter().enumerate() {
+            for c in node.children() {
+                if let Some(l) = last_use.get_mut(c) {
+                    *l = j;
+                }
+            }
+        }
+        let mut values: Vec<Option<ArrayRef>> = Vec::with_capacity(self.nodes.len());
+        for (j, (node, ty)) in self.nodes.iter().enumerate() {
             let get = |i: &usize| {
                 values
                     .get(*i)
                     .cloned()
+                    .flatten()
                     .ok_or_else(|| internal("program node out of order"))
             };
             let out = match node {
@@ -352,9 +379,16 @@ impl Program {
                     row_function(f.as_ref(), &args.iter().map(get).collect::<Result<Vec<_>>>()?, n)?
                 }
             };
-            values.push(finite(out));
+            for c in node.children() {
+                if last_use.get(c) == Some(&j) {
+                    if let Some(v) = values.get_mut(c) {
+                        *v = None;
+                    }
+                }
+            }
+            values.push(Some(finite(out)));
         }
-        values.pop().ok_or_else(|| internal("empty program"))
+        values.pop().flatten().ok_or_else(|| internal("empty program"))
     }
 }
 
@@ -491,9 +525,26 @@ fn row_function(f: &dyn RowFunction, args: &[ArrayRef], n: usize) -> Result<Arra
 /// whether a query ran out of memory.
 pub(crate) const MAX_TEXT_BYTES: i64 = 1024;
 
-/// Replaces text longer than [`MAX_TEXT_BYTES`] by NULL.
+/// Replaces text longer than [`MAX_TEXT_BYTES`] by NULL, and drops the
+/// bytes of such values (also behind NULLs).
 fn short(a: ArrayRef) -> ArrayRef {
     use datafusion::arrow::datatypes::DataType::*;
+    if let Dictionary(_, value) = a.data_type() {
+        // Through the plain type and back, only when a value is too long.
+        let long = a.as_any_dictionary_opt().is_some_and(|d| {
+            let values = d.values().clone();
+            let n = values.null_count();
+            short(values).null_count() != n
+        });
+        if !long {
+            return a;
+        }
+        let ty = a.data_type().clone();
+        return cast(&a, value)
+            .map(short)
+            .and_then(|plain| cast(&plain, &ty))
+            .unwrap_or_else(|_| new_null_array(&ty, a.len()));
+    }
     if !matches!(
         a.data_type(),
         Utf8 | LargeUtf8 | Utf8View | Binary | LargeBinary | BinaryView
@@ -510,12 +561,29 @@ fn short(a: ArrayRef) -> ArrayRef {
     if lengths.values().iter().all(|l| *l <= MAX_TEXT_BYTES) {
         return a;
     }
-    let long: BooleanArray = lengths
-        .values()
-        .iter()
-        .map(|l| Some(*l > MAX_TEXT_BYTES))
-        .collect();
-    datafusion::arrow::compute::nullif(&a, &long).unwrap_or_else(|_| new_null_array(a.data_type(), a.len()))
+    // Rebuilt rather than masked: a NULL over a long value would still hold
+    // its bytes, which later kernels copy or search.
+    macro_rules! rebuild {
+        ($arr:expr, $ty:ty) => {
+            Arc::new(
+                $arr.iter()
+                    .map(|v| v.filter(|x| x.len() as i64 <= MAX_TEXT_BYTES))
+                    .collect::<$ty>(),
+            ) as ArrayRef
+        };
+    }
+    use datafusion::arrow::array::{
+        BinaryArray, BinaryViewArray, LargeBinaryArray, LargeStringArray, StringArray, StringViewArray,
+    };
+    match a.data_type() {
+        Utf8 => rebuild!(a.as_string::<i32>(), StringArray),
+        LargeUtf8 => rebuild!(a.as_string::<i64>(), LargeStringArray),
+        Utf8View => rebuild!(a.as_string_view(), StringViewArray),
+        Binary => rebuild!(a.as_binary::<i32>(), BinaryArray),
+        LargeBinary => rebuild!(a.as_binary::<i64>(), LargeBinaryArray),
+        BinaryView => rebuild!(a.as_binary_view(), BinaryViewArray),
+        _ => a,
+    }
 }
 
 /// What every node yields: non-finite floats and over-long text as NULL.

@@ -119,7 +119,11 @@ pub(super) async fn scope(
     scope_of(tables, memory_limit, query_timeout).await
 }
 
-pub(super) async fn scope_of(tables: Vec<TableVersion>, memory_limit: usize, query_timeout: Duration) -> JobScope {
+pub(super) async fn scope_of(
+    tables: Vec<TableVersion>,
+    memory_limit: usize,
+    query_timeout: Duration,
+) -> JobScope {
     let sc: scenarios::policy::ScenarioSpec = serde_json::from_value(json!({
         "name": "fusion", "class": "fusion", "purpose": "testing",
         "tables": [

@@ -20,14 +20,21 @@
 //! compiler's stack after the charge (A7), and the mechanism's Int64 sums
 //! wrap (A8). Timings in comments are from release builds where stated,
 //! else from the debug test build (2 shared cores).
+//!
+//! Closed since: `total::short` rebuilds arrays so no bytes stay behind a
+//! NULL and handles dictionaries; node values are dropped after their last
+//! reader; LIKE takes only prefix, suffix and substring patterns; nesting
+//! is limited to 48 levels before anything recurses; views present
+//! dictionary columns as plain values; wide sums are 128-bit. Each test
+//! now checks the attack fails (or is refused before charging).
 
 use super::i14_review::{first_i64, people, scope, timed, JOIN};
 use crate::total::Program;
-use std::collections::HashMap;
 use crate::JobScope;
 use datafusion::arrow::array::{Array, ArrayRef, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,7 +67,13 @@ fn slow_pattern() -> String {
 fn mine_with(big: &str, carriers: &[usize]) -> RecordBatch {
     let pid: Vec<String> = (0..300).map(|r| format!("p{r}")).collect();
     let s: Vec<String> = (0..300)
-        .map(|r| if carriers.contains(&r) { big.to_string() } else { String::new() })
+        .map(|r| {
+            if carriers.contains(&r) {
+                big.to_string()
+            } else {
+                String::new()
+            }
+        })
         .collect();
     let schema = Schema::new(vec![
         Field::new("pid", DataType::Utf8, false),
@@ -72,7 +85,12 @@ fn mine_with(big: &str, carriers: &[usize]) -> RecordBatch {
 
 const NO_LIMIT: Duration = Duration::from_secs(600);
 
-async fn pair(target_a: Option<i64>, target_b: Option<i64>, own: RecordBatch, memory: usize) -> (JobScope, JobScope) {
+async fn pair(
+    target_a: Option<i64>,
+    target_b: Option<i64>,
+    own: RecordBatch,
+    memory: usize,
+) -> (JobScope, JobScope) {
     (
         scope(vec![people(target_a)], vec![own.clone()], memory, NO_LIMIT).await,
         scope(vec![people(target_b)], vec![own], memory, NO_LIMIT).await,
@@ -90,14 +108,16 @@ async fn pair(target_a: Option<i64>, target_b: Option<i64>, own: RecordBatch, me
 async fn a_like_pattern_makes_one_rows_work_far_beyond_the_bound() {
     let hay = haystack();
     let pat = slow_pattern();
-    let one = format!(
-        "(CASE WHEN p.income + p.married = 1001 THEN '{hay}' ELSE '' END) LIKE '{pat}'"
-    );
+    let one = format!("(CASE WHEN p.income + p.married = 1001 THEN '{hay}' ELSE '' END) LIKE '{pat}'");
     let sql = format!(
         "SELECT COUNT(*) AS n FROM people p WHERE {}",
         vec![one.as_str(); 16].join(" OR ")
     );
     let (married, single) = pair(Some(1), Some(0), mine_with("", &[]), 1 << 30).await;
+    // Fixed: only prefix, suffix and substring patterns are accepted.
+    assert!(matches!(married.query(&sql).await, Err(crate::Error::PolicyViolation(m)) if m.contains("LIKE")));
+    // The strongest pattern still allowed, a long substring search.
+    let sql = sql.replace(&pat, &format!("%{}%", "ab".repeat(500)));
     let (t1, r1) = timed(&married, &sql, 2).await;
     let (t0, r0) = timed(&single, &sql, 2).await;
     eprintln!(
@@ -158,9 +178,16 @@ async fn like_searches_the_bytes_of_a_nulled_value() {
         slow_pattern()
     );
     let (with, without) = pair(Some(1), None, own, 1 << 30).await;
+    assert!(matches!(with.query(&sql).await, Err(crate::Error::PolicyViolation(m)) if m.contains("LIKE")));
+    // The strongest pattern still allowed; the long value is NULL and its
+    // bytes are gone before LIKE runs.
+    let sql = sql.replace(&slow_pattern(), &format!("%{}%", "ab".repeat(500)));
     let (t1, _) = timed(&with, &sql, 1).await;
     let (t0, _) = timed(&without, &sql, 1).await;
-    eprintln!("D {t1:?}, D minus target {t0:?}: x{:.1}", t1.as_secs_f64() / t0.as_secs_f64());
+    eprintln!(
+        "D {t1:?}, D minus target {t0:?}: x{:.1}",
+        t1.as_secs_f64() / t0.as_secs_f64()
+    );
     assert!(
         t1.as_secs_f64() < 2.0 * t0.as_secs_f64(),
         "membership is read from the query's time: {t1:?} vs {t0:?}"
@@ -210,7 +237,10 @@ async fn memory_held_by_a_program_is_outside_the_pool() {
     let inner = format!("concat({})", vec!["m.s"; 32].join(", "));
     // 17 chains of 22 `lower` over `concat` of 32: 17 x 57 = 969 parts.
     let chain = format!("{}{inner}{} = 'x'", "lower(".repeat(22), ")".repeat(22));
-    let sql = format!("SELECT COUNT(*) AS n {JOIN} WHERE {}", vec![chain.as_str(); 17].join(" OR "));
+    let sql = format!(
+        "SELECT COUNT(*) AS n {JOIN} WHERE {}",
+        vec![chain.as_str(); 17].join(" OR ")
+    );
     let pool = 16 << 20;
     let s = scope(vec![people(Some(1))], vec![own], pool, NO_LIMIT).await;
     let (grew, fallback) = peak_growth(&s, &sql).await;
@@ -272,9 +302,13 @@ async fn concat_chain() {
     let chain = format!(
         "concat({}) || {} = 'x'",
         vec!["m.s"; 32].join(", "),
-        vec!["m.s"; 150].join(" || ")
+        // 40 links: deeper chains are refused since (A7).
+        vec!["m.s"; 40].join(" || ")
     );
-    let sql = format!("SELECT COUNT(*) AS n {JOIN} WHERE {}", vec![chain.as_str(); 3].join(" OR "));
+    let sql = format!(
+        "SELECT COUNT(*) AS n {JOIN} WHERE {}",
+        vec![chain.as_str(); 3].join(" OR ")
+    );
     let pool = 16 << 20;
     let s = scope(vec![people(Some(1))], vec![own], pool, NO_LIMIT).await;
     let (grew, fallback) = peak_growth(&s, &sql).await;
@@ -339,28 +373,37 @@ where
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
-/// A8. The mechanism's sums are DataFusion `sum` over Int64, which wraps on
-/// overflow instead of failing. Bounds may reach 1e12, so a query whose
-/// clamped contributions add up past i64::MAX (9.2e6 rows at the upper
-/// bound on the fast path; 9.2e6 / k units on the bounded path) releases a
-/// sum off by 2^64, far outside the noise; choosing the bound so that the
-/// sum sits at the edge (`hi = i64::MAX / n` for a guessed `n`) turns one
-/// row into an exact, noise-free bit. Checked here on DataFusion itself
-/// (the platform's plan uses the same `sum`); the fix is a checked or
-/// 128-bit sum, or refusing bounds with `rows x max(|lo|, |hi|)` near
-/// i64::MAX.
+/// A8. DataFusion's `sum` over Int64 wraps on overflow instead of failing.
+/// Bounds may reach 1e12, so clamped contributions could add up past
+/// i64::MAX (9.2e6 rows at the upper bound), and a bound chosen so the sum
+/// sits at the edge would turn one row into an exact bit. Fixed: a sum
+/// whose bound times k could pass i64::MAX within 4·10⁹ rows is summed in
+/// 128 bits (`release::wide_sum`); checked here on the arithmetic the plan
+/// then uses.
 #[tokio::test]
-async fn the_mechanism_sum_wraps_instead_of_failing() {
+async fn wide_sums_are_summed_in_128_bits() {
+    assert!(crate::release::wide_sum(0, 1_000_000_000_000, 1));
+    assert!(crate::release::wide_sum(-3_000_000_000, 0, 1));
+    assert!(crate::release::wide_sum(0, 100_000_000, 100));
+    assert!(
+        !crate::release::wide_sum(0, 500_000, 12),
+        "narrow sums stay on 64 bits"
+    );
     let ctx = datafusion::prelude::SessionContext::new();
     let batches = ctx
-        .sql("SELECT SUM(x) AS s FROM (VALUES (9223372036854775807), (1)) AS t(x)")
+        .sql(
+            "SELECT SUM(TRY_CAST(x AS DECIMAL(38, 0))) AS s FROM (VALUES (9223372036854775807), (1)) AS t(x)",
+        )
         .await
         .unwrap()
         .collect()
-        .await;
-    let wrapped = batches.as_ref().ok().and_then(|b| {
-        let c = b.first()?.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>()?.clone();
-        (c.is_valid(0) && c.value(0) < 0).then(|| c.value(0))
-    });
-    assert!(wrapped.is_none(), "i64::MAX + 1 summed to {wrapped:?}");
+        .await
+        .unwrap();
+    let c = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Decimal128Array>()
+        .unwrap()
+        .clone();
+    assert_eq!(c.value(0), i128::from(i64::MAX) + 1, "no wrap-around");
 }
