@@ -323,8 +323,10 @@ impl QueryInput {
         })
     }
 
+    /// Every column a query reads comes out of a view's programs, so it is
+    /// already bounded and finite.
     fn compile(&self, e: &Expr, input: &DFSchema) -> Result<Program> {
-        Program::compile(e, input, &self.rows)
+        Ok(Program::compile(e, input, &self.rows)?.over_clean_inputs())
     }
 }
 

@@ -95,6 +95,10 @@ pub(crate) struct Program {
     nodes: Vec<(Node, DataType)>,
     /// Display of the source expression, for plans and logs.
     text: String,
+    /// True when the input columns already hold only bounded, finite
+    /// values (they come from a view's own programs), so reading them
+    /// needs no check.
+    clean_inputs: bool,
 }
 
 /// Row functions a program may call, by name.
@@ -286,7 +290,15 @@ impl Program {
             inputs: c.inputs,
             nodes: c.nodes,
             text: e.to_string(),
+            clean_inputs: false,
         })
+    }
+
+    /// Marks the inputs as already bounded and finite (outputs of other
+    /// programs), which saves checking them again.
+    pub(crate) fn over_clean_inputs(mut self) -> Self {
+        self.clean_inputs = true;
+        self
     }
 
     /// Type of the value the program computes.
@@ -317,7 +329,7 @@ impl Program {
         let n = batch.num_rows();
         if let Some(i) = self.passthrough() {
             let a = batch.column(i).clone();
-            return Ok(finite(a));
+            return Ok(if self.clean_inputs { a } else { finite(a) });
         }
         // A node's value is dropped after its last reader has run, so a
         // program holds a few columns at a time, not one per node.
@@ -386,7 +398,8 @@ impl Program {
                     }
                 }
             }
-            values.push(Some(finite(out)));
+            let clean = self.clean_inputs && matches!(node, Node::Input(_));
+            values.push(Some(if clean { out } else { finite(out) }));
         }
         values.pop().flatten().ok_or_else(|| internal("empty program"))
     }
