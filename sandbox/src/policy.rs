@@ -818,8 +818,9 @@ impl<'a> Checker<'a> {
     /// hold no null.
     ///
     /// Only plain casts are looked through (the policy admits only casts
-    /// that cannot fail); a TRY_CAST may yield NULL. Float columns never
-    /// count as complete: total evaluation turns NaN and ±inf into NULL.
+    /// that cannot fail); a TRY_CAST may yield NULL. Total evaluation
+    /// turns NaN and ±inf into NULL, so a float column needs a measured
+    /// finite range besides having no null.
     fn complete(&self, e: &Expr) -> bool {
         let mut e = e;
         loop {
@@ -827,12 +828,14 @@ impl<'a> Checker<'a> {
                 Expr::Alias(a) => e = &a.expr,
                 Expr::Cast(c) => e = &c.expr,
                 Expr::Column(c) => {
+                    // A float column counts only when registration measured
+                    // a finite range over it (so it holds no NaN or ±inf).
                     return self.resolve(c).is_ok_and(|(t, n)| {
                         t.complete.contains(&n)
                             && t.view_schema
                                 .field_with_name(&n)
-                                .is_ok_and(|f| !f.data_type().is_floating())
-                    })
+                                .is_ok_and(|f| !f.data_type().is_floating() || t.ranges.contains_key(&n))
+                    });
                 }
                 _ => return false,
             }
