@@ -206,13 +206,13 @@ fn status_kib(field: &str) -> u64 {
 }
 
 /// The memory tests run one at a time: the peak is the process's.
-static MEMORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Runs `sql` on `s`; returns by how many bytes the process's peak
 /// resident memory rose above its resident memory before the query, and
 /// whether the release fell back.
 async fn peak_growth(s: &JobScope, sql: &str) -> (usize, bool) {
-    let _one = MEMORY.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = MEMORY.lock().await;
     // Resets the peak to the current resident size (Linux).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let before = status_kib("VmRSS:");
@@ -307,7 +307,7 @@ async fn concat_chain() {
     );
     let sql = format!(
         "SELECT COUNT(*) AS n {JOIN} WHERE {}",
-        vec![chain.as_str(); 3].join(" OR ")
+        [chain.as_str(); 3].join(" OR ")
     );
     let pool = 16 << 20;
     let s = scope(vec![people(Some(1))], vec![own], pool, NO_LIMIT).await;
