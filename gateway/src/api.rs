@@ -30,6 +30,8 @@ use scenarios::party::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+#[cfg(test)]
+pub(crate) use developer::test_job;
 pub use developer::{developer_view, Allowance, JobRecord, JobStatus, QueryRecord, WITHHELD_NOTE};
 pub(crate) use oversight::gate;
 pub(crate) use private::of_agreement as private_tables;

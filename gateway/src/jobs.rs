@@ -777,29 +777,14 @@ mod tests {
             epsilon: scenarios::budget::Epsilon(10_000_000),
             ..Budget::default()
         };
-        let job = |id: &str, status: JobStatus, charged: Budget| JobRecord {
-            id: id.into(),
-            agreement_id: "ag".into(),
-            developer_id: "dev".into(),
-            scenario_id: "sc".into(),
-            module_hash: "h".into(),
-            module_size: 1,
-            params_hash: None,
-            status,
-            submitted_at: Utc::now(),
-            started_at: Some(Utc::now()),
-            finished_at: None,
-            error: None,
-            usage: None,
-            queries: Vec::new(),
-            tables: Vec::new(),
-            output_hash: None,
-            output_bytes: None,
-            logs: Vec::new(),
-            review: None,
-            charged_queries: u32::from(charged != Budget::default()),
-            charged,
-            allowance: None,
+        let job = |id: &str, status: JobStatus, charged: Budget| {
+            let mut j = crate::api::test_job(status, u32::from(charged != Budget::default()));
+            j.id = id.into();
+            j.agreement_id = "ag".into();
+            j.developer_id = "dev".into();
+            j.scenario_id = "sc".into();
+            j.charged = charged;
+            j
         };
         let (ended, running) = (
             job("job_a", JobStatus::Failed, cost),

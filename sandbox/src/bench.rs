@@ -25,7 +25,8 @@ pub struct BenchRow {
     pub ratio: f64,
 }
 
-fn unlimited_budget() -> Budget {
+/// A budget no run of benchmarks or tests exhausts.
+pub(crate) fn unlimited_budget() -> Budget {
     Budget {
         epsilon: Epsilon(u64::MAX / 4),
         delta: Delta(u64::MAX / 4),

@@ -214,27 +214,6 @@ pub struct UnitFilter {
     pub only: Option<Arc<std::collections::HashSet<String>>>,
 }
 
-fn membership_udf(name: &str, set: Arc<std::collections::HashSet<String>>, keep_members: bool) -> ScalarUDF {
-    use datafusion::arrow::array::BooleanArray;
-    let fun = Arc::new(
-        move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
-            let input = string_arg(args)?;
-            let out: BooleanArray = input
-                .iter()
-                .map(|v| Some(v.is_some_and(|u| set.contains(u)) == keep_members))
-                .collect();
-            Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
-        },
-    );
-    create_udf(
-        name,
-        vec![DataType::Utf8],
-        DataType::Boolean,
-        Volatility::Immutable,
-        fun,
-    )
-}
-
 /// The columns of a dataset's desensitized view, in order: the hidden
 /// [`UNIT_COLUMN`] (the raw unit), then every column not dropped, presented
 /// under its rule. Expressions refer to the raw columns by name.
@@ -276,7 +255,6 @@ pub fn view_plan(
     spec: &DatasetSpec,
     key: &TokenKey,
     unit_complete: bool,
-    units: &UnitFilter,
 ) -> Result<LogicalPlan> {
     let exprs: Vec<Expr> = view_columns(raw.schema(), spec, key)?
         .into_iter()
@@ -288,15 +266,6 @@ pub fn view_plan(
     // skipping it saves reading the unit column in queries that need none.
     if !unit_complete {
         b = b.filter(unit.clone().is_not_null())?;
-    }
-    let unit_text = cast(unit.clone(), DataType::Utf8);
-    if !units.exclude.is_empty() {
-        b = b.filter(
-            membership_udf("invis_not_suspended", units.exclude.clone(), false).call(vec![unit_text.clone()]),
-        )?;
-    }
-    if let Some(only) = &units.only {
-        b = b.filter(membership_udf("invis_consented", only.clone(), true).call(vec![unit_text]))?;
     }
     Ok(b.project(exprs)?.build()?)
 }

@@ -39,6 +39,36 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use std::sync::Arc;
 
+/// The schema of named expressions over `input`: every column nullable
+/// (total evaluation may null any row).
+pub(crate) fn schema_of(columns: &[(String, Expr)], input: &DFSchema) -> crate::Result<Schema> {
+    let mut fields = Vec::with_capacity(columns.len());
+    for (name, e) in columns {
+        let ty = datafusion::logical_expr::ExprSchemable::get_type(e, input)
+            .map_err(|e| crate::Error::InvalidQuery(e.to_string()))?;
+        fields.push(Field::new(name, ty, true));
+    }
+    Ok(Schema::new(fields))
+}
+
+/// The named expressions a scan's `projection` asks for (all when none).
+pub(crate) fn projected<'a>(
+    columns: &'a [(String, Expr)],
+    projection: Option<&Vec<usize>>,
+) -> Result<Vec<&'a (String, Expr)>> {
+    match projection {
+        None => Ok(columns.iter().collect()),
+        Some(p) => p
+            .iter()
+            .map(|i| {
+                columns
+                    .get(*i)
+                    .ok_or_else(|| DataFusionError::Internal("projection out of range".into()))
+            })
+            .collect(),
+    }
+}
+
 fn one_child(mut children: Vec<Arc<dyn ExecutionPlan>>, name: &str) -> Result<Arc<dyn ExecutionPlan>> {
     match (children.pop(), children.is_empty()) {
         (Some(c), true) => Ok(c),
@@ -307,15 +337,8 @@ impl QueryInput {
         condition: Option<Expr>,
         rows: RowFunctions,
     ) -> crate::Result<Self> {
-        let input = relation.schema();
-        let mut fields = Vec::with_capacity(outputs.len());
-        for (name, e) in &outputs {
-            let ty = datafusion::logical_expr::ExprSchemable::get_type(e, input.as_ref())
-                .map_err(|e| crate::Error::InvalidQuery(e.to_string()))?;
-            fields.push(Field::new(name, ty, true));
-        }
         Ok(QueryInput {
-            schema: Arc::new(Schema::new(fields)),
+            schema: Arc::new(schema_of(&outputs, relation.schema())?),
             relation,
             outputs,
             condition,
@@ -350,18 +373,12 @@ impl TableProvider for QueryInput {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = state.create_physical_plan(&self.relation).await?;
         let schema = self.relation.schema();
-        let all: Vec<usize> = (0..self.outputs.len()).collect();
-        let wanted = projection.unwrap_or(&all);
-        let mut programs = Vec::with_capacity(wanted.len());
-        let mut names = Vec::with_capacity(wanted.len());
-        for i in wanted {
-            let (name, e) = self
-                .outputs
-                .get(*i)
-                .ok_or_else(|| DataFusionError::Internal("projection out of range".into()))?;
-            programs.push(self.compile(e, schema)?);
-            names.push(name.clone());
-        }
+        let wanted = projected(&self.outputs, projection)?;
+        let programs = wanted
+            .iter()
+            .map(|(_, e)| self.compile(e, schema))
+            .collect::<Result<Vec<_>>>()?;
+        let names: Vec<String> = wanted.iter().map(|(n, _)| n.clone()).collect();
         let condition = self
             .condition
             .as_ref()

@@ -136,13 +136,7 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
     }
     let scan = LogicalPlanBuilder::scan("raw", provider_as_source(provider.clone()), None)?.build()?;
     // Building the view checks that every rule fits its column type.
-    view_plan(
-        scan.clone(),
-        spec,
-        &TokenKey::new(&[0u8; 32]),
-        false,
-        &Default::default(),
-    )?;
+    view_plan(scan.clone(), spec, &TokenKey::new(&[0u8; 32]), false)?;
     let unit = col(datafusion::common::Column::from_name(&spec.privacy_unit));
     let mut aggs = vec![
         count(datafusion::logical_expr::lit(1i64)).alias("__total"),

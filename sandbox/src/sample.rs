@@ -183,7 +183,7 @@ pub async fn sample_rows(
     let batch = sample_batch(spec, types, rows, unit_unique)?;
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
     let scan = LogicalPlanBuilder::scan("sample", provider_as_source(Arc::new(table)), None)?.build()?;
-    let view = view_plan(scan, spec, &TokenKey::new(&[7u8; 32]), true, &Default::default())?;
+    let view = view_plan(scan, spec, &TokenKey::new(&[7u8; 32]), true)?;
     let ctx = SessionContext::new();
     let out = ctx
         .execute_logical_plan(view)

@@ -13,16 +13,14 @@ use crate::total::Program;
 use crate::udf::{self, RowFunction};
 use crate::{Error, Result};
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::DFSchema;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::{
-    Expr, ExprSchemable, LogicalPlan, ScalarUDF, TableProviderFilterPushDown, TableType,
-};
+use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use scenarios::budget::Budget;
@@ -223,20 +221,15 @@ impl ViewProvider {
     ) -> Result<Self> {
         let raw_schema = DFSchema::try_from(raw.schema())?;
         let columns = view_columns(&raw_schema, spec, key)?;
-        let mut fields = Vec::with_capacity(columns.len());
-        for (name, e) in &columns {
-            let ty = e
-                .get_type(&raw_schema)
-                .map_err(|e| Error::InvalidDataset(e.to_string()))?;
-            fields.push(Field::new(name, ty, true));
-        }
+        let schema = crate::exec::schema_of(&columns, &raw_schema)
+            .map_err(|e| Error::InvalidDataset(e.to_string()))?;
         Ok(ViewProvider {
             raw,
             columns,
             unit: spec.privacy_unit.clone(),
             filter_units: !unit_complete || !units.exclude.is_empty() || units.only.is_some(),
             units,
-            schema: Arc::new(Schema::new(fields)),
+            schema: Arc::new(schema),
         })
     }
 }
@@ -262,16 +255,7 @@ impl TableProvider for ViewProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let all: Vec<usize> = (0..self.columns.len()).collect();
-        let wanted: Vec<&(String, Expr)> = projection
-            .unwrap_or(&all)
-            .iter()
-            .map(|i| {
-                self.columns
-                    .get(*i)
-                    .ok_or_else(|| DataFusionError::Internal("view projection out of range".into()))
-            })
-            .collect::<datafusion::error::Result<_>>()?;
+        let wanted = crate::exec::projected(&self.columns, projection)?;
         // Raw columns to read: those the rules use, and the unit to filter on.
         let raw_schema = self.raw.schema();
         let mut names: Vec<String> = wanted

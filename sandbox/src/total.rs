@@ -163,8 +163,8 @@ impl Compiler<'_> {
                 op: op @ (Operator::And | Operator::Or),
                 right,
             }) => {
-                let l = self.boolean(left)?;
-                let r = self.boolean(right)?;
+                let l = self.operand(left)?;
+                let r = self.operand(right)?;
                 let node = if *op == Operator::And {
                     Node::And(l, r)
                 } else {
@@ -189,21 +189,15 @@ impl Compiler<'_> {
         }
     }
 
-    /// A child of CASE, AND or OR: a constant node or a compiled one.
+    /// A child of CASE, AND or OR: a literal becomes a constant node;
+    /// anything else (a constant expression included, which may fail and
+    /// then yields NULL on every row) is compiled.
     fn operand(&mut self, e: &Expr) -> Result<usize> {
-        if is_constant(e, self.rows) {
+        if let Expr::Literal(v, _) = e {
             let ty = e.get_type(self.schema)?;
-            // A constant that cannot be folded here (it fails) is compiled
-            // as a kernel, which then yields NULL on every row.
-            if let Expr::Literal(v, _) = e {
-                return Ok(self.push(Node::Const(v.clone()), ty));
-            }
+            return Ok(self.push(Node::Const(v.clone()), ty));
         }
         self.compile(e)
-    }
-
-    fn boolean(&mut self, e: &Expr) -> Result<usize> {
-        self.operand(e)
     }
 
     fn case(&mut self, c: &Case, whole: &Expr) -> Result<usize> {
@@ -216,7 +210,7 @@ impl Compiler<'_> {
                 Some(x) => Expr::BinaryExpr(BinaryExpr::new(x.clone(), Operator::Eq, w.clone())),
                 None => w.as_ref().clone(),
             };
-            let cond = self.boolean(&cond)?;
+            let cond = self.operand(&cond)?;
             let then = self.operand(t)?;
             branches.push((cond, then));
         }

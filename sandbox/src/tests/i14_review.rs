@@ -26,7 +26,6 @@ use crate::{DataPlane, JobScope, MemoryAccountant, ScopeConfig, TableData, Table
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
-use scenarios::budget::{Budget, Delta, Epsilon, Rho};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,11 +150,7 @@ pub(super) async fn scope_of(
         memory_limit,
         query_timeout,
     };
-    let budget = Budget {
-        epsilon: Epsilon(u64::MAX / 4),
-        delta: Delta(u64::MAX / 4),
-        rho: Rho(u64::MAX / 4),
-    };
+    let budget = crate::bench::unlimited_budget();
     DataPlane::new()
         .open(cfg, Arc::new(MemoryAccountant::new(budget)))
         .await
@@ -458,11 +453,7 @@ async fn a_generalized_integer_column_is_summed_unclamped() {
             memory_limit: 1 << 30,
             query_timeout: Duration::from_secs(60),
         };
-        let budget = Budget {
-            epsilon: Epsilon(u64::MAX / 4),
-            delta: Delta(u64::MAX / 4),
-            rho: Rho(u64::MAX / 4),
-        };
+        let budget = crate::bench::unlimited_budget();
         DataPlane::new()
             .open(cfg, Arc::new(MemoryAccountant::new(budget)))
             .await

@@ -16,7 +16,6 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use scenarios::budget::{Budget, Delta, Epsilon, Rho};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -65,14 +64,6 @@ fn table() -> RecordBatch {
     RecordBatch::try_new(Arc::new(schema), columns).unwrap()
 }
 
-fn unlimited() -> Budget {
-    Budget {
-        epsilon: Epsilon(u64::MAX / 4),
-        delta: Delta(u64::MAX / 4),
-        rho: Rho(u64::MAX / 4),
-    }
-}
-
 pub(super) async fn scope_over(
     batches: Vec<RecordBatch>,
     spec: serde_json::Value,
@@ -106,7 +97,10 @@ pub(super) async fn scope_over(
         query_timeout: std::time::Duration::from_secs(60),
     };
     DataPlane::new()
-        .open(cfg, Arc::new(MemoryAccountant::new(unlimited())))
+        .open(
+            cfg,
+            Arc::new(MemoryAccountant::new(crate::bench::unlimited_budget())),
+        )
         .await
         .unwrap()
 }
