@@ -17,6 +17,7 @@ pub mod noise;
 mod policy;
 pub mod profile;
 pub mod release;
+mod rows;
 pub mod sample;
 mod scope;
 #[cfg(test)]

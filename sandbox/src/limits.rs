@@ -135,10 +135,13 @@ mod tests {
         assert!((median - 30.0).abs() < 2.0, "{median}");
         let pool = NoisyPool::new(1 << 30);
         let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..50 {
+        for _ in 0..200 {
             pool.redraw(&mut rng).unwrap();
             seen.insert(pool.limit.load(Ordering::SeqCst));
         }
-        assert!(seen.len() > 40 && seen.iter().all(|l| *l >= 1 << 29 && *l <= 3 << 30));
+        // About 18% of draws fall below half the base and are clamped to
+        // it (one value); the others are all distinct.
+        assert!(seen.len() > 120, "{} distinct limits", seen.len());
+        assert!(seen.iter().all(|l| *l >= 1 << 29 && *l <= 3 << 30));
     }
 }

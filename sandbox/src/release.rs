@@ -36,7 +36,7 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::provider_as_source;
 use datafusion::functions::expr_fn as f;
-use datafusion::functions_aggregate::expr_fn::{count, sum};
+use datafusion::functions_aggregate::expr_fn::sum;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{
     col, lit, try_cast, when, Expr, ExprFunctionExt, ExprSchemable, LogicalPlan, LogicalPlanBuilder,
@@ -570,10 +570,9 @@ fn value_of(kind: &Kind, arg: Expr, ty: &DataType) -> Result<Option<Expr>> {
     Ok(match kind {
         Kind::Units | Kind::Rows | Kind::Top { .. } => None,
         Kind::NonNull(_) => Some(when(arg.is_null(), lit(0i64)).otherwise(lit(1i64))?),
-        Kind::Sum(_, lo, hi, clamp) => Some(if !clamp {
+        Kind::Sum(_, lo, hi, clamp) => Some(if !clamp && ty.is_integer() {
             // Every value is a whole number within the bounds (measured
-            // at registration): clamping and rounding are the identity
-            // here, and the conversion to an integer is exact.
+            // at registration): clamping is the identity here.
             try_cast(arg, DataType::Int64)
         } else if ty.is_integer() {
             clamp_udf(DataType::Int64, *lo, *hi).call(vec![try_cast(arg, DataType::Int64)])
@@ -681,7 +680,8 @@ fn build_plan(
     let group_keys: Vec<Expr> = gcols.iter().map(|g| col(g.as_str())).collect();
     let mut b = LogicalPlanBuilder::scan("__input", provider_as_source(Arc::new(input)), None)?;
     if row_exprs.is_empty() {
-        row_exprs.push(lit(1i64).alias("__one"));
+        // A NULL column costs no memory; the counts only need rows.
+        row_exprs.push(lit(datafusion::common::ScalarValue::Null).alias("__one"));
     }
     b = b.project(row_exprs)?;
 
@@ -689,7 +689,7 @@ fn build_plan(
         // Per (unit, group): rows and sums.
         let mut per_unit_keys = vec![col("__u")];
         per_unit_keys.extend(group_keys.iter().cloned());
-        let mut stage1 = vec![count(lit(1i64)).alias("__rows")];
+        let mut stage1 = vec![crate::rows::rows().alias("__rows")];
         for v in value_cols.iter().flatten() {
             stage1.push(sum(col(v.as_str())).alias(v));
         }
@@ -758,8 +758,8 @@ fn build_plan(
     for (i, kind) in kinds.iter().enumerate() {
         let name = format!("__m{i}");
         aggs.push(match (kind, &value_cols[i]) {
-            (Kind::Units, _) => count(lit(1i64)).alias(name),
-            (Kind::Rows, _) if c.unique => count(lit(1i64)).alias(name),
+            (Kind::Units, _) => crate::rows::rows().alias(name),
+            (Kind::Rows, _) if c.unique => crate::rows::rows().alias(name),
             (Kind::Rows, _) => sum(col("__rows")).alias(name),
             (Kind::Top { sum: s, n }, _) => {
                 let v = value_cols.get(*s).cloned().flatten().unwrap_or_default();
