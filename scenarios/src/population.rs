@@ -161,6 +161,22 @@ impl Caps {
         Ok(())
     }
 
+    /// These caps with the organization and developer caps lowered, part
+    /// by part, to the population's: no level below the population may
+    /// hold more than it.
+    pub fn clamped(&self) -> Caps {
+        let min = |a: Budget, p: Budget| Budget {
+            epsilon: a.epsilon.min(p.epsilon),
+            delta: a.delta.min(p.delta),
+            rho: a.rho.min(p.rho),
+        };
+        Caps {
+            population: self.population,
+            organization: min(self.organization, self.population),
+            developer: min(self.developer, self.population),
+        }
+    }
+
     /// Refuses caps no regulator can set for a population of `units`
     /// units: a delta cap at or above `1/(10·units)` (see
     /// [`delta_for_population`]), or an organization or developer cap above

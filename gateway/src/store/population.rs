@@ -297,6 +297,7 @@ pub fn lower_caps_in(
     now: DateTime<Utc>,
 ) -> ApiResult<PopulationRecord> {
     let mut p = open_population_in(tx, kind, units, now)?;
+    let caps = caps.clamped();
     p.caps.check_lowering(&caps)?;
     caps.validate(p.units.max(units))?;
     let before = p.caps;
@@ -328,7 +329,7 @@ pub fn renew_in(
     now: DateTime<Utc>,
 ) -> ApiResult<PopulationRecord> {
     let mut p = open_population_in(tx, kind, units, now)?;
-    let caps = caps.unwrap_or(p.caps);
+    let caps = caps.unwrap_or(p.caps).clamped();
     caps.validate(units)?;
     let closed = p.period;
     let spent = level_in(tx, kind, closed, Level::Population, kind)?.unwrap_or_default().0;
@@ -529,4 +530,224 @@ pub(super) fn migrate_budgets(tx: &Connection, now: DateTime<Utc>) -> ApiResult<
     }
     tx.execute_batch("DROP TABLE budgets;")?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use scenarios::party::Role;
+
+    fn eps(e: f64) -> Budget {
+        Budget {
+            epsilon: Epsilon::from_f64(e).unwrap(),
+            delta: Delta(1),
+            rho: Rho(0),
+        }
+    }
+
+    fn charge(scenario: &str, org: &str, developer: &str) -> Charge {
+        Charge {
+            populations: vec![("enterprise".into(), 1000)],
+            scenario: scenario.into(),
+            organization: org.into(),
+            developer: developer.into(),
+            allocation: Budget {
+                delta: Delta(1000),
+                ..eps(10.0)
+            },
+            cost: eps(2.0),
+        }
+    }
+
+    fn regulator() -> Actor {
+        Actor {
+            id: "pt_reg".into(),
+            role: Role::Regulator,
+            name: "regulator".into(),
+            org: "org_reg".into(),
+        }
+    }
+
+    fn level(store: &Store, level: Level, holder: &str) -> Budget {
+        store
+            .read(|c| {
+                let p = population_in(c, "enterprise")?.unwrap();
+                Ok(level_in(c, "enterprise", p.period, level, holder)?
+                    .unwrap_or_default()
+                    .0
+                    .budget)
+            })
+            .unwrap()
+    }
+
+    fn refused_at(r: ApiResult<Vec<Value>>, level: Level) {
+        match r {
+            Err(ApiError::BudgetExhausted(m)) => assert!(m.contains(&format!("the {level} level")), "{m}"),
+            other => panic!("expected a refusal at the {level} level, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_new_scenario_or_account_of_an_organization_starts_a_fresh_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = Utc::now();
+        // The organization's default cap is epsilon 10: five queries of 2.
+        for _ in 0..5 {
+            store.tx(move |tx| charge_in(tx, &charge("sc_a", "org_bank", "pt_1"), now)).unwrap();
+        }
+        // A new scenario, and a second account of the same organization.
+        refused_at(
+            store.tx(move |tx| charge_in(tx, &charge("sc_b", "org_bank", "pt_1"), now)),
+            Level::Organization,
+        );
+        refused_at(
+            store.tx(move |tx| charge_in(tx, &charge("sc_b", "org_bank", "pt_2"), now)),
+            Level::Organization,
+        );
+        // The refusals changed nothing.
+        assert_eq!(level(&store, Level::Organization, "org_bank").epsilon, Epsilon(10_000_000));
+        assert_eq!(level(&store, Level::Developer, "pt_2").epsilon, Epsilon(0));
+        // Another organization may spend the rest of the population (20),
+        // and then the population answers no more.
+        for _ in 0..5 {
+            store.tx(move |tx| charge_in(tx, &charge("sc_a", "org_other", "pt_3"), now)).unwrap();
+        }
+        refused_at(
+            store.tx(move |tx| charge_in(tx, &charge("sc_c", "org_third", "pt_4"), now)),
+            Level::Population,
+        );
+        assert_eq!(level(&store, Level::Population, "enterprise").epsilon, Epsilon(20_000_000));
+    }
+
+    #[test]
+    fn an_allocation_caps_one_scenario_of_an_organization() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut ch = charge("sc_a", "org_bank", "pt_1");
+        ch.allocation = Budget {
+            delta: Delta(1000),
+            ..eps(3.0)
+        };
+        { let c = ch.clone(); store.tx(move |tx| charge_in(tx, &c, Utc::now())) }.unwrap();
+        // The allocation keeps its cap even when a later charge says more.
+        ch.allocation = Budget {
+            delta: Delta(1000),
+            ..eps(10.0)
+        };
+        refused_at({ let c = ch.clone(); store.tx(move |tx| charge_in(tx, &c, Utc::now())) }, Level::Allocation);
+        let views = store
+            .read(|c| {
+                let p = population_in(c, "enterprise")?.unwrap();
+                levels_in(c, &p, 1)
+            })
+            .unwrap();
+        let pop = views.iter().find(|v| v.level == Level::Population).unwrap();
+        assert_eq!(pop.allocated.map(|a| a.epsilon), Some(Epsilon(3_000_000)));
+        assert_eq!(pop.spent.epsilon, Epsilon(2_000_000));
+    }
+
+    #[test]
+    fn the_cap_only_goes_down_within_a_period_and_renewal_starts_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = Utc::now();
+        store.tx(move |tx| charge_in(tx, &charge("sc_a", "org_bank", "pt_1"), now)).unwrap();
+        let p = store.read(|c| population_in(c, "enterprise")).unwrap().unwrap();
+        let mut lower = p.caps;
+        lower.population.epsilon = Epsilon(2_000_000);
+        store
+            .tx(move |tx| lower_caps_in(tx, &regulator(), "enterprise", 1000, lower, "tighter", now))
+            .unwrap();
+        let mut higher = lower;
+        higher.population.epsilon = Epsilon(30_000_000);
+        let raised = store.tx(move |tx| lower_caps_in(tx, &regulator(), "enterprise", 1000, higher, "looser", now));
+        assert!(matches!(raised, Err(ApiError::Conflict(_))), "{raised:?}");
+        // Spent: the population answers nothing more this period.
+        refused_at(
+            store.tx(move |tx| charge_in(tx, &charge("sc_a", "org_other", "pt_2"), now)),
+            Level::Population,
+        );
+        let p = store
+            .tx(move |tx| renew_in(tx, &regulator(), "enterprise", 1000, Some(higher), "new year", now))
+            .unwrap();
+        assert_eq!((p.period, p.caps.population.epsilon), (2, Epsilon(30_000_000)));
+        store.tx(move |tx| charge_in(tx, &charge("sc_a", "org_other", "pt_2"), now)).unwrap();
+        assert_eq!(level(&store, Level::Population, "enterprise").epsilon, Epsilon(2_000_000));
+        // Unsafe caps are refused even at renewal.
+        let mut loose = higher;
+        loose.population.delta = Delta(1_000_000_000);
+        let r = store.tx(move |tx| renew_in(tx, &regulator(), "enterprise", 1000, Some(loose), "x", now));
+        assert!(matches!(r, Err(ApiError::PolicyViolation(_))), "{r:?}");
+        let actions: Vec<String> = store
+            .ledger_for(&subject("enterprise"))
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_str::<Value>(&e.body).unwrap()["action"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            actions,
+            ["population.open", "budget.allocate", "population.cap", "population.renew", "budget.allocate"]
+        );
+    }
+
+    #[test]
+    fn a_version_5_store_moves_each_budget_to_its_population() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join("invis.db")).unwrap();
+            c.execute_batch(
+                r#"CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('schema', '5');
+                 CREATE TABLE parties (id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL,
+                     token_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, org_id TEXT);
+                 INSERT INTO parties VALUES ('pt_a', 'a', 'developer', 'h1', 'now', 'org_bank');
+                 INSERT INTO parties VALUES ('pt_b', 'b', 'developer', 'h2', 'now', 'org_bank');
+                 CREATE TABLE datasets (id TEXT PRIMARY KEY, name TEXT NOT NULL, owner TEXT NOT NULL, body TEXT NOT NULL);
+                 INSERT INTO datasets VALUES ('ds_1', 'register', 'p',
+                     '{"spec": {"unit_kind": "enterprise"}, "profile": {"units": 500}}');
+                 CREATE TABLE budgets (developer_id TEXT NOT NULL, scenario_id TEXT NOT NULL,
+                     epsilon_spent INTEGER NOT NULL, delta_spent INTEGER NOT NULL,
+                     rho_spent INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (developer_id, scenario_id));
+                 INSERT INTO budgets VALUES ('pt_a', 'sc_x', 3000000, 200000, 0);
+                 INSERT INTO budgets VALUES ('pt_b', 'sc_x', 4000000, 200000, 0);"#,
+            )
+            .unwrap();
+            let sc = serde_json::json!({"id": "sc_x", "status": "approved", "created_by": "pt_op",
+                "created_at": "2026-01-01T00:00:00Z", "spec": {"name": "n", "class": "c", "purpose": "p",
+                "tables": [{"dataset": "register", "columns": []}],
+                "release": {"epsilon_total": 8.0, "epsilon_per_query": 1.0, "min_group_size": 5}}});
+            c.execute_batch("CREATE TABLE scenarios (id TEXT PRIMARY KEY, status TEXT NOT NULL, body TEXT NOT NULL);")
+                .unwrap();
+            c.execute(
+                "INSERT INTO scenarios VALUES ('sc_x', 'approved', ?1)",
+                [serde_json::to_string(&sc).unwrap()],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        // Both accounts of the bank share its organization level.
+        assert_eq!(level(&store, Level::Organization, "org_bank").epsilon, Epsilon(7_000_000));
+        assert_eq!(level(&store, Level::Developer, "pt_a").epsilon, Epsilon(3_000_000));
+        assert_eq!(level(&store, Level::Population, "enterprise").epsilon, Epsilon(7_000_000));
+        let p = store.read(|c| population_in(c, "enterprise")).unwrap().unwrap();
+        assert_eq!(p.units, 500);
+        // The old table is gone and the levels go on from there: the bank
+        // has 3 left of its organization cap of 10.
+        let gone: bool = store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) = 0 FROM sqlite_master WHERE name = 'budgets'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        assert!(gone);
+        let mut ch = charge("sc_y", "org_bank", "pt_a");
+        ch.populations = vec![("enterprise".into(), 500)];
+        ch.cost = eps(3.5);
+        refused_at({ let c = ch.clone(); store.tx(move |tx| charge_in(tx, &c, Utc::now())) }, Level::Organization);
+    }
 }
