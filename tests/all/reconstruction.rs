@@ -50,9 +50,11 @@ fn scenario() -> Value {
             g("income", [0, 500000]), g("married", [0, 1]),
             {"name": "pid", "ops": ["join"]}
         ]}],
-        // The largest total budget the platform allows per developer, in
-        // queries small enough for 200 of them each.
-        "release": {"epsilon_total": 20.0, "epsilon_per_query": 0.1, "min_group_size": 5,
+        // The largest total budget the platform allows one allocation, in
+        // queries small enough for 200 of them each; two developers of
+        // different organizations spend the person population's default
+        // cap of 20 between them.
+        "release": {"epsilon_total": 10.0, "epsilon_per_query": 0.05, "min_group_size": 5,
             "max_rows_per_unit": 1, "max_queries_per_job": 1000}
     })
 }
