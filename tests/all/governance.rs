@@ -751,7 +751,7 @@ fn released_count(w: &crate::fixture::World) -> i64 {
 #[test]
 fn only_consenting_subjects_reach_a_scenario_that_needs_consent() {
     // R14: consent per subject and scenario, recorded by the provider.
-    let mut sc = crate::fixture::scenario(20.0);
+    let mut sc = crate::fixture::scenario(10.0);
     sc["needs_consent"] = json!(true);
     let w = crate::fixture::world_with(2000, sc, &[]);
     let market = w.provider("Market Supervision Bureau");
