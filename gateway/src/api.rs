@@ -465,9 +465,12 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/regulator/populations/{kind}/caps", REGULATOR, || {
         post(population::lower_caps)
     }),
-    route("POST", "/v1/regulator/populations/{kind}/renewal", REGULATOR, || {
-        post(population::renew)
-    }),
+    route(
+        "POST",
+        "/v1/regulator/populations/{kind}/renewal",
+        REGULATOR,
+        || post(population::renew),
+    ),
     route("GET", "/v1/regulator/jobs", REGULATOR, || get(report::list_jobs)),
     route("GET", "/v1/regulator/report", REGULATOR, || get(report::report)),
     route("GET", "/v1/regulator/agreements", REGULATOR, || {

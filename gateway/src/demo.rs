@@ -590,14 +590,14 @@ fn script(
         ),
     );
     for l in view["levels"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let allocated = l["allocated"]["epsilon"]
-            .as_f64()
-            .map(|a| format!(", {a} allocated"))
-            .unwrap_or_default();
+        let allocated = match &l["allocated"]["epsilon"] {
+            Value::Null => String::new(),
+            a => format!(", {a} allocated"),
+        };
         say(
             "regulator",
             format!(
-                "  {:<12} {:<28} spent epsilon {} of {}{allocated}, {} left",
+                "  {:<12} {:<56} spent epsilon {} of {}{allocated}, {} left",
                 l["level"].as_str().unwrap_or(""),
                 l["holder"].as_str().unwrap_or(""),
                 l["spent"]["epsilon"],

@@ -524,7 +524,6 @@ impl Store {
         self.read(|c| list_in(c, table, filter))
     }
 
-
     /// Stores module bytes under their hash (idempotent).
     pub fn put_module(tx: &Connection, hash: &str, bytes: &[u8], now: &str) -> ApiResult<()> {
         tx.execute(

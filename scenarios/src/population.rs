@@ -161,19 +161,20 @@ impl Caps {
         Ok(())
     }
 
-    /// These caps with the organization and developer caps lowered, part
-    /// by part, to the population's: no level below the population may
-    /// hold more than it.
+    /// These caps with the organization cap lowered, part by part, to the
+    /// population's and the developer cap to the organization's: no level
+    /// may hold more than the level above it.
     pub fn clamped(&self) -> Caps {
         let min = |a: Budget, p: Budget| Budget {
             epsilon: a.epsilon.min(p.epsilon),
             delta: a.delta.min(p.delta),
             rho: a.rho.min(p.rho),
         };
+        let organization = min(self.organization, self.population);
         Caps {
             population: self.population,
-            organization: min(self.organization, self.population),
-            developer: min(self.developer, self.population),
+            organization,
+            developer: min(self.developer, organization),
         }
     }
 
@@ -423,6 +424,13 @@ mod tests {
         higher.developer.rho = Rho(c.developer.rho.0 + 1);
         let e = c.check_lowering(&higher).unwrap_err();
         assert!(e.to_string().contains("developer"), "{e}");
+        // Lowering the population lowers the levels below it.
+        let mut small = c;
+        small.population.epsilon = Epsilon(1_000_000);
+        let small = small.clamped();
+        assert_eq!(small.organization.epsilon, Epsilon(1_000_000));
+        assert_eq!(small.developer.epsilon, Epsilon(1_000_000));
+        assert!(c.check_lowering(&small).is_ok());
     }
 
     #[test]
@@ -453,7 +461,9 @@ mod tests {
         assert!((g.epsilon - 1.7626).abs() < 1e-3, "{g:?}");
         assert!((g.delta - 1e-6).abs() < 1e-15);
         // A few large charges: the sum is smaller.
-        let big = Spend::default().plus(&b(1_000_000, 0, 0)).plus(&b(1_000_000, 0, 0));
+        let big = Spend::default()
+            .plus(&b(1_000_000, 0, 0))
+            .plus(&b(1_000_000, 0, 0));
         let g = big.guarantee(1e-6);
         assert_eq!((g.laplace, g.epsilon, g.delta), ("basic", 2.0, 0.0));
     }

@@ -87,10 +87,7 @@ fn no_scenario_account_or_dataset_version_starts_a_fresh_budget() {
             &json!({"name": "Example Bank (second desk)", "role": "developer", "organization": bank}),
         )
         .ok();
-    let second = w
-        .server
-        .operator
-        .as_token(created["token"].as_str().unwrap());
+    let second = w.server.operator.as_token(created["token"].as_str().unwrap());
     let (_, second_ag) = open_agreement(&w.server, &second, &scenario(10.0));
     refused_at(&run_under(&second, &second_ag), "organization");
 
@@ -140,7 +137,10 @@ fn no_scenario_account_or_dataset_version_starts_a_fresh_budget() {
     let levels = charge["entry"]["details"]["levels"].as_array().unwrap();
     let names: Vec<&str> = levels.iter().map(|l| l["level"].as_str().unwrap()).collect();
     assert_eq!(names, ["population", "allocation", "organization", "developer"]);
-    assert_eq!(charge["entry"]["details"]["privacy_model"], "docs/privacy-model.md");
+    assert_eq!(
+        charge["entry"]["details"]["privacy_model"],
+        "docs/privacy-model.md"
+    );
 }
 
 #[test]
@@ -155,12 +155,26 @@ fn the_cap_only_goes_down_and_an_exhausted_population_waits_for_renewal() {
         &format!("{ENTERPRISE}/caps"),
         &json!({"caps": {"population": {"epsilon": 50.0}}, "reason": "more"}),
     );
-    assert_eq!((raise.status, raise.code().as_str()), (409, "conflict"), "{}", raise.text());
+    assert_eq!(
+        (raise.status, raise.code().as_str()),
+        (409, "conflict"),
+        "{}",
+        raise.text()
+    );
     assert!(raise.message().contains("renewal"), "{}", raise.text());
     let cases = [
-        (json!({"caps": {"population": {"epsilon": 1.0}}, "reason": " "}), 400),
-        (json!({"caps": {"population": {"epsilon": -1.0}}, "reason": "x"}), 400),
-        (json!({"caps": {"population": {"epsilons": 1.0}}, "reason": "x"}), 400),
+        (
+            json!({"caps": {"population": {"epsilon": 1.0}}, "reason": " "}),
+            400,
+        ),
+        (
+            json!({"caps": {"population": {"epsilon": -1.0}}, "reason": "x"}),
+            400,
+        ),
+        (
+            json!({"caps": {"population": {"epsilons": 1.0}}, "reason": "x"}),
+            400,
+        ),
     ];
     for (body, status) in cases {
         let r = reg.post(&format!("{ENTERPRISE}/caps"), &body);
@@ -199,7 +213,13 @@ fn the_cap_only_goes_down_and_an_exhausted_population_waits_for_renewal() {
     succeeded(&run_under(&w.developer, &w.agreement));
     let job = run_under(&w.developer, &w.agreement);
     refused_at(&job, "population");
-    assert!(job["logs"][0].as_str().unwrap().contains("until the regulator renews it"), "{job}");
+    assert!(
+        job["logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("until the regulator renews it"),
+        "{job}"
+    );
     let other = w.server.party("Other Bank", "developer");
     let (_, other_ag) = open_agreement(&w.server, &other, &scenario(10.0));
     refused_at(&run_under(&other, &other_ag), "population");
@@ -221,10 +241,19 @@ fn the_cap_only_goes_down_and_an_exhausted_population_waits_for_renewal() {
     assert_eq!(level(&past, "population", "enterprise")["spent"]["epsilon"], 1.0);
     assert_eq!(reg.get(&format!("{ENTERPRISE}?period=3")).status, 404);
     let all = reg.get("/v1/regulator/populations").ok();
-    assert!(all["populations"].as_array().unwrap().iter().any(|p| p["population"] == "enterprise"));
+    assert!(all["populations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["population"] == "enterprise"));
     // The decisions are in the ledger.
     let ledger = reg.get("/v1/regulator/ledger").text();
-    for action in ["population.open", "population.cap", "population.renew", "budget.allocate"] {
+    for action in [
+        "population.open",
+        "population.cap",
+        "population.renew",
+        "budget.allocate",
+    ] {
         assert!(ledger.contains(action), "{action} missing from the ledger");
     }
 }
@@ -240,6 +269,11 @@ fn delta_is_scaled_to_the_population_when_a_scenario_is_proposed() {
     succeeded(&run_under(&w.developer, &w.agreement));
     sc["release"]["delta_per_query"] = json!(1e-7);
     let r = w.server.operator.post("/v1/operator/scenarios", &sc);
-    assert_eq!((r.status, r.code().as_str()), (422, "policy_violation"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (422, "policy_violation"),
+        "{}",
+        r.text()
+    );
     assert!(r.message().contains("units"), "{}", r.text());
 }

@@ -23,7 +23,13 @@ use std::collections::BTreeMap;
 
 /// One population as the regulator sees it, for `period` (the current one
 /// when `None`).
-fn view(c: &Connection, p: &PopulationRecord, units: u64, period: Option<u64>, opened: bool) -> ApiResult<Value> {
+fn view(
+    c: &Connection,
+    p: &PopulationRecord,
+    units: u64,
+    period: Option<u64>,
+    opened: bool,
+) -> ApiResult<Value> {
     let period = period.unwrap_or(p.period);
     if period == 0 || period > p.period {
         return Err(ApiError::NotFound(format!(
@@ -187,7 +193,9 @@ impl CapsPatch {
 fn reason_of(r: &str) -> ApiResult<String> {
     let r = r.trim();
     if r.is_empty() || r.len() > 4000 {
-        return Err(ApiError::BadRequest("a reason of 1 to 4000 bytes is required".into()));
+        return Err(ApiError::BadRequest(
+            "a reason of 1 to 4000 bytes is required".into(),
+        ));
     }
     Ok(r.to_string())
 }

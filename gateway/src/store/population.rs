@@ -50,7 +50,9 @@ pub struct PopulationRecord {
 /// A population's record, if it was ever charged or set.
 pub fn population_in(c: &Connection, kind: &str) -> ApiResult<Option<PopulationRecord>> {
     let body: Option<String> = c
-        .query_row("SELECT body FROM populations WHERE kind = ?1", [kind], |r| r.get(0))
+        .query_row("SELECT body FROM populations WHERE kind = ?1", [kind], |r| {
+            r.get(0)
+        })
         .optional()?;
     body.map(|b| from_json(&b)).transpose()
 }
@@ -77,7 +79,12 @@ fn put_population(tx: &Connection, p: &PopulationRecord) -> ApiResult<()> {
 
 /// The population `kind`, opened with the default caps for `units` units
 /// (and a ledger entry saying so) when it has no record yet.
-pub fn open_population_in(tx: &Connection, kind: &str, units: u64, now: DateTime<Utc>) -> ApiResult<PopulationRecord> {
+pub fn open_population_in(
+    tx: &Connection,
+    kind: &str,
+    units: u64,
+    now: DateTime<Utc>,
+) -> ApiResult<PopulationRecord> {
     if let Some(p) = population_in(tx, kind)? {
         return Ok(p);
     }
@@ -156,7 +163,13 @@ fn level_in(
     .optional()?)
 }
 
-fn put_level(tx: &Connection, kind: &str, period: u64, l: &LevelState, own_cap: Option<&Budget>) -> ApiResult<()> {
+fn put_level(
+    tx: &Connection,
+    kind: &str,
+    period: u64,
+    l: &LevelState,
+    own_cap: Option<&Budget>,
+) -> ApiResult<()> {
     let s = &l.spent;
     tx.execute(
         "INSERT INTO budget_levels (kind, period, level, holder, epsilon, delta, rho, epsilon_squares,
@@ -332,7 +345,9 @@ pub fn renew_in(
     let caps = caps.unwrap_or(p.caps).clamped();
     caps.validate(units)?;
     let closed = p.period;
-    let spent = level_in(tx, kind, closed, Level::Population, kind)?.unwrap_or_default().0;
+    let spent = level_in(tx, kind, closed, Level::Population, kind)?
+        .unwrap_or_default()
+        .0;
     p.period = closed.saturating_add(1);
     p.opened_at = now;
     p.opened_by = actor.id.clone();
@@ -389,7 +404,12 @@ pub fn levels_in(c: &Connection, p: &PopulationRecord, period: u64) -> ApiResult
         rows.push((level, holder, spent, p.caps.of(level, &own.unwrap_or_default())));
     }
     if !rows.iter().any(|r| r.0 == Level::Population) {
-        rows.push((Level::Population, p.kind.clone(), Spend::default(), p.caps.population));
+        rows.push((
+            Level::Population,
+            p.kind.clone(),
+            Spend::default(),
+            p.caps.population,
+        ));
     }
     rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let allocations: Vec<(String, Budget)> = rows
@@ -452,7 +472,9 @@ pub(super) fn migrate_budgets(tx: &Connection, now: DateTime<Utc>) -> ApiResult<
          FROM budgets b LEFT JOIN parties p ON p.id = b.developer_id",
     )?;
     let rows: Vec<(String, String, i64, i64, i64, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        })?
         .collect::<Result<_, _>>()?;
     drop(stmt);
     // Unit kinds and unit counts of the datasets, from their records.
@@ -483,7 +505,9 @@ pub(super) fn migrate_budgets(tx: &Connection, now: DateTime<Utc>) -> ApiResult<
             rho: Rho(u(r)),
         };
         let body: Option<String> = tx
-            .query_row("SELECT body FROM scenarios WHERE id = ?1", [&scenario], |r| r.get(0))
+            .query_row("SELECT body FROM scenarios WHERE id = ?1", [&scenario], |r| {
+                r.get(0)
+            })
             .optional()?;
         let sc: Option<scenarios::workflow::Scenario> = body.and_then(|b| serde_json::from_str(&b).ok());
         let mut pops: Vec<String> = sc
@@ -595,7 +619,9 @@ mod tests {
         let now = Utc::now();
         // The organization's default cap is epsilon 10: five queries of 2.
         for _ in 0..5 {
-            store.tx(move |tx| charge_in(tx, &charge("sc_a", "org_bank", "pt_1"), now)).unwrap();
+            store
+                .tx(move |tx| charge_in(tx, &charge("sc_a", "org_bank", "pt_1"), now))
+                .unwrap();
         }
         // A new scenario, and a second account of the same organization.
         refused_at(
@@ -607,18 +633,26 @@ mod tests {
             Level::Organization,
         );
         // The refusals changed nothing.
-        assert_eq!(level(&store, Level::Organization, "org_bank").epsilon, Epsilon(10_000_000));
+        assert_eq!(
+            level(&store, Level::Organization, "org_bank").epsilon,
+            Epsilon(10_000_000)
+        );
         assert_eq!(level(&store, Level::Developer, "pt_2").epsilon, Epsilon(0));
         // Another organization may spend the rest of the population (20),
         // and then the population answers no more.
         for _ in 0..5 {
-            store.tx(move |tx| charge_in(tx, &charge("sc_a", "org_other", "pt_3"), now)).unwrap();
+            store
+                .tx(move |tx| charge_in(tx, &charge("sc_a", "org_other", "pt_3"), now))
+                .unwrap();
         }
         refused_at(
             store.tx(move |tx| charge_in(tx, &charge("sc_c", "org_third", "pt_4"), now)),
             Level::Population,
         );
-        assert_eq!(level(&store, Level::Population, "enterprise").epsilon, Epsilon(20_000_000));
+        assert_eq!(
+            level(&store, Level::Population, "enterprise").epsilon,
+            Epsilon(20_000_000)
+        );
     }
 
     #[test]
@@ -630,13 +664,23 @@ mod tests {
             delta: Delta(1000),
             ..eps(3.0)
         };
-        { let c = ch.clone(); store.tx(move |tx| charge_in(tx, &c, Utc::now())) }.unwrap();
+        {
+            let c = ch.clone();
+            store.tx(move |tx| charge_in(tx, &c, Utc::now()))
+        }
+        .unwrap();
         // The allocation keeps its cap even when a later charge says more.
         ch.allocation = Budget {
             delta: Delta(1000),
             ..eps(10.0)
         };
-        refused_at({ let c = ch.clone(); store.tx(move |tx| charge_in(tx, &c, Utc::now())) }, Level::Allocation);
+        refused_at(
+            {
+                let c = ch.clone();
+                store.tx(move |tx| charge_in(tx, &c, Utc::now()))
+            },
+            Level::Allocation,
+        );
         let views = store
             .read(|c| {
                 let p = population_in(c, "enterprise")?.unwrap();
@@ -653,7 +697,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let now = Utc::now();
-        store.tx(move |tx| charge_in(tx, &charge("sc_a", "org_bank", "pt_1"), now)).unwrap();
+        store
+            .tx(move |tx| charge_in(tx, &charge("sc_a", "org_bank", "pt_1"), now))
+            .unwrap();
         let p = store.read(|c| population_in(c, "enterprise")).unwrap().unwrap();
         let mut lower = p.caps;
         lower.population.epsilon = Epsilon(2_000_000);
@@ -662,7 +708,8 @@ mod tests {
             .unwrap();
         let mut higher = lower;
         higher.population.epsilon = Epsilon(30_000_000);
-        let raised = store.tx(move |tx| lower_caps_in(tx, &regulator(), "enterprise", 1000, higher, "looser", now));
+        let raised =
+            store.tx(move |tx| lower_caps_in(tx, &regulator(), "enterprise", 1000, higher, "looser", now));
         assert!(matches!(raised, Err(ApiError::Conflict(_))), "{raised:?}");
         // Spent: the population answers nothing more this period.
         refused_at(
@@ -670,11 +717,26 @@ mod tests {
             Level::Population,
         );
         let p = store
-            .tx(move |tx| renew_in(tx, &regulator(), "enterprise", 1000, Some(higher), "new year", now))
+            .tx(move |tx| {
+                renew_in(
+                    tx,
+                    &regulator(),
+                    "enterprise",
+                    1000,
+                    Some(higher),
+                    "new year",
+                    now,
+                )
+            })
             .unwrap();
         assert_eq!((p.period, p.caps.population.epsilon), (2, Epsilon(30_000_000)));
-        store.tx(move |tx| charge_in(tx, &charge("sc_a", "org_other", "pt_2"), now)).unwrap();
-        assert_eq!(level(&store, Level::Population, "enterprise").epsilon, Epsilon(2_000_000));
+        store
+            .tx(move |tx| charge_in(tx, &charge("sc_a", "org_other", "pt_2"), now))
+            .unwrap();
+        assert_eq!(
+            level(&store, Level::Population, "enterprise").epsilon,
+            Epsilon(2_000_000)
+        );
         // Unsafe caps are refused even at renewal.
         let mut loose = higher;
         loose.population.delta = Delta(1_000_000_000);
@@ -684,11 +746,22 @@ mod tests {
             .ledger_for(&subject("enterprise"))
             .unwrap()
             .iter()
-            .map(|e| serde_json::from_str::<Value>(&e.body).unwrap()["action"].as_str().unwrap().to_string())
+            .map(|e| {
+                serde_json::from_str::<Value>(&e.body).unwrap()["action"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         assert_eq!(
             actions,
-            ["population.open", "budget.allocate", "population.cap", "population.renew", "budget.allocate"]
+            [
+                "population.open",
+                "budget.allocate",
+                "population.cap",
+                "population.renew",
+                "budget.allocate"
+            ]
         );
     }
 
@@ -718,8 +791,10 @@ mod tests {
                 "created_at": "2026-01-01T00:00:00Z", "spec": {"name": "n", "class": "c", "purpose": "p",
                 "tables": [{"dataset": "register", "columns": []}],
                 "release": {"epsilon_total": 8.0, "epsilon_per_query": 1.0, "min_group_size": 5}}});
-            c.execute_batch("CREATE TABLE scenarios (id TEXT PRIMARY KEY, status TEXT NOT NULL, body TEXT NOT NULL);")
-                .unwrap();
+            c.execute_batch(
+                "CREATE TABLE scenarios (id TEXT PRIMARY KEY, status TEXT NOT NULL, body TEXT NOT NULL);",
+            )
+            .unwrap();
             c.execute(
                 "INSERT INTO scenarios VALUES ('sc_x', 'approved', ?1)",
                 [serde_json::to_string(&sc).unwrap()],
@@ -728,9 +803,18 @@ mod tests {
         }
         let store = Store::open(dir.path()).unwrap();
         // Both accounts of the bank share its organization level.
-        assert_eq!(level(&store, Level::Organization, "org_bank").epsilon, Epsilon(7_000_000));
-        assert_eq!(level(&store, Level::Developer, "pt_a").epsilon, Epsilon(3_000_000));
-        assert_eq!(level(&store, Level::Population, "enterprise").epsilon, Epsilon(7_000_000));
+        assert_eq!(
+            level(&store, Level::Organization, "org_bank").epsilon,
+            Epsilon(7_000_000)
+        );
+        assert_eq!(
+            level(&store, Level::Developer, "pt_a").epsilon,
+            Epsilon(3_000_000)
+        );
+        assert_eq!(
+            level(&store, Level::Population, "enterprise").epsilon,
+            Epsilon(7_000_000)
+        );
         let p = store.read(|c| population_in(c, "enterprise")).unwrap().unwrap();
         assert_eq!(p.units, 500);
         // The old table is gone and the levels go on from there: the bank
@@ -748,6 +832,12 @@ mod tests {
         let mut ch = charge("sc_y", "org_bank", "pt_a");
         ch.populations = vec![("enterprise".into(), 500)];
         ch.cost = eps(3.5);
-        refused_at({ let c = ch.clone(); store.tx(move |tx| charge_in(tx, &c, Utc::now())) }, Level::Organization);
+        refused_at(
+            {
+                let c = ch.clone();
+                store.tx(move |tx| charge_in(tx, &c, Utc::now()))
+            },
+            Level::Organization,
+        );
     }
 }
