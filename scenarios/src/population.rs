@@ -266,8 +266,8 @@ impl Spend {
     /// in halves when both do):
     ///
     /// - Laplace: the smaller of basic composition (the sum of epsilons)
-    ///   and advanced composition for heterogeneous epsilons
-    ///   (Dwork-Rothblum-Vadhan 2010; Dwork-Roth 2014, Thm 3.20):
+    ///   and advanced composition for unequal epsilons (Dwork-Rothblum-
+    ///   Vadhan 2010; the proof of Dwork-Roth 2014, Thm 3.20, per step):
     ///   `sqrt(2 ln(1/d) sum e_i^2) + sum e_i (e^e_i - 1)` at delta `d`.
     /// - Gaussian: rho-zCDP composes by addition, and rho-zCDP implies
     ///   `(rho + 2 sqrt(rho ln(1/d)), d)`-DP (Bun-Steinke 2016, Prop 1.3).
