@@ -42,7 +42,8 @@ pub fn population_of(kind: Option<&str>) -> &str {
 pub enum Level {
     /// The population's cap for the period, set by the regulator.
     Population,
-    /// The share of a scenario granted to one organization.
+    /// The share of a scenario granted to one organization; the shares of
+    /// a period divide the population's cap.
     Allocation,
     /// Everything one organization's accounts spend on the population.
     Organization,

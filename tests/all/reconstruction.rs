@@ -144,11 +144,12 @@ fn one_hundred_secret_bits_cannot_be_reconstructed_through_any_channel() {
                 {"name": "income", "rule": "keep"}, {"name": "married", "rule": "keep"},
                 {"name": "pid", "rule": "tokenize"}]}),
     );
-    // The person population's default cap (20) would stop the probers
-    // half way; the regulator's recorded renewal gives this period 40.
+    // The person population's default cap (epsilon 20, delta 2e-5) holds
+    // two allocations; the regulator's recorded renewal makes this
+    // period's four.
     let r = server.regulator.post(
         "/v1/regulator/populations/person/renewal",
-        &json!({"caps": {"population": {"epsilon": 40.0}}, "reason": "reconstruction audit"}),
+        &json!({"caps": {"population": {"epsilon": 40.0, "delta": 4e-5}}, "reason": "reconstruction audit"}),
     );
     assert_eq!(r.status, 201, "{}", r.text());
     let (a, ag_a) = developer(&server, "Prober A", &people, &targets);

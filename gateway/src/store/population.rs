@@ -195,6 +195,30 @@ fn put_level(
     Ok(())
 }
 
+/// The part-by-part minimum of two budgets.
+fn smaller(a: &Budget, b: &Budget) -> Budget {
+    Budget {
+        epsilon: a.epsilon.min(b.epsilon),
+        delta: a.delta.min(b.delta),
+        rho: a.rho.min(b.rho),
+    }
+}
+
+/// The sum of the allocations granted on a population in a period.
+fn allocated_in(c: &Connection, kind: &str, period: u64) -> ApiResult<Budget> {
+    let (e, d, r): (i64, i64, i64) = c.query_row(
+        "SELECT COALESCE(SUM(cap_epsilon), 0), COALESCE(SUM(cap_delta), 0), COALESCE(SUM(cap_rho), 0)
+         FROM budget_levels WHERE kind = ?1 AND period = ?2 AND level = 'allocation'",
+        params![kind, period as i64],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    Ok(Budget {
+        epsilon: Epsilon(u(e)),
+        delta: Delta(u(d)),
+        rho: Rho(u(r)),
+    })
+}
+
 /// The holder of a scenario's allocation to an organization.
 pub fn allocation_holder(scenario: &str, organization: &str) -> String {
     format!("{scenario}/{organization}")
@@ -213,7 +237,8 @@ pub struct Charge {
     /// The developer account.
     pub developer: String,
     /// The allocation the scenario grants an organization (its approved
-    /// total), fixed when the allocation is first drawn on in a period.
+    /// total), fixed when the allocation is first drawn on in a period, and
+    /// never more than the population's cap not yet allocated.
     pub allocation: Budget,
     /// The query's cost.
     pub cost: Budget,
@@ -224,7 +249,7 @@ pub struct Charge {
 /// (`BudgetExhausted`, naming the first exhausted level) changes nothing.
 /// Returns each level's figures after the charge, for the ledger entry.
 pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ApiResult<Vec<Value>> {
-    let mut states: Vec<(u64, LevelState, Option<Budget>, bool)> = Vec::new();
+    let mut states: Vec<(u64, LevelState, Option<Budget>)> = Vec::new();
     let mut new_allocations = Vec::new();
     for (kind, units) in &ch.populations {
         let p = open_population_in(tx, kind, *units, now)?;
@@ -235,17 +260,28 @@ pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ApiResult<
                 Level::Organization => ch.organization.clone(),
                 Level::Developer => ch.developer.clone(),
             };
-            let row = level_in(tx, kind, p.period, level, &holder)?;
-            let is_new = row.is_none();
-            let (spent, own) = row.unwrap_or_default();
-            let own = if level == Level::Allocation {
-                Some(own.unwrap_or(ch.allocation))
-            } else {
-                None
+            let (spent, own) = level_in(tx, kind, p.period, level, &holder)?.unwrap_or_default();
+            let own = match (level, own) {
+                (Level::Allocation, Some(own)) => Some(own),
+                (Level::Allocation, None) => {
+                    // A new allocation is the scenario's total, or what is
+                    // left unallocated of the population's cap if that is
+                    // less: the allocations of a period divide its cap.
+                    let free = p.caps.population.minus(&allocated_in(tx, kind, p.period)?);
+                    let grant = smaller(&ch.allocation, &free);
+                    if !Budget::default().can_afford(&ch.cost, &grant) {
+                        return Err(ApiError::BudgetExhausted(format!(
+                            "the population level ({kind}) of population `{kind}` is exhausted: its cap is \
+                             fully allocated to other scenarios and organizations (period {}); it grants no \
+                             new allocation until the regulator renews it",
+                            p.period
+                        )));
+                    }
+                    new_allocations.push((kind.clone(), p.period, holder.clone(), grant));
+                    Some(grant)
+                }
+                _ => None,
             };
-            if level == Level::Allocation && is_new {
-                new_allocations.push((kind.clone(), p.period, holder.clone(), ch.allocation));
-            }
             let cap = p.caps.of(level, &own.unwrap_or_default());
             states.push((
                 p.period,
@@ -257,7 +293,6 @@ pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ApiResult<
                     cap,
                 },
                 own,
-                is_new,
             ));
         }
     }
@@ -275,7 +310,7 @@ pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ApiResult<
         return Err(ApiError::BudgetExhausted(format!("{r} (period {period}){renew}")));
     }
     let mut out = Vec::new();
-    for (period, mut l, own, _) in states {
+    for (period, mut l, own) in states {
         l.spent = l.spent.plus(&ch.cost);
         put_level(tx, &l.population, period, &l, own.as_ref())?;
         out.push(json!({
@@ -653,6 +688,15 @@ mod tests {
             level(&store, Level::Population, "enterprise").epsilon,
             Epsilon(20_000_000)
         );
+        // The two allocations divide the cap between them.
+        let views = store
+            .read(|c| {
+                let p = population_in(c, "enterprise")?.unwrap();
+                levels_in(c, &p, 1)
+            })
+            .unwrap();
+        let pop = views.iter().find(|v| v.level == Level::Population).unwrap();
+        assert_eq!(pop.allocated.map(|a| a.epsilon), Some(Epsilon(20_000_000)));
     }
 
     #[test]
