@@ -14,7 +14,7 @@
 //! `finished_at`, its `job.finish` entry) is written no earlier than
 //! `started_at + k·quantum` for the smallest `k ≥ 1` covering its actual
 //! end ([`visible_end`]), and a running job's charges show in the
-//! developer's budget only once it has ended ([`settled_spent`]).
+//! developer's budget only once it has ended (`settled_spent`).
 
 use crate::api::{blocking, current_datasets, Allowance, DatasetRecord, JobRecord, JobStatus, QueryRecord};
 use crate::error::{ApiError, ApiResult};
