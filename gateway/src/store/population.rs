@@ -699,6 +699,79 @@ mod tests {
         assert_eq!(pop.allocated.map(|a| a.epsilon), Some(Epsilon(20_000_000)));
     }
 
+    /// Random charges through the store, from four organizations of two
+    /// accounts each under three scenarios, some reading two populations:
+    /// no level ever passes its cap, the allocations never add up to more
+    /// than the population's cap, and each charge lands on every level.
+    #[test]
+    fn random_charges_never_take_a_level_over_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..400 {
+            let org = next(4);
+            let mut populations = vec![("enterprise".to_string(), 1000)];
+            if next(4) == 0 {
+                populations.push(("person".to_string(), 5000));
+            }
+            let ch = Charge {
+                populations,
+                scenario: format!("sc_{}", next(3)),
+                organization: format!("org_{org}"),
+                developer: format!("pt_{}", org * 2 + next(2)),
+                allocation: Budget {
+                    epsilon: Epsilon((1 + next(10)) * 1_000_000),
+                    delta: Delta((1 + next(5)) * 1_000_000),
+                    rho: Rho(next(3) * 500_000),
+                },
+                cost: Budget {
+                    epsilon: Epsilon(next(500_000)),
+                    delta: Delta(next(200_000)),
+                    rho: Rho(next(300_000)),
+                },
+            };
+            match store.tx(move |tx| charge_in(tx, &ch, Utc::now())) {
+                Ok(_) => accepted += 1,
+                Err(ApiError::BudgetExhausted(_)) => refused += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert!(
+            accepted > 20 && refused > 20,
+            "{accepted} accepted, {refused} refused"
+        );
+        let within = |s: &Budget, c: &Budget| s.epsilon <= c.epsilon && s.delta <= c.delta && s.rho <= c.rho;
+        for kind in ["enterprise", "person"] {
+            let views = store
+                .read(|c| {
+                    let p = population_in(c, kind)?.unwrap();
+                    levels_in(c, &p, 1)
+                })
+                .unwrap();
+            let sum = |level: Level| {
+                views
+                    .iter()
+                    .filter(|v| v.level == level)
+                    .fold(Budget::default(), |a, v| a.plus(&v.spent))
+            };
+            for v in &views {
+                assert!(within(&v.spent, &v.cap), "{kind}: {v:?}");
+            }
+            let pop = views.iter().find(|v| v.level == Level::Population).unwrap();
+            assert!(within(&pop.allocated.unwrap(), &pop.cap), "{kind}: {pop:?}");
+            for level in [Level::Allocation, Level::Organization, Level::Developer] {
+                assert_eq!(sum(level), pop.spent, "{kind}: {level}");
+            }
+        }
+    }
+
     #[test]
     fn an_allocation_caps_one_scenario_of_an_organization() {
         let dir = tempfile::tempdir().unwrap();
