@@ -11,6 +11,7 @@ mod fees;
 mod ledger;
 mod operator;
 mod oversight;
+mod population;
 mod private;
 mod products;
 mod provider;
@@ -455,6 +456,21 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/regulator/applications", REGULATOR, || {
         get(report::list_applications)
     }),
+    route("GET", "/v1/regulator/populations", REGULATOR, || {
+        get(population::list)
+    }),
+    route("GET", "/v1/regulator/populations/{kind}", REGULATOR, || {
+        get(population::show)
+    }),
+    route("POST", "/v1/regulator/populations/{kind}/caps", REGULATOR, || {
+        post(population::lower_caps)
+    }),
+    route(
+        "POST",
+        "/v1/regulator/populations/{kind}/renewal",
+        REGULATOR,
+        || post(population::renew),
+    ),
     route("GET", "/v1/regulator/jobs", REGULATOR, || get(report::list_jobs)),
     route("GET", "/v1/regulator/report", REGULATOR, || get(report::report)),
     route("GET", "/v1/regulator/agreements", REGULATOR, || {

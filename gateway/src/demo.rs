@@ -147,6 +147,10 @@ pub fn bank_scenario() -> Value {
         "release": {
             "epsilon_total": 5.0,
             "epsilon_per_query": 1.0,
+            // Delta well below 1/N for the 90 000 enterprise records of
+            // the three tables (docs/privacy-model.md, "Defaults and caps").
+            "delta_per_query": 1e-8,
+            "delta_total": 1e-6,
             "min_group_size": 10,
             "max_rows_per_unit": 12
         }
@@ -415,6 +419,23 @@ fn script(
         "regulator",
         format!("approved the scenario class credit-risk-assessment ({sc_id})"),
     );
+    // The enterprise population's budget is the regulator's: every
+    // scenario, agreement and account over enterprises draws on it.
+    let pop = expect_ok(
+        regulator.post(
+            "/v1/regulator/populations/enterprise/caps",
+            &json!({"caps": {"population": {"epsilon": 15.0}, "organization": {"epsilon": 5.0}},
+                    "reason": "first period of the enterprise population: three organizations' worth"}),
+        )?,
+        "population cap",
+    )?;
+    say(
+        "regulator",
+        format!(
+            "capped the enterprise population ({} units in the catalog) at epsilon {} for this period, {} per organization; caps can only be lowered until a recorded renewal",
+            pop["units"], pop["caps"]["population"]["epsilon"], pop["caps"]["organization"]["epsilon"]
+        ),
+    );
     let visible = expect_ok(developer.get("/v1/developer/scenarios")?, "list scenarios")?;
     say(
         "developer",
@@ -554,6 +575,37 @@ fn script(
             ag["budget"]["remaining"]["epsilon"]
         ),
     );
+
+    let view = expect_ok(
+        regulator.get("/v1/regulator/populations/enterprise")?,
+        "population view",
+    )?;
+    say(
+        "regulator",
+        format!(
+            "enterprise population, period {}: guarantee so far epsilon {} (delta {:e})",
+            view["period"],
+            view["guarantee"]["epsilon"],
+            view["guarantee"]["delta"].as_f64().unwrap_or(0.0)
+        ),
+    );
+    for l in view["levels"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let allocated = match &l["allocated"]["epsilon"] {
+            Value::Null => String::new(),
+            a => format!(", {a} allocated"),
+        };
+        say(
+            "regulator",
+            format!(
+                "  {:<12} {:<56} spent epsilon {} of {}{allocated}, {} left",
+                l["level"].as_str().unwrap_or(""),
+                l["holder"].as_str().unwrap_or(""),
+                l["spent"]["epsilon"],
+                l["cap"]["epsilon"],
+                l["remaining"]["epsilon"]
+            ),
+        );
+    }
 
     // 6. Refused attempts.
     println!();

@@ -1,25 +1,27 @@
 //! The job lifecycle on the server: accept a module under an open
 //! agreement, run it in the WASM runtime with a policy-scoped data door,
-//! charge every query to the (developer, scenario) budget in the same
-//! transaction as its ledger entry, and release the output only if the job
-//! succeeded and the agreement is still open.
+//! charge every query to the budgets of the populations it reads in the
+//! same transaction as its ledger entry, and release the output only if the
+//! job succeeded and the agreement is still open.
 //!
-//! Budgets are kept per developer and scenario, not per agreement, so a new
-//! application for the same scenario does not reset the budget.
+//! Budgets belong to populations of units (`store::population`,
+//! `docs/privacy-model.md`), charged at the population, the scenario's
+//! allocation to the developer's organization, the organization and the
+//! developer account: a new agreement, scenario, dataset version or
+//! account of the same organization starts no fresh budget.
 //!
 //! Time seen from outside is coarse (I14): a job's final state (its status,
 //! `finished_at`, its `job.finish` entry) is written no earlier than
 //! `started_at + k·quantum` for the smallest `k ≥ 1` covering its actual
 //! end ([`visible_end`]), and a running job's charges show in the
-//! developer's budget only once it has ended ([`settled_spent`]).
+//! developer's budget only once it has ended (`settled_spent`).
 
 use crate::api::{blocking, current_datasets, Allowance, DatasetRecord, JobRecord, JobStatus, QueryRecord};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
-use crate::store::{
-    append, charge_in, get_in, list_in, put, set_job_output, spent_in, NewEntry, Store, Table,
-};
+use crate::store::population::{self, Charge};
+use crate::store::{append, get_in, list_in, put, set_job_output, NewEntry, Store, Table};
 use chrono::{DateTime, Utc};
 use runtime::{JobError, JobInput, JobLimits, JobOutcome};
 use sandbox::desensitize::TokenKey;
@@ -28,6 +30,7 @@ use scenarios::budget::Budget;
 use scenarios::party::Actor;
 use scenarios::workflow::{Agreement, Scenario, ScenarioStatus};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,7 +41,12 @@ struct StoreAccountant {
     developer: Actor,
     agreement_id: String,
     scenario_id: String,
-    limit: Budget,
+    /// The scenario's allocation to an organization (its approved total,
+    /// within today's caps).
+    allocation: Budget,
+    /// The population of every table in the scope, with its unit count:
+    /// table name to (unit kind, units).
+    populations: BTreeMap<String, (String, u64)>,
     job_id: String,
     /// Ledger sequence numbers of the releases, in order.
     released: Mutex<Vec<u64>>,
@@ -54,7 +62,7 @@ fn to_sandbox(e: ApiError) -> sandbox::Error {
 
 impl Accountant for StoreAccountant {
     fn charge(&self, cost: &Budget, lineage: &QueryLineage) -> sandbox::Result<()> {
-        // Completed inside the transaction with the budget left after it.
+        // Completed inside the transaction with every level's figures.
         let mut details = json!({
                 "agreement": self.agreement_id,
                 "scenario": self.scenario_id,
@@ -64,24 +72,45 @@ impl Accountant for StoreAccountant {
                 "tables": lineage.tables,
                 "mechanism": lineage.mechanism,
                 "cost": cost,
-                "budget_limit": self.limit,
+                "privacy_model": "docs/privacy-model.md",
         });
+        // The populations the query reads; all of the scope's when a table
+        // is not known by name (never fewer than the query touches).
+        let mut populations: Vec<(String, u64)> = Vec::new();
+        for t in &lineage.tables {
+            match self.populations.get(&t.dataset) {
+                Some(p) => populations.push(p.clone()),
+                None => {
+                    populations = self.populations.values().cloned().collect();
+                    break;
+                }
+            }
+        }
+        if populations.is_empty() {
+            populations = self.populations.values().cloned().collect();
+        }
+        populations.sort();
+        populations.dedup_by(|a, b| a.0 == b.0);
+        let charge = Charge {
+            populations,
+            scenario: self.scenario_id.clone(),
+            organization: org_of(&self.developer),
+            developer: self.developer.id.clone(),
+            allocation: self.allocation,
+            cost: *cost,
+        };
         let (actor, job) = (self.developer.clone(), self.job_id.clone());
-        let (agreement, developer, scenario) = (
-            self.agreement_id.clone(),
-            self.developer.id.clone(),
-            self.scenario_id.clone(),
-        );
-        let (cost, limit) = (*cost, self.limit);
+        let agreement = self.agreement_id.clone();
+        let cost = *cost;
         self.store
             .tx(move |tx| {
                 let ag: Agreement = get_in(tx, Table::Agreements, &agreement)?
                     .ok_or_else(|| ApiError::Internal("agreement vanished".into()))?;
                 let now = Utc::now();
                 ag.check_open(now)?;
-                let after = charge_in(tx, &developer, &scenario, &cost, &limit)?;
+                let levels = population::charge_in(tx, &charge, now)?;
                 if let serde_json::Value::Object(d) = &mut details {
-                    d.insert("budget_spent_after".into(), json!(after));
+                    d.insert("levels".into(), json!(levels));
                 }
                 // Counted on the job in the same transaction: the job has
                 // now seen protected data (its details are withheld unless
@@ -291,20 +320,41 @@ async fn hold_until(at: DateTime<Utc>) {
 }
 
 /// The budget a developer has spent under a scenario as the developer is
-/// shown it: everything charged, less what the developer's jobs still
-/// running have been charged, read in one snapshot. A running job's
-/// charges appear when its end becomes visible, not at each query.
+/// shown it: what the developer's ended jobs under the scenario were
+/// charged (each job counts its charges in the same transaction as the
+/// charge). A running job's charges appear when its end becomes visible,
+/// not at each query. The limits themselves are the population levels.
 pub(crate) fn settled_spent(store: &Store, developer: &str, scenario: &str) -> ApiResult<Budget> {
     store.read_consistent(|c| {
-        let spent = spent_in(c, developer, scenario)?;
-        let mut open: Vec<JobRecord> = list_in(c, Table::Jobs, Some(("status", "running")))?;
-        open.extend(list_in::<JobRecord>(c, Table::Jobs, Some(("status", "queued")))?);
-        let running = open
+        let jobs: Vec<JobRecord> = list_in(c, Table::Jobs, Some(("developer_id", developer)))?;
+        Ok(jobs
             .iter()
-            .filter(|j| j.developer_id == developer && j.scenario_id == scenario)
-            .fold(Budget::default(), |b, j| b.plus(&j.charged));
-        Ok(spent.minus(&running))
+            .filter(|j| j.scenario_id == scenario && j.status.is_final())
+            .fold(Budget::default(), |b, j| b.plus(&j.charged)))
     })
+}
+
+/// The organization whose caps a party's charges count against; a party
+/// recorded without one is its own.
+pub(crate) fn org_of(actor: &Actor) -> String {
+    if actor.org.is_empty() {
+        actor.id.clone()
+    } else {
+        actor.org.clone()
+    }
+}
+
+/// Distinct units of every population in the catalog's current versions
+/// (`N` of the delta caps): the sum over its datasets, an upper bound on
+/// the units it holds, so the caps scaled to it err on the safe side.
+pub(crate) fn population_units(datasets: &[DatasetRecord]) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for d in datasets {
+        let kind = scenarios::population::population_of(d.spec.unit_kind.as_deref()).to_string();
+        let n = out.entry(kind).or_default();
+        *n = n.saturating_add(d.profile.units);
+    }
+    out
 }
 
 /// The ledger entry that releases a job's output to its developer (R21:
@@ -469,7 +519,7 @@ async fn run(
     cancel: Arc<AtomicBool>,
 ) -> ApiResult<()> {
     let (s, id) = (st.clone(), job_id.to_string());
-    let (mut job, ag, sc, spec, bytes, tables, started) = blocking(move || {
+    let (mut job, ag, sc, spec, bytes, tables, started, populations) = blocking(move || {
         let mut job: JobRecord = s
             .store
             .get(Table::Jobs, &id)?
@@ -495,11 +545,28 @@ async fn run(
             .fold(0u64, |n, d| n.saturating_add(d.profile.rows));
         // The agreement's own tables (R5) join the scope with their grants.
         let mut spec = sc.spec.clone();
+        let mut units = population_units(&current_datasets(&s)?);
         for p in crate::api::private_tables(&s, &ag.id)? {
             rows_per_query = rows_per_query.saturating_add(p.profile.rows);
+            let kind = scenarios::population::population_of(p.spec.unit_kind.as_deref()).to_string();
+            let n = units.entry(kind).or_default();
+            *n = n.saturating_add(p.profile.units);
             tables.push(TableVersion::from_profile(p.spec.clone(), &p.profile));
             spec.tables.push(p.grant);
         }
+        // Every table's population; the scenario's rules within today's
+        // caps for the largest of them (a scenario approved under looser
+        // caps runs under the new ones: docs/privacy-model.md).
+        let populations: BTreeMap<String, (String, u64)> = tables
+            .iter()
+            .map(|t| {
+                let kind = scenarios::population::population_of(t.spec.unit_kind.as_deref()).to_string();
+                let n = units.get(&kind).copied().unwrap_or(0);
+                (t.spec.name.clone(), (kind, n))
+            })
+            .collect();
+        let largest = populations.values().map(|p| p.1).max().unwrap_or(0);
+        spec.release = spec.release.within_caps(largest);
         job.allowance = Some(Allowance {
             fuel: s.config.job_limits.fuel,
             rows_per_query,
@@ -509,7 +576,7 @@ async fn run(
         // The same moment on the clock that sleeps (see `SlotHold`).
         let started = std::time::Instant::now();
         let job = s.store.tx(move |tx| put(tx, &job).map(|()| job))?;
-        Ok((job, ag, sc, spec, bytes, tables, started))
+        Ok((job, ag, sc, spec, bytes, tables, started, populations))
     })
     .await?;
 
@@ -518,7 +585,8 @@ async fn run(
         developer: actor.clone(),
         agreement_id: ag.id.clone(),
         scenario_id: sc.id.clone(),
-        limit: sc.spec.release.total_budget(),
+        allocation: spec.release.total_budget(),
+        populations,
         job_id: job.id.clone(),
         released: Mutex::new(Vec::new()),
     });
@@ -773,10 +841,6 @@ mod tests {
             epsilon: scenarios::budget::Epsilon(1_000_000),
             ..Budget::default()
         };
-        let limit = Budget {
-            epsilon: scenarios::budget::Epsilon(10_000_000),
-            ..Budget::default()
-        };
         let job = |id: &str, status: JobStatus, charged: Budget| {
             let mut j = crate::api::test_job(status, u32::from(charged != Budget::default()));
             j.id = id.into();
@@ -792,20 +856,10 @@ mod tests {
         );
         store
             .tx(move |tx| {
-                for _ in 0..3 {
-                    charge_in(tx, "dev", "sc", &cost, &limit)?;
-                }
                 put(tx, &ended)?;
                 put(tx, &running)
             })
             .unwrap();
-        assert_eq!(
-            store.budget_spent("dev", "sc").unwrap(),
-            Budget {
-                epsilon: scenarios::budget::Epsilon(3_000_000),
-                ..Budget::default()
-            }
-        );
         assert_eq!(settled_spent(&store, "dev", "sc").unwrap(), cost);
         // Another developer's or scenario's running jobs do not count.
         assert_eq!(settled_spent(&store, "dev", "other").unwrap(), Budget::default());

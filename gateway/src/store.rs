@@ -17,7 +17,6 @@
 use crate::error::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
-use scenarios::budget::{Budget, Delta, Epsilon, Rho};
 use scenarios::ledger::{leaf_hash, parse_hash, Checkpoint, EntryTail, Hash, SignedCheckpoint, ZERO_HASH};
 use scenarios::party::{Actor, Role};
 use serde::de::DeserializeOwned;
@@ -38,10 +37,6 @@ CREATE TABLE IF NOT EXISTS applications (
     status TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS agreements (
     id TEXT PRIMARY KEY, developer_id TEXT NOT NULL, scenario_id TEXT NOT NULL, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS budgets (
-    developer_id TEXT NOT NULL, scenario_id TEXT NOT NULL,
-    epsilon_spent INTEGER NOT NULL, delta_spent INTEGER NOT NULL, rho_spent INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (developer_id, scenario_id));
 CREATE TABLE IF NOT EXISTS objections (
     id TEXT PRIMARY KEY, dataset TEXT NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS risk_reports (id TEXT PRIMARY KEY, filed_by TEXT NOT NULL, body TEXT NOT NULL);
@@ -86,8 +81,11 @@ CREATE TRIGGER IF NOT EXISTS published_no_delete BEFORE DELETE ON published_chec
 /// Version 2 added `budgets.rho_spent` (zCDP accounting); version 3 the
 /// `checkpoints` table and the append-only triggers (created by `SCHEMA`);
 /// version 4 `parties.org_id` and the organizations; version 5 the
-/// `published_checkpoints` table (created by `SCHEMA`).
-const SCHEMA_VERSION: &str = "5";
+/// `published_checkpoints` table (created by `SCHEMA`); version 6 replaced
+/// the per-(developer, scenario) `budgets` table by the population budgets
+/// of [`population`] (the old rows are carried over, see
+/// [`population::migrate_budgets`]).
+const SCHEMA_VERSION: &str = "6";
 
 /// The store.
 pub struct Store {
@@ -100,6 +98,7 @@ pub struct Store {
 }
 
 pub mod durable;
+pub mod population;
 pub use durable::SyncStats;
 
 impl std::fmt::Debug for Store {
@@ -318,6 +317,7 @@ impl Store {
         conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(population::SCHEMA)?;
         let version: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
             .optional()?;
@@ -329,7 +329,7 @@ impl Store {
                 )?;
             }
             Some(SCHEMA_VERSION) => {}
-            Some(old @ ("1" | "2" | "3" | "4")) => {
+            Some(old @ ("1" | "2" | "3" | "4" | "5")) => {
                 let tx = conn.unchecked_transaction()?;
                 if old == "1" {
                     tx.execute_batch("ALTER TABLE budgets ADD COLUMN rho_spent INTEGER NOT NULL DEFAULT 0;")?;
@@ -341,6 +341,11 @@ impl Store {
                 )?;
                 if !has_org {
                     tx.execute_batch("ALTER TABLE parties ADD COLUMN org_id TEXT;")?;
+                }
+                let moved = population::migrate_budgets(&tx, Utc::now())
+                    .map_err(|e| anyhow::anyhow!("moving the budgets to populations: {e:?}"))?;
+                if moved > 0 {
+                    tracing::info!(rows = moved, "budgets moved to population accounting");
                 }
                 tx.execute(
                     "UPDATE meta SET value = ?1 WHERE key = 'schema'",
@@ -518,15 +523,6 @@ impl Store {
     pub fn list<T: DeserializeOwned>(&self, table: Table, filter: Option<(&str, &str)>) -> ApiResult<Vec<T>> {
         self.read(|c| list_in(c, table, filter))
     }
-
-    // ----- budgets ------------------------------------------------------------
-
-    /// Budget spent by a developer under a scenario, across all agreements.
-    pub fn budget_spent(&self, developer_id: &str, scenario_id: &str) -> ApiResult<Budget> {
-        self.read(|c| spent_in(c, developer_id, scenario_id))
-    }
-
-    // ----- modules and jobs ---------------------------------------------------
 
     /// Stores module bytes under their hash (idempotent).
     pub fn put_module(tx: &Connection, hash: &str, bytes: &[u8], now: &str) -> ApiResult<()> {
@@ -1044,45 +1040,6 @@ impl Store {
     }
 }
 
-/// Budget spent, inside a connection or transaction.
-pub fn spent_in(c: &Connection, developer_id: &str, scenario_id: &str) -> ApiResult<Budget> {
-    let row: Option<(i64, i64, i64)> = c
-        .query_row(
-            "SELECT epsilon_spent, delta_spent, rho_spent FROM budgets WHERE developer_id = ?1 AND scenario_id = ?2",
-            [developer_id, scenario_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    let (e, d, r) = row.unwrap_or((0, 0, 0));
-    Ok(Budget {
-        epsilon: Epsilon(e.max(0) as u64),
-        delta: Delta(d.max(0) as u64),
-        rho: Rho(r.max(0) as u64),
-    })
-}
-
-/// Charges `cost` against `limit` for (developer, scenario) inside `tx`;
-/// fails with `BudgetExhausted` and changes nothing when it does not fit.
-pub fn charge_in(
-    tx: &Connection,
-    developer_id: &str,
-    scenario_id: &str,
-    cost: &Budget,
-    limit: &Budget,
-) -> ApiResult<Budget> {
-    let spent = spent_in(tx, developer_id, scenario_id)?;
-    if !spent.can_afford(cost, limit) {
-        return Err(ApiError::BudgetExhausted(spent.shortfall(cost, limit)));
-    }
-    let after = spent.plus(cost);
-    tx.execute(
-"INSERT INTO budgets (developer_id, scenario_id, epsilon_spent, delta_spent, rho_spent) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (developer_id, scenario_id) DO UPDATE SET epsilon_spent = ?3, delta_spent = ?4, rho_spent = ?5",
-        params![developer_id, scenario_id, after.epsilon.0 as i64, after.delta.0 as i64, after.rho.0 as i64],
-    )?;
-    Ok(after)
-}
-
 /// Stores a job's output bytes.
 pub fn set_job_output(tx: &Connection, id: &str, output: &[u8]) -> ApiResult<()> {
     tx.execute("UPDATE jobs SET output = ?2 WHERE id = ?1", params![id, output])?;
@@ -1092,6 +1049,7 @@ pub fn set_job_output(tx: &Connection, id: &str, output: &[u8]) -> ApiResult<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scenarios::budget::{Delta, Epsilon, Rho};
     use scenarios::ledger::EntryBody;
 
     #[test]
@@ -1110,41 +1068,29 @@ mod tests {
             .unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        let spent = store.budget_spent("pt_a", "sc_a").unwrap();
-        assert_eq!(
-            (spent.epsilon, spent.delta, spent.rho),
-            (Epsilon(1_500_000), Delta(200_000), Rho(0))
-        );
-        let limit = Budget {
-            epsilon: Epsilon(2_000_000),
-            delta: Delta(1_000_000),
-            rho: Rho(1_000_000),
-        };
-        store
-            .tx(move |tx| {
-                charge_in(
-                    tx,
-                    "pt_a",
-                    "sc_a",
-                    &Budget {
-                        rho: Rho(300_000),
-                        ..Default::default()
-                    },
-                    &limit,
-                )
+        // The scenario is unknown: its spending lands on the unspecified
+        // population, at every level, for the developer's own organization.
+        let levels = store
+            .read(|c| {
+                let p = population::population_in(c, scenarios::population::UNSPECIFIED)?.unwrap();
+                population::levels_in(c, &p, 1)
             })
             .unwrap();
-        assert_eq!(store.budget_spent("pt_a", "sc_a").unwrap().rho, Rho(300_000));
+        assert_eq!(levels.len(), 4, "{levels:?}");
+        for l in &levels {
+            assert_eq!(
+                (l.spent.epsilon, l.spent.delta, l.spent.rho),
+                (Epsilon(1_500_000), Delta(200_000), Rho(0)),
+                "{l:?}"
+            );
+        }
         drop(store);
         // Opening again is a no-op.
-        assert_eq!(
-            Store::open(dir.path())
-                .unwrap()
-                .budget_spent("pt_a", "sc_a")
-                .unwrap()
-                .rho,
-            Rho(300_000)
-        );
+        let store = Store::open(dir.path()).unwrap();
+        let n: i64 = store
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM budget_levels", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(n, 4);
     }
 
     #[test]
@@ -1288,25 +1234,5 @@ mod tests {
             assert_eq!(e.hash, hex::encode(leaf_hash(e.body.as_bytes())));
             prev = e.hash.clone();
         }
-    }
-
-    #[test]
-    fn a_charge_that_does_not_fit_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let limit = Budget {
-            epsilon: Epsilon(1_000_000),
-            delta: Delta(10),
-            rho: Rho(0),
-        };
-        let q = Budget {
-            epsilon: Epsilon(600_000),
-            delta: Delta(1),
-            rho: Rho(0),
-        };
-        store.tx(move |tx| charge_in(tx, "d", "s", &q, &limit)).unwrap();
-        let refused = store.tx(move |tx| charge_in(tx, "d", "s", &q, &limit));
-        assert!(matches!(refused, Err(ApiError::BudgetExhausted(_))));
-        assert_eq!(store.budget_spent("d", "s").unwrap(), q);
     }
 }

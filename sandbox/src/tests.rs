@@ -261,7 +261,7 @@ async fn gaussian_scenarios_spend_rho_and_release_accurate_counts() {
     sc.release.epsilon_total = Epsilon(0);
     sc.release.rho_per_query = scenarios::budget::Rho(500_000);
     sc.release.rho_total = scenarios::budget::Rho(1_000_000);
-    sc.release.delta_total = Delta(100_000_000);
+    sc.release.delta_total = Delta(10_000_000);
     sc.release.max_queries_per_job = 100;
     sc.release.validate().unwrap();
     let acc = Arc::new(MemoryAccountant::new(sc.release.total_budget()));
@@ -308,7 +308,7 @@ async fn public_domains_release_every_category_and_spend_no_delta() {
     spec.columns.iter_mut().find(|c| c.name == "sex").unwrap().domain = cats(&["0", "1"]);
     let p = profile(&spec).await.unwrap();
     let mut sc = scenario(name, 1.0, 10.0);
-    sc.release.delta_total = Delta(100_000_000);
+    sc.release.delta_total = Delta(10_000_000);
     sc.release.max_queries_per_job = 100;
     for g in sc.tables[0]
         .columns

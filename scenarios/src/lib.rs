@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod oversight;
 pub mod party;
 pub mod policy;
+pub mod population;
 pub mod workflow;
 
 pub use error::{Error, Result};

@@ -150,22 +150,39 @@ fn default_max_queries() -> u32 {
     32
 }
 
-/// Largest total epsilon the platform accepts for one agreement.
-pub const MAX_EPSILON_TOTAL: Epsilon = Epsilon(20_000_000);
+/// Largest total epsilon the platform accepts for one scenario's
+/// allocation (was 20; see `docs/privacy-model.md`, "Defaults and caps").
+pub const MAX_EPSILON_TOTAL: Epsilon = Epsilon(10_000_000);
 /// Smallest epsilon per query (smaller adds noise without benefit).
 pub const MIN_EPSILON_PER_QUERY: Epsilon = Epsilon(10_000);
-/// Largest epsilon per query.
-pub const MAX_EPSILON_PER_QUERY: Epsilon = Epsilon(5_000_000);
-/// Largest delta per query: 1e-5.
-pub const MAX_DELTA_PER_QUERY: Delta = Delta(10_000_000);
-/// Largest total delta: 1e-4.
-pub const MAX_DELTA_TOTAL: Delta = Delta(100_000_000);
+/// Largest epsilon per query (was 5).
+pub const MAX_EPSILON_PER_QUERY: Epsilon = Epsilon(2_000_000);
+/// Largest delta per query: 1e-7 (was 1e-5), and less on large
+/// populations ([`max_delta_per_query`]).
+pub const MAX_DELTA_PER_QUERY: Delta = Delta(100_000);
+/// Largest total delta: 1e-5 (was 1e-4), and less on large populations
+/// ([`max_delta_total`]).
+pub const MAX_DELTA_TOTAL: Delta = Delta(10_000_000);
 /// Smallest rho per query.
 pub const MIN_RHO_PER_QUERY: Rho = Rho(100);
-/// Largest rho per query.
-pub const MAX_RHO_PER_QUERY: Rho = Rho(1_000_000);
-/// Largest total rho for one agreement (about epsilon 12 at delta 1e-5).
+/// Largest rho per query (was 1).
+pub const MAX_RHO_PER_QUERY: Rho = Rho(500_000);
+/// Largest total rho for one allocation (about epsilon 12 at delta 1e-5).
 pub const MAX_RHO_TOTAL: Rho = Rho(2_000_000);
+
+/// Largest delta one query may spend on a population of `units` distinct
+/// units: `1/(1000·units)`, and never above [`MAX_DELTA_PER_QUERY`]. Key
+/// thresholding releases a group of one unit with probability at most the
+/// query's delta, so a query is expected to release at most 0.001 of them.
+pub fn max_delta_per_query(units: u64) -> Delta {
+    Delta((crate::budget::DELTA_UNITS / units.max(1).saturating_mul(1000)).min(MAX_DELTA_PER_QUERY.0))
+}
+
+/// Largest total delta one scenario's allocation may hold on a population
+/// of `units` units: `1/(10·units)`, and never above [`MAX_DELTA_TOTAL`].
+pub fn max_delta_total(units: u64) -> Delta {
+    crate::population::delta_for_population(units, MAX_DELTA_TOTAL)
+}
 /// Smallest minimum group size the platform accepts.
 pub const MIN_GROUP_SIZE_FLOOR: u32 = 3;
 
@@ -242,6 +259,34 @@ impl ReleaseRules {
             }
         }
         Ok(())
+    }
+
+    /// Refuses a delta too large for a population of `units` units
+    /// (see [`max_delta_per_query`] and [`max_delta_total`]); checked when a
+    /// scenario is proposed, with the catalog's unit counts.
+    pub fn validate_for_population(&self, units: u64) -> Result<()> {
+        let (per_query, total) = (max_delta_per_query(units), max_delta_total(units));
+        if self.delta_per_query > per_query || self.delta_total > total {
+            return Err(Error::UnsafeParameter(format!(
+                "on a population of {units} units delta_per_query must be at most {per_query} and delta_total at most {total}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// These rules within today's caps for a population of `units` units:
+    /// how a scenario approved under looser caps runs now. Every part only
+    /// shrinks, so the guarantee only gets stronger; a smaller delta per
+    /// query raises the key threshold.
+    pub fn within_caps(&self, units: u64) -> ReleaseRules {
+        let mut r = self.clone();
+        r.epsilon_per_query = r.epsilon_per_query.min(MAX_EPSILON_PER_QUERY);
+        r.epsilon_total = r.epsilon_total.min(MAX_EPSILON_TOTAL);
+        r.rho_per_query = r.rho_per_query.min(MAX_RHO_PER_QUERY);
+        r.rho_total = r.rho_total.min(MAX_RHO_TOTAL);
+        r.delta_per_query = r.delta_per_query.min(max_delta_per_query(units)).max(Delta(1));
+        r.delta_total = r.delta_total.min(max_delta_total(units)).max(r.delta_per_query);
+        r
     }
 
     /// The budget one agreement may spend in total.

@@ -248,7 +248,7 @@ fn a_job_that_received_results_and_failed_discloses_nothing_to_its_developer() {
 /// nothing. The operator reviews with the complete record.
 #[test]
 fn held_withheld_and_stopped_jobs_disclose_nothing_until_released() {
-    let mut sc = scenario(20.0);
+    let mut sc = scenario(10.0);
     sc["release"]["review_required"] = json!(true);
     let w = world_with(
         500,

@@ -152,7 +152,7 @@ fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
     let cal_s = cal.to_string_lossy().to_string();
     let w = world(
         2000,
-        20.0,
+        10.0,
         &[
             "--calendar",
             &cal_s,
@@ -751,7 +751,7 @@ fn released_count(w: &crate::fixture::World) -> i64 {
 #[test]
 fn only_consenting_subjects_reach_a_scenario_that_needs_consent() {
     // R14: consent per subject and scenario, recorded by the provider.
-    let mut sc = crate::fixture::scenario(20.0);
+    let mut sc = crate::fixture::scenario(10.0);
     sc["needs_consent"] = json!(true);
     let w = crate::fixture::world_with(2000, sc, &[]);
     let market = w.provider("Market Supervision Bureau");
@@ -1060,7 +1060,7 @@ fn demands_and_quality_flags_close_the_loop_with_the_data_side() {
 #[test]
 fn a_developers_own_data_joins_public_data_only_inside_its_agreement() {
     // R5: 融合开发 under the same release rules.
-    let w = world(2000, 20.0, &[]);
+    let w = world(2000, 10.0, &[]);
     let dev = &w.developer;
     let mut csv = String::from("enterprise_id,loan_amount\n");
     for id in enterprise_ids(1500) {

@@ -1,5 +1,7 @@
-//! Invariant I14 end to end, as a hostile developer would try it: two
-//! developers with the platform's largest total budget and their own table
+//! Invariant I14 end to end, as a hostile developer would try it: four
+//! developers of different organizations (one channel each, since one
+//! allocation pays for 100 queries), each with the platform's largest
+//! allocation and their own table
 //! (R5) of 100 chosen people joined on the privacy unit try to read one
 //! secret bit of each (`married` in the PUMS census sample) through every
 //! channel at once: queries that fail only when the bit is 1, row functions
@@ -50,9 +52,11 @@ fn scenario() -> Value {
             g("income", [0, 500000]), g("married", [0, 1]),
             {"name": "pid", "ops": ["join"]}
         ]}],
-        // The largest total budget the platform allows per developer, in
-        // queries small enough for 200 of them each.
-        "release": {"epsilon_total": 20.0, "epsilon_per_query": 0.1, "min_group_size": 5,
+        // The largest total budget the platform allows one allocation, in
+        // queries small enough for 100 of them each: four developers of
+        // different organizations, one channel each, spend 40 of the
+        // person population, which the regulator renews for it.
+        "release": {"epsilon_total": 10.0, "epsilon_per_query": 0.1, "min_group_size": 5,
             "max_rows_per_unit": 1, "max_queries_per_job": 1000}
     })
 }
@@ -140,8 +144,18 @@ fn one_hundred_secret_bits_cannot_be_reconstructed_through_any_channel() {
                 {"name": "income", "rule": "keep"}, {"name": "married", "rule": "keep"},
                 {"name": "pid", "rule": "tokenize"}]}),
     );
+    // The person population's default cap (epsilon 20, delta 2e-5) holds
+    // two allocations; the regulator's recorded renewal makes this
+    // period's four.
+    let r = server.regulator.post(
+        "/v1/regulator/populations/person/renewal",
+        &json!({"caps": {"population": {"epsilon": 40.0, "delta": 4e-5}}, "reason": "reconstruction audit"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
     let (a, ag_a) = developer(&server, "Prober A", &people, &targets);
+    let (a2, ag_a2) = developer(&server, "Prober A2", &people, &targets);
     let (b, ag_b) = developer(&server, "Prober B", &people, &targets);
+    let (b2, ag_b2) = developer(&server, "Prober B2", &people, &targets);
 
     let per_target = |template: &str| -> Vec<String> {
         (0..targets.len())
@@ -168,11 +182,14 @@ fn one_hundred_secret_bits_cannot_be_reconstructed_through_any_channel() {
 
     let mut guesses: Vec<(String, Vec<bool>)> = Vec::new();
     let mut queries = 0;
-    // Developer A: a failed query, or a release far below the ~1000 joined
+    // Developers A and A2: a failed query, or a release far below the ~1000 joined
     // people (what an execution that fell back to an empty input gives),
     // would mean the bit is 1.
-    for (name, batch) in [("failing expression", &errors), ("trapping row function", &traps)] {
-        let r = run_batch(&a, &ag_a, batch);
+    for (name, batch, (dev, ag)) in [
+        ("failing expression", &errors, (&a, &ag_a)),
+        ("trapping row function", &traps, (&a2, &ag_a2)),
+    ] {
+        let r = run_batch(dev, ag, batch);
         queries += batch.len();
         assert!(r.iter().all(|x| x.0 >= 0), "every charged query is released");
         guesses.push((
@@ -180,7 +197,7 @@ fn one_hundred_secret_bits_cannot_be_reconstructed_through_any_channel() {
             r.iter().map(|x| value(x, "n").is_none_or(|n| n < 500)).collect(),
         ));
     }
-    // Developer B: the plain question, answered with noise...
+    // Developers B and B2: the plain question, answered with noise...
     let r = run_batch(&b, &ag_b, &counts);
     queries += counts.len();
     guesses.push((
@@ -191,7 +208,7 @@ fn one_hundred_secret_bits_cannot_be_reconstructed_through_any_channel() {
     let mut times = Vec::with_capacity(slow.len());
     for sql in &slow {
         let t = Instant::now();
-        let r = run_batch(&b, &ag_b, std::slice::from_ref(sql));
+        let r = run_batch(&b2, &ag_b2, std::slice::from_ref(sql));
         times.push(t.elapsed().as_secs_f64());
         queries += 1;
         assert!(r[0].0 >= 0);
@@ -215,7 +232,7 @@ fn one_hundred_secret_bits_cannot_be_reconstructed_through_any_channel() {
     let accuracy =
         |g: &[bool]| g.iter().zip(&truth).filter(|(a, b)| a == b).count() as f64 / truth.len() as f64;
     let mut report = format!(
-        "reconstruction: {queries} queries, 2 developers, baseline {:.0}%\n",
+        "reconstruction: {queries} queries, 4 developers, baseline {:.0}%\n",
         100.0 * baseline
     );
     for (name, g) in &guesses {

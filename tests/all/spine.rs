@@ -90,7 +90,13 @@ fn one_job_end_to_end_over_http() {
     // R8: only approved scenarios are visible to developers.
     let sc = server
         .operator
-        .post("/v1/operator/scenarios", &fixture::scenario(5.0))
+        .post("/v1/operator/scenarios", &{
+            // 4000 enterprises in three tables: delta below 1/(1000 N).
+            let mut sc = fixture::scenario(5.0);
+            sc["release"]["delta_per_query"] = json!(5e-8);
+            sc["release"]["delta_total"] = json!(5e-6);
+            sc
+        })
         .ok();
     let sc_id = sc["id"].as_str().unwrap().to_string();
     assert_eq!(

@@ -60,7 +60,7 @@ fn job_ends_are_seen_at_whole_time_quanta() {
     const QUANTUM_MS: f64 = 1000.0;
     let w = world(
         300,
-        20.0,
+        10.0,
         &[
             "--time-quantum-ms",
             "1000",
@@ -142,7 +142,7 @@ fn polling_the_ledger_and_the_budget_does_not_time_a_jobs_queries() {
     const PUBLISH_MS: u128 = 1000;
     let w = world(
         300,
-        20.0,
+        10.0,
         &[
             "--time-quantum-ms",
             "500",

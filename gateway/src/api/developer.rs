@@ -163,6 +163,9 @@ pub(crate) async fn application(
 /// An agreement with its budget. `spent` is what the developer's ended
 /// jobs were charged ([`crate::jobs::settled_spent`]): a running job's
 /// charges appear when it ends, so the budget is no clock of its queries.
+/// `limit` is the scenario's total, the most its allocation to the
+/// developer's organization can hold; the population, organization and
+/// account caps also apply (`charged_at`), and a refusal names the level.
 fn agreement_view(ag: &Agreement, sc: &Scenario, spent: Budget) -> Value {
     let limit = sc.spec.release.total_budget();
     json!({
@@ -170,6 +173,7 @@ fn agreement_view(ag: &Agreement, sc: &Scenario, spent: Budget) -> Value {
         "scenario": {"id": sc.id, "name": sc.spec.name, "purpose": sc.spec.purpose},
     "budget": {"limit": limit, "spent": spent, "remaining": limit.minus(&spent),
             "per_query": sc.spec.release.query_cost(), "noise": sc.spec.release.noise,
+            "charged_at": scenarios::population::Level::ALL, "privacy_model": "docs/privacy-model.md",
             "guarantee": {"epsilon": limit.guarantee().0, "delta": limit.guarantee().1}},
     })
 }

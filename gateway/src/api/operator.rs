@@ -276,6 +276,19 @@ pub(crate) async fn propose_scenario(
     let scenario = blocking(move || {
         let datasets = current_datasets(&s)?;
         spec.validate(|name| datasets.iter().find(|d| d.name == name).map(|d| &d.spec))?;
+        // Delta scaled to the largest population the scenario reads.
+        let units = crate::jobs::population_units(&datasets);
+        let largest = spec
+            .tables
+            .iter()
+            .filter_map(|t| datasets.iter().find(|d| d.name == t.dataset))
+            .map(|d| {
+                let kind = scenarios::population::population_of(d.spec.unit_kind.as_deref());
+                units.get(kind).copied().unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        spec.release.validate_for_population(largest)?;
         for t in &spec.tables {
             let shared = datasets
                 .iter()

@@ -68,7 +68,7 @@ pub(crate) async fn report(
         let agreements: Vec<Agreement> = store.list(Table::Agreements, None)?;
         let mut spent = BTreeMap::new();
         for a in &agreements {
-            let b = store.budget_spent(&a.developer_id, &a.scenario_id)?;
+            let b = crate::jobs::settled_spent(store, &a.developer_id, &a.scenario_id)?;
             spent.insert(
                 (a.developer_id.clone(), a.scenario_id.clone()),
                 b.epsilon.as_f64(),
