@@ -497,7 +497,10 @@ async fn run(
         let mut spec = sc.spec.clone();
         for p in crate::api::private_tables(&s, &ag.id)? {
             rows_per_query = rows_per_query.saturating_add(p.profile.rows);
-            tables.push(TableVersion::from_profile(p.spec.clone(), &p.profile));
+            let mut own = TableVersion::from_profile(p.spec.clone(), &p.profile);
+            // Tokenized under a key of its own, never the public tables' key.
+            own.developer_supplied = true;
+            tables.push(own);
             spec.tables.push(p.grant);
         }
         job.allowance = Some(Allowance {

@@ -34,6 +34,16 @@ impl TokenKey {
         TokenKey(hmac::Key::new(hmac::HMAC_SHA256, bytes))
     }
 
+    /// A key derived from this one for `label`, unrelated to it and to the
+    /// keys of other labels: a developer's own table (R5) is tokenized under
+    /// the key derived for it, so its tokens never equal the tokens of the
+    /// public tables, and a table of candidate values cannot be turned into
+    /// a value-to-token dictionary for public data.
+    pub fn derive(&self, label: &str) -> TokenKey {
+        let tag = hmac::sign(&self.0, format!("invis token domain v1 {label}").as_bytes());
+        TokenKey(hmac::Key::new(hmac::HMAC_SHA256, tag.as_ref()))
+    }
+
     /// The token of one value: 128 bits of HMAC-SHA256, hex.
     pub fn token(&self, value: &str) -> String {
         let tag = hmac::sign(&self.0, value.as_bytes());
@@ -290,5 +300,14 @@ mod tests {
         assert_ne!(a.token("E1"), b.token("E1"));
         assert_eq!(a.token("E1").len(), 32);
         assert!(!format!("{a:?}").contains('1'));
+    }
+
+    #[test]
+    fn derived_keys_give_unrelated_tokens() {
+        let a = TokenKey::new(&[1u8; 32]);
+        let d = a.derive("developer table x");
+        assert_ne!(a.token("E1"), d.token("E1"));
+        assert_ne!(d.token("E1"), a.derive("developer table y").token("E1"));
+        assert_eq!(d.token("E1"), a.derive("developer table x").token("E1"));
     }
 }

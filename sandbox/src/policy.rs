@@ -742,6 +742,10 @@ impl<'a> Checker<'a> {
             }
             "count" => match arg {
                 Expr::Literal(v, _) if !v.is_null() => Ok(AggKind::CountRows),
+                _ if self.token_column(arg).is_some() => {
+                    self.token_operand(arg, Use::Aggregate)?;
+                    Ok(AggKind::CountNonNull(arg.clone(), self.complete(arg)))
+                }
                 _ => {
                     self.expr(arg, Use::Aggregate, schema)?;
                     Ok(AggKind::CountNonNull(arg.clone(), self.complete(arg)))
@@ -941,6 +945,17 @@ impl<'a> Checker<'a> {
             Expr::Alias(a) => self.expr(&a.expr, place, schema),
             Expr::Column(c) => self.column(c, place),
             Expr::Literal(_, _) => Ok(()),
+            Expr::BinaryExpr(b)
+                if matches!(
+                    b.op,
+                    Operator::Eq | Operator::NotEq | Operator::IsDistinctFrom | Operator::IsNotDistinctFrom
+                ) && (self.token_column(&b.left).is_some() || self.token_column(&b.right).is_some()) =>
+            {
+                self.token_comparison(&b.left, &b.right, place)
+            }
+            Expr::IsNull(x) | Expr::IsNotNull(x) if self.token_column(x).is_some() => {
+                self.token_operand(x, place)
+            }
             Expr::BinaryExpr(b) => {
                 use Operator::*;
                 if !OPERATORS.iter().any(|(op, _)| *op == b.op) {
@@ -1097,7 +1112,71 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// The table and name of `e` when it is (a cast of) a tokenized column
+    /// other than the privacy unit.
+    fn token_column(&self, e: &Expr) -> Option<(&'a TableInfo, String)> {
+        let Expr::Column(c) = strip_cast(e) else {
+            return None;
+        };
+        let (t, n) = self.resolve(c).ok()?;
+        let tokenized = n != t.spec.privacy_unit
+            && t.spec.column(&n).is_some_and(|s| s.rule == ColumnRule::Tokenize);
+        tokenized.then_some((t, n))
+    }
+
+    /// A tokenized column where tokens may stand: an operand of an equality
+    /// with another token, of IS NULL, or of COUNT. Checks the grant only.
+    fn token_operand(&self, e: &Expr, place: Use) -> Result<()> {
+        match strip_cast(e) {
+            Expr::Column(c) => self.granted(c, place),
+            _ => refuse("a tokenized column may only be compared as it is"),
+        }
+    }
+
+    /// `l = r` (or `<>`, `IS [NOT] DISTINCT FROM`) where one side is a
+    /// token. Tokens are opaque: the only thing a query may learn from one
+    /// is whether it equals another token under the same key. Comparing a
+    /// token with a constant, a kept value or anything computed would let a
+    /// developer bisect or match tokens against values it knows, and a
+    /// developer's own table is keyed apart from public data, so its tokens
+    /// never equal a public token (the comparison is refused rather than
+    /// left always false).
+    fn token_comparison(&self, l: &Expr, r: &Expr, place: Use) -> Result<()> {
+        let (Some((lt, ln)), Some((rt, rn))) = (self.token_column(l), self.token_column(r)) else {
+            let (t, n) = self
+                .token_column(l)
+                .or_else(|| self.token_column(r))
+                .ok_or_else(|| Error::Internal("token comparison without a token".into()))?;
+            return refuse(format!(
+                "column `{}.{n}` is tokenized: a token may only be compared for equality with another tokenized column",
+                t.spec.name
+            ));
+        };
+        let same_key = !(lt.developer_supplied || rt.developer_supplied) || lt.spec.name == rt.spec.name;
+        if !same_key {
+            return refuse(format!(
+                "`{}.{ln}` and `{}.{rn}`: tokens of a developer's own table are keyed apart from other tables' tokens and never match them; \
+                 link your table to public data through the privacy unit only",
+                lt.spec.name, rt.spec.name
+            ));
+        }
+        self.token_operand(l, place)?;
+        self.token_operand(r, place)
+    }
+
     fn column(&self, c: &Column, place: Use) -> Result<()> {
+        if let Some((t, n)) = self.token_column(&Expr::Column(c.clone())) {
+            return refuse(format!(
+                "column `{}.{n}` is tokenized: tokens are never released, grouped or computed on; \
+                 a token may only be compared for equality with another tokenized column, tested for NULL or counted",
+                t.spec.name
+            ));
+        }
+        self.granted(c, place)
+    }
+
+    /// Checks that `c` is granted for `place` (and is not the unit).
+    fn granted(&self, c: &Column, place: Use) -> Result<()> {
         if c.name == UNIT_COLUMN {
             return refuse(format!("column `{UNIT_COLUMN}` is not granted by the scenario"));
         }

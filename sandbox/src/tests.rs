@@ -18,6 +18,7 @@ mod i14_review;
 mod i14_review2;
 mod oracle;
 mod property;
+mod tokens;
 
 pub(super) fn pums(file: &str) -> String {
     format!("{}/../../shared/data/pums/{file}", env!("CARGO_MANIFEST_DIR"))
