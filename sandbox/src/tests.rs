@@ -19,6 +19,7 @@ mod i14_review2;
 mod oracle;
 mod property;
 mod tokens;
+mod verification;
 
 pub(super) fn pums(file: &str) -> String {
     format!("{}/../../shared/data/pums/{file}", env!("CARGO_MANIFEST_DIR"))
