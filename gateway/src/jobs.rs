@@ -23,6 +23,7 @@ use crate::store::{
 use chrono::{DateTime, Utc};
 use runtime::{JobError, JobInput, JobLimits, JobOutcome};
 use sandbox::desensitize::TokenKey;
+use scenarios::catalog::published_rows;
 use sandbox::{Accountant, QueryLineage, ScopeConfig, TableVersion};
 use scenarios::budget::Budget;
 use scenarios::party::Actor;
@@ -488,11 +489,12 @@ async fn run(
             .ok_or_else(|| ApiError::Internal("no module".into()))?;
         let mut tables = scenario_tables(&s, &sc)?;
         // Rows of every table in scope, metered per query while the job's
-        // details are withheld (they are catalog counts, public).
+        // details are withheld (they are catalog counts, public, rounded
+        // to the public granularity like the catalog's).
         let mut rows_per_query: u64 = current_datasets(&s)?
             .iter()
             .filter(|d| sc.spec.tables.iter().any(|t| t.dataset == d.name))
-            .fold(0u64, |n, d| n.saturating_add(d.profile.rows));
+            .fold(0u64, |n, d| n.saturating_add(published_rows(d.profile.rows)));
         // The agreement's own tables (R5) join the scope with their grants.
         let mut spec = sc.spec.clone();
         for p in crate::api::private_tables(&s, &ag.id)? {
@@ -607,13 +609,14 @@ async fn finish(
     let review_required = how.review_required;
     let output_limit = st.config.job_limits.output_bytes;
     let seqs = accountant.released.lock().map(|v| v.clone()).unwrap_or_default();
-    // Row counts of every registered version, by version hash.
+    // Row counts of every registered version, by version hash, as the
+    // catalog publishes them (rounded).
     let store = st.store.clone();
     let rows: std::collections::HashMap<String, u64> = blocking(move || {
         let all: Vec<DatasetRecord> = store.list(Table::Datasets, None)?;
         Ok(all
             .into_iter()
-            .map(|d| (d.profile.version, d.profile.rows))
+            .map(|d| (d.profile.version, published_rows(d.profile.rows)))
             .collect())
     })
     .await?;

@@ -20,6 +20,7 @@ mod oracle;
 mod property;
 mod tokens;
 mod verification;
+mod small_leaks;
 
 pub(super) fn pums(file: &str) -> String {
     format!("{}/../../shared/data/pums/{file}", env!("CARGO_MANIFEST_DIR"))

@@ -190,6 +190,24 @@ pub struct DatasetSpec {
     pub columns: Vec<ColumnSpec>,
 }
 
+/// The public granularity of row counts shown outside the data's owner and
+/// the regulator (the catalog, metering and fee statements): 1,000 rows.
+pub const ROW_COUNT_GRANULARITY: u64 = 1_000;
+
+/// A row count as it is published: rounded up to a multiple of
+/// [`ROW_COUNT_GRANULARITY`] (0 only for an empty table). Exact counts of
+/// successive versions would show the arrival or removal of a single row
+/// (and, beside other facts, whose); a rounded count changes only when a
+/// boundary is crossed, which an observer who does not know the exact
+/// count cannot attribute to one row. Rounding rather than noise: the
+/// count is read by everyone, any number of times, outside any budget, and
+/// a rounded count is stable and needs no stored draw per version (see
+/// `docs/privacy-model-tokens-verification.md`).
+pub fn published_rows(rows: u64) -> u64 {
+    rows.div_ceil(ROW_COUNT_GRANULARITY)
+        .saturating_mul(ROW_COUNT_GRANULARITY)
+}
+
 /// Checks that `name` is usable as an SQL identifier without quoting.
 pub fn validate_identifier(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -311,6 +329,17 @@ fn validate_rule(c: &ColumnSpec) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_row_counts_hide_single_rows() {
+        assert_eq!(published_rows(0), 0);
+        assert_eq!(published_rows(1), 1_000);
+        assert_eq!(published_rows(4_000), 4_000);
+        // Adding or removing one row inside a granule changes nothing.
+        assert_eq!(published_rows(4_001), published_rows(4_999));
+        assert_eq!(published_rows(4_500), published_rows(4_501));
+        assert_eq!(published_rows(u64::MAX) % ROW_COUNT_GRANULARITY, 0);
+    }
 
     fn spec() -> DatasetSpec {
         serde_json::from_value(serde_json::json!({

@@ -35,7 +35,9 @@ pub(crate) fn view(d: &DatasetRecord) -> Value {
         "open_class": d.spec.open_class,
         "privacy_unit": d.spec.privacy_unit,
         "unit_kind": d.spec.unit_kind,
-        "rows": d.profile.rows,
+        // Rounded to the public granularity: exact counts of successive
+        // versions would show single rows arriving (issue 15).
+        "rows": scenarios::catalog::published_rows(d.profile.rows),
         "updated_at": d.created_at,
         "rules_review": d.review,
         "columns": columns,
