@@ -11,9 +11,10 @@ use serde_json::{json, Value};
 fn firms(server: &Server, n: usize) -> Api {
     let dir = server.dir.join("registry");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut csv = String::from("enterprise_id,legal_name,district,employees\n");
+    let mut csv = String::from("enterprise_id,legal_name,district,employees,contact\n");
     for i in 0..n {
-        csv.push_str(&format!("F{i:04},Firm {},D{},7\n", i % (n / 10).max(1), i % 4));
+        let contact = "c".repeat(1 + i % 40);
+        csv.push_str(&format!("F{i:04},Firm {},D{},7,{contact}\n", i % (n / 10).max(1), i % 4));
     }
     let path = dir.join("firms.csv");
     std::fs::write(&path, csv).unwrap();
@@ -26,7 +27,8 @@ fn firms(server: &Server, n: usize) -> Api {
                 {"name": "enterprise_id", "rule": "tokenize"},
                 {"name": "legal_name", "rule": "tokenize"},
                 {"name": "district", "rule": "keep", "domain": {"categories": ["D0", "D1", "D2", "D3"]}},
-                {"name": "employees", "rule": "keep"}]}),
+                {"name": "employees", "rule": "keep"},
+                {"name": "contact", "rule": {"mask": {"keep_prefix": 1}}}]}),
     );
     provider
 }
@@ -39,7 +41,8 @@ fn scenario(legal_name_ops: Value, epsilon_total: f64, epsilon_per_query: f64) -
             {"name": "enterprise_id", "ops": ["join", "aggregate"]},
             {"name": "legal_name", "ops": legal_name_ops},
             {"name": "district", "ops": ["group", "filter"]},
-            {"name": "employees", "ops": ["verify", "aggregate"], "bounds": [0, 100]}]}],
+            {"name": "employees", "ops": ["verify", "aggregate"], "bounds": [0, 100]},
+            {"name": "contact", "ops": ["group", "filter"]}]}],
         "release": {"epsilon_total": epsilon_total, "epsilon_per_query": epsilon_per_query,
             "min_group_size": 5}
     })
@@ -125,6 +128,31 @@ fn the_token_dictionary_attack_fails() {
         .ok()["budget"]["spent"]
         .clone();
     assert_eq!(before, after);
+}
+
+#[test]
+fn catalog_counts_and_masked_lengths_say_nothing_of_single_rows() {
+    let server = Server::start(&[]).expect("server");
+    firms(&server, 900);
+    let dev = server.party("Curious Bank", "developer");
+    // 900 rows are published as 1,000 (the public granularity).
+    let cat = dev.get("/v1/catalog/firms").ok();
+    assert_eq!(cat["rows"], 1000, "{cat}");
+    let (_, agreement) =
+        crate::fixture::open_agreement(&server, &dev, &scenario(json!(["filter"]), 10.0, 1.0));
+    // Forty raw contact lengths; every masked contact has one length.
+    let job = dev
+        .post_raw(
+            &format!("/v1/developer/agreements/{agreement}/jobs?wait=true"),
+            &probe("SELECT length(contact) AS l, COUNT(*) AS n FROM firms GROUP BY length(contact)"),
+            "application/wasm",
+        )
+        .ok();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let out = dev.get(&format!("/v1/developer/jobs/{}/output", job["id"].as_str().unwrap()));
+    let table = invis::ipc::decode(&out.body).expect("IPC");
+    assert_eq!(table.num_rows(), 1, "masked lengths differ");
+    assert_eq!(table.i64("l", 0), Some(1 + 8));
 }
 
 /// The share of "match" among `results[range]`.
