@@ -28,7 +28,7 @@ use datafusion::logical_expr::{
     cast, col, BinaryExpr, Expr, ExprSchemable, JoinConstraint, JoinType, LogicalPlan, LogicalPlanBuilder,
     Operator,
 };
-use scenarios::catalog::ColumnRule;
+use scenarios::catalog::{ColumnRule, DEFAULT_SUM_SCALE};
 use scenarios::policy::{effective_bounds, AggregateFn, ColumnOp};
 use std::collections::{BTreeSet, HashMap};
 
@@ -70,6 +70,9 @@ pub(crate) struct Bounded {
     /// False when the argument is an integer column whose every value
     /// already lies within the bounds, so clamping would change nothing.
     pub clamp: bool,
+    /// Fixed-point decimal places: the argument is summed as whole units of
+    /// 10^-scale, and `lo`, `hi` are in those units. 0 for whole numbers.
+    pub scale: u32,
 }
 
 /// Where an output column comes from.
@@ -772,12 +775,21 @@ impl<'a> Checker<'a> {
                 if !(lo.is_finite() && hi.is_finite()) || lo.abs() > 1e12 || hi.abs() > 1e12 {
                     return refuse(format!("the bounds of `{arg}` are too wide"));
                 }
-                let (lo, hi) = (lo.floor() as i64, hi.ceil() as i64);
+                let scale = self.sum_scale(arg, schema);
+                let unit = 10f64.powi(scale as i32);
+                let (lo, hi) = ((lo * unit).floor(), (hi * unit).ceil());
+                if lo.abs() > 1e15 || hi.abs() > 1e15 {
+                    return refuse(format!(
+                        "the bounds of `{arg}` are too wide for its {scale} decimal places"
+                    ));
+                }
+                let (lo, hi) = (lo as i64, hi as i64);
                 let bounded = Bounded {
                     expr: arg.clone(),
                     lo,
                     hi,
-                    clamp: !self.within(arg, lo, hi),
+                    clamp: scale > 0 || !self.within(arg, lo, hi),
+                    scale,
                 };
                 Ok(if name == "sum" {
                     AggKind::Sum(bounded)
@@ -816,6 +828,34 @@ impl<'a> Checker<'a> {
             }),
             _ => false,
         }
+    }
+
+    /// The fixed-point decimal places a SUM/AVG argument is summed with: 0
+    /// when it holds whole numbers only (an integer expression, or a float
+    /// column kept as is that registration measured to hold whole numbers
+    /// only); otherwise the largest scale declared by the columns it reads
+    /// ([`DEFAULT_SUM_SCALE`] for a column that declares none, and for an
+    /// expression that reads no column).
+    fn sum_scale(&self, e: &Expr, schema: &DFSchema) -> u32 {
+        if e.get_type(schema).is_ok_and(|t| t.is_integer()) {
+            return 0;
+        }
+        if let Expr::Column(c) = strip_cast(e) {
+            let whole = self.resolve(c).is_ok_and(|(t, n)| {
+                t.spec.column(&n).is_some_and(|c| c.rule == ColumnRule::Keep) && t.ranges.contains_key(&n)
+            });
+            if whole {
+                return 0;
+            }
+        }
+        let declared = e.column_refs().into_iter().filter_map(|c| {
+            let (t, n) = self.resolve(c).ok()?;
+            Some(t.spec.column(&n)?.scale.unwrap_or(DEFAULT_SUM_SCALE))
+        });
+        declared
+            .max()
+            .unwrap_or(DEFAULT_SUM_SCALE)
+            .min(scenarios::catalog::MAX_SUM_SCALE)
     }
 
     /// True when `e` is (a cast of) a column that registration found to

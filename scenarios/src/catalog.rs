@@ -121,10 +121,25 @@ pub struct ColumnSpec {
     /// Public value domain, used for sample data and as default bounds.
     #[serde(default)]
     pub domain: Option<Domain>,
+    /// Decimal places kept when fractional values of this column are summed
+    /// or averaged: values are summed in fixed point, in units of
+    /// 10^-scale, with bounds and noise in the same units, instead of being
+    /// rounded to whole numbers row by row (which biases sums and averages
+    /// of fractional values). [`DEFAULT_SUM_SCALE`] when absent; at most
+    /// [`MAX_SUM_SCALE`]. Integer columns, and float columns that hold whole
+    /// numbers only, are summed exactly at scale 0 whatever it says.
+    #[serde(default)]
+    pub scale: Option<u32>,
     /// Human description.
     #[serde(default)]
     pub description: String,
 }
+
+/// Decimal places a fractional column is summed with when its spec
+/// declares none: 2 (cents, hundredths).
+pub const DEFAULT_SUM_SCALE: u32 = 2;
+/// Most decimal places a column may declare.
+pub const MAX_SUM_SCALE: u32 = 6;
 
 /// Share class of a dataset (R1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -205,7 +220,8 @@ pub const ROW_COUNT_GRANULARITY: u64 = 1_000;
 /// `docs/privacy-model-tokens-verification.md`).
 pub fn published_rows(rows: u64) -> u64 {
     rows.div_ceil(ROW_COUNT_GRANULARITY)
-        .saturating_mul(ROW_COUNT_GRANULARITY)
+        .checked_mul(ROW_COUNT_GRANULARITY)
+        .unwrap_or(rows / ROW_COUNT_GRANULARITY * ROW_COUNT_GRANULARITY)
 }
 
 /// Checks that `name` is usable as an SQL identifier without quoting.
@@ -298,6 +314,9 @@ impl DatasetSpec {
 
 fn validate_rule(c: &ColumnSpec) -> Result<()> {
     let bad = |m: &str| Err(Error::InvalidRequest(format!("column `{}`: {m}", c.name)));
+    if c.scale.is_some_and(|s| s > MAX_SUM_SCALE) {
+        return bad(&format!("scale must be at most {MAX_SUM_SCALE} decimal places"));
+    }
     match &c.rule {
         ColumnRule::Generalize(Generalization::Bucket { width }) if !(width.is_finite() && *width > 0.0) => {
             return bad("bucket width must be a finite number > 0");
