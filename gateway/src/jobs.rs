@@ -23,9 +23,9 @@ use crate::store::{
 use chrono::{DateTime, Utc};
 use runtime::{JobError, JobInput, JobLimits, JobOutcome};
 use sandbox::desensitize::TokenKey;
-use scenarios::catalog::published_rows;
 use sandbox::{Accountant, QueryLineage, ScopeConfig, TableVersion};
 use scenarios::budget::Budget;
+use scenarios::catalog::published_rows;
 use scenarios::party::Actor;
 use scenarios::workflow::{Agreement, Scenario, ScenarioStatus};
 use serde_json::json;

@@ -301,10 +301,11 @@ mod tests {
     #[test]
     fn masking_hides_the_length() {
         // Issue 15: `length()` of a masked value was the raw length.
-        let lengths: std::collections::BTreeSet<usize> = ["", "a", "ab", "abcd", "厦门市思明区", &"x".repeat(300)]
-            .iter()
-            .map(|v| mask(v, 2, 2).chars().count())
-            .collect();
+        let lengths: std::collections::BTreeSet<usize> =
+            ["", "a", "ab", "abcd", "厦门市思明区", &"x".repeat(300)]
+                .iter()
+                .map(|v| mask(v, 2, 2).chars().count())
+                .collect();
         assert_eq!(lengths.into_iter().collect::<Vec<_>>(), [2 + MASK_STARS + 2]);
         // A value no longer than the kept parts is not shown whole.
         assert_eq!(mask("ab", 2, 2), "*".repeat(12));

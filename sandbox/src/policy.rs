@@ -1159,8 +1159,8 @@ impl<'a> Checker<'a> {
             return None;
         };
         let (t, n) = self.resolve(c).ok()?;
-        let tokenized = n != t.spec.privacy_unit
-            && t.spec.column(&n).is_some_and(|s| s.rule == ColumnRule::Tokenize);
+        let tokenized =
+            n != t.spec.privacy_unit && t.spec.column(&n).is_some_and(|s| s.rule == ColumnRule::Tokenize);
         tokenized.then_some((t, n))
     }
 

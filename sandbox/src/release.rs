@@ -358,7 +358,10 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules, rows: &RowFunctions) ->
                     AggKind::Sum(b) => {
                         bounds.push((b.expr.to_string(), b.lo, b.hi));
                         OutSpec::Sum {
-                            m: index_of(&mut kinds, Kind::Sum(b.expr.clone(), b.lo, b.hi, b.clamp, b.scale)),
+                            m: index_of(
+                                &mut kinds,
+                                Kind::Sum(b.expr.clone(), b.lo, b.hi, b.clamp, b.scale),
+                            ),
                             lo: b.lo,
                             scale: b.scale,
                         }
@@ -1094,7 +1097,8 @@ pub(crate) fn finish(
                         b.append_null();
                     } else {
                         b.append_value(
-                            (c.noisy[*sum] as f64 / unit / n as f64).clamp(*lo as f64 / unit, *hi as f64 / unit),
+                            (c.noisy[*sum] as f64 / unit / n as f64)
+                                .clamp(*lo as f64 / unit, *hi as f64 / unit),
                         );
                     }
                 }

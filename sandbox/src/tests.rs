@@ -18,9 +18,9 @@ mod i14_review;
 mod i14_review2;
 mod oracle;
 mod property;
+mod small_leaks;
 mod tokens;
 mod verification;
-mod small_leaks;
 
 pub(super) fn pums(file: &str) -> String {
     format!("{}/../../shared/data/pums/{file}", env!("CARGO_MANIFEST_DIR"))
@@ -675,8 +675,11 @@ async fn row_functions_feed_aggregates_only_and_are_clamped_to_their_bounds() {
     // A row function's output is fractional: it is summed in fixed point
     // (issue 15) and released as a float.
     let get = |r: &crate::Release| {
-        let c = datafusion::arrow::compute::cast(r.batch.column(0), &datafusion::arrow::datatypes::DataType::Float64)
-            .unwrap();
+        let c = datafusion::arrow::compute::cast(
+            r.batch.column(0),
+            &datafusion::arrow::datatypes::DataType::Float64,
+        )
+        .unwrap();
         c.as_any()
             .downcast_ref::<datafusion::arrow::array::Float64Array>()
             .map(|a| a.value(0))

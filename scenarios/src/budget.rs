@@ -277,7 +277,10 @@ mod tests {
             let (e, d) = b.guarantee();
             let key_release = Delta(delta).as_f64();
             let conv = b.conversion_delta();
-            assert!(d >= key_release + conv - 1e-18, "delta {d} below {key_release} + {conv}");
+            assert!(
+                d >= key_release + conv - 1e-18,
+                "delta {d} below {key_release} + {conv}"
+            );
             let r = Rho(rho).as_f64();
             let expect = 0.25 + r + 2.0 * (r * (1.0 / conv).ln()).sqrt();
             assert!((e - expect).abs() < 1e-9);

@@ -374,7 +374,10 @@ impl ScenarioSpec {
                         t.dataset, g.name
                     )));
                 }
-                if spec.rule == ColumnRule::Tokenize && g.name != ds.privacy_unit && g.ops.contains(&ColumnOp::Group) {
+                if spec.rule == ColumnRule::Tokenize
+                    && g.name != ds.privacy_unit
+                    && g.ops.contains(&ColumnOp::Group)
+                {
                     return Err(Error::InvalidRequest(format!(
                         "column `{}.{}` is tokenized: tokens are never released, so it cannot be a group key",
                         t.dataset, g.name

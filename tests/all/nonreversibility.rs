@@ -14,7 +14,11 @@ fn firms(server: &Server, n: usize) -> Api {
     let mut csv = String::from("enterprise_id,legal_name,district,employees,contact\n");
     for i in 0..n {
         let contact = "c".repeat(1 + i % 40);
-        csv.push_str(&format!("F{i:04},Firm {},D{},7,{contact}\n", i % (n / 10).max(1), i % 4));
+        csv.push_str(&format!(
+            "F{i:04},Firm {},D{},7,{contact}\n",
+            i % (n / 10).max(1),
+            i % 4
+        ));
     }
     let path = dir.join("firms.csv");
     std::fs::write(&path, csv).unwrap();
@@ -60,12 +64,12 @@ fn the_token_dictionary_attack_fails() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.message().contains("tokenized"), "{}", r.text());
     let dev = server.party("Curious Bank", "developer");
-    let (_, agreement) =
-        crate::fixture::open_agreement(&server, &dev, &scenario(json!(["filter", "aggregate"]), 10.0, 1.0));
-    let before = dev
-        .get(&format!("/v1/developer/agreements/{agreement}"))
-        .ok()["budget"]["spent"]
-        .clone();
+    let (_, agreement) = crate::fixture::open_agreement(
+        &server,
+        &dev,
+        &scenario(json!(["filter", "aggregate"]), 10.0, 1.0),
+    );
+    let before = dev.get(&format!("/v1/developer/agreements/{agreement}")).ok()["budget"]["spent"].clone();
 
     // The developer's own table: every firm's name once kept, once
     // tokenized by the platform (the candidate dictionary).
@@ -123,10 +127,7 @@ fn the_token_dictionary_attack_fails() {
         assert_eq!(job["queries"].as_array().map(Vec::len), Some(0), "{sql}");
     }
     // Refusals are free.
-    let after = dev
-        .get(&format!("/v1/developer/agreements/{agreement}"))
-        .ok()["budget"]["spent"]
-        .clone();
+    let after = dev.get(&format!("/v1/developer/agreements/{agreement}")).ok()["budget"]["spent"].clone();
     assert_eq!(before, after);
 }
 
@@ -149,7 +150,10 @@ fn catalog_counts_and_masked_lengths_say_nothing_of_single_rows() {
         )
         .ok();
     assert_eq!(job["status"], "succeeded", "{job}");
-    let out = dev.get(&format!("/v1/developer/jobs/{}/output", job["id"].as_str().unwrap()));
+    let out = dev.get(&format!(
+        "/v1/developer/jobs/{}/output",
+        job["id"].as_str().unwrap()
+    ));
     let table = invis::ipc::decode(&out.body).expect("IPC");
     assert_eq!(table.num_rows(), 1, "masked lengths differ");
     assert_eq!(table.i64("l", 0), Some(1 + 8));
@@ -199,7 +203,10 @@ fn verification_answers_hide_consent_and_presence() {
     let body = r.json();
     let results = body["results"].as_array().unwrap().clone();
     assert_eq!(results.len(), 4 * K);
-    assert!(results.iter().all(|r| r == "match" || r == "no_match"), "one answer shape");
+    assert!(
+        results.iter().all(|r| r == "match" || r == "no_match"),
+        "one answer shape"
+    );
     let eps = body["mechanism"]["epsilon"].as_f64().unwrap();
     assert_eq!(eps, 1.0);
     let p = body["mechanism"]["truth_probability"].as_f64().unwrap();
@@ -223,9 +230,7 @@ fn verification_answers_hide_consent_and_presence() {
     assert_eq!(spent, 1.0);
 
     // Over its limit a subject is answered in the same shape, charged.
-    let one = |subject: &str| {
-        json!({"dataset": "firms", "records": [{"subject": subject, "claims": {"employees": 7}}]})
-    };
+    let one = |subject: &str| json!({"dataset": "firms", "records": [{"subject": subject, "claims": {"employees": 7}}]});
     let shape = |v: &Value| {
         let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
         keys.sort();
@@ -234,7 +239,11 @@ fn verification_answers_hide_consent_and_presence() {
     let a = dev.post(&verify, &one("F0001"));
     let b = dev.post(&verify, &one("F0700"));
     assert_eq!((a.status, b.status), (200, 200));
-    assert_eq!(shape(&a.json()), shape(&b.json()), "consenting and not, same shape");
+    assert_eq!(
+        shape(&a.json()),
+        shape(&b.json()),
+        "consenting and not, same shape"
+    );
 
     // A subject named twice in a batch, and a batch the budget does not
     // cover: refused, nothing charged or recorded.
@@ -247,7 +256,12 @@ fn verification_answers_hide_consent_and_presence() {
     );
     assert_eq!(r.status, 400, "{}", r.text());
     let r = dev.post(&verify, &one("F0002"));
-    assert_eq!((r.status, r.code().as_str()), (409, "budget_exhausted"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (409, "budget_exhausted"),
+        "{}",
+        r.text()
+    );
     assert!(!r.text().contains("F0002"));
     assert_eq!(server.ledger_size(), ledger);
     let spent = dev.get(&agreement_path).ok()["budget"]["spent"]["epsilon"]

@@ -65,7 +65,10 @@ async fn scope(x_rule: serde_json::Value) -> JobScope {
         query_timeout: std::time::Duration::from_secs(30),
     };
     DataPlane::new()
-        .open(cfg, Arc::new(MemoryAccountant::new(crate::bench::unlimited_budget())))
+        .open(
+            cfg,
+            Arc::new(MemoryAccountant::new(crate::bench::unlimited_budget())),
+        )
         .await
         .unwrap()
 }
@@ -161,7 +164,10 @@ async fn fractional(scale: Option<u32>) -> JobScope {
         query_timeout: std::time::Duration::from_secs(30),
     };
     DataPlane::new()
-        .open(cfg, Arc::new(MemoryAccountant::new(crate::bench::unlimited_budget())))
+        .open(
+            cfg,
+            Arc::new(MemoryAccountant::new(crate::bench::unlimited_budget())),
+        )
         .await
         .unwrap()
 }

@@ -73,7 +73,10 @@ async fn scope() -> JobScope {
         query_timeout: std::time::Duration::from_secs(30),
     };
     DataPlane::new()
-        .open(cfg, Arc::new(MemoryAccountant::new(crate::bench::unlimited_budget())))
+        .open(
+            cfg,
+            Arc::new(MemoryAccountant::new(crate::bench::unlimited_budget())),
+        )
         .await
         .unwrap()
 }
@@ -92,13 +95,21 @@ async fn the_dictionary_attack_is_refused() {
     // The attack: the same values kept and tokenized, grouped.
     refused(&s, "SELECT plain, tok, COUNT(*) FROM mine GROUP BY plain, tok").await;
     // One value at a time through a filter on the kept copy.
-    refused(&s, "SELECT tok, COUNT(*) FROM mine WHERE plain = 'company 3' GROUP BY tok").await;
+    refused(
+        &s,
+        "SELECT tok, COUNT(*) FROM mine WHERE plain = 'company 3' GROUP BY tok",
+    )
+    .await;
     // A table of candidate values, tokenized by the platform, grouped.
     refused(&s, "SELECT tok, COUNT(*) FROM mine GROUP BY tok").await;
     // The public tokens themselves are never group keys either, nor
     // anything computed from them.
     refused(&s, "SELECT name, COUNT(*) FROM reg GROUP BY name").await;
-    refused(&s, "SELECT substr(name, 1, 2), COUNT(*) FROM reg GROUP BY substr(name, 1, 2)").await;
+    refused(
+        &s,
+        "SELECT substr(name, 1, 2), COUNT(*) FROM reg GROUP BY substr(name, 1, 2)",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -106,18 +117,42 @@ async fn tokens_cannot_be_matched_with_known_values() {
     let s = scope().await;
     let join = "FROM mine m JOIN reg r ON m.pid = r.pid";
     // A developer value grouped beside the public token of the same unit.
-    refused(&s, &format!("SELECT m.plain, r.name, COUNT(*) {join} GROUP BY m.plain, r.name")).await;
+    refused(
+        &s,
+        &format!("SELECT m.plain, r.name, COUNT(*) {join} GROUP BY m.plain, r.name"),
+    )
+    .await;
     // Bisection: which developer values have a token below a constant.
-    refused(&s, &format!("SELECT m.plain, COUNT(*) {join} WHERE r.name < '8' GROUP BY m.plain")).await;
-    refused(&s, &format!("SELECT m.plain, COUNT(*) {join} WHERE r.name LIKE 'a%' GROUP BY m.plain")).await;
-    refused(&s, &format!("SELECT m.plain, COUNT(*) {join} WHERE r.name IN ('00', 'ff') GROUP BY m.plain")).await;
-    refused(&s, &format!("SELECT m.plain, COUNT(*) {join} WHERE length(r.name) > 3 GROUP BY m.plain")).await;
+    refused(
+        &s,
+        &format!("SELECT m.plain, COUNT(*) {join} WHERE r.name < '8' GROUP BY m.plain"),
+    )
+    .await;
+    refused(
+        &s,
+        &format!("SELECT m.plain, COUNT(*) {join} WHERE r.name LIKE 'a%' GROUP BY m.plain"),
+    )
+    .await;
+    refused(
+        &s,
+        &format!("SELECT m.plain, COUNT(*) {join} WHERE r.name IN ('00', 'ff') GROUP BY m.plain"),
+    )
+    .await;
+    refused(
+        &s,
+        &format!("SELECT m.plain, COUNT(*) {join} WHERE length(r.name) > 3 GROUP BY m.plain"),
+    )
+    .await;
     // A token compared with a kept value or a constant.
     refused(&s, &format!("SELECT COUNT(*) {join} WHERE m.plain = r.name")).await;
     refused(&s, "SELECT COUNT(*) FROM reg WHERE name = 'company 3'").await;
     // The developer's tokens compared with public tokens, in WHERE or ON.
     refused(&s, &format!("SELECT COUNT(*) {join} WHERE m.tok = r.name")).await;
-    refused(&s, "SELECT COUNT(*) FROM mine m JOIN reg r ON m.pid = r.pid AND m.tok = r.name").await;
+    refused(
+        &s,
+        "SELECT COUNT(*) FROM mine m JOIN reg r ON m.pid = r.pid AND m.tok = r.name",
+    )
+    .await;
     // A join on a tokenized column that is not the unit.
     refused(&s, "SELECT COUNT(*) FROM reg a JOIN tax b ON a.name = b.name").await;
     refused(&s, "SELECT COUNT(*) FROM mine m JOIN reg r ON m.tok = r.name").await;
@@ -137,9 +172,13 @@ async fn tokens_still_link_public_tables_by_equality() {
         .await
         .unwrap();
     // The equality of two tokens is no token: it may be a group key.
-    s.query("SELECT a.name = b.name, COUNT(*) FROM reg a JOIN tax b ON a.pid = b.pid GROUP BY a.name = b.name")
+    s.query(
+        "SELECT a.name = b.name, COUNT(*) FROM reg a JOIN tax b ON a.pid = b.pid GROUP BY a.name = b.name",
+    )
+    .await
+    .unwrap();
+    // Within the developer's own table its tokens compare with each other.
+    s.query("SELECT COUNT(*) FROM mine WHERE tok = tok")
         .await
         .unwrap();
-    // Within the developer's own table its tokens compare with each other.
-    s.query("SELECT COUNT(*) FROM mine WHERE tok = tok").await.unwrap();
 }

@@ -26,7 +26,10 @@ fn randomized_response_flips_with_the_stated_probability() {
         let flipped = (0..n).filter(|_| flips(&mut rng, eps).unwrap()).count() as f64;
         let q = 1.0 - truth_probability(eps);
         let sd = (q * (1.0 - q) / n as f64).sqrt();
-        assert!((flipped / n as f64 - q).abs() < 5.0 * sd, "eps {eps}: {flipped} of {n}, q {q}");
+        assert!(
+            (flipped / n as f64 - q).abs() < 5.0 * sd,
+            "eps {eps}: {flipped} of {n}, q {q}"
+        );
     }
 }
 
@@ -40,7 +43,14 @@ fn claim(unit: String, employees: i64) -> Claim {
 #[tokio::test]
 async fn answers_do_not_reveal_consent_or_presence_beyond_epsilon() {
     // Units u0..: kinds by position. Every present subject has 7 employees.
-    let kinds = ["match", "mismatch", "no_consent", "suspended", "over_limit", "absent"];
+    let kinds = [
+        "match",
+        "mismatch",
+        "no_consent",
+        "suspended",
+        "over_limit",
+        "absent",
+    ];
     let present = PER_KIND * (kinds.len() - 1);
     let pid: Vec<String> = (0..present).map(|i| format!("u{i}")).collect();
     let schema = Schema::new(vec![
@@ -74,7 +84,10 @@ async fn answers_do_not_reveal_consent_or_presence_beyond_epsilon() {
     }
     let eps = Epsilon(1_000_000);
     let plane = DataPlane::new();
-    let answers = plane.verify_randomized(&t, &claims, &eligible, eps).await.unwrap();
+    let answers = plane
+        .verify_randomized(&t, &claims, &eligible, eps)
+        .await
+        .unwrap();
     let rate = |k: usize| {
         answers[k * PER_KIND..(k + 1) * PER_KIND]
             .iter()
@@ -84,14 +97,16 @@ async fn answers_do_not_reveal_consent_or_presence_beyond_epsilon() {
     };
     let p = truth_probability(eps);
     let sd = (p * (1.0 - p) / PER_KIND as f64).sqrt();
-    assert!((rate(0) - p).abs() < 5.0 * sd, "a match is reported as match with p");
+    assert!(
+        (rate(0) - p).abs() < 5.0 * sd,
+        "a match is reported as match with p"
+    );
     // Every subject that is not verifiable answers like a mismatch: the
     // best test between any two of them has no advantage.
-    for k in 1..kinds.len() {
+    for (k, kind) in kinds.iter().enumerate().skip(1) {
         assert!(
             (rate(k) - (1.0 - p)).abs() < 5.0 * sd,
-            "{}: {} match answers, expected {}",
-            kinds[k],
+            "{kind}: {} match answers, expected {}",
             rate(k),
             1.0 - p
         );
@@ -133,13 +148,19 @@ fn a_batch_costs_one_query_and_zcdp_answers_within_its_rho() {
         "epsilon_total": 3.0, "epsilon_per_query": 0.5, "min_group_size": 10}))
     .unwrap();
     let (eps, cost) = mechanism(&laplace);
-    assert_eq!((eps, cost.epsilon, cost.rho), (Epsilon(500_000), Epsilon(500_000), Rho(0)));
+    assert_eq!(
+        (eps, cost.epsilon, cost.rho),
+        (Epsilon(500_000), Epsilon(500_000), Rho(0))
+    );
     let gauss: scenarios::policy::ReleaseRules = serde_json::from_value(json!({
         "noise": "gaussian", "rho_total": 1.0, "rho_per_query": 0.125, "min_group_size": 10}))
     .unwrap();
     let (eps, cost) = mechanism(&gauss);
     // sqrt(2 * 0.125) = 0.5 exactly; eps^2 / 2 never exceeds rho.
-    assert_eq!((eps, cost.rho, cost.epsilon), (Epsilon(500_000), Rho(125_000), Epsilon(0)));
+    assert_eq!(
+        (eps, cost.rho, cost.epsilon),
+        (Epsilon(500_000), Rho(125_000), Epsilon(0))
+    );
     let odd = scenarios::policy::ReleaseRules {
         rho_per_query: Rho(100_001),
         ..gauss
