@@ -240,10 +240,14 @@ impl DataPlane {
                 )));
             }
         }
-        let wanted: Vec<&Claim> = claims
+        // Whether each claim's subject passes the unit filter; the rows of
+        // every claimed subject are read and compared all the same.
+        let wanted: Vec<bool> = claims
             .iter()
-            .filter(|c| !table.units.exclude.contains(&c.unit))
-            .filter(|c| table.units.only.as_ref().is_none_or(|o| o.contains(&c.unit)))
+            .map(|c| {
+                !table.units.exclude.contains(&c.unit)
+                    && table.units.only.as_ref().is_none_or(|o| o.contains(&c.unit))
+            })
             .collect();
         if claims.is_empty() || columns.is_empty() {
             return Ok(vec![None; claims.len()]);
@@ -286,12 +290,10 @@ impl DataPlane {
         }
         Ok(claims
             .iter()
-            .map(|c| {
-                if !wanted.iter().any(|w| std::ptr::eq(*w, c)) {
-                    return None;
-                }
+            .zip(&wanted)
+            .map(|(c, wanted)| {
                 let subject = rows.get(&c.unit)?;
-                Some(subject.iter().any(|row| {
+                let found = subject.iter().any(|row| {
                     c.values.iter().all(|(name, claimed)| {
                         columns
                             .iter()
@@ -299,7 +301,8 @@ impl DataPlane {
                             .and_then(|i| row.get(i))
                             .is_some_and(|cell| agrees(cell, claimed))
                     })
-                }))
+                });
+                wanted.then_some(found)
             })
             .collect())
     }
