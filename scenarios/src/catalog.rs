@@ -128,7 +128,7 @@ pub struct ColumnSpec {
     /// of fractional values). [`DEFAULT_SUM_SCALE`] when absent; at most
     /// [`MAX_SUM_SCALE`]. Integer columns, and float columns that hold whole
     /// numbers only, are summed exactly at scale 0 whatever it says.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<u32>,
     /// Human description.
     #[serde(default)]
