@@ -168,3 +168,34 @@ fn a_batch_costs_one_query_and_zcdp_answers_within_its_rho() {
     let (eps, cost) = mechanism(&odd);
     assert!(eps.as_f64() * eps.as_f64() / 2.0 <= cost.rho.as_f64());
 }
+
+/// An empirical lower bound on the epsilon of randomized response: run the
+/// mechanism on neighbouring inputs (the true answer "match" and "no
+/// match"), take the best distinguishing test (report "match"), and bound
+/// ln(P[match | match] / P[match | no match]) from below with one-sided
+/// 99.9% normal confidence bounds on both rates. It must not exceed the
+/// claimed epsilon, and for this mechanism it should come close to it.
+#[test]
+fn an_audit_of_randomized_response_finds_no_more_than_the_claimed_epsilon() {
+    let mut rng = SystemRng::default();
+    let n = 60_000usize;
+    for eps in [Epsilon(500_000), Epsilon(1_000_000), Epsilon(2_000_000)] {
+        let rate = |truth: bool, rng: &mut SystemRng| {
+            let answers = crate::verify::randomize(&vec![truth; n], eps, rng).unwrap();
+            answers.iter().filter(|a| **a).count() as f64 / n as f64
+        };
+        let (p1, p0) = (rate(true, &mut rng), rate(false, &mut rng));
+        let z = 3.09;
+        let lower = |p: f64| p - z * (p * (1.0 - p) / n as f64).sqrt();
+        let upper = |p: f64| p + z * (p * (1.0 - p) / n as f64).sqrt();
+        // Both tests ("match" and "no match"), each bounded conservatively.
+        let bound = (lower(p1) / upper(p0))
+            .ln()
+            .max((lower(1.0 - p0) / upper(1.0 - p1)).ln());
+        assert!(bound <= eps.as_f64(), "eps {eps}: empirical lower bound {bound}");
+        assert!(
+            bound >= 0.85 * eps.as_f64(),
+            "eps {eps}: the claim is loose? {bound}"
+        );
+    }
+}
