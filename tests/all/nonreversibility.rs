@@ -11,11 +11,11 @@ use serde_json::{json, Value};
 fn firms(server: &Server, n: usize) -> Api {
     let dir = server.dir.join("registry");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut csv = String::from("enterprise_id,legal_name,district,employees,contact\n");
+    let mut csv = String::from("enterprise_id,legal_name,district,employees,contact,margin\n");
     for i in 0..n {
         let contact = "c".repeat(1 + i % 40);
         csv.push_str(&format!(
-            "F{i:04},Firm {},D{},7,{contact}\n",
+            "F{i:04},Firm {},D{},7,{contact},0.4\n",
             i % (n / 10).max(1),
             i % 4
         ));
@@ -32,7 +32,8 @@ fn firms(server: &Server, n: usize) -> Api {
                 {"name": "legal_name", "rule": "tokenize"},
                 {"name": "district", "rule": "keep", "domain": {"categories": ["D0", "D1", "D2", "D3"]}},
                 {"name": "employees", "rule": "keep"},
-                {"name": "contact", "rule": {"mask": {"keep_prefix": 1}}}]}),
+                {"name": "contact", "rule": {"mask": {"keep_prefix": 1}}},
+                {"name": "margin", "rule": "keep", "scale": 2}]}),
     );
     provider
 }
@@ -46,7 +47,8 @@ fn scenario(legal_name_ops: Value, epsilon_total: f64, epsilon_per_query: f64) -
             {"name": "legal_name", "ops": legal_name_ops},
             {"name": "district", "ops": ["group", "filter"]},
             {"name": "employees", "ops": ["verify", "aggregate"], "bounds": [0, 100]},
-            {"name": "contact", "ops": ["group", "filter"]}]}],
+            {"name": "contact", "ops": ["group", "filter"]},
+            {"name": "margin", "ops": ["aggregate"], "bounds": [0, 1]}]}],
         "release": {"epsilon_total": epsilon_total, "epsilon_per_query": epsilon_per_query,
             "min_group_size": 5}
     })
@@ -132,7 +134,7 @@ fn the_token_dictionary_attack_fails() {
 }
 
 #[test]
-fn catalog_counts_and_masked_lengths_say_nothing_of_single_rows() {
+fn catalog_counts_masked_lengths_and_fractional_sums() {
     let server = Server::start(&[]).expect("server");
     firms(&server, 900);
     let dev = server.party("Curious Bank", "developer");
@@ -157,6 +159,33 @@ fn catalog_counts_and_masked_lengths_say_nothing_of_single_rows() {
     let table = invis::ipc::decode(&out.body).expect("IPC");
     assert_eq!(table.num_rows(), 1, "masked lengths differ");
     assert_eq!(table.i64("l", 0), Some(1 + 8));
+
+    // Fractional values are summed in fixed point at the declared scale:
+    // 900 margins of 0.4 average 0.4, not the 0 of per-row rounding.
+    let margin = cat["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "margin")
+        .cloned()
+        .unwrap();
+    assert_eq!(margin["scale"], 2, "{margin}");
+    let job = dev
+        .post_raw(
+            &format!("/v1/developer/agreements/{agreement}/jobs?wait=true"),
+            &probe("SELECT SUM(margin) AS s, AVG(margin) AS a FROM firms"),
+            "application/wasm",
+        )
+        .ok();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let out = dev.get(&format!(
+        "/v1/developer/jobs/{}/output",
+        job["id"].as_str().unwrap()
+    ));
+    let table = invis::ipc::decode(&out.body).expect("IPC");
+    let (sum, avg) = (table.f64("s", 0).unwrap(), table.f64("a", 0).unwrap());
+    assert!((avg - 0.4).abs() < 0.1, "avg {avg}");
+    assert!((sum - 360.0).abs() < 60.0, "sum {sum}");
 }
 
 /// The share of "match" among `results[range]`.

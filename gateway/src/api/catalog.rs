@@ -20,7 +20,13 @@ pub(crate) fn view(d: &DatasetRecord) -> Value {
         .iter()
         .map(|c| {
             let ty = d.profile.columns.iter().find(|p| p.name == c.name).map(|p| p.data_type.clone());
-            json!({"name": c.name, "type": ty, "rule": c.rule, "domain": c.domain, "description": c.description})
+            let mut v = json!({"name": c.name, "type": ty, "rule": c.rule, "domain": c.domain, "description": c.description});
+            // The decimal places its fractional values are summed with,
+            // when the provider declared them (the default is 2).
+            if let (Some(scale), Some(o)) = (c.scale, v.as_object_mut()) {
+                o.insert("scale".into(), json!(scale));
+            }
+            v
         })
         .collect();
     json!({
