@@ -148,7 +148,10 @@ pub fn rule_expr(column: &str, dt: &DataType, rule: &ColumnRule, key: &TokenKey)
             keep_prefix,
             keep_suffix,
         } => {
-            let (p, s) = (*keep_prefix as usize, *keep_suffix as usize);
+            // Registration caps the kept characters; the cap here keeps a
+            // spec that escaped it from making every value huge.
+            let cap = scenarios::catalog::MAX_MASK_KEPT as usize;
+            let (p, s) = ((*keep_prefix as usize).min(cap), (*keep_suffix as usize).min(cap));
             let udf = string_map_udf("invis_mask", move |v| mask(v, p, s));
             udf.call(vec![as_text(c, dt)])
         }

@@ -141,6 +141,9 @@ pub const DEFAULT_SUM_SCALE: u32 = 2;
 /// Most decimal places a column may declare.
 pub const MAX_SUM_SCALE: u32 = 6;
 
+/// Most characters a mask may keep, prefix and suffix together.
+pub const MAX_MASK_KEPT: u32 = 64;
+
 /// Share class of a dataset (R1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -332,6 +335,17 @@ fn validate_rule(c: &ColumnSpec) -> Result<()> {
         ColumnRule::Generalize(Generalization::Prefix { len: 0 }) => {
             return bad("prefix length must be > 0");
         }
+        // A masked value is always as long as its kept parts plus a fixed
+        // run of stars (so its length says nothing of the raw value's);
+        // the kept parts are capped so that length stays small.
+        ColumnRule::Mask {
+            keep_prefix,
+            keep_suffix,
+        } if keep_prefix.saturating_add(*keep_suffix) > MAX_MASK_KEPT => {
+            return bad(&format!(
+                "a mask keeps at most {MAX_MASK_KEPT} characters (prefix and suffix together)"
+            ));
+        }
         _ => {}
     }
     match &c.domain {
@@ -348,6 +362,19 @@ fn validate_rule(c: &ColumnSpec) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masks_keep_a_bounded_number_of_characters() {
+        let mut c: ColumnSpec = serde_json::from_value(serde_json::json!(
+            {"name": "n", "rule": {"mask": {"keep_prefix": 40, "keep_suffix": 24}}}))
+        .unwrap();
+        assert!(validate_rule(&c).is_ok());
+        c.rule = ColumnRule::Mask {
+            keep_prefix: u32::MAX,
+            keep_suffix: 1,
+        };
+        assert!(matches!(validate_rule(&c), Err(Error::InvalidRequest(_))));
+    }
 
     #[test]
     fn published_row_counts_hide_single_rows() {
