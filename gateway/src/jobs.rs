@@ -27,6 +27,7 @@ use runtime::{JobError, JobInput, JobLimits, JobOutcome};
 use sandbox::desensitize::TokenKey;
 use sandbox::{Accountant, QueryLineage, ScopeConfig, TableVersion};
 use scenarios::budget::Budget;
+use scenarios::catalog::published_rows;
 use scenarios::party::Actor;
 use scenarios::workflow::{Agreement, Scenario, ScenarioStatus};
 use serde_json::json;
@@ -538,11 +539,12 @@ async fn run(
             .ok_or_else(|| ApiError::Internal("no module".into()))?;
         let mut tables = scenario_tables(&s, &sc)?;
         // Rows of every table in scope, metered per query while the job's
-        // details are withheld (they are catalog counts, public).
+        // details are withheld (they are catalog counts, public, rounded
+        // to the public granularity like the catalog's).
         let mut rows_per_query: u64 = current_datasets(&s)?
             .iter()
             .filter(|d| sc.spec.tables.iter().any(|t| t.dataset == d.name))
-            .fold(0u64, |n, d| n.saturating_add(d.profile.rows));
+            .fold(0u64, |n, d| n.saturating_add(published_rows(d.profile.rows)));
         // The agreement's own tables (R5) join the scope with their grants.
         let mut spec = sc.spec.clone();
         let mut units = population_units(&current_datasets(&s)?);
@@ -551,7 +553,10 @@ async fn run(
             let kind = scenarios::population::population_of(p.spec.unit_kind.as_deref()).to_string();
             let n = units.entry(kind).or_default();
             *n = n.saturating_add(p.profile.units);
-            tables.push(TableVersion::from_profile(p.spec.clone(), &p.profile));
+            let mut own = TableVersion::from_profile(p.spec.clone(), &p.profile);
+            // Tokenized under a key of its own, never the public tables' key.
+            own.developer_supplied = true;
+            tables.push(own);
             spec.tables.push(p.grant);
         }
         // Every table's population; the scenario's rules within today's
@@ -672,13 +677,14 @@ async fn finish(
     let review_required = how.review_required;
     let output_limit = st.config.job_limits.output_bytes;
     let seqs = accountant.released.lock().map(|v| v.clone()).unwrap_or_default();
-    // Row counts of every registered version, by version hash.
+    // Row counts of every registered version, by version hash, as the
+    // catalog publishes them (rounded).
     let store = st.store.clone();
     let rows: std::collections::HashMap<String, u64> = blocking(move || {
         let all: Vec<DatasetRecord> = store.list(Table::Datasets, None)?;
         Ok(all
             .into_iter()
-            .map(|d| (d.profile.version, d.profile.rows))
+            .map(|d| (d.profile.version, published_rows(d.profile.rows)))
             .collect())
     })
     .await?;

@@ -34,6 +34,16 @@ impl TokenKey {
         TokenKey(hmac::Key::new(hmac::HMAC_SHA256, bytes))
     }
 
+    /// A key derived from this one for `label`, unrelated to it and to the
+    /// keys of other labels: a developer's own table (R5) is tokenized under
+    /// the key derived for it, so its tokens never equal the tokens of the
+    /// public tables, and a table of candidate values cannot be turned into
+    /// a value-to-token dictionary for public data.
+    pub fn derive(&self, label: &str) -> TokenKey {
+        let tag = hmac::sign(&self.0, format!("invis token domain v1 {label}").as_bytes());
+        TokenKey(hmac::Key::new(hmac::HMAC_SHA256, tag.as_ref()))
+    }
+
     /// The token of one value: 128 bits of HMAC-SHA256, hex.
     pub fn token(&self, value: &str) -> String {
         let tag = hmac::sign(&self.0, value.as_bytes());
@@ -81,20 +91,28 @@ fn string_map_udf(name: &str, map: impl Fn(&str) -> String + Send + Sync + 'stat
     )
 }
 
+/// Stars that replace the hidden part of every masked value, whatever its
+/// length.
+pub const MASK_STARS: usize = 8;
+
+/// A masked value: the kept prefix, [`MASK_STARS`] stars, the kept suffix.
+/// The output has the same length, `keep_prefix + MASK_STARS +
+/// keep_suffix` characters, for every value, so `length()` of a masked
+/// column says nothing about the raw value (issue 15). A value too short
+/// to hide anything between its kept prefix and suffix is all stars (at
+/// that same length): keeping its prefix and suffix would show it whole.
 fn mask(value: &str, keep_prefix: usize, keep_suffix: usize) -> String {
-    let chars: Vec<char> = value.chars().collect();
-    let n = chars.len();
-    chars
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            if i < keep_prefix || i + keep_suffix >= n {
-                *c
-            } else {
-                '*'
-            }
-        })
-        .collect()
+    let n = value.chars().count();
+    let width = keep_prefix.saturating_add(MASK_STARS).saturating_add(keep_suffix);
+    let mut out = String::with_capacity(width.saturating_mul(4));
+    if n <= keep_prefix.saturating_add(keep_suffix) {
+        out.extend(std::iter::repeat_n('*', width));
+        return out;
+    }
+    out.extend(value.chars().take(keep_prefix));
+    out.extend(std::iter::repeat_n('*', MASK_STARS));
+    out.extend(value.chars().skip(n - keep_suffix));
+    out
 }
 
 fn as_text(e: Expr, dt: &DataType) -> Expr {
@@ -130,7 +148,10 @@ pub fn rule_expr(column: &str, dt: &DataType, rule: &ColumnRule, key: &TokenKey)
             keep_prefix,
             keep_suffix,
         } => {
-            let (p, s) = (*keep_prefix as usize, *keep_suffix as usize);
+            // Registration caps the kept characters; the cap here keeps a
+            // spec that escaped it from making every value huge.
+            let cap = scenarios::catalog::MAX_MASK_KEPT as usize;
+            let (p, s) = ((*keep_prefix as usize).min(cap), (*keep_suffix as usize).min(cap));
             let udf = string_map_udf("invis_mask", move |v| mask(v, p, s));
             udf.call(vec![as_text(c, dt)])
         }
@@ -276,9 +297,23 @@ mod tests {
 
     #[test]
     fn mask_keeps_prefix_and_suffix_by_character() {
-        assert_eq!(mask("厦门市思明区", 2, 1), "厦门***区");
-        assert_eq!(mask("ab", 2, 2), "ab");
-        assert_eq!(mask("abcdef", 0, 0), "******");
+        assert_eq!(mask("厦门市思明区", 2, 1), "厦门********区");
+        assert_eq!(mask("abcdef", 0, 0), "********");
+    }
+
+    #[test]
+    fn masking_hides_the_length() {
+        // Issue 15: `length()` of a masked value was the raw length.
+        let lengths: std::collections::BTreeSet<usize> =
+            ["", "a", "ab", "abcd", "厦门市思明区", &"x".repeat(300)]
+                .iter()
+                .map(|v| mask(v, 2, 2).chars().count())
+                .collect();
+        assert_eq!(lengths.into_iter().collect::<Vec<_>>(), [2 + MASK_STARS + 2]);
+        // A value no longer than the kept parts is not shown whole.
+        assert_eq!(mask("ab", 2, 2), "*".repeat(12));
+        assert_eq!(mask("abcd", 2, 2), "*".repeat(12));
+        assert_eq!(mask("abcde", 2, 2), "ab********de");
     }
 
     #[test]
@@ -290,5 +325,14 @@ mod tests {
         assert_ne!(a.token("E1"), b.token("E1"));
         assert_eq!(a.token("E1").len(), 32);
         assert!(!format!("{a:?}").contains('1'));
+    }
+
+    #[test]
+    fn derived_keys_give_unrelated_tokens() {
+        let a = TokenKey::new(&[1u8; 32]);
+        let d = a.derive("developer table x");
+        assert_ne!(a.token("E1"), d.token("E1"));
+        assert_ne!(d.token("E1"), a.derive("developer table y").token("E1"));
+        assert_eq!(d.token("E1"), a.derive("developer table x").token("E1"));
     }
 }

@@ -28,7 +28,7 @@ use datafusion::logical_expr::{
     cast, col, BinaryExpr, Expr, ExprSchemable, JoinConstraint, JoinType, LogicalPlan, LogicalPlanBuilder,
     Operator,
 };
-use scenarios::catalog::ColumnRule;
+use scenarios::catalog::{ColumnRule, DEFAULT_SUM_SCALE};
 use scenarios::policy::{effective_bounds, AggregateFn, ColumnOp};
 use std::collections::{BTreeSet, HashMap};
 
@@ -70,6 +70,9 @@ pub(crate) struct Bounded {
     /// False when the argument is an integer column whose every value
     /// already lies within the bounds, so clamping would change nothing.
     pub clamp: bool,
+    /// Fixed-point decimal places: the argument is summed as whole units of
+    /// 10^-scale, and `lo`, `hi` are in those units. 0 for whole numbers.
+    pub scale: u32,
 }
 
 /// Where an output column comes from.
@@ -742,6 +745,10 @@ impl<'a> Checker<'a> {
             }
             "count" => match arg {
                 Expr::Literal(v, _) if !v.is_null() => Ok(AggKind::CountRows),
+                _ if self.token_column(arg).is_some() => {
+                    self.token_operand(arg, Use::Aggregate)?;
+                    Ok(AggKind::CountNonNull(arg.clone(), self.complete(arg)))
+                }
                 _ => {
                     self.expr(arg, Use::Aggregate, schema)?;
                     Ok(AggKind::CountNonNull(arg.clone(), self.complete(arg)))
@@ -768,12 +775,21 @@ impl<'a> Checker<'a> {
                 if !(lo.is_finite() && hi.is_finite()) || lo.abs() > 1e12 || hi.abs() > 1e12 {
                     return refuse(format!("the bounds of `{arg}` are too wide"));
                 }
-                let (lo, hi) = (lo.floor() as i64, hi.ceil() as i64);
+                let scale = self.sum_scale(arg, schema);
+                let unit = 10f64.powi(scale as i32);
+                let (lo, hi) = ((lo * unit).floor(), (hi * unit).ceil());
+                if lo.abs() > 1e15 || hi.abs() > 1e15 {
+                    return refuse(format!(
+                        "the bounds of `{arg}` are too wide for its {scale} decimal places"
+                    ));
+                }
+                let (lo, hi) = (lo as i64, hi as i64);
                 let bounded = Bounded {
                     expr: arg.clone(),
                     lo,
                     hi,
-                    clamp: !self.within(arg, lo, hi),
+                    clamp: scale > 0 || !self.within(arg, lo, hi),
+                    scale,
                 };
                 Ok(if name == "sum" {
                     AggKind::Sum(bounded)
@@ -812,6 +828,34 @@ impl<'a> Checker<'a> {
             }),
             _ => false,
         }
+    }
+
+    /// The fixed-point decimal places a SUM/AVG argument is summed with: 0
+    /// when it holds whole numbers only (an integer expression, or a float
+    /// column kept as is that registration measured to hold whole numbers
+    /// only); otherwise the largest scale declared by the columns it reads
+    /// ([`DEFAULT_SUM_SCALE`] for a column that declares none, and for an
+    /// expression that reads no column).
+    fn sum_scale(&self, e: &Expr, schema: &DFSchema) -> u32 {
+        if e.get_type(schema).is_ok_and(|t| t.is_integer()) {
+            return 0;
+        }
+        if let Expr::Column(c) = strip_cast(e) {
+            let whole = self.resolve(c).is_ok_and(|(t, n)| {
+                t.spec.column(&n).is_some_and(|c| c.rule == ColumnRule::Keep) && t.ranges.contains_key(&n)
+            });
+            if whole {
+                return 0;
+            }
+        }
+        let declared = e.column_refs().into_iter().filter_map(|c| {
+            let (t, n) = self.resolve(c).ok()?;
+            Some(t.spec.column(&n)?.scale.unwrap_or(DEFAULT_SUM_SCALE))
+        });
+        declared
+            .max()
+            .unwrap_or(DEFAULT_SUM_SCALE)
+            .min(scenarios::catalog::MAX_SUM_SCALE)
     }
 
     /// True when `e` is (a cast of) a column that registration found to
@@ -941,6 +985,17 @@ impl<'a> Checker<'a> {
             Expr::Alias(a) => self.expr(&a.expr, place, schema),
             Expr::Column(c) => self.column(c, place),
             Expr::Literal(_, _) => Ok(()),
+            Expr::BinaryExpr(b)
+                if matches!(
+                    b.op,
+                    Operator::Eq | Operator::NotEq | Operator::IsDistinctFrom | Operator::IsNotDistinctFrom
+                ) && (self.token_column(&b.left).is_some() || self.token_column(&b.right).is_some()) =>
+            {
+                self.token_comparison(&b.left, &b.right, place)
+            }
+            Expr::IsNull(x) | Expr::IsNotNull(x) if self.token_column(x).is_some() => {
+                self.token_operand(x, place)
+            }
             Expr::BinaryExpr(b) => {
                 use Operator::*;
                 if !OPERATORS.iter().any(|(op, _)| *op == b.op) {
@@ -1097,7 +1152,71 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// The table and name of `e` when it is (a cast of) a tokenized column
+    /// other than the privacy unit.
+    fn token_column(&self, e: &Expr) -> Option<(&'a TableInfo, String)> {
+        let Expr::Column(c) = strip_cast(e) else {
+            return None;
+        };
+        let (t, n) = self.resolve(c).ok()?;
+        let tokenized =
+            n != t.spec.privacy_unit && t.spec.column(&n).is_some_and(|s| s.rule == ColumnRule::Tokenize);
+        tokenized.then_some((t, n))
+    }
+
+    /// A tokenized column where tokens may stand: an operand of an equality
+    /// with another token, of IS NULL, or of COUNT. Checks the grant only.
+    fn token_operand(&self, e: &Expr, place: Use) -> Result<()> {
+        match strip_cast(e) {
+            Expr::Column(c) => self.granted(c, place),
+            _ => refuse("a tokenized column may only be compared as it is"),
+        }
+    }
+
+    /// `l = r` (or `<>`, `IS [NOT] DISTINCT FROM`) where one side is a
+    /// token. Tokens are opaque: the only thing a query may learn from one
+    /// is whether it equals another token under the same key. Comparing a
+    /// token with a constant, a kept value or anything computed would let a
+    /// developer bisect or match tokens against values it knows, and a
+    /// developer's own table is keyed apart from public data, so its tokens
+    /// never equal a public token (the comparison is refused rather than
+    /// left always false).
+    fn token_comparison(&self, l: &Expr, r: &Expr, place: Use) -> Result<()> {
+        let (Some((lt, ln)), Some((rt, rn))) = (self.token_column(l), self.token_column(r)) else {
+            let (t, n) = self
+                .token_column(l)
+                .or_else(|| self.token_column(r))
+                .ok_or_else(|| Error::Internal("token comparison without a token".into()))?;
+            return refuse(format!(
+                "column `{}.{n}` is tokenized: a token may only be compared for equality with another tokenized column",
+                t.spec.name
+            ));
+        };
+        let same_key = !(lt.developer_supplied || rt.developer_supplied) || lt.spec.name == rt.spec.name;
+        if !same_key {
+            return refuse(format!(
+                "`{}.{ln}` and `{}.{rn}`: tokens of a developer's own table are keyed apart from other tables' tokens and never match them; \
+                 link your table to public data through the privacy unit only",
+                lt.spec.name, rt.spec.name
+            ));
+        }
+        self.token_operand(l, place)?;
+        self.token_operand(r, place)
+    }
+
     fn column(&self, c: &Column, place: Use) -> Result<()> {
+        if let Some((t, n)) = self.token_column(&Expr::Column(c.clone())) {
+            return refuse(format!(
+                "column `{}.{n}` is tokenized: tokens are never released, grouped or computed on; \
+                 a token may only be compared for equality with another tokenized column, tested for NULL or counted",
+                t.spec.name
+            ));
+        }
+        self.granted(c, place)
+    }
+
+    /// Checks that `c` is granted for `place` (and is not the unit).
+    fn granted(&self, c: &Column, place: Use) -> Result<()> {
         if c.name == UNIT_COLUMN {
             return refuse(format!("column `{UNIT_COLUMN}` is not granted by the scenario"));
         }

@@ -128,15 +128,19 @@ pub(crate) struct Measure {
 enum OutSpec {
     Group(usize),
     Count(usize),
+    /// A sum measured in units of 10^-scale.
     Sum {
         m: usize,
         lo: i64,
+        scale: u32,
     },
+    /// An average of a sum measured in units of 10^-scale.
     Avg {
         sum: usize,
         count: usize,
         lo: i64,
         hi: i64,
+        scale: u32,
     },
 }
 
@@ -190,8 +194,9 @@ enum Kind {
     Units,
     Rows,
     NonNull(Expr),
-    /// A clamped sum; the flag says whether clamping is needed.
-    Sum(Expr, i64, i64, bool),
+    /// A clamped sum of the argument times 10^scale (fixed point), with
+    /// bounds in those units; the flag says whether clamping is needed.
+    Sum(Expr, i64, i64, bool, u32),
     /// The sum of the `n` largest unit contributions to the sum measured
     /// at index `sum` (for the dominance and p% rules).
     Top {
@@ -206,7 +211,8 @@ impl Kind {
             Kind::Units => "units".into(),
             Kind::Rows => "rows".into(),
             Kind::NonNull(e) => format!("count({e})"),
-            Kind::Sum(e, lo, hi, _) => format!("sum(clamp({e}, {lo}, {hi}))"),
+            Kind::Sum(e, lo, hi, _, 0) => format!("sum(clamp({e}, {lo}, {hi}))"),
+            Kind::Sum(e, lo, hi, _, s) => format!("sum(clamp(round({e} * 1e{s}), {lo}, {hi})) / 1e{s}"),
             Kind::Top { sum, n } => format!("top{n}(measurement {sum})"),
         }
     }
@@ -352,19 +358,27 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules, rows: &RowFunctions) ->
                     AggKind::Sum(b) => {
                         bounds.push((b.expr.to_string(), b.lo, b.hi));
                         OutSpec::Sum {
-                            m: index_of(&mut kinds, Kind::Sum(b.expr.clone(), b.lo, b.hi, b.clamp)),
+                            m: index_of(
+                                &mut kinds,
+                                Kind::Sum(b.expr.clone(), b.lo, b.hi, b.clamp, b.scale),
+                            ),
                             lo: b.lo,
+                            scale: b.scale,
                         }
                     }
                     AggKind::Avg(b, complete) => {
                         bounds.push((b.expr.to_string(), b.lo, b.hi));
-                        let sum = index_of(&mut kinds, Kind::Sum(b.expr.clone(), b.lo, b.hi, b.clamp));
+                        let sum = index_of(
+                            &mut kinds,
+                            Kind::Sum(b.expr.clone(), b.lo, b.hi, b.clamp, b.scale),
+                        );
                         let count = index_of(&mut kinds, non_null(&b.expr, *complete, fast));
                         OutSpec::Avg {
                             sum,
                             count,
                             lo: b.lo,
                             hi: b.hi,
+                            scale: b.scale,
                         }
                     }
                 }
@@ -380,7 +394,7 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules, rows: &RowFunctions) ->
         let sums: Vec<usize> = kinds
             .iter()
             .enumerate()
-            .filter(|(_, kd)| matches!(kd, Kind::Sum(_, lo, _, _) if *lo >= 0))
+            .filter(|(_, kd)| matches!(kd, Kind::Sum(_, lo, _, _, _) if *lo >= 0))
             .map(|(i, _)| i)
             .collect();
         for s in sums {
@@ -410,11 +424,11 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules, rows: &RowFunctions) ->
         match kind {
             Kind::Units => 1,
             Kind::Rows | Kind::NonNull(_) => rows,
-            Kind::Sum(_, lo, hi, _) => sum_sens(lo, hi),
+            Kind::Sum(_, lo, hi, _, _) => sum_sens(lo, hi),
             // One unit moves the sum of the n largest contributions by at
             // most its own bounded contribution.
             Kind::Top { sum, .. } => match kinds.get(*sum) {
-                Some(Kind::Sum(_, lo, hi, _)) => sum_sens(lo, hi),
+                Some(Kind::Sum(_, lo, hi, _, _)) => sum_sens(lo, hi),
                 _ => rows,
             },
         }
@@ -496,11 +510,14 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules, rows: &RowFunctions) ->
 /// The row-level value a measurement sums, if any.
 /// `clamp(x, lo, hi)` as one tight kernel (the contribution bound of every
 /// SUM and AVG argument, so it is on the hot path of every such query).
-/// Int64 input is clamped; Float64 input is clamped and rounded to the
-/// nearest integer (NaN counts as 0). The output is Int64, so every sum is
-/// an exact integer sum: summing floats would let rounding error exceed the
-/// sensitivity the noise is calibrated to.
-fn clamp_udf(input: DataType, lo: i64, hi: i64) -> datafusion::logical_expr::ScalarUDF {
+/// Int64 input is clamped; Float64 input is scaled to fixed point (times
+/// 10^scale), clamped and rounded to the nearest integer (NaN counts as
+/// 0). The output is Int64, so every sum is an exact integer sum of fixed
+/// point values: summing floats would let rounding error exceed the
+/// sensitivity the noise is calibrated to, and rounding each row to a
+/// whole number (scale 0) would bias sums and averages of fractional
+/// values (issue 15).
+fn clamp_udf(input: DataType, lo: i64, hi: i64, scale: u32) -> datafusion::logical_expr::ScalarUDF {
     use datafusion::arrow::array::{Float64Array, Int64Array};
     use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
     let is_float = input == DataType::Float64;
@@ -515,11 +532,13 @@ fn clamp_udf(input: DataType, lo: i64, hi: i64) -> datafusion::logical_expr::Sca
                     datafusion::error::DataFusionError::Internal("clamp of a non-float".into())
                 })?;
                 let (lo, hi) = (lo as f64, hi as f64);
-                // Branch-free so it vectorizes: clamp, then round half away from
-                // zero; NaN becomes 0 (Rust's float-to-int cast saturates).
+                let unit = 10f64.powi(scale as i32);
+                // Branch-free so it vectorizes: scale, clamp, then round half
+                // away from zero; NaN becomes 0 (Rust's float-to-int cast
+                // saturates).
                 Arc::new(
                     datafusion::arrow::compute::kernels::arity::unary::<_, _, Int64Type>(a, |x| {
-                        let y = x.clamp(lo, hi);
+                        let y = (x * unit).clamp(lo, hi);
                         (y + 0.5f64.copysign(y)) as i64
                     }),
                 )
@@ -570,14 +589,14 @@ fn value_of(kind: &Kind, arg: Expr, ty: &DataType) -> Result<Option<Expr>> {
     Ok(match kind {
         Kind::Units | Kind::Rows | Kind::Top { .. } => None,
         Kind::NonNull(_) => Some(when(arg.is_null(), lit(0i64)).otherwise(lit(1i64))?),
-        Kind::Sum(_, lo, hi, clamp) => Some(if !clamp && ty.is_integer() {
+        Kind::Sum(_, lo, hi, clamp, scale) => Some(if !clamp && ty.is_integer() {
             // Every value is a whole number within the bounds (measured
             // at registration): clamping is the identity here.
             try_cast(arg, DataType::Int64)
-        } else if ty.is_integer() {
-            clamp_udf(DataType::Int64, *lo, *hi).call(vec![try_cast(arg, DataType::Int64)])
+        } else if ty.is_integer() && *scale == 0 {
+            clamp_udf(DataType::Int64, *lo, *hi, 0).call(vec![try_cast(arg, DataType::Int64)])
         } else {
-            clamp_udf(DataType::Float64, *lo, *hi).call(vec![try_cast(arg, DataType::Float64)])
+            clamp_udf(DataType::Float64, *lo, *hi, *scale).call(vec![try_cast(arg, DataType::Float64)])
         }),
     })
 }
@@ -654,7 +673,7 @@ fn build_plan(
         // A sum whose bound times k could reach i64::MAX within 4·10⁹ rows
         // is summed in 128 bits: DataFusion's Int64 SUM wraps around, and a
         // bound chosen to sit at the wrap would make one row an exact bit.
-        if let Kind::Sum(_, lo, hi, _) = kind {
+        if let Kind::Sum(_, lo, hi, _, _) = kind {
             if wide_sum(*lo, *hi, k) {
                 value = try_cast(value, DataType::Decimal128(38, 0));
             }
@@ -703,7 +722,7 @@ fn build_plan(
             let Some(v) = v else { continue };
             let x = f::coalesce(vec![col(v.as_str()), lit(0i64)]);
             let e = match kind {
-                Kind::Sum(_, lo, hi, _) => {
+                Kind::Sum(_, lo, hi, _, _) => {
                     let lo_k = lo.saturating_mul(k).min(0);
                     let hi_k = hi.saturating_mul(k).max(0);
                     f::least(vec![f::greatest(vec![x, lit(lo_k)]), lit(hi_k)])
@@ -1038,7 +1057,7 @@ pub(crate) fn finish(
                 }
                 Arc::new(b.finish())
             }
-            OutSpec::Sum { m, lo } => {
+            OutSpec::Sum { m, lo, scale: 0 } => {
                 let mut b = Int64Builder::with_capacity(cells.len());
                 for c in &cells {
                     let v = c.noisy[*m];
@@ -1049,14 +1068,38 @@ pub(crate) fn finish(
                 }
                 Arc::new(b.finish())
             }
-            OutSpec::Avg { sum, count, lo, hi } => {
+            OutSpec::Sum { m, lo, scale } => {
+                // A fixed-point sum is released in its own units: a float
+                // of `scale` decimal places.
+                let unit = 10f64.powi(*scale as i32);
+                let mut b = Float64Builder::with_capacity(cells.len());
+                for c in &cells {
+                    let v = c.noisy[*m];
+                    match c.suppressed || c.withheld.contains(m) {
+                        true => b.append_null(),
+                        false => b.append_value((if *lo >= 0 { v.max(0) } else { v }) as f64 / unit),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            OutSpec::Avg {
+                sum,
+                count,
+                lo,
+                hi,
+                scale,
+            } => {
+                let unit = 10f64.powi(*scale as i32);
                 let mut b = Float64Builder::with_capacity(cells.len());
                 for c in &cells {
                     let n = c.noisy[*count];
                     if c.suppressed || n < 1 || c.withheld.contains(sum) {
                         b.append_null();
                     } else {
-                        b.append_value((c.noisy[*sum] as f64 / n as f64).clamp(*lo as f64, *hi as f64));
+                        b.append_value(
+                            (c.noisy[*sum] as f64 / unit / n as f64)
+                                .clamp(*lo as f64 / unit, *hi as f64 / unit),
+                        );
                     }
                 }
                 Arc::new(b.finish())

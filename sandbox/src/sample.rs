@@ -241,6 +241,7 @@ pub fn sample_table(
         spec: spec.clone(),
         version: format!("sample-{rows}"),
         unit_unique,
+        developer_supplied: false,
         // Synthetic columns have no nulls.
         complete_columns: types.iter().map(|(n, _)| n.clone()).collect(),
         column_ranges: Vec::new(),

@@ -59,6 +59,11 @@ pub struct TableVersion {
     pub version: String,
     /// True when no privacy unit has more than one row.
     pub unit_unique: bool,
+    /// The table is a developer's own (R5), not public data. Its tokenized
+    /// columns are keyed under a key derived for it
+    /// ([`TokenKey::derive`]), so they never equal a public token, and the
+    /// policy refuses to compare them with public tokens.
+    pub developer_supplied: bool,
     /// Columns measured at registration to hold no null.
     pub complete_columns: Vec<String>,
     /// Smallest and largest value of numeric columns, measured at
@@ -95,6 +100,7 @@ impl TableVersion {
             spec,
             version: p.version.clone(),
             unit_unique: p.unit_unique,
+            developer_supplied: false,
             data: TableData::File(p.fingerprint),
         }
     }
@@ -183,6 +189,8 @@ pub(crate) struct TableInfo {
     pub spec: DatasetSpec,
     pub grant: TableGrant,
     pub unit_unique: bool,
+    /// A developer's own table (R5): its tokens are keyed apart.
+    pub developer_supplied: bool,
     /// Columns without nulls in this version.
     pub complete: std::collections::HashSet<String>,
     /// Value ranges of numeric columns in this version (never released).
@@ -371,7 +379,14 @@ impl DataPlane {
                 .clone();
             let raw = self.raw_provider(t).await?;
             let unit_complete = t.complete_columns.contains(&t.spec.privacy_unit);
-            let view = ViewProvider::new(raw, &t.spec, &cfg.token_key, unit_complete, t.units.clone())?;
+            // A developer's own table is tokenized under a key of its own:
+            // equal values there and in public data give unrelated tokens.
+            let key = if t.developer_supplied {
+                cfg.token_key.derive(&format!("developer table {}", t.spec.name))
+            } else {
+                cfg.token_key.clone()
+            };
+            let view = ViewProvider::new(raw, &t.spec, &key, unit_complete, t.units.clone())?;
             let schema = view.schema.clone();
             ctx.register_table(t.spec.name.as_str(), Arc::new(view))?;
             tables.insert(
@@ -380,6 +395,7 @@ impl DataPlane {
                     spec: t.spec.clone(),
                     grant,
                     unit_unique: t.unit_unique,
+                    developer_supplied: t.developer_supplied,
                     complete: t.complete_columns.iter().cloned().collect(),
                     ranges: t
                         .column_ranges

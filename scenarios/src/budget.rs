@@ -144,23 +144,42 @@ impl Budget {
         }
     }
 
-    /// The (epsilon, delta) guarantee of everything this budget covers:
-    /// pure epsilon plus the zCDP part converted at half the delta
-    /// (Bun-Steinke 2016: rho-zCDP implies (rho + 2 sqrt(rho ln(1/d)), d)-DP),
-    /// with the other half of delta left for key release.
+    /// The (epsilon, delta) guarantee of everything this budget covers.
+    ///
+    /// The delta part is already spent by key release (thresholding), so the
+    /// zCDP part cannot be converted at a share of it: it is converted at a
+    /// further delta of its own, [`Budget::conversion_delta`] (equal to the
+    /// key-release delta, or [`MIN_CONVERSION_DELTA`] when that is zero),
+    /// and the stated delta is the sum of both (Bun-Steinke 2016: rho-zCDP
+    /// implies (rho + 2 sqrt(rho ln(1/d)), d)-DP for every d > 0; basic
+    /// composition adds the pure epsilon and the deltas).
     pub fn guarantee(&self) -> (f64, f64) {
         let delta = self.delta.as_f64();
         let rho = self.rho.as_f64();
-        if rho == 0.0 || delta == 0.0 {
+        if rho == 0.0 {
             return (self.epsilon.as_f64(), delta);
         }
-        let d = delta / 2.0;
+        let d = self.conversion_delta();
         (
             self.epsilon.as_f64() + rho + 2.0 * (rho * (1.0 / d).ln()).sqrt(),
-            delta,
+            delta + d,
         )
     }
+
+    /// The delta at which [`Budget::guarantee`] converts the zCDP part.
+    pub fn conversion_delta(&self) -> f64 {
+        let delta = self.delta.as_f64();
+        if delta > 0.0 {
+            delta
+        } else {
+            MIN_CONVERSION_DELTA
+        }
+    }
 }
+
+/// The delta at which a zCDP part is converted when no key release spent
+/// any delta: 1e-10.
+pub const MIN_CONVERSION_DELTA: f64 = 1e-10;
 
 #[cfg(test)]
 mod tests {
@@ -235,12 +254,50 @@ mod tests {
     fn zcdp_converts_to_an_epsilon_delta_guarantee() {
         let b = Budget {
             epsilon: Epsilon(0),
-            delta: Delta(2_000_000),
+            delta: Delta(1_000_000),
             rho: Rho(100_000),
         };
         let (e, d) = b.guarantee();
-        // rho 0.1 at delta 1e-6: 0.1 + 2 sqrt(0.1 ln 1e6) = 2.45.
+        // Key release spent 1e-6; rho 0.1 is converted at a further 1e-6:
+        // 0.1 + 2 sqrt(0.1 ln 1e6) = 2.45, and the stated delta is 2e-6.
         assert!((e - 2.4507).abs() < 1e-3, "{e}");
-        assert_eq!(d, 2e-6);
+        assert!((d - 2e-6).abs() < 1e-15, "{d}");
+    }
+
+    #[test]
+    fn the_stated_delta_covers_key_release_and_conversion() {
+        // The case: the stated delta must not be the key-release
+        // delta alone, nor the conversion use a delta already spent.
+        for (delta, rho) in [(10_000_000u64, 500_000u64), (100_000, 1_000_000), (1, 100)] {
+            let b = Budget {
+                epsilon: Epsilon(250_000),
+                delta: Delta(delta),
+                rho: Rho(rho),
+            };
+            let (e, d) = b.guarantee();
+            let key_release = Delta(delta).as_f64();
+            let conv = b.conversion_delta();
+            assert!(
+                d >= key_release + conv - 1e-18,
+                "delta {d} below {key_release} + {conv}"
+            );
+            let r = Rho(rho).as_f64();
+            let expect = 0.25 + r + 2.0 * (r * (1.0 / conv).ln()).sqrt();
+            assert!((e - expect).abs() < 1e-9);
+        }
+        // Rho with no key release still costs epsilon (it was ignored).
+        let b = Budget {
+            rho: Rho(100_000),
+            ..Default::default()
+        };
+        let (e, d) = b.guarantee();
+        assert!(e > 0.1 && d == MIN_CONVERSION_DELTA, "{e} {d}");
+        // Pure epsilon is stated as it is.
+        let b = Budget {
+            epsilon: Epsilon(1_000_000),
+            delta: Delta(5),
+            ..Default::default()
+        };
+        assert_eq!(b.guarantee(), (1.0, Delta(5).as_f64()));
     }
 }

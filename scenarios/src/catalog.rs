@@ -121,10 +121,28 @@ pub struct ColumnSpec {
     /// Public value domain, used for sample data and as default bounds.
     #[serde(default)]
     pub domain: Option<Domain>,
+    /// Decimal places kept when fractional values of this column are summed
+    /// or averaged: values are summed in fixed point, in units of
+    /// 10^-scale, with bounds and noise in the same units, instead of being
+    /// rounded to whole numbers row by row (which biases sums and averages
+    /// of fractional values). [`DEFAULT_SUM_SCALE`] when absent; at most
+    /// [`MAX_SUM_SCALE`]. Integer columns, and float columns that hold whole
+    /// numbers only, are summed exactly at scale 0 whatever it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<u32>,
     /// Human description.
     #[serde(default)]
     pub description: String,
 }
+
+/// Decimal places a fractional column is summed with when its spec
+/// declares none: 2 (cents, hundredths).
+pub const DEFAULT_SUM_SCALE: u32 = 2;
+/// Most decimal places a column may declare.
+pub const MAX_SUM_SCALE: u32 = 6;
+
+/// Most characters a mask may keep, prefix and suffix together.
+pub const MAX_MASK_KEPT: u32 = 64;
 
 /// Share class of a dataset (R1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -188,6 +206,25 @@ pub struct DatasetSpec {
     /// Every column of the file with its rule. Columns of the file that are
     /// not listed are refused at registration: each column needs a rule.
     pub columns: Vec<ColumnSpec>,
+}
+
+/// The public granularity of row counts shown outside the data's owner and
+/// the regulator (the catalog, metering and fee statements): 1,000 rows.
+pub const ROW_COUNT_GRANULARITY: u64 = 1_000;
+
+/// A row count as it is published: rounded up to a multiple of
+/// [`ROW_COUNT_GRANULARITY`] (0 only for an empty table). Exact counts of
+/// successive versions would show the arrival or removal of a single row
+/// (and, beside other facts, whose); a rounded count changes only when a
+/// boundary is crossed, which an observer who does not know the exact
+/// count cannot attribute to one row. Rounding rather than noise: the
+/// count is read by everyone, any number of times, outside any budget, and
+/// a rounded count is stable and needs no stored draw per version (see
+/// `docs/privacy-model.md`).
+pub fn published_rows(rows: u64) -> u64 {
+    rows.div_ceil(ROW_COUNT_GRANULARITY)
+        .checked_mul(ROW_COUNT_GRANULARITY)
+        .unwrap_or(rows / ROW_COUNT_GRANULARITY * ROW_COUNT_GRANULARITY)
 }
 
 /// Checks that `name` is usable as an SQL identifier without quoting.
@@ -280,6 +317,9 @@ impl DatasetSpec {
 
 fn validate_rule(c: &ColumnSpec) -> Result<()> {
     let bad = |m: &str| Err(Error::InvalidRequest(format!("column `{}`: {m}", c.name)));
+    if c.scale.is_some_and(|s| s > MAX_SUM_SCALE) {
+        return bad(&format!("scale must be at most {MAX_SUM_SCALE} decimal places"));
+    }
     match &c.rule {
         ColumnRule::Generalize(Generalization::Bucket { width }) if !(width.is_finite() && *width > 0.0) => {
             return bad("bucket width must be a finite number > 0");
@@ -294,6 +334,17 @@ fn validate_rule(c: &ColumnSpec) -> Result<()> {
         }
         ColumnRule::Generalize(Generalization::Prefix { len: 0 }) => {
             return bad("prefix length must be > 0");
+        }
+        // A masked value is always as long as its kept parts plus a fixed
+        // run of stars (so its length says nothing of the raw value's);
+        // the kept parts are capped so that length stays small.
+        ColumnRule::Mask {
+            keep_prefix,
+            keep_suffix,
+        } if keep_prefix.saturating_add(*keep_suffix) > MAX_MASK_KEPT => {
+            return bad(&format!(
+                "a mask keeps at most {MAX_MASK_KEPT} characters (prefix and suffix together)"
+            ));
         }
         _ => {}
     }
@@ -311,6 +362,30 @@ fn validate_rule(c: &ColumnSpec) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masks_keep_a_bounded_number_of_characters() {
+        let mut c: ColumnSpec = serde_json::from_value(serde_json::json!(
+            {"name": "n", "rule": {"mask": {"keep_prefix": 40, "keep_suffix": 24}}}))
+        .unwrap();
+        assert!(validate_rule(&c).is_ok());
+        c.rule = ColumnRule::Mask {
+            keep_prefix: u32::MAX,
+            keep_suffix: 1,
+        };
+        assert!(matches!(validate_rule(&c), Err(Error::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn published_row_counts_hide_single_rows() {
+        assert_eq!(published_rows(0), 0);
+        assert_eq!(published_rows(1), 1_000);
+        assert_eq!(published_rows(4_000), 4_000);
+        // Adding or removing one row inside a granule changes nothing.
+        assert_eq!(published_rows(4_001), published_rows(4_999));
+        assert_eq!(published_rows(4_500), published_rows(4_501));
+        assert_eq!(published_rows(u64::MAX) % ROW_COUNT_GRANULARITY, 0);
+    }
 
     fn spec() -> DatasetSpec {
         serde_json::from_value(serde_json::json!({

@@ -419,6 +419,15 @@ impl ScenarioSpec {
                         t.dataset, g.name
                     )));
                 }
+                if spec.rule == ColumnRule::Tokenize
+                    && g.name != ds.privacy_unit
+                    && g.ops.contains(&ColumnOp::Group)
+                {
+                    return Err(Error::InvalidRequest(format!(
+                        "column `{}.{}` is tokenized: tokens are never released, so it cannot be a group key",
+                        t.dataset, g.name
+                    )));
+                }
                 if g.ops.contains(&ColumnOp::Join) && g.name != ds.privacy_unit {
                     return Err(Error::InvalidRequest(format!(
                         "column `{}.{}`: only the privacy unit column can be a join key",

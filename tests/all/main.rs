@@ -7,6 +7,7 @@ mod examples;
 mod fixture;
 mod governance;
 mod ledger;
+mod nonreversibility;
 mod population;
 mod reconstruction;
 mod refusals;

@@ -20,7 +20,13 @@ pub(crate) fn view(d: &DatasetRecord) -> Value {
         .iter()
         .map(|c| {
             let ty = d.profile.columns.iter().find(|p| p.name == c.name).map(|p| p.data_type.clone());
-            json!({"name": c.name, "type": ty, "rule": c.rule, "domain": c.domain, "description": c.description})
+            let mut v = json!({"name": c.name, "type": ty, "rule": c.rule, "domain": c.domain, "description": c.description});
+            // The decimal places its fractional values are summed with,
+            // when the provider declared them (the default is 2).
+            if let (Some(scale), Some(o)) = (c.scale, v.as_object_mut()) {
+                o.insert("scale".into(), json!(scale));
+            }
+            v
         })
         .collect();
     json!({
@@ -35,7 +41,9 @@ pub(crate) fn view(d: &DatasetRecord) -> Value {
         "open_class": d.spec.open_class,
         "privacy_unit": d.spec.privacy_unit,
         "unit_kind": d.spec.unit_kind,
-        "rows": d.profile.rows,
+        // Rounded to the public granularity: exact counts of successive
+        // versions would show single rows arriving (issue 15).
+        "rows": scenarios::catalog::published_rows(d.profile.rows),
         "updated_at": d.created_at,
         "rules_review": d.review,
         "columns": columns,

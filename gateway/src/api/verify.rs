@@ -1,11 +1,19 @@
 //! Cross-verification (R18): a developer checks its own records (for
 //! example an enterprise id and a claimed number of employees) against the
-//! public data and learns only match or no match per record, and only for
-//! subjects that consented to the scenario. Columns must be granted with
-//! the `verify` operation. Each subject can be checked at most
-//! [`MAX_CHECKS_PER_SUBJECT`] times per developer and scenario, so a value
-//! cannot be found by trying candidates one after another.
-
+//! public data and learns, per record, a randomized match or no match.
+//! Columns must be granted with the `verify` operation.
+//!
+//! The answers are inside the privacy guarantee: each is randomized
+//! response at the scenario's per-query epsilon (`sandbox::verify`), a
+//! batch names each subject at most once and is charged as one query to
+//! the developer's budget under the scenario, in one transaction with its
+//! ledger entry and the check counters. A subject that cannot be verified
+//! (no consent to the scenario, suspended, absent, or checked
+//! [`MAX_CHECKS_PER_SUBJECT`] times already) is answered exactly like a
+//! consenting subject whose claim does not match: same fields, same
+//! status, same work, the same distribution of answers. The counters are
+//! kept for every named subject, consenting or not, so the writes do not
+//! depend on consent either.
 use super::blocking;
 use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
@@ -15,7 +23,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use chrono::Utc;
 use rusqlite::{params, OptionalExtension};
-use sandbox::verify::{Claim, Claimed, MAX_CLAIMS};
+use sandbox::verify::{mechanism, truth_probability, Claim, Claimed, MAX_CLAIMS};
 use scenarios::policy::ColumnOp;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -92,10 +100,18 @@ pub(crate) async fn verify(
         c.dedup();
         c
     };
+    {
+        let mut seen = std::collections::HashSet::with_capacity(claims.len());
+        if !claims.iter().all(|c| seen.insert(c.unit.as_str())) {
+            return Err(ApiError::BadRequest(
+                "a batch may name each subject only once (each record is answered under the budget of one query)".into(),
+            ));
+        }
+    }
     let s = st.clone();
     let dataset = req.dataset.clone();
     let cols = columns.clone();
-    let (ag, table, consenting) = blocking(move || {
+    let (ag, actor, table, rules, population) = blocking(move || {
         let (ag, sc) = super::open_agreement_of(&s, &actor.id, &id)?;
         let grant = sc.spec.table(&dataset).ok_or_else(|| {
             ApiError::Forbidden(format!(
@@ -115,26 +131,30 @@ pub(crate) async fn verify(
                 )));
             }
         }
-        let table = crate::jobs::scenario_tables(&s, &sc)?
+        let mut table = crate::jobs::scenario_tables(&s, &sc)?
             .into_iter()
             .find(|t| t.spec.name == dataset)
             .ok_or_else(|| ApiError::Internal("table missing from its scenario".into()))?;
-        let consenting = s.store.consenting_units(&sc.id)?;
-        Ok(((ag, actor), table, consenting))
+        // Only subjects that consented to this scenario can match (R18),
+        // whether or not its jobs need consent.
+        table.units.only = Some(std::sync::Arc::new(s.store.consenting_units(&sc.id)?));
+        // Charged like a query against the population of the dataset's
+        // units, at every level (docs/privacy-model.md), under the
+        // scenario's rules within today's caps for that population.
+        let kind = scenarios::population::population_of(table.spec.unit_kind.as_deref()).to_string();
+        let units = crate::jobs::population_units(&super::current_datasets(&s)?)
+            .get(&kind)
+            .copied()
+            .unwrap_or(0);
+        let rules = sc.spec.release.within_caps(units);
+        Ok((ag, actor, table, rules, (kind, units)))
     })
     .await?;
-    let (ag, actor) = ag;
 
-    // Who may be checked: consenting subjects within their check limit.
-    // The limit is charged before anything is compared, in one transaction
-    // with the ledger entry.
+    let (epsilon, cost) = mechanism(&rules);
+    let limit = rules.total_budget();
     let n = claims.len();
-    let subjects: Vec<(usize, String)> = claims
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| consenting.contains(&c.unit))
-        .map(|(i, c)| (i, c.unit.clone()))
-        .collect();
+    let subjects: Vec<String> = claims.iter().map(|c| c.unit.clone()).collect();
     let digest = {
         let text: Vec<String> = claims
             .iter()
@@ -142,16 +162,28 @@ pub(crate) async fn verify(
             .collect();
         hex::encode(scenarios::ledger::sha256(text.join("\u{1e}").as_bytes()))
     };
+    let charge = crate::store::population::Charge {
+        populations: vec![population],
+        scenario: ag.scenario_id.clone(),
+        organization: crate::jobs::org_of(&actor),
+        developer: actor.id.clone(),
+        allocation: limit,
+        cost,
+    };
     let (dev, scenario, agreement, ds) = (
         actor.id.clone(),
         ag.scenario_id.clone(),
         ag.id.clone(),
         req.dataset.clone(),
     );
-    let allowed: Vec<usize> = st
+    // The charge, the counters and the entry commit together, before
+    // anything is compared; a batch the budget does not cover changes
+    // nothing.
+    let eligible: Vec<bool> = st
         .store
         .write(move |tx| {
-            let mut allowed = Vec::new();
+            let levels = crate::store::population::charge_in(tx, &charge, Utc::now())?;
+            let mut eligible = Vec::with_capacity(subjects.len());
             let mut get = tx.prepare_cached(
                 "SELECT checks FROM verifications WHERE developer_id = ?1 AND scenario_id = ?2 AND unit = ?3",
             )?;
@@ -159,17 +191,17 @@ pub(crate) async fn verify(
                 "INSERT INTO verifications (developer_id, scenario_id, unit, checks) VALUES (?1, ?2, ?3, 1)
                  ON CONFLICT (developer_id, scenario_id, unit) DO UPDATE SET checks = checks + 1",
             )?;
-            for (i, unit) in &subjects {
+            for unit in &subjects {
                 let done: u32 = get
                     .query_row(params![dev, scenario, unit], |r| r.get(0))
                     .optional()?
                     .unwrap_or(0);
-                if done < MAX_CHECKS_PER_SUBJECT {
-                    put.execute(params![dev, scenario, unit])?;
-                    allowed.push(*i);
-                }
+                put.execute(params![dev, scenario, unit])?;
+                eligible.push(done < MAX_CHECKS_PER_SUBJECT);
             }
             drop((get, put));
+            // Counts of consenting or checked subjects would say who
+            // consented: the entry holds what the developer sent and paid.
             append(
                 tx,
                 NewEntry::by(
@@ -177,30 +209,27 @@ pub(crate) async fn verify(
                     "verify.batch",
                     &agreement,
                     json!({"scenario": scenario, "dataset": ds, "columns": columns, "records": n,
-                        "consenting": subjects.len(), "checked": allowed.len(), "request_sha256": digest}),
+                        "mechanism": "randomized_response", "epsilon": epsilon, "cost": cost,
+                        "levels": levels, "privacy_model": "docs/privacy-model.md", "request_sha256": digest}),
                 ),
                 Utc::now(),
             )?;
-            Ok(allowed)
+            Ok(eligible)
         })
         .await?;
 
-    let checked: Vec<Claim> = allowed.iter().filter_map(|i| claims.get(*i).cloned()).collect();
-    let answers = st.plane.verify(&table, &checked).await?;
-    let mut results = vec!["unavailable"; n];
-    for (i, c) in claims.iter().enumerate() {
-        if consenting.contains(&c.unit) {
-            results[i] = "limit_reached";
-        }
-    }
-    for (i, a) in allowed.iter().zip(answers) {
-        if let Some(r) = results.get_mut(*i) {
-            *r = match a {
-                Some(true) => "match",
-                Some(false) => "no_match",
-                None => "unavailable",
-            };
-        }
-    }
-    Ok(Json(json!({"results": results})))
+    let answers = st
+        .plane
+        .verify_randomized(&table, &claims, &eligible, epsilon)
+        .await?;
+    let results: Vec<&str> = answers
+        .iter()
+        .map(|a| if *a { "match" } else { "no_match" })
+        .collect();
+    Ok(Json(json!({
+        "results": results,
+        "mechanism": {"name": "randomized_response", "epsilon": epsilon,
+            "truth_probability": truth_probability(epsilon)},
+        "charged": cost,
+    })))
 }

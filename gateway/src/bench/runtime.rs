@@ -188,6 +188,7 @@ async fn neighbour_scope(values: &[f64]) -> Result<JobScope> {
             spec,
             version: "v1".into(),
             unit_unique: true,
+            developer_supplied: false,
             complete_columns: vec!["pid".into(), "x".into()],
             column_ranges: vec![("x".into(), -2.0, 1000.0)],
             units: Default::default(),

@@ -55,6 +55,7 @@ async fn scope_of(n: i64, query_timeout: std::time::Duration) -> (JobScope, Arc<
             spec,
             version: "v1".into(),
             unit_unique: true,
+            developer_supplied: false,
             complete_columns: vec!["pid".into(), "x".into()],
             column_ranges: vec![("x".into(), 1.0, n as f64)],
             units: Default::default(),

@@ -87,6 +87,7 @@ pub(super) fn version(batches: Vec<RecordBatch>, spec: serde_json::Value) -> Tab
         spec,
         version: "v1".into(),
         unit_unique: true,
+        developer_supplied: false,
         complete_columns: columns,
         column_ranges: Vec::new(),
         units: Default::default(),
@@ -439,6 +440,7 @@ async fn a_generalized_integer_column_is_summed_unclamped() {
             spec,
             version: "v1".into(),
             unit_unique: true,
+            developer_supplied: false,
             complete_columns: vec!["pid".into(), "balance".into()],
             // As `TableVersion::from_profile` measures it: raw values.
             column_ranges: vec![("balance".into(), if target { -5.0 } else { 0.0 }, 5.0)],

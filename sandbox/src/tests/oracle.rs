@@ -83,6 +83,7 @@ pub(super) async fn scope_over(
         spec,
         version: "v1".into(),
         unit_unique: true,
+        developer_supplied: false,
         complete_columns: columns,
         column_ranges: Vec::new(),
         units: Default::default(),
