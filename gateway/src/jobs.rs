@@ -323,15 +323,17 @@ async fn hold_until(at: DateTime<Utc>) {
 /// The budget a developer has spent under a scenario as the developer is
 /// shown it: what the developer's ended jobs under the scenario were
 /// charged (each job counts its charges in the same transaction as the
-/// charge). A running job's charges appear when its end becomes visible,
-/// not at each query. The limits themselves are the population levels.
+/// charge), plus its cross-verification batches (answered at once). A
+/// running job's charges appear when its end becomes visible, not at each
+/// query. The limits themselves are the population levels.
 pub(crate) fn settled_spent(store: &Store, developer: &str, scenario: &str) -> ApiResult<Budget> {
     store.read_consistent(|c| {
         let jobs: Vec<JobRecord> = list_in(c, Table::Jobs, Some(("developer_id", developer)))?;
+        let verified = crate::store::population::verification_spent_in(c, developer, scenario)?;
         Ok(jobs
             .iter()
             .filter(|j| j.scenario_id == scenario && j.status.is_final())
-            .fold(Budget::default(), |b, j| b.plus(&j.charged)))
+            .fold(verified, |b, j| b.plus(&j.charged)))
     })
 }
 

@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS consents (
 CREATE TABLE IF NOT EXISTS verifications (
     developer_id TEXT NOT NULL, scenario_id TEXT NOT NULL, unit TEXT NOT NULL, checks INTEGER NOT NULL,
     PRIMARY KEY (developer_id, scenario_id, unit));
+CREATE TABLE IF NOT EXISTS verification_spent (
+    developer_id TEXT NOT NULL, scenario_id TEXT NOT NULL,
+    epsilon INTEGER NOT NULL, delta INTEGER NOT NULL, rho INTEGER NOT NULL,
+    PRIMARY KEY (developer_id, scenario_id));
 CREATE TABLE IF NOT EXISTS data_applications (
     id TEXT PRIMARY KEY, developer_id TEXT NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS demands (id TEXT PRIMARY KEY, raised_by TEXT NOT NULL, body TEXT NOT NULL);

@@ -841,7 +841,7 @@ fn cross_verification_says_only_match_or_no_match_for_consenting_subjects() {
             {"name": "enterprise_id", "ops": ["join"]},
             {"name": "employees", "ops": ["verify"]},
             {"name": "industry", "ops": ["group", "verify"]}]}],
-        "release": {"epsilon_total": 20.0, "epsilon_per_query": 2.0, "min_group_size": 10}
+        "release": {"epsilon_total": 10.0, "epsilon_per_query": 2.0, "min_group_size": 10}
     });
     let (scenario, agreement) = crate::fixture::open_agreement(&server, &dev, &spec);
     // F0001..F0009 consented; F0010 did not.
@@ -874,8 +874,8 @@ fn cross_verification_says_only_match_or_no_match_for_consenting_subjects() {
     assert!(!r.to_string().contains("F0001"), "nothing is echoed");
 
     // Trying candidates one after another: every answer has the same
-    // shape, and each batch is charged (2 of 20 each).
-    for guess in 1..=6 {
+    // shape, and each batch is charged (2 of 10 each).
+    for guess in 1..=3 {
         let r = dev
             .post(
                 &verify,
@@ -885,7 +885,7 @@ fn cross_verification_says_only_match_or_no_match_for_consenting_subjects() {
         let a = r["results"][0].as_str().unwrap();
         assert!(a == "match" || a == "no_match", "{r}");
     }
-    for _ in 0..3 {
+    for _ in 0..1 {
         let r = dev
             .post(
                 &verify,
@@ -895,7 +895,7 @@ fn cross_verification_says_only_match_or_no_match_for_consenting_subjects() {
         assert_eq!(r["results"].as_array().map(Vec::len), Some(1));
     }
     let ag = dev.get(&format!("/v1/developer/agreements/{agreement}")).ok();
-    assert_eq!(ag["budget"]["spent"]["epsilon"], 20.0, "{ag}");
+    assert_eq!(ag["budget"]["spent"]["epsilon"], 10.0, "{ag}");
     let r = dev.post(
         &verify,
         &json!({"dataset": "firms", "records": [{"subject": "F0003", "claims": {"employees": 4}}]}),
@@ -924,7 +924,7 @@ fn cross_verification_says_only_match_or_no_match_for_consenting_subjects() {
     assert_eq!(r.status, 404);
     // Each batch is in the ledger, without subjects or values.
     let ledger = server.regulator.get("/v1/regulator/ledger").text();
-    assert_eq!(ledger.matches("verify.batch").count(), 10, "one entry per batch");
+    assert_eq!(ledger.matches("verify.batch").count(), 5, "one entry per batch");
     assert!(!ledger.contains("F0005"));
 }
 

@@ -183,6 +183,7 @@ pub(crate) async fn verify(
         .store
         .write(move |tx| {
             let levels = crate::store::population::charge_in(tx, &charge, Utc::now())?;
+            crate::store::population::add_verification_spent(tx, &dev, &scenario, &cost)?;
             let mut eligible = Vec::with_capacity(subjects.len());
             let mut get = tx.prepare_cached(
                 "SELECT checks FROM verifications WHERE developer_id = ?1 AND scenario_id = ?2 AND unit = ?3",
