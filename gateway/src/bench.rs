@@ -61,15 +61,24 @@ fn pums_scenario(epsilon: f64) -> Result<ScenarioSpec> {
             {"name": "income", "ops": ["aggregate"], "bounds": [0, 500000]},
             {"name": "age", "ops": ["group", "filter"]}
         ]}],
-        "release": {"epsilon_total": 20.0, "epsilon_per_query": epsilon, "min_group_size": 5,
-            "delta_per_query": 1e-7, "delta_total": 1e-4}
+        "release": {"epsilon_total": 10.0, "epsilon_per_query": epsilon, "min_group_size": 5}
     }))?)
 }
 
-async fn pums_table(path: &Path) -> Result<TableVersion> {
+/// The census scenario under today's defaults (delta per query and in
+/// total left to them) and caps for a population of `units` people, as a
+/// job runs it (`ReleaseRules::within_caps`).
+fn pums_scenario_for(epsilon: f64, units: u64) -> Result<ScenarioSpec> {
+    let mut spec = pums_scenario(epsilon)?;
+    spec.release = spec.release.within_caps(units);
+    Ok(spec)
+}
+
+/// The table and its number of people (the population's size).
+async fn pums_table(path: &Path) -> Result<(TableVersion, u64)> {
     let spec = pums_spec(path)?;
     let p = sandbox::profile::profile(&spec).await?;
-    Ok(TableVersion::from_profile(spec, &p))
+    Ok((TableVersion::from_profile(spec, &p), p.units))
 }
 
 /// The five census queries of issue 5 (income clamped to [0, 500000]).
@@ -107,12 +116,12 @@ fn pums_queries() -> Vec<(&'static str, &'static str, usize, Option<&'static str
 
 async fn pums_section(dir: &Path, iterations: usize, reps: usize) -> Result<()> {
     println!();
-    let big = pums_table(&dir.join("PUMS_x1000.csv")).await?;
+    let (big, big_units) = pums_table(&dir.join("PUMS_x1000.csv")).await?;
     let plane = DataPlane::new();
-    let cfg = |t: TableVersion, eps: f64| -> Result<ScopeConfig> {
+    let cfg = |t: TableVersion, units: u64, eps: f64| -> Result<ScopeConfig> {
         Ok(ScopeConfig {
             agreement_id: "bench".into(),
-            scenario: pums_scenario(eps)?,
+            scenario: pums_scenario_for(eps, units)?,
             tables: vec![t],
             token_key: TokenKey::new(&[1u8; 32]),
             memory_limit: 4 << 30,
@@ -123,7 +132,7 @@ async fn pums_section(dir: &Path, iterations: usize, reps: usize) -> Result<()> 
         .iter()
         .map(|(n, q, _, _)| (n.to_string(), q.to_string(), q.to_string()))
         .collect();
-    let rows = sandbox::bench::compare(&plane, cfg(big.clone(), 1.0)?, &cases, iterations).await?;
+    let rows = sandbox::bench::compare(&plane, cfg(big.clone(), big_units, 1.0)?, &cases, iterations).await?;
     println!("PUMS_x1000.csv: 1,000,000 rows (CSV, read on every query); median of {iterations} runs");
     print_timings(&rows);
     // The same rows held in memory: no parsing hides the per-query cost of
@@ -131,17 +140,22 @@ async fn pums_section(dir: &Path, iterations: usize, reps: usize) -> Result<()> 
     let batches = sandbox::files::read_csv(&dir.join("PUMS_x1000.csv")).await?;
     let mut in_memory = big;
     in_memory.data = sandbox::TableData::Batches(batches);
-    let rows = sandbox::bench::compare(&plane, cfg(in_memory, 1.0)?, &cases, iterations).await?;
+    let rows = sandbox::bench::compare(&plane, cfg(in_memory, big_units, 1.0)?, &cases, iterations).await?;
     println!();
     println!("PUMS_x1000 in memory: the same 1,000,000 rows registered as an in-memory table; median of {iterations} runs");
     print_timings(&rows);
     println!();
+    let (small, small_units) = pums_table(&dir.join("PUMS_pid.csv")).await?;
+    let rules = pums_scenario_for(1.0, small_units)?.release;
+    println!(
+        "today's defaults and caps for {small_units} people: delta per query {}, delta total {}, epsilon total {}",
+        rules.delta_per_query, rules.delta_total, rules.epsilon_total
+    );
     println!("PUMS.csv (1,000 real people): mean relative error over {reps} releases per query");
     println!(
         "{:<26} {:>7} {:>12} {:>12} {:>10}",
         "query", "epsilon", "invis", "laplace ref", "released"
     );
-    let small = pums_table(&dir.join("PUMS_pid.csv")).await?;
     for eps in [1.0, 0.1] {
         let cases: Vec<sandbox::bench::AccuracyCase> = pums_queries()
             .into_iter()
@@ -152,7 +166,7 @@ async fn pums_section(dir: &Path, iterations: usize, reps: usize) -> Result<()> 
                 avg_parts_sql: parts.map(str::to_string),
             })
             .collect();
-        for r in sandbox::bench::accuracy(&plane, cfg(small.clone(), eps)?, &cases, reps).await? {
+        for r in sandbox::bench::accuracy(&plane, cfg(small.clone(), small_units, eps)?, &cases, reps).await? {
             println!(
                 "{:<26} {:>7} {:>11.2}% {:>11.2}% {:>9.0}%",
                 r.name,
