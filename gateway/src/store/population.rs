@@ -302,12 +302,18 @@ pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ApiResult<
             .iter()
             .find(|s| s.1.population == r.population)
             .map_or(0, |s| s.0);
-        let renew = if r.level == Level::Population {
-            "; it answers no more queries until the regulator renews it"
-        } else {
-            ""
-        };
-        return Err(ApiError::BudgetExhausted(format!("{r} (period {period}){renew}")));
+        // The population level sums every organization's spending: the
+        // refusal names it but states no figure, which would tell one
+        // tenant what the others spent (and, probed, when). The figures
+        // of the developer's own levels are its own (or its organization's).
+        if r.level == Level::Population {
+            return Err(ApiError::BudgetExhausted(format!(
+                "the {} level ({}) of population `{}` is exhausted: what is left of its cap does not cover \
+                 the query (period {period}); it answers no more queries until the regulator renews it",
+                r.level, r.holder, r.population
+            )));
+        }
+        return Err(ApiError::BudgetExhausted(format!("{r} (period {period})")));
     }
     let mut out = Vec::new();
     for (period, mut l, own) in states {
@@ -522,7 +528,8 @@ pub(super) fn migrate_budgets(tx: &Connection, now: DateTime<Utc>) -> ApiResult<
         for (name, body) in ds {
             let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             let kind = scenarios::population::population_of(v["spec"]["unit_kind"].as_str()).to_string();
-            let units = v["profile"]["units"].as_u64().unwrap_or(0);
+            // Rounded like `jobs::population_units`: the delta caps show in charges.
+            let units = scenarios::catalog::published_rows(v["profile"]["units"].as_u64().unwrap_or(0));
             let e = kinds.entry(name).or_insert((kind.clone(), 0));
             e.0 = kind;
             e.1 = e.1.max(units);
@@ -962,7 +969,12 @@ mod tests {
 /// Adds a verification batch's cost to what a developer has spent under a
 /// scenario through cross-verification (shown with the settled spend of
 /// its jobs; the limits are the population levels charged with it).
-pub fn add_verification_spent(tx: &Connection, developer: &str, scenario: &str, cost: &Budget) -> ApiResult<()> {
+pub fn add_verification_spent(
+    tx: &Connection,
+    developer: &str,
+    scenario: &str,
+    cost: &Budget,
+) -> ApiResult<()> {
     tx.execute(
         "INSERT INTO verification_spent (developer_id, scenario_id, epsilon, delta, rho) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (developer_id, scenario_id) DO UPDATE SET
