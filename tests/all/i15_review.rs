@@ -101,3 +101,29 @@ fn a_population_refusal_does_not_show_what_others_spent() {
         .ok();
     assert_eq!(own["budget"]["spent"]["epsilon"], 1.0, "{own}");
 }
+
+/// A provider's new version of a dataset under another unit kind moved the
+/// same enterprises into a fresh population, with nothing spent at any
+/// level: a scenario over that dataset started again. A new version now
+/// keeps its unit kind.
+#[test]
+fn a_new_version_cannot_move_its_units_to_a_fresh_population() {
+    let w = world(500, 10.0, &[]);
+    assert_eq!(run_under(&w.developer, &w.agreement)["status"], "succeeded");
+    let data = w.server.dir.join("data");
+    let mut spec = crate::fixture::dataset_specs(&data.to_string_lossy())
+        .into_iter()
+        .next()
+        .unwrap();
+    for kind in [json!("firm"), Value::Null] {
+        spec["unit_kind"] = kind.clone();
+        let r = w
+            .provider("Market Supervision Bureau")
+            .post("/v1/provider/datasets", &spec);
+        assert_eq!(r.status, 409, "unit kind {kind}: {}", r.text());
+        assert!(r.message().contains("unit kind"), "{}", r.text());
+    }
+    // The same kind is a new version as before.
+    spec["unit_kind"] = json!("enterprise");
+    register(&w.server, w.provider("Market Supervision Bureau"), &spec);
+}
