@@ -598,6 +598,43 @@ pub(super) fn migrate_budgets(tx: &Connection, now: DateTime<Utc>) -> ApiResult<
     Ok(n)
 }
 
+/// Adds a verification batch's cost to what a developer has spent under a
+/// scenario through cross-verification (shown with the settled spend of
+/// its jobs; the limits are the population levels charged with it).
+pub fn add_verification_spent(
+    tx: &Connection,
+    developer: &str,
+    scenario: &str,
+    cost: &Budget,
+) -> ApiResult<()> {
+    tx.execute(
+        "INSERT INTO verification_spent (developer_id, scenario_id, epsilon, delta, rho) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (developer_id, scenario_id) DO UPDATE SET
+           epsilon = MIN(epsilon + excluded.epsilon, 9223372036854775807),
+           delta = MIN(delta + excluded.delta, 9223372036854775807),
+           rho = MIN(rho + excluded.rho, 9223372036854775807)",
+        params![developer, scenario, i(cost.epsilon.0), i(cost.delta.0), i(cost.rho.0)],
+    )?;
+    Ok(())
+}
+
+/// What a developer has spent under a scenario through cross-verification.
+pub fn verification_spent_in(c: &Connection, developer: &str, scenario: &str) -> ApiResult<Budget> {
+    Ok(c.query_row(
+        "SELECT epsilon, delta, rho FROM verification_spent WHERE developer_id = ?1 AND scenario_id = ?2",
+        params![developer, scenario],
+        |r| {
+            Ok(Budget {
+                epsilon: Epsilon(u(r.get(0)?)),
+                delta: Delta(u(r.get(1)?)),
+                rho: Rho(u(r.get(2)?)),
+            })
+        },
+    )
+    .optional()?
+    .unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -964,41 +1001,4 @@ mod tests {
             Level::Organization,
         );
     }
-}
-
-/// Adds a verification batch's cost to what a developer has spent under a
-/// scenario through cross-verification (shown with the settled spend of
-/// its jobs; the limits are the population levels charged with it).
-pub fn add_verification_spent(
-    tx: &Connection,
-    developer: &str,
-    scenario: &str,
-    cost: &Budget,
-) -> ApiResult<()> {
-    tx.execute(
-        "INSERT INTO verification_spent (developer_id, scenario_id, epsilon, delta, rho) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (developer_id, scenario_id) DO UPDATE SET
-           epsilon = MIN(epsilon + excluded.epsilon, 9223372036854775807),
-           delta = MIN(delta + excluded.delta, 9223372036854775807),
-           rho = MIN(rho + excluded.rho, 9223372036854775807)",
-        params![developer, scenario, i(cost.epsilon.0), i(cost.delta.0), i(cost.rho.0)],
-    )?;
-    Ok(())
-}
-
-/// What a developer has spent under a scenario through cross-verification.
-pub fn verification_spent_in(c: &Connection, developer: &str, scenario: &str) -> ApiResult<Budget> {
-    Ok(c.query_row(
-        "SELECT epsilon, delta, rho FROM verification_spent WHERE developer_id = ?1 AND scenario_id = ?2",
-        params![developer, scenario],
-        |r| {
-            Ok(Budget {
-                epsilon: Epsilon(u(r.get(0)?)),
-                delta: Delta(u(r.get(1)?)),
-                rho: Rho(u(r.get(2)?)),
-            })
-        },
-    )
-    .optional()?
-    .unwrap_or_default())
 }
