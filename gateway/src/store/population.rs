@@ -977,7 +977,9 @@ mod tests {
             Epsilon(7_000_000)
         );
         let p = store.read(|c| population_in(c, "enterprise")).unwrap().unwrap();
-        assert_eq!(p.units, 500);
+        // 500 units, counted at the catalog's granularity (the delta caps
+        // scaled to the count show in charges).
+        assert_eq!(p.units, 1000);
         // The old table is gone and the levels go on from there: the bank
         // has 3 left of its organization cap of 10.
         let gone: bool = store
