@@ -348,14 +348,19 @@ pub(crate) fn org_of(actor: &Actor) -> String {
 }
 
 /// Distinct units of every population in the catalog's current versions
-/// (`N` of the delta caps): the sum over its datasets, an upper bound on
-/// the units it holds, so the caps scaled to it err on the safe side.
+/// (`N` of the delta caps): the sum over its datasets of each one's units
+/// rounded up to the catalog's public granularity (`published_rows`), an
+/// upper bound on the units it holds, so the caps scaled to it err on the
+/// safe side. Rounded because the delta caps (`1/(1000 N)` per query) show
+/// in every charge a developer sees: an exact `N` would tell it when a new
+/// version adds or removes a single unit, which the rounded catalog count
+/// hides.
 pub(crate) fn population_units(datasets: &[DatasetRecord]) -> BTreeMap<String, u64> {
     let mut out: BTreeMap<String, u64> = BTreeMap::new();
     for d in datasets {
         let kind = scenarios::population::population_of(d.spec.unit_kind.as_deref()).to_string();
         let n = out.entry(kind).or_default();
-        *n = n.saturating_add(d.profile.units);
+        *n = n.saturating_add(published_rows(d.profile.units));
     }
     out
 }

@@ -831,22 +831,18 @@ impl<'a> Checker<'a> {
     }
 
     /// The fixed-point decimal places a SUM/AVG argument is summed with: 0
-    /// when it holds whole numbers only (an integer expression, or a float
-    /// column kept as is that registration measured to hold whole numbers
-    /// only); otherwise the largest scale declared by the columns it reads
-    /// ([`DEFAULT_SUM_SCALE`] for a column that declares none, and for an
-    /// expression that reads no column).
+    /// for an integer expression; otherwise the largest scale declared by
+    /// the columns it reads ([`DEFAULT_SUM_SCALE`] for a column that
+    /// declares none, and for an expression that reads no column).
+    ///
+    /// Never what registration measured: a float column found to hold
+    /// whole numbers only was once summed at scale 0 (released as an
+    /// integer) and one unit's fractional value turned every sum into a
+    /// float, an exact answer about the data outside any budget. A provider
+    /// whose float column is whole declares `scale: 0`.
     fn sum_scale(&self, e: &Expr, schema: &DFSchema) -> u32 {
         if e.get_type(schema).is_ok_and(|t| t.is_integer()) {
             return 0;
-        }
-        if let Expr::Column(c) = strip_cast(e) {
-            let whole = self.resolve(c).is_ok_and(|(t, n)| {
-                t.spec.column(&n).is_some_and(|c| c.rule == ColumnRule::Keep) && t.ranges.contains_key(&n)
-            });
-            if whole {
-                return 0;
-            }
         }
         let declared = e.column_refs().into_iter().filter_map(|c| {
             let (t, n) = self.resolve(c).ok()?;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 mod attacks;
 mod i14_review;
 mod i14_review2;
+mod i15_review;
 mod oracle;
 mod property;
 mod small_leaks;

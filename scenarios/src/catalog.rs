@@ -126,8 +126,10 @@ pub struct ColumnSpec {
     /// 10^-scale, with bounds and noise in the same units, instead of being
     /// rounded to whole numbers row by row (which biases sums and averages
     /// of fractional values). [`DEFAULT_SUM_SCALE`] when absent; at most
-    /// [`MAX_SUM_SCALE`]. Integer columns, and float columns that hold whole
-    /// numbers only, are summed exactly at scale 0 whatever it says.
+    /// [`MAX_SUM_SCALE`]. Integer columns are summed exactly at scale 0
+    /// whatever it says; a float column is summed at its declared scale
+    /// even when it holds whole numbers only (what the values are must not
+    /// choose how the sum is released), so a whole float column declares 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<u32>,
     /// Human description.

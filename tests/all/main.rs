@@ -6,6 +6,7 @@ mod disclosure;
 mod examples;
 mod fixture;
 mod governance;
+mod i15_review;
 mod ledger;
 mod nonreversibility;
 mod population;

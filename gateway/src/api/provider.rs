@@ -33,6 +33,19 @@ pub(crate) async fn register(
                     spec.name, other.owner_name
                 )));
             }
+            // A new version is about the same units: it stays in their
+            // population. Another unit kind would start a fresh budget for
+            // them (docs/privacy-model.md); a dataset about other units
+            // takes another name.
+            if let Some(d) = existing.iter().find(|d| d.spec.unit_kind != spec.unit_kind) {
+                return Err(ApiError::Conflict(format!(
+                    "dataset `{}` version {} is about units of kind `{}`; a new version keeps the unit kind \
+                     (and with it the population whose budget its units' privacy loss is charged to)",
+                    spec.name,
+                    d.version,
+                    scenarios::population::population_of(d.spec.unit_kind.as_deref())
+                )));
+            }
             let version = existing.iter().map(|d| d.version).max().unwrap_or(0) + 1;
             let record = DatasetRecord {
                 id: new_id("ds"),

@@ -253,6 +253,16 @@ pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ApiResult<
     let mut new_allocations = Vec::new();
     for (kind, units) in &ch.populations {
         let p = open_population_in(tx, kind, *units, now)?;
+        // The delta caps hold for the population's size now, not only the
+        // size it had when they were set: a population opened small (by a
+        // developer's own table, or before its datasets arrived) kept
+        // delta caps of several times 1/N once it had grown.
+        let caps = {
+            let most = scenarios::population::delta_for_population((*units).max(p.units), Delta(u64::MAX));
+            let mut c = p.caps;
+            c.population.delta = c.population.delta.min(most);
+            c.clamped()
+        };
         for level in Level::ALL {
             let holder = match level {
                 Level::Population => kind.clone(),
@@ -267,7 +277,7 @@ pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ApiResult<
                     // A new allocation is the scenario's total, or what is
                     // left unallocated of the population's cap if that is
                     // less: the allocations of a period divide its cap.
-                    let free = p.caps.population.minus(&allocated_in(tx, kind, p.period)?);
+                    let free = caps.population.minus(&allocated_in(tx, kind, p.period)?);
                     let grant = smaller(&ch.allocation, &free);
                     if !Budget::default().can_afford(&ch.cost, &grant) {
                         return Err(ApiError::BudgetExhausted(format!(
@@ -282,7 +292,7 @@ pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ApiResult<
                 }
                 _ => None,
             };
-            let cap = p.caps.of(level, &own.unwrap_or_default());
+            let cap = caps.of(level, &own.unwrap_or_default());
             states.push((
                 p.period,
                 LevelState {
@@ -302,12 +312,18 @@ pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ApiResult<
             .iter()
             .find(|s| s.1.population == r.population)
             .map_or(0, |s| s.0);
-        let renew = if r.level == Level::Population {
-            "; it answers no more queries until the regulator renews it"
-        } else {
-            ""
-        };
-        return Err(ApiError::BudgetExhausted(format!("{r} (period {period}){renew}")));
+        // The population level sums every organization's spending: the
+        // refusal names it but states no figure, which would tell one
+        // tenant what the others spent (and, probed, when). The figures
+        // of the developer's own levels are its own (or its organization's).
+        if r.level == Level::Population {
+            return Err(ApiError::BudgetExhausted(format!(
+                "the {} level ({}) of population `{}` is exhausted: what is left of its cap does not cover \
+                 the query (period {period}); it answers no more queries until the regulator renews it",
+                r.level, r.holder, r.population
+            )));
+        }
+        return Err(ApiError::BudgetExhausted(format!("{r} (period {period})")));
     }
     let mut out = Vec::new();
     for (period, mut l, own) in states {
@@ -522,7 +538,8 @@ pub(super) fn migrate_budgets(tx: &Connection, now: DateTime<Utc>) -> ApiResult<
         for (name, body) in ds {
             let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             let kind = scenarios::population::population_of(v["spec"]["unit_kind"].as_str()).to_string();
-            let units = v["profile"]["units"].as_u64().unwrap_or(0);
+            // Rounded like `jobs::population_units`: the delta caps show in charges.
+            let units = scenarios::catalog::published_rows(v["profile"]["units"].as_u64().unwrap_or(0));
             let e = kinds.entry(name).or_insert((kind.clone(), 0));
             e.0 = kind;
             e.1 = e.1.max(units);
@@ -682,6 +699,51 @@ mod tests {
             Err(ApiError::BudgetExhausted(m)) => assert!(m.contains(&format!("the {level} level")), "{m}"),
             other => panic!("expected a refusal at the {level} level, got {other:?}"),
         }
+    }
+
+    /// A population opened when it had one unit (a developer's own table
+    /// was its first charge) kept the default delta caps of one unit: once
+    /// a million units had arrived, one organization's scenarios could
+    /// spend delta 1e-5, a hundred times the `1/(10 N)` the model states.
+    #[test]
+    fn delta_caps_follow_the_population_as_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = Utc::now();
+        // Allocations of epsilon 0.1, so that epsilon allocates nothing away.
+        let small = Charge {
+            populations: vec![("person".into(), 1)],
+            allocation: Budget {
+                delta: Delta(1000),
+                ..eps(0.1)
+            },
+            cost: Budget {
+                delta: Delta(1),
+                ..eps(0.1)
+            },
+            ..charge("sc_own", "org_x", "pt_x")
+        };
+        store.tx(move |tx| charge_in(tx, &small, now)).unwrap();
+        let mut spent = 0u64;
+        for i in 0..20 {
+            let big = Charge {
+                populations: vec![("person".into(), 1_000_000)],
+                allocation: Budget {
+                    delta: Delta(100_000),
+                    ..eps(0.1)
+                },
+                cost: Budget {
+                    delta: Delta(100_000),
+                    ..eps(0.1)
+                },
+                ..charge(&format!("sc_{i}"), "org_x", "pt_x")
+            };
+            if store.tx(move |tx| charge_in(tx, &big, now)).is_ok() {
+                spent += 100_000;
+            }
+        }
+        // 1/(10 N) = 1e-7 = 100,000 units of 1e-12.
+        assert!(spent <= 100_000, "delta {spent}e-12 spent on a million units");
     }
 
     #[test]
@@ -970,7 +1032,9 @@ mod tests {
             Epsilon(7_000_000)
         );
         let p = store.read(|c| population_in(c, "enterprise")).unwrap().unwrap();
-        assert_eq!(p.units, 500);
+        // 500 units, counted at the catalog's granularity (the delta caps
+        // scaled to the count show in charges).
+        assert_eq!(p.units, 1000);
         // The old table is gone and the levels go on from there: the bank
         // has 3 left of its organization cap of 10.
         let gone: bool = store
