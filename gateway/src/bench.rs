@@ -46,7 +46,8 @@ fn pums_spec(path: &Path) -> Result<DatasetSpec> {
         "unit_kind": "person",
         "columns": [
             {"name": "age", "rule": "keep"}, {"name": "sex", "rule": "keep"}, {"name": "educ", "rule": "keep"},
-            {"name": "race", "rule": "keep"}, {"name": "income", "rule": "keep"}, {"name": "married", "rule": "keep"},
+            {"name": "race", "rule": "keep"}, {"name": "income", "rule": "keep", "scale": 0},
+            {"name": "married", "rule": "keep"},
             {"name": "pid", "rule": "tokenize"}
         ]
     }))?)
@@ -166,7 +167,8 @@ async fn pums_section(dir: &Path, iterations: usize, reps: usize) -> Result<()> 
                 avg_parts_sql: parts.map(str::to_string),
             })
             .collect();
-        for r in sandbox::bench::accuracy(&plane, cfg(small.clone(), small_units, eps)?, &cases, reps).await? {
+        for r in sandbox::bench::accuracy(&plane, cfg(small.clone(), small_units, eps)?, &cases, reps).await?
+        {
             println!(
                 "{:<26} {:>7} {:>11.2}% {:>11.2}% {:>9.0}%",
                 r.name,
