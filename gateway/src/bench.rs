@@ -1,5 +1,6 @@
 //! `invis bench`: protected versus raw query times over the demo's data.
 
+pub mod audit;
 pub mod ledger;
 pub mod runtime;
 
