@@ -71,6 +71,12 @@ pub async fn run(samples: usize, query_samples: usize, confidence: f64) -> Resul
             failures.push(format!("{} (not flagged)", a.name));
         }
     }
+    // FIXME(issue 15): cross-verification answers exactly and is charged
+    // nothing; it is shown, and flagged, until its answers are randomized
+    // and charged, when it joins `audit::mechanisms()`.
+    println!("cross-verification as it stands (exact, uncharged: flagged until issue 15 randomizes it):");
+    let mut m = audit::cross_verification()?;
+    run_one(&mut m, (samples / 100).clamp(100, 2_000), confidence).await?;
     if !failures.is_empty() {
         bail!("audit failed: {}", failures.join(", "));
     }
