@@ -354,7 +354,8 @@ fn sorted(v: &[f64]) -> Vec<f64> {
 ///
 /// The first half of each sample set chooses the test: every threshold
 /// test on the released value, in both directions, is scored by the bound
-/// it gives on that half, and the best is kept. The second half is then
+/// it gives on that half (at confidence `1 − α/100`, see below), and the
+/// best is kept. The second half is then
 /// used once, for the reported bound. With fewer than two samples per
 /// side the bound is 0.
 pub fn estimate(d: &[f64], d_prime: &[f64], delta: f64, confidence: f64) -> Estimate {
@@ -365,8 +366,14 @@ pub fn estimate(d: &[f64], d_prime: &[f64], delta: f64, confidence: f64) -> Esti
     let mut pooled: Vec<f64> = d_train.iter().chain(&p_train).copied().collect();
     pooled.sort_by(f64::total_cmp);
 
-    // Score: the training bound; tests that show nothing are ordered by
-    // the difference of their frequencies, far below any real bound.
+    // Score: the bound the test gives on the training half, at a
+    // confidence a hundred times stricter than the reported one. Many
+    // tests can have the same true ratio (every tail of a Laplace count
+    // does); among them, one resting on a handful of samples can look best
+    // by luck and then fall back on the held-out half, so small counts are
+    // penalized harder here. Tests that show nothing are ordered by the
+    // difference of their frequencies, far below any real bound.
+    let alpha_train = alpha / 100.0;
     let mut best: Option<(f64, Test)> = None;
     for t in candidates(&pooled) {
         for tail in [Tail::AtLeast, Tail::AtMost] {
