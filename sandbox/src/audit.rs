@@ -381,7 +381,7 @@ pub fn estimate(d: &[f64], d_prime: &[f64], delta: f64, confidence: f64) -> Esti
             let cp = count(&p_train, tail, t);
             let (nd, np) = (d_train.len() as u64, p_train.len() as u64);
             for (favours, k1, n1, k0, n0) in [(Side::D, cd, nd, cp, np), (Side::DPrime, cp, np, cd, nd)] {
-                let score = epsilon_bound(k1, n1, k0, n0, delta, alpha)
+                let score = epsilon_bound(k1, n1, k0, n0, delta, alpha_train)
                     .unwrap_or_else(|| -1e9 + k1 as f64 / n1.max(1) as f64 - k0 as f64 / n0.max(1) as f64);
                 if best.as_ref().is_none_or(|(s, _)| score > *s) {
                     best = Some((
