@@ -355,9 +355,8 @@ fn sorted(v: &[f64]) -> Vec<f64> {
 /// The first half of each sample set chooses the test: every threshold
 /// test on the released value, in both directions, is scored by the bound
 /// it gives on that half (at confidence `1 − α/100`, see below), and the
-/// best is kept. The second half is then
-/// used once, for the reported bound. With fewer than two samples per
-/// side the bound is 0.
+/// best is kept. The second half is then used once, for the reported
+/// bound. With fewer than two samples per side the bound is 0.
 pub fn estimate(d: &[f64], d_prime: &[f64], delta: f64, confidence: f64) -> Estimate {
     let alpha = (1.0 - confidence).clamp(1e-12, 1.0);
     let (d_train, d_held) = d.split_at(d.len() / 2);
