@@ -1,5 +1,6 @@
 //! `invis bench`: protected versus raw query times over the demo's data.
 
+pub mod audit;
 pub mod ledger;
 pub mod runtime;
 
@@ -44,10 +45,13 @@ fn pums_spec(path: &Path) -> Result<DatasetSpec> {
         "path": path.to_string_lossy(),
         "privacy_unit": "pid",
         "unit_kind": "person",
+        "one_row_per_unit": true,
         "columns": [
-            {"name": "age", "rule": "keep"}, {"name": "sex", "rule": "keep"}, {"name": "educ", "rule": "keep"},
-            {"name": "race", "rule": "keep"}, {"name": "income", "rule": "keep", "scale": 0},
-            {"name": "married", "rule": "keep"},
+            {"name": "age", "rule": "keep", "not_null": true}, {"name": "sex", "rule": "keep", "not_null": true},
+            {"name": "educ", "rule": "keep", "not_null": true},
+            {"name": "race", "rule": "keep", "not_null": true},
+            {"name": "income", "rule": "keep", "scale": 0, "not_null": true},
+            {"name": "married", "rule": "keep", "not_null": true},
             {"name": "pid", "rule": "tokenize"}
         ]
     }))?)

@@ -169,8 +169,9 @@ pub fn dataset_specs(files: &data::DemoFiles) -> Vec<(&'static str, Value)> {
                 "path": path(&files.register),
                 "privacy_unit": "enterprise_id",
                 "unit_kind": "enterprise",
+                "one_row_per_unit": true,
                 "columns": [
-                    {"name": "enterprise_id", "rule": "tokenize", "description": "unified social credit code"},
+                    {"name": "enterprise_id", "rule": "tokenize", "not_null": true, "description": "unified social credit code"},
                     {"name": "name", "rule": {"mask": {"keep_prefix": 6}}},
                     {"name": "industry", "rule": "keep", "domain": {"categories": data::INDUSTRIES}},
                     {"name": "district", "rule": "keep", "domain": {"categories": data::DISTRICTS}},

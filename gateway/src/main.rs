@@ -109,6 +109,22 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         iterations: usize,
     },
+    /// Audit the privacy mechanisms: run each many times on neighbouring
+    /// datasets and print the empirical lower bound on its epsilon next to
+    /// the claimed one; broken mechanisms (negative controls) must be
+    /// flagged. Exits 1 when a bound exceeds its claim.
+    BenchAudit {
+        /// Runs per neighbouring dataset and mechanism.
+        #[arg(long, default_value_t = 100_000)]
+        samples: usize,
+        /// Runs per neighbour of the end-to-end `JobScope::query` audit
+        /// (0 skips it; each run is a whole query).
+        #[arg(long, default_value_t = 5_000)]
+        query_samples: usize,
+        /// Confidence of the lower bounds.
+        #[arg(long, default_value_t = 0.95)]
+        confidence: f64,
+    },
     /// Administration.
     Admin {
         #[command(subcommand)]
@@ -480,6 +496,11 @@ async fn main() -> Result<()> {
             output,
             json,
         } => verify_receipt(&receipt, public_key.as_deref(), output.as_deref(), json),
+        Command::BenchAudit {
+            samples,
+            query_samples,
+            confidence,
+        } => gateway::bench::audit::run(samples, query_samples, confidence).await,
         Command::BenchRuntime { rows, iterations } => gateway::bench::runtime::run(rows, iterations).await,
         Command::RunLocal {
             job,

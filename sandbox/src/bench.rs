@@ -1,5 +1,5 @@
 //! Measuring the cost of protection: the same SQL timed raw in DataFusion
-//! (over the raw tables, no policy) and through [`JobScope::query`] (plan
+//! (over the raw tables, no policy) and through [`JobScope::query`](crate::JobScope::query) (plan
 //! check, contribution bounding, noise, threshold, Arrow IPC), in one run.
 //!
 //! Only timings leave this module, never a raw result, so it is not a way

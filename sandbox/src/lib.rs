@@ -7,6 +7,7 @@
 //! never hands out a DataFusion session: the only way to run SQL from
 //! outside is [`JobScope::query`], which applies the scenario's policy.
 
+pub mod audit;
 pub mod bench;
 pub mod desensitize;
 mod error;

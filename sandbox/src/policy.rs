@@ -854,13 +854,14 @@ impl<'a> Checker<'a> {
             .min(scenarios::catalog::MAX_SUM_SCALE)
     }
 
-    /// True when `e` is (a cast of) a column that registration found to
-    /// hold no null.
+    /// True when `e` is (a cast of) a column that declares `not_null`
+    /// (checked at registration: no null, and for floats no NaN or ±inf,
+    /// which total evaluation would turn into NULL). Declared, never
+    /// measured: whether COUNT(x) needs a measurement of its own must not
+    /// depend on one unit's value.
     ///
     /// Only plain casts are looked through (the policy admits only casts
-    /// that cannot fail); a TRY_CAST may yield NULL. Total evaluation
-    /// turns NaN and ±inf into NULL, so a float column needs a measured
-    /// finite range besides having no null.
+    /// that cannot fail); a TRY_CAST may yield NULL.
     fn complete(&self, e: &Expr) -> bool {
         let mut e = e;
         loop {
@@ -868,14 +869,7 @@ impl<'a> Checker<'a> {
                 Expr::Alias(a) => e = &a.expr,
                 Expr::Cast(c) => e = &c.expr,
                 Expr::Column(c) => {
-                    // A float column counts only when registration measured
-                    // a finite range over it (so it holds no NaN or ±inf).
-                    return self.resolve(c).is_ok_and(|(t, n)| {
-                        t.complete.contains(&n)
-                            && t.view_schema
-                                .field_with_name(&n)
-                                .is_ok_and(|f| !f.data_type().is_floating() || t.ranges.contains_key(&n))
-                    });
+                    return self.resolve(c).is_ok_and(|(t, n)| t.complete.contains(&n));
                 }
                 _ => return false,
             }

@@ -209,6 +209,32 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
     } else {
         most_rows_of_one_unit(&ctx, &spec.privacy_unit, batch_source).await?
     };
+    // What the provider declared is checked, never inferred (the release
+    // path must not depend on one unit): the counts are the provider's own.
+    if spec.one_row_per_unit && rows != units {
+        return Err(Error::InvalidDataset(format!(
+            "the dataset declares one row per unit, but a unit has {max_rows_per_unit} rows"
+        )));
+    }
+    for (i, f) in schema.fields().iter().enumerate() {
+        let declared = spec.column(f.name()).is_some_and(|c| c.not_null);
+        if !declared {
+            continue;
+        }
+        if get(&format!("__c{i}")) != total {
+            return Err(Error::InvalidDataset(format!(
+                "column `{}` is declared not null but has missing values",
+                f.name()
+            )));
+        }
+        let finite = getf(&format!("__lo{i}")).is_some() && getf(&format!("__hi{i}")).is_some();
+        if f.data_type().is_floating() && !finite {
+            return Err(Error::InvalidDataset(format!(
+                "column `{}` is declared not null but holds NaN or infinite values",
+                f.name()
+            )));
+        }
+    }
     if fingerprint(&spec.path)? != before {
         return Err(Error::InvalidDataset(
             "the file changed while it was being registered".into(),

@@ -78,11 +78,14 @@ pub struct TableVersion {
 impl TableVersion {
     /// The registered file version described by its profile.
     pub fn from_profile(spec: DatasetSpec, p: &crate::profile::DatasetProfile) -> TableVersion {
+        let unit_unique = spec.one_row_per_unit;
         TableVersion {
-            complete_columns: p
+            // Declared and checked at registration, never measured: which
+            // measurements a query takes must not depend on one unit.
+            complete_columns: spec
                 .columns
                 .iter()
-                .filter(|c| c.nulls == Some(0))
+                .filter(|c| c.not_null)
                 .map(|c| c.name.clone())
                 .collect(),
             // Ranges of columns holding whole numbers only: integer
@@ -99,7 +102,7 @@ impl TableVersion {
             units: Default::default(),
             spec,
             version: p.version.clone(),
-            unit_unique: p.unit_unique,
+            unit_unique,
             developer_supplied: false,
             data: TableData::File(p.fingerprint),
         }
@@ -566,51 +569,7 @@ impl JobScope {
                 rules.max_queries_per_job
             )));
         }
-        let state = self.ctx.state();
-        let plan = state
-            .create_logical_plan(sql)
-            .await
-            .map_err(|e| Error::InvalidQuery(planning_message(&e)))?;
-        let analyzed = state
-            .analyzer()
-            .execute_and_check(plan, state.config_options(), |_, _| {})
-            .map_err(|e| Error::InvalidQuery(planning_message(&e)))?;
-        let row_functions = self
-            .row_functions
-            .lock()
-            .map_err(|_| Error::Internal("row function registry poisoned".into()))?
-            .clone();
-        let checked = {
-            let bounds: HashMap<String, (f64, f64)> = row_functions
-                .iter()
-                .map(|(n, f)| (n.clone(), f.bounds()))
-                .collect();
-            Checker::new(&self.tables, &self.scenario.aggregates, &bounds).check(&analyzed)?
-        };
-        let plan_hash = hex::encode(scenarios::ledger::sha256(
-            analyzed.display_indent().to_string().as_bytes(),
-        ));
-        let prepared = release::prepare(&checked, rules, &row_functions)?;
-        let mut lineage = QueryLineage {
-            agreement_id: self.agreement_id.clone(),
-            purpose: self.scenario.purpose.clone(),
-            sql: sql.to_string(),
-            plan_hash,
-            tables: checked
-                .uses
-                .iter()
-                .filter_map(|u| self.tables.get(&u.table))
-                .map(|t| release::TableRef {
-                    dataset: t.spec.name.clone(),
-                    version: t.version.clone(),
-                })
-                .collect(),
-            mechanism: prepared.mechanism.clone(),
-            cost: prepared.cost,
-            released_groups: None,
-            output_hash: None,
-            output_bytes: None,
-        };
+        let (prepared, mut lineage) = self.prepare(sql).await?;
         self.accountant.charge(&lineage.cost, &lineage)?;
         // From here on the outcome must not depend on any single row (I14):
         // an execution that fails or runs out of time (memory for
@@ -669,8 +628,62 @@ impl JobScope {
 }
 
 impl JobScope {
+    /// Plans, checks and prepares `sql` under the scenario's rules: the
+    /// mechanism ready to run and the query's lineage, before any charge.
+    /// Shared by [`JobScope::query`] and the auditing harness
+    /// (`crate::audit`), so what is audited is what queries run.
+    pub(crate) async fn prepare(&self, sql: &str) -> Result<(release::Prepared, QueryLineage)> {
+        let rules = &self.scenario.release;
+        let state = self.ctx.state();
+        let plan = state
+            .create_logical_plan(sql)
+            .await
+            .map_err(|e| Error::InvalidQuery(planning_message(&e)))?;
+        let analyzed = state
+            .analyzer()
+            .execute_and_check(plan, state.config_options(), |_, _| {})
+            .map_err(|e| Error::InvalidQuery(planning_message(&e)))?;
+        let row_functions = self
+            .row_functions
+            .lock()
+            .map_err(|_| Error::Internal("row function registry poisoned".into()))?
+            .clone();
+        let checked = {
+            let bounds: HashMap<String, (f64, f64)> = row_functions
+                .iter()
+                .map(|(n, f)| (n.clone(), f.bounds()))
+                .collect();
+            Checker::new(&self.tables, &self.scenario.aggregates, &bounds).check(&analyzed)?
+        };
+        let plan_hash = hex::encode(scenarios::ledger::sha256(
+            analyzed.display_indent().to_string().as_bytes(),
+        ));
+        let prepared = release::prepare(&checked, rules, &row_functions)?;
+        let lineage = QueryLineage {
+            agreement_id: self.agreement_id.clone(),
+            purpose: self.scenario.purpose.clone(),
+            sql: sql.to_string(),
+            plan_hash,
+            tables: checked
+                .uses
+                .iter()
+                .filter_map(|u| self.tables.get(&u.table))
+                .map(|t| release::TableRef {
+                    dataset: t.spec.name.clone(),
+                    version: t.version.clone(),
+                })
+                .collect(),
+            mechanism: prepared.mechanism.clone(),
+            cost: prepared.cost,
+            released_groups: None,
+            output_hash: None,
+            output_bytes: None,
+        };
+        Ok((prepared, lineage))
+    }
+
     /// Runs the mechanism's plan to completion.
-    async fn execute(&self, plan: &LogicalPlan) -> Result<Vec<RecordBatch>> {
+    pub(crate) async fn execute(&self, plan: &LogicalPlan) -> Result<Vec<RecordBatch>> {
         self.ctx
             .execute_logical_plan(plan.clone())
             .await

@@ -33,14 +33,15 @@ pub(super) fn spec(file: &str, name: &str) -> DatasetSpec {
         "path": pums(file),
         "privacy_unit": "pid",
         "unit_kind": "person",
+        "one_row_per_unit": true,
         "columns": [
-            {"name": "age", "rule": "keep"},
-            {"name": "sex", "rule": "keep"},
-            {"name": "educ", "rule": "keep"},
-            {"name": "race", "rule": "keep"},
-            {"name": "income", "rule": "keep"},
-            {"name": "married", "rule": "keep"},
-            {"name": "pid", "rule": "tokenize"}
+            {"name": "age", "rule": "keep", "not_null": true},
+            {"name": "sex", "rule": "keep", "not_null": true},
+            {"name": "educ", "rule": "keep", "not_null": true},
+            {"name": "race", "rule": "keep", "not_null": true},
+            {"name": "income", "rule": "keep", "not_null": true},
+            {"name": "married", "rule": "keep", "not_null": true},
+            {"name": "pid", "rule": "tokenize", "not_null": true}
         ]
     }))
     .unwrap()

@@ -132,6 +132,12 @@ pub struct ColumnSpec {
     /// choose how the sum is released), so a whole float column declares 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<u32>,
+    /// Declared: the column has a value on every row (and, for floats, a
+    /// finite one). Registration refuses a file with a missing value; a
+    /// `COUNT` of a column that declares it is the row count. Never
+    /// inferred from the data (`docs/privacy-model.md`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_null: bool,
     /// Human description.
     #[serde(default)]
     pub description: String,
@@ -208,6 +214,13 @@ pub struct DatasetSpec {
     /// Every column of the file with its rule. Columns of the file that are
     /// not listed are refused at registration: each column needs a rule.
     pub columns: Vec<ColumnSpec>,
+    /// Declared: every privacy unit has exactly one row. Registration
+    /// refuses a file in which a unit has more; queries over tables that
+    /// declare it take the one-row release path. Never inferred from the
+    /// data: which path a query takes must not depend on one unit
+    /// (`docs/privacy-model.md`, "Declared, never measured").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_row_per_unit: bool,
 }
 
 /// The public granularity of row counts shown outside the data's owner and

@@ -123,6 +123,9 @@ pub(crate) async fn upload(
         open_class: scenarios::catalog::OpenClass::NotOpen,
         exclusion_reason: None,
         columns: req.columns,
+        // The developer's table takes the bounded path: its rows per unit
+        // are limited by the scenario's k instead.
+        one_row_per_unit: false,
     };
     spec.validate()?;
     let grant = TableGrant {
