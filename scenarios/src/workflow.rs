@@ -22,7 +22,9 @@ struct Requester<'a> {
 }
 
 /// The checks every approve-or-reject decision shares: the decider is not
-/// the requester nor a member of the requester's organization, the record
+/// the requester, nor a member of the requester's organization, nor an
+/// account that party or organization created (see
+/// [`crate::party::check_independent`]), the record
 /// is still undecided, and a rejection says why.
 fn check_decision(
     approve: bool,
@@ -32,14 +34,7 @@ fn check_decision(
     undecided: bool,
     what: &str,
 ) -> Result<()> {
-    if by.id == requester.id {
-        return Err(Error::Forbidden("nobody approves their own request".into()));
-    }
-    if !by.org.is_empty() && by.org == requester.org {
-        return Err(Error::Forbidden(
-            "nobody decides a request of their own organization".into(),
-        ));
-    }
+    crate::party::check_independent(by, requester.id, requester.org)?;
     if !undecided {
         return Err(Error::IllegalState(format!("{what} was already decided")));
     }
@@ -831,6 +826,85 @@ mod tests {
         ));
         assert_eq!(app, before, "a refused decision changes nothing");
         app.decide(true, None, &op, now).unwrap();
+    }
+
+    /// An account created by (a chain from) the requester's organization
+    /// decides nothing that organization asks for: scenarios, applications
+    /// and data applications alike.
+    #[test]
+    fn nobody_decides_with_an_account_their_organization_created() {
+        use crate::party::Creator;
+        let now = Utc::now();
+        let op = actor("op", Role::Operator);
+        let made_by = |who: &Actor| Creator {
+            id: who.id.clone(),
+            org: who.org.clone(),
+        };
+        // A regulator the operator manufactured (a store from before the
+        // creation rule), directly and through a chain of accounts.
+        let direct = Actor {
+            creators: vec![made_by(&op)],
+            ..actor("reg_fake", Role::Regulator)
+        };
+        let staff = Actor {
+            org: op.org.clone(),
+            ..actor("op_staff", Role::Operator)
+        };
+        let chained = Actor {
+            creators: vec![
+                made_by(&actor("reg_mid", Role::Regulator)),
+                made_by(&staff),
+            ],
+            ..actor("reg_chain", Role::Regulator)
+        };
+        let mut sc = Scenario::propose("sc".into(), spec(), &op, now).unwrap();
+        let before = sc.clone();
+        for fake in [&direct, &chained] {
+            assert!(matches!(
+                sc.decide(true, None, fake, now),
+                Err(Error::Forbidden(_))
+            ));
+            assert_eq!(sc, before, "a refused decision changes nothing");
+        }
+        sc.decide(true, None, &actor("reg", Role::Regulator), now)
+            .unwrap();
+
+        // An operator account a developer's organization had created does
+        // not decide that developer's application or data application.
+        let dev = actor("dev", Role::Developer);
+        let planted = Actor {
+            creators: vec![Creator {
+                id: "pt_someone".into(),
+                org: dev.org.clone(),
+            }],
+            ..actor("op_planted", Role::Operator)
+        };
+        let mut app =
+            Application::submit("ap".into(), &sc, materials(), &dev, now, &Calendar::default()).unwrap();
+        let before = app.clone();
+        assert!(matches!(
+            app.decide(true, None, &planted, now),
+            Err(Error::Forbidden(_))
+        ));
+        assert_eq!(app, before);
+        let mut da = DataApplication::submit(
+            "da".into(),
+            "ag".into(),
+            "n".into(),
+            "d".into(),
+            vec!["jb".into()],
+            "a".into(),
+            &dev,
+            now,
+        )
+        .unwrap();
+        let before = da.clone();
+        assert!(matches!(
+            da.decide(true, None, &planted, now),
+            Err(Error::Forbidden(_))
+        ));
+        assert_eq!(da, before);
+        da.decide(true, None, &op, now).unwrap();
     }
 
     #[test]
