@@ -42,6 +42,7 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Actor, Ap
         role: party.role,
         name: party.name,
         org: party.organization,
+        creators: Vec::new(),
     })
 }
 
