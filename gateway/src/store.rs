@@ -28,7 +28,7 @@ const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS parties (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL,
-    token_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, org_id TEXT);
+    token_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, org_id TEXT, created_by TEXT);
 CREATE TABLE IF NOT EXISTS organizations (id TEXT PRIMARY KEY, name TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS datasets (id TEXT PRIMARY KEY, name TEXT NOT NULL, owner TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS scenarios (id TEXT PRIMARY KEY, status TEXT NOT NULL, body TEXT NOT NULL);
@@ -167,6 +167,10 @@ pub struct Party {
     pub created_at: String,
     /// Organization it is a member of (`org_...`).
     pub organization: String,
+    /// The party that created it (`pt_...`); absent for a party from the
+    /// bootstrap (invariant 19).
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 /// An organization: a provider department, the operator, a developer
@@ -212,7 +216,7 @@ pub fn party_in(c: &Connection, id: &str) -> ApiResult<Option<Party>> {
 
 /// Parties matching a `WHERE`/`ORDER BY` suffix.
 fn parties_where(c: &Connection, suffix: &str, args: &[&dyn rusqlite::ToSql]) -> ApiResult<Vec<Party>> {
-    let sql = format!("SELECT id, name, role, created_at, org_id FROM parties {suffix}");
+    let sql = format!("SELECT id, name, role, created_at, org_id, created_by FROM parties {suffix}");
     let mut st = c.prepare(&sql)?;
     let rows = st.query_map(args, |r| {
         Ok((
@@ -221,11 +225,12 @@ fn parties_where(c: &Connection, suffix: &str, args: &[&dyn rusqlite::ToSql]) ->
             r.get::<_, String>(2)?,
             r.get::<_, String>(3)?,
             r.get::<_, Option<String>>(4)?,
+            r.get::<_, Option<String>>(5)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, name, role, created_at, org) = row?;
+        let (id, name, role, created_at, org, created_by) = row?;
         let role = Role::parse(&role).ok_or_else(|| internal("bad role in store"))?;
         out.push(Party {
             // Parties created before organizations existed are their own.
@@ -234,9 +239,58 @@ fn parties_where(c: &Connection, suffix: &str, args: &[&dyn rusqlite::ToSql]) ->
             name,
             role,
             created_at,
+            created_by,
         });
     }
     Ok(out)
+}
+
+/// The chain of accounts that created `party`, nearest first, with their
+/// organizations (invariant 19). A chain longer than
+/// [`scenarios::party::MAX_CREATOR_CHAIN`], or one that loops, is refused
+/// as a corrupt store.
+pub fn creators_in(c: &Connection, party: &Party) -> ApiResult<Vec<scenarios::party::Creator>> {
+    let mut out: Vec<scenarios::party::Creator> = Vec::new();
+    let mut next = party.created_by.clone();
+    while let Some(id) = next {
+        if out.len() >= scenarios::party::MAX_CREATOR_CHAIN
+            || id == party.id
+            || out.iter().any(|c| c.id == id)
+        {
+            return Err(internal("the chain of party creators loops or is too long"));
+        }
+        // A creator that no longer exists still counts, by id.
+        let (org, up) = match party_in(c, &id)? {
+            Some(p) => (p.organization, p.created_by),
+            None => (String::new(), None),
+        };
+        out.push(scenarios::party::Creator { id, org });
+        next = up;
+    }
+    Ok(out)
+}
+
+/// Records, on parties created before `parties.created_by` existed, the
+/// creator their `party.create` ledger entry names (invariant 19); bootstrap
+/// parties keep none. Runs on every open: idempotent.
+fn record_creators(c: &Connection) -> rusqlite::Result<usize> {
+    let has: bool = c.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('parties') WHERE name = 'created_by'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        c.execute_batch("ALTER TABLE parties ADD COLUMN created_by TEXT;")?;
+    }
+    c.execute(
+        "UPDATE parties SET created_by = (
+             SELECT json_extract(l.body, '$.actor') FROM ledger l
+             WHERE l.action = 'party.create' AND l.subject = parties.id
+             ORDER BY l.seq LIMIT 1)
+         WHERE created_by IS NULL
+           AND EXISTS (SELECT 1 FROM ledger l WHERE l.action = 'party.create' AND l.subject = parties.id)",
+        [],
+    )
 }
 
 fn unfinished() -> ApiError {
@@ -359,6 +413,10 @@ impl Store {
             }
             Some(v) => anyhow::bail!("store schema version {v} is not supported by this binary"),
         }
+        let recorded = record_creators(&conn)?;
+        if recorded > 0 {
+            tracing::info!(parties = recorded, "party creators recovered from the ledger");
+        }
         // Make the log durable once, with its directory entry, before any
         // commit is acknowledged against it.
         let wal = dir.join("invis.db-wal");
@@ -478,8 +536,8 @@ impl Store {
     /// Creates a party with a token hash.
     pub fn insert_party(tx: &Connection, p: &Party, token_hash: &str) -> ApiResult<()> {
         tx.execute(
-            "INSERT INTO parties (id, name, role, token_hash, created_at, org_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![p.id, p.name, p.role.as_str(), token_hash, p.created_at, p.organization],
+            "INSERT INTO parties (id, name, role, token_hash, created_at, org_id, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![p.id, p.name, p.role.as_str(), token_hash, p.created_at, p.organization, p.created_by],
         )?;
         Ok(())
     }
@@ -498,6 +556,23 @@ impl Store {
         Ok(self
             .read(|c| parties_where(c, "WHERE token_hash = ?1", &[&token_hash]))?
             .pop())
+    }
+
+    /// The party holding a token hash, with the chain of accounts that
+    /// created it (read together).
+    pub fn actor_by_token(
+        &self,
+        token_hash: &str,
+    ) -> ApiResult<Option<(Party, Vec<scenarios::party::Creator>)>> {
+        self.read(
+            |c| match parties_where(c, "WHERE token_hash = ?1", &[&token_hash])?.pop() {
+                Some(p) => {
+                    let creators = creators_in(c, &p)?;
+                    Ok(Some((p, creators)))
+                }
+                None => Ok(None),
+            },
+        )
     }
 
     /// All parties.

@@ -258,11 +258,17 @@ mod tests {
         }
         let op = test_actor("op", Role::Operator);
         // Staff join the creator's organization, wherever they were asked to go.
-        assert_eq!(may_create(&op, Role::Operator, None).unwrap(), Some(op.org.clone()));
+        assert_eq!(
+            may_create(&op, Role::Operator, None).unwrap(),
+            Some(op.org.clone())
+        );
         assert!(may_create(&op, Role::Operator, Some("org_elsewhere")).is_err());
         assert!(may_create(&op, Role::Regulator, Some("org_reg")).is_err());
         let reg = test_actor("reg", Role::Regulator);
-        assert_eq!(may_create(&reg, Role::Regulator, None).unwrap(), Some(reg.org.clone()));
+        assert_eq!(
+            may_create(&reg, Role::Regulator, None).unwrap(),
+            Some(reg.org.clone())
+        );
         assert!(may_create(&reg, Role::Regulator, Some(&op.org)).is_err());
         // Developers and providers are outside the operator's organization.
         assert_eq!(may_create(&op, Role::Developer, None).unwrap(), None);

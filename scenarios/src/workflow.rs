@@ -851,10 +851,7 @@ mod tests {
             ..actor("op_staff", Role::Operator)
         };
         let chained = Actor {
-            creators: vec![
-                made_by(&actor("reg_mid", Role::Regulator)),
-                made_by(&staff),
-            ],
+            creators: vec![made_by(&actor("reg_mid", Role::Regulator)), made_by(&staff)],
             ..actor("reg_chain", Role::Regulator)
         };
         let mut sc = Scenario::propose("sc".into(), spec(), &op, now).unwrap();

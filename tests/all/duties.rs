@@ -13,7 +13,11 @@ const ROLES: [&str; 4] = ["provider", "operator", "developer", "regulator"];
 /// A party's organization, from the operator's list of parties.
 fn organization_of(server: &Server, id: &str) -> String {
     let all = server.operator.get("/v1/operator/parties").ok();
-    let list = all["parties"].as_array().or(all.as_array()).cloned().unwrap_or_default();
+    let list = all["parties"]
+        .as_array()
+        .or(all.as_array())
+        .cloned()
+        .unwrap_or_default();
     list.iter()
         .find(|p| p["id"] == id)
         .and_then(|p| p["organization"].as_str())
@@ -38,12 +42,15 @@ fn an_operator_cannot_manufacture_a_regulator_to_approve_its_own_scenario() {
     let id = sc["id"].as_str().expect("scenario id").to_string();
     let before = server.ledger_size();
 
-    let r = server
-        .operator
-        .post("/v1/operator/parties", &json!({"name": "Friendly Authority", "role": "regulator"}));
+    let r = server.operator.post(
+        "/v1/operator/parties",
+        &json!({"name": "Friendly Authority", "role": "regulator"}),
+    );
     if r.status == 201 {
         // Today's code: the manufactured regulator approves the scenario.
-        let fake = server.operator.as_token(r.json()["token"].as_str().expect("token"));
+        let fake = server
+            .operator
+            .as_token(r.json()["token"].as_str().expect("token"));
         let d = fake.post(
             &format!("/v1/regulator/scenarios/{id}/decision"),
             &json!({"approve": true}),
@@ -103,7 +110,10 @@ fn authorization_matrix_create_a_party_of_each_role_as_each_role() {
                 if allowed(by, role, route) {
                     continue;
                 }
-                let r = api.post(route, &json!({"name": format!("{by} makes {role}"), "role": role}));
+                let r = api.post(
+                    route,
+                    &json!({"name": format!("{by} makes {role}"), "role": role}),
+                );
                 assert_eq!(r.status, 403, "{by} creating a {role} at {route}: {}", r.text());
                 refused += 1;
             }
@@ -117,7 +127,10 @@ fn authorization_matrix_create_a_party_of_each_role_as_each_role() {
         (&server.operator, routes[0], "provider", op_org.as_str()),
         (&server.regulator, routes[1], "regulator", op_org.as_str()),
     ] {
-        let r = api.post(route, &json!({"name": "placed", "role": role, "organization": org}));
+        let r = api.post(
+            route,
+            &json!({"name": "placed", "role": role, "organization": org}),
+        );
         assert_eq!(r.status, 403, "a {role} into {org}: {}", r.text());
         refused += 1;
     }
@@ -131,7 +144,10 @@ fn authorization_matrix_create_a_party_of_each_role_as_each_role() {
                 if !allowed(by, role, route) {
                     continue;
                 }
-                let r = api.post(route, &json!({"name": format!("{by} makes {role}"), "role": role}));
+                let r = api.post(
+                    route,
+                    &json!({"name": format!("{by} makes {role}"), "role": role}),
+                );
                 assert_eq!(r.status, 201, "{by} creating a {role}: {}", r.text());
                 let made = r.json();
                 let org = made["organization"].as_str().expect("organization");
@@ -150,7 +166,10 @@ fn authorization_matrix_create_a_party_of_each_role_as_each_role() {
     // an operator created by the operator is still the operator's.
     let staff = server
         .operator
-        .post("/v1/operator/parties", &json!({"name": "staff", "role": "operator"}))
+        .post(
+            "/v1/operator/parties",
+            &json!({"name": "staff", "role": "operator"}),
+        )
         .ok();
     let staff = server.operator.as_token(staff["token"].as_str().expect("token"));
     let r = staff.post("/v1/operator/parties", &json!({"name": "x", "role": "regulator"}));
@@ -194,7 +213,10 @@ fn authorization_matrix_approve_with_an_account_your_organization_created() {
     let made = w
         .server
         .operator
-        .post("/v1/operator/parties", &json!({"name": "Friendly Authority", "role": "developer"}))
+        .post(
+            "/v1/operator/parties",
+            &json!({"name": "Friendly Authority", "role": "developer"}),
+        )
         .ok();
     let token = made["token"].as_str().expect("token").to_string();
     let fake_id = made["id"].as_str().expect("id").to_string();
@@ -272,7 +294,12 @@ fn the_route_table_says_what_answers_without_a_token() {
                 reply.text()
             );
         } else {
-            assert_eq!(reply.status, 401, "{method} {path} without a token: {}", reply.text());
+            assert_eq!(
+                reply.status,
+                401,
+                "{method} {path} without a token: {}",
+                reply.text()
+            );
         }
     }
     assert!(open >= 2, "health and the ledger's public key are open");

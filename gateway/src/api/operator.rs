@@ -36,11 +36,13 @@ pub(crate) async fn create_party(
     Auth(actor): Auth,
     Body(req): Body<NewParty>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    actor.require(Role::Operator)?;
     let name = req.name.trim().to_string();
     if name.is_empty() || name.len() > 200 {
         return Err(ApiError::BadRequest("name must be 1-200 characters".into()));
     }
+    // Separation of duties (invariant 19): who may create which role, and
+    // in which organization, is the domain's rule.
+    let placed = scenarios::party::may_create(&actor, req.role, req.organization.as_deref())?;
     let (token, hash) = new_token();
     let now = Utc::now().to_rfc3339();
     let party = st
@@ -48,7 +50,7 @@ pub(crate) async fn create_party(
         .write(move |tx| {
             // A party without an organization gets its own, recorded in the
             // same ledger entry as the party.
-            let (org, new_org) = match req.organization {
+            let (org, new_org) = match placed {
                 Some(id) => (
                     get_in::<Organization>(tx, Table::Organizations, &id)?.ok_or_else(|| {
                         ApiError::NotFound(format!("no organization {}", id.escape_debug()))
@@ -73,6 +75,7 @@ pub(crate) async fn create_party(
                 role: req.role,
                 created_at: now,
                 organization: org.id,
+                created_by: Some(actor.id.clone()),
             };
             Store::insert_party(tx, &p, &hash)?;
             append(
@@ -82,7 +85,7 @@ pub(crate) async fn create_party(
                     "party.create",
                     &p.id,
                     json!({"name": p.name, "role": p.role, "organization": p.organization,
-                        "new_organization": new_org}),
+                        "new_organization": new_org, "created_by": p.created_by}),
                 ),
                 Utc::now(),
             )?;
@@ -98,6 +101,22 @@ pub(crate) async fn create_party(
     ))
 }
 
+/// Fails unless `actor` may manage the token of party `id`: only a party
+/// that may create that role in that organization (invariant 19), so the
+/// operator cannot take over, or shut out, a regulator's account.
+fn may_manage(tx: &rusqlite::Connection, actor: &scenarios::party::Actor, id: &str) -> ApiResult<()> {
+    let target =
+        party_in(tx, id)?.ok_or_else(|| ApiError::NotFound(format!("no party {}", id.escape_debug())))?;
+    match scenarios::party::may_create(actor, target.role, Some(&target.organization)) {
+        Ok(_) => Ok(()),
+        Err(scenarios::Error::Forbidden(why)) => Err(ApiError::Forbidden(format!(
+            "the token of this {} is not yours to manage ({why})",
+            target.role
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Issues a new token for a party (the old one stops working), shown once.
 pub(crate) async fn reissue_token(
     State(st): State<AppState>,
@@ -108,6 +127,7 @@ pub(crate) async fn reissue_token(
     let party = id.clone();
     st.store
         .write(move |tx| {
+            may_manage(tx, &actor, &id)?;
             if !Store::set_token_hash(tx, &id, &hash)? {
                 return Err(ApiError::NotFound(format!("no party {}", id.escape_debug())));
             }
@@ -138,6 +158,7 @@ pub(crate) async fn revoke_token(
     let party = id.clone();
     st.store
         .write(move |tx| {
+            may_manage(tx, &actor, &id)?;
             if !Store::set_token_hash(tx, &id, &revoked)? {
                 return Err(ApiError::NotFound(format!("no party {}", id.escape_debug())));
             }
@@ -502,11 +523,12 @@ pub(crate) async fn decide_review(
                     j.id
                 )));
             }
-            if party_in(tx, &j.developer_id)?.is_some_and(|p| p.organization == actor.org) {
-                return Err(ApiError::Forbidden(
-                    "nobody reviews the output of their own organization".into(),
-                ));
-            }
+            // The developer's organization, nor an account it created,
+            // reviews its output (invariant 19).
+            let org = party_in(tx, &j.developer_id)?
+                .map(|p| p.organization)
+                .unwrap_or_default();
+            scenarios::party::check_independent(&actor, &j.developer_id, &org)?;
             let now = Utc::now();
             j.status = if d.approve {
                 JobStatus::Succeeded
