@@ -441,7 +441,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/regulator/parties", REGULATOR, || {
         get(operator::list_parties)
     }),
-    // Regulator accounts, for the regulator's own staff (invariant 19).
+    // Regulator accounts, for the regulator's own staff (I16).
     route("POST", "/v1/regulator/parties", REGULATOR, || {
         post(operator::create_party)
     }),

@@ -168,7 +168,7 @@ pub struct Party {
     /// Organization it is a member of (`org_...`).
     pub organization: String,
     /// The party that created it (`pt_...`); absent for a party from the
-    /// bootstrap (invariant 19).
+    /// bootstrap (I16).
     #[serde(default)]
     pub created_by: Option<String>,
 }
@@ -246,7 +246,7 @@ fn parties_where(c: &Connection, suffix: &str, args: &[&dyn rusqlite::ToSql]) ->
 }
 
 /// The chain of accounts that created `party`, nearest first, with their
-/// organizations (invariant 19). A chain longer than
+/// organizations (I16). A chain longer than
 /// [`scenarios::party::MAX_CREATOR_CHAIN`], or one that loops, is refused
 /// as a corrupt store.
 pub fn creators_in(c: &Connection, party: &Party) -> ApiResult<Vec<scenarios::party::Creator>> {
@@ -271,7 +271,7 @@ pub fn creators_in(c: &Connection, party: &Party) -> ApiResult<Vec<scenarios::pa
 }
 
 /// Records, on parties created before `parties.created_by` existed, the
-/// creator their `party.create` ledger entry names (invariant 19); bootstrap
+/// creator their `party.create` ledger entry names (I16); bootstrap
 /// parties keep none. Runs on every open: idempotent.
 fn record_creators(c: &Connection) -> rusqlite::Result<usize> {
     let has: bool = c.query_row(

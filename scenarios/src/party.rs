@@ -77,7 +77,7 @@ pub struct Creator {
 /// Longest chain of creators followed; a longer one is refused as corrupt.
 pub const MAX_CREATOR_CHAIN: usize = 64;
 
-/// Separation of duties at account creation (invariant 19 in
+/// Separation of duties at account creation (I16 in
 /// docs/invariants.md): may `by` create, or take over the token of, a
 /// party of `role` in organization `org` (`None`: a new organization of
 /// its own)? On success, the organization the party joins: `Some(org)` for
@@ -122,7 +122,7 @@ pub fn may_create(by: &Actor, role: Role, org: Option<&str>) -> crate::Result<Op
     }
 }
 
-/// Separation of duties at a decision (invariant 19): `by` may not decide
+/// Separation of duties at a decision (I16): `by` may not decide
 /// a request made by `requester_id` of organization `requester_org` when it
 /// is that party, belongs to that organization, or its account was created
 /// (directly or through a chain of accounts) by that party or by a member
@@ -237,7 +237,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// Who may create which role, each role as each role (invariant 19).
+    /// Who may create which role, each role as each role (I16).
     #[test]
     fn who_may_create_which_role() {
         let roles = [Role::Provider, Role::Operator, Role::Developer, Role::Regulator];

@@ -1,4 +1,4 @@
-//! Separation of duties through the real server (issue 19, invariant 19):
+//! Separation of duties through the real server (issue 19, I16):
 //! who may create which role, decisions refused to accounts the
 //! requester's organization created, tokens of regulators out of the
 //! operator's reach, and the route table's access column as the server

@@ -252,7 +252,7 @@ fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
     let group_dev = member("Group Lending Arm", "developer");
     // An operator's staff belong to the operator's organization: no
     // operator seconded into the group, who could decide for it
-    // (invariant 19; see tests/all/duties.rs).
+    // (I16; see tests/all/duties.rs).
     let r = op.post(
         "/v1/operator/parties",
         &json!({"name": "Group seconded operator", "role": "operator", "organization": group_id}),

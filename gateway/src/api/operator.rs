@@ -40,7 +40,7 @@ pub(crate) async fn create_party(
     if name.is_empty() || name.len() > 200 {
         return Err(ApiError::BadRequest("name must be 1-200 characters".into()));
     }
-    // Separation of duties (invariant 19): who may create which role, and
+    // Separation of duties (I16): who may create which role, and
     // in which organization, is the domain's rule.
     let placed = scenarios::party::may_create(&actor, req.role, req.organization.as_deref())?;
     let (token, hash) = new_token();
@@ -102,7 +102,7 @@ pub(crate) async fn create_party(
 }
 
 /// Fails unless `actor` may manage the token of party `id`: only a party
-/// that may create that role in that organization (invariant 19), so the
+/// that may create that role in that organization (I16), so the
 /// operator cannot take over, or shut out, a regulator's account.
 fn may_manage(tx: &rusqlite::Connection, actor: &scenarios::party::Actor, id: &str) -> ApiResult<()> {
     let target =
@@ -524,7 +524,7 @@ pub(crate) async fn decide_review(
                 )));
             }
             // The developer's organization, nor an account it created,
-            // reviews its output (invariant 19).
+            // reviews its output (I16).
             let org = party_in(tx, &j.developer_id)?
                 .map(|p| p.organization)
                 .unwrap_or_default();

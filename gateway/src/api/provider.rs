@@ -123,7 +123,7 @@ pub(crate) async fn review_rules(
                 )));
             }
             // The owner's organization, nor an account it created, reviews
-            // the rules (invariant 19).
+            // the rules (I16).
             let org = crate::store::party_in(tx, &r.owner)?
                 .map(|p| p.organization)
                 .unwrap_or_default();
