@@ -166,8 +166,7 @@ async fn pums_section(dir: &Path, iterations: usize, reps: usize) -> Result<()> 
                 avg_parts_sql: parts.map(str::to_string),
             })
             .collect();
-        for r in sandbox::bench::accuracy(&plane, cfg(small.clone(), small_units, eps)?, &cases, reps).await?
-        {
+        for r in sandbox::bench::accuracy(&plane, cfg(small.clone(), small_units, eps)?, &cases, reps).await? {
             println!(
                 "{:<26} {:>7} {:>11.2}% {:>11.2}% {:>9.0}%",
                 r.name,
