@@ -224,6 +224,27 @@ fn authorization_matrix_approve_with_an_account_your_organization_created() {
         w.server.operator.token().to_string(),
         w.server.regulator.token().to_string(),
     );
+    // And an operator account that (in such a store) the developer had
+    // created, facing that developer's application.
+    let planted = w
+        .server
+        .operator
+        .post(
+            "/v1/operator/parties",
+            &json!({"name": "Planted", "role": "operator"}),
+        )
+        .ok();
+    let planted_token = planted["token"].as_str().expect("token").to_string();
+    let planted_id = planted["id"].as_str().expect("id").to_string();
+    let dev_id = whoami(&w.developer);
+    let app = w
+        .developer
+        .post(
+            "/v1/developer/applications",
+            &json!({"scenario_id": w.scenario, "materials": crate::fixture::materials()}),
+        )
+        .ok();
+    let app_id = app["id"].as_str().expect("application id").to_string();
     let mut old = w.server;
     old.kill();
     {
@@ -241,6 +262,15 @@ fn authorization_matrix_approve_with_an_account_your_organization_created() {
             "UPDATE parties SET role = 'regulator' WHERE id = ?1"
         };
         assert_eq!(db.execute(sql, [&fake_id]).expect("update"), 1);
+        if has_creator {
+            let n = db
+                .execute(
+                    "UPDATE parties SET created_by = ?2 WHERE id = ?1",
+                    [&planted_id, &dev_id],
+                )
+                .expect("update");
+            assert_eq!(n, 1);
+        }
     }
     let server = Server::spawn(&old.dir, &[], &op_token, &reg_token).expect("restart");
     let fake = server.operator.as_token(&token);
@@ -253,6 +283,15 @@ fn authorization_matrix_approve_with_an_account_your_organization_created() {
     assert_eq!(d.status, 403, "{}", d.text());
     assert!(d.message().contains("created"), "{}", d.text());
     assert_eq!(server.ledger_size(), before, "the refusal changed nothing");
+    // The planted operator decides nothing for the developer whose
+    // account created it; another operator does.
+    let planted = server.operator.as_token(&planted_token);
+    let path = format!("/v1/operator/applications/{app_id}/decision");
+    let d = planted.post(&path, &json!({"approve": true}));
+    assert_eq!(d.status, 403, "{}", d.text());
+    assert!(d.message().contains("created"), "{}", d.text());
+    assert_eq!(server.ledger_size(), before, "the refusals changed nothing");
+    server.operator.post(&path, &json!({"approve": true})).ok();
     // The real regulator still decides.
     server
         .regulator
