@@ -138,8 +138,19 @@ impl Scenario {
     }
 
     /// Approves a new proposal under its class, already approved by the
-    /// regulator with `prior` (一类场景一审定: a class is approved once).
-    pub fn approve_under_class(&mut self, prior: &Scenario, at: DateTime<Utc>) -> Result<()> {
+    /// regulator `decider` with `prior` (一类场景一审定: a class is approved
+    /// once). Refused when `decider` could not have decided this proposal
+    /// itself (I16): an approval manufactured by the proposer's
+    /// organization approves nothing further.
+    pub fn approve_under_class(&mut self, prior: &Scenario, decider: &Actor, at: DateTime<Utc>) -> Result<()> {
+        decider.require(Role::Regulator)?;
+        if prior.decided_by.as_deref() != Some(decider.id.as_str()) {
+            return Err(Error::IllegalState(format!(
+                "scenario {} was not decided by {}",
+                prior.id, decider.id
+            )));
+        }
+        crate::party::check_independent(decider, &self.created_by, &self.created_by_org)?;
         if self.status != ScenarioStatus::Pending {
             return Err(Error::IllegalState(format!(
                 "scenario {} was already decided",
@@ -788,17 +799,16 @@ mod tests {
         let op = actor("op", Role::Operator);
         let mut first = Scenario::propose("sc1".into(), spec(), &op, now).unwrap();
         let mut second = Scenario::propose("sc2".into(), spec(), &op, now).unwrap();
+        let reg = actor("reg", Role::Regulator);
         // Not before the regulator approved the class.
-        assert!(second.approve_under_class(&first, now).is_err());
-        first
-            .decide(true, None, &actor("reg", Role::Regulator), now)
-            .unwrap();
-        second.approve_under_class(&first, now).unwrap();
+        assert!(second.approve_under_class(&first, &reg, now).is_err());
+        first.decide(true, None, &reg, now).unwrap();
+        second.approve_under_class(&first, &reg, now).unwrap();
         assert_eq!(second.status, ScenarioStatus::Approved);
         let mut other = spec();
         other.class = "another".into();
         let mut third = Scenario::propose("sc3".into(), other, &op, now).unwrap();
-        assert!(third.approve_under_class(&first, now).is_err());
+        assert!(third.approve_under_class(&first, &reg, now).is_err());
         assert_eq!(third.status, ScenarioStatus::Pending);
     }
 
@@ -902,6 +912,38 @@ mod tests {
         ));
         assert_eq!(da, before);
         da.decide(true, None, &op, now).unwrap();
+    }
+
+    /// A class approval by a regulator the operator's organization created
+    /// (a store from before I16) approves no later scenario of the class.
+    #[test]
+    fn a_manufactured_class_approval_approves_nothing_further() {
+        use crate::party::Creator;
+        let now = Utc::now();
+        let op = actor("op", Role::Operator);
+        let fake = Actor {
+            creators: vec![Creator {
+                id: op.id.clone(),
+                org: op.org.clone(),
+            }],
+            ..actor("reg_fake", Role::Regulator)
+        };
+        let mut first = Scenario::propose("sc1".into(), spec(), &op, now).unwrap();
+        // As it was stored before the rule.
+        first.status = ScenarioStatus::Approved;
+        first.decided_by = Some(fake.id.clone());
+        let mut second = Scenario::propose("sc2".into(), spec(), &op, now).unwrap();
+        let before = second.clone();
+        assert!(matches!(
+            second.approve_under_class(&first, &fake, now),
+            Err(Error::Forbidden(_))
+        ));
+        assert_eq!(second, before);
+        // Nor under another name for the decider.
+        assert!(second
+            .approve_under_class(&first, &actor("reg", Role::Regulator), now)
+            .is_err());
+        assert_eq!(second, before);
     }
 
     #[test]

@@ -245,6 +245,11 @@ fn authorization_matrix_approve_with_an_account_your_organization_created() {
         )
         .ok();
     let app_id = app["id"].as_str().expect("application id").to_string();
+    // And a class the manufactured regulator "approved" in such a store.
+    let mut third = scenario(10.0);
+    third["class"] = json!("a-class-approved-by-the-operators-regulator");
+    let sc3 = w.server.operator.post("/v1/operator/scenarios", &third).ok();
+    let sc3 = sc3["id"].as_str().expect("scenario id").to_string();
     let mut old = w.server;
     old.kill();
     {
@@ -262,6 +267,15 @@ fn authorization_matrix_approve_with_an_account_your_organization_created() {
             "UPDATE parties SET role = 'regulator' WHERE id = ?1"
         };
         assert_eq!(db.execute(sql, [&fake_id]).expect("update"), 1);
+        let n = db
+            .execute(
+                "UPDATE scenarios SET status = 'approved',
+                     body = json_set(body, '$.status', 'approved', '$.decided_by', ?2)
+                 WHERE id = ?1",
+                [&sc3, &fake_id],
+            )
+            .expect("update");
+        assert_eq!(n, 1);
         if has_creator {
             let n = db
                 .execute(
@@ -292,6 +306,10 @@ fn authorization_matrix_approve_with_an_account_your_organization_created() {
     assert!(d.message().contains("created"), "{}", d.text());
     assert_eq!(server.ledger_size(), before, "the refusals changed nothing");
     server.operator.post(&path, &json!({"approve": true})).ok();
+    // That class approval approves no later scenario of the class: the
+    // next one waits for the regulator.
+    let next = server.operator.post("/v1/operator/scenarios", &third).ok();
+    assert_eq!(next["status"], "pending", "{next}");
     // The real regulator still decides.
     server
         .regulator

@@ -101,6 +101,22 @@ pub(crate) async fn create_party(
     ))
 }
 
+/// The party that decided a record, as an actor with the chain of
+/// accounts that created it; `None` when unknown.
+fn decider_in(tx: &rusqlite::Connection, id: Option<&str>) -> ApiResult<Option<scenarios::party::Actor>> {
+    let Some(p) = id.map(|id| party_in(tx, id)).transpose()?.flatten() else {
+        return Ok(None);
+    };
+    let creators = crate::store::creators_in(tx, &p)?;
+    Ok(Some(scenarios::party::Actor {
+        id: p.id,
+        role: p.role,
+        name: p.name,
+        org: p.organization,
+        creators,
+    }))
+}
+
 /// Fails unless `actor` may manage the token of party `id`: only a party
 /// that may create that role in that organization (I16), so the
 /// operator cannot take over, or shut out, a regulator's account.
@@ -338,9 +354,22 @@ pub(crate) async fn propose_scenario(
             )?;
             // A class the regulator approved once approves its later
             // scenarios (R8).
+            // An approval by an account the proposer's organization created
+            // approves nothing further (I16): the proposal then waits for
+            // the regulator.
             let approved: Vec<Scenario> = list_in(tx, Table::Scenarios, Some(("status", "approved")))?;
-            if let Some(prior) = approved.iter().find(|p| p.spec.class == sc.spec.class) {
-                sc.approve_under_class(prior, now)?;
+            let mut under = None;
+            let class = sc.spec.class.clone();
+            for prior in approved.iter().filter(|p| p.spec.class == class) {
+                let Some(decider) = decider_in(tx, prior.decided_by.as_deref())? else {
+                    continue;
+                };
+                if sc.approve_under_class(prior, &decider, now).is_ok() {
+                    under = Some(prior);
+                    break;
+                }
+            }
+            if let Some(prior) = under {
                 append(
                     tx,
                     NewEntry::system(
