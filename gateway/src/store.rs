@@ -1131,6 +1131,75 @@ mod tests {
     use scenarios::budget::{Delta, Epsilon, Rho};
     use scenarios::ledger::EntryBody;
 
+    /// Parties stored before `created_by` existed get the creator their
+    /// `party.create` entry names when the store is opened, so the chain
+    /// A creates B creates C is known (I16); a loop is refused.
+    #[test]
+    fn party_creators_are_recovered_from_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let party = |id: &str, role: Role, org: &str| Party {
+            id: id.into(),
+            name: id.into(),
+            role,
+            created_at: "now".into(),
+            organization: org.into(),
+            created_by: None,
+        };
+        let actor = |p: &Party| Actor {
+            id: p.id.clone(),
+            role: p.role,
+            name: p.name.clone(),
+            org: p.organization.clone(),
+            creators: Vec::new(),
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let a = party("pt_a", Role::Operator, "org_op");
+            let b = party("pt_b", Role::Operator, "org_op");
+            let c = party("pt_c", Role::Regulator, "org_c");
+            let (aa, ab) = (actor(&a), actor(&b));
+            store
+                .tx(move |tx| {
+                    Store::insert_party(tx, &a, "h_a")?;
+                    append(
+                        tx,
+                        NewEntry::system("party.bootstrap", "pt_a", serde_json::json!({})),
+                        Utc::now(),
+                    )?;
+                    Store::insert_party(tx, &b, "h_b")?;
+                    append(
+                        tx,
+                        NewEntry::by(&aa, "party.create", "pt_b", serde_json::json!({})),
+                        Utc::now(),
+                    )?;
+                    Store::insert_party(tx, &c, "h_c")?;
+                    append(
+                        tx,
+                        NewEntry::by(&ab, "party.create", "pt_c", serde_json::json!({})),
+                        Utc::now(),
+                    )?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (c, chain) = store.actor_by_token("h_c").unwrap().unwrap();
+        assert_eq!(c.created_by.as_deref(), Some("pt_b"));
+        let ids: Vec<(&str, &str)> = chain.iter().map(|x| (x.id.as_str(), x.org.as_str())).collect();
+        assert_eq!(ids, [("pt_b", "org_op"), ("pt_a", "org_op")]);
+        let (a, chain) = store.actor_by_token("h_a").unwrap().unwrap();
+        assert_eq!(a.created_by, None, "a bootstrap party has no creator");
+        assert!(chain.is_empty());
+        // A loop (only a corrupt store holds one) is refused, not followed.
+        store
+            .tx(|tx| {
+                tx.execute("UPDATE parties SET created_by = 'pt_c' WHERE id = 'pt_a'", [])?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(store.actor_by_token("h_c").is_err());
+    }
+
     #[test]
     fn a_version_1_store_is_migrated_and_keeps_its_budgets() {
         let dir = tempfile::tempdir().unwrap();

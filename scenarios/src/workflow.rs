@@ -142,7 +142,12 @@ impl Scenario {
     /// once). Refused when `decider` could not have decided this proposal
     /// itself (I16): an approval manufactured by the proposer's
     /// organization approves nothing further.
-    pub fn approve_under_class(&mut self, prior: &Scenario, decider: &Actor, at: DateTime<Utc>) -> Result<()> {
+    pub fn approve_under_class(
+        &mut self,
+        prior: &Scenario,
+        decider: &Actor,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
         decider.require(Role::Regulator)?;
         if prior.decided_by.as_deref() != Some(decider.id.as_str()) {
             return Err(Error::IllegalState(format!(
