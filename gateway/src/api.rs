@@ -441,6 +441,10 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/regulator/parties", REGULATOR, || {
         get(operator::list_parties)
     }),
+    // Regulator accounts, for the regulator's own staff (I16).
+    route("POST", "/v1/regulator/parties", REGULATOR, || {
+        post(operator::create_party)
+    }),
     route("GET", "/v1/regulator/organizations", REGULATOR, || {
         get(operator::list_organizations)
     }),

@@ -33,7 +33,7 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Actor, Ap
     }
     let hash = token_hash(token);
     let store = state.store.clone();
-    let party = tokio::task::spawn_blocking(move || store.party_by_token(&hash))
+    let (party, creators) = tokio::task::spawn_blocking(move || store.actor_by_token(&hash))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??
         .ok_or(ApiError::Unauthorized)?;
@@ -42,6 +42,7 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Actor, Ap
         role: party.role,
         name: party.name,
         org: party.organization,
+        creators,
     })
 }
 

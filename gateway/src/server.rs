@@ -104,6 +104,7 @@ pub fn bootstrap(
                     role,
                     created_at: Utc::now().to_rfc3339(),
                     organization: org.id,
+                    created_by: None,
                 };
                 Store::insert_party(tx, &p, &hash)?;
                 append(

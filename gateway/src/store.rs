@@ -28,7 +28,7 @@ const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS parties (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL,
-    token_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, org_id TEXT);
+    token_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, org_id TEXT, created_by TEXT);
 CREATE TABLE IF NOT EXISTS organizations (id TEXT PRIMARY KEY, name TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS datasets (id TEXT PRIMARY KEY, name TEXT NOT NULL, owner TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS scenarios (id TEXT PRIMARY KEY, status TEXT NOT NULL, body TEXT NOT NULL);
@@ -167,6 +167,10 @@ pub struct Party {
     pub created_at: String,
     /// Organization it is a member of (`org_...`).
     pub organization: String,
+    /// The party that created it (`pt_...`); absent for a party from the
+    /// bootstrap (I16).
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 /// An organization: a provider department, the operator, a developer
@@ -212,7 +216,7 @@ pub fn party_in(c: &Connection, id: &str) -> ApiResult<Option<Party>> {
 
 /// Parties matching a `WHERE`/`ORDER BY` suffix.
 fn parties_where(c: &Connection, suffix: &str, args: &[&dyn rusqlite::ToSql]) -> ApiResult<Vec<Party>> {
-    let sql = format!("SELECT id, name, role, created_at, org_id FROM parties {suffix}");
+    let sql = format!("SELECT id, name, role, created_at, org_id, created_by FROM parties {suffix}");
     let mut st = c.prepare(&sql)?;
     let rows = st.query_map(args, |r| {
         Ok((
@@ -221,11 +225,12 @@ fn parties_where(c: &Connection, suffix: &str, args: &[&dyn rusqlite::ToSql]) ->
             r.get::<_, String>(2)?,
             r.get::<_, String>(3)?,
             r.get::<_, Option<String>>(4)?,
+            r.get::<_, Option<String>>(5)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, name, role, created_at, org) = row?;
+        let (id, name, role, created_at, org, created_by) = row?;
         let role = Role::parse(&role).ok_or_else(|| internal("bad role in store"))?;
         out.push(Party {
             // Parties created before organizations existed are their own.
@@ -234,9 +239,58 @@ fn parties_where(c: &Connection, suffix: &str, args: &[&dyn rusqlite::ToSql]) ->
             name,
             role,
             created_at,
+            created_by,
         });
     }
     Ok(out)
+}
+
+/// The chain of accounts that created `party`, nearest first, with their
+/// organizations (I16). A chain longer than
+/// [`scenarios::party::MAX_CREATOR_CHAIN`], or one that loops, is refused
+/// as a corrupt store.
+pub fn creators_in(c: &Connection, party: &Party) -> ApiResult<Vec<scenarios::party::Creator>> {
+    let mut out: Vec<scenarios::party::Creator> = Vec::new();
+    let mut next = party.created_by.clone();
+    while let Some(id) = next {
+        if out.len() >= scenarios::party::MAX_CREATOR_CHAIN
+            || id == party.id
+            || out.iter().any(|c| c.id == id)
+        {
+            return Err(internal("the chain of party creators loops or is too long"));
+        }
+        // A creator that no longer exists still counts, by id.
+        let (org, up) = match party_in(c, &id)? {
+            Some(p) => (p.organization, p.created_by),
+            None => (String::new(), None),
+        };
+        out.push(scenarios::party::Creator { id, org });
+        next = up;
+    }
+    Ok(out)
+}
+
+/// Records, on parties created before `parties.created_by` existed, the
+/// creator their `party.create` ledger entry names (I16); bootstrap
+/// parties keep none. Runs on every open: idempotent.
+fn record_creators(c: &Connection) -> rusqlite::Result<usize> {
+    let has: bool = c.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('parties') WHERE name = 'created_by'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        c.execute_batch("ALTER TABLE parties ADD COLUMN created_by TEXT;")?;
+    }
+    c.execute(
+        "UPDATE parties SET created_by = (
+             SELECT json_extract(l.body, '$.actor') FROM ledger l
+             WHERE l.action = 'party.create' AND l.subject = parties.id
+             ORDER BY l.seq LIMIT 1)
+         WHERE created_by IS NULL
+           AND EXISTS (SELECT 1 FROM ledger l WHERE l.action = 'party.create' AND l.subject = parties.id)",
+        [],
+    )
 }
 
 fn unfinished() -> ApiError {
@@ -359,6 +413,10 @@ impl Store {
             }
             Some(v) => anyhow::bail!("store schema version {v} is not supported by this binary"),
         }
+        let recorded = record_creators(&conn)?;
+        if recorded > 0 {
+            tracing::info!(parties = recorded, "party creators recovered from the ledger");
+        }
         // Make the log durable once, with its directory entry, before any
         // commit is acknowledged against it.
         let wal = dir.join("invis.db-wal");
@@ -478,8 +536,8 @@ impl Store {
     /// Creates a party with a token hash.
     pub fn insert_party(tx: &Connection, p: &Party, token_hash: &str) -> ApiResult<()> {
         tx.execute(
-            "INSERT INTO parties (id, name, role, token_hash, created_at, org_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![p.id, p.name, p.role.as_str(), token_hash, p.created_at, p.organization],
+            "INSERT INTO parties (id, name, role, token_hash, created_at, org_id, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![p.id, p.name, p.role.as_str(), token_hash, p.created_at, p.organization, p.created_by],
         )?;
         Ok(())
     }
@@ -498,6 +556,23 @@ impl Store {
         Ok(self
             .read(|c| parties_where(c, "WHERE token_hash = ?1", &[&token_hash]))?
             .pop())
+    }
+
+    /// The party holding a token hash, with the chain of accounts that
+    /// created it (read together).
+    pub fn actor_by_token(
+        &self,
+        token_hash: &str,
+    ) -> ApiResult<Option<(Party, Vec<scenarios::party::Creator>)>> {
+        self.read(
+            |c| match parties_where(c, "WHERE token_hash = ?1", &[&token_hash])?.pop() {
+                Some(p) => {
+                    let creators = creators_in(c, &p)?;
+                    Ok(Some((p, creators)))
+                }
+                None => Ok(None),
+            },
+        )
     }
 
     /// All parties.
@@ -1055,6 +1130,75 @@ mod tests {
     use super::*;
     use scenarios::budget::{Delta, Epsilon, Rho};
     use scenarios::ledger::EntryBody;
+
+    /// Parties stored before `created_by` existed get the creator their
+    /// `party.create` entry names when the store is opened, so the chain
+    /// A creates B creates C is known (I16); a loop is refused.
+    #[test]
+    fn party_creators_are_recovered_from_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let party = |id: &str, role: Role, org: &str| Party {
+            id: id.into(),
+            name: id.into(),
+            role,
+            created_at: "now".into(),
+            organization: org.into(),
+            created_by: None,
+        };
+        let actor = |p: &Party| Actor {
+            id: p.id.clone(),
+            role: p.role,
+            name: p.name.clone(),
+            org: p.organization.clone(),
+            creators: Vec::new(),
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let a = party("pt_a", Role::Operator, "org_op");
+            let b = party("pt_b", Role::Operator, "org_op");
+            let c = party("pt_c", Role::Regulator, "org_c");
+            let (aa, ab) = (actor(&a), actor(&b));
+            store
+                .tx(move |tx| {
+                    Store::insert_party(tx, &a, "h_a")?;
+                    append(
+                        tx,
+                        NewEntry::system("party.bootstrap", "pt_a", serde_json::json!({})),
+                        Utc::now(),
+                    )?;
+                    Store::insert_party(tx, &b, "h_b")?;
+                    append(
+                        tx,
+                        NewEntry::by(&aa, "party.create", "pt_b", serde_json::json!({})),
+                        Utc::now(),
+                    )?;
+                    Store::insert_party(tx, &c, "h_c")?;
+                    append(
+                        tx,
+                        NewEntry::by(&ab, "party.create", "pt_c", serde_json::json!({})),
+                        Utc::now(),
+                    )?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (c, chain) = store.actor_by_token("h_c").unwrap().unwrap();
+        assert_eq!(c.created_by.as_deref(), Some("pt_b"));
+        let ids: Vec<(&str, &str)> = chain.iter().map(|x| (x.id.as_str(), x.org.as_str())).collect();
+        assert_eq!(ids, [("pt_b", "org_op"), ("pt_a", "org_op")]);
+        let (a, chain) = store.actor_by_token("h_a").unwrap().unwrap();
+        assert_eq!(a.created_by, None, "a bootstrap party has no creator");
+        assert!(chain.is_empty());
+        // A loop (only a corrupt store holds one) is refused, not followed.
+        store
+            .tx(|tx| {
+                tx.execute("UPDATE parties SET created_by = 'pt_c' WHERE id = 'pt_a'", [])?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(store.actor_by_token("h_c").is_err());
+    }
 
     #[test]
     fn a_version_1_store_is_migrated_and_keeps_its_budgets() {

@@ -58,6 +58,96 @@ pub struct Actor {
     /// The organization the party acts for (`org_...`).
     #[serde(default)]
     pub org: String,
+    /// Who created the account, nearest first: its creator, the creator's
+    /// creator, and so on up to a party from the bootstrap (empty for a
+    /// bootstrap party). Decisions read it (see [`check_independent`]).
+    #[serde(default)]
+    pub creators: Vec<Creator>,
+}
+
+/// One party in the chain of accounts that created another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creator {
+    /// The creating party (`pt_...`).
+    pub id: String,
+    /// Its organization (`org_...`).
+    pub org: String,
+}
+
+/// Longest chain of creators followed; a longer one is refused as corrupt.
+pub const MAX_CREATOR_CHAIN: usize = 64;
+
+/// Separation of duties at account creation (I16 in
+/// docs/invariants.md): may `by` create, or take over the token of, a
+/// party of `role` in organization `org` (`None`: a new organization of
+/// its own)? On success, the organization the party joins: `Some(org)` for
+/// an existing one, `None` for a new one.
+///
+/// - Regulator accounts are created only by a regulator, for its own
+///   staff, in its own organization (or at bootstrap).
+/// - An operator creates operators only for its own staff, in its own
+///   organization; providers and developers in an organization other than
+///   its own; never a regulator.
+/// - Providers and developers create no party.
+///
+/// So no party creates a party that can approve what its own
+/// organization proposes: the regulator (who approves the operator's
+/// scenarios) is out of the operator's reach, and the operator's own staff
+/// share its organization, which decides nothing of its own.
+pub fn may_create(by: &Actor, role: Role, org: Option<&str>) -> crate::Result<Option<String>> {
+    let forbidden = |why: &str| Err(crate::Error::Forbidden(why.to_string()));
+    let own = |org: Option<&str>, why: &str| match org {
+        None => Ok(Some(by.org.clone())),
+        Some(o) if o == by.org => Ok(Some(by.org.clone())),
+        Some(_) => forbidden(why),
+    };
+    match (by.role, role) {
+        (Role::Provider | Role::Developer, _) => forbidden(&format!("a {} creates no party", by.role)),
+        (Role::Regulator, Role::Regulator) => own(
+            org,
+            "a regulator creates regulator accounts only for its own staff, in its own organization",
+        ),
+        (Role::Regulator, _) => forbidden("a regulator creates only regulator accounts, for its own staff"),
+        (Role::Operator, Role::Regulator) => forbidden("regulator accounts are created only by a regulator"),
+        (Role::Operator, Role::Operator) => own(
+            org,
+            "an operator creates operator accounts only for its own staff, in its own organization",
+        ),
+        (Role::Operator, Role::Provider | Role::Developer) => match org {
+            Some(o) if o == by.org => forbidden(&format!(
+                "a {role} belongs to an organization other than the operator's"
+            )),
+            other => Ok(other.map(str::to_string)),
+        },
+    }
+}
+
+/// Separation of duties at a decision (I16): `by` may not decide
+/// a request made by `requester_id` of organization `requester_org` when it
+/// is that party, belongs to that organization, or its account was created
+/// (directly or through a chain of accounts) by that party or by a member
+/// of that organization.
+pub fn check_independent(by: &Actor, requester_id: &str, requester_org: &str) -> crate::Result<()> {
+    if by.id == requester_id {
+        return Err(crate::Error::Forbidden(
+            "nobody approves their own request".into(),
+        ));
+    }
+    if !by.org.is_empty() && by.org == requester_org {
+        return Err(crate::Error::Forbidden(
+            "nobody decides a request of their own organization".into(),
+        ));
+    }
+    if by
+        .creators
+        .iter()
+        .any(|c| c.id == requester_id || (!c.org.is_empty() && c.org == requester_org))
+    {
+        return Err(crate::Error::Forbidden(
+            "nobody decides a request of the organization that created their account".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl Actor {
@@ -82,6 +172,7 @@ pub(crate) fn test_actor(id: &str, role: Role) -> Actor {
         role,
         name: id.into(),
         org: format!("org_{id}"),
+        creators: Vec::new(),
     }
 }
 
@@ -144,6 +235,48 @@ mod tests {
 
     fn d(s: &str) -> chrono::NaiveDate {
         s.parse().unwrap()
+    }
+
+    /// Who may create which role, each role as each role (I16).
+    #[test]
+    fn who_may_create_which_role() {
+        let roles = [Role::Provider, Role::Operator, Role::Developer, Role::Regulator];
+        for by_role in roles {
+            let by = test_actor("me", by_role);
+            for role in roles {
+                let allowed = matches!(
+                    (by_role, role),
+                    (Role::Regulator, Role::Regulator)
+                        | (Role::Operator, Role::Operator | Role::Provider | Role::Developer)
+                );
+                let got = may_create(&by, role, None);
+                assert_eq!(got.is_ok(), allowed, "{by_role} creating a {role}: {got:?}");
+                if let Err(e) = got {
+                    assert!(matches!(e, crate::Error::Forbidden(_)), "{e:?}");
+                }
+            }
+        }
+        let op = test_actor("op", Role::Operator);
+        // Staff join the creator's organization, wherever they were asked to go.
+        assert_eq!(
+            may_create(&op, Role::Operator, None).unwrap(),
+            Some(op.org.clone())
+        );
+        assert!(may_create(&op, Role::Operator, Some("org_elsewhere")).is_err());
+        assert!(may_create(&op, Role::Regulator, Some("org_reg")).is_err());
+        let reg = test_actor("reg", Role::Regulator);
+        assert_eq!(
+            may_create(&reg, Role::Regulator, None).unwrap(),
+            Some(reg.org.clone())
+        );
+        assert!(may_create(&reg, Role::Regulator, Some(&op.org)).is_err());
+        // Developers and providers are outside the operator's organization.
+        assert_eq!(may_create(&op, Role::Developer, None).unwrap(), None);
+        assert_eq!(
+            may_create(&op, Role::Provider, Some("org_tax")).unwrap(),
+            Some("org_tax".into())
+        );
+        assert!(may_create(&op, Role::Developer, Some(&op.org)).is_err());
     }
 
     #[test]

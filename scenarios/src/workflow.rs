@@ -22,7 +22,9 @@ struct Requester<'a> {
 }
 
 /// The checks every approve-or-reject decision shares: the decider is not
-/// the requester nor a member of the requester's organization, the record
+/// the requester, nor a member of the requester's organization, nor an
+/// account that party or organization created (see
+/// [`crate::party::check_independent`]), the record
 /// is still undecided, and a rejection says why.
 fn check_decision(
     approve: bool,
@@ -32,14 +34,7 @@ fn check_decision(
     undecided: bool,
     what: &str,
 ) -> Result<()> {
-    if by.id == requester.id {
-        return Err(Error::Forbidden("nobody approves their own request".into()));
-    }
-    if !by.org.is_empty() && by.org == requester.org {
-        return Err(Error::Forbidden(
-            "nobody decides a request of their own organization".into(),
-        ));
-    }
+    crate::party::check_independent(by, requester.id, requester.org)?;
     if !undecided {
         return Err(Error::IllegalState(format!("{what} was already decided")));
     }
@@ -143,8 +138,24 @@ impl Scenario {
     }
 
     /// Approves a new proposal under its class, already approved by the
-    /// regulator with `prior` (一类场景一审定: a class is approved once).
-    pub fn approve_under_class(&mut self, prior: &Scenario, at: DateTime<Utc>) -> Result<()> {
+    /// regulator `decider` with `prior` (一类场景一审定: a class is approved
+    /// once). Refused when `decider` could not have decided this proposal
+    /// itself (I16): an approval manufactured by the proposer's
+    /// organization approves nothing further.
+    pub fn approve_under_class(
+        &mut self,
+        prior: &Scenario,
+        decider: &Actor,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        decider.require(Role::Regulator)?;
+        if prior.decided_by.as_deref() != Some(decider.id.as_str()) {
+            return Err(Error::IllegalState(format!(
+                "scenario {} was not decided by {}",
+                prior.id, decider.id
+            )));
+        }
+        crate::party::check_independent(decider, &self.created_by, &self.created_by_org)?;
         if self.status != ScenarioStatus::Pending {
             return Err(Error::IllegalState(format!(
                 "scenario {} was already decided",
@@ -793,17 +804,16 @@ mod tests {
         let op = actor("op", Role::Operator);
         let mut first = Scenario::propose("sc1".into(), spec(), &op, now).unwrap();
         let mut second = Scenario::propose("sc2".into(), spec(), &op, now).unwrap();
+        let reg = actor("reg", Role::Regulator);
         // Not before the regulator approved the class.
-        assert!(second.approve_under_class(&first, now).is_err());
-        first
-            .decide(true, None, &actor("reg", Role::Regulator), now)
-            .unwrap();
-        second.approve_under_class(&first, now).unwrap();
+        assert!(second.approve_under_class(&first, &reg, now).is_err());
+        first.decide(true, None, &reg, now).unwrap();
+        second.approve_under_class(&first, &reg, now).unwrap();
         assert_eq!(second.status, ScenarioStatus::Approved);
         let mut other = spec();
         other.class = "another".into();
         let mut third = Scenario::propose("sc3".into(), other, &op, now).unwrap();
-        assert!(third.approve_under_class(&first, now).is_err());
+        assert!(third.approve_under_class(&first, &reg, now).is_err());
         assert_eq!(third.status, ScenarioStatus::Pending);
     }
 
@@ -831,6 +841,114 @@ mod tests {
         ));
         assert_eq!(app, before, "a refused decision changes nothing");
         app.decide(true, None, &op, now).unwrap();
+    }
+
+    /// An account created by (a chain from) the requester's organization
+    /// decides nothing that organization asks for: scenarios, applications
+    /// and data applications alike.
+    #[test]
+    fn nobody_decides_with_an_account_their_organization_created() {
+        use crate::party::Creator;
+        let now = Utc::now();
+        let op = actor("op", Role::Operator);
+        let made_by = |who: &Actor| Creator {
+            id: who.id.clone(),
+            org: who.org.clone(),
+        };
+        // A regulator the operator manufactured (a store from before the
+        // creation rule), directly and through a chain of accounts.
+        let direct = Actor {
+            creators: vec![made_by(&op)],
+            ..actor("reg_fake", Role::Regulator)
+        };
+        let staff = Actor {
+            org: op.org.clone(),
+            ..actor("op_staff", Role::Operator)
+        };
+        let chained = Actor {
+            creators: vec![made_by(&actor("reg_mid", Role::Regulator)), made_by(&staff)],
+            ..actor("reg_chain", Role::Regulator)
+        };
+        let mut sc = Scenario::propose("sc".into(), spec(), &op, now).unwrap();
+        let before = sc.clone();
+        for fake in [&direct, &chained] {
+            assert!(matches!(
+                sc.decide(true, None, fake, now),
+                Err(Error::Forbidden(_))
+            ));
+            assert_eq!(sc, before, "a refused decision changes nothing");
+        }
+        sc.decide(true, None, &actor("reg", Role::Regulator), now)
+            .unwrap();
+
+        // An operator account a developer's organization had created does
+        // not decide that developer's application or data application.
+        let dev = actor("dev", Role::Developer);
+        let planted = Actor {
+            creators: vec![Creator {
+                id: "pt_someone".into(),
+                org: dev.org.clone(),
+            }],
+            ..actor("op_planted", Role::Operator)
+        };
+        let mut app =
+            Application::submit("ap".into(), &sc, materials(), &dev, now, &Calendar::default()).unwrap();
+        let before = app.clone();
+        assert!(matches!(
+            app.decide(true, None, &planted, now),
+            Err(Error::Forbidden(_))
+        ));
+        assert_eq!(app, before);
+        let mut da = DataApplication::submit(
+            "da".into(),
+            "ag".into(),
+            "n".into(),
+            "d".into(),
+            vec!["jb".into()],
+            "a".into(),
+            &dev,
+            now,
+        )
+        .unwrap();
+        let before = da.clone();
+        assert!(matches!(
+            da.decide(true, None, &planted, now),
+            Err(Error::Forbidden(_))
+        ));
+        assert_eq!(da, before);
+        da.decide(true, None, &op, now).unwrap();
+    }
+
+    /// A class approval by a regulator the operator's organization created
+    /// (a store from before I16) approves no later scenario of the class.
+    #[test]
+    fn a_manufactured_class_approval_approves_nothing_further() {
+        use crate::party::Creator;
+        let now = Utc::now();
+        let op = actor("op", Role::Operator);
+        let fake = Actor {
+            creators: vec![Creator {
+                id: op.id.clone(),
+                org: op.org.clone(),
+            }],
+            ..actor("reg_fake", Role::Regulator)
+        };
+        let mut first = Scenario::propose("sc1".into(), spec(), &op, now).unwrap();
+        // As it was stored before the rule.
+        first.status = ScenarioStatus::Approved;
+        first.decided_by = Some(fake.id.clone());
+        let mut second = Scenario::propose("sc2".into(), spec(), &op, now).unwrap();
+        let before = second.clone();
+        assert!(matches!(
+            second.approve_under_class(&first, &fake, now),
+            Err(Error::Forbidden(_))
+        ));
+        assert_eq!(second, before);
+        // Nor under another name for the decider.
+        assert!(second
+            .approve_under_class(&first, &actor("reg", Role::Regulator), now)
+            .is_err());
+        assert_eq!(second, before);
     }
 
     #[test]

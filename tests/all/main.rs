@@ -3,6 +3,7 @@
 //! per area.
 
 mod disclosure;
+mod duties;
 mod examples;
 mod fixture;
 mod governance;

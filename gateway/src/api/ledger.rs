@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::time::Duration;
 
-pub(crate) async fn public_key(State(st): State<AppState>, Auth(_actor): Auth) -> ApiResult<Json<Value>> {
+pub(crate) async fn public_key(State(st): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(
         json!({"algorithm": "ed25519", "public_key": st.keys.public_key_hex()}),
     ))

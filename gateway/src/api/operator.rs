@@ -36,11 +36,13 @@ pub(crate) async fn create_party(
     Auth(actor): Auth,
     Body(req): Body<NewParty>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    actor.require(Role::Operator)?;
     let name = req.name.trim().to_string();
     if name.is_empty() || name.len() > 200 {
         return Err(ApiError::BadRequest("name must be 1-200 characters".into()));
     }
+    // Separation of duties (I16): who may create which role, and
+    // in which organization, is the domain's rule.
+    let placed = scenarios::party::may_create(&actor, req.role, req.organization.as_deref())?;
     let (token, hash) = new_token();
     let now = Utc::now().to_rfc3339();
     let party = st
@@ -48,7 +50,7 @@ pub(crate) async fn create_party(
         .write(move |tx| {
             // A party without an organization gets its own, recorded in the
             // same ledger entry as the party.
-            let (org, new_org) = match req.organization {
+            let (org, new_org) = match placed {
                 Some(id) => (
                     get_in::<Organization>(tx, Table::Organizations, &id)?.ok_or_else(|| {
                         ApiError::NotFound(format!("no organization {}", id.escape_debug()))
@@ -73,6 +75,7 @@ pub(crate) async fn create_party(
                 role: req.role,
                 created_at: now,
                 organization: org.id,
+                created_by: Some(actor.id.clone()),
             };
             Store::insert_party(tx, &p, &hash)?;
             append(
@@ -82,7 +85,7 @@ pub(crate) async fn create_party(
                     "party.create",
                     &p.id,
                     json!({"name": p.name, "role": p.role, "organization": p.organization,
-                        "new_organization": new_org}),
+                        "new_organization": new_org, "created_by": p.created_by}),
                 ),
                 Utc::now(),
             )?;
@@ -98,6 +101,38 @@ pub(crate) async fn create_party(
     ))
 }
 
+/// The party that decided a record, as an actor with the chain of
+/// accounts that created it; `None` when unknown.
+fn decider_in(tx: &rusqlite::Connection, id: Option<&str>) -> ApiResult<Option<scenarios::party::Actor>> {
+    let Some(p) = id.map(|id| party_in(tx, id)).transpose()?.flatten() else {
+        return Ok(None);
+    };
+    let creators = crate::store::creators_in(tx, &p)?;
+    Ok(Some(scenarios::party::Actor {
+        id: p.id,
+        role: p.role,
+        name: p.name,
+        org: p.organization,
+        creators,
+    }))
+}
+
+/// Fails unless `actor` may manage the token of party `id`: only a party
+/// that may create that role in that organization (I16), so the
+/// operator cannot take over, or shut out, a regulator's account.
+fn may_manage(tx: &rusqlite::Connection, actor: &scenarios::party::Actor, id: &str) -> ApiResult<()> {
+    let target =
+        party_in(tx, id)?.ok_or_else(|| ApiError::NotFound(format!("no party {}", id.escape_debug())))?;
+    match scenarios::party::may_create(actor, target.role, Some(&target.organization)) {
+        Ok(_) => Ok(()),
+        Err(scenarios::Error::Forbidden(why)) => Err(ApiError::Forbidden(format!(
+            "the token of this {} is not yours to manage ({why})",
+            target.role
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Issues a new token for a party (the old one stops working), shown once.
 pub(crate) async fn reissue_token(
     State(st): State<AppState>,
@@ -108,6 +143,7 @@ pub(crate) async fn reissue_token(
     let party = id.clone();
     st.store
         .write(move |tx| {
+            may_manage(tx, &actor, &id)?;
             if !Store::set_token_hash(tx, &id, &hash)? {
                 return Err(ApiError::NotFound(format!("no party {}", id.escape_debug())));
             }
@@ -138,6 +174,7 @@ pub(crate) async fn revoke_token(
     let party = id.clone();
     st.store
         .write(move |tx| {
+            may_manage(tx, &actor, &id)?;
             if !Store::set_token_hash(tx, &id, &revoked)? {
                 return Err(ApiError::NotFound(format!("no party {}", id.escape_debug())));
             }
@@ -317,9 +354,22 @@ pub(crate) async fn propose_scenario(
             )?;
             // A class the regulator approved once approves its later
             // scenarios (R8).
+            // An approval by an account the proposer's organization created
+            // approves nothing further (I16): the proposal then waits for
+            // the regulator.
             let approved: Vec<Scenario> = list_in(tx, Table::Scenarios, Some(("status", "approved")))?;
-            if let Some(prior) = approved.iter().find(|p| p.spec.class == sc.spec.class) {
-                sc.approve_under_class(prior, now)?;
+            let mut under = None;
+            let class = sc.spec.class.clone();
+            for prior in approved.iter().filter(|p| p.spec.class == class) {
+                let Some(decider) = decider_in(tx, prior.decided_by.as_deref())? else {
+                    continue;
+                };
+                if sc.approve_under_class(prior, &decider, now).is_ok() {
+                    under = Some(prior);
+                    break;
+                }
+            }
+            if let Some(prior) = under {
                 append(
                     tx,
                     NewEntry::system(
@@ -502,11 +552,12 @@ pub(crate) async fn decide_review(
                     j.id
                 )));
             }
-            if party_in(tx, &j.developer_id)?.is_some_and(|p| p.organization == actor.org) {
-                return Err(ApiError::Forbidden(
-                    "nobody reviews the output of their own organization".into(),
-                ));
-            }
+            // The developer's organization, nor an account it created,
+            // reviews its output (I16).
+            let org = party_in(tx, &j.developer_id)?
+                .map(|p| p.organization)
+                .unwrap_or_default();
+            scenarios::party::check_independent(&actor, &j.developer_id, &org)?;
             let now = Utc::now();
             j.status = if d.approve {
                 JobStatus::Succeeded

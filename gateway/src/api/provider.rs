@@ -135,11 +135,12 @@ pub(crate) async fn review_rules(
                     r.id
                 )));
             }
-            if crate::store::party_in(tx, &r.owner)?.is_some_and(|p| p.organization == actor.org) {
-                return Err(ApiError::Forbidden(
-                    "nobody reviews the rules of their own organization".into(),
-                ));
-            }
+            // The owner's organization, nor an account it created, reviews
+            // the rules (I16).
+            let org = crate::store::party_in(tx, &r.owner)?
+                .map(|p| p.organization)
+                .unwrap_or_default();
+            scenarios::party::check_independent(&actor, &r.owner, &org)?;
             let now = Utc::now();
             r.review = super::RulesReview {
                 status: if d.approve {

@@ -679,6 +679,7 @@ mod tests {
             role: Role::Regulator,
             name: "regulator".into(),
             org: "org_reg".into(),
+            creators: Vec::new(),
         }
     }
 
