@@ -73,7 +73,7 @@ pub fn bundle(scenario_id: &str, spec: &ScenarioSpec, catalog: &[DatasetRecord])
                     .iter()
                     .map(|c| (c.name.clone(), c.data_type.clone()))
                     .collect(),
-                unit_unique: d.profile.unit_unique,
+                unit_unique: d.spec.one_row_per_unit,
             }
         })
         .collect();

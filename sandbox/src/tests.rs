@@ -27,13 +27,16 @@ pub(super) fn pums(file: &str) -> String {
     format!("{}/../../shared/data/pums/{file}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The dataset over a PUMS file, declared one row per unit unless the
+/// file repeats persons (`PUMS_dup.csv`).
 pub(super) fn spec(file: &str, name: &str) -> DatasetSpec {
+    let one_row_per_unit = !file.contains("dup");
     serde_json::from_value(json!({
         "name": name,
         "path": pums(file),
         "privacy_unit": "pid",
         "unit_kind": "person",
-        "one_row_per_unit": true,
+        "one_row_per_unit": one_row_per_unit,
         "columns": [
             {"name": "age", "rule": "keep", "not_null": true},
             {"name": "sex", "rule": "keep", "not_null": true},
@@ -888,4 +891,50 @@ async fn an_excluded_row_never_reaches_a_user_expression() {
     assert!(!fallback);
     assert!(seen.contains(&5.0));
     assert_eq!(nulled, 1);
+}
+
+/// What decides a query's release path is declared by the provider and
+/// checked at registration, never measured (docs/privacy-model.md): a file
+/// that breaks its declaration is refused, with counts but no value.
+#[tokio::test]
+async fn a_file_that_breaks_its_declarations_is_refused() {
+    let mut dup = spec("PUMS_dup.csv", "pums");
+    dup.one_row_per_unit = true;
+    let e = profile(&dup).await.unwrap_err().to_string();
+    assert!(e.contains("declares one row per unit"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.csv");
+    std::fs::write(&path, "pid,x,f\n1,5,0.5\n2,,1.5\n3,7,NaN\n").unwrap();
+    let declared = |column: &str| -> DatasetSpec {
+        serde_json::from_value(json!({
+            "name": "t", "path": path.to_string_lossy(), "privacy_unit": "pid",
+            "one_row_per_unit": true,
+            "columns": [
+                {"name": "pid", "rule": "tokenize"},
+                {"name": "x", "rule": "keep", "not_null": column == "x"},
+                {"name": "f", "rule": "keep", "not_null": column == "f"}
+            ]
+        }))
+        .unwrap()
+    };
+    let e = profile(&declared("x")).await.unwrap_err().to_string();
+    assert!(
+        e.contains("`x` is declared not null but has missing values"),
+        "{e}"
+    );
+    let e = profile(&declared("f")).await.unwrap_err().to_string();
+    assert!(e.contains("`f` is declared not null but holds NaN"), "{e}");
+    assert!(!e.contains("0.5") && !e.contains("1.5"), "no value is named: {e}");
+    // Declared and true: accepted, and only the declaration counts.
+    let ok = profile(&declared("none")).await.unwrap();
+    let t = TableVersion::from_profile(declared("none"), &ok);
+    assert!(t.unit_unique && t.complete_columns.is_empty());
+    let mut undeclared = declared("none");
+    undeclared.one_row_per_unit = false;
+    let t = TableVersion::from_profile(undeclared.clone(), &profile(&undeclared).await.unwrap());
+    assert!(
+        !t.unit_unique,
+        "a unique file that does not declare it takes the bounded path"
+    );
 }

@@ -81,7 +81,7 @@ pub(crate) async fn detail(
         .iter()
         .map(|c| Ok((c.name.clone(), parse_type(&c.data_type)?)))
         .collect::<Result<Vec<_>, sandbox::Error>>()?;
-    let (header, rows) = sample_rows(&d.spec, &types, st.config.sample_rows, d.profile.unit_unique).await?;
+    let (header, rows) = sample_rows(&d.spec, &types, st.config.sample_rows, d.spec.one_row_per_unit).await?;
     let mut v = view(&d);
     if let Some(obj) = v.as_object_mut() {
         obj.insert(
