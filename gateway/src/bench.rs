@@ -52,7 +52,7 @@ fn pums_spec(path: &Path) -> Result<DatasetSpec> {
             {"name": "race", "rule": "keep", "not_null": true},
             {"name": "income", "rule": "keep", "scale": 0, "not_null": true},
             {"name": "married", "rule": "keep", "not_null": true},
-            {"name": "pid", "rule": "tokenize"}
+            {"name": "pid", "rule": "tokenize", "not_null": true}
         ]
     }))?)
 }

@@ -191,7 +191,7 @@ pub fn dataset_specs(files: &data::DemoFiles) -> Vec<(&'static str, Value)> {
                 "privacy_unit": "enterprise_id",
                 "unit_kind": "enterprise",
                 "columns": [
-                    {"name": "enterprise_id", "rule": "tokenize"},
+                    {"name": "enterprise_id", "rule": "tokenize", "not_null": true},
                     {"name": "month", "rule": "keep"},
                     {"name": "insured_count", "rule": "keep", "domain": {"range": {"min": 0.0, "max": 3000.0}}},
                     {"name": "amount_paid", "rule": "keep", "domain": {"range": {"min": 0.0, "max": 5000000.0}}},
@@ -208,7 +208,7 @@ pub fn dataset_specs(files: &data::DemoFiles) -> Vec<(&'static str, Value)> {
                 "privacy_unit": "enterprise_id",
                 "unit_kind": "enterprise",
                 "columns": [
-                    {"name": "enterprise_id", "rule": "tokenize"},
+                    {"name": "enterprise_id", "rule": "tokenize", "not_null": true},
                     {"name": "year", "rule": "keep"},
                     {"name": "grade", "rule": "keep", "domain": {"categories": data::GRADES}}
                 ]

@@ -104,6 +104,14 @@ impl UnitFilterExec {
             .columns()
             .get(unit)
             .ok_or_else(|| DataFusionError::Internal("unit column missing".into()))?;
+        if units.exclude.is_empty() && units.only.is_none() {
+            // Only rows without a unit go: no need to read the values.
+            if column.null_count() == 0 {
+                return Ok(batch);
+            }
+            let mask = datafusion::arrow::compute::is_not_null(column)?;
+            return Ok(filter_record_batch(&batch, &mask)?);
+        }
         let text = cast(column, &DataType::Utf8)?;
         let text = text.as_string::<i32>();
         let mask: BooleanArray = (0..text.len())
