@@ -123,6 +123,15 @@ fn i(x: u64) -> i64 {
     i64::try_from(x).unwrap_or(i64::MAX)
 }
 
+/// The budget in three columns (epsilon, delta, rho) from `first` on.
+fn budget_at(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Budget> {
+    Ok(Budget {
+        epsilon: Epsilon(u(r.get(first)?)),
+        delta: Delta(u(r.get(first + 1)?)),
+        rho: Rho(u(r.get(first + 2)?)),
+    })
+}
+
 /// One level's row: what it spent and, for an allocation, its own cap.
 fn level_in(
     c: &Connection,
@@ -137,11 +146,7 @@ fn level_in(
         params![kind, period as i64, level.as_str(), holder],
         |r| {
             let spent = Spend {
-                budget: Budget {
-                    epsilon: Epsilon(u(r.get(0)?)),
-                    delta: Delta(u(r.get(1)?)),
-                    rho: Rho(u(r.get(2)?)),
-                },
+                budget: budget_at(r, 0)?,
                 epsilon_squares: u(r.get(3)?),
                 epsilon_drift: u(r.get(4)?),
             };
@@ -633,13 +638,7 @@ pub fn verification_spent_in(c: &Connection, developer: &str, scenario: &str) ->
     Ok(c.query_row(
         "SELECT epsilon, delta, rho FROM verification_spent WHERE developer_id = ?1 AND scenario_id = ?2",
         params![developer, scenario],
-        |r| {
-            Ok(Budget {
-                epsilon: Epsilon(u(r.get(0)?)),
-                delta: Delta(u(r.get(1)?)),
-                rho: Rho(u(r.get(2)?)),
-            })
-        },
+        |r| budget_at(r, 0),
     )
     .optional()?
     .unwrap_or_default())
