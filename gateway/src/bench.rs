@@ -1,6 +1,7 @@
 //! `invis bench`: protected versus raw query times over the demo's data.
 
 pub mod audit;
+pub mod compile;
 pub mod ledger;
 pub mod runtime;
 

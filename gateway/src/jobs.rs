@@ -194,7 +194,8 @@ pub async fn submit(
     }
     let rt = st.runtime.clone();
     let bytes = module.clone();
-    let info = tokio::task::spawn_blocking(move || rt.load(&bytes))
+    let limit = std::time::Duration::from_millis(st.config.job_limits.timeout_ms);
+    let info = tokio::task::spawn_blocking(move || rt.load_within(&bytes, limit))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??
         .0;
@@ -206,6 +207,7 @@ pub async fn submit(
         scenario_id: sc.id.clone(),
         module_hash: info.hash.clone(),
         module_size: info.size,
+        compile_ms: info.compile_ms,
         params_hash: (!params.is_empty()).then(|| hex::encode(scenarios::ledger::sha256(&params))),
         status: JobStatus::Queued,
         submitted_at: now,
@@ -224,18 +226,25 @@ pub async fn submit(
         allowance: None,
     };
     let (store, j, a) = (st.store.clone(), job.clone(), actor.clone());
-    store.write(move |tx| {
+    store
+        .write(move |tx| {
             Store::put_module(tx, &j.module_hash, &module, &now.to_rfc3339())?;
             put(tx, &j)?;
             append(
                 tx,
-                NewEntry::by(&a, "job.submit", &j.id, json!({"agreement": j.agreement_id, "scenario": j.scenario_id,
-                    "module_hash": j.module_hash, "module_size": j.module_size, "params_hash": j.params_hash})),
+                NewEntry::by(
+                    &a,
+                    "job.submit",
+                    &j.id,
+                    json!({"agreement": j.agreement_id, "scenario": j.scenario_id,
+                    "module_hash": j.module_hash, "module_size": j.module_size, "compile_ms": j.compile_ms,
+                    "params_hash": j.params_hash}),
+                ),
                 now,
             )?;
             Ok(())
         })
-    .await?;
+        .await?;
     let cancel = Arc::new(AtomicBool::new(false));
     if let Ok(mut r) = st.running.lock() {
         r.insert(job.id.clone(), cancel.clone());
@@ -628,6 +637,7 @@ async fn run(
                     started,
                     quantum: st.config.time_quantum,
                 }),
+                compile_ms: job.compile_ms,
             };
             tokio::task::spawn_blocking(move || rt.run(&bytes, input))
                 .await

@@ -170,6 +170,7 @@ pub async fn run(opts: LocalRun) -> Result<i32> {
         cancel: Arc::new(AtomicBool::new(false)),
         module_hash: None,
         hold_slot: None,
+        compile_ms: 0,
     };
     let outcome = tokio::task::spawn_blocking(move || rt.run(&bytes, input)).await?;
     let spent = accountant.spent();

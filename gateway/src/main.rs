@@ -37,8 +37,8 @@ enum Command {
         #[arg(long)]
         calendar: Option<PathBuf>,
         /// The published tariff (JSON: `{"per_job_fen": 100, "per_query_fen":
-        /// 20, "per_million_rows_fen": 50, "per_billion_fuel_fen": 10}`, the
-        /// defaults).
+        /// 20, "per_million_rows_fen": 50, "per_billion_fuel_fen": 10,
+        /// "per_compile_second_fen": 5}`, the defaults).
         #[arg(long)]
         tariff: Option<PathBuf>,
         #[command(flatten)]
@@ -109,6 +109,9 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         iterations: usize,
     },
+    /// Time the compilation of the largest modules the shape limits admit
+    /// (and check that the attacks they refuse are refused quickly).
+    BenchCompile,
     /// Audit the privacy mechanisms: run each many times on neighbouring
     /// datasets and print the empirical lower bound on its epsilon next to
     /// the claimed one; broken mechanisms (negative controls) must be
@@ -501,6 +504,7 @@ async fn main() -> Result<()> {
             query_samples,
             confidence,
         } => gateway::bench::audit::run(samples, query_samples, confidence).await,
+        Command::BenchCompile => gateway::bench::compile::run(),
         Command::BenchRuntime { rows, iterations } => gateway::bench::runtime::run(rows, iterations).await,
         Command::RunLocal {
             job,

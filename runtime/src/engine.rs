@@ -1,6 +1,7 @@
 //! The wasmtime embedding: one [`Runtime`] (one `Engine`) per process, one
-//! `Store` per job. Modules are validated against the host ABI before they
-//! are accepted, compiled once and cached by content hash.
+//! `Store` per job. Modules are checked for their shape and against the host
+//! ABI before they are compiled (`shape`), compiled once with a deadline
+//! and cached by content hash in a cache bounded in bytes.
 
 use crate::error::JobError;
 use crate::host::{self, HostState, HostStop, ABI_MODULE};
@@ -19,8 +20,16 @@ use wasmtime::{
 
 /// Wall-clock length of one epoch tick.
 const TICK: Duration = Duration::from_millis(5);
-/// Compiled modules kept in memory.
+/// Compiled modules kept in memory, at most.
 const CACHE_ENTRIES: usize = 64;
+/// Bytes the cache of compiled modules may hold (compiled image plus the
+/// module's bytes), at most.
+pub const CACHE_BYTES: usize = 256 << 20;
+/// Longest a compilation may take (a job's time limit lowers it).
+pub const MAX_COMPILE: Duration = Duration::from_secs(20);
+/// Compilations at once; more wait for one to finish (counted against
+/// their deadline).
+const COMPILE_SLOTS: usize = 2;
 /// Jobs running at once; more wait for a slot.
 pub const CONCURRENT_JOBS: usize = 32;
 /// Instances one job may hold: itself, its row-function instance and one
@@ -34,6 +43,9 @@ pub struct ModuleInfo {
     pub hash: String,
     /// Size in bytes.
     pub size: u64,
+    /// Milliseconds spent compiling it for this request (0 when it was
+    /// already compiled).
+    pub compile_ms: u64,
 }
 
 /// Resources a job used, recorded in its lineage and metered for fees.
@@ -52,6 +64,11 @@ pub struct Usage {
     pub host_calls: u32,
     /// Queries released to the job.
     pub queries: u32,
+    /// Milliseconds spent compiling the module for this job, at submission
+    /// and, when it had left the cache, before the run. Counted against the
+    /// job's time limit and charged (`compile_seconds`).
+    #[serde(default)]
+    pub compile_ms: u64,
 }
 
 /// Everything a run produced, whether it succeeded or not.
@@ -111,6 +128,9 @@ pub struct JobInput {
     /// Hold the slot after the run (see [`SlotHold`]); `None` frees it at
     /// once.
     pub hold_slot: Option<SlotHold>,
+    /// Milliseconds already spent compiling the module for this job (at
+    /// submission): they count against `limits.timeout_ms`.
+    pub compile_ms: u64,
 }
 
 /// The WASM runtime.
@@ -119,8 +139,9 @@ pub struct Runtime {
     linker: Linker<HostState>,
     udf_factory: Arc<UdfFactory>,
     /// Compiled and pre-linked modules by SHA-256.
-    cache: Mutex<HashMap<String, Prepared>>,
+    cache: Mutex<Cache>,
     slots: Slots,
+    compile_slots: Arc<Slots>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -183,25 +204,33 @@ impl Runtime {
             engine,
             linker,
             udf_factory,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache::default()),
             slots: Slots::new(CONCURRENT_JOBS),
+            compile_slots: Arc::new(Slots::new(COMPILE_SLOTS)),
             ticker_stop,
         })
     }
 
-    /// Validates a module against the ABI and compiles it (cached).
+    /// Checks a module's shape and interface and compiles it (cached),
+    /// within [`MAX_COMPILE`].
     pub fn load(&self, bytes: &[u8]) -> Result<(ModuleInfo, Module), JobError> {
-        self.prepare(bytes)
+        self.load_within(bytes, MAX_COMPILE)
+    }
+
+    /// Like [`Runtime::load`], with a compilation deadline of `limit`
+    /// (at most [`MAX_COMPILE`]): a job's time limit.
+    pub fn load_within(&self, bytes: &[u8], limit: Duration) -> Result<(ModuleInfo, Module), JobError> {
+        self.prepare(bytes, limit)
             .map(|(info, p)| (info, p.pre.module().clone()))
     }
 
     fn cached(&self, hash: &str) -> Option<Prepared> {
-        self.cache.lock().ok().and_then(|c| c.get(hash).cloned())
+        self.cache.lock().ok().and_then(|mut c| c.get(hash))
     }
 
-    /// Like [`Runtime::load`], returning the module linked against the host
-    /// ABI and ready to instantiate.
-    fn prepare(&self, bytes: &[u8]) -> Result<(ModuleInfo, Prepared), JobError> {
+    /// Like [`Runtime::load_within`], returning the module linked against
+    /// the host ABI and ready to instantiate.
+    fn prepare(&self, bytes: &[u8], limit: Duration) -> Result<(ModuleInfo, Prepared), JobError> {
         if bytes.len() > MAX_MODULE_BYTES {
             return Err(JobError::InvalidModule(format!(
                 "the module is larger than {MAX_MODULE_BYTES} bytes"
@@ -213,19 +242,19 @@ impl Runtime {
             ));
         }
         let hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
-        let info = ModuleInfo {
+        let mut info = ModuleInfo {
             hash: hash.clone(),
             size: bytes.len() as u64,
+            compile_ms: 0,
         };
         if let Some(p) = self.cached(&hash) {
             return Ok((info, p));
         }
-        let module = Module::from_binary(&self.engine, bytes).map_err(|e| {
-            JobError::InvalidModule(format!(
-                "the module does not validate: {}",
-                first_line(&e.to_string())
-            ))
-        })?;
+        crate::shape::check(bytes, &crate::shape::SHAPE_LIMITS)?;
+        let bytes: Arc<[u8]> = Arc::from(bytes);
+        let started = Instant::now();
+        let module = self.compile(bytes.clone(), limit.min(MAX_COMPILE))?;
+        info.compile_ms = millis_up(started.elapsed());
         check_interface(&module)?;
         let pre = self.linker.instantiate_pre(&module).map_err(|e| {
             JobError::InvalidModule(format!(
@@ -233,17 +262,46 @@ impl Runtime {
                 first_line(&e.to_string())
             ))
         })?;
-        let p = Prepared {
-            pre,
-            bytes: Arc::from(bytes),
-        };
+        let p = Prepared { pre, bytes };
         if let Ok(mut c) = self.cache.lock() {
-            if c.len() >= CACHE_ENTRIES {
-                c.clear();
-            }
             c.insert(hash, p.clone());
         }
         Ok((info, p))
+    }
+
+    /// Compiles on a thread of its own, one of at most [`COMPILE_SLOTS`],
+    /// and gives up at `limit` (waiting for a slot included). Cranelift
+    /// cannot be interrupted: a compilation given up on finishes in the
+    /// background, still holding its slot, and its result is dropped; the
+    /// shape limits keep that bounded.
+    fn compile(&self, bytes: Arc<[u8]>, limit: Duration) -> Result<Module, JobError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let given_up = Arc::new(AtomicBool::new(false));
+        let (engine, slots, gave_up) = (self.engine.clone(), self.compile_slots.clone(), given_up.clone());
+        std::thread::Builder::new()
+            .name("invis-compile".into())
+            .spawn(move || {
+                let _slot = slots.acquire();
+                if gave_up.load(Ordering::SeqCst) {
+                    return;
+                }
+                let _ = tx.send(Module::from_binary(&engine, &bytes));
+            })
+            .map_err(internal)?;
+        match rx.recv_timeout(limit) {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(e)) => Err(JobError::InvalidModule(format!(
+                "the module does not validate: {}",
+                first_line(&e.to_string())
+            ))),
+            Err(_) => {
+                given_up.store(true, Ordering::SeqCst);
+                Err(JobError::LimitExceeded(format!(
+                    "compiling the module took longer than {} ms, the compilation limit",
+                    limit.as_millis()
+                )))
+            }
+        }
     }
 
     /// Instantiates a cached module in a fresh store with default limits
@@ -262,6 +320,7 @@ impl Runtime {
             cancel: Arc::new(AtomicBool::new(false)),
             module_hash: None,
             hold_slot: None,
+            compile_ms: 0,
         };
         let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
         let state = HostState::new(input, deadline, &p, self.udf_factory.clone());
@@ -291,7 +350,7 @@ impl Runtime {
     /// A row-function instance of a module outside any job, with an hour's
     /// deadline and no cancel flag.
     pub(crate) fn udf_host(&self, bytes: &[u8]) -> Result<Arc<crate::udf::UdfHost>, JobError> {
-        let (_, p) = self.prepare(bytes)?;
+        let (_, p) = self.prepare(bytes, MAX_COMPILE)?;
         Ok(Arc::new(crate::udf::UdfHost::new(
             self.udf_factory.clone(),
             &p,
@@ -303,7 +362,12 @@ impl Runtime {
 
     /// Compiled modules currently cached.
     pub fn cached_modules(&self) -> usize {
-        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+        self.cache.lock().map(|c| c.entries.len()).unwrap_or(0)
+    }
+
+    /// Bytes the cached modules hold (compiled images and module bytes).
+    pub fn cached_bytes(&self) -> usize {
+        self.cache.lock().map(|c| c.bytes).unwrap_or(0)
     }
 
     /// Runs a job to completion on the current thread (call it from a
@@ -321,12 +385,19 @@ impl Runtime {
 
     fn run_in_slot(&self, bytes: &[u8], input: JobInput) -> JobOutcome {
         let started = Instant::now();
-        let mut usage = Usage::default();
+        let mut usage = Usage {
+            compile_ms: input.compile_ms,
+            ..Usage::default()
+        };
+        let limits = input.limits;
+        let budget = Duration::from_millis(limits.timeout_ms.saturating_sub(input.compile_ms));
         let known = input.module_hash.as_deref().and_then(|h| self.cached(h));
-        let prepared = match known
-            .map(Ok)
-            .unwrap_or_else(|| self.prepare(bytes).map(|(_, p)| p))
-        {
+        let prepared = match known.map(Ok).unwrap_or_else(|| {
+            self.prepare(bytes, budget).map(|(info, p)| {
+                usage.compile_ms = usage.compile_ms.saturating_add(info.compile_ms);
+                p
+            })
+        }) {
             Ok(p) => p,
             Err(e) => {
                 return JobOutcome {
@@ -347,11 +418,12 @@ impl Runtime {
                 ended: Instant::now(),
             };
         }
-        let limits = input.limits;
-        // The guest's own running time starts now (compiling the module is
-        // not the guest's); host calls move the deadline later by the time
-        // they take (`host::timed`).
-        let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
+        // The guest's own running time starts now; what compiling the
+        // module took, at submission and here, is taken off its limit. Host
+        // calls move the deadline later by the time they take
+        // (`host::timed`).
+        let deadline =
+            Instant::now() + Duration::from_millis(limits.timeout_ms.saturating_sub(usage.compile_ms));
         let state = HostState::new(input, deadline, &prepared, self.udf_factory.clone());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -472,6 +544,87 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// Compiled modules by hash, least recently used evicted first once
+/// [`CACHE_ENTRIES`] or [`CACHE_BYTES`] would be exceeded.
+struct Cache {
+    entries: HashMap<String, Cached>,
+    bytes: usize,
+    clock: u64,
+    limit: usize,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            entries: HashMap::new(),
+            bytes: 0,
+            clock: 0,
+            limit: CACHE_BYTES,
+        }
+    }
+}
+
+struct Cached {
+    prepared: Prepared,
+    cost: usize,
+    used: u64,
+}
+
+impl Cache {
+    fn get(&mut self, hash: &str) -> Option<Prepared> {
+        self.clock += 1;
+        let now = self.clock;
+        self.entries.get_mut(hash).map(|c| {
+            c.used = now;
+            c.prepared.clone()
+        })
+    }
+
+    /// What a module costs to keep: its compiled image (code and
+    /// metadata) and its bytes.
+    fn cost(p: &Prepared) -> usize {
+        let image = p.pre.module().image_range();
+        (image.end as usize)
+            .saturating_sub(image.start as usize)
+            .saturating_add(p.bytes.len())
+    }
+
+    fn insert(&mut self, hash: String, prepared: Prepared) {
+        let cost = Self::cost(&prepared);
+        if cost > self.limit || self.entries.contains_key(&hash) {
+            return;
+        }
+        while !self.entries.is_empty()
+            && (self.entries.len() >= CACHE_ENTRIES || self.bytes.saturating_add(cost) > self.limit)
+        {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(h, _)| h.clone());
+            match oldest.and_then(|h| self.entries.remove(&h)) {
+                Some(gone) => self.bytes = self.bytes.saturating_sub(gone.cost),
+                None => break,
+            }
+        }
+        self.clock += 1;
+        self.bytes = self.bytes.saturating_add(cost);
+        self.entries.insert(
+            hash,
+            Cached {
+                prepared,
+                cost,
+                used: self.clock,
+            },
+        );
+    }
+}
+
+/// Whole milliseconds, rounded up.
+fn millis_up(d: Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
+}
+
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(300).collect()
 }
@@ -547,4 +700,54 @@ fn check_interface(module: &Module) -> Result<(), JobError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepared(rt: &Runtime, i: usize) -> (String, Prepared) {
+        let bytes = wat::parse_str(format!(
+            r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (i32.const {i})))"#
+        ))
+        .unwrap_or_default();
+        let (info, p) = rt.prepare(&bytes, MAX_COMPILE).unwrap_or_else(|e| panic!("{e}"));
+        (info.hash, p)
+    }
+
+    #[test]
+    fn the_cache_evicts_the_least_recently_used_to_stay_within_its_bytes() {
+        let rt = Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+        let (h0, p0) = prepared(&rt, 0);
+        let one = Cache::cost(&p0);
+        assert!(one > 0);
+        let mut cache = Cache {
+            limit: 3 * one + one / 2,
+            ..Cache::default()
+        };
+        cache.insert(h0.clone(), p0);
+        let mut hashes = Vec::new();
+        for i in 1..6 {
+            let (h, p) = prepared(&rt, i);
+            cache.insert(h.clone(), p);
+            hashes.push(h);
+            // Touch the first module: it is the most recently used.
+            assert!(cache.get(&h0).is_some(), "the recently used module stays ({i})");
+            assert!(cache.bytes <= cache.limit, "{} > {}", cache.bytes, cache.limit);
+        }
+        assert_eq!(cache.entries.len(), 3);
+        assert!(
+            cache.get(&hashes[0]).is_none(),
+            "the least recently used went first"
+        );
+        assert!(cache.get(&hashes[4]).is_some());
+        // A module larger than the whole cache is not kept.
+        let mut tiny = Cache {
+            limit: one / 2,
+            ..Cache::default()
+        };
+        let (h, p) = prepared(&rt, 9);
+        tiny.insert(h.clone(), p);
+        assert!(tiny.get(&h).is_none() && tiny.bytes == 0);
+    }
 }

@@ -223,6 +223,12 @@ fn memory_range(caller: &mut C<'_>, ptr: i32, len: i32) -> Option<(wasmtime::Mem
     (end <= mem.data_size(&*caller)).then_some((mem, start, end))
 }
 
+/// The first check of every call that takes a length: a negative one is
+/// `INVALID_ARGUMENT` whatever else is wrong (runtime/ABI.md).
+fn negative_length(caller: &mut C<'_>, len: i32) -> Option<i32> {
+    (len < 0).then(|| fail(caller, code::INVALID_ARGUMENT, "the length is negative"))
+}
+
 fn read_bytes(caller: &mut C<'_>, ptr: i32, len: i32, max: usize) -> Result<Vec<u8>, i32> {
     match usize::try_from(len) {
         Err(_) => return Err(code::INVALID_ARGUMENT),
@@ -296,6 +302,9 @@ fn error_code(e: &sandbox::Error) -> i32 {
 
 fn host_query(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i64> {
     enter(caller, HOST_CALL_FUEL + QUERY_FUEL)?;
+    if let Some(c) = negative_length(caller, len) {
+        return Ok(i64::from(c));
+    }
     let sql = match read_bytes(caller, ptr, len, MAX_SQL_BYTES).map(String::from_utf8) {
         Ok(Ok(s)) => s,
         Ok(Err(_)) => {
@@ -377,6 +386,9 @@ async fn cancelled(flag: &AtomicBool) {
 
 fn host_result_read(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
     enter(caller, HOST_CALL_FUEL)?;
+    if let Some(c) = negative_length(caller, len) {
+        return Ok(c);
+    }
     let Some(pending) = caller.data_mut().pending.take() else {
         return Ok(fail(caller, code::NO_RESULT, "no query result is pending"));
     };
@@ -400,6 +412,11 @@ fn host_result_read(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<
 
 fn host_error_read(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
     enter(caller, HOST_CALL_FUEL)?;
+    if len < 0 {
+        // A negative length is an invalid argument like everywhere else
+        // (runtime/ABI.md); the last error stays readable.
+        return Ok(code::INVALID_ARGUMENT);
+    }
     let msg = caller.data().last_error.clone().into_bytes();
     let cap = usize::try_from(len).unwrap_or(0);
     let mut n = msg.len().min(cap);
@@ -416,6 +433,9 @@ fn host_error_read(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i
 fn host_emit(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
     let fuel = HOST_CALL_FUEL + u64::try_from(len.max(0)).unwrap_or(0) / 16;
     enter(caller, fuel)?;
+    if let Some(c) = negative_length(caller, len) {
+        return Ok(c);
+    }
     let room = {
         let st = caller.data();
         usize::try_from(st.limits.output_bytes)
@@ -440,6 +460,9 @@ fn host_emit(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
 
 fn host_log(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
     enter(caller, HOST_CALL_FUEL)?;
+    if let Some(c) = negative_length(caller, len) {
+        return Ok(c);
+    }
     let (count, cap, max) = {
         let st = caller.data();
         (
@@ -473,6 +496,9 @@ fn host_params_len(caller: &mut C<'_>) -> wasmtime::Result<i32> {
 
 fn host_params_read(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
     enter(caller, HOST_CALL_FUEL)?;
+    if let Some(c) = negative_length(caller, len) {
+        return Ok(c);
+    }
     let params = caller.data().params.clone();
     if usize::try_from(len).map_or(true, |l| l < params.len()) {
         return Ok(fail(
@@ -489,6 +515,9 @@ fn host_params_read(caller: &mut C<'_>, ptr: i32, len: i32) -> wasmtime::Result<
 
 fn host_udf_register(caller: &mut C<'_>, ptr: i32, len: i32, lo: f64, hi: f64) -> wasmtime::Result<i32> {
     enter(caller, HOST_CALL_FUEL + UDF_FUEL)?;
+    if let Some(c) = negative_length(caller, len) {
+        return Ok(c);
+    }
     let name = match read_bytes(caller, ptr, len, 64).map(String::from_utf8) {
         Ok(Ok(s)) => s,
         _ => {
@@ -512,13 +541,27 @@ fn host_udf_register(caller: &mut C<'_>, ptr: i32, len: i32, lo: f64, hi: f64) -
     let Some(scope) = caller.data().scope.clone() else {
         return Ok(fail(caller, code::ACCESS_CLOSED, "this run has no data access"));
     };
+    let exported = caller
+        .data()
+        .module
+        .pre
+        .module()
+        .exports()
+        .any(|e| e.name() == name && matches!(e.ty(), wasmtime::ExternType::Func(_)));
+    if !exported {
+        return Ok(fail(
+            caller,
+            code::INVALID_ARGUMENT,
+            format!("the module exports no function `{name}`"),
+        ));
+    }
     let host = match caller.data().udfs.clone() {
         Some(h) => h,
         None => {
             let st = caller.data();
-            // The second instance runs the module's start function (the
-            // guest's code) now: it gets the guest's remaining time. Later
-            // each query sets the row functions' deadline.
+            // The second instance gets the guest's remaining time (modules
+            // have no start function, `shape`); later each query sets the
+            // row functions' deadline.
             let made = UdfHost::new(
                 st.udf_factory.clone(),
                 &st.module,
@@ -532,7 +575,9 @@ fn host_udf_register(caller: &mut C<'_>, ptr: i32, len: i32, lo: f64, hi: f64) -
                     caller.data_mut().udfs = Some(h.clone());
                     h
                 }
-                Err(e) => return Ok(fail(caller, code::POLICY_VIOLATION, e.to_string())),
+                // The module was admitted and instantiated once already:
+                // a second instance failing is the platform's fault.
+                Err(e) => return Ok(fail(caller, code::INTERNAL, e.to_string())),
             }
         }
     };

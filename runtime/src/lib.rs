@@ -12,11 +12,14 @@ mod engine;
 mod error;
 pub mod host;
 mod limits;
+pub mod shape;
 #[cfg(test)]
 mod tests;
 pub mod udf;
 
-pub use engine::{JobInput, JobOutcome, ModuleInfo, Runtime, SlotHold, Usage, CONCURRENT_JOBS};
+pub use engine::{
+    JobInput, JobOutcome, ModuleInfo, Runtime, SlotHold, Usage, CACHE_BYTES, CONCURRENT_JOBS, MAX_COMPILE,
+};
 pub use error::JobError;
 pub use limits::{
     JobLimits, MAX_MEMORY_BYTES, MAX_MODULE_BYTES, MAX_PARAMS_BYTES, MAX_SQL_BYTES, MAX_TABLE_ELEMENTS,

@@ -5,6 +5,7 @@ use crate::{JobError, JobInput, JobLimits, Runtime};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+mod abi;
 mod udf;
 
 fn rt() -> (Runtime, tokio::runtime::Runtime) {
@@ -26,6 +27,7 @@ fn input(tokio: &tokio::runtime::Runtime, limits: JobLimits) -> JobInput {
         cancel: Arc::new(AtomicBool::new(false)),
         module_hash: None,
         hold_slot: None,
+        compile_ms: 0,
     }
 }
 
@@ -243,7 +245,7 @@ fn invalid_modules_are_refused_before_running() {
     let (r, _t) = rt();
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"not wasm at all".to_vec(), "not a WebAssembly binary"),
-        (b"\0asm\x01\0\0\0\x05".to_vec(), "does not validate"),
+        (b"\0asm\x01\0\0\0\x05".to_vec(), "does not parse"),
         (
             wat::parse_str(r#"(module (import "env" "clock" (func)) (memory (export "memory") 1) (func (export "run") (result i32) (i32.const 0)))"#).unwrap(),
             "not part of the host ABI",
@@ -281,8 +283,41 @@ fn compiled_modules_are_cached_by_hash() {
     .unwrap();
     let (a, _) = r.load(&bytes).unwrap();
     let (b, _) = r.load(&bytes).unwrap();
-    assert_eq!(a, b);
+    assert_eq!((&a.hash, a.size), (&b.hash, b.size));
+    assert!(a.compile_ms >= 1, "the first load compiles");
+    assert_eq!(b.compile_ms, 0, "the second is served from the cache");
     assert_eq!(r.cached_modules(), 1);
+}
+
+#[test]
+fn compiling_counts_against_the_job_time_limit() {
+    // A guest that spins ~200 ms: it finishes within a 2 s limit, and not
+    // when 1.9 s of that limit went to compiling it at submission.
+    let (r, t) = rt();
+    let bytes = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func (export "run") (result i32)
+            (local $i i64)
+            (loop $l (local.set $i (i64.add (local.get $i) (i64.const 1)))
+              (br_if $l (i64.lt_u (local.get $i) (i64.const 20000000))))
+            (i32.const 0)))"#,
+    )
+    .unwrap();
+    let limits = JobLimits {
+        timeout_ms: 2_000,
+        fuel: 100_000_000_000,
+        ..JobLimits::default()
+    };
+    let (info, _) = r.load(&bytes).unwrap();
+    let mut fresh = input(&t, limits);
+    fresh.compile_ms = info.compile_ms;
+    let out = r.run(&bytes, fresh);
+    assert!(out.result.is_ok(), "{:?}", out.result);
+    assert_eq!(out.usage.compile_ms, info.compile_ms);
+    let mut late = input(&t, limits);
+    late.compile_ms = 1_900;
+    let out = r.run(&bytes, late);
+    assert_eq!(out.result, Err(JobError::DeadlineExceeded));
+    assert_eq!(out.usage.compile_ms, 1_900, "reported for the fees");
 }
 
 #[test]

@@ -19,6 +19,13 @@ pub struct Tariff {
     pub per_million_rows_fen: u64,
     /// Per 10^9 units of fuel (WASM instructions), in fen.
     pub per_billion_fuel_fen: u64,
+    /// Per second spent compiling a job's module, in fen.
+    #[serde(default = "default_compile_price")]
+    pub per_compile_second_fen: u64,
+}
+
+fn default_compile_price() -> u64 {
+    5
 }
 
 impl Default for Tariff {
@@ -28,6 +35,7 @@ impl Default for Tariff {
             per_query_fen: 20,
             per_million_rows_fen: 50,
             per_billion_fuel_fen: 10,
+            per_compile_second_fen: default_compile_price(),
         }
     }
 }
@@ -43,6 +51,9 @@ pub struct Metered {
     pub rows: u64,
     /// Fuel used.
     pub fuel: u64,
+    /// Milliseconds spent compiling the jobs' modules.
+    #[serde(default)]
+    pub compile_ms: u64,
 }
 
 /// One line of a statement.
@@ -91,6 +102,12 @@ impl Tariff {
             line("released queries", m.queries, self.per_query_fen, 1),
             line("table rows read", m.rows, self.per_million_rows_fen, 1_000_000),
             line("fuel", m.fuel, self.per_billion_fuel_fen, 1_000_000_000),
+            line(
+                "compile milliseconds",
+                m.compile_ms,
+                self.per_compile_second_fen,
+                1_000,
+            ),
         ];
         let total_fen = lines.iter().fold(0u64, |t, l| t.saturating_add(l.amount_fen));
         Statement {
@@ -113,17 +130,20 @@ mod tests {
             queries: 7,
             rows: 2_500_001,
             fuel: 1_000_000_001,
+            compile_ms: 1_500,
         });
         let amounts: Vec<u64> = s.lines.iter().map(|l| l.amount_fen).collect();
-        // 3 x 100; 7 x 20; 2.500001 M rows x 50 = 125.00005 -> 126; 1.000000001 G fuel x 10 -> 11.
-        assert_eq!(amounts, [300, 140, 126, 11]);
-        assert_eq!(s.total_fen, 577);
+        // 3 x 100; 7 x 20; 2.500001 M rows x 50 = 125.00005 -> 126; 1.000000001 G fuel x 10 -> 11;
+        // 1.5 s of compiling x 5 = 7.5 -> 8.
+        assert_eq!(amounts, [300, 140, 126, 11, 8]);
+        assert_eq!(s.total_fen, 585);
         assert_eq!(t.statement(Metered::default()).total_fen, 0);
         let huge = t.statement(Metered {
             jobs: u64::MAX,
             queries: u64::MAX,
             rows: u64::MAX,
             fuel: u64::MAX,
+            compile_ms: u64::MAX,
         });
         assert_eq!(huge.total_fen, u64::MAX, "saturates, never wraps");
     }

@@ -648,6 +648,10 @@ fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
         .filter(|j| j["started_at"].is_string())
         .collect();
     assert_eq!(m["jobs"], json!(started.len()), "{st}");
+    // Compiling is measured at submission and charged (issue 19).
+    let compiled: u64 = started.iter().map(|j| j["compile_ms"].as_u64().unwrap()).sum();
+    assert!(compiled > 0, "compiling is measured: {jobs}");
+    assert!(m["compile_ms"].as_u64().unwrap() >= compiled, "{st}");
     let queries: Vec<&Value> = started
         .iter()
         .flat_map(|j| j["queries"].as_array().unwrap())
@@ -675,7 +679,9 @@ fn every_role_walks_its_life_with_deadlines_objections_and_stop_and_report() {
         + m["queries"].as_u64().unwrap() * tariff["per_query_fen"].as_u64().unwrap()
         + (rows * tariff["per_million_rows_fen"].as_u64().unwrap()).div_ceil(1_000_000)
         + (m["fuel"].as_u64().unwrap() * tariff["per_billion_fuel_fen"].as_u64().unwrap())
-            .div_ceil(1_000_000_000);
+            .div_ceil(1_000_000_000)
+        + (m["compile_ms"].as_u64().unwrap() * tariff["per_compile_second_fen"].as_u64().unwrap())
+            .div_ceil(1_000);
     assert_eq!(st["statement"]["total_fen"], json!(expect), "{st}");
     assert_eq!(
         other

@@ -221,7 +221,7 @@ fn invalid_modules_are_refused_at_submission() {
         (
             "truncated",
             b"\0asm\x01\x00\x00\x00\x01\x05".to_vec(),
-            "does not validate",
+            "does not parse",
         ),
         ("empty", Vec::new(), "WASM module"),
         (
@@ -249,6 +249,34 @@ fn invalid_modules_are_refused_at_submission() {
             "no memory",
             wat(r#"(module (func (export "run") (result i32) (i32.const 0)))"#),
             "memory",
+        ),
+        // Issue 19: modules that would be expensive to compile are refused
+        // by their shape before any compilation (runtime/ABI.md, "Module
+        // limits"). The first compiled for 11 s in a release build, and
+        // for minutes in a debug one, before the limits.
+        (
+            "100,000 empty functions",
+            wat(&format!(
+                r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (i32.const 0)) {})"#,
+                "(func)".repeat(100_000)
+            )),
+            "more than the limit",
+        ),
+        (
+            "blocks nested 1,000 deep",
+            wat(&format!(
+                r#"(module (memory (export "memory") 1) (func (export "run") (result i32) {} (i32.const 0)))"#,
+                "(block ".repeat(1000) + &")".repeat(1000)
+            )),
+            "nests blocks",
+        ),
+        (
+            "a start function that loops",
+            wat(
+                r#"(module (memory (export "memory") 1) (func $s (loop (br 0))) (start $s)
+                   (func (export "run") (result i32) (i32.const 0)))"#,
+            ),
+            "start function",
         ),
     ];
     for (what, module, needle) in cases {

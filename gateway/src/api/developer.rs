@@ -329,6 +329,11 @@ pub struct JobRecord {
     pub module_hash: String,
     /// Module size in bytes.
     pub module_size: u64,
+    /// Milliseconds spent compiling the module at submission (0 when it
+    /// was already compiled). It depends on the module alone, so it is
+    /// always shown, and it counts against the job's time limit and fees.
+    #[serde(default)]
+    pub compile_ms: u64,
     /// SHA-256 of the parameters, if any.
     pub params_hash: Option<String>,
     /// State.
@@ -427,6 +432,7 @@ pub fn developer_view(j: &JobRecord) -> Value {
         "scenario_id": j.scenario_id,
         "module_hash": j.module_hash,
         "module_size": j.module_size,
+        "compile_ms": j.compile_ms,
         "params_hash": j.params_hash,
         "status": j.status,
         "submitted_at": j.submitted_at,
@@ -574,6 +580,7 @@ pub(crate) fn test_job(status: JobStatus, charged_queries: u32) -> JobRecord {
         scenario_id: "sc_1".into(),
         module_hash: "ab".into(),
         module_size: 10,
+        compile_ms: 3,
         params_hash: None,
         status,
         submitted_at: Utc::now(),

@@ -46,6 +46,14 @@ pub(crate) fn metered(
         }
         let queries = j.queries.len() as u64;
         m.queries += queries;
+        // Compiling depends on the module alone: charged as measured,
+        // before the run (at submission) and, when the module had left the
+        // cache, at the start of the run.
+        let compile = match (&j.usage, j.disclosed()) {
+            (Some(u), true) => u.compile_ms,
+            _ => j.compile_ms,
+        };
+        m.compile_ms = m.compile_ms.saturating_add(compile);
         let (rows, fuel) = if j.disclosed() {
             (
                 j.queries.iter().map(|q| q.rows_metered).sum(),

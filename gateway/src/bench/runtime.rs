@@ -79,6 +79,7 @@ pub async fn run(rows: usize, iterations: usize) -> Result<()> {
                 cancel: Arc::new(AtomicBool::new(false)),
                 module_hash: Some(module_hash.clone()),
                 hold_slot: None,
+                compile_ms: 0,
             };
             let t = Instant::now();
             let out = r2.run(&m2, input);

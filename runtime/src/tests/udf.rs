@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// 1,000 people with `x = 1..=1000`.
-async fn scope() -> (JobScope, Arc<MemoryAccountant>) {
+pub(super) async fn scope() -> (JobScope, Arc<MemoryAccountant>) {
     scope_of(1000, std::time::Duration::from_secs(60)).await
 }
 
@@ -131,7 +131,7 @@ fn run_job(bytes: &[u8]) -> (Got, crate::JobOutcome) {
     (got(&out), out)
 }
 
-fn input(t: &tokio::runtime::Runtime, scope: JobScope, limits: JobLimits) -> JobInput {
+pub(super) fn input(t: &tokio::runtime::Runtime, scope: JobScope, limits: JobLimits) -> JobInput {
     JobInput {
         scope: Some(Arc::new(scope)),
         params: Vec::new(),
@@ -140,6 +140,7 @@ fn input(t: &tokio::runtime::Runtime, scope: JobScope, limits: JobLimits) -> Job
         cancel: Arc::new(AtomicBool::new(false)),
         module_hash: None,
         hold_slot: None,
+        compile_ms: 0,
     }
 }
 
@@ -397,6 +398,9 @@ fn a_query_longer_than_the_job_deadline_does_not_fail_the_job() {
         "SELECT COUNT(slow(x)) AS n FROM t",
         2_000_000,
     );
+    // Compiled at submission, as the gateway does: compiling counts
+    // against the job's time limit, and 50 ms would not cover it.
+    r.load(&bytes).unwrap();
     let started = std::time::Instant::now();
     let out = r.run(&bytes, input(&t, scope, limits));
     let took = started.elapsed();
@@ -424,6 +428,7 @@ fn a_query_longer_than_the_job_deadline_does_not_fail_the_job() {
         "SELECT COUNT(slow(x)) AS n FROM t",
         u32::MAX,
     );
+    r.load(&bytes).unwrap();
     let out = r.run(&bytes, input(&t, scope, limits));
     assert_eq!(out.result, Err(crate::JobError::DeadlineExceeded));
     assert_eq!(out.releases.len(), 1, "the query was answered first");
@@ -443,6 +448,7 @@ fn a_row_function_past_the_query_limit_releases_an_empty_input_and_the_job_goes_
         ..JobLimits::default()
     };
     let bytes = job(&slow(9000), "slow", 0.0, 1.0, "SELECT COUNT(slow(x)) AS n FROM t");
+    r.load(&bytes).unwrap();
     let out = r.run(&bytes, input(&t, scope, limits));
     assert!(out.result.is_ok(), "{:?}", out.result);
     let b = match got(&out) {

@@ -1,0 +1,254 @@
+//! `invis bench-compile`: what the largest modules the shape limits admit
+//! cost to compile (issue 19, `runtime/ABI.md` "Module limits"). Each case
+//! is built to sit at the limits in the way that is hardest for the
+//! compiler: many functions, a call chain, bodies of the largest size full
+//! of arithmetic, an operand stack of tens of thousands of live values,
+//! thousands of locals live at once, blocks nested to the limit, a huge
+//! `br_table`. For each: the time of the shape check, the compile time on
+//! a fresh runtime, the peak resident memory it added and the bytes the
+//! cache charges for it. The attacks that the limits refuse are timed too.
+
+use anyhow::{anyhow, Result};
+use runtime::shape::{check, SHAPE_LIMITS};
+use runtime::Runtime;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+const RUN: &str = r#"(memory (export "memory") 1) (func (export "run") (result i32) i32.const 0)"#;
+
+/// A module of `run` and the functions in `funcs`.
+fn module(funcs: &str) -> Result<Vec<u8>> {
+    Ok(wat::parse_str(format!("(module {RUN} {funcs})"))?)
+}
+
+/// `n` functions, `per` each, from `body(i)`.
+fn functions(n: u32, body: impl Fn(u32) -> String) -> String {
+    let mut s = String::new();
+    for i in 0..n {
+        s.push_str(&body(i));
+    }
+    s
+}
+
+/// How many functions of `body_bytes` fit in the code limit (besides `run`).
+fn largest_bodies() -> u32 {
+    (SHAPE_LIMITS.code_bytes / SHAPE_LIMITS.body_bytes).saturating_sub(1)
+}
+
+/// Repeats `unit` (of about `unit_bytes` encoded bytes) to just under the
+/// body limit.
+fn fill(unit: &str, unit_bytes: u32) -> String {
+    let n = (SHAPE_LIMITS.body_bytes - 64) / unit_bytes.max(1);
+    unit.repeat(n as usize)
+}
+
+fn cases() -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let most = SHAPE_LIMITS.functions - 1;
+    let mut out = Vec::new();
+    out.push((
+        "most functions, small bodies",
+        module(&functions(most, |_| {
+            "(func (param i32) (result i32) local.get 0 i32.const 1 i32.add)".into()
+        }))?,
+    ));
+    out.push((
+        "most functions, a call chain",
+        module(&functions(most, |i| {
+            if i + 1 < most {
+                format!("(func $f{i} (result i32) call $f{})", i + 1)
+            } else {
+                format!("(func $f{i} (result i32) i32.const 1)")
+            }
+        }))?,
+    ));
+    // Bodies spread over the most functions the code limit allows.
+    let per = (SHAPE_LIMITS.code_bytes / most).saturating_sub(16);
+    let arith_units = per / 9;
+    out.push((
+        "most functions, code limit spread over them",
+        module(&functions(most, |_| {
+            format!(
+                "(func (param i32) (result i32) {} local.get 0)",
+                "local.get 0 i32.const 7 i32.mul local.set 0 ".repeat(arith_units as usize)
+            )
+        }))?,
+    ));
+    let big = largest_bodies();
+    out.push((
+        "largest bodies, arithmetic",
+        module(&functions(big, |_| {
+            format!(
+                "(func (param i32) (result i32) {} local.get 0)",
+                fill("local.get 0 i32.const 7 i32.mul local.set 0 ", 8)
+            )
+        }))?,
+    ));
+    out.push((
+        "largest bodies, operand stack all live",
+        module(&functions(big, |_| {
+            let n = (SHAPE_LIMITS.body_bytes - 64) / 3;
+            format!(
+                "(func (result i32) {} {} )",
+                "i32.const 1 ".repeat(n as usize),
+                "i32.add ".repeat(n.saturating_sub(1) as usize)
+            )
+        }))?,
+    ));
+    let locals = SHAPE_LIMITS.locals;
+    out.push((
+        "largest bodies, most locals live at once",
+        module(&functions(big, |f| {
+            let mut body = String::new();
+            let mut x = 12_345u32.wrapping_add(f);
+            let mut step = || {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (x >> 8) % locals
+            };
+            // local.get a, local.get b, i64.add, local.set c: at most 10 bytes.
+            let units = (SHAPE_LIMITS.body_bytes - 64) / 10;
+            for _ in 0..units {
+                let _ = write!(
+                    body,
+                    "local.get {} local.get {} i64.add local.set {} ",
+                    step(),
+                    step(),
+                    step()
+                );
+            }
+            format!("(func (local {}) {body})", "i64 ".repeat(locals as usize))
+        }))?,
+    ));
+    let depth = SHAPE_LIMITS.nesting;
+    out.push((
+        "largest bodies, blocks nested to the limit",
+        module(&functions(big, |_| {
+            // One nest: `depth` blocks, a br_table to every level, ends.
+            let targets: String = (0..depth).map(|d| format!("{d} ")).collect();
+            let nest = format!(
+                "{} local.get 0 br_table {targets} 0 {}",
+                "block ".repeat(depth as usize),
+                "end ".repeat(depth as usize)
+            );
+            let nest_bytes = depth * 4 + 8;
+            format!("(func (param i32) {})", fill(&nest, nest_bytes))
+        }))?,
+    ));
+    out.push((
+        "largest bodies, one huge br_table",
+        module(&functions(big, |_| {
+            let blocks = depth - 1;
+            let n = SHAPE_LIMITS.body_bytes - 64 - 2 * blocks;
+            let targets: String = (0..n).map(|i| format!("{} ", i % blocks)).collect();
+            format!(
+                "(func (param i32) {} local.get 0 br_table {targets} 0 {})",
+                "block ".repeat(blocks as usize),
+                "end ".repeat(blocks as usize)
+            )
+        }))?,
+    ));
+    Ok(out)
+}
+
+/// The attacks of issue 19, which the limits refuse.
+fn refused() -> Result<Vec<(&'static str, Vec<u8>)>> {
+    Ok(vec![
+        ("100,000 empty functions", module(&"(func)".repeat(100_000))?),
+        (
+            "100,000 functions, a call chain",
+            module(&functions(100_000, |i| {
+                format!("(func $f{i} call $f{})", (i + 1) % 100_000)
+            }))?,
+        ),
+        (
+            "a start function that loops",
+            module("(func $s (loop (br 0))) (start $s)")?,
+        ),
+    ])
+}
+
+/// Resident and peak resident memory of this process, in bytes.
+fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Resets the peak resident memory to the current one (Linux).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20))
+}
+
+/// Runs the benchmark and prints its table.
+pub fn run() -> Result<()> {
+    println!(
+        "limits: {} functions, {} KiB per body, {} KiB of code, {} locals, nesting {}",
+        SHAPE_LIMITS.functions,
+        SHAPE_LIMITS.body_bytes >> 10,
+        SHAPE_LIMITS.code_bytes >> 10,
+        SHAPE_LIMITS.locals,
+        SHAPE_LIMITS.nesting
+    );
+    println!(
+        "{:<46} {:>9} {:>9} {:>11} {:>12} {:>12}",
+        "admitted module", "size", "check", "compile", "peak +RSS", "cache bytes"
+    );
+    let mut worst = 0f64;
+    for (name, bytes) in cases()? {
+        let t = Instant::now();
+        let shape = check(&bytes, &SHAPE_LIMITS).map_err(|e| anyhow!("{name}: {e}"))?;
+        let checked = t.elapsed().as_secs_f64();
+        let rt = Runtime::new()?;
+        let (rss, _) = memory();
+        reset_peak();
+        let t = Instant::now();
+        rt.load(&bytes).map_err(|e| anyhow!("{name}: {e}"))?;
+        let compiled = t.elapsed().as_secs_f64();
+        let (_, peak) = memory();
+        worst = worst.max(compiled);
+        println!(
+            "{:<46} {:>9} {:>7.1}ms {:>10.2}s {:>12} {:>12}   ({} functions, largest body {} B, {} locals, depth {})",
+            name,
+            mib(bytes.len() as u64),
+            checked * 1e3,
+            compiled,
+            mib(peak.saturating_sub(rss)),
+            mib(rt.cached_bytes() as u64),
+            shape.functions,
+            shape.largest_body,
+            shape.most_locals,
+            shape.deepest
+        );
+    }
+    println!("\n{:<46} {:>9} {:>9}  refusal", "refused module", "size", "check");
+    for (name, bytes) in refused()? {
+        let rt = Runtime::new()?;
+        let t = Instant::now();
+        let why = match rt.load(&bytes) {
+            Ok(_) => return Err(anyhow!("{name} was admitted")),
+            Err(e) => e.to_string(),
+        };
+        println!(
+            "{:<46} {:>9} {:>7.1}ms  {}",
+            name,
+            mib(bytes.len() as u64),
+            t.elapsed().as_secs_f64() * 1e3,
+            why.chars().take(90).collect::<String>()
+        );
+    }
+    println!(
+        "\nslowest admitted compilation: {worst:.2} s (limit {} s)",
+        runtime::MAX_COMPILE.as_secs()
+    );
+    Ok(())
+}
