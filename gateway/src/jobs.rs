@@ -197,7 +197,13 @@ pub async fn submit(
     let limit = std::time::Duration::from_millis(st.config.job_limits.timeout_ms);
     let info = tokio::task::spawn_blocking(move || rt.load_within(&bytes, limit))
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| match e {
+            // Past the compilation deadline: the module is too costly to
+            // compile, whatever its byte size.
+            JobError::LimitExceeded(m) => ApiError::TooLarge(m),
+            other => other.into(),
+        })?
         .0;
     let now = Utc::now();
     let job = JobRecord {

@@ -111,7 +111,12 @@ enum Command {
     },
     /// Time the compilation of the largest modules the shape limits admit
     /// (and check that the attacks they refuse are refused quickly).
-    BenchCompile,
+    BenchCompile {
+        /// Measure only this case, in this process (the benchmark runs each
+        /// case in a child process of its own this way).
+        #[arg(long, hide = true)]
+        case: Option<usize>,
+    },
     /// Audit the privacy mechanisms: run each many times on neighbouring
     /// datasets and print the empirical lower bound on its epsilon next to
     /// the claimed one; broken mechanisms (negative controls) must be
@@ -504,7 +509,10 @@ async fn main() -> Result<()> {
             query_samples,
             confidence,
         } => gateway::bench::audit::run(samples, query_samples, confidence).await,
-        Command::BenchCompile => gateway::bench::compile::run(),
+        Command::BenchCompile { case } => match case {
+            Some(i) => gateway::bench::compile::measure(i),
+            None => gateway::bench::compile::run(),
+        },
         Command::BenchRuntime { rows, iterations } => gateway::bench::runtime::run(rows, iterations).await,
         Command::RunLocal {
             job,

@@ -52,7 +52,7 @@ pub struct ShapeLimits {
 pub const SHAPE_LIMITS: ShapeLimits = ShapeLimits {
     functions: 10_000,
     body_bytes: 128 << 10,
-    code_bytes: 4 << 20,
+    code_bytes: 2 << 20,
     locals: 2_000,
     nesting: 128,
     imports: 64,

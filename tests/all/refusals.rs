@@ -430,3 +430,31 @@ fn hostile_jobs_after_a_query_are_charged_only_for_what_they_received() {
     }
     assert_healthy(&w);
 }
+
+/// Issue 19: compiling counts against the job's time limit. A module
+/// inside the shape limits that cannot be compiled within it is refused
+/// with 413, records nothing, and the server goes on compiling others;
+/// a job shows what compiling it took, and a module compiled once is not
+/// compiled (or charged) again.
+#[test]
+fn compilation_has_a_deadline_and_is_measured() {
+    let w = world(200, 5.0, &["--job-timeout-ms", "150"]);
+    let before = w.server.ledger_size();
+    // 9,999 small functions: about 0.6 s in a release build.
+    let costly = wat(&format!(
+        r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (i32.const 0)) {})"#,
+        "(func (param i32) (result i32) local.get 0 i32.const 1 i32.add)".repeat(9_999)
+    ));
+    let r = w.developer.post_raw(&w.jobs_path(), &costly, "application/wasm");
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.message().contains("compiling the module took longer than 150 ms"), "{}", r.message());
+    assert_eq!(w.server.ledger_size(), before, "nothing recorded");
+
+    let small = wat(r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (i32.const 0)))"#);
+    let first = w.run(&small);
+    assert_eq!(first["status"], "succeeded", "{first}");
+    assert!(first["compile_ms"].as_u64().unwrap() >= 1, "{first}");
+    let again = w.run(&small);
+    assert_eq!(again["compile_ms"], 0, "served from the cache: {again}");
+    assert_healthy(&w);
+}
