@@ -371,7 +371,10 @@ mod tests {
         assert_eq!(answer("../b/theirs.csv"), answer("../b/nothing.csv"));
         assert_eq!(answer("../../../outside.csv"), answer("../../../absent.csv"));
         for n in ["./data.csv", "a//b.csv", ".upload-x", ""] {
-            assert!(message(resolve(&root, "providers/a", n)).starts_with("400 "), "{n:?}");
+            assert!(
+                message(resolve(&root, "providers/a", n)).starts_with("400 "),
+                "{n:?}"
+            );
         }
     }
 

@@ -961,10 +961,12 @@ async fn profile_errors_name_nothing_read_from_the_file() {
         .to_string();
     assert!(!e.contains(SECRET), "{e}");
     assert!(e.contains("column 2 of 2"), "{e}");
-    let e = profile(&spec(json!([{"name": "pid", "rule": "keep"}, {"name": "gone", "rule": "keep"}])))
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = profile(&spec(
+        json!([{"name": "pid", "rule": "keep"}, {"name": "gone", "rule": "keep"}]),
+    ))
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(!e.contains(SECRET), "{e}");
 
     // A value the parser chokes on, past the rows the schema is inferred
@@ -975,9 +977,11 @@ async fn profile_errors_name_nothing_read_from_the_file() {
     }
     csv.push_str(&format!("9999,{SECRET}\n"));
     std::fs::write(&path, csv).unwrap();
-    let e = profile(&spec(json!([{"name": "pid", "rule": "keep"}, {"name": "n", "rule": "keep"}])))
-        .await
-        .unwrap_err();
+    let e = profile(&spec(
+        json!([{"name": "pid", "rule": "keep"}, {"name": "n", "rule": "keep"}]),
+    ))
+    .await
+    .unwrap_err();
     assert!(matches!(e, crate::Error::InvalidDataset(_)), "{e:?}");
     assert!(!e.to_string().contains(SECRET), "{e}");
 
