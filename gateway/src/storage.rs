@@ -37,6 +37,11 @@ pub struct StorageAssignment {
     pub party: String,
     /// The directory, relative to the data root.
     pub dir: String,
+    /// The provider's earlier assigned directories: still its own for the
+    /// overlap check, so files it left there (registered or not) are never
+    /// handed to another provider.
+    #[serde(default)]
+    pub previous: Vec<String>,
     /// The operator who assigned it.
     pub assigned_by: String,
     /// When.

@@ -247,6 +247,14 @@ fn the_operator_assigns_storage_that_never_overlaps_another_providers() {
     assert_eq!(b.post("/v1/provider/datasets", &spec).status, 201);
     let name = upload_bytes(&a, &csv_with_header("n", 30));
     assert!(root.join("health/2024").join(&name).is_file());
+
+    // A moves on; the location it left (with its file in it) is still
+    // not B's to take.
+    assert_eq!(assign(&a_id, "census-new").status, 200);
+    for dir in ["health/2024", "census"] {
+        let r = assign(&b_id, dir);
+        assert_eq!(r.status, 409, "{dir}: {}", r.text());
+    }
 }
 
 #[test]

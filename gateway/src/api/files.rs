@@ -11,7 +11,7 @@ use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::storage::{self, StorageAssignment, TempFile, UploadedFile};
-use crate::store::{append, list_in, party_in, put, NewEntry, Table};
+use crate::store::{append, get_in, list_in, party_in, put, NewEntry, Table};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -219,10 +219,15 @@ pub(crate) async fn assign_storage(
                     party.id, party.role
                 )));
             }
+            // Every other provider's location, current and earlier.
             let mut others = Vec::new();
             for p in crate::store::parties_in(tx)? {
                 if p.role == Role::Provider && p.id != party.id {
                     others.push((p.name.clone(), storage::dir_of(tx, &p.id)?));
+                    let earlier = get_in::<StorageAssignment>(tx, Table::Storage, &p.id)?
+                        .map(|a| a.previous)
+                        .unwrap_or_default();
+                    others.extend(earlier.into_iter().map(|d| (p.name.clone(), d)));
                 }
             }
             storage::check_assignment(&root, &req.dir, &others)?;
@@ -241,12 +246,21 @@ pub(crate) async fn assign_storage(
                 }
             }
             let previous = storage::dir_of(tx, &party.id)?;
+            let mut earlier = get_in::<StorageAssignment>(tx, Table::Storage, &party.id)?
+                .map(|a| {
+                    let mut v = a.previous;
+                    v.push(a.dir);
+                    v
+                })
+                .unwrap_or_default();
+            earlier.retain(|d| d != &req.dir);
             storage::create_private_dir(&path)
                 .map_err(|e| ApiError::Internal(format!("creating {}: {e}", req.dir)))?;
             let now = Utc::now();
             let record = StorageAssignment {
                 party: party.id.clone(),
                 dir: req.dir.clone(),
+                previous: earlier,
                 assigned_by: actor.id.clone(),
                 assigned_at: now,
             };
