@@ -7,7 +7,7 @@
 //! registering another provider's file.
 
 use crate::fixture::{register, upload};
-use invis_tests::{Api, Reply, Server};
+use invis_tests::{run_invis_as, Api, Reply, Server};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
@@ -318,6 +318,17 @@ fn uploads_are_hashed_size_limited_and_leave_nothing_behind() {
         .collect();
     assert_eq!(left, ["firms.csv"], "no partial or temporary file is left");
     assert_eq!(server.ledger_size(), ledger + 1);
+    // The CLI streams a file the same way.
+    let local = tempfile::tempdir().unwrap();
+    let path = local.path().join("cli.csv");
+    std::fs::write(&path, b"x\n1\n").unwrap();
+    let (code, out, err) = run_invis_as(
+        &["call", "PUT", "/v1/provider/files/cli.csv", "--body", &path.to_string_lossy(), "--json"],
+        Some(&p),
+    )
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&hex(b"x\n1\n")), "{out}");
     // Only providers upload (the authorization matrix covers every role).
     let dev = server.party("Example Bank", "developer");
     assert_eq!(dev.put_raw("/v1/provider/files/x.csv", b"x\n1\n").status, 403);
