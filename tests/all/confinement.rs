@@ -323,7 +323,14 @@ fn uploads_are_hashed_size_limited_and_leave_nothing_behind() {
     let path = local.path().join("cli.csv");
     std::fs::write(&path, b"x\n1\n").unwrap();
     let (code, out, err) = run_invis_as(
-        &["call", "PUT", "/v1/provider/files/cli.csv", "--body", &path.to_string_lossy(), "--json"],
+        &[
+            "call",
+            "PUT",
+            "/v1/provider/files/cli.csv",
+            "--body",
+            &path.to_string_lossy(),
+            "--json",
+        ],
         Some(&p),
     )
     .unwrap();
