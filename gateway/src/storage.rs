@@ -221,7 +221,7 @@ pub struct Listed {
 }
 
 /// The regular files of a storage location whose paths a dataset could
-/// name (plain names, no temporary file), at most [`MAX_LIST_FILES`],
+/// name (plain names, no temporary file), at most 10,000,
 /// sorted by name. Symlinks are not followed. A missing location has no
 /// files.
 pub fn list(base: &Path) -> Vec<Listed> {
