@@ -219,6 +219,43 @@ impl Api {
         Some((status, serde_json::from_slice(&bytes).ok()?))
     }
 
+    /// PUT raw bytes (a provider's upload), with their length declared.
+    pub fn put_raw(&self, path: &str, body: &[u8]) -> Reply {
+        let mut req = self
+            .agent
+            .put(format!("{}{path}", self.base))
+            .header("Content-Type", "application/octet-stream");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        Self::finish(req.send(body))
+    }
+
+    /// PUT the bytes of `reader` without declaring a length (chunked), as
+    /// a client streaming a file of unknown size does.
+    pub fn put_chunked(&self, path: &str, reader: impl std::io::Read + 'static) -> Reply {
+        let mut req = self
+            .agent
+            .put(format!("{}{path}", self.base))
+            .header("Content-Type", "application/octet-stream");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        Self::finish(req.send(ureq::SendBody::from_owned_reader(reader)))
+    }
+
+    /// PUT JSON.
+    pub fn put(&self, path: &str, body: &Value) -> Reply {
+        let mut req = self
+            .agent
+            .put(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        Self::finish(req.send(serde_json::to_vec(body).expect("json").as_slice()))
+    }
+
     /// POST raw bytes.
     pub fn post_raw(&self, path: &str, body: &[u8], content_type: &str) -> Reply {
         let mut req = self
@@ -244,6 +281,8 @@ pub struct Server {
     pub operator: Api,
     /// Regulator client.
     pub regulator: Api,
+    /// Where the server's log (its stderr) goes, when the test asked for it.
+    pub log: Option<PathBuf>,
 }
 
 impl Drop for Server {
@@ -288,6 +327,26 @@ fn with_time_defaults(extra: ServeArgs<'_>) -> Vec<String> {
 impl Server {
     /// Bootstraps a fresh data directory and starts a server on it.
     pub fn start(extra: ServeArgs<'_>) -> Result<Server> {
+        Server::start_with(extra, false)
+    }
+
+    /// The same, with the server's log (at debug level for the platform's
+    /// crates) written to a file ([`Server::log_text`]) instead of the
+    /// test's stderr.
+    pub fn start_logged(extra: ServeArgs<'_>) -> Result<Server> {
+        Server::start_with(extra, true)
+    }
+
+    /// What the server logged so far (empty unless started logged).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn start_with(extra: ServeArgs<'_>, logged: bool) -> Result<Server> {
         let tmp = tempfile::Builder::new().prefix("invis-e2e-").tempdir()?;
         let dir = tmp.path().to_path_buf();
         let (code, out, err) = run_invis(&[
@@ -310,26 +369,45 @@ impl Server {
                 .context("bootstrap token")
         };
         let (op, reg) = (token("operator")?, token("regulator")?);
-        let mut s = Server::spawn(&dir, extra, &op, &reg)?;
+        let log = logged.then(|| tmp.path().join("server.log"));
+        let mut s = Server::spawn_logged(&dir, extra, &op, &reg, log)?;
         s._tmp = Some(tmp);
         Ok(s)
     }
 
     /// Starts a server on an existing data directory.
     pub fn spawn(dir: &Path, extra: ServeArgs<'_>, operator: &str, regulator: &str) -> Result<Server> {
-        let mut child = Command::new(invis())
-            .args([
-                "serve",
-                "--data-dir",
-                &dir.to_string_lossy(),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .args(with_time_defaults(extra))
-            .env("RUST_BACKTRACE", "0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+        Server::spawn_logged(dir, extra, operator, regulator, None)
+    }
+
+    fn spawn_logged(
+        dir: &Path,
+        extra: ServeArgs<'_>,
+        operator: &str,
+        regulator: &str,
+        log: Option<PathBuf>,
+    ) -> Result<Server> {
+        let mut cmd = Command::new(invis());
+        cmd.args([
+            "serve",
+            "--data-dir",
+            &dir.to_string_lossy(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(with_time_defaults(extra))
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped());
+        match &log {
+            Some(path) => {
+                cmd.stderr(std::fs::File::create(path)?)
+                    .env("INVIS_LOG", "info,gateway=debug,sandbox=debug");
+            }
+            None => {
+                cmd.stderr(Stdio::inherit());
+            }
+        }
+        let mut child = cmd.spawn()?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
@@ -346,6 +424,7 @@ impl Server {
             _tmp: None,
             operator: api.as_token(operator),
             regulator: api.as_token(regulator),
+            log,
         })
     }
 

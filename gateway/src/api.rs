@@ -8,6 +8,7 @@ mod consent;
 mod developer;
 mod feedback;
 mod fees;
+mod files;
 mod ledger;
 mod operator;
 mod oversight;
@@ -22,7 +23,7 @@ mod verify;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use sandbox::profile::DatasetProfile;
@@ -50,8 +51,13 @@ pub struct DatasetRecord {
     pub owner: String,
     /// Providing party's name.
     pub owner_name: String,
-    /// Registration.
+    /// Registration. Its `path` is the canonical path of the accepted file
+    /// (what the sandbox reads), not what the provider wrote.
     pub spec: DatasetSpec,
+    /// The file as the provider named it, relative to its storage location
+    /// (absent for versions registered by server path before I17).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     /// What profiling found.
     pub profile: DatasetProfile,
     /// Registration time (the dataset's update time).
@@ -209,8 +215,14 @@ async fn no_route() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
 
-/// Largest request body (a WASM module), in bytes.
+/// Largest request body (a WASM module), in bytes. The upload route has
+/// its own limit (`Config::max_upload_bytes`) and reads its body as a
+/// stream.
 pub const MAX_BODY: usize = runtime::MAX_MODULE_BYTES + 1024;
+
+/// The route through which providers upload files (its body is streamed
+/// to disk, not held in memory, and is not capped by [`MAX_BODY`]).
+pub const UPLOAD_ROUTE: &str = "/v1/provider/files/{name}";
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -230,7 +242,7 @@ pub enum Access {
 /// of them.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Route {
-    /// `GET` or `POST`.
+    /// `GET`, `POST` or `PUT`.
     pub method: &'static str,
     /// Path with `{param}` placeholders.
     pub path: &'static str,
@@ -287,6 +299,8 @@ pub const ROUTES: &[Route] = &[
         post(provider::register)
     }),
     route("GET", "/v1/provider/datasets", PROVIDER, || get(provider::list)),
+    route("PUT", UPLOAD_ROUTE, PROVIDER, || put(files::upload)),
+    route("GET", "/v1/provider/files", PROVIDER, || get(files::list)),
     route("POST", "/v1/provider/consents", PROVIDER, || {
         post(consent::record)
     }),
@@ -325,6 +339,9 @@ pub const ROUTES: &[Route] = &[
     }),
     route("POST", "/v1/operator/parties", OPERATOR, || {
         post(operator::create_party)
+    }),
+    route("PUT", "/v1/operator/parties/{id}/storage", OPERATOR, || {
+        put(files::assign_storage)
     }),
     route("GET", "/v1/operator/parties", OPERATOR, || {
         get(operator::list_parties)
@@ -630,11 +647,14 @@ pub fn router(state: AppState) -> Router {
                 crate::auth::require_role,
             ));
         }
+        // Every body but an upload's is capped at MAX_BODY, checked
+        // before the role (as for unknown routes).
+        if r.path != UPLOAD_ROUTE {
+            handler = handler
+                .layer(DefaultBodyLimit::max(MAX_BODY))
+                .layer(axum::middleware::from_fn(reject_oversized));
+        }
         router = router.route(r.path, handler);
     }
-    router
-        .fallback(no_route)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn(reject_oversized))
-        .with_state(state)
+    router.fallback(no_route).with_state(state)
 }

@@ -191,8 +191,11 @@ async fn demo_section(enterprises: usize, iterations: usize) -> Result<()> {
     let tmp = tempfile::Builder::new().prefix("invis-bench-").tempdir()?;
     let files = data::generate(tmp.path(), enterprises)?;
     let mut tables = Vec::new();
-    for (_, spec) in demo::dataset_specs(&files) {
-        let spec: DatasetSpec = serde_json::from_value(spec)?;
+    for (_, spec, local) in demo::dataset_specs(&files) {
+        // In process, as the operator's tool: the sandbox reads the local
+        // file where the server would read the one it accepted.
+        let mut spec: DatasetSpec = serde_json::from_value(spec)?;
+        spec.path = local.to_string_lossy().into_owned();
         let p = sandbox::profile::profile(&spec).await?;
         tables.push(TableVersion::from_profile(spec, &p));
     }

@@ -12,15 +12,16 @@ use std::path::PathBuf;
 /// One `invis call`.
 #[derive(Debug)]
 pub struct Call {
-    /// `GET` or `POST`.
+    /// `GET`, `POST` or `PUT`.
     pub method: String,
     /// Path, with ids filled in (`/v1/operator/objections/ob_1/resolution`).
     pub path: String,
     /// `key=value` fields: the JSON body of a POST (values that parse as
     /// JSON are taken as JSON, others as text) or the query of a GET.
     pub fields: Vec<String>,
-    /// A file whose bytes are the body (a `.wasm` module is sent as
-    /// `application/wasm`, anything else as JSON).
+    /// A file whose bytes are the body (with POST, a `.wasm` module is
+    /// sent as `application/wasm`, anything else as JSON; with PUT, the
+    /// bytes are uploaded as they are).
     pub body: Option<PathBuf>,
     /// Server base URL.
     pub server: String,
@@ -101,7 +102,17 @@ pub fn call(c: &Call) -> Result<i32> {
             }
             None => client.post(&c.path, &Value::Object(fields_object(&c.fields)?))?,
         },
-        other => bail!("unsupported method {other}: use GET or POST"),
+        // A file's bytes as they are (a provider's upload), or JSON fields.
+        "PUT" => match &c.body {
+            Some(file) => {
+                if !c.fields.is_empty() {
+                    bail!("give either key=value fields or --body, not both");
+                }
+                client.put_file(&c.path, file)?
+            }
+            None => client.put(&c.path, &Value::Object(fields_object(&c.fields)?))?,
+        },
+        other => bail!("unsupported method {other}: use GET, POST or PUT"),
     };
     let body = reply.json();
     if !(200..300).contains(&reply.status) {

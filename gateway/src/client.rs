@@ -104,6 +104,35 @@ impl Client {
         Self::finish(req.send_json(body))
     }
 
+    /// PUT the content of a local file to `path`, streamed (a provider's
+    /// upload); the length is declared so an oversized file is refused
+    /// before it is sent.
+    pub fn put_file(&self, path: &str, file: &std::path::Path) -> Result<Reply> {
+        let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let len = f
+            .metadata()
+            .with_context(|| format!("reading {}", file.display()))?
+            .len();
+        let mut req = self
+            .agent
+            .put(format!("{}{path}", self.base))
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Length", len.to_string());
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", a);
+        }
+        Self::finish(req.send(ureq::SendBody::from_reader(&mut f)))
+    }
+
+    /// PUT a JSON body to `path`.
+    pub fn put(&self, path: &str, body: &Value) -> Result<Reply> {
+        let mut req = self.agent.put(format!("{}{path}", self.base));
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", a);
+        }
+        Self::finish(req.send_json(body))
+    }
+
     /// POST raw bytes to `path`.
     pub fn post_bytes(&self, path: &str, body: &[u8], content_type: &str) -> Result<Reply> {
         let mut req = self

@@ -157,9 +157,15 @@ pub fn bank_scenario() -> Value {
     })
 }
 
-/// The three datasets as their providers register them.
-pub fn dataset_specs(files: &data::DemoFiles) -> Vec<(&'static str, Value)> {
-    let path = |p: &Path| p.to_string_lossy().to_string();
+/// The three datasets as their providers register them: the provider,
+/// the spec (its `path` is the file's name in the provider's storage
+/// location, where the demo uploads it) and the local file.
+pub fn dataset_specs(files: &data::DemoFiles) -> Vec<(&'static str, Value, PathBuf)> {
+    let path = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
+    };
     vec![
         (
             "Market Supervision Bureau",
@@ -181,6 +187,7 @@ pub fn dataset_specs(files: &data::DemoFiles) -> Vec<(&'static str, Value)> {
                     {"name": "legal_rep_phone", "rule": "drop"}
                 ]
             }),
+            files.register.clone(),
         ),
         (
             "Human Resources and Social Security Bureau",
@@ -198,6 +205,7 @@ pub fn dataset_specs(files: &data::DemoFiles) -> Vec<(&'static str, Value)> {
                     {"name": "arrears", "rule": "keep", "domain": {"range": {"min": 0.0, "max": 1.0}}}
                 ]
             }),
+            files.insurance.clone(),
         ),
         (
             "Municipal Tax Service",
@@ -213,6 +221,7 @@ pub fn dataset_specs(files: &data::DemoFiles) -> Vec<(&'static str, Value)> {
                     {"name": "grade", "rule": "keep", "domain": {"categories": data::GRADES}}
                 ]
             }),
+            files.tax.clone(),
         ),
     ]
 }
@@ -301,12 +310,17 @@ fn script(
 
     // Parties.
     let mut providers = Vec::new();
-    for (name, spec) in dataset_specs(files) {
+    for (name, spec, local) in dataset_specs(files) {
         let p = expect_ok(
             operator.post("/v1/operator/parties", &json!({"name": name, "role": "provider"}))?,
             "create provider",
         )?;
-        providers.push((anon.with_token(p["token"].as_str().unwrap_or("")), name, spec));
+        providers.push((
+            anon.with_token(p["token"].as_str().unwrap_or("")),
+            name,
+            spec,
+            local,
+        ));
     }
     let dev = expect_ok(
         operator.post(
@@ -321,9 +335,23 @@ fn script(
         "created 3 data providers and 1 developer (Example Commercial Bank)",
     );
 
-    // 1. Providers register datasets.
+    // 1. Providers upload their files into their own storage location
+    // (I17: never a server path) and register datasets on them.
     println!();
-    for (client, name, spec) in &providers {
+    for (client, name, spec, local) in &providers {
+        let file = spec["path"].as_str().unwrap_or("");
+        let up = expect_ok(
+            client.put_file(&format!("/v1/provider/files/{file}"), local)?,
+            "upload file",
+        )?;
+        say(
+            "provider",
+            format!(
+                "{name} uploaded `{file}`: {} bytes, SHA-256 {}...",
+                up["size"],
+                up["sha256"].as_str().unwrap_or("").get(..12).unwrap_or("")
+            ),
+        );
         let d = expect_ok(client.post("/v1/provider/datasets", spec)?, "register dataset")?;
         let rules: Vec<String> = d["columns"]
             .as_array()

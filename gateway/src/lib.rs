@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod local;
 pub mod server;
 pub mod state;
+pub mod storage;
 pub mod store;
 
 pub use api::router;

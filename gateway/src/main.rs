@@ -29,6 +29,15 @@ enum Command {
         /// Address to listen on (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// The data root: every provider's storage location is a directory
+        /// under it (`providers/<party id>`, or one the operator assigns with
+        /// `PUT /v1/operator/parties/{id}/storage`). Default: `files` in the
+        /// data directory. Must not hold the data directory.
+        #[arg(long, env = "INVIS_DATA_ROOT")]
+        data_root: Option<PathBuf>,
+        /// Largest file a provider may upload, in bytes (default 2 GiB).
+        #[arg(long, default_value_t = gateway::storage::DEFAULT_MAX_UPLOAD)]
+        max_upload_bytes: u64,
         #[command(flatten)]
         limits: LimitArgs,
         /// Working-day calendar for review and filing deadlines (JSON:
@@ -215,15 +224,17 @@ enum Command {
     /// Example: `invis call POST /v1/operator/objections/ob_1/resolution
     /// upheld=false reason="checked against the source"`.
     Call {
-        /// GET or POST.
+        /// GET, POST or PUT.
         method: String,
         /// The route's path with its ids filled in.
         path: String,
         /// key=value fields: the JSON body of a POST (values that parse as
         /// JSON are JSON, others text), or the query of a GET.
         fields: Vec<String>,
-        /// Send this file as the body instead (a .wasm module as
-        /// application/wasm, anything else as JSON).
+        /// Send this file as the body instead (with POST a .wasm module as
+        /// application/wasm, anything else as JSON; with PUT the bytes as
+        /// they are, streamed: `invis call PUT /v1/provider/files/firms.csv
+        /// --body firms.csv`).
         #[arg(long)]
         body: Option<PathBuf>,
         /// The platform.
@@ -354,12 +365,18 @@ async fn main() -> Result<()> {
         Command::Serve {
             data_dir,
             listen,
+            data_root,
+            max_upload_bytes,
             limits,
             calendar,
             tariff,
             time,
         } => {
             let mut cfg = config(data_dir);
+            if let Some(root) = data_root {
+                cfg.data_root = root;
+            }
+            cfg.max_upload_bytes = max_upload_bytes;
             cfg.job_limits = limits.limits()?;
             anyhow::ensure!(
                 time.checkpoint_every_ms >= time.time_quantum_ms,

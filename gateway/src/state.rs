@@ -17,6 +17,13 @@ use std::sync::{Arc, Mutex};
 pub struct Config {
     /// Directory of the store, keys and modules.
     pub data_dir: PathBuf,
+    /// The data root: every provider's storage location is a directory
+    /// under it (`providers/<party id>` unless the operator assigned
+    /// another), and a dataset's file is read only from its owner's
+    /// location (invariant I17). Never the data directory or above it.
+    pub data_root: PathBuf,
+    /// Largest file a provider may upload, in bytes.
+    pub max_upload_bytes: u64,
     /// Limits applied to every job.
     pub job_limits: JobLimits,
     /// Working-day calendar for review deadlines.
@@ -38,7 +45,9 @@ impl Config {
     /// Defaults for a data directory.
     pub fn new(data_dir: PathBuf) -> Config {
         Config {
+            data_root: data_dir.join("files"),
             data_dir,
+            max_upload_bytes: crate::storage::DEFAULT_MAX_UPLOAD,
             job_limits: JobLimits::default(),
             calendar: Calendar::default(),
             tariff: scenarios::fees::Tariff::default(),
@@ -80,6 +89,7 @@ impl AppState {
     /// Opens the store and keys in `config.data_dir` and builds the engines.
     pub fn open(config: Config) -> anyhow::Result<AppState> {
         let store = Store::open(&config.data_dir)?;
+        crate::storage::prepare_root(&config.data_root, &config.data_dir)?;
         let keys = Keys::load_or_create(&config.data_dir)?;
         let runtime = Runtime::new().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(AppState {

@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS data_applications (
 CREATE TABLE IF NOT EXISTS demands (id TEXT PRIMARY KEY, raised_by TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quality_flags (id TEXT PRIMARY KEY, dataset TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS private_datasets (id TEXT PRIMARY KEY, agreement_id TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS storage (id TEXT PRIMARY KEY, dir TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, owner TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS modules (hash TEXT PRIMARY KEY, bytes BLOB NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, agreement_id TEXT NOT NULL, developer_id TEXT NOT NULL,
@@ -189,6 +191,11 @@ pub struct Organization {
     /// Standing records that bear on eligibility (R10).
     #[serde(default)]
     pub standing: Vec<scenarios::party::Standing>,
+}
+
+/// All parties, inside a connection or transaction.
+pub fn parties_in(c: &Connection) -> ApiResult<Vec<Party>> {
+    parties_where(c, "ORDER BY created_at, id", &[])
 }
 
 /// The organization of a party, inside a connection or transaction.
@@ -833,6 +840,10 @@ pub enum Table {
     QualityFlags,
     /// Developer-supplied tables (R5).
     PrivateDatasets,
+    /// Storage locations the operator assigned to providers (I17).
+    Storage,
+    /// Files providers uploaded (I17).
+    Files,
 }
 
 impl Table {
@@ -851,6 +862,8 @@ impl Table {
             Table::Demands => "demands",
             Table::QualityFlags => "quality_flags",
             Table::PrivateDatasets => "private_datasets",
+            Table::Storage => "storage",
+            Table::Files => "files",
         }
     }
     fn columns(self) -> &'static [&'static str] {
@@ -868,6 +881,8 @@ impl Table {
             Table::Demands => &["raised_by"],
             Table::QualityFlags => &["dataset"],
             Table::PrivateDatasets => &["agreement_id"],
+            Table::Storage => &["dir"],
+            Table::Files => &["owner"],
         }
     }
 }

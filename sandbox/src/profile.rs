@@ -1,6 +1,12 @@
 //! Profiling a dataset file at registration: its version hash, schema,
 //! row count and whether each privacy unit has at most one row. Reads the
 //! file; reports nothing about its values beyond these counts.
+//!
+//! The file is not accepted yet while it is profiled, so no error (nor
+//! log line) names anything read from it: not a header field, not a value,
+//! not the text of a parser's error (Arrow's CSV errors quote the offending
+//! field). Errors name only columns the spec itself declares, and
+//! positions (invariant I17, `docs/invariants.md`).
 
 use crate::desensitize::{view_plan, TokenKey};
 use crate::scope::{df_error, open_file, FileFingerprint};
@@ -68,13 +74,17 @@ pub struct DatasetProfile {
 
 /// Size and modification time of `path`.
 pub fn fingerprint(path: &str) -> Result<FileFingerprint> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::InvalidDataset(format!("cannot read `{}`: {}", path.escape_debug(), e.kind())))?;
+    // The path is the platform's (resolved inside the owner's storage
+    // location): it goes to the log, not into the message.
+    let meta = std::fs::metadata(path).map_err(|e| {
+        tracing::warn!(path, error = %e.kind(), "dataset file cannot be read");
+        Error::InvalidDataset("the dataset's file cannot be read".into())
+    })?;
     if !meta.is_file() {
-        return Err(Error::InvalidDataset(format!(
-            "`{}` is not a regular file",
-            path.escape_debug()
-        )));
+        tracing::warn!(path, "dataset file is not a regular file");
+        return Err(Error::InvalidDataset(
+            "the dataset's file is not a regular file".into(),
+        ));
     }
     let modified_ns = meta
         .modified()
@@ -90,8 +100,10 @@ pub fn fingerprint(path: &str) -> Result<FileFingerprint> {
 
 /// SHA-256 of a file, hex.
 pub fn hash_file(path: &str) -> Result<String> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| Error::InvalidDataset(format!("cannot open `{}`: {}", path.escape_debug(), e.kind())))?;
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        tracing::warn!(path, error = %e.kind(), "dataset file cannot be opened");
+        Error::InvalidDataset("the dataset's file cannot be opened".into())
+    })?;
     let mut ctx = Context::new(&SHA256);
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -118,18 +130,22 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
     let version = hash_file(&spec.path)?;
     let provider = open_file(spec).await?;
     let schema: SchemaRef = provider.schema();
-    for f in schema.fields() {
+    // A header field is a value of a file not yet accepted: the message
+    // gives its position only.
+    let n = schema.fields().len();
+    for (i, f) in schema.fields().iter().enumerate() {
         if spec.column(f.name()).is_none() {
             return Err(Error::InvalidDataset(format!(
-                "column `{}` of the file has no desensitization rule",
-                f.name().escape_debug()
+                "the file has a column with no desensitization rule (column {} of {n}); \
+                 every column of the file needs a rule in the spec",
+                i + 1
             )));
         }
     }
     for c in &spec.columns {
         if schema.field_with_name(&c.name).is_err() {
             return Err(Error::InvalidDataset(format!(
-                "column `{}` is not in the file",
+                "column `{}` declared in the spec is not in the file",
                 c.name
             )));
         }
@@ -175,13 +191,7 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
         .map_err(df_error)?
         .collect()
         .await
-        .map_err(|e| {
-            tracing::warn!(path = %spec.path, error = %e, "dataset file could not be scanned");
-            Error::InvalidDataset(format!(
-                "the file of `{}` could not be read completely; check its format",
-                spec.name
-            ))
-        })?;
+        .map_err(|e| unreadable(spec, &e))?;
     let batch = batches
         .first()
         .filter(|b| b.num_rows() == 1)
@@ -207,7 +217,7 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
     let max_rows_per_unit = if rows == units {
         1
     } else {
-        most_rows_of_one_unit(&ctx, &spec.privacy_unit, batch_source).await?
+        most_rows_of_one_unit(&ctx, spec, batch_source).await?
     };
     // What the provider declared is checked, never inferred (the release
     // path must not depend on one unit): the counts are the provider's own.
@@ -271,10 +281,10 @@ pub async fn profile(spec: &DatasetSpec) -> Result<DatasetProfile> {
 /// The largest number of rows one privacy unit has in `source`.
 async fn most_rows_of_one_unit(
     ctx: &SessionContext,
-    unit: &str,
+    spec: &DatasetSpec,
     source: datafusion::logical_expr::LogicalPlan,
 ) -> Result<u64> {
-    let u = col(datafusion::common::Column::from_name(unit));
+    let u = col(datafusion::common::Column::from_name(&spec.privacy_unit));
     let per_unit = LogicalPlanBuilder::from(source)
         .filter(u.clone().is_not_null())?
         .aggregate(
@@ -292,7 +302,7 @@ async fn most_rows_of_one_unit(
         .map_err(df_error)?
         .collect()
         .await
-        .map_err(df_error)?;
+        .map_err(|e| unreadable(spec, &e))?;
     Ok(batches
         .first()
         .and_then(|b| b.column_by_name("__most"))
@@ -300,4 +310,19 @@ async fn most_rows_of_one_unit(
         .filter(|c| c.len() == 1)
         .map(|c| c.value(0).max(0) as u64)
         .unwrap_or(0))
+}
+
+/// A file that could not be scanned to the end. The parser's message quotes
+/// what it could not parse, so neither the answer nor the log carries it:
+/// the log gets the kind of error and the platform's path.
+fn unreadable(spec: &DatasetSpec, e: &datafusion::error::DataFusionError) -> Error {
+    tracing::warn!(
+        path = %spec.path,
+        error = crate::scope::df_error_kind(e),
+        "dataset file could not be scanned"
+    );
+    Error::InvalidDataset(format!(
+        "the file of `{}` could not be read completely; check its format and that every value fits its column's type",
+        spec.name
+    ))
 }

@@ -938,3 +938,57 @@ async fn a_file_that_breaks_its_declarations_is_refused() {
         "a unique file that does not declare it takes the bounded path"
     );
 }
+
+/// A file is not accepted while it is profiled: no error names anything
+/// read from it (invariant I17). The old message quoted a header field
+/// without a rule, so any readable file that parsed as CSV leaked its
+/// first line.
+#[tokio::test]
+async fn profile_errors_name_nothing_read_from_the_file() {
+    const SECRET: &str = "root_x_0_0_secret";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.csv");
+    std::fs::write(&path, format!("pid,{SECRET}\n1,2\n")).unwrap();
+    let spec = |columns: serde_json::Value| -> DatasetSpec {
+        serde_json::from_value(json!({
+            "name": "t", "path": path.to_string_lossy(), "privacy_unit": "pid", "columns": columns
+        }))
+        .unwrap()
+    };
+    let e = profile(&spec(json!([{"name": "pid", "rule": "keep"}])))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains(SECRET), "{e}");
+    assert!(e.contains("column 2 of 2"), "{e}");
+    let e = profile(&spec(
+        json!([{"name": "pid", "rule": "keep"}, {"name": "gone", "rule": "keep"}]),
+    ))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(!e.contains(SECRET), "{e}");
+
+    // A value the parser chokes on, past the rows the schema is inferred
+    // from: its message quotes the value; ours does not.
+    let mut csv = String::from("pid,n\n");
+    for i in 0..1500 {
+        csv.push_str(&format!("{i},{i}\n"));
+    }
+    csv.push_str(&format!("9999,{SECRET}\n"));
+    std::fs::write(&path, csv).unwrap();
+    let e = profile(&spec(
+        json!([{"name": "pid", "rule": "keep"}, {"name": "n", "rule": "keep"}]),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(e, crate::Error::InvalidDataset(_)), "{e:?}");
+    assert!(!e.to_string().contains(SECRET), "{e}");
+
+    // A missing file names no path.
+    let missing = dir.path().join("missing.csv");
+    let mut s = spec(json!([{"name": "pid", "rule": "keep"}]));
+    s.path = missing.to_string_lossy().into_owned();
+    let e = profile(&s).await.unwrap_err().to_string();
+    assert!(!e.contains("missing.csv"), "{e}");
+}

@@ -189,7 +189,12 @@ pub struct DatasetSpec {
     /// Human description.
     #[serde(default)]
     pub description: String,
-    /// Absolute path of the CSV or Parquet file on the platform's storage.
+    /// The CSV or Parquet file. A provider names it relative to its
+    /// storage location (normal components only, see
+    /// [`validate_storage_path`]): a file it uploaded or one the operator
+    /// placed there, never an arbitrary server path. In a registered
+    /// version the platform has replaced it by the absolute path of the
+    /// accepted file, which is what the sandbox reads.
     pub path: String,
     /// File format; guessed from the extension when absent.
     #[serde(default)]
@@ -259,6 +264,60 @@ pub fn validate_identifier(what: &str, name: &str) -> Result<()> {
             name.escape_debug()
         )))
     }
+}
+
+/// Longest relative path in a storage location, in bytes.
+pub const MAX_STORAGE_PATH: usize = 512;
+
+/// Checks one component of a path in a storage location: 1-255 bytes of
+/// `A-Z a-z 0-9 . _ -`, not starting with a dot (so `.` and `..` are
+/// refused, and the platform's temporary files, which start with a dot,
+/// can never be named).
+pub fn validate_file_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(format!(
+            "file name `{}` must be 1-255 characters of A-Z, a-z, 0-9, `.`, `_` and `-`, not starting with `.`",
+            name.escape_debug()
+        )))
+    }
+}
+
+/// Checks a path relative to a storage location (a dataset's file, or the
+/// directory the operator assigns to a provider under the data root):
+/// components of [`validate_file_name`] separated by `/`, so never
+/// absolute, never `..` or `.`, no empty component, at most
+/// [`MAX_STORAGE_PATH`] bytes. Purely textual: it looks at no file.
+pub fn validate_storage_path(what: &str, path: &str) -> Result<()> {
+    let refuse = || {
+        Error::InvalidRequest(format!(
+            "{what} `{}` must be a relative path of plain names (A-Z, a-z, 0-9, `.`, `_`, `-`, \
+             none starting with `.`) separated by `/`: no absolute path, no `..`",
+            path.escape_debug()
+        ))
+    };
+    if path.is_empty() || path.len() > MAX_STORAGE_PATH {
+        return Err(refuse());
+    }
+    for c in path.split('/') {
+        validate_file_name(c).map_err(|_| refuse())?;
+    }
+    Ok(())
+}
+
+/// True when one of two storage paths (already valid under
+/// [`validate_storage_path`]) equals, contains or lies inside the other.
+pub fn storage_paths_overlap(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.split('/').collect(), b.split('/').collect());
+    let n = a.len().min(b.len());
+    a.get(..n) == b.get(..n)
 }
 
 impl DatasetSpec {
@@ -421,6 +480,48 @@ mod tests {
     fn valid_spec_passes() {
         spec().validate().unwrap();
         assert_eq!(spec().effective_format(), Some(DataFormat::Parquet));
+    }
+
+    #[test]
+    fn storage_paths_are_plain_relative_names() {
+        for ok in ["a.csv", "census/2024/pums.parquet", "x-1_y.CSV", "a..b"] {
+            assert!(validate_storage_path("path", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../a.csv",
+            "a/../b",
+            "a/./b",
+            "./a",
+            "a//b",
+            "a/",
+            ".hidden",
+            "a/.upload-1",
+            "..",
+            "a\\b",
+            "a b",
+            "caf\u{e9}",
+            "a\0b",
+        ] {
+            assert!(
+                matches!(validate_storage_path("path", bad), Err(Error::InvalidRequest(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(validate_storage_path("path", &"a/".repeat(300)).is_err());
+        assert!(validate_file_name("a/b").is_err());
+        assert!(validate_file_name(&"a".repeat(256)).is_err());
+        assert!(validate_file_name("data.csv").is_ok());
+    }
+
+    #[test]
+    fn overlap_is_by_whole_components() {
+        assert!(storage_paths_overlap("census", "census"));
+        assert!(storage_paths_overlap("census", "census/2024"));
+        assert!(storage_paths_overlap("census/2024", "census"));
+        assert!(!storage_paths_overlap("census", "census2"));
+        assert!(!storage_paths_overlap("a/b", "a/c"));
     }
 
     #[test]

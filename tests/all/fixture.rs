@@ -4,6 +4,8 @@
 
 use invis_tests::{run_invis, Api, Server};
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub(crate) const BANK_JOB: &[u8] = include_bytes!("../../runtime/jobs/bank_credit/job.wasm");
 
@@ -49,6 +51,8 @@ impl World {
     }
 }
 
+/// The demo's three datasets with `path` naming the local files in `dir`
+/// ([`register`] uploads them).
 pub(crate) fn dataset_specs(dir: &str) -> Vec<Value> {
     vec![
         json!({
@@ -176,10 +180,38 @@ pub(crate) fn world_with(enterprises: usize, scenario_spec: Value, serve_args: &
     }
 }
 
-/// Registers a dataset version and has the operator approve its rules;
-/// returns the catalog view of the version.
+/// Uploads a local file into `provider`'s storage location under a fresh
+/// name (files are never replaced) and returns that name.
+pub(crate) fn upload(provider: &Api, local: &Path) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = local.file_name().expect("file name").to_string_lossy();
+    let name = format!("u{}-{base}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let bytes = std::fs::read(local).expect("reading the local file");
+    let r = provider.put_raw(&format!("/v1/provider/files/{name}"), &bytes);
+    assert_eq!(r.status, 201, "{}", r.text());
+    name
+}
+
+/// `spec` as a provider sends it: a `path` naming a local file (as
+/// [`dataset_specs`] and tests write them) is uploaded first and replaced
+/// by the file's name in the provider's storage location (invariant I17).
+pub(crate) fn brought(provider: &Api, spec: &Value) -> Value {
+    let mut spec = spec.clone();
+    if let Some(local) = spec["path"]
+        .as_str()
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+    {
+        spec["path"] = json!(upload(provider, &local));
+    }
+    spec
+}
+
+/// Registers a dataset version (uploading its file first, see [`brought`])
+/// and has the operator approve its rules; returns the catalog view of the
+/// version.
 pub(crate) fn register(server: &Server, provider: &Api, spec: &Value) -> Value {
-    let r = provider.post("/v1/provider/datasets", spec);
+    let r = provider.post("/v1/provider/datasets", &brought(provider, spec));
     assert_eq!(r.status, 201, "{}", r.text());
     let id = r.json()["id"].as_str().expect("dataset id").to_string();
     server

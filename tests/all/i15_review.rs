@@ -115,6 +115,8 @@ fn a_new_version_cannot_move_its_units_to_a_fresh_population() {
         .into_iter()
         .next()
         .unwrap();
+    let spec_file = crate::fixture::brought(w.provider("Market Supervision Bureau"), &spec);
+    spec = spec_file;
     for kind in [json!("firm"), Value::Null] {
         spec["unit_kind"] = kind.clone();
         let r = w

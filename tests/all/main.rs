@@ -2,6 +2,7 @@
 //! drives it over HTTP as the four roles would. One test binary, one module
 //! per area.
 
+mod confinement;
 mod disclosure;
 mod duties;
 mod examples;

@@ -26,7 +26,8 @@ fn one_job_end_to_end_over_http() {
     .map(|n| server.party(n, "provider"))
     .collect();
     for (p, spec) in providers.iter().zip(fixture::dataset_specs(&data_s)) {
-        let r = p.post("/v1/provider/datasets", &spec);
+        // I17: the file is uploaded into the provider's own location first.
+        let r = p.post("/v1/provider/datasets", &fixture::brought(p, &spec));
         assert_eq!(r.status, 201, "{}", r.text());
         let d = r.json();
         assert_eq!(d["version"], 1);
@@ -48,7 +49,10 @@ fn one_job_end_to_end_over_http() {
         );
     }
     // One source per data item: another provider cannot register the same name.
-    let dup = providers[1].post("/v1/provider/datasets", &fixture::dataset_specs(&data_s)[0]);
+    let dup = providers[1].post(
+        "/v1/provider/datasets",
+        &fixture::brought(&providers[1], &fixture::dataset_specs(&data_s)[0]),
+    );
     assert_eq!(dup.status, 409, "{}", dup.text());
 
     // R3: the catalog shows synthetic, desensitized samples, never real rows.

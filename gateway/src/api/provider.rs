@@ -1,12 +1,15 @@
 //! Data providers register datasets (R1, R2). A new registration of an
 //! existing name by its owner is a new version; another provider cannot
-//! register the same name (one source per data item, 一数一源).
+//! register the same name (one source per data item, 一数一源). The file is
+//! named relative to the provider's own storage location and read only
+//! from there (invariant I17, `crate::storage`).
 
 use super::{blocking, DatasetRecord};
 use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
+use crate::storage;
 use crate::store::{append, list_in, put, NewEntry, Table};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -23,14 +26,51 @@ pub(crate) async fn register(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     actor.require(Role::Provider)?;
     spec.validate()?;
+    storage::check_name(&spec.path)?;
+    // The name's source is checked before any file is looked at.
+    let (store, name, owner) = (st.store.clone(), spec.name.clone(), actor.id.clone());
+    let taken = blocking(move || {
+        let existing: Vec<DatasetRecord> = store.list(Table::Datasets, Some(("name", &name)))?;
+        Ok(existing.into_iter().find(|d| d.owner != owner))
+    })
+    .await?;
+    if let Some(other) = taken {
+        return Err(one_source(&other));
+    }
+    // What the provider wrote stays in `file`; the spec the sandbox reads
+    // holds the canonical path of the file inside the provider's location.
+    let file = spec.path.clone();
+    let (store, root, owner, name) = (
+        st.store.clone(),
+        st.config.data_root.clone(),
+        actor.id.clone(),
+        file.clone(),
+    );
+    let resolved = blocking(move || {
+        let dir = store.read(|c| storage::dir_of(c, &owner))?;
+        storage::resolve(&root, &dir, &name)
+    })
+    .await?;
+    let mut spec = spec;
+    spec.path = resolved
+        .to_str()
+        .ok_or_else(|| ApiError::Internal("the data root is not valid UTF-8".into()))?
+        .to_string();
     let profile = sandbox::profile::profile(&spec).await?;
     let store = st.store.clone();
     let record = store.write(move |tx| {
             let existing: Vec<DatasetRecord> = list_in(tx, Table::Datasets, Some(("name", &spec.name)))?;
             if let Some(other) = existing.iter().find(|d| d.owner != actor.id) {
+                return Err(one_source(other));
+            }
+            // Locations never overlap, but one could have been reassigned
+            // after its owner registered from it: a file another provider
+            // registered stays theirs.
+            let all: Vec<DatasetRecord> = list_in(tx, Table::Datasets, None)?;
+            if all.iter().any(|d| d.owner != actor.id && d.spec.path == spec.path) {
                 return Err(ApiError::Conflict(format!(
-                    "dataset `{}` is provided by {}; each data item has one source",
-                    spec.name, other.owner_name
+                    "file `{}` is registered by another provider",
+                    file.escape_debug()
                 )));
             }
             // A new version is about the same units: it stays in their
@@ -54,6 +94,7 @@ pub(crate) async fn register(
                 owner: actor.id.clone(),
                 owner_name: actor.name.clone(),
                 spec: spec.clone(),
+                file: Some(file.clone()),
                 profile: profile.clone(),
                 created_at: Utc::now(),
                 review: super::RulesReview::pending(),
@@ -68,6 +109,7 @@ pub(crate) async fn register(
                     json!({
                         "name": record.name,
                         "version": version,
+                        "file": file,
                         "version_hash": profile.version,
                         "rows": profile.rows,
                         "units": profile.units,
@@ -81,7 +123,23 @@ pub(crate) async fn register(
             Ok(record)
         })
     .await?;
-    Ok((StatusCode::CREATED, Json(super::catalog::view(&record))))
+    Ok((StatusCode::CREATED, Json(own_view(&record))))
+}
+
+fn one_source(other: &DatasetRecord) -> ApiError {
+    ApiError::Conflict(format!(
+        "dataset `{}` is provided by {}; each data item has one source",
+        other.name, other.owner_name
+    ))
+}
+
+/// The catalog view of a version, with the file as its owner named it.
+fn own_view(d: &DatasetRecord) -> Value {
+    let mut v = super::catalog::view(d);
+    if let (Some(file), Some(o)) = (&d.file, v.as_object_mut()) {
+        o.insert("file".into(), json!(file));
+    }
+    v
 }
 
 pub(crate) async fn list(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
@@ -91,7 +149,7 @@ pub(crate) async fn list(State(st): State<AppState>, Auth(actor): Auth) -> ApiRe
     let mine: Vec<DatasetRecord> =
         blocking(move || store.list(Table::Datasets, Some(("owner", &id)))).await?;
     Ok(Json(
-        json!({"datasets": mine.iter().map(super::catalog::view).collect::<Vec<_>>()}),
+        json!({"datasets": mine.iter().map(own_view).collect::<Vec<_>>()}),
     ))
 }
 
