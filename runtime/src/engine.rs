@@ -27,8 +27,8 @@ const CACHE_ENTRIES: usize = 64;
 pub const CACHE_BYTES: usize = 256 << 20;
 /// Longest a compilation may take (a job's time limit lowers it).
 pub const MAX_COMPILE: Duration = Duration::from_secs(20);
-/// Compilations at once; more wait for one to finish (counted against
-/// their deadline).
+/// Compilations at once, each on one thread; more wait for one to finish
+/// (counted against their deadline).
 const COMPILE_SLOTS: usize = 2;
 /// Jobs running at once; more wait for a slot.
 pub const CONCURRENT_JOBS: usize = 32;
@@ -182,6 +182,11 @@ impl Runtime {
         config.consume_fuel(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(512 << 10);
+        // Each compilation runs on its own compile thread only (the
+        // `parallel-compilation` feature is off): with it, every
+        // compilation shares one thread pool, and one given up at its
+        // deadline (it cannot be interrupted) keeps every later one waiting
+        // behind its functions.
         // Threads and shared memory are not compiled in (no `threads` feature).
         config.wasm_memory64(false);
         config.wasm_multi_memory(false);

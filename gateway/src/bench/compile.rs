@@ -49,107 +49,129 @@ fn cases() -> Vec<(&'static str, Build)> {
     let mut out: Vec<(&'static str, Build)> = Vec::new();
     out.push((
         "most functions, small bodies",
-        Box::new(move || module(&functions(most, |_| {
-            "(func (param i32) (result i32) local.get 0 i32.const 1 i32.add)".into()
-        }))),
+        Box::new(move || {
+            module(&functions(most, |_| {
+                "(func (param i32) (result i32) local.get 0 i32.const 1 i32.add)".into()
+            }))
+        }),
     ));
     out.push((
         "most functions, a call chain",
-        Box::new(move || module(&functions(most, |i| {
-            if i + 1 < most {
-                format!("(func $f{i} (result i32) call $f{})", i + 1)
-            } else {
-                format!("(func $f{i} (result i32) i32.const 1)")
-            }
-        }))),
+        Box::new(move || {
+            module(&functions(most, |i| {
+                if i + 1 < most {
+                    format!("(func $f{i} (result i32) call $f{})", i + 1)
+                } else {
+                    format!("(func $f{i} (result i32) i32.const 1)")
+                }
+            }))
+        }),
     ));
     // Bodies spread over the most functions the code limit allows.
     let per = (SHAPE_LIMITS.code_bytes / most).saturating_sub(16);
     let arith_units = per / 9;
     out.push((
         "most functions, code limit spread over them",
-        Box::new(move || module(&functions(most, |_| {
-            format!(
-                "(func (param i32) (result i32) {} local.get 0)",
-                "local.get 0 i32.const 7 i32.mul local.set 0 ".repeat(arith_units as usize)
-            )
-        }))),
+        Box::new(move || {
+            module(&functions(most, |_| {
+                format!(
+                    "(func (param i32) (result i32) {} local.get 0)",
+                    "local.get 0 i32.const 7 i32.mul local.set 0 ".repeat(arith_units as usize)
+                )
+            }))
+        }),
     ));
     let big = largest_bodies();
     out.push((
         "largest bodies, arithmetic",
-        Box::new(move || module(&functions(big, |_| {
-            format!(
-                "(func (param i32) (result i32) {} local.get 0)",
-                fill("local.get 0 i32.const 7 i32.mul local.set 0 ", 8)
-            )
-        }))),
+        Box::new(move || {
+            module(&functions(big, |_| {
+                format!(
+                    "(func (param i32) (result i32) {} local.get 0)",
+                    fill("local.get 0 i32.const 7 i32.mul local.set 0 ", 8)
+                )
+            }))
+        }),
     ));
     out.push((
         "largest bodies, operand stack all live",
-        Box::new(move || module(&functions(big, |_| {
-            let n = (SHAPE_LIMITS.body_bytes - 64) / 3;
-            format!(
-                "(func (result i32) {} {} )",
-                "i32.const 1 ".repeat(n as usize),
-                "i32.add ".repeat(n.saturating_sub(1) as usize)
-            )
-        }))),
+        Box::new(move || {
+            module(&functions(big, |_| {
+                let n = (SHAPE_LIMITS.body_bytes - 64) / 3;
+                format!(
+                    "(func (result i32) {} {} )",
+                    "i32.const 1 ".repeat(n as usize),
+                    "i32.add ".repeat(n.saturating_sub(1) as usize)
+                )
+            }))
+        }),
     ));
     let locals = SHAPE_LIMITS.locals;
     out.push((
         "largest bodies, most locals live at once",
-        Box::new(move || module(&functions(big, |f| {
-            let mut body = String::new();
-            let mut x = 12_345u32.wrapping_add(f);
-            let mut step = || {
-                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                (x >> 8) % locals
-            };
-            // local.get a, local.get b, i64.add, local.set c: at most 10
-            // bytes; the final sum takes 4 bytes per local.
-            let units = (SHAPE_LIMITS.body_bytes - 64 - 4 * locals) / 10;
-            for _ in 0..units {
-                let _ = write!(
-                    body,
-                    "local.get {} local.get {} i64.add local.set {} ",
-                    step(),
-                    step(),
-                    step()
-                );
-            }
-            // Every local is read at the end, so none of it is dead code.
-            let sum = "local.get 0 ".to_string() + &(1..locals).map(|l| format!("local.get {l} i64.add ")).collect::<String>();
-            format!("(func (result i64) (local {}) {body} {sum})", "i64 ".repeat(locals as usize))
-        }))),
+        Box::new(move || {
+            module(&functions(big, |f| {
+                let mut body = String::new();
+                let mut x = 12_345u32.wrapping_add(f);
+                let mut step = || {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    (x >> 8) % locals
+                };
+                // local.get a, local.get b, i64.add, local.set c: at most 10
+                // bytes; the final sum takes 4 bytes per local.
+                let units = (SHAPE_LIMITS.body_bytes - 64 - 4 * locals) / 10;
+                for _ in 0..units {
+                    let _ = write!(
+                        body,
+                        "local.get {} local.get {} i64.add local.set {} ",
+                        step(),
+                        step(),
+                        step()
+                    );
+                }
+                // Every local is read at the end, so none of it is dead code.
+                let sum = "local.get 0 ".to_string()
+                    + &(1..locals)
+                        .map(|l| format!("local.get {l} i64.add "))
+                        .collect::<String>();
+                format!(
+                    "(func (result i64) (local {}) {body} {sum})",
+                    "i64 ".repeat(locals as usize)
+                )
+            }))
+        }),
     ));
     let depth = SHAPE_LIMITS.nesting;
     out.push((
         "largest bodies, blocks nested to the limit",
-        Box::new(move || module(&functions(big, |_| {
-            // One nest: `depth` blocks, a br_table to every level, ends.
-            let targets: String = (0..depth).map(|d| format!("{d} ")).collect();
-            let nest = format!(
-                "{} local.get 0 br_table {targets} 0 {}",
-                "block ".repeat(depth as usize),
-                "end ".repeat(depth as usize)
-            );
-            let nest_bytes = depth * 4 + 8;
-            format!("(func (param i32) {})", fill(&nest, nest_bytes))
-        }))),
+        Box::new(move || {
+            module(&functions(big, |_| {
+                // One nest: `depth` blocks, a br_table to every level, ends.
+                let targets: String = (0..depth).map(|d| format!("{d} ")).collect();
+                let nest = format!(
+                    "{} local.get 0 br_table {targets} 0 {}",
+                    "block ".repeat(depth as usize),
+                    "end ".repeat(depth as usize)
+                );
+                let nest_bytes = depth * 4 + 8;
+                format!("(func (param i32) {})", fill(&nest, nest_bytes))
+            }))
+        }),
     ));
     out.push((
         "largest bodies, one huge br_table",
-        Box::new(move || module(&functions(big, |_| {
-            let blocks = depth - 1;
-            let n = SHAPE_LIMITS.body_bytes - 72 - 3 * blocks;
-            let targets: String = (0..n).map(|i| format!("{} ", i % blocks)).collect();
-            format!(
-                "(func (param i32) {} local.get 0 br_table {targets} 0 {})",
-                "block ".repeat(blocks as usize),
-                "end ".repeat(blocks as usize)
-            )
-        }))),
+        Box::new(move || {
+            module(&functions(big, |_| {
+                let blocks = depth - 1;
+                let n = SHAPE_LIMITS.body_bytes - 72 - 3 * blocks;
+                let targets: String = (0..n).map(|i| format!("{} ", i % blocks)).collect();
+                format!(
+                    "(func (param i32) {} local.get 0 br_table {targets} 0 {})",
+                    "block ".repeat(blocks as usize),
+                    "end ".repeat(blocks as usize)
+                )
+            }))
+        }),
     ));
     out
 }
@@ -212,7 +234,10 @@ pub fn measure(i: usize) -> Result<()> {
     // reported with what it cost to find out.
     let refused = rt.load(&bytes).err().map(|e| {
         let m = e.to_string();
-        format!("; refused by the compiler: {}", m.chars().take(120).collect::<String>())
+        format!(
+            "; refused by the compiler: {}",
+            m.chars().take(120).collect::<String>()
+        )
     });
     let compiled = t.elapsed().as_secs_f64();
     let (_, peak) = memory();
