@@ -535,10 +535,11 @@ fn script(
     say(
         "runtime",
         format!(
-            "job {} (module {}..., {} bytes) succeeded in {} ms: {} queries, {} fuel, peak memory {} KiB",
+            "job {} (module {}..., {} bytes, compiled in {} ms) succeeded in {} ms: {} queries, {} fuel, peak memory {} KiB",
             job["id"].as_str().unwrap_or(""),
             job["module_hash"].as_str().unwrap_or("").get(..12).unwrap_or(""),
             job["module_size"],
+            job["compile_ms"],
             t.elapsed().as_millis(),
             usage["queries"],
             usage["fuel"],
@@ -722,6 +723,24 @@ fn script(
         format!(
             "a malformed module -> HTTP {}: {}",
             bad.status,
+            bad.error_message()
+        ),
+    );
+    // Issue 19: a module built to be expensive to compile (100,000 empty
+    // functions compiled for 11 s before) is refused by its shape first.
+    let costly = wat::parse_str(format!(
+        r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (i32.const 0)) {})"#,
+        "(func)".repeat(100_000)
+    ))?;
+    let started = std::time::Instant::now();
+    let bad = developer.post_bytes(&jobs_path, &costly, "application/wasm")?;
+    say(
+        "developer",
+        format!(
+            "a module of 100,000 empty functions ({} KB) -> HTTP {} after {} ms, nothing compiled: {}",
+            costly.len() / 1000,
+            bad.status,
+            started.elapsed().as_millis(),
             bad.error_message()
         ),
     );
