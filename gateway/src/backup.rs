@@ -9,7 +9,7 @@
 //! A backup holds the signing and tokenization keys: keep it as carefully
 //! as the data directory itself.
 
-use crate::keys::Keys;
+use crate::keys::{Kek, Keys};
 use crate::ledger::Ledger;
 use crate::store::Store;
 use anyhow::{bail, ensure, Context, Result};
@@ -70,7 +70,7 @@ fn file_sha256(path: &Path) -> Result<String> {
 }
 
 /// Backs up `data_dir` into the new directory `out`.
-pub fn backup(data_dir: &Path, out: &Path) -> Result<Manifest> {
+pub fn backup(data_dir: &Path, out: &Path, kek: Option<&Kek>) -> Result<Manifest> {
     ensure!(
         data_dir.join(DB).is_file(),
         "there is no store in {}",
@@ -82,7 +82,7 @@ pub fn backup(data_dir: &Path, out: &Path) -> Result<Manifest> {
         out.display()
     );
     let store = Store::open(data_dir)?;
-    let keys = Keys::load_or_create(data_dir)?;
+    let keys = Keys::load_or_create(data_dir, kek)?;
     let checkpoint = Ledger::new()
         .checkpoint(&store, &keys)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -120,7 +120,7 @@ pub struct Restored {
 
 /// Restores the backup in `from` into `data_dir`, which must not hold a
 /// store yet.
-pub fn restore(from: &Path, data_dir: &Path) -> Result<Restored> {
+pub fn restore(from: &Path, data_dir: &Path, kek: Option<&Kek>) -> Result<Restored> {
     let manifest: Manifest = serde_json::from_slice(
         &std::fs::read(from.join(MANIFEST))
             .with_context(|| format!("reading {}", from.join(MANIFEST).display()))?,
@@ -143,19 +143,37 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<Restored> {
     );
     let pinned = hex::decode(&manifest.public_key).context("the manifest's public key is not hex")?;
 
-    // Stage next to the target, verify there, then move into place.
+    // Stage next to the target, verify there, then move into place. A
+    // restore that fails leaves nothing behind.
     let staging = data_dir.join(".restore");
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
+    let restored = install(from, data_dir, &staging, manifest, &pinned, kek);
+    if restored.is_err() && staging.exists() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    restored
+}
+
+/// Copies the backup into `staging`, verifies it there and moves it into
+/// `data_dir`.
+fn install(
+    from: &Path,
+    data_dir: &Path,
+    staging: &Path,
+    manifest: Manifest,
+    pinned: &[u8],
+    kek: Option<&Kek>,
+) -> Result<Restored> {
     std::fs::create_dir_all(staging.join("keys"))?;
     std::fs::copy(from.join(DB), staging.join(DB))?;
     for k in KEY_FILES {
         copy_private(&from.join("keys").join(k), &staging.join("keys").join(k))?;
     }
     let report = {
-        let store = Store::open(&staging)?;
-        let keys = Keys::load_or_create(&staging)?;
+        let store = Store::open(staging)?;
+        let keys = Keys::load_or_create(staging, kek)?;
         ensure!(
             keys.public_key_hex() == manifest.public_key,
             "the backup's signing key does not match its manifest"
@@ -169,7 +187,7 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<Restored> {
             w.flush()?;
         }
         let report =
-            crate::ledger::verify_file(&export, Some(&pinned), std::slice::from_ref(&manifest.checkpoint))?
+            crate::ledger::verify_file(&export, Some(pinned), std::slice::from_ref(&manifest.checkpoint))?
                 .map_err(|f| {
                 anyhow::anyhow!(
                     "the backup's ledger does not verify: line {}: {}",
@@ -190,7 +208,7 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<Restored> {
     for k in KEY_FILES {
         std::fs::rename(staging.join("keys").join(k), data_dir.join("keys").join(k))?;
     }
-    std::fs::remove_dir_all(&staging)?;
+    std::fs::remove_dir_all(staging)?;
     sync_dir(&data_dir.join("keys"))?;
     sync_dir(data_dir)?;
     Ok(Restored { manifest, report })

@@ -1,9 +1,17 @@
 //! Secrets in the data directory: the operator's Ed25519 ledger signing key
 //! and the master key from which each agreement's tokenization key is
 //! derived. Created on first start with owner-only permissions.
+//!
+//! At rest they are sealed under a key-encryption key ([`Kek`]) when one is
+//! given (`invis serve --kek-file`, or `INVIS_KEK`): AES-256-GCM with a
+//! fresh nonce per write and the key's file name as associated data, so a
+//! copy of the data directory (or a backup) alone yields neither key, and
+//! one sealed file cannot stand in for the other. Keys found unsealed are
+//! sealed in place the first time a key-encryption key is given.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use chrono::Utc;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -13,11 +21,110 @@ use std::path::Path;
 pub struct Keys {
     ledger: Ed25519KeyPair,
     tokenize_master: hmac::Key,
+    sealed: bool,
 }
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keys(public={})", self.public_key_hex())
+        write!(f, "Keys(public={}, sealed={})", self.public_key_hex(), self.sealed)
+    }
+}
+
+/// The first bytes of a sealed key file.
+const SEALED: &[u8] = b"invis-sealed-v1\n";
+
+/// The key-encryption key: 32 bytes held outside the data directory (a
+/// file given at `invis serve --kek-file`, or 64 hex digits in `INVIS_KEK`).
+#[derive(Clone)]
+pub struct Kek([u8; 32]);
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kek(..)")
+    }
+}
+
+impl Kek {
+    /// Parses 64 hex digits (surrounding whitespace ignored) or 32 raw
+    /// bytes. The error never shows the input.
+    pub fn parse(bytes: &[u8]) -> Result<Kek> {
+        let hexed = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|t| hex::decode(t.trim()).ok())
+            .filter(|k| k.len() == 32);
+        let raw = hexed.unwrap_or_else(|| bytes.to_vec());
+        let k: [u8; 32] = raw
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("a key-encryption key is 32 bytes, or 64 hex digits"))?;
+        Ok(Kek(k))
+    }
+
+    /// The key from `file`, else from the `INVIS_KEK` environment variable,
+    /// else none.
+    pub fn load(file: Option<&Path>) -> Result<Option<Kek>> {
+        if let Some(f) = file {
+            let bytes = std::fs::read(f).with_context(|| format!("reading the key-encryption key {}", f.display()))?;
+            return Kek::parse(&bytes)
+                .with_context(|| format!("{} holds no key-encryption key", f.display()))
+                .map(Some);
+        }
+        match std::env::var("INVIS_KEK") {
+            Ok(v) if !v.trim().is_empty() => Kek::parse(v.as_bytes()).context("INVIS_KEK").map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// A fresh key as 64 hex digits.
+    pub fn generate() -> Result<String> {
+        let mut k = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut k)
+            .map_err(|_| anyhow::anyhow!("random generation failed"))?;
+        Ok(hex::encode(k))
+    }
+
+    /// Writes a fresh key to the new file `path` (owner-only, never
+    /// overwriting).
+    pub fn create_file(path: &Path) -> Result<()> {
+        write_private(path, format!("{}\n", Kek::generate()?).as_bytes())
+    }
+
+    fn aead(&self) -> Result<LessSafeKey> {
+        let key = UnboundKey::new(&AES_256_GCM, &self.0).map_err(|_| anyhow::anyhow!("AES-256-GCM key"))?;
+        Ok(LessSafeKey::new(key))
+    }
+
+    /// `SEALED || nonce || ciphertext and tag`, bound to `name`.
+    fn seal(&self, name: &str, plain: &[u8]) -> Result<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| anyhow::anyhow!("random generation failed"))?;
+        let mut data = plain.to_vec();
+        self.aead()?
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(name.as_bytes()), &mut data)
+            .map_err(|_| anyhow::anyhow!("sealing {name} failed"))?;
+        let mut out = SEALED.to_vec();
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&data);
+        Ok(out)
+    }
+
+    fn open(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        let wrong = || {
+            anyhow::anyhow!(
+                "the key-encryption key does not open keys/{name} (a different key, or the file was altered or swapped)"
+            )
+        };
+        let body = sealed.strip_prefix(SEALED).ok_or_else(wrong)?;
+        let (nonce, data) = body.split_at_checked(NONCE_LEN).ok_or_else(wrong)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| wrong())?;
+        let mut data = data.to_vec();
+        let plain = self
+            .aead()?
+            .open_in_place(nonce, Aad::from(name.as_bytes()), &mut data)
+            .map_err(|_| wrong())?;
+        Ok(plain.to_vec())
     }
 }
 
@@ -37,34 +144,86 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Replaces `path` by a file holding `bytes`, atomically.
+fn replace_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("sealing");
+    if tmp.exists() {
+        std::fs::remove_file(&tmp)?;
+    }
+    write_private(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The key in `dir/name`: created by `make` when absent, opened with `kek`
+/// when sealed, sealed in place when it is not and `kek` is given.
+fn key_file(dir: &Path, name: &str, kek: Option<&Kek>, make: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
+    let path = dir.join(name);
+    if !path.exists() {
+        let plain = make()?;
+        match kek {
+            Some(k) => write_private(&path, &k.seal(name, &plain)?)?,
+            None => write_private(&path, &plain)?,
+        }
+        return Ok(plain);
+    }
+    let stored = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    match (stored.starts_with(SEALED), kek) {
+        (true, Some(k)) => k.open(name, &stored),
+        (true, None) => bail!(
+            "the keys in {} are sealed: give their key-encryption key with --kek-file or INVIS_KEK",
+            dir.display()
+        ),
+        (false, Some(k)) => {
+            replace_private(&path, &k.seal(name, &stored)?)?;
+            tracing::info!(key = name, "sealed a key found unsealed under the key-encryption key");
+            Ok(stored)
+        }
+        (false, None) => Ok(stored),
+    }
+}
+
 impl Keys {
-    /// Loads the keys from `dir/keys`, creating them on first use.
-    pub fn load_or_create(dir: &Path) -> Result<Keys> {
+    /// Loads the keys from `dir/keys`, creating them on first use, sealed
+    /// under `kek` when one is given (see the module documentation).
+    pub fn load_or_create(dir: &Path, kek: Option<&Kek>) -> Result<Keys> {
         let kdir = dir.join("keys");
         std::fs::create_dir_all(&kdir)?;
         let rng = SystemRandom::new();
-        let lpath = kdir.join("ledger.ed25519.pk8");
-        if !lpath.exists() {
-            let doc =
-                Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("key generation failed"))?;
-            write_private(&lpath, doc.as_ref())?;
-        }
-        let pk8 = std::fs::read(&lpath)?;
+        let pk8 = key_file(&kdir, "ledger.ed25519.pk8", kek, || {
+            Ed25519KeyPair::generate_pkcs8(&rng)
+                .map(|d| d.as_ref().to_vec())
+                .map_err(|_| anyhow::anyhow!("key generation failed"))
+        })?;
         let ledger = Ed25519KeyPair::from_pkcs8(&pk8)
-            .map_err(|_| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key", lpath.display()))?;
-        let tpath = kdir.join("tokenize.key");
-        if !tpath.exists() {
+            .map_err(|_| anyhow::anyhow!("keys/ledger.ed25519.pk8 is not an Ed25519 PKCS#8 key"))?;
+        let t = key_file(&kdir, "tokenize.key", kek, || {
             let mut k = [0u8; 32];
             rng.fill(&mut k)
                 .map_err(|_| anyhow::anyhow!("random generation failed"))?;
-            write_private(&tpath, &k)?;
+            Ok(k.to_vec())
+        })?;
+        anyhow::ensure!(t.len() == 32, "keys/tokenize.key must hold 32 bytes");
+        if kek.is_none() {
+            tracing::warn!(
+                "the platform's keys are stored unsealed in {}: give a key-encryption key (--kek-file or INVIS_KEK) \
+                 so that a copy of the data directory alone does not yield them",
+                kdir.display()
+            );
         }
-        let t = std::fs::read(&tpath)?;
-        anyhow::ensure!(t.len() == 32, "{} must hold 32 bytes", tpath.display());
         Ok(Keys {
             ledger,
             tokenize_master: hmac::Key::new(hmac::HMAC_SHA256, &t),
+            sealed: kek.is_some(),
         })
+    }
+
+    /// Whether the keys are sealed at rest.
+    pub fn sealed(&self) -> bool {
+        self.sealed
     }
 
     /// Signs with the ledger key.
@@ -125,4 +284,75 @@ pub fn new_token() -> (String, String) {
 /// SHA-256 of a token, hex.
 pub fn token_hash(token: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kek(b: u8) -> Kek {
+        Kek([b; 32])
+    }
+
+    #[test]
+    fn sealed_keys_open_only_with_their_key_encryption_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Keys::load_or_create(dir.path(), Some(&kek(1))).unwrap();
+        assert!(k.sealed());
+        let pk8 = std::fs::read(dir.path().join("keys/ledger.ed25519.pk8")).unwrap();
+        assert!(pk8.starts_with(SEALED));
+        assert!(Ed25519KeyPair::from_pkcs8(&pk8).is_err(), "the file alone is not a key");
+        // The same KEK opens the same keys.
+        let again = Keys::load_or_create(dir.path(), Some(&kek(1))).unwrap();
+        assert_eq!(again.public_key(), k.public_key());
+        assert_eq!(again.token_key("ag_1"), k.token_key("ag_1"));
+        // A copy of the directory without it, or with another, yields nothing.
+        let none = Keys::load_or_create(dir.path(), None).unwrap_err().to_string();
+        assert!(none.contains("sealed"), "{none}");
+        let other = Keys::load_or_create(dir.path(), Some(&kek(2))).unwrap_err().to_string();
+        assert!(other.contains("does not open"), "{other}");
+    }
+
+    #[test]
+    fn unsealed_keys_are_sealed_in_place_and_stay_the_same_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = Keys::load_or_create(dir.path(), None).unwrap();
+        assert!(!plain.sealed());
+        let t = std::fs::read(dir.path().join("keys/tokenize.key")).unwrap();
+        assert_eq!(t.len(), 32);
+        let sealed = Keys::load_or_create(dir.path(), Some(&kek(7))).unwrap();
+        assert_eq!(sealed.public_key(), plain.public_key());
+        assert_eq!(sealed.token_key("ag"), plain.token_key("ag"));
+        let t = std::fs::read(dir.path().join("keys/tokenize.key")).unwrap();
+        assert!(t.starts_with(SEALED));
+        assert!(!dir.path().join("keys/tokenize.sealing").exists());
+    }
+
+    #[test]
+    fn a_sealed_file_cannot_stand_in_for_the_other_or_be_altered() {
+        let dir = tempfile::tempdir().unwrap();
+        Keys::load_or_create(dir.path(), Some(&kek(3))).unwrap();
+        let kdir = dir.path().join("keys");
+        let (a, b) = (kdir.join("ledger.ed25519.pk8"), kdir.join("tokenize.key"));
+        let (ab, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        std::fs::write(&a, &bb).unwrap();
+        std::fs::write(&b, &ab).unwrap();
+        assert!(Keys::load_or_create(dir.path(), Some(&kek(3))).is_err(), "swapped files");
+        let mut flipped = ab.clone();
+        if let Some(x) = flipped.last_mut() {
+            *x ^= 1;
+        }
+        std::fs::write(&a, &flipped).unwrap();
+        std::fs::write(&b, &bb).unwrap();
+        assert!(Keys::load_or_create(dir.path(), Some(&kek(3))).is_err(), "altered file");
+    }
+
+    #[test]
+    fn key_encryption_keys_parse_from_hex_or_raw_bytes_and_errors_show_nothing() {
+        let hex = Kek::generate().unwrap();
+        assert!(Kek::parse(format!("  {hex}\n").as_bytes()).is_ok());
+        assert!(Kek::parse(&[9u8; 32]).is_ok());
+        let e = Kek::parse(b"secret-but-short").unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
+    }
 }

@@ -382,7 +382,7 @@ mod tests {
     fn receipts_reveal_no_more_of_the_ledger_than_the_release_or_a_publication() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let keys = Keys::load_or_create(dir.path()).unwrap();
+        let keys = Keys::load_or_create(dir.path(), None).unwrap();
         let key = hex::decode(keys.public_key_hex()).unwrap();
         let ledger = Ledger::new();
         add(&store, "x", "test.entry", 3);

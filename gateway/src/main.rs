@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use gateway::keys::Kek;
 use gateway::state::{AppState, Config};
 use scenarios::ledger::{Receipt, SignedCheckpoint};
 use std::path::PathBuf;
@@ -38,6 +39,13 @@ enum Command {
         /// Largest file a provider may upload, in bytes (default 2 GiB).
         #[arg(long, default_value_t = gateway::storage::DEFAULT_MAX_UPLOAD)]
         max_upload_bytes: u64,
+        /// File of the key-encryption key (64 hex digits) that seals the
+        /// ledger signing key and the tokenization master key at rest; keep
+        /// it outside the data directory and its backups. Without it (and
+        /// without `INVIS_KEK`), the keys are stored unsealed. Keys found
+        /// unsealed are sealed on the first start with one.
+        #[arg(long, env = "INVIS_KEK_FILE")]
+        kek_file: Option<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
         /// Working-day calendar for review and filing deadlines (JSON:
@@ -259,6 +267,10 @@ enum Command {
         /// The new backup directory.
         #[arg(long)]
         out: PathBuf,
+        /// File of the key-encryption key, when the keys are sealed (also
+        /// `INVIS_KEK_FILE` or `INVIS_KEK`). Sealed keys are copied sealed.
+        #[arg(long)]
+        kek_file: Option<PathBuf>,
     },
     /// Restore a backup into a new data directory after verifying its
     /// whole ledger.
@@ -269,6 +281,9 @@ enum Command {
         /// The data directory to create.
         #[arg(long, env = "INVIS_DATA_DIR", default_value = "invis-data")]
         data_dir: PathBuf,
+        /// File of the key-encryption key, when the backup's keys are sealed.
+        #[arg(long)]
+        kek_file: Option<PathBuf>,
     },
 }
 
@@ -335,10 +350,28 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Create a key-encryption key (64 hex digits) in a new file readable by
+    /// its owner only, for `invis serve --kek-file`.
+    NewKek {
+        /// The file to create (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
-fn config(data_dir: PathBuf) -> Config {
-    Config::new(data_dir)
+/// The configuration of `data_dir`, with the key-encryption key of
+/// `INVIS_KEK_FILE` or `INVIS_KEK` when one is set.
+fn config(data_dir: PathBuf) -> Result<Config> {
+    let mut cfg = Config::new(data_dir);
+    cfg.kek = kek(None)?;
+    Ok(cfg)
+}
+
+/// The key-encryption key of `file`, else of `INVIS_KEK_FILE`, else of
+/// `INVIS_KEK` (64 hex digits); none when nothing is set.
+fn kek(file: Option<PathBuf>) -> Result<Option<Kek>> {
+    let file = file.or_else(|| std::env::var_os("INVIS_KEK_FILE").map(PathBuf::from));
+    Kek::load(file.as_deref())
 }
 
 fn read_key(arg: &str) -> Result<Vec<u8>> {
@@ -367,12 +400,14 @@ async fn main() -> Result<()> {
             listen,
             data_root,
             max_upload_bytes,
+            kek_file,
             limits,
             calendar,
             tariff,
             time,
         } => {
-            let mut cfg = config(data_dir);
+            let mut cfg = config(data_dir)?;
+            cfg.kek = kek(kek_file)?;
             if let Some(root) = data_root {
                 cfg.data_root = root;
             }
@@ -431,6 +466,17 @@ async fn main() -> Result<()> {
             reps,
         } => gateway::bench::run(enterprises, iterations, (!no_pums).then_some(pums), reps).await,
         Command::Admin {
+            command: AdminCommand::NewKek { out },
+        } => {
+            Kek::create_file(&out)?;
+            println!(
+                "created the key-encryption key {}: keep it outside the data directory and its backups; \
+                 without it the sealed keys cannot be opened",
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Admin {
             command:
                 AdminCommand::Bootstrap {
                     data_dir,
@@ -439,7 +485,7 @@ async fn main() -> Result<()> {
                     json,
                 },
         } => {
-            let state = AppState::open(config(data_dir))?;
+            let state = AppState::open(config(data_dir)?)?;
             let parties = gateway::server::bootstrap(&state.store, &operator, &regulator)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&parties)?);
@@ -462,7 +508,7 @@ async fn main() -> Result<()> {
             output,
             from,
         } => {
-            let state = AppState::open(config(data_dir))?;
+            let state = AppState::open(config(data_dir)?)?;
             let mut out: Box<dyn std::io::Write> = match output {
                 Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(&p)?)),
                 None => Box::new(std::io::stdout().lock()),
@@ -550,8 +596,9 @@ async fn main() -> Result<()> {
             .await?;
             std::process::exit(code)
         }
-        Command::Backup { data_dir, out } => {
-            let m = gateway::backup::backup(&data_dir, &out)?;
+        Command::Backup { data_dir, out, kek_file } => {
+            let kek = kek(kek_file)?;
+            let m = gateway::backup::backup(&data_dir, &out, kek.as_ref())?;
             println!(
                 "backed up {} ({} ledger entries, root {}) to {}",
                 data_dir.display(),
@@ -559,11 +606,15 @@ async fn main() -> Result<()> {
                 m.checkpoint.checkpoint.root,
                 out.display()
             );
-            println!("the backup holds the signing and tokenization keys: store it as carefully as the data");
+            if kek.is_some() {
+                println!("the backup holds the signing and tokenization keys sealed: it opens only with the key-encryption key");
+            } else {
+                println!("the backup holds the signing and tokenization keys unsealed: store it as carefully as the data");
+            }
             Ok(())
         }
-        Command::Restore { from, data_dir } => {
-            let r = gateway::backup::restore(&from, &data_dir)?;
+        Command::Restore { from, data_dir, kek_file } => {
+            let r = gateway::backup::restore(&from, &data_dir, kek(kek_file)?.as_ref())?;
             println!(
                 "restored {} into {}: ledger OK, {} entries, {} signed checkpoint(s), root {}",
                 from.display(),

@@ -24,6 +24,9 @@ pub struct Config {
     pub data_root: PathBuf,
     /// Largest file a provider may upload, in bytes.
     pub max_upload_bytes: u64,
+    /// The key-encryption key the platform's keys are sealed under at
+    /// rest (`crate::keys`); `None` keeps them unsealed.
+    pub kek: Option<crate::keys::Kek>,
     /// Limits applied to every job.
     pub job_limits: JobLimits,
     /// Working-day calendar for review deadlines.
@@ -48,6 +51,7 @@ impl Config {
             data_root: data_dir.join("files"),
             data_dir,
             max_upload_bytes: crate::storage::DEFAULT_MAX_UPLOAD,
+            kek: None,
             job_limits: JobLimits::default(),
             calendar: Calendar::default(),
             tariff: scenarios::fees::Tariff::default(),
@@ -90,7 +94,7 @@ impl AppState {
     pub fn open(config: Config) -> anyhow::Result<AppState> {
         let store = Store::open(&config.data_dir)?;
         crate::storage::prepare_root(&config.data_root, &config.data_dir)?;
-        let keys = Keys::load_or_create(&config.data_dir)?;
+        let keys = Keys::load_or_create(&config.data_dir, config.kek.as_ref())?;
         let runtime = Runtime::new().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(AppState {
             store: Arc::new(store),

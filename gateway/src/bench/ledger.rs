@@ -152,7 +152,7 @@ pub fn run(entries: u64, n: u64, clients: u64, dir: Option<&Path>) -> Result<()>
         None => tempfile::tempdir()?,
     };
     let store = Arc::new(Store::open(tmp.path())?);
-    let keys = Keys::load_or_create(tmp.path())?;
+    let keys = Keys::load_or_create(tmp.path(), None)?;
     println!("ledger benchmark in {}", tmp.path().display());
     println!("{:<52} {:>16}", "measure", "value");
     let row = |name: &str, value: String| println!("{name:<52} {value:>16}");
