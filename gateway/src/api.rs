@@ -343,6 +343,9 @@ pub const ROUTES: &[Route] = &[
     route("PUT", "/v1/operator/parties/{id}/storage", OPERATOR, || {
         put(files::assign_storage)
     }),
+    route("POST", "/v1/operator/keys/tokenization/rotate", OPERATOR, || {
+        post(operator::rotate_token_key)
+    }),
     route("GET", "/v1/operator/parties", OPERATOR, || {
         get(operator::list_parties)
     }),

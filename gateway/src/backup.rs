@@ -23,7 +23,6 @@ use std::path::Path;
 pub const BACKUP_FORMAT: &str = "invis-backup/1";
 const DB: &str = "invis.db";
 const MANIFEST: &str = "MANIFEST.json";
-const KEY_FILES: [&str; 2] = ["ledger.ed25519.pk8", "tokenize.key"];
 
 /// What a backup holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,8 +91,8 @@ pub fn backup(data_dir: &Path, out: &Path, kek: Option<&Kek>) -> Result<Manifest
         .snapshot(&db)
         .map_err(|e| anyhow::anyhow!("snapshot: {e}"))?;
     std::fs::File::open(&db)?.sync_all()?;
-    for k in KEY_FILES {
-        copy_private(&data_dir.join("keys").join(k), &out.join("keys").join(k))?;
+    for k in crate::keys::key_files(&data_dir.join("keys")) {
+        copy_private(&data_dir.join("keys").join(&k), &out.join("keys").join(&k))?;
     }
     let manifest = Manifest {
         format: BACKUP_FORMAT.into(),
@@ -168,7 +167,8 @@ fn install(
 ) -> Result<Restored> {
     std::fs::create_dir_all(staging.join("keys"))?;
     std::fs::copy(from.join(DB), staging.join(DB))?;
-    for k in KEY_FILES {
+    let files = crate::keys::key_files(&from.join("keys"));
+    for k in &files {
         copy_private(&from.join("keys").join(k), &staging.join("keys").join(k))?;
     }
     let report = {
@@ -189,12 +189,12 @@ fn install(
         let report =
             crate::ledger::verify_file(&export, Some(pinned), std::slice::from_ref(&manifest.checkpoint))?
                 .map_err(|f| {
-                anyhow::anyhow!(
-                    "the backup's ledger does not verify: line {}: {}",
-                    f.line,
-                    f.reason
-                )
-            })?;
+                    anyhow::anyhow!(
+                        "the backup's ledger does not verify: line {}: {}",
+                        f.line,
+                        f.reason
+                    )
+                })?;
         std::fs::remove_file(&export)?;
         report
     };
@@ -205,7 +205,7 @@ fn install(
     );
     std::fs::create_dir_all(data_dir.join("keys"))?;
     std::fs::rename(staging.join(DB), data_dir.join(DB))?;
-    for k in KEY_FILES {
+    for k in &files {
         std::fs::rename(staging.join("keys").join(k), data_dir.join("keys").join(k))?;
     }
     std::fs::remove_dir_all(staging)?;

@@ -622,7 +622,11 @@ async fn run(
         agreement_id: ag.id.clone(),
         scenario: spec,
         tables,
-        token_key: TokenKey::new(&st.keys.token_key(&ag.id)),
+        token_key: TokenKey::new(
+            &st.keys
+                .token_key(&ag.id, ag.token_generation)
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        ),
         memory_limit: usize::try_from(limits.query_memory_bytes).unwrap_or(usize::MAX),
         query_timeout: std::time::Duration::from_millis(limits.query_timeout_ms),
     };

@@ -15,18 +15,50 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 /// The platform's keys.
 pub struct Keys {
     ledger: Ed25519KeyPair,
-    tokenize_master: hmac::Key,
+    /// Tokenization master keys by generation (index 0 is generation 1,
+    /// `keys/tokenize.key`; generation n > 1 is `keys/tokenize.<n>.key`).
+    tokenize_masters: RwLock<Vec<hmac::Key>>,
     sealed: bool,
+    /// Where new key generations are written, and under what.
+    kdir: PathBuf,
+    kek: Option<Kek>,
+}
+
+/// The file of tokenization master key generation `g`.
+fn tokenize_file(g: usize) -> String {
+    if g <= 1 {
+        "tokenize.key".to_string()
+    } else {
+        format!("tokenize.{g}.key")
+    }
+}
+
+/// The key files of a `keys` directory, in generation order: the ledger
+/// key, then every tokenization master key generation.
+pub fn key_files(kdir: &Path) -> Vec<String> {
+    let mut files = vec!["ledger.ed25519.pk8".to_string()];
+    let mut g = 1;
+    while kdir.join(tokenize_file(g)).exists() {
+        files.push(tokenize_file(g));
+        g += 1;
+    }
+    files
 }
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keys(public={}, sealed={})", self.public_key_hex(), self.sealed)
+        write!(
+            f,
+            "Keys(public={}, sealed={})",
+            self.public_key_hex(),
+            self.sealed
+        )
     }
 }
 
@@ -63,7 +95,8 @@ impl Kek {
     /// else none.
     pub fn load(file: Option<&Path>) -> Result<Option<Kek>> {
         if let Some(f) = file {
-            let bytes = std::fs::read(f).with_context(|| format!("reading the key-encryption key {}", f.display()))?;
+            let bytes = std::fs::read(f)
+                .with_context(|| format!("reading the key-encryption key {}", f.display()))?;
             return Kek::parse(&bytes)
                 .with_context(|| format!("{} holds no key-encryption key", f.display()))
                 .map(Some);
@@ -102,7 +135,11 @@ impl Kek {
             .map_err(|_| anyhow::anyhow!("random generation failed"))?;
         let mut data = plain.to_vec();
         self.aead()?
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(name.as_bytes()), &mut data)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(name.as_bytes()),
+                &mut data,
+            )
             .map_err(|_| anyhow::anyhow!("sealing {name} failed"))?;
         let mut out = SEALED.to_vec();
         out.extend_from_slice(&nonce);
@@ -126,6 +163,13 @@ impl Kek {
             .map_err(|_| wrong())?;
         Ok(plain.to_vec())
     }
+}
+
+fn random_key(rng: &SystemRandom) -> Result<Vec<u8>> {
+    let mut k = [0u8; 32];
+    rng.fill(&mut k)
+        .map_err(|_| anyhow::anyhow!("random generation failed"))?;
+    Ok(k.to_vec())
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -160,7 +204,12 @@ fn replace_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The key in `dir/name`: created by `make` when absent, opened with `kek`
 /// when sealed, sealed in place when it is not and `kek` is given.
-fn key_file(dir: &Path, name: &str, kek: Option<&Kek>, make: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
+fn key_file(
+    dir: &Path,
+    name: &str,
+    kek: Option<&Kek>,
+    make: impl FnOnce() -> Result<Vec<u8>>,
+) -> Result<Vec<u8>> {
     let path = dir.join(name);
     if !path.exists() {
         let plain = make()?;
@@ -179,7 +228,10 @@ fn key_file(dir: &Path, name: &str, kek: Option<&Kek>, make: impl FnOnce() -> Re
         ),
         (false, Some(k)) => {
             replace_private(&path, &k.seal(name, &stored)?)?;
-            tracing::info!(key = name, "sealed a key found unsealed under the key-encryption key");
+            tracing::info!(
+                key = name,
+                "sealed a key found unsealed under the key-encryption key"
+            );
             Ok(stored)
         }
         (false, None) => Ok(stored),
@@ -200,13 +252,18 @@ impl Keys {
         })?;
         let ledger = Ed25519KeyPair::from_pkcs8(&pk8)
             .map_err(|_| anyhow::anyhow!("keys/ledger.ed25519.pk8 is not an Ed25519 PKCS#8 key"))?;
-        let t = key_file(&kdir, "tokenize.key", kek, || {
-            let mut k = [0u8; 32];
-            rng.fill(&mut k)
-                .map_err(|_| anyhow::anyhow!("random generation failed"))?;
-            Ok(k.to_vec())
-        })?;
-        anyhow::ensure!(t.len() == 32, "keys/tokenize.key must hold 32 bytes");
+        let mut masters = Vec::new();
+        let mut g = 1;
+        loop {
+            let name = tokenize_file(g);
+            if g > 1 && !kdir.join(&name).exists() {
+                break;
+            }
+            let t = key_file(&kdir, &name, kek, || random_key(&rng))?;
+            anyhow::ensure!(t.len() == 32, "keys/{name} must hold 32 bytes");
+            masters.push(hmac::Key::new(hmac::HMAC_SHA256, &t));
+            g += 1;
+        }
         if kek.is_none() {
             tracing::warn!(
                 "the platform's keys are stored unsealed in {}: give a key-encryption key (--kek-file or INVIS_KEK) \
@@ -216,9 +273,39 @@ impl Keys {
         }
         Ok(Keys {
             ledger,
-            tokenize_master: hmac::Key::new(hmac::HMAC_SHA256, &t),
+            tokenize_masters: RwLock::new(masters),
             sealed: kek.is_some(),
+            kdir,
+            kek: kek.cloned(),
         })
+    }
+
+    /// The current tokenization master key generation: agreements issued
+    /// now are pinned to it.
+    pub fn token_generation(&self) -> u32 {
+        let n = self.tokenize_masters.read().map(|m| m.len()).unwrap_or(1);
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Makes a new tokenization master key generation, written (sealed
+    /// when the keys are) before it is used, and returns its number.
+    /// Earlier generations stay: agreements pinned to them keep their
+    /// tokens for their whole life.
+    pub fn rotate_token_master(&self) -> Result<u32> {
+        let mut masters = self
+            .tokenize_masters
+            .write()
+            .map_err(|_| anyhow::anyhow!("the tokenization keys are unavailable"))?;
+        let g = masters.len() + 1;
+        let name = tokenize_file(g);
+        let k = random_key(&SystemRandom::new())?;
+        match &self.kek {
+            Some(kek) => write_private(&self.kdir.join(&name), &kek.seal(&name, &k)?)?,
+            None => write_private(&self.kdir.join(&name), &k)?,
+        }
+        std::fs::File::open(&self.kdir)?.sync_all()?;
+        masters.push(hmac::Key::new(hmac::HMAC_SHA256, &k));
+        Ok(u32::try_from(g).unwrap_or(u32::MAX))
     }
 
     /// Whether the keys are sealed at rest.
@@ -241,16 +328,23 @@ impl Keys {
         hex::encode(self.public_key())
     }
 
-    /// The tokenization key of one agreement: tokens of two agreements
-    /// cannot be linked.
-    pub fn token_key(&self, agreement_id: &str) -> [u8; 32] {
-        let tag = hmac::sign(
-            &self.tokenize_master,
-            format!("invis tokenize v1 {agreement_id}").as_bytes(),
-        );
+    /// The tokenization key of one agreement, from the master key of the
+    /// generation it was issued under: tokens of two agreements cannot be
+    /// linked.
+    pub fn token_key(&self, agreement_id: &str, generation: u32) -> Result<[u8; 32]> {
+        let masters = self
+            .tokenize_masters
+            .read()
+            .map_err(|_| anyhow::anyhow!("the tokenization keys are unavailable"))?;
+        let master = usize::try_from(generation)
+            .ok()
+            .and_then(|g| g.checked_sub(1))
+            .and_then(|i| masters.get(i))
+            .ok_or_else(|| anyhow::anyhow!("tokenization master key generation {generation} is missing"))?;
+        let tag = hmac::sign(master, format!("invis tokenize v1 {agreement_id}").as_bytes());
         let mut k = [0u8; 32];
         k.copy_from_slice(tag.as_ref().get(..32).unwrap_or(&[0u8; 32]));
-        k
+        Ok(k)
     }
 }
 
@@ -301,15 +395,23 @@ mod tests {
         assert!(k.sealed());
         let pk8 = std::fs::read(dir.path().join("keys/ledger.ed25519.pk8")).unwrap();
         assert!(pk8.starts_with(SEALED));
-        assert!(Ed25519KeyPair::from_pkcs8(&pk8).is_err(), "the file alone is not a key");
+        assert!(
+            Ed25519KeyPair::from_pkcs8(&pk8).is_err(),
+            "the file alone is not a key"
+        );
         // The same KEK opens the same keys.
         let again = Keys::load_or_create(dir.path(), Some(&kek(1))).unwrap();
         assert_eq!(again.public_key(), k.public_key());
-        assert_eq!(again.token_key("ag_1"), k.token_key("ag_1"));
+        assert_eq!(
+            again.token_key("ag_1", 1).unwrap(),
+            k.token_key("ag_1", 1).unwrap()
+        );
         // A copy of the directory without it, or with another, yields nothing.
         let none = Keys::load_or_create(dir.path(), None).unwrap_err().to_string();
         assert!(none.contains("sealed"), "{none}");
-        let other = Keys::load_or_create(dir.path(), Some(&kek(2))).unwrap_err().to_string();
+        let other = Keys::load_or_create(dir.path(), Some(&kek(2)))
+            .unwrap_err()
+            .to_string();
         assert!(other.contains("does not open"), "{other}");
     }
 
@@ -322,7 +424,10 @@ mod tests {
         assert_eq!(t.len(), 32);
         let sealed = Keys::load_or_create(dir.path(), Some(&kek(7))).unwrap();
         assert_eq!(sealed.public_key(), plain.public_key());
-        assert_eq!(sealed.token_key("ag"), plain.token_key("ag"));
+        assert_eq!(
+            sealed.token_key("ag", 1).unwrap(),
+            plain.token_key("ag", 1).unwrap()
+        );
         let t = std::fs::read(dir.path().join("keys/tokenize.key")).unwrap();
         assert!(t.starts_with(SEALED));
         assert!(!dir.path().join("keys/tokenize.sealing").exists());
@@ -337,14 +442,54 @@ mod tests {
         let (ab, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         std::fs::write(&a, &bb).unwrap();
         std::fs::write(&b, &ab).unwrap();
-        assert!(Keys::load_or_create(dir.path(), Some(&kek(3))).is_err(), "swapped files");
+        assert!(
+            Keys::load_or_create(dir.path(), Some(&kek(3))).is_err(),
+            "swapped files"
+        );
         let mut flipped = ab.clone();
         if let Some(x) = flipped.last_mut() {
             *x ^= 1;
         }
         std::fs::write(&a, &flipped).unwrap();
         std::fs::write(&b, &bb).unwrap();
-        assert!(Keys::load_or_create(dir.path(), Some(&kek(3))).is_err(), "altered file");
+        assert!(
+            Keys::load_or_create(dir.path(), Some(&kek(3))).is_err(),
+            "altered file"
+        );
+    }
+
+    #[test]
+    fn a_rotated_tokenization_key_serves_new_agreements_and_keeps_the_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Keys::load_or_create(dir.path(), Some(&kek(5))).unwrap();
+        assert_eq!(k.token_generation(), 1);
+        let before = k.token_key("ag_old", 1).unwrap();
+        assert_eq!(k.rotate_token_master().unwrap(), 2);
+        assert_eq!(k.token_generation(), 2);
+        assert_eq!(
+            k.token_key("ag_old", 1).unwrap(),
+            before,
+            "generation 1 unchanged"
+        );
+        assert_ne!(
+            k.token_key("ag_old", 2).unwrap(),
+            before,
+            "a new master, new tokens"
+        );
+        assert!(k.token_key("ag", 3).is_err() && k.token_key("ag", 0).is_err());
+        let file = std::fs::read(dir.path().join("keys/tokenize.2.key")).unwrap();
+        assert!(file.starts_with(SEALED), "written sealed");
+        // A restart finds every generation.
+        let again = Keys::load_or_create(dir.path(), Some(&kek(5))).unwrap();
+        assert_eq!(again.token_generation(), 2);
+        assert_eq!(
+            again.token_key("ag_new", 2).unwrap(),
+            k.token_key("ag_new", 2).unwrap()
+        );
+        assert_eq!(
+            key_files(&dir.path().join("keys")),
+            ["ledger.ed25519.pk8", "tokenize.key", "tokenize.2.key"]
+        );
     }
 
     #[test]

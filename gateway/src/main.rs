@@ -596,7 +596,11 @@ async fn main() -> Result<()> {
             .await?;
             std::process::exit(code)
         }
-        Command::Backup { data_dir, out, kek_file } => {
+        Command::Backup {
+            data_dir,
+            out,
+            kek_file,
+        } => {
             let kek = kek(kek_file)?;
             let m = gateway::backup::backup(&data_dir, &out, kek.as_ref())?;
             println!(
@@ -613,7 +617,11 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Restore { from, data_dir, kek_file } => {
+        Command::Restore {
+            from,
+            data_dir,
+            kek_file,
+        } => {
             let r = gateway::backup::restore(&from, &data_dir, kek(kek_file)?.as_ref())?;
             println!(
                 "restored {} into {}: ledger OK, {} entries, {} signed checkpoint(s), root {}",

@@ -425,6 +425,12 @@ pub struct Agreement {
     /// The risk report that halted it.
     #[serde(default)]
     pub halted_by_report: Option<String>,
+    /// The tokenization master key generation its tokens are derived
+    /// from, fixed at issue: its tokens stay the same for its whole life,
+    /// and agreements issued after a rotation use the new key
+    /// (`docs/keys.md`).
+    #[serde(default = "first_generation")]
+    pub token_generation: u32,
     /// Why it was terminated, by whom and when.
     #[serde(default)]
     pub termination: Option<Termination>,
@@ -439,6 +445,10 @@ pub struct Termination {
     pub at: DateTime<Utc>,
     /// Why.
     pub reason: String,
+}
+
+fn first_generation() -> u32 {
+    1
 }
 
 impl Agreement {
@@ -475,6 +485,7 @@ impl Agreement {
             filing_due: None,
             filed_at: None,
             halted_by_report: None,
+            token_generation: first_generation(),
             termination: None,
         })
     }

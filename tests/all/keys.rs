@@ -97,3 +97,61 @@ fn keys_are_sealed_at_rest_and_the_data_directory_alone_opens_nothing() {
     // And the running server still serves with the same key.
     assert_eq!(server.operator.get("/v1/ledger/public-key").ok(), key);
 }
+
+/// Rotating the tokenization master key: agreements issued afterwards use
+/// the new generation, open ones keep theirs (and their jobs keep running),
+/// the rotation is in the ledger, and only the operator may rotate.
+#[test]
+fn a_rotated_tokenization_key_serves_new_agreements_and_keeps_open_ones() {
+    use crate::fixture::{open_agreement, scenario, world, BANK_JOB};
+    let w = world(200, 10.0, &[]);
+    let agreement =
+        |api: &invis_tests::Api, id: &str| api.get(&format!("/v1/developer/agreements/{id}")).ok();
+    let before = agreement(&w.developer, &w.agreement);
+    assert_eq!(before["agreement"]["token_generation"], 1, "{before}");
+    let why = serde_json::json!({"reason": "scheduled yearly rotation"});
+    assert_eq!(
+        w.developer
+            .post("/v1/operator/keys/tokenization/rotate", &why)
+            .status,
+        403
+    );
+    let r = w
+        .server
+        .operator
+        .post("/v1/operator/keys/tokenization/rotate", &serde_json::json!({}));
+    assert_eq!(r.status, 400, "a reason is required: {}", r.text());
+    assert!(
+        !w.server.dir.join("keys/tokenize.2.key").exists(),
+        "nothing rotated"
+    );
+    let r = w
+        .server
+        .operator
+        .post("/v1/operator/keys/tokenization/rotate", &why);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["generation"], 2);
+    assert!(w.server.dir.join("keys/tokenize.2.key").exists());
+
+    // The open agreement keeps generation 1 and its jobs still run.
+    let after = agreement(&w.developer, &w.agreement);
+    assert_eq!(after["agreement"]["token_generation"], 1);
+    assert_eq!(w.run(BANK_JOB)["status"], "succeeded");
+    // An agreement issued now is on generation 2.
+    let other = w.server.party("Second Bank", "developer");
+    let mut spec = scenario(10.0);
+    spec["name"] = serde_json::json!("second scenario");
+    let (_, id) = open_agreement(&w.server, &other, &spec);
+    assert_eq!(agreement(&other, &id)["agreement"]["token_generation"], 2);
+
+    let export = w.server.regulator.get("/v1/regulator/ledger").text();
+    let rotations: Vec<serde_json::Value> = export
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["body"].as_str().and_then(|b| serde_json::from_str(b).ok()))
+        .filter(|b: &serde_json::Value| b["action"] == "key.rotate")
+        .collect();
+    assert_eq!(rotations.len(), 1, "{rotations:?}");
+    let text = rotations[0].to_string();
+    assert!(text.contains("\"generation\":2"), "{text}");
+}

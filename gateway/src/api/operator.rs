@@ -444,6 +444,9 @@ pub(crate) async fn decide_application(
             "valid_days must be between 1 and 1095".into(),
         ));
     }
+    // Pinned now: a rotation racing this decision leaves the agreement on
+    // the generation before it, which stays valid.
+    let generation = st.keys.token_generation();
     let store = st.store.clone();
     let out = store
         .write(move |tx| {
@@ -474,7 +477,7 @@ pub(crate) async fn decide_application(
                     sc.id
                 )));
             }
-            let ag = Agreement::issue(
+            let mut ag = Agreement::issue(
                 new_id("ag"),
                 &app,
                 d.terms.clone().unwrap_or_default(),
@@ -482,6 +485,7 @@ pub(crate) async fn decide_application(
                 now + Duration::days(i64::from(days)),
                 &actor,
             )?;
+            ag.token_generation = generation;
             put(tx, &ag)?;
             append(
                 tx,
@@ -491,7 +495,8 @@ pub(crate) async fn decide_application(
                     &ag.id,
                     json!({"application": app.id, "scenario": ag.scenario_id,
                     "developer": ag.developer_id, "valid_from": ag.valid_from, "valid_until": ag.valid_until,
-                    "terms": ag.terms, "budget": sc.spec.release.total_budget()}),
+                    "terms": ag.terms, "budget": sc.spec.release.total_budget(),
+                    "token_generation": ag.token_generation}),
                 ),
                 now,
             )?;
@@ -593,4 +598,62 @@ pub(crate) async fn decide_review(
         })
         .await?;
     Ok(Json(job))
+}
+
+/// Request to rotate a key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Rotation {
+    /// Why (scheduled rotation, suspected exposure), for the ledger.
+    reason: String,
+}
+
+/// Rotates the tokenization master key (issue 16): a new generation, used
+/// by agreements issued from now on. Open agreements keep the generation
+/// they were issued under, so the tokens they released stay stable for
+/// their life; to move one onto the new key, terminate it and issue a new
+/// one (whose tokens link to nothing before). Recorded as `key.rotate`.
+pub(crate) async fn rotate_token_key(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Body(r): Body<Rotation>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    actor.require(Role::Operator)?;
+    let reason = r.reason.trim().to_string();
+    if reason.is_empty() || reason.len() > 1000 {
+        return Err(ApiError::BadRequest(
+            "a rotation needs a `reason` of 1 to 1000 bytes (it is recorded in the ledger)".into(),
+        ));
+    }
+    let keys = st.keys.clone();
+    let generation = blocking(move || {
+        keys.rotate_token_master()
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    })
+    .await?;
+    let now = Utc::now();
+    st.store
+        .clone()
+        .write(move |tx| {
+            append(
+                tx,
+                NewEntry::by(
+                    &actor,
+                    "key.rotate",
+                    "tokenization",
+                    json!({"key": "tokenization", "generation": generation, "reason": reason}),
+                ),
+                now,
+            )?;
+            Ok(())
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "key": "tokenization",
+            "generation": generation,
+            "note": "agreements issued from now on use this generation; open agreements keep theirs (docs/keys.md)"
+        })),
+    ))
 }
