@@ -78,6 +78,8 @@ pub struct Reply {
     pub status: u16,
     /// Body.
     pub body: Vec<u8>,
+    /// The `Retry-After` header, when there is one.
+    pub retry_after: Option<String>,
 }
 
 impl Reply {
@@ -149,13 +151,22 @@ impl Api {
     fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
         let mut r = r.expect("HTTP request failed");
         let status = r.status().as_u16();
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = r
             .body_mut()
             .with_config()
             .limit(64 << 20)
             .read_to_vec()
             .expect("reading body");
-        Reply { status, body }
+        Reply {
+            status,
+            body,
+            retry_after,
+        }
     }
 
     /// GET.

@@ -568,6 +568,9 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/developer/agreements", DEVELOPER, || {
         get(developer::list_agreements)
     }),
+    route("GET", "/v1/developer/limits", DEVELOPER, || {
+        get(developer::limits)
+    }),
     route("GET", "/v1/developer/agreements/{id}", DEVELOPER, || {
         get(developer::agreement)
     }),

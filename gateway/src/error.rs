@@ -37,6 +37,10 @@ pub enum ApiError {
     /// 429: a resource limit was reached.
     #[error("{0}")]
     ResourcesExhausted(String),
+    /// 429 with `Retry-After` (seconds): the caller is over one of its
+    /// own limits and may try again then.
+    #[error("{0}")]
+    RetryLater(String, u64),
     /// 500: a fault of the platform; the detail goes to the log only.
     #[error("internal error")]
     Internal(String),
@@ -55,6 +59,7 @@ impl ApiError {
             ApiError::BudgetExhausted(_) => (StatusCode::CONFLICT, "budget_exhausted"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::ResourcesExhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "resources_exhausted"),
+            ApiError::RetryLater(..) => (StatusCode::TOO_MANY_REQUESTS, "retry_later"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -66,11 +71,16 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
-        (
-            status,
-            Json(json!({"error": {"code": code, "message": self.to_string()}})),
-        )
-            .into_response()
+        let body = Json(json!({"error": {"code": code, "message": self.to_string()}}));
+        match &self {
+            ApiError::RetryLater(_, secs) => (
+                status,
+                [(axum::http::header::RETRY_AFTER, secs.to_string())],
+                body,
+            )
+                .into_response(),
+            _ => (status, body).into_response(),
+        }
     }
 }
 

@@ -172,6 +172,8 @@ pub async fn submit(
             "the request body must be the job's WASM module".into(),
         ));
     }
+    // Counted from here (compiling included) to the job's visible end.
+    let tenant_slot = st.tenants.admit(actor, &st.config.tenant_limits)?;
     let (s, a, id) = (st.clone(), actor.clone(), agreement_id.to_string());
     let (ag, sc) = blocking(move || {
         let ag: Agreement = s
@@ -258,6 +260,7 @@ pub async fn submit(
     let (s, a, jid) = (st.clone(), actor.clone(), job.id.clone());
     let params_for_run = params;
     tokio::spawn(async move {
+        let _tenant_slot = tenant_slot;
         let id = jid.clone();
         if let Err(e) = run(&s, &a, &jid, params_for_run, cancel).await {
             tracing::error!(job = %id, error = %e, "job failed before it could run");

@@ -46,6 +46,13 @@ enum Command {
         /// unsealed are sealed on the first start with one.
         #[arg(long, env = "INVIS_KEK_FILE")]
         kek_file: Option<PathBuf>,
+        /// Jobs one developer may have in flight (submitted and not yet
+        /// ended); more are refused with 429 and `Retry-After`.
+        #[arg(long, default_value_t = gateway::tenants::TenantLimits::default().jobs_per_developer)]
+        max_jobs_per_developer: u32,
+        /// Jobs one organization's developers may have in flight together.
+        #[arg(long, default_value_t = gateway::tenants::TenantLimits::default().jobs_per_organization)]
+        max_jobs_per_organization: u32,
         #[command(flatten)]
         limits: LimitArgs,
         /// Working-day calendar for review and filing deadlines (JSON:
@@ -401,6 +408,8 @@ async fn main() -> Result<()> {
             data_root,
             max_upload_bytes,
             kek_file,
+            max_jobs_per_developer,
+            max_jobs_per_organization,
             limits,
             calendar,
             tariff,
@@ -408,6 +417,12 @@ async fn main() -> Result<()> {
         } => {
             let mut cfg = config(data_dir)?;
             cfg.kek = kek(kek_file)?;
+            anyhow::ensure!(
+                max_jobs_per_developer >= 1 && max_jobs_per_organization >= max_jobs_per_developer,
+                "--max-jobs-per-developer must be at least 1 and at most --max-jobs-per-organization"
+            );
+            cfg.tenant_limits.jobs_per_developer = max_jobs_per_developer;
+            cfg.tenant_limits.jobs_per_organization = max_jobs_per_organization;
             if let Some(root) = data_root {
                 cfg.data_root = root;
             }

@@ -24,6 +24,8 @@ pub struct Config {
     pub data_root: PathBuf,
     /// Largest file a provider may upload, in bytes.
     pub max_upload_bytes: u64,
+    /// Jobs in flight each developer and organization may have.
+    pub tenant_limits: crate::tenants::TenantLimits,
     /// The key-encryption key the platform's keys are sealed under at
     /// rest (`crate::keys`); `None` keeps them unsealed.
     pub kek: Option<crate::keys::Kek>,
@@ -52,6 +54,7 @@ impl Config {
             data_dir,
             max_upload_bytes: crate::storage::DEFAULT_MAX_UPLOAD,
             kek: None,
+            tenant_limits: crate::tenants::TenantLimits::default(),
             job_limits: JobLimits::default(),
             calendar: Calendar::default(),
             tariff: scenarios::fees::Tariff::default(),
@@ -87,6 +90,8 @@ pub struct AppState {
     /// Stop flags of running jobs, by job id. A flag set here stops the
     /// job at its next epoch tick or host call.
     pub running: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
+    /// Jobs in flight by developer and organization.
+    pub tenants: Arc<crate::tenants::Tenants>,
 }
 
 impl AppState {
@@ -104,6 +109,7 @@ impl AppState {
             runtime: Arc::new(runtime),
             config: Arc::new(config),
             running: Arc::new(Mutex::new(HashMap::new())),
+            tenants: Arc::new(crate::tenants::Tenants::default()),
         })
     }
 }

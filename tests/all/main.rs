@@ -6,6 +6,7 @@ mod confinement;
 mod disclosure;
 mod duties;
 mod examples;
+mod fairshare;
 mod fixture;
 mod governance;
 mod i15_review;

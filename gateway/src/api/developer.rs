@@ -657,3 +657,16 @@ mod tests {
         assert!(v["queries"][0].get("ledger_seq").is_none(), "{v}");
     }
 }
+
+/// The limits the developer's jobs run under (per job, and per developer
+/// and organization in flight) and how many of its jobs, and of its
+/// organization's, are in flight now (issue "Fair share").
+pub(crate) async fn limits(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+    actor.require(Role::Developer)?;
+    let (mine, organization) = st.tenants.in_flight(&actor);
+    Ok(Json(json!({
+        "job_limits": st.config.job_limits,
+        "tenant_limits": st.config.tenant_limits,
+        "in_flight": {"developer": mine, "organization": organization},
+    })))
+}

@@ -1,0 +1,82 @@
+//! Fair share, first part (issue 18): each developer and organization may
+//! have so many jobs in flight; over that, 429 with `Retry-After` instead of
+//! an unbounded queue, and another tenant's job still runs meanwhile.
+
+use crate::fixture::{open_agreement, scenario, world};
+use invis_tests::wat;
+use serde_json::json;
+
+const LOOP: &str = r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (loop $l (br $l)) (i32.const 0)))"#;
+
+#[test]
+fn a_tenant_over_its_limit_gets_429_and_another_tenants_job_runs_meanwhile() {
+    let w = world(
+        200,
+        10.0,
+        &[
+            "--max-jobs-per-developer",
+            "2",
+            "--max-jobs-per-organization",
+            "2",
+            "--job-fuel",
+            "100000000000",
+            "--job-timeout-ms",
+            "8000",
+        ],
+    );
+    let looping = wat(LOOP);
+    let path = format!("/v1/developer/agreements/{}/jobs", w.agreement);
+    for _ in 0..2 {
+        let r = w.developer.post_raw(&path, &looping, "application/wasm");
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    let before = w.server.ledger_size();
+    let r = w.developer.post_raw(&path, &looping, "application/wasm");
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
+    assert!(r.message().contains("jobs in flight"), "{}", r.message());
+    assert_eq!(w.server.ledger_size(), before, "a refusal records nothing");
+    let limits = w.developer.get("/v1/developer/limits").ok();
+    assert_eq!(
+        limits["in_flight"],
+        json!({"developer": 2, "organization": 2}),
+        "{limits}"
+    );
+    assert_eq!(limits["tenant_limits"]["jobs_per_developer"], 2);
+
+    // Another tenant (its own organization) runs a job to its end while
+    // the first tenant's loops still run.
+    let other = w.server.party("Second Bank", "developer");
+    let mut spec = scenario(10.0);
+    spec["name"] = json!("second scenario");
+    let (_, ag) = open_agreement(&w.server, &other, &spec);
+    let small =
+        wat(r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (i32.const 0)))"#);
+    let done = other
+        .post_raw(
+            &format!("/v1/developer/agreements/{ag}/jobs?wait=true"),
+            &small,
+            "application/wasm",
+        )
+        .ok();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let limits = w.developer.get("/v1/developer/limits").ok();
+    assert_eq!(
+        limits["in_flight"]["developer"], 2,
+        "the loops were still running: {limits}"
+    );
+
+    // Once the loops are stopped by their deadline, there is room again.
+    let mut free = false;
+    for _ in 0..300 {
+        let l = w.developer.get("/v1/developer/limits").ok();
+        if l["in_flight"]["developer"] == 0 {
+            free = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(free, "the looping jobs ended");
+    let r = w.developer.post_raw(&path, &small, "application/wasm");
+    assert_eq!(r.status, 202, "{}", r.text());
+}
