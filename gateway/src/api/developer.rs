@@ -570,6 +570,19 @@ pub(crate) async fn job_output(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
 }
 
+/// The limits the developer's jobs run under (per job, and per developer
+/// and organization in flight) and how many of its jobs, and of its
+/// organization's, are in flight now (issue "Fair share").
+pub(crate) async fn limits(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
+    actor.require(Role::Developer)?;
+    let (mine, organization) = st.tenants.in_flight(&actor);
+    Ok(Json(json!({
+        "job_limits": st.config.job_limits,
+        "tenant_limits": st.config.tenant_limits,
+        "in_flight": {"developer": mine, "organization": organization},
+    })))
+}
+
 /// A job record with every field filled, for tests of what is shown of it.
 #[cfg(test)]
 pub(crate) fn test_job(status: JobStatus, charged_queries: u32) -> JobRecord {
@@ -656,17 +669,4 @@ mod tests {
         assert_eq!(v["queries"][0]["sql"], "SELECT 1");
         assert!(v["queries"][0].get("ledger_seq").is_none(), "{v}");
     }
-}
-
-/// The limits the developer's jobs run under (per job, and per developer
-/// and organization in flight) and how many of its jobs, and of its
-/// organization's, are in flight now (issue "Fair share").
-pub(crate) async fn limits(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
-    actor.require(Role::Developer)?;
-    let (mine, organization) = st.tenants.in_flight(&actor);
-    Ok(Json(json!({
-        "job_limits": st.config.job_limits,
-        "tenant_limits": st.config.tenant_limits,
-        "in_flight": {"developer": mine, "organization": organization},
-    })))
 }
