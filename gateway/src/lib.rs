@@ -21,6 +21,7 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod store;
+pub mod witness;
 
 pub use api::router;
 pub use state::{AppState, Config};
