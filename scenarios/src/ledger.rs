@@ -301,13 +301,18 @@ impl SignedCheckpoint {
         parsed.verify_cosignature(witness).map_err(|e| e.0)
     }
 
-    /// True when the note holds a signature line naming `witness`, valid
-    /// or not.
+    /// True when the note holds a signature line claiming to be by
+    /// `witness` (its name and key hash), valid or not.
     fn names(&self, witness: &VerifierKey) -> bool {
+        let hash = witness.key_hash();
         self.note
             .as_deref()
             .and_then(|t| note::Note::parse(t).ok())
-            .is_some_and(|n| n.signatures.iter().any(|s| s.name == witness.name))
+            .is_some_and(|n| {
+                n.signatures
+                    .iter()
+                    .any(|s| s.name == witness.name && s.key_hash == hash)
+            })
     }
 }
 

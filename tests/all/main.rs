@@ -17,3 +17,4 @@ mod refusals;
 mod release;
 mod spine;
 mod timing;
+mod witness;

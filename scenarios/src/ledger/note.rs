@@ -163,10 +163,9 @@ impl VerifierKey {
     /// key hash.
     pub fn parse(text: &str) -> Result<VerifierKey, NoteError> {
         let text = text.trim();
-        let mut parts = text.split('+');
-        let (Some(name), Some(hash), Some(key), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        // The base64 key may itself hold `+`: split at the first two only.
+        let mut parts = text.splitn(3, '+');
+        let (Some(name), Some(hash), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(err("a verifier key is `<name>+<key hash>+<base64 key>`"));
         };
         if !valid_key_name(name) {
@@ -419,6 +418,11 @@ mod tests {
         assert_eq!(k.to_string(), text);
         let bad = text.replace("c74f20a3", "c74f20a4");
         assert!(VerifierKey::parse(&bad).is_err());
+        // Keys whose base64 holds `+` round-trip.
+        for b in 0..=255u8 {
+            let k = VerifierKey::new("n", ALG_COSIGNATURE_V1, [b; 32]).unwrap();
+            assert_eq!(VerifierKey::parse(&k.to_string()).unwrap(), k);
+        }
     }
 
     #[test]
