@@ -214,7 +214,12 @@ fn the_witness_cosigns_and_receipts_and_exports_carry_it() {
     let r = post(json!({"size": size, "witness_key": other, "cosignature": cos_line}));
     assert_eq!(r.status, 400, "another key's line: {}", r.text());
     let r = post(json!({"size": size, "witness_key": wkey, "cosignature": cos_line, "extra": 1}));
-    assert_eq!(r.status, 422, "unknown fields, as on every JSON route: {}", r.text());
+    assert_eq!(
+        r.status,
+        422,
+        "unknown fields, as on every JSON route: {}",
+        r.text()
+    );
     let r = dev.post(
         "/v1/regulator/witness/cosignatures",
         &json!({"size": size, "witness_key": wkey, "cosignature": cos_line}),

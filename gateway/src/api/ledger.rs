@@ -26,9 +26,13 @@ use std::io::Write;
 use std::time::Duration;
 
 pub(crate) async fn public_key(State(st): State<AppState>) -> ApiResult<Json<Value>> {
-    Ok(Json(
-        json!({"algorithm": "ed25519", "public_key": st.keys.public_key_hex()}),
-    ))
+    let note_key = st.keys.note_key();
+    Ok(Json(json!({
+        "algorithm": "ed25519",
+        "public_key": st.keys.public_key_hex(),
+        "origin": note_key.name,
+        "note_key": note_key.to_string(),
+    })))
 }
 
 /// The current signed checkpoint (signed now if the ledger grew) for the
