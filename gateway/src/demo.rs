@@ -4,6 +4,8 @@
 //! and drives every role over HTTP, printing what each one does.
 
 pub mod data;
+#[cfg(test)]
+mod nothing_personal;
 
 use crate::client::{Client, Reply};
 use crate::server::{bind, bootstrap, serve};
