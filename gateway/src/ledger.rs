@@ -192,9 +192,8 @@ impl Ledger {
         let body = cp.note_body(&keys.public_key()).ok_or_else(|| {
             ApiError::Internal(format!("checkpoint {} has a malformed root", cp.checkpoint.size))
         })?;
-        let key = keys.note_key();
         let mut text = format!("{body}\n");
-        text.push_str(&note::operator_signature(&key, &keys.sign(body.as_bytes())).line());
+        text.push_str(&note::operator_signature(&keys.note_key(), &keys.sign(body.as_bytes())).line());
         for line in store.cosignatures(cp.checkpoint.size)? {
             text.push_str(line.trim_end_matches('\n'));
             text.push('\n');
@@ -417,6 +416,22 @@ impl Ledger {
             },
         )
     }
+}
+
+/// `checkpoint` signed with the operator key: its JSON signature and its
+/// C2SP note with the operator's note signature only.
+pub fn sign_checkpoint(keys: &Keys, checkpoint: Checkpoint) -> SignedCheckpoint {
+    let signature = hex::encode(keys.sign(&checkpoint.signing_message()));
+    let mut cp = SignedCheckpoint {
+        checkpoint,
+        signature,
+        note: None,
+    };
+    if let Some(body) = cp.note_body(&keys.public_key()) {
+        let line = note::operator_signature(&keys.note_key(), &keys.sign(body.as_bytes())).line();
+        cp.note = Some(format!("{body}\n{line}"));
+    }
+    cp
 }
 
 /// Signs the checkpoint of the tree of `size` entries with `root` now and
