@@ -346,14 +346,14 @@ impl Note {
         t
     }
 
-    fn from_key<'a>(&'a self, key: &'a VerifierKey) -> impl Iterator<Item = &'a NoteSignature> + 'a {
+    fn signatures_by<'a>(&'a self, key: &'a VerifierKey) -> impl Iterator<Item = &'a NoteSignature> + 'a {
         self.signatures.iter().filter(move |s| s.is_from(key))
     }
 
     /// Checks the operator's Ed25519 note signature under `key`.
     pub fn verify_signature(&self, key: &VerifierKey) -> Result<(), NoteError> {
         let mut any = false;
-        for s in self.from_key(key) {
+        for s in self.signatures_by(key) {
             any = true;
             if key.alg == ALG_ED25519 && key.verify(self.body.as_bytes(), &s.signature) {
                 return Ok(());
@@ -372,7 +372,7 @@ impl Note {
             return Err(err(format!("`{}` is not a cosignature/v1 witness key", key.name)));
         }
         let mut any = false;
-        for s in self.from_key(key) {
+        for s in self.signatures_by(key) {
             any = true;
             let Some((time, sig)) = s.signature.split_first_chunk::<8>() else {
                 continue;
