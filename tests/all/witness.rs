@@ -273,6 +273,11 @@ fn a_forked_restore_is_refused_a_cosignature() {
     assert_eq!(code, 0, "{out}{err}");
     let r =
         Server::spawn(&restored, &[], server.operator.token(), server.regulator.token()).expect("restored");
+    // Before it grows, the restored ledger is smaller than what was
+    // cosigned: a rollback, refused by the server (409) and the witness.
+    let (code, out) = witness_once(&wdir, &r.regulator);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("REFUSED") && out.contains("fewer than"), "{out}");
     for name in ["Provider C", "Provider D", "Provider E", "Provider F"] {
         r.party(name, "provider");
     }
