@@ -184,8 +184,11 @@ fn one_job_end_to_end_over_http() {
         "industry,district,enterprises,avg_employees,avg_insured_staff,avg_monthly_contribution,grade_a_share"
     );
     let rows: Vec<&str> = lines.collect();
+    // Of the 48 industry x district cells, those whose noisy count of
+    // enterprises passes the threshold are released: which ones is random
+    // (19 to 30 were seen in runs of this test), never more than 48.
     assert!(
-        rows.len() >= 20 && rows.len() <= 48,
+        rows.len() >= 10 && rows.len() <= 48,
         "{} cells released",
         rows.len()
     );
