@@ -543,6 +543,12 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/regulator/ledger/public-key", REGULATOR, || {
         get(ledger::public_key)
     }),
+    route("GET", "/v1/regulator/witness/checkpoint", REGULATOR, || {
+        get(ledger::witness_checkpoint)
+    }),
+    route("POST", "/v1/regulator/witness/cosignatures", REGULATOR, || {
+        post(ledger::post_cosignature)
+    }),
     // The developer.
     route("GET", "/v1/developer/scenarios", DEVELOPER, || {
         get(developer::list_scenarios)

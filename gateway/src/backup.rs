@@ -186,15 +186,19 @@ fn install(
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             w.flush()?;
         }
-        let report =
-            crate::ledger::verify_file(&export, Some(pinned), std::slice::from_ref(&manifest.checkpoint))?
-                .map_err(|f| {
-                    anyhow::anyhow!(
-                        "the backup's ledger does not verify: line {}: {}",
-                        f.line,
-                        f.reason
-                    )
-                })?;
+        let report = crate::ledger::verify_file(
+            &export,
+            Some(pinned),
+            std::slice::from_ref(&manifest.checkpoint),
+            &[],
+        )?
+        .map_err(|f| {
+            anyhow::anyhow!(
+                "the backup's ledger does not verify: line {}: {}",
+                f.line,
+                f.reason
+            )
+        })?;
         std::fs::remove_file(&export)?;
         report
     };

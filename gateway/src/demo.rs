@@ -4,6 +4,8 @@
 //! and drives every role over HTTP, printing what each one does.
 
 pub mod data;
+#[cfg(test)]
+mod nothing_personal;
 
 use crate::client::{Client, Reply};
 use crate::server::{bind, bootstrap, serve};
@@ -24,6 +26,100 @@ pub struct DemoOptions {
     pub data_dir: Option<PathBuf>,
     /// Enterprises to generate.
     pub enterprises: usize,
+}
+
+/// The regulator's witness (issue 16): a key of the regulator's own
+/// cosigns the published checkpoint once it has checked that it extends
+/// the last one it cosigned; the developer's receipt then verifies with
+/// the witness required; and a checkpoint the operator signed over a
+/// different history (what a restored backup grown differently would
+/// show) is refused. Returns the witness's verifier key.
+fn witness_step(
+    regulator: &Client,
+    developer: &Client,
+    key: &[u8],
+    root: &Path,
+    (job_id, output): &(String, Vec<u8>),
+) -> Result<scenarios::ledger::VerifierKey> {
+    use crate::witness::{Outcome, Witness};
+    let mut witness = Witness::create(&root.join("witness"), "witness.regulator.invis", key)?;
+    let vkey = witness.verifier_key().clone();
+    // Wait for the server's next publication to cover the ledger as it
+    // stands (once a second in the demo).
+    let target = expect_ok(regulator.get("/v1/ledger/checkpoint")?, "checkpoint")?["checkpoint"]["size"]
+        .as_u64()
+        .unwrap_or(0);
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while expect_ok(developer.get("/v1/ledger/checkpoint")?, "checkpoint")?["checkpoint"]["size"]
+        .as_u64()
+        .unwrap_or(0)
+        < target
+    {
+        if Instant::now() > deadline {
+            bail!("no checkpoint was published");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let size = match witness.run_once(regulator)? {
+        Outcome::Cosigned(size) | Outcome::Unchanged(size) => size,
+    };
+    say(
+        "regulator",
+        format!(
+            "witness {} (the regulator's own Ed25519 key): checked the operator's signatures and cosigned the \
+             published checkpoint of {size} entries (C2SP cosignature/v1)",
+            vkey.name
+        ),
+    );
+    let receipt: scenarios::ledger::Receipt = serde_json::from_value(expect_ok(
+        developer.get(&format!("/v1/developer/jobs/{job_id}/receipt"))?,
+        "receipt",
+    )?)?;
+    let proven = scenarios::ledger::verify_receipt_witnessed(
+        &receipt,
+        Some(key),
+        Some(output),
+        std::slice::from_ref(&vkey),
+    )?;
+    say(
+        "developer",
+        format!(
+            "the receipt now rests on the cosigned checkpoint of {} entries: invis verify-receipt --witness-key: OK",
+            proven.checkpoint_size
+        ),
+    );
+    // A fork: the operator's key signs a tree over a different history (a restored backup grown differently would serve
+    // one). The witness has cosigned the honest tree, so it refuses.
+    let keys = crate::keys::Keys::load_or_create(&root.join("store"), None)?;
+    // As large as the ledger now is (the cosignature's own entry made it
+    // grow), so the operator can serve a consistency proof to that size.
+    let fork_size = expect_ok(regulator.get("/v1/ledger/checkpoint")?, "checkpoint")?["checkpoint"]["size"]
+        .as_u64()
+        .unwrap_or(0);
+    let checkpoint = scenarios::ledger::Checkpoint {
+        size: fork_size,
+        root: hex::encode(scenarios::ledger::sha256(b"a different history")),
+        time: chrono::Utc::now(),
+    };
+    let forged = crate::ledger::sign_checkpoint(&keys, checkpoint);
+    let proof = expect_ok(
+        regulator.get(&format!(
+            "/v1/ledger/proof/consistency?first={size}&second={fork_size}"
+        ))?,
+        "consistency proof",
+    )?;
+    let proof: Vec<String> = serde_json::from_value(proof["proof"].clone())?;
+    match witness.check(&forged, &proof) {
+        Ok(()) => bail!("the witness accepted a forked checkpoint"),
+        Err(refusal) => say(
+            "regulator",
+            format!(
+                "a checkpoint of {fork_size} entries signed by the operator over another history: the witness \
+                 REFUSED to cosign: {refusal}"
+            ),
+        ),
+    }
+    Ok(vkey)
 }
 
 /// A job module that runs one SQL query and, when it is refused, logs the
@@ -263,6 +359,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     );
     let config = Config {
         sample_rows: 5,
+        // Published once a second, so the witness step need not wait long.
+        checkpoint_every: std::time::Duration::from_secs(1),
         ..Config::new(root.join("store"))
     };
     let state = AppState::open(config)?;
@@ -585,6 +683,7 @@ fn script(
     let key = expect_ok(developer.get("/v1/ledger/public-key")?, "public key")?;
     let key = hex::decode(key["public_key"].as_str().unwrap_or(""))?;
     let proven = scenarios::ledger::verify_receipt(&receipt, Some(&key), Some(&out.body))?;
+    let released = (job["id"].as_str().unwrap_or("").to_string(), out.body.clone());
     say(
         "developer",
         format!(
@@ -772,20 +871,29 @@ fn script(
             ),
         );
     }
-    let export = regulator.get("/v1/regulator/ledger")?.ok()?;
     let key = expect_ok(regulator.get("/v1/regulator/ledger/public-key")?, "public key")?;
     let key = hex::decode(key["public_key"].as_str().unwrap_or(""))?;
+    let witness = witness_step(&regulator, &developer, &key, root, &released)?;
+    let export = regulator.get("/v1/regulator/ledger")?.ok()?;
     let path = root.join("ledger-export.ndjson");
     std::fs::write(&path, &export.body)?;
     let text = String::from_utf8(export.body.clone())?;
-    match scenarios::ledger::verify_export(text.lines(), Some(&key), &[]) {
+    match scenarios::ledger::verify_export_witnessed(
+        text.lines(),
+        Some(&key),
+        &[],
+        std::slice::from_ref(&witness),
+    ) {
         Ok(r) => say(
             "regulator",
             format!(
-                "exported the ledger ({} entries) to {}; invis verify-ledger: OK, root {}...",
+                "exported the ledger ({} entries) to {}; invis verify-ledger --witness-key: OK, root {}..., \
+                 {} checkpoint notes (C2SP), the witness vouches for the first {} entries",
                 r.entries,
                 path.display(),
-                r.root.get(..16).unwrap_or("")
+                r.root.get(..16).unwrap_or(""),
+                r.notes,
+                r.witnessed.first().map_or(0, |w| w.size)
             ),
         ),
         Err(f) => bail!("the ledger does not verify: {}", f.reason),

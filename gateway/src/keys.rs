@@ -172,7 +172,7 @@ fn random_key(rng: &SystemRandom) -> Result<Vec<u8>> {
     Ok(k.to_vec())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
@@ -316,6 +316,20 @@ impl Keys {
     /// Signs with the ledger key.
     pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
         self.ledger.sign(msg).as_ref().to_vec()
+    }
+
+    /// The operator's C2SP note verifier key: the ledger key named by the
+    /// ledger's checkpoint origin (`docs/ledger.md`).
+    pub fn note_key(&self) -> scenarios::ledger::VerifierKey {
+        let public_key = self.public_key();
+        // An Ed25519 public key is 32 bytes and the origin a valid key
+        // name, so this always holds.
+        let raw: [u8; 32] = public_key.as_slice().try_into().unwrap_or([0; 32]);
+        scenarios::ledger::VerifierKey {
+            name: scenarios::ledger::note::origin_for(&public_key),
+            alg: scenarios::ledger::note::ALG_ED25519,
+            public_key: raw,
+        }
     }
 
     /// The ledger public key (raw 32 bytes).

@@ -15,12 +15,12 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::keys::Keys;
-use crate::store::Store;
+use crate::store::{NewEntry, Store};
 use chrono::{SubsecRound, Utc};
 use scenarios::ledger::{
-    proof_hex, verify_export, Checkpoint, ConsistencyLink, ExportCheckpoint, ExportEntry, ExportHeader,
-    MerkleTree, ProofError, Receipt, SignedCheckpoint, VerifyFailure, VerifyReport, EXPORT_FORMAT,
-    RECEIPT_FORMAT,
+    note, proof_hex, verify_export_witnessed, Checkpoint, ConsistencyLink, ExportCheckpoint, ExportEntry,
+    ExportHeader, MerkleTree, ProofError, Receipt, SignedCheckpoint, VerifierKey, VerifyFailure,
+    VerifyReport, EXPORT_FORMAT, RECEIPT_FORMAT,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -164,12 +164,115 @@ impl Ledger {
             return Ok(None);
         };
         let published = self.published(store, keys)?;
-        let checkpoint = if published.checkpoint.size > seq {
-            published
-        } else {
-            self.checkpoint_at(store, keys, seq.saturating_add(1))?
+        // A published checkpoint a witness cosigned is preferred, so the
+        // receipt carries the cosignature (`verify-receipt --witness-key`).
+        let cosigned = match store.largest_cosigned(seq.saturating_add(1), published.checkpoint.size)? {
+            Some(size) => store.published_checkpoints(size, size)?.pop(),
+            None => None,
+        };
+        let checkpoint = match cosigned {
+            Some(cp) => cp,
+            None if published.checkpoint.size > seq => published,
+            None => self.checkpoint_at(store, keys, seq.saturating_add(1))?,
         };
         self.receipt(store, keys, seq, &checkpoint).map(Some)
+    }
+
+    /// `cp` with its C2SP signed note: the `tlog-checkpoint` body, the
+    /// operator's Ed25519 note signature and every witness cosignature
+    /// stored for its size. Ed25519 signatures are deterministic and the
+    /// body has no time in it, so the note is the same whenever it is made
+    /// and only the cosignatures are stored.
+    pub fn with_note(
+        &self,
+        store: &Store,
+        keys: &Keys,
+        mut cp: SignedCheckpoint,
+    ) -> ApiResult<SignedCheckpoint> {
+        let body = cp.note_body(&keys.public_key()).ok_or_else(|| {
+            ApiError::Internal(format!("checkpoint {} has a malformed root", cp.checkpoint.size))
+        })?;
+        let mut text = format!("{body}\n");
+        text.push_str(&note::operator_signature(&keys.note_key(), &keys.sign(body.as_bytes())).line());
+        for line in store.cosignatures(cp.checkpoint.size)? {
+            text.push_str(line.trim_end_matches('\n'));
+            text.push('\n');
+        }
+        cp.note = Some(text);
+        Ok(cp)
+    }
+
+    /// The latest published checkpoint with its note, and a consistency
+    /// proof to it from the tree of size `from` (a witness's last cosigned
+    /// checkpoint). A published ledger smaller than `from` is a conflict:
+    /// the history the witness cosigned was rolled back or forked.
+    pub fn for_witness(
+        &self,
+        store: &Store,
+        keys: &Keys,
+        from: u64,
+    ) -> ApiResult<(SignedCheckpoint, Vec<String>)> {
+        let cp = self.published(store, keys)?;
+        let size = cp.checkpoint.size;
+        if from > size {
+            return Err(ApiError::Conflict(format!(
+                "the published ledger has {size} entries, fewer than the {from} of the checkpoint the witness last cosigned"
+            )));
+        }
+        let proof = if from == 0 {
+            Vec::new()
+        } else {
+            self.consistency_proof(store, from, size)?
+        };
+        Ok((self.with_note(store, keys, cp)?, proof))
+    }
+
+    /// Stores `witness`'s cosignature line of the published checkpoint of
+    /// `size` after checking it verifies over that checkpoint's note body,
+    /// and records it in the ledger. Returns false when this witness's
+    /// cosignature of that size was stored before (the first is kept).
+    pub fn cosign(
+        &self,
+        store: &Store,
+        keys: &Keys,
+        actor: &scenarios::party::Actor,
+        size: u64,
+        witness: &VerifierKey,
+        line: &str,
+    ) -> ApiResult<bool> {
+        if witness.alg != note::ALG_COSIGNATURE_V1 {
+            return Err(ApiError::BadRequest(
+                "the witness key is not a cosignature/v1 key (algorithm 0x04)".into(),
+            ));
+        }
+        let sig = note::NoteSignature::parse_line(line).map_err(|e| ApiError::BadRequest(e.0))?;
+        let cp = store
+            .published_checkpoints(size, size)?
+            .pop()
+            .ok_or_else(|| ApiError::NotFound(format!("no published checkpoint of size {size}")))?;
+        let cp = self.with_note(store, keys, cp)?;
+        let body = cp
+            .note_body(&keys.public_key())
+            .ok_or_else(|| ApiError::Internal("checkpoint root malformed".into()))?;
+        let parsed = note::Note {
+            body,
+            signatures: vec![sig.clone()],
+        };
+        let time = parsed
+            .verify_cosignature(witness)
+            .map_err(|e| ApiError::BadRequest(e.0))?;
+        let entry = NewEntry::by(
+            actor,
+            "witness.cosign",
+            &format!("checkpoint:{size}"),
+            serde_json::json!({
+                "witness": witness.to_string(),
+                "size": size,
+                "root": cp.checkpoint.root,
+                "cosigned_at": time,
+            }),
+        );
+        store.put_cosignature(size, &witness.name, &sig.line(), entry, Utc::now())
     }
 
     /// The audit path of entry `seq` in the tree of size `size`.
@@ -196,7 +299,7 @@ impl Ledger {
             .pop()
             .filter(|e| e.seq == seq)
             .ok_or_else(|| ApiError::NotFound(format!("no ledger entry {seq}")))?;
-        let checkpoint = checkpoint.clone();
+        let checkpoint = self.with_note(store, keys, checkpoint.clone())?;
         let inclusion = self.inclusion_proof(store, seq, checkpoint.checkpoint.size)?;
         Ok(Receipt {
             format: RECEIPT_FORMAT.into(),
@@ -275,12 +378,12 @@ impl Ledger {
                     },
                 )?;
                 while let Some(cp) = pending.next_if(|c| c.checkpoint.size == next) {
-                    self.write_checkpoint(store, out, cp, &mut previous)?;
+                    self.write_checkpoint(store, keys, out, cp, &mut previous)?;
                 }
             }
         }
         if from == end {
-            self.write_checkpoint(store, out, last, &mut previous)?;
+            self.write_checkpoint(store, keys, out, last, &mut previous)?;
         }
         Ok(end)
     }
@@ -288,10 +391,12 @@ impl Ledger {
     fn write_checkpoint(
         &self,
         store: &Store,
+        keys: &Keys,
         out: &mut dyn Write,
         cp: SignedCheckpoint,
         previous: &mut Option<u64>,
     ) -> ApiResult<()> {
+        let cp = self.with_note(store, keys, cp)?;
         let size = cp.checkpoint.size;
         let consistency = match *previous {
             Some(p) if p < size => Some(ConsistencyLink {
@@ -306,10 +411,27 @@ impl Ledger {
             &ExportCheckpoint {
                 checkpoint: cp.checkpoint,
                 signature: cp.signature,
+                note: cp.note,
                 consistency,
             },
         )
     }
+}
+
+/// `checkpoint` signed with the operator key: its JSON signature and its
+/// C2SP note with the operator's note signature only.
+pub fn sign_checkpoint(keys: &Keys, checkpoint: Checkpoint) -> SignedCheckpoint {
+    let signature = hex::encode(keys.sign(&checkpoint.signing_message()));
+    let mut cp = SignedCheckpoint {
+        checkpoint,
+        signature,
+        note: None,
+    };
+    if let Some(body) = cp.note_body(&keys.public_key()) {
+        let line = note::operator_signature(&keys.note_key(), &keys.sign(body.as_bytes())).line();
+        cp.note = Some(format!("{body}\n{line}"));
+    }
+    cp
 }
 
 /// Signs the checkpoint of the tree of `size` entries with `root` now and
@@ -331,6 +453,7 @@ fn sign_and_store(
     let cp = SignedCheckpoint {
         checkpoint,
         signature,
+        note: None,
     };
     store.put_checkpoint(&cp)?;
     Ok(store
@@ -346,11 +469,12 @@ pub fn verify_file(
     path: &Path,
     pinned_key: Option<&[u8]>,
     held: &[SignedCheckpoint],
+    witnesses: &[VerifierKey],
 ) -> std::io::Result<Result<VerifyReport, VerifyFailure>> {
     let lines = BufReader::new(std::fs::File::open(path)?)
         .lines()
         .map(|l| l.unwrap_or_else(|e| format!("<unreadable line: {e}>")));
-    Ok(verify_export(lines, pinned_key, held))
+    Ok(verify_export_witnessed(lines, pinned_key, held, witnesses))
 }
 
 fn line(out: &mut dyn Write, v: &impl serde::Serialize) -> ApiResult<()> {
@@ -362,6 +486,7 @@ fn line(out: &mut dyn Write, v: &impl serde::Serialize) -> ApiResult<()> {
 mod tests {
     use super::*;
     use crate::store::{append, NewEntry};
+    use scenarios::ledger::verify_export;
 
     fn add(store: &Store, subject: &'static str, action: &'static str, n: usize) {
         store

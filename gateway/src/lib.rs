@@ -22,6 +22,7 @@ pub mod state;
 pub mod storage;
 pub mod store;
 pub mod tenants;
+pub mod witness;
 
 pub use api::router;
 pub use state::{AppState, Config};

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use gateway::keys::Kek;
 use gateway::state::{AppState, Config};
-use scenarios::ledger::{Receipt, SignedCheckpoint};
+use scenarios::ledger::{Receipt, SignedCheckpoint, VerifierKey};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -191,6 +191,12 @@ enum Command {
         /// history fails against it.
         #[arg(long)]
         checkpoint: Vec<PathBuf>,
+        /// Require a cosignature of this witness (its verifier key
+        /// `<name>+<hash>+<key>`, or a file holding it) on at least one
+        /// checkpoint; repeatable. The report says up to which size each
+        /// witness vouches for the history.
+        #[arg(long)]
+        witness_key: Vec<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -230,6 +236,10 @@ enum Command {
         /// The released output, to check against the entry's output hash.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Require this witness's cosignature (its verifier key, or a file
+        /// holding it) on the receipt's checkpoint; repeatable.
+        #[arg(long)]
+        witness_key: Vec<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -258,6 +268,12 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// The regulator's witness: cosigns the operator's published
+    /// checkpoints only when they extend the last one it cosigned.
+    Witness {
+        #[command(subcommand)]
+        command: WitnessCommand,
     },
     /// List every route of the HTTP API and who may call it.
     Routes {
@@ -338,6 +354,46 @@ struct TimeArgs {
     /// at least the time quantum.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     checkpoint_every_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum WitnessCommand {
+    /// Create a witness: a new Ed25519 key and the pinned operator key,
+    /// in a new directory. Prints the witness's verifier key.
+    Init {
+        /// The witness's directory (its key and last cosigned checkpoint).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The witness's key name (no spaces or `+`).
+        #[arg(long, default_value = "witness.regulator.invis")]
+        name: String,
+        /// The operator's Ed25519 public key (hex, or a file holding it).
+        #[arg(long)]
+        public_key: String,
+    },
+    /// Print the witness's verifier key.
+    Key {
+        /// The witness's directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Fetch, check and cosign the latest published checkpoint, with the
+    /// regulator's token in INVIS_TOKEN; once, or every --every-secs.
+    /// Exits 1 when the ledger does not extend what was cosigned before.
+    Run {
+        /// The witness's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The platform.
+        #[arg(long, env = "INVIS_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// One round only.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between rounds when not --once.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        every_secs: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -539,8 +595,10 @@ async fn main() -> Result<()> {
             export,
             public_key,
             checkpoint,
+            witness_key,
             json,
-        } => verify_ledger(&export, public_key.as_deref(), &checkpoint, json),
+        } => verify_ledger(&export, public_key.as_deref(), &checkpoint, &witness_key, json),
+        Command::Witness { command } => witness(command),
         Command::Call {
             method,
             path,
@@ -580,8 +638,15 @@ async fn main() -> Result<()> {
             receipt,
             public_key,
             output,
+            witness_key,
             json,
-        } => verify_receipt(&receipt, public_key.as_deref(), output.as_deref(), json),
+        } => verify_receipt(
+            &receipt,
+            public_key.as_deref(),
+            output.as_deref(),
+            &witness_key,
+            json,
+        ),
         Command::BenchAudit {
             samples,
             query_samples,
@@ -676,13 +741,92 @@ fn print_json(v: serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-fn verify_ledger(export: &std::path::Path, key: Option<&str>, held: &[PathBuf], json: bool) -> Result<()> {
+/// Witness verifier keys, each given as the key or a file holding it.
+fn read_witness_keys(args: &[String]) -> Result<Vec<VerifierKey>> {
+    args.iter()
+        .map(|arg| {
+            let text = if std::path::Path::new(arg).exists() {
+                std::fs::read_to_string(arg)?
+            } else {
+                arg.clone()
+            };
+            let key = VerifierKey::parse(&text).map_err(|e| anyhow::anyhow!("--witness-key: {e}"))?;
+            anyhow::ensure!(
+                key.alg == scenarios::ledger::note::ALG_COSIGNATURE_V1,
+                "--witness-key: `{}` is not a cosignature/v1 witness key",
+                key.name
+            );
+            Ok(key)
+        })
+        .collect()
+}
+
+fn witness(command: WitnessCommand) -> Result<()> {
+    use gateway::witness::{Outcome, Refusal, Witness};
+    match command {
+        WitnessCommand::Init {
+            dir,
+            name,
+            public_key,
+        } => {
+            let w = Witness::create(&dir, &name, &read_key(&public_key)?)?;
+            println!("{}", w.verifier_key());
+            Ok(())
+        }
+        WitnessCommand::Key { dir } => {
+            println!("{}", Witness::open(&dir)?.verifier_key());
+            Ok(())
+        }
+        WitnessCommand::Run {
+            dir,
+            server,
+            once,
+            every_secs,
+        } => {
+            let mut w = Witness::open(&dir)?;
+            let token =
+                std::env::var("INVIS_TOKEN").context("INVIS_TOKEN must hold the regulator's token")?;
+            let client = gateway::client::Client::new(&server).with_token(&token);
+            loop {
+                match w.run_once(&client) {
+                    Ok(Outcome::Cosigned(size)) => {
+                        println!("witness: cosigned the checkpoint of {size} entries");
+                    }
+                    Ok(Outcome::Unchanged(size)) => {
+                        println!("witness: the checkpoint of {size} entries is already cosigned");
+                    }
+                    Err(e) => match e.downcast_ref::<Refusal>() {
+                        Some(r) => {
+                            eprintln!("witness REFUSED to cosign: {r}");
+                            std::process::exit(1);
+                        }
+                        None if once => return Err(e),
+                        None => eprintln!("witness: round failed, retrying: {e:#}"),
+                    },
+                }
+                if once {
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_secs(every_secs));
+            }
+        }
+    }
+}
+
+fn verify_ledger(
+    export: &std::path::Path,
+    key: Option<&str>,
+    held: &[PathBuf],
+    witnesses: &[String],
+    json: bool,
+) -> Result<()> {
     let key = key.map(read_key).transpose()?;
+    let witnesses = read_witness_keys(witnesses)?;
     let held = held
         .iter()
         .map(|p| held_checkpoint(p))
         .collect::<Result<Vec<_>>>()?;
-    let verdict = gateway::ledger::verify_file(export, key.as_deref(), &held)
+    let verdict = gateway::ledger::verify_file(export, key.as_deref(), &held, &witnesses)
         .with_context(|| format!("reading {}", export.display()))?;
     match verdict {
         Ok(r) => {
@@ -694,6 +838,12 @@ fn verify_ledger(export: &std::path::Path, key: Option<&str>, held: &[PathBuf], 
                  consistent, root {}",
                 r.entries, r.checkpoints, r.consistency_proofs, r.held_checkpoints, r.root
             );
+            for w in &r.witnessed {
+                println!(
+                    "witness {} cosigned the first {} entries (cosignature time {})",
+                    w.witness, w.size, w.time
+                );
+            }
             if !r.key_pinned {
                 println!("warning: no --public-key given; the key inside the export was trusted");
             }
@@ -718,9 +868,11 @@ fn verify_receipt(
     receipt: &std::path::Path,
     key: Option<&str>,
     output: Option<&std::path::Path>,
+    witnesses: &[String],
     json: bool,
 ) -> Result<()> {
     let key = key.map(read_key).transpose()?;
+    let witnesses = read_witness_keys(witnesses)?;
     let text = std::fs::read_to_string(receipt).with_context(|| format!("reading {}", receipt.display()))?;
     let output = output
         .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
@@ -729,7 +881,7 @@ fn verify_receipt(
     let result = parsed
         .map_err(|e| format!("the receipt is malformed: {e}"))
         .and_then(|r| {
-            scenarios::ledger::verify_receipt(&r, key.as_deref(), output.as_deref())
+            scenarios::ledger::verify_receipt_witnessed(&r, key.as_deref(), output.as_deref(), &witnesses)
                 .map_err(|e| e.to_string())
         });
     match result {
@@ -749,6 +901,9 @@ fn verify_receipt(
                     ""
                 }
             );
+            for w in &r.witnessed_by {
+                println!("witness {w} cosigned the receipt's checkpoint");
+            }
             if !r.key_pinned {
                 println!("warning: no --public-key given; the key inside the receipt was trusted");
             }

@@ -81,6 +81,13 @@ CREATE TRIGGER IF NOT EXISTS published_no_update BEFORE UPDATE ON published_chec
     BEGIN SELECT RAISE(ABORT, 'publications are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS published_no_delete BEFORE DELETE ON published_checkpoints
     BEGIN SELECT RAISE(ABORT, 'publications are append-only'); END;
+CREATE TABLE IF NOT EXISTS cosignatures (
+    size INTEGER NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL, cosigned_at TEXT NOT NULL,
+    PRIMARY KEY (size, witness));
+CREATE TRIGGER IF NOT EXISTS cosignatures_no_update BEFORE UPDATE ON cosignatures
+    BEGIN SELECT RAISE(ABORT, 'cosignatures are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS cosignatures_no_delete BEFORE DELETE ON cosignatures
+    BEGIN SELECT RAISE(ABORT, 'cosignatures are append-only'); END;
 "#;
 
 /// Current schema version, recorded in `meta`.
@@ -739,6 +746,62 @@ impl Store {
         })
     }
 
+    /// Records a witness's cosignature line of the stored checkpoint of
+    /// `size` (already verified by the caller) and its ledger entry, in one
+    /// transaction. The first line stored for a (size, witness) is kept:
+    /// returns false when there was one already.
+    pub fn put_cosignature(
+        &self,
+        size: u64,
+        witness: &str,
+        line: &str,
+        entry: NewEntry,
+        at: DateTime<Utc>,
+    ) -> ApiResult<bool> {
+        let (witness, line) = (witness.to_string(), line.to_string());
+        self.tx(move |tx| {
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO cosignatures (size, witness, line, cosigned_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    size.min(i64::MAX as u64) as i64,
+                    witness,
+                    line,
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                ],
+            )?;
+            if n == 1 {
+                append(tx, entry, at)?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    /// The cosignature lines stored for the checkpoint of `size`, by
+    /// witness name.
+    pub fn cosignatures(&self, size: u64) -> ApiResult<Vec<String>> {
+        self.read(move |c| {
+            let mut st =
+                c.prepare_cached("SELECT line FROM cosignatures WHERE size = ?1 ORDER BY witness")?;
+            let rows = st.query_map(params![size.min(i64::MAX as u64) as i64], |r| {
+                r.get::<_, String>(0)
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// The largest cosigned checkpoint size in `from..=to`.
+    pub fn largest_cosigned(&self, from: u64, to: u64) -> ApiResult<Option<u64>> {
+        self.read(move |c| {
+            let mut st =
+                c.prepare_cached("SELECT MAX(size) FROM cosignatures WHERE size >= ?1 AND size <= ?2")?;
+            let size = st.query_row(
+                params![from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64],
+                |r| r.get::<_, Option<i64>>(0),
+            )?;
+            Ok(size.map(|s| s as u64))
+        })
+    }
+
     /// Published checkpoints with `from <= size <= to`, in order.
     pub fn published_checkpoints(&self, from: u64, to: u64) -> ApiResult<Vec<SignedCheckpoint>> {
         self.checkpoint_rows(
@@ -793,6 +856,7 @@ impl Store {
                 out.push(SignedCheckpoint {
                     checkpoint: Checkpoint { size, root, time },
                     signature,
+                    note: None,
                 });
             }
             Ok(out)
@@ -1276,9 +1340,14 @@ mod tests {
                 time: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
             },
             signature: "00".into(),
+            note: None,
         };
         store.put_checkpoint(&cp).unwrap();
         store.put_publication(1, Utc::now()).unwrap();
+        let entry = NewEntry::system("witness.cosign", "checkpoint:1", serde_json::json!({}));
+        assert!(store.put_cosignature(1, "w", "line", entry, Utc::now()).unwrap());
+        let again = NewEntry::system("witness.cosign", "checkpoint:1", serde_json::json!({}));
+        assert!(!store.put_cosignature(1, "w", "other", again, Utc::now()).unwrap());
         for sql in [
             "UPDATE ledger SET body = 'forged' WHERE seq = 0",
             "DELETE FROM ledger WHERE seq = 0",
@@ -1286,11 +1355,14 @@ mod tests {
             "DELETE FROM checkpoints",
             "UPDATE published_checkpoints SET size = 2",
             "DELETE FROM published_checkpoints",
+            "UPDATE cosignatures SET line = 'forged'",
+            "DELETE FROM cosignatures",
         ] {
             let r = store.tx(move |tx| Ok(tx.execute(sql, [])?));
             assert!(r.is_err(), "{sql} must be refused");
         }
-        assert_eq!(store.ledger_size().unwrap(), 1);
+        assert_eq!(store.ledger_size().unwrap(), 2);
+        assert_eq!(store.cosignatures(1).unwrap(), ["line"]);
         assert_eq!(store.ledger(0, 1).unwrap()[0].seq, 0);
         assert_eq!(store.checkpoints(0, u64::MAX).unwrap(), vec![cp.clone()]);
         assert_eq!(store.published_checkpoints(0, u64::MAX).unwrap(), vec![cp]);

@@ -19,7 +19,9 @@ use ring::signature::{UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 
 mod merkle;
+pub mod note;
 pub use merkle::{verify_consistency, verify_inclusion, MerkleTree, ProofError};
+pub use note::VerifierKey;
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
@@ -237,6 +239,11 @@ pub struct SignedCheckpoint {
     pub checkpoint: Checkpoint,
     /// Hex Ed25519 signature over [`Checkpoint::signing_message`].
     pub signature: String,
+    /// The same tree as a C2SP signed note (`tlog-checkpoint` body, the
+    /// operator's Ed25519 note signature, then any witness cosignatures;
+    /// [`note`]). Absent in checkpoints stored before notes existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl SignedCheckpoint {
@@ -245,9 +252,67 @@ impl SignedCheckpoint {
         parse_hash(&self.checkpoint.root)
     }
 
-    /// True when the signature verifies under `public_key`.
+    /// True when the signature verifies under `public_key`, and so does the
+    /// note when there is one.
     pub fn verify(&self, public_key: &[u8]) -> bool {
         hex::decode(&self.signature).is_ok_and(|sig| self.checkpoint.verify(public_key, &sig))
+            && self.verify_note(public_key).is_ok()
+    }
+
+    /// The `tlog-checkpoint` body this checkpoint's note must have under
+    /// the operator key `public_key`.
+    pub fn note_body(&self, public_key: &[u8]) -> Option<String> {
+        Some(note::checkpoint_body(
+            &note::origin_for(public_key),
+            self.checkpoint.size,
+            &self.root()?,
+        ))
+    }
+
+    /// The note, parsed and checked: its body is this checkpoint's (origin
+    /// from `public_key`, size, root) and the operator's note signature
+    /// verifies. `Ok(None)` without a note.
+    pub fn verify_note(&self, public_key: &[u8]) -> Result<Option<note::Note>, String> {
+        let Some(text) = &self.note else {
+            return Ok(None);
+        };
+        let parsed = note::Note::parse(text).map_err(|e| format!("the checkpoint note is malformed: {e}"))?;
+        if Some(&parsed.body) != self.note_body(public_key).as_ref() {
+            return Err(format!(
+                "the checkpoint note does not state this checkpoint (origin {}, size {}, root)",
+                note::origin_for(public_key),
+                self.checkpoint.size
+            ));
+        }
+        let key = VerifierKey::operator(public_key).ok_or("the operator key is not an Ed25519 key")?;
+        parsed.verify_signature(&key).map_err(|e| e.0)?;
+        Ok(Some(parsed))
+    }
+
+    /// Checks that `witness` cosigned this checkpoint (the note must also
+    /// verify under the operator key); returns the cosignature's time.
+    pub fn witnessed_by(&self, public_key: &[u8], witness: &VerifierKey) -> Result<u64, String> {
+        let parsed = self.verify_note(public_key)?.ok_or_else(|| {
+            format!(
+                "the checkpoint at size {} carries no note, so no cosignature of witness `{}`",
+                self.checkpoint.size, witness.name
+            )
+        })?;
+        parsed.verify_cosignature(witness).map_err(|e| e.0)
+    }
+
+    /// True when the note holds a signature line claiming to be by
+    /// `witness` (its name and key hash), valid or not.
+    fn names(&self, witness: &VerifierKey) -> bool {
+        let hash = witness.key_hash();
+        self.note
+            .as_deref()
+            .and_then(|t| note::Note::parse(t).ok())
+            .is_some_and(|n| {
+                n.signatures
+                    .iter()
+                    .any(|s| s.name == witness.name && s.key_hash == hash)
+            })
     }
 }
 
@@ -261,6 +326,10 @@ pub struct ExportCheckpoint {
     pub checkpoint: Checkpoint,
     /// Hex Ed25519 signature over [`Checkpoint::signing_message`].
     pub signature: String,
+    /// The C2SP signed note with witness cosignatures
+    /// ([`SignedCheckpoint::note`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// Consistency with an earlier checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<ConsistencyLink>,
@@ -272,6 +341,7 @@ impl ExportCheckpoint {
         SignedCheckpoint {
             checkpoint: self.checkpoint.clone(),
             signature: self.signature.clone(),
+            note: self.note.clone(),
         }
     }
 }
@@ -312,6 +382,21 @@ pub struct VerifyReport {
     pub root: String,
     /// True when the key came from `--public-key` rather than the export itself.
     pub key_pinned: bool,
+    /// Checkpoints whose C2SP note was checked.
+    pub notes: u64,
+    /// For each witness required, the largest checkpoint it cosigned.
+    pub witnessed: Vec<Witnessed>,
+}
+
+/// The largest tree a required witness cosigned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Witnessed {
+    /// The witness's key name.
+    pub witness: String,
+    /// The size of the largest checkpoint it cosigned.
+    pub size: u64,
+    /// The cosignature's time, seconds since the Unix epoch.
+    pub time: u64,
 }
 
 /// Where and why verification failed.
@@ -338,6 +423,9 @@ fn fail(first_bad_entry: Option<u64>, line: u64, reason: String) -> VerifyFailur
 /// The state of an export being verified line by line.
 struct Verifier<'k> {
     key: &'k [u8],
+    witnesses: &'k [VerifierKey],
+    witnessed: Vec<Option<(u64, u64)>>,
+    notes: u64,
     tree: MerkleTree,
     prev: Hash,
     checkpoints: u64,
@@ -401,6 +489,20 @@ impl Verifier<'_> {
             .signed()
             .root()
             .ok_or_else(|| fail(None, lineno, "the checkpoint root is not a hash".into()))?;
+        if cp.note.is_some() {
+            self.notes += 1;
+        }
+        for (w, seen) in self.witnesses.iter().zip(self.witnessed.iter_mut()) {
+            // A cosignature line naming a required witness must verify; a
+            // checkpoint it has not cosigned is simply not counted.
+            match cp.signed().witnessed_by(self.key, w) {
+                Ok(time) => *seen = Some((size, time)),
+                Err(reason) if cp.signed().names(w) => {
+                    return Err(fail(None, lineno, format!("checkpoint at size {size}: {reason}")))
+                }
+                Err(_) => {}
+            }
+        }
         if size > have {
             return Err(fail(
                 Some(have),
@@ -499,6 +601,24 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
+    verify_export_witnessed(lines, pinned_key, held, &[])
+}
+
+/// [`verify_export`], also requiring that each of `witnesses` cosigned at
+/// least one checkpoint of the export (C2SP `cosignature/v1`, [`note`]);
+/// every cosignature line naming a required witness must verify. The
+/// report gives, per witness, the largest checkpoint it cosigned: the
+/// entries up to it are the ones the witness vouches were not forked.
+pub fn verify_export_witnessed<I, S>(
+    lines: I,
+    pinned_key: Option<&[u8]>,
+    held: &[SignedCheckpoint],
+    witnesses: &[VerifierKey],
+) -> Result<VerifyReport, VerifyFailure>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
     let mut iter = lines
         .into_iter()
         .enumerate()
@@ -520,6 +640,9 @@ where
     let key: Vec<u8> = pinned_key.map(<[u8]>::to_vec).unwrap_or(header_key);
     let mut v = Verifier {
         key: &key,
+        witnesses,
+        witnessed: vec![None; witnesses.len()],
+        notes: 0,
         tree: MerkleTree::new(),
         prev: ZERO_HASH,
         checkpoints: 0,
@@ -559,7 +682,27 @@ where
     for cp in held {
         v.held(cp)?;
     }
+    let mut witnessed = Vec::new();
+    for (w, seen) in witnesses.iter().zip(&v.witnessed) {
+        let Some((size, time)) = *seen else {
+            return Err(fail(
+                None,
+                0,
+                format!(
+                    "no checkpoint of the export carries a valid cosignature of witness `{}`",
+                    w.name
+                ),
+            ));
+        };
+        witnessed.push(Witnessed {
+            witness: w.name.clone(),
+            size,
+            time,
+        });
+    }
     Ok(VerifyReport {
+        notes: v.notes,
+        witnessed,
         entries: size,
         checkpoints: v.checkpoints,
         consistency_proofs: v.proofs,
@@ -606,6 +749,10 @@ pub struct ReceiptReport {
     pub output_matches: bool,
     /// True when the key came from the caller rather than the receipt.
     pub key_pinned: bool,
+    /// True when the checkpoint's C2SP note was checked.
+    pub note_checked: bool,
+    /// The required witnesses whose cosignature of the checkpoint verified.
+    pub witnessed_by: Vec<String>,
 }
 
 /// Verifies a receipt offline. With `output`, the released bytes must hash
@@ -614,6 +761,17 @@ pub fn verify_receipt(
     r: &Receipt,
     pinned_key: Option<&[u8]>,
     output: Option<&[u8]>,
+) -> Result<ReceiptReport> {
+    verify_receipt_witnessed(r, pinned_key, output, &[])
+}
+
+/// [`verify_receipt`], also requiring a valid `cosignature/v1` of the
+/// receipt's checkpoint from each of `witnesses`.
+pub fn verify_receipt_witnessed(
+    r: &Receipt,
+    pinned_key: Option<&[u8]>,
+    output: Option<&[u8]>,
+    witnesses: &[VerifierKey],
 ) -> Result<ReceiptReport> {
     let bad = |m: String| Error::LedgerInvalid(m);
     if r.format != RECEIPT_FORMAT {
@@ -629,6 +787,14 @@ pub fn verify_receipt(
         return Err(bad(
             "the checkpoint signature does not verify with the operator key".into(),
         ));
+    }
+    let note_checked = r.checkpoint.verify_note(key).map_err(bad)?.is_some();
+    let mut witnessed_by = Vec::new();
+    for w in witnesses {
+        r.checkpoint
+            .witnessed_by(key, w)
+            .map_err(|e| bad(format!("witness required: {e}")))?;
+        witnessed_by.push(w.name.clone());
     }
     let leaf = leaf_hash(r.entry.body.as_bytes());
     if parse_hash(&r.entry.hash) != Some(leaf) {
@@ -675,6 +841,8 @@ pub fn verify_receipt(
         checkpoint_size: r.checkpoint.checkpoint.size,
         output_matches,
         key_pinned: pinned_key.is_some(),
+        note_checked,
+        witnessed_by,
     })
 }
 
@@ -753,10 +921,38 @@ mod tests {
             time: Utc::now(),
         };
         let signature = hex::encode(kp.sign(&checkpoint.signing_message()).as_ref());
-        SignedCheckpoint {
+        let mut cp = SignedCheckpoint {
             checkpoint,
             signature,
-        }
+            note: None,
+        };
+        let pk = kp.public_key().as_ref();
+        let body = cp.note_body(pk).unwrap();
+        let key = VerifierKey::operator(pk).unwrap();
+        cp.note = Some(
+            note::Note {
+                signatures: vec![note::operator_signature(&key, kp.sign(body.as_bytes()).as_ref())],
+                body,
+            }
+            .text(),
+        );
+        cp
+    }
+
+    /// Adds `witness`'s cosignature to the checkpoint's note.
+    fn cosign(cp: &mut SignedCheckpoint, witness: &Ed25519KeyPair, name: &str) -> VerifierKey {
+        let wk = VerifierKey::new(
+            name,
+            note::ALG_COSIGNATURE_V1,
+            witness.public_key().as_ref().try_into().unwrap(),
+        )
+        .unwrap();
+        let mut n = note::Note::parse(cp.note.as_deref().unwrap()).unwrap();
+        let sig = witness.sign(&note::cosignature_message(1_800_000_000, &n.body));
+        n.signatures
+            .push(note::cosignature(&wk, 1_800_000_000, sig.as_ref()));
+        cp.note = Some(n.text());
+        wk
     }
 
     /// An export of `n` entries with a checkpoint after every entry in
@@ -806,6 +1002,7 @@ mod tests {
                     serde_json::to_string(&ExportCheckpoint {
                         checkpoint: cp.checkpoint.clone(),
                         signature: cp.signature.clone(),
+                        note: cp.note.clone(),
                         consistency,
                     })
                     .unwrap(),
@@ -979,5 +1176,85 @@ mod tests {
         );
         let other = keypair();
         assert!(verify_receipt(&r, Some(other.public_key().as_ref()), None).is_err());
+    }
+
+    #[test]
+    fn notes_are_checked_and_witnesses_required() {
+        let kp = keypair();
+        let pk = kp.public_key().as_ref().to_vec();
+        let witness = keypair();
+        let (lines, _, _) = export_with(10, &[4], &kp, None);
+        let r = verify_export(&lines, Some(&pk), &[]).unwrap();
+        assert_eq!(r.notes, 2);
+        // Cosign the checkpoint at 4 (line 5 + 1 entry lines + header).
+        let mut lines = lines;
+        let mut cp: ExportCheckpoint = serde_json::from_str(&lines[5]).unwrap();
+        let mut signed = cp.signed();
+        let wk = cosign(&mut signed, &witness, "regulator.witness");
+        cp.note = signed.note.clone();
+        lines[5] = serde_json::to_string(&cp).unwrap();
+        let r = verify_export_witnessed(&lines, Some(&pk), &[], std::slice::from_ref(&wk)).unwrap();
+        assert_eq!(r.witnessed[0].size, 4);
+        // Another witness's key is not satisfied.
+        let other = VerifierKey::new("other.witness", note::ALG_COSIGNATURE_V1, [7; 32]).unwrap();
+        let f = verify_export_witnessed(&lines, Some(&pk), &[], &[other]).unwrap_err();
+        assert!(f.reason.contains("no checkpoint"), "{}", f.reason);
+        // The same name with a wrong key: its line does not match the key
+        // hash, so nothing is cosigned by it.
+        let wrong = VerifierKey::new("regulator.witness", note::ALG_COSIGNATURE_V1, [7; 32]).unwrap();
+        assert!(verify_export_witnessed(&lines, Some(&pk), &[], &[wrong]).is_err());
+        // The cosignature moved onto the final checkpoint does not verify.
+        let cos_line = signed
+            .note
+            .as_deref()
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        let last = lines.len() - 1;
+        let mut fin: ExportCheckpoint = serde_json::from_str(&lines[last]).unwrap();
+        fin.note = Some(format!("{}{cos_line}\n", fin.note.unwrap()));
+        lines[last] = serde_json::to_string(&fin).unwrap();
+        let f = verify_export_witnessed(&lines, Some(&pk), &[], std::slice::from_ref(&wk)).unwrap_err();
+        assert!(f.reason.contains("does not verify"), "{}", f.reason);
+        // A note whose operator signature is forged, or that states another
+        // root, fails even without a witness.
+        let (mut lines, _, _) = export_with(3, &[], &kp, None);
+        let mut fin: ExportCheckpoint = serde_json::from_str(&lines[4]).unwrap();
+        let n = note::Note::parse(fin.note.as_deref().unwrap()).unwrap();
+        let forged = note::Note {
+            signatures: vec![note::operator_signature(
+                &VerifierKey::operator(&pk).unwrap(),
+                keypair().sign(n.body.as_bytes()).as_ref(),
+            )],
+            body: n.body.clone(),
+        };
+        fin.note = Some(forged.text());
+        lines[4] = serde_json::to_string(&fin).unwrap();
+        let f = verify_export(&lines, Some(&pk), &[]).unwrap_err();
+        assert!(f.reason.contains("signature"), "{}", f.reason);
+        let mut other_root = n.clone();
+        other_root.body = note::checkpoint_body(&note::origin_for(&pk), 3, &[1; 32]);
+        fin.note = Some(other_root.text());
+        lines[4] = serde_json::to_string(&fin).unwrap();
+        assert!(verify_export(&lines, Some(&pk), &[]).is_err());
+    }
+
+    #[test]
+    fn receipts_can_require_a_witness() {
+        let kp = keypair();
+        let pk = kp.public_key().as_ref().to_vec();
+        let witness = keypair();
+        let mut r = receipt(&kp, 4);
+        let plain = r.clone();
+        let wk = cosign(&mut r.checkpoint, &witness, "regulator.witness");
+        let rep = verify_receipt_witnessed(&r, Some(&pk), None, std::slice::from_ref(&wk)).unwrap();
+        assert_eq!(rep.witnessed_by, ["regulator.witness"]);
+        assert!(rep.note_checked);
+        let e = verify_receipt_witnessed(&plain, Some(&pk), None, std::slice::from_ref(&wk)).unwrap_err();
+        assert!(e.to_string().contains("no cosignature"), "{e}");
+        let other = VerifierKey::new("regulator.witness", note::ALG_COSIGNATURE_V1, [7; 32]).unwrap();
+        assert!(verify_receipt_witnessed(&r, Some(&pk), None, &[other]).is_err());
     }
 }

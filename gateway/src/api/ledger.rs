@@ -18,7 +18,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use scenarios::ledger::{Receipt, SignedCheckpoint};
+use scenarios::ledger::{Receipt, SignedCheckpoint, VerifierKey};
 use scenarios::party::{Actor, Role};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -26,9 +26,13 @@ use std::io::Write;
 use std::time::Duration;
 
 pub(crate) async fn public_key(State(st): State<AppState>) -> ApiResult<Json<Value>> {
-    Ok(Json(
-        json!({"algorithm": "ed25519", "public_key": st.keys.public_key_hex()}),
-    ))
+    let note_key = st.keys.note_key();
+    Ok(Json(json!({
+        "algorithm": "ed25519",
+        "public_key": st.keys.public_key_hex(),
+        "origin": note_key.name,
+        "note_key": note_key.to_string(),
+    })))
 }
 
 /// The current signed checkpoint (signed now if the ledger grew) for the
@@ -38,9 +42,12 @@ pub(crate) async fn checkpoint(
     Auth(actor): Auth,
 ) -> ApiResult<Json<SignedCheckpoint>> {
     Ok(Json(
-        blocking(move || match actor.role {
-            Role::Regulator => st.ledger.checkpoint(&st.store, &st.keys),
-            _ => st.ledger.published(&st.store, &st.keys),
+        blocking(move || {
+            let cp = match actor.role {
+                Role::Regulator => st.ledger.checkpoint(&st.store, &st.keys)?,
+                _ => st.ledger.published(&st.store, &st.keys)?,
+            };
+            st.ledger.with_note(&st.store, &st.keys, cp)
         })
         .await?,
     ))
@@ -86,9 +93,14 @@ pub(crate) async fn checkpoints(
     Auth(actor): Auth,
     Query(r): Query<Range>,
 ) -> ApiResult<Json<Value>> {
-    let list = blocking(move || match actor.role {
-        Role::Regulator => st.store.checkpoints(r.from, r.to),
-        _ => st.store.published_checkpoints(r.from, r.to),
+    let list = blocking(move || {
+        let list = match actor.role {
+            Role::Regulator => st.store.checkpoints(r.from, r.to)?,
+            _ => st.store.published_checkpoints(r.from, r.to)?,
+        };
+        list.into_iter()
+            .map(|cp| st.ledger.with_note(&st.store, &st.keys, cp))
+            .collect::<ApiResult<Vec<_>>>()
     })
     .await?;
     Ok(Json(json!({"checkpoints": list})))
@@ -154,6 +166,73 @@ pub(crate) async fn receipt(
         })
         .await?,
     ))
+}
+
+/// A witness's request: the size it last cosigned (0 the first time).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WitnessQuery {
+    #[serde(default)]
+    from: u64,
+}
+
+/// For the regulator's witness (`invis witness`): the latest published
+/// checkpoint with its C2SP note, and the consistency proof to it from the
+/// size the witness last cosigned. 409 when the published ledger is smaller
+/// than that size.
+pub(crate) async fn witness_checkpoint(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Query(q): Query<WitnessQuery>,
+) -> ApiResult<Json<Value>> {
+    actor.require(Role::Regulator)?;
+    let (cp, proof) = blocking(move || st.ledger.for_witness(&st.store, &st.keys, q.from)).await?;
+    Ok(Json(
+        json!({"checkpoint": cp, "consistency": {"from": q.from, "proof": proof}}),
+    ))
+}
+
+/// A witness cosignature of a published checkpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CosignatureBody {
+    /// The checkpoint's tree size.
+    size: u64,
+    /// The witness's verifier key, `<name>+<key hash>+<base64 key>`.
+    witness_key: String,
+    /// The `cosignature/v1` signature line.
+    cosignature: String,
+}
+
+/// Stores a witness's cosignature once it verifies over the published
+/// checkpoint of that size, and records it in the ledger: from then on
+/// the checkpoint's note carries it in receipts, exports and checkpoint
+/// answers. 201 when stored, 200 when this witness had cosigned that size
+/// already (the first cosignature is kept).
+pub(crate) async fn post_cosignature(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Json(b): Json<CosignatureBody>,
+) -> ApiResult<Response> {
+    actor.require(Role::Regulator)?;
+    let witness =
+        VerifierKey::parse(&b.witness_key).map_err(|e| ApiError::BadRequest(format!("witness_key: {e}")))?;
+    let name = witness.name.clone();
+    let stored = blocking(move || {
+        st.ledger
+            .cosign(&st.store, &st.keys, &actor, b.size, &witness, &b.cosignature)
+    })
+    .await?;
+    let status = if stored {
+        axum::http::StatusCode::CREATED
+    } else {
+        axum::http::StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({"size": b.size, "witness": name, "stored": stored})),
+    )
+        .into_response())
 }
 
 /// Where a feed starts and whether it keeps following.

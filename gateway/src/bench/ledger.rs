@@ -320,7 +320,7 @@ pub fn run(entries: u64, n: u64, clients: u64, dir: Option<&Path>) -> Result<()>
     );
     let key = keys.public_key();
     let t = Instant::now();
-    let report = crate::ledger::verify_file(&path, Some(&key), std::slice::from_ref(&cp))?
+    let report = crate::ledger::verify_file(&path, Some(&key), std::slice::from_ref(&cp), &[])?
         .map_err(|f| anyhow!("verification failed: {}", f.reason))?;
     let secs = t.elapsed().as_secs_f64();
     row(

@@ -98,6 +98,32 @@ fn batch(cols: Vec<(&str, ArrayRef)>) -> anyhow::Result<RecordBatch> {
 /// Generates the three files into `dir`.
 pub fn generate(dir: &Path, enterprises: usize) -> anyhow::Result<DemoFiles> {
     std::fs::create_dir_all(dir)?;
+    let files = DemoFiles {
+        register: dir.join("enterprise_register.parquet"),
+        insurance: dir.join("social_insurance.parquet"),
+        tax: dir.join("tax_credit.parquet"),
+        enterprises,
+    };
+    let t = tables(enterprises)?;
+    sandbox::files::write_parquet(&files.register, &[t.register])?;
+    sandbox::files::write_parquet(&files.insurance, &[t.insurance])?;
+    sandbox::files::write_parquet(&files.tax, &[t.tax])?;
+    Ok(files)
+}
+
+/// The three demo tables, as [`generate`] writes them.
+pub struct DemoTables {
+    /// `enterprise_register`.
+    pub register: RecordBatch,
+    /// `social_insurance`.
+    pub insurance: RecordBatch,
+    /// `tax_credit`.
+    pub tax: RecordBatch,
+}
+
+/// The demo tables for `enterprises` firms, in memory (the same rows on
+/// every call: the seed is fixed).
+pub fn tables(enterprises: usize) -> anyhow::Result<DemoTables> {
     let mut rng = Rng(SplitMix64(20_261_123));
     let industry_weights = [0.22, 0.25, 0.12, 0.10, 0.09, 0.12, 0.06, 0.04];
     // District weights per industry: agriculture sits in the outer districts.
@@ -172,12 +198,6 @@ pub fn generate(dir: &Path, enterprises: usize) -> anyhow::Result<DemoFiles> {
         t_year.push(2025);
         t_grade.push(GRADES[rng.pick(&w)].to_string());
     }
-    let files = DemoFiles {
-        register: dir.join("enterprise_register.parquet"),
-        insurance: dir.join("social_insurance.parquet"),
-        tax: dir.join("tax_credit.parquet"),
-        enterprises,
-    };
     let register = batch(vec![
         ("enterprise_id", strings(ids)),
         ("name", strings(names)),
@@ -200,8 +220,9 @@ pub fn generate(dir: &Path, enterprises: usize) -> anyhow::Result<DemoFiles> {
         ("year", ints(t_year)),
         ("grade", strings(t_grade)),
     ])?;
-    sandbox::files::write_parquet(&files.register, &[register])?;
-    sandbox::files::write_parquet(&files.insurance, &[insurance])?;
-    sandbox::files::write_parquet(&files.tax, &[tax])?;
-    Ok(files)
+    Ok(DemoTables {
+        register,
+        insurance,
+        tax,
+    })
 }
