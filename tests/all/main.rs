@@ -9,6 +9,7 @@ mod examples;
 mod fixture;
 mod governance;
 mod i15_review;
+mod i19_review;
 mod ledger;
 mod nonreversibility;
 mod population;
