@@ -29,8 +29,17 @@ fn racing_uploads_of_one_name_leave_one_file_and_one_entry() {
         })
         .collect();
     let results: Vec<(u16, String)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let won: Vec<&String> = results.iter().filter(|(s, _)| *s == 201).map(|(_, b)| b).collect();
-    assert_eq!(won.len(), 1, "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    let won: Vec<&String> = results
+        .iter()
+        .filter(|(s, _)| *s == 201)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
     assert!(results.iter().all(|(s, _)| *s == 201 || *s == 409));
     assert_eq!(std::fs::read_to_string(dir.join("race.csv")).unwrap(), *won[0]);
     assert_eq!(server.ledger_size(), ledger + 1);
@@ -56,13 +65,25 @@ fn names_the_url_decodes_into_paths_are_refused() {
         "x.csv%0A",
     ] {
         let r = p.put_raw(&format!("/v1/provider/files/{name}"), b"x\n1\n");
-        assert!(r.status == 400 || r.status == 404, "{name}: {} {}", r.status, r.text());
+        assert!(
+            r.status == 400 || r.status == 404,
+            "{name}: {} {}",
+            r.status,
+            r.text()
+        );
     }
     let ok = p.put_raw("/v1/provider/files/data.csv", b"x\n1\n");
     assert_eq!(ok.status, 201, "{}", ok.text());
     // A registration's path: trailing slash, a temporary file's name,
     // backslashes and a NUL are refused as text.
-    for path in ["data.csv/", "./data.csv", ".upload-x", "a\\..\\data.csv", "data.csv\u{0}", "data.csv/."] {
+    for path in [
+        "data.csv/",
+        "./data.csv",
+        ".upload-x",
+        "a\\..\\data.csv",
+        "data.csv\u{0}",
+        "data.csv/.",
+    ] {
         let r = p.post(
             "/v1/provider/datasets",
             &json!({"name": "t", "path": path, "format": "csv", "privacy_unit": "x",
