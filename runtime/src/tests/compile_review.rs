@@ -1,5 +1,6 @@
 //! Issue 19 review: modules inside the shape limits that are hard for the
-//! compiler. Run by hand: `cargo test -p runtime compile_review -- --ignored --nocapture`.
+//! compiler. The measurements run by hand:
+//! `cargo test -p runtime compile_review -- --ignored --nocapture`.
 
 use crate::shape::{check, SHAPE_LIMITS};
 use std::fmt::Write;
@@ -260,4 +261,45 @@ fn example_jobs_compile() {
         let path = format!("{}/jobs/{job}/job.wasm", env!("CARGO_MANIFEST_DIR"));
         raw_compile(job, &std::fs::read(path).unwrap());
     }
+}
+
+/// A tiny module whose data segments lie far apart: how much the compiled
+/// image (and the memory image made for copy-on-write) holds.
+#[test]
+#[ignore]
+fn sparse_data_segments() {
+    let off: u32 = std::env::var("OFF")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(15 << 20);
+    let text = format!(
+        r#"(module (memory (export "memory") 256) (func (export "run") (result i32) i32.const 0)
+           (data (i32.const 0) "a") (data (i32.const {off}) "b"))"#
+    );
+    let bytes = wat::parse_str(text).unwrap();
+    let rt = crate::Runtime::new().unwrap();
+    let (info, m) = rt.load(&bytes).unwrap();
+    let r = m.image_range();
+    println!(
+        "{} bytes -> image {} bytes; cache holds {} bytes; compile {} ms",
+        bytes.len(),
+        r.end as usize - r.start as usize,
+        rt.cached_bytes(),
+        info.compile_ms
+    );
+}
+
+/// A module of a few bytes takes little of the cache, however far apart
+/// its data segments lie.
+#[test]
+fn sparse_data_segments_take_little_of_the_cache() {
+    let text = format!(
+        r#"(module (memory (export "memory") 256) (func (export "run") (result i32) i32.const 0)
+           (data (i32.const 0) "a") (data (i32.const {}) "b"))"#,
+        15 << 20
+    );
+    let bytes = wat::parse_str(text).unwrap();
+    let rt = crate::Runtime::new().unwrap();
+    rt.load(&bytes).unwrap();
+    assert!(rt.cached_bytes() < 2 << 20, "{} bytes", rt.cached_bytes());
 }
