@@ -526,6 +526,50 @@ mod tests {
         assert!(refused(&no_mem, &SHAPE_LIMITS).contains("memory"));
     }
 
+    /// Random mutations of a module that uses every construct the pass
+    /// counts: refused or admitted, never a panic.
+    #[test]
+    fn random_mutations_never_panic() {
+        let good = run_fn(
+            r#"(type $t (func (param i64) (result i64))) (table 2 funcref) (global (mut i32) (i32.const 0))
+               (data (i32.const 8) "abc")
+               (func (param i64) (result i64) (local i32 i64)
+                 (loop (param i64) (result i64) (block (br_if 1 (local.get 1)) (local.set 2 (i64.const 1)))
+                   (br_table 0 0 (local.get 1)))
+                 (if (local.get 1) (then (drop (call_indirect (type $t) (i64.const 1) (i32.const 0))))))"#,
+        );
+        assert!(check(&good, &SHAPE_LIMITS).is_ok());
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..30_000 {
+            let mut m = good.clone();
+            for _ in 0..1 + next() % 4 {
+                let len = m.len().max(1) as u64;
+                let at = usize::try_from(next() % len).unwrap_or(0);
+                match next() % 4 {
+                    0 => {
+                        if let Some(b) = m.get_mut(at) {
+                            *b = (next() & 0xff) as u8;
+                        }
+                    }
+                    1 => m.truncate(at),
+                    2 => m.insert(at.min(m.len()), (next() & 0xff) as u8),
+                    _ => {
+                        if at < m.len() {
+                            m.remove(at);
+                        }
+                    }
+                }
+            }
+            let _ = check(&m, &SHAPE_LIMITS);
+        }
+    }
+
     #[test]
     fn malformed_bytes_are_refused_without_panicking() {
         let good = run_fn("(func (block))");
