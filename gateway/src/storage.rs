@@ -190,10 +190,30 @@ pub fn check_assignment(root: &Path, dir: &str, others: &[(String, String)]) -> 
             "`{DEFAULT_PARENT}/` holds the default storage locations; assign a directory outside it"
         )));
     }
-    let canonical = root.join(dir).canonicalize().ok();
+    // Canonical paths as far as they exist: a directory not created yet
+    // under a symlink is where the symlink leads.
+    let canonical = canonical_prefix(&root.join(dir));
+    let root_canonical = canonical_prefix(root);
+    if let (Some(c), Some(r)) = (&canonical, &root_canonical) {
+        if c == r || !c.starts_with(r) {
+            return Err(ApiError::BadRequest(format!(
+                "`{}` leads outside the data root (a symlink); a storage location lies inside it",
+                dir.escape_debug()
+            )));
+        }
+        if let Some(d) = canonical_prefix(&root.join(DEFAULT_PARENT)) {
+            if c.starts_with(&d) || d.starts_with(c) {
+                return Err(ApiError::BadRequest(format!(
+                    "`{}` leads into `{DEFAULT_PARENT}/` (a symlink), which holds the default storage \
+                     locations; assign a directory outside it",
+                    dir.escape_debug()
+                )));
+            }
+        }
+    }
     for (name, other) in others {
         let overlap = scenarios::catalog::storage_paths_overlap(dir, other)
-            || match (&canonical, root.join(other).canonicalize().ok()) {
+            || match (&canonical, canonical_prefix(&root.join(other))) {
                 (Some(a), Some(b)) => a.starts_with(&b) || b.starts_with(a),
                 _ => false,
             };
@@ -206,6 +226,21 @@ pub fn check_assignment(root: &Path, dir: &str, others: &[(String, String)]) -> 
         }
     }
     Ok(())
+}
+
+/// The canonical form of `path` as far as it exists, with the components
+/// that do not exist yet appended: where the path will lead once created.
+/// `None` when not even the filesystem root resolves.
+fn canonical_prefix(path: &Path) -> Option<PathBuf> {
+    let mut rest = Vec::new();
+    let mut p = path;
+    loop {
+        if let Ok(c) = p.canonicalize() {
+            return Some(rest.iter().rev().fold(c, |acc, n| acc.join(n)));
+        }
+        rest.push(p.file_name()?.to_os_string());
+        p = p.parent()?;
+    }
 }
 
 /// One file of a storage location, as listed to its owner.
@@ -412,6 +447,18 @@ mod tests {
         {
             std::os::unix::fs::symlink(root.join("census"), root.join("alias")).unwrap();
             assert!(check_assignment(&root, "alias", &others).is_err());
+            // Nor does one above a directory not created yet (review of
+            // issue 19), nor one into the default locations, whose
+            // providers may not have a directory yet, nor one out of the
+            // data root.
+            assert!(check_assignment(&root, "alias/2025", &others).is_err());
+            std::os::unix::fs::symlink(root.join("providers"), root.join("defaults")).unwrap();
+            assert!(check_assignment(&root, "defaults", &others).is_err());
+            assert!(check_assignment(&root, "defaults/c", &others).is_err());
+            std::os::unix::fs::symlink(_t.path(), root.join("up")).unwrap();
+            assert!(check_assignment(&root, "up", &others).is_err());
+            assert!(check_assignment(&root, "up/new", &others).is_err());
+            check_assignment(&root, "fresh/2025", &others).unwrap();
         }
     }
 

@@ -555,6 +555,12 @@ fn host_udf_register(caller: &mut C<'_>, ptr: i32, len: i32, lo: f64, hi: f64) -
             format!("the module exports no function `{name}`"),
         ));
     }
+    // A name taken or a seventeenth function is refused before anything is
+    // prepared: a refusal must not use up one of the job's instances.
+    if let Err(e) = scope.row_function_admissible(&name) {
+        let c = error_code(&e);
+        return Ok(fail(caller, c, e.to_string()));
+    }
     let host = match caller.data().udfs.clone() {
         Some(h) => h,
         None => {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 mod abi;
+mod compile_review;
 mod udf;
 
 fn rt() -> (Runtime, tokio::runtime::Runtime) {

@@ -131,8 +131,10 @@ fn numeric_check(column: &str, dt: &DataType) -> Result<()> {
     if dt.is_numeric() {
         Ok(())
     } else {
+        // The type is not named: its parameters (a time zone, a struct's
+        // field names) are text of a file not yet accepted (I17).
         Err(Error::InvalidDataset(format!(
-            "column `{column}`: numeric generalization on a {dt} column"
+            "column `{column}`: numeric generalization on a column that is not numeric"
         )))
     }
 }
@@ -212,9 +214,11 @@ pub fn rule_expr(column: &str, dt: &DataType, rule: &ColumnRule, key: &TokenKey)
                     dt.clone(),
                 ),
                 DataType::Timestamp(_, _) => f::date_trunc(lit(unit), c),
-                other => {
+                // The type is not named (its parameters are the file's
+                // text, I17).
+                _ => {
                     return Err(Error::InvalidDataset(format!(
-                        "column `{column}`: date truncation on a {other} column"
+                        "column `{column}`: date truncation on a column that is not a date or timestamp"
                     )))
                 }
             }

@@ -540,6 +540,38 @@ impl JobScope {
         self.queries.load(Ordering::SeqCst)
     }
 
+    /// Whether a row function named `name` could be registered now: the
+    /// name is free and fewer than [`udf::MAX_ROW_FUNCTIONS`] are. Checked
+    /// before a row function is prepared, so a refused registration costs
+    /// nothing (runtime/ABI.md).
+    pub fn row_function_admissible(&self, name: &str) -> Result<()> {
+        let registered = self
+            .row_functions
+            .lock()
+            .map_err(|_| Error::Internal("row function registry poisoned".into()))?;
+        self.name_free(&registered, name)
+    }
+
+    fn name_free(&self, registered: &HashMap<String, Arc<dyn RowFunction>>, name: &str) -> Result<()> {
+        let state = self.ctx.state();
+        let taken = registered.contains_key(name)
+            || state.scalar_functions().contains_key(name)
+            || state.aggregate_functions().contains_key(name)
+            || state.window_functions().contains_key(name);
+        if taken {
+            return Err(Error::InvalidQuery(format!(
+                "a function named `{name}` already exists; choose another name"
+            )));
+        }
+        if registered.len() >= udf::MAX_ROW_FUNCTIONS {
+            return Err(Error::ResourcesExhausted(format!(
+                "a job may register at most {} row functions",
+                udf::MAX_ROW_FUNCTIONS
+            )));
+        }
+        Ok(())
+    }
+
     /// Makes a job's row function callable in this scope's queries, where
     /// the policy lets it feed aggregates only (see [`crate::udf`]).
     pub fn register_row_function(&self, f: Arc<dyn RowFunction>) -> Result<()> {
@@ -562,22 +594,7 @@ impl JobScope {
             .row_functions
             .lock()
             .map_err(|_| Error::Internal("row function registry poisoned".into()))?;
-        let state = self.ctx.state();
-        let taken = registered.contains_key(&name)
-            || state.scalar_functions().contains_key(&name)
-            || state.aggregate_functions().contains_key(&name)
-            || state.window_functions().contains_key(&name);
-        if taken {
-            return Err(Error::InvalidQuery(format!(
-                "a function named `{name}` already exists; choose another name"
-            )));
-        }
-        if registered.len() >= udf::MAX_ROW_FUNCTIONS {
-            return Err(Error::ResourcesExhausted(format!(
-                "a job may register at most {} row functions",
-                udf::MAX_ROW_FUNCTIONS
-            )));
-        }
+        self.name_free(&registered, &name)?;
         self.ctx
             .register_udf(ScalarUDF::new_from_impl(udf::GuestUdf::new(f.clone())));
         registered.insert(name, f);

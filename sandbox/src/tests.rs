@@ -17,6 +17,7 @@ mod attacks;
 mod i14_review;
 mod i14_review2;
 mod i15_review;
+mod i19_review;
 mod oracle;
 mod property;
 mod small_leaks;

@@ -10,6 +10,7 @@ mod fairshare;
 mod fixture;
 mod governance;
 mod i15_review;
+mod i19_review;
 mod interop;
 mod keys;
 mod ledger;

@@ -173,6 +173,24 @@ fn cases() -> Vec<(&'static str, Build)> {
             }))
         }),
     ));
+    let carried = SHAPE_LIMITS.loop_locals;
+    out.push((
+        "locals updated inside nested loops, at the loop limit",
+        Box::new(move || {
+            // The most locals, in loops as deep as the loop limit allows.
+            let locals = SHAPE_LIMITS.locals.saturating_sub(10);
+            let loops = (carried / locals.max(1)).clamp(1, depth);
+            let sets: String = (0..locals)
+                .map(|l| format!("(local.set {l} (i64.add (local.get {l}) (i64.const 1))) "))
+                .collect();
+            module(&format!(
+                "(func (local {}) {}{sets}{})",
+                "i64 ".repeat(locals as usize),
+                "(loop ".repeat(loops as usize),
+                ")".repeat(loops as usize)
+            ))
+        }),
+    ));
     out
 }
 
@@ -189,6 +207,18 @@ fn refused() -> Result<Vec<(&'static str, Vec<u8>)>> {
         (
             "a start function that loops",
             module("(func $s (loop (br 0))) (start $s)")?,
+        ),
+        (
+            "1,990 locals updated inside loops nested 120 deep",
+            module(&format!(
+                "(func (local {}) {}{}{})",
+                "i64 ".repeat(1990),
+                "(loop ".repeat(120),
+                (0..1990)
+                    .map(|l| format!("(local.set {l} (i64.add (local.get {l}) (i64.const 1))) "))
+                    .collect::<String>(),
+                ")".repeat(120)
+            ))?,
         ),
     ])
 }

@@ -241,6 +241,21 @@ fn udf_register_returns_only_the_codes_its_row_lists() {
             true,
             code::INVALID_QUERY,
         ),
+        // Issue 19 review: a refused registration must not use up one of
+        // the job's row-function instances, or the 17th attempt answers
+        // -2 ("not a stateless row function") for a name that is taken.
+        (
+            "a name taken, twenty times",
+            register(double, "double", 0.0, 1.0, 20),
+            true,
+            code::INVALID_QUERY,
+        ),
+        (
+            "a built-in function's name, twenty times",
+            register(&double.replace("\"double\"", "\"abs\""), "abs", 0.0, 1.0, 20),
+            true,
+            code::INVALID_QUERY,
+        ),
         (
             "a good registration",
             register(double, "double", 0.0, 1.0, 1),
