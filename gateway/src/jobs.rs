@@ -197,6 +197,13 @@ pub async fn submit(
     let rt = st.runtime.clone();
     let bytes = module.clone();
     let limit = std::time::Duration::from_millis(st.config.job_limits.timeout_ms);
+    // A module not compiled yet takes the developer's one compilation.
+    let hash = hex::encode(scenarios::ledger::sha256(&module));
+    let _turn = if rt.is_compiled(&hash) {
+        None
+    } else {
+        Some(st.tenants.compile_turn(actor, &st.config.tenant_limits)?)
+    };
     let info = tokio::task::spawn_blocking(move || rt.load_within(&bytes, limit))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?

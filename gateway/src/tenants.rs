@@ -39,10 +39,30 @@ impl Default for TenantLimits {
     }
 }
 
-/// Counts of jobs in flight, by developer and by organization.
+/// Counts of jobs in flight, by developer and by organization, and the
+/// developers with a compilation running.
 #[derive(Debug, Default)]
 pub struct Tenants {
     in_flight: Mutex<HashMap<String, u32>>,
+    compiling: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A developer's one compilation; dropping it frees the developer to
+/// compile another module.
+#[derive(Debug)]
+pub struct CompileTurn {
+    tenants: Arc<Tenants>,
+    developer: String,
+}
+
+impl Drop for CompileTurn {
+    fn drop(&mut self) {
+        let mut c = match self.tenants.compiling.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        c.remove(&self.developer);
+    }
 }
 
 /// A job's place in its tenants' counts; dropping it gives it back.
@@ -93,6 +113,29 @@ impl Tenants {
         Ok(TenantSlot {
             tenants: self.clone(),
             keys,
+        })
+    }
+
+    /// Takes the developer's one compilation, or refuses with 429 while
+    /// another of its modules compiles: the platform's compile threads are
+    /// few, and one developer's stream of new modules must not keep them
+    /// from everyone else's.
+    pub fn compile_turn(self: &Arc<Self>, actor: &Actor, limits: &TenantLimits) -> ApiResult<CompileTurn> {
+        let mut c = self
+            .compiling
+            .lock()
+            .map_err(|_| ApiError::Internal("compile turns poisoned".into()))?;
+        if !c.insert(actor.id.clone()) {
+            return Err(ApiError::RetryLater(
+                "another of your modules is being compiled; submit again when it is done \
+                 (a module already compiled is not compiled again)"
+                    .into(),
+                limits.retry_after_secs,
+            ));
+        }
+        Ok(CompileTurn {
+            tenants: self.clone(),
+            developer: actor.id.clone(),
         })
     }
 
@@ -166,5 +209,23 @@ mod tests {
         drop(a1);
         assert_eq!(t.in_flight(&a), (1, 2));
         assert!(t.admit(&b, &limits).is_ok());
+    }
+
+    #[test]
+    fn a_developer_compiles_one_module_at_a_time() {
+        let t = Arc::new(Tenants::default());
+        let limits = TenantLimits::default();
+        let (a, b) = (dev("a", "o1"), dev("b", "o1"));
+        let turn = t.compile_turn(&a, &limits).unwrap();
+        assert!(matches!(
+            t.compile_turn(&a, &limits),
+            Err(ApiError::RetryLater(..))
+        ));
+        assert!(
+            t.compile_turn(&b, &limits).is_ok(),
+            "another developer is not held back"
+        );
+        drop(turn);
+        assert!(t.compile_turn(&a, &limits).is_ok());
     }
 }

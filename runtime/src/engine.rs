@@ -376,6 +376,11 @@ impl Runtime {
         )?))
     }
 
+    /// Whether the module of SHA-256 `hash` (hex) is compiled and cached.
+    pub fn is_compiled(&self, hash: &str) -> bool {
+        self.cache.lock().is_ok_and(|c| c.entries.contains_key(hash))
+    }
+
     /// Compiled modules currently cached.
     pub fn cached_modules(&self) -> usize {
         self.cache.lock().map(|c| c.entries.len()).unwrap_or(0)

@@ -561,6 +561,12 @@ fn host_udf_register(caller: &mut C<'_>, ptr: i32, len: i32, lo: f64, hi: f64) -
         let c = error_code(&e);
         return Ok(fail(caller, c, e.to_string()));
     }
+    // Whether the export is a stateless row function is a fact of the
+    // module (-2); what fails after that is the platform's (-9).
+    let bytes = caller.data().module.bytes.clone();
+    if let Err(m) = crate::udf::check_stateless(&bytes, &name) {
+        return Ok(fail(caller, code::POLICY_VIOLATION, m));
+    }
     let host = match caller.data().udfs.clone() {
         Some(h) => h,
         None => {
@@ -589,7 +595,7 @@ fn host_udf_register(caller: &mut C<'_>, ptr: i32, len: i32, lo: f64, hi: f64) -
     };
     let f = match host.add(&name, (lo, hi)) {
         Ok(f) => f,
-        Err(m) => return Ok(fail(caller, code::POLICY_VIOLATION, m)),
+        Err(m) => return Ok(fail(caller, code::INTERNAL, m)),
     };
     match scope.register_row_function(Arc::new(f)) {
         Ok(()) => Ok(0),
