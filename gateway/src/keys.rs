@@ -728,6 +728,47 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_ledger_key_signs_only_above_its_announcement() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Keys::load_or_create(dir.path(), Some(&kek(6))).unwrap();
+        let first = k.first_public_key();
+        let (g, pk) = k.prepare_ledger_rotation().unwrap();
+        assert_eq!(g, 2);
+        assert_ne!(pk, first);
+        let file = std::fs::read(dir.path().join("keys/ledger.2.ed25519.pk8")).unwrap();
+        assert!(file.starts_with(SEALED), "written sealed");
+        // Unannounced, it signs nothing; preparing again reuses it.
+        assert_eq!(k.generation_for(100), 1);
+        assert_eq!(k.public_key(), first);
+        assert_eq!(k.prepare_ledger_rotation().unwrap(), (2, pk.clone()));
+        // Announced in entry 9: sizes up to 10 stay with the first key.
+        assert!(k.announce_ledger(3, 9).is_err(), "out of turn");
+        k.announce_ledger(2, 9).unwrap();
+        assert_eq!((k.generation_for(10), k.generation_for(11)), (1, 2));
+        assert_eq!(k.public_key(), pk);
+        assert_eq!(k.first_public_key(), first);
+        let msg = b"m";
+        let ok = |key: &[u8], sig: &[u8]| {
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+                .verify(msg, sig)
+                .is_ok()
+        };
+        assert!(ok(&first, &k.sign_at(10, msg)) && ok(&pk, &k.sign_at(11, msg)));
+        // The note key keeps the origin of the first key.
+        assert_eq!(k.note_key_at(11).name, k.note_key_at(1).name);
+        assert_eq!(k.ledger_history().len(), 2);
+        assert_eq!(k.ledger_history()[1].signs_from_size, 11);
+        // A restart finds the file; the ledger says when it took over.
+        let again = Keys::load_or_create(dir.path(), Some(&kek(6))).unwrap();
+        assert_eq!(again.ledger_key(2).map(|(_, p)| p), Some(pk));
+        assert_eq!(again.current_generation(), 1, "until the ledger is followed");
+        assert_eq!(
+            key_files(&dir.path().join("keys")),
+            ["ledger.ed25519.pk8", "ledger.2.ed25519.pk8", "tokenize.key"]
+        );
+    }
+
+    #[test]
     fn key_encryption_keys_parse_from_hex_or_raw_bytes_and_errors_show_nothing() {
         let hex = Kek::generate().unwrap();
         assert!(Kek::parse(format!("  {hex}\n").as_bytes()).is_ok());

@@ -492,4 +492,95 @@ mod tests {
         bare.note = None;
         assert!(w.check(&bare, &proof).unwrap_err().0.contains("no signed note"));
     }
+
+    /// Appends a `key.rotate` announcing the next ledger key and puts it in
+    /// force as the server does; returns the announcement's position.
+    fn rotate(store: &Store, keys: &std::sync::Arc<Keys>) -> u64 {
+        let (g, pk) = keys.prepare_ledger_rotation().unwrap();
+        let k = keys.clone();
+        let seq = store
+            .tx(move |tx| {
+                let seq = append(
+                    tx,
+                    NewEntry::system(
+                        "key.rotate",
+                        crate::ledger::LEDGER_KEY_SUBJECT,
+                        serde_json::json!({"key": "ledger", "generation": g, "public_key": hex::encode(&pk)}),
+                    ),
+                    Utc::now(),
+                )?;
+                k.announce_ledger(g, seq).unwrap();
+                Ok(seq)
+            })
+            .unwrap();
+        Ledger::new().checkpoint_at(store, keys, seq + 1).unwrap();
+        seq
+    }
+
+    /// Across a ledger key rotation the witness accepts the new key only
+    /// through its announcement under the old key, consistent with the
+    /// checkpoint it cosigns; it keeps the chain it followed.
+    #[test]
+    fn follows_a_rotated_key_only_through_its_announcement() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let keys = std::sync::Arc::new(Keys::load_or_create(dir.path(), None).unwrap());
+        let ledger = Ledger::new();
+        let wdir = dir.path().join("w");
+        let mut w = Witness::create(&wdir, "regulator.witness", &keys.first_public_key()).unwrap();
+        add(&store, 3);
+        let (cp, proof) = ledger.for_witness(&store, &keys, 0).unwrap();
+        w.check(&cp, &proof).unwrap();
+        w.remember(&cp).unwrap();
+        let a = rotate(&store, &keys);
+        assert_eq!(a, 3);
+        add(&store, 2);
+        ledger.publish(&store, &keys).unwrap();
+        let (cp, proof) = ledger.for_witness(&store, &keys, 3).unwrap();
+        assert_eq!(
+            (cp.checkpoint.size, keys.generation_for(cp.checkpoint.size)),
+            (6, 2)
+        );
+        let links = ledger.key_chain(&store, &keys, 6).unwrap();
+        let proofs: Vec<Vec<String>> = links
+            .iter()
+            .map(|l| {
+                ledger
+                    .consistency_proof(&store, l.checkpoint.checkpoint.size, 6)
+                    .unwrap()
+            })
+            .collect();
+        // Without the chain, the new key is refused.
+        assert!(w.check(&cp, &proof).unwrap_err().0.contains("not signed"));
+        // Without the proof that the announcement's tree is a prefix, too.
+        assert!(w.check_chained(&cp, &proof, &links, &[]).is_err());
+        // An altered announcement, or one proven under another tree, too.
+        let mut bad = links.clone();
+        bad[0].entry.body = bad[0].entry.body.replace("ledger", "Ledger");
+        assert!(w.check_chained(&cp, &proof, &bad, &proofs).is_err());
+        let mut bad = links.clone();
+        bad[0].checkpoint = ledger.checkpoint_at(&store, &keys, 3).unwrap();
+        assert!(w.check_chained(&cp, &proof, &bad, &proofs).is_err());
+        // With it, accepted.
+        let followed = w.check_chained(&cp, &proof, &links, &proofs).unwrap();
+        assert_eq!(followed.len(), 1);
+        w.remember_links(followed).unwrap();
+        w.remember(&cp).unwrap();
+        // Kept on disk and checked again when opened.
+        let again = Witness::open(&wdir).unwrap();
+        assert_eq!(again.key_generations(), 2);
+        // A server whose chain differs from the one followed is refused.
+        let (cp2, proof2) = ledger.for_witness(&store, &keys, 6).unwrap();
+        assert!(again.check_chained(&cp2, &proof2, &[], &[]).is_err());
+        again.check_chained(&cp2, &proof2, &links, &proofs).unwrap();
+        // A witness that cosigned beyond the announcement under the old
+        // key refuses the announcement: that history was rewritten.
+        let w2dir = dir.path().join("w2");
+        let mut w2 = Witness::create(&w2dir, "other.witness", &keys.first_public_key()).unwrap();
+        let mut late = ledger.checkpoint_at(&store, &keys, 5).unwrap();
+        late.note = None;
+        w2.last = Some(late);
+        let e = w2.check_chained(&cp, &[], &links, &proofs).unwrap_err();
+        assert!(e.0.contains("rewritten"), "{e}");
+    }
 }

@@ -966,6 +966,9 @@ pub struct ReceiptReport {
     pub note_checked: bool,
     /// The required witnesses whose cosignature of the checkpoint verified.
     pub witnessed_by: Vec<String>,
+    /// Ledger signing key generations followed to the checkpoint's key (1
+    /// when the key never rotated).
+    pub key_generations: u64,
 }
 
 /// Verifies a receipt offline. With `output`, the released bytes must hash
@@ -1070,6 +1073,7 @@ pub fn verify_receipt_witnessed(
         key_pinned: pinned_key.is_some(),
         note_checked,
         witnessed_by,
+        key_generations: chain.generations(),
     })
 }
 
@@ -1535,6 +1539,9 @@ mod tests {
         assert!(verify_receipt_witnessed(&r, Some(&pk), None, &[other]).is_err());
     }
 
+    /// Export lines, the tree, each entry's text, the checkpoints.
+    type Rotating = (Vec<String>, MerkleTree, Vec<(u64, String)>, Vec<SignedCheckpoint>);
+
     /// An export of `n` entries in which entry `a` announces key
     /// generation `g` for each `(a, g)` in `rotations` (generation `g` is
     /// `keys[g - 1]`), with a checkpoint at each size in `at` and at the
@@ -1545,7 +1552,7 @@ mod tests {
         at: &[u64],
         keys: &[Ed25519KeyPair],
         signer: &dyn Fn(u64) -> usize,
-    ) -> (Vec<String>, MerkleTree, Vec<(u64, String)>, Vec<SignedCheckpoint>) {
+    ) -> Rotating {
         let first = keys[0].public_key().as_ref().to_vec();
         let mut lines = vec![serde_json::to_string(&ExportHeader {
             format: EXPORT_FORMAT.into(),

@@ -409,6 +409,7 @@ fn verifiers_and_the_witness_follow_a_rotated_ledger_key() {
     let rpath = write(&dir.join("rotated-receipt.json"), receipt.to_string().as_bytes());
     let (code, out) = verify_receipt(&rpath, &first, Some(&wkey));
     assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 generations followed"), "{out}");
     // Without its chain, it does not.
     let mut bare = receipt.clone();
     bare.as_object_mut().unwrap().remove("key_chain");
