@@ -716,7 +716,23 @@ pub(crate) async fn rotate_ledger_key(
     let seq = match written {
         Ok(seq) => seq,
         Err(e) => {
-            st.keys.withdraw_ledger(generation);
+            // Withdrawn only when the announcement is not in the ledger (a
+            // write that failed after committing keeps it; a restart
+            // rebuilds the keys in force from the ledger either way).
+            let store = st.store.clone();
+            let first = first.clone();
+            let announced = blocking(move || {
+                Ok(store
+                    .ledger_for(crate::ledger::LEDGER_KEY_SUBJECT)?
+                    .iter()
+                    .filter_map(|e| serde_json::from_str::<scenarios::ledger::EntryBody>(&e.body).ok())
+                    .filter_map(|b| scenarios::ledger::announcement(&b, &first).ok().flatten())
+                    .any(|a| a.generation == generation))
+            })
+            .await;
+            if matches!(announced, Ok(false)) {
+                st.keys.withdraw_ledger(generation);
+            }
             return Err(e);
         }
     };
