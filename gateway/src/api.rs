@@ -346,6 +346,9 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/operator/keys/tokenization/rotate", OPERATOR, || {
         post(operator::rotate_token_key)
     }),
+    route("POST", "/v1/operator/keys/ledger/rotate", OPERATOR, || {
+        post(operator::rotate_ledger_key)
+    }),
     route("GET", "/v1/operator/parties", OPERATOR, || {
         get(operator::list_parties)
     }),

@@ -35,8 +35,14 @@ pub struct Manifest {
     /// A checkpoint signed just before the snapshot; the snapshot's ledger
     /// extends it.
     pub checkpoint: SignedCheckpoint,
-    /// Hex Ed25519 public key of the ledger.
+    /// Hex Ed25519 public key of the ledger: the key signing new
+    /// checkpoints at backup (the current generation).
     pub public_key: String,
+    /// Hex first ledger key, from which the chain of rotated keys is
+    /// followed when the ledger is verified at restore; absent in backups
+    /// from before rotation, whose `public_key` is the first key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_public_key: Option<String>,
     /// Hex SHA-256 of the snapshot file.
     pub database_sha256: String,
 }
@@ -82,6 +88,7 @@ pub fn backup(data_dir: &Path, out: &Path, kek: Option<&Kek>) -> Result<Manifest
     );
     let store = Store::open(data_dir)?;
     let keys = Keys::load_or_create(data_dir, kek)?;
+    crate::ledger::follow_key_chain(&store, &keys).map_err(|e| anyhow::anyhow!("{e}"))?;
     let checkpoint = Ledger::new()
         .checkpoint(&store, &keys)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -99,6 +106,7 @@ pub fn backup(data_dir: &Path, out: &Path, kek: Option<&Kek>) -> Result<Manifest
         created_at: Utc::now(),
         checkpoint,
         public_key: keys.public_key_hex(),
+        first_public_key: Some(keys.first_public_key_hex()),
         database_sha256: file_sha256(&db)?,
     };
     std::fs::write(out.join(MANIFEST), serde_json::to_vec_pretty(&manifest)?)?;
@@ -140,7 +148,8 @@ pub fn restore(from: &Path, data_dir: &Path, kek: Option<&Kek>) -> Result<Restor
         file_sha256(&from.join(DB))? == manifest.database_sha256,
         "the backup's database does not match its manifest (corrupted or altered)"
     );
-    let pinned = hex::decode(&manifest.public_key).context("the manifest's public key is not hex")?;
+    let pinned = hex::decode(manifest.first_public_key.as_ref().unwrap_or(&manifest.public_key))
+        .context("the manifest's public key is not hex")?;
 
     // Stage next to the target, verify there, then move into place. A
     // restore that fails leaves nothing behind.
@@ -174,8 +183,13 @@ fn install(
     let report = {
         let store = Store::open(staging)?;
         let keys = Keys::load_or_create(staging, kek)?;
+        crate::ledger::follow_key_chain(&store, &keys).map_err(|e| anyhow::anyhow!("{e}"))?;
         ensure!(
-            keys.public_key_hex() == manifest.public_key,
+            keys.public_key_hex() == manifest.public_key
+                && manifest
+                    .first_public_key
+                    .as_ref()
+                    .is_none_or(|k| *k == keys.first_public_key_hex()),
             "the backup's signing key does not match its manifest"
         );
         let export = staging.join("verify.ndjson");

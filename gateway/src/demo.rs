@@ -681,7 +681,7 @@ fn script(
     )?;
     let receipt: scenarios::ledger::Receipt = serde_json::from_value(receipt)?;
     let key = expect_ok(developer.get("/v1/ledger/public-key")?, "public key")?;
-    let key = hex::decode(key["public_key"].as_str().unwrap_or(""))?;
+    let key = hex::decode(key["first_public_key"].as_str().unwrap_or(""))?;
     let proven = scenarios::ledger::verify_receipt(&receipt, Some(&key), Some(&out.body))?;
     let released = (job["id"].as_str().unwrap_or("").to_string(), out.body.clone());
     say(
@@ -872,7 +872,7 @@ fn script(
         );
     }
     let key = expect_ok(regulator.get("/v1/regulator/ledger/public-key")?, "public key")?;
-    let key = hex::decode(key["public_key"].as_str().unwrap_or(""))?;
+    let key = hex::decode(key["first_public_key"].as_str().unwrap_or(""))?;
     let witness = witness_step(&regulator, &developer, &key, root, &released)?;
     let export = regulator.get("/v1/regulator/ledger")?.ok()?;
     let path = root.join("ledger-export.ndjson");

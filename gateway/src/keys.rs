@@ -9,18 +9,21 @@
 //! one sealed file cannot stand in for the other. Keys found unsealed are
 //! sealed in place the first time a key-encryption key is given.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use chrono::Utc;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// The platform's keys.
 pub struct Keys {
-    ledger: Ed25519KeyPair,
+    /// The ledger signing keys by generation and where each took over.
+    ledger: RwLock<LedgerKeys>,
+    /// Generation 1, also `ledger.pairs[0]`.
+    first: Arc<Ed25519KeyPair>,
     /// Tokenization master keys by generation (index 0 is generation 1,
     /// `keys/tokenize.key`; generation n > 1 is `keys/tokenize.<n>.key`).
     tokenize_masters: RwLock<Vec<hmac::Key>>,
@@ -28,6 +31,59 @@ pub struct Keys {
     /// Where new key generations are written, and under what.
     kdir: PathBuf,
     kek: Option<Kek>,
+}
+
+/// The ledger signing key generations: generation 1 is
+/// `keys/ledger.ed25519.pk8`, generation n > 1 `keys/ledger.<n>.ed25519.pk8`.
+struct LedgerKeys {
+    /// Every key file found or made, in generation order (index 0 is
+    /// generation 1). A key beyond the announced ones was made by a
+    /// rotation that did not complete; it signs nothing until announced.
+    pairs: Vec<Arc<Ed25519KeyPair>>,
+    /// The ledger position of the announcement of generations 2, 3, ...
+    announced: Vec<u64>,
+}
+
+impl LedgerKeys {
+    /// The generation that signs the checkpoint of `size` entries:
+    /// generation g + 1, announced in entry a, signs the sizes above a + 1
+    /// (`scenarios::ledger::KeyChain`).
+    fn generation_for(&self, size: u64) -> usize {
+        1 + self
+            .announced
+            .iter()
+            .take_while(|a| size > a.saturating_add(1))
+            .count()
+    }
+
+    fn pair(&self, generation: usize) -> Option<&Arc<Ed25519KeyPair>> {
+        generation.checked_sub(1).and_then(|i| self.pairs.get(i))
+    }
+}
+
+/// One ledger signing key generation, as `GET /v1/ledger/public-key` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LedgerKeyInfo {
+    /// 1 for the first key.
+    pub generation: u64,
+    /// Hex raw Ed25519 public key.
+    pub public_key: String,
+    /// The C2SP note verifier key (the ledger's origin, this key).
+    pub note_key: String,
+    /// The `key.rotate` entry that announced it (none for the first).
+    pub announced_in: Option<u64>,
+    /// The first checkpoint size it signs (sizes above the announcement's
+    /// tree; 0 for the first).
+    pub signs_from_size: u64,
+}
+
+/// The file of ledger signing key generation `g`.
+fn ledger_file(g: usize) -> String {
+    if g <= 1 {
+        "ledger.ed25519.pk8".to_string()
+    } else {
+        format!("ledger.{g}.ed25519.pk8")
+    }
 }
 
 /// The file of tokenization master key generation `g`.
@@ -39,10 +95,15 @@ fn tokenize_file(g: usize) -> String {
     }
 }
 
-/// The key files of a `keys` directory, in generation order: the ledger
-/// key, then every tokenization master key generation.
+/// The key files of a `keys` directory, in generation order: every ledger
+/// key generation, then every tokenization master key generation.
 pub fn key_files(kdir: &Path) -> Vec<String> {
-    let mut files = vec!["ledger.ed25519.pk8".to_string()];
+    let mut files = vec![ledger_file(1)];
+    let mut g = 2;
+    while kdir.join(ledger_file(g)).exists() {
+        files.push(ledger_file(g));
+        g += 1;
+    }
     let mut g = 1;
     while kdir.join(tokenize_file(g)).exists() {
         files.push(tokenize_file(g));
@@ -250,8 +311,20 @@ impl Keys {
                 .map(|d| d.as_ref().to_vec())
                 .map_err(|_| anyhow::anyhow!("key generation failed"))
         })?;
-        let ledger = Ed25519KeyPair::from_pkcs8(&pk8)
-            .map_err(|_| anyhow::anyhow!("keys/ledger.ed25519.pk8 is not an Ed25519 PKCS#8 key"))?;
+        let first = Arc::new(
+            Ed25519KeyPair::from_pkcs8(&pk8)
+                .map_err(|_| anyhow::anyhow!("keys/ledger.ed25519.pk8 is not an Ed25519 PKCS#8 key"))?,
+        );
+        let mut pairs = vec![first.clone()];
+        let mut g = 2;
+        while kdir.join(ledger_file(g)).exists() {
+            let name = ledger_file(g);
+            let pk8 = key_file(&kdir, &name, kek, || bail!("keys/{name} vanished"))?;
+            pairs.push(Arc::new(Ed25519KeyPair::from_pkcs8(&pk8).map_err(|_| {
+                anyhow::anyhow!("keys/{name} is not an Ed25519 PKCS#8 key")
+            })?));
+            g += 1;
+        }
         let mut masters = Vec::new();
         let mut g = 1;
         loop {
@@ -272,7 +345,11 @@ impl Keys {
             );
         }
         Ok(Keys {
-            ledger,
+            ledger: RwLock::new(LedgerKeys {
+                pairs,
+                announced: Vec::new(),
+            }),
+            first,
             tokenize_masters: RwLock::new(masters),
             sealed: kek.is_some(),
             kdir,
@@ -313,33 +390,177 @@ impl Keys {
         self.sealed
     }
 
-    /// Signs with the ledger key.
-    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        self.ledger.sign(msg).as_ref().to_vec()
+    fn ledger_keys(&self) -> std::sync::RwLockReadGuard<'_, LedgerKeys> {
+        // Nothing panics while holding the lock; a poisoned one still holds
+        // consistent keys.
+        self.ledger.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The operator's C2SP note verifier key: the ledger key named by the
-    /// ledger's checkpoint origin (`docs/ledger.md`).
-    pub fn note_key(&self) -> scenarios::ledger::VerifierKey {
-        let public_key = self.public_key();
+    /// The ledger key pair of `generation`, or the first.
+    fn ledger_pair(&self, generation: usize) -> Arc<Ed25519KeyPair> {
+        self.ledger_keys()
+            .pair(generation)
+            .cloned()
+            .unwrap_or_else(|| self.first.clone())
+    }
+
+    /// The generation that signs the checkpoint of `size` entries.
+    pub fn generation_for(&self, size: u64) -> u64 {
+        self.ledger_keys().generation_for(size) as u64
+    }
+
+    /// Signs `msg` for the checkpoint of `size` entries, with the ledger
+    /// key generation in force at that size.
+    pub fn sign_at(&self, size: u64, msg: &[u8]) -> Vec<u8> {
+        let g = self.ledger_keys().generation_for(size);
+        self.ledger_pair(g).sign(msg).as_ref().to_vec()
+    }
+
+    /// The operator's C2SP note verifier key for the checkpoint of `size`
+    /// entries: the key in force at that size, named by the ledger's
+    /// origin (derived from the first key, so it survives rotations;
+    /// `docs/ledger.md`).
+    pub fn note_key_at(&self, size: u64) -> scenarios::ledger::VerifierKey {
+        let g = self.ledger_keys().generation_for(size);
+        self.note_key_of(g)
+    }
+
+    fn note_key_of(&self, generation: usize) -> scenarios::ledger::VerifierKey {
+        let public_key = self.ledger_pair(generation).public_key().as_ref().to_vec();
         // An Ed25519 public key is 32 bytes and the origin a valid key
         // name, so this always holds.
         let raw: [u8; 32] = public_key.as_slice().try_into().unwrap_or([0; 32]);
         scenarios::ledger::VerifierKey {
-            name: scenarios::ledger::note::origin_for(&public_key),
+            name: scenarios::ledger::note::origin_for(&self.first_public_key()),
             alg: scenarios::ledger::note::ALG_ED25519,
             public_key: raw,
         }
     }
 
-    /// The ledger public key (raw 32 bytes).
-    pub fn public_key(&self) -> Vec<u8> {
-        self.ledger.public_key().as_ref().to_vec()
+    /// The current note verifier key.
+    pub fn note_key(&self) -> scenarios::ledger::VerifierKey {
+        self.note_key_of(self.current_generation() as usize)
     }
 
-    /// The ledger public key, hex.
+    /// The first ledger public key (raw 32 bytes): the one verifiers pin,
+    /// and the one the checkpoint origin is derived from.
+    pub fn first_public_key(&self) -> Vec<u8> {
+        self.ledger_pair(1).public_key().as_ref().to_vec()
+    }
+
+    /// The first ledger public key, hex.
+    pub fn first_public_key_hex(&self) -> String {
+        hex::encode(self.first_public_key())
+    }
+
+    /// The ledger generation signing new checkpoints.
+    pub fn current_generation(&self) -> u64 {
+        self.ledger_keys().announced.len() as u64 + 1
+    }
+
+    /// The current ledger public key (raw 32 bytes).
+    pub fn public_key(&self) -> Vec<u8> {
+        let g = self.current_generation() as usize;
+        self.ledger_pair(g).public_key().as_ref().to_vec()
+    }
+
+    /// The current ledger public key, hex.
     pub fn public_key_hex(&self) -> String {
         hex::encode(self.public_key())
+    }
+
+    /// The announced ledger key generations, first to current.
+    pub fn ledger_history(&self) -> Vec<LedgerKeyInfo> {
+        let announced = self.ledger_keys().announced.clone();
+        let mut out = Vec::new();
+        for g in 1..=announced.len() + 1 {
+            let at = g.checked_sub(2).and_then(|i| announced.get(i)).copied();
+            out.push(LedgerKeyInfo {
+                generation: g as u64,
+                public_key: hex::encode(self.ledger_pair(g).public_key().as_ref()),
+                note_key: self.note_key_of(g).to_string(),
+                announced_in: at,
+                signs_from_size: at.map_or(0, |a| a.saturating_add(2)),
+            });
+        }
+        out
+    }
+
+    /// The generation and raw public key of ledger key `generation`, if its
+    /// file was found or made (announced or not).
+    pub fn ledger_key(&self, generation: u64) -> Option<(u64, Vec<u8>)> {
+        let l = self.ledger_keys();
+        let pair = l.pair(usize::try_from(generation).ok()?)?;
+        Some((generation, pair.public_key().as_ref().to_vec()))
+    }
+
+    /// Positions of the announcements of generations 2, 3, ...
+    pub fn ledger_announcements(&self) -> Vec<u64> {
+        self.ledger_keys().announced.clone()
+    }
+
+    /// The next ledger key generation, made and written (sealed when the
+    /// keys are) before it is announced, and its raw public key. It signs
+    /// nothing until [`Keys::announce_ledger`]. A key left by a rotation
+    /// that did not complete (never announced) is reused.
+    pub fn prepare_ledger_rotation(&self) -> Result<(u64, Vec<u8>)> {
+        let mut l = self
+            .ledger
+            .write()
+            .map_err(|_| anyhow::anyhow!("the ledger keys are unavailable"))?;
+        let g = l.announced.len() + 2;
+        if l.pairs.len() < g {
+            let name = ledger_file(g);
+            let pk8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+                .map_err(|_| anyhow::anyhow!("key generation failed"))?;
+            let pair = Ed25519KeyPair::from_pkcs8(pk8.as_ref())
+                .map_err(|_| anyhow::anyhow!("key generation failed"))?;
+            match &self.kek {
+                Some(kek) => write_private(&self.kdir.join(&name), &kek.seal(&name, pk8.as_ref())?)?,
+                None => write_private(&self.kdir.join(&name), pk8.as_ref())?,
+            }
+            std::fs::File::open(&self.kdir)?.sync_all()?;
+            l.pairs.push(Arc::new(pair));
+        }
+        let pair = l
+            .pair(g)
+            .ok_or_else(|| anyhow::anyhow!("ledger key generation {g} is missing"))?;
+        Ok((g as u64, pair.public_key().as_ref().to_vec()))
+    }
+
+    /// Records that `generation` was announced in entry `seq`: from now on
+    /// it signs the checkpoints of sizes above `seq + 1`. Generations are
+    /// announced in turn.
+    pub fn announce_ledger(&self, generation: u64, seq: u64) -> Result<()> {
+        let mut l = self
+            .ledger
+            .write()
+            .map_err(|_| anyhow::anyhow!("the ledger keys are unavailable"))?;
+        ensure!(
+            generation == l.announced.len() as u64 + 2,
+            "ledger key generation {generation} announced out of turn"
+        );
+        ensure!(
+            l.announced.last().is_none_or(|a| *a < seq),
+            "ledger key generation {generation} announced before the previous one"
+        );
+        ensure!(
+            l.pairs.len() as u64 >= generation,
+            "ledger key generation {generation} is announced in the ledger but keys/{} is missing",
+            ledger_file(generation as usize)
+        );
+        l.announced.push(seq);
+        Ok(())
+    }
+
+    /// Withdraws the announcement of `generation` (its entry did not
+    /// commit).
+    pub fn withdraw_ledger(&self, generation: u64) {
+        if let Ok(mut l) = self.ledger.write() {
+            if l.announced.len() as u64 + 1 == generation {
+                l.announced.pop();
+            }
+        }
     }
 
     /// The tokenization key of one agreement, from the master key of the
@@ -503,6 +724,47 @@ mod tests {
         assert_eq!(
             key_files(&dir.path().join("keys")),
             ["ledger.ed25519.pk8", "tokenize.key", "tokenize.2.key"]
+        );
+    }
+
+    #[test]
+    fn a_rotated_ledger_key_signs_only_above_its_announcement() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Keys::load_or_create(dir.path(), Some(&kek(6))).unwrap();
+        let first = k.first_public_key();
+        let (g, pk) = k.prepare_ledger_rotation().unwrap();
+        assert_eq!(g, 2);
+        assert_ne!(pk, first);
+        let file = std::fs::read(dir.path().join("keys/ledger.2.ed25519.pk8")).unwrap();
+        assert!(file.starts_with(SEALED), "written sealed");
+        // Unannounced, it signs nothing; preparing again reuses it.
+        assert_eq!(k.generation_for(100), 1);
+        assert_eq!(k.public_key(), first);
+        assert_eq!(k.prepare_ledger_rotation().unwrap(), (2, pk.clone()));
+        // Announced in entry 9: sizes up to 10 stay with the first key.
+        assert!(k.announce_ledger(3, 9).is_err(), "out of turn");
+        k.announce_ledger(2, 9).unwrap();
+        assert_eq!((k.generation_for(10), k.generation_for(11)), (1, 2));
+        assert_eq!(k.public_key(), pk);
+        assert_eq!(k.first_public_key(), first);
+        let msg = b"m";
+        let ok = |key: &[u8], sig: &[u8]| {
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+                .verify(msg, sig)
+                .is_ok()
+        };
+        assert!(ok(&first, &k.sign_at(10, msg)) && ok(&pk, &k.sign_at(11, msg)));
+        // The note key keeps the origin of the first key.
+        assert_eq!(k.note_key_at(11).name, k.note_key_at(1).name);
+        assert_eq!(k.ledger_history().len(), 2);
+        assert_eq!(k.ledger_history()[1].signs_from_size, 11);
+        // A restart finds the file; the ledger says when it took over.
+        let again = Keys::load_or_create(dir.path(), Some(&kek(6))).unwrap();
+        assert_eq!(again.ledger_key(2).map(|(_, p)| p), Some(pk));
+        assert_eq!(again.current_generation(), 1, "until the ledger is followed");
+        assert_eq!(
+            key_files(&dir.path().join("keys")),
+            ["ledger.ed25519.pk8", "ledger.2.ed25519.pk8", "tokenize.key"]
         );
     }
 

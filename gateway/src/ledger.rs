@@ -19,7 +19,7 @@ use crate::store::{NewEntry, Store};
 use chrono::{SubsecRound, Utc};
 use scenarios::ledger::{
     note, proof_hex, verify_export_witnessed, Checkpoint, ConsistencyLink, ExportCheckpoint, ExportEntry,
-    ExportHeader, MerkleTree, ProofError, Receipt, SignedCheckpoint, VerifierKey, VerifyFailure,
+    ExportHeader, KeyLink, MerkleTree, ProofError, Receipt, SignedCheckpoint, VerifierKey, VerifyFailure,
     VerifyReport, EXPORT_FORMAT, RECEIPT_FORMAT,
 };
 use std::io::{BufRead, BufReader, Write};
@@ -189,11 +189,14 @@ impl Ledger {
         keys: &Keys,
         mut cp: SignedCheckpoint,
     ) -> ApiResult<SignedCheckpoint> {
-        let body = cp.note_body(&keys.public_key()).ok_or_else(|| {
-            ApiError::Internal(format!("checkpoint {} has a malformed root", cp.checkpoint.size))
-        })?;
+        let size = cp.checkpoint.size;
+        let body = cp
+            .note_body(&keys.first_public_key())
+            .ok_or_else(|| ApiError::Internal(format!("checkpoint {size} has a malformed root")))?;
         let mut text = format!("{body}\n");
-        text.push_str(&note::operator_signature(&keys.note_key(), &keys.sign(body.as_bytes())).line());
+        text.push_str(
+            &note::operator_signature(&keys.note_key_at(size), &keys.sign_at(size, body.as_bytes())).line(),
+        );
         for line in store.cosignatures(cp.checkpoint.size)? {
             text.push_str(line.trim_end_matches('\n'));
             text.push('\n');
@@ -252,7 +255,7 @@ impl Ledger {
             .ok_or_else(|| ApiError::NotFound(format!("no published checkpoint of size {size}")))?;
         let cp = self.with_note(store, keys, cp)?;
         let body = cp
-            .note_body(&keys.public_key())
+            .note_body(&keys.first_public_key())
             .ok_or_else(|| ApiError::Internal("checkpoint root malformed".into()))?;
         let parsed = note::Note {
             body,
@@ -301,9 +304,11 @@ impl Ledger {
             .ok_or_else(|| ApiError::NotFound(format!("no ledger entry {seq}")))?;
         let checkpoint = self.with_note(store, keys, checkpoint.clone())?;
         let inclusion = self.inclusion_proof(store, seq, checkpoint.checkpoint.size)?;
+        let key_chain = self.key_chain(store, keys, checkpoint.checkpoint.size)?;
         Ok(Receipt {
+            key_chain,
             format: RECEIPT_FORMAT.into(),
-            public_key: keys.public_key_hex(),
+            public_key: keys.first_public_key_hex(),
             seq,
             entry: ExportEntry {
                 hash: entry.hash,
@@ -312,6 +317,36 @@ impl Ledger {
             inclusion,
             checkpoint,
         })
+    }
+
+    /// The links from the first ledger key to the one that signs the
+    /// checkpoint of `size` entries: each announcement before it, proven
+    /// under the checkpoint that ends at it, signed by the key before
+    /// (`scenarios::ledger::KeyLink`).
+    pub fn key_chain(&self, store: &Store, keys: &Keys, size: u64) -> ApiResult<Vec<KeyLink>> {
+        let mut links = Vec::new();
+        for a in keys.ledger_announcements() {
+            let end = a.saturating_add(1);
+            if size <= end {
+                break;
+            }
+            let entry = store
+                .ledger(a, 1)?
+                .pop()
+                .filter(|e| e.seq == a)
+                .ok_or_else(|| ApiError::Internal(format!("the key announcement {a} is missing")))?;
+            let cp = self.checkpoint_at(store, keys, end)?;
+            links.push(KeyLink {
+                seq: a,
+                entry: ExportEntry {
+                    hash: entry.hash,
+                    body: entry.body,
+                },
+                inclusion: self.inclusion_proof(store, a, end)?,
+                checkpoint: self.with_note(store, keys, cp)?,
+            });
+        }
+        Ok(links)
     }
 
     /// The receipt of the `result.release` entry of a job, if it was released.
@@ -345,7 +380,7 @@ impl Ledger {
         if header {
             let header = ExportHeader {
                 format: EXPORT_FORMAT.into(),
-                public_key: keys.public_key_hex(),
+                public_key: keys.first_public_key_hex(),
                 exported_at: Utc::now(),
             };
             line(out, &header)?;
@@ -418,17 +453,61 @@ impl Ledger {
     }
 }
 
+/// Subject of ledger key announcements.
+pub const LEDGER_KEY_SUBJECT: &str = "ledger";
+
+/// Puts the ledger key generations announced in the ledger of `store` in
+/// force in `keys` (in turn, each checked against its key file), and makes
+/// sure each announcement's tree is signed by the key before it (a
+/// rotation interrupted after its entry committed is completed here).
+/// Called wherever keys are opened next to a store.
+pub fn follow_key_chain(store: &Store, keys: &Keys) -> ApiResult<()> {
+    let first = keys.first_public_key();
+    let ledger = Ledger::new();
+    for e in store.ledger_for(LEDGER_KEY_SUBJECT)? {
+        let body: scenarios::ledger::EntryBody = serde_json::from_str(&e.body)
+            .map_err(|err| ApiError::Internal(format!("ledger entry {} is malformed: {err}", e.seq)))?;
+        let Some(a) = scenarios::ledger::announcement(&body, &first).map_err(ApiError::Internal)? else {
+            continue;
+        };
+        if a.generation < keys.current_generation() + 1 {
+            continue;
+        }
+        let (_, pair) = keys.ledger_key(a.generation).ok_or_else(|| {
+            ApiError::Internal(format!(
+                "ledger key generation {} is announced in entry {} but its key file is missing",
+                a.generation, a.seq
+            ))
+        })?;
+        if pair != a.public_key {
+            return Err(ApiError::Internal(format!(
+                "ledger key generation {} in the keys directory is not the key announced in entry {}",
+                a.generation, a.seq
+            )));
+        }
+        // The tree ending at the announcement, signed before the new key
+        // takes over (the first checkpoint of a size is kept, so this is a
+        // no-op when it exists).
+        ledger.checkpoint_at(store, keys, a.seq.saturating_add(1))?;
+        keys.announce_ledger(a.generation, a.seq)
+            .map_err(|err| ApiError::Internal(err.to_string()))?;
+    }
+    Ok(())
+}
+
 /// `checkpoint` signed with the operator key: its JSON signature and its
 /// C2SP note with the operator's note signature only.
 pub fn sign_checkpoint(keys: &Keys, checkpoint: Checkpoint) -> SignedCheckpoint {
-    let signature = hex::encode(keys.sign(&checkpoint.signing_message()));
+    let size = checkpoint.size;
+    let signature = hex::encode(keys.sign_at(size, &checkpoint.signing_message()));
     let mut cp = SignedCheckpoint {
         checkpoint,
         signature,
         note: None,
     };
-    if let Some(body) = cp.note_body(&keys.public_key()) {
-        let line = note::operator_signature(&keys.note_key(), &keys.sign(body.as_bytes())).line();
+    if let Some(body) = cp.note_body(&keys.first_public_key()) {
+        let line =
+            note::operator_signature(&keys.note_key_at(size), &keys.sign_at(size, body.as_bytes())).line();
         cp.note = Some(format!("{body}\n{line}"));
     }
     cp
@@ -449,7 +528,7 @@ fn sign_and_store(
         // Signed and stored at microsecond precision.
         time: Utc::now().trunc_subsecs(6),
     };
-    let signature = hex::encode(keys.sign(&checkpoint.signing_message()));
+    let signature = hex::encode(keys.sign_at(size, &checkpoint.signing_message()));
     let cp = SignedCheckpoint {
         checkpoint,
         signature,

@@ -844,6 +844,12 @@ fn verify_ledger(
                     w.witness, w.size, w.time
                 );
             }
+            if r.key_generations > 1 {
+                println!(
+                    "the ledger signing key rotated: {} generations followed, each announced under the one before",
+                    r.key_generations
+                );
+            }
             if !r.key_pinned {
                 println!("warning: no --public-key given; the key inside the export was trusted");
             }
@@ -903,6 +909,13 @@ fn verify_receipt(
             );
             for w in &r.witnessed_by {
                 println!("witness {w} cosigned the receipt's checkpoint");
+            }
+            if r.key_generations > 1 {
+                println!(
+                    "the ledger signing key rotated: {} generations followed from the first key, each announced \
+                     under the one before",
+                    r.key_generations
+                );
             }
             if !r.key_pinned {
                 println!("warning: no --public-key given; the key inside the receipt was trusted");

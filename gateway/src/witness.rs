@@ -9,19 +9,27 @@
 //! cosignature is made and the round fails.
 //!
 //! The witness trusts nothing the server says about keys: the operator's
-//! public key is pinned when the witness is created.
+//! first public key is pinned when the witness is created. When the
+//! operator rotates its ledger key, the witness follows the chain: it
+//! accepts a later key only through its announcement (a `key.rotate`
+//! entry) proven under the tree ending at it, signed by the key before,
+//! and consistent with the checkpoint it is about to cosign, which extends
+//! what it cosigned before. The links it followed are kept on disk.
 
 use crate::client::Client;
 use anyhow::{bail, Context, Result};
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use scenarios::ledger::{note, parse_proof, verify_consistency, SignedCheckpoint, VerifierKey};
+use scenarios::ledger::{
+    follow_link, note, parse_proof, verify_consistency, KeyChain, KeyLink, SignedCheckpoint, VerifierKey,
+};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 const KEY_FILE: &str = "witness.ed25519.pk8";
 const CONFIG_FILE: &str = "witness.json";
 const LAST_FILE: &str = "last-cosigned.json";
+const CHAIN_FILE: &str = "key-chain.json";
 
 /// What a witness directory records besides its key.
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,6 +47,8 @@ pub struct Witness {
     key: Ed25519KeyPair,
     verifier: VerifierKey,
     operator: Vec<u8>,
+    /// The ledger key announcements followed from the pinned key.
+    links: Vec<KeyLink>,
     /// The last checkpoint this witness cosigned: every later one must
     /// extend it. Written to disk before the cosignature is sent, so a
     /// crash never lets the witness cosign a fork of something it signed.
@@ -112,13 +122,39 @@ impl Witness {
         } else {
             None
         };
-        Ok(Witness {
+        let chain_path = dir.join(CHAIN_FILE);
+        let links: Vec<KeyLink> = if chain_path.exists() {
+            serde_json::from_slice(&std::fs::read(&chain_path)?)
+                .context("the followed key chain is malformed")?
+        } else {
+            Vec::new()
+        };
+        let w = Witness {
             dir: dir.to_path_buf(),
             key,
             verifier,
             operator,
+            links,
             last,
-        })
+        };
+        // What is on disk is checked again, not trusted.
+        w.chain()
+            .map_err(|e| anyhow::anyhow!("the followed key chain does not verify: {e}"))?;
+        Ok(w)
+    }
+
+    /// The key chain followed so far.
+    fn chain(&self) -> Result<KeyChain, String> {
+        let mut chain = KeyChain::new(&self.operator);
+        for l in &self.links {
+            follow_link(&mut chain, l)?;
+        }
+        Ok(chain)
+    }
+
+    /// The ledger key generations followed (1 before any rotation).
+    pub fn key_generations(&self) -> u64 {
+        self.links.len() as u64 + 1
     }
 
     /// The witness's verifier key, for `--witness-key`.
@@ -135,13 +171,69 @@ impl Witness {
     /// checkpoint: the operator's JSON signature and note signature verify
     /// under the pinned key, and the new tree extends the old one.
     pub fn check(&self, cp: &SignedCheckpoint, proof: &[String]) -> Result<(), Refusal> {
+        self.check_chained(cp, proof, &[], &[]).map(|_| ())
+    }
+
+    /// [`Witness::check`] following the ledger key chain: `links` are the
+    /// announcements before `cp` (those already followed are skipped) and
+    /// `link_proofs` the consistency proof from each link's tree to `cp`.
+    /// Returns the links newly followed.
+    pub fn check_chained(
+        &self,
+        cp: &SignedCheckpoint,
+        proof: &[String],
+        links: &[KeyLink],
+        link_proofs: &[Vec<String>],
+    ) -> Result<Vec<KeyLink>, Refusal> {
         let size = cp.checkpoint.size;
-        if !cp.verify(&self.operator) {
+        let mut chain = self.chain().map_err(Refusal)?;
+        let known = self.links.len();
+        if links.len() < known
+            || links.iter().zip(&self.links).any(|(a, b)| {
+                (a.seq, &a.entry, &a.checkpoint.checkpoint) != (b.seq, &b.entry, &b.checkpoint.checkpoint)
+            })
+        {
+            return Err(Refusal(
+                "the server's key chain does not start with the rotations this witness followed".into(),
+            ));
+        }
+        let new_root = cp
+            .root()
+            .ok_or_else(|| Refusal("a checkpoint root is not a hash".into()))?;
+        let mut followed = Vec::new();
+        for (i, link) in links.iter().enumerate().skip(known) {
+            let at = link.checkpoint.checkpoint.size;
+            if self.last.as_ref().is_some_and(|l| l.checkpoint.size > at) {
+                return Err(Refusal(format!(
+                    "a ledger key announced in entry {} after the checkpoint this witness cosigned at size {}                      was signed by the key it replaces: the history was rewritten",
+                    link.seq,
+                    self.last.as_ref().map_or(0, |l| l.checkpoint.size)
+                )));
+            }
+            follow_link(&mut chain, link).map_err(|e| Refusal(format!("key chain: {e}")))?;
+            let link_root = link
+                .checkpoint
+                .root()
+                .ok_or_else(|| Refusal("a checkpoint root is not a hash".into()))?;
+            let p = link_proofs
+                .get(i)
+                .and_then(|p| parse_proof(p))
+                .ok_or_else(|| Refusal("the key chain's consistency proof is missing or malformed".into()))?;
+            if at >= size || !verify_consistency(at, size, &link_root, &new_root, &p) {
+                return Err(Refusal(format!(
+                    "forked history: the checkpoint at size {size} does not extend the tree of size {at}                      that announced ledger key generation {}",
+                    chain.generations()
+                )));
+            }
+            followed.push(link.clone());
+        }
+        if let Err(e) = chain.verify(cp) {
             return Err(Refusal(format!(
-                "the checkpoint at size {size} is not signed by the operator key"
+                "the checkpoint at size {size} is not signed by the operator key: {e}"
             )));
         }
-        match cp.verify_note(&self.operator) {
+        let key = chain.key_for(size).map_err(Refusal)?.0.to_vec();
+        match cp.verify_note_under(&self.operator, &key) {
             Ok(Some(_)) => {}
             Ok(None) => {
                 return Err(Refusal(format!(
@@ -151,7 +243,7 @@ impl Witness {
             Err(e) => return Err(Refusal(e)),
         }
         let Some(last) = &self.last else {
-            return Ok(());
+            return Ok(followed);
         };
         let old = last.checkpoint.size;
         if size < old {
@@ -170,7 +262,7 @@ impl Witness {
                  this witness cosigned"
             )));
         }
-        Ok(())
+        Ok(followed)
     }
 
     /// The `cosignature/v1` line of `cp` at `time` (seconds since the
@@ -181,6 +273,21 @@ impl Witness {
             .context("the checkpoint root is not a hash")?;
         let sig = self.key.sign(&note::cosignature_message(time, &body));
         Ok(note::cosignature(&self.verifier, time, sig.as_ref()).line())
+    }
+
+    /// Records the key chain followed (written and synced before anything
+    /// signed by a new key is cosigned).
+    fn remember_links(&mut self, links: Vec<KeyLink>) -> Result<()> {
+        let tmp = self.dir.join(format!("{CHAIN_FILE}.tmp"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(&links)?)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.dir.join(CHAIN_FILE))?;
+        self.links = links;
+        Ok(())
     }
 
     /// Records `cp` as the last cosigned checkpoint (written and synced
@@ -228,7 +335,24 @@ impl Witness {
         if body["consistency"]["from"].as_u64() != Some(from) {
             return Err(Refusal("the consistency proof starts from another size".into()).into());
         }
-        self.check(&cp, &proof)?;
+        let links: Vec<KeyLink> = match body.get("key_chain") {
+            Some(v) if !v.is_null() => {
+                serde_json::from_value(v.clone()).context("the server's key chain is malformed")?
+            }
+            _ => Vec::new(),
+        };
+        let link_proofs: Vec<Vec<String>> = match body.get("key_chain_consistency") {
+            Some(v) if !v.is_null() => {
+                serde_json::from_value(v.clone()).context("the server's key chain proofs are malformed")?
+            }
+            _ => Vec::new(),
+        };
+        let followed = self.check_chained(&cp, &proof, &links, &link_proofs)?;
+        if !followed.is_empty() {
+            let mut all = self.links.clone();
+            all.extend(followed);
+            self.remember_links(all)?;
+        }
         let size = cp.checkpoint.size;
         if self.last.as_ref().is_some_and(|l| {
             l.checkpoint.size == size && cp.note.as_deref().is_some_and(|n| self.cosigned(n))
@@ -367,5 +491,96 @@ mod tests {
         let mut bare = cp8.clone();
         bare.note = None;
         assert!(w.check(&bare, &proof).unwrap_err().0.contains("no signed note"));
+    }
+
+    /// Appends a `key.rotate` announcing the next ledger key and puts it in
+    /// force as the server does; returns the announcement's position.
+    fn rotate(store: &Store, keys: &std::sync::Arc<Keys>) -> u64 {
+        let (g, pk) = keys.prepare_ledger_rotation().unwrap();
+        let k = keys.clone();
+        let seq = store
+            .tx(move |tx| {
+                let seq = append(
+                    tx,
+                    NewEntry::system(
+                        "key.rotate",
+                        crate::ledger::LEDGER_KEY_SUBJECT,
+                        serde_json::json!({"key": "ledger", "generation": g, "public_key": hex::encode(&pk)}),
+                    ),
+                    Utc::now(),
+                )?;
+                k.announce_ledger(g, seq).unwrap();
+                Ok(seq)
+            })
+            .unwrap();
+        Ledger::new().checkpoint_at(store, keys, seq + 1).unwrap();
+        seq
+    }
+
+    /// Across a ledger key rotation the witness accepts the new key only
+    /// through its announcement under the old key, consistent with the
+    /// checkpoint it cosigns; it keeps the chain it followed.
+    #[test]
+    fn follows_a_rotated_key_only_through_its_announcement() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let keys = std::sync::Arc::new(Keys::load_or_create(dir.path(), None).unwrap());
+        let ledger = Ledger::new();
+        let wdir = dir.path().join("w");
+        let mut w = Witness::create(&wdir, "regulator.witness", &keys.first_public_key()).unwrap();
+        add(&store, 3);
+        let (cp, proof) = ledger.for_witness(&store, &keys, 0).unwrap();
+        w.check(&cp, &proof).unwrap();
+        w.remember(&cp).unwrap();
+        let a = rotate(&store, &keys);
+        assert_eq!(a, 3);
+        add(&store, 2);
+        ledger.publish(&store, &keys).unwrap();
+        let (cp, proof) = ledger.for_witness(&store, &keys, 3).unwrap();
+        assert_eq!(
+            (cp.checkpoint.size, keys.generation_for(cp.checkpoint.size)),
+            (6, 2)
+        );
+        let links = ledger.key_chain(&store, &keys, 6).unwrap();
+        let proofs: Vec<Vec<String>> = links
+            .iter()
+            .map(|l| {
+                ledger
+                    .consistency_proof(&store, l.checkpoint.checkpoint.size, 6)
+                    .unwrap()
+            })
+            .collect();
+        // Without the chain, the new key is refused.
+        assert!(w.check(&cp, &proof).unwrap_err().0.contains("not signed"));
+        // Without the proof that the announcement's tree is a prefix, too.
+        assert!(w.check_chained(&cp, &proof, &links, &[]).is_err());
+        // An altered announcement, or one proven under another tree, too.
+        let mut bad = links.clone();
+        bad[0].entry.body = bad[0].entry.body.replace("ledger", "Ledger");
+        assert!(w.check_chained(&cp, &proof, &bad, &proofs).is_err());
+        let mut bad = links.clone();
+        bad[0].checkpoint = ledger.checkpoint_at(&store, &keys, 3).unwrap();
+        assert!(w.check_chained(&cp, &proof, &bad, &proofs).is_err());
+        // With it, accepted.
+        let followed = w.check_chained(&cp, &proof, &links, &proofs).unwrap();
+        assert_eq!(followed.len(), 1);
+        w.remember_links(followed).unwrap();
+        w.remember(&cp).unwrap();
+        // Kept on disk and checked again when opened.
+        let again = Witness::open(&wdir).unwrap();
+        assert_eq!(again.key_generations(), 2);
+        // A server whose chain differs from the one followed is refused.
+        let (cp2, proof2) = ledger.for_witness(&store, &keys, 6).unwrap();
+        assert!(again.check_chained(&cp2, &proof2, &[], &[]).is_err());
+        again.check_chained(&cp2, &proof2, &links, &proofs).unwrap();
+        // A witness that cosigned beyond the announcement under the old
+        // key refuses the announcement: that history was rewritten.
+        let w2dir = dir.path().join("w2");
+        let mut w2 = Witness::create(&w2dir, "other.witness", &keys.first_public_key()).unwrap();
+        let mut late = ledger.checkpoint_at(&store, &keys, 5).unwrap();
+        late.note = None;
+        w2.last = Some(late);
+        let e = w2.check_chained(&cp, &[], &links, &proofs).unwrap_err();
+        assert!(e.0.contains("rewritten"), "{e}");
     }
 }

@@ -253,17 +253,25 @@ impl SignedCheckpoint {
     }
 
     /// True when the signature verifies under `public_key`, and so does the
-    /// note when there is one.
+    /// note when there is one (a ledger whose key never rotated: the origin
+    /// is derived from the same key).
     pub fn verify(&self, public_key: &[u8]) -> bool {
-        hex::decode(&self.signature).is_ok_and(|sig| self.checkpoint.verify(public_key, &sig))
-            && self.verify_note(public_key).is_ok()
+        self.verify_under(public_key, public_key)
     }
 
-    /// The `tlog-checkpoint` body this checkpoint's note must have under
-    /// the operator key `public_key`.
-    pub fn note_body(&self, public_key: &[u8]) -> Option<String> {
+    /// True when the signature verifies under `public_key` and so does the
+    /// note, whose origin is derived from `first_key`, the ledger's first
+    /// signing key (the origin does not change when the key rotates).
+    pub fn verify_under(&self, first_key: &[u8], public_key: &[u8]) -> bool {
+        hex::decode(&self.signature).is_ok_and(|sig| self.checkpoint.verify(public_key, &sig))
+            && self.verify_note_under(first_key, public_key).is_ok()
+    }
+
+    /// The `tlog-checkpoint` body this checkpoint's note must have in the
+    /// ledger whose first key is `first_key`.
+    pub fn note_body(&self, first_key: &[u8]) -> Option<String> {
         Some(note::checkpoint_body(
-            &note::origin_for(public_key),
+            &note::origin_for(first_key),
             self.checkpoint.size,
             &self.root()?,
         ))
@@ -273,18 +281,29 @@ impl SignedCheckpoint {
     /// from `public_key`, size, root) and the operator's note signature
     /// verifies. `Ok(None)` without a note.
     pub fn verify_note(&self, public_key: &[u8]) -> Result<Option<note::Note>, String> {
+        self.verify_note_under(public_key, public_key)
+    }
+
+    /// [`SignedCheckpoint::verify_note`] in a ledger whose first key is
+    /// `first_key` (the origin) and whose key for this size is `public_key`.
+    pub fn verify_note_under(
+        &self,
+        first_key: &[u8],
+        public_key: &[u8],
+    ) -> Result<Option<note::Note>, String> {
         let Some(text) = &self.note else {
             return Ok(None);
         };
         let parsed = note::Note::parse(text).map_err(|e| format!("the checkpoint note is malformed: {e}"))?;
-        if Some(&parsed.body) != self.note_body(public_key).as_ref() {
+        if Some(&parsed.body) != self.note_body(first_key).as_ref() {
             return Err(format!(
                 "the checkpoint note does not state this checkpoint (origin {}, size {}, root)",
-                note::origin_for(public_key),
+                note::origin_for(first_key),
                 self.checkpoint.size
             ));
         }
-        let key = VerifierKey::operator(public_key).ok_or("the operator key is not an Ed25519 key")?;
+        let key = VerifierKey::operator_of(first_key, public_key)
+            .ok_or("the operator key is not an Ed25519 key")?;
         parsed.verify_signature(&key).map_err(|e| e.0)?;
         Ok(Some(parsed))
     }
@@ -292,7 +311,18 @@ impl SignedCheckpoint {
     /// Checks that `witness` cosigned this checkpoint (the note must also
     /// verify under the operator key); returns the cosignature's time.
     pub fn witnessed_by(&self, public_key: &[u8], witness: &VerifierKey) -> Result<u64, String> {
-        let parsed = self.verify_note(public_key)?.ok_or_else(|| {
+        self.witnessed_by_under(public_key, public_key, witness)
+    }
+
+    /// [`SignedCheckpoint::witnessed_by`] in a ledger whose first key is
+    /// `first_key` and whose key for this size is `public_key`.
+    pub fn witnessed_by_under(
+        &self,
+        first_key: &[u8],
+        public_key: &[u8],
+        witness: &VerifierKey,
+    ) -> Result<u64, String> {
+        let parsed = self.verify_note_under(first_key, public_key)?.ok_or_else(|| {
             format!(
                 "the checkpoint at size {} carries no note, so no cosignature of witness `{}`",
                 self.checkpoint.size, witness.name
@@ -313,6 +343,158 @@ impl SignedCheckpoint {
                     .iter()
                     .any(|s| s.name == witness.name && s.key_hash == hash)
             })
+    }
+}
+
+/// Action of a key rotation entry.
+pub const KEY_ROTATE: &str = "key.rotate";
+
+/// A rotation of the ledger signing key as announced in the ledger: a
+/// `key.rotate` entry whose details are `{"key": "ledger", "generation":
+/// g, "public_key": "<hex>", "note_key": "<verifier key>", ...}`
+/// (`docs/ledger.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    /// Position of the announcing entry.
+    pub seq: u64,
+    /// The new key's generation (the first key is generation 1).
+    pub generation: u64,
+    /// The new raw Ed25519 public key.
+    pub public_key: Vec<u8>,
+}
+
+/// The ledger key announcement in `body`, if it is one: `Ok(None)` for any
+/// other entry (a tokenization key rotation among them), an error for a
+/// ledger key announcement that is malformed.
+pub fn announcement(body: &EntryBody, first_key: &[u8]) -> Result<Option<Announcement>, String> {
+    if body.action != KEY_ROTATE || body.details.get("key").and_then(|k| k.as_str()) != Some("ledger") {
+        return Ok(None);
+    }
+    let seq = body.seq;
+    let generation = body
+        .details
+        .get("generation")
+        .and_then(|g| g.as_u64())
+        .ok_or_else(|| format!("the key announcement in entry {seq} has no generation"))?;
+    let public_key = body
+        .details
+        .get("public_key")
+        .and_then(|k| k.as_str())
+        .and_then(|k| hex::decode(k).ok())
+        .filter(|k| k.len() == 32)
+        .ok_or_else(|| format!("the key announcement in entry {seq} has no 32-byte hex public key"))?;
+    if let Some(nk) = body.details.get("note_key") {
+        let expected = VerifierKey::operator_of(first_key, &public_key).map(|k| k.to_string());
+        if nk.as_str().map(str::to_string) != expected {
+            return Err(format!(
+                "the key announcement in entry {seq} names a note key other than the new key under the ledger's origin"
+            ));
+        }
+    }
+    Ok(Some(Announcement {
+        seq,
+        generation,
+        public_key,
+    }))
+}
+
+/// The chain of ledger signing keys a verifier follows from the first key
+/// it pinned (invariant I8). Generation `g + 1`, announced in entry `a`,
+/// signs exactly the checkpoints of size greater than `a + 1`, and is
+/// accepted only once the checkpoint of size `a + 1` (the tree ending at
+/// its announcement) verified under generation `g`; generation `g` signs
+/// the sizes up to `a + 1`.
+#[derive(Debug, Clone)]
+pub struct KeyChain {
+    first: Vec<u8>,
+    announced: Vec<(Announcement, bool)>,
+}
+
+impl KeyChain {
+    /// A chain starting at the ledger's first key.
+    pub fn new(first_key: &[u8]) -> KeyChain {
+        KeyChain {
+            first: first_key.to_vec(),
+            announced: Vec::new(),
+        }
+    }
+
+    /// The first key (the origin's).
+    pub fn first(&self) -> &[u8] {
+        &self.first
+    }
+
+    /// Number of key generations announced so far, the first included.
+    pub fn generations(&self) -> u64 {
+        self.announced.len() as u64 + 1
+    }
+
+    /// Records an announcement read from entry `body`; an error when it is
+    /// malformed, names a generation out of turn or repeats a key.
+    pub fn observe(&mut self, body: &EntryBody) -> Result<(), String> {
+        let Some(a) = announcement(body, &self.first)? else {
+            return Ok(());
+        };
+        let expected = self.generations() + 1;
+        if a.generation != expected {
+            return Err(format!(
+                "entry {} announces ledger key generation {} where generation {expected} comes next",
+                a.seq, a.generation
+            ));
+        }
+        if a.public_key == self.first || self.announced.iter().any(|(b, _)| b.public_key == a.public_key) {
+            return Err(format!("entry {} announces a ledger key used before", a.seq));
+        }
+        self.announced.push((a, false));
+        Ok(())
+    }
+
+    /// The key that must sign the checkpoint of `size` entries, with its
+    /// generation: an error when an announcement it depends on was not
+    /// confirmed by a checkpoint signed by the key before it.
+    pub fn key_for(&self, size: u64) -> Result<(&[u8], u64), String> {
+        let mut key: &[u8] = &self.first;
+        let mut generation = 1;
+        for (a, confirmed) in &self.announced {
+            if size <= a.seq.saturating_add(1) {
+                break;
+            }
+            if !*confirmed {
+                return Err(format!(
+                    "ledger key generation {} (announced in entry {}) is not covered by a checkpoint of size {} \
+                     signed by generation {generation}: the announcement is not signed by the key before it",
+                    a.generation,
+                    a.seq,
+                    a.seq.saturating_add(1)
+                ));
+            }
+            key = &a.public_key;
+            generation = a.generation;
+        }
+        Ok((key, generation))
+    }
+
+    /// A checkpoint of `size` entries verified under the key for its size:
+    /// it confirms the announcement that ends that tree, if any.
+    pub fn confirm(&mut self, size: u64) {
+        for (a, confirmed) in &mut self.announced {
+            if a.seq.saturating_add(1) == size {
+                *confirmed = true;
+            }
+        }
+    }
+
+    /// Checks `cp` under the key for its size (JSON signature and note).
+    pub fn verify(&self, cp: &SignedCheckpoint) -> Result<u64, String> {
+        let size = cp.checkpoint.size;
+        let (key, generation) = self.key_for(size)?;
+        if !cp.verify_under(&self.first, key) {
+            return Err(format!(
+                "the signature of the checkpoint at size {size} does not verify with the operator key \
+                 (generation {generation})"
+            ));
+        }
+        Ok(generation)
     }
 }
 
@@ -386,6 +568,9 @@ pub struct VerifyReport {
     pub notes: u64,
     /// For each witness required, the largest checkpoint it cosigned.
     pub witnessed: Vec<Witnessed>,
+    /// Ledger signing key generations followed (1 when the key never
+    /// rotated), each announced under the one before it.
+    pub key_generations: u64,
 }
 
 /// The largest tree a required witness cosigned.
@@ -422,7 +607,7 @@ fn fail(first_bad_entry: Option<u64>, line: u64, reason: String) -> VerifyFailur
 
 /// The state of an export being verified line by line.
 struct Verifier<'k> {
-    key: &'k [u8],
+    chain: KeyChain,
     witnesses: &'k [VerifierKey],
     witnessed: Vec<Option<(u64, u64)>>,
     notes: u64,
@@ -466,6 +651,9 @@ impl Verifier<'_> {
                 format!("chain broken between entries {culprit} and {seq}: entry {culprit} was altered or replaced"),
             ));
         }
+        self.chain
+            .observe(&body)
+            .map_err(|reason| fail(Some(seq), lineno, reason))?;
         self.prev = computed;
         self.tree.push(computed);
         Ok(())
@@ -476,15 +664,22 @@ impl Verifier<'_> {
         let cp: ExportCheckpoint = serde_json::from_str(line)
             .map_err(|e| fail(None, lineno, format!("malformed checkpoint: {e}")))?;
         let size = cp.checkpoint.size;
-        if !cp.signed().verify(self.key) {
+        if size > have {
             return Err(fail(
-                None,
+                Some(have),
                 lineno,
-                format!(
-                    "the signature of the checkpoint at size {size} does not verify with the operator key"
-                ),
+                format!("signed checkpoint covers {size} entries but only {have} precede it: entries were removed"),
             ));
         }
+        self.chain
+            .verify(&cp.signed())
+            .map_err(|reason| fail(None, lineno, reason))?;
+        let key = self
+            .chain
+            .key_for(size)
+            .map_err(|reason| fail(None, lineno, reason))?
+            .0
+            .to_vec();
         let root = cp
             .signed()
             .root()
@@ -495,20 +690,13 @@ impl Verifier<'_> {
         for (w, seen) in self.witnesses.iter().zip(self.witnessed.iter_mut()) {
             // A cosignature line naming a required witness must verify; a
             // checkpoint it has not cosigned is simply not counted.
-            match cp.signed().witnessed_by(self.key, w) {
+            match cp.signed().witnessed_by_under(self.chain.first(), &key, w) {
                 Ok(time) => *seen = Some((size, time)),
                 Err(reason) if cp.signed().names(w) => {
                     return Err(fail(None, lineno, format!("checkpoint at size {size}: {reason}")))
                 }
                 Err(_) => {}
             }
-        }
-        if size > have {
-            return Err(fail(
-                Some(have),
-                lineno,
-                format!("signed checkpoint covers {size} entries but only {have} precede it: entries were removed"),
-            ));
         }
         if self.last.is_some_and(|last_size| size < last_size) {
             return Err(fail(None, lineno, "checkpoints go backwards".into()));
@@ -545,6 +733,7 @@ impl Verifier<'_> {
                 ),
             ));
         }
+        self.chain.confirm(size);
         self.last = Some(size);
         self.checkpoints += 1;
         Ok(())
@@ -554,11 +743,11 @@ impl Verifier<'_> {
     /// export) must describe a prefix of this export.
     fn held(&self, cp: &SignedCheckpoint) -> Result<(), VerifyFailure> {
         let size = cp.checkpoint.size;
-        if !cp.verify(self.key) {
+        if let Err(reason) = self.chain.verify(cp) {
             return Err(fail(
                 None,
                 0,
-                format!("the held checkpoint at size {size} is not signed by the operator key"),
+                format!("the held checkpoint at size {size} is not signed by the operator key: {reason}"),
             ));
         }
         if size > self.tree.size() {
@@ -639,7 +828,7 @@ where
         .map_err(|_| fail(None, 1, "the header's public key is not hex".into()))?;
     let key: Vec<u8> = pinned_key.map(<[u8]>::to_vec).unwrap_or(header_key);
     let mut v = Verifier {
-        key: &key,
+        chain: KeyChain::new(&key),
         witnesses,
         witnessed: vec![None; witnesses.len()],
         notes: 0,
@@ -709,6 +898,7 @@ where
         held_checkpoints: held.len() as u64,
         root: hex::encode(v.tree.root()),
         key_pinned: pinned_key.is_some(),
+        key_generations: v.chain.generations(),
     })
 }
 
@@ -732,6 +922,29 @@ pub struct Receipt {
     pub inclusion: Vec<String>,
     /// A signed checkpoint covering the entry.
     pub checkpoint: SignedCheckpoint,
+    /// When the ledger key rotated before the checkpoint's size: each
+    /// announcement, in order, proven under the checkpoint that ends at it,
+    /// signed by the key before it ([`KeyChain`]). Empty (and absent)
+    /// before any rotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_chain: Vec<KeyLink>,
+}
+
+/// One link of a receipt's key chain: a ledger key announcement, its
+/// inclusion proof, and the checkpoint of size `seq + 1` signed by the
+/// previous key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLink {
+    /// Position of the `key.rotate` entry.
+    pub seq: u64,
+    /// The entry: its leaf hash and canonical text.
+    pub entry: ExportEntry,
+    /// Hex audit path from the entry to the checkpoint's root.
+    pub inclusion: Vec<String>,
+    /// The checkpoint of size `seq + 1`, signed by the key before the one
+    /// announced.
+    pub checkpoint: SignedCheckpoint,
 }
 
 /// What a verified receipt proves.
@@ -753,6 +966,9 @@ pub struct ReceiptReport {
     pub note_checked: bool,
     /// The required witnesses whose cosignature of the checkpoint verified.
     pub witnessed_by: Vec<String>,
+    /// Ledger signing key generations followed to the checkpoint's key (1
+    /// when the key never rotated).
+    pub key_generations: u64,
 }
 
 /// Verifies a receipt offline. With `output`, the released bytes must hash
@@ -782,17 +998,31 @@ pub fn verify_receipt_witnessed(
     }
     let claimed =
         hex::decode(&r.public_key).map_err(|_| bad("the receipt's public key is not hex".into()))?;
-    let key = pinned_key.unwrap_or(&claimed);
-    if !r.checkpoint.verify(key) {
-        return Err(bad(
-            "the checkpoint signature does not verify with the operator key".into(),
-        ));
+    let first = pinned_key.unwrap_or(&claimed);
+    let mut chain = KeyChain::new(first);
+    for link in &r.key_chain {
+        follow_link(&mut chain, link).map_err(|e| bad(format!("key chain: {e}")))?;
     }
-    let note_checked = r.checkpoint.verify_note(key).map_err(bad)?.is_some();
+    if let Some(last) = r.key_chain.last() {
+        if r.checkpoint.checkpoint.size <= last.checkpoint.checkpoint.size {
+            return Err(bad("the key chain goes beyond the receipt's checkpoint".into()));
+        }
+    }
+    chain.verify(&r.checkpoint).map_err(bad)?;
+    let key = chain
+        .key_for(r.checkpoint.checkpoint.size)
+        .map_err(bad)?
+        .0
+        .to_vec();
+    let note_checked = r
+        .checkpoint
+        .verify_note_under(first, &key)
+        .map_err(bad)?
+        .is_some();
     let mut witnessed_by = Vec::new();
     for w in witnesses {
         r.checkpoint
-            .witnessed_by(key, w)
+            .witnessed_by_under(first, &key, w)
             .map_err(|e| bad(format!("witness required: {e}")))?;
         witnessed_by.push(w.name.clone());
     }
@@ -843,7 +1073,57 @@ pub fn verify_receipt_witnessed(
         key_pinned: pinned_key.is_some(),
         note_checked,
         witnessed_by,
+        key_generations: chain.generations(),
     })
+}
+
+/// Follows one key chain link: its checkpoint is the tree ending at the
+/// announcement, signed by the chain's current key, and the announcement
+/// is in it.
+pub fn follow_link(chain: &mut KeyChain, link: &KeyLink) -> Result<(), String> {
+    let size = link.checkpoint.checkpoint.size;
+    if size != link.seq.saturating_add(1) {
+        return Err(format!(
+            "the announcement in entry {} must be proven under the checkpoint of size {}, not {size}",
+            link.seq,
+            link.seq.saturating_add(1)
+        ));
+    }
+    let leaf = leaf_hash(link.entry.body.as_bytes());
+    if parse_hash(&link.entry.hash) != Some(leaf) {
+        return Err(format!(
+            "the announcement in entry {} was altered: its content does not match its hash",
+            link.seq
+        ));
+    }
+    let body: EntryBody = serde_json::from_str(&link.entry.body)
+        .map_err(|e| format!("the announcement in entry {} is malformed: {e}", link.seq))?;
+    if body.seq != link.seq {
+        return Err(format!(
+            "the link names entry {} but holds entry {}",
+            link.seq, body.seq
+        ));
+    }
+    if announcement(&body, chain.first())?.is_none() {
+        return Err(format!("entry {} is not a ledger key announcement", link.seq));
+    }
+    chain.observe(&body)?;
+    // The announcement is the last entry of this tree, so the key before
+    // it must sign the tree.
+    chain.verify(&link.checkpoint)?;
+    let proof = parse_proof(&link.inclusion).ok_or("the inclusion proof is not a list of hashes")?;
+    let root = link
+        .checkpoint
+        .root()
+        .ok_or("the checkpoint root is not a hash")?;
+    if !merkle::verify_inclusion(link.seq, size, &leaf, &proof, &root) {
+        return Err(format!(
+            "the inclusion proof does not place the announcement in entry {} under the signed root of size {size}",
+            link.seq
+        ));
+    }
+    chain.confirm(size);
+    Ok(())
 }
 
 impl From<VerifyFailure> for Error {
@@ -1142,6 +1422,7 @@ mod tests {
             entry,
             inclusion: proof_hex(&tree.inclusion_proof(seq, 9).unwrap()),
             checkpoint: signed[0].clone(),
+            key_chain: vec![],
         }
     }
 
@@ -1256,5 +1537,210 @@ mod tests {
         assert!(e.to_string().contains("no cosignature"), "{e}");
         let other = VerifierKey::new("regulator.witness", note::ALG_COSIGNATURE_V1, [7; 32]).unwrap();
         assert!(verify_receipt_witnessed(&r, Some(&pk), None, &[other]).is_err());
+    }
+
+    /// Export lines, the tree, each entry's text, the checkpoints.
+    type Rotating = (Vec<String>, MerkleTree, Vec<(u64, String)>, Vec<SignedCheckpoint>);
+
+    /// An export of `n` entries in which entry `a` announces key
+    /// generation `g` for each `(a, g)` in `rotations` (generation `g` is
+    /// `keys[g - 1]`), with a checkpoint at each size in `at` and at the
+    /// end, signed by `keys[signer(size) - 1]`.
+    fn export_rotating(
+        n: u64,
+        rotations: &[(u64, usize)],
+        at: &[u64],
+        keys: &[Ed25519KeyPair],
+        signer: &dyn Fn(u64) -> usize,
+    ) -> Rotating {
+        let first = keys[0].public_key().as_ref().to_vec();
+        let mut lines = vec![serde_json::to_string(&ExportHeader {
+            format: EXPORT_FORMAT.into(),
+            public_key: hex::encode(&first),
+            exported_at: Utc::now(),
+        })
+        .unwrap()];
+        let (mut tree, mut prev, mut bodies, mut cps) = (MerkleTree::new(), ZERO_HASH, vec![], vec![]);
+        let mut last: Option<u64> = None;
+        for seq in 0..n {
+            let text = match rotations.iter().find(|(a, _)| *a == seq) {
+                Some((_, g)) => {
+                    let pk = keys[g - 1].public_key().as_ref();
+                    let b = EntryBody {
+                        seq,
+                        prev: hex::encode(prev),
+                        time: Utc::now(),
+                        actor: "pt_op".into(),
+                        role: "operator".into(),
+                        action: KEY_ROTATE.into(),
+                        subject: "ledger".into(),
+                        details: serde_json::json!({
+                            "key": "ledger", "generation": g, "public_key": hex::encode(pk),
+                            "note_key": VerifierKey::operator_of(&first, pk).unwrap().to_string(),
+                            "reason": "scheduled"
+                        }),
+                    };
+                    String::from_utf8(b.canonical()).unwrap()
+                }
+                None => body(seq, &prev, &format!("x{seq}")),
+            };
+            prev = leaf_hash(text.as_bytes());
+            tree.push(prev);
+            lines.push(
+                serde_json::to_string(&ExportEntry {
+                    hash: hex::encode(prev),
+                    body: text.clone(),
+                })
+                .unwrap(),
+            );
+            bodies.push((seq, text));
+            let size = seq + 1;
+            if at.contains(&size) || size == n {
+                let cp = sign_in(&first, &keys[signer(size) - 1], &tree, size);
+                let consistency = last.map(|from| ConsistencyLink {
+                    from,
+                    proof: proof_hex(&tree.consistency_proof(from, size).unwrap()),
+                });
+                lines.push(
+                    serde_json::to_string(&ExportCheckpoint {
+                        checkpoint: cp.checkpoint.clone(),
+                        signature: cp.signature.clone(),
+                        note: cp.note.clone(),
+                        consistency,
+                    })
+                    .unwrap(),
+                );
+                cps.push(cp);
+                last = Some(size);
+            }
+        }
+        (lines, tree, bodies, cps)
+    }
+
+    /// [`sign`] in the ledger whose origin comes from `first`.
+    fn sign_in(first: &[u8], kp: &Ed25519KeyPair, tree: &MerkleTree, size: u64) -> SignedCheckpoint {
+        let mut cp = sign(kp, tree, size);
+        let body = cp.note_body(first).unwrap();
+        let key = VerifierKey::operator_of(first, kp.public_key().as_ref()).unwrap();
+        cp.note = Some(
+            note::Note {
+                signatures: vec![note::operator_signature(&key, kp.sign(body.as_bytes()).as_ref())],
+                body,
+            }
+            .text(),
+        );
+        cp
+    }
+
+    /// The honest signer of a ledger rotated at entries 3 (to generation 2)
+    /// and 7 (to generation 3).
+    fn honest(size: u64) -> usize {
+        match size {
+            0..=4 => 1,
+            5..=8 => 2,
+            _ => 3,
+        }
+    }
+
+    #[test]
+    fn a_chain_of_two_rotations_verifies_from_the_first_key() {
+        let keys = [keypair(), keypair(), keypair()];
+        let first = keys[0].public_key().as_ref();
+        let (lines, tree, bodies, cps) =
+            export_rotating(10, &[(3, 2), (7, 3)], &[2, 4, 6, 8], &keys, &honest);
+        let r = verify_export(&lines, Some(first), &cps).unwrap();
+        assert_eq!((r.entries, r.checkpoints, r.key_generations), (10, 5, 3));
+        // The later keys alone do not verify it: the origin and the first
+        // checkpoints are the first key's.
+        assert!(verify_export(&lines, Some(keys[2].public_key().as_ref()), &[]).is_err());
+
+        // A receipt for entry 9 under the last checkpoint carries the chain.
+        let link = |seq: u64| KeyLink {
+            seq,
+            entry: ExportEntry {
+                hash: hex::encode(leaf_hash(bodies[seq as usize].1.as_bytes())),
+                body: bodies[seq as usize].1.clone(),
+            },
+            inclusion: proof_hex(&tree.inclusion_proof(seq, seq + 1).unwrap()),
+            checkpoint: cps.iter().find(|c| c.checkpoint.size == seq + 1).unwrap().clone(),
+        };
+        let mut r = Receipt {
+            format: RECEIPT_FORMAT.into(),
+            public_key: hex::encode(first),
+            seq: 9,
+            entry: ExportEntry {
+                hash: hex::encode(leaf_hash(bodies[9].1.as_bytes())),
+                body: bodies[9].1.clone(),
+            },
+            inclusion: proof_hex(&tree.inclusion_proof(9, 10).unwrap()),
+            checkpoint: cps.last().unwrap().clone(),
+            key_chain: vec![link(3), link(7)],
+        };
+        verify_receipt(&r, Some(first), None).unwrap();
+        // Without the chain, or with a link missing or altered, it fails.
+        let full = r.key_chain.clone();
+        r.key_chain = vec![];
+        assert!(verify_receipt(&r, Some(first), None).is_err());
+        r.key_chain = vec![full[1].clone()];
+        assert!(verify_receipt(&r, Some(first), None).is_err());
+        r.key_chain = full.clone();
+        r.key_chain[1].entry.body = r.key_chain[1].entry.body.replace("scheduled", "scheduleD");
+        assert!(verify_receipt(&r, Some(first), None).is_err());
+        // A link proven under a checkpoint the new key signed itself.
+        r.key_chain = full;
+        r.key_chain[1].checkpoint = sign_in(first, &keys[2], &tree, 8);
+        assert!(verify_receipt(&r, Some(first), None).is_err());
+    }
+
+    #[test]
+    fn a_checkpoint_signed_by_an_unannounced_key_is_refused() {
+        let keys = [keypair(), keypair()];
+        let (lines, ..) = export_rotating(6, &[], &[3], &keys, &|s| if s > 3 { 2 } else { 1 });
+        let f = verify_export(&lines, Some(keys[0].public_key().as_ref()), &[]).unwrap_err();
+        assert!(f.reason.contains("does not verify"), "{}", f.reason);
+    }
+
+    #[test]
+    fn an_announcement_signed_only_by_the_new_key_is_refused() {
+        let keys = [keypair(), keypair()];
+        // The tree ending at the announcement (size 4) is signed by the new key.
+        let (lines, ..) = export_rotating(6, &[(3, 2)], &[2, 4], &keys, &|s| if s >= 4 { 2 } else { 1 });
+        let f = verify_export(&lines, Some(keys[0].public_key().as_ref()), &[]).unwrap_err();
+        assert!(f.reason.contains("size 4 does not verify"), "{}", f.reason);
+    }
+
+    #[test]
+    fn an_announcement_not_covered_by_an_old_key_checkpoint_is_refused() {
+        let keys = [keypair(), keypair()];
+        // No checkpoint ends at the announcement: the new key is never confirmed.
+        let (lines, ..) = export_rotating(6, &[(3, 2)], &[2], &keys, &|s| if s > 4 { 2 } else { 1 });
+        let f = verify_export(&lines, Some(keys[0].public_key().as_ref()), &[]).unwrap_err();
+        assert!(
+            f.reason.contains("not covered by a checkpoint of size 4"),
+            "{}",
+            f.reason
+        );
+        // Nor may the old key go on signing past its announcement.
+        let (lines, ..) = export_rotating(6, &[(3, 2)], &[4], &keys, &|_| 1);
+        let f = verify_export(&lines, Some(keys[0].public_key().as_ref()), &[]).unwrap_err();
+        assert!(f.reason.contains("size 6 does not verify"), "{}", f.reason);
+        // An announcement out of turn, or altered, is refused too.
+        let (lines, ..) = export_rotating(6, &[(3, 3)], &[4], &[keypair(), keypair(), keypair()], &|_| 1);
+        assert!(verify_export(&lines, None, &[])
+            .unwrap_err()
+            .reason
+            .contains("comes next"));
+        let (mut lines, ..) = export_rotating(
+            10,
+            &[(3, 2), (7, 3)],
+            &[2, 4, 6, 8],
+            &[keypair(), keypair(), keypair()],
+            &honest,
+        );
+        lines[5] = lines[5].replace("scheduled", "Scheduled");
+        assert_eq!(
+            verify_export(&lines, None, &[]).unwrap_err().first_bad_entry,
+            Some(3)
+        );
     }
 }

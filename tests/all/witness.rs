@@ -331,3 +331,138 @@ fn a_forked_restore_is_refused_a_cosignature() {
     let (code, out) = witness_once(&wdir, &server.regulator);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Rotating the ledger signing key (issue 16): the new key is announced in
+/// a `key.rotate` entry under a checkpoint signed by the old one, and
+/// everyone holding only the first key follows the chain: the witness
+/// cosigns across the rotation, a receipt after it carries the chain and
+/// verifies with the first key, the export verifies with the first key
+/// and fails with the announcement altered, and a backup carries and
+/// restores both generations. Only the operator rotates, and only with a
+/// reason.
+#[test]
+fn verifiers_and_the_witness_follow_a_rotated_ledger_key() {
+    let mut w = world(1500, 10.0, &[]);
+    let job = w.run(BANK_JOB);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let dev = w.developer.clone();
+    let reg = w.server.regulator.clone();
+    let dir = w.server.dir.clone();
+    let first = public_key(&dev);
+    let wdir = dir.join("witness");
+    let wkey = init_witness(&wdir, &first);
+    let seq = dev
+        .get(&format!(
+            "/v1/developer/jobs/{}/receipt",
+            job["id"].as_str().unwrap()
+        ))
+        .ok()["seq"]
+        .as_u64()
+        .unwrap();
+    published_at_least(&dev, seq + 1);
+    let (code, out) = witness_once(&wdir, &reg);
+    assert_eq!(code, 0, "{out}");
+
+    // Only the operator, and only with a reason.
+    let why = json!({"reason": "scheduled rotation"});
+    assert_eq!(dev.post("/v1/operator/keys/ledger/rotate", &why).status, 403);
+    let r = w
+        .server
+        .operator
+        .post("/v1/operator/keys/ledger/rotate", &json!({}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(!dir.join("keys/ledger.2.ed25519.pk8").exists(), "nothing rotated");
+    assert_eq!(public_key(&dev), first);
+    let r = w.server.operator.post("/v1/operator/keys/ledger/rotate", &why);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let rotated = r.json();
+    assert_eq!(rotated["generation"], 2, "{rotated}");
+    let announced = rotated["announced_in"].as_u64().unwrap();
+    assert_eq!(rotated["announced_under"]["checkpoint"]["size"], announced + 1);
+    assert!(dir.join("keys/ledger.2.ed25519.pk8").exists());
+    let info = dev.get("/v1/ledger/public-key").ok();
+    let second = info["public_key"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+    assert_eq!(info["first_public_key"], first.as_str());
+    assert_eq!(info["generation"], 2);
+    assert_eq!(info["keys"][1]["announced_in"], announced, "{info}");
+    assert_eq!(info["keys"][0]["public_key"], first.as_str(), "{info}");
+
+    // A job after the rotation; its checkpoints are signed by the new key.
+    let job = w.run(BANK_JOB);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let id = job["id"].as_str().unwrap();
+    let seq = dev.get(&format!("/v1/developer/jobs/{id}/receipt")).ok()["seq"]
+        .as_u64()
+        .unwrap();
+    published_at_least(&dev, seq + 1);
+    // The witness follows the chain and cosigns across the rotation.
+    let (code, out) = witness_once(&wdir, &reg);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("cosigned the checkpoint"), "{out}");
+    assert!(wdir.join("key-chain.json").exists());
+
+    // The receipt carries the chain and verifies with the first key and
+    // the witness required.
+    let receipt = dev.get(&format!("/v1/developer/jobs/{id}/receipt")).ok();
+    assert_eq!(receipt["key_chain"][0]["seq"], announced, "{receipt}");
+    let rpath = write(&dir.join("rotated-receipt.json"), receipt.to_string().as_bytes());
+    let (code, out) = verify_receipt(&rpath, &first, Some(&wkey));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 generations followed"), "{out}");
+    // Without its chain, it does not.
+    let mut bare = receipt.clone();
+    bare.as_object_mut().unwrap().remove("key_chain");
+    let bpath = write(&dir.join("bare-receipt.json"), bare.to_string().as_bytes());
+    let (code, out) = verify_receipt(&bpath, &first, None);
+    assert_eq!(code, 1, "{out}");
+    // Nor with a chain whose announcement names another key.
+    let mut forged = receipt.clone();
+    let body = forged["key_chain"][0]["entry"]["body"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    forged["key_chain"][0]["entry"]["body"] = json!(body.replace(&second, &"ab".repeat(32)));
+    let fpath = write(&dir.join("forged-receipt.json"), forged.to_string().as_bytes());
+    let (code, out) = verify_receipt(&fpath, &first, None);
+    assert_eq!(code, 1, "{out}");
+
+    // The export verifies with the first key, the witness required.
+    let export = reg.get("/v1/regulator/ledger").text();
+    let epath = write(&dir.join("rotated.ndjson"), export.as_bytes());
+    let (code, out, err) = run_invis(&[
+        "verify-ledger",
+        &epath,
+        "--public-key",
+        &first,
+        "--witness-key",
+        &wkey,
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 generations followed"), "{out}");
+    // With the announcement altered (another key announced), it fails at
+    // that entry.
+    let altered = export.replacen(&second, &"ab".repeat(32), 1);
+    assert_ne!(altered, export);
+    let apath = write(&dir.join("altered.ndjson"), altered.as_bytes());
+    let (code, out, err) = run_invis(&["verify-ledger", &apath, "--public-key", &first]).unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains(&format!("entry {announced}")), "{err}");
+    // The new key alone is not the ledger's identity.
+    let (code, out, err) = run_invis(&["verify-ledger", &epath, "--public-key", &second]).unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+
+    // A restart keeps the chain; a backup carries both generations and
+    // restores, verified from the first key.
+    w.server.restart().expect("restart");
+    assert_eq!(public_key(&w.server.operator), second);
+    let data_dir = dir.to_string_lossy().into_owned();
+    let b = dir.join("rotated-backup").to_string_lossy().into_owned();
+    let (code, out, err) = run_invis(&["backup", "--data-dir", &data_dir, "--out", &b]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(Path::new(&b).join("keys/ledger.2.ed25519.pk8").exists());
+    let r = dir.join("rotated-restore").to_string_lossy().into_owned();
+    let (code, out, err) = run_invis(&["restore", "--from", &b, "--data-dir", &r]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+}

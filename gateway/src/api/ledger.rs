@@ -30,8 +30,11 @@ pub(crate) async fn public_key(State(st): State<AppState>) -> ApiResult<Json<Val
     Ok(Json(json!({
         "algorithm": "ed25519",
         "public_key": st.keys.public_key_hex(),
+        "generation": st.keys.current_generation(),
+        "first_public_key": st.keys.first_public_key_hex(),
         "origin": note_key.name,
         "note_key": note_key.to_string(),
+        "keys": st.keys.ledger_history(),
     })))
 }
 
@@ -186,10 +189,29 @@ pub(crate) async fn witness_checkpoint(
     Query(q): Query<WitnessQuery>,
 ) -> ApiResult<Json<Value>> {
     actor.require(Role::Regulator)?;
-    let (cp, proof) = blocking(move || st.ledger.for_witness(&st.store, &st.keys, q.from)).await?;
-    Ok(Json(
-        json!({"checkpoint": cp, "consistency": {"from": q.from, "proof": proof}}),
-    ))
+    let (cp, proof, chain, chain_proofs) = blocking(move || {
+        let (cp, proof) = st.ledger.for_witness(&st.store, &st.keys, q.from)?;
+        let size = cp.checkpoint.size;
+        let chain = st.ledger.key_chain(&st.store, &st.keys, size)?;
+        let chain_proofs = chain
+            .iter()
+            .map(|l| {
+                st.ledger
+                    .consistency_proof(&st.store, l.checkpoint.checkpoint.size, size)
+            })
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok((cp, proof, chain, chain_proofs))
+    })
+    .await?;
+    // The key chain: each ledger key announcement before the checkpoint,
+    // under the tree ending at it (signed by the key before), with the
+    // consistency proof from that tree to the checkpoint.
+    Ok(Json(json!({
+        "checkpoint": cp,
+        "consistency": {"from": q.from, "proof": proof},
+        "key_chain": chain,
+        "key_chain_consistency": chain_proofs,
+    })))
 }
 
 /// A witness cosignature of a published checkpoint.

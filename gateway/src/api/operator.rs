@@ -657,3 +657,102 @@ pub(crate) async fn rotate_token_key(
         })),
     ))
 }
+
+/// Rotates the ledger signing key (issue 16): a new Ed25519 key is made and
+/// written (sealed when the keys are), announced in a `key.rotate` entry
+/// `{key: "ledger", generation, public_key, note_key, reason}`, and the
+/// tree ending at that entry is signed by the old key; checkpoints of
+/// larger trees are signed by the new one. Verifiers holding the first key
+/// follow the chain (`scenarios::ledger::KeyChain`, `docs/keys.md`).
+pub(crate) async fn rotate_ledger_key(
+    State(st): State<AppState>,
+    Auth(actor): Auth,
+    Body(r): Body<Rotation>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    actor.require(Role::Operator)?;
+    let reason = r.reason.trim().to_string();
+    if reason.is_empty() || reason.len() > 1000 {
+        return Err(ApiError::BadRequest(
+            "a rotation needs a `reason` of 1 to 1000 bytes (it is recorded in the ledger)".into(),
+        ));
+    }
+    let _one_at_a_time = st.ledger_rotation.lock().await;
+    let keys = st.keys.clone();
+    let (generation, public_key) = blocking(move || {
+        keys.prepare_ledger_rotation()
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    })
+    .await?;
+    let first = st.keys.first_public_key();
+    let note_key = scenarios::ledger::VerifierKey::operator_of(&first, &public_key)
+        .ok_or_else(|| ApiError::Internal("the new ledger key is not an Ed25519 key".into()))?
+        .to_string();
+    let public_hex = hex::encode(&public_key);
+    let now = Utc::now();
+    let keys = st.keys.clone();
+    let details = json!({
+        "key": "ledger",
+        "generation": generation,
+        "public_key": public_hex,
+        "note_key": note_key,
+        "reason": reason,
+    });
+    let written = st
+        .store
+        .clone()
+        .write(move |tx| {
+            let seq = append(
+                tx,
+                NewEntry::by(&actor, "key.rotate", crate::ledger::LEDGER_KEY_SUBJECT, details),
+                now,
+            )?;
+            // In force before the entry commits: no tree beyond it can be
+            // read, and so signed, before the new key signs it.
+            keys.announce_ledger(generation, seq)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok(seq)
+        })
+        .await;
+    let seq = match written {
+        Ok(seq) => seq,
+        Err(e) => {
+            // Withdrawn only when the announcement is not in the ledger (a
+            // write that failed after committing keeps it; a restart
+            // rebuilds the keys in force from the ledger either way).
+            let store = st.store.clone();
+            let first = first.clone();
+            let announced = blocking(move || {
+                Ok(store
+                    .ledger_for(crate::ledger::LEDGER_KEY_SUBJECT)?
+                    .iter()
+                    .filter_map(|e| serde_json::from_str::<scenarios::ledger::EntryBody>(&e.body).ok())
+                    .filter_map(|b| scenarios::ledger::announcement(&b, &first).ok().flatten())
+                    .any(|a| a.generation == generation))
+            })
+            .await;
+            if matches!(announced, Ok(false)) {
+                st.keys.withdraw_ledger(generation);
+            }
+            return Err(e);
+        }
+    };
+    // The tree ending at the announcement, signed by the old key.
+    let st2 = st.clone();
+    let announced_under = blocking(move || {
+        st2.ledger
+            .checkpoint_at(&st2.store, &st2.keys, seq.saturating_add(1))
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "key": "ledger",
+            "generation": generation,
+            "public_key": public_hex,
+            "note_key": note_key,
+            "announced_in": seq,
+            "announced_under": announced_under,
+            "note": "checkpoints of trees beyond the announcement are signed by the new key; verifiers keep the first key and follow the chain (docs/keys.md)"
+        })),
+    ))
+}

@@ -159,6 +159,14 @@ impl VerifierKey {
         VerifierKey::new(&origin_for(public_key), ALG_ED25519, key)
     }
 
+    /// The operator's verifier key for `public_key` in the ledger whose
+    /// first key is `first_key`: named by the ledger's origin, which is
+    /// derived from the first key and so survives key rotations.
+    pub fn operator_of(first_key: &[u8], public_key: &[u8]) -> Option<VerifierKey> {
+        let key = <[u8; 32]>::try_from(public_key).ok()?;
+        VerifierKey::new(&origin_for(first_key), ALG_ED25519, key)
+    }
+
     /// Parses `<name>+<hex key hash>+<base64(alg || key)>`, checking the
     /// key hash.
     pub fn parse(text: &str) -> Result<VerifierKey, NoteError> {
