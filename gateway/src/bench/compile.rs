@@ -143,18 +143,34 @@ fn cases() -> Vec<(&'static str, Build)> {
     ));
     let depth = SHAPE_LIMITS.nesting;
     out.push((
-        "largest bodies, blocks nested to the limit",
+        "blocks nested to the limit, at the branch limits",
         Box::new(move || {
-            module(&functions(big, |_| {
-                // One nest: `depth` blocks, a br_table to every level, ends.
+            // One nest: `depth` blocks and a br_table to every level (depth
+            // + 1 branch points), as many per body and bodies as the
+            // branch limits allow.
+            let per_body = (SHAPE_LIMITS.body_branches / (depth + 1)).max(1);
+            let bodies = (SHAPE_LIMITS.branches / (per_body * (depth + 1))).max(1);
+            module(&functions(bodies, |_| {
                 let targets: String = (0..depth).map(|d| format!("{d} ")).collect();
                 let nest = format!(
                     "{} local.get 0 br_table {targets} 0 {}",
                     "block ".repeat(depth as usize),
                     "end ".repeat(depth as usize)
                 );
-                let nest_bytes = depth * 4 + 8;
-                format!("(func (param i32) {})", fill(&nest, nest_bytes))
+                format!("(func (param i32) {})", nest.repeat(per_body as usize))
+            }))
+        }),
+    ));
+    out.push((
+        "br_ifs at the branch limits",
+        Box::new(move || {
+            let per_body = SHAPE_LIMITS.body_branches - 10;
+            let bodies = SHAPE_LIMITS.branches / (per_body + 1);
+            module(&functions(bodies, |_| {
+                format!(
+                    "(func (param i32) (block {}))",
+                    "local.get 0 br_if 0 ".repeat(per_body as usize)
+                )
             }))
         }),
     ));
