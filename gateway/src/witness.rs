@@ -138,8 +138,14 @@ impl Witness {
             last,
         };
         // What is on disk is checked again, not trusted.
-        w.chain()
+        let chain = w
+            .chain()
             .map_err(|e| anyhow::anyhow!("the followed key chain does not verify: {e}"))?;
+        if let Some(last) = &w.last {
+            chain.verify(last).map_err(|e| {
+                anyhow::anyhow!("the last cosigned checkpoint does not verify under the operator key: {e}")
+            })?;
+        }
         Ok(w)
     }
 
@@ -582,5 +588,36 @@ mod tests {
         w2.last = Some(late);
         let e = w2.check_chained(&cp, &[], &links, &proofs).unwrap_err();
         assert!(e.0.contains("rewritten"), "{e}");
+    }
+
+    /// The last cosigned checkpoint on disk is checked again when the
+    /// witness opens: one altered (another root or size) or not signed by
+    /// the operator is refused, so a tampered state file cannot make the
+    /// witness cosign a fork of what it cosigned.
+    #[test]
+    fn a_tampered_last_cosigned_checkpoint_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let keys = Keys::load_or_create(dir.path(), None).unwrap();
+        let ledger = Ledger::new();
+        let wdir = dir.path().join("w");
+        let mut w = Witness::create(&wdir, "regulator.witness", &keys.public_key()).unwrap();
+        add(&store, 3);
+        let (cp, proof) = ledger.for_witness(&store, &keys, 0).unwrap();
+        w.check(&cp, &proof).unwrap();
+        w.remember(&cp).unwrap();
+        Witness::open(&wdir).unwrap();
+        let good = std::fs::read(wdir.join(LAST_FILE)).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        v["checkpoint"]["root"] = hex::encode([7u8; 32]).into();
+        std::fs::write(wdir.join(LAST_FILE), serde_json::to_vec(&v).unwrap()).unwrap();
+        let e = Witness::open(&wdir).err().unwrap();
+        assert!(format!("{e:#}").contains("last cosigned"), "{e:#}");
+        let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        v["checkpoint"]["size"] = 2.into();
+        std::fs::write(wdir.join(LAST_FILE), serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(Witness::open(&wdir).is_err());
+        std::fs::write(wdir.join(LAST_FILE), &good).unwrap();
+        Witness::open(&wdir).unwrap();
     }
 }
