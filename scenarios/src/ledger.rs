@@ -430,7 +430,8 @@ impl KeyChain {
     }
 
     /// Records an announcement read from entry `body`; an error when it is
-    /// malformed, names a generation out of turn or repeats a key.
+    /// malformed, names a generation out of turn, comes before the previous
+    /// announcement or repeats a key.
     pub fn observe(&mut self, body: &EntryBody) -> Result<(), String> {
         let Some(a) = announcement(body, &self.first)? else {
             return Ok(());
@@ -440,6 +441,12 @@ impl KeyChain {
             return Err(format!(
                 "entry {} announces ledger key generation {} where generation {expected} comes next",
                 a.seq, a.generation
+            ));
+        }
+        if let Some((before, _)) = self.announced.last().filter(|(b, _)| b.seq >= a.seq) {
+            return Err(format!(
+                "entry {} announces ledger key generation {} where only an entry after {} can",
+                a.seq, a.generation, before.seq
             ));
         }
         if a.public_key == self.first || self.announced.iter().any(|(b, _)| b.public_key == a.public_key) {
@@ -1810,5 +1817,33 @@ mod tests {
                 let _ = verify_receipt(&rc, None, Some(b"x4"));
             }
         }
+    }
+
+    /// Announcements come in ledger order: a later generation announced at
+    /// an earlier position (links spliced out of order, as a receipt could
+    /// carry them) would be "signed" by the first key instead of the key it
+    /// replaces, so it is refused.
+    #[test]
+    fn an_announcement_before_the_previous_one_is_refused() {
+        let first = [1u8; 32];
+        let ann = |seq: u64, generation: u64, key: u8| EntryBody {
+            seq,
+            prev: hex::encode(ZERO_HASH),
+            time: Utc::now(),
+            actor: "pt_op".into(),
+            role: "operator".into(),
+            action: KEY_ROTATE.into(),
+            subject: "ledger".into(),
+            details: serde_json::json!({
+                "key": "ledger", "generation": generation, "public_key": hex::encode([key; 32]),
+            }),
+        };
+        let mut chain = KeyChain::new(&first);
+        chain.observe(&ann(10, 2, 2)).unwrap();
+        let e = chain.observe(&ann(5, 3, 3)).unwrap_err();
+        assert!(e.contains("after"), "{e}");
+        assert!(chain.observe(&ann(10, 3, 3)).is_err(), "the same entry");
+        chain.observe(&ann(11, 3, 3)).unwrap();
+        assert_eq!(chain.generations(), 3);
     }
 }
