@@ -358,46 +358,53 @@ impl Note {
         self.signatures.iter().filter(move |s| s.is_from(key))
     }
 
-    /// Checks the operator's Ed25519 note signature under `key`.
+    /// Checks the operator's Ed25519 note signature under `key`: every
+    /// line from `key` must verify (as Go's `note.Open` requires).
     pub fn verify_signature(&self, key: &VerifierKey) -> Result<(), NoteError> {
         let mut any = false;
         for s in self.signatures_by(key) {
             any = true;
-            if key.alg == ALG_ED25519 && key.verify(self.body.as_bytes(), &s.signature) {
-                return Ok(());
+            if key.alg != ALG_ED25519 || !key.verify(self.body.as_bytes(), &s.signature) {
+                return Err(err(format!(
+                    "the note signature of `{}` does not verify",
+                    key.name
+                )));
             }
         }
-        Err(err(if any {
-            format!("the note signature of `{}` does not verify", key.name)
+        if any {
+            Ok(())
         } else {
-            format!("the note carries no signature of `{}`", key.name)
-        }))
+            Err(err(format!("the note carries no signature of `{}`", key.name)))
+        }
     }
 
-    /// Checks a `cosignature/v1` from `key`; returns its time (seconds).
+    /// Checks a `cosignature/v1` from `key` (every line from it must
+    /// verify); returns its time (seconds).
     pub fn verify_cosignature(&self, key: &VerifierKey) -> Result<u64, NoteError> {
         if key.alg != ALG_COSIGNATURE_V1 {
             return Err(err(format!("`{}` is not a cosignature/v1 witness key", key.name)));
         }
-        let mut any = false;
+        let mut first = None;
         for s in self.signatures_by(key) {
-            any = true;
-            let Some((time, sig)) = s.signature.split_first_chunk::<8>() else {
-                continue;
+            let verified = s.signature.split_first_chunk::<8>().and_then(|(time, sig)| {
+                let time = u64::from_be_bytes(*time);
+                key.verify(&cosignature_message(time, &self.body), sig)
+                    .then_some(time)
+            });
+            let Some(time) = verified else {
+                return Err(err(format!(
+                    "the cosignature of witness `{}` does not verify over this checkpoint",
+                    key.name
+                )));
             };
-            let time = u64::from_be_bytes(*time);
-            if key.verify(&cosignature_message(time, &self.body), sig) {
-                return Ok(time);
-            }
+            first.get_or_insert(time);
         }
-        Err(err(if any {
-            format!(
-                "the cosignature of witness `{}` does not verify over this checkpoint",
+        first.ok_or_else(|| {
+            err(format!(
+                "the checkpoint carries no cosignature of witness `{}`",
                 key.name
-            )
-        } else {
-            format!("the checkpoint carries no cosignature of witness `{}`", key.name)
-        }))
+            ))
+        })
     }
 }
 
@@ -513,5 +520,39 @@ mod tests {
         for key in ["", "a+b", "a+00000000+", "a+00000000+AQ==", "a b+00000000+AQ=="] {
             assert!(VerifierKey::parse(key).is_err(), "{key:?}");
         }
+    }
+
+    /// As Go's `note.Open` does, a signature line from a known key that
+    /// does not verify fails the note even when another line from that key
+    /// verifies (docs/ledger.md: every line claiming to be the witness's
+    /// must verify).
+    #[test]
+    fn a_bad_line_beside_a_good_one_from_the_same_key_fails() {
+        let (op, wit) = (keypair(), keypair());
+        let opk = VerifierKey::operator(op.public_key().as_ref()).unwrap();
+        let wk = vk("witness.example", ALG_COSIGNATURE_V1, &wit);
+        let body = checkpoint_body(&opk.name, 7, &[9u8; 32]);
+        let sig = operator_signature(&opk, op.sign(body.as_bytes()).as_ref());
+        let cos = cosignature(
+            &wk,
+            1_700_000_000,
+            wit.sign(&cosignature_message(1_700_000_000, &body)).as_ref(),
+        );
+        let mut bad_cos = cos.clone();
+        bad_cos.signature[8] ^= 1;
+        let mut bad_sig = sig.clone();
+        bad_sig.signature[0] ^= 1;
+        let note = Note {
+            body: body.clone(),
+            signatures: vec![sig.clone(), cos.clone(), bad_cos],
+        };
+        note.verify_signature(&opk).unwrap();
+        assert!(note.verify_cosignature(&wk).is_err());
+        let note = Note {
+            body,
+            signatures: vec![bad_sig, sig, cos],
+        };
+        assert!(note.verify_signature(&opk).is_err());
+        note.verify_cosignature(&wk).unwrap();
     }
 }
