@@ -1764,7 +1764,7 @@ mod tests {
         let wk = cosign(&mut signed, &witness, "regulator.witness");
         cp.note = signed.note.clone();
         lines[5] = serde_json::to_string(&cp).unwrap();
-        verify_export_witnessed(&lines, Some(&pk), &[], &[wk.clone()]).unwrap();
+        verify_export_witnessed(&lines, Some(&pk), &[], std::slice::from_ref(&wk)).unwrap();
         let note_text = signed.note.clone().unwrap();
         let receipt = serde_json::to_string(&receipt(&kp, 4)).unwrap();
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -1810,10 +1810,10 @@ mod tests {
             let mut l = lines.clone();
             let k = (next() as usize) % l.len();
             l[k] = mutate(&l[k], next());
-            let _ = verify_export_witnessed(&l, Some(&pk), &[], &[wk.clone()]);
+            let _ = verify_export_witnessed(&l, Some(&pk), &[], std::slice::from_ref(&wk));
             let _ = verify_export(&l, None, &[]);
             if let Ok(rc) = serde_json::from_str::<Receipt>(&mutate(&receipt, next())) {
-                let _ = verify_receipt_witnessed(&rc, Some(&pk), None, &[wk.clone()]);
+                let _ = verify_receipt_witnessed(&rc, Some(&pk), None, std::slice::from_ref(&wk));
                 let _ = verify_receipt(&rc, None, Some(b"x4"));
             }
         }
