@@ -232,8 +232,9 @@ impl Ledger {
 
     /// Stores `witness`'s cosignature line of the published checkpoint of
     /// `size` after checking it verifies over that checkpoint's note body,
-    /// and records it in the ledger. Returns false when this witness's
-    /// cosignature of that size was stored before (the first is kept).
+    /// and records it in the ledger. Returns false when this witness's (this
+    /// verifier key's) cosignature of that size was stored before (the
+    /// first is kept).
     pub fn cosign(
         &self,
         store: &Store,
@@ -275,7 +276,9 @@ impl Ledger {
                 "cosigned_at": time,
             }),
         );
-        store.put_cosignature(size, &witness.name, &sig.line(), entry, Utc::now())
+        // Kept per verifier key, not per name: a witness that chose a name
+        // another key took first is not shut out.
+        store.put_cosignature(size, &witness.to_string(), &sig.line(), entry, Utc::now())
     }
 
     /// The audit path of entry `seq` in the tree of size `size`.

@@ -777,7 +777,7 @@ impl Store {
     }
 
     /// The cosignature lines stored for the checkpoint of `size`, by
-    /// witness name.
+    /// witness verifier key.
     pub fn cosignatures(&self, size: u64) -> ApiResult<Vec<String>> {
         self.read(move |c| {
             let mut st =

@@ -620,4 +620,36 @@ mod tests {
         std::fs::write(wdir.join(LAST_FILE), &good).unwrap();
         Witness::open(&wdir).unwrap();
     }
+
+    /// Two witnesses that chose the same name (another key): the first
+    /// cosignature stored does not shut the other out, and each verifies
+    /// under its own key.
+    #[test]
+    fn a_witness_name_taken_by_another_key_does_not_shut_it_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let keys = Keys::load_or_create(dir.path(), None).unwrap();
+        let ledger = Ledger::new();
+        let reg = scenarios::party::Actor {
+            id: "pt_reg".into(),
+            role: scenarios::party::Role::Regulator,
+            name: "Regulator".into(),
+            org: "org_reg".into(),
+            creators: vec![],
+        };
+        add(&store, 3);
+        let (cp, _) = ledger.for_witness(&store, &keys, 0).unwrap();
+        let squat = Witness::create(&dir.path().join("s"), "regulator.witness", &keys.public_key()).unwrap();
+        let real = Witness::create(&dir.path().join("w"), "regulator.witness", &keys.public_key()).unwrap();
+        for w in [&squat, &real] {
+            let line = w.cosign(&cp, 1_800_000_000).unwrap();
+            assert!(ledger
+                .cosign(&store, &keys, &reg, 3, w.verifier_key(), &line)
+                .unwrap());
+        }
+        let cp3 = ledger.with_note(&store, &keys, cp).unwrap();
+        cp3.witnessed_by(&keys.public_key(), real.verifier_key()).unwrap();
+        cp3.witnessed_by(&keys.public_key(), squat.verifier_key())
+            .unwrap();
+    }
 }
