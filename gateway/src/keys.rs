@@ -776,4 +776,42 @@ mod tests {
         let e = Kek::parse(b"secret-but-short").unwrap_err().to_string();
         assert!(!e.contains("secret"), "{e}");
     }
+
+    /// Sealed key files of two generations swapped, or a ledger key put
+    /// where a tokenization key goes, do not open: each is bound to its
+    /// file name.
+    #[test]
+    fn sealed_generations_swapped_do_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Keys::load_or_create(dir.path(), Some(&kek(8))).unwrap();
+        k.prepare_ledger_rotation().unwrap();
+        k.announce_ledger(2, 3).unwrap();
+        k.prepare_ledger_rotation().unwrap();
+        k.rotate_token_master().unwrap();
+        k.rotate_token_master().unwrap();
+        let kd = dir.path().join("keys");
+        let swap = |a: &str, b: &str| {
+            let (x, y) = (
+                std::fs::read(kd.join(a)).unwrap(),
+                std::fs::read(kd.join(b)).unwrap(),
+            );
+            std::fs::write(kd.join(a), y).unwrap();
+            std::fs::write(kd.join(b), x).unwrap();
+        };
+        Keys::load_or_create(dir.path(), Some(&kek(8))).unwrap();
+        for (a, b) in [
+            ("ledger.2.ed25519.pk8", "ledger.3.ed25519.pk8"),
+            ("tokenize.2.key", "tokenize.3.key"),
+            ("tokenize.key", "tokenize.2.key"),
+            ("ledger.ed25519.pk8", "ledger.2.ed25519.pk8"),
+        ] {
+            swap(a, b);
+            assert!(
+                Keys::load_or_create(dir.path(), Some(&kek(8))).is_err(),
+                "{a} <-> {b}"
+            );
+            swap(a, b);
+        }
+        Keys::load_or_create(dir.path(), Some(&kek(8))).unwrap();
+    }
 }
