@@ -608,6 +608,19 @@ pub(crate) struct Rotation {
     reason: String,
 }
 
+impl Rotation {
+    /// The reason, trimmed: 1 to 1000 bytes, or 400.
+    fn reason(self) -> ApiResult<String> {
+        let reason = self.reason.trim().to_string();
+        if reason.is_empty() || reason.len() > 1000 {
+            return Err(ApiError::BadRequest(
+                "a rotation needs a `reason` of 1 to 1000 bytes (it is recorded in the ledger)".into(),
+            ));
+        }
+        Ok(reason)
+    }
+}
+
 /// Rotates the tokenization master key (issue 16): a new generation, used
 /// by agreements issued from now on. Open agreements keep the generation
 /// they were issued under, so the tokens they released stay stable for
@@ -619,12 +632,7 @@ pub(crate) async fn rotate_token_key(
     Body(r): Body<Rotation>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     actor.require(Role::Operator)?;
-    let reason = r.reason.trim().to_string();
-    if reason.is_empty() || reason.len() > 1000 {
-        return Err(ApiError::BadRequest(
-            "a rotation needs a `reason` of 1 to 1000 bytes (it is recorded in the ledger)".into(),
-        ));
-    }
+    let reason = r.reason()?;
     let keys = st.keys.clone();
     let generation = blocking(move || {
         keys.rotate_token_master()
@@ -670,12 +678,7 @@ pub(crate) async fn rotate_ledger_key(
     Body(r): Body<Rotation>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     actor.require(Role::Operator)?;
-    let reason = r.reason.trim().to_string();
-    if reason.is_empty() || reason.len() > 1000 {
-        return Err(ApiError::BadRequest(
-            "a rotation needs a `reason` of 1 to 1000 bytes (it is recorded in the ledger)".into(),
-        ));
-    }
+    let reason = r.reason()?;
     let _one_at_a_time = st.ledger_rotation.lock().await;
     let keys = st.keys.clone();
     let (generation, public_key) = blocking(move || {
