@@ -88,7 +88,7 @@ pub fn backup(data_dir: &Path, out: &Path, kek: Option<&Kek>) -> Result<Manifest
     );
     let store = Store::open(data_dir)?;
     let keys = Keys::load_or_create(data_dir, kek)?;
-    crate::ledger::follow_key_chain(&store, &keys).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::ledger::follow_key_chain(&store, &keys, crate::ledger::Enrollment::Check)?;
     let checkpoint = Ledger::new()
         .checkpoint(&store, &keys)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -183,7 +183,7 @@ fn install(
     let report = {
         let store = Store::open(staging)?;
         let keys = Keys::load_or_create(staging, kek)?;
-        crate::ledger::follow_key_chain(&store, &keys).map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::ledger::follow_key_chain(&store, &keys, crate::ledger::Enrollment::Check)?;
         ensure!(
             keys.public_key_hex() == manifest.public_key
                 && manifest

@@ -47,6 +47,15 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The whole message, with an internal error's detail (for the log and
+    /// for the command line, never for an HTTP answer).
+    pub fn detail(&self) -> String {
+        match self {
+            ApiError::Internal(d) => d.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// HTTP status and stable code.
     pub fn status_code(&self) -> (StatusCode, &'static str) {
         match self {

@@ -24,10 +24,12 @@ pub struct Keys {
     ledger: RwLock<LedgerKeys>,
     /// Generation 1, also `ledger.pairs[0]`.
     first: Arc<Ed25519KeyPair>,
-    /// Tokenization master keys by generation (index 0 is generation 1,
-    /// `keys/tokenize.key`; generation n > 1 is `keys/tokenize.<n>.key`).
-    tokenize_masters: RwLock<Vec<hmac::Key>>,
+    /// Tokenization master keys by generation.
+    tokenize: RwLock<TokenKeys>,
     sealed: bool,
+    /// Key files found unsealed while a key-encryption key was given, not
+    /// yet sealed in place.
+    unsealed: std::sync::Mutex<Vec<String>>,
     /// Where new key generations are written, and under what.
     kdir: PathBuf,
     kek: Option<Kek>,
@@ -59,6 +61,32 @@ impl LedgerKeys {
     fn pair(&self, generation: usize) -> Option<&Arc<Ed25519KeyPair>> {
         generation.checked_sub(1).and_then(|i| self.pairs.get(i))
     }
+}
+
+/// The tokenization master key generations: generation 1 is
+/// `keys/tokenize.key`, generation n > 1 `keys/tokenize.<n>.key`.
+struct TokenKeys {
+    /// Every key file found or made, in generation order (index 0 is
+    /// generation 1), with its fingerprint.
+    found: Vec<(hmac::Key, String)>,
+    /// How many are in force: generation 1, and each generation whose
+    /// `key.rotate` entry is in the ledger. A file beyond them was left by
+    /// a rotation that did not complete, or put there by someone else; it
+    /// tokenizes nothing.
+    in_force: usize,
+}
+
+/// The fingerprint of a tokenization master key as the ledger records it:
+/// an HMAC under the key of a fixed label, so it names the key without
+/// yielding it.
+fn token_fingerprint(key: &hmac::Key) -> String {
+    hex::encode(hmac::sign(key, b"invis key fingerprint v1").as_ref())
+}
+
+/// What a key entry's endorsement signs: the key, its generation and its
+/// public key (ledger) or fingerprint (tokenization).
+pub fn key_record_message(key: &str, generation: u64, id: &str) -> Vec<u8> {
+    format!("invis key record v1\n{key}\n{generation}\n{id}\n").into_bytes()
 }
 
 /// One ledger signing key generation, as `GET /v1/ledger/public-key` shows it.
@@ -264,11 +292,14 @@ fn replace_private(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// The key in `dir/name`: created by `make` when absent, opened with `kek`
-/// when sealed, sealed in place when it is not and `kek` is given.
+/// when sealed. A key found unsealed while `kek` is given is named in
+/// `unsealed`, to be sealed in place once the ledger has vouched for it
+/// ([`Keys::seal_found`]).
 fn key_file(
     dir: &Path,
     name: &str,
     kek: Option<&Kek>,
+    unsealed: &mut Vec<String>,
     make: impl FnOnce() -> Result<Vec<u8>>,
 ) -> Result<Vec<u8>> {
     let path = dir.join(name);
@@ -287,16 +318,85 @@ fn key_file(
             "the keys in {} are sealed: give their key-encryption key with --kek-file or INVIS_KEK",
             dir.display()
         ),
-        (false, Some(k)) => {
-            replace_private(&path, &k.seal(name, &stored)?)?;
-            tracing::info!(
-                key = name,
-                "sealed a key found unsealed under the key-encryption key"
-            );
+        (false, Some(_)) => {
+            unsealed.push(name.to_string());
             Ok(stored)
         }
         (false, None) => Ok(stored),
     }
+}
+
+/// Where `invis admin rekey` stages the keys sealed under the new
+/// key-encryption key, and where it moves the old ones aside.
+const REKEY_STAGING: &str = "keys.rekey";
+const REKEY_ASIDE: &str = "keys.old";
+/// Written last into the staging directory: every key is in it.
+const REKEY_COMPLETE: &str = "COMPLETE";
+
+/// Re-seals every key file in `dir/keys` under `new` (rotation of the
+/// key-encryption key; the server must be stopped). The keys themselves do
+/// not change, so nothing in the ledger does. `old` opens them (none when
+/// they are stored unsealed). Each key is opened, sealed under `new` and
+/// checked to open again into a staging directory, which then replaces
+/// `keys` by two renames; a run interrupted at any point leaves either the
+/// old directory in place or a complete staging directory, and running
+/// the command again finishes it. Returns the number of key files.
+pub fn rekey(dir: &Path, old: Option<&Kek>, new: &Kek) -> Result<usize> {
+    let kdir = dir.join("keys");
+    let staging = dir.join(REKEY_STAGING);
+    let aside = dir.join(REKEY_ASIDE);
+    if !kdir.exists() {
+        // Interrupted between the two renames: finish.
+        ensure!(
+            staging.join(REKEY_COMPLETE).exists(),
+            "there are no keys in {}",
+            dir.display()
+        );
+        return finish_rekey(dir);
+    }
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside)?;
+    }
+    std::fs::create_dir(&staging)?;
+    let files = key_files(&kdir);
+    for name in &files {
+        let stored = std::fs::read(kdir.join(name)).with_context(|| format!("reading keys/{name}"))?;
+        let plain = match (stored.starts_with(SEALED), old) {
+            (true, Some(k)) => k.open(name, &stored)?,
+            (true, None) => bail!(
+                "the keys are sealed: give their current key-encryption key with --kek-file or INVIS_KEK"
+            ),
+            (false, _) => stored,
+        };
+        let sealed = new.seal(name, &plain)?;
+        ensure!(
+            new.open(name, &sealed)? == plain,
+            "sealing keys/{name} under the new key-encryption key did not round-trip"
+        );
+        write_private(&staging.join(name), &sealed)?;
+    }
+    write_private(&staging.join(REKEY_COMPLETE), b"")?;
+    std::fs::File::open(&staging)?.sync_all()?;
+    std::fs::rename(&kdir, &aside)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    finish_rekey(dir)?;
+    Ok(files.len())
+}
+
+/// Moves a complete staging directory into place and drops the old keys.
+fn finish_rekey(dir: &Path) -> Result<usize> {
+    let staging = dir.join(REKEY_STAGING);
+    std::fs::rename(&staging, dir.join("keys"))?;
+    std::fs::remove_file(dir.join("keys").join(REKEY_COMPLETE))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    let aside = dir.join(REKEY_ASIDE);
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside)?;
+    }
+    Ok(key_files(&dir.join("keys")).len())
 }
 
 impl Keys {
@@ -304,9 +404,16 @@ impl Keys {
     /// under `kek` when one is given (see the module documentation).
     pub fn load_or_create(dir: &Path, kek: Option<&Kek>) -> Result<Keys> {
         let kdir = dir.join("keys");
+        if !kdir.exists() && (dir.join(REKEY_STAGING).exists() || dir.join(REKEY_ASIDE).exists()) {
+            bail!(
+                "a rotation of the key-encryption key in {} was interrupted: run `invis admin rekey` again to finish it",
+                dir.display()
+            );
+        }
         std::fs::create_dir_all(&kdir)?;
         let rng = SystemRandom::new();
-        let pk8 = key_file(&kdir, "ledger.ed25519.pk8", kek, || {
+        let mut unsealed = Vec::new();
+        let pk8 = key_file(&kdir, "ledger.ed25519.pk8", kek, &mut unsealed, || {
             Ed25519KeyPair::generate_pkcs8(&rng)
                 .map(|d| d.as_ref().to_vec())
                 .map_err(|_| anyhow::anyhow!("key generation failed"))
@@ -319,22 +426,24 @@ impl Keys {
         let mut g = 2;
         while kdir.join(ledger_file(g)).exists() {
             let name = ledger_file(g);
-            let pk8 = key_file(&kdir, &name, kek, || bail!("keys/{name} vanished"))?;
+            let pk8 = key_file(&kdir, &name, kek, &mut unsealed, || bail!("keys/{name} vanished"))?;
             pairs.push(Arc::new(Ed25519KeyPair::from_pkcs8(&pk8).map_err(|_| {
                 anyhow::anyhow!("keys/{name} is not an Ed25519 PKCS#8 key")
             })?));
             g += 1;
         }
-        let mut masters = Vec::new();
+        let mut found = Vec::new();
         let mut g = 1;
         loop {
             let name = tokenize_file(g);
             if g > 1 && !kdir.join(&name).exists() {
                 break;
             }
-            let t = key_file(&kdir, &name, kek, || random_key(&rng))?;
+            let t = key_file(&kdir, &name, kek, &mut unsealed, || random_key(&rng))?;
             anyhow::ensure!(t.len() == 32, "keys/{name} must hold 32 bytes");
-            masters.push(hmac::Key::new(hmac::HMAC_SHA256, &t));
+            let key = hmac::Key::new(hmac::HMAC_SHA256, &t);
+            let fingerprint = token_fingerprint(&key);
+            found.push((key, fingerprint));
             g += 1;
         }
         if kek.is_none() {
@@ -350,39 +459,134 @@ impl Keys {
                 announced: Vec::new(),
             }),
             first,
-            tokenize_masters: RwLock::new(masters),
+            tokenize: RwLock::new(TokenKeys { found, in_force: 1 }),
             sealed: kek.is_some(),
+            unsealed: std::sync::Mutex::new(unsealed),
             kdir,
             kek: kek.cloned(),
         })
     }
 
+    fn token_keys(&self) -> std::sync::RwLockReadGuard<'_, TokenKeys> {
+        self.tokenize.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The current tokenization master key generation: agreements issued
     /// now are pinned to it.
     pub fn token_generation(&self) -> u32 {
-        let n = self.tokenize_masters.read().map(|m| m.len()).unwrap_or(1);
-        u32::try_from(n).unwrap_or(u32::MAX)
+        u32::try_from(self.token_keys().in_force).unwrap_or(u32::MAX)
     }
 
-    /// Makes a new tokenization master key generation, written (sealed
-    /// when the keys are) before it is used, and returns its number.
-    /// Earlier generations stay: agreements pinned to them keep their
-    /// tokens for their whole life.
-    pub fn rotate_token_master(&self) -> Result<u32> {
-        let mut masters = self
-            .tokenize_masters
+    /// The fingerprint of tokenization master key `generation`, if its file
+    /// was found or made (in force or not).
+    pub fn token_fingerprint(&self, generation: u64) -> Option<String> {
+        let t = self.token_keys();
+        let i = usize::try_from(generation).ok()?.checked_sub(1)?;
+        t.found.get(i).map(|(_, f)| f.clone())
+    }
+
+    /// The next tokenization master key generation, made and written
+    /// (sealed when the keys are) before it is announced, and its
+    /// fingerprint. It tokenizes nothing until [`Keys::announce_token`]. A
+    /// file left where it goes (by a rotation that did not complete, or by
+    /// anyone else) is replaced, never adopted.
+    pub fn prepare_token_rotation(&self) -> Result<(u64, String)> {
+        let mut t = self
+            .tokenize
             .write()
             .map_err(|_| anyhow::anyhow!("the tokenization keys are unavailable"))?;
-        let g = masters.len() + 1;
+        let g = t.in_force + 1;
         let name = tokenize_file(g);
         let k = random_key(&SystemRandom::new())?;
-        match &self.kek {
-            Some(kek) => write_private(&self.kdir.join(&name), &kek.seal(&name, &k)?)?,
-            None => write_private(&self.kdir.join(&name), &k)?,
+        let bytes = match &self.kek {
+            Some(kek) => kek.seal(&name, &k)?,
+            None => k.clone(),
+        };
+        let path = self.kdir.join(&name);
+        if path.exists() {
+            replace_private(&path, &bytes)?;
+        } else {
+            write_private(&path, &bytes)?;
+            std::fs::File::open(&self.kdir)?.sync_all()?;
         }
-        std::fs::File::open(&self.kdir)?.sync_all()?;
-        masters.push(hmac::Key::new(hmac::HMAC_SHA256, &k));
-        Ok(u32::try_from(g).unwrap_or(u32::MAX))
+        let in_force = t.in_force;
+        t.found.truncate(in_force);
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &k);
+        let fingerprint = token_fingerprint(&key);
+        t.found.push((key, fingerprint.clone()));
+        Ok((g as u64, fingerprint))
+    }
+
+    /// Puts tokenization master key `generation` in force (its `key.rotate`
+    /// entry is in the ledger): agreements issued from now on use it.
+    pub fn announce_token(&self, generation: u64) -> Result<()> {
+        let mut t = self
+            .tokenize
+            .write()
+            .map_err(|_| anyhow::anyhow!("the tokenization keys are unavailable"))?;
+        ensure!(
+            generation == t.in_force as u64 + 1,
+            "tokenization key generation {generation} announced out of turn"
+        );
+        ensure!(
+            t.found.len() as u64 >= generation,
+            "tokenization key generation {generation} is announced in the ledger but keys/{} is missing",
+            tokenize_file(generation as usize)
+        );
+        t.in_force += 1;
+        Ok(())
+    }
+
+    /// Withdraws tokenization master key `generation` (its entry did not
+    /// commit).
+    pub fn withdraw_token(&self, generation: u64) {
+        if let Ok(mut t) = self.tokenize.write() {
+            if t.in_force as u64 == generation && generation > 1 {
+                t.in_force -= 1;
+            }
+        }
+    }
+
+    /// Signs a key entry's [`key_record_message`] with the ledger key in
+    /// force for the next entry (hex). The caller holds the rotation lock,
+    /// so no announcement moves the key in between.
+    pub fn endorse(&self, msg: &[u8]) -> String {
+        let g = self.current_generation() as usize;
+        hex::encode(self.ledger_pair(g).sign(msg).as_ref())
+    }
+
+    /// Whether `signature` (hex) on `msg` verifies under the ledger key in
+    /// force at entry `seq`.
+    pub fn endorsed_at(&self, seq: u64, msg: &[u8], signature: &str) -> bool {
+        let g = self.ledger_keys().generation_for(seq.saturating_add(1));
+        let public = self.ledger_pair(g).public_key().as_ref().to_vec();
+        hex::decode(signature).is_ok_and(|sig| {
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+                .verify(msg, &sig)
+                .is_ok()
+        })
+    }
+
+    /// Seals in place the key files found unsealed (when a key-encryption
+    /// key is given), atomically and keeping the same keys. Called once the
+    /// ledger has vouched for them (`crate::ledger::follow_key_chain`), so a
+    /// key file put there by someone else is refused as it was found, not
+    /// sealed over.
+    pub fn seal_found(&self) -> Result<()> {
+        let Some(kek) = &self.kek else {
+            return Ok(());
+        };
+        let names = std::mem::take(&mut *self.unsealed.lock().unwrap_or_else(|p| p.into_inner()));
+        for name in names {
+            let path = self.kdir.join(&name);
+            let stored = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            if stored.starts_with(SEALED) {
+                continue;
+            }
+            replace_private(&path, &kek.seal(&name, &stored)?)?;
+            tracing::info!(key = %name, "sealed a key found unsealed under the key-encryption key");
+        }
+        Ok(())
     }
 
     /// Whether the keys are sealed at rest.
@@ -567,15 +771,16 @@ impl Keys {
     /// generation it was issued under: tokens of two agreements cannot be
     /// linked.
     pub fn token_key(&self, agreement_id: &str, generation: u32) -> Result<[u8; 32]> {
-        let masters = self
-            .tokenize_masters
-            .read()
-            .map_err(|_| anyhow::anyhow!("the tokenization keys are unavailable"))?;
+        let t = self.token_keys();
         let master = usize::try_from(generation)
             .ok()
             .and_then(|g| g.checked_sub(1))
-            .and_then(|i| masters.get(i))
-            .ok_or_else(|| anyhow::anyhow!("tokenization master key generation {generation} is missing"))?;
+            .filter(|i| *i < t.in_force)
+            .and_then(|i| t.found.get(i))
+            .map(|(k, _)| k)
+            .ok_or_else(|| {
+                anyhow::anyhow!("tokenization master key generation {generation} is not in force")
+            })?;
         let tag = hmac::sign(master, format!("invis tokenize v1 {agreement_id}").as_bytes());
         let mut k = [0u8; 32];
         k.copy_from_slice(tag.as_ref().get(..32).unwrap_or(&[0u8; 32]));
@@ -664,6 +869,9 @@ mod tests {
             plain.token_key("ag", 1).unwrap()
         );
         let t = std::fs::read(dir.path().join("keys/tokenize.key")).unwrap();
+        assert!(!t.starts_with(SEALED), "not before the ledger vouched for it");
+        sealed.seal_found().unwrap();
+        let t = std::fs::read(dir.path().join("keys/tokenize.key")).unwrap();
         assert!(t.starts_with(SEALED));
         assert!(!dir.path().join("keys/tokenize.sealing").exists());
     }
@@ -699,8 +907,12 @@ mod tests {
         let k = Keys::load_or_create(dir.path(), Some(&kek(5))).unwrap();
         assert_eq!(k.token_generation(), 1);
         let before = k.token_key("ag_old", 1).unwrap();
-        assert_eq!(k.rotate_token_master().unwrap(), 2);
+        let (g, fingerprint) = k.prepare_token_rotation().unwrap();
+        assert_eq!(k.token_generation(), 1, "not in force before its entry");
+        assert!(k.token_key("ag_old", 2).is_err());
+        k.announce_token(g).unwrap();
         assert_eq!(k.token_generation(), 2);
+        assert_eq!(k.token_fingerprint(2), Some(fingerprint));
         assert_eq!(
             k.token_key("ag_old", 1).unwrap(),
             before,
@@ -714,9 +926,12 @@ mod tests {
         assert!(k.token_key("ag", 3).is_err() && k.token_key("ag", 0).is_err());
         let file = std::fs::read(dir.path().join("keys/tokenize.2.key")).unwrap();
         assert!(file.starts_with(SEALED), "written sealed");
-        // A restart finds every generation.
+        // A restart finds every file, and puts in force what the ledger
+        // records (here by hand).
         let again = Keys::load_or_create(dir.path(), Some(&kek(5))).unwrap();
-        assert_eq!(again.token_generation(), 2);
+        assert_eq!(again.token_generation(), 1);
+        assert!(again.token_key("ag_new", 2).is_err());
+        again.announce_token(2).unwrap();
         assert_eq!(
             again.token_key("ag_new", 2).unwrap(),
             k.token_key("ag_new", 2).unwrap()
@@ -787,8 +1002,10 @@ mod tests {
         k.prepare_ledger_rotation().unwrap();
         k.announce_ledger(2, 3).unwrap();
         k.prepare_ledger_rotation().unwrap();
-        k.rotate_token_master().unwrap();
-        k.rotate_token_master().unwrap();
+        for g in [2, 3] {
+            k.prepare_token_rotation().unwrap();
+            k.announce_token(g).unwrap();
+        }
         let kd = dir.path().join("keys");
         let swap = |a: &str, b: &str| {
             let (x, y) = (
@@ -813,5 +1030,71 @@ mod tests {
             swap(a, b);
         }
         Keys::load_or_create(dir.path(), Some(&kek(8))).unwrap();
+    }
+
+    #[test]
+    fn rekeying_reseals_every_key_and_an_interrupted_run_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Keys::load_or_create(dir.path(), Some(&kek(1))).unwrap();
+        k.prepare_token_rotation().unwrap();
+        let (public, token) = (k.public_key(), k.token_key("ag", 1).unwrap());
+        drop(k);
+        assert!(
+            rekey(dir.path(), Some(&kek(2)), &kek(3)).is_err(),
+            "the wrong current key"
+        );
+        assert!(
+            dir.path().join("keys/ledger.ed25519.pk8").exists(),
+            "nothing moved"
+        );
+        assert_eq!(rekey(dir.path(), Some(&kek(1)), &kek(3)).unwrap(), 3);
+        assert!(
+            Keys::load_or_create(dir.path(), Some(&kek(1))).is_err(),
+            "the old key opens nothing"
+        );
+        let again = Keys::load_or_create(dir.path(), Some(&kek(3))).unwrap();
+        assert_eq!(
+            (again.public_key(), again.token_key("ag", 1).unwrap()),
+            (public.clone(), token)
+        );
+        assert!(!dir.path().join(REKEY_STAGING).exists() && !dir.path().join(REKEY_ASIDE).exists());
+
+        // Interrupted between the renames: the server refuses to start (it
+        // would otherwise make new keys), and rekey finishes.
+        rekey(dir.path(), Some(&kek(3)), &kek(4)).unwrap();
+        std::fs::create_dir(dir.path().join(REKEY_STAGING)).unwrap();
+        for f in key_files(&dir.path().join("keys")) {
+            std::fs::copy(
+                dir.path().join("keys").join(&f),
+                dir.path().join(REKEY_STAGING).join(&f),
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.path().join(REKEY_STAGING).join(REKEY_COMPLETE), b"").unwrap();
+        std::fs::rename(dir.path().join("keys"), dir.path().join(REKEY_ASIDE)).unwrap();
+        let err = Keys::load_or_create(dir.path(), Some(&kek(4)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("interrupted"), "{err}");
+        assert!(!dir.path().join("keys").exists(), "no fresh keys made");
+        rekey(dir.path(), Some(&kek(4)), &kek(4)).unwrap();
+        assert_eq!(
+            Keys::load_or_create(dir.path(), Some(&kek(4)))
+                .unwrap()
+                .public_key(),
+            public
+        );
+
+        // Unsealed keys are sealed by it.
+        let plain = tempfile::tempdir().unwrap();
+        let p = Keys::load_or_create(plain.path(), None).unwrap().public_key();
+        rekey(plain.path(), None, &kek(5)).unwrap();
+        assert!(Keys::load_or_create(plain.path(), None).is_err());
+        assert_eq!(
+            Keys::load_or_create(plain.path(), Some(&kek(5)))
+                .unwrap()
+                .public_key(),
+            p
+        );
     }
 }

@@ -15,7 +15,7 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::keys::Keys;
-use crate::store::{NewEntry, Store};
+use crate::store::{append, NewEntry, Store};
 use chrono::{SubsecRound, Utc};
 use scenarios::ledger::{
     note, proof_hex, verify_export_witnessed, Checkpoint, ConsistencyLink, ExportCheckpoint, ExportEntry,
@@ -459,34 +459,131 @@ impl Ledger {
 /// Subject of ledger key announcements.
 pub const LEDGER_KEY_SUBJECT: &str = "ledger";
 
-/// Puts the ledger key generations announced in the ledger of `store` in
-/// force in `keys` (in turn, each checked against its key file), and makes
-/// sure each announcement's tree is signed by the key before it (a
-/// rotation interrupted after its entry committed is completed here).
-/// Called wherever keys are opened next to a store.
-pub fn follow_key_chain(store: &Store, keys: &Keys) -> ApiResult<()> {
+/// Subject of tokenization master key entries.
+pub const TOKEN_KEY_SUBJECT: &str = "tokenization";
+
+/// Action of the entry recording a key's first generation.
+pub const KEY_ENROLL: &str = "key.enroll";
+
+/// Whether `store` is only read ([`Enrollment::Check`], backups and
+/// restores) or may record the first generation of keys it has not seen
+/// yet ([`Enrollment::Record`], `invis serve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrollment {
+    /// Check what the ledger records; write nothing.
+    Check,
+    /// Also record keys the ledger does not know yet.
+    Record,
+}
+
+/// Puts in force in `keys` exactly the key generations the ledger of
+/// `store` records, each checked against its key file, so a key file put
+/// into the data directory by anyone without the ledger's signing key is
+/// never used (invariant I8; `docs/keys.md`, "What the ledger pins"):
+///
+/// - `key.enroll` entries record generation 1 of the ledger key (its
+///   public key) and of the tokenization master key (its fingerprint);
+///   `key.rotate` entries every later generation. Each carries an
+///   `endorsement`: a signature by the ledger key in force at that entry
+///   over [`crate::keys::key_record_message`]. An entry without a valid
+///   one, or a key file that is not the key recorded, stops the start.
+/// - Generations are taken in turn; files beyond them are ignored (a
+///   rotation that did not complete) and replaced by the next rotation.
+/// - The newest stored checkpoint must verify under the key in force at
+///   its size: a swapped first ledger key is caught even if its entry was
+///   rewritten.
+/// - Each ledger announcement's tree is signed by the key before it (a
+///   rotation interrupted after its entry committed is completed here).
+///
+/// With [`Enrollment::Record`], keys the ledger has never seen (a new data
+/// directory) are enrolled. Key files found unsealed while a
+/// key-encryption key is given are sealed in place only after all this
+/// passed.
+pub fn follow_key_chain(store: &Store, keys: &Keys, enrollment: Enrollment) -> anyhow::Result<()> {
+    follow(store, keys, enrollment).map_err(|e| anyhow::anyhow!(e.detail()))?;
+    keys.seal_found()
+}
+
+fn follow(store: &Store, keys: &Keys, enrollment: Enrollment) -> ApiResult<()> {
+    let bad = |seq: u64, what: String| {
+        ApiError::Internal(format!(
+            "ledger entry {seq}: {what}; the keys directory or the ledger was altered outside the platform \
+             (docs/keys.md, \"What the ledger pins\")"
+        ))
+    };
     let first = keys.first_public_key();
+    let first_hex = hex::encode(&first);
     let ledger = Ledger::new();
+    let mut ledger_enrolled = false;
     for e in store.ledger_for(LEDGER_KEY_SUBJECT)? {
-        let body: scenarios::ledger::EntryBody = serde_json::from_str(&e.body)
-            .map_err(|err| ApiError::Internal(format!("ledger entry {} is malformed: {err}", e.seq)))?;
+        let body = entry_body(&e)?;
+        let endorsed = |id: &str, generation: u64| {
+            let sig = body
+                .details
+                .get("endorsement")
+                .and_then(|s| s.as_str())
+                .unwrap_or("");
+            keys.endorsed_at(
+                e.seq,
+                &crate::keys::key_record_message("ledger", generation, id),
+                sig,
+            )
+        };
+        if body.action == KEY_ENROLL {
+            let key = body.details.get("public_key").and_then(|k| k.as_str());
+            if key != Some(first_hex.as_str()) {
+                return Err(bad(
+                    e.seq,
+                    "keys/ledger.ed25519.pk8 is not the ledger key enrolled here".into(),
+                ));
+            }
+            if !endorsed(&first_hex, 1) {
+                return Err(bad(
+                    e.seq,
+                    "the ledger key's enrollment is not endorsed by it".into(),
+                ));
+            }
+            ledger_enrolled = true;
+            continue;
+        }
         let Some(a) = scenarios::ledger::announcement(&body, &first).map_err(ApiError::Internal)? else {
             continue;
         };
         if a.generation < keys.current_generation() + 1 {
             continue;
         }
+        if !ledger_enrolled {
+            return Err(bad(
+                a.seq,
+                "a ledger key is announced before the first one was enrolled".into(),
+            ));
+        }
+        if !endorsed(&hex::encode(&a.public_key), a.generation) {
+            return Err(bad(
+                a.seq,
+                format!(
+                    "the announcement of ledger key generation {} is not endorsed by the key before it",
+                    a.generation
+                ),
+            ));
+        }
         let (_, pair) = keys.ledger_key(a.generation).ok_or_else(|| {
-            ApiError::Internal(format!(
-                "ledger key generation {} is announced in entry {} but its key file is missing",
-                a.generation, a.seq
-            ))
+            bad(
+                a.seq,
+                format!(
+                    "ledger key generation {} is announced but its key file is missing",
+                    a.generation
+                ),
+            )
         })?;
         if pair != a.public_key {
-            return Err(ApiError::Internal(format!(
-                "ledger key generation {} in the keys directory is not the key announced in entry {}",
-                a.generation, a.seq
-            )));
+            return Err(bad(
+                a.seq,
+                format!(
+                    "ledger key generation {} in the keys directory is not the key announced",
+                    a.generation
+                ),
+            ));
         }
         // The tree ending at the announcement, signed before the new key
         // takes over (the first checkpoint of a size is kept, so this is a
@@ -495,7 +592,135 @@ pub fn follow_key_chain(store: &Store, keys: &Keys) -> ApiResult<()> {
         keys.announce_ledger(a.generation, a.seq)
             .map_err(|err| ApiError::Internal(err.to_string()))?;
     }
+    let mut token_enrolled = false;
+    for e in store.ledger_for(TOKEN_KEY_SUBJECT)? {
+        let body = entry_body(&e)?;
+        let enroll = body.action == KEY_ENROLL;
+        if !enroll && body.action != scenarios::ledger::KEY_ROTATE {
+            continue;
+        }
+        let generation = if enroll {
+            1
+        } else {
+            u64::from(keys.token_generation()) + 1
+        };
+        if !enroll && !token_enrolled {
+            return Err(bad(
+                e.seq,
+                "a tokenization key is rotated before the first one was enrolled".into(),
+            ));
+        }
+        if body.details.get("generation").and_then(|g| g.as_u64()) != Some(generation) {
+            return Err(bad(
+                e.seq,
+                format!("expected tokenization key generation {generation}"),
+            ));
+        }
+        let recorded = body
+            .details
+            .get("fingerprint")
+            .and_then(|f| f.as_str())
+            .unwrap_or("");
+        let file = keys.token_fingerprint(generation).ok_or_else(|| {
+            bad(
+                e.seq,
+                format!("tokenization key generation {generation} is recorded but its key file is missing"),
+            )
+        })?;
+        if file != recorded {
+            return Err(bad(
+                e.seq,
+                format!(
+                    "tokenization key generation {generation} in the keys directory is not the key recorded"
+                ),
+            ));
+        }
+        let sig = body
+            .details
+            .get("endorsement")
+            .and_then(|s| s.as_str())
+            .unwrap_or("");
+        let msg = crate::keys::key_record_message("tokenization", generation, recorded);
+        if !keys.endorsed_at(e.seq, &msg, sig) {
+            return Err(bad(
+                e.seq,
+                format!("tokenization key generation {generation} is not endorsed by the ledger key"),
+            ));
+        }
+        if enroll {
+            token_enrolled = true;
+        } else {
+            keys.announce_token(generation)
+                .map_err(|err| ApiError::Internal(err.to_string()))?;
+        }
+    }
+    check_newest_checkpoint(store, keys)?;
+    if enrollment == Enrollment::Record && !(ledger_enrolled && token_enrolled) {
+        enroll(store, keys, !ledger_enrolled, !token_enrolled)?;
+    }
     Ok(())
+}
+
+fn entry_body(e: &crate::store::StoredEntry) -> ApiResult<scenarios::ledger::EntryBody> {
+    serde_json::from_str(&e.body)
+        .map_err(|err| ApiError::Internal(format!("ledger entry {} is malformed: {err}", e.seq)))
+}
+
+/// The newest stored checkpoint verifies under the key in force at its size.
+fn check_newest_checkpoint(store: &Store, keys: &Keys) -> ApiResult<()> {
+    let Some(cp) = store.checkpoint_at_or_before(u64::MAX >> 1)? else {
+        return Ok(());
+    };
+    let size = cp.checkpoint.size;
+    let public = keys
+        .ledger_key(keys.generation_for(size))
+        .map(|(_, k)| k)
+        .unwrap_or_default();
+    let ok = hex::decode(&cp.signature).is_ok_and(|sig| {
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+            .verify(&cp.checkpoint.signing_message(), &sig)
+            .is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Internal(format!(
+            "the stored checkpoint of {size} entries does not verify under the ledger key in force at that size: \
+             the keys directory does not hold the keys that signed this ledger (docs/keys.md, \"What the ledger pins\")"
+        )))
+    }
+}
+
+/// Records the first generation of the ledger key and/or the tokenization
+/// master key, endorsed by the ledger key (one transaction).
+fn enroll(store: &Store, keys: &Keys, ledger_key: bool, token_key: bool) -> ApiResult<()> {
+    let mut entries = Vec::new();
+    if ledger_key {
+        let id = keys.first_public_key_hex();
+        let endorsement = keys.endorse(&crate::keys::key_record_message("ledger", 1, &id));
+        entries.push(NewEntry::system(
+            KEY_ENROLL,
+            LEDGER_KEY_SUBJECT,
+            serde_json::json!({"key": "ledger", "generation": 1, "public_key": id, "endorsement": endorsement}),
+        ));
+    }
+    if token_key {
+        let id = keys
+            .token_fingerprint(1)
+            .ok_or_else(|| ApiError::Internal("the tokenization key is missing".into()))?;
+        let endorsement = keys.endorse(&crate::keys::key_record_message("tokenization", 1, &id));
+        entries.push(NewEntry::system(
+            KEY_ENROLL,
+            TOKEN_KEY_SUBJECT,
+            serde_json::json!({"key": "tokenization", "generation": 1, "fingerprint": id, "endorsement": endorsement}),
+        ));
+    }
+    store.tx(move |tx| {
+        for e in entries {
+            append(tx, e, Utc::now())?;
+        }
+        Ok(())
+    })
 }
 
 /// `checkpoint` signed with the operator key: its JSON signature and its
@@ -629,5 +854,136 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let report = verify_export(text.lines(), Some(&key), &[r.checkpoint]).unwrap();
         assert_eq!((report.entries, report.checkpoints), (8, 3));
+    }
+
+    /// A data directory opened as `invis serve` opens it.
+    fn open(dir: &Path) -> (Store, Keys) {
+        let store = Store::open(dir).unwrap();
+        let keys = Keys::load_or_create(dir, None).unwrap();
+        follow_key_chain(&store, &keys, Enrollment::Record).unwrap();
+        (store, keys)
+    }
+
+    fn reopen(dir: &Path) -> Result<Keys, String> {
+        let store = Store::open(dir).unwrap();
+        let keys = Keys::load_or_create(dir, None).map_err(|e| e.to_string())?;
+        follow_key_chain(&store, &keys, Enrollment::Record).map_err(|e| e.to_string())?;
+        Ok(keys)
+    }
+
+    fn forge(store: &Store, subject: &'static str, details: serde_json::Value) {
+        store
+            .tx(move |tx| {
+                append(tx, NewEntry::system("key.rotate", subject, details), Utc::now())?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn first_keys_are_enrolled_once_and_checked_at_every_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = open(dir.path());
+        Ledger::new().checkpoint(&store, &keys).unwrap();
+        let enrolled = |s: &Store| {
+            [LEDGER_KEY_SUBJECT, TOKEN_KEY_SUBJECT]
+                .iter()
+                .map(|sub| s.ledger_for(sub).unwrap().len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(enrolled(&store), [1, 1]);
+        drop(keys);
+        reopen(dir.path()).unwrap();
+        assert_eq!(enrolled(&store), [1, 1], "enrolled once");
+
+        // A tokenization master key swapped for one the attacker knows.
+        let kd = dir.path().join("keys");
+        let original = std::fs::read(kd.join("tokenize.key")).unwrap();
+        std::fs::write(kd.join("tokenize.key"), [7u8; 32]).unwrap();
+        let err = reopen(dir.path()).unwrap_err();
+        assert!(
+            err.contains("tokenization key generation 1 in the keys directory is not the key recorded"),
+            "{err}"
+        );
+        std::fs::write(kd.join("tokenize.key"), &original).unwrap();
+        reopen(dir.path()).unwrap();
+
+        // The first ledger key swapped for another: its enrollment says no.
+        let other = tempfile::tempdir().unwrap();
+        let _ = Keys::load_or_create(other.path(), None).unwrap();
+        let theirs = std::fs::read(other.path().join("keys/ledger.ed25519.pk8")).unwrap();
+        let ours = std::fs::read(kd.join("ledger.ed25519.pk8")).unwrap();
+        std::fs::write(kd.join("ledger.ed25519.pk8"), &theirs).unwrap();
+        let err = reopen(dir.path()).unwrap_err();
+        assert!(err.contains("not the ledger key enrolled"), "{err}");
+        std::fs::write(kd.join("ledger.ed25519.pk8"), &ours).unwrap();
+        reopen(dir.path()).unwrap();
+
+        // Where nothing is enrolled (a backup being checked), the newest
+        // stored checkpoint says no.
+        let bare = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(bare.path()).unwrap();
+            let keys = Keys::load_or_create(bare.path(), None).unwrap();
+            add(&store, "x", "test.entry", 2);
+            Ledger::new().checkpoint(&store, &keys).unwrap();
+        }
+        std::fs::write(bare.path().join("keys/ledger.ed25519.pk8"), &theirs).unwrap();
+        let store = Store::open(bare.path()).unwrap();
+        let keys = Keys::load_or_create(bare.path(), None).unwrap();
+        let err = follow_key_chain(&store, &keys, Enrollment::Check)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not verify under the ledger key"), "{err}");
+    }
+
+    #[test]
+    fn key_files_and_entries_put_in_by_hand_are_never_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = open(dir.path());
+        let kd = dir.path().join("keys");
+        // A next-generation tokenization file nobody rotated: ignored.
+        std::fs::write(kd.join("tokenize.2.key"), [9u8; 32]).unwrap();
+        drop(keys);
+        let keys = reopen(dir.path()).unwrap();
+        assert_eq!(keys.token_generation(), 1);
+        assert!(keys.token_key("ag", 2).is_err());
+        // A rotation replaces it rather than adopting it.
+        let (g, fingerprint) = keys.prepare_token_rotation().unwrap();
+        assert_eq!(g, 2);
+        assert_ne!(std::fs::read(kd.join("tokenize.2.key")).unwrap(), [9u8; 32]);
+        // ... and an entry appended by hand that records it, without the
+        // ledger key's endorsement, stops the start.
+        forge(
+            &store,
+            TOKEN_KEY_SUBJECT,
+            serde_json::json!({"key": "tokenization", "generation": 2, "fingerprint": fingerprint}),
+        );
+        drop(keys);
+        let err = reopen(dir.path()).unwrap_err();
+        assert!(err.contains("not endorsed by the ledger key"), "{err}");
+
+        // A ledger key announced by hand, with its file in place.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = open(dir.path());
+        let (g, public) = keys.prepare_ledger_rotation().unwrap();
+        let forged = crate::keys::key_record_message("ledger", g, &hex::encode(&public));
+        // Endorsed by the new key itself, not the one before it.
+        let self_signed = {
+            let other = Keys::load_or_create(tempfile::tempdir().unwrap().path(), None).unwrap();
+            other.endorse(&forged)
+        };
+        let note_key = scenarios::ledger::VerifierKey::operator_of(&keys.first_public_key(), &public)
+            .unwrap()
+            .to_string();
+        forge(
+            &store,
+            LEDGER_KEY_SUBJECT,
+            serde_json::json!({"key": "ledger", "generation": g, "public_key": hex::encode(&public),
+                               "note_key": note_key, "endorsement": self_signed}),
+        );
+        drop(keys);
+        let err = reopen(dir.path()).unwrap_err();
+        assert!(err.contains("is not endorsed by the key before it"), "{err}");
     }
 }

@@ -420,6 +420,21 @@ enum AdminCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Re-seal every key in the data directory under a new key-encryption
+    /// key (the server must be stopped; docs/keys.md). Running it again
+    /// finishes a run that was interrupted.
+    Rekey {
+        /// Directory of the store and keys.
+        #[arg(long, env = "INVIS_DATA_DIR", default_value = "invis-data")]
+        data_dir: PathBuf,
+        /// The current key-encryption key (else `INVIS_KEK_FILE` or
+        /// `INVIS_KEK`; none when the keys are stored unsealed).
+        #[arg(long)]
+        kek_file: Option<PathBuf>,
+        /// The new key-encryption key (made by `invis admin new-kek`).
+        #[arg(long)]
+        new_kek_file: PathBuf,
+    },
 }
 
 /// The configuration of `data_dir`, with the key-encryption key of
@@ -536,6 +551,25 @@ async fn main() -> Result<()> {
             no_pums,
             reps,
         } => gateway::bench::run(enterprises, iterations, (!no_pums).then_some(pums), reps).await,
+        Command::Admin {
+            command:
+                AdminCommand::Rekey {
+                    data_dir,
+                    kek_file,
+                    new_kek_file,
+                },
+        } => {
+            let new = Kek::load(Some(&new_kek_file))?
+                .ok_or_else(|| anyhow::anyhow!("no key-encryption key in {}", new_kek_file.display()))?;
+            let n = gateway::keys::rekey(&data_dir, kek(kek_file)?.as_ref(), &new)?;
+            println!(
+                "re-sealed {n} key files in {} under {}: start the server with the new key-encryption key; \
+                 the old one opens nothing here any more (copies made before, such as backups, still need it)",
+                data_dir.join("keys").display(),
+                new_kek_file.display()
+            );
+            Ok(())
+        }
         Command::Admin {
             command: AdminCommand::NewKek { out },
         } => {

@@ -92,8 +92,8 @@ pub struct AppState {
     pub running: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
     /// Jobs in flight by developer and organization.
     pub tenants: Arc<crate::tenants::Tenants>,
-    /// Held while the ledger key rotates: one rotation at a time.
-    pub ledger_rotation: Arc<tokio::sync::Mutex<()>>,
+    /// Held while a key rotates: one rotation at a time.
+    pub key_rotation: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -102,7 +102,7 @@ impl AppState {
         let store = Store::open(&config.data_dir)?;
         crate::storage::prepare_root(&config.data_root, &config.data_dir)?;
         let keys = Keys::load_or_create(&config.data_dir, config.kek.as_ref())?;
-        crate::ledger::follow_key_chain(&store, &keys).map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::ledger::follow_key_chain(&store, &keys, crate::ledger::Enrollment::Record)?;
         let runtime = Runtime::new().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(AppState {
             store: Arc::new(store),
@@ -113,7 +113,7 @@ impl AppState {
             config: Arc::new(config),
             running: Arc::new(Mutex::new(HashMap::new())),
             tenants: Arc::new(crate::tenants::Tenants::default()),
-            ledger_rotation: Arc::new(tokio::sync::Mutex::new(())),
+            key_rotation: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 }

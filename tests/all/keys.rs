@@ -155,3 +155,164 @@ fn a_rotated_tokenization_key_serves_new_agreements_and_keeps_open_ones() {
     let text = rotations[0].to_string();
     assert!(text.contains("\"generation\":2"), "{text}");
 }
+
+/// Key files are trusted only as far as the ledger records them (issue 16):
+/// with the data directory writable but the key-encryption key and the
+/// ledger key out of reach, an attacker who swaps in a key of their own,
+/// unsealed, is refused at the next start (left as found, not sealed over
+/// or served), and a next-generation file nobody rotated tokenizes nothing
+/// and is replaced by the next rotation.
+#[test]
+fn key_files_the_ledger_does_not_record_are_refused_or_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kek = tmp.path().join("kek").to_string_lossy().into_owned();
+    run_invis(&["admin", "new-kek", "--out", &kek]).unwrap();
+    let args = ["--kek-file", kek.as_str()];
+    let mut server = Server::start(&args).unwrap();
+    let (op, reg) = (
+        server.operator.token().to_string(),
+        server.regulator.token().to_string(),
+    );
+    let enrolled = server.regulator.get("/v1/regulator/ledger").text();
+    assert_eq!(
+        enrolled.matches("key.enroll").count(),
+        2,
+        "the first ledger and tokenization keys are enrolled: {enrolled}"
+    );
+    server.kill();
+    let dir = server.dir.clone();
+    let data_dir = dir.to_string_lossy().into_owned();
+    let kd = dir.join("keys");
+    let serve = || {
+        run_invis(&[
+            "serve",
+            "--data-dir",
+            &data_dir,
+            "--listen",
+            "127.0.0.1:0",
+            "--kek-file",
+            &kek,
+        ])
+        .unwrap()
+    };
+
+    // The tokenization master key swapped for one the attacker knows.
+    let sealed = std::fs::read(kd.join("tokenize.key")).unwrap();
+    std::fs::write(kd.join("tokenize.key"), [7u8; 32]).unwrap();
+    let (code, _, err) = serve();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("tokenization key generation 1 in the keys directory is not the key recorded"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(kd.join("tokenize.key")).unwrap(),
+        [7u8; 32],
+        "refused as found, not sealed over"
+    );
+    std::fs::write(kd.join("tokenize.key"), &sealed).unwrap();
+
+    // The ledger key swapped for another data directory's.
+    let other = tempfile::tempdir().unwrap();
+    let (code, _, err) = run_invis(&[
+        "admin",
+        "bootstrap",
+        "--data-dir",
+        &other.path().to_string_lossy(),
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let ours = std::fs::read(kd.join("ledger.ed25519.pk8")).unwrap();
+    std::fs::copy(
+        other.path().join("keys/ledger.ed25519.pk8"),
+        kd.join("ledger.ed25519.pk8"),
+    )
+    .unwrap();
+    let (code, _, err) = serve();
+    assert_ne!(code, 0);
+    assert!(err.contains("not the ledger key enrolled"), "{err}");
+    std::fs::write(kd.join("ledger.ed25519.pk8"), &ours).unwrap();
+
+    // A next generation nobody rotated: the server starts, and the
+    // rotation that follows makes its own key rather than adopting it.
+    std::fs::write(kd.join("tokenize.2.key"), [9u8; 32]).unwrap();
+    let server = Server::spawn(&dir, &args, &op, &reg).unwrap();
+    let r = server.operator.post(
+        "/v1/operator/keys/tokenization/rotate",
+        &serde_json::json!({"reason": "scheduled"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["generation"], 2);
+    let file = std::fs::read(kd.join("tokenize.2.key")).unwrap();
+    assert!(file.starts_with(SEALED) && file != [9u8; 32], "replaced, sealed");
+    let recorded = r.json()["fingerprint"].as_str().unwrap_or("").to_string();
+    assert_eq!(recorded.len(), 64, "{}", r.text());
+    let ledger = server.regulator.get("/v1/regulator/ledger").text();
+    assert!(ledger.contains(&recorded), "the fingerprint is in the ledger");
+    drop(server);
+    // And the rotated generation survives a restart.
+    let server = Server::spawn(&dir, &args, &op, &reg).unwrap();
+    assert_eq!(server.operator.get("/v1/ledger/public-key").status, 200);
+}
+
+/// Rotating the key-encryption key (issue 16): `invis admin rekey`
+/// re-seals every key under a new one; the old one opens nothing after,
+/// the platform keeps its keys, and a wrong current key changes nothing.
+#[test]
+fn the_key_encryption_key_rotates_and_the_platform_keeps_its_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = |n: &str| {
+        let p = tmp.path().join(n).to_string_lossy().into_owned();
+        run_invis(&["admin", "new-kek", "--out", &p]).unwrap();
+        p
+    };
+    let (a, b, wrong) = (file("a"), file("b"), file("wrong"));
+    let mut server = Server::start(&["--kek-file", &a]).unwrap();
+    let key = server.operator.get("/v1/ledger/public-key").ok();
+    let (op, reg) = (
+        server.operator.token().to_string(),
+        server.regulator.token().to_string(),
+    );
+    server.kill();
+    let dir = server.dir.clone();
+    let d = dir.to_string_lossy().into_owned();
+    let before = std::fs::read(dir.join("keys/tokenize.key")).unwrap();
+    let rekey = |cur: &str, new: &str| {
+        run_invis(&[
+            "admin",
+            "rekey",
+            "--data-dir",
+            &d,
+            "--kek-file",
+            cur,
+            "--new-kek-file",
+            new,
+        ])
+        .unwrap()
+    };
+    let (code, _, err) = rekey(&wrong, &b);
+    assert_ne!(code, 0);
+    assert!(err.contains("does not open"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.join("keys/tokenize.key")).unwrap(),
+        before,
+        "nothing changed"
+    );
+    let (code, out, err) = rekey(&a, &b);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("re-sealed 2 key files"), "{out}");
+    let (code, _, err) = run_invis(&[
+        "serve",
+        "--data-dir",
+        &d,
+        "--listen",
+        "127.0.0.1:0",
+        "--kek-file",
+        &a,
+    ])
+    .unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("does not open"), "{err}");
+    let server = Server::spawn(&dir, &["--kek-file", &b], &op, &reg).unwrap();
+    assert_eq!(server.operator.get("/v1/ledger/public-key").ok(), key);
+}

@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{Duration, Utc};
-use scenarios::party::Role;
+use scenarios::party::{Actor, Role};
 use scenarios::policy::ScenarioSpec;
 use scenarios::workflow::{Agreement, Application, Scenario, ScenarioStatus, Terms};
 use serde::Deserialize;
@@ -621,11 +621,132 @@ impl Rotation {
     }
 }
 
+/// Which key a rotation renews.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RotatedKey {
+    Ledger,
+    Tokenization,
+}
+
+impl RotatedKey {
+    fn name(self) -> &'static str {
+        match self {
+            RotatedKey::Ledger => "ledger",
+            RotatedKey::Tokenization => "tokenization",
+        }
+    }
+}
+
+/// A rotation recorded in the ledger.
+struct Rotated {
+    generation: u64,
+    details: Value,
+    seq: u64,
+}
+
+/// The shared course of a key rotation (one at a time): the new generation
+/// is made and written before anything uses it; its `key.rotate` entry,
+/// endorsed by the ledger key in force (`crate::ledger::follow_key_chain`),
+/// puts it in force in the same transaction; if the entry does not commit,
+/// the generation is withdrawn and its file is replaced by the next
+/// rotation.
+async fn rotate(st: &AppState, actor: Actor, reason: String, kind: RotatedKey) -> ApiResult<Rotated> {
+    let _one_at_a_time = st.key_rotation.lock().await;
+    let keys = st.keys.clone();
+    let first = st.keys.first_public_key();
+    let (generation, details) = blocking(move || {
+        let fail = |e: anyhow::Error| ApiError::Internal(e.to_string());
+        Ok(match kind {
+            RotatedKey::Ledger => {
+                let (g, public_key) = keys.prepare_ledger_rotation().map_err(fail)?;
+                let note_key = scenarios::ledger::VerifierKey::operator_of(&first, &public_key)
+                    .ok_or_else(|| ApiError::Internal("the new ledger key is not an Ed25519 key".into()))?
+                    .to_string();
+                let id = hex::encode(&public_key);
+                let endorsement = keys.endorse(&crate::keys::key_record_message("ledger", g, &id));
+                (
+                    g,
+                    json!({"key": "ledger", "generation": g, "public_key": id, "note_key": note_key,
+                           "endorsement": endorsement, "reason": reason}),
+                )
+            }
+            RotatedKey::Tokenization => {
+                let (g, fingerprint) = keys.prepare_token_rotation().map_err(fail)?;
+                let endorsement =
+                    keys.endorse(&crate::keys::key_record_message("tokenization", g, &fingerprint));
+                (
+                    g,
+                    json!({"key": "tokenization", "generation": g, "fingerprint": fingerprint,
+                           "endorsement": endorsement, "reason": reason}),
+                )
+            }
+        })
+    })
+    .await?;
+    let subject = match kind {
+        RotatedKey::Ledger => crate::ledger::LEDGER_KEY_SUBJECT,
+        RotatedKey::Tokenization => crate::ledger::TOKEN_KEY_SUBJECT,
+    };
+    let keys = st.keys.clone();
+    let now = Utc::now();
+    let entry = details.clone();
+    let written = st
+        .store
+        .clone()
+        .write(move |tx| {
+            let seq = append(
+                tx,
+                NewEntry::by(&actor, scenarios::ledger::KEY_ROTATE, subject, entry),
+                now,
+            )?;
+            // In force before the entry commits: for the ledger key, no
+            // tree beyond the entry can be read, and so signed, before the
+            // new key signs it.
+            match kind {
+                RotatedKey::Ledger => keys.announce_ledger(generation, seq),
+                RotatedKey::Tokenization => keys.announce_token(generation),
+            }
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok(seq)
+        })
+        .await;
+    match written {
+        Ok(seq) => Ok(Rotated {
+            generation,
+            details,
+            seq,
+        }),
+        Err(e) => {
+            // Withdrawn only when the entry is not in the ledger (a write
+            // that failed after committing keeps it; a restart rebuilds the
+            // keys in force from the ledger either way).
+            let store = st.store.clone();
+            let recorded = blocking(move || {
+                Ok(store.ledger_for(subject)?.iter().any(|e| {
+                    serde_json::from_str::<scenarios::ledger::EntryBody>(&e.body).is_ok_and(|b| {
+                        b.action == scenarios::ledger::KEY_ROTATE
+                            && b.details.get("generation").and_then(|g| g.as_u64()) == Some(generation)
+                    })
+                }))
+            })
+            .await;
+            if matches!(recorded, Ok(false)) {
+                match kind {
+                    RotatedKey::Ledger => st.keys.withdraw_ledger(generation),
+                    RotatedKey::Tokenization => st.keys.withdraw_token(generation),
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Rotates the tokenization master key (issue 16): a new generation, used
 /// by agreements issued from now on. Open agreements keep the generation
 /// they were issued under, so the tokens they released stay stable for
 /// their life; to move one onto the new key, terminate it and issue a new
-/// one (whose tokens link to nothing before). Recorded as `key.rotate`.
+/// one (whose tokens link to nothing before). Recorded as `key.rotate`
+/// `{key: "tokenization", generation, fingerprint, endorsement, reason}`.
 pub(crate) async fn rotate_token_key(
     State(st): State<AppState>,
     Auth(actor): Auth,
@@ -633,34 +754,14 @@ pub(crate) async fn rotate_token_key(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     actor.require(Role::Operator)?;
     let reason = r.reason()?;
-    let keys = st.keys.clone();
-    let generation = blocking(move || {
-        keys.rotate_token_master()
-            .map_err(|e| ApiError::Internal(e.to_string()))
-    })
-    .await?;
-    let now = Utc::now();
-    st.store
-        .clone()
-        .write(move |tx| {
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    "key.rotate",
-                    "tokenization",
-                    json!({"key": "tokenization", "generation": generation, "reason": reason}),
-                ),
-                now,
-            )?;
-            Ok(())
-        })
-        .await?;
+    let r = rotate(&st, actor, reason, RotatedKey::Tokenization).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
-            "key": "tokenization",
-            "generation": generation,
+            "key": RotatedKey::Tokenization.name(),
+            "generation": r.generation,
+            "fingerprint": r.details.get("fingerprint"),
+            "announced_in": r.seq,
             "note": "agreements issued from now on use this generation; open agreements keep theirs (docs/keys.md)"
         })),
     ))
@@ -668,10 +769,10 @@ pub(crate) async fn rotate_token_key(
 
 /// Rotates the ledger signing key (issue 16): a new Ed25519 key is made and
 /// written (sealed when the keys are), announced in a `key.rotate` entry
-/// `{key: "ledger", generation, public_key, note_key, reason}`, and the
-/// tree ending at that entry is signed by the old key; checkpoints of
-/// larger trees are signed by the new one. Verifiers holding the first key
-/// follow the chain (`scenarios::ledger::KeyChain`, `docs/keys.md`).
+/// `{key: "ledger", generation, public_key, note_key, endorsement, reason}`,
+/// and the tree ending at that entry is signed by the old key; checkpoints
+/// of larger trees are signed by the new one. Verifiers holding the first
+/// key follow the chain (`scenarios::ledger::KeyChain`, `docs/keys.md`).
 pub(crate) async fn rotate_ledger_key(
     State(st): State<AppState>,
     Auth(actor): Auth,
@@ -679,66 +780,8 @@ pub(crate) async fn rotate_ledger_key(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     actor.require(Role::Operator)?;
     let reason = r.reason()?;
-    let _one_at_a_time = st.ledger_rotation.lock().await;
-    let keys = st.keys.clone();
-    let (generation, public_key) = blocking(move || {
-        keys.prepare_ledger_rotation()
-            .map_err(|e| ApiError::Internal(e.to_string()))
-    })
-    .await?;
-    let first = st.keys.first_public_key();
-    let note_key = scenarios::ledger::VerifierKey::operator_of(&first, &public_key)
-        .ok_or_else(|| ApiError::Internal("the new ledger key is not an Ed25519 key".into()))?
-        .to_string();
-    let public_hex = hex::encode(&public_key);
-    let now = Utc::now();
-    let keys = st.keys.clone();
-    let details = json!({
-        "key": "ledger",
-        "generation": generation,
-        "public_key": public_hex,
-        "note_key": note_key,
-        "reason": reason,
-    });
-    let written = st
-        .store
-        .clone()
-        .write(move |tx| {
-            let seq = append(
-                tx,
-                NewEntry::by(&actor, "key.rotate", crate::ledger::LEDGER_KEY_SUBJECT, details),
-                now,
-            )?;
-            // In force before the entry commits: no tree beyond it can be
-            // read, and so signed, before the new key signs it.
-            keys.announce_ledger(generation, seq)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            Ok(seq)
-        })
-        .await;
-    let seq = match written {
-        Ok(seq) => seq,
-        Err(e) => {
-            // Withdrawn only when the announcement is not in the ledger (a
-            // write that failed after committing keeps it; a restart
-            // rebuilds the keys in force from the ledger either way).
-            let store = st.store.clone();
-            let first = first.clone();
-            let announced = blocking(move || {
-                Ok(store
-                    .ledger_for(crate::ledger::LEDGER_KEY_SUBJECT)?
-                    .iter()
-                    .filter_map(|e| serde_json::from_str::<scenarios::ledger::EntryBody>(&e.body).ok())
-                    .filter_map(|b| scenarios::ledger::announcement(&b, &first).ok().flatten())
-                    .any(|a| a.generation == generation))
-            })
-            .await;
-            if matches!(announced, Ok(false)) {
-                st.keys.withdraw_ledger(generation);
-            }
-            return Err(e);
-        }
-    };
+    let r = rotate(&st, actor, reason, RotatedKey::Ledger).await?;
+    let seq = r.seq;
     // The tree ending at the announcement, signed by the old key.
     let st2 = st.clone();
     let announced_under = blocking(move || {
@@ -749,10 +792,10 @@ pub(crate) async fn rotate_ledger_key(
     Ok((
         StatusCode::CREATED,
         Json(json!({
-            "key": "ledger",
-            "generation": generation,
-            "public_key": public_hex,
-            "note_key": note_key,
+            "key": RotatedKey::Ledger.name(),
+            "generation": r.generation,
+            "public_key": r.details.get("public_key"),
+            "note_key": r.details.get("note_key"),
             "announced_in": seq,
             "announced_under": announced_under,
             "note": "checkpoints of trees beyond the announcement are signed by the new key; verifiers keep the first key and follow the chain (docs/keys.md)"
