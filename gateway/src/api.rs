@@ -7,7 +7,7 @@ mod catalog;
 mod consent;
 mod developer;
 mod feedback;
-mod fees;
+pub(crate) mod fees;
 mod files;
 mod ledger;
 mod operator;

@@ -658,6 +658,10 @@ async fn run(
                     quantum: st.config.time_quantum,
                 }),
                 compile_ms: job.compile_ms,
+                tenant: runtime::fair::Tenant {
+                    organization: actor.org.clone(),
+                    developer: actor.id.clone(),
+                },
             };
             tokio::task::spawn_blocking(move || rt.run(&bytes, input))
                 .await
@@ -756,6 +760,11 @@ async fn finish(
     hold_until(how.ended).await;
     let result = outcome.result;
     let cancel = how.cancel;
+    let (tenants, tenant_limits, fuel_limit) = (
+        st.tenants.clone(),
+        st.config.tenant_limits,
+        st.config.job_limits.fuel,
+    );
     let (store, actor, mut j) = (st.store.clone(), actor.clone(), job.clone());
     let releases = outcome.releases;
     let done = store
@@ -823,6 +832,10 @@ async fn finish(
             if j.status == JobStatus::Succeeded {
                 append(tx, release_entry(&actor, &j, None), now)?;
             }
+            // Work is charged as the job is metered (data-independent; see
+            // `crate::tenants`), before its end can be seen.
+            let metered = crate::api::fees::metered(std::slice::from_ref(&j), None, None, fuel_limit);
+            tenants.charge(&actor, crate::tenants::work_units(&metered), &tenant_limits);
             Ok(j)
         })
         .await?;

@@ -171,6 +171,7 @@ pub async fn run(opts: LocalRun) -> Result<i32> {
         module_hash: None,
         hold_slot: None,
         compile_ms: 0,
+        tenant: Default::default(),
     };
     let outcome = tokio::task::spawn_blocking(move || rt.run(&bytes, input)).await?;
     let spent = accountant.spent();

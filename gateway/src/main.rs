@@ -53,6 +53,18 @@ enum Command {
         /// Jobs one organization's developers may have in flight together.
         #[arg(long, default_value_t = gateway::tenants::TenantLimits::default().jobs_per_organization)]
         max_jobs_per_organization: u32,
+        /// Work units one developer may use in each window (a unit is 1M
+        /// fuel, 10,000 catalog rows read or 10 ms of compiling; over it,
+        /// 429 until the next window).
+        #[arg(long, default_value_t = gateway::tenants::TenantLimits::default().work_per_developer)]
+        work_per_developer: u64,
+        /// Work units one organization's developers may use together in
+        /// each window.
+        #[arg(long, default_value_t = gateway::tenants::TenantLimits::default().work_per_organization)]
+        work_per_organization: u64,
+        /// The work window in seconds.
+        #[arg(long, default_value_t = gateway::tenants::TenantLimits::default().work_window_secs)]
+        work_window_secs: u64,
         #[command(flatten)]
         limits: LimitArgs,
         /// Working-day calendar for review and filing deadlines (JSON:
@@ -481,6 +493,9 @@ async fn main() -> Result<()> {
             kek_file,
             max_jobs_per_developer,
             max_jobs_per_organization,
+            work_per_developer,
+            work_per_organization,
+            work_window_secs,
             limits,
             calendar,
             tariff,
@@ -494,6 +509,16 @@ async fn main() -> Result<()> {
             );
             cfg.tenant_limits.jobs_per_developer = max_jobs_per_developer;
             cfg.tenant_limits.jobs_per_organization = max_jobs_per_organization;
+            anyhow::ensure!(
+                work_per_developer >= 1
+                    && work_per_organization >= work_per_developer
+                    && (1..=86_400).contains(&work_window_secs),
+                "--work-per-developer must be at least 1 and at most --work-per-organization, \
+                 and --work-window-secs between 1 and 86400"
+            );
+            cfg.tenant_limits.work_per_developer = work_per_developer;
+            cfg.tenant_limits.work_per_organization = work_per_organization;
+            cfg.tenant_limits.work_window_secs = work_window_secs;
             if let Some(root) = data_root {
                 cfg.data_root = root;
             }

@@ -131,6 +131,9 @@ pub struct JobInput {
     /// Milliseconds already spent compiling the module for this job (at
     /// submission): they count against `limits.timeout_ms`.
     pub compile_ms: u64,
+    /// Whose job it is: the CPU is shared fairly between tenants
+    /// ([`crate::fair`]).
+    pub tenant: crate::fair::Tenant,
 }
 
 /// The WASM runtime.
@@ -141,6 +144,8 @@ pub struct Runtime {
     /// Compiled and pre-linked modules by SHA-256.
     cache: Mutex<Cache>,
     slots: Slots,
+    /// Who runs now: as many leases as cores, shared fairly.
+    cpu: Arc<crate::fair::FairCpu>,
     compile_slots: Arc<Slots>,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -218,6 +223,7 @@ impl Runtime {
             udf_factory,
             cache: Mutex::new(Cache::default()),
             slots: Slots::new(CONCURRENT_JOBS),
+            cpu: crate::fair::FairCpu::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
             compile_slots: Arc::new(Slots::new(COMPILE_SLOTS)),
             ticker_stop,
         })
@@ -337,6 +343,7 @@ impl Runtime {
             module_hash: None,
             hold_slot: None,
             compile_ms: 0,
+            tenant: Default::default(),
         };
         let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
         let state = HostState::new(input, deadline, &p, self.udf_factory.clone());
@@ -439,13 +446,17 @@ impl Runtime {
                 ended: Instant::now(),
             };
         }
+        // The guest runs only while it holds a share of the CPU; waiting
+        // for one is not its running time.
+        let lease = self.cpu.acquire(&input.tenant);
         // The guest's own running time starts now; what compiling the
         // module took, at submission and here, is taken off its limit. Host
-        // calls move the deadline later by the time they take
-        // (`host::timed`).
+        // calls, and waits for the CPU at later slices, move the deadline
+        // later by the time they take (`host::timed`, `HostState::tick`).
         let deadline =
             Instant::now() + Duration::from_millis(limits.timeout_ms.saturating_sub(usage.compile_ms));
-        let state = HostState::new(input, deadline, &prepared, self.udf_factory.clone());
+        let mut state = HostState::new(input, deadline, &prepared, self.udf_factory.clone());
+        state.lease = Some(lease);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let result = (|| -> Result<(), JobError> {
@@ -466,7 +477,9 @@ impl Runtime {
         })();
         usage.fuel = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         usage.wall_ms = coarse_wall_ms(started.elapsed());
-        let st = store.into_data();
+        let mut st = store.into_data();
+        // Freed before any hold of the job slot.
+        st.lease = None;
         usage.peak_memory_bytes = st.limiter.peak_memory as u64;
         usage.host_calls = st.host_calls;
         usage.queries = st.releases.len() as u32;
@@ -491,6 +504,9 @@ pub(crate) trait Deadline: 'static {
     fn cancelled(&self) -> bool;
     /// Records why the guest is being interrupted.
     fn interrupted(&mut self, why: JobError);
+    /// Called first on every tick: a job gives its share of the CPU to
+    /// others here ([`crate::fair`]).
+    fn tick(&mut self) {}
 }
 
 /// Interrupts a store's guest at the first epoch tick after the deadline
@@ -499,6 +515,7 @@ pub(crate) fn arm_deadline<T: Deadline>(store: &mut Store<T>) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
         let st = ctx.data_mut();
+        st.tick();
         if st.cancelled() {
             st.interrupted(JobError::Cancelled("the job was stopped".into()));
             return Ok(UpdateDeadline::Interrupt);

@@ -145,6 +145,8 @@ pub(crate) struct HostState {
     pub udf_factory: Arc<UdfFactory>,
     /// Created at the first `udf_register`.
     pub udfs: Option<Arc<UdfHost>>,
+    /// The job's share of the CPU while it runs.
+    pub lease: Option<crate::fair::Lease>,
 }
 
 impl HostState {
@@ -180,6 +182,7 @@ impl HostState {
             module: module.clone(),
             udf_factory,
             udfs: None,
+            lease: None,
         }
     }
 }
@@ -193,6 +196,15 @@ impl crate::engine::Deadline for HostState {
     }
     fn interrupted(&mut self, why: JobError) {
         self.stop = Some(why);
+    }
+    /// Gives the CPU to a waiting job once a slice is used up; the wait
+    /// moves the deadline later, so a job's outcome never depends on
+    /// others' load (I14).
+    fn tick(&mut self) {
+        if let Some(lease) = &mut self.lease {
+            let waited = lease.yield_if_due();
+            self.deadline = self.deadline.checked_add(waited).unwrap_or(self.deadline);
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod engine;
 mod error;
+pub mod fair;
 pub mod host;
 mod limits;
 pub mod shape;

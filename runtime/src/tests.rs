@@ -29,6 +29,7 @@ fn input(tokio: &tokio::runtime::Runtime, limits: JobLimits) -> JobInput {
         module_hash: None,
         hold_slot: None,
         compile_ms: 0,
+        tenant: Default::default(),
     }
 }
 

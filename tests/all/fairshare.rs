@@ -1,8 +1,10 @@
-//! Fair share, first part (issue 18): each developer and organization may
-//! have so many jobs in flight; over that, 429 with `Retry-After` instead of
-//! an unbounded queue, and another tenant's job still runs meanwhile.
+//! Fair share (issue 18): each developer and organization may have so many
+//! jobs in flight and use so much work per window; over that, 429 with
+//! `Retry-After` instead of an unbounded queue; and the CPU is shared
+//! between tenants, so another tenant's jobs run to their end while the
+//! first tenant's loops hold every core.
 
-use crate::fixture::{open_agreement, scenario, world};
+use crate::fixture::{open_agreement, scenario, world, BANK_JOB};
 use invis_tests::wat;
 use serde_json::json;
 
@@ -79,4 +81,105 @@ fn a_tenant_over_its_limit_gets_429_and_another_tenants_job_runs_meanwhile() {
     assert!(free, "the looping jobs ended");
     let r = w.developer.post_raw(&path, &small, "application/wasm");
     assert_eq!(r.status, 202, "{}", r.text());
+}
+
+/// Work per window: a developer who used its work units is refused with
+/// 429 until the next window, as counted from its jobs' metering (fuel
+/// here), and another organization is not held back.
+#[test]
+fn a_tenant_over_its_work_budget_gets_429_until_the_next_window() {
+    let w = world(
+        200,
+        10.0,
+        &[
+            "--work-per-developer",
+            "10",
+            "--work-per-organization",
+            "10",
+            "--work-window-secs",
+            "3600",
+            "--job-fuel",
+            "20000000",
+        ],
+    );
+    let path = format!("/v1/developer/agreements/{}/jobs?wait=true", w.agreement);
+    // Runs until its 20M fuel are used up: 20 work units.
+    let done = w.developer.post_raw(&path, &wat(LOOP), "application/wasm").ok();
+    assert_eq!(done["status"], "failed", "{done}");
+    let limits = w.developer.get("/v1/developer/limits").ok();
+    let used = limits["work"]["developer"].as_u64().unwrap_or(0);
+    assert!(used >= 20, "the job's fuel is charged: {limits}");
+    assert_eq!(limits["tenant_limits"]["work_per_developer"], 10);
+    let before = w.server.ledger_size();
+    let small =
+        wat(r#"(module (memory (export "memory") 1) (func (export "run") (result i32) (i32.const 0)))"#);
+    let r = w.developer.post_raw(&path, &small, "application/wasm");
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.message().contains("work units"), "{}", r.message());
+    let wait: u64 = r.retry_after.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!(
+        (1..=3600).contains(&wait),
+        "Retry-After until the next window: {wait}"
+    );
+    assert_eq!(w.server.ledger_size(), before, "a refusal records nothing");
+
+    let other = w.server.party("Second Bank", "developer");
+    let mut spec = scenario(10.0);
+    spec["name"] = json!("second scenario");
+    let (_, ag) = open_agreement(&w.server, &other, &spec);
+    let done = other
+        .post_raw(
+            &format!("/v1/developer/agreements/{ag}/jobs?wait=true"),
+            &small,
+            "application/wasm",
+        )
+        .ok();
+    assert_eq!(done["status"], "succeeded", "{done}");
+}
+
+/// Time slicing: one tenant's loops, more of them than there are cores,
+/// hold every core; another tenant's jobs, queries included, still run to
+/// their end one after the other while those loops run (with first come,
+/// first served cores they would wait for the loops' deadlines).
+#[test]
+fn another_tenants_jobs_finish_while_one_tenants_loops_hold_every_core() {
+    let w = world(
+        200,
+        10.0,
+        &[
+            "--max-jobs-per-developer",
+            "8",
+            "--max-jobs-per-organization",
+            "8",
+            "--job-fuel",
+            "100000000000",
+            "--job-timeout-ms",
+            "15000",
+        ],
+    );
+    let looping = wat(LOOP);
+    let path = format!("/v1/developer/agreements/{}/jobs", w.agreement);
+    for _ in 0..8 {
+        let r = w.developer.post_raw(&path, &looping, "application/wasm");
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    let other = w.server.party("Second Bank", "developer");
+    let mut spec = scenario(10.0);
+    spec["name"] = json!("second scenario");
+    let (_, ag) = open_agreement(&w.server, &other, &spec);
+    for _ in 0..3 {
+        let done = other
+            .post_raw(
+                &format!("/v1/developer/agreements/{ag}/jobs?wait=true"),
+                BANK_JOB,
+                "application/wasm",
+            )
+            .ok();
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    let limits = w.developer.get("/v1/developer/limits").ok();
+    assert_eq!(
+        limits["in_flight"]["developer"], 8,
+        "the loops were all still running: {limits}"
+    );
 }

@@ -571,15 +571,27 @@ pub(crate) async fn job_output(
 }
 
 /// The limits the developer's jobs run under (per job, and per developer
-/// and organization in flight) and how many of its jobs, and of its
-/// organization's, are in flight now (issue "Fair share").
+/// and organization: in flight and work per window), how many of its jobs,
+/// and of its organization's, are in flight now, and the work both used
+/// in the current window (issue "Fair share").
 pub(crate) async fn limits(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let (mine, organization) = st.tenants.in_flight(&actor);
+    let ([work_mine, work_org], next_window_in) = st.tenants.work(&actor, &st.config.tenant_limits);
     Ok(Json(json!({
         "job_limits": st.config.job_limits,
         "tenant_limits": st.config.tenant_limits,
         "in_flight": {"developer": mine, "organization": organization},
+        "work": {
+            "developer": work_mine,
+            "organization": work_org,
+            "next_window_in_secs": next_window_in,
+            "units": {
+                "fuel": crate::tenants::FUEL_PER_UNIT,
+                "catalog_rows": crate::tenants::ROWS_PER_UNIT,
+                "compile_ms": crate::tenants::COMPILE_MS_PER_UNIT,
+            },
+        },
     })))
 }
 

@@ -80,6 +80,7 @@ pub async fn run(rows: usize, iterations: usize) -> Result<()> {
                 module_hash: Some(module_hash.clone()),
                 hold_slot: None,
                 compile_ms: 0,
+                tenant: Default::default(),
             };
             let t = Instant::now();
             let out = r2.run(&m2, input);

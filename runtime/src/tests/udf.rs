@@ -141,6 +141,7 @@ pub(super) fn input(t: &tokio::runtime::Runtime, scope: JobScope, limits: JobLim
         module_hash: None,
         hold_slot: None,
         compile_ms: 0,
+        tenant: Default::default(),
     }
 }
 
