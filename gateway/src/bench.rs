@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod compile;
 pub mod ledger;
+pub mod load;
 pub mod runtime;
 
 use crate::demo::{self, data};

@@ -322,7 +322,8 @@ pub fn dataset_specs(files: &data::DemoFiles) -> Vec<(&'static str, Value, PathB
     ]
 }
 
-fn materials() -> Value {
+/// Application materials, as a developer files them.
+pub fn materials() -> Value {
     json!({
         "qualifications": "licensed commercial bank (financial licence B0000H235020001); ISO 27001 certified",
         "data_needs": "enterprise counts and sizes, social-insurance contributions and tax-credit grades per industry and district",

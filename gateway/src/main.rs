@@ -153,6 +153,29 @@ enum Command {
         #[arg(long, hide = true)]
         case: Option<usize>,
     },
+    /// Fair share under a hostile tenant: one developer submits only
+    /// looping jobs, three others ordinary ones; prints ordinary jobs'
+    /// latency against idle, throughput, refusals, server errors, how the
+    /// loops ended, the ledger's verification and peak RSS, for each
+    /// number of clients and share of looping clients (a fresh server in
+    /// this process for each).
+    BenchLoad {
+        /// Client counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,200")]
+        clients: Vec<usize>,
+        /// Shares of looping clients in percent, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0,10,50")]
+        looping: Vec<usize>,
+        /// Seconds of load per configuration.
+        #[arg(long, default_value_t = 15)]
+        secs: u64,
+        /// Enterprises in the generated data.
+        #[arg(long, default_value_t = 2_000)]
+        enterprises: usize,
+        /// Time quantum of jobs' visible ends, ms.
+        #[arg(long, default_value_t = 10)]
+        quantum_ms: u64,
+    },
     /// Audit the privacy mechanisms: run each many times on neighbouring
     /// datasets and print the empirical lower bound on its epsilon next to
     /// the claimed one; broken mechanisms (negative controls) must be
@@ -716,6 +739,22 @@ async fn main() -> Result<()> {
             None => gateway::bench::compile::run(),
         },
         Command::BenchRuntime { rows, iterations } => gateway::bench::runtime::run(rows, iterations).await,
+        Command::BenchLoad {
+            clients,
+            looping,
+            secs,
+            enterprises,
+            quantum_ms,
+        } => {
+            gateway::bench::load::run(gateway::bench::load::LoadOptions {
+                clients,
+                loop_percent: looping,
+                secs,
+                enterprises,
+                quantum_ms,
+            })
+            .await
+        }
         Command::RunLocal {
             job,
             scenario,

@@ -223,7 +223,7 @@ impl Runtime {
             udf_factory,
             cache: Mutex::new(Cache::default()),
             slots: Slots::new(CONCURRENT_JOBS),
-            cpu: crate::fair::FairCpu::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            cpu: crate::fair::FairCpu::new(std::env::var("INVIS_CPU_LEASES").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))),
             compile_slots: Arc::new(Slots::new(COMPILE_SLOTS)),
             ticker_stop,
         })
@@ -403,7 +403,28 @@ impl Runtime {
     pub fn run(&self, bytes: &[u8], input: JobInput) -> JobOutcome {
         let _slot = self.slots.acquire();
         let hold = input.hold_slot;
-        let outcome = self.run_in_slot(bytes, input);
+        // On a thread of its own at a lower scheduling priority: a guest
+        // that computes (or loops) yields the core to the platform's own
+        // work (HTTP, the store, the ledger, queries) instead of taking
+        // its OS share of it; guests share among themselves by lease.
+        let outcome = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("invis-guest".into())
+                .stack_size(GUEST_THREAD_STACK)
+                .spawn_scoped(s, || {
+                    lower_priority();
+                    self.run_in_slot(bytes, input)
+                })
+                .map_err(|e| internal(format!("starting the guest thread: {e}")))
+                .and_then(|h| h.join().map_err(|_| internal("the guest thread panicked")))
+        })
+        .unwrap_or_else(|e| JobOutcome {
+            result: Err(e),
+            usage: Usage::default(),
+            logs: Vec::new(),
+            releases: Vec::new(),
+            ended: Instant::now(),
+        });
         if let Some(h) = hold {
             let until = h.until(outcome.ended);
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
@@ -491,6 +512,22 @@ impl Runtime {
             ended: Instant::now(),
         }
     }
+}
+
+/// Native stack of a guest thread: room for the guest's bounded stack
+/// (`max_wasm_stack`) and the host calls beneath it.
+const GUEST_THREAD_STACK: usize = 4 << 20;
+
+/// The nice value of guest threads (Linux: per thread).
+const GUEST_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`GUEST_NICE`]
+/// (Linux only; elsewhere, and if refused, it runs at the usual one).
+fn lower_priority() {
+    // On Linux the nice value is the thread's: `PRIO_PROCESS` with a
+    // thread id changes that thread alone. A refusal is harmless.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), GUEST_NICE);
 }
 
 /// Store data that carries its own deadline: the epoch callback reads it
