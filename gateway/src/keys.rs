@@ -567,6 +567,30 @@ impl Keys {
         })
     }
 
+    /// Drops the key files found beyond the generations the ledger records
+    /// (called once `crate::ledger::follow_key_chain` has put those in
+    /// force): a ledger or tokenization key file nobody announced (a
+    /// rotation that did not commit, or a file put there by someone else)
+    /// is never used, sealed in place or adopted by the next rotation,
+    /// which writes a fresh key over it.
+    pub fn forget_unrecorded(&self) {
+        let mut kept = Vec::new();
+        if let Ok(mut l) = self.ledger.write() {
+            let n = l.announced.len() + 1;
+            l.pairs.truncate(n);
+            kept.extend((1..=n).map(ledger_file));
+        }
+        if let Ok(mut t) = self.tokenize.write() {
+            let n = t.in_force;
+            t.found.truncate(n);
+            kept.extend((1..=n).map(tokenize_file));
+        }
+        self.unsealed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name| kept.contains(name));
+    }
+
     /// Seals in place the key files found unsealed (when a key-encryption
     /// key is given), atomically and keeping the same keys. Called once the
     /// ledger has vouched for them (`crate::ledger::follow_key_chain`), so a
@@ -705,8 +729,11 @@ impl Keys {
 
     /// The next ledger key generation, made and written (sealed when the
     /// keys are) before it is announced, and its raw public key. It signs
-    /// nothing until [`Keys::announce_ledger`]. A key left by a rotation
-    /// that did not complete (never announced) is reused.
+    /// nothing until [`Keys::announce_ledger`]. A key this process made
+    /// for a rotation whose entry did not commit is reused; a file found at
+    /// start beyond the announced generations (a rotation interrupted
+    /// before a restart, or a file put there by someone else) is replaced,
+    /// never adopted ([`Keys::forget_unrecorded`]).
     pub fn prepare_ledger_rotation(&self) -> Result<(u64, Vec<u8>)> {
         let mut l = self
             .ledger
@@ -719,11 +746,20 @@ impl Keys {
                 .map_err(|_| anyhow::anyhow!("key generation failed"))?;
             let pair = Ed25519KeyPair::from_pkcs8(pk8.as_ref())
                 .map_err(|_| anyhow::anyhow!("key generation failed"))?;
-            match &self.kek {
-                Some(kek) => write_private(&self.kdir.join(&name), &kek.seal(&name, pk8.as_ref())?)?,
-                None => write_private(&self.kdir.join(&name), pk8.as_ref())?,
+            let bytes = match &self.kek {
+                Some(kek) => kek.seal(&name, pk8.as_ref())?,
+                None => pk8.as_ref().to_vec(),
+            };
+            // A file already there was found at start beyond the announced
+            // generations (a rotation that did not commit before a restart,
+            // or a file put there by someone else): replaced, never adopted.
+            let path = self.kdir.join(&name);
+            if path.exists() {
+                replace_private(&path, &bytes)?;
+            } else {
+                write_private(&path, &bytes)?;
+                std::fs::File::open(&self.kdir)?.sync_all()?;
             }
-            std::fs::File::open(&self.kdir)?.sync_all()?;
             l.pairs.push(Arc::new(pair));
         }
         let pair = l

@@ -501,6 +501,7 @@ pub enum Enrollment {
 /// passed.
 pub fn follow_key_chain(store: &Store, keys: &Keys, enrollment: Enrollment) -> anyhow::Result<()> {
     follow(store, keys, enrollment).map_err(|e| anyhow::anyhow!(e.detail()))?;
+    keys.forget_unrecorded();
     keys.seal_found()
 }
 
@@ -985,5 +986,36 @@ mod tests {
         drop(keys);
         let err = reopen(dir.path()).unwrap_err();
         assert!(err.contains("is not endorsed by the key before it"), "{err}");
+    }
+
+    #[test]
+    fn a_next_generation_ledger_key_put_in_by_hand_is_replaced_not_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, keys) = open(dir.path());
+        drop(keys);
+        // Someone who can write the keys directory puts a ledger key they
+        // hold where the next rotation would write generation 2.
+        let theirs_dir = tempfile::tempdir().unwrap();
+        let theirs = Keys::load_or_create(theirs_dir.path(), None).unwrap();
+        std::fs::copy(
+            theirs_dir.path().join("keys/ledger.ed25519.pk8"),
+            dir.path().join("keys/ledger.2.ed25519.pk8"),
+        )
+        .unwrap();
+        let keys = reopen(dir.path()).unwrap();
+        assert_eq!(keys.current_generation(), 1);
+        // The operator rotates: the key announced and endorsed must be a
+        // fresh one, never the file found there.
+        let (g, public) = keys.prepare_ledger_rotation().unwrap();
+        assert_eq!(g, 2);
+        assert_ne!(
+            public,
+            theirs.first_public_key(),
+            "a key put in by hand was adopted"
+        );
+        assert_ne!(
+            std::fs::read(dir.path().join("keys/ledger.2.ed25519.pk8")).unwrap(),
+            std::fs::read(theirs_dir.path().join("keys/ledger.ed25519.pk8")).unwrap()
+        );
     }
 }
