@@ -989,6 +989,54 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "r16: with a key-encryption key given, unsealed key files are still accepted as a data directory \
+                from before sealing; someone who can write the store hides the enrollments and checkpoints and \
+                gets both keys of their choosing enrolled (fix: refuse unsealed keys when a KEK is given, sealing \
+                only through an explicit `invis admin rekey`)"]
+    fn sealed_keys_are_not_replaced_by_unsealed_ones_with_the_store_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = crate::keys::Kek::parse(&[5u8; 32]).unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let keys = Keys::load_or_create(dir.path(), Some(&kek)).unwrap();
+            follow_key_chain(&store, &keys, Enrollment::Record).unwrap();
+            add(&store, "x", "test.entry", 3);
+            Ledger::new().checkpoint(&store, &keys).unwrap();
+        }
+        // The attacker holds neither the KEK nor the ledger key, but can
+        // write the data directory: keys of their own, unsealed ...
+        let theirs = tempfile::tempdir().unwrap();
+        let their_keys = Keys::load_or_create(theirs.path(), None).unwrap();
+        for f in ["ledger.ed25519.pk8", "tokenize.key"] {
+            std::fs::copy(
+                theirs.path().join("keys").join(f),
+                dir.path().join("keys").join(f),
+            )
+            .unwrap();
+        }
+        // ... and the store: the enrollments and checkpoints hidden.
+        {
+            let c = rusqlite::Connection::open(dir.path().join("invis.db")).unwrap();
+            c.execute_batch(
+                "DROP TRIGGER ledger_no_update; DROP TRIGGER checkpoints_no_delete;
+                 UPDATE ledger SET subject = 'x' WHERE action = 'key.enroll';
+                 DELETE FROM checkpoints;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let started = Keys::load_or_create(dir.path(), Some(&kek))
+            .and_then(|k| follow_key_chain(&store, &k, Enrollment::Record).map(|_| k));
+        if let Ok(k) = &started {
+            assert_ne!(
+                k.public_key(),
+                their_keys.public_key(),
+                "the server started signing with a ledger key the attacker holds"
+            );
+        }
+    }
+
+    #[test]
     fn a_next_generation_ledger_key_put_in_by_hand_is_replaced_not_announced() {
         let dir = tempfile::tempdir().unwrap();
         let (_store, keys) = open(dir.path());
