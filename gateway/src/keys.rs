@@ -326,6 +326,12 @@ fn key_file(
     }
 }
 
+/// Whether the key file at `path` is sealed under a key-encryption key.
+pub fn is_sealed_file(path: &Path) -> Result<bool> {
+    let stored = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(stored.starts_with(SEALED))
+}
+
 /// Where `invis admin rekey` stages the keys sealed under the new
 /// key-encryption key, and where it moves the old ones aside.
 const REKEY_STAGING: &str = "keys.rekey";
