@@ -358,6 +358,19 @@ pub fn rekey(dir: &Path, old: Option<&Kek>, new: &Kek) -> Result<usize> {
             "there are no keys in {}",
             dir.display()
         );
+        // The staged keys were sealed by the interrupted run: finish only
+        // if that run was towards this key, so that success means the keys
+        // open with the key-encryption key named.
+        for name in key_files(&staging) {
+            let stored = std::fs::read(staging.join(&name))
+                .with_context(|| format!("reading {REKEY_STAGING}/{name}"))?;
+            ensure!(
+                stored.starts_with(SEALED) && new.open(&name, &stored).is_ok(),
+                "the interrupted rotation of the key-encryption key in {} sealed the keys under another new key: \
+                 run `invis admin rekey` again with the --new-kek-file it was started with",
+                dir.display()
+            );
+        }
         return finish_rekey(dir);
     }
     if staging.exists() {
@@ -375,7 +388,15 @@ pub fn rekey(dir: &Path, old: Option<&Kek>, new: &Kek) -> Result<usize> {
             (true, None) => bail!(
                 "the keys are sealed: give their current key-encryption key with --kek-file or INVIS_KEK"
             ),
-            (false, _) => stored,
+            // Keys sealed under a key-encryption key are all sealed by the
+            // platform; an unsealed one among them was put there from
+            // outside, and sealing it would make it pass for the platform's.
+            (false, Some(_)) => bail!(
+                "keys/{name} is not sealed although a current key-encryption key was given: it was not written \
+                 by the platform under that key; restore the platform's own file (from a backup) before rekeying \
+                 (docs/keys.md)"
+            ),
+            (false, None) => stored,
         };
         let sealed = new.seal(name, &plain)?;
         ensure!(
@@ -1072,6 +1093,66 @@ mod tests {
             swap(a, b);
         }
         Keys::load_or_create(dir.path(), Some(&kek(8))).unwrap();
+    }
+
+    #[test]
+    fn rekey_finishes_an_interrupted_run_only_under_the_key_it_was_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = Keys::load_or_create(dir.path(), Some(&kek(1)))
+            .unwrap()
+            .public_key();
+        // A run towards KEK 2 interrupted between the two renames.
+        std::fs::create_dir(dir.path().join(REKEY_STAGING)).unwrap();
+        for f in key_files(&dir.path().join("keys")) {
+            let plain = kek(1)
+                .open(&f, &std::fs::read(dir.path().join("keys").join(&f)).unwrap())
+                .unwrap();
+            std::fs::write(
+                dir.path().join(REKEY_STAGING).join(&f),
+                kek(2).seal(&f, &plain).unwrap(),
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.path().join(REKEY_STAGING).join(REKEY_COMPLETE), b"").unwrap();
+        std::fs::rename(dir.path().join("keys"), dir.path().join(REKEY_ASIDE)).unwrap();
+        // Run again naming another new key (KEK 2's file was lost, or a
+        // fresh one was made): it must not report success while the keys
+        // end up sealed under a key the operator did not name.
+        let finished = rekey(dir.path(), Some(&kek(1)), &kek(3));
+        if finished.is_ok() {
+            let opened = Keys::load_or_create(dir.path(), Some(&kek(3)));
+            assert!(
+                opened.is_ok_and(|k| k.public_key() == public),
+                "rekey succeeded but the keys do not open with the new key-encryption key"
+            );
+        }
+        // With the key it was asked for, it finishes.
+        if !dir.path().join("keys").exists() {
+            rekey(dir.path(), Some(&kek(1)), &kek(2)).unwrap();
+            assert_eq!(
+                Keys::load_or_create(dir.path(), Some(&kek(2)))
+                    .unwrap()
+                    .public_key(),
+                public
+            );
+        }
+    }
+
+    #[test]
+    fn rekey_with_a_current_key_does_not_seal_an_unsealed_file_found_among_sealed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Keys::load_or_create(dir.path(), Some(&kek(1))).unwrap();
+        let token = k.token_key("ag", 1).unwrap();
+        drop(k);
+        // Someone without the KEK puts a tokenization key of theirs in.
+        std::fs::write(dir.path().join("keys/tokenize.key"), [7u8; 32]).unwrap();
+        let err = rekey(dir.path(), Some(&kek(1)), &kek(2));
+        assert!(
+            err.is_err(),
+            "an unsealed key among sealed ones was sealed under the new KEK"
+        );
+        assert!(Keys::load_or_create(dir.path(), Some(&kek(2))).is_err());
+        let _ = token;
     }
 
     #[test]
