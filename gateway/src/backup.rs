@@ -148,6 +148,20 @@ pub fn restore(from: &Path, data_dir: &Path, kek: Option<&Kek>) -> Result<Restor
         file_sha256(&from.join(DB))? == manifest.database_sha256,
         "the backup's database does not match its manifest (corrupted or altered)"
     );
+    if kek.is_some() {
+        // A backup made under a key-encryption key holds its keys sealed.
+        // Unsealed keys restored under one would be sealed in place and so
+        // pass for the operator's own; nothing else in a backup (manifest,
+        // ledger, keys) is out of reach of whoever can write it.
+        for k in crate::keys::key_files(&from.join("keys")) {
+            ensure!(
+                crate::keys::is_sealed_file(&from.join("keys").join(&k))?,
+                "keys/{k} in the backup is not sealed: a backup made under a key-encryption key holds its \
+                 keys sealed, so this one was made without it or altered; restore it without --kek-file \
+                 only if it is known to be the platform's own (docs/keys.md)"
+            );
+        }
+    }
     let pinned = hex::decode(manifest.first_public_key.as_ref().unwrap_or(&manifest.public_key))
         .context("the manifest's public key is not hex")?;
 
@@ -230,4 +244,58 @@ fn install(
     sync_dir(&data_dir.join("keys"))?;
     sync_dir(data_dir)?;
     Ok(Restored { manifest, report })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{append, NewEntry};
+
+    /// A data directory with a few entries and a checkpoint, its keys
+    /// sealed under `kek` when one is given.
+    fn platform(dir: &Path, kek: Option<&Kek>) -> Keys {
+        let store = Store::open(dir).unwrap();
+        let keys = Keys::load_or_create(dir, kek).unwrap();
+        crate::ledger::follow_key_chain(&store, &keys, crate::ledger::Enrollment::Record).unwrap();
+        store
+            .tx(|tx| {
+                for i in 0..3 {
+                    append(
+                        tx,
+                        NewEntry::system("test.entry", &format!("x{i}"), serde_json::json!({})),
+                        Utc::now(),
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        Ledger::new().checkpoint(&store, &keys).unwrap();
+        keys
+    }
+
+    #[test]
+    fn a_backup_with_unsealed_keys_is_not_restored_under_a_key_encryption_key() {
+        let kek = Kek::parse(&[4u8; 32]).unwrap();
+        let t = tempfile::tempdir().unwrap();
+        // The operator's platform seals its keys.
+        let ours = platform(&t.path().join("ours"), Some(&kek));
+        backup(&t.path().join("ours"), &t.path().join("b-ours"), Some(&kek)).unwrap();
+        // Someone who can write where backups are kept, without the KEK,
+        // puts a backup of their own in its place: a consistent history
+        // and manifest, with keys they hold, unsealed.
+        let theirs = platform(&t.path().join("theirs"), None);
+        backup(&t.path().join("theirs"), &t.path().join("b-theirs"), None).unwrap();
+        assert_ne!(ours.public_key(), theirs.public_key());
+        // Restored with the operator's KEK, it must not put their keys
+        // into use (sealed under the KEK, as if they were the operator's).
+        let restored = restore(&t.path().join("b-theirs"), &t.path().join("r"), Some(&kek));
+        let err = restored.map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("not sealed"), "{err}");
+        assert!(
+            !t.path().join("r/keys").exists(),
+            "a refused restore leaves nothing"
+        );
+        // The operator's own backup restores.
+        restore(&t.path().join("b-ours"), &t.path().join("r2"), Some(&kek)).unwrap();
+    }
 }

@@ -326,6 +326,12 @@ fn key_file(
     }
 }
 
+/// Whether the key file at `path` is sealed under a key-encryption key.
+pub fn is_sealed_file(path: &Path) -> Result<bool> {
+    let stored = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(stored.starts_with(SEALED))
+}
+
 /// Where `invis admin rekey` stages the keys sealed under the new
 /// key-encryption key, and where it moves the old ones aside.
 const REKEY_STAGING: &str = "keys.rekey";
@@ -352,6 +358,19 @@ pub fn rekey(dir: &Path, old: Option<&Kek>, new: &Kek) -> Result<usize> {
             "there are no keys in {}",
             dir.display()
         );
+        // The staged keys were sealed by the interrupted run: finish only
+        // if that run was towards this key, so that success means the keys
+        // open with the key-encryption key named.
+        for name in key_files(&staging) {
+            let stored = std::fs::read(staging.join(&name))
+                .with_context(|| format!("reading {REKEY_STAGING}/{name}"))?;
+            ensure!(
+                stored.starts_with(SEALED) && new.open(&name, &stored).is_ok(),
+                "the interrupted rotation of the key-encryption key in {} sealed the keys under another new key: \
+                 run `invis admin rekey` again with the --new-kek-file it was started with",
+                dir.display()
+            );
+        }
         return finish_rekey(dir);
     }
     if staging.exists() {
@@ -369,7 +388,15 @@ pub fn rekey(dir: &Path, old: Option<&Kek>, new: &Kek) -> Result<usize> {
             (true, None) => bail!(
                 "the keys are sealed: give their current key-encryption key with --kek-file or INVIS_KEK"
             ),
-            (false, _) => stored,
+            // Keys sealed under a key-encryption key are all sealed by the
+            // platform; an unsealed one among them was put there from
+            // outside, and sealing it would make it pass for the platform's.
+            (false, Some(_)) => bail!(
+                "keys/{name} is not sealed although a current key-encryption key was given: it was not written \
+                 by the platform under that key; restore the platform's own file (from a backup) before rekeying \
+                 (docs/keys.md)"
+            ),
+            (false, None) => stored,
         };
         let sealed = new.seal(name, &plain)?;
         ensure!(
@@ -567,6 +594,30 @@ impl Keys {
         })
     }
 
+    /// Drops the key files found beyond the generations the ledger records
+    /// (called once `crate::ledger::follow_key_chain` has put those in
+    /// force): a ledger or tokenization key file nobody announced (a
+    /// rotation that did not commit, or a file put there by someone else)
+    /// is never used, sealed in place or adopted by the next rotation,
+    /// which writes a fresh key over it.
+    pub fn forget_unrecorded(&self) {
+        let mut kept = Vec::new();
+        if let Ok(mut l) = self.ledger.write() {
+            let n = l.announced.len() + 1;
+            l.pairs.truncate(n);
+            kept.extend((1..=n).map(ledger_file));
+        }
+        if let Ok(mut t) = self.tokenize.write() {
+            let n = t.in_force;
+            t.found.truncate(n);
+            kept.extend((1..=n).map(tokenize_file));
+        }
+        self.unsealed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name| kept.contains(name));
+    }
+
     /// Seals in place the key files found unsealed (when a key-encryption
     /// key is given), atomically and keeping the same keys. Called once the
     /// ledger has vouched for them (`crate::ledger::follow_key_chain`), so a
@@ -705,8 +756,11 @@ impl Keys {
 
     /// The next ledger key generation, made and written (sealed when the
     /// keys are) before it is announced, and its raw public key. It signs
-    /// nothing until [`Keys::announce_ledger`]. A key left by a rotation
-    /// that did not complete (never announced) is reused.
+    /// nothing until [`Keys::announce_ledger`]. A key this process made
+    /// for a rotation whose entry did not commit is reused; a file found at
+    /// start beyond the announced generations (a rotation interrupted
+    /// before a restart, or a file put there by someone else) is replaced,
+    /// never adopted ([`Keys::forget_unrecorded`]).
     pub fn prepare_ledger_rotation(&self) -> Result<(u64, Vec<u8>)> {
         let mut l = self
             .ledger
@@ -719,11 +773,20 @@ impl Keys {
                 .map_err(|_| anyhow::anyhow!("key generation failed"))?;
             let pair = Ed25519KeyPair::from_pkcs8(pk8.as_ref())
                 .map_err(|_| anyhow::anyhow!("key generation failed"))?;
-            match &self.kek {
-                Some(kek) => write_private(&self.kdir.join(&name), &kek.seal(&name, pk8.as_ref())?)?,
-                None => write_private(&self.kdir.join(&name), pk8.as_ref())?,
+            let bytes = match &self.kek {
+                Some(kek) => kek.seal(&name, pk8.as_ref())?,
+                None => pk8.as_ref().to_vec(),
+            };
+            // A file already there was found at start beyond the announced
+            // generations (a rotation that did not commit before a restart,
+            // or a file put there by someone else): replaced, never adopted.
+            let path = self.kdir.join(&name);
+            if path.exists() {
+                replace_private(&path, &bytes)?;
+            } else {
+                write_private(&path, &bytes)?;
+                std::fs::File::open(&self.kdir)?.sync_all()?;
             }
-            std::fs::File::open(&self.kdir)?.sync_all()?;
             l.pairs.push(Arc::new(pair));
         }
         let pair = l
@@ -1030,6 +1093,66 @@ mod tests {
             swap(a, b);
         }
         Keys::load_or_create(dir.path(), Some(&kek(8))).unwrap();
+    }
+
+    #[test]
+    fn rekey_finishes_an_interrupted_run_only_under_the_key_it_was_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = Keys::load_or_create(dir.path(), Some(&kek(1)))
+            .unwrap()
+            .public_key();
+        // A run towards KEK 2 interrupted between the two renames.
+        std::fs::create_dir(dir.path().join(REKEY_STAGING)).unwrap();
+        for f in key_files(&dir.path().join("keys")) {
+            let plain = kek(1)
+                .open(&f, &std::fs::read(dir.path().join("keys").join(&f)).unwrap())
+                .unwrap();
+            std::fs::write(
+                dir.path().join(REKEY_STAGING).join(&f),
+                kek(2).seal(&f, &plain).unwrap(),
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.path().join(REKEY_STAGING).join(REKEY_COMPLETE), b"").unwrap();
+        std::fs::rename(dir.path().join("keys"), dir.path().join(REKEY_ASIDE)).unwrap();
+        // Run again naming another new key (KEK 2's file was lost, or a
+        // fresh one was made): it must not report success while the keys
+        // end up sealed under a key the operator did not name.
+        let finished = rekey(dir.path(), Some(&kek(1)), &kek(3));
+        if finished.is_ok() {
+            let opened = Keys::load_or_create(dir.path(), Some(&kek(3)));
+            assert!(
+                opened.is_ok_and(|k| k.public_key() == public),
+                "rekey succeeded but the keys do not open with the new key-encryption key"
+            );
+        }
+        // With the key it was asked for, it finishes.
+        if !dir.path().join("keys").exists() {
+            rekey(dir.path(), Some(&kek(1)), &kek(2)).unwrap();
+            assert_eq!(
+                Keys::load_or_create(dir.path(), Some(&kek(2)))
+                    .unwrap()
+                    .public_key(),
+                public
+            );
+        }
+    }
+
+    #[test]
+    fn rekey_with_a_current_key_does_not_seal_an_unsealed_file_found_among_sealed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Keys::load_or_create(dir.path(), Some(&kek(1))).unwrap();
+        let token = k.token_key("ag", 1).unwrap();
+        drop(k);
+        // Someone without the KEK puts a tokenization key of theirs in.
+        std::fs::write(dir.path().join("keys/tokenize.key"), [7u8; 32]).unwrap();
+        let err = rekey(dir.path(), Some(&kek(1)), &kek(2));
+        assert!(
+            err.is_err(),
+            "an unsealed key among sealed ones was sealed under the new KEK"
+        );
+        assert!(Keys::load_or_create(dir.path(), Some(&kek(2))).is_err());
+        let _ = token;
     }
 
     #[test]

@@ -501,6 +501,7 @@ pub enum Enrollment {
 /// passed.
 pub fn follow_key_chain(store: &Store, keys: &Keys, enrollment: Enrollment) -> anyhow::Result<()> {
     follow(store, keys, enrollment).map_err(|e| anyhow::anyhow!(e.detail()))?;
+    keys.forget_unrecorded();
     keys.seal_found()
 }
 
@@ -656,7 +657,66 @@ fn follow(store: &Store, keys: &Keys, enrollment: Enrollment) -> ApiResult<()> {
     }
     check_newest_checkpoint(store, keys)?;
     if enrollment == Enrollment::Record && !(ledger_enrolled && token_enrolled) {
+        check_unenrolled(store, &ledger, !ledger_enrolled, !token_enrolled)?;
         enroll(store, keys, !ledger_enrolled, !token_enrolled)?;
+    }
+    Ok(())
+}
+
+/// Before keys are enrolled into a ledger that already has entries (a data
+/// directory from before enrollment): the store's `subject` and `action`
+/// columns, by which key entries are found, are not hashed, so an
+/// enrollment could have been moved out of sight to get another key
+/// enrolled (and endorsed) in its place. Every entry's text is checked
+/// against its leaf hash and searched for an enrollment of a key about to
+/// be enrolled, and the newest stored checkpoint must sign the tree the
+/// entries make. Whoever rewrites entries and hashes must then drop every
+/// checkpoint, and what the server signs next is a fork the witness
+/// refuses. Runs only when an enrollment is missing, so not on an ordinary
+/// start.
+fn check_unenrolled(store: &Store, ledger: &Ledger, ledger_key: bool, token_key: bool) -> ApiResult<()> {
+    let altered = |seq: u64, what: &str| {
+        ApiError::Internal(format!(
+            "ledger entry {seq} {what}; the store was altered outside the platform, so no key is enrolled \
+             (docs/keys.md, \"What the ledger pins\")"
+        ))
+    };
+    let mut from = 0;
+    loop {
+        let page = store.ledger(from, PAGE)?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        from = last.seq.saturating_add(1);
+        for e in &page {
+            if scenarios::ledger::parse_hash(&e.hash) != Some(scenarios::ledger::leaf_hash(e.body.as_bytes()))
+            {
+                return Err(altered(e.seq, "does not match its hash"));
+            }
+            if !e.body.contains(KEY_ENROLL) {
+                continue;
+            }
+            let body = entry_body(e)?;
+            let key = body.details.get("key").and_then(|k| k.as_str());
+            if body.action == KEY_ENROLL
+                && ((ledger_key && key == Some("ledger")) || (token_key && key == Some("tokenization")))
+            {
+                return Err(altered(
+                    e.seq,
+                    "enrolls a key the store does not list under its subject",
+                ));
+            }
+        }
+    }
+    if let Some(cp) = store.checkpoint_at_or_before(u64::MAX >> 1)? {
+        let size = cp.checkpoint.size;
+        let root = ledger.tree(store)?.root_at(size).ok();
+        if root.is_none() || root != cp.root() {
+            return Err(altered(
+                size.saturating_sub(1),
+                "or one before it is not what the stored checkpoint of that size signed",
+            ));
+        }
     }
     Ok(())
 }
@@ -985,5 +1045,147 @@ mod tests {
         drop(keys);
         let err = reopen(dir.path()).unwrap_err();
         assert!(err.contains("is not endorsed by the key before it"), "{err}");
+    }
+
+    #[test]
+    /// With a key-encryption key given, unsealed key files are still taken
+    /// for a data directory from before sealing; here the store is altered
+    /// (enrollments moved out of sight, checkpoints dropped) to get them
+    /// enrolled. Caught by [`check_unenrolled`]. What remains open: an
+    /// attacker who rewrites every entry's text and hash and drops the
+    /// checkpoints still gets unsealed keys enrolled; only the witness and
+    /// verifiers pinning the first key see it (as a fork).
+    fn sealed_keys_are_not_replaced_by_unsealed_ones_with_the_store_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = crate::keys::Kek::parse(&[5u8; 32]).unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let keys = Keys::load_or_create(dir.path(), Some(&kek)).unwrap();
+            follow_key_chain(&store, &keys, Enrollment::Record).unwrap();
+            add(&store, "x", "test.entry", 3);
+            Ledger::new().checkpoint(&store, &keys).unwrap();
+        }
+        // The attacker holds neither the KEK nor the ledger key, but can
+        // write the data directory: keys of their own, unsealed ...
+        let theirs = tempfile::tempdir().unwrap();
+        let their_keys = Keys::load_or_create(theirs.path(), None).unwrap();
+        for f in ["ledger.ed25519.pk8", "tokenize.key"] {
+            std::fs::copy(
+                theirs.path().join("keys").join(f),
+                dir.path().join("keys").join(f),
+            )
+            .unwrap();
+        }
+        // ... and the store: the enrollments and checkpoints hidden.
+        {
+            let c = rusqlite::Connection::open(dir.path().join("invis.db")).unwrap();
+            c.execute_batch(
+                "DROP TRIGGER ledger_no_update; DROP TRIGGER checkpoints_no_delete;
+                 UPDATE ledger SET subject = 'x' WHERE action = 'key.enroll';
+                 DELETE FROM checkpoints;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let started = Keys::load_or_create(dir.path(), Some(&kek))
+            .and_then(|k| follow_key_chain(&store, &k, Enrollment::Record).map(|_| k));
+        if let Ok(k) = &started {
+            assert_ne!(
+                k.public_key(),
+                their_keys.public_key(),
+                "the server started signing with a ledger key the attacker holds"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hidden_tokenization_enrollment_does_not_get_another_key_endorsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, keys) = open(dir.path());
+        add(&store, "x", "test.entry", 2);
+        Ledger::new().checkpoint(&store, &keys).unwrap();
+        let ledger_key = keys.public_key();
+        drop((store, keys));
+        // A tokenization master key the attacker knows ...
+        std::fs::write(dir.path().join("keys/tokenize.key"), [7u8; 32]).unwrap();
+        // ... and the enrollment moved out of sight: only an unhashed
+        // column changes, so the ledger's tree and checkpoints stay valid.
+        {
+            let c = rusqlite::Connection::open(dir.path().join("invis.db")).unwrap();
+            c.execute_batch(
+                "DROP TRIGGER ledger_no_update;
+                 UPDATE ledger SET subject = 'x' WHERE action = 'key.enroll' AND subject = 'tokenization';",
+            )
+            .unwrap();
+            assert_eq!(c.changes(), 1, "the tokenization enrollment's subject");
+        }
+        let started = reopen(dir.path());
+        if let Ok(k) = &started {
+            assert_eq!(k.public_key(), ledger_key);
+            let theirs = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 32]);
+            let expected = ring::hmac::sign(&theirs, b"invis tokenize v1 ag_1");
+            assert_ne!(
+                k.token_key("ag_1", 1).unwrap().as_slice(),
+                &expected.as_ref()[..32],
+                "the server tokenizes with a master key the attacker chose"
+            );
+        }
+        let err = started.unwrap_err();
+        assert!(err.contains("does not list under its subject"), "{err}");
+        let sql = |q: &str| {
+            rusqlite::Connection::open(dir.path().join("invis.db"))
+                .unwrap()
+                .execute_batch(&format!("DROP TRIGGER IF EXISTS ledger_no_update; {q}"))
+                .unwrap()
+        };
+        // The entry's text altered so that it no longer reads as an
+        // enrollment, its hash left: the text does not match it.
+        sql("UPDATE ledger SET action = 'x', body = replace(body, 'key.enroll', 'key.enrolx') WHERE subject = 'x';");
+        let err = reopen(dir.path()).unwrap_err();
+        assert!(err.contains("does not match its hash"), "{err}");
+        // Its hash rewritten too: the tree no longer gives the signed root.
+        let (seq, body): (i64, String) = rusqlite::Connection::open(dir.path().join("invis.db"))
+            .unwrap()
+            .query_row(
+                "SELECT seq, body FROM ledger WHERE subject = 'x' AND action = 'x'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let h = hex::encode(scenarios::ledger::leaf_hash(body.as_bytes()));
+        sql(&format!("UPDATE ledger SET hash = '{h}' WHERE seq = {seq};"));
+        let err = reopen(dir.path()).unwrap_err();
+        assert!(err.contains("not what the stored checkpoint"), "{err}");
+    }
+
+    #[test]
+    fn a_next_generation_ledger_key_put_in_by_hand_is_replaced_not_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, keys) = open(dir.path());
+        drop(keys);
+        // Someone who can write the keys directory puts a ledger key they
+        // hold where the next rotation would write generation 2.
+        let theirs_dir = tempfile::tempdir().unwrap();
+        let theirs = Keys::load_or_create(theirs_dir.path(), None).unwrap();
+        std::fs::copy(
+            theirs_dir.path().join("keys/ledger.ed25519.pk8"),
+            dir.path().join("keys/ledger.2.ed25519.pk8"),
+        )
+        .unwrap();
+        let keys = reopen(dir.path()).unwrap();
+        assert_eq!(keys.current_generation(), 1);
+        // The operator rotates: the key announced and endorsed must be a
+        // fresh one, never the file found there.
+        let (g, public) = keys.prepare_ledger_rotation().unwrap();
+        assert_eq!(g, 2);
+        assert_ne!(
+            public,
+            theirs.first_public_key(),
+            "a key put in by hand was adopted"
+        );
+        assert_ne!(
+            std::fs::read(dir.path().join("keys/ledger.2.ed25519.pk8")).unwrap(),
+            std::fs::read(theirs_dir.path().join("keys/ledger.ed25519.pk8")).unwrap()
+        );
     }
 }
