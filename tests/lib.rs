@@ -360,13 +360,29 @@ impl Server {
     fn start_with(extra: ServeArgs<'_>, logged: bool) -> Result<Server> {
         let tmp = tempfile::Builder::new().prefix("invis-e2e-").tempdir()?;
         let dir = tmp.path().to_path_buf();
-        let (code, out, err) = run_invis(&[
+        // Bootstrapped under the server's key-encryption key, if it has one.
+        let kek = extra
+            .iter()
+            .position(|a| *a == "--kek-file")
+            .and_then(|i| extra.get(i + 1));
+        let mut boot = Command::new(invis());
+        boot.args([
             "admin",
             "bootstrap",
             "--data-dir",
             &dir.to_string_lossy(),
             "--json",
-        ])?;
+        ])
+        .env("RUST_BACKTRACE", "0");
+        if let Some(k) = kek {
+            boot.env("INVIS_KEK_FILE", k);
+        }
+        let o = boot.output()?;
+        let (code, out, err) = (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        );
         if code != 0 {
             bail!("bootstrap failed: {err}");
         }

@@ -149,10 +149,10 @@ pub fn restore(from: &Path, data_dir: &Path, kek: Option<&Kek>) -> Result<Restor
         "the backup's database does not match its manifest (corrupted or altered)"
     );
     if kek.is_some() {
-        // A backup made under a key-encryption key holds its keys sealed.
-        // Unsealed keys restored under one would be sealed in place and so
-        // pass for the operator's own; nothing else in a backup (manifest,
-        // ledger, keys) is out of reach of whoever can write it.
+        // A backup made under a key-encryption key holds its keys sealed;
+        // unsealed ones were put there by whoever could write the backup
+        // (manifest, ledger and keys are all in their reach). Refused here,
+        // before anything is copied.
         for k in crate::keys::key_files(&from.join("keys")) {
             ensure!(
                 crate::keys::is_sealed_file(&from.join("keys").join(&k))?,

@@ -6,8 +6,10 @@
 //! given (`invis serve --kek-file`, or `INVIS_KEK`): AES-256-GCM with a
 //! fresh nonce per write and the key's file name as associated data, so a
 //! copy of the data directory (or a backup) alone yields neither key, and
-//! one sealed file cannot stand in for the other. Keys found unsealed are
-//! sealed in place the first time a key-encryption key is given.
+//! one sealed file cannot stand in for the other. With a key-encryption
+//! key given, a key file that is not sealed is refused (it was put there
+//! by hand): a data directory that ran without one is sealed by `invis
+//! admin rekey` ([`rekey`]), with the server stopped.
 
 use anyhow::{bail, ensure, Context, Result};
 use chrono::Utc;
@@ -27,9 +29,6 @@ pub struct Keys {
     /// Tokenization master keys by generation.
     tokenize: RwLock<TokenKeys>,
     sealed: bool,
-    /// Key files found unsealed while a key-encryption key was given, not
-    /// yet sealed in place.
-    unsealed: std::sync::Mutex<Vec<String>>,
     /// Where new key generations are written, and under what.
     kdir: PathBuf,
     kek: Option<Kek>,
@@ -292,14 +291,11 @@ fn replace_private(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// The key in `dir/name`: created by `make` when absent, opened with `kek`
-/// when sealed. A key found unsealed while `kek` is given is named in
-/// `unsealed`, to be sealed in place once the ledger has vouched for it
-/// ([`Keys::seal_found`]).
+/// when sealed. With `kek` given, a key file that is not sealed is refused.
 fn key_file(
     dir: &Path,
     name: &str,
     kek: Option<&Kek>,
-    unsealed: &mut Vec<String>,
     make: impl FnOnce() -> Result<Vec<u8>>,
 ) -> Result<Vec<u8>> {
     let path = dir.join(name);
@@ -318,10 +314,11 @@ fn key_file(
             "the keys in {} are sealed: give their key-encryption key with --kek-file or INVIS_KEK",
             dir.display()
         ),
-        (false, Some(_)) => {
-            unsealed.push(name.to_string());
-            Ok(stored)
-        }
+        (false, Some(_)) => bail!(
+            "keys/{name} is not sealed, but a key-encryption key was given: a key file put there by hand is never \
+             used. To seal the keys of a data directory that ran without a key-encryption key, stop the server and \
+             run `invis admin rekey --new-kek-file FILE` (docs/keys.md)"
+        ),
         (false, None) => Ok(stored),
     }
 }
@@ -439,8 +436,7 @@ impl Keys {
         }
         std::fs::create_dir_all(&kdir)?;
         let rng = SystemRandom::new();
-        let mut unsealed = Vec::new();
-        let pk8 = key_file(&kdir, "ledger.ed25519.pk8", kek, &mut unsealed, || {
+        let pk8 = key_file(&kdir, "ledger.ed25519.pk8", kek, || {
             Ed25519KeyPair::generate_pkcs8(&rng)
                 .map(|d| d.as_ref().to_vec())
                 .map_err(|_| anyhow::anyhow!("key generation failed"))
@@ -453,7 +449,7 @@ impl Keys {
         let mut g = 2;
         while kdir.join(ledger_file(g)).exists() {
             let name = ledger_file(g);
-            let pk8 = key_file(&kdir, &name, kek, &mut unsealed, || bail!("keys/{name} vanished"))?;
+            let pk8 = key_file(&kdir, &name, kek, || bail!("keys/{name} vanished"))?;
             pairs.push(Arc::new(Ed25519KeyPair::from_pkcs8(&pk8).map_err(|_| {
                 anyhow::anyhow!("keys/{name} is not an Ed25519 PKCS#8 key")
             })?));
@@ -466,7 +462,7 @@ impl Keys {
             if g > 1 && !kdir.join(&name).exists() {
                 break;
             }
-            let t = key_file(&kdir, &name, kek, &mut unsealed, || random_key(&rng))?;
+            let t = key_file(&kdir, &name, kek, || random_key(&rng))?;
             anyhow::ensure!(t.len() == 32, "keys/{name} must hold 32 bytes");
             let key = hmac::Key::new(hmac::HMAC_SHA256, &t);
             let fingerprint = token_fingerprint(&key);
@@ -488,7 +484,6 @@ impl Keys {
             first,
             tokenize: RwLock::new(TokenKeys { found, in_force: 1 }),
             sealed: kek.is_some(),
-            unsealed: std::sync::Mutex::new(unsealed),
             kdir,
             kek: kek.cloned(),
         })
@@ -601,43 +596,14 @@ impl Keys {
     /// is never used, sealed in place or adopted by the next rotation,
     /// which writes a fresh key over it.
     pub fn forget_unrecorded(&self) {
-        let mut kept = Vec::new();
         if let Ok(mut l) = self.ledger.write() {
             let n = l.announced.len() + 1;
             l.pairs.truncate(n);
-            kept.extend((1..=n).map(ledger_file));
         }
         if let Ok(mut t) = self.tokenize.write() {
             let n = t.in_force;
             t.found.truncate(n);
-            kept.extend((1..=n).map(tokenize_file));
         }
-        self.unsealed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|name| kept.contains(name));
-    }
-
-    /// Seals in place the key files found unsealed (when a key-encryption
-    /// key is given), atomically and keeping the same keys. Called once the
-    /// ledger has vouched for them (`crate::ledger::follow_key_chain`), so a
-    /// key file put there by someone else is refused as it was found, not
-    /// sealed over.
-    pub fn seal_found(&self) -> Result<()> {
-        let Some(kek) = &self.kek else {
-            return Ok(());
-        };
-        let names = std::mem::take(&mut *self.unsealed.lock().unwrap_or_else(|p| p.into_inner()));
-        for name in names {
-            let path = self.kdir.join(&name);
-            let stored = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            if stored.starts_with(SEALED) {
-                continue;
-            }
-            replace_private(&path, &kek.seal(&name, &stored)?)?;
-            tracing::info!(key = %name, "sealed a key found unsealed under the key-encryption key");
-        }
-        Ok(())
     }
 
     /// Whether the keys are sealed at rest.
@@ -919,12 +885,22 @@ mod tests {
     }
 
     #[test]
-    fn unsealed_keys_are_sealed_in_place_and_stay_the_same_keys() {
+    fn unsealed_keys_are_refused_under_a_kek_and_sealed_by_rekey_alone() {
         let dir = tempfile::tempdir().unwrap();
         let plain = Keys::load_or_create(dir.path(), None).unwrap();
         assert!(!plain.sealed());
         let t = std::fs::read(dir.path().join("keys/tokenize.key")).unwrap();
         assert_eq!(t.len(), 32);
+        let err = Keys::load_or_create(dir.path(), Some(&kek(7)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is not sealed") && err.contains("invis admin rekey"),
+            "{err}"
+        );
+        let t = std::fs::read(dir.path().join("keys/ledger.ed25519.pk8")).unwrap();
+        assert!(!t.starts_with(SEALED), "nothing sealed over");
+        rekey(dir.path(), None, &kek(7)).unwrap();
         let sealed = Keys::load_or_create(dir.path(), Some(&kek(7))).unwrap();
         assert_eq!(sealed.public_key(), plain.public_key());
         assert_eq!(
@@ -932,11 +908,7 @@ mod tests {
             plain.token_key("ag", 1).unwrap()
         );
         let t = std::fs::read(dir.path().join("keys/tokenize.key")).unwrap();
-        assert!(!t.starts_with(SEALED), "not before the ledger vouched for it");
-        sealed.seal_found().unwrap();
-        let t = std::fs::read(dir.path().join("keys/tokenize.key")).unwrap();
         assert!(t.starts_with(SEALED));
-        assert!(!dir.path().join("keys/tokenize.sealing").exists());
     }
 
     #[test]

@@ -496,13 +496,12 @@ pub enum Enrollment {
 ///   rotation interrupted after its entry committed is completed here).
 ///
 /// With [`Enrollment::Record`], keys the ledger has never seen (a new data
-/// directory) are enrolled. Key files found unsealed while a
-/// key-encryption key is given are sealed in place only after all this
-/// passed.
+/// directory) are enrolled. Key files beyond the recorded generations are
+/// then forgotten (never used, sealed or adopted).
 pub fn follow_key_chain(store: &Store, keys: &Keys, enrollment: Enrollment) -> anyhow::Result<()> {
     follow(store, keys, enrollment).map_err(|e| anyhow::anyhow!(e.detail()))?;
     keys.forget_unrecorded();
-    keys.seal_found()
+    Ok(())
 }
 
 fn follow(store: &Store, keys: &Keys, enrollment: Enrollment) -> ApiResult<()> {
@@ -1048,13 +1047,10 @@ mod tests {
     }
 
     #[test]
-    /// With a key-encryption key given, unsealed key files are still taken
-    /// for a data directory from before sealing; here the store is altered
+    /// With a key-encryption key given, unsealed key files are refused
+    /// whatever the store says; here the store is also altered
     /// (enrollments moved out of sight, checkpoints dropped) to get them
-    /// enrolled. Caught by [`check_unenrolled`]. What remains open: an
-    /// attacker who rewrites every entry's text and hash and drops the
-    /// checkpoints still gets unsealed keys enrolled; only the witness and
-    /// verifiers pinning the first key see it (as a fork).
+    /// enrolled.
     fn sealed_keys_are_not_replaced_by_unsealed_ones_with_the_store_rewritten() {
         let dir = tempfile::tempdir().unwrap();
         let kek = crate::keys::Kek::parse(&[5u8; 32]).unwrap();
@@ -1089,12 +1085,13 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let started = Keys::load_or_create(dir.path(), Some(&kek))
             .and_then(|k| follow_key_chain(&store, &k, Enrollment::Record).map(|_| k));
-        if let Ok(k) = &started {
-            assert_ne!(
+        match started {
+            Ok(k) => assert_ne!(
                 k.public_key(),
                 their_keys.public_key(),
                 "the server started signing with a ledger key the attacker holds"
-            );
+            ),
+            Err(e) => assert!(e.to_string().contains("is not sealed"), "{e}"),
         }
     }
 

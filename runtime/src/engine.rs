@@ -223,7 +223,12 @@ impl Runtime {
             udf_factory,
             cache: Mutex::new(Cache::default()),
             slots: Slots::new(CONCURRENT_JOBS),
-            cpu: crate::fair::FairCpu::new(std::env::var("INVIS_CPU_LEASES").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))),
+            cpu: crate::fair::FairCpu::new(
+                std::env::var("INVIS_CPU_LEASES")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            ),
             compile_slots: Arc::new(Slots::new(COMPILE_SLOTS)),
             ticker_stop,
         })

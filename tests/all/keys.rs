@@ -28,10 +28,9 @@ fn keys_are_sealed_at_rest_and_the_data_directory_alone_opens_nothing() {
     let (code, _, _) = run_invis(&["admin", "new-kek", "--out", &kek]).unwrap();
     assert_ne!(code, 0, "an existing key-encryption key is never overwritten");
 
-    // Bootstrap wrote the keys unsealed; the first start with a KEK seals
-    // them in place, and the platform keeps its identity.
+    // Bootstrapped and served under the KEK: the keys are sealed.
     let server = Server::start(&["--kek-file", &kek]).unwrap();
-    assert!(sealed(&server.dir), "sealed on the first start with a KEK");
+    assert!(sealed(&server.dir), "sealed under the KEK");
     let key = server.operator.get("/v1/ledger/public-key").ok();
     let data_dir = server.dir.to_string_lossy().into_owned();
 
@@ -159,9 +158,9 @@ fn a_rotated_tokenization_key_serves_new_agreements_and_keeps_open_ones() {
 /// Key files are trusted only as far as the ledger records them (issue 16):
 /// with the data directory writable but the key-encryption key and the
 /// ledger key out of reach, an attacker who swaps in a key of their own,
-/// unsealed, is refused at the next start (left as found, not sealed over
-/// or served), and a next-generation file nobody rotated tokenizes nothing
-/// and is replaced by the next rotation.
+/// or adds a generation, unsealed, is refused at the next start (left as
+/// found, not sealed over or served); a sealed ledger key from elsewhere
+/// is refused by its enrollment.
 #[test]
 fn key_files_the_ledger_does_not_record_are_refused_or_ignored() {
     let tmp = tempfile::tempdir().unwrap();
@@ -201,10 +200,7 @@ fn key_files_the_ledger_does_not_record_are_refused_or_ignored() {
     std::fs::write(kd.join("tokenize.key"), [7u8; 32]).unwrap();
     let (code, _, err) = serve();
     assert_ne!(code, 0);
-    assert!(
-        err.contains("tokenization key generation 1 in the keys directory is not the key recorded"),
-        "{err}"
-    );
+    assert!(err.contains("keys/tokenize.key is not sealed"), "{err}");
     assert_eq!(
         std::fs::read(kd.join("tokenize.key")).unwrap(),
         [7u8; 32],
@@ -212,16 +208,20 @@ fn key_files_the_ledger_does_not_record_are_refused_or_ignored() {
     );
     std::fs::write(kd.join("tokenize.key"), &sealed).unwrap();
 
-    // The ledger key swapped for another data directory's.
+    // The ledger key swapped for another data directory's, sealed under the
+    // same KEK (an insider's copy from another deployment).
     let other = tempfile::tempdir().unwrap();
-    let (code, _, err) = run_invis(&[
-        "admin",
-        "bootstrap",
-        "--data-dir",
-        &other.path().to_string_lossy(),
-    ])
-    .unwrap();
-    assert_eq!(code, 0, "{err}");
+    let boot = std::process::Command::new(invis_tests::invis())
+        .args([
+            "admin",
+            "bootstrap",
+            "--data-dir",
+            &other.path().to_string_lossy(),
+        ])
+        .env("INVIS_KEK_FILE", &kek)
+        .output()
+        .unwrap();
+    assert!(boot.status.success(), "{}", String::from_utf8_lossy(&boot.stderr));
     let ours = std::fs::read(kd.join("ledger.ed25519.pk8")).unwrap();
     std::fs::copy(
         other.path().join("keys/ledger.ed25519.pk8"),
@@ -233,9 +233,16 @@ fn key_files_the_ledger_does_not_record_are_refused_or_ignored() {
     assert!(err.contains("not the ledger key enrolled"), "{err}");
     std::fs::write(kd.join("ledger.ed25519.pk8"), &ours).unwrap();
 
-    // A next generation nobody rotated: the server starts, and the
-    // rotation that follows makes its own key rather than adopting it.
+    // A next generation nobody rotated, unsealed: refused too, as found.
     std::fs::write(kd.join("tokenize.2.key"), [9u8; 32]).unwrap();
+    let (code, _, err) = serve();
+    assert_ne!(code, 0);
+    assert!(err.contains("keys/tokenize.2.key is not sealed"), "{err}");
+    assert_eq!(std::fs::read(kd.join("tokenize.2.key")).unwrap(), [9u8; 32]);
+    std::fs::remove_file(kd.join("tokenize.2.key")).unwrap();
+
+    // A rotation records its generation's fingerprint, and it survives a
+    // restart.
     let server = Server::spawn(&dir, &args, &op, &reg).unwrap();
     let r = server.operator.post(
         "/v1/operator/keys/tokenization/rotate",
@@ -244,7 +251,7 @@ fn key_files_the_ledger_does_not_record_are_refused_or_ignored() {
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["generation"], 2);
     let file = std::fs::read(kd.join("tokenize.2.key")).unwrap();
-    assert!(file.starts_with(SEALED) && file != [9u8; 32], "replaced, sealed");
+    assert!(file.starts_with(SEALED), "sealed");
     let recorded = r.json()["fingerprint"].as_str().unwrap_or("").to_string();
     assert_eq!(recorded.len(), 64, "{}", r.text());
     let ledger = server.regulator.get("/v1/regulator/ledger").text();
@@ -315,4 +322,29 @@ fn the_key_encryption_key_rotates_and_the_platform_keeps_its_keys() {
     assert!(err.contains("does not open"), "{err}");
     let server = Server::spawn(&dir, &["--kek-file", &b], &op, &reg).unwrap();
     assert_eq!(server.operator.get("/v1/ledger/public-key").ok(), key);
+
+    // A data directory that ran without a KEK is not served under one (its
+    // unsealed key files could have been put there by anyone): sealing it
+    // is an explicit step, `rekey` without a current key.
+    let plain = tempfile::tempdir().unwrap();
+    let p = plain.path().to_string_lossy().into_owned();
+    let (code, _, err) = run_invis(&["admin", "bootstrap", "--data-dir", &p]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_invis(&[
+        "serve",
+        "--data-dir",
+        &p,
+        "--listen",
+        "127.0.0.1:0",
+        "--kek-file",
+        &a,
+    ])
+    .unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("is not sealed"), "{err}");
+    assert!(!sealed(plain.path()), "nothing was sealed over");
+    let (code, out, err) = run_invis(&["admin", "rekey", "--data-dir", &p, "--new-kek-file", &a]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("re-sealed 2 key files"), "{out}");
+    assert!(sealed(plain.path()));
 }

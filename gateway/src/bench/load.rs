@@ -49,7 +49,10 @@ fn queries_job(queries: &[&str]) -> Result<Vec<u8>> {
     let mut calls = String::new();
     let mut at = 0usize;
     for q in queries {
-        data.push_str(&format!("(data (i32.const {at}) \"{}\")\n", q.replace('"', "\\22")));
+        data.push_str(&format!(
+            "(data (i32.const {at}) \"{}\")\n",
+            q.replace('"', "\\22")
+        ));
         calls.push_str(&format!(
             "(drop (call $query (i32.const {at}) (i32.const {})))\n",
             q.len()
@@ -154,7 +157,10 @@ fn set_up(base: &str, boot: &[crate::server::Bootstrapped], files: &data::DemoFi
     let mut developers = Vec::new();
     for (i, name) in ["Looping Lab", "Bank A", "Bank B", "Bank C"].iter().enumerate() {
         let d = operator
-            .post("/v1/operator/parties", &json!({"name": name, "role": "developer"}))?
+            .post(
+                "/v1/operator/parties",
+                &json!({"name": name, "role": "developer"}),
+            )?
             .ok()?
             .json();
         let dev = anon.with_token(d["token"].as_str().unwrap_or(""));
@@ -368,7 +374,11 @@ async fn measure(opts: &LoadOptions, clients: usize, percent: usize) -> Result<M
         let finishes = text
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|v| v["body"].as_str().and_then(|b| serde_json::from_str::<Value>(b).ok()))
+            .filter_map(|v| {
+                v["body"]
+                    .as_str()
+                    .and_then(|b| serde_json::from_str::<Value>(b).ok())
+            })
             .filter(|b| b["action"] == "job.finish")
             .count();
         let report = crate::ledger::verify_file(&path, Some(&st.keys.first_public_key()), &[], &[])?;
@@ -422,7 +432,8 @@ pub async fn run(opts: LoadOptions) -> Result<()> {
                 if m.ledger_ok { "verifies" } else { "FAILS" },
                 m.peak_rss_mib
             );
-            all_ok &= m.errors_5xx == 0 && m.loops_not_stopped == 0 && m.ledger_ok && m.finish_entries == m.jobs;
+            all_ok &=
+                m.errors_5xx == 0 && m.loops_not_stopped == 0 && m.ledger_ok && m.finish_entries == m.jobs;
         }
     }
     if !all_ok {
