@@ -251,12 +251,10 @@ fn drive(world: &World, clients: usize, looping: usize, secs: u64) -> Result<(Ar
                     200..=299 if is_loop => {
                         tally.loops.fetch_add(1, Ordering::SeqCst);
                     }
-                    200..=299 => {
-                        if !stop.load(Ordering::SeqCst) {
-                            let ms = t.elapsed().as_secs_f64() * 1000.0;
-                            if let Ok(mut l) = tally.latencies.lock() {
-                                l.push(ms);
-                            }
+                    200..=299 if !stop.load(Ordering::SeqCst) => {
+                        let ms = t.elapsed().as_secs_f64() * 1000.0;
+                        if let Ok(mut l) = tally.latencies.lock() {
+                            l.push(ms);
                         }
                     }
                     429 => {
