@@ -55,13 +55,14 @@ enum Command {
         max_jobs_per_organization: u32,
         /// Work units one developer may use in each window (a unit is 1M
         /// fuel, 10,000 catalog rows read or 10 ms of compiling; over it,
-        /// 429 until the next window).
-        #[arg(long, default_value_t = gateway::tenants::TenantLimits::default().work_per_developer)]
-        work_per_developer: u64,
+        /// 429 until the next window). Default: 30 jobs at the fuel limit
+        /// (60,000 at the default limit).
+        #[arg(long)]
+        work_per_developer: Option<u64>,
         /// Work units one organization's developers may use together in
-        /// each window.
-        #[arg(long, default_value_t = gateway::tenants::TenantLimits::default().work_per_organization)]
-        work_per_organization: u64,
+        /// each window. Default: twice the developer's.
+        #[arg(long)]
+        work_per_organization: Option<u64>,
         /// The work window in seconds.
         #[arg(long, default_value_t = gateway::tenants::TenantLimits::default().work_window_secs)]
         work_window_secs: u64,
@@ -532,6 +533,15 @@ async fn main() -> Result<()> {
             );
             cfg.tenant_limits.jobs_per_developer = max_jobs_per_developer;
             cfg.tenant_limits.jobs_per_organization = max_jobs_per_organization;
+            if let Some(root) = data_root {
+                cfg.data_root = root;
+            }
+            cfg.max_upload_bytes = max_upload_bytes;
+            cfg.job_limits = limits.limits()?;
+            let derived = cfg.tenant_limits.with_work_for(cfg.job_limits.fuel);
+            let work_per_developer = work_per_developer.unwrap_or(derived.work_per_developer);
+            let work_per_organization =
+                work_per_organization.unwrap_or(derived.work_per_organization.max(work_per_developer));
             anyhow::ensure!(
                 work_per_developer >= 1
                     && work_per_organization >= work_per_developer
@@ -542,11 +552,6 @@ async fn main() -> Result<()> {
             cfg.tenant_limits.work_per_developer = work_per_developer;
             cfg.tenant_limits.work_per_organization = work_per_organization;
             cfg.tenant_limits.work_window_secs = work_window_secs;
-            if let Some(root) = data_root {
-                cfg.data_root = root;
-            }
-            cfg.max_upload_bytes = max_upload_bytes;
-            cfg.job_limits = limits.limits()?;
             anyhow::ensure!(
                 time.checkpoint_every_ms >= time.time_quantum_ms,
                 "--checkpoint-every-ms ({}) must be at least --time-quantum-ms ({})",

@@ -71,12 +71,27 @@ impl Default for TenantLimits {
             jobs_per_developer: (slots / 4).max(1),
             jobs_per_organization: (slots / 2).max(1),
             retry_after_secs: 1,
-            // About 30 jobs at the default fuel limit a minute for one
-            // developer, twice that for an organization.
-            work_per_developer: 60_000,
-            work_per_organization: 120_000,
+            work_per_developer: 0,
+            work_per_organization: 0,
             work_window_secs: 60,
         }
+        .with_work_for(runtime::JobLimits::default().fuel)
+    }
+}
+
+/// Jobs at the fuel limit one developer may run per window by default
+/// (an organization twice as many).
+pub const DEFAULT_FULL_JOBS_PER_WINDOW: u64 = 30;
+
+impl TenantLimits {
+    /// The default work budgets for jobs of `fuel` at most: 30 such jobs a
+    /// window for a developer, 60 for an organization (60,000 and 120,000
+    /// units at the default fuel limit), so no single job exceeds them.
+    pub fn with_work_for(mut self, fuel: u64) -> Self {
+        let job = fuel.div_ceil(FUEL_PER_UNIT).max(1);
+        self.work_per_developer = job.saturating_mul(DEFAULT_FULL_JOBS_PER_WINDOW);
+        self.work_per_organization = self.work_per_developer.saturating_mul(2);
+        self
     }
 }
 
