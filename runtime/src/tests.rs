@@ -375,3 +375,71 @@ fn a_job_keeps_its_slot_until_a_whole_quantum_after_its_start() {
         "the slot was held"
     );
 }
+
+/// Review of issue 18: a job's deadline is wall-clock time, and only waits
+/// for a lease and host calls are taken off it. CPU taken from a guest
+/// while it holds its lease (guests run at nice 10, the platform's own
+/// work, queries over raw data and row functions included, at nice 0) is
+/// not: the same job, same fuel, meets its deadline alone and misses it
+/// while other work runs. Whether a job ends `DeadlineExceeded` then
+/// depends on how long another tenant's queries over raw data compute, and
+/// two colluding developers read one bit of it per job (I14). Fix: count
+/// the deadline in the guest thread's CPU time
+/// (`CLOCK_THREAD_CPUTIME_ID`, read in the epoch callback on the guest's
+/// own thread), which lease waits, host calls and preemption do not
+/// advance; keep a generous wall-clock backstop that fails as `Internal`
+/// (platform overload), not as the job's own outcome.
+#[test]
+#[ignore = "r18: the deadline counts wall time a guest loses to other work; needs a CPU-time deadline"]
+fn a_jobs_deadline_outcome_does_not_depend_on_other_work() {
+    let (r, t) = rt();
+    let src = r#"(module (memory (export "memory") 1)
+      (func (export "run") (result i32) (local $i i32)
+        (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 150000000))))
+        (i32.const 0)))"#;
+    let bytes = wat::parse_str(src).unwrap();
+    let alone = |timeout_ms| {
+        r.run(
+            &bytes,
+            input(
+                &t,
+                JobLimits {
+                    fuel: 100_000_000_000,
+                    timeout_ms,
+                    ..JobLimits::default()
+                },
+            ),
+        )
+    };
+    let started = std::time::Instant::now();
+    assert!(alone(120_000).result.is_ok());
+    let took = started.elapsed().as_millis() as u64;
+    let timeout = (took * 3).max(300);
+    assert!(
+        alone(timeout).result.is_ok(),
+        "alone it meets a deadline of {timeout} ms"
+    );
+    // Other work at the platform's priority, as queries of another tenant.
+    let stop = Arc::new(AtomicBool::new(false));
+    let hogs: Vec<_> = (0..2 * std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let loaded = alone(timeout);
+    stop.store(true, Ordering::SeqCst);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    assert!(
+        loaded.result.is_ok(),
+        "under other work the same job ends {:?} (deadline {timeout} ms, {took} ms alone)",
+        loaded.result
+    );
+}
