@@ -204,16 +204,28 @@ pub async fn submit(
     } else {
         Some(st.tenants.compile_turn(actor, &st.config.tenant_limits)?)
     };
-    let info = tokio::task::spawn_blocking(move || rt.load_within(&bytes, limit))
+    let (loaded, compile_ms) = tokio::task::spawn_blocking(move || rt.load_metered(&bytes, limit))
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| match e {
-            // Past the compilation deadline: the module is too costly to
-            // compile, whatever its byte size.
-            JobError::LimitExceeded(m) => ApiError::TooLarge(m),
-            other => other.into(),
-        })?
-        .0;
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let info = match loaded {
+        Ok((info, _)) => info,
+        Err(e) => {
+            // Compiling a module that is then refused (or given up at the
+            // deadline) is work too: charged now, as the module's own
+            // compile time (review of issue 18), else compiling would be
+            // free for every module that fails.
+            let units = compile_ms.div_ceil(crate::tenants::COMPILE_MS_PER_UNIT);
+            if units > 0 {
+                st.tenants.charge(actor, units, &st.config.tenant_limits);
+            }
+            return Err(match e {
+                // Past the compilation deadline: the module is too costly
+                // to compile, whatever its byte size.
+                JobError::LimitExceeded(m) => ApiError::TooLarge(m),
+                other => other.into(),
+            });
+        }
+    };
     let now = Utc::now();
     let job = JobRecord {
         id: new_id("job"),

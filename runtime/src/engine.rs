@@ -243,8 +243,26 @@ impl Runtime {
     /// Like [`Runtime::load`], with a compilation deadline of `limit`
     /// (at most [`MAX_COMPILE`]): a job's time limit.
     pub fn load_within(&self, bytes: &[u8], limit: Duration) -> Result<(ModuleInfo, Module), JobError> {
-        self.prepare(bytes, limit)
-            .map(|(info, p)| (info, p.pre.module().clone()))
+        self.load_metered(bytes, limit).0
+    }
+
+    /// Like [`Runtime::load_within`], also returning the milliseconds
+    /// spent compiling for this request whether the module was accepted or
+    /// not (refused after compiling, or given up at the deadline): what a
+    /// submission is charged even when it fails (review of issue 18: a
+    /// module that compiled for seconds and was then refused cost its
+    /// developer nothing). Waiting for a compile slot is not counted.
+    pub fn load_metered(
+        &self,
+        bytes: &[u8],
+        limit: Duration,
+    ) -> (Result<(ModuleInfo, Module), JobError>, u64) {
+        let mut spent = Duration::ZERO;
+        let r = self
+            .prepare_spent(bytes, limit, &mut spent)
+            .map(|(info, p)| (info, p.pre.module().clone()));
+        let ms = if spent.is_zero() { 0 } else { millis_up(spent) };
+        (r, ms)
     }
 
     fn cached(&self, hash: &str) -> Option<Prepared> {
@@ -254,6 +272,18 @@ impl Runtime {
     /// Like [`Runtime::load_within`], returning the module linked against
     /// the host ABI and ready to instantiate.
     fn prepare(&self, bytes: &[u8], limit: Duration) -> Result<(ModuleInfo, Prepared), JobError> {
+        let mut spent = Duration::ZERO;
+        self.prepare_spent(bytes, limit, &mut spent)
+    }
+
+    /// Like [`Runtime::prepare`], setting `spent` to the time spent
+    /// compiling (zero when nothing was compiled).
+    fn prepare_spent(
+        &self,
+        bytes: &[u8],
+        limit: Duration,
+        spent: &mut Duration,
+    ) -> Result<(ModuleInfo, Prepared), JobError> {
         if bytes.len() > MAX_MODULE_BYTES {
             return Err(JobError::InvalidModule(format!(
                 "the module is larger than {MAX_MODULE_BYTES} bytes"
@@ -275,7 +305,7 @@ impl Runtime {
         }
         crate::shape::check(bytes, &crate::shape::SHAPE_LIMITS)?;
         let bytes: Arc<[u8]> = Arc::from(bytes);
-        let (module, took) = self.compile(bytes.clone(), limit.min(MAX_COMPILE))?;
+        let (module, took) = self.compile(bytes.clone(), limit.min(MAX_COMPILE), spent)?;
         info.compile_ms = millis_up(took);
         check_interface(&module)?;
         let pre = self.linker.instantiate_pre(&module).map_err(|e| {
@@ -299,10 +329,23 @@ impl Runtime {
     /// once a slot was free: waiting for another party's compilation counts
     /// against the deadline, but is neither this module's `compile_ms` nor
     /// charged to its job.
-    fn compile(&self, bytes: Arc<[u8]>, limit: Duration) -> Result<(Module, Duration), JobError> {
+    /// `spent` is set to the time compiling took, or, given up, had taken
+    /// so far.
+    fn compile(
+        &self,
+        bytes: Arc<[u8]>,
+        limit: Duration,
+        spent: &mut Duration,
+    ) -> Result<(Module, Duration), JobError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let given_up = Arc::new(AtomicBool::new(false));
-        let (engine, slots, gave_up) = (self.engine.clone(), self.compile_slots.clone(), given_up.clone());
+        let began: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+        let (engine, slots, gave_up, begin) = (
+            self.engine.clone(),
+            self.compile_slots.clone(),
+            given_up.clone(),
+            began.clone(),
+        );
         std::thread::Builder::new()
             .name("invis-compile".into())
             .spawn(move || {
@@ -311,18 +354,32 @@ impl Runtime {
                     return;
                 }
                 let started = Instant::now();
+                if let Ok(mut b) = begin.lock() {
+                    *b = Some(started);
+                }
                 let m = Module::from_binary(&engine, &bytes);
-                let _ = tx.send(m.map(|m| (m, started.elapsed())));
+                let _ = tx.send((m, started.elapsed()));
             })
             .map_err(internal)?;
         match rx.recv_timeout(limit) {
-            Ok(Ok(m)) => Ok(m),
-            Ok(Err(e)) => Err(JobError::InvalidModule(format!(
-                "the module does not validate: {}",
-                first_line(&e.to_string())
-            ))),
+            Ok((Ok(m), took)) => {
+                *spent = took;
+                Ok((m, took))
+            }
+            Ok((Err(e), took)) => {
+                *spent = took;
+                Err(JobError::InvalidModule(format!(
+                    "the module does not validate: {}",
+                    first_line(&e.to_string())
+                )))
+            }
             Err(_) => {
                 given_up.store(true, Ordering::SeqCst);
+                *spent = began
+                    .lock()
+                    .ok()
+                    .and_then(|b| b.map(|b| b.elapsed()))
+                    .unwrap_or_default();
                 Err(JobError::LimitExceeded(format!(
                     "compiling the module took longer than {} ms, the compilation limit",
                     limit.as_millis()

@@ -183,3 +183,32 @@ fn another_tenants_jobs_finish_while_one_tenants_loops_hold_every_core() {
         "the loops were all still running: {limits}"
     );
 }
+
+/// Review of issue 18: compiling a module that is refused once compiled
+/// (here an import the host ABI does not have, which the shape check does
+/// not see) was never charged, since work was charged only at a job's end:
+/// a developer could keep the platform's compile threads busy for free.
+#[test]
+fn compiling_a_module_refused_once_compiled_is_charged_as_work() {
+    let w = world(200, 10.0, &["--work-window-secs", "3600"]);
+    let body = "(local.set 0 (i32.add (local.get 0) (i32.const 1)))".repeat(200);
+    let funcs: String = (0..500)
+        .map(|_| format!("(func (param i32) (result i32) {body} (local.get 0))"))
+        .collect();
+    let module = wat(&format!(
+        r#"(module (import "invis_v1" "no_such_call" (func)) (memory (export "memory") 1) {funcs}
+           (func (export "run") (result i32) (i32.const 0)))"#
+    ));
+    let path = format!("/v1/developer/agreements/{}/jobs", w.agreement);
+    let r = w.developer.post_raw(&path, &module, "application/wasm");
+    assert!(
+        (400..500).contains(&r.status) && r.status != 429,
+        "{} {}",
+        r.status,
+        r.text()
+    );
+    assert!(r.message().contains("no_such_call"), "{}", r.message());
+    let limits = w.developer.get("/v1/developer/limits").ok();
+    let used = limits["work"]["developer"].as_u64().unwrap_or(0);
+    assert!(used > 0, "the compilation is charged: {limits}");
+}
