@@ -407,8 +407,12 @@ impl Runtime {
             compile_ms: 0,
             tenant: Default::default(),
         };
-        let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
-        let state = HostState::new(input, deadline, &p, self.udf_factory.clone());
+        let state = HostState::new(
+            input,
+            Duration::from_millis(limits.timeout_ms),
+            &p,
+            self.udf_factory.clone(),
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_fuel(limits.fuel).map_err(internal)?;
@@ -463,7 +467,7 @@ impl Runtime {
     /// Runs a job to completion on the current thread (call it from a
     /// blocking context: queries block on `input.handle`).
     pub fn run(&self, bytes: &[u8], input: JobInput) -> JobOutcome {
-        let _slot = self.slots.acquire();
+        let _slot = self.slots.acquire_for(&input.tenant.organization);
         let hold = input.hold_slot;
         // On a thread of its own at a lower scheduling priority: a guest
         // that computes (or loops) yields the core to the platform's own
@@ -532,13 +536,13 @@ impl Runtime {
         // The guest runs only while it holds a share of the CPU; waiting
         // for one is not its running time.
         let lease = self.cpu.acquire(&input.tenant);
-        // The guest's own running time starts now; what compiling the
-        // module took, at submission and here, is taken off its limit. Host
-        // calls, and waits for the CPU at later slices, move the deadline
-        // later by the time they take (`host::timed`, `HostState::tick`).
-        let deadline =
-            Instant::now() + Duration::from_millis(limits.timeout_ms.saturating_sub(usage.compile_ms));
-        let mut state = HostState::new(input, deadline, &prepared, self.udf_factory.clone());
+        // The guest's own running time starts now, counted in its thread's
+        // CPU time outside host calls; what compiling the module took, at
+        // submission and here, is taken off its limit. The wall-clock
+        // backstop moves later by host calls and waits for the CPU
+        // (`host::timed`, `HostState::tick`).
+        let budget = Duration::from_millis(limits.timeout_ms.saturating_sub(usage.compile_ms));
+        let mut state = HostState::new(input, budget, &prepared, self.udf_factory.clone());
         state.lease = Some(lease);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -606,6 +610,41 @@ pub(crate) trait Deadline: 'static {
     /// Called first on every tick: a job gives its share of the CPU to
     /// others here ([`crate::fair`]).
     fn tick(&mut self) {}
+    /// Why the guest must stop now for time, if it must.
+    fn overdue(&self) -> Option<JobError> {
+        (Instant::now() >= self.deadline()).then_some(JobError::DeadlineExceeded)
+    }
+}
+
+/// How many times its time limit a guest may take in wall-clock time while
+/// it holds the CPU before it is stopped as starved (an `Internal` error,
+/// never `DeadlineExceeded`): guests run below the platform's priority, so
+/// under heavy platform load their CPU time advances slower than the clock.
+const BACKSTOP_FACTOR: u32 = 20;
+
+/// The wall-clock backstop for a guest limited to `budget` of CPU time.
+pub(crate) fn backstop(budget: Duration) -> Duration {
+    budget
+        .saturating_mul(BACKSTOP_FACTOR)
+        .max(Duration::from_secs(10))
+}
+
+/// CPU time of the calling thread (Linux); elsewhere, the time since the
+/// process first asked, which makes the limit a wall-clock one.
+pub(crate) fn thread_cpu() -> Duration {
+    #[cfg(target_os = "linux")]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        Duration::new(
+            u64::try_from(t.tv_sec).unwrap_or(0),
+            u32::try_from(t.tv_nsec).unwrap_or(0),
+        )
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        START.get_or_init(Instant::now).elapsed()
+    }
 }
 
 /// Interrupts a store's guest at the first epoch tick after the deadline
@@ -619,8 +658,8 @@ pub(crate) fn arm_deadline<T: Deadline>(store: &mut Store<T>) {
             st.interrupted(JobError::Cancelled("the job was stopped".into()));
             return Ok(UpdateDeadline::Interrupt);
         }
-        if Instant::now() >= st.deadline() {
-            st.interrupted(JobError::DeadlineExceeded);
+        if let Some(why) = st.overdue() {
+            st.interrupted(why);
             return Ok(UpdateDeadline::Interrupt);
         }
         Ok(UpdateDeadline::Continue(1))
@@ -648,36 +687,75 @@ pub(crate) struct Prepared {
     pub(crate) bytes: Arc<[u8]>,
 }
 
-/// A counting semaphore for job slots.
+/// Job slots an organization may hold at once: a quarter, so it takes
+/// four organizations (not two) to fill the runtime, and an organization's
+/// jobs beyond its share wait for one of its own to end.
+pub const SLOTS_PER_ORGANIZATION: usize = CONCURRENT_JOBS / 4;
+
+/// Job slots: a counting semaphore, with at most
+/// [`SLOTS_PER_ORGANIZATION`] held by one organization (jobs without an
+/// organization, such as local runs and benchmarks, are not capped).
 struct Slots {
-    free: Mutex<usize>,
+    state: Mutex<SlotCounts>,
     freed: std::sync::Condvar,
 }
 
-struct Slot<'a>(&'a Slots);
+#[derive(Default)]
+struct SlotCounts {
+    free: usize,
+    by_org: HashMap<String, usize>,
+}
+
+struct Slot<'a> {
+    slots: &'a Slots,
+    org: String,
+}
 
 impl Slots {
     fn new(n: usize) -> Slots {
         Slots {
-            free: Mutex::new(n),
+            state: Mutex::new(SlotCounts {
+                free: n,
+                by_org: HashMap::new(),
+            }),
             freed: std::sync::Condvar::new(),
         }
     }
+
     fn acquire(&self) -> Slot<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        self.acquire_for("")
+    }
+
+    fn acquire_for(&self, org: &str) -> Slot<'_> {
+        let capped = !org.is_empty();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while st.free == 0 || (capped && st.by_org.get(org).copied().unwrap_or(0) >= SLOTS_PER_ORGANIZATION) {
+            st = self.freed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        *free -= 1;
-        Slot(self)
+        st.free -= 1;
+        if capped {
+            *st.by_org.entry(org.to_string()).or_insert(0) += 1;
+        }
+        Slot {
+            slots: self,
+            org: org.to_string(),
+        }
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let mut free = self.0.free.lock().unwrap_or_else(|p| p.into_inner());
-        *free += 1;
-        self.0.freed.notify_one();
+        let mut st = self.slots.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.free += 1;
+        if let Some(n) = st.by_org.get_mut(&self.org) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.by_org.remove(&self.org);
+            }
+        }
+        drop(st);
+        // A waiter of any organization may be the one that can go now.
+        self.slots.freed.notify_all();
     }
 }
 

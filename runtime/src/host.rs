@@ -124,10 +124,19 @@ pub(crate) struct HostState {
     /// The data door; `None` for runs that may not query.
     pub scope: Option<Arc<JobScope>>,
     pub handle: tokio::runtime::Handle,
-    /// When the guest must stop: its start plus `timeout_ms`, moved later
-    /// by the time every host call took, so only the guest's own running
-    /// time counts (I14).
+    /// The wall-clock backstop: the guest's start plus
+    /// [`crate::engine::backstop`] of its time limit, moved later by the
+    /// time every host call and every wait for the CPU took. Reached only
+    /// when the guest is starved of the CPU it holds a lease for.
     pub deadline: Instant,
+    /// The guest's time limit, counted in CPU time of its own thread outside
+    /// host calls (I14: neither the data nor others' load decides whether a
+    /// job meets it).
+    pub cpu_budget: Duration,
+    /// The thread's CPU time when the guest started.
+    pub cpu_started: Duration,
+    /// CPU time of the thread spent inside host calls.
+    pub cpu_in_host: Duration,
     pub cancel: Arc<AtomicBool>,
     pub params: Vec<u8>,
     pub pending: Option<Vec<u8>>,
@@ -153,11 +162,12 @@ impl HostState {
     /// The state of a job about to start.
     pub(crate) fn new(
         input: crate::JobInput,
-        deadline: Instant,
+        cpu_budget: Duration,
         module: &crate::engine::Prepared,
         udf_factory: Arc<UdfFactory>,
     ) -> HostState {
         let limits = input.limits;
+        let deadline = Instant::now() + crate::engine::backstop(cpu_budget);
         HostState {
             limiter: Limiter {
                 memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
@@ -170,6 +180,9 @@ impl HostState {
             scope: input.scope,
             handle: input.handle,
             deadline,
+            cpu_budget,
+            cpu_started: crate::engine::thread_cpu(),
+            cpu_in_host: Duration::ZERO,
             cancel: input.cancel,
             params: input.params,
             pending: None,
@@ -197,6 +210,19 @@ impl crate::engine::Deadline for HostState {
     fn interrupted(&mut self, why: JobError) {
         self.stop = Some(why);
     }
+    /// Past the time limit in the guest's own CPU time; or, far later in
+    /// wall-clock time while it held the CPU, starved of it.
+    fn overdue(&self) -> Option<JobError> {
+        let used = crate::engine::thread_cpu()
+            .saturating_sub(self.cpu_started)
+            .saturating_sub(self.cpu_in_host);
+        if used >= self.cpu_budget {
+            return Some(JobError::DeadlineExceeded);
+        }
+        (Instant::now() >= self.deadline).then(|| {
+            JobError::Internal("the platform was too busy to give the job the time it is allowed".into())
+        })
+    }
     /// Gives the CPU to a waiting job once a slice is used up; the wait
     /// moves the deadline later, so a job's outcome never depends on
     /// others' load (I14).
@@ -216,11 +242,13 @@ type C<'a> = Caller<'a, HostState>;
 /// (I14). The deadline is checked on entry (`enter`) and by the epoch
 /// callback, which reads it from the store on every tick.
 fn timed<R>(caller: &mut C<'_>, f: impl FnOnce(&mut C<'_>) -> R) -> R {
-    let entered = Instant::now();
+    let (entered, cpu) = (Instant::now(), crate::engine::thread_cpu());
     let r = f(caller);
     let spent = entered.elapsed();
+    let cpu_spent = crate::engine::thread_cpu().saturating_sub(cpu);
     let st = caller.data_mut();
     st.deadline = st.deadline.checked_add(spent).unwrap_or(st.deadline);
+    st.cpu_in_host = st.cpu_in_host.saturating_add(cpu_spent);
     r
 }
 
@@ -284,8 +312,8 @@ fn enter(caller: &mut C<'_>, fuel: u64) -> wasmtime::Result<()> {
     if caller.data().cancel.load(Ordering::SeqCst) {
         return Err(stop(caller, JobError::Cancelled("the job was stopped".into())));
     }
-    if Instant::now() >= caller.data().deadline {
-        return Err(stop(caller, JobError::DeadlineExceeded));
+    if let Some(e) = crate::engine::Deadline::overdue(caller.data()) {
+        return Err(stop(caller, e));
     }
     let left = caller.get_fuel()?;
     if left < fuel {

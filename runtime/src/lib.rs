@@ -20,6 +20,7 @@ pub mod udf;
 
 pub use engine::{
     JobInput, JobOutcome, ModuleInfo, Runtime, SlotHold, Usage, CACHE_BYTES, CONCURRENT_JOBS, MAX_COMPILE,
+    SLOTS_PER_ORGANIZATION,
 };
 pub use error::JobError;
 pub use limits::{

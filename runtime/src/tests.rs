@@ -390,7 +390,6 @@ fn a_job_keeps_its_slot_until_a_whole_quantum_after_its_start() {
 /// advance; keep a generous wall-clock backstop that fails as `Internal`
 /// (platform overload), not as the job's own outcome.
 #[test]
-#[ignore = "r18: the deadline counts wall time a guest loses to other work; needs a CPU-time deadline"]
 fn a_jobs_deadline_outcome_does_not_depend_on_other_work() {
     let (r, t) = rt();
     let src = r#"(module (memory (export "memory") 1)
@@ -444,20 +443,13 @@ fn a_jobs_deadline_outcome_does_not_depend_on_other_work() {
     );
 }
 
-/// Review of issue 18: the runtime's job slots ([`crate::CONCURRENT_JOBS`])
-/// are first come, first served. The gateway caps an organization at half
-/// of them, so two organizations (two colluding developers, or two that
-/// loop by mistake) fill every slot, and a third organization's job waits
-/// for one of their loops to reach its deadline however fair the CPU
-/// leases are. Lease waits are taken off each loop's deadline, so with 32
-/// loops on 2 leases the first deadline comes after about 16 times the
-/// time limit: here 8 s loops kept the slots about 125 s (with the default
-/// 30 s limit, about 8 minutes; past `jobs::longest_run`, so `?wait=true`
-/// answers with the job still queued). Fix: grant free slots in the leases' order (organization,
-/// then developer, by slots held), or cap an organization at a share of
-/// the slots that leaves room for the organizations waiting.
+/// Review of issue 18: with first come, first served job slots two
+/// organizations (two colluding developers, or two that loop by mistake)
+/// filled every slot, and a third organization's job waited for one of
+/// their loops to reach its deadline, which with 32 loops on 2 leases comes
+/// after about 16 times the time limit. An organization now holds at most
+/// [`crate::SLOTS_PER_ORGANIZATION`] slots.
 #[test]
-#[ignore = "r18: runtime job slots are first come, first served; two organizations fill them all"]
 fn a_third_organization_gets_a_slot_while_two_fill_them_with_loops() {
     let (r, t) = rt();
     let looping = wat::parse_str(
@@ -482,7 +474,7 @@ fn a_third_organization_gets_a_slot_while_two_fill_them_with_loops() {
             let (r, t, looping) = (&r, &t, &looping);
             let org = if i % 2 == 0 { "a" } else { "b" };
             s.spawn(move || {
-                let mut inp = input(t, limits(8_000));
+                let mut inp = input(t, limits(1_000));
                 inp.tenant = tenant(org);
                 r.run(looping, inp)
             });
