@@ -16,12 +16,13 @@
 //! end ([`visible_end`]), and a running job's charges show in the
 //! developer's budget only once it has ended (`settled_spent`).
 
-use crate::api::{blocking, current_datasets, Allowance, DatasetRecord, JobRecord, JobStatus, QueryRecord};
+use crate::datasets::{current_datasets, gate, private_tables};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
+use crate::records::{Allowance, DatasetRecord, JobRecord, JobStatus, QueryRecord};
 use crate::state::AppState;
 use crate::store::population::{self, Charge};
-use crate::store::{append, get_in, list_in, put, set_job_output, NewEntry, Store, Table};
+use crate::store::{append, blocking, get_in, list_in, put, set_job_output, NewEntry, Store, Table};
 use chrono::{DateTime, Utc};
 use runtime::{JobError, JobInput, JobLimits, JobOutcome};
 use sandbox::desensitize::TokenKey;
@@ -533,7 +534,7 @@ pub(crate) fn scenario_tables(st: &AppState, sc: &Scenario) -> ApiResult<Vec<Tab
             ApiError::Forbidden(format!("dataset `{}` is no longer in the catalog", t.dataset))
         })?;
         let mut tv = TableVersion::from_profile(d.spec.clone(), &d.profile);
-        tv.units = crate::api::gate(&objections, d)?;
+        tv.units = gate(&objections, d)?;
         tv.units.only = consenting.clone();
         tables.push(tv);
     }
@@ -580,7 +581,7 @@ async fn run(
         // The agreement's own tables (R5) join the scope with their grants.
         let mut spec = sc.spec.clone();
         let mut units = population_units(&current_datasets(&s)?);
-        for p in crate::api::private_tables(&s, &ag.id)? {
+        for p in private_tables(&s, &ag.id)? {
             rows_per_query = rows_per_query.saturating_add(p.profile.rows);
             let kind = scenarios::population::population_of(p.spec.unit_kind.as_deref()).to_string();
             let n = units.entry(kind).or_default();
@@ -834,7 +835,7 @@ async fn finish(
             }
             // Work is charged as the job is metered (data-independent; see
             // `crate::tenants`), before its end can be seen.
-            let metered = crate::api::fees::metered(std::slice::from_ref(&j), None, None, fuel_limit);
+            let metered = crate::metering::metered(std::slice::from_ref(&j), None, None, fuel_limit);
             tenants.charge(&actor, crate::tenants::work_units(&metered), &tenant_limits);
             Ok(j)
         })
@@ -898,7 +899,7 @@ mod tests {
             ..Budget::default()
         };
         let job = |id: &str, status: JobStatus, charged: Budget| {
-            let mut j = crate::api::test_job(status, u32::from(charged != Budget::default()));
+            let mut j = crate::records::test_job(status, u32::from(charged != Budget::default()));
             j.id = id.into();
             j.agreement_id = "ag".into();
             j.developer_id = "dev".into();

@@ -307,6 +307,15 @@ fn record_creators(c: &Connection) -> rusqlite::Result<usize> {
     )
 }
 
+/// Runs store work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
 fn unfinished() -> ApiError {
     ApiError::Internal("a store operation failed before it finished (see the server log)".into())
 }

@@ -17,7 +17,7 @@
 //! are configuration; a job counts from its submission to its visible end,
 //! which is quantized (invariant I14), never to the moment its queries
 //! over raw data finish; and work is computed from the job's metering
-//! (`api::fees::metered`): its fuel (which depends on its code and on the
+//! (`crate::metering::metered`): its fuel (which depends on its code and on the
 //! results released to it) and the catalog's published row counts of the
 //! tables its queries read, or, for a job whose details are withheld, its
 //! allowance. Measured time or CPU of work over raw data never enters it.

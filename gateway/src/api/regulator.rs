@@ -99,7 +99,7 @@ pub(crate) async fn releases(
             Some(a) => store.list(Table::Jobs, Some(("agreement_id", a)))?,
             None => store.list(Table::Jobs, None)?,
         };
-        jobs.retain(|j| j.status == super::developer::JobStatus::Succeeded && filter.keeps(j));
+        jobs.retain(|j| j.status == super::JobStatus::Succeeded && filter.keeps(j));
         jobs.sort_by_key(|j| j.finished_at);
         // One current checkpoint serves every receipt in the list.
         let current = st.ledger.checkpoint(store, &st.keys)?;
