@@ -16,6 +16,8 @@ pub mod demo;
 pub mod error;
 pub mod jobs;
 pub mod keys;
+#[cfg(test)]
+mod layers;
 pub mod ledger;
 pub mod local;
 pub mod metering;
