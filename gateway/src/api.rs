@@ -6,6 +6,7 @@
 mod catalog;
 mod consent;
 mod developer;
+mod error;
 mod feedback;
 mod fees;
 mod files;
@@ -20,7 +21,6 @@ mod regulator;
 mod report;
 mod verify;
 
-use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
@@ -29,6 +29,8 @@ use chrono::Utc;
 use scenarios::party::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+pub use error::{ApiError, ApiResult};
 
 // The records and services handlers use, re-exported from below the API
 // (the API imports from them, never the other way round).

@@ -3,7 +3,7 @@
 //! the objections' gate on a dataset version (R7). Shared by the job
 //! lifecycle (`crate::jobs`) and the HTTP handlers (`crate::api`).
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ServiceError, ServiceResult};
 use crate::records::{DatasetRecord, PrivateDataset};
 use crate::state::AppState;
 use crate::store::Table;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 /// The latest version of every dataset whose rules the operator approved:
 /// the versions jobs read and scenarios are built on.
-pub(crate) fn current_datasets(st: &AppState) -> ApiResult<Vec<DatasetRecord>> {
+pub(crate) fn current_datasets(st: &AppState) -> ServiceResult<Vec<DatasetRecord>> {
     let all: Vec<DatasetRecord> = st.store.list(Table::Datasets, None)?;
     let mut latest: BTreeMap<String, DatasetRecord> = BTreeMap::new();
     for d in all.into_iter().filter(|d| d.review.approved()) {
@@ -27,19 +27,19 @@ pub(crate) fn current_datasets(st: &AppState) -> ApiResult<Vec<DatasetRecord>> {
 }
 
 /// The extra tables and grants of an agreement's private data.
-pub(crate) fn private_tables(st: &AppState, agreement: &str) -> ApiResult<Vec<PrivateDataset>> {
+pub(crate) fn private_tables(st: &AppState, agreement: &str) -> ServiceResult<Vec<PrivateDataset>> {
     st.store
         .list(Table::PrivateDatasets, Some(("agreement_id", agreement)))
 }
 
 /// Checks a dataset version against the objections: refused while
 /// suspended; otherwise the units whose rows are withheld.
-pub(crate) fn gate(objections: &[Objection], d: &DatasetRecord) -> ApiResult<UnitFilter> {
+pub(crate) fn gate(objections: &[Objection], d: &DatasetRecord) -> ServiceResult<UnitFilter> {
     if let Some(o) = objections
         .iter()
         .find(|o| o.dataset == d.name && o.suspends_dataset(d.version))
     {
-        return Err(ApiError::Forbidden(format!(
+        return Err(ServiceError::Forbidden(format!(
             "dataset `{}` is suspended by objection {} ({})",
             d.name,
             o.id,

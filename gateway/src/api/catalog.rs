@@ -4,8 +4,8 @@
 //! ever shown.
 
 use super::{blocking, current_datasets, DatasetRecord};
+use super::{ApiError, ApiResult};
 use crate::auth::Auth;
-use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::Json;

@@ -5,8 +5,8 @@
 //! counts, the ledger a digest of each batch.
 
 use super::{blocking, current_datasets};
+use super::{ApiError, ApiResult};
 use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::{append, get_in, put_consents, NewEntry, Table};
 use axum::extract::State;

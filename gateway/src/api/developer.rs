@@ -4,8 +4,8 @@
 //! another developer's ids answer 404.
 
 use super::{blocking, not_found, JobRecord, JobStatus};
+use super::{ApiError, ApiResult};
 use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::store::{append, get_in, organization_of, put, NewEntry, Table};

@@ -2,8 +2,8 @@
 //! providing department verifies and corrects or rejects (R6).
 
 use super::{blocking, current_datasets, not_found, DatasetRecord};
+use super::{ApiError, ApiResult};
 use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::store::{append, get_in, list_in, put, NewEntry, Table};

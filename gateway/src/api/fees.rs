@@ -5,8 +5,8 @@
 //! it used, so the bill carries nothing of them either (I14).
 
 use super::{blocking, JobRecord, Period};
+use super::{ApiError, ApiResult};
 use crate::auth::Auth;
-use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::Table;
 use axum::extract::{Path, Query, State};

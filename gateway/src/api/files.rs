@@ -7,8 +7,8 @@
 //! [`crate::storage`].
 
 use super::blocking;
+use super::{ApiError, ApiResult};
 use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::storage::{self, StorageAssignment, TempFile, UploadedFile};
 use crate::store::{append, get_in, list_in, party_in, put, NewEntry, Table};

@@ -10,8 +10,8 @@
 //! not time each query of a running job (I14).
 
 use super::blocking;
+use super::{ApiError, ApiResult};
 use crate::auth::Auth;
-use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};

@@ -3,8 +3,8 @@
 //! agreements with the regulator and the overdue list (R12).
 
 use super::{blocking, current_datasets, not_found, JobRecord};
+use super::{ApiError, ApiResult};
 use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::store::{append, get_in, list_in, put, NewEntry, Table};

@@ -5,8 +5,8 @@
 //! decision is one transaction with its ledger entry.
 
 use super::{blocking, current_datasets};
+use super::{ApiError, ApiResult};
 use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::population::{self, PopulationRecord};
 use axum::extract::{Path, Query, State};

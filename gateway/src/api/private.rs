@@ -5,8 +5,8 @@
 //! nobody, the developer included, reads its rows back.
 
 use super::{blocking, PrivateDataset};
+use super::{ApiError, ApiResult};
 use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::store::{append, NewEntry, Table};

@@ -4,8 +4,8 @@
 //! results came from.
 
 use super::{blocking, current_datasets, JobRecord, JobStatus};
+use super::{ApiError, ApiResult};
 use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::store::{append, get_in, put, NewEntry, Table};

@@ -5,8 +5,8 @@
 //! from there (invariant I17, `crate::storage`).
 
 use super::{blocking, DatasetRecord};
+use super::{ApiError, ApiResult};
 use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::storage;

@@ -4,8 +4,8 @@
 //! reads everything and changes no data other than its own decisions.
 
 use super::{blocking, JobRecord};
+use super::{ApiError, ApiResult};
 use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::{append, get_in, put, NewEntry, Table};
 use axum::extract::{Path, Query, State};

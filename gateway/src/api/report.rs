@@ -3,8 +3,8 @@
 //! per-provider contribution figures (R26).
 
 use super::{blocking, current_datasets, DatasetRecord, JobRecord, JobStatus, Period};
+use super::{ApiError, ApiResult};
 use crate::auth::Auth;
-use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::{Party, Table};
 use axum::extract::{Query, State};

@@ -15,8 +15,8 @@
 //! kept for every named subject, consenting or not, so the writes do not
 //! depend on consent either.
 use super::blocking;
+use super::{ApiError, ApiResult};
 use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::{append, NewEntry};
 use axum::extract::{Path, State};
