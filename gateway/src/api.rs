@@ -3,6 +3,7 @@
 //! thin: they authenticate, check the role, run the domain transition from
 //! `scenarios` and write it with its ledger entry in one store transaction.
 
+pub mod auth;
 mod catalog;
 mod consent;
 mod developer;
@@ -548,7 +549,7 @@ pub fn router(state: AppState) -> Router {
         if let Access::Role(role) = r.access {
             handler = handler.route_layer(axum::middleware::from_fn_with_state(
                 (state.clone(), role),
-                crate::auth::require_role,
+                auth::require_role,
             ));
         }
         // Every body but an upload's is capped at MAX_BODY, checked

@@ -4,7 +4,9 @@
 //! and never import from it. Only `api` itself and the composition roots
 //! may name it: `lib.rs` (declares the modules and re-exports the router),
 //! `main.rs` (the binary: `invis routes` prints the route table) and
-//! `server.rs` (builds the router for `invis serve`).
+//! `server.rs` (builds the router for `invis serve`). Below the API no
+//! module uses axum either: services return `ServiceError`, which only
+//! `api::error` maps to HTTP.
 
 use std::path::{Path, PathBuf};
 
@@ -90,8 +92,9 @@ fn code_lines(text: &str) -> Vec<(usize, String)> {
     out
 }
 
-#[test]
-fn services_never_import_from_the_api() {
+/// Every line of code, outside the API and the composition roots, that
+/// `offends`, as `src/<file>:<line>: <code>`.
+fn offences_below_the_api(offends: impl Fn(&str) -> bool) -> Vec<String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     sources(&src, &mut files);
@@ -113,15 +116,35 @@ fn services_never_import_from_the_api() {
         }
         let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         for (line, code) in code_lines(&text) {
-            if names_the_api(&code) {
+            if offends(&code) {
                 offences.push(format!("src/{relative}:{line}: {code}"));
             }
         }
     }
+    offences
+}
+
+#[test]
+fn services_never_import_from_the_api() {
+    let offences = offences_below_the_api(names_the_api);
     assert!(
         offences.is_empty(),
         "modules below the HTTP layer import from `api` (move what they need below it, \
          e.g. into `records`, or add a genuine composition root to COMPOSITION_ROOTS):\n{}",
+        offences.join("\n")
+    );
+}
+
+/// Below the API nothing knows HTTP: errors are `ServiceError`s, mapped to
+/// statuses and bodies by `api::error` only.
+#[test]
+fn services_know_no_http() {
+    let offences = offences_below_the_api(|code| {
+        code.contains(concat!("ax", "um")) || code.contains(concat!("Into", "Response"))
+    });
+    assert!(
+        offences.is_empty(),
+        "modules below the HTTP layer use the HTTP framework (HTTP belongs in `api`):\n{}",
         offences.join("\n")
     );
 }

@@ -6,7 +6,6 @@
 //! types of `scenarios`; no other crate knows HTTP or JSON bodies.
 
 pub mod api;
-pub mod auth;
 pub mod backup;
 pub mod bench;
 pub mod cli;

@@ -3,9 +3,9 @@
 //! their released results (R16). A developer sees only its own records;
 //! another developer's ids answer 404.
 
+use super::auth::{Auth, Body};
 use super::{blocking, not_found, JobRecord, JobStatus};
 use super::{ApiError, ApiResult};
-use crate::auth::{Auth, Body};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::store::{append, get_in, organization_of, put, NewEntry, Table};

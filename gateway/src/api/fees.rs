@@ -4,9 +4,9 @@
 //! see ([`JobRecord::disclosed`]) is metered at its allowance, not at what
 //! it used, so the bill carries nothing of them either (I14).
 
+use super::auth::Auth;
 use super::{blocking, JobRecord, Period};
 use super::{ApiError, ApiResult};
-use crate::auth::Auth;
 use crate::state::AppState;
 use crate::store::Table;
 use axum::extract::{Path, Query, State};

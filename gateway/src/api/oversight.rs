@@ -2,9 +2,9 @@
 //! halts with risk reports (R20), security incidents (R25), filing of
 //! agreements with the regulator and the overdue list (R12).
 
+use super::auth::{Auth, Body};
 use super::{blocking, current_datasets, not_found, JobRecord};
 use super::{ApiError, ApiResult};
-use crate::auth::{Auth, Body};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::store::{append, get_in, list_in, put, NewEntry, Table};

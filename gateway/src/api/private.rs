@@ -4,9 +4,9 @@
 //! under the scenario's release rules; nobody else's jobs see it, and
 //! nobody, the developer included, reads its rows back.
 
+use super::auth::{Auth, Body};
 use super::{blocking, PrivateDataset};
 use super::{ApiError, ApiResult};
-use crate::auth::{Auth, Body};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::store::{append, NewEntry, Table};

@@ -3,9 +3,9 @@
 //! and time (R21, R23). The ledger feed is in `api::ledger`. The regulator
 //! reads everything and changes no data other than its own decisions.
 
+use super::auth::{Auth, Body};
 use super::{blocking, JobRecord};
 use super::{ApiError, ApiResult};
-use crate::auth::{Auth, Body};
 use crate::state::AppState;
 use crate::store::{append, get_in, put, NewEntry, Table};
 use axum::extract::{Path, Query, State};

@@ -2,7 +2,7 @@
 //! `Authorization: Bearer <token>`. Tokens are random, shown once at
 //! creation, and stored only as SHA-256 hashes (R24, R27).
 
-use crate::error::ServiceError;
+use super::ApiError;
 use crate::keys::token_hash;
 use crate::state::AppState;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
@@ -19,24 +19,24 @@ use serde::de::DeserializeOwned;
 pub struct Auth(pub Actor);
 
 /// Resolves the bearer token of a request to its party.
-async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Actor, ServiceError> {
+async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Actor, ApiError> {
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or(ServiceError::Unauthorized)?;
+        .ok_or(ApiError::Unauthorized)?;
     let token = header
         .strip_prefix("Bearer ")
-        .ok_or(ServiceError::Unauthorized)?
+        .ok_or(ApiError::Unauthorized)?
         .trim();
     if token.is_empty() || token.len() > 200 {
-        return Err(ServiceError::Unauthorized);
+        return Err(ApiError::Unauthorized);
     }
     let hash = token_hash(token);
     let store = state.store.clone();
     let (party, creators) = tokio::task::spawn_blocking(move || store.actor_by_token(&hash))
         .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))??
-        .ok_or(ServiceError::Unauthorized)?;
+        .map_err(|e| ApiError::Internal(e.to_string()))??
+        .ok_or(ApiError::Unauthorized)?;
     Ok(Actor {
         id: party.id,
         role: party.role,
@@ -47,7 +47,7 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Actor, Se
 }
 
 impl FromRequestParts<AppState> for Auth {
-    type Rejection = ServiceError;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         if let Some(actor) = parts.extensions.get::<Actor>() {
@@ -64,10 +64,10 @@ pub async fn require_role(
     State((state, role)): State<(AppState, Role)>,
     mut req: Request,
     next: Next,
-) -> Result<Response, ServiceError> {
+) -> Result<Response, ApiError> {
     let actor = authenticate(req.headers(), &state).await?;
     if actor.role != role {
-        return Err(ServiceError::Forbidden(format!(
+        return Err(ApiError::Forbidden(format!(
             "this route is for the {role} role, not {}",
             actor.role
         )));
@@ -81,12 +81,12 @@ pub async fn require_role(
 pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
-    type Rejection = ServiceError;
+    type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
-            Err(r) => Err(ServiceError::BadRequest(r.body_text())),
+            Err(r) => Err(ApiError::BadRequest(r.body_text())),
         }
     }
 }
