@@ -3,11 +3,13 @@
 //! thin: they authenticate, check the role, run the domain transition from
 //! `scenarios` and write it with its ledger entry in one store transaction.
 
+pub mod auth;
 mod catalog;
 mod consent;
 mod developer;
+mod error;
 mod feedback;
-pub(crate) mod fees;
+mod fees;
 mod files;
 mod ledger;
 mod operator;
@@ -20,114 +22,25 @@ mod regulator;
 mod report;
 mod verify;
 
-use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
-use sandbox::profile::DatasetProfile;
-use scenarios::catalog::DatasetSpec;
+use chrono::Utc;
 use scenarios::party::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-#[cfg(test)]
-pub(crate) use developer::test_job;
-pub use developer::{developer_view, Allowance, JobRecord, JobStatus, QueryRecord, WITHHELD_NOTE};
-pub(crate) use oversight::gate;
-pub(crate) use private::of_agreement as private_tables;
+pub use error::{ApiError, ApiResult};
 
-/// One registered version of a dataset.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DatasetRecord {
-    /// `ds_...`
-    pub id: String,
-    /// Table name.
-    pub name: String,
-    /// Version number, from 1.
-    pub version: u32,
-    /// Providing party.
-    pub owner: String,
-    /// Providing party's name.
-    pub owner_name: String,
-    /// Registration. Its `path` is the canonical path of the accepted file
-    /// (what the sandbox reads), not what the provider wrote.
-    pub spec: DatasetSpec,
-    /// The file as the provider named it, relative to its storage location
-    /// (absent for versions registered by server path before I17).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    /// What profiling found.
-    pub profile: DatasetProfile,
-    /// Registration time (the dataset's update time).
-    pub created_at: DateTime<Utc>,
-    /// The operator's review of this version's desensitization rules (R2).
-    /// Versions stored before reviews existed count as approved.
-    #[serde(default = "RulesReview::legacy")]
-    pub review: RulesReview,
-}
-
-/// State of a rules review.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReviewStatus {
-    /// Waiting for the operator; the version is not used.
-    Pending,
-    /// Approved: the version can be read.
-    Approved,
-    /// Rejected with a reason; the version is never used.
-    Rejected,
-}
-
-/// The operator's review of a dataset version's desensitization rules.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RulesReview {
-    /// State.
-    pub status: ReviewStatus,
-    /// Reviewer.
-    pub by: Option<String>,
-    /// When.
-    pub at: Option<DateTime<Utc>>,
-    /// Reason (required when rejected).
-    pub reason: Option<String>,
-}
-
-impl RulesReview {
-    fn legacy() -> RulesReview {
-        RulesReview {
-            status: ReviewStatus::Approved,
-            by: None,
-            at: None,
-            reason: Some("registered before rule reviews".into()),
-        }
-    }
-
-    /// Waiting for the operator.
-    pub fn pending() -> RulesReview {
-        RulesReview {
-            status: ReviewStatus::Pending,
-            by: None,
-            at: None,
-            reason: None,
-        }
-    }
-
-    /// True once the operator approved the rules.
-    pub fn approved(&self) -> bool {
-        self.status == ReviewStatus::Approved
-    }
-}
-
-impl crate::store::Record for DatasetRecord {
-    const TABLE: crate::store::Table = crate::store::Table::Datasets;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn lookup(&self) -> Vec<String> {
-        vec![self.name.clone(), self.owner.clone()]
-    }
-}
+// The records and services handlers use, re-exported from below the API
+// (the API imports from them, never the other way round).
+pub(crate) use crate::datasets::current_datasets;
+pub use crate::records::{
+    Allowance, DatasetRecord, JobRecord, JobStatus, PrivateDataset, QueryRecord, ReviewStatus, RulesReview,
+};
+pub(crate) use crate::store::blocking;
+pub use developer::{developer_view, WITHHELD_NOTE};
 
 /// "No such thing": 404 with the id as given (escaped, never interpreted).
 pub(crate) fn not_found(what: &str, id: &str) -> ApiError {
@@ -162,29 +75,6 @@ pub(crate) fn open_agreement_of(
         .get(crate::store::Table::Scenarios, &ag.scenario_id)?
         .ok_or_else(|| ApiError::Internal("agreement without scenario".into()))?;
     Ok((ag, sc))
-}
-
-/// Runs store work off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
-) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-}
-
-/// The latest version of every dataset whose rules the operator approved:
-/// the versions jobs read and scenarios are built on.
-pub(crate) fn current_datasets(st: &AppState) -> ApiResult<Vec<DatasetRecord>> {
-    let all: Vec<DatasetRecord> = st.store.list(crate::store::Table::Datasets, None)?;
-    let mut latest: std::collections::BTreeMap<String, DatasetRecord> = std::collections::BTreeMap::new();
-    for d in all.into_iter().filter(|d| d.review.approved()) {
-        let newer = latest.get(&d.name).is_none_or(|cur| d.version > cur.version);
-        if newer {
-            latest.insert(d.name.clone(), d);
-        }
-    }
-    Ok(latest.into_values().collect())
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -659,7 +549,7 @@ pub fn router(state: AppState) -> Router {
         if let Access::Role(role) = r.access {
             handler = handler.route_layer(axum::middleware::from_fn_with_state(
                 (state.clone(), role),
-                crate::auth::require_role,
+                auth::require_role,
             ));
         }
         // Every body but an upload's is capped at MAX_BODY, checked

@@ -1,15 +1,13 @@
-//! The one mapping from every error of the platform to an HTTP response.
-//! Client errors carry a stable code and a message naming the problem;
-//! internal errors are logged and answered with a generic message.
+//! Errors of the gateway's services (store, jobs, ledger, storage, ...):
+//! what went wrong, classified by what the caller may do about it, with a
+//! message naming the problem, and no transport. The HTTP layer maps them
+//! to responses in one place (`api::error`); the command line prints
+//! [`ServiceError::detail`].
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::json;
-
-/// An error answered over HTTP.
+/// An error of a service. Variants name the HTTP status `api` answers
+/// them with.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub enum ServiceError {
     /// 400: malformed request.
     #[error("{0}")]
     BadRequest(String),
@@ -46,104 +44,85 @@ pub enum ApiError {
     Internal(String),
 }
 
-impl ApiError {
+impl ServiceError {
     /// The whole message, with an internal error's detail (for the log and
     /// for the command line, never for an HTTP answer).
     pub fn detail(&self) -> String {
         match self {
-            ApiError::Internal(d) => d.clone(),
+            ServiceError::Internal(d) => d.clone(),
             other => other.to_string(),
         }
     }
 
-    /// HTTP status and stable code.
-    pub fn status_code(&self) -> (StatusCode, &'static str) {
+    /// Stable code of the error's kind (the `code` of an API error body).
+    pub fn code(&self) -> &'static str {
         match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::PolicyViolation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "policy_violation"),
-            ApiError::BudgetExhausted(_) => (StatusCode::CONFLICT, "budget_exhausted"),
-            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ApiError::ResourcesExhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "resources_exhausted"),
-            ApiError::RetryLater(..) => (StatusCode::TOO_MANY_REQUESTS, "retry_later"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ServiceError::BadRequest(_) => "bad_request",
+            ServiceError::Unauthorized => "unauthorized",
+            ServiceError::Forbidden(_) => "forbidden",
+            ServiceError::NotFound(_) => "not_found",
+            ServiceError::Conflict(_) => "conflict",
+            ServiceError::PolicyViolation(_) => "policy_violation",
+            ServiceError::BudgetExhausted(_) => "budget_exhausted",
+            ServiceError::TooLarge(_) => "too_large",
+            ServiceError::ResourcesExhausted(_) => "resources_exhausted",
+            ServiceError::RetryLater(..) => "retry_later",
+            ServiceError::Internal(_) => "internal",
         }
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_code();
-        if let ApiError::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
-        }
-        let body = Json(json!({"error": {"code": code, "message": self.to_string()}}));
-        match &self {
-            ApiError::RetryLater(_, secs) => (
-                status,
-                [(axum::http::header::RETRY_AFTER, secs.to_string())],
-                body,
-            )
-                .into_response(),
-            _ => (status, body).into_response(),
-        }
-    }
-}
-
-impl From<scenarios::Error> for ApiError {
+impl From<scenarios::Error> for ServiceError {
     fn from(e: scenarios::Error) -> Self {
         use scenarios::Error as E;
         match e {
-            E::InvalidRequest(m) => ApiError::BadRequest(m),
-            E::IllegalState(m) => ApiError::Conflict(m),
-            E::Forbidden(m) => ApiError::Forbidden(m),
-            E::UnsafeParameter(m) => ApiError::PolicyViolation(format!("unsafe parameter: {m}")),
-            E::AgreementClosed(m) => ApiError::Forbidden(format!("agreement closed: {m}")),
-            E::BudgetExhausted(m) => ApiError::BudgetExhausted(m),
-            E::LedgerInvalid(m) => ApiError::Internal(m),
+            E::InvalidRequest(m) => ServiceError::BadRequest(m),
+            E::IllegalState(m) => ServiceError::Conflict(m),
+            E::Forbidden(m) => ServiceError::Forbidden(m),
+            E::UnsafeParameter(m) => ServiceError::PolicyViolation(format!("unsafe parameter: {m}")),
+            E::AgreementClosed(m) => ServiceError::Forbidden(format!("agreement closed: {m}")),
+            E::BudgetExhausted(m) => ServiceError::BudgetExhausted(m),
+            E::LedgerInvalid(m) => ServiceError::Internal(m),
         }
     }
 }
 
-impl From<sandbox::Error> for ApiError {
+impl From<sandbox::Error> for ServiceError {
     fn from(e: sandbox::Error) -> Self {
         use sandbox::Error as E;
         match e {
-            E::InvalidQuery(m) => ApiError::BadRequest(format!("invalid query: {m}")),
-            E::PolicyViolation(m) => ApiError::PolicyViolation(format!("policy violation: {m}")),
-            E::BudgetExhausted(m) => ApiError::BudgetExhausted(m),
-            E::AccessClosed(m) => ApiError::Forbidden(format!("access closed: {m}")),
-            E::InvalidDataset(m) => ApiError::BadRequest(format!("invalid dataset: {m}")),
-            E::ResourcesExhausted(m) => ApiError::ResourcesExhausted(m),
-            E::Internal(m) => ApiError::Internal(m),
+            E::InvalidQuery(m) => ServiceError::BadRequest(format!("invalid query: {m}")),
+            E::PolicyViolation(m) => ServiceError::PolicyViolation(format!("policy violation: {m}")),
+            E::BudgetExhausted(m) => ServiceError::BudgetExhausted(m),
+            E::AccessClosed(m) => ServiceError::Forbidden(format!("access closed: {m}")),
+            E::InvalidDataset(m) => ServiceError::BadRequest(format!("invalid dataset: {m}")),
+            E::ResourcesExhausted(m) => ServiceError::ResourcesExhausted(m),
+            E::Internal(m) => ServiceError::Internal(m),
         }
     }
 }
 
-impl From<runtime::JobError> for ApiError {
+impl From<runtime::JobError> for ServiceError {
     fn from(e: runtime::JobError) -> Self {
         match e {
-            runtime::JobError::InvalidModule(m) => ApiError::BadRequest(format!("invalid module: {m}")),
-            runtime::JobError::Internal(m) => ApiError::Internal(m),
-            other => ApiError::Conflict(other.to_string()),
+            runtime::JobError::InvalidModule(m) => ServiceError::BadRequest(format!("invalid module: {m}")),
+            runtime::JobError::Internal(m) => ServiceError::Internal(m),
+            other => ServiceError::Conflict(other.to_string()),
         }
     }
 }
 
-impl From<rusqlite::Error> for ApiError {
+impl From<rusqlite::Error> for ServiceError {
     fn from(e: rusqlite::Error) -> Self {
-        ApiError::Internal(format!("store: {e}"))
+        ServiceError::Internal(format!("store: {e}"))
     }
 }
 
-impl From<serde_json::Error> for ApiError {
+impl From<serde_json::Error> for ServiceError {
     fn from(e: serde_json::Error) -> Self {
-        ApiError::Internal(format!("json: {e}"))
+        ServiceError::Internal(format!("json: {e}"))
     }
 }
 
-/// Result type of the gateway.
-pub type ApiResult<T> = Result<T, ApiError>;
+/// Result type of the gateway's services.
+pub type ServiceResult<T> = Result<T, ServiceError>;

@@ -16,12 +16,13 @@
 //! end ([`visible_end`]), and a running job's charges show in the
 //! developer's budget only once it has ended (`settled_spent`).
 
-use crate::api::{blocking, current_datasets, Allowance, DatasetRecord, JobRecord, JobStatus, QueryRecord};
-use crate::error::{ApiError, ApiResult};
+use crate::datasets::{current_datasets, gate, private_tables};
+use crate::error::{ServiceError, ServiceResult};
 use crate::keys::new_id;
+use crate::records::{Allowance, DatasetRecord, JobRecord, JobStatus, QueryRecord};
 use crate::state::AppState;
 use crate::store::population::{self, Charge};
-use crate::store::{append, get_in, list_in, put, set_job_output, NewEntry, Store, Table};
+use crate::store::{append, blocking, get_in, list_in, put, set_job_output, NewEntry, Store, Table};
 use chrono::{DateTime, Utc};
 use runtime::{JobError, JobInput, JobLimits, JobOutcome};
 use sandbox::desensitize::TokenKey;
@@ -53,10 +54,10 @@ struct StoreAccountant {
     released: Mutex<Vec<u64>>,
 }
 
-fn to_sandbox(e: ApiError) -> sandbox::Error {
+fn to_sandbox(e: ServiceError) -> sandbox::Error {
     match e {
-        ApiError::BudgetExhausted(m) => sandbox::Error::BudgetExhausted(m),
-        ApiError::Forbidden(m) => sandbox::Error::AccessClosed(m),
+        ServiceError::BudgetExhausted(m) => sandbox::Error::BudgetExhausted(m),
+        ServiceError::Forbidden(m) => sandbox::Error::AccessClosed(m),
         other => sandbox::Error::Internal(other.to_string()),
     }
 }
@@ -106,7 +107,7 @@ impl Accountant for StoreAccountant {
         self.store
             .tx(move |tx| {
                 let ag: Agreement = get_in(tx, Table::Agreements, &agreement)?
-                    .ok_or_else(|| ApiError::Internal("agreement vanished".into()))?;
+                    .ok_or_else(|| ServiceError::Internal("agreement vanished".into()))?;
                 let now = Utc::now();
                 ag.check_open(now)?;
                 let levels = population::charge_in(tx, &charge, now)?;
@@ -118,7 +119,7 @@ impl Accountant for StoreAccountant {
                 // released), and the charge stays out of the developer's
                 // view of the budget until the job ends.
                 let mut j: JobRecord = get_in(tx, Table::Jobs, &job)?
-                    .ok_or_else(|| ApiError::Internal("job vanished".into()))?;
+                    .ok_or_else(|| ServiceError::Internal("job vanished".into()))?;
                 j.charged_queries = j.charged_queries.saturating_add(1);
                 j.charged = j.charged.plus(&cost);
                 put(tx, &j)?;
@@ -160,15 +161,15 @@ pub async fn submit(
     agreement_id: &str,
     module: Vec<u8>,
     params: Vec<u8>,
-) -> ApiResult<JobRecord> {
+) -> ServiceResult<JobRecord> {
     if params.len() > runtime::MAX_PARAMS_BYTES {
-        return Err(ApiError::TooLarge(format!(
+        return Err(ServiceError::TooLarge(format!(
             "job parameters exceed {} bytes",
             runtime::MAX_PARAMS_BYTES
         )));
     }
     if module.is_empty() {
-        return Err(ApiError::BadRequest(
+        return Err(ServiceError::BadRequest(
             "the request body must be the job's WASM module".into(),
         ));
     }
@@ -180,11 +181,11 @@ pub async fn submit(
             .store
             .get(Table::Agreements, &id)?
             .filter(|x: &Agreement| x.developer_id == a.id)
-            .ok_or_else(|| ApiError::NotFound(format!("no agreement {}", id.escape_debug())))?;
+            .ok_or_else(|| ServiceError::NotFound(format!("no agreement {}", id.escape_debug())))?;
         let sc: Scenario = s
             .store
             .get(Table::Scenarios, &ag.scenario_id)?
-            .ok_or_else(|| ApiError::Internal("no scenario".into()))?;
+            .ok_or_else(|| ServiceError::Internal("no scenario".into()))?;
         // A suspended dataset refuses the job now rather than when it runs.
         scenario_tables(&s, &sc)?;
         Ok((ag, sc))
@@ -192,7 +193,10 @@ pub async fn submit(
     .await?;
     ag.check_open(Utc::now())?;
     if sc.status != ScenarioStatus::Approved {
-        return Err(ApiError::Forbidden(format!("scenario {} is not approved", sc.id)));
+        return Err(ServiceError::Forbidden(format!(
+            "scenario {} is not approved",
+            sc.id
+        )));
     }
     let rt = st.runtime.clone();
     let bytes = module.clone();
@@ -206,7 +210,7 @@ pub async fn submit(
     };
     let (loaded, compile_ms) = tokio::task::spawn_blocking(move || rt.load_metered(&bytes, limit))
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
     let info = match loaded {
         Ok((info, _)) => info,
         Err(e) => {
@@ -221,7 +225,7 @@ pub async fn submit(
             return Err(match e {
                 // Past the compilation deadline: the module is too costly
                 // to compile, whatever its byte size.
-                JobError::LimitExceeded(m) => ApiError::TooLarge(m),
+                JobError::LimitExceeded(m) => ServiceError::TooLarge(m),
                 other => other.into(),
             });
         }
@@ -298,14 +302,14 @@ pub async fn submit(
 /// longer than any job of its scenario can ([`longest_run`]; only a job
 /// that waited for a runtime slot gets there): then the job is returned
 /// still running.
-pub async fn wait(st: &AppState, job_id: &str) -> ApiResult<JobRecord> {
+pub async fn wait(st: &AppState, job_id: &str) -> ServiceResult<JobRecord> {
     let started = std::time::Instant::now();
     let (s, id) = (st.clone(), job_id.to_string());
     let max_queries = blocking(move || {
         let job: JobRecord = s
             .store
             .get(Table::Jobs, &id)?
-            .ok_or_else(|| ApiError::NotFound(format!("no job {}", id.escape_debug())))?;
+            .ok_or_else(|| ServiceError::NotFound(format!("no job {}", id.escape_debug())))?;
         let sc: Option<Scenario> = s.store.get(Table::Scenarios, &job.scenario_id)?;
         Ok(sc.map_or(1, |sc| sc.spec.release.max_queries_per_job))
     })
@@ -316,7 +320,7 @@ pub async fn wait(st: &AppState, job_id: &str) -> ApiResult<JobRecord> {
         let (store, id) = (st.store.clone(), job_id.to_string());
         let job: JobRecord = blocking(move || store.get(Table::Jobs, &id))
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("no job {}", job_id.escape_debug())))?;
+            .ok_or_else(|| ServiceError::NotFound(format!("no job {}", job_id.escape_debug())))?;
         if job.status.is_final() || started.elapsed() > limit {
             return Ok(job);
         }
@@ -363,7 +367,7 @@ async fn hold_until(at: DateTime<Utc>) {
 /// charge), plus its cross-verification batches (answered at once). A
 /// running job's charges appear when its end becomes visible, not at each
 /// query. The limits themselves are the population levels.
-pub(crate) fn settled_spent(store: &Store, developer: &str, scenario: &str) -> ApiResult<Budget> {
+pub(crate) fn settled_spent(store: &Store, developer: &str, scenario: &str) -> ServiceResult<Budget> {
     store.read_consistent(|c| {
         let jobs: Vec<JobRecord> = list_in(c, Table::Jobs, Some(("developer_id", developer)))?;
         let verified = crate::store::population::verification_spent_in(c, developer, scenario)?;
@@ -461,7 +465,7 @@ pub async fn close_job(
     kind: &str,
     message: &str,
     quantized: bool,
-) -> ApiResult<()> {
+) -> ServiceResult<()> {
     let mut ended = Utc::now();
     if quantized {
         let (store, id) = (st.store.clone(), job_id.to_string());
@@ -506,7 +510,7 @@ pub async fn close_job(
 /// Closes jobs left queued or running by a previous process (a crash or a
 /// kill): nothing of theirs was released, and their charged queries stay
 /// charged.
-pub async fn recover_interrupted(st: &AppState) -> ApiResult<usize> {
+pub async fn recover_interrupted(st: &AppState) -> ServiceResult<usize> {
     let store = st.store.clone();
     let open: Vec<JobRecord> = blocking(move || {
         let mut v: Vec<JobRecord> = store.list(Table::Jobs, Some(("status", "running")))?;
@@ -531,7 +535,7 @@ pub async fn recover_interrupted(st: &AppState) -> ApiResult<usize> {
 /// objecting subjects withheld (R7) and, when the scenario needs consent,
 /// only consenting subjects kept (R14); refused while a dataset is
 /// suspended.
-pub(crate) fn scenario_tables(st: &AppState, sc: &Scenario) -> ApiResult<Vec<TableVersion>> {
+pub(crate) fn scenario_tables(st: &AppState, sc: &Scenario) -> ServiceResult<Vec<TableVersion>> {
     let datasets = current_datasets(st)?;
     let objections: Vec<scenarios::oversight::Objection> = st.store.list(Table::Objections, None)?;
     let consenting = if sc.spec.needs_consent {
@@ -542,10 +546,10 @@ pub(crate) fn scenario_tables(st: &AppState, sc: &Scenario) -> ApiResult<Vec<Tab
     let mut tables = Vec::new();
     for t in &sc.spec.tables {
         let d = datasets.iter().find(|d| d.name == t.dataset).ok_or_else(|| {
-            ApiError::Forbidden(format!("dataset `{}` is no longer in the catalog", t.dataset))
+            ServiceError::Forbidden(format!("dataset `{}` is no longer in the catalog", t.dataset))
         })?;
         let mut tv = TableVersion::from_profile(d.spec.clone(), &d.profile);
-        tv.units = crate::api::gate(&objections, d)?;
+        tv.units = gate(&objections, d)?;
         tv.units.only = consenting.clone();
         tables.push(tv);
     }
@@ -562,25 +566,25 @@ async fn run(
     job_id: &str,
     params: Vec<u8>,
     cancel: Arc<AtomicBool>,
-) -> ApiResult<()> {
+) -> ServiceResult<()> {
     let (s, id) = (st.clone(), job_id.to_string());
     let (mut job, ag, sc, spec, bytes, tables, started, populations) = blocking(move || {
         let mut job: JobRecord = s
             .store
             .get(Table::Jobs, &id)?
-            .ok_or_else(|| ApiError::Internal("job vanished".into()))?;
+            .ok_or_else(|| ServiceError::Internal("job vanished".into()))?;
         let ag: Agreement = s
             .store
             .get(Table::Agreements, &job.agreement_id)?
-            .ok_or_else(|| ApiError::Internal("no agreement".into()))?;
+            .ok_or_else(|| ServiceError::Internal("no agreement".into()))?;
         let sc: Scenario = s
             .store
             .get(Table::Scenarios, &job.scenario_id)?
-            .ok_or_else(|| ApiError::Internal("no scenario".into()))?;
+            .ok_or_else(|| ServiceError::Internal("no scenario".into()))?;
         let bytes = s
             .store
             .module(&job.module_hash)?
-            .ok_or_else(|| ApiError::Internal("no module".into()))?;
+            .ok_or_else(|| ServiceError::Internal("no module".into()))?;
         let mut tables = scenario_tables(&s, &sc)?;
         // Rows of every table in scope, metered per query while the job's
         // details are withheld (they are catalog counts, public, rounded
@@ -592,7 +596,7 @@ async fn run(
         // The agreement's own tables (R5) join the scope with their grants.
         let mut spec = sc.spec.clone();
         let mut units = population_units(&current_datasets(&s)?);
-        for p in crate::api::private_tables(&s, &ag.id)? {
+        for p in private_tables(&s, &ag.id)? {
             rows_per_query = rows_per_query.saturating_add(p.profile.rows);
             let kind = scenarios::population::population_of(p.spec.unit_kind.as_deref()).to_string();
             let n = units.entry(kind).or_default();
@@ -647,7 +651,7 @@ async fn run(
         token_key: TokenKey::new(
             &st.keys
                 .token_key(&ag.id, ag.token_generation)
-                .map_err(|e| ApiError::Internal(e.to_string()))?,
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
         ),
         memory_limit: usize::try_from(limits.query_memory_bytes).unwrap_or(usize::MAX),
         query_timeout: std::time::Duration::from_millis(limits.query_timeout_ms),
@@ -677,7 +681,7 @@ async fn run(
             };
             tokio::task::spawn_blocking(move || rt.run(&bytes, input))
                 .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map_err(|e| ServiceError::Internal(e.to_string()))?
         }
         Err(e) => JobOutcome {
             result: Err(JobError::PermissionDenied(e.to_string())),
@@ -726,7 +730,7 @@ async fn finish(
     accountant: &StoreAccountant,
     outcome: JobOutcome,
     how: Finish,
-) -> ApiResult<()> {
+) -> ServiceResult<()> {
     let review_required = how.review_required;
     let output_limit = st.config.job_limits.output_bytes;
     let seqs = accountant.released.lock().map(|v| v.clone()).unwrap_or_default();
@@ -791,7 +795,7 @@ async fn finish(
                 r => r,
             };
             let ag: Agreement = get_in(tx, Table::Agreements, &j.agreement_id)?
-                .ok_or_else(|| ApiError::Internal("agreement vanished".into()))?;
+                .ok_or_else(|| ServiceError::Internal("agreement vanished".into()))?;
             // The charges were counted on the stored record as they came.
             if let Some(stored) = get_in::<JobRecord>(tx, Table::Jobs, &j.id)? {
                 j.charged_queries = stored.charged_queries;
@@ -846,7 +850,7 @@ async fn finish(
             }
             // Work is charged as the job is metered (data-independent; see
             // `crate::tenants`), before its end can be seen.
-            let metered = crate::api::fees::metered(std::slice::from_ref(&j), None, None, fuel_limit);
+            let metered = crate::metering::metered(std::slice::from_ref(&j), None, None, fuel_limit);
             tenants.charge(&actor, crate::tenants::work_units(&metered), &tenant_limits);
             Ok(j)
         })
@@ -910,7 +914,7 @@ mod tests {
             ..Budget::default()
         };
         let job = |id: &str, status: JobStatus, charged: Budget| {
-            let mut j = crate::api::test_job(status, u32::from(charged != Budget::default()));
+            let mut j = crate::records::test_job(status, u32::from(charged != Budget::default()));
             j.id = id.into();
             j.agreement_id = "ag".into();
             j.developer_id = "dev".into();

@@ -13,7 +13,7 @@
 //! grows at each query a job makes, so a checkpoint signed on demand would
 //! let a developer time its job's queries.
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ServiceError, ServiceResult};
 use crate::keys::Keys;
 use crate::store::{append, NewEntry, Store};
 use chrono::{SubsecRound, Utc};
@@ -37,9 +37,9 @@ pub struct Ledger {
     published: Mutex<Option<SignedCheckpoint>>,
 }
 
-impl From<ProofError> for ApiError {
-    fn from(e: ProofError) -> ApiError {
-        ApiError::BadRequest(e.to_string())
+impl From<ProofError> for ServiceError {
+    fn from(e: ProofError) -> ServiceError {
+        ServiceError::BadRequest(e.to_string())
     }
 }
 
@@ -50,11 +50,11 @@ impl Ledger {
     }
 
     /// The tree, caught up with every committed entry.
-    fn tree(&self, store: &Store) -> ApiResult<MutexGuard<'_, MerkleTree>> {
+    fn tree(&self, store: &Store) -> ServiceResult<MutexGuard<'_, MerkleTree>> {
         let mut tree = self
             .tree
             .lock()
-            .map_err(|_| ApiError::Internal("ledger tree lock poisoned".into()))?;
+            .map_err(|_| ServiceError::Internal("ledger tree lock poisoned".into()))?;
         loop {
             let page = store.ledger_hashes(tree.size(), PAGE)?;
             if page.is_empty() {
@@ -62,7 +62,7 @@ impl Ledger {
             }
             for (seq, h) in page {
                 if seq != tree.size() {
-                    return Err(ApiError::Internal(format!(
+                    return Err(ServiceError::Internal(format!(
                         "ledger entry {} is missing from the store",
                         tree.size()
                     )));
@@ -73,13 +73,13 @@ impl Ledger {
     }
 
     /// Number of committed entries.
-    pub fn size(&self, store: &Store) -> ApiResult<u64> {
+    pub fn size(&self, store: &Store) -> ServiceResult<u64> {
         Ok(self.tree(store)?.size())
     }
 
     /// A signed checkpoint over every committed entry: the stored one if it
     /// is current, otherwise a new one, signed and stored.
-    pub fn checkpoint(&self, store: &Store, keys: &Keys) -> ApiResult<SignedCheckpoint> {
+    pub fn checkpoint(&self, store: &Store, keys: &Keys) -> ServiceResult<SignedCheckpoint> {
         let tree = self.tree(store)?;
         let size = tree.size();
         if let Some(cp) = store.checkpoint_at_or_before(size)? {
@@ -94,7 +94,7 @@ impl Ledger {
 
     /// A signed checkpoint over the first `size` entries (at most the
     /// committed ones): the stored one, or one signed now and stored.
-    pub fn checkpoint_at(&self, store: &Store, keys: &Keys, size: u64) -> ApiResult<SignedCheckpoint> {
+    pub fn checkpoint_at(&self, store: &Store, keys: &Keys, size: u64) -> ServiceResult<SignedCheckpoint> {
         if let Some(cp) = store
             .checkpoint_at_or_before(size)?
             .filter(|c| c.checkpoint.size == size)
@@ -109,7 +109,7 @@ impl Ledger {
     /// from now on it is what parties other than the regulator see of the
     /// ledger. Called by the periodic signer only, so publications come
     /// at a fixed pace whatever the ledger does.
-    pub fn publish(&self, store: &Store, keys: &Keys) -> ApiResult<SignedCheckpoint> {
+    pub fn publish(&self, store: &Store, keys: &Keys) -> ServiceResult<SignedCheckpoint> {
         let before = self.published_now()?;
         if let Some(p) = &before {
             if p.checkpoint.size == self.size(store)? {
@@ -121,7 +121,7 @@ impl Ledger {
         let mut published = self
             .published
             .lock()
-            .map_err(|_| ApiError::Internal("published checkpoint lock poisoned".into()))?;
+            .map_err(|_| ServiceError::Internal("published checkpoint lock poisoned".into()))?;
         if published
             .as_ref()
             .is_none_or(|p| p.checkpoint.size <= cp.checkpoint.size)
@@ -131,17 +131,17 @@ impl Ledger {
         Ok(cp)
     }
 
-    fn published_now(&self) -> ApiResult<Option<SignedCheckpoint>> {
+    fn published_now(&self) -> ServiceResult<Option<SignedCheckpoint>> {
         Ok(self
             .published
             .lock()
-            .map_err(|_| ApiError::Internal("published checkpoint lock poisoned".into()))?
+            .map_err(|_| ServiceError::Internal("published checkpoint lock poisoned".into()))?
             .clone())
     }
 
     /// The latest published checkpoint (published now if nothing was yet:
     /// only before the periodic signer's first round).
-    pub fn published(&self, store: &Store, keys: &Keys) -> ApiResult<SignedCheckpoint> {
+    pub fn published(&self, store: &Store, keys: &Keys) -> ServiceResult<SignedCheckpoint> {
         match self.published_now()? {
             Some(cp) => Ok(cp),
             None => self.publish(store, keys),
@@ -159,7 +159,7 @@ impl Ledger {
         store: &Store,
         keys: &Keys,
         job_id: &str,
-    ) -> ApiResult<Option<Receipt>> {
+    ) -> ServiceResult<Option<Receipt>> {
         let Some(seq) = store.ledger_seq_of(job_id, "result.release")? else {
             return Ok(None);
         };
@@ -188,11 +188,11 @@ impl Ledger {
         store: &Store,
         keys: &Keys,
         mut cp: SignedCheckpoint,
-    ) -> ApiResult<SignedCheckpoint> {
+    ) -> ServiceResult<SignedCheckpoint> {
         let size = cp.checkpoint.size;
         let body = cp
             .note_body(&keys.first_public_key())
-            .ok_or_else(|| ApiError::Internal(format!("checkpoint {size} has a malformed root")))?;
+            .ok_or_else(|| ServiceError::Internal(format!("checkpoint {size} has a malformed root")))?;
         let mut text = format!("{body}\n");
         text.push_str(
             &note::operator_signature(&keys.note_key_at(size), &keys.sign_at(size, body.as_bytes())).line(),
@@ -214,11 +214,11 @@ impl Ledger {
         store: &Store,
         keys: &Keys,
         from: u64,
-    ) -> ApiResult<(SignedCheckpoint, Vec<String>)> {
+    ) -> ServiceResult<(SignedCheckpoint, Vec<String>)> {
         let cp = self.published(store, keys)?;
         let size = cp.checkpoint.size;
         if from > size {
-            return Err(ApiError::Conflict(format!(
+            return Err(ServiceError::Conflict(format!(
                 "the published ledger has {size} entries, fewer than the {from} of the checkpoint the witness last cosigned"
             )));
         }
@@ -243,28 +243,28 @@ impl Ledger {
         size: u64,
         witness: &VerifierKey,
         line: &str,
-    ) -> ApiResult<bool> {
+    ) -> ServiceResult<bool> {
         if witness.alg != note::ALG_COSIGNATURE_V1 {
-            return Err(ApiError::BadRequest(
+            return Err(ServiceError::BadRequest(
                 "the witness key is not a cosignature/v1 key (algorithm 0x04)".into(),
             ));
         }
-        let sig = note::NoteSignature::parse_line(line).map_err(|e| ApiError::BadRequest(e.0))?;
+        let sig = note::NoteSignature::parse_line(line).map_err(|e| ServiceError::BadRequest(e.0))?;
         let cp = store
             .published_checkpoints(size, size)?
             .pop()
-            .ok_or_else(|| ApiError::NotFound(format!("no published checkpoint of size {size}")))?;
+            .ok_or_else(|| ServiceError::NotFound(format!("no published checkpoint of size {size}")))?;
         let cp = self.with_note(store, keys, cp)?;
         let body = cp
             .note_body(&keys.first_public_key())
-            .ok_or_else(|| ApiError::Internal("checkpoint root malformed".into()))?;
+            .ok_or_else(|| ServiceError::Internal("checkpoint root malformed".into()))?;
         let parsed = note::Note {
             body,
             signatures: vec![sig.clone()],
         };
         let time = parsed
             .verify_cosignature(witness)
-            .map_err(|e| ApiError::BadRequest(e.0))?;
+            .map_err(|e| ServiceError::BadRequest(e.0))?;
         let entry = NewEntry::by(
             actor,
             "witness.cosign",
@@ -282,12 +282,12 @@ impl Ledger {
     }
 
     /// The audit path of entry `seq` in the tree of size `size`.
-    pub fn inclusion_proof(&self, store: &Store, seq: u64, size: u64) -> ApiResult<Vec<String>> {
+    pub fn inclusion_proof(&self, store: &Store, seq: u64, size: u64) -> ServiceResult<Vec<String>> {
         Ok(proof_hex(&self.tree(store)?.inclusion_proof(seq, size)?))
     }
 
     /// The consistency proof between tree sizes `first` and `second`.
-    pub fn consistency_proof(&self, store: &Store, first: u64, second: u64) -> ApiResult<Vec<String>> {
+    pub fn consistency_proof(&self, store: &Store, first: u64, second: u64) -> ServiceResult<Vec<String>> {
         Ok(proof_hex(&self.tree(store)?.consistency_proof(first, second)?))
     }
 
@@ -299,12 +299,12 @@ impl Ledger {
         keys: &Keys,
         seq: u64,
         checkpoint: &SignedCheckpoint,
-    ) -> ApiResult<Receipt> {
+    ) -> ServiceResult<Receipt> {
         let entry = store
             .ledger(seq, 1)?
             .pop()
             .filter(|e| e.seq == seq)
-            .ok_or_else(|| ApiError::NotFound(format!("no ledger entry {seq}")))?;
+            .ok_or_else(|| ServiceError::NotFound(format!("no ledger entry {seq}")))?;
         let checkpoint = self.with_note(store, keys, checkpoint.clone())?;
         let inclusion = self.inclusion_proof(store, seq, checkpoint.checkpoint.size)?;
         let key_chain = self.key_chain(store, keys, checkpoint.checkpoint.size)?;
@@ -326,7 +326,7 @@ impl Ledger {
     /// checkpoint of `size` entries: each announcement before it, proven
     /// under the checkpoint that ends at it, signed by the key before
     /// (`scenarios::ledger::KeyLink`).
-    pub fn key_chain(&self, store: &Store, keys: &Keys, size: u64) -> ApiResult<Vec<KeyLink>> {
+    pub fn key_chain(&self, store: &Store, keys: &Keys, size: u64) -> ServiceResult<Vec<KeyLink>> {
         let mut links = Vec::new();
         for a in keys.ledger_announcements() {
             let end = a.saturating_add(1);
@@ -337,7 +337,7 @@ impl Ledger {
                 .ledger(a, 1)?
                 .pop()
                 .filter(|e| e.seq == a)
-                .ok_or_else(|| ApiError::Internal(format!("the key announcement {a} is missing")))?;
+                .ok_or_else(|| ServiceError::Internal(format!("the key announcement {a} is missing")))?;
             let cp = self.checkpoint_at(store, keys, end)?;
             links.push(KeyLink {
                 seq: a,
@@ -359,7 +359,7 @@ impl Ledger {
         keys: &Keys,
         job_id: &str,
         checkpoint: &SignedCheckpoint,
-    ) -> ApiResult<Option<Receipt>> {
+    ) -> ServiceResult<Option<Receipt>> {
         store
             .ledger_seq_of(job_id, "result.release")?
             .map(|s| self.receipt(store, keys, s, checkpoint))
@@ -379,7 +379,7 @@ impl Ledger {
         from: u64,
         header: bool,
         out: &mut dyn Write,
-    ) -> ApiResult<u64> {
+    ) -> ServiceResult<u64> {
         if header {
             let header = ExportHeader {
                 format: EXPORT_FORMAT.into(),
@@ -391,7 +391,7 @@ impl Ledger {
         let last = self.checkpoint(store, keys)?;
         let end = last.checkpoint.size;
         if from > end {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ServiceError::BadRequest(format!(
                 "the ledger has {end} entries; cannot start at {from}"
             )));
         }
@@ -433,7 +433,7 @@ impl Ledger {
         out: &mut dyn Write,
         cp: SignedCheckpoint,
         previous: &mut Option<u64>,
-    ) -> ApiResult<()> {
+    ) -> ServiceResult<()> {
         let cp = self.with_note(store, keys, cp)?;
         let size = cp.checkpoint.size;
         let consistency = match *previous {
@@ -504,9 +504,9 @@ pub fn follow_key_chain(store: &Store, keys: &Keys, enrollment: Enrollment) -> a
     Ok(())
 }
 
-fn follow(store: &Store, keys: &Keys, enrollment: Enrollment) -> ApiResult<()> {
+fn follow(store: &Store, keys: &Keys, enrollment: Enrollment) -> ServiceResult<()> {
     let bad = |seq: u64, what: String| {
-        ApiError::Internal(format!(
+        ServiceError::Internal(format!(
             "ledger entry {seq}: {what}; the keys directory or the ledger was altered outside the platform \
              (docs/keys.md, \"What the ledger pins\")"
         ))
@@ -546,7 +546,7 @@ fn follow(store: &Store, keys: &Keys, enrollment: Enrollment) -> ApiResult<()> {
             ledger_enrolled = true;
             continue;
         }
-        let Some(a) = scenarios::ledger::announcement(&body, &first).map_err(ApiError::Internal)? else {
+        let Some(a) = scenarios::ledger::announcement(&body, &first).map_err(ServiceError::Internal)? else {
             continue;
         };
         if a.generation < keys.current_generation() + 1 {
@@ -590,7 +590,7 @@ fn follow(store: &Store, keys: &Keys, enrollment: Enrollment) -> ApiResult<()> {
         // no-op when it exists).
         ledger.checkpoint_at(store, keys, a.seq.saturating_add(1))?;
         keys.announce_ledger(a.generation, a.seq)
-            .map_err(|err| ApiError::Internal(err.to_string()))?;
+            .map_err(|err| ServiceError::Internal(err.to_string()))?;
     }
     let mut token_enrolled = false;
     for e in store.ledger_for(TOKEN_KEY_SUBJECT)? {
@@ -651,7 +651,7 @@ fn follow(store: &Store, keys: &Keys, enrollment: Enrollment) -> ApiResult<()> {
             token_enrolled = true;
         } else {
             keys.announce_token(generation)
-                .map_err(|err| ApiError::Internal(err.to_string()))?;
+                .map_err(|err| ServiceError::Internal(err.to_string()))?;
         }
     }
     check_newest_checkpoint(store, keys)?;
@@ -673,9 +673,9 @@ fn follow(store: &Store, keys: &Keys, enrollment: Enrollment) -> ApiResult<()> {
 /// checkpoint, and what the server signs next is a fork the witness
 /// refuses. Runs only when an enrollment is missing, so not on an ordinary
 /// start.
-fn check_unenrolled(store: &Store, ledger: &Ledger, ledger_key: bool, token_key: bool) -> ApiResult<()> {
+fn check_unenrolled(store: &Store, ledger: &Ledger, ledger_key: bool, token_key: bool) -> ServiceResult<()> {
     let altered = |seq: u64, what: &str| {
-        ApiError::Internal(format!(
+        ServiceError::Internal(format!(
             "ledger entry {seq} {what}; the store was altered outside the platform, so no key is enrolled \
              (docs/keys.md, \"What the ledger pins\")"
         ))
@@ -720,13 +720,13 @@ fn check_unenrolled(store: &Store, ledger: &Ledger, ledger_key: bool, token_key:
     Ok(())
 }
 
-fn entry_body(e: &crate::store::StoredEntry) -> ApiResult<scenarios::ledger::EntryBody> {
+fn entry_body(e: &crate::store::StoredEntry) -> ServiceResult<scenarios::ledger::EntryBody> {
     serde_json::from_str(&e.body)
-        .map_err(|err| ApiError::Internal(format!("ledger entry {} is malformed: {err}", e.seq)))
+        .map_err(|err| ServiceError::Internal(format!("ledger entry {} is malformed: {err}", e.seq)))
 }
 
 /// The newest stored checkpoint verifies under the key in force at its size.
-fn check_newest_checkpoint(store: &Store, keys: &Keys) -> ApiResult<()> {
+fn check_newest_checkpoint(store: &Store, keys: &Keys) -> ServiceResult<()> {
     let Some(cp) = store.checkpoint_at_or_before(u64::MAX >> 1)? else {
         return Ok(());
     };
@@ -743,7 +743,7 @@ fn check_newest_checkpoint(store: &Store, keys: &Keys) -> ApiResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::Internal(format!(
+        Err(ServiceError::Internal(format!(
             "the stored checkpoint of {size} entries does not verify under the ledger key in force at that size: \
              the keys directory does not hold the keys that signed this ledger (docs/keys.md, \"What the ledger pins\")"
         )))
@@ -752,7 +752,7 @@ fn check_newest_checkpoint(store: &Store, keys: &Keys) -> ApiResult<()> {
 
 /// Records the first generation of the ledger key and/or the tokenization
 /// master key, endorsed by the ledger key (one transaction).
-fn enroll(store: &Store, keys: &Keys, ledger_key: bool, token_key: bool) -> ApiResult<()> {
+fn enroll(store: &Store, keys: &Keys, ledger_key: bool, token_key: bool) -> ServiceResult<()> {
     let mut entries = Vec::new();
     if ledger_key {
         let id = keys.first_public_key_hex();
@@ -766,7 +766,7 @@ fn enroll(store: &Store, keys: &Keys, ledger_key: bool, token_key: bool) -> ApiR
     if token_key {
         let id = keys
             .token_fingerprint(1)
-            .ok_or_else(|| ApiError::Internal("the tokenization key is missing".into()))?;
+            .ok_or_else(|| ServiceError::Internal("the tokenization key is missing".into()))?;
         let endorsement = keys.endorse(&crate::keys::key_record_message("tokenization", 1, &id));
         entries.push(NewEntry::system(
             KEY_ENROLL,
@@ -808,7 +808,7 @@ fn sign_and_store(
     keys: &Keys,
     size: u64,
     root: scenarios::ledger::Hash,
-) -> ApiResult<SignedCheckpoint> {
+) -> ServiceResult<SignedCheckpoint> {
     let checkpoint = Checkpoint {
         size,
         root: hex::encode(root),
@@ -843,9 +843,9 @@ pub fn verify_file(
     Ok(verify_export_witnessed(lines, pinned_key, held, witnesses))
 }
 
-fn line(out: &mut dyn Write, v: &impl serde::Serialize) -> ApiResult<()> {
+fn line(out: &mut dyn Write, v: &impl serde::Serialize) -> ServiceResult<()> {
     let text = serde_json::to_string(v)?;
-    writeln!(out, "{text}").map_err(|e| ApiError::Internal(format!("export write: {e}")))
+    writeln!(out, "{text}").map_err(|e| ServiceError::Internal(format!("export write: {e}")))
 }
 
 #[cfg(test)]

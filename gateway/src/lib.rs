@@ -4,19 +4,30 @@
 //!
 //! API boundary: wire types live here and convert to and from the domain
 //! types of `scenarios`; no other crate knows HTTP or JSON bodies.
+//!
+//! Layers inside the gateway: `api` (routes, wire types, authentication,
+//! the one mapping of errors to HTTP) sits on the services (`jobs`,
+//! `ledger`, `datasets`, `metering`, ...), which sit on `records` and
+//! `store`; nothing below `api` imports from it or uses axum (checked by
+//! the tests in `layers.rs`). This file, `main.rs` and `server.rs` are
+//! the composition roots.
 
 pub mod api;
-pub mod auth;
 pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod datasets;
 pub mod demo;
 pub mod error;
 pub mod jobs;
 pub mod keys;
+#[cfg(test)]
+mod layers;
 pub mod ledger;
 pub mod local;
+pub mod metering;
+pub mod records;
 pub mod server;
 pub mod state;
 pub mod storage;

@@ -8,8 +8,8 @@
 //! development catalog serves it (`GET /v1/developer/scenarios/{id}/bundle`)
 //! and `run-local` accepts it as a file or fetches it by scenario id.
 
-use crate::api::DatasetRecord;
 use crate::client::Client;
+use crate::records::DatasetRecord;
 use anyhow::{bail, Context, Result};
 use runtime::{JobInput, JobLimits, Runtime};
 use sandbox::arrow::record_batch::RecordBatch;

@@ -18,7 +18,7 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> anyhow
     }
     // Something is published before the first request.
     let s = state.clone();
-    crate::api::blocking(move || s.ledger.publish(&s.store, &s.keys))
+    crate::store::blocking(move || s.ledger.publish(&s.store, &s.keys))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tokio::spawn(publish_checkpoints(state.clone()));

@@ -11,7 +11,7 @@
 //! a name that is missing, points outside (a symlink), is a directory or
 //! cannot be read gets the one answer of [`no_file`].
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ServiceError, ServiceResult};
 use crate::store::{get_in, Record, Table};
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
@@ -94,7 +94,7 @@ pub fn default_dir(party: &str) -> String {
 }
 
 /// The storage location of `party`, relative to the data root.
-pub fn dir_of(c: &Connection, party: &str) -> ApiResult<String> {
+pub fn dir_of(c: &Connection, party: &str) -> ServiceResult<String> {
     Ok(get_in::<StorageAssignment>(c, Table::Storage, party)?
         .map(|a| a.dir)
         .unwrap_or_else(|| default_dir(party)))
@@ -103,8 +103,8 @@ pub fn dir_of(c: &Connection, party: &str) -> ApiResult<String> {
 /// The one answer for a name that does not lead to a readable regular
 /// file inside the caller's storage location, whatever the reason: it
 /// must not tell whether some other path exists.
-pub fn no_file(name: &str) -> ApiError {
-    ApiError::BadRequest(format!(
+pub fn no_file(name: &str) -> ServiceError {
+    ServiceError::BadRequest(format!(
         "no file `{}` in your storage location; upload it with PUT /v1/provider/files/{{name}} \
          (GET /v1/provider/files lists your files)",
         name.escape_debug()
@@ -113,9 +113,9 @@ pub fn no_file(name: &str) -> ApiError {
 
 /// Checks the syntax of a dataset's path: a relative path of plain names.
 /// Says how data is brought when it is not.
-pub fn check_name(name: &str) -> ApiResult<()> {
+pub fn check_name(name: &str) -> ServiceResult<()> {
     scenarios::catalog::validate_storage_path("dataset path", name).map_err(|e| {
-        ApiError::BadRequest(format!(
+        ServiceError::BadRequest(format!(
             "{e}. A dataset's path names a file in your storage location: one you uploaded with \
              PUT /v1/provider/files/{{name}}, or one the operator placed there; never a server path"
         ))
@@ -129,10 +129,10 @@ pub fn check_name(name: &str) -> ApiResult<()> {
 /// result is canonical (no symlink left in it) and lies strictly inside
 /// the location's canonical directory, so a symlink pointing out is
 /// refused. Every failure after the syntax check is [`no_file`].
-pub fn resolve(root: &Path, dir: &str, name: &str) -> ApiResult<PathBuf> {
+pub fn resolve(root: &Path, dir: &str, name: &str) -> ServiceResult<PathBuf> {
     check_name(name)?;
     scenarios::catalog::validate_storage_path("storage directory", dir)
-        .map_err(|e| ApiError::Internal(format!("stored storage directory: {e}")))?;
+        .map_err(|e| ServiceError::Internal(format!("stored storage directory: {e}")))?;
     let base = root.join(dir).canonicalize().map_err(|_| no_file(name))?;
     let file = base.join(name).canonicalize().map_err(|_| no_file(name))?;
     if file == base || !file.starts_with(&base) {
@@ -183,10 +183,10 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// inside another provider's location (`others`: party name and location),
 /// compared both as written and, where both exist, as canonical paths
 /// (a symlink the operator made does not hide an overlap).
-pub fn check_assignment(root: &Path, dir: &str, others: &[(String, String)]) -> ApiResult<()> {
+pub fn check_assignment(root: &Path, dir: &str, others: &[(String, String)]) -> ServiceResult<()> {
     scenarios::catalog::validate_storage_path("storage directory", dir)?;
     if dir.split('/').next() == Some(DEFAULT_PARENT) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ServiceError::BadRequest(format!(
             "`{DEFAULT_PARENT}/` holds the default storage locations; assign a directory outside it"
         )));
     }
@@ -196,14 +196,14 @@ pub fn check_assignment(root: &Path, dir: &str, others: &[(String, String)]) -> 
     let root_canonical = canonical_prefix(root);
     if let (Some(c), Some(r)) = (&canonical, &root_canonical) {
         if c == r || !c.starts_with(r) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ServiceError::BadRequest(format!(
                 "`{}` leads outside the data root (a symlink); a storage location lies inside it",
                 dir.escape_debug()
             )));
         }
         if let Some(d) = canonical_prefix(&root.join(DEFAULT_PARENT)) {
             if c.starts_with(&d) || d.starts_with(c) {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ServiceError::BadRequest(format!(
                     "`{}` leads into `{DEFAULT_PARENT}/` (a symlink), which holds the default storage \
                      locations; assign a directory outside it",
                     dir.escape_debug()
@@ -218,7 +218,7 @@ pub fn check_assignment(root: &Path, dir: &str, others: &[(String, String)]) -> 
                 _ => false,
             };
         if overlap {
-            return Err(ApiError::Conflict(format!(
+            return Err(ServiceError::Conflict(format!(
                 "`{}` overlaps the storage location of {name}; a provider's location may not equal, \
                  contain or lie inside another's",
                 dir.escape_debug()
@@ -352,10 +352,10 @@ mod tests {
         (t, root)
     }
 
-    fn message(r: ApiResult<PathBuf>) -> String {
+    fn message(r: ServiceResult<PathBuf>) -> String {
         match r {
             Ok(p) => panic!("resolved to {}", p.display()),
-            Err(e) => format!("{} {e}", e.status_code().0.as_u16()),
+            Err(e) => format!("{} {e}", e.code()),
         }
     }
 
@@ -412,7 +412,7 @@ mod tests {
         assert_eq!(answer("../../../outside.csv"), answer("../../../absent.csv"));
         for n in ["./data.csv", "a//b.csv", ".upload-x", ""] {
             assert!(
-                message(resolve(&root, "providers/a", n)).starts_with("400 "),
+                message(resolve(&root, "providers/a", n)).starts_with("bad_request "),
                 "{n:?}"
             );
         }
@@ -438,7 +438,7 @@ mod tests {
         }
         assert!(matches!(
             check_assignment(&root, "census/2024", &others),
-            Err(ApiError::Conflict(_))
+            Err(ServiceError::Conflict(_))
         ));
         check_assignment(&root, "census2", &others).unwrap();
         check_assignment(&root, "health/2024", &others).unwrap();

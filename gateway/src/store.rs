@@ -14,7 +14,7 @@
 //! columns needed to look them up; the ledger stores each entry's canonical
 //! text and leaf hash exactly as they were hashed.
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ServiceError, ServiceResult};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use scenarios::ledger::{leaf_hash, parse_hash, Checkpoint, EntryTail, Hash, SignedCheckpoint, ZERO_HASH};
@@ -201,12 +201,12 @@ pub struct Organization {
 }
 
 /// All parties, inside a connection or transaction.
-pub fn parties_in(c: &Connection) -> ApiResult<Vec<Party>> {
+pub fn parties_in(c: &Connection) -> ServiceResult<Vec<Party>> {
     parties_where(c, "ORDER BY created_at, id", &[])
 }
 
 /// The organization of a party, inside a connection or transaction.
-pub fn organization_of(c: &Connection, party_id: &str) -> ApiResult<Option<Organization>> {
+pub fn organization_of(c: &Connection, party_id: &str) -> ServiceResult<Option<Organization>> {
     match party_in(c, party_id)? {
         Some(p) => get_in(c, Table::Organizations, &p.organization),
         None => Ok(None),
@@ -224,12 +224,12 @@ impl Record for Organization {
 }
 
 /// One party by id, inside a connection or transaction.
-pub fn party_in(c: &Connection, id: &str) -> ApiResult<Option<Party>> {
+pub fn party_in(c: &Connection, id: &str) -> ServiceResult<Option<Party>> {
     Ok(parties_where(c, "WHERE id = ?1", &[&id])?.pop())
 }
 
 /// Parties matching a `WHERE`/`ORDER BY` suffix.
-fn parties_where(c: &Connection, suffix: &str, args: &[&dyn rusqlite::ToSql]) -> ApiResult<Vec<Party>> {
+fn parties_where(c: &Connection, suffix: &str, args: &[&dyn rusqlite::ToSql]) -> ServiceResult<Vec<Party>> {
     let sql = format!("SELECT id, name, role, created_at, org_id, created_by FROM parties {suffix}");
     let mut st = c.prepare(&sql)?;
     let rows = st.query_map(args, |r| {
@@ -263,7 +263,7 @@ fn parties_where(c: &Connection, suffix: &str, args: &[&dyn rusqlite::ToSql]) ->
 /// organizations (I16). A chain longer than
 /// [`scenarios::party::MAX_CREATOR_CHAIN`], or one that loops, is refused
 /// as a corrupt store.
-pub fn creators_in(c: &Connection, party: &Party) -> ApiResult<Vec<scenarios::party::Creator>> {
+pub fn creators_in(c: &Connection, party: &Party) -> ServiceResult<Vec<scenarios::party::Creator>> {
     let mut out: Vec<scenarios::party::Creator> = Vec::new();
     let mut next = party.created_by.clone();
     while let Some(id) = next {
@@ -307,12 +307,21 @@ fn record_creators(c: &Connection) -> rusqlite::Result<usize> {
     )
 }
 
-fn unfinished() -> ApiError {
-    ApiError::Internal("a store operation failed before it finished (see the server log)".into())
+/// Runs store work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ServiceResult<T> + Send + 'static,
+) -> ServiceResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))?
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(e.to_string())
+fn unfinished() -> ServiceError {
+    ServiceError::Internal("a store operation failed before it finished (see the server log)".into())
+}
+
+fn internal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Internal(e.to_string())
 }
 
 /// The last entry appended on a store's writer thread, while nothing has
@@ -332,7 +341,7 @@ thread_local! {
 /// On the writer thread the previous entry's number and hash are those
 /// this thread appended last, unless a change was undone since; reading
 /// them back from the table instead costs about a sixth of an append.
-pub fn append(tx: &Connection, e: NewEntry, time: DateTime<Utc>) -> ApiResult<u64> {
+pub fn append(tx: &Connection, e: NewEntry, time: DateTime<Utc>) -> ServiceResult<u64> {
     let undo_count = durable::undo_count();
     let cached = LAST_APPENDED.with(|l| {
         l.borrow()
@@ -364,11 +373,11 @@ pub fn append(tx: &Connection, e: NewEntry, time: DateTime<Utc>) -> ApiResult<u6
     Ok(seq)
 }
 
-fn to_json<T: Serialize>(v: &T) -> ApiResult<String> {
+fn to_json<T: Serialize>(v: &T) -> ServiceResult<String> {
     serde_json::to_string(v).map_err(internal)
 }
 
-fn from_json<T: DeserializeOwned>(s: &str) -> ApiResult<T> {
+fn from_json<T: DeserializeOwned>(s: &str) -> ServiceResult<T> {
     serde_json::from_str(s).map_err(internal)
 }
 
@@ -456,14 +465,14 @@ impl Store {
     /// once they are durable. Concurrent callers share a transaction and a
     /// flush (see [`durable`]); each caller's changes still stand or fall
     /// alone. Blocks the calling thread; async code uses [`Store::write`].
-    pub fn tx<T, F>(&self, f: F) -> ApiResult<T>
+    pub fn tx<T, F>(&self, f: F) -> ServiceResult<T>
     where
-        F: FnOnce(&Connection) -> ApiResult<T> + Send + 'static,
+        F: FnOnce(&Connection) -> ServiceResult<T> + Send + 'static,
         T: Send + 'static,
     {
         // Filled in on the writer or flusher thread. If the unit is dropped
         // unanswered (it panicked), only the caller holds the slot any more.
-        let slot = Arc::new(Mutex::new(None::<ApiResult<T>>));
+        let slot = Arc::new(Mutex::new(None::<ServiceResult<T>>));
         let theirs = slot.clone();
         self.submit(f, move |answer| {
             *theirs.lock().unwrap_or_else(|p| p.into_inner()) = Some(answer);
@@ -474,9 +483,9 @@ impl Store {
     }
 
     /// [`Store::tx`] for async callers: waits without holding a thread.
-    pub async fn write<T, F>(&self, f: F) -> ApiResult<T>
+    pub async fn write<T, F>(&self, f: F) -> ServiceResult<T>
     where
-        F: FnOnce(&Connection) -> ApiResult<T> + Send + 'static,
+        F: FnOnce(&Connection) -> ServiceResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -488,9 +497,9 @@ impl Store {
 
     /// Queues `f` on the writer; `deliver` gets its result once the batch's
     /// outcome is known (and is dropped uncalled if `f` panics).
-    fn submit<T, F>(&self, f: F, deliver: impl FnOnce(ApiResult<T>) + Send + 'static) -> ApiResult<()>
+    fn submit<T, F>(&self, f: F, deliver: impl FnOnce(ServiceResult<T>) + Send + 'static) -> ServiceResult<()>
     where
-        F: FnOnce(&Connection) -> ApiResult<T> + Send + 'static,
+        F: FnOnce(&Connection) -> ServiceResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let work: durable::Work = Box::new(move |conn: &Connection| {
@@ -500,7 +509,7 @@ impl Store {
                 answer: Box::new(move |outcome: durable::Outcome| {
                     deliver(match outcome {
                         Ok(()) => result,
-                        Err(e) => result.and(Err(ApiError::Internal(e))),
+                        Err(e) => result.and(Err(ServiceError::Internal(e))),
                     })
                 }),
             }
@@ -508,16 +517,16 @@ impl Store {
         if self.committer.submit(work) {
             Ok(())
         } else {
-            Err(ApiError::Internal("the store's writer has stopped".into()))
+            Err(ServiceError::Internal("the store's writer has stopped".into()))
         }
     }
 
     /// Writes a consistent copy of the database (committed data) to
     /// `target`, a new file, while writers carry on.
-    pub fn snapshot(&self, target: &Path) -> ApiResult<()> {
+    pub fn snapshot(&self, target: &Path) -> ServiceResult<()> {
         let target = target
             .to_str()
-            .ok_or_else(|| ApiError::BadRequest("the snapshot path is not UTF-8".into()))?;
+            .ok_or_else(|| ServiceError::BadRequest("the snapshot path is not UTF-8".into()))?;
         let c = Connection::open(&self.path)?;
         c.busy_timeout(std::time::Duration::from_secs(10))?;
         c.execute("VACUUM INTO ?1", [target])?;
@@ -526,17 +535,17 @@ impl Store {
 
     /// Runs a read-only closure on committed data, on the reading
     /// connection (writers are not held up).
-    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> ServiceResult<T>) -> ServiceResult<T> {
         let c = self
             .reader
             .lock()
-            .map_err(|_| ApiError::Internal("store lock poisoned".into()))?;
+            .map_err(|_| ServiceError::Internal("store lock poisoned".into()))?;
         f(&c)
     }
 
     /// Like [`Store::read`], inside one read transaction: every query of
     /// `f` sees the same committed state.
-    pub fn read_consistent<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
+    pub fn read_consistent<T>(&self, f: impl FnOnce(&Connection) -> ServiceResult<T>) -> ServiceResult<T> {
         self.read(|c| {
             let tx = c.unchecked_transaction()?;
             let out = f(&tx)?;
@@ -548,7 +557,7 @@ impl Store {
     // ----- parties ---------------------------------------------------------
 
     /// Creates a party with a token hash.
-    pub fn insert_party(tx: &Connection, p: &Party, token_hash: &str) -> ApiResult<()> {
+    pub fn insert_party(tx: &Connection, p: &Party, token_hash: &str) -> ServiceResult<()> {
         tx.execute(
             "INSERT INTO parties (id, name, role, token_hash, created_at, org_id, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![p.id, p.name, p.role.as_str(), token_hash, p.created_at, p.organization, p.created_by],
@@ -558,7 +567,7 @@ impl Store {
 
     /// Replaces a party's token hash (a new token, or revocation with a
     /// value no token hashes to); false when there is no such party.
-    pub fn set_token_hash(tx: &Connection, id: &str, token_hash: &str) -> ApiResult<bool> {
+    pub fn set_token_hash(tx: &Connection, id: &str, token_hash: &str) -> ServiceResult<bool> {
         Ok(tx.execute(
             "UPDATE parties SET token_hash = ?2 WHERE id = ?1",
             params![id, token_hash],
@@ -566,7 +575,7 @@ impl Store {
     }
 
     /// The party holding a token hash.
-    pub fn party_by_token(&self, token_hash: &str) -> ApiResult<Option<Party>> {
+    pub fn party_by_token(&self, token_hash: &str) -> ServiceResult<Option<Party>> {
         Ok(self
             .read(|c| parties_where(c, "WHERE token_hash = ?1", &[&token_hash]))?
             .pop())
@@ -577,7 +586,7 @@ impl Store {
     pub fn actor_by_token(
         &self,
         token_hash: &str,
-    ) -> ApiResult<Option<(Party, Vec<scenarios::party::Creator>)>> {
+    ) -> ServiceResult<Option<(Party, Vec<scenarios::party::Creator>)>> {
         self.read(
             |c| match parties_where(c, "WHERE token_hash = ?1", &[&token_hash])?.pop() {
                 Some(p) => {
@@ -590,12 +599,12 @@ impl Store {
     }
 
     /// All parties.
-    pub fn parties(&self) -> ApiResult<Vec<Party>> {
+    pub fn parties(&self) -> ServiceResult<Vec<Party>> {
         self.read(|c| parties_where(c, "ORDER BY created_at, id", &[]))
     }
 
     /// Number of parties with `role`.
-    pub fn count_role(&self, role: Role) -> ApiResult<u64> {
+    pub fn count_role(&self, role: Role) -> ServiceResult<u64> {
         self.read(|c| {
             Ok(c.query_row(
                 "SELECT COUNT(*) FROM parties WHERE role = ?1",
@@ -608,17 +617,21 @@ impl Store {
     // ----- generic JSON documents -------------------------------------------
 
     /// Loads the JSON body of `id` from `table`.
-    pub fn get<T: DeserializeOwned>(&self, table: Table, id: &str) -> ApiResult<Option<T>> {
+    pub fn get<T: DeserializeOwned>(&self, table: Table, id: &str) -> ServiceResult<Option<T>> {
         self.read(|c| get_in(c, table, id))
     }
 
     /// Lists bodies of `table` where `column = value` (or all when `None`).
-    pub fn list<T: DeserializeOwned>(&self, table: Table, filter: Option<(&str, &str)>) -> ApiResult<Vec<T>> {
+    pub fn list<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        filter: Option<(&str, &str)>,
+    ) -> ServiceResult<Vec<T>> {
         self.read(|c| list_in(c, table, filter))
     }
 
     /// Stores module bytes under their hash (idempotent).
-    pub fn put_module(tx: &Connection, hash: &str, bytes: &[u8], now: &str) -> ApiResult<()> {
+    pub fn put_module(tx: &Connection, hash: &str, bytes: &[u8], now: &str) -> ServiceResult<()> {
         tx.execute(
             "INSERT OR IGNORE INTO modules (hash, bytes, created_at) VALUES (?1, ?2, ?3)",
             params![hash, bytes, now],
@@ -627,7 +640,7 @@ impl Store {
     }
 
     /// Module bytes by hash.
-    pub fn module(&self, hash: &str) -> ApiResult<Option<Vec<u8>>> {
+    pub fn module(&self, hash: &str) -> ServiceResult<Option<Vec<u8>>> {
         self.read(|c| {
             Ok(
                 c.query_row("SELECT bytes FROM modules WHERE hash = ?1", [hash], |r| r.get(0))
@@ -637,7 +650,7 @@ impl Store {
     }
 
     /// A job's released output.
-    pub fn job_output(&self, id: &str) -> ApiResult<Option<Vec<u8>>> {
+    pub fn job_output(&self, id: &str) -> ServiceResult<Option<Vec<u8>>> {
         self.read(|c| {
             Ok(c.query_row("SELECT output FROM jobs WHERE id = ?1", [id], |r| {
                 r.get::<_, Option<Vec<u8>>>(0)
@@ -650,7 +663,7 @@ impl Store {
     // ----- ledger ---------------------------------------------------------------
 
     /// Entries `from..` (at most `limit`).
-    pub fn ledger(&self, from: u64, limit: u64) -> ApiResult<Vec<StoredEntry>> {
+    pub fn ledger(&self, from: u64, limit: u64) -> ServiceResult<Vec<StoredEntry>> {
         self.read(|c| {
             let mut st =
                 c.prepare("SELECT seq, hash, body FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
@@ -666,7 +679,7 @@ impl Store {
     }
 
     /// Entries about one subject, in order.
-    pub fn ledger_for(&self, subject: &str) -> ApiResult<Vec<StoredEntry>> {
+    pub fn ledger_for(&self, subject: &str) -> ServiceResult<Vec<StoredEntry>> {
         self.read(|c| {
             let mut st = c.prepare("SELECT seq, hash, body FROM ledger WHERE subject = ?1 ORDER BY seq")?;
             let rows = st.query_map([subject], |r| {
@@ -681,7 +694,7 @@ impl Store {
     }
 
     /// The first entry about `subject` with `action`, if any.
-    pub fn ledger_seq_of(&self, subject: &str, action: &str) -> ApiResult<Option<u64>> {
+    pub fn ledger_seq_of(&self, subject: &str, action: &str) -> ServiceResult<Option<u64>> {
         self.read(|c| {
             Ok(c.query_row(
                 "SELECT MIN(seq) FROM ledger WHERE subject = ?1 AND action = ?2",
@@ -693,7 +706,7 @@ impl Store {
     }
 
     /// Leaf hashes of entries `from..` (at most `limit`), in order.
-    pub fn ledger_hashes(&self, from: u64, limit: u64) -> ApiResult<Vec<(u64, Hash)>> {
+    pub fn ledger_hashes(&self, from: u64, limit: u64) -> ServiceResult<Vec<(u64, Hash)>> {
         self.read(|c| {
             let mut st =
                 c.prepare_cached("SELECT seq, hash FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
@@ -713,7 +726,7 @@ impl Store {
 
     /// Records a signed checkpoint (idempotent per size: the first one
     /// signed for a size is kept).
-    pub fn put_checkpoint(&self, cp: &SignedCheckpoint) -> ApiResult<()> {
+    pub fn put_checkpoint(&self, cp: &SignedCheckpoint) -> ServiceResult<()> {
         let cp = cp.clone();
         self.tx(move |tx| {
             tx.execute(
@@ -733,7 +746,7 @@ impl Store {
 
     /// Records that the stored checkpoint of `size` was published (shown
     /// to every party; see `gateway::ledger`). Idempotent.
-    pub fn put_publication(&self, size: u64, at: DateTime<Utc>) -> ApiResult<()> {
+    pub fn put_publication(&self, size: u64, at: DateTime<Utc>) -> ServiceResult<()> {
         self.tx(move |tx| {
             tx.execute(
                 "INSERT OR IGNORE INTO published_checkpoints (size, published_at) VALUES (?1, ?2)",
@@ -757,7 +770,7 @@ impl Store {
         line: &str,
         entry: NewEntry,
         at: DateTime<Utc>,
-    ) -> ApiResult<bool> {
+    ) -> ServiceResult<bool> {
         let (witness, line) = (witness.to_string(), line.to_string());
         self.tx(move |tx| {
             let n = tx.execute(
@@ -778,7 +791,7 @@ impl Store {
 
     /// The cosignature lines stored for the checkpoint of `size`, by
     /// witness verifier key.
-    pub fn cosignatures(&self, size: u64) -> ApiResult<Vec<String>> {
+    pub fn cosignatures(&self, size: u64) -> ServiceResult<Vec<String>> {
         self.read(move |c| {
             let mut st =
                 c.prepare_cached("SELECT line FROM cosignatures WHERE size = ?1 ORDER BY witness")?;
@@ -790,7 +803,7 @@ impl Store {
     }
 
     /// The largest cosigned checkpoint size in `from..=to`.
-    pub fn largest_cosigned(&self, from: u64, to: u64) -> ApiResult<Option<u64>> {
+    pub fn largest_cosigned(&self, from: u64, to: u64) -> ServiceResult<Option<u64>> {
         self.read(move |c| {
             let mut st =
                 c.prepare_cached("SELECT MAX(size) FROM cosignatures WHERE size >= ?1 AND size <= ?2")?;
@@ -803,7 +816,7 @@ impl Store {
     }
 
     /// Published checkpoints with `from <= size <= to`, in order.
-    pub fn published_checkpoints(&self, from: u64, to: u64) -> ApiResult<Vec<SignedCheckpoint>> {
+    pub fn published_checkpoints(&self, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>> {
         self.checkpoint_rows(
             "SELECT c.size, c.root, c.time, c.signature FROM checkpoints c \
              JOIN published_checkpoints p ON p.size = c.size WHERE c.size >= ?1 AND c.size <= ?2 ORDER BY c.size",
@@ -813,7 +826,7 @@ impl Store {
     }
 
     /// Stored checkpoints with `from <= size <= to`, in order.
-    pub fn checkpoints(&self, from: u64, to: u64) -> ApiResult<Vec<SignedCheckpoint>> {
+    pub fn checkpoints(&self, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>> {
         self.checkpoint_rows(
             "SELECT size, root, time, signature FROM checkpoints WHERE size >= ?1 AND size <= ?2 ORDER BY size",
             from,
@@ -822,7 +835,7 @@ impl Store {
     }
 
     /// The stored checkpoint of largest size at most `at`.
-    pub fn checkpoint_at_or_before(&self, at: u64) -> ApiResult<Option<SignedCheckpoint>> {
+    pub fn checkpoint_at_or_before(&self, at: u64) -> ServiceResult<Option<SignedCheckpoint>> {
         Ok(self
             .checkpoint_rows(
                 "SELECT size, root, time, signature FROM checkpoints WHERE size >= ?1 AND size <= ?2 \
@@ -833,7 +846,7 @@ impl Store {
             .pop())
     }
 
-    fn checkpoint_rows(&self, sql: &str, from: u64, to: u64) -> ApiResult<Vec<SignedCheckpoint>> {
+    fn checkpoint_rows(&self, sql: &str, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>> {
         self.read(|c| {
             let mut st = c.prepare_cached(sql)?;
             let rows = st.query_map(
@@ -864,7 +877,7 @@ impl Store {
     }
 
     /// Number of ledger entries.
-    pub fn ledger_size(&self) -> ApiResult<u64> {
+    pub fn ledger_size(&self) -> ServiceResult<u64> {
         self.read(|c| {
             Ok(
                 c.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM ledger", [], |r| {
@@ -1064,14 +1077,14 @@ impl Record for scenarios::oversight::Incident {
 }
 
 /// Inserts or updates a record with its lookup columns.
-pub fn put<R: Record>(tx: &Connection, r: &R) -> ApiResult<()> {
+pub fn put<R: Record>(tx: &Connection, r: &R) -> ServiceResult<()> {
     let cols = r.lookup();
     let refs: Vec<&str> = cols.iter().map(String::as_str).collect();
     put_in(tx, R::TABLE, r.id(), &refs, r)
 }
 
 /// Loads one document inside a connection or transaction.
-pub fn get_in<T: DeserializeOwned>(c: &Connection, table: Table, id: &str) -> ApiResult<Option<T>> {
+pub fn get_in<T: DeserializeOwned>(c: &Connection, table: Table, id: &str) -> ServiceResult<Option<T>> {
     let sql = format!("SELECT body FROM {} WHERE id = ?1", table.name());
     let body: Option<String> = c.query_row(&sql, [id], |r| r.get(0)).optional()?;
     body.map(|b| from_json(&b)).transpose()
@@ -1082,7 +1095,7 @@ pub fn list_in<T: DeserializeOwned>(
     c: &Connection,
     table: Table,
     filter: Option<(&str, &str)>,
-) -> ApiResult<Vec<T>> {
+) -> ServiceResult<Vec<T>> {
     let mut bodies: Vec<String> = Vec::new();
     match filter {
         Some((col, val)) => {
@@ -1117,7 +1130,7 @@ pub fn put_in<T: Serialize>(
     id: &str,
     cols: &[&str],
     body: &T,
-) -> ApiResult<()> {
+) -> ServiceResult<()> {
     let names = table.columns();
     if names.len() != cols.len() {
         return Err(internal("column count mismatch"));
@@ -1156,7 +1169,7 @@ pub fn put_consents(
     granted: bool,
     by: &str,
     at: &str,
-) -> ApiResult<usize> {
+) -> ServiceResult<usize> {
     let mut st = tx.prepare_cached(
         "INSERT INTO consents (scenario_id, unit, granted, recorded_by, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (scenario_id, unit) DO UPDATE SET granted = excluded.granted,
@@ -1172,7 +1185,7 @@ pub fn put_consents(
 
 impl Store {
     /// Units that consented to a scenario.
-    pub fn consenting_units(&self, scenario_id: &str) -> ApiResult<std::collections::HashSet<String>> {
+    pub fn consenting_units(&self, scenario_id: &str) -> ServiceResult<std::collections::HashSet<String>> {
         self.read(|c| {
             let mut st = c.prepare("SELECT unit FROM consents WHERE scenario_id = ?1 AND granted = 1")?;
             let rows = st.query_map([scenario_id], |r| r.get::<_, String>(0))?;
@@ -1185,7 +1198,7 @@ impl Store {
     }
 
     /// Consent counts per scenario: (scenario, granted, withdrawn).
-    pub fn consent_counts(&self) -> ApiResult<Vec<(String, u64, u64)>> {
+    pub fn consent_counts(&self) -> ServiceResult<Vec<(String, u64, u64)>> {
         self.read(|c| {
             let mut st = c.prepare(
                 "SELECT scenario_id, SUM(granted), SUM(1 - granted) FROM consents GROUP BY scenario_id ORDER BY scenario_id",
@@ -1199,7 +1212,7 @@ impl Store {
 }
 
 /// Stores a job's output bytes.
-pub fn set_job_output(tx: &Connection, id: &str, output: &[u8]) -> ApiResult<()> {
+pub fn set_job_output(tx: &Connection, id: &str, output: &[u8]) -> ServiceResult<()> {
     tx.execute("UPDATE jobs SET output = ?2 WHERE id = ?1", params![id, output])?;
     Ok(())
 }
@@ -1388,7 +1401,7 @@ mod tests {
                         let r = store.tx(move |tx| {
                             append(tx, entry, Utc::now())?;
                             if fail {
-                                return Err(ApiError::Conflict("refused after writing".into()));
+                                return Err(ServiceError::Conflict("refused after writing".into()));
                             }
                             Ok(())
                         });
@@ -1439,11 +1452,11 @@ mod tests {
             }
         };
         store.tx(append_one("before")).unwrap();
-        let panicked = store.tx(move |tx| -> ApiResult<()> {
+        let panicked = store.tx(move |tx| -> ServiceResult<()> {
             append_one("lost")(tx)?;
             panic!("a bug in a store operation");
         });
-        assert!(matches!(panicked, Err(ApiError::Internal(_))), "{panicked:?}");
+        assert!(matches!(panicked, Err(ServiceError::Internal(_))), "{panicked:?}");
         // Async callers go through the same writer.
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(store.write(append_one("after"))).unwrap();

@@ -17,12 +17,12 @@
 //! are configuration; a job counts from its submission to its visible end,
 //! which is quantized (invariant I14), never to the moment its queries
 //! over raw data finish; and work is computed from the job's metering
-//! (`api::fees::metered`): its fuel (which depends on its code and on the
+//! (`crate::metering::metered`): its fuel (which depends on its code and on the
 //! results released to it) and the catalog's published row counts of the
 //! tables its queries read, or, for a job whose details are withheld, its
 //! allowance. Measured time or CPU of work over raw data never enters it.
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ServiceError, ServiceResult};
 use scenarios::party::Actor;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -143,12 +143,12 @@ impl Tenants {
     /// Takes a place for one job of `actor`, or refuses with 429 when the
     /// developer or its organization is at its limit. Changes nothing when
     /// it refuses.
-    pub fn admit(self: &Arc<Self>, actor: &Actor, limits: &TenantLimits) -> ApiResult<TenantSlot> {
+    pub fn admit(self: &Arc<Self>, actor: &Actor, limits: &TenantLimits) -> ServiceResult<TenantSlot> {
         let keys = [developer_key(&actor.id), organization_key(&actor.org)];
         let mut counts = self
             .in_flight
             .lock()
-            .map_err(|_| ApiError::Internal("tenant counts poisoned".into()))?;
+            .map_err(|_| ServiceError::Internal("tenant counts poisoned".into()))?;
         let count = |k: &String| counts.get(k).copied().unwrap_or(0);
         let over = if count(&keys[0]) >= limits.jobs_per_developer {
             Some(format!(
@@ -164,7 +164,7 @@ impl Tenants {
             None
         };
         if let Some(m) = over {
-            return Err(ApiError::RetryLater(m, limits.retry_after_secs));
+            return Err(ServiceError::RetryLater(m, limits.retry_after_secs));
         }
         let (window, left) = current_window(limits);
         let used = self.work_used(&keys, window);
@@ -182,7 +182,7 @@ impl Tenants {
             None
         };
         if let Some(m) = over {
-            return Err(ApiError::RetryLater(m, left));
+            return Err(ServiceError::RetryLater(m, left));
         }
         for k in &keys {
             *counts.entry(k.clone()).or_insert(0) += 1;
@@ -197,13 +197,17 @@ impl Tenants {
     /// another of its modules compiles: the platform's compile threads are
     /// few, and one developer's stream of new modules must not keep them
     /// from everyone else's.
-    pub fn compile_turn(self: &Arc<Self>, actor: &Actor, limits: &TenantLimits) -> ApiResult<CompileTurn> {
+    pub fn compile_turn(
+        self: &Arc<Self>,
+        actor: &Actor,
+        limits: &TenantLimits,
+    ) -> ServiceResult<CompileTurn> {
         let mut c = self
             .compiling
             .lock()
-            .map_err(|_| ApiError::Internal("compile turns poisoned".into()))?;
+            .map_err(|_| ServiceError::Internal("compile turns poisoned".into()))?;
         if !c.insert(actor.id.clone()) {
-            return Err(ApiError::RetryLater(
+            return Err(ServiceError::RetryLater(
                 "another of your modules is being compiled; submit again when it is done \
                  (a module already compiled is not compiled again)"
                     .into(),
@@ -311,12 +315,12 @@ mod tests {
         let a1 = t.admit(&a, &limits).unwrap();
         let _a2 = t.admit(&a, &limits).unwrap();
         match t.admit(&a, &limits) {
-            Err(ApiError::RetryLater(m, 4)) => assert!(m.contains("developer"), "{m}"),
+            Err(ServiceError::RetryLater(m, 4)) => assert!(m.contains("developer"), "{m}"),
             other => panic!("{other:?}"),
         }
         let _b1 = t.admit(&b, &limits).unwrap();
         match t.admit(&b, &limits) {
-            Err(ApiError::RetryLater(m, _)) => assert!(m.contains("organization"), "{m}"),
+            Err(ServiceError::RetryLater(m, _)) => assert!(m.contains("organization"), "{m}"),
             other => panic!("{other:?}"),
         }
         // Another organization is not affected.
@@ -336,7 +340,7 @@ mod tests {
         let turn = t.compile_turn(&a, &limits).unwrap();
         assert!(matches!(
             t.compile_turn(&a, &limits),
-            Err(ApiError::RetryLater(..))
+            Err(ServiceError::RetryLater(..))
         ));
         assert!(
             t.compile_turn(&b, &limits).is_ok(),
@@ -359,7 +363,7 @@ mod tests {
         drop(t.admit(&a, &limits).unwrap());
         t.charge(&a, 100, &limits);
         match t.admit(&a, &limits) {
-            Err(ApiError::RetryLater(m, secs)) => {
+            Err(ServiceError::RetryLater(m, secs)) => {
                 assert!(m.contains("work units"), "{m}");
                 assert!((1..=3600).contains(&secs), "until the next window: {secs}");
             }
@@ -369,7 +373,7 @@ mod tests {
         drop(t.admit(&b, &limits).unwrap());
         t.charge(&b, 50, &limits);
         match t.admit(&b, &limits) {
-            Err(ApiError::RetryLater(m, _)) => assert!(m.contains("organization"), "{m}"),
+            Err(ServiceError::RetryLater(m, _)) => assert!(m.contains("organization"), "{m}"),
             other => panic!("{other:?}"),
         }
         assert!(

@@ -3,9 +3,9 @@
 //! share class, and synthetic desensitized sample rows. No real value is
 //! ever shown.
 
+use super::auth::Auth;
 use super::{blocking, current_datasets, DatasetRecord};
-use crate::auth::Auth;
-use crate::error::{ApiError, ApiResult};
+use super::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::Json;

@@ -4,9 +4,9 @@
 //! subjects reach its jobs. Unit values are never shown back: lists give
 //! counts, the ledger a digest of each batch.
 
+use super::auth::{Auth, Body};
 use super::{blocking, current_datasets};
-use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
+use super::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::{append, get_in, put_consents, NewEntry, Table};
 use axum::extract::State;

@@ -3,9 +3,9 @@
 //! their released results (R16). A developer sees only its own records;
 //! another developer's ids answer 404.
 
-use super::{blocking, not_found};
-use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
+use super::auth::{Auth, Body};
+use super::{blocking, not_found, JobRecord, JobStatus};
+use super::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::store::{append, get_in, organization_of, put, NewEntry, Table};
@@ -14,13 +14,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use chrono::{DateTime, Utc};
-use runtime::Usage;
-use sandbox::TableRef;
+use chrono::Utc;
 use scenarios::budget::Budget;
 use scenarios::party::{Actor, Role};
 use scenarios::workflow::{Agreement, Application, Materials, Scenario, ScenarioStatus};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
@@ -258,157 +256,10 @@ pub(crate) async fn sign(
     Ok(Json(ag))
 }
 
-/// Lifecycle of a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    /// Accepted, not started.
-    Queued,
-    /// Running.
-    Running,
-    /// Finished; its output was released to the developer.
-    Succeeded,
-    /// Stopped with an error; nothing was released.
-    Failed,
-    /// Finished; the output waits for the operator's review (the airlock).
-    AwaitingReview,
-    /// Finished, but the operator's review withheld the output.
-    Withheld,
-}
-
-impl JobStatus {
-    /// True once the runner is done with the job.
-    pub fn is_final(self) -> bool {
-        !matches!(self, JobStatus::Queued | JobStatus::Running)
-    }
-
-    /// Wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "queued",
-            JobStatus::Running => "running",
-            JobStatus::Succeeded => "succeeded",
-            JobStatus::Failed => "failed",
-            JobStatus::AwaitingReview => "awaiting_review",
-            JobStatus::Withheld => "withheld",
-        }
-    }
-}
-
-/// One query a job received, with its ledger entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QueryRecord {
-    /// Ledger sequence number of the release entry.
-    pub ledger_seq: Option<u64>,
-    /// SQL as submitted.
-    pub sql: String,
-    /// Epsilon charged.
-    pub epsilon: f64,
-    /// Groups released.
-    pub released_groups: Option<u64>,
-    /// Hash of the released bytes.
-    pub output_hash: Option<String>,
-    /// Table rows metered for fees: the catalog row counts of the tables
-    /// the query read (R15).
-    #[serde(default)]
-    pub rows_metered: u64,
-}
-
-/// A job as stored and shown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobRecord {
-    /// `job_...`
-    pub id: String,
-    /// Agreement it runs under.
-    pub agreement_id: String,
-    /// Submitting developer.
-    pub developer_id: String,
-    /// Scenario of the agreement.
-    pub scenario_id: String,
-    /// SHA-256 of the module: the job's code identity.
-    pub module_hash: String,
-    /// Module size in bytes.
-    pub module_size: u64,
-    /// Milliseconds spent compiling the module at submission (0 when it
-    /// was already compiled). It depends on the module alone, so it is
-    /// always shown, and it counts against the job's time limit and fees.
-    #[serde(default)]
-    pub compile_ms: u64,
-    /// SHA-256 of the parameters, if any.
-    pub params_hash: Option<String>,
-    /// State.
-    pub status: JobStatus,
-    /// Submission time.
-    pub submitted_at: DateTime<Utc>,
-    /// Start time.
-    pub started_at: Option<DateTime<Utc>>,
-    /// End time.
-    pub finished_at: Option<DateTime<Utc>>,
-    /// Why it failed.
-    pub error: Option<Value>,
-    /// Resources used.
-    pub usage: Option<Usage>,
-    /// Queries answered.
-    pub queries: Vec<QueryRecord>,
-    /// Datasets read, with versions.
-    pub tables: Vec<TableRef>,
-    /// Hash of the released output.
-    pub output_hash: Option<String>,
-    /// Size of the released output.
-    pub output_bytes: Option<u64>,
-    /// Job log messages (bounded).
-    pub logs: Vec<String>,
-    /// The airlock: automatic check verdicts and the operator's decision.
-    #[serde(default)]
-    pub review: Option<Value>,
-    /// Queries charged to the budget while the job ran, counted in the
-    /// same transaction as each charge: above zero, the job has been
-    /// handed (or was about to be handed) protected results.
-    #[serde(default)]
-    pub charged_queries: u32,
-    /// Budget charged to the job's queries, counted like `charged_queries`.
-    #[serde(default)]
-    pub charged: Budget,
-    /// What the job is metered at while its details are withheld (R15,
-    /// I14), fixed when it starts.
-    #[serde(default)]
-    pub allowance: Option<Allowance>,
-}
-
-/// Data-independent metering of a job whose details are withheld: what
-/// it could have used, not what it used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Allowance {
-    /// The job's fuel limit.
-    pub fuel: u64,
-    /// Catalog rows of every table in the job's scope, metered for each
-    /// query it received.
-    pub rows_per_query: u64,
-}
-
 /// What the developer is told about a job whose details are withheld.
 pub const WITHHELD_NOTE: &str = "details withheld: the job received protected query results and its output \
 was not released to you, so its logs, resource use, error, queries and tables (which could carry those \
 results) are not shown; debug with `invis run-local` on the scenario's sample data";
-
-impl JobRecord {
-    /// True once the job has been handed a protected query result (or a
-    /// query of it was charged).
-    pub fn received_results(&self) -> bool {
-        self.charged_queries > 0 || !self.queries.is_empty()
-    }
-
-    /// The disclosure rule (I14): the developer sees a job's metadata
-    /// (logs, usage, error, queries, tables, output hash, review) only
-    /// once it has ended and either its output was released to them or it
-    /// never received a query result, so that everything about it is a
-    /// function of its code and parameters. A job held for review,
-    /// withheld, failed or stopped after receiving a result discloses
-    /// nothing beyond its status, ids, hashes and times.
-    pub fn disclosed(&self) -> bool {
-        self.status.is_final() && (self.status == JobStatus::Succeeded || !self.received_results())
-    }
-}
 
 /// The one developer-facing view of a job (every developer route that
 /// shows a job goes through it). A disclosed job is shown whole, except
@@ -443,20 +294,6 @@ pub fn developer_view(j: &JobRecord) -> Value {
         v["details_withheld"] = json!(WITHHELD_NOTE);
     }
     v
-}
-
-impl crate::store::Record for JobRecord {
-    const TABLE: Table = Table::Jobs;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn lookup(&self) -> Vec<String> {
-        vec![
-            self.agreement_id.clone(),
-            self.developer_id.clone(),
-            self.status.as_str().to_string(),
-        ]
-    }
 }
 
 /// Query string of a job submission.
@@ -595,39 +432,11 @@ pub(crate) async fn limits(State(st): State<AppState>, Auth(actor): Auth) -> Api
     })))
 }
 
-/// A job record with every field filled, for tests of what is shown of it.
-#[cfg(test)]
-pub(crate) fn test_job(status: JobStatus, charged_queries: u32) -> JobRecord {
-    JobRecord {
-        id: "job_1".into(),
-        agreement_id: "ag_1".into(),
-        developer_id: "pt_1".into(),
-        scenario_id: "sc_1".into(),
-        module_hash: "ab".into(),
-        module_size: 10,
-        compile_ms: 3,
-        params_hash: None,
-        status,
-        submitted_at: Utc::now(),
-        started_at: Some(Utc::now()),
-        finished_at: status.is_final().then(Utc::now),
-        error: Some(json!({"kind": "guest_failed", "message": "status 1234"})),
-        usage: Some(Usage::default()),
-        queries: Vec::new(),
-        tables: Vec::new(),
-        output_hash: Some("cd".into()),
-        output_bytes: Some(2),
-        logs: vec!["a secret".into()],
-        review: Some(json!({"decision": {"reason": "too fine"}})),
-        charged_queries,
-        charged: Budget::default(),
-        allowance: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::test_job;
+    use crate::records::QueryRecord;
 
     fn job(status: JobStatus, charged_queries: u32) -> JobRecord {
         test_job(status, charged_queries)

@@ -1,9 +1,9 @@
 //! Scenario demands and unmet data needs (R9); data-quality flags that the
 //! providing department verifies and corrects or rejects (R6).
 
+use super::auth::{Auth, Body};
 use super::{blocking, current_datasets, not_found, DatasetRecord};
-use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
+use super::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::store::{append, get_in, list_in, put, NewEntry, Table};

@@ -6,9 +6,9 @@
 //! (`PUT /v1/operator/parties/{id}/storage`). The filesystem rules live in
 //! [`crate::storage`].
 
+use super::auth::{Auth, Body};
 use super::blocking;
-use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
+use super::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::storage::{self, StorageAssignment, TempFile, UploadedFile};
 use crate::store::{append, get_in, list_in, party_in, put, NewEntry, Table};

@@ -9,9 +9,9 @@
 //! stored ones and proofs up to that size only, so that polling them does
 //! not time each query of a running job (I14).
 
+use super::auth::Auth;
 use super::blocking;
-use crate::auth::Auth;
-use crate::error::{ApiError, ApiResult};
+use super::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};

@@ -2,10 +2,10 @@
 //! approval (R8), and reviews applications within 5 working days, issuing an
 //! agreement on approval (R12, R13).
 
+use super::auth::{Auth, Body};
 use super::{blocking, current_datasets};
+use super::{ApiError, ApiResult};
 use super::{JobRecord, JobStatus};
-use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
 use crate::keys::{new_id, new_token};
 use crate::state::AppState;
 use crate::store::{append, get_in, list_in, party_in, put, NewEntry, Organization, Party, Store, Table};

@@ -2,9 +2,9 @@
 //! halts with risk reports (R20), security incidents (R25), filing of
 //! agreements with the regulator and the overdue list (R12).
 
-use super::{blocking, current_datasets, not_found, DatasetRecord, JobRecord};
-use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
+use super::auth::{Auth, Body};
+use super::{blocking, current_datasets, not_found, JobRecord};
+use super::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::store::{append, get_in, list_in, put, NewEntry, Table};
@@ -13,9 +13,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{NaiveDate, Utc};
 use rusqlite::Connection;
-use sandbox::desensitize::UnitFilter;
 use scenarios::oversight::{
-    Claim, HaltScope, Incident, Objection, ObjectionStatus, ObjectionTarget, PlanState, RiskReport, Severity,
+    Claim, HaltScope, Incident, Objection, ObjectionTarget, PlanState, RiskReport, Severity,
 };
 use scenarios::party::{Actor, Role};
 use scenarios::workflow::{Agreement, AgreementStatus, Application, Scenario, ScenarioStatus};
@@ -34,35 +33,6 @@ fn objection_view(o: &Objection) -> Value {
         *t = json!({"kind": "subject", "unit_sha256": hex::encode(scenarios::ledger::sha256(unit.as_bytes()))});
     }
     v
-}
-
-/// Checks a dataset version against the objections: refused while
-/// suspended; otherwise the units whose rows are withheld.
-pub(crate) fn gate(objections: &[Objection], d: &DatasetRecord) -> ApiResult<UnitFilter> {
-    if let Some(o) = objections
-        .iter()
-        .find(|o| o.dataset == d.name && o.suspends_dataset(d.version))
-    {
-        return Err(ApiError::Forbidden(format!(
-            "dataset `{}` is suspended by objection {} ({})",
-            d.name,
-            o.id,
-            if o.status == ObjectionStatus::Open {
-                "until it is resolved"
-            } else {
-                "upheld; waiting for a corrected version"
-            }
-        )));
-    }
-    let exclude: HashSet<String> = objections
-        .iter()
-        .filter(|o| o.dataset == d.name)
-        .filter_map(|o| o.excluded_unit().map(str::to_string))
-        .collect();
-    Ok(UnitFilter {
-        exclude: Arc::new(exclude),
-        only: None,
-    })
 }
 
 /// Sets the stop flag of every running job `pick` selects; returns their

@@ -4,9 +4,9 @@
 //! the next period (`docs/privacy-model.md`). Reads change nothing; each
 //! decision is one transaction with its ledger entry.
 
+use super::auth::{Auth, Body};
 use super::{blocking, current_datasets};
-use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
+use super::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::population::{self, PopulationRecord};
 use axum::extract::{Path, Query, State};

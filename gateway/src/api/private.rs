@@ -4,54 +4,24 @@
 //! under the scenario's release rules; nobody else's jobs see it, and
 //! nobody, the developer included, reads its rows back.
 
-use super::blocking;
-use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
+use super::auth::{Auth, Body};
+use super::{blocking, PrivateDataset};
+use super::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
-use crate::store::{append, NewEntry, Record, Table};
+use crate::store::{append, NewEntry, Table};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::{DateTime, Utc};
-use sandbox::profile::DatasetProfile;
+use chrono::Utc;
 use scenarios::catalog::{ColumnSpec, DatasetSpec};
 use scenarios::policy::TableGrant;
 use scenarios::workflow::Agreement;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// Largest CSV a developer can bring, in bytes.
 const MAX_CSV_BYTES: usize = 8 << 20;
-
-/// A developer's table inside one agreement.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct PrivateDataset {
-    /// `pd_...`
-    pub id: String,
-    /// The only agreement whose jobs see it.
-    pub agreement_id: String,
-    /// Its developer.
-    pub developer_id: String,
-    /// Registration (the file is the platform's copy).
-    pub spec: DatasetSpec,
-    /// Columns jobs may use, and how.
-    pub grant: TableGrant,
-    /// What profiling found.
-    pub profile: DatasetProfile,
-    /// When it was brought in.
-    pub created_at: DateTime<Utc>,
-}
-
-impl Record for PrivateDataset {
-    const TABLE: Table = Table::PrivateDatasets;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn lookup(&self) -> Vec<String> {
-        vec![self.agreement_id.clone()]
-    }
-}
 
 /// What the developer sends.
 #[derive(Debug, Deserialize)]
@@ -70,12 +40,6 @@ pub(crate) struct Upload {
     grant: Vec<scenarios::policy::ColumnGrant>,
     /// The table itself, as CSV text with a header row.
     csv: String,
-}
-
-/// The extra tables and grants of an agreement's private data.
-pub(crate) fn of_agreement(st: &AppState, agreement: &str) -> ApiResult<Vec<PrivateDataset>> {
-    st.store
-        .list(Table::PrivateDatasets, Some(("agreement_id", agreement)))
 }
 
 pub(crate) async fn upload(
@@ -99,7 +63,7 @@ pub(crate) async fn upload(
                 "`{name}` is a public dataset's name; choose another"
             )));
         }
-        let existing = of_agreement(&s, &ag.id)?;
+        let existing = crate::datasets::private_tables(&s, &ag.id)?;
         Ok((ag, sc, existing))
     })
     .await?;
@@ -227,7 +191,7 @@ pub(crate) async fn list(
         let ag = ag
             .filter(|a| actor.role != scenarios::party::Role::Developer || a.developer_id == actor.id)
             .ok_or_else(|| ApiError::NotFound(format!("no agreement {}", id.escape_debug())))?;
-        of_agreement(&s, &ag.id)
+        crate::datasets::private_tables(&s, &ag.id)
     })
     .await?;
     Ok(Json(

@@ -3,9 +3,9 @@
 //! ones are reported to the regulator and to the providers whose data the
 //! results came from.
 
+use super::auth::{Auth, Body};
 use super::{blocking, current_datasets, JobRecord, JobStatus};
-use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
+use super::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::store::{append, get_in, put, NewEntry, Table};

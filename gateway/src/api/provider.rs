@@ -4,9 +4,9 @@
 //! named relative to the provider's own storage location and read only
 //! from there (invariant I17, `crate::storage`).
 
+use super::auth::{Auth, Body};
 use super::{blocking, DatasetRecord};
-use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
+use super::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::storage;

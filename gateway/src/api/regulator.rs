@@ -3,9 +3,9 @@
 //! and time (R21, R23). The ledger feed is in `api::ledger`. The regulator
 //! reads everything and changes no data other than its own decisions.
 
+use super::auth::{Auth, Body};
 use super::{blocking, JobRecord};
-use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
+use super::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::{append, get_in, put, NewEntry, Table};
 use axum::extract::{Path, Query, State};
@@ -99,7 +99,7 @@ pub(crate) async fn releases(
             Some(a) => store.list(Table::Jobs, Some(("agreement_id", a)))?,
             None => store.list(Table::Jobs, None)?,
         };
-        jobs.retain(|j| j.status == super::developer::JobStatus::Succeeded && filter.keeps(j));
+        jobs.retain(|j| j.status == super::JobStatus::Succeeded && filter.keeps(j));
         jobs.sort_by_key(|j| j.finished_at);
         // One current checkpoint serves every receipt in the list.
         let current = st.ledger.checkpoint(store, &st.keys)?;

@@ -2,9 +2,9 @@
 //! (metadata only, never outputs), and the periodic operation report with
 //! per-provider contribution figures (R26).
 
+use super::auth::Auth;
 use super::{blocking, current_datasets, DatasetRecord, JobRecord, JobStatus, Period};
-use crate::auth::Auth;
-use crate::error::{ApiError, ApiResult};
+use super::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::{Party, Table};
 use axum::extract::{Query, State};

@@ -14,9 +14,9 @@
 //! status, same work, the same distribution of answers. The counters are
 //! kept for every named subject, consenting or not, so the writes do not
 //! depend on consent either.
+use super::auth::{Auth, Body};
 use super::blocking;
-use crate::auth::{Auth, Body};
-use crate::error::{ApiError, ApiResult};
+use super::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::{append, NewEntry};
 use axum::extract::{Path, State};

@@ -55,7 +55,7 @@ impl Job {
     }
 }
 
-fn err(e: crate::error::ApiError) -> anyhow::Error {
+fn err(e: crate::error::ServiceError) -> anyhow::Error {
     anyhow!("{e}")
 }
 

@@ -342,7 +342,7 @@ async fn measure(opts: &LoadOptions, clients: usize, percent: usize) -> Result<M
     let deadline = Instant::now() + Duration::from_secs(600);
     let jobs = loop {
         let st = state.clone();
-        let jobs: Vec<crate::api::JobRecord> =
+        let jobs: Vec<crate::records::JobRecord> =
             tokio::task::spawn_blocking(move || st.store.list(Table::Jobs, None)).await??;
         if jobs.iter().all(|j| j.status.is_final()) || Instant::now() > deadline {
             break jobs;

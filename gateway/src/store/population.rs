@@ -9,7 +9,7 @@
 //! the old period's rows as they were, for the regulator and the auditors.
 
 use super::{append, from_json, to_json, NewEntry};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ServiceError, ServiceResult};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use scenarios::budget::{Budget, Delta, Epsilon, Rho};
@@ -48,7 +48,7 @@ pub struct PopulationRecord {
 }
 
 /// A population's record, if it was ever charged or set.
-pub fn population_in(c: &Connection, kind: &str) -> ApiResult<Option<PopulationRecord>> {
+pub fn population_in(c: &Connection, kind: &str) -> ServiceResult<Option<PopulationRecord>> {
     let body: Option<String> = c
         .query_row("SELECT body FROM populations WHERE kind = ?1", [kind], |r| {
             r.get(0)
@@ -58,7 +58,7 @@ pub fn population_in(c: &Connection, kind: &str) -> ApiResult<Option<PopulationR
 }
 
 /// Every population's record, by kind.
-pub fn populations_in(c: &Connection) -> ApiResult<Vec<PopulationRecord>> {
+pub fn populations_in(c: &Connection) -> ServiceResult<Vec<PopulationRecord>> {
     let mut stmt = c.prepare("SELECT body FROM populations ORDER BY kind")?;
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
@@ -68,7 +68,7 @@ pub fn populations_in(c: &Connection) -> ApiResult<Vec<PopulationRecord>> {
     Ok(out)
 }
 
-fn put_population(tx: &Connection, p: &PopulationRecord) -> ApiResult<()> {
+fn put_population(tx: &Connection, p: &PopulationRecord) -> ServiceResult<()> {
     tx.execute(
         "INSERT INTO populations (kind, period, body) VALUES (?1, ?2, ?3)
          ON CONFLICT (kind) DO UPDATE SET period = ?2, body = ?3",
@@ -84,7 +84,7 @@ pub fn open_population_in(
     kind: &str,
     units: u64,
     now: DateTime<Utc>,
-) -> ApiResult<PopulationRecord> {
+) -> ServiceResult<PopulationRecord> {
     if let Some(p) = population_in(tx, kind)? {
         return Ok(p);
     }
@@ -139,7 +139,7 @@ fn level_in(
     period: u64,
     level: Level,
     holder: &str,
-) -> ApiResult<Option<(Spend, Option<Budget>)>> {
+) -> ServiceResult<Option<(Spend, Option<Budget>)>> {
     Ok(c.query_row(
         "SELECT epsilon, delta, rho, epsilon_squares, epsilon_drift, cap_epsilon, cap_delta, cap_rho
          FROM budget_levels WHERE kind = ?1 AND period = ?2 AND level = ?3 AND holder = ?4",
@@ -174,7 +174,7 @@ fn put_level(
     period: u64,
     l: &LevelState,
     own_cap: Option<&Budget>,
-) -> ApiResult<()> {
+) -> ServiceResult<()> {
     let s = &l.spent;
     tx.execute(
         "INSERT INTO budget_levels (kind, period, level, holder, epsilon, delta, rho, epsilon_squares,
@@ -210,7 +210,7 @@ fn smaller(a: &Budget, b: &Budget) -> Budget {
 }
 
 /// The sum of the allocations granted on a population in a period.
-fn allocated_in(c: &Connection, kind: &str, period: u64) -> ApiResult<Budget> {
+fn allocated_in(c: &Connection, kind: &str, period: u64) -> ServiceResult<Budget> {
     let (e, d, r): (i64, i64, i64) = c.query_row(
         "SELECT COALESCE(SUM(cap_epsilon), 0), COALESCE(SUM(cap_delta), 0), COALESCE(SUM(cap_rho), 0)
          FROM budget_levels WHERE kind = ?1 AND period = ?2 AND level = 'allocation'",
@@ -253,7 +253,7 @@ pub struct Charge {
 /// `tx`: all levels are checked before any is written, so a refusal
 /// (`BudgetExhausted`, naming the first exhausted level) changes nothing.
 /// Returns each level's figures after the charge, for the ledger entry.
-pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ApiResult<Vec<Value>> {
+pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ServiceResult<Vec<Value>> {
     let mut states: Vec<(u64, LevelState, Option<Budget>)> = Vec::new();
     let mut new_allocations = Vec::new();
     for (kind, units) in &ch.populations {
@@ -285,7 +285,7 @@ pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ApiResult<
                     let free = caps.population.minus(&allocated_in(tx, kind, p.period)?);
                     let grant = smaller(&ch.allocation, &free);
                     if !Budget::default().can_afford(&ch.cost, &grant) {
-                        return Err(ApiError::BudgetExhausted(format!(
+                        return Err(ServiceError::BudgetExhausted(format!(
                             "the population level ({kind}) of population `{kind}` is exhausted: its cap is \
                              fully allocated to other scenarios and organizations (period {}); it grants no \
                              new allocation until the regulator renews it",
@@ -322,13 +322,13 @@ pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ApiResult<
         // tenant what the others spent (and, probed, when). The figures
         // of the developer's own levels are its own (or its organization's).
         if r.level == Level::Population {
-            return Err(ApiError::BudgetExhausted(format!(
+            return Err(ServiceError::BudgetExhausted(format!(
                 "the {} level ({}) of population `{}` is exhausted: what is left of its cap does not cover \
                  the query (period {period}); it answers no more queries until the regulator renews it",
                 r.level, r.holder, r.population
             )));
         }
-        return Err(ApiError::BudgetExhausted(format!("{r} (period {period})")));
+        return Err(ServiceError::BudgetExhausted(format!("{r} (period {period})")));
     }
     let mut out = Vec::new();
     for (period, mut l, own) in states {
@@ -364,7 +364,7 @@ pub fn lower_caps_in(
     caps: Caps,
     reason: &str,
     now: DateTime<Utc>,
-) -> ApiResult<PopulationRecord> {
+) -> ServiceResult<PopulationRecord> {
     let mut p = open_population_in(tx, kind, units, now)?;
     let caps = caps.clamped();
     p.caps.check_lowering(&caps)?;
@@ -396,7 +396,7 @@ pub fn renew_in(
     caps: Option<Caps>,
     reason: &str,
     now: DateTime<Utc>,
-) -> ApiResult<PopulationRecord> {
+) -> ServiceResult<PopulationRecord> {
     let mut p = open_population_in(tx, kind, units, now)?;
     let caps = caps.unwrap_or(p.caps).clamped();
     caps.validate(units)?;
@@ -444,7 +444,7 @@ pub struct LevelView {
 
 /// Every level of a population's period, with the population level first
 /// (listed even when nothing was spent).
-pub fn levels_in(c: &Connection, p: &PopulationRecord, period: u64) -> ApiResult<Vec<LevelView>> {
+pub fn levels_in(c: &Connection, p: &PopulationRecord, period: u64) -> ServiceResult<Vec<LevelView>> {
     let mut stmt = c.prepare(
         "SELECT level, holder FROM budget_levels WHERE kind = ?1 AND period = ?2 ORDER BY level, holder",
     )?;
@@ -499,7 +499,7 @@ pub fn levels_in(c: &Connection, p: &PopulationRecord, period: u64) -> ApiResult
 }
 
 /// The population level's spend in a period (for its guarantee).
-pub fn population_spend_in(c: &Connection, p: &PopulationRecord, period: u64) -> ApiResult<Spend> {
+pub fn population_spend_in(c: &Connection, p: &PopulationRecord, period: u64) -> ServiceResult<Spend> {
     Ok(level_in(c, &p.kind, period, Level::Population, &p.kind)?
         .unwrap_or_default()
         .0)
@@ -513,7 +513,7 @@ pub fn population_spend_in(c: &Connection, p: &PopulationRecord, period: u64) ->
 /// developer's organization. The Laplace sums are filled as if the row
 /// had been one charge, which bounds the true ones from above, so the
 /// migrated guarantee is never understated. Then drops the old table.
-pub(super) fn migrate_budgets(tx: &Connection, now: DateTime<Utc>) -> ApiResult<usize> {
+pub(super) fn migrate_budgets(tx: &Connection, now: DateTime<Utc>) -> ServiceResult<usize> {
     let exists: bool = tx.query_row(
         "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'budgets'",
         [],
@@ -621,7 +621,7 @@ pub fn add_verification_spent(
     developer: &str,
     scenario: &str,
     cost: &Budget,
-) -> ApiResult<()> {
+) -> ServiceResult<()> {
     tx.execute(
         "INSERT INTO verification_spent (developer_id, scenario_id, epsilon, delta, rho) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (developer_id, scenario_id) DO UPDATE SET
@@ -634,7 +634,7 @@ pub fn add_verification_spent(
 }
 
 /// What a developer has spent under a scenario through cross-verification.
-pub fn verification_spent_in(c: &Connection, developer: &str, scenario: &str) -> ApiResult<Budget> {
+pub fn verification_spent_in(c: &Connection, developer: &str, scenario: &str) -> ServiceResult<Budget> {
     Ok(c.query_row(
         "SELECT epsilon, delta, rho FROM verification_spent WHERE developer_id = ?1 AND scenario_id = ?2",
         params![developer, scenario],
@@ -694,9 +694,11 @@ mod tests {
             .unwrap()
     }
 
-    fn refused_at(r: ApiResult<Vec<Value>>, level: Level) {
+    fn refused_at(r: ServiceResult<Vec<Value>>, level: Level) {
         match r {
-            Err(ApiError::BudgetExhausted(m)) => assert!(m.contains(&format!("the {level} level")), "{m}"),
+            Err(ServiceError::BudgetExhausted(m)) => {
+                assert!(m.contains(&format!("the {level} level")), "{m}")
+            }
             other => panic!("expected a refusal at the {level} level, got {other:?}"),
         }
     }
@@ -838,7 +840,7 @@ mod tests {
             };
             match store.tx(move |tx| charge_in(tx, &ch, Utc::now())) {
                 Ok(_) => accepted += 1,
-                Err(ApiError::BudgetExhausted(_)) => refused += 1,
+                Err(ServiceError::BudgetExhausted(_)) => refused += 1,
                 Err(e) => panic!("{e:?}"),
             }
         }
@@ -926,7 +928,7 @@ mod tests {
         higher.population.epsilon = Epsilon(30_000_000);
         let raised =
             store.tx(move |tx| lower_caps_in(tx, &regulator(), "enterprise", 1000, higher, "looser", now));
-        assert!(matches!(raised, Err(ApiError::Conflict(_))), "{raised:?}");
+        assert!(matches!(raised, Err(ServiceError::Conflict(_))), "{raised:?}");
         // Spent: the population answers nothing more this period.
         refused_at(
             store.tx(move |tx| charge_in(tx, &charge("sc_a", "org_other", "pt_2"), now)),
@@ -957,7 +959,7 @@ mod tests {
         let mut loose = higher;
         loose.population.delta = Delta(1_000_000_000);
         let r = store.tx(move |tx| renew_in(tx, &regulator(), "enterprise", 1000, Some(loose), "x", now));
-        assert!(matches!(r, Err(ApiError::PolicyViolation(_))), "{r:?}");
+        assert!(matches!(r, Err(ServiceError::PolicyViolation(_))), "{r:?}");
         let actions: Vec<String> = store
             .ledger_for(&subject("enterprise"))
             .unwrap()

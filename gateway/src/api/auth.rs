@@ -2,7 +2,7 @@
 //! `Authorization: Bearer <token>`. Tokens are random, shown once at
 //! creation, and stored only as SHA-256 hashes (R24, R27).
 
-use crate::error::ApiError;
+use super::ApiError;
 use crate::keys::token_hash;
 use crate::state::AppState;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
