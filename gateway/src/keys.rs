@@ -569,22 +569,27 @@ impl Keys {
         }
     }
 
-    /// Signs a key entry's [`key_record_message`] with the ledger key in
-    /// force for the next entry (hex). The caller holds the rotation lock,
-    /// so no announcement moves the key in between.
-    pub fn endorse(&self, msg: &[u8]) -> String {
+    /// The endorsement of a key entry recording `generation` of `key`
+    /// (`ledger` or `tokenization`) as `id` (its public key or
+    /// fingerprint): the signature (hex) of its [`key_record_message`] by
+    /// the ledger key in force for the next entry. The caller holds the
+    /// rotation lock, so no announcement moves the key in between.
+    pub fn endorse(&self, key: &str, generation: u64, id: &str) -> String {
         let g = self.current_generation() as usize;
-        hex::encode(self.ledger_pair(g).sign(msg).as_ref())
+        let msg = key_record_message(key, generation, id);
+        hex::encode(self.ledger_pair(g).sign(&msg).as_ref())
     }
 
-    /// Whether `signature` (hex) on `msg` verifies under the ledger key in
-    /// force at entry `seq`.
-    pub fn endorsed_at(&self, seq: u64, msg: &[u8], signature: &str) -> bool {
+    /// Whether `signature` (hex) endorses the record of `generation` of
+    /// `key` as `id` ([`Keys::endorse`]) under the ledger key in force at
+    /// entry `seq`.
+    pub fn endorsed_at(&self, seq: u64, key: &str, generation: u64, id: &str, signature: &str) -> bool {
         let g = self.ledger_keys().generation_for(seq.saturating_add(1));
         let public = self.ledger_pair(g).public_key().as_ref().to_vec();
+        let msg = key_record_message(key, generation, id);
         hex::decode(signature).is_ok_and(|sig| {
             ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
-                .verify(msg, &sig)
+                .verify(&msg, &sig)
                 .is_ok()
         })
     }

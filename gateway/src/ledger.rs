@@ -517,18 +517,8 @@ fn follow(store: &Store, keys: &Keys, enrollment: Enrollment) -> ServiceResult<(
     let mut ledger_enrolled = false;
     for e in store.ledger_for(LEDGER_KEY_SUBJECT)? {
         let body = entry_body(&e)?;
-        let endorsed = |id: &str, generation: u64| {
-            let sig = body
-                .details
-                .get("endorsement")
-                .and_then(|s| s.as_str())
-                .unwrap_or("");
-            keys.endorsed_at(
-                e.seq,
-                &crate::keys::key_record_message("ledger", generation, id),
-                sig,
-            )
-        };
+        let endorsed =
+            |id: &str, generation: u64| keys.endorsed_at(e.seq, "ledger", generation, id, endorsement(&body));
         if body.action == KEY_ENROLL {
             let key = body.details.get("public_key").and_then(|k| k.as_str());
             if key != Some(first_hex.as_str()) {
@@ -635,13 +625,7 @@ fn follow(store: &Store, keys: &Keys, enrollment: Enrollment) -> ServiceResult<(
                 ),
             ));
         }
-        let sig = body
-            .details
-            .get("endorsement")
-            .and_then(|s| s.as_str())
-            .unwrap_or("");
-        let msg = crate::keys::key_record_message("tokenization", generation, recorded);
-        if !keys.endorsed_at(e.seq, &msg, sig) {
+        if !keys.endorsed_at(e.seq, "tokenization", generation, recorded, endorsement(&body)) {
             return Err(bad(
                 e.seq,
                 format!("tokenization key generation {generation} is not endorsed by the ledger key"),
@@ -720,6 +704,15 @@ fn check_unenrolled(store: &Store, ledger: &Ledger, ledger_key: bool, token_key:
     Ok(())
 }
 
+/// A key entry's `endorsement` (empty when it has none, which verifies
+/// under no key).
+fn endorsement(body: &scenarios::ledger::EntryBody) -> &str {
+    body.details
+        .get("endorsement")
+        .and_then(|s| s.as_str())
+        .unwrap_or("")
+}
+
 fn entry_body(e: &crate::store::StoredEntry) -> ServiceResult<scenarios::ledger::EntryBody> {
     serde_json::from_str(&e.body)
         .map_err(|err| ServiceError::Internal(format!("ledger entry {} is malformed: {err}", e.seq)))
@@ -735,12 +728,7 @@ fn check_newest_checkpoint(store: &Store, keys: &Keys) -> ServiceResult<()> {
         .ledger_key(keys.generation_for(size))
         .map(|(_, k)| k)
         .unwrap_or_default();
-    let ok = hex::decode(&cp.signature).is_ok_and(|sig| {
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
-            .verify(&cp.checkpoint.signing_message(), &sig)
-            .is_ok()
-    });
-    if ok {
+    if hex::decode(&cp.signature).is_ok_and(|sig| cp.checkpoint.verify(&public, &sig)) {
         Ok(())
     } else {
         Err(ServiceError::Internal(format!(
@@ -756,7 +744,7 @@ fn enroll(store: &Store, keys: &Keys, ledger_key: bool, token_key: bool) -> Serv
     let mut entries = Vec::new();
     if ledger_key {
         let id = keys.first_public_key_hex();
-        let endorsement = keys.endorse(&crate::keys::key_record_message("ledger", 1, &id));
+        let endorsement = keys.endorse("ledger", 1, &id);
         entries.push(NewEntry::system(
             KEY_ENROLL,
             LEDGER_KEY_SUBJECT,
@@ -767,7 +755,7 @@ fn enroll(store: &Store, keys: &Keys, ledger_key: bool, token_key: bool) -> Serv
         let id = keys
             .token_fingerprint(1)
             .ok_or_else(|| ServiceError::Internal("the tokenization key is missing".into()))?;
-        let endorsement = keys.endorse(&crate::keys::key_record_message("tokenization", 1, &id));
+        let endorsement = keys.endorse("tokenization", 1, &id);
         entries.push(NewEntry::system(
             KEY_ENROLL,
             TOKEN_KEY_SUBJECT,
@@ -1026,11 +1014,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, keys) = open(dir.path());
         let (g, public) = keys.prepare_ledger_rotation().unwrap();
-        let forged = crate::keys::key_record_message("ledger", g, &hex::encode(&public));
-        // Endorsed by the new key itself, not the one before it.
-        let self_signed = {
+        // Endorsed by another key, not the one before it.
+        let wrongly_endorsed = {
             let other = Keys::load_or_create(tempfile::tempdir().unwrap().path(), None).unwrap();
-            other.endorse(&forged)
+            other.endorse("ledger", g, &hex::encode(&public))
         };
         let note_key = scenarios::ledger::VerifierKey::operator_of(&keys.first_public_key(), &public)
             .unwrap()
@@ -1039,7 +1026,7 @@ mod tests {
             &store,
             LEDGER_KEY_SUBJECT,
             serde_json::json!({"key": "ledger", "generation": g, "public_key": hex::encode(&public),
-                               "note_key": note_key, "endorsement": self_signed}),
+                               "note_key": note_key, "endorsement": wrongly_endorsed}),
         );
         drop(keys);
         let err = reopen(dir.path()).unwrap_err();

@@ -86,6 +86,19 @@ pub struct JobOutcome {
     pub ended: Instant,
 }
 
+impl JobOutcome {
+    /// A run that stopped with `e` before its guest ran, having used `usage`.
+    fn stopped(e: JobError, usage: Usage) -> JobOutcome {
+        JobOutcome {
+            result: Err(e),
+            usage,
+            logs: Vec::new(),
+            releases: Vec::new(),
+            ended: Instant::now(),
+        }
+    }
+}
+
 /// Keep a job's slot after its run until `started + k·quantum`, for the
 /// smallest `k ≥ 1` not before the run's end. A job waiting for a slot
 /// starts when one is freed; without the hold its start would tell the end
@@ -484,13 +497,7 @@ impl Runtime {
                 .map_err(|e| internal(format!("starting the guest thread: {e}")))
                 .and_then(|h| h.join().map_err(|_| internal("the guest thread panicked")))
         })
-        .unwrap_or_else(|e| JobOutcome {
-            result: Err(e),
-            usage: Usage::default(),
-            logs: Vec::new(),
-            releases: Vec::new(),
-            ended: Instant::now(),
-        });
+        .unwrap_or_else(|e| JobOutcome::stopped(e, Usage::default()));
         if let Some(h) = hold {
             let until = h.until(outcome.ended);
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
@@ -514,24 +521,10 @@ impl Runtime {
             })
         }) {
             Ok(p) => p,
-            Err(e) => {
-                return JobOutcome {
-                    result: Err(e),
-                    usage,
-                    logs: Vec::new(),
-                    releases: Vec::new(),
-                    ended: Instant::now(),
-                }
-            }
+            Err(e) => return JobOutcome::stopped(e, usage),
         };
         if let Err(e) = host::check_params(&input.params) {
-            return JobOutcome {
-                result: Err(e),
-                usage,
-                logs: Vec::new(),
-                releases: Vec::new(),
-                ended: Instant::now(),
-            };
+            return JobOutcome::stopped(e, usage);
         }
         // The guest runs only while it holds a share of the CPU; waiting
         // for one is not its running time.

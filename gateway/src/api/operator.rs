@@ -663,7 +663,7 @@ async fn rotate(st: &AppState, actor: Actor, reason: String, kind: RotatedKey) -
                     .ok_or_else(|| ApiError::Internal("the new ledger key is not an Ed25519 key".into()))?
                     .to_string();
                 let id = hex::encode(&public_key);
-                let endorsement = keys.endorse(&crate::keys::key_record_message("ledger", g, &id));
+                let endorsement = keys.endorse("ledger", g, &id);
                 (
                     g,
                     json!({"key": "ledger", "generation": g, "public_key": id, "note_key": note_key,
@@ -672,8 +672,7 @@ async fn rotate(st: &AppState, actor: Actor, reason: String, kind: RotatedKey) -
             }
             RotatedKey::Tokenization => {
                 let (g, fingerprint) = keys.prepare_token_rotation().map_err(fail)?;
-                let endorsement =
-                    keys.endorse(&crate::keys::key_record_message("tokenization", g, &fingerprint));
+                let endorsement = keys.endorse("tokenization", g, &fingerprint);
                 (
                     g,
                     json!({"key": "tokenization", "generation": g, "fingerprint": fingerprint,

@@ -239,8 +239,9 @@ fn refused() -> Result<Vec<(&'static str, Vec<u8>)>> {
     ])
 }
 
-/// Resident and peak resident memory of this process, in bytes.
-fn memory() -> (u64, u64) {
+/// Resident and peak resident memory of this process, in bytes (0 where
+/// unknown).
+pub(crate) fn memory() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
         status

@@ -91,19 +91,6 @@ struct Measured {
     peak_rss_mib: u64,
 }
 
-/// Peak resident set of this process, MiB (0 where unknown).
-fn peak_rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb / 1024)
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -385,7 +372,7 @@ async fn measure(opts: &LoadOptions, clients: usize, percent: usize) -> Result<M
     .await??;
     m.ledger_ok = ok;
     m.finish_entries = finishes;
-    m.peak_rss_mib = peak_rss_mib();
+    m.peak_rss_mib = super::compile::memory().1 >> 20;
     server.abort();
     Ok(m)
 }
