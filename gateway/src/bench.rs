@@ -27,13 +27,64 @@ fn print_timings(rows: &[sandbox::bench::BenchRow]) {
     }
 }
 
-/// Runs both benchmark sections: the demo's municipal data and, when the
-/// directory exists, the PUMS census sample.
-pub async fn run(enterprises: usize, iterations: usize, pums: Option<PathBuf>, reps: usize) -> Result<()> {
-    demo_section(enterprises, iterations).await?;
+/// A part of `invis bench` that can be run alone (`--only`), for example
+/// under a profiler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// The demo's municipal tables, protected against raw.
+    Demo,
+    /// PUMS_x1000 read from CSV on every query.
+    PumsCsv,
+    /// PUMS_x1000 registered as an in-memory table.
+    PumsMemory,
+    /// Accuracy on the 1,000-person PUMS sample.
+    Accuracy,
+}
+
+/// What part of the benchmark to run.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// These sections (all when empty).
+    pub sections: Vec<Section>,
+    /// Only the queries whose label contains this text.
+    pub query: Option<String>,
+}
+
+impl Selection {
+    fn keeps(&self, label: &str) -> bool {
+        self.query.as_deref().is_none_or(|q| label.contains(q))
+    }
+}
+
+/// Runs the selected benchmark sections: the demo's municipal data and,
+/// when the directory exists, the PUMS census sample.
+pub async fn run(
+    enterprises: usize,
+    iterations: usize,
+    pums: Option<PathBuf>,
+    reps: usize,
+    selection: &Selection,
+) -> Result<()> {
+    let only = &selection.sections;
+    let wanted = |s: Section| only.is_empty() || only.contains(&s);
+    if wanted(Section::Demo) {
+        demo_section(enterprises, iterations, selection).await?;
+    }
+    let pums_wanted = [Section::PumsCsv, Section::PumsMemory, Section::Accuracy]
+        .into_iter()
+        .filter(|s| wanted(*s))
+        .collect::<Vec<_>>();
     match pums {
+        _ if pums_wanted.is_empty() => Ok(()),
         Some(dir) if dir.join("PUMS_x1000.csv").exists() => {
-            pums_section(&std::fs::canonicalize(&dir)?, iterations, reps).await
+            pums_section(
+                &std::fs::canonicalize(&dir)?,
+                iterations,
+                reps,
+                &pums_wanted,
+                selection,
+            )
+            .await
         }
         Some(dir) => anyhow::bail!("no PUMS_x1000.csv in {}", dir.display()),
         None => Ok(()),
@@ -121,8 +172,13 @@ fn pums_queries() -> Vec<(&'static str, &'static str, usize, Option<&'static str
     ]
 }
 
-async fn pums_section(dir: &Path, iterations: usize, reps: usize) -> Result<()> {
-    println!();
+async fn pums_section(
+    dir: &Path,
+    iterations: usize,
+    reps: usize,
+    sections: &[Section],
+    selection: &Selection,
+) -> Result<()> {
     let (big, big_units) = pums_table(&dir.join("PUMS_x1000.csv")).await?;
     let plane = DataPlane::new();
     let cfg = |t: TableVersion, units: u64, eps: f64| -> Result<ScopeConfig> {
@@ -137,20 +193,33 @@ async fn pums_section(dir: &Path, iterations: usize, reps: usize) -> Result<()> 
     };
     let cases: Vec<(String, String, String)> = pums_queries()
         .iter()
+        .filter(|(n, ..)| selection.keeps(n))
         .map(|(n, q, _, _)| (n.to_string(), q.to_string(), q.to_string()))
         .collect();
-    let rows = sandbox::bench::compare(&plane, cfg(big.clone(), big_units, 1.0)?, &cases, iterations).await?;
-    println!("PUMS_x1000.csv: 1,000,000 rows (CSV, read on every query); median of {iterations} runs");
-    print_timings(&rows);
-    // The same rows held in memory: no parsing hides the per-query cost of
-    // the policy, total evaluation and the mechanism.
-    let batches = sandbox::files::read_csv(&dir.join("PUMS_x1000.csv")).await?;
-    let mut in_memory = big;
-    in_memory.data = sandbox::TableData::Batches(batches);
-    let rows = sandbox::bench::compare(&plane, cfg(in_memory, big_units, 1.0)?, &cases, iterations).await?;
-    println!();
-    println!("PUMS_x1000 in memory: the same 1,000,000 rows registered as an in-memory table; median of {iterations} runs");
-    print_timings(&rows);
+    if sections.contains(&Section::PumsCsv) {
+        let rows =
+            sandbox::bench::compare(&plane, cfg(big.clone(), big_units, 1.0)?, &cases, iterations).await?;
+        println!();
+        println!("PUMS_x1000.csv: 1,000,000 rows (CSV, read on every query); median of {iterations} runs");
+        print_timings(&rows);
+    }
+    if sections.contains(&Section::PumsMemory) {
+        // The same rows held in memory: no parsing hides the per-query cost
+        // of the policy, total evaluation and the mechanism.
+        let batches = sandbox::files::read_csv(&dir.join("PUMS_x1000.csv")).await?;
+        let mut in_memory = big;
+        in_memory.data = sandbox::TableData::Batches(batches);
+        let rows =
+            sandbox::bench::compare(&plane, cfg(in_memory, big_units, 1.0)?, &cases, iterations).await?;
+        println!();
+        println!(
+            "PUMS_x1000 in memory: the same 1,000,000 rows registered as an in-memory table; median of {iterations} runs"
+        );
+        print_timings(&rows);
+    }
+    if !sections.contains(&Section::Accuracy) {
+        return Ok(());
+    }
     println!();
     let (small, small_units) = pums_table(&dir.join("PUMS_pid.csv")).await?;
     let rules = pums_scenario_for(1.0, small_units)?.release;
@@ -166,6 +235,7 @@ async fn pums_section(dir: &Path, iterations: usize, reps: usize) -> Result<()> 
     for eps in [1.0, 0.1] {
         let cases: Vec<sandbox::bench::AccuracyCase> = pums_queries()
             .into_iter()
+            .filter(|(n, ..)| selection.keeps(n))
             .map(|(n, q, k, parts)| sandbox::bench::AccuracyCase {
                 name: n.into(),
                 sql: q.into(),
@@ -188,7 +258,7 @@ async fn pums_section(dir: &Path, iterations: usize, reps: usize) -> Result<()> 
     Ok(())
 }
 
-async fn demo_section(enterprises: usize, iterations: usize) -> Result<()> {
+async fn demo_section(enterprises: usize, iterations: usize, selection: &Selection) -> Result<()> {
     let tmp = tempfile::Builder::new().prefix("invis-bench-").tempdir()?;
     let files = data::generate(tmp.path(), enterprises)?;
     let mut tables = Vec::new();
@@ -236,6 +306,7 @@ async fn demo_section(enterprises: usize, iterations: usize) -> Result<()> {
              ON r.enterprise_id = t.enterprise_id WHERE t.grade = 'A' GROUP BY r.industry, r.district",
         ),
     ];
+    let cases: Vec<_> = cases.into_iter().filter(|(n, ..)| selection.keeps(n)).collect();
     let rows = sandbox::bench::compare(&DataPlane::new(), cfg, &cases, iterations).await?;
     println!(
         "{enterprises} enterprises, {} insurance rows; median of {iterations} runs",

@@ -116,6 +116,14 @@ enum Command {
         /// Releases per query for the accuracy table.
         #[arg(long, default_value_t = 50)]
         reps: usize,
+        /// Run only these sections (repeat or separate with commas; all
+        /// when absent).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<gateway::bench::Section>,
+        /// Run only the queries whose label contains this text (for
+        /// example `--query SUM` under a profiler).
+        #[arg(long)]
+        query: Option<String>,
     },
     /// Time the ledger: durable appends (one client and many), proofs,
     /// export and offline verification of a large ledger.
@@ -603,7 +611,22 @@ async fn main() -> Result<()> {
             pums,
             no_pums,
             reps,
-        } => gateway::bench::run(enterprises, iterations, (!no_pums).then_some(pums), reps).await,
+            only,
+            query,
+        } => {
+            let selection = gateway::bench::Selection {
+                sections: only,
+                query,
+            };
+            gateway::bench::run(
+                enterprises,
+                iterations,
+                (!no_pums).then_some(pums),
+                reps,
+                &selection,
+            )
+            .await
+        }
         Command::Admin {
             command:
                 AdminCommand::Rekey {

@@ -701,7 +701,7 @@ impl ReleaseAudit {
         for side in [Side::D, Side::DPrime] {
             let scope = pair.scope(side).await?;
             let (prepared, lineage) = scope.prepare(sql).await?;
-            let batches = scope.execute(&prepared.plan).await?;
+            let batches = scope.execute(&prepared).await?;
             claim = Some(claim_of(&lineage.cost));
             arms.push(Arm { prepared, batches });
         }

@@ -14,6 +14,7 @@ mod error;
 mod exec;
 pub mod files;
 mod limits;
+mod measures;
 pub mod noise;
 mod policy;
 pub mod profile;

@@ -25,6 +25,7 @@
 //! data-dependent group keys (ε, δ)-differentially private.
 
 use crate::exec::QueryInput;
+use crate::measures::Spec as FusedSpec;
 use crate::noise::{discrete_gaussian, discrete_laplace, RandomSource, Scale};
 use crate::policy::{AggKind, Checked, OutputRef};
 use crate::total::RowFunctions;
@@ -159,6 +160,29 @@ pub(crate) struct Prepared {
     /// What the query costs: no delta when no released key depends on data.
     pub cost: Budget,
     pub mechanism: MechanismRecord,
+    /// When every measurement is the number of rows of one table, with no
+    /// group, no condition and one row per unit: that table. Its row count
+    /// is then every measurement ([`Prepared::counts`]).
+    pub whole_table_count: Option<String>,
+}
+
+impl Prepared {
+    /// What the plan yields when every measurement is `rows`
+    /// ([`Prepared::whole_table_count`]).
+    pub(crate) fn counts(&self, rows: u64) -> Result<RecordBatch> {
+        if self.whole_table_count.is_none() {
+            return Err(Error::Internal("not a whole-table count".into()));
+        }
+        let schema = Arc::new(self.plan.schema().as_arrow().clone());
+        let n = i64::try_from(rows).map_err(|_| Error::Internal("row count beyond i64".into()))?;
+        let one: ArrayRef = Arc::new(datafusion::arrow::array::Int64Array::from(vec![n]));
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| cast(&one, f.data_type()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
 }
 
 /// The disclosure rules applied to one sum measurement, on noisy values.
@@ -474,6 +498,17 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules, rows: &RowFunctions) ->
     let tau = i128::from(rules.min_group_size) + margin as i128;
 
     let plan = build_plan(c, &kinds, k, needs_l0.then_some(l0), rows)?;
+    let whole_table_count = match c.uses.as_slice() {
+        [only]
+            if fast
+                && c.groups.is_empty()
+                && c.predicates.is_empty()
+                && kinds.iter().all(|kd| matches!(kd, Kind::Units | Kind::Rows)) =>
+        {
+            Some(only.table.clone())
+        }
+        _ => None,
+    };
     let mut cost = rules.query_cost();
     if c.public_keys.is_some() {
         cost.delta = scenarios::budget::Delta(0);
@@ -487,6 +522,7 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules, rows: &RowFunctions) ->
         public_keys: c.public_keys.clone(),
         sdc,
         cost,
+        whole_table_count,
         mechanism: MechanismRecord {
             noise: match rules.noise {
                 NoiseKind::Laplace => "discrete_laplace".into(),
@@ -533,22 +569,20 @@ fn clamp_udf(input: DataType, lo: i64, hi: i64, scale: u32) -> datafusion::logic
                 })?;
                 let (lo, hi) = (lo as f64, hi as f64);
                 let unit = 10f64.powi(scale as i32);
-                // Branch-free so it vectorizes: scale, clamp, then round half
-                // away from zero; NaN becomes 0 (Rust's float-to-int cast
-                // saturates).
                 Arc::new(
-                    datafusion::arrow::compute::kernels::arity::unary::<_, _, Int64Type>(a, |x| {
-                        let y = (x * unit).clamp(lo, hi);
-                        (y + 0.5f64.copysign(y)) as i64
+                    datafusion::arrow::compute::kernels::arity::unary::<_, _, Int64Type>(a, move |x| {
+                        crate::measures::fixed_point(x, unit, lo, hi)
                     }),
                 )
             } else {
                 let a = a.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
                     datafusion::error::DataFusionError::Internal("clamp of a non-integer".into())
                 })?;
+                // max/min rather than clamp: no assertion in the loop, so
+                // it vectorizes.
                 Arc::new(
-                    datafusion::arrow::compute::kernels::arity::unary::<_, _, Int64Type>(a, |v| {
-                        v.clamp(lo, hi)
+                    datafusion::arrow::compute::kernels::arity::unary::<_, _, Int64Type>(a, move |v| {
+                        v.max(lo).min(hi)
                     }),
                 )
             };
@@ -562,6 +596,12 @@ fn clamp_udf(input: DataType, lo: i64, hi: i64, scale: u32) -> datafusion::logic
         Volatility::Immutable,
         fun,
     )
+}
+
+/// `invis_clamp` of `arg` (see [`clamp_udf`]).
+#[cfg(test)]
+pub(crate) fn clamp_expr(input: DataType, lo: i64, hi: i64, scale: u32, arg: Expr) -> Expr {
+    clamp_udf(input.clone(), lo, hi, scale).call(vec![try_cast(arg, input)])
 }
 
 /// The per-row expression of the query a measurement sums, if any: the
@@ -583,22 +623,78 @@ fn value_arg(kind: &Kind, schema: &datafusion::common::DFSchema) -> Option<Expr>
     }
 }
 
-/// The platform's value of a measurement over the evaluated argument
-/// column `arg` of type `ty` (see [`value_arg`]).
-fn value_of(kind: &Kind, arg: Expr, ty: &DataType) -> Result<Option<Expr>> {
-    Ok(match kind {
+/// How the platform turns a measurement's evaluated argument into the
+/// per-row figure it sums.
+#[derive(Debug, Clone, Copy)]
+enum Figure {
+    /// 1 where the argument is not null, else 0.
+    Present,
+    /// The argument as Int64: every value is a whole number within the
+    /// bounds (measured at registration), so clamping is the identity.
+    Whole,
+    /// The argument as Int64, clamped to `[lo, hi]`.
+    Clamped(i64, i64),
+    /// The argument as Float64 in fixed point (times 10^scale), clamped to
+    /// `[lo, hi]` and rounded.
+    Fixed(i64, i64, u32),
+}
+
+/// The figure of a measurement over an argument of type `ty`, if it has
+/// one (see [`value_arg`]).
+fn figure(kind: &Kind, ty: &DataType) -> Option<Figure> {
+    match kind {
         Kind::Units | Kind::Rows | Kind::Top { .. } => None,
-        Kind::NonNull(_) => Some(when(arg.is_null(), lit(0i64)).otherwise(lit(1i64))?),
+        Kind::NonNull(_) => Some(Figure::Present),
         Kind::Sum(_, lo, hi, clamp, scale) => Some(if !clamp && ty.is_integer() {
-            // Every value is a whole number within the bounds (measured
-            // at registration): clamping is the identity here.
-            try_cast(arg, DataType::Int64)
+            Figure::Whole
         } else if ty.is_integer() && *scale == 0 {
-            clamp_udf(DataType::Int64, *lo, *hi, 0).call(vec![try_cast(arg, DataType::Int64)])
+            Figure::Clamped(*lo, *hi)
         } else {
-            clamp_udf(DataType::Float64, *lo, *hi, *scale).call(vec![try_cast(arg, DataType::Float64)])
+            Figure::Fixed(*lo, *hi, *scale)
         }),
-    })
+    }
+}
+
+impl Figure {
+    /// The figure as an expression over the evaluated argument `arg`.
+    fn expr(self, arg: Expr) -> Result<Expr> {
+        Ok(match self {
+            Figure::Present => when(arg.is_null(), lit(0i64)).otherwise(lit(1i64))?,
+            Figure::Whole => try_cast(arg, DataType::Int64),
+            Figure::Clamped(lo, hi) => {
+                clamp_udf(DataType::Int64, lo, hi, 0).call(vec![try_cast(arg, DataType::Int64)])
+            }
+            Figure::Fixed(lo, hi, scale) => {
+                clamp_udf(DataType::Float64, lo, hi, scale).call(vec![try_cast(arg, DataType::Float64)])
+            }
+        })
+    }
+
+    /// The figure as a specification of the fused aggregate, reading
+    /// argument `i`, and what to pass as that argument.
+    fn spec(self, i: usize, arg: Expr) -> (FusedSpec, Expr) {
+        match self {
+            Figure::Present => (FusedSpec::NonNull { arg: i }, arg),
+            Figure::Whole => (
+                FusedSpec::Sum {
+                    arg: i,
+                    lo: i64::MIN,
+                    hi: i64::MAX,
+                },
+                try_cast(arg, DataType::Int64),
+            ),
+            Figure::Clamped(lo, hi) => (FusedSpec::Sum { arg: i, lo, hi }, try_cast(arg, DataType::Int64)),
+            Figure::Fixed(lo, hi, scale) => (
+                FusedSpec::Fixed {
+                    arg: i,
+                    lo,
+                    hi,
+                    scale,
+                },
+                try_cast(arg, DataType::Float64),
+            ),
+        }
+    }
 }
 
 /// Adds window expressions, each under a name, keeping every column.
@@ -623,6 +719,24 @@ pub(crate) fn wide_sum(lo: i64, hi: i64, k: i64) -> bool {
     per_row > i128::from(i32::MAX)
 }
 
+/// The joined tables, reduced to the columns the expressions read, under
+/// a [`QueryInput`] that evaluates `outputs` and the query's conditions.
+fn query_input(c: &Checked, outputs: Vec<(String, Expr)>, rows: &RowFunctions) -> Result<QueryInput> {
+    let mut needed: Vec<datafusion::common::Column> = Vec::new();
+    for e in outputs.iter().map(|(_, e)| e).chain(&c.predicates) {
+        for col_ref in e.column_refs() {
+            if !needed.contains(col_ref) {
+                needed.push(col_ref.clone());
+            }
+        }
+    }
+    let relation = LogicalPlanBuilder::from(c.relation.clone())
+        .project(needed.into_iter().map(Expr::Column))?
+        .build()?;
+    let condition = datafusion::logical_expr::utils::conjunction(c.predicates.iter().cloned());
+    QueryInput::new(relation, outputs, condition, rows.clone())
+}
+
 /// The rows the mechanism aggregates: a [`QueryInput`] evaluates, on every
 /// row of the joined tables and with total semantics, the unit, the group
 /// keys, the aggregate arguments and the WHERE condition; the platform's
@@ -643,18 +757,13 @@ fn build_plan(
     for (g, name) in c.groups.iter().zip(&gcols) {
         outputs.push((name.clone(), g.clone()));
     }
-    // One evaluated column per distinct argument.
+    // One evaluated column per distinct argument, and each measurement's
+    // figure over it.
     let mut args: Vec<Expr> = Vec::new();
-    let mut value_cols: Vec<Option<String>> = Vec::with_capacity(kinds.len());
-    let mut row_exprs: Vec<Expr> = Vec::new();
-    // Aliased so later stages see unqualified names.
-    if !c.unique {
-        row_exprs.push(col("__u").alias("__u"));
-    }
-    row_exprs.extend(gcols.iter().map(|g| col(g.as_str()).alias(g)));
-    for (i, kind) in kinds.iter().enumerate() {
+    let mut figures: Vec<Option<(Figure, Expr)>> = Vec::with_capacity(kinds.len());
+    for kind in kinds {
         let Some(arg) = value_arg(kind, &schema) else {
-            value_cols.push(None);
+            figures.push(None);
             continue;
         };
         let ty = arg
@@ -668,8 +777,63 @@ fn build_plan(
                 args.len() - 1
             }
         };
-        let mut value = value_of(kind, col(format!("__a{j}").as_str()), &ty)?
-            .ok_or_else(|| Error::Internal("measurement without value".into()))?;
+        let figure = figure(kind, &ty).ok_or_else(|| Error::Internal("measurement without value".into()))?;
+        figures.push(Some((figure, col(format!("__a{j}").as_str()))));
+    }
+    let input = query_input(c, outputs, rows)?;
+    let group_keys: Vec<Expr> = gcols.iter().map(|g| col(g.as_str())).collect();
+    let scan = LogicalPlanBuilder::scan("__input", provider_as_source(Arc::new(input)), None)?;
+    // One row per unit, no sum wide enough for 128 bits and no ranking:
+    // every measurement in one aggregate over the input as it is.
+    let fused = c.unique
+        && kinds.iter().all(|kd| match kd {
+            Kind::Top { .. } => false,
+            Kind::Sum(_, lo, hi, _, _) => !wide_sum(*lo, *hi, k),
+            _ => true,
+        });
+    if fused {
+        let mut specs = Vec::with_capacity(kinds.len());
+        let mut fused_args: Vec<Expr> = Vec::new();
+        for f in &figures {
+            specs.push(match f {
+                None => FusedSpec::Rows,
+                Some((figure, arg)) => {
+                    let (spec, arg) = figure.spec(fused_args.len(), arg.clone());
+                    fused_args.push(arg);
+                    spec
+                }
+            });
+        }
+        if fused_args.is_empty() {
+            fused_args.push(lit(datafusion::common::ScalarValue::Null));
+        }
+        let mut out: Vec<Expr> = group_keys.clone();
+        out.extend((0..kinds.len()).map(|i| {
+            datafusion::functions::core::expr_fn::get_field(col("__ms"), crate::measures::field_name(i))
+                .alias(format!("__m{i}"))
+        }));
+        return Ok(scan
+            .aggregate(
+                group_keys,
+                vec![crate::measures::measures(specs, fused_args).alias("__ms")],
+            )?
+            .project(out)?
+            .build()?);
+    }
+
+    let mut value_cols: Vec<Option<String>> = Vec::with_capacity(kinds.len());
+    let mut row_exprs: Vec<Expr> = Vec::new();
+    // Aliased so later stages see unqualified names.
+    if !c.unique {
+        row_exprs.push(col("__u").alias("__u"));
+    }
+    row_exprs.extend(gcols.iter().map(|g| col(g.as_str()).alias(g)));
+    for (i, (kind, f)) in kinds.iter().zip(figures).enumerate() {
+        let Some((figure, arg)) = f else {
+            value_cols.push(None);
+            continue;
+        };
+        let mut value = figure.expr(arg)?;
         // A sum whose bound times k could reach i64::MAX within 4·10⁹ rows
         // is summed in 128 bits: DataFusion's Int64 SUM wraps around, and a
         // bound chosen to sit at the wrap would make one row an exact bit.
@@ -682,22 +846,7 @@ fn build_plan(
         row_exprs.push(value.alias(&name));
         value_cols.push(Some(name));
     }
-    // The joined tables, reduced to the columns the expressions read.
-    let mut needed: Vec<datafusion::common::Column> = Vec::new();
-    for e in outputs.iter().map(|(_, e)| e).chain(&c.predicates) {
-        for col_ref in e.column_refs() {
-            if !needed.contains(col_ref) {
-                needed.push(col_ref.clone());
-            }
-        }
-    }
-    let relation = LogicalPlanBuilder::from(c.relation.clone())
-        .project(needed.into_iter().map(Expr::Column))?
-        .build()?;
-    let condition = datafusion::logical_expr::utils::conjunction(c.predicates.iter().cloned());
-    let input = QueryInput::new(relation, outputs, condition, rows.clone())?;
-    let group_keys: Vec<Expr> = gcols.iter().map(|g| col(g.as_str())).collect();
-    let mut b = LogicalPlanBuilder::scan("__input", provider_as_source(Arc::new(input)), None)?;
+    let mut b = scan;
     if row_exprs.is_empty() {
         // A NULL column costs no memory; the counts only need rows.
         row_exprs.push(lit(datafusion::common::ScalarValue::Null).alias("__one"));

@@ -20,7 +20,7 @@ use datafusion::common::DFSchema;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF, TableProviderFilterPushDown, TableType};
+use datafusion::logical_expr::{Expr, ScalarUDF, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use scenarios::budget::Budget;
@@ -200,6 +200,9 @@ pub(crate) struct TableInfo {
     pub ranges: HashMap<String, (f64, f64)>,
     pub version: String,
     pub view_schema: SchemaRef,
+    /// How many rows the view has, when that is known without reading
+    /// them: the rows are in memory and the view removes none.
+    pub exact_rows: Option<u64>,
 }
 
 /// A desensitized view as a table provider. It deliberately does not expose
@@ -219,6 +222,9 @@ pub(crate) struct ViewProvider {
     /// False when no row can be excluded (no null unit, no objection, no
     /// consent requirement): the unit filter is then skipped.
     filter_units: bool,
+    /// Raw numeric columns declared complete, which registration checked
+    /// to hold no null, NaN or infinity: rules read them unchecked.
+    clean: std::collections::HashSet<String>,
     schema: SchemaRef,
 }
 
@@ -227,9 +233,17 @@ impl ViewProvider {
         raw: Arc<dyn TableProvider>,
         spec: &DatasetSpec,
         key: &TokenKey,
-        unit_complete: bool,
+        complete: &[String],
         units: crate::desensitize::UnitFilter,
     ) -> Result<Self> {
+        let unit_complete = complete.contains(&spec.privacy_unit);
+        let clean = raw
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| f.data_type().is_numeric() && complete.contains(f.name()))
+            .map(|f| f.name().clone())
+            .collect();
         let raw_schema = DFSchema::try_from(raw.schema())?;
         let columns = view_columns(&raw_schema, spec, key)?;
         let schema = crate::exec::schema_of(&columns, &raw_schema)
@@ -240,6 +254,7 @@ impl ViewProvider {
             unit: spec.privacy_unit.clone(),
             filter_units: !unit_complete || !units.exclude.is_empty() || units.only.is_some(),
             units,
+            clean,
             schema: Arc::new(schema),
         })
     }
@@ -294,7 +309,11 @@ impl TableProvider for ViewProvider {
         let none = HashMap::new();
         let programs = wanted
             .iter()
-            .map(|(_, e)| Program::compile(e, &read, &none))
+            .map(|(_, e)| {
+                let p = Program::compile(e, &read, &none)?;
+                let clean = e.column_refs().iter().all(|c| self.clean.contains(&c.name));
+                Ok(if clean { p.over_clean_inputs() } else { p })
+            })
             .collect::<datafusion::error::Result<Vec<_>>>()?;
         let names: Vec<String> = wanted.iter().map(|(n, _)| n.clone()).collect();
         Ok(Arc::new(TotalExec::new(input, programs, &names, None)))
@@ -407,7 +426,6 @@ impl DataPlane {
                 .ok_or_else(|| Error::Internal(format!("table `{}` is not in the scenario", t.spec.name)))?
                 .clone();
             let raw = self.raw_provider(t).await?;
-            let unit_complete = t.complete_columns.contains(&t.spec.privacy_unit);
             // A developer's own table is tokenized under a key of its own:
             // equal values there and in public data give unrelated tokens.
             let key = if t.developer_supplied {
@@ -415,8 +433,14 @@ impl DataPlane {
             } else {
                 cfg.token_key.clone()
             };
-            let view = ViewProvider::new(raw, &t.spec, &key, unit_complete, t.units.clone())?;
+            let view = ViewProvider::new(raw, &t.spec, &key, &t.complete_columns, t.units.clone())?;
             let schema = view.schema.clone();
+            let exact_rows = match &t.data {
+                TableData::Batches(b) if !view.filter_units => {
+                    Some(b.iter().map(|b| b.num_rows() as u64).sum())
+                }
+                _ => None,
+            };
             ctx.register_table(t.spec.name.as_str(), Arc::new(view))?;
             tables.insert(
                 t.spec.name.clone(),
@@ -433,6 +457,7 @@ impl DataPlane {
                         .collect(),
                     version: t.version.clone(),
                     view_schema: schema,
+                    exact_rows,
                 },
             );
         }
@@ -631,7 +656,7 @@ impl JobScope {
             self.pool.redraw(&mut *rng)?;
             crate::limits::noisy_timeout(self.query_timeout, &mut *rng)?
         };
-        let executed = tokio::time::timeout(timeout, self.execute(&prepared.plan)).await;
+        let executed = tokio::time::timeout(timeout, self.execute(&prepared)).await;
         let (batches, mut fallback) = match executed {
             Ok(Ok(batches)) => (batches, false),
             Ok(Err(e)) => {
@@ -727,10 +752,22 @@ impl JobScope {
         Ok((prepared, lineage))
     }
 
-    /// Runs the mechanism's plan to completion.
-    pub(crate) async fn execute(&self, plan: &LogicalPlan) -> Result<Vec<RecordBatch>> {
+    /// Runs the mechanism's plan to completion. A count of all the rows of
+    /// one table whose row count is known exactly ([`TableInfo::exact_rows`])
+    /// is read from that count, as DataFusion answers the same raw query
+    /// from the table's statistics: the figures are the ones the plan
+    /// would compute, and their time depends on no row at all.
+    pub(crate) async fn execute(&self, prepared: &release::Prepared) -> Result<Vec<RecordBatch>> {
+        let known = prepared
+            .whole_table_count
+            .as_ref()
+            .and_then(|t| self.tables.get(t))
+            .and_then(|t| t.exact_rows);
+        if let Some(rows) = known {
+            return Ok(vec![prepared.counts(rows)?]);
+        }
         self.ctx
-            .execute_logical_plan(plan.clone())
+            .execute_logical_plan(prepared.plan.clone())
             .await
             .map_err(df_error)?
             .collect()

@@ -1,0 +1,708 @@
+//! `invis_measures(a, b, ...)`: every measurement of a one-row-per-unit
+//! query in one aggregate.
+//!
+//! When every table a query reads has at most one row per unit, the
+//! mechanism's measurements of a group are its row count, counts of
+//! non-null values and sums of clamped (or fixed-point) values. Computed as
+//! separate aggregates, each walks the group indices on its own and each
+//! clamp materialises a column first; here one accumulator reads the
+//! arguments as they are, clamps in the loop and keeps all the group's
+//! figures side by side. The figures are exactly those of the separate
+//! aggregates (`invis_rows`, `count`, `SUM(invis_clamp(..))`), with a sum
+//! over no value reported as 0 rather than NULL (the release reads NULL as
+//! 0 anyway); only the work differs.
+//!
+//! The result is a struct with one Int64 field per measurement, `m0`,
+//! `m1`, ..., in the order of the specifications.
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, StructArray};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, Int64Type};
+use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, Expr, GroupsAccumulator, Signature, Volatility,
+};
+use std::sync::Arc;
+
+/// One measurement of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Spec {
+    /// The number of rows (the argument is not read).
+    Rows,
+    /// The number of rows where argument `arg` is not null.
+    NonNull { arg: usize },
+    /// The sum of Int64 argument `arg` clamped to `[lo, hi]` (nulls add 0).
+    Sum { arg: usize, lo: i64, hi: i64 },
+    /// The sum of Float64 argument `arg` in fixed point: times 10^scale,
+    /// clamped to `[lo, hi]` and rounded half away from zero; NaN and
+    /// nulls add 0. See [`fixed_point`].
+    Fixed {
+        arg: usize,
+        lo: i64,
+        hi: i64,
+        scale: u32,
+    },
+}
+
+/// `x` times `unit`, clamped to `[lo, hi]` and rounded half away from
+/// zero; NaN becomes 0 (the float-to-integer cast saturates). The one
+/// definition of a float's contribution, shared with `invis_clamp`.
+///
+/// Written with `max`/`min` and a separate NaN test rather than `clamp`
+/// (which asserts its bounds on every call), so the loop over a column
+/// has no branch.
+#[inline(always)]
+pub(crate) fn fixed_point(x: f64, unit: f64, lo: f64, hi: f64) -> i64 {
+    let y = (x * unit).max(lo).min(hi);
+    let r = (y + 0.5f64.copysign(y)) as i64;
+    if x.is_nan() {
+        0
+    } else {
+        r
+    }
+}
+
+/// The aggregate computing `specs` over `args` (see the module docs).
+/// `args` must hold what each spec reads: Int64 for [`Spec::Sum`], Float64
+/// for [`Spec::Fixed`], anything for [`Spec::NonNull`]; when no spec reads
+/// an argument, give one NULL literal.
+pub(crate) fn measures(specs: Vec<Spec>, args: Vec<Expr>) -> Expr {
+    let udaf = AggregateUDF::from(Measures {
+        signature: Signature::variadic_any(Volatility::Immutable),
+        specs: Arc::new(specs),
+    });
+    udaf.call(args)
+}
+
+/// The name of measurement `i`'s field in the result.
+pub(crate) fn field_name(i: usize) -> String {
+    format!("m{i}")
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Measures {
+    signature: Signature,
+    specs: Arc<Vec<Spec>>,
+}
+
+impl Measures {
+    fn fields(&self) -> Fields {
+        (0..self.specs.len())
+            .map(|i| Field::new(field_name(i), DataType::Int64, false))
+            .collect()
+    }
+}
+
+impl AggregateUDFImpl for Measures {
+    fn name(&self) -> &str {
+        "invis_measures"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Struct(self.fields()))
+    }
+    fn is_nullable(&self) -> bool {
+        false
+    }
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok((0..self.specs.len())
+            .map(|i| Arc::new(Field::new(format!("{}[m{i}]", args.name), DataType::Int64, false)))
+            .collect())
+    }
+    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(Total {
+            fields: self.fields(),
+            groups: PerGroup::new(self.specs.clone()),
+        }))
+    }
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+    fn create_groups_accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(PerGroup::new(self.specs.clone())))
+    }
+    fn default_value(&self, _data_type: &DataType) -> Result<ScalarValue> {
+        let zeros: Vec<ArrayRef> = (0..self.specs.len())
+            .map(|_| Arc::new(Int64Array::from(vec![0i64])) as ArrayRef)
+            .collect();
+        Ok(ScalarValue::Struct(Arc::new(StructArray::try_new(
+            self.fields(),
+            zeros,
+            None,
+        )?)))
+    }
+}
+
+fn argument(values: &[ArrayRef], arg: usize) -> Result<&ArrayRef> {
+    values
+        .get(arg)
+        .ok_or_else(|| DataFusionError::Internal("invis_measures: missing argument".into()))
+}
+
+/// Interleaved partial figures per group when there are few groups.
+const LANES: usize = 8;
+/// Up to this many groups, rows are added through [`LANES`] partial
+/// figures per group.
+const FEW_GROUPS: usize = 256;
+
+/// Adds `values[i]` (1 when `values` is `None`) to `sums[groups[i]]` for
+/// every row `i` the filter keeps and, when `counts` is given, 1 to
+/// `counts[groups[i]]` (the row count rides along with a sum: one pass
+/// over the rows for both).
+///
+/// With few groups, consecutive rows mostly add to the same figure, and
+/// each addition waits for the one before it to be stored. Rows are then
+/// spread over [`LANES`] partial figures per group (row `i` to lane
+/// `i % LANES`), which are independent, and the lanes are folded at the
+/// end: the same sums, without the chain.
+fn scatter(
+    sums: &mut [i64],
+    counts: Option<&mut [i64]>,
+    groups: &[usize],
+    keep: Option<&BooleanArray>,
+    values: Option<&[i64]>,
+) {
+    let n = sums.len();
+    let few = keep.is_none() && n <= FEW_GROUPS && groups.len() >= 4 * LANES;
+    match (counts, values) {
+        (Some(c), Some(v)) if few && c.len() == n => in_lanes::<true>(sums, c, groups, v),
+        (None, Some(v)) if few => in_lanes::<false>(sums, &mut [], groups, v),
+        (None, None) if few => count_in_lanes(sums, groups),
+        (mut counts, values) => {
+            for (i, g) in groups.iter().enumerate() {
+                if keep.is_some_and(|k| !(k.is_valid(i) && k.value(i))) {
+                    continue;
+                }
+                let v = values.map_or(1, |v| v.get(i).copied().unwrap_or(0));
+                if let Some(a) = sums.get_mut(*g) {
+                    *a = a.wrapping_add(v);
+                }
+                if let Some(c) = counts.as_deref_mut().and_then(|c| c.get_mut(*g)) {
+                    *c = c.wrapping_add(1);
+                }
+            }
+        }
+    }
+}
+
+/// [`scatter`] of `values` through interleaved lanes, with (`COUNT`) or
+/// without the row count; lane slot `2k` holds a sum and `2k + 1` its
+/// count.
+fn in_lanes<const COUNT: bool>(sums: &mut [i64], counts: &mut [i64], groups: &[usize], values: &[i64]) {
+    let n = sums.len();
+    let width = if COUNT { 2 } else { 1 };
+    let mut lanes = vec![0i64; LANES * n * width];
+    let rows = groups.len().min(values.len());
+    let whole = rows - rows % LANES;
+    let (groups, tail_groups) = groups.split_at(whole);
+    let (values, tail_values) = values.split_at(whole);
+    for (gs, vs) in groups.chunks_exact(LANES).zip(values.chunks_exact(LANES)) {
+        for (l, (g, v)) in gs.iter().zip(vs).enumerate() {
+            if *g >= n {
+                continue;
+            }
+            let at = (l * n + *g) * width;
+            if let Some(a) = lanes.get_mut(at) {
+                *a = a.wrapping_add(*v);
+            }
+            if COUNT {
+                if let Some(a) = lanes.get_mut(at + 1) {
+                    *a = a.wrapping_add(1);
+                }
+            }
+        }
+    }
+    for (g, v) in tail_groups.iter().zip(tail_values) {
+        if let Some(a) = sums.get_mut(*g) {
+            *a = a.wrapping_add(*v);
+        }
+        if COUNT {
+            if let Some(a) = counts.get_mut(*g) {
+                *a = a.wrapping_add(1);
+            }
+        }
+    }
+    for lane in lanes.chunks_exact((n * width).max(1)) {
+        for (g, slot) in lane.chunks_exact(width).enumerate() {
+            if let (Some(a), Some(p)) = (sums.get_mut(g), slot.first()) {
+                *a = a.wrapping_add(*p);
+            }
+            if COUNT {
+                if let (Some(a), Some(p)) = (counts.get_mut(g), slot.get(1)) {
+                    *a = a.wrapping_add(*p);
+                }
+            }
+        }
+    }
+}
+
+/// [`scatter`] of a row count alone, through interleaved lanes.
+fn count_in_lanes(counts: &mut [i64], groups: &[usize]) {
+    let n = counts.len();
+    let mut lanes = vec![0i64; LANES * n];
+    let whole = groups.len() - groups.len() % LANES;
+    let (groups, tail) = groups.split_at(whole);
+    for gs in groups.chunks_exact(LANES) {
+        for (l, g) in gs.iter().enumerate() {
+            if *g < n {
+                if let Some(a) = lanes.get_mut(l * n + *g) {
+                    *a = a.wrapping_add(1);
+                }
+            }
+        }
+    }
+    for g in tail {
+        if let Some(a) = counts.get_mut(*g) {
+            *a = a.wrapping_add(1);
+        }
+    }
+    for lane in lanes.chunks_exact(n.max(1)) {
+        for (a, p) in counts.iter_mut().zip(lane) {
+            *a = a.wrapping_add(*p);
+        }
+    }
+}
+
+/// Each row's figure of a measurement that reads an argument, written to
+/// `out` (resized to the batch): nulls give 0.
+fn row_figures(spec: &Spec, values: &[ArrayRef], out: &mut Vec<i64>) -> Result<()> {
+    out.clear();
+    let nulls = match *spec {
+        Spec::Rows => return Ok(()),
+        Spec::NonNull { arg } => {
+            let a = argument(values, arg)?;
+            match a.logical_nulls() {
+                None => out.resize(a.len(), 1),
+                Some(n) => out.extend(n.iter().map(i64::from)),
+            }
+            return Ok(());
+        }
+        Spec::Sum { arg, lo, hi } => {
+            let a = argument(values, arg)?
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| DataFusionError::Internal("invis_measures: sum of a non-Int64".into()))?;
+            out.extend(a.values().iter().map(move |x| (*x).max(lo).min(hi)));
+            a.nulls()
+        }
+        Spec::Fixed { arg, lo, hi, scale } => {
+            let a = argument(values, arg)?
+                .as_primitive_opt::<Float64Type>()
+                .ok_or_else(|| {
+                    DataFusionError::Internal("invis_measures: fixed-point sum of a non-Float64".into())
+                })?;
+            let (unit, lo, hi) = (10f64.powi(scale as i32), lo as f64, hi as f64);
+            out.extend(a.values().iter().map(move |x| fixed_point(*x, unit, lo, hi)));
+            a.nulls()
+        }
+    };
+    if let Some(n) = nulls {
+        for (v, valid) in out.iter_mut().zip(n.iter()) {
+            if !valid {
+                *v = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The figures of every group, one vector per measurement.
+#[derive(Debug)]
+struct PerGroup {
+    specs: Arc<Vec<Spec>>,
+    figures: Vec<Vec<i64>>,
+    /// One batch's per-row figures of one measurement (reused).
+    scratch: Vec<i64>,
+}
+
+impl PerGroup {
+    fn new(specs: Arc<Vec<Spec>>) -> Self {
+        let figures = vec![Vec::new(); specs.len()];
+        PerGroup {
+            specs,
+            figures,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn take(&mut self, emit_to: EmitTo) -> Vec<ArrayRef> {
+        self.figures
+            .iter_mut()
+            .map(|f| Arc::new(Int64Array::from(emit_to.take_needed(f))) as ArrayRef)
+            .collect()
+    }
+
+    /// Adds one batch's rows to their groups. Sums add with wrap-around
+    /// like DataFusion's Int64 SUM; the release plan only uses this
+    /// aggregate where no sum can reach `i64::MAX` (`release::wide_sum`).
+    /// The row count is taken in the same pass as the first other
+    /// measurement.
+    fn add(
+        &mut self,
+        values: &[ArrayRef],
+        groups: &[usize],
+        keep: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        for f in &mut self.figures {
+            f.resize(total_num_groups, 0);
+        }
+        let rows_at: Vec<usize> = (0..self.specs.len())
+            .filter(|i| self.specs.get(*i) == Some(&Spec::Rows))
+            .collect();
+        // The first row count is filled while another measurement is
+        // taken (or alone at the end); any other row count is always
+        // equal to it.
+        let mut rows = rows_at
+            .first()
+            .and_then(|i| self.figures.get_mut(*i))
+            .map(std::mem::take);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut counted = false;
+        for (spec, acc) in self.specs.iter().zip(self.figures.iter_mut()) {
+            if *spec == Spec::Rows {
+                continue;
+            }
+            row_figures(spec, values, &mut scratch)?;
+            let counts = if counted { None } else { rows.as_deref_mut() };
+            counted |= counts.is_some();
+            scatter(acc, counts, groups, keep, Some(&scratch));
+        }
+        self.scratch = scratch;
+        if let Some(r) = rows.as_deref_mut().filter(|_| !counted) {
+            scatter(r, None, groups, keep, None);
+        }
+        if let Some(r) = rows {
+            if let Some(f) = rows_at.first().and_then(|i| self.figures.get_mut(*i)) {
+                *f = r;
+            }
+        }
+        if let Some(first) = rows_at.first().and_then(|i| self.figures.get(*i)).cloned() {
+            for i in rows_at.iter().skip(1) {
+                if let Some(f) = self.figures.get_mut(*i) {
+                    *f = first.clone();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GroupsAccumulator for PerGroup {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.add(values, group_indices, opt_filter, total_num_groups)
+    }
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        for (i, acc) in self.figures.iter_mut().enumerate() {
+            acc.resize(total_num_groups, 0);
+            let partial = argument(values, i)?
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| DataFusionError::Internal("invis_measures: bad state".into()))?;
+            let p = partial.values();
+            scatter(acc, None, group_indices, None, Some(p));
+        }
+        Ok(())
+    }
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let fields: Fields = (0..self.specs.len())
+            .map(|i| Field::new(field_name(i), DataType::Int64, false))
+            .collect();
+        Ok(Arc::new(StructArray::try_new(fields, self.take(emit_to), None)?))
+    }
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        Ok(self.take(emit_to))
+    }
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        // Each row its own group.
+        let rows = values.first().map_or(0, |v| v.len());
+        let mut each = PerGroup::new(self.specs.clone());
+        let groups: Vec<usize> = (0..rows).collect();
+        each.add(values, &groups, opt_filter, rows)?;
+        Ok(each.take(EmitTo::All))
+    }
+    fn size(&self) -> usize {
+        self.figures
+            .iter()
+            .map(|f| f.capacity() * std::mem::size_of::<i64>())
+            .sum()
+    }
+}
+
+/// Without groups: the same figures for one group.
+#[derive(Debug)]
+struct Total {
+    fields: Fields,
+    groups: PerGroup,
+}
+
+impl Total {
+    fn one(&self, i: usize) -> i64 {
+        self.groups
+            .figures
+            .get(i)
+            .and_then(|f| f.first())
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Accumulator for Total {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let rows = values.first().map_or(0, |v| v.len());
+        if self.groups.specs.iter().all(|s| *s == Spec::Rows) {
+            // Only counts: no need to walk the rows.
+            for f in &mut self.groups.figures {
+                f.resize(1, 0);
+                if let Some(c) = f.first_mut() {
+                    *c = c.wrapping_add(i64::try_from(rows).unwrap_or(i64::MAX));
+                }
+            }
+            return Ok(());
+        }
+        self.groups.add(values, &vec![0; rows], None, 1)
+    }
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let rows = states.first().map_or(0, |v| v.len());
+        GroupsAccumulator::merge_batch(&mut self.groups, states, &vec![0; rows], 1)
+    }
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok((0..self.groups.specs.len())
+            .map(|i| ScalarValue::Int64(Some(self.one(i))))
+            .collect())
+    }
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        let columns: Vec<ArrayRef> = (0..self.groups.specs.len())
+            .map(|i| Arc::new(Int64Array::from(vec![self.one(i)])) as ArrayRef)
+            .collect();
+        Ok(ScalarValue::Struct(Arc::new(StructArray::try_new(
+            self.fields.clone(),
+            columns,
+            None,
+        )?)))
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + GroupsAccumulator::size(&self.groups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::rows;
+    use datafusion::arrow::array::{Float64Array, Int32Array};
+    use datafusion::arrow::datatypes::Schema;
+    use datafusion::arrow::record_batch::RecordBatch;
+    use datafusion::datasource::MemTable;
+    use datafusion::functions::core::expr_fn::get_field;
+    use datafusion::functions_aggregate::expr_fn::{count, sum};
+    use datafusion::logical_expr::{col, Expr};
+    use datafusion::prelude::SessionContext;
+
+    fn schema() -> Arc<Schema> {
+        Arc::new(Schema::new(vec![
+            Field::new("g", DataType::Int32, true),
+            Field::new("x", DataType::Int64, true),
+            Field::new("f", DataType::Float64, true),
+        ]))
+    }
+
+    fn batch(g: Vec<Option<i32>>, x: Vec<Option<i64>>, f: Vec<Option<f64>>) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(Int32Array::from(g)),
+                Arc::new(Int64Array::from(x)),
+                Arc::new(Float64Array::from(f)),
+            ],
+        )
+        .unwrap()
+    }
+
+    const SPECS: [Spec; 4] = [
+        Spec::Rows,
+        Spec::NonNull { arg: 0 },
+        Spec::Sum {
+            arg: 0,
+            lo: -5,
+            hi: 100,
+        },
+        Spec::Fixed {
+            arg: 1,
+            lo: -300,
+            hi: 300,
+            scale: 2,
+        },
+    ];
+
+    /// The separate aggregate a spec over `x` (argument 0) and `f`
+    /// (argument 1) replaces.
+    fn separate(spec: &Spec) -> Expr {
+        let clamp = crate::release::clamp_expr;
+        match *spec {
+            Spec::Rows => rows(),
+            Spec::NonNull { .. } => count(col("x")),
+            Spec::Sum { lo, hi, .. } => sum(clamp(DataType::Int64, lo, hi, 0, col("x"))),
+            Spec::Fixed { lo, hi, scale, .. } => sum(clamp(DataType::Float64, lo, hi, scale, col("f"))),
+        }
+    }
+
+    /// Checks that the fused figures equal the separate aggregates they
+    /// replace, with and without groups, for the spec lists below, and
+    /// returns how many groups there were.
+    async fn compare(parts: Vec<Vec<RecordBatch>>) -> usize {
+        let ctx = SessionContext::new();
+        ctx.register_table("t", Arc::new(MemTable::try_new(schema(), parts).unwrap()))
+            .unwrap();
+        let lists = [
+            SPECS.to_vec(),
+            // Counts after a sum, twice, and alone.
+            vec![SPECS[3], Spec::Rows, SPECS[1], Spec::Rows],
+            vec![Spec::Rows],
+        ];
+        let mut groups_seen = 0;
+        for specs in lists {
+            for groups in [vec![], vec![col("g")]] {
+                let df = ctx.table("t").await.unwrap();
+                let mut aggs = vec![measures(specs.clone(), vec![col("x"), col("f")]).alias("ms")];
+                let mut select = Vec::new();
+                for (i, spec) in specs.iter().enumerate() {
+                    // An aggregate asked for twice is asked for once
+                    // (DataFusion's optimizer refuses the duplicate).
+                    let first = specs.iter().position(|s| s == spec).unwrap_or(i);
+                    if first == i {
+                        aggs.push(separate(spec).alias(format!("s{i}")));
+                    }
+                    select.push(get_field(col("ms"), field_name(i)).alias(format!("m{i}")));
+                    select.push(col(format!("s{first}")).alias(format!("s{i}")));
+                }
+                let out = df
+                    .aggregate(groups.clone(), aggs)
+                    .unwrap()
+                    .select(select)
+                    .unwrap()
+                    .collect()
+                    .await
+                    .unwrap();
+                groups_seen = out.iter().map(|b| b.num_rows()).sum();
+                for b in out {
+                    for i in 0..specs.len() {
+                        let fused = b
+                            .column_by_name(&format!("m{i}"))
+                            .unwrap()
+                            .as_primitive::<Int64Type>();
+                        let separate = b.column_by_name(&format!("s{i}")).unwrap();
+                        let separate = separate.as_primitive::<Int64Type>();
+                        for r in 0..b.num_rows() {
+                            let expected = if separate.is_null(r) { 0 } else { separate.value(r) };
+                            assert_eq!(
+                                fused.value(r),
+                                expected,
+                                "{specs:?} {i} groups {groups:?} row {r}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        groups_seen
+    }
+
+    /// Over nulls, NaN, infinities, values beyond the bounds, several
+    /// partitions and an empty batch.
+    #[tokio::test]
+    async fn measures_equal_the_separate_aggregates() {
+        let parts = vec![
+            vec![batch(
+                vec![Some(1), None, Some(2), Some(2)],
+                vec![None, Some(i64::MIN), Some(3), Some(900)],
+                vec![Some(f64::NAN), Some(2.5), Some(-2.5), Some(f64::INFINITY)],
+            )],
+            vec![
+                batch(
+                    vec![Some(1), Some(1), Some(3)],
+                    vec![Some(1), None, Some(-7)],
+                    vec![Some(0.125), None, Some(f64::NEG_INFINITY)],
+                ),
+                batch(vec![], vec![], vec![]),
+            ],
+        ];
+        assert_eq!(compare(parts).await, 4);
+    }
+
+    /// Over batches long enough for the interleaved lanes, with few groups
+    /// (lanes) and many (no lanes), and batch lengths that leave a tail.
+    #[tokio::test]
+    async fn measures_equal_the_separate_aggregates_on_long_batches() {
+        for groups in [3i32, 5_000] {
+            let mut parts = Vec::new();
+            for p in 0..2 {
+                let mut part = Vec::new();
+                for len in [8_192usize, 1_003, 37] {
+                    let (mut g, mut x, mut f) = (Vec::new(), Vec::new(), Vec::new());
+                    for i in 0..len {
+                        let r = (i * 7919 + p * 104_729 + len) as i64;
+                        g.push((r % 11 != 0).then_some((r % i64::from(groups)) as i32));
+                        x.push((r % 13 != 0).then_some(r % 211 - 60));
+                        f.push((r % 17 != 0).then_some((r % 1_000) as f64 / 7.0 - 50.0));
+                    }
+                    part.push(batch(g, x, f));
+                }
+                parts.push(part);
+            }
+            let seen = compare(parts).await;
+            assert_eq!(seen, groups as usize + 1, "every group and the null group");
+        }
+    }
+
+    #[test]
+    fn fixed_point_rounds_half_away_clamps_and_zeroes_nan() {
+        assert_eq!(fixed_point(2.5, 1.0, -10.0, 10.0), 3);
+        assert_eq!(fixed_point(-2.5, 1.0, -10.0, 10.0), -3);
+        assert_eq!(fixed_point(0.125, 100.0, -300.0, 300.0), 13);
+        assert_eq!(fixed_point(f64::INFINITY, 100.0, -300.0, 300.0), 300);
+        assert_eq!(fixed_point(f64::NEG_INFINITY, 100.0, -300.0, 300.0), -300);
+        assert_eq!(fixed_point(f64::NAN, 100.0, -300.0, 300.0), 0);
+        assert_eq!(fixed_point(-f64::NAN, 1.0, 5.0, 9.0), 0);
+        assert_eq!(fixed_point(1e300, 1.0, 5.0, 9.0), 9);
+    }
+
+    /// On no rows at all: zeros, like COUNT(*).
+    #[tokio::test]
+    async fn measures_of_no_rows_are_zero() {
+        let ctx = SessionContext::new();
+        ctx.register_table("t", Arc::new(MemTable::try_new(schema(), vec![vec![]]).unwrap()))
+            .unwrap();
+        let out = ctx
+            .table("t")
+            .await
+            .unwrap()
+            .aggregate(
+                vec![],
+                vec![measures(SPECS.to_vec(), vec![col("x"), col("f")]).alias("ms")],
+            )
+            .unwrap()
+            .select(vec![get_field(col("ms"), "m0"), get_field(col("ms"), "m2")])
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(out[0].column(0).as_primitive::<Int64Type>().value(0), 0);
+        assert_eq!(out[0].column(1).as_primitive::<Int64Type>().value(0), 0);
+    }
+}
