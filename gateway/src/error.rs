@@ -112,12 +112,6 @@ impl From<runtime::JobError> for ServiceError {
     }
 }
 
-impl From<rusqlite::Error> for ServiceError {
-    fn from(e: rusqlite::Error) -> Self {
-        ServiceError::Internal(format!("store: {e}"))
-    }
-}
-
 impl From<serde_json::Error> for ServiceError {
     fn from(e: serde_json::Error) -> Self {
         ServiceError::Internal(format!("json: {e}"))

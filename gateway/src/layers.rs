@@ -149,6 +149,40 @@ fn services_know_no_http() {
     );
 }
 
+/// Only the store knows it is SQLite: everyone else works through
+/// `store::Tx` and the store's operations, so a second backend replaces
+/// `store` alone. Unit tests may open the database file themselves (the
+/// ledger's tamper tests do, as an attacker would).
+#[test]
+fn only_the_store_knows_its_database() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut offences = Vec::new();
+    for file in &files {
+        let relative = file
+            .strip_prefix(&src)
+            .expect("under src")
+            .to_string_lossy()
+            .replace('\\', "/");
+        if relative == "store.rs" || relative.starts_with("store/") || relative == "layers.rs" {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let code = text.split("\n#[cfg(test)]\nmod tests").next().unwrap_or("");
+        for (line, code) in code_lines(code) {
+            if code.contains(concat!("rus", "qlite")) {
+                offences.push(format!("src/{relative}:{line}: {code}"));
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "modules outside `store` use the database directly (add an operation to `store` instead):\n{}",
+        offences.join("\n")
+    );
+}
+
 #[test]
 fn the_check_sees_every_way_of_naming_the_api() {
     let named = |code: &str| names_the_api(&code.replace('#', "::"));

@@ -114,6 +114,25 @@ pub mod durable;
 pub mod population;
 pub use durable::SyncStats;
 
+impl From<rusqlite::Error> for ServiceError {
+    fn from(e: rusqlite::Error) -> Self {
+        ServiceError::Internal(format!("store: {e}"))
+    }
+}
+
+/// What a unit of work (`Store::tx`, `Store::write`, `Store::read`) hands
+/// its closure: the store's operations take it, and only this module sees
+/// the SQLite connection inside, so no caller can run SQL of its own or
+/// depend on SQLite's types. A second backend would give its own `Tx`.
+pub struct Tx<'a>(&'a Connection);
+
+impl<'a> Tx<'a> {
+    /// The connection, for the store's own operations.
+    pub(in crate::store) fn sql(&self) -> &'a Connection {
+        self.0
+    }
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Store")
@@ -201,14 +220,16 @@ pub struct Organization {
 }
 
 /// All parties, inside a connection or transaction.
-pub fn parties_in(c: &Connection) -> ServiceResult<Vec<Party>> {
+pub fn parties_in(c: &Tx<'_>) -> ServiceResult<Vec<Party>> {
+    let c = c.sql();
     parties_where(c, "ORDER BY created_at, id", &[])
 }
 
 /// The organization of a party, inside a connection or transaction.
-pub fn organization_of(c: &Connection, party_id: &str) -> ServiceResult<Option<Organization>> {
-    match party_in(c, party_id)? {
-        Some(p) => get_in(c, Table::Organizations, &p.organization),
+pub fn organization_of(c: &Tx<'_>, party_id: &str) -> ServiceResult<Option<Organization>> {
+    let c = c.sql();
+    match party_in(&Tx(c), party_id)? {
+        Some(p) => get_in(&Tx(c), Table::Organizations, &p.organization),
         None => Ok(None),
     }
 }
@@ -224,7 +245,8 @@ impl Record for Organization {
 }
 
 /// One party by id, inside a connection or transaction.
-pub fn party_in(c: &Connection, id: &str) -> ServiceResult<Option<Party>> {
+pub fn party_in(c: &Tx<'_>, id: &str) -> ServiceResult<Option<Party>> {
+    let c = c.sql();
     Ok(parties_where(c, "WHERE id = ?1", &[&id])?.pop())
 }
 
@@ -263,7 +285,8 @@ fn parties_where(c: &Connection, suffix: &str, args: &[&dyn rusqlite::ToSql]) ->
 /// organizations (I16). A chain longer than
 /// [`scenarios::party::MAX_CREATOR_CHAIN`], or one that loops, is refused
 /// as a corrupt store.
-pub fn creators_in(c: &Connection, party: &Party) -> ServiceResult<Vec<scenarios::party::Creator>> {
+pub fn creators_in(c: &Tx<'_>, party: &Party) -> ServiceResult<Vec<scenarios::party::Creator>> {
+    let c = c.sql();
     let mut out: Vec<scenarios::party::Creator> = Vec::new();
     let mut next = party.created_by.clone();
     while let Some(id) = next {
@@ -274,7 +297,7 @@ pub fn creators_in(c: &Connection, party: &Party) -> ServiceResult<Vec<scenarios
             return Err(internal("the chain of party creators loops or is too long"));
         }
         // A creator that no longer exists still counts, by id.
-        let (org, up) = match party_in(c, &id)? {
+        let (org, up) = match party_in(&Tx(c), &id)? {
             Some(p) => (p.organization, p.created_by),
             None => (String::new(), None),
         };
@@ -341,7 +364,8 @@ thread_local! {
 /// On the writer thread the previous entry's number and hash are those
 /// this thread appended last, unless a change was undone since; reading
 /// them back from the table instead costs about a sixth of an append.
-pub fn append(tx: &Connection, e: NewEntry, time: DateTime<Utc>) -> ServiceResult<u64> {
+pub fn append(tx: &Tx<'_>, e: NewEntry, time: DateTime<Utc>) -> ServiceResult<u64> {
+    let tx = tx.sql();
     let undo_count = durable::undo_count();
     let cached = LAST_APPENDED.with(|l| {
         l.borrow()
@@ -467,7 +491,7 @@ impl Store {
     /// alone. Blocks the calling thread; async code uses [`Store::write`].
     pub fn tx<T, F>(&self, f: F) -> ServiceResult<T>
     where
-        F: FnOnce(&Connection) -> ServiceResult<T> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> ServiceResult<T> + Send + 'static,
         T: Send + 'static,
     {
         // Filled in on the writer or flusher thread. If the unit is dropped
@@ -485,7 +509,7 @@ impl Store {
     /// [`Store::tx`] for async callers: waits without holding a thread.
     pub async fn write<T, F>(&self, f: F) -> ServiceResult<T>
     where
-        F: FnOnce(&Connection) -> ServiceResult<T> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> ServiceResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -499,11 +523,11 @@ impl Store {
     /// outcome is known (and is dropped uncalled if `f` panics).
     fn submit<T, F>(&self, f: F, deliver: impl FnOnce(ServiceResult<T>) + Send + 'static) -> ServiceResult<()>
     where
-        F: FnOnce(&Connection) -> ServiceResult<T> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> ServiceResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let work: durable::Work = Box::new(move |conn: &Connection| {
-            let result = f(conn);
+            let result = f(&Tx(conn));
             durable::Done {
                 ok: result.is_ok(),
                 answer: Box::new(move |outcome: durable::Outcome| {
@@ -535,20 +559,20 @@ impl Store {
 
     /// Runs a read-only closure on committed data, on the reading
     /// connection (writers are not held up).
-    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> ServiceResult<T>) -> ServiceResult<T> {
+    pub fn read<T>(&self, f: impl FnOnce(&Tx<'_>) -> ServiceResult<T>) -> ServiceResult<T> {
         let c = self
             .reader
             .lock()
             .map_err(|_| ServiceError::Internal("store lock poisoned".into()))?;
-        f(&c)
+        f(&Tx(&c))
     }
 
     /// Like [`Store::read`], inside one read transaction: every query of
     /// `f` sees the same committed state.
-    pub fn read_consistent<T>(&self, f: impl FnOnce(&Connection) -> ServiceResult<T>) -> ServiceResult<T> {
+    pub fn read_consistent<T>(&self, f: impl FnOnce(&Tx<'_>) -> ServiceResult<T>) -> ServiceResult<T> {
         self.read(|c| {
-            let tx = c.unchecked_transaction()?;
-            let out = f(&tx)?;
+            let tx = c.sql().unchecked_transaction()?;
+            let out = f(&Tx(&tx))?;
             tx.finish()?;
             Ok(out)
         })
@@ -557,7 +581,8 @@ impl Store {
     // ----- parties ---------------------------------------------------------
 
     /// Creates a party with a token hash.
-    pub fn insert_party(tx: &Connection, p: &Party, token_hash: &str) -> ServiceResult<()> {
+    pub fn insert_party(tx: &Tx<'_>, p: &Party, token_hash: &str) -> ServiceResult<()> {
+        let tx = tx.sql();
         tx.execute(
             "INSERT INTO parties (id, name, role, token_hash, created_at, org_id, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![p.id, p.name, p.role.as_str(), token_hash, p.created_at, p.organization, p.created_by],
@@ -567,7 +592,8 @@ impl Store {
 
     /// Replaces a party's token hash (a new token, or revocation with a
     /// value no token hashes to); false when there is no such party.
-    pub fn set_token_hash(tx: &Connection, id: &str, token_hash: &str) -> ServiceResult<bool> {
+    pub fn set_token_hash(tx: &Tx<'_>, id: &str, token_hash: &str) -> ServiceResult<bool> {
+        let tx = tx.sql();
         Ok(tx.execute(
             "UPDATE parties SET token_hash = ?2 WHERE id = ?1",
             params![id, token_hash],
@@ -577,7 +603,7 @@ impl Store {
     /// The party holding a token hash.
     pub fn party_by_token(&self, token_hash: &str) -> ServiceResult<Option<Party>> {
         Ok(self
-            .read(|c| parties_where(c, "WHERE token_hash = ?1", &[&token_hash]))?
+            .read(|c| parties_where(c.sql(), "WHERE token_hash = ?1", &[&token_hash]))?
             .pop())
     }
 
@@ -588,7 +614,7 @@ impl Store {
         token_hash: &str,
     ) -> ServiceResult<Option<(Party, Vec<scenarios::party::Creator>)>> {
         self.read(
-            |c| match parties_where(c, "WHERE token_hash = ?1", &[&token_hash])?.pop() {
+            |c| match parties_where(c.sql(), "WHERE token_hash = ?1", &[&token_hash])?.pop() {
                 Some(p) => {
                     let creators = creators_in(c, &p)?;
                     Ok(Some((p, creators)))
@@ -600,13 +626,13 @@ impl Store {
 
     /// All parties.
     pub fn parties(&self) -> ServiceResult<Vec<Party>> {
-        self.read(|c| parties_where(c, "ORDER BY created_at, id", &[]))
+        self.read(|c| parties_where(c.sql(), "ORDER BY created_at, id", &[]))
     }
 
     /// Number of parties with `role`.
     pub fn count_role(&self, role: Role) -> ServiceResult<u64> {
         self.read(|c| {
-            Ok(c.query_row(
+            Ok(c.sql().query_row(
                 "SELECT COUNT(*) FROM parties WHERE role = ?1",
                 [role.as_str()],
                 |r| r.get::<_, i64>(0),
@@ -631,7 +657,8 @@ impl Store {
     }
 
     /// Stores module bytes under their hash (idempotent).
-    pub fn put_module(tx: &Connection, hash: &str, bytes: &[u8], now: &str) -> ServiceResult<()> {
+    pub fn put_module(tx: &Tx<'_>, hash: &str, bytes: &[u8], now: &str) -> ServiceResult<()> {
+        let tx = tx.sql();
         tx.execute(
             "INSERT OR IGNORE INTO modules (hash, bytes, created_at) VALUES (?1, ?2, ?3)",
             params![hash, bytes, now],
@@ -642,21 +669,21 @@ impl Store {
     /// Module bytes by hash.
     pub fn module(&self, hash: &str) -> ServiceResult<Option<Vec<u8>>> {
         self.read(|c| {
-            Ok(
-                c.query_row("SELECT bytes FROM modules WHERE hash = ?1", [hash], |r| r.get(0))
-                    .optional()?,
-            )
+            Ok(c.sql()
+                .query_row("SELECT bytes FROM modules WHERE hash = ?1", [hash], |r| r.get(0))
+                .optional()?)
         })
     }
 
     /// A job's released output.
     pub fn job_output(&self, id: &str) -> ServiceResult<Option<Vec<u8>>> {
         self.read(|c| {
-            Ok(c.query_row("SELECT output FROM jobs WHERE id = ?1", [id], |r| {
-                r.get::<_, Option<Vec<u8>>>(0)
-            })
-            .optional()?
-            .flatten())
+            Ok(c.sql()
+                .query_row("SELECT output FROM jobs WHERE id = ?1", [id], |r| {
+                    r.get::<_, Option<Vec<u8>>>(0)
+                })
+                .optional()?
+                .flatten())
         })
     }
 
@@ -665,8 +692,9 @@ impl Store {
     /// Entries `from..` (at most `limit`).
     pub fn ledger(&self, from: u64, limit: u64) -> ServiceResult<Vec<StoredEntry>> {
         self.read(|c| {
-            let mut st =
-                c.prepare("SELECT seq, hash, body FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
+            let mut st = c
+                .sql()
+                .prepare("SELECT seq, hash, body FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
             let rows = st.query_map(params![from as i64, limit.min(i64::MAX as u64) as i64], |r| {
                 Ok(StoredEntry {
                     seq: r.get::<_, i64>(0)? as u64,
@@ -681,7 +709,9 @@ impl Store {
     /// Entries about one subject, in order.
     pub fn ledger_for(&self, subject: &str) -> ServiceResult<Vec<StoredEntry>> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT seq, hash, body FROM ledger WHERE subject = ?1 ORDER BY seq")?;
+            let mut st = c
+                .sql()
+                .prepare("SELECT seq, hash, body FROM ledger WHERE subject = ?1 ORDER BY seq")?;
             let rows = st.query_map([subject], |r| {
                 Ok(StoredEntry {
                     seq: r.get::<_, i64>(0)? as u64,
@@ -696,20 +726,22 @@ impl Store {
     /// The first entry about `subject` with `action`, if any.
     pub fn ledger_seq_of(&self, subject: &str, action: &str) -> ServiceResult<Option<u64>> {
         self.read(|c| {
-            Ok(c.query_row(
-                "SELECT MIN(seq) FROM ledger WHERE subject = ?1 AND action = ?2",
-                [subject, action],
-                |r| r.get::<_, Option<i64>>(0),
-            )?
-            .map(|s| s as u64))
+            Ok(c.sql()
+                .query_row(
+                    "SELECT MIN(seq) FROM ledger WHERE subject = ?1 AND action = ?2",
+                    [subject, action],
+                    |r| r.get::<_, Option<i64>>(0),
+                )?
+                .map(|s| s as u64))
         })
     }
 
     /// Leaf hashes of entries `from..` (at most `limit`), in order.
     pub fn ledger_hashes(&self, from: u64, limit: u64) -> ServiceResult<Vec<(u64, Hash)>> {
         self.read(|c| {
-            let mut st =
-                c.prepare_cached("SELECT seq, hash FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
+            let mut st = c
+                .sql()
+                .prepare_cached("SELECT seq, hash FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
             let rows = st.query_map(params![from as i64, limit.min(i64::MAX as u64) as i64], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
             })?;
@@ -729,7 +761,7 @@ impl Store {
     pub fn put_checkpoint(&self, cp: &SignedCheckpoint) -> ServiceResult<()> {
         let cp = cp.clone();
         self.tx(move |tx| {
-            tx.execute(
+            tx.sql().execute(
                 "INSERT OR IGNORE INTO checkpoints (size, root, time, signature) VALUES (?1, ?2, ?3, ?4)",
                 params![
                     cp.checkpoint.size as i64,
@@ -748,7 +780,7 @@ impl Store {
     /// to every party; see `gateway::ledger`). Idempotent.
     pub fn put_publication(&self, size: u64, at: DateTime<Utc>) -> ServiceResult<()> {
         self.tx(move |tx| {
-            tx.execute(
+            tx.sql().execute(
                 "INSERT OR IGNORE INTO published_checkpoints (size, published_at) VALUES (?1, ?2)",
                 params![
                     size.min(i64::MAX as u64) as i64,
@@ -773,7 +805,7 @@ impl Store {
     ) -> ServiceResult<bool> {
         let (witness, line) = (witness.to_string(), line.to_string());
         self.tx(move |tx| {
-            let n = tx.execute(
+            let n = tx.sql().execute(
                 "INSERT OR IGNORE INTO cosignatures (size, witness, line, cosigned_at) VALUES (?1, ?2, ?3, ?4)",
                 params![
                     size.min(i64::MAX as u64) as i64,
@@ -793,8 +825,9 @@ impl Store {
     /// witness verifier key.
     pub fn cosignatures(&self, size: u64) -> ServiceResult<Vec<String>> {
         self.read(move |c| {
-            let mut st =
-                c.prepare_cached("SELECT line FROM cosignatures WHERE size = ?1 ORDER BY witness")?;
+            let mut st = c
+                .sql()
+                .prepare_cached("SELECT line FROM cosignatures WHERE size = ?1 ORDER BY witness")?;
             let rows = st.query_map(params![size.min(i64::MAX as u64) as i64], |r| {
                 r.get::<_, String>(0)
             })?;
@@ -805,8 +838,9 @@ impl Store {
     /// The largest cosigned checkpoint size in `from..=to`.
     pub fn largest_cosigned(&self, from: u64, to: u64) -> ServiceResult<Option<u64>> {
         self.read(move |c| {
-            let mut st =
-                c.prepare_cached("SELECT MAX(size) FROM cosignatures WHERE size >= ?1 AND size <= ?2")?;
+            let mut st = c
+                .sql()
+                .prepare_cached("SELECT MAX(size) FROM cosignatures WHERE size >= ?1 AND size <= ?2")?;
             let size = st.query_row(
                 params![from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64],
                 |r| r.get::<_, Option<i64>>(0),
@@ -848,7 +882,7 @@ impl Store {
 
     fn checkpoint_rows(&self, sql: &str, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>> {
         self.read(|c| {
-            let mut st = c.prepare_cached(sql)?;
+            let mut st = c.sql().prepare_cached(sql)?;
             let rows = st.query_map(
                 params![from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64],
                 |r| {
@@ -879,11 +913,10 @@ impl Store {
     /// Number of ledger entries.
     pub fn ledger_size(&self) -> ServiceResult<u64> {
         self.read(|c| {
-            Ok(
-                c.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM ledger", [], |r| {
+            Ok(c.sql()
+                .query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM ledger", [], |r| {
                     r.get::<_, i64>(0)
-                })? as u64,
-            )
+                })? as u64)
         })
     }
 }
@@ -1077,14 +1110,16 @@ impl Record for scenarios::oversight::Incident {
 }
 
 /// Inserts or updates a record with its lookup columns.
-pub fn put<R: Record>(tx: &Connection, r: &R) -> ServiceResult<()> {
+pub fn put<R: Record>(tx: &Tx<'_>, r: &R) -> ServiceResult<()> {
+    let tx = tx.sql();
     let cols = r.lookup();
     let refs: Vec<&str> = cols.iter().map(String::as_str).collect();
-    put_in(tx, R::TABLE, r.id(), &refs, r)
+    put_in(&Tx(tx), R::TABLE, r.id(), &refs, r)
 }
 
 /// Loads one document inside a connection or transaction.
-pub fn get_in<T: DeserializeOwned>(c: &Connection, table: Table, id: &str) -> ServiceResult<Option<T>> {
+pub fn get_in<T: DeserializeOwned>(c: &Tx<'_>, table: Table, id: &str) -> ServiceResult<Option<T>> {
+    let c = c.sql();
     let sql = format!("SELECT body FROM {} WHERE id = ?1", table.name());
     let body: Option<String> = c.query_row(&sql, [id], |r| r.get(0)).optional()?;
     body.map(|b| from_json(&b)).transpose()
@@ -1092,10 +1127,11 @@ pub fn get_in<T: DeserializeOwned>(c: &Connection, table: Table, id: &str) -> Se
 
 /// Lists documents inside a connection or transaction.
 pub fn list_in<T: DeserializeOwned>(
-    c: &Connection,
+    c: &Tx<'_>,
     table: Table,
     filter: Option<(&str, &str)>,
 ) -> ServiceResult<Vec<T>> {
+    let c = c.sql();
     let mut bodies: Vec<String> = Vec::new();
     match filter {
         Some((col, val)) => {
@@ -1125,12 +1161,13 @@ pub fn list_in<T: DeserializeOwned>(
 /// Inserts or replaces a document with its lookup columns (in the order of
 /// the table's `columns`).
 pub fn put_in<T: Serialize>(
-    tx: &Connection,
+    tx: &Tx<'_>,
     table: Table,
     id: &str,
     cols: &[&str],
     body: &T,
 ) -> ServiceResult<()> {
+    let tx = tx.sql();
     let names = table.columns();
     if names.len() != cols.len() {
         return Err(internal("column count mismatch"));
@@ -1163,13 +1200,14 @@ pub fn put_in<T: Serialize>(
 /// Records consent (or its withdrawal) of `units` for a scenario; the last
 /// record of a unit counts. Returns how many records changed.
 pub fn put_consents(
-    tx: &Connection,
+    tx: &Tx<'_>,
     scenario_id: &str,
     units: &[String],
     granted: bool,
     by: &str,
     at: &str,
 ) -> ServiceResult<usize> {
+    let tx = tx.sql();
     let mut st = tx.prepare_cached(
         "INSERT INTO consents (scenario_id, unit, granted, recorded_by, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (scenario_id, unit) DO UPDATE SET granted = excluded.granted,
@@ -1187,7 +1225,9 @@ impl Store {
     /// Units that consented to a scenario.
     pub fn consenting_units(&self, scenario_id: &str) -> ServiceResult<std::collections::HashSet<String>> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT unit FROM consents WHERE scenario_id = ?1 AND granted = 1")?;
+            let mut st = c
+                .sql()
+                .prepare("SELECT unit FROM consents WHERE scenario_id = ?1 AND granted = 1")?;
             let rows = st.query_map([scenario_id], |r| r.get::<_, String>(0))?;
             let mut out = std::collections::HashSet::new();
             for r in rows {
@@ -1200,7 +1240,7 @@ impl Store {
     /// Consent counts per scenario: (scenario, granted, withdrawn).
     pub fn consent_counts(&self) -> ServiceResult<Vec<(String, u64, u64)>> {
         self.read(|c| {
-            let mut st = c.prepare(
+            let mut st = c.sql().prepare(
                 "SELECT scenario_id, SUM(granted), SUM(1 - granted) FROM consents GROUP BY scenario_id ORDER BY scenario_id",
             )?;
             let rows = st.query_map([], |r| {
@@ -1211,8 +1251,37 @@ impl Store {
     }
 }
 
+/// Counts one more check of each of `units` by `developer` in `scenario`
+/// and returns, per unit, how many checks it had before this one.
+pub fn count_verifications(
+    tx: &Tx<'_>,
+    developer: &str,
+    scenario: &str,
+    units: &[String],
+) -> ServiceResult<Vec<u32>> {
+    let tx = tx.sql();
+    let mut get = tx.prepare_cached(
+        "SELECT checks FROM verifications WHERE developer_id = ?1 AND scenario_id = ?2 AND unit = ?3",
+    )?;
+    let mut put = tx.prepare_cached(
+        "INSERT INTO verifications (developer_id, scenario_id, unit, checks) VALUES (?1, ?2, ?3, 1)
+         ON CONFLICT (developer_id, scenario_id, unit) DO UPDATE SET checks = checks + 1",
+    )?;
+    let mut before = Vec::with_capacity(units.len());
+    for unit in units {
+        let done: u32 = get
+            .query_row(params![developer, scenario, unit], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        put.execute(params![developer, scenario, unit])?;
+        before.push(done);
+    }
+    Ok(before)
+}
+
 /// Stores a job's output bytes.
-pub fn set_job_output(tx: &Connection, id: &str, output: &[u8]) -> ServiceResult<()> {
+pub fn set_job_output(tx: &Tx<'_>, id: &str, output: &[u8]) -> ServiceResult<()> {
+    let tx = tx.sql();
     tx.execute("UPDATE jobs SET output = ?2 WHERE id = ?1", params![id, output])?;
     Ok(())
 }
@@ -1285,7 +1354,8 @@ mod tests {
         // A loop (only a corrupt store holds one) is refused, not followed.
         store
             .tx(|tx| {
-                tx.execute("UPDATE parties SET created_by = 'pt_c' WHERE id = 'pt_a'", [])?;
+                tx.sql()
+                    .execute("UPDATE parties SET created_by = 'pt_c' WHERE id = 'pt_a'", [])?;
                 Ok(())
             })
             .unwrap();
@@ -1328,7 +1398,10 @@ mod tests {
         // Opening again is a no-op.
         let store = Store::open(dir.path()).unwrap();
         let n: i64 = store
-            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM budget_levels", [], |r| r.get(0))?))
+            .read(|c| {
+                Ok(c.sql()
+                    .query_row("SELECT COUNT(*) FROM budget_levels", [], |r| r.get(0))?)
+            })
             .unwrap();
         assert_eq!(n, 4);
     }
@@ -1371,7 +1444,7 @@ mod tests {
             "UPDATE cosignatures SET line = 'forged'",
             "DELETE FROM cosignatures",
         ] {
-            let r = store.tx(move |tx| Ok(tx.execute(sql, [])?));
+            let r = store.tx(move |tx| Ok(tx.sql().execute(sql, [])?));
             assert!(r.is_err(), "{sql} must be refused");
         }
         assert_eq!(store.ledger_size().unwrap(), 2);
@@ -1443,7 +1516,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
         let append_one = |subject: &'static str| {
-            move |tx: &Connection| {
+            move |tx: &Tx<'_>| {
                 append(
                     tx,
                     NewEntry::system("test.append", subject, serde_json::json!({})),

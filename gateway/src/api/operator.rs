@@ -8,6 +8,7 @@ use super::{ApiError, ApiResult};
 use super::{JobRecord, JobStatus};
 use crate::keys::{new_id, new_token};
 use crate::state::AppState;
+use crate::store::Tx;
 use crate::store::{append, get_in, list_in, party_in, put, NewEntry, Organization, Party, Store, Table};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -103,7 +104,7 @@ pub(crate) async fn create_party(
 
 /// The party that decided a record, as an actor with the chain of
 /// accounts that created it; `None` when unknown.
-fn decider_in(tx: &rusqlite::Connection, id: Option<&str>) -> ApiResult<Option<scenarios::party::Actor>> {
+fn decider_in(tx: &Tx<'_>, id: Option<&str>) -> ApiResult<Option<scenarios::party::Actor>> {
     let Some(p) = id.map(|id| party_in(tx, id)).transpose()?.flatten() else {
         return Ok(None);
     };
@@ -120,7 +121,7 @@ fn decider_in(tx: &rusqlite::Connection, id: Option<&str>) -> ApiResult<Option<s
 /// Fails unless `actor` may manage the token of party `id`: only a party
 /// that may create that role in that organization (I16), so the
 /// operator cannot take over, or shut out, a regulator's account.
-fn may_manage(tx: &rusqlite::Connection, actor: &scenarios::party::Actor, id: &str) -> ApiResult<()> {
+fn may_manage(tx: &Tx<'_>, actor: &scenarios::party::Actor, id: &str) -> ApiResult<()> {
     let target =
         party_in(tx, id)?.ok_or_else(|| ApiError::NotFound(format!("no party {}", id.escape_debug())))?;
     match scenarios::party::may_create(actor, target.role, Some(&target.organization)) {

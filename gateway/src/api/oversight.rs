@@ -7,12 +7,12 @@ use super::{blocking, current_datasets, not_found, JobRecord};
 use super::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
+use crate::store::Tx;
 use crate::store::{append, get_in, list_in, put, NewEntry, Table};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{NaiveDate, Utc};
-use rusqlite::Connection;
 use scenarios::oversight::{
     Claim, HaltScope, Incident, Objection, ObjectionTarget, PlanState, RiskReport, Severity,
 };
@@ -197,7 +197,7 @@ pub(crate) struct Halt {
 /// Halts agreements in one transaction with the report and its ledger
 /// entries; returns the report.
 fn halt_in(
-    tx: &Connection,
+    tx: &Tx<'_>,
     actor: &Actor,
     scope: HaltScope,
     h: Halt,

@@ -9,11 +9,11 @@ use super::{blocking, current_datasets};
 use super::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::population::{self, PopulationRecord};
+use crate::store::Tx;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
-use rusqlite::Connection;
 use scenarios::budget::{Budget, Delta, Epsilon, Rho};
 use scenarios::party::Role;
 use scenarios::population::Caps;
@@ -23,13 +23,7 @@ use std::collections::BTreeMap;
 
 /// One population as the regulator sees it, for `period` (the current one
 /// when `None`).
-fn view(
-    c: &Connection,
-    p: &PopulationRecord,
-    units: u64,
-    period: Option<u64>,
-    opened: bool,
-) -> ApiResult<Value> {
+fn view(c: &Tx<'_>, p: &PopulationRecord, units: u64, period: Option<u64>, opened: bool) -> ApiResult<Value> {
     let period = period.unwrap_or(p.period);
     if period == 0 || period > p.period {
         return Err(ApiError::NotFound(format!(
@@ -75,7 +69,7 @@ fn all_units(st: &AppState) -> ApiResult<BTreeMap<String, u64>> {
 }
 
 /// The record of `kind`, or the one it would open with.
-fn record_or_default(c: &Connection, kind: &str, units: u64) -> ApiResult<(PopulationRecord, bool)> {
+fn record_or_default(c: &Tx<'_>, kind: &str, units: u64) -> ApiResult<(PopulationRecord, bool)> {
     Ok(match population::population_in(c, kind)? {
         Some(p) => (p, true),
         None => (

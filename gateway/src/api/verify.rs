@@ -22,7 +22,6 @@ use crate::store::{append, NewEntry};
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::Utc;
-use rusqlite::{params, OptionalExtension};
 use sandbox::verify::{mechanism, truth_probability, Claim, Claimed, MAX_CLAIMS};
 use scenarios::policy::ColumnOp;
 use serde::Deserialize;
@@ -184,23 +183,10 @@ pub(crate) async fn verify(
         .write(move |tx| {
             let levels = crate::store::population::charge_in(tx, &charge, Utc::now())?;
             crate::store::population::add_verification_spent(tx, &dev, &scenario, &cost)?;
-            let mut eligible = Vec::with_capacity(subjects.len());
-            let mut get = tx.prepare_cached(
-                "SELECT checks FROM verifications WHERE developer_id = ?1 AND scenario_id = ?2 AND unit = ?3",
-            )?;
-            let mut put = tx.prepare_cached(
-                "INSERT INTO verifications (developer_id, scenario_id, unit, checks) VALUES (?1, ?2, ?3, 1)
-                 ON CONFLICT (developer_id, scenario_id, unit) DO UPDATE SET checks = checks + 1",
-            )?;
-            for unit in &subjects {
-                let done: u32 = get
-                    .query_row(params![dev, scenario, unit], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or(0);
-                put.execute(params![dev, scenario, unit])?;
-                eligible.push(done < MAX_CHECKS_PER_SUBJECT);
-            }
-            drop((get, put));
+            let eligible: Vec<bool> = crate::store::count_verifications(tx, &dev, &scenario, &subjects)?
+                .into_iter()
+                .map(|done| done < MAX_CHECKS_PER_SUBJECT)
+                .collect();
             // Counts of consenting or checked subjects would say who
             // consented: the entry holds what the developer sent and paid.
             append(

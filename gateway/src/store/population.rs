@@ -8,6 +8,7 @@
 //! Nothing here deletes spending: a renewal opens a new period and leaves
 //! the old period's rows as they were, for the regulator and the auditors.
 
+use super::Tx;
 use super::{append, from_json, to_json, NewEntry};
 use crate::error::{ServiceError, ServiceResult};
 use chrono::{DateTime, Utc};
@@ -48,7 +49,8 @@ pub struct PopulationRecord {
 }
 
 /// A population's record, if it was ever charged or set.
-pub fn population_in(c: &Connection, kind: &str) -> ServiceResult<Option<PopulationRecord>> {
+pub fn population_in(c: &Tx<'_>, kind: &str) -> ServiceResult<Option<PopulationRecord>> {
+    let c = c.sql();
     let body: Option<String> = c
         .query_row("SELECT body FROM populations WHERE kind = ?1", [kind], |r| {
             r.get(0)
@@ -58,7 +60,8 @@ pub fn population_in(c: &Connection, kind: &str) -> ServiceResult<Option<Populat
 }
 
 /// Every population's record, by kind.
-pub fn populations_in(c: &Connection) -> ServiceResult<Vec<PopulationRecord>> {
+pub fn populations_in(c: &Tx<'_>) -> ServiceResult<Vec<PopulationRecord>> {
+    let c = c.sql();
     let mut stmt = c.prepare("SELECT body FROM populations ORDER BY kind")?;
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
@@ -80,12 +83,13 @@ fn put_population(tx: &Connection, p: &PopulationRecord) -> ServiceResult<()> {
 /// The population `kind`, opened with the default caps for `units` units
 /// (and a ledger entry saying so) when it has no record yet.
 pub fn open_population_in(
-    tx: &Connection,
+    tx: &Tx<'_>,
     kind: &str,
     units: u64,
     now: DateTime<Utc>,
 ) -> ServiceResult<PopulationRecord> {
-    if let Some(p) = population_in(tx, kind)? {
+    let tx = tx.sql();
+    if let Some(p) = population_in(&Tx(tx), kind)? {
         return Ok(p);
     }
     let p = PopulationRecord {
@@ -98,7 +102,7 @@ pub fn open_population_in(
     };
     put_population(tx, &p)?;
     append(
-        tx,
+        &Tx(tx),
         NewEntry::system(
             "population.open",
             &subject(kind),
@@ -253,11 +257,12 @@ pub struct Charge {
 /// `tx`: all levels are checked before any is written, so a refusal
 /// (`BudgetExhausted`, naming the first exhausted level) changes nothing.
 /// Returns each level's figures after the charge, for the ledger entry.
-pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ServiceResult<Vec<Value>> {
+pub fn charge_in(tx: &Tx<'_>, ch: &Charge, now: DateTime<Utc>) -> ServiceResult<Vec<Value>> {
+    let tx = tx.sql();
     let mut states: Vec<(u64, LevelState, Option<Budget>)> = Vec::new();
     let mut new_allocations = Vec::new();
     for (kind, units) in &ch.populations {
-        let p = open_population_in(tx, kind, *units, now)?;
+        let p = open_population_in(&Tx(tx), kind, *units, now)?;
         // The delta caps hold for the population's size now, not only the
         // size it had when they were set: a population opened small (by a
         // developer's own table, or before its datasets arrived) kept
@@ -341,7 +346,7 @@ pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ServiceRes
     }
     for (kind, period, holder, cap) in new_allocations {
         append(
-            tx,
+            &Tx(tx),
             NewEntry::system(
                 "budget.allocate",
                 &subject(&kind),
@@ -357,7 +362,7 @@ pub fn charge_in(tx: &Connection, ch: &Charge, now: DateTime<Utc>) -> ServiceRes
 /// Lowers a population's caps within its period (a regulator's decision,
 /// recorded); refused when any part would rise or the caps are unsafe.
 pub fn lower_caps_in(
-    tx: &Connection,
+    tx: &Tx<'_>,
     actor: &Actor,
     kind: &str,
     units: u64,
@@ -365,7 +370,8 @@ pub fn lower_caps_in(
     reason: &str,
     now: DateTime<Utc>,
 ) -> ServiceResult<PopulationRecord> {
-    let mut p = open_population_in(tx, kind, units, now)?;
+    let tx = tx.sql();
+    let mut p = open_population_in(&Tx(tx), kind, units, now)?;
     let caps = caps.clamped();
     p.caps.check_lowering(&caps)?;
     caps.validate(p.units.max(units))?;
@@ -373,7 +379,7 @@ pub fn lower_caps_in(
     p.caps = caps;
     put_population(tx, &p)?;
     append(
-        tx,
+        &Tx(tx),
         NewEntry::by(
             actor,
             "population.cap",
@@ -389,7 +395,7 @@ pub fn lower_caps_in(
 /// `None`): the regulator's recorded renewal decision. Every level starts
 /// the new period with nothing spent; the closed period's figures stay.
 pub fn renew_in(
-    tx: &Connection,
+    tx: &Tx<'_>,
     actor: &Actor,
     kind: &str,
     units: u64,
@@ -397,7 +403,8 @@ pub fn renew_in(
     reason: &str,
     now: DateTime<Utc>,
 ) -> ServiceResult<PopulationRecord> {
-    let mut p = open_population_in(tx, kind, units, now)?;
+    let tx = tx.sql();
+    let mut p = open_population_in(&Tx(tx), kind, units, now)?;
     let caps = caps.unwrap_or(p.caps).clamped();
     caps.validate(units)?;
     let closed = p.period;
@@ -411,7 +418,7 @@ pub fn renew_in(
     p.caps = caps;
     put_population(tx, &p)?;
     append(
-        tx,
+        &Tx(tx),
         NewEntry::by(
             actor,
             "population.renew",
@@ -444,7 +451,8 @@ pub struct LevelView {
 
 /// Every level of a population's period, with the population level first
 /// (listed even when nothing was spent).
-pub fn levels_in(c: &Connection, p: &PopulationRecord, period: u64) -> ServiceResult<Vec<LevelView>> {
+pub fn levels_in(c: &Tx<'_>, p: &PopulationRecord, period: u64) -> ServiceResult<Vec<LevelView>> {
+    let c = c.sql();
     let mut stmt = c.prepare(
         "SELECT level, holder FROM budget_levels WHERE kind = ?1 AND period = ?2 ORDER BY level, holder",
     )?;
@@ -499,7 +507,8 @@ pub fn levels_in(c: &Connection, p: &PopulationRecord, period: u64) -> ServiceRe
 }
 
 /// The population level's spend in a period (for its guarantee).
-pub fn population_spend_in(c: &Connection, p: &PopulationRecord, period: u64) -> ServiceResult<Spend> {
+pub fn population_spend_in(c: &Tx<'_>, p: &PopulationRecord, period: u64) -> ServiceResult<Spend> {
+    let c = c.sql();
     Ok(level_in(c, &p.kind, period, Level::Population, &p.kind)?
         .unwrap_or_default()
         .0)
@@ -588,7 +597,7 @@ pub(super) fn migrate_budgets(tx: &Connection, now: DateTime<Utc>) -> ServiceRes
         pops.dedup();
         let allocation = sc.map_or(cost, |sc| sc.spec.release.total_budget());
         for kind in pops {
-            let p = open_population_in(tx, &kind, units_of.get(&kind).copied().unwrap_or(0), now)?;
+            let p = open_population_in(&Tx(tx), &kind, units_of.get(&kind).copied().unwrap_or(0), now)?;
             for level in Level::ALL {
                 let holder = match level {
                     Level::Population => kind.clone(),
@@ -617,11 +626,12 @@ pub(super) fn migrate_budgets(tx: &Connection, now: DateTime<Utc>) -> ServiceRes
 /// scenario through cross-verification (shown with the settled spend of
 /// its jobs; the limits are the population levels charged with it).
 pub fn add_verification_spent(
-    tx: &Connection,
+    tx: &Tx<'_>,
     developer: &str,
     scenario: &str,
     cost: &Budget,
 ) -> ServiceResult<()> {
+    let tx = tx.sql();
     tx.execute(
         "INSERT INTO verification_spent (developer_id, scenario_id, epsilon, delta, rho) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (developer_id, scenario_id) DO UPDATE SET
@@ -634,7 +644,8 @@ pub fn add_verification_spent(
 }
 
 /// What a developer has spent under a scenario through cross-verification.
-pub fn verification_spent_in(c: &Connection, developer: &str, scenario: &str) -> ServiceResult<Budget> {
+pub fn verification_spent_in(c: &Tx<'_>, developer: &str, scenario: &str) -> ServiceResult<Budget> {
+    let c = c.sql();
     Ok(c.query_row(
         "SELECT epsilon, delta, rho FROM verification_spent WHERE developer_id = ?1 AND scenario_id = ?2",
         params![developer, scenario],
@@ -686,7 +697,7 @@ mod tests {
         store
             .read(|c| {
                 let p = population_in(c, "enterprise")?.unwrap();
-                Ok(level_in(c, "enterprise", p.period, level, holder)?
+                Ok(level_in(c.sql(), "enterprise", p.period, level, holder)?
                     .unwrap_or_default()
                     .0
                     .budget)
@@ -1041,7 +1052,7 @@ mod tests {
         // has 3 left of its organization cap of 10.
         let gone: bool = store
             .read(|c| {
-                Ok(c.query_row(
+                Ok(c.sql().query_row(
                     "SELECT COUNT(*) = 0 FROM sqlite_master WHERE name = 'budgets'",
                     [],
                     |r| r.get(0),
