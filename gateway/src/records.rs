@@ -321,7 +321,7 @@ pub(crate) fn test_job(status: JobStatus, charged_queries: u32) -> JobRecord {
         submitted_at: Utc::now(),
         started_at: Some(Utc::now()),
         finished_at: status.is_final().then(Utc::now),
-        error: Some(serde_json::json!({"kind": "guest_failed", "message": "status 1234"})),
+        error: Some(serde_json::json!({"kind": "guest_failed", "message": "status 424242"})),
         usage: Some(Usage::default()),
         queries: Vec::new(),
         tables: Vec::new(),

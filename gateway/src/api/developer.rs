@@ -463,7 +463,7 @@ mod tests {
             let v = developer_view(&j);
             let text = v.to_string();
             assert_eq!(text.contains("a secret"), disclosed, "{v}");
-            assert_eq!(text.contains("1234"), disclosed, "{v}");
+            assert_eq!(text.contains("status 424242"), disclosed, "{v}");
             assert_eq!(v.get("usage").is_some(), disclosed, "{v}");
             assert_eq!(v["status"], json!(status), "{v}");
             assert_eq!(v["module_hash"], "ab");
