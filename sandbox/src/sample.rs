@@ -133,9 +133,21 @@ pub fn sample_batch(
                         Some(Domain::Range { min, max }) => (*min, *max),
                         _ => (0.0, 1000.0),
                     };
+                    // Within the domain and finite in the column's own type:
+                    // the table declares every column complete, so its
+                    // values are read without the finite check.
+                    let most = match dt {
+                        DataType::Float32 => f64::from(f32::MAX),
+                        DataType::Float16 => 65_504.0,
+                        _ => f64::MAX,
+                    };
                     let mut b = Float64Builder::new();
                     for _ in 0..rows {
-                        b.append_value(((lo + g.unit() * (hi - lo)) * 100.0).round() / 100.0);
+                        let u = g.unit();
+                        let v = lo * (1.0 - u) + hi * u;
+                        let r = (v * 100.0).round() / 100.0;
+                        let v = if r.is_finite() { r } else { v };
+                        b.append_value(v.max(lo).min(hi).max(-most).min(most));
                     }
                     cast(&(Arc::new(b.finish()) as ArrayRef), dt)?
                 }

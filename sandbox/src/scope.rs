@@ -13,7 +13,7 @@ use crate::total::Program;
 use crate::udf::{self, RowFunction};
 use crate::{Error, Result};
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::DFSchema;
@@ -234,6 +234,7 @@ impl ViewProvider {
         spec: &DatasetSpec,
         key: &TokenKey,
         complete: &[String],
+        verified: &[String],
         units: crate::desensitize::UnitFilter,
     ) -> Result<Self> {
         let unit_complete = complete.contains(&spec.privacy_unit);
@@ -241,7 +242,7 @@ impl ViewProvider {
             .schema()
             .fields()
             .iter()
-            .filter(|f| f.data_type().is_numeric() && complete.contains(f.name()))
+            .filter(|f| f.data_type().is_numeric() && verified.contains(f.name()))
             .map(|f| f.name().clone())
             .collect();
         let raw_schema = DFSchema::try_from(raw.schema())?;
@@ -318,6 +319,37 @@ impl TableProvider for ViewProvider {
         let names: Vec<String> = wanted.iter().map(|(n, _)| n.clone()).collect();
         Ok(Arc::new(TotalExec::new(input, programs, &names, None)))
     }
+}
+
+/// True when column `name` of every batch has no null and, for a float
+/// column, no NaN or infinity. Reads every value (no early exit).
+fn batches_clean(batches: &[RecordBatch], name: &str) -> bool {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{Float16Type, Float32Type, Float64Type};
+    batches.iter().fold(true, |ok, b| {
+        let Some(a) = b.column_by_name(name) else {
+            return false;
+        };
+        let finite = match a.data_type() {
+            DataType::Float64 => a
+                .as_primitive::<Float64Type>()
+                .values()
+                .iter()
+                .fold(true, |f, v| f & v.is_finite()),
+            DataType::Float32 => a
+                .as_primitive::<Float32Type>()
+                .values()
+                .iter()
+                .fold(true, |f, v| f & v.is_finite()),
+            DataType::Float16 => a
+                .as_primitive::<Float16Type>()
+                .values()
+                .iter()
+                .fold(true, |f, v| f & v.is_finite()),
+            _ => true,
+        };
+        ok & finite & (a.logical_null_count() == 0)
+    })
 }
 
 /// Registered tables and the raw providers behind them, shared by all jobs.
@@ -433,7 +465,27 @@ impl DataPlane {
             } else {
                 cfg.token_key.clone()
             };
-            let view = ViewProvider::new(raw, &t.spec, &key, &t.complete_columns, t.units.clone())?;
+            // Registration checked a file's declared-complete columns for
+            // nulls, NaN and infinities; in-memory rows were checked by no
+            // one, so their columns are read unchecked only where they are
+            // found clean (else the view's finite check stays).
+            let verified: Vec<String> = match &t.data {
+                TableData::File(_) => t.complete_columns.clone(),
+                TableData::Batches(b) => t
+                    .complete_columns
+                    .iter()
+                    .filter(|c| batches_clean(b, c))
+                    .cloned()
+                    .collect(),
+            };
+            let view = ViewProvider::new(
+                raw,
+                &t.spec,
+                &key,
+                &t.complete_columns,
+                &verified,
+                t.units.clone(),
+            )?;
             let schema = view.schema.clone();
             let exact_rows = match &t.data {
                 TableData::Batches(b) if !view.filter_units => {
@@ -752,6 +804,12 @@ impl JobScope {
         Ok((prepared, lineage))
     }
 
+    /// The exact row count [`JobScope::execute`] may read for `table`.
+    #[cfg(test)]
+    pub(crate) fn exact_rows(&self, table: &str) -> Option<u64> {
+        self.tables.get(table).and_then(|t| t.exact_rows)
+    }
+
     /// Runs the mechanism's plan to completion. A count of all the rows of
     /// one table whose row count is known exactly ([`TableInfo::exact_rows`])
     /// is read from that count, as DataFusion answers the same raw query
@@ -766,6 +824,13 @@ impl JobScope {
         if let Some(rows) = known {
             return Ok(vec![prepared.counts(rows)?]);
         }
+        self.execute_plan(prepared).await
+    }
+
+    /// Runs the mechanism's plan to completion, never reading a count from
+    /// a table's length: what a file-backed table always runs (the audit
+    /// runs it on its in-memory neighbours).
+    pub(crate) async fn execute_plan(&self, prepared: &release::Prepared) -> Result<Vec<RecordBatch>> {
         self.ctx
             .execute_logical_plan(prepared.plan.clone())
             .await

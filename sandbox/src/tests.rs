@@ -14,6 +14,7 @@ use serde_json::json;
 use std::sync::Arc;
 
 mod attacks;
+mod i14_perf_review;
 mod i14_review;
 mod i14_review2;
 mod i15_review;

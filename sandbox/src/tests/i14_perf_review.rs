@@ -1,0 +1,464 @@
+//! I14 review of the one-row-per-unit performance change: the fused
+//! `invis_measures` aggregate, whole-table counts read from an in-memory
+//! table's length, and declared-complete numeric columns read without the
+//! view's finite check.
+//!
+//! The fused figures are compared with the separate aggregates they replace
+//! on what the module's own tests leave out (aggregate FILTERs, i64
+//! extremes, -0.0, lanes with a filter); the whole-table count with the
+//! plan it skips, and where it must not answer; and a float column declared
+//! complete by a table that no registration checked must not let NaN or an
+//! infinity reach a query.
+
+use crate::desensitize::TokenKey;
+use crate::measures::{field_name, measures, Spec};
+use crate::{DataPlane, JobScope, MemoryAccountant, ScopeConfig, TableData, TableVersion};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::functions::core::expr_fn::get_field;
+use datafusion::functions_aggregate::expr_fn::{count, sum};
+use datafusion::logical_expr::{col, lit, Expr, ExprFunctionExt};
+use datafusion::prelude::SessionContext;
+use serde_json::json;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+fn raw_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("g", DataType::Int32, true),
+        Field::new("x", DataType::Int64, true),
+        Field::new("f", DataType::Float64, true),
+    ]))
+}
+
+/// `n` rows mixing nulls, i64 extremes, -0.0, NaN and infinities.
+fn extreme_batch(n: usize, groups: i32, salt: usize) -> RecordBatch {
+    let xs = [
+        Some(i64::MIN),
+        Some(i64::MAX),
+        None,
+        Some(0),
+        Some(-1),
+        Some(1 << 40),
+        Some(7),
+    ];
+    let fs = [
+        Some(-0.0),
+        Some(f64::NAN),
+        Some(-f64::NAN),
+        Some(f64::INFINITY),
+        Some(f64::NEG_INFINITY),
+        None,
+        Some(1e300),
+        Some(-1e-300),
+        Some(0.005),
+        Some(-0.005),
+        Some(2.675),
+        Some(f64::MAX),
+        Some(f64::MIN_POSITIVE),
+    ];
+    let g: Vec<Option<i32>> = (0..n)
+        .map(|i| ((i + salt) % 9 != 0).then_some(((i * 31 + salt) % groups as usize) as i32))
+        .collect();
+    let x: Vec<Option<i64>> = (0..n).map(|i| xs[(i * 5 + salt) % xs.len()]).collect();
+    let f: Vec<Option<f64>> = (0..n).map(|i| fs[(i * 3 + salt) % fs.len()]).collect();
+    RecordBatch::try_new(
+        raw_schema(),
+        vec![
+            Arc::new(Int32Array::from(g)),
+            Arc::new(Int64Array::from(x)),
+            Arc::new(Float64Array::from(f)),
+        ],
+    )
+    .unwrap()
+}
+
+/// The separate aggregate a spec over `x` (argument 0) and `f` (argument
+/// 1) stands for, with standard FILTER semantics.
+fn separate(spec: &Spec) -> Expr {
+    let clamp = crate::release::clamp_expr;
+    match *spec {
+        Spec::Rows => count(lit(1i64)),
+        Spec::NonNull { arg: 0 } => count(col("x")),
+        Spec::NonNull { .. } => count(col("f")),
+        Spec::Sum { lo, hi, .. } => sum(clamp(DataType::Int64, lo, hi, 0, col("x"))),
+        Spec::Fixed { lo, hi, scale, .. } => sum(clamp(DataType::Float64, lo, hi, scale, col("f"))),
+    }
+}
+
+/// Fused figures against the separate aggregates, with and without groups
+/// and with and without an aggregate FILTER.
+async fn compare(parts: Vec<Vec<RecordBatch>>, specs: &[Spec]) {
+    let ctx = SessionContext::new();
+    ctx.register_table("t", Arc::new(MemTable::try_new(raw_schema(), parts).unwrap()))
+        .unwrap();
+    for filter in [None, Some(col("g").gt(lit(2)).or(col("x").is_null()))] {
+        for groups in [vec![], vec![col("g")]] {
+            let with = |e: Expr| match &filter {
+                Some(f) => e.filter(f.clone()).build().unwrap(),
+                None => e,
+            };
+            let mut aggs = vec![with(measures(specs.to_vec(), vec![col("x"), col("f")])).alias("ms")];
+            let mut select = Vec::new();
+            for (i, spec) in specs.iter().enumerate() {
+                // An aggregate asked for twice is asked for once.
+                let first = specs.iter().position(|s| s == spec).unwrap_or(i);
+                if first == i {
+                    aggs.push(with(separate(spec)).alias(format!("s{i}")));
+                }
+                select.push(get_field(col("ms"), field_name(i)).alias(format!("m{i}")));
+                select.push(col(format!("s{first}")).alias(format!("s{i}")));
+            }
+            let out = ctx
+                .table("t")
+                .await
+                .unwrap()
+                .aggregate(groups.clone(), aggs)
+                .unwrap()
+                .select(select)
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            for b in out {
+                for i in 0..specs.len() {
+                    let fused = b
+                        .column_by_name(&format!("m{i}"))
+                        .unwrap()
+                        .as_primitive::<Int64Type>()
+                        .clone();
+                    let sep = b
+                        .column_by_name(&format!("s{i}"))
+                        .unwrap()
+                        .as_primitive::<Int64Type>()
+                        .clone();
+                    for r in 0..b.num_rows() {
+                        let expected = if sep.is_null(r) { 0 } else { sep.value(r) };
+                        assert_eq!(
+                            fused.value(r),
+                            expected,
+                            "{:?} filter {filter:?} groups {groups:?} row {r}",
+                            specs[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Aggregate FILTERs (the general loop), i64 extremes with the widest
+/// bounds (`Figure::Whole`), -0.0, NaN of both signs, ±inf, values whose
+/// fixed point overflows, few groups (lanes) and many, several partitions.
+#[tokio::test]
+async fn fused_measures_match_separate_aggregates_under_filters_and_extremes() {
+    let specs = [
+        Spec::Sum {
+            arg: 0,
+            lo: i64::MIN,
+            hi: i64::MAX,
+        },
+        Spec::Rows,
+        Spec::Fixed {
+            arg: 1,
+            lo: -1_000_000_000_000_000,
+            hi: 1_000_000_000_000_000,
+            scale: 6,
+        },
+        Spec::NonNull { arg: 1 },
+        Spec::Sum {
+            arg: 0,
+            lo: -3,
+            hi: 0,
+        },
+        Spec::Fixed {
+            arg: 1,
+            lo: 0,
+            hi: 300,
+            scale: 2,
+        },
+        Spec::Rows,
+    ];
+    for groups in [3, 700] {
+        let parts = vec![
+            vec![extreme_batch(1_000, groups, 1), extreme_batch(33, groups, 2)],
+            vec![extreme_batch(4_099, groups, 3), extreme_batch(0, groups, 4)],
+        ];
+        compare(parts, &specs).await;
+    }
+}
+
+// ---------------------------------------------------------------------
+// Whole-table counts read from the table's length.
+
+const N: usize = 40;
+
+fn people(null_unit: bool) -> RecordBatch {
+    let pid: Vec<Option<String>> = (0..N)
+        .map(|i| (!(null_unit && i == 0)).then(|| format!("p{i}")))
+        .collect();
+    let x: Vec<i64> = (0..N as i64).collect();
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("pid", DataType::Utf8, true),
+            Field::new("x", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(pid)) as ArrayRef,
+            Arc::new(Int64Array::from(x)),
+        ],
+    )
+    .unwrap()
+}
+
+fn table(
+    name: &str,
+    batch: RecordBatch,
+    complete: &[&str],
+    units: crate::desensitize::UnitFilter,
+) -> TableVersion {
+    let spec: scenarios::catalog::DatasetSpec = serde_json::from_value(json!({
+        "name": name, "path": "", "privacy_unit": "pid", "unit_kind": "person",
+        "one_row_per_unit": true,
+        "columns": [{"name": "pid", "rule": "keep"}, {"name": "x", "rule": "keep"}]}))
+    .unwrap();
+    TableVersion {
+        spec,
+        version: "v1".into(),
+        unit_unique: true,
+        developer_supplied: false,
+        complete_columns: complete.iter().map(|c| c.to_string()).collect(),
+        column_ranges: vec![("x".into(), 0.0, N as f64)],
+        units,
+        data: TableData::Batches(vec![batch]),
+    }
+}
+
+async fn open(tables: Vec<TableVersion>) -> JobScope {
+    let grants: Vec<serde_json::Value> = tables
+        .iter()
+        .map(|t| {
+            json!({"dataset": t.spec.name, "columns": [
+                {"name": "x", "ops": ["group", "filter", "aggregate"], "bounds": [0, 100]},
+                {"name": "pid", "ops": ["join", "aggregate"]}]})
+        })
+        .collect();
+    let sc: scenarios::policy::ScenarioSpec = serde_json::from_value(json!({
+        "name": "perf", "class": "perf", "purpose": "testing",
+        "tables": grants,
+        "release": {"epsilon_total": 1000.0, "epsilon_per_query": 5.0,
+            "min_group_size": 3, "max_rows_per_unit": 1, "max_queries_per_job": 1000,
+            "delta_per_query": 1e-5, "delta_total": 1e-4}
+    }))
+    .unwrap();
+    let cfg = ScopeConfig {
+        agreement_id: "ag_perf".into(),
+        scenario: sc,
+        tables,
+        token_key: TokenKey::new(&[9u8; 32]),
+        memory_limit: 64 << 20,
+        query_timeout: std::time::Duration::from_secs(30),
+    };
+    DataPlane::new()
+        .open(
+            cfg,
+            Arc::new(MemoryAccountant::new(crate::bench::unlimited_budget())),
+        )
+        .await
+        .unwrap()
+}
+
+fn only_i64(batches: &[RecordBatch]) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| (0..b.num_columns()).map(move |i| b.column(i).as_primitive::<Int64Type>().value(0)))
+        .collect()
+}
+
+/// The figures read from the length are the plan's; every way rows can be
+/// removed (an objection, even of a unit that has no row; consent; a unit
+/// not declared complete), a condition, a group or a join turns it off.
+#[tokio::test]
+async fn whole_table_counts_read_from_the_length_are_the_plans_and_only_where_nothing_is_removed() {
+    let all = || crate::desensitize::UnitFilter::default();
+    let s = open(vec![table("t", people(false), &["pid", "x"], all())]).await;
+    for sql in [
+        "SELECT COUNT(*) AS n FROM t",
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT pid) AS u, COUNT(x) AS c FROM t",
+    ] {
+        let (prepared, _) = s.prepare(sql).await.unwrap();
+        assert_eq!(prepared.whole_table_count.as_deref(), Some("t"), "{sql}");
+        let read = s.execute(&prepared).await.unwrap();
+        let ran = s.execute_plan(&prepared).await.unwrap();
+        assert_eq!(only_i64(&read), only_i64(&ran), "{sql}");
+        assert!(only_i64(&read).iter().all(|n| *n == N as i64), "{sql}");
+    }
+    for sql in [
+        "SELECT COUNT(*) AS n FROM t WHERE x > 3",
+        "SELECT x, COUNT(*) AS n FROM t GROUP BY x",
+        "SELECT SUM(x) AS s FROM t",
+    ] {
+        let (prepared, _) = s.prepare(sql).await.unwrap();
+        assert!(prepared.whole_table_count.is_none(), "{sql}");
+    }
+    assert_eq!(s.exact_rows("t"), Some(N as u64));
+
+    // Two tables joined on the unit: never one table's length.
+    let s = open(vec![
+        table("t", people(false), &["pid", "x"], all()),
+        table("u", people(false), &["pid", "x"], all()),
+    ])
+    .await;
+    let (prepared, _) = s
+        .prepare("SELECT COUNT(*) AS n FROM t JOIN u ON t.pid = u.pid")
+        .await
+        .unwrap();
+    assert!(prepared.whole_table_count.is_none());
+
+    // Rows the view removes: no length is read, and the plan removes them.
+    let objection = crate::desensitize::UnitFilter {
+        exclude: Arc::new(HashSet::from(["p3".to_string()])),
+        only: None,
+    };
+    let consent = crate::desensitize::UnitFilter {
+        exclude: Default::default(),
+        only: Some(Arc::new((5..N).map(|i| format!("p{i}")).collect())),
+    };
+    for (t, expected) in [
+        (table("t", people(false), &["pid", "x"], objection), N - 1),
+        (table("t", people(false), &["pid", "x"], consent), N - 5),
+        (table("t", people(true), &["x"], all()), N - 1),
+    ] {
+        let s = open(vec![t]).await;
+        assert_eq!(s.exact_rows("t"), None);
+        let (prepared, _) = s.prepare("SELECT COUNT(*) AS n FROM t").await.unwrap();
+        let read = s.execute(&prepared).await.unwrap();
+        assert_eq!(only_i64(&read), vec![expected as i64]);
+    }
+}
+
+// ---------------------------------------------------------------------
+// Declared-complete float columns of tables no registration checked.
+
+/// 30 units with `f` NaN, 30 with +inf, 30 with 1.5; `f` declared complete
+/// by the table's constructor (as a test, the bench or a local run may).
+fn broken_floats() -> TableVersion {
+    let n = 90;
+    let pid: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    let f: Vec<f64> = (0..n)
+        .map(|i| match i / 30 {
+            0 => f64::NAN,
+            1 => f64::INFINITY,
+            _ => 1.5,
+        })
+        .collect();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("pid", DataType::Utf8, false),
+            Field::new("f", DataType::Float64, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(pid)) as ArrayRef,
+            Arc::new(Float64Array::from(f)),
+        ],
+    )
+    .unwrap();
+    let spec: scenarios::catalog::DatasetSpec = serde_json::from_value(json!({
+        "name": "t", "path": "", "privacy_unit": "pid", "unit_kind": "person",
+        "one_row_per_unit": true,
+        "columns": [{"name": "pid", "rule": "keep"}, {"name": "f", "rule": "keep"}]}))
+    .unwrap();
+    TableVersion {
+        spec,
+        version: "v1".into(),
+        unit_unique: true,
+        developer_supplied: false,
+        complete_columns: vec!["pid".into(), "f".into()],
+        column_ranges: Vec::new(),
+        units: Default::default(),
+        data: TableData::Batches(vec![batch]),
+    }
+}
+
+/// The view used to turn NaN and ±inf into NULL on every read. Reading a
+/// declared-complete column unchecked trusts registration, which in-memory
+/// tables never went through: NaN and inf reached the query as group keys.
+#[tokio::test]
+async fn unchecked_complete_floats_of_in_memory_tables_never_reach_a_query() {
+    let t = broken_floats();
+    let sc: scenarios::policy::ScenarioSpec = serde_json::from_value(json!({
+        "name": "nan", "class": "nan", "purpose": "testing",
+        "tables": [{"dataset": "t", "columns": [
+            {"name": "f", "ops": ["group", "filter", "aggregate"], "bounds": [0, 10]},
+            {"name": "pid", "ops": ["aggregate"]}]}],
+        "release": {"epsilon_total": 1000.0, "epsilon_per_query": 5.0,
+            "min_group_size": 3, "max_rows_per_unit": 1, "max_queries_per_job": 1000,
+            "delta_per_query": 1e-5, "delta_total": 1e-4}
+    }))
+    .unwrap();
+    let cfg = ScopeConfig {
+        agreement_id: "ag_nan".into(),
+        scenario: sc,
+        tables: vec![t],
+        token_key: TokenKey::new(&[9u8; 32]),
+        memory_limit: 64 << 20,
+        query_timeout: std::time::Duration::from_secs(30),
+    };
+    let s = DataPlane::new()
+        .open(
+            cfg,
+            Arc::new(MemoryAccountant::new(crate::bench::unlimited_budget())),
+        )
+        .await
+        .unwrap();
+    let r = s
+        .query("SELECT f, COUNT(*) AS n FROM t GROUP BY f")
+        .await
+        .unwrap();
+    let keys = r.batch.column(0);
+    let keys = keys.as_primitive_opt::<Float64Type>().expect("float keys");
+    for i in 0..keys.len() {
+        assert!(
+            keys.is_null(i) || keys.value(i).is_finite(),
+            "a non-finite value reached the query as a key: {}",
+            keys.value(i)
+        );
+    }
+}
+
+/// Sample tables (local runs) declare every column complete; a float
+/// column's synthetic values must then be finite in the column's type.
+#[test]
+fn sample_floats_of_a_wide_domain_are_finite() {
+    let spec: scenarios::catalog::DatasetSpec = serde_json::from_value(json!({
+        "name": "s", "path": "", "privacy_unit": "pid",
+        "columns": [{"name": "pid", "rule": "keep"},
+                    {"name": "wide", "rule": "keep", "domain": {"range": {"min": -1.7e308, "max": 1.7e308}}},
+                    {"name": "big", "rule": "keep", "domain": {"range": {"min": 0.0, "max": 1e307}}},
+                    {"name": "narrow", "rule": "keep", "domain": {"range": {"min": 0.0, "max": 1e39}}}]}))
+    .unwrap();
+    let types = vec![
+        ("pid".to_string(), DataType::Utf8),
+        ("wide".to_string(), DataType::Float64),
+        ("big".to_string(), DataType::Float64),
+        ("narrow".to_string(), DataType::Float32),
+    ];
+    let t = crate::sample::sample_table(&spec, &types, 500, true).unwrap();
+    assert!(t.complete_columns.iter().any(|c| c == "wide"));
+    let TableData::Batches(b) = &t.data else {
+        panic!("in memory")
+    };
+    for name in ["wide", "big", "narrow"] {
+        let c = b[0].column_by_name(name).unwrap();
+        let c = datafusion::arrow::compute::cast(c, &DataType::Float64).unwrap();
+        let bad = c
+            .as_primitive::<Float64Type>()
+            .values()
+            .iter()
+            .filter(|v| !v.is_finite())
+            .count();
+        assert_eq!(bad, 0, "{name}: {bad} of 500 synthetic values are not finite");
+    }
+}
