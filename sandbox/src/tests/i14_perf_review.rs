@@ -123,7 +123,7 @@ async fn compare(parts: Vec<Vec<RecordBatch>>, specs: &[Spec]) {
                 .await
                 .unwrap();
             for b in out {
-                for i in 0..specs.len() {
+                for (i, spec) in specs.iter().enumerate() {
                     let fused = b
                         .column_by_name(&format!("m{i}"))
                         .unwrap()
@@ -139,8 +139,7 @@ async fn compare(parts: Vec<Vec<RecordBatch>>, specs: &[Spec]) {
                         assert_eq!(
                             fused.value(r),
                             expected,
-                            "{:?} filter {filter:?} groups {groups:?} row {r}",
-                            specs[i]
+                            "{spec:?} filter {filter:?} groups {groups:?} row {r}"
                         );
                     }
                 }
