@@ -26,7 +26,6 @@ use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use chrono::Utc;
 use scenarios::party::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -35,6 +34,7 @@ pub use error::{ApiError, ApiResult};
 
 // The records and services handlers use, re-exported from below the API
 // (the API imports from them, never the other way round).
+pub(crate) use crate::agreements::open_agreement_of;
 pub(crate) use crate::datasets::current_datasets;
 pub use crate::records::{
     Allowance, DatasetRecord, JobRecord, JobStatus, PrivateDataset, QueryRecord, ReviewStatus, RulesReview,
@@ -55,26 +55,6 @@ pub(crate) struct Period {
     pub(crate) from: Option<chrono::NaiveDate>,
     #[serde(default)]
     pub(crate) to: Option<chrono::NaiveDate>,
-}
-
-/// A developer's own agreement, open now, with its scenario.
-pub(crate) fn open_agreement_of(
-    st: &AppState,
-    developer: &str,
-    id: &str,
-) -> ApiResult<(scenarios::workflow::Agreement, scenarios::workflow::Scenario)> {
-    use scenarios::workflow::{Agreement, Scenario};
-    let ag: Agreement = st
-        .store
-        .get(crate::store::Table::Agreements, id)?
-        .filter(|a: &Agreement| a.developer_id == developer)
-        .ok_or_else(|| not_found("agreement", id))?;
-    ag.check_open(Utc::now())?;
-    let sc: Scenario = st
-        .store
-        .get(crate::store::Table::Scenarios, &ag.scenario_id)?
-        .ok_or_else(|| ApiError::Internal("agreement without scenario".into()))?;
-    Ok((ag, sc))
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -12,6 +12,7 @@
 //! the tests in `layers.rs`). This file, `main.rs` and `server.rs` are
 //! the composition roots.
 
+pub mod agreements;
 pub mod api;
 pub mod backup;
 pub mod bench;
@@ -33,6 +34,7 @@ pub mod state;
 pub mod storage;
 pub mod store;
 pub mod tenants;
+pub mod verification;
 pub mod witness;
 
 pub use api::router;
