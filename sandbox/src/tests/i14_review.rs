@@ -280,6 +280,16 @@ async fn file_scope(
 /// 1" the query passes its limit and is released as on an empty input (no
 /// count passes the threshold), on "married = 0" the true count is
 /// released. A job reads the bit from the result itself, no clock needed.
+///
+/// What closes it is that the work no longer depends on the bit (every
+/// expression is evaluated on every row), so whether a query crosses its
+/// noisy limit does not either. That is what is checked: the two runs,
+/// best of two each, take about the same time (on the old code the cheap
+/// one skipped the concatenation and was an order of magnitude faster).
+/// Checking the fallbacks themselves in one try was a coin toss: both
+/// runs sit near the noisy limit, which crosses either of them a quarter
+/// of the time whatever the bit. So the limit here is far above both, and
+/// both must be released.
 #[tokio::test]
 async fn the_time_limit_fallback_reads_a_secret_bit() {
     const BIG: usize = 7 << 20;
@@ -288,25 +298,22 @@ async fn the_time_limit_fallback_reads_a_secret_bit() {
         "SELECT COUNT(*) AS n, COUNT({}) AS c FROM mine m JOIN people p ON m.pid = p.pid",
         amplified(IF_MARRIED, COPIES)
     );
-    // The limit sits between the cheap and the expensive run (here 2 s;
-    // with the server's 30 s, longer strings and more aggregates, each a
-    // program of its own whose intermediate values are freed before the
-    // next).
-    let limit = Duration::from_millis(2000);
+    let limit = Duration::from_secs(120);
     let dir = tempfile::tempdir().unwrap();
     let married = file_scope(dir.path(), 60_000, 1, BIG, 1 << 30, limit).await;
     let single = file_scope(dir.path(), 60_000, 0, BIG, 1 << 30, limit).await;
-    let (t1, r1) = timed(&married, &sql, 1).await;
-    let (t0, r0) = timed(&single, &sql, 1).await;
+    let (t1, r1) = timed(&married, &sql, 2).await;
+    let (t0, r0) = timed(&single, &sql, 2).await;
     let (n1, n0) = (first_i64(&r1, "n"), first_i64(&r0, "n"));
     eprintln!(
         "married=1: {t1:?}, fallback {}, n = {n1:?}; married=0: {t0:?}, fallback {}, n = {n0:?}",
         r1.fallback, r0.fallback
     );
-    assert_eq!(
-        (r1.fallback, n1.is_some()),
-        (r0.fallback, n0.is_some()),
-        "the release depends on the target's secret bit"
+    assert!(!r1.fallback && !r0.fallback && n1.is_some() && n0.is_some());
+    let (slow, fast) = (t1.max(t0).as_secs_f64(), t1.min(t0).as_secs_f64());
+    assert!(
+        slow < 3.0 * fast,
+        "the work depends on the target's secret bit: {t1:?} with it set, {t0:?} without"
     );
 }
 
