@@ -28,6 +28,7 @@ mod layers;
 pub mod ledger;
 pub mod local;
 pub mod metering;
+pub mod populations;
 pub mod records;
 pub mod server;
 pub mod state;
