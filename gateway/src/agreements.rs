@@ -15,7 +15,7 @@ pub fn open_agreement_of(
         .store
         .get(crate::store::Table::Agreements, id)?
         .filter(|a: &Agreement| a.developer_id == developer)
-        .ok_or_else(|| ServiceError::NotFound(format!("no agreement {}", id.escape_debug())))?;
+        .ok_or_else(|| ServiceError::not_found("agreement", id))?;
     ag.check_open(Utc::now())?;
     let sc: Scenario = st
         .store

@@ -44,7 +44,7 @@ pub use developer::{developer_view, WITHHELD_NOTE};
 
 /// "No such thing": 404 with the id as given (escaped, never interpreted).
 pub(crate) fn not_found(what: &str, id: &str) -> ApiError {
-    ApiError::NotFound(format!("no {what} {}", id.escape_debug()))
+    ApiError::not_found(what, id)
 }
 
 /// A period of whole days, both ends included; open where absent.

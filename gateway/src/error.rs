@@ -45,6 +45,11 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// "No such thing": the id as given (escaped, never interpreted).
+    pub fn not_found(what: &str, id: &str) -> ServiceError {
+        ServiceError::NotFound(format!("no {what} {}", id.escape_debug()))
+    }
+
     /// The whole message, with an internal error's detail (for the log and
     /// for the command line, never for an HTTP answer).
     pub fn detail(&self) -> String {

@@ -21,6 +21,7 @@ pub mod client;
 pub mod datasets;
 pub mod demo;
 pub mod error;
+pub mod halts;
 pub mod jobs;
 pub mod keys;
 #[cfg(test)]

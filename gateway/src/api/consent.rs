@@ -111,8 +111,7 @@ pub(crate) async fn record(
     // A withdrawal reaches running jobs too: they stop and release nothing.
     if withdrawn && out["changed"].as_u64().is_some_and(|n| n > 0) {
         let s = st.clone();
-        let stopped =
-            blocking(move || super::oversight::stop_running(&s, |j| j.scenario_id == scenario)).await?;
+        let stopped = blocking(move || crate::halts::stop_running(&s, |j| j.scenario_id == scenario)).await?;
         let mut out = out;
         out["stopped_jobs"] = json!(stopped);
         return Ok(Json(out));

@@ -1,27 +1,24 @@
 //! Oversight: objections that suspend data at once (R7), stop-and-report
-//! halts with risk reports (R20), security incidents (R25), filing of
-//! agreements with the regulator and the overdue list (R12).
+//! halts with risk reports (R20; the halts themselves are
+//! `crate::halts`'s), security incidents (R25), filing of agreements with
+//! the regulator and the overdue list (R12).
 
 use super::auth::{Auth, Body};
-use super::{blocking, current_datasets, not_found, JobRecord};
+use super::{blocking, current_datasets, not_found};
 use super::{ApiError, ApiResult};
 use crate::keys::new_id;
 use crate::state::AppState;
-use crate::store::Tx;
-use crate::store::{append, get_in, list_in, put, NewEntry, Table};
+use crate::store::{append, get_in, put, NewEntry, Table};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{NaiveDate, Utc};
-use scenarios::oversight::{
-    Claim, HaltScope, Incident, Objection, ObjectionTarget, PlanState, RiskReport, Severity,
-};
-use scenarios::party::{Actor, Role};
-use scenarios::workflow::{Agreement, AgreementStatus, Application, Scenario, ScenarioStatus};
+use scenarios::oversight::{Claim, Incident, Objection, ObjectionTarget, PlanState, RiskReport, Severity};
+use scenarios::party::Role;
+use scenarios::workflow::{Agreement, Application, Scenario};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::sync::Arc;
 
 // ----- objections (R7) -------------------------------------------------------
 
@@ -33,28 +30,6 @@ fn objection_view(o: &Objection) -> Value {
         *t = json!({"kind": "subject", "unit_sha256": hex::encode(scenarios::ledger::sha256(unit.as_bytes()))});
     }
     v
-}
-
-/// Sets the stop flag of every running job `pick` selects; returns their
-/// ids. A stopped job releases nothing.
-pub(crate) fn stop_running(st: &AppState, pick: impl Fn(&JobRecord) -> bool) -> ApiResult<Vec<String>> {
-    let running: Vec<(String, Arc<std::sync::atomic::AtomicBool>)> = st
-        .running
-        .lock()
-        .map_err(|_| ApiError::Internal("job table poisoned".into()))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut stopped = Vec::new();
-    for (id, flag) in running {
-        if let Some(j) = st.store.get::<JobRecord>(Table::Jobs, &id)? {
-            if !j.status.is_final() && pick(&j) {
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                stopped.push(id);
-            }
-        }
-    }
-    Ok(stopped)
 }
 
 /// An objection filed by the operator (for an affected member of the
@@ -117,7 +92,7 @@ pub(crate) async fn file_objection(
             .filter(|sc| sc.spec.tables.iter().any(|t| t.dataset == o.dataset))
             .map(|sc| sc.id.clone())
             .collect();
-        let stopped = stop_running(&s, |j| reading.contains(&j.scenario_id))?;
+        let stopped = crate::halts::stop_running(&s, |j| reading.contains(&j.scenario_id))?;
         Ok((o, stopped))
     })
     .await?;
@@ -194,78 +169,17 @@ pub(crate) struct Halt {
     measures: String,
 }
 
-/// Halts agreements in one transaction with the report and its ledger
-/// entries; returns the report.
-fn halt_in(
-    tx: &Tx<'_>,
-    actor: &Actor,
-    scope: HaltScope,
-    h: Halt,
-    agreements: Vec<Agreement>,
-) -> ApiResult<RiskReport> {
-    let now = Utc::now();
-    let report = RiskReport::file(new_id("rr"), scope, h.risk, h.measures, actor, now)?;
-    let mut halted = Vec::new();
-    for mut ag in agreements {
-        if matches!(ag.status, AgreementStatus::Issued | AgreementStatus::Active) {
-            ag.halt(&report.id)?;
-            put(tx, &ag)?;
-            halted.push(ag.id);
-        }
-    }
-    put(tx, &report)?;
-    append(
-        tx,
-        NewEntry::by(
-            actor,
-            "risk.report",
-            &report.id,
-            json!({"scope": report.scope, "risk": report.risk, "measures": report.measures,
-                "halted_agreements": halted}),
-        ),
-        now,
-    )?;
-    Ok(report)
-}
-
-/// Records which jobs a halt stopped.
-async fn with_stopped(
-    st: &AppState,
-    mut report: RiskReport,
-    pick: impl Fn(&JobRecord) -> bool + Send + 'static,
-) -> ApiResult<Value> {
-    let s = st.clone();
-    let stopped = blocking(move || stop_running(&s, pick)).await?;
-    report.stopped_jobs = stopped;
-    let r = report.clone();
-    st.store.write(move |tx| put(tx, &r)).await?;
-    Ok(serde_json::to_value(&report).unwrap_or(Value::Null))
-}
-
 pub(crate) async fn halt_agreement(
     State(st): State<AppState>,
     Auth(actor): Auth,
     Path(id): Path<String>,
     Body(h): Body<Halt>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let agreement = id.clone();
-    let report = st
-        .store
-        .write(move |tx| {
-            let ag: Agreement = get_in(tx, Table::Agreements, &id)?
-                .filter(|a: &Agreement| actor.role == Role::Operator || a.developer_id == actor.id)
-                .ok_or_else(|| not_found("agreement", &id))?;
-            if !matches!(ag.status, AgreementStatus::Issued | AgreementStatus::Active) {
-                return Err(ApiError::Conflict(format!(
-                    "agreement {} is already closed",
-                    ag.id
-                )));
-            }
-            halt_in(tx, &actor, HaltScope::Agreement(ag.id.clone()), h, vec![ag])
-        })
-        .await?;
-    let v = with_stopped(&st, report, move |j| j.agreement_id == agreement).await?;
-    Ok((StatusCode::CREATED, Json(v)))
+    let report = crate::halts::halt_agreement(&st, actor, id, h.risk, h.measures).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::to_value(&report).unwrap_or(Value::Null)),
+    ))
 }
 
 /// Why an agreement ends early.
@@ -283,31 +197,7 @@ pub(crate) async fn terminate_agreement(
     Path(id): Path<String>,
     Body(t): Body<Terminate>,
 ) -> ApiResult<Json<Value>> {
-    let agreement = id.clone();
-    let ag = st
-        .store
-        .write(move |tx| {
-            let mut ag: Agreement = get_in(tx, Table::Agreements, &id)?
-                .filter(|a: &Agreement| actor.role == Role::Operator || a.developer_id == actor.id)
-                .ok_or_else(|| not_found("agreement", &id))?;
-            let now = Utc::now();
-            ag.terminate(t.reason, &actor, now)?;
-            put(tx, &ag)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    "agreement.terminate",
-                    &ag.id,
-                    json!({"termination": ag.termination}),
-                ),
-                now,
-            )?;
-            Ok(ag)
-        })
-        .await?;
-    let s = st.clone();
-    let stopped = blocking(move || stop_running(&s, |j| j.agreement_id == agreement)).await?;
+    let (ag, stopped) = crate::halts::terminate_agreement(&st, actor, id, t.reason).await?;
     let mut v = serde_json::to_value(&ag).unwrap_or(Value::Null);
     v["stopped_jobs"] = json!(stopped);
     Ok(Json(v))
@@ -319,26 +209,11 @@ pub(crate) async fn halt_scenario(
     Path(id): Path<String>,
     Body(h): Body<Halt>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let scenario = id.clone();
-    let report = st
-        .store
-        .write(move |tx| {
-            let mut sc: Scenario =
-                get_in(tx, Table::Scenarios, &id)?.ok_or_else(|| not_found("scenario", &id))?;
-            if sc.status == ScenarioStatus::Halted {
-                return Err(ApiError::Conflict(format!(
-                    "scenario {} is already halted",
-                    sc.id
-                )));
-            }
-            sc.status = ScenarioStatus::Halted;
-            put(tx, &sc)?;
-            let agreements: Vec<Agreement> = list_in(tx, Table::Agreements, Some(("scenario_id", &sc.id)))?;
-            halt_in(tx, &actor, HaltScope::Scenario(sc.id.clone()), h, agreements)
-        })
-        .await?;
-    let v = with_stopped(&st, report, move |j| j.scenario_id == scenario).await?;
-    Ok((StatusCode::CREATED, Json(v)))
+    let report = crate::halts::halt_scenario(&st, actor, id, h.risk, h.measures).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::to_value(&report).unwrap_or(Value::Null)),
+    ))
 }
 
 pub(crate) async fn list_risk_reports(
