@@ -118,44 +118,14 @@ fn decider_in(tx: &Tx<'_>, id: Option<&str>) -> ApiResult<Option<scenarios::part
     }))
 }
 
-/// Fails unless `actor` may manage the token of party `id`: only a party
-/// that may create that role in that organization (I16), so the
-/// operator cannot take over, or shut out, a regulator's account.
-fn may_manage(tx: &Tx<'_>, actor: &scenarios::party::Actor, id: &str) -> ApiResult<()> {
-    let target =
-        party_in(tx, id)?.ok_or_else(|| ApiError::NotFound(format!("no party {}", id.escape_debug())))?;
-    match scenarios::party::may_create(actor, target.role, Some(&target.organization)) {
-        Ok(_) => Ok(()),
-        Err(scenarios::Error::Forbidden(why)) => Err(ApiError::Forbidden(format!(
-            "the token of this {} is not yours to manage ({why})",
-            target.role
-        ))),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Issues a new token for a party (the old one stops working), shown once.
 pub(crate) async fn reissue_token(
     State(st): State<AppState>,
     Auth(actor): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let (token, hash) = new_token();
-    let party = id.clone();
-    st.store
-        .write(move |tx| {
-            may_manage(tx, &actor, &id)?;
-            if !Store::set_token_hash(tx, &id, &hash)? {
-                return Err(ApiError::NotFound(format!("no party {}", id.escape_debug())));
-            }
-            append(
-                tx,
-                NewEntry::by(&actor, "party.token_reissue", &id, json!({})),
-                Utc::now(),
-            )
-        })
-        .await?;
-    Ok(Json(json!({"id": party, "token": token,
+    let token = crate::parties::reissue_token(&st, actor, id.clone()).await?;
+    Ok(Json(json!({"id": id, "token": token,
         "note": "the token is shown only once; the previous token no longer works"})))
 }
 
@@ -165,28 +135,8 @@ pub(crate) async fn revoke_token(
     Auth(actor): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    if id == actor.id {
-        return Err(ApiError::Conflict(
-            "an operator cannot revoke its own token".into(),
-        ));
-    }
-    // A value no token hashes to (token hashes are 64 hex digits).
-    let revoked = format!("revoked:{}", new_id("rv"));
-    let party = id.clone();
-    st.store
-        .write(move |tx| {
-            may_manage(tx, &actor, &id)?;
-            if !Store::set_token_hash(tx, &id, &revoked)? {
-                return Err(ApiError::NotFound(format!("no party {}", id.escape_debug())));
-            }
-            append(
-                tx,
-                NewEntry::by(&actor, "party.revoke", &id, json!({})),
-                Utc::now(),
-            )
-        })
-        .await?;
-    Ok(Json(json!({"id": party, "revoked": true})))
+    crate::parties::revoke_token(&st, actor, id.clone()).await?;
+    Ok(Json(json!({"id": id, "revoked": true})))
 }
 
 /// A new organization.
