@@ -29,6 +29,7 @@ mod layers;
 pub mod ledger;
 pub mod local;
 pub mod metering;
+pub mod objections;
 pub mod parties;
 pub mod populations;
 pub mod records;

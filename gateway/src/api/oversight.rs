@@ -4,33 +4,23 @@
 //! the regulator and the overdue list (R12).
 
 use super::auth::{Auth, Body};
-use super::{blocking, current_datasets, not_found};
-use super::{ApiError, ApiResult};
+use super::ApiResult;
+use super::{blocking, not_found};
 use crate::keys::new_id;
+use crate::objections;
 use crate::state::AppState;
 use crate::store::{append, get_in, put, NewEntry, Table};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{NaiveDate, Utc};
-use scenarios::oversight::{Claim, Incident, Objection, ObjectionTarget, PlanState, RiskReport, Severity};
+use scenarios::oversight::{Incident, PlanState, RiskReport, Severity};
 use scenarios::party::Role;
-use scenarios::workflow::{Agreement, Application, Scenario};
+use scenarios::workflow::{Agreement, Application};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::HashSet;
 
 // ----- objections (R7) -------------------------------------------------------
-
-/// An objection as shown: the subject's unit value is replaced by its
-/// SHA-256, so nobody reads a protected value back from the platform.
-fn objection_view(o: &Objection) -> Value {
-    let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
-    if let (ObjectionTarget::Subject { unit }, Some(t)) = (&o.target, v.get_mut("target")) {
-        *t = json!({"kind": "subject", "unit_sha256": hex::encode(scenarios::ledger::sha256(unit.as_bytes()))});
-    }
-    v
-}
 
 /// An objection filed by the operator (for an affected member of the
 /// public) or by a provider (on its own datasets).
@@ -52,72 +42,19 @@ pub(crate) async fn file_objection(
     Body(req): Body<NewObjection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let s = st.clone();
-    let (o, stopped) = blocking(move || {
-        let d = current_datasets(&s)?
-            .into_iter()
-            .find(|d| d.name == req.dataset)
-            .ok_or_else(|| not_found("dataset", &req.dataset))?;
-        if actor.role == Role::Provider && d.owner != actor.id {
-            return Err(ApiError::Forbidden(format!(
-                "dataset `{}` is provided by another party",
-                d.name
-            )));
-        }
-        let target = match req.subject {
-            Some(unit) => ObjectionTarget::Subject { unit },
-            None => ObjectionTarget::Dataset,
-        };
-        let now = Utc::now();
-        let claim = Claim {
-            dataset: d.name.clone(),
-            dataset_version: d.version,
-            target,
-            objector: req.objector,
-            grounds: req.grounds,
-        };
-        let o = Objection::file(new_id("ob"), claim, &actor, now)?;
-        let view = objection_view(&o);
-        let o = s.store.tx(move |tx| {
-            put(tx, &o)?;
-            let details = json!({"dataset": o.dataset, "dataset_version": o.dataset_version,
-                "target": view["target"], "grounds": o.grounds});
-            append(tx, NewEntry::by(&actor, "objection.file", &o.id, details), now)?;
-            Ok(o)
-        })?;
-        // Suspension reaches running jobs too: any job whose scenario
-        // reads the dataset stops and releases nothing.
-        let scenarios: Vec<Scenario> = s.store.list(Table::Scenarios, None)?;
-        let reading: HashSet<String> = scenarios
-            .iter()
-            .filter(|sc| sc.spec.tables.iter().any(|t| t.dataset == o.dataset))
-            .map(|sc| sc.id.clone())
-            .collect();
-        let stopped = crate::halts::stop_running(&s, |j| reading.contains(&j.scenario_id))?;
-        Ok((o, stopped))
-    })
-    .await?;
-    let mut v = objection_view(&o);
+    let (o, stopped) =
+        blocking(move || objections::file(&s, actor, req.dataset, req.subject, req.objector, req.grounds))
+            .await?;
+    let mut v = objections::view(&o);
     v["stopped_jobs"] = json!(stopped);
     Ok((StatusCode::CREATED, Json(v)))
 }
 
 pub(crate) async fn list_objections(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     let s = st.clone();
-    let all = blocking(move || {
-        let all: Vec<Objection> = s.store.list(Table::Objections, None)?;
-        if actor.role != Role::Provider {
-            return Ok(all);
-        }
-        let mine: HashSet<String> = current_datasets(&s)?
-            .into_iter()
-            .filter(|d| d.owner == actor.id)
-            .map(|d| d.name)
-            .collect();
-        Ok(all.into_iter().filter(|o| mine.contains(&o.dataset)).collect())
-    })
-    .await?;
+    let all = blocking(move || objections::visible_to(&s, &actor)).await?;
     Ok(Json(
-        json!({"objections": all.iter().map(objection_view).collect::<Vec<_>>()}),
+        json!({"objections": all.iter().map(objections::view).collect::<Vec<_>>()}),
     ))
 }
 
@@ -135,28 +72,8 @@ pub(crate) async fn resolve_objection(
     Path(id): Path<String>,
     Body(r): Body<Resolution>,
 ) -> ApiResult<Json<Value>> {
-    let o = st
-        .store
-        .write(move |tx| {
-            let mut o: Objection =
-                get_in(tx, Table::Objections, &id)?.ok_or_else(|| not_found("objection", &id))?;
-            let now = Utc::now();
-            o.resolve(r.upheld, r.reason, &actor, now)?;
-            put(tx, &o)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    "objection.resolve",
-                    &o.id,
-                    json!({"dataset": o.dataset, "status": o.status, "reason": o.resolution}),
-                ),
-                now,
-            )?;
-            Ok(o)
-        })
-        .await?;
-    Ok(Json(objection_view(&o)))
+    let o = objections::resolve(&st, actor, id, r.upheld, r.reason).await?;
+    Ok(Json(objections::view(&o)))
 }
 
 // ----- stop and report (R20) ---------------------------------------------------
