@@ -22,6 +22,7 @@ pub mod datasets;
 pub mod demo;
 pub mod error;
 pub mod halts;
+pub mod incidents;
 pub mod jobs;
 pub mod keys;
 #[cfg(test)]

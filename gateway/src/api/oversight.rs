@@ -6,7 +6,6 @@
 use super::auth::{Auth, Body};
 use super::ApiResult;
 use super::{blocking, not_found};
-use crate::keys::new_id;
 use crate::objections;
 use crate::state::AppState;
 use crate::store::{append, get_in, put, NewEntry, Table};
@@ -161,25 +160,7 @@ pub(crate) async fn report_incident(
     Auth(actor): Auth,
     Body(req): Body<NewIncident>,
 ) -> ApiResult<(StatusCode, Json<Incident>)> {
-    let i = st
-        .store
-        .write(move |tx| {
-            let now = Utc::now();
-            let i = Incident::report(new_id("in"), req.severity, req.summary, &actor, now)?;
-            put(tx, &i)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    "incident.report",
-                    &i.id,
-                    json!({"severity": i.severity, "summary": i.summary}),
-                ),
-                now,
-            )?;
-            Ok(i)
-        })
-        .await?;
+    let i = crate::incidents::report(&st, actor, req.severity, req.summary).await?;
     Ok((StatusCode::CREATED, Json(i)))
 }
 
@@ -197,27 +178,7 @@ pub(crate) async fn advance_incident(
     Path(id): Path<String>,
     Body(step): Body<Step>,
 ) -> ApiResult<Json<Incident>> {
-    let i = st
-        .store
-        .write(move |tx| {
-            let mut i: Incident =
-                get_in(tx, Table::Incidents, &id)?.ok_or_else(|| not_found("incident", &id))?;
-            let now = Utc::now();
-            i.advance(step.state, step.note, &actor, now)?;
-            put(tx, &i)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    "incident.advance",
-                    &i.id,
-                    json!({"state": i.state, "note": i.history.last().map(|s| &s.note)}),
-                ),
-                now,
-            )?;
-            Ok(i)
-        })
-        .await?;
+    let i = crate::incidents::advance(&st, actor, id, step.state, step.note).await?;
     Ok(Json(i))
 }
 
