@@ -502,19 +502,19 @@ impl Accumulator for Total {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::rows::rows;
     use datafusion::arrow::array::{Float64Array, Int32Array};
     use datafusion::arrow::datatypes::Schema;
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::datasource::MemTable;
     use datafusion::functions::core::expr_fn::get_field;
     use datafusion::functions_aggregate::expr_fn::{count, sum};
-    use datafusion::logical_expr::{col, Expr};
+    use datafusion::logical_expr::{col, lit, Expr, ExprFunctionExt};
     use datafusion::prelude::SessionContext;
 
-    fn schema() -> Arc<Schema> {
+    /// Group key `g`, Int64 `x` (argument 0), Float64 `f` (argument 1).
+    pub(crate) fn schema() -> Arc<Schema> {
         Arc::new(Schema::new(vec![
             Field::new("g", DataType::Int32, true),
             Field::new("x", DataType::Int64, true),
@@ -551,47 +551,49 @@ mod tests {
     ];
 
     /// The separate aggregate a spec over `x` (argument 0) and `f`
-    /// (argument 1) replaces.
+    /// (argument 1) replaces, with standard FILTER semantics.
     fn separate(spec: &Spec) -> Expr {
         let clamp = crate::release::clamp_expr;
         match *spec {
-            Spec::Rows => rows(),
-            Spec::NonNull { .. } => count(col("x")),
+            Spec::Rows => count(lit(1i64)),
+            Spec::NonNull { arg: 0 } => count(col("x")),
+            Spec::NonNull { .. } => count(col("f")),
             Spec::Sum { lo, hi, .. } => sum(clamp(DataType::Int64, lo, hi, 0, col("x"))),
             Spec::Fixed { lo, hi, scale, .. } => sum(clamp(DataType::Float64, lo, hi, scale, col("f"))),
         }
     }
 
-    /// Checks that the fused figures equal the separate aggregates they
-    /// replace, with and without groups, for the spec lists below, and
-    /// returns how many groups there were.
-    async fn compare(parts: Vec<Vec<RecordBatch>>) -> usize {
+    /// Checks that the fused figures of `specs` over tables of [`schema`]
+    /// equal the separate aggregates they replace, with and without groups
+    /// and with and without an aggregate FILTER, and returns how many
+    /// groups there were (unfiltered).
+    pub(crate) async fn compare(parts: Vec<Vec<RecordBatch>>, specs: &[Spec]) -> usize {
         let ctx = SessionContext::new();
         ctx.register_table("t", Arc::new(MemTable::try_new(schema(), parts).unwrap()))
             .unwrap();
-        let lists = [
-            SPECS.to_vec(),
-            // Counts after a sum, twice, and alone.
-            vec![SPECS[3], Spec::Rows, SPECS[1], Spec::Rows],
-            vec![Spec::Rows],
-        ];
         let mut groups_seen = 0;
-        for specs in lists {
+        for filter in [None, Some(col("g").gt(lit(2)).or(col("x").is_null()))] {
             for groups in [vec![], vec![col("g")]] {
-                let df = ctx.table("t").await.unwrap();
-                let mut aggs = vec![measures(specs.clone(), vec![col("x"), col("f")]).alias("ms")];
+                let with = |e: Expr| match &filter {
+                    Some(f) => e.filter(f.clone()).build().unwrap(),
+                    None => e,
+                };
+                let mut aggs = vec![with(measures(specs.to_vec(), vec![col("x"), col("f")])).alias("ms")];
                 let mut select = Vec::new();
                 for (i, spec) in specs.iter().enumerate() {
                     // An aggregate asked for twice is asked for once
                     // (DataFusion's optimizer refuses the duplicate).
                     let first = specs.iter().position(|s| s == spec).unwrap_or(i);
                     if first == i {
-                        aggs.push(separate(spec).alias(format!("s{i}")));
+                        aggs.push(with(separate(spec)).alias(format!("s{i}")));
                     }
                     select.push(get_field(col("ms"), field_name(i)).alias(format!("m{i}")));
                     select.push(col(format!("s{first}")).alias(format!("s{i}")));
                 }
-                let out = df
+                let out = ctx
+                    .table("t")
+                    .await
+                    .unwrap()
                     .aggregate(groups.clone(), aggs)
                     .unwrap()
                     .select(select)
@@ -599,9 +601,11 @@ mod tests {
                     .collect()
                     .await
                     .unwrap();
-                groups_seen = out.iter().map(|b| b.num_rows()).sum();
+                if filter.is_none() {
+                    groups_seen = out.iter().map(|b| b.num_rows()).sum();
+                }
                 for b in out {
-                    for i in 0..specs.len() {
+                    for (i, spec) in specs.iter().enumerate() {
                         let fused = b
                             .column_by_name(&format!("m{i}"))
                             .unwrap()
@@ -613,7 +617,7 @@ mod tests {
                             assert_eq!(
                                 fused.value(r),
                                 expected,
-                                "{specs:?} {i} groups {groups:?} row {r}"
+                                "{spec:?} ({i} of {specs:?}) filter {filter:?} groups {groups:?} row {r}"
                             );
                         }
                     }
@@ -621,6 +625,21 @@ mod tests {
             }
         }
         groups_seen
+    }
+
+    /// [`compare`] for the spec lists below: all kinds, counts after a
+    /// sum (twice), and a count alone; how many groups there were.
+    async fn compare_lists(parts: Vec<Vec<RecordBatch>>) -> usize {
+        let lists = [
+            SPECS.to_vec(),
+            vec![SPECS[3], Spec::Rows, SPECS[1], Spec::Rows],
+            vec![Spec::Rows],
+        ];
+        let mut seen = 0;
+        for specs in lists {
+            seen = compare(parts.clone(), &specs).await;
+        }
+        seen
     }
 
     /// Over nulls, NaN, infinities, values beyond the bounds, several
@@ -642,7 +661,7 @@ mod tests {
                 batch(vec![], vec![], vec![]),
             ],
         ];
-        assert_eq!(compare(parts).await, 4);
+        assert_eq!(compare_lists(parts).await, 4);
     }
 
     /// Over batches long enough for the interleaved lanes, with few groups
@@ -665,7 +684,7 @@ mod tests {
                 }
                 parts.push(part);
             }
-            let seen = compare(parts).await;
+            let seen = compare_lists(parts).await;
             assert_eq!(seen, groups as usize + 1, "every group and the null group");
         }
     }

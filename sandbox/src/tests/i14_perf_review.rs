@@ -11,27 +11,15 @@
 //! infinity reach a query.
 
 use crate::desensitize::TokenKey;
-use crate::measures::{field_name, measures, Spec};
+use crate::measures::tests::{compare, schema};
+use crate::measures::Spec;
 use crate::{DataPlane, JobScope, MemoryAccountant, ScopeConfig, TableData, TableVersion};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::datasource::MemTable;
-use datafusion::functions::core::expr_fn::get_field;
-use datafusion::functions_aggregate::expr_fn::{count, sum};
-use datafusion::logical_expr::{col, lit, Expr, ExprFunctionExt};
-use datafusion::prelude::SessionContext;
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
-
-fn raw_schema() -> Arc<Schema> {
-    Arc::new(Schema::new(vec![
-        Field::new("g", DataType::Int32, true),
-        Field::new("x", DataType::Int64, true),
-        Field::new("f", DataType::Float64, true),
-    ]))
-}
 
 /// `n` rows mixing nulls, i64 extremes, -0.0, NaN and infinities.
 fn extreme_batch(n: usize, groups: i32, salt: usize) -> RecordBatch {
@@ -65,7 +53,7 @@ fn extreme_batch(n: usize, groups: i32, salt: usize) -> RecordBatch {
     let x: Vec<Option<i64>> = (0..n).map(|i| xs[(i * 5 + salt) % xs.len()]).collect();
     let f: Vec<Option<f64>> = (0..n).map(|i| fs[(i * 3 + salt) % fs.len()]).collect();
     RecordBatch::try_new(
-        raw_schema(),
+        schema(),
         vec![
             Arc::new(Int32Array::from(g)),
             Arc::new(Int64Array::from(x)),
@@ -73,79 +61,6 @@ fn extreme_batch(n: usize, groups: i32, salt: usize) -> RecordBatch {
         ],
     )
     .unwrap()
-}
-
-/// The separate aggregate a spec over `x` (argument 0) and `f` (argument
-/// 1) stands for, with standard FILTER semantics.
-fn separate(spec: &Spec) -> Expr {
-    let clamp = crate::release::clamp_expr;
-    match *spec {
-        Spec::Rows => count(lit(1i64)),
-        Spec::NonNull { arg: 0 } => count(col("x")),
-        Spec::NonNull { .. } => count(col("f")),
-        Spec::Sum { lo, hi, .. } => sum(clamp(DataType::Int64, lo, hi, 0, col("x"))),
-        Spec::Fixed { lo, hi, scale, .. } => sum(clamp(DataType::Float64, lo, hi, scale, col("f"))),
-    }
-}
-
-/// Fused figures against the separate aggregates, with and without groups
-/// and with and without an aggregate FILTER.
-async fn compare(parts: Vec<Vec<RecordBatch>>, specs: &[Spec]) {
-    let ctx = SessionContext::new();
-    ctx.register_table("t", Arc::new(MemTable::try_new(raw_schema(), parts).unwrap()))
-        .unwrap();
-    for filter in [None, Some(col("g").gt(lit(2)).or(col("x").is_null()))] {
-        for groups in [vec![], vec![col("g")]] {
-            let with = |e: Expr| match &filter {
-                Some(f) => e.filter(f.clone()).build().unwrap(),
-                None => e,
-            };
-            let mut aggs = vec![with(measures(specs.to_vec(), vec![col("x"), col("f")])).alias("ms")];
-            let mut select = Vec::new();
-            for (i, spec) in specs.iter().enumerate() {
-                // An aggregate asked for twice is asked for once.
-                let first = specs.iter().position(|s| s == spec).unwrap_or(i);
-                if first == i {
-                    aggs.push(with(separate(spec)).alias(format!("s{i}")));
-                }
-                select.push(get_field(col("ms"), field_name(i)).alias(format!("m{i}")));
-                select.push(col(format!("s{first}")).alias(format!("s{i}")));
-            }
-            let out = ctx
-                .table("t")
-                .await
-                .unwrap()
-                .aggregate(groups.clone(), aggs)
-                .unwrap()
-                .select(select)
-                .unwrap()
-                .collect()
-                .await
-                .unwrap();
-            for b in out {
-                for (i, spec) in specs.iter().enumerate() {
-                    let fused = b
-                        .column_by_name(&format!("m{i}"))
-                        .unwrap()
-                        .as_primitive::<Int64Type>()
-                        .clone();
-                    let sep = b
-                        .column_by_name(&format!("s{i}"))
-                        .unwrap()
-                        .as_primitive::<Int64Type>()
-                        .clone();
-                    for r in 0..b.num_rows() {
-                        let expected = if sep.is_null(r) { 0 } else { sep.value(r) };
-                        assert_eq!(
-                            fused.value(r),
-                            expected,
-                            "{spec:?} filter {filter:?} groups {groups:?} row {r}"
-                        );
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Aggregate FILTERs (the general loop), i64 extremes with the widest
