@@ -86,6 +86,14 @@ async fn with_stopped(
     Ok(report)
 }
 
+/// Agreement `id`, if `actor` may halt or end it: the operator, or the
+/// developer holding it (anyone else is told it does not exist).
+fn agreement_of(tx: &Tx<'_>, actor: &Actor, id: &str) -> ServiceResult<Agreement> {
+    get_in(tx, Table::Agreements, id)?
+        .filter(|a: &Agreement| actor.role == Role::Operator || a.developer_id == actor.id)
+        .ok_or_else(|| ServiceError::not_found("agreement", id))
+}
+
 /// Halts agreement `id` (the operator, or the developer holding it) with
 /// a risk report of `risk` and `measures`, and stops its running jobs.
 pub async fn halt_agreement(
@@ -99,9 +107,7 @@ pub async fn halt_agreement(
     let report = st
         .store
         .write(move |tx| {
-            let ag: Agreement = get_in(tx, Table::Agreements, &id)?
-                .filter(|a: &Agreement| actor.role == Role::Operator || a.developer_id == actor.id)
-                .ok_or_else(|| ServiceError::not_found("agreement", &id))?;
+            let ag = agreement_of(tx, &actor, &id)?;
             if !matches!(ag.status, AgreementStatus::Issued | AgreementStatus::Active) {
                 return Err(ServiceError::Conflict(format!(
                     "agreement {} is already closed",
@@ -132,9 +138,7 @@ pub async fn terminate_agreement(
     let ag = st
         .store
         .write(move |tx| {
-            let mut ag: Agreement = get_in(tx, Table::Agreements, &id)?
-                .filter(|a: &Agreement| actor.role == Role::Operator || a.developer_id == actor.id)
-                .ok_or_else(|| ServiceError::not_found("agreement", &id))?;
+            let mut ag = agreement_of(tx, &actor, &id)?;
             let now = Utc::now();
             ag.terminate(reason, &actor, now)?;
             put(tx, &ag)?;
