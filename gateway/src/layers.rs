@@ -92,9 +92,14 @@ fn code_lines(text: &str) -> Vec<(usize, String)> {
     out
 }
 
-/// Every line of code, outside the API and the composition roots, that
-/// `offends`, as `src/<file>:<line>: <code>`.
-fn offences_below_the_api(offends: impl Fn(&str) -> bool) -> Vec<String> {
+/// Every line of code that `offends`, as `src/<file>:<line>: <code>`, in
+/// the part of each source file that `checked` picks from its text, over
+/// the files (paths relative to `src/`) not `exempt`.
+fn offences(
+    exempt: impl Fn(&str) -> bool,
+    checked: impl Fn(&str) -> &str,
+    offends: impl Fn(&str) -> bool,
+) -> Vec<String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     sources(&src, &mut files);
@@ -111,17 +116,23 @@ fn offences_below_the_api(offends: impl Fn(&str) -> bool) -> Vec<String> {
             .expect("under src")
             .to_string_lossy()
             .replace('\\', "/");
-        if may_name_the_api(&relative) {
+        if exempt(&relative) {
             continue;
         }
         let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        for (line, code) in code_lines(&text) {
+        for (line, code) in code_lines(checked(&text)) {
             if offends(&code) {
                 offences.push(format!("src/{relative}:{line}: {code}"));
             }
         }
     }
     offences
+}
+
+/// Every line of code, outside the API and the composition roots, that
+/// `offends`.
+fn offences_below_the_api(offends: impl Fn(&str) -> bool) -> Vec<String> {
+    offences(may_name_the_api, |text| text, offends)
 }
 
 #[test]
@@ -155,27 +166,11 @@ fn services_know_no_http() {
 /// ledger's tamper tests do, as an attacker would).
 #[test]
 fn only_the_store_knows_its_database() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    sources(&src, &mut files);
-    let mut offences = Vec::new();
-    for file in &files {
-        let relative = file
-            .strip_prefix(&src)
-            .expect("under src")
-            .to_string_lossy()
-            .replace('\\', "/");
-        if relative == "store.rs" || relative.starts_with("store/") || relative == "layers.rs" {
-            continue;
-        }
-        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let code = text.split("\n#[cfg(test)]\nmod tests").next().unwrap_or("");
-        for (line, code) in code_lines(code) {
-            if code.contains(concat!("rus", "qlite")) {
-                offences.push(format!("src/{relative}:{line}: {code}"));
-            }
-        }
-    }
+    let offences = offences(
+        |file| file == "store.rs" || file.starts_with("store/") || file == "layers.rs",
+        |text| text.split("\n#[cfg(test)]\nmod tests").next().unwrap_or(""),
+        |code| code.contains(concat!("rus", "qlite")),
+    );
     assert!(
         offences.is_empty(),
         "modules outside `store` use the database directly (add an operation to `store` instead):\n{}",
