@@ -150,6 +150,8 @@ fn table(
     }
 }
 
+/// A scope over `tables`, each granted `x` (group, filter, aggregate in
+/// [0, 100]) and `pid`.
 async fn open(tables: Vec<TableVersion>) -> JobScope {
     let grants: Vec<serde_json::Value> = tables
         .iter()
@@ -159,6 +161,11 @@ async fn open(tables: Vec<TableVersion>) -> JobScope {
                 {"name": "pid", "ops": ["join", "aggregate"]}]})
         })
         .collect();
+    open_with(tables, grants).await
+}
+
+/// A scope over `tables` with these grants, at generous release rules.
+async fn open_with(tables: Vec<TableVersion>, grants: Vec<serde_json::Value>) -> JobScope {
     let sc: scenarios::policy::ScenarioSpec = serde_json::from_value(json!({
         "name": "perf", "class": "perf", "purpose": "testing",
         "tables": grants,
@@ -301,32 +308,13 @@ fn broken_floats() -> TableVersion {
 /// tables never went through: NaN and inf reached the query as group keys.
 #[tokio::test]
 async fn unchecked_complete_floats_of_in_memory_tables_never_reach_a_query() {
-    let t = broken_floats();
-    let sc: scenarios::policy::ScenarioSpec = serde_json::from_value(json!({
-        "name": "nan", "class": "nan", "purpose": "testing",
-        "tables": [{"dataset": "t", "columns": [
+    let s = open_with(
+        vec![broken_floats()],
+        vec![json!({"dataset": "t", "columns": [
             {"name": "f", "ops": ["group", "filter", "aggregate"], "bounds": [0, 10]},
-            {"name": "pid", "ops": ["aggregate"]}]}],
-        "release": {"epsilon_total": 1000.0, "epsilon_per_query": 5.0,
-            "min_group_size": 3, "max_rows_per_unit": 1, "max_queries_per_job": 1000,
-            "delta_per_query": 1e-5, "delta_total": 1e-4}
-    }))
-    .unwrap();
-    let cfg = ScopeConfig {
-        agreement_id: "ag_nan".into(),
-        scenario: sc,
-        tables: vec![t],
-        token_key: TokenKey::new(&[9u8; 32]),
-        memory_limit: 64 << 20,
-        query_timeout: std::time::Duration::from_secs(30),
-    };
-    let s = DataPlane::new()
-        .open(
-            cfg,
-            Arc::new(MemoryAccountant::new(crate::bench::unlimited_budget())),
-        )
-        .await
-        .unwrap();
+            {"name": "pid", "ops": ["aggregate"]}]})],
+    )
+    .await;
     let r = s
         .query("SELECT f, COUNT(*) AS n FROM t GROUP BY f")
         .await
