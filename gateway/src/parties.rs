@@ -25,23 +25,32 @@ fn may_manage(tx: &Tx<'_>, actor: &scenarios::party::Actor, id: &str) -> Service
     }
 }
 
-/// Issues a new token for party `id` (the old one stops working) and
-/// returns it, to be shown once.
-pub async fn reissue_token(st: &AppState, actor: Actor, id: String) -> ServiceResult<String> {
-    let (token, hash) = new_token();
+/// Replaces party `id`'s token hash by `hash`, if `actor` may manage it,
+/// with the ledger entry `action`.
+async fn set_token(
+    st: &AppState,
+    actor: Actor,
+    id: String,
+    hash: String,
+    action: &'static str,
+) -> ServiceResult<()> {
     st.store
         .write(move |tx| {
             may_manage(tx, &actor, &id)?;
             if !Store::set_token_hash(tx, &id, &hash)? {
                 return Err(ServiceError::not_found("party", &id));
             }
-            append(
-                tx,
-                NewEntry::by(&actor, "party.token_reissue", &id, json!({})),
-                Utc::now(),
-            )
+            append(tx, NewEntry::by(&actor, action, &id, json!({})), Utc::now())
         })
         .await?;
+    Ok(())
+}
+
+/// Issues a new token for party `id` (the old one stops working) and
+/// returns it, to be shown once.
+pub async fn reissue_token(st: &AppState, actor: Actor, id: String) -> ServiceResult<String> {
+    let (token, hash) = new_token();
+    set_token(st, actor, id, hash, "party.token_reissue").await?;
     Ok(token)
 }
 
@@ -55,18 +64,5 @@ pub async fn revoke_token(st: &AppState, actor: Actor, id: String) -> ServiceRes
     }
     // A value no token hashes to (token hashes are 64 hex digits).
     let revoked = format!("revoked:{}", new_id("rv"));
-    st.store
-        .write(move |tx| {
-            may_manage(tx, &actor, &id)?;
-            if !Store::set_token_hash(tx, &id, &revoked)? {
-                return Err(ServiceError::not_found("party", &id));
-            }
-            append(
-                tx,
-                NewEntry::by(&actor, "party.revoke", &id, json!({})),
-                Utc::now(),
-            )
-        })
-        .await?;
-    Ok(())
+    set_token(st, actor, id, revoked, "party.revoke").await
 }
