@@ -311,6 +311,8 @@ fn row_figures(spec: &Spec, values: &[ArrayRef], out: &mut Vec<i64>) -> Result<(
 #[derive(Debug)]
 struct PerGroup {
     specs: Arc<Vec<Spec>>,
+    /// Which measurements are row counts.
+    rows_at: Vec<usize>,
     figures: Vec<Vec<i64>>,
     /// One batch's per-row figures of one measurement (reused).
     scratch: Vec<i64>,
@@ -319,8 +321,12 @@ struct PerGroup {
 impl PerGroup {
     fn new(specs: Arc<Vec<Spec>>) -> Self {
         let figures = vec![Vec::new(); specs.len()];
+        let rows_at = (0..specs.len())
+            .filter(|i| specs.get(*i) == Some(&Spec::Rows))
+            .collect();
         PerGroup {
             specs,
+            rows_at,
             figures,
             scratch: Vec::new(),
         }
@@ -348,9 +354,7 @@ impl PerGroup {
         for f in &mut self.figures {
             f.resize(total_num_groups, 0);
         }
-        let rows_at: Vec<usize> = (0..self.specs.len())
-            .filter(|i| self.specs.get(*i) == Some(&Spec::Rows))
-            .collect();
+        let rows_at = &self.rows_at;
         // The first row count is filled while another measurement is
         // taken (or alone at the end); any other row count is always
         // equal to it.
@@ -378,7 +382,11 @@ impl PerGroup {
                 *f = r;
             }
         }
-        if let Some(first) = rows_at.first().and_then(|i| self.figures.get(*i)).cloned() {
+        let first = match rows_at.as_slice() {
+            [first, _, ..] => self.figures.get(*first).cloned(),
+            _ => None,
+        };
+        if let Some(first) = first {
             for i in rows_at.iter().skip(1) {
                 if let Some(f) = self.figures.get_mut(*i) {
                     *f = first.clone();
