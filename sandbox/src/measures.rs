@@ -35,31 +35,13 @@ pub(crate) enum Spec {
     Sum { arg: usize, lo: i64, hi: i64 },
     /// The sum of Float64 argument `arg` in fixed point: times 10^scale,
     /// clamped to `[lo, hi]` and rounded half away from zero; NaN and
-    /// nulls add 0. See [`fixed_point`].
+    /// nulls add 0. See [`kernels::fixed_point`].
     Fixed {
         arg: usize,
         lo: i64,
         hi: i64,
         scale: u32,
     },
-}
-
-/// `x` times `unit`, clamped to `[lo, hi]` and rounded half away from
-/// zero; NaN becomes 0 (the float-to-integer cast saturates). The one
-/// definition of a float's contribution, shared with `invis_clamp`.
-///
-/// Written with `max`/`min` and a separate NaN test rather than `clamp`
-/// (which asserts its bounds on every call), so the loop over a column
-/// has no branch.
-#[inline(always)]
-pub(crate) fn fixed_point(x: f64, unit: f64, lo: f64, hi: f64) -> i64 {
-    let y = (x * unit).max(lo).min(hi);
-    let r = (y + 0.5f64.copysign(y)) as i64;
-    if x.is_nan() {
-        0
-    } else {
-        r
-    }
 }
 
 /// The aggregate computing `specs` over `args` (see the module docs).
@@ -141,16 +123,39 @@ fn argument(values: &[ArrayRef], arg: usize) -> Result<&ArrayRef> {
         .ok_or_else(|| DataFusionError::Internal("invis_measures: missing argument".into()))
 }
 
-/// Interleaved partial figures per group when there are few groups.
-const LANES: usize = 8;
+use kernels::{FixedPoint, LANES};
+
 /// Up to this many groups, rows are added through [`LANES`] partial
 /// figures per group.
 const FEW_GROUPS: usize = 256;
 
-/// Adds `values[i]` (1 when `values` is `None`) to `sums[groups[i]]` for
-/// every row `i` the filter keeps and, when `counts` is given, 1 to
-/// `counts[groups[i]]` (the row count rides along with a sum: one pass
-/// over the rows for both).
+/// What each row adds to its group's figure.
+#[derive(Clone, Copy)]
+enum Figures<'a> {
+    /// 1 (a row count).
+    Ones,
+    /// `values[i]`.
+    Given(&'a [i64]),
+    /// The fixed-point figure of `values[i]`, a Float64 column without
+    /// nulls, converted as it is added (one pass over the column).
+    Floats(&'a [f64], FixedPoint),
+}
+
+impl Figures<'_> {
+    /// Row `i`'s figure (0 past the end).
+    #[inline(always)]
+    fn of(&self, i: usize) -> i64 {
+        match self {
+            Figures::Ones => 1,
+            Figures::Given(v) => v.get(i).copied().unwrap_or(0),
+            Figures::Floats(x, rule) => x.get(i).map_or(0, |x| rule.of(*x)),
+        }
+    }
+}
+
+/// Adds each row's figure to `sums[groups[i]]` for every row `i` the
+/// filter keeps and, when `counts` is given, 1 to `counts[groups[i]]` (the
+/// row count rides along with a sum: one pass over the rows for both).
 ///
 /// With few groups, consecutive rows mostly add to the same figure, and
 /// each addition waits for the one before it to be stored. Rows are then
@@ -162,106 +167,114 @@ fn scatter(
     counts: Option<&mut [i64]>,
     groups: &[usize],
     keep: Option<&BooleanArray>,
-    values: Option<&[i64]>,
+    figures: Figures<'_>,
 ) {
     let n = sums.len();
-    let few = keep.is_none() && n <= FEW_GROUPS && groups.len() >= 4 * LANES;
-    match (counts, values) {
-        (Some(c), Some(v)) if few && c.len() == n => in_lanes::<true>(sums, c, groups, v),
-        (None, Some(v)) if few => in_lanes::<false>(sums, &mut [], groups, v),
-        (None, None) if few => count_in_lanes(sums, groups),
-        (mut counts, values) => {
-            for (i, g) in groups.iter().enumerate() {
-                if keep.is_some_and(|k| !(k.is_valid(i) && k.value(i))) {
-                    continue;
+    let few = keep.is_none()
+        && n <= FEW_GROUPS
+        && groups.len() >= 4 * LANES
+        && counts.as_ref().is_none_or(|c| c.len() == n);
+    if few {
+        let width = if counts.is_some() { 2 } else { 1 };
+        let mut lanes = vec![0i64; LANES * n * width];
+        match figures {
+            Figures::Floats(xs, rule) => {
+                kernels::add_fixed_points_to_lanes(&mut lanes, n, width, groups, xs, rule)
+            }
+            Figures::Ones if width == 2 => add_to_lanes::<2>(&mut lanes, n, groups, None),
+            Figures::Ones => add_to_lanes::<1>(&mut lanes, n, groups, None),
+            Figures::Given(v) if width == 2 => add_to_lanes::<2>(&mut lanes, n, groups, Some(v)),
+            Figures::Given(v) => add_to_lanes::<1>(&mut lanes, n, groups, Some(v)),
+        }
+        fold_lanes(&lanes, width, sums, counts);
+        return;
+    }
+    let mut counts = counts;
+    for (i, g) in groups.iter().enumerate() {
+        if keep.is_some_and(|k| !(k.is_valid(i) && k.value(i))) {
+            continue;
+        }
+        if let Some(a) = sums.get_mut(*g) {
+            *a = a.wrapping_add(figures.of(i));
+        }
+        if let Some(c) = counts.as_deref_mut().and_then(|c| c.get_mut(*g)) {
+            *c = c.wrapping_add(1);
+        }
+    }
+}
+
+/// Adds `values[i]` (1 when `values` is `None`) of every row to its lane
+/// slot, `W` slots per group (a sum, then its count when `W` is 2); see
+/// [`kernels::add_fixed_points_to_lanes`], which does this for floats.
+fn add_to_lanes<const W: usize>(lanes: &mut [i64], n: usize, groups: &[usize], values: Option<&[i64]>) {
+    let mut add = |lane: usize, g: usize, v: i64| {
+        if g >= n {
+            return;
+        }
+        let at = (lane * n + g) * W;
+        if let Some(a) = lanes.get_mut(at) {
+            *a = a.wrapping_add(v);
+        }
+        if W == 2 {
+            if let Some(a) = lanes.get_mut(at + 1) {
+                *a = a.wrapping_add(1);
+            }
+        }
+    };
+    let rows = values.map_or(groups.len(), |v| v.len().min(groups.len()));
+    let groups = groups.get(..rows).unwrap_or_default();
+    let whole = rows - rows % LANES;
+    let (groups, tail) = groups.split_at(whole);
+    match values {
+        Some(values) => {
+            let (values, tail_values) = values.split_at(whole);
+            for (gs, vs) in groups.chunks_exact(LANES).zip(values.chunks_exact(LANES)) {
+                for (l, (g, v)) in gs.iter().zip(vs).enumerate() {
+                    add(l, *g, *v);
                 }
-                let v = values.map_or(1, |v| v.get(i).copied().unwrap_or(0));
-                if let Some(a) = sums.get_mut(*g) {
-                    *a = a.wrapping_add(v);
+            }
+            for (l, (g, v)) in tail.iter().zip(tail_values).enumerate() {
+                add(l, *g, *v);
+            }
+        }
+        None => {
+            for gs in groups.chunks_exact(LANES) {
+                for (l, g) in gs.iter().enumerate() {
+                    add(l, *g, 1);
                 }
-                if let Some(c) = counts.as_deref_mut().and_then(|c| c.get_mut(*g)) {
-                    *c = c.wrapping_add(1);
-                }
+            }
+            for (l, g) in tail.iter().enumerate() {
+                add(l, *g, 1);
             }
         }
     }
 }
 
-/// [`scatter`] of `values` through interleaved lanes, with (`COUNT`) or
-/// without the row count; lane slot `2k` holds a sum and `2k + 1` its
-/// count.
-fn in_lanes<const COUNT: bool>(sums: &mut [i64], counts: &mut [i64], groups: &[usize], values: &[i64]) {
+/// Adds lane slots (`width` per group: a sum, then its count when `width`
+/// is 2) into `sums` and `counts`.
+fn fold_lanes(lanes: &[i64], width: usize, sums: &mut [i64], mut counts: Option<&mut [i64]>) {
     let n = sums.len();
-    let width = if COUNT { 2 } else { 1 };
-    let mut lanes = vec![0i64; LANES * n * width];
-    let rows = groups.len().min(values.len());
-    let whole = rows - rows % LANES;
-    let (groups, tail_groups) = groups.split_at(whole);
-    let (values, tail_values) = values.split_at(whole);
-    for (gs, vs) in groups.chunks_exact(LANES).zip(values.chunks_exact(LANES)) {
-        for (l, (g, v)) in gs.iter().zip(vs).enumerate() {
-            if *g >= n {
-                continue;
-            }
-            let at = (l * n + *g) * width;
-            if let Some(a) = lanes.get_mut(at) {
-                *a = a.wrapping_add(*v);
-            }
-            if COUNT {
-                if let Some(a) = lanes.get_mut(at + 1) {
-                    *a = a.wrapping_add(1);
-                }
-            }
-        }
-    }
-    for (g, v) in tail_groups.iter().zip(tail_values) {
-        if let Some(a) = sums.get_mut(*g) {
-            *a = a.wrapping_add(*v);
-        }
-        if COUNT {
-            if let Some(a) = counts.get_mut(*g) {
-                *a = a.wrapping_add(1);
-            }
-        }
-    }
     for lane in lanes.chunks_exact((n * width).max(1)) {
         for (g, slot) in lane.chunks_exact(width).enumerate() {
             if let (Some(a), Some(p)) = (sums.get_mut(g), slot.first()) {
                 *a = a.wrapping_add(*p);
             }
-            if COUNT {
-                if let (Some(a), Some(p)) = (counts.get_mut(g), slot.get(1)) {
-                    *a = a.wrapping_add(*p);
-                }
+            if let (Some(a), Some(p)) = (counts.as_deref_mut().and_then(|c| c.get_mut(g)), slot.get(1)) {
+                *a = a.wrapping_add(*p);
             }
         }
     }
 }
 
-/// [`scatter`] of a row count alone, through interleaved lanes.
-fn count_in_lanes(counts: &mut [i64], groups: &[usize]) {
-    let n = counts.len();
-    let mut lanes = vec![0i64; LANES * n];
-    let whole = groups.len() - groups.len() % LANES;
-    let (groups, tail) = groups.split_at(whole);
-    for gs in groups.chunks_exact(LANES) {
-        for (l, g) in gs.iter().enumerate() {
-            if *g < n {
-                if let Some(a) = lanes.get_mut(l * n + *g) {
-                    *a = a.wrapping_add(1);
-                }
-            }
+/// The Float64 values of a fixed-point measurement whose argument has no
+/// null, for [`Figures::Floats`]; `None` for any other measurement.
+fn floats_without_nulls<'a>(spec: &Spec, values: &'a [ArrayRef]) -> Option<(&'a [f64], FixedPoint)> {
+    match *spec {
+        Spec::Fixed { arg, lo, hi, scale } => {
+            let a = values.get(arg)?.as_primitive_opt::<Float64Type>()?;
+            (a.null_count() == 0).then(|| (&a.values()[..], FixedPoint::new(scale, lo, hi)))
         }
-    }
-    for g in tail {
-        if let Some(a) = counts.get_mut(*g) {
-            *a = a.wrapping_add(1);
-        }
-    }
-    for lane in lanes.chunks_exact(n.max(1)) {
-        for (a, p) in counts.iter_mut().zip(lane) {
-            *a = a.wrapping_add(*p);
-        }
+        _ => None,
     }
 }
 
@@ -292,8 +305,7 @@ fn row_figures(spec: &Spec, values: &[ArrayRef], out: &mut Vec<i64>) -> Result<(
                 .ok_or_else(|| {
                     DataFusionError::Internal("invis_measures: fixed-point sum of a non-Float64".into())
                 })?;
-            let (unit, lo, hi) = (10f64.powi(scale as i32), lo as f64, hi as f64);
-            out.extend(a.values().iter().map(move |x| fixed_point(*x, unit, lo, hi)));
+            kernels::fixed_points(a.values(), FixedPoint::new(scale, lo, hi), out);
             a.nulls()
         }
     };
@@ -368,14 +380,20 @@ impl PerGroup {
             if *spec == Spec::Rows {
                 continue;
             }
-            row_figures(spec, values, &mut scratch)?;
             let counts = if counted { None } else { rows.as_deref_mut() };
             counted |= counts.is_some();
-            scatter(acc, counts, groups, keep, Some(&scratch));
+            let figures = match floats_without_nulls(spec, values) {
+                Some((xs, rule)) => Figures::Floats(xs, rule),
+                None => {
+                    row_figures(spec, values, &mut scratch)?;
+                    Figures::Given(&scratch)
+                }
+            };
+            scatter(acc, counts, groups, keep, figures);
         }
         self.scratch = scratch;
         if let Some(r) = rows.as_deref_mut().filter(|_| !counted) {
-            scatter(r, None, groups, keep, None);
+            scatter(r, None, groups, keep, Figures::Ones);
         }
         if let Some(r) = rows {
             if let Some(f) = rows_at.first().and_then(|i| self.figures.get_mut(*i)) {
@@ -419,7 +437,7 @@ impl GroupsAccumulator for PerGroup {
                 .as_primitive_opt::<Int64Type>()
                 .ok_or_else(|| DataFusionError::Internal("invis_measures: bad state".into()))?;
             let p = partial.values();
-            scatter(acc, None, group_indices, None, Some(p));
+            scatter(acc, None, group_indices, None, Figures::Given(p));
         }
         Ok(())
     }
@@ -676,7 +694,9 @@ pub(crate) mod tests {
     /// (lanes) and many (no lanes), and batch lengths that leave a tail.
     #[tokio::test]
     async fn measures_equal_the_separate_aggregates_on_long_batches() {
-        for groups in [3i32, 5_000] {
+        // Floats without nulls take the fused conversion (with NaN and
+        // infinities among them); with nulls, the per-row figures.
+        for (groups, float_nulls) in [(3i32, true), (5_000, true), (3, false), (200, false)] {
             let mut parts = Vec::new();
             for p in 0..2 {
                 let mut part = Vec::new();
@@ -686,7 +706,13 @@ pub(crate) mod tests {
                         let r = (i * 7919 + p * 104_729 + len) as i64;
                         g.push((r % 11 != 0).then_some((r % i64::from(groups)) as i32));
                         x.push((r % 13 != 0).then_some(r % 211 - 60));
-                        f.push((r % 17 != 0).then_some((r % 1_000) as f64 / 7.0 - 50.0));
+                        f.push(match r % 17 {
+                            0 if float_nulls => None,
+                            0 => Some(f64::NAN),
+                            1 if !float_nulls => Some(f64::INFINITY),
+                            2 if !float_nulls => Some(-1e300),
+                            _ => Some((r % 1_000) as f64 / 7.0 - 50.0),
+                        });
                     }
                     part.push(batch(g, x, f));
                 }
@@ -695,18 +721,6 @@ pub(crate) mod tests {
             let seen = compare_lists(parts).await;
             assert_eq!(seen, groups as usize + 1, "every group and the null group");
         }
-    }
-
-    #[test]
-    fn fixed_point_rounds_half_away_clamps_and_zeroes_nan() {
-        assert_eq!(fixed_point(2.5, 1.0, -10.0, 10.0), 3);
-        assert_eq!(fixed_point(-2.5, 1.0, -10.0, 10.0), -3);
-        assert_eq!(fixed_point(0.125, 100.0, -300.0, 300.0), 13);
-        assert_eq!(fixed_point(f64::INFINITY, 100.0, -300.0, 300.0), 300);
-        assert_eq!(fixed_point(f64::NEG_INFINITY, 100.0, -300.0, 300.0), -300);
-        assert_eq!(fixed_point(f64::NAN, 100.0, -300.0, 300.0), 0);
-        assert_eq!(fixed_point(-f64::NAN, 1.0, 5.0, 9.0), 0);
-        assert_eq!(fixed_point(1e300, 1.0, 5.0, 9.0), 9);
     }
 
     /// On no rows at all: zeros, like COUNT(*).

@@ -567,13 +567,9 @@ fn clamp_udf(input: DataType, lo: i64, hi: i64, scale: u32) -> datafusion::logic
                 let a = a.as_any().downcast_ref::<Float64Array>().ok_or_else(|| {
                     datafusion::error::DataFusionError::Internal("clamp of a non-float".into())
                 })?;
-                let (lo, hi) = (lo as f64, hi as f64);
-                let unit = 10f64.powi(scale as i32);
-                Arc::new(
-                    datafusion::arrow::compute::kernels::arity::unary::<_, _, Int64Type>(a, move |x| {
-                        crate::measures::fixed_point(x, unit, lo, hi)
-                    }),
-                )
+                let mut figures = Vec::new();
+                kernels::fixed_points(a.values(), kernels::FixedPoint::new(scale, lo, hi), &mut figures);
+                Arc::new(Int64Array::new(figures.into(), a.nulls().cloned()))
             } else {
                 let a = a.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
                     datafusion::error::DataFusionError::Internal("clamp of a non-integer".into())
