@@ -142,46 +142,67 @@ struct Lanes<'a> {
 }
 
 impl Lanes<'_> {
-    /// Adds `v` (and 1 to the count when `width` is 2) to row `i`'s slot.
+    /// Adds `figure(xs[i])` for every row (see
+    /// [`add_fixed_points_to_lanes`]).
     #[inline(always)]
-    fn add(&mut self, lane: usize, group: usize, v: i64) {
-        if group >= self.n {
-            return;
-        }
-        let at = (lane * self.n + group) * self.width;
-        if let Some(a) = self.lanes.get_mut(at) {
-            *a = a.wrapping_add(v);
-        }
+    fn add_all(self, groups: &[usize], xs: &[f64], figure: impl Fn(f64) -> i64) {
         if self.width == 2 {
-            if let Some(a) = self.lanes.get_mut(at + 1) {
-                *a = a.wrapping_add(1);
+            add_all::<2>(self.lanes, self.n, groups, xs, figure);
+        } else {
+            add_all::<1>(self.lanes, self.n, groups, xs, figure);
+        }
+    }
+}
+
+/// Adds `v` to the slot of `group` in `lane`, and 1 to the slot after it
+/// when there are `W` = 2 slots per group.
+#[inline(always)]
+fn add_one<const W: usize>(lanes: &mut [i64], n: usize, lane: usize, group: usize, v: i64) {
+    if group >= n {
+        return;
+    }
+    let at = (lane * n + group) * W;
+    if let Some(a) = lanes.get_mut(at) {
+        *a = a.wrapping_add(v);
+    }
+    if W == 2 {
+        if let Some(a) = lanes.get_mut(at + 1) {
+            *a = a.wrapping_add(1);
+        }
+    }
+}
+
+/// [`Lanes::add_all`] with `W` slots per group, a block of [`BLOCK`] rows
+/// at a time: the figures of a block are computed together (vector
+/// operations where the CPU has them, whose loads of several cache lines
+/// overlap), then added [`LANES`] rows at a time, so that each row's lane
+/// is a constant.
+#[inline(always)]
+fn add_all<const W: usize>(
+    lanes: &mut [i64],
+    n: usize,
+    groups: &[usize],
+    xs: &[f64],
+    figure: impl Fn(f64) -> i64,
+) {
+    let rows = groups.len().min(xs.len());
+    let whole = rows - rows % BLOCK;
+    let (groups, tail_groups) = groups.split_at(whole);
+    let (xs, tail_xs) = xs.split_at(whole);
+    for (gs, xs) in groups.chunks_exact(BLOCK).zip(xs.chunks_exact(BLOCK)) {
+        let mut v = [0i64; BLOCK];
+        for (o, x) in v.iter_mut().zip(xs) {
+            *o = figure(*x);
+        }
+        for (gs, vs) in gs.chunks_exact(LANES).zip(v.chunks_exact(LANES)) {
+            for (lane, (g, v)) in gs.iter().zip(vs).enumerate() {
+                add_one::<W>(lanes, n, lane, *g, *v);
             }
         }
     }
-
-    /// Adds `figure(xs[i])` for every row, a block of [`BLOCK`] rows at a
-    /// time: the figures of a block are computed together (vector
-    /// operations where the CPU has them, whose loads of several cache
-    /// lines overlap), then added.
-    #[inline(always)]
-    fn add_all(mut self, groups: &[usize], xs: &[f64], figure: impl Fn(f64) -> i64) {
-        let rows = groups.len().min(xs.len());
-        let whole = rows - rows % BLOCK;
-        let (groups, tail_groups) = groups.split_at(whole);
-        let (xs, tail_xs) = xs.split_at(whole);
-        for (gs, xs) in groups.chunks_exact(BLOCK).zip(xs.chunks_exact(BLOCK)) {
-            let mut v = [0i64; BLOCK];
-            for (o, x) in v.iter_mut().zip(xs) {
-                *o = figure(*x);
-            }
-            for (i, (g, v)) in gs.iter().zip(v).enumerate() {
-                self.add(i % LANES, *g, v);
-            }
-        }
-        // `whole` is a multiple of LANES, so the tail's lanes continue.
-        for (i, (g, x)) in tail_groups.iter().zip(tail_xs).enumerate() {
-            self.add(i % LANES, *g, figure(*x));
-        }
+    // `whole` is a multiple of LANES, so the tail's lanes continue.
+    for (i, (g, x)) in tail_groups.iter().zip(tail_xs).enumerate() {
+        add_one::<W>(lanes, n, i % LANES, *g, figure(*x));
     }
 }
 
