@@ -1,25 +1,89 @@
-//! Agreements as services use them: a developer's open agreement.
+//! Agreements (R12, R13): a developer's open agreement as handlers and
+//! services look it up; signing one; filing it with the regulator; the
+//! overdue list of applications and filings. Each change is one
+//! transaction with its ledger entry.
 
 use crate::error::{ServiceError, ServiceResult};
 use crate::state::AppState;
-use chrono::Utc;
+use crate::store::{append, get_in, put, NewEntry, Table};
+use chrono::{NaiveDate, Utc};
+use scenarios::party::Actor;
+use scenarios::workflow::{Agreement, Application, Scenario};
+use serde_json::json;
 
 /// A developer's own agreement, open now, with its scenario.
-pub fn open_agreement_of(
-    st: &AppState,
-    developer: &str,
-    id: &str,
-) -> ServiceResult<(scenarios::workflow::Agreement, scenarios::workflow::Scenario)> {
-    use scenarios::workflow::{Agreement, Scenario};
+pub fn open_agreement_of(st: &AppState, developer: &str, id: &str) -> ServiceResult<(Agreement, Scenario)> {
     let ag: Agreement = st
         .store
-        .get(crate::store::Table::Agreements, id)?
+        .get(Table::Agreements, id)?
         .filter(|a: &Agreement| a.developer_id == developer)
         .ok_or_else(|| ServiceError::not_found("agreement", id))?;
     ag.check_open(Utc::now())?;
     let sc: Scenario = st
         .store
-        .get(crate::store::Table::Scenarios, &ag.scenario_id)?
+        .get(Table::Scenarios, &ag.scenario_id)?
         .ok_or_else(|| ServiceError::Internal("agreement without scenario".into()))?;
     Ok((ag, sc))
+}
+
+/// `actor` (the developer it was issued to) signs agreement `id`.
+pub async fn sign(st: &AppState, actor: Actor, id: String) -> ServiceResult<Agreement> {
+    let (store, calendar) = (st.store.clone(), st.config.calendar.clone());
+    store
+        .write(move |tx| {
+            let mut ag: Agreement = get_in(tx, Table::Agreements, &id)?
+                .filter(|a: &Agreement| a.developer_id == actor.id)
+                .ok_or_else(|| ServiceError::not_found("agreement", &id))?;
+            let now = Utc::now();
+            ag.sign(&actor, now, &calendar)?;
+            put(tx, &ag)?;
+            append(
+                tx,
+                NewEntry::by(
+                    &actor,
+                    "agreement.sign",
+                    &ag.id,
+                    json!({"valid_until": ag.valid_until, "filing_due": ag.filing_due}),
+                ),
+                now,
+            )?;
+            Ok(ag)
+        })
+        .await
+}
+
+/// Records that agreement `id` was filed with the regulator (R12), and
+/// whether on time.
+pub async fn file(st: &AppState, actor: Actor, id: String) -> ServiceResult<Agreement> {
+    st.store
+        .write(move |tx| {
+            let mut ag: Agreement =
+                get_in(tx, Table::Agreements, &id)?.ok_or_else(|| ServiceError::not_found("agreement", &id))?;
+            let now = Utc::now();
+            ag.file(&actor, now)?;
+            put(tx, &ag)?;
+            append(
+                tx,
+                NewEntry::by(
+                    &actor,
+                    "agreement.file",
+                    &ag.id,
+                    json!({"filing_due": ag.filing_due, "on_time": ag.filing_due.is_none_or(|d| now.date_naive() <= d)}),
+                ),
+                now,
+            )?;
+            Ok(ag)
+        })
+        .await
+}
+
+/// The applications not decided by their due day and the agreements not
+/// filed by theirs, as of `today` (R12). Blocking.
+pub fn overdue(st: &AppState, today: NaiveDate) -> ServiceResult<(Vec<Application>, Vec<Agreement>)> {
+    let apps: Vec<Application> = st.store.list(Table::Applications, None)?;
+    let ags: Vec<Agreement> = st.store.list(Table::Agreements, None)?;
+    Ok((
+        apps.into_iter().filter(|a| a.is_overdue(today)).collect(),
+        ags.into_iter().filter(|a| a.filing_overdue(today)).collect(),
+    ))
 }

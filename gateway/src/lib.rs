@@ -13,14 +13,19 @@
 //! the composition roots.
 
 pub mod agreements;
+pub mod airlock;
 pub mod api;
+pub mod applications;
 pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod consents;
+pub mod data_applications;
 pub mod datasets;
 pub mod demo;
 pub mod error;
+pub mod feedback;
 pub mod halts;
 pub mod incidents;
 pub mod jobs;
@@ -31,14 +36,20 @@ pub mod ledger;
 pub mod local;
 pub mod metering;
 pub mod objections;
+pub mod organizations;
 pub mod parties;
 pub mod populations;
+pub mod private_data;
+pub mod proposals;
+pub mod providers;
 pub mod records;
+pub mod rotation;
 pub mod server;
 pub mod state;
 pub mod storage;
 pub mod store;
 pub mod tenants;
+pub mod uploads;
 pub mod verification;
 pub mod witness;
 

@@ -6,15 +6,13 @@
 use super::auth::{Auth, Body};
 use super::{blocking, not_found, JobRecord, JobStatus};
 use super::{ApiError, ApiResult};
-use crate::keys::new_id;
 use crate::state::AppState;
-use crate::store::{append, get_in, organization_of, put, NewEntry, Table};
+use crate::store::Table;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use chrono::Utc;
 use scenarios::budget::Budget;
 use scenarios::party::{Actor, Role};
 use scenarios::workflow::{Agreement, Application, Materials, Scenario, ScenarioStatus};
@@ -79,54 +77,19 @@ pub(crate) async fn apply(
     Body(req): Body<Apply>,
 ) -> ApiResult<(StatusCode, Json<Application>)> {
     actor.require(Role::Developer)?;
-    let (store, calendar) = (st.store.clone(), st.config.calendar.clone());
-    let app = store
-        .write(move |tx| {
-            let sc: Scenario = get_in(tx, Table::Scenarios, &req.scenario_id)?
-                .filter(|s: &Scenario| s.status == ScenarioStatus::Approved)
-                .ok_or_else(|| not_found("approved scenario", &req.scenario_id))?;
-            let now = Utc::now();
-            // R10: eligibility is checked at application, with the reasons.
-            let standing = organization_of(tx, &actor.id)?
-                .map(|o| o.standing)
-                .unwrap_or_default();
-            let why = scenarios::party::ineligibility(&standing, now.date_naive());
-            if !why.is_empty() {
-                return Err(ApiError::Forbidden(format!(
-                    "not eligible to apply: {}",
-                    why.join("; ")
-                )));
-            }
-            let app = Application::submit(new_id("ap"), &sc, req.materials, &actor, now, &calendar)?;
-            put(tx, &app)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    "application.submit",
-                    &app.id,
-                    json!({"scenario": sc.id, "due_on": app.due_on, "materials": app.materials}),
-                ),
-                now,
-            )?;
-            Ok(app)
-        })
-        .await?;
+    let app = crate::applications::apply(&st, actor, req.scenario_id, req.materials).await?;
     Ok((StatusCode::CREATED, Json(app)))
 }
 
 /// The developer's own standing and whether it may apply now (R10).
 pub(crate) async fn eligibility(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
-    let store = st.store.clone();
-    let id = actor.id.clone();
-    let org = blocking(move || store.read(|c| organization_of(c, &id))).await?;
-    let standing = org.as_ref().map(|o| o.standing.clone()).unwrap_or_default();
-    let why = scenarios::party::ineligibility(&standing, Utc::now().date_naive());
+    let s = st.clone();
+    let e = blocking(move || crate::applications::eligibility(&s, &actor)).await?;
     Ok(Json(json!({
-        "organization": org.as_ref().map(|o| &o.id),
-        "eligible": why.is_empty(),
-        "reasons": why,
-        "standing": standing,
+        "organization": e.organization,
+        "eligible": e.reasons.is_empty(),
+        "reasons": e.reasons,
+        "standing": e.standing,
         "also_required_at_application": ["qualifications", "a named security officer"],
     })))
 }
@@ -231,28 +194,7 @@ pub(crate) async fn sign(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Agreement>> {
     actor.require(Role::Developer)?;
-    let (store, calendar) = (st.store.clone(), st.config.calendar.clone());
-    let ag = store
-        .write(move |tx| {
-            let mut ag: Agreement = get_in(tx, Table::Agreements, &id)?
-                .filter(|a: &Agreement| a.developer_id == actor.id)
-                .ok_or_else(|| not_found("agreement", &id))?;
-            let now = Utc::now();
-            ag.sign(&actor, now, &calendar)?;
-            put(tx, &ag)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    "agreement.sign",
-                    &ag.id,
-                    json!({"valid_until": ag.valid_until, "filing_due": ag.filing_due}),
-                ),
-                now,
-            )?;
-            Ok(ag)
-        })
-        .await?;
+    let ag = crate::agreements::sign(&st, actor, id).await?;
     Ok(Json(ag))
 }
 

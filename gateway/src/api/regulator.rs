@@ -4,10 +4,10 @@
 //! reads everything and changes no data other than its own decisions.
 
 use super::auth::{Auth, Body};
+use super::ApiResult;
 use super::{blocking, JobRecord};
-use super::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::store::{append, get_in, put, NewEntry, Table};
+use crate::store::Table;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -39,27 +39,7 @@ pub(crate) async fn decide_scenario(
     Body(d): Body<Decision>,
 ) -> ApiResult<Json<Scenario>> {
     actor.require(Role::Regulator)?;
-    let store = st.store.clone();
-    let sc = store
-        .write(move |tx| {
-            let mut sc: Scenario = get_in(tx, Table::Scenarios, &id)?
-                .ok_or_else(|| ApiError::NotFound(format!("no scenario {}", id.escape_debug())))?;
-            let now = Utc::now();
-            sc.decide(d.approve, d.reason.clone(), &actor, now)?;
-            put(tx, &sc)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    &format!("scenario.{}", if d.approve { "approve" } else { "reject" }),
-                    &sc.id,
-                    json!({"class": sc.spec.class, "reason": sc.reason}),
-                ),
-                now,
-            )?;
-            Ok(sc)
-        })
-        .await?;
+    let sc = crate::proposals::decide(&st, actor, id, d.approve, d.reason).await?;
     Ok(Json(sc))
 }
 
