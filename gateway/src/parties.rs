@@ -6,7 +6,7 @@
 use crate::error::{ServiceError, ServiceResult};
 use crate::keys::{new_id, new_token};
 use crate::state::AppState;
-use crate::store::{append, get_in, party_in, put, NewEntry, Organization, Party, Store, Table, Tx};
+use crate::store::{append, get_in, party_in, put, NewEntry, Organization, Party, Store, StoreOps, Table};
 use chrono::Utc;
 use scenarios::party::{Actor, Role};
 use serde_json::json;
@@ -84,7 +84,7 @@ pub async fn create(
 /// Fails unless `actor` may manage the token of party `id`: only a party
 /// that may create that role in that organization (I16), so the
 /// operator cannot take over, or shut out, a regulator's account.
-fn may_manage(tx: &Tx<'_>, actor: &scenarios::party::Actor, id: &str) -> ServiceResult<()> {
+fn may_manage(tx: &dyn StoreOps, actor: &scenarios::party::Actor, id: &str) -> ServiceResult<()> {
     let target = party_in(tx, id)?.ok_or_else(|| ServiceError::not_found("party", id))?;
     match scenarios::party::may_create(actor, target.role, Some(&target.organization)) {
         Ok(_) => Ok(()),

@@ -7,7 +7,7 @@
 use crate::error::{ServiceError, ServiceResult};
 use crate::state::AppState;
 use crate::store::population::{self, PopulationRecord};
-use crate::store::Tx;
+use crate::store::StoreOps;
 use chrono::Utc;
 use scenarios::budget::{Delta, Epsilon, Rho};
 use scenarios::party::Actor;
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 /// One population as the regulator sees it, for `period` (the current one
 /// when `None`).
 fn view(
-    c: &Tx<'_>,
+    c: &dyn StoreOps,
     p: &PopulationRecord,
     units: u64,
     period: Option<u64>,
@@ -69,7 +69,7 @@ fn all_units(st: &AppState) -> ServiceResult<BTreeMap<String, u64>> {
 }
 
 /// The record of `kind`, or the one it would open with.
-fn record_or_default(c: &Tx<'_>, kind: &str, units: u64) -> ServiceResult<(PopulationRecord, bool)> {
+fn record_or_default(c: &dyn StoreOps, kind: &str, units: u64) -> ServiceResult<(PopulationRecord, bool)> {
     Ok(match population::population_in(c, kind)? {
         Some(p) => (p, true),
         None => (

@@ -10,7 +10,7 @@ use crate::datasets::current_datasets;
 use crate::error::{ServiceError, ServiceResult};
 use crate::keys::new_id;
 use crate::state::AppState;
-use crate::store::{append, list_in, party_in, put, NewEntry, Table, Tx};
+use crate::store::{append, list_in, party_in, put, NewEntry, StoreOps, Table};
 use chrono::Utc;
 use scenarios::party::Actor;
 use scenarios::policy::ScenarioSpec;
@@ -19,7 +19,7 @@ use serde_json::json;
 
 /// The party that decided a record, as an actor with the chain of
 /// accounts that created it; `None` when unknown.
-fn decider_in(tx: &Tx<'_>, id: Option<&str>) -> ServiceResult<Option<Actor>> {
+fn decider_in(tx: &dyn StoreOps, id: Option<&str>) -> ServiceResult<Option<Actor>> {
     let Some(p) = id.map(|id| party_in(tx, id)).transpose()?.flatten() else {
         return Ok(None);
     };
