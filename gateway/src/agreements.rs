@@ -1,12 +1,14 @@
 //! Agreements (R12, R13): a developer's open agreement as handlers and
 //! services look it up; signing one; filing it with the regulator; the
-//! overdue list of applications and filings. Each change is one
-//! transaction with its ledger entry.
+//! overdue list of applications and filings; a developer's own agreements
+//! with what its jobs were charged. Each change is one transaction with
+//! its ledger entry.
 
 use crate::error::{ServiceError, ServiceResult};
 use crate::state::AppState;
 use crate::store::{append, get_in, put, NewEntry, Table};
 use chrono::{NaiveDate, Utc};
+use scenarios::budget::Budget;
 use scenarios::party::Actor;
 use scenarios::workflow::{Agreement, Application, Scenario};
 use serde_json::json;
@@ -86,4 +88,43 @@ pub fn overdue(st: &AppState, today: NaiveDate) -> ServiceResult<(Vec<Applicatio
         apps.into_iter().filter(|a| a.is_overdue(today)).collect(),
         ags.into_iter().filter(|a| a.filing_overdue(today)).collect(),
     ))
+}
+
+/// Agreement `id` of `developer` (open or not), with its scenario.
+fn own(st: &AppState, developer: &str, id: &str) -> ServiceResult<(Agreement, Scenario)> {
+    let ag: Agreement = st
+        .store
+        .get(Table::Agreements, id)?
+        .filter(|a: &Agreement| a.developer_id == developer)
+        .ok_or_else(|| ServiceError::not_found("agreement", id))?;
+    let sc: Scenario = st
+        .store
+        .get(Table::Scenarios, &ag.scenario_id)?
+        .ok_or_else(|| ServiceError::Internal("agreement without scenario".into()))?;
+    Ok((ag, sc))
+}
+
+/// Agreement `id` of `developer`, with its scenario and what the
+/// developer's ended jobs were charged under it
+/// ([`crate::jobs::settled_spent`]). Blocking.
+pub fn one_with_spent(
+    st: &AppState,
+    developer: &str,
+    id: &str,
+) -> ServiceResult<(Agreement, Scenario, Budget)> {
+    let (ag, sc) = own(st, developer, id)?;
+    let spent = crate::jobs::settled_spent(&st.store, developer, &sc.id)?;
+    Ok((ag, sc, spent))
+}
+
+/// Every agreement of `developer`, as [`one_with_spent`]. Blocking.
+pub fn own_with_spent(st: &AppState, developer: &str) -> ServiceResult<Vec<(Agreement, Scenario, Budget)>> {
+    let ags: Vec<Agreement> = st
+        .store
+        .list(Table::Agreements, Some(("developer_id", developer)))?;
+    let mut out = Vec::new();
+    for ag in ags {
+        out.push(one_with_spent(st, developer, &ag.id)?);
+    }
+    Ok(out)
 }

@@ -195,3 +195,12 @@ pub async fn halt_scenario(
         .await?;
     with_stopped(st, report, move |j| j.scenario_id == scenario).await
 }
+
+/// The risk reports `actor` sees: a developer those it filed, everyone
+/// else all. Blocking.
+pub fn reports_visible_to(st: &AppState, actor: &Actor) -> ServiceResult<Vec<RiskReport>> {
+    match actor.role {
+        Role::Developer => st.store.list(Table::RiskReports, Some(("filed_by", &actor.id))),
+        _ => st.store.list(Table::RiskReports, None),
+    }
+}

@@ -163,7 +163,7 @@ pub async fn review_rules(
                 },
                 by: Some(actor.id.clone()),
                 at: Some(now),
-                reason: reason,
+                reason,
             };
             put(tx, &r)?;
             append(

@@ -4,7 +4,7 @@
 //! another developer's ids answer 404.
 
 use super::auth::{Auth, Body};
-use super::{blocking, not_found, JobRecord, JobStatus};
+use super::{blocking, not_found, JobRecord};
 use super::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::Table;
@@ -14,7 +14,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use scenarios::budget::Budget;
-use scenarios::party::{Actor, Role};
+use scenarios::party::Role;
 use scenarios::workflow::{Agreement, Application, Materials, Scenario, ScenarioStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -139,36 +139,14 @@ fn agreement_view(ag: &Agreement, sc: &Scenario, spent: Budget) -> Value {
     })
 }
 
-/// Loads an agreement of `actor` with its scenario.
-fn own_agreement(st: &AppState, actor: &Actor, id: &str) -> ApiResult<(Agreement, Scenario)> {
-    let ag: Agreement = st
-        .store
-        .get(Table::Agreements, id)?
-        .filter(|a: &Agreement| a.developer_id == actor.id)
-        .ok_or_else(|| not_found("agreement", id))?;
-    let sc: Scenario = st
-        .store
-        .get(Table::Scenarios, &ag.scenario_id)?
-        .ok_or_else(|| ApiError::Internal("agreement without scenario".into()))?;
-    Ok((ag, sc))
-}
-
 pub(crate) async fn list_agreements(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let s = st.clone();
-    let out = blocking(move || {
-        let ags: Vec<Agreement> = s
-            .store
-            .list(Table::Agreements, Some(("developer_id", &actor.id)))?;
-        let mut out = Vec::new();
-        for ag in ags {
-            let (ag, sc) = own_agreement(&s, &actor, &ag.id)?;
-            let spent = crate::jobs::settled_spent(&s.store, &actor.id, &sc.id)?;
-            out.push(agreement_view(&ag, &sc, spent));
-        }
-        Ok(out)
-    })
-    .await?;
+    let all = blocking(move || crate::agreements::own_with_spent(&s, &actor.id)).await?;
+    let out: Vec<Value> = all
+        .iter()
+        .map(|(ag, sc, spent)| agreement_view(ag, sc, *spent))
+        .collect();
     Ok(Json(json!({"agreements": out})))
 }
 
@@ -179,13 +157,8 @@ pub(crate) async fn agreement(
 ) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let s = st.clone();
-    let v = blocking(move || {
-        let (ag, sc) = own_agreement(&s, &actor, &id)?;
-        let spent = crate::jobs::settled_spent(&s.store, &actor.id, &sc.id)?;
-        Ok(agreement_view(&ag, &sc, spent))
-    })
-    .await?;
-    Ok(Json(v))
+    let (ag, sc, spent) = blocking(move || crate::agreements::one_with_spent(&s, &actor.id, &id)).await?;
+    Ok(Json(agreement_view(&ag, &sc, spent)))
 }
 
 pub(crate) async fn sign(
@@ -275,13 +248,6 @@ pub(crate) async fn submit_job(
     Ok((status, Json(developer_view(&done))))
 }
 
-fn own_job(st: &AppState, actor: &Actor, id: &str) -> ApiResult<JobRecord> {
-    st.store
-        .get(Table::Jobs, id)?
-        .filter(|j: &JobRecord| j.developer_id == actor.id)
-        .ok_or_else(|| not_found("job", id))
-}
-
 pub(crate) async fn list_jobs(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let store = st.store.clone();
@@ -299,7 +265,7 @@ pub(crate) async fn job(
 ) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let s = st.clone();
-    let j = blocking(move || own_job(&s, &actor, &id)).await?;
+    let j = blocking(move || crate::jobs::own_job(&s, &actor.id, &id)).await?;
     Ok(Json(developer_view(&j)))
 }
 
@@ -313,7 +279,7 @@ pub(crate) async fn job_receipt(
 ) -> ApiResult<Json<scenarios::ledger::Receipt>> {
     actor.require(Role::Developer)?;
     let receipt = blocking(move || {
-        let j = own_job(&st, &actor, &id)?;
+        let j = crate::jobs::own_job(&st, &actor.id, &id)?;
         // Proven under the published checkpoint, or one over the ledger up
         // to the release entry: never the ledger as it stands now, whose
         // size would tell the caller how far other jobs have got.
@@ -332,20 +298,7 @@ pub(crate) async fn job_output(
 ) -> ApiResult<impl IntoResponse> {
     actor.require(Role::Developer)?;
     let s = st.clone();
-    let bytes = blocking(move || {
-        let j = own_job(&s, &actor, &id)?;
-        if j.status != JobStatus::Succeeded {
-            return Err(ApiError::Conflict(format!(
-                "job {} has no released output (status {})",
-                j.id,
-                j.status.as_str()
-            )));
-        }
-        s.store
-            .job_output(&j.id)?
-            .ok_or_else(|| ApiError::Internal("released job without output".into()))
-    })
-    .await?;
+    let bytes = blocking(move || crate::jobs::released_output(&s, &actor.id, &id)).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
 }
 
@@ -378,7 +331,7 @@ pub(crate) async fn limits(State(st): State<AppState>, Auth(actor): Auth) -> Api
 mod tests {
     use super::*;
     use crate::records::test_job;
-    use crate::records::QueryRecord;
+    use crate::records::{JobStatus, QueryRecord};
 
     fn job(status: JobStatus, charged_queries: u32) -> JobRecord {
         test_job(status, charged_queries)

@@ -13,8 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{NaiveDate, Utc};
-use scenarios::oversight::{Incident, PlanState, RiskReport, Severity};
-use scenarios::party::Role;
+use scenarios::oversight::{Incident, PlanState, Severity};
 use scenarios::workflow::Agreement;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -136,12 +135,8 @@ pub(crate) async fn list_risk_reports(
     State(st): State<AppState>,
     Auth(actor): Auth,
 ) -> ApiResult<Json<Value>> {
-    let store = st.store.clone();
-    let all: Vec<RiskReport> = blocking(move || match actor.role {
-        Role::Developer => store.list(Table::RiskReports, Some(("filed_by", &actor.id))),
-        _ => store.list(Table::RiskReports, None),
-    })
-    .await?;
+    let s = st.clone();
+    let all = blocking(move || crate::halts::reports_visible_to(&s, &actor)).await?;
     Ok(Json(json!({"risk_reports": all})))
 }
 

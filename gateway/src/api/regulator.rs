@@ -4,8 +4,9 @@
 //! reads everything and changes no data other than its own decisions.
 
 use super::auth::{Auth, Body};
+use super::blocking;
 use super::ApiResult;
-use super::{blocking, JobRecord};
+use crate::ledger_views;
 use crate::state::AppState;
 use crate::store::Table;
 use axum::extract::{Path, Query, State};
@@ -56,48 +57,19 @@ pub(crate) struct ReleaseFilter {
     until: Option<DateTime<Utc>>,
 }
 
-impl ReleaseFilter {
-    fn keeps(&self, j: &JobRecord) -> bool {
-        let at = j.finished_at;
-        self.agreement.as_ref().is_none_or(|a| *a == j.agreement_id)
-            && self.scenario.as_ref().is_none_or(|s| *s == j.scenario_id)
-            && self.developer.as_ref().is_none_or(|d| *d == j.developer_id)
-            && self.since.is_none_or(|t| at.is_some_and(|at| at >= t))
-            && self.until.is_none_or(|t| at.is_some_and(|at| at < t))
-    }
-}
-
 pub(crate) async fn releases(
     State(st): State<AppState>,
     Auth(actor): Auth,
     Query(filter): Query<ReleaseFilter>,
 ) -> ApiResult<Json<Value>> {
     actor.require(Role::Regulator)?;
-    let out = blocking(move || {
-        let store = &st.store;
-        let mut jobs: Vec<JobRecord> = match &filter.agreement {
-            Some(a) => store.list(Table::Jobs, Some(("agreement_id", a)))?,
-            None => store.list(Table::Jobs, None)?,
-        };
-        jobs.retain(|j| j.status == super::JobStatus::Succeeded && filter.keeps(j));
-        jobs.sort_by_key(|j| j.finished_at);
-        // One current checkpoint serves every receipt in the list.
-        let current = st.ledger.checkpoint(store, &st.keys)?;
-        let mut releases = Vec::new();
-        for j in &jobs {
-            let lineage: Vec<Value> = store
-                .ledger_for(&j.id)?
-                .iter()
-                .map(|e| {
-                    let body: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
-                    json!({"seq": e.seq, "hash": e.hash, "entry": body})
-                })
-                .collect();
-            let receipt = st.ledger.release_receipt(store, &st.keys, &j.id, &current)?;
-            releases.push(json!({"job": j, "lineage": lineage, "receipt": receipt}));
-        }
-        Ok(releases)
-    })
-    .await?;
+    let filter = ledger_views::ReleaseFilter {
+        agreement: filter.agreement,
+        scenario: filter.scenario,
+        developer: filter.developer,
+        since: filter.since,
+        until: filter.until,
+    };
+    let out = blocking(move || ledger_views::releases(&st, &filter)).await?;
     Ok(Json(json!({"releases": out})))
 }
