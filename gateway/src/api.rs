@@ -42,11 +42,6 @@ pub use crate::records::{
 pub(crate) use crate::store::blocking;
 pub use developer::{developer_view, WITHHELD_NOTE};
 
-/// "No such thing": 404 with the id as given (escaped, never interpreted).
-pub(crate) fn not_found(what: &str, id: &str) -> ApiError {
-    ApiError::not_found(what, id)
-}
-
 /// A period of whole days, both ends included; open where absent.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

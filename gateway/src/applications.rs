@@ -167,3 +167,11 @@ pub async fn decide(
         })
         .await
 }
+
+/// Application `id` of `developer` (another developer's answers 404).
+/// Blocking.
+pub fn own(st: &AppState, developer: &str, id: &str) -> ServiceResult<Application> {
+    let app: Option<Application> = st.store.get(Table::Applications, id)?;
+    app.filter(|a| a.developer_id == developer)
+        .ok_or_else(|| ServiceError::not_found("application", id))
+}

@@ -77,6 +77,17 @@ pub fn consistency_for(st: &AppState, actor: &Actor, first: u64, second: u64) ->
     st.ledger.consistency_proof(&st.store, first, second)
 }
 
+/// Refuses a feed of the ledger starting beyond its end.
+pub fn check_feed_start(st: &AppState, from: u64) -> ServiceResult<()> {
+    let size = st.ledger.size(&st.store)?;
+    if from > size {
+        return Err(ServiceError::BadRequest(format!(
+            "the ledger has {size} entries; a feed cannot start at {from}"
+        )));
+    }
+    Ok(())
+}
+
 /// What the regulator's witness cosigns: a checkpoint with its
 /// consistency proof from size `from`, and the key chain: each ledger key
 /// announcement before the checkpoint, under the tree ending at it (signed

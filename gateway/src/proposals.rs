@@ -141,3 +141,25 @@ pub async fn decide(
         })
         .await
 }
+
+/// Approved scenario `id`: scenarios that are not approved are invisible
+/// to developers. Blocking.
+pub fn approved(st: &AppState, id: &str) -> ServiceResult<Scenario> {
+    let sc: Option<Scenario> = st.store.get(Table::Scenarios, id)?;
+    sc.filter(|s| s.status == scenarios::workflow::ScenarioStatus::Approved)
+        .ok_or_else(|| ServiceError::not_found("approved scenario", ""))
+}
+
+/// [`approved`] with the current catalog (for the scenario's local-run
+/// bundle, `crate::local::bundle`). Blocking.
+pub fn approved_with_catalog(
+    st: &AppState,
+    id: &str,
+) -> ServiceResult<(Scenario, Vec<crate::records::DatasetRecord>)> {
+    let sc: Option<Scenario> = st.store.get(Table::Scenarios, id)?;
+    let datasets = current_datasets(st)?;
+    let sc = sc
+        .filter(|s| s.status == scenarios::workflow::ScenarioStatus::Approved)
+        .ok_or_else(|| ServiceError::not_found("approved scenario", ""))?;
+    Ok((sc, datasets))
+}

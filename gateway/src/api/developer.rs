@@ -4,7 +4,7 @@
 //! another developer's ids answer 404.
 
 use super::auth::{Auth, Body};
-use super::{blocking, not_found, JobRecord};
+use super::{blocking, JobRecord};
 use super::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::Table;
@@ -15,7 +15,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use scenarios::budget::Budget;
 use scenarios::party::Role;
-use scenarios::workflow::{Agreement, Application, Materials, Scenario, ScenarioStatus};
+use scenarios::workflow::{Agreement, Application, Materials, Scenario};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -33,12 +33,8 @@ pub(crate) async fn scenario(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Scenario>> {
     actor.require(Role::Developer)?;
-    let store = st.store.clone();
-    let sc: Option<Scenario> = blocking(move || store.get(Table::Scenarios, &id)).await?;
-    // Scenarios that are not approved are invisible to developers.
-    let sc = sc
-        .filter(|s| s.status == ScenarioStatus::Approved)
-        .ok_or_else(|| not_found("approved scenario", ""))?;
+    let s = st.clone();
+    let sc = blocking(move || crate::proposals::approved(&s, &id)).await?;
     Ok(Json(sc))
 }
 
@@ -52,14 +48,7 @@ pub(crate) async fn scenario_bundle(
 ) -> ApiResult<Json<crate::local::Bundle>> {
     actor.require(Role::Developer)?;
     let s = st.clone();
-    let (sc, datasets) = blocking(move || {
-        let sc: Option<Scenario> = s.store.get(Table::Scenarios, &id)?;
-        Ok((sc, super::current_datasets(&s)?))
-    })
-    .await?;
-    let sc = sc
-        .filter(|s| s.status == ScenarioStatus::Approved)
-        .ok_or_else(|| not_found("approved scenario", ""))?;
+    let (sc, datasets) = blocking(move || crate::proposals::approved_with_catalog(&s, &id)).await?;
     Ok(Json(crate::local::bundle(&sc.id, &sc.spec, &datasets)))
 }
 
@@ -112,13 +101,9 @@ pub(crate) async fn application(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Application>> {
     actor.require(Role::Developer)?;
-    let store = st.store.clone();
-    let key = id.clone();
-    let app: Option<Application> = blocking(move || store.get(Table::Applications, &key)).await?;
-    Ok(Json(
-        app.filter(|a| a.developer_id == actor.id)
-            .ok_or_else(|| not_found("application", &id))?,
-    ))
+    let s = st.clone();
+    let app = blocking(move || crate::applications::own(&s, &actor.id, &id)).await?;
+    Ok(Json(app))
 }
 
 /// An agreement with its budget. `spent` is what the developer's ended

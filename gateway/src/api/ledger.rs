@@ -227,14 +227,8 @@ pub(crate) async fn feed(
     Query(q): Query<FeedQuery>,
 ) -> ApiResult<Response> {
     actor.require(Role::Regulator)?;
-    let s = st.clone();
-    let size = blocking(move || s.ledger.size(&s.store)).await?;
-    if q.from > size {
-        return Err(ApiError::BadRequest(format!(
-            "the ledger has {size} entries; a feed cannot start at {}",
-            q.from
-        )));
-    }
+    let (s, from) = (st.clone(), q.from);
+    blocking(move || ledger_views::check_feed_start(&s, from)).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     tokio::task::spawn_blocking(move || {
         let mut out = ChannelWriter {
