@@ -7,10 +7,13 @@
 //!
 //! Layers inside the gateway: `api` (routes, wire types, authentication,
 //! the one mapping of errors to HTTP) sits on the services (`jobs`,
-//! `ledger`, `datasets`, `metering`, ...), which sit on `records` and
-//! `store`; nothing below `api` imports from it or uses axum (checked by
-//! the tests in `layers.rs`). This file, `main.rs` and `server.rs` are
-//! the composition roots.
+//! `ledger`, `datasets`, `metering`, `applications`, `airlock`, ...),
+//! which decide and record, and sit on `records` and `store` (its
+//! operations behind `store::StoreOps`); nothing below `api` imports from
+//! it or uses axum, handlers leave store work to the services, and no
+//! modules import each other in a circle (checked by the tests in
+//! `layers.rs`). This file, `main.rs` and `server.rs` are the composition
+//! roots.
 
 pub mod agreements;
 pub mod airlock;
