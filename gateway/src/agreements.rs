@@ -106,7 +106,7 @@ fn own(st: &AppState, developer: &str, id: &str) -> ServiceResult<(Agreement, Sc
 
 /// Agreement `id` of `developer`, with its scenario and what the
 /// developer's ended jobs were charged under it
-/// ([`crate::jobs::settled_spent`]). Blocking.
+/// (`crate::jobs::settled_spent`). Blocking.
 pub fn one_with_spent(
     st: &AppState,
     developer: &str,

@@ -137,7 +137,7 @@ impl<'a> Tx<'a> {
 /// [`Store::write`], [`Store::read`] hand their closure a
 /// `&dyn StoreOps`): the records' documents, parties, modules, job
 /// outputs, consents, verification counters, population budgets and the
-/// ledger. Nothing in it names the database; [`Tx`] implements it on
+/// ledger. Nothing in it names the database; `Tx` implements it on
 /// SQLite, and a second backend would implement it again. Callers use the
 /// typed functions of this module ([`get_in`], [`list_in`], [`put`],
 /// [`append`], [`party_in`], [`population::charge_in`], ...), which call
