@@ -128,3 +128,17 @@ pub fn own_with_spent(st: &AppState, developer: &str) -> ServiceResult<Vec<(Agre
     }
     Ok(out)
 }
+
+/// Every agreement, each with whether its filing is overdue today (R12).
+/// Blocking.
+pub fn all_with_filing_overdue(st: &AppState) -> ServiceResult<Vec<(Agreement, bool)>> {
+    let all: Vec<Agreement> = st.store.list(Table::Agreements, None)?;
+    let today = Utc::now().date_naive();
+    Ok(all
+        .into_iter()
+        .map(|a| {
+            let overdue = a.filing_overdue(today);
+            (a, overdue)
+        })
+        .collect())
+}

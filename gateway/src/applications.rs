@@ -175,3 +175,28 @@ pub fn own(st: &AppState, developer: &str, id: &str) -> ServiceResult<Applicatio
     app.filter(|a| a.developer_id == developer)
         .ok_or_else(|| ServiceError::not_found("application", id))
 }
+
+/// The applications of `developer`. Blocking.
+pub fn of_developer(st: &AppState, developer: &str) -> ServiceResult<Vec<Application>> {
+    st.store
+        .list(Table::Applications, Some(("developer_id", developer)))
+}
+
+/// Every application. Blocking.
+pub fn all(st: &AppState) -> ServiceResult<Vec<Application>> {
+    st.store.list(Table::Applications, None)
+}
+
+/// Every application, each with whether it is overdue today (R12).
+/// Blocking.
+pub fn all_with_overdue(st: &AppState) -> ServiceResult<Vec<(Application, bool)>> {
+    let apps = all(st)?;
+    let today = Utc::now().date_naive();
+    Ok(apps
+        .into_iter()
+        .map(|a| {
+            let overdue = a.is_overdue(today);
+            (a, overdue)
+        })
+        .collect())
+}

@@ -882,6 +882,16 @@ pub fn released_output(st: &AppState, developer: &str, id: &str) -> ServiceResul
         .job_output(&j.id)?
         .ok_or_else(|| ServiceError::Internal("released job without output".into()))
 }
+
+/// The jobs of `developer`. Blocking.
+pub fn of_developer(st: &AppState, developer: &str) -> ServiceResult<Vec<JobRecord>> {
+    st.store.list(Table::Jobs, Some(("developer_id", developer)))
+}
+
+/// Every job. Blocking.
+pub fn all(st: &AppState) -> ServiceResult<Vec<JobRecord>> {
+    st.store.list(Table::Jobs, None)
+}
 #[cfg(test)]
 mod tests {
     use super::*;

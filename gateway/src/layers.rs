@@ -180,13 +180,14 @@ fn only_the_store_knows_its_database() {
     );
 }
 
-/// Handlers translate HTTP and call a service: no file of the API writes
-/// to the store, appends to the ledger or opens a unit of work itself
-/// (those are the services' below it, which keep a state change and its
-/// ledger entry in one transaction).
+/// Handlers translate HTTP and call a service: no file of the API reaches
+/// the store (`AppState::store`), writes to it, appends to the ledger or
+/// opens a unit of work itself (those are the services' below it, which
+/// keep a state change and its ledger entry in one transaction).
 #[test]
 fn handlers_leave_records_to_the_services() {
     let store_work = [
+        ".store",
         "NewEntry",
         "append(",
         ".write(",

@@ -11,7 +11,7 @@ use crate::records::{JobRecord, JobStatus};
 use crate::state::AppState;
 use crate::store::Table;
 use chrono::{DateTime, Utc};
-use scenarios::ledger::{KeyLink, SignedCheckpoint};
+use scenarios::ledger::{KeyLink, Receipt, SignedCheckpoint};
 use scenarios::party::{Actor, Role};
 use serde_json::{json, Value};
 
@@ -75,6 +75,79 @@ pub fn consistency_for(st: &AppState, actor: &Actor, first: u64, second: u64) ->
     within(limit, first)?;
     within(limit, second)?;
     st.ledger.consistency_proof(&st.store, first, second)
+}
+
+/// The regulator's receipt for entry `seq`, under the current checkpoint.
+pub fn receipt(st: &AppState, seq: u64) -> ServiceResult<Receipt> {
+    let current = st.ledger.checkpoint(&st.store, &st.keys)?;
+    st.ledger.receipt(&st.store, &st.keys, seq, &current)
+}
+
+/// The receipt of the released result of job `id` of `developer`: proven
+/// under the published checkpoint, or one over the ledger up to the
+/// release entry, never the ledger as it stands now, whose size would tell
+/// the caller how far other jobs have got.
+pub fn release_receipt(st: &AppState, developer: &str, id: &str) -> ServiceResult<Receipt> {
+    let j = crate::jobs::own_job(st, developer, id)?;
+    st.ledger
+        .published_release_receipt(&st.store, &st.keys, &j.id)?
+        .ok_or_else(|| ServiceError::Conflict(format!("job {} has no released output", j.id)))
+}
+
+/// Stores a witness's cosignature of the checkpoint of `size` (verified
+/// first); false when that witness's line was stored already.
+pub fn cosign(
+    st: &AppState,
+    actor: &Actor,
+    size: u64,
+    witness: &scenarios::ledger::VerifierKey,
+    cosignature: &str,
+) -> ServiceResult<bool> {
+    st.ledger
+        .cosign(&st.store, &st.keys, actor, size, witness, cosignature)
+}
+
+/// Writes the ledger's entries from `from` to `out` (with the export's
+/// header when `from` is 0), each burst closed by a signed checkpoint;
+/// with `follow`, waits for more (polling every `poll`) until `gone` says
+/// the reader went away or `out` fails. Errors end the feed, logged.
+pub fn feed(
+    st: &AppState,
+    from: u64,
+    follow: bool,
+    poll: std::time::Duration,
+    out: &mut impl std::io::Write,
+    gone: impl Fn() -> bool,
+) {
+    let mut from = from;
+    let mut header = from == 0;
+    loop {
+        match st.ledger.export(&st.store, &st.keys, from, header, out) {
+            Ok(end) => from = end,
+            Err(e) => {
+                tracing::error!(error = %e, "ledger feed stopped");
+                return;
+            }
+        }
+        header = false;
+        if out.flush().is_err() || !follow {
+            return;
+        }
+        loop {
+            std::thread::sleep(poll);
+            if gone() {
+                return;
+            }
+            match st.ledger.size(&st.store) {
+                Ok(n) if n > from => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "ledger feed stopped");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Refuses a feed of the ledger starting beyond its end.

@@ -4,7 +4,7 @@
 use crate::error::{ServiceError, ServiceResult};
 use crate::keys::new_id;
 use crate::state::AppState;
-use crate::store::{append, get_in, put, NewEntry, Organization, Table};
+use crate::store::{append, get_in, put, NewEntry, Organization, Party, Table};
 use chrono::Utc;
 use scenarios::party::{Actor, Standing};
 use serde_json::json;
@@ -76,4 +76,21 @@ pub async fn record_standing(
             Ok(org)
         })
         .await
+}
+
+/// Every organization with its member parties (by creation). Blocking.
+pub fn with_members(st: &AppState) -> ServiceResult<Vec<(Organization, Vec<Party>)>> {
+    let orgs: Vec<Organization> = st.store.list(Table::Organizations, None)?;
+    let parties = st.store.parties()?;
+    Ok(orgs
+        .into_iter()
+        .map(|o| {
+            let members = parties
+                .iter()
+                .filter(|p| p.organization == o.id)
+                .cloned()
+                .collect();
+            (o, members)
+        })
+        .collect())
 }

@@ -137,3 +137,24 @@ pub async fn revoke_token(st: &AppState, actor: Actor, id: String) -> ServiceRes
     let revoked = format!("revoked:{}", new_id("rv"));
     set_token(st, actor, id, revoked, "party.revoke").await
 }
+
+/// Every party (the operator and the regulator list them). Blocking.
+pub fn all(st: &AppState) -> ServiceResult<Vec<Party>> {
+    st.store.parties()
+}
+
+/// The party holding the token whose hash is `hash`, as an actor with the
+/// chain of accounts that created it; `None` for an unknown token.
+pub async fn actor_by_token(st: &AppState, hash: String) -> ServiceResult<Option<Actor>> {
+    let store = st.store.clone();
+    let found = tokio::task::spawn_blocking(move || store.actor_by_token(&hash))
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))??;
+    Ok(found.map(|(party, creators)| Actor {
+        id: party.id,
+        role: party.role,
+        name: party.name,
+        org: party.organization,
+        creators,
+    }))
+}

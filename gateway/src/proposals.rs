@@ -163,3 +163,13 @@ pub fn approved_with_catalog(
         .ok_or_else(|| ServiceError::not_found("approved scenario", ""))?;
     Ok((sc, datasets))
 }
+
+/// Every scenario, by proposal. Blocking.
+pub fn all(st: &AppState) -> ServiceResult<Vec<Scenario>> {
+    st.store.list(Table::Scenarios, None)
+}
+
+/// The approved scenarios (the developers' catalog of scenarios). Blocking.
+pub fn all_approved(st: &AppState) -> ServiceResult<Vec<Scenario>> {
+    st.store.list(Table::Scenarios, Some(("status", "approved")))
+}

@@ -180,3 +180,13 @@ pub async fn review_rules(
         })
         .await
 }
+
+/// Every version of the datasets `owner` provides. Blocking.
+pub fn of_owner(st: &AppState, owner: &str) -> ServiceResult<Vec<DatasetRecord>> {
+    st.store.list(Table::Datasets, Some(("owner", owner)))
+}
+
+/// Every dataset version with its rules and their review. Blocking.
+pub fn all_versions(st: &AppState) -> ServiceResult<Vec<DatasetRecord>> {
+    st.store.list(Table::Datasets, None)
+}

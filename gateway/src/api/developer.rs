@@ -4,10 +4,9 @@
 //! another developer's ids answer 404.
 
 use super::auth::{Auth, Body};
+use super::ApiResult;
 use super::{blocking, JobRecord};
-use super::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::store::Table;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -21,9 +20,8 @@ use serde_json::{json, Value};
 
 pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
-    let store = st.store.clone();
-    let approved: Vec<Scenario> =
-        blocking(move || store.list(Table::Scenarios, Some(("status", "approved")))).await?;
+    let s = st.clone();
+    let approved = blocking(move || crate::proposals::all_approved(&s)).await?;
     Ok(Json(json!({"scenarios": approved})))
 }
 
@@ -88,10 +86,8 @@ pub(crate) async fn list_applications(
     Auth(actor): Auth,
 ) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
-    let store = st.store.clone();
-    let id = actor.id.clone();
-    let apps: Vec<Application> =
-        blocking(move || store.list(Table::Applications, Some(("developer_id", &id)))).await?;
+    let s = st.clone();
+    let apps = blocking(move || crate::applications::of_developer(&s, &actor.id)).await?;
     Ok(Json(json!({"applications": apps})))
 }
 
@@ -235,9 +231,8 @@ pub(crate) async fn submit_job(
 
 pub(crate) async fn list_jobs(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
-    let store = st.store.clone();
-    let jobs: Vec<JobRecord> =
-        blocking(move || store.list(Table::Jobs, Some(("developer_id", &actor.id)))).await?;
+    let s = st.clone();
+    let jobs = blocking(move || crate::jobs::of_developer(&s, &actor.id)).await?;
     Ok(Json(
         json!({"jobs": jobs.iter().map(developer_view).collect::<Vec<_>>()}),
     ))
@@ -263,16 +258,7 @@ pub(crate) async fn job_receipt(
     Path(id): Path<String>,
 ) -> ApiResult<Json<scenarios::ledger::Receipt>> {
     actor.require(Role::Developer)?;
-    let receipt = blocking(move || {
-        let j = crate::jobs::own_job(&st, &actor.id, &id)?;
-        // Proven under the published checkpoint, or one over the ledger up
-        // to the release entry: never the ledger as it stands now, whose
-        // size would tell the caller how far other jobs have got.
-        st.ledger
-            .published_release_receipt(&st.store, &st.keys, &j.id)?
-            .ok_or_else(|| ApiError::Conflict(format!("job {} has no released output", j.id)))
-    })
-    .await?;
+    let receipt = blocking(move || crate::ledger_views::release_receipt(&st, &actor.id, &id)).await?;
     Ok(Json(receipt))
 }
 

@@ -118,13 +118,7 @@ pub(crate) async fn receipt(
     Path(seq): Path<u64>,
 ) -> ApiResult<Json<Receipt>> {
     actor.require(Role::Regulator)?;
-    Ok(Json(
-        blocking(move || {
-            let current = st.ledger.checkpoint(&st.store, &st.keys)?;
-            st.ledger.receipt(&st.store, &st.keys, seq, &current)
-        })
-        .await?,
-    ))
+    Ok(Json(blocking(move || ledger_views::receipt(&st, seq)).await?))
 }
 
 /// A witness's request: the size it last cosigned (0 the first time).
@@ -184,11 +178,8 @@ pub(crate) async fn post_cosignature(
     let witness =
         VerifierKey::parse(&b.witness_key).map_err(|e| ApiError::BadRequest(format!("witness_key: {e}")))?;
     let name = witness.name.clone();
-    let stored = blocking(move || {
-        st.ledger
-            .cosign(&st.store, &st.keys, &actor, b.size, &witness, &b.cosignature)
-    })
-    .await?;
+    let stored =
+        blocking(move || ledger_views::cosign(&st, &actor, b.size, &witness, &b.cosignature)).await?;
     let status = if stored {
         axum::http::StatusCode::CREATED
     } else {
@@ -235,35 +226,8 @@ pub(crate) async fn feed(
             tx,
             buf: Vec::with_capacity(CHUNK),
         };
-        let mut from = q.from;
-        let mut header = from == 0;
-        loop {
-            match st.ledger.export(&st.store, &st.keys, from, header, &mut out) {
-                Ok(end) => from = end,
-                Err(e) => {
-                    tracing::error!(error = %e, "ledger feed stopped");
-                    return;
-                }
-            }
-            header = false;
-            if out.flush().is_err() || !q.follow {
-                return;
-            }
-            loop {
-                std::thread::sleep(FOLLOW_POLL);
-                if out.tx.is_closed() {
-                    return;
-                }
-                match st.ledger.size(&st.store) {
-                    Ok(n) if n > from => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "ledger feed stopped");
-                        return;
-                    }
-                }
-            }
-        }
+        let gone = out.tx.clone();
+        ledger_views::feed(&st, q.from, q.follow, FOLLOW_POLL, &mut out, || gone.is_closed());
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))

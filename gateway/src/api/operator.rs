@@ -9,14 +9,13 @@ use super::{ApiError, ApiResult};
 use crate::applications;
 use crate::rotation::{self, RotatedKey};
 use crate::state::AppState;
-use crate::store::{Organization, Table};
+use crate::store::Organization;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::Utc;
 use scenarios::party::Role;
 use scenarios::policy::ScenarioSpec;
-use scenarios::workflow::{Application, Scenario, Terms};
+use scenarios::workflow::{Scenario, Terms};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -102,18 +101,13 @@ pub(crate) async fn list_organizations(
     State(st): State<AppState>,
     Auth(_actor): Auth,
 ) -> ApiResult<Json<Value>> {
-    let store = st.store.clone();
-    let (orgs, parties) = blocking(move || {
-        let orgs: Vec<Organization> = store.list(Table::Organizations, None)?;
-        Ok((orgs, store.parties()?))
-    })
-    .await?;
+    let s = st.clone();
+    let orgs = blocking(move || crate::organizations::with_members(&s)).await?;
     let out: Vec<Value> = orgs
         .iter()
-        .map(|o| {
+        .map(|(o, parties)| {
             let members: Vec<Value> = parties
                 .iter()
-                .filter(|p| p.organization == o.id)
                 .map(|p| json!({"id": p.id, "name": p.name, "role": p.role}))
                 .collect();
             json!({"id": o.id, "name": o.name, "registration": o.registration, "members": members,
@@ -130,8 +124,8 @@ pub(crate) async fn list_parties(State(st): State<AppState>, Auth(actor): Auth) 
             "only the operator and the regulator list parties".into(),
         ));
     }
-    let store = st.store.clone();
-    let parties = blocking(move || store.parties()).await?;
+    let s = st.clone();
+    let parties = blocking(move || crate::parties::all(&s)).await?;
     Ok(Json(json!({"parties": parties})))
 }
 
@@ -148,8 +142,8 @@ pub(crate) async fn propose_scenario(
 
 pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Operator)?;
-    let store = st.store.clone();
-    let all: Vec<Scenario> = blocking(move || store.list(Table::Scenarios, None)).await?;
+    let s = st.clone();
+    let all = blocking(move || crate::proposals::all(&s)).await?;
     Ok(Json(json!({"scenarios": all})))
 }
 
@@ -158,15 +152,14 @@ pub(crate) async fn list_applications(
     Auth(actor): Auth,
 ) -> ApiResult<Json<Value>> {
     actor.require(Role::Operator)?;
-    let store = st.store.clone();
-    let apps: Vec<Application> = blocking(move || store.list(Table::Applications, None)).await?;
-    let today = Utc::now().date_naive();
+    let s = st.clone();
+    let apps = blocking(move || applications::all_with_overdue(&s)).await?;
     let out: Vec<Value> = apps
         .iter()
-        .map(|a| {
+        .map(|(a, overdue)| {
             let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
             if let Some(o) = v.as_object_mut() {
-                o.insert("overdue".into(), json!(a.is_overdue(today)));
+                o.insert("overdue".into(), json!(overdue));
             }
             v
         })

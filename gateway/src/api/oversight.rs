@@ -8,7 +8,6 @@ use super::blocking;
 use super::ApiResult;
 use crate::objections;
 use crate::state::AppState;
-use crate::store::Table;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -178,8 +177,8 @@ pub(crate) async fn advance_incident(
 }
 
 pub(crate) async fn list_incidents(State(st): State<AppState>, Auth(_actor): Auth) -> ApiResult<Json<Value>> {
-    let store = st.store.clone();
-    let all: Vec<Incident> = blocking(move || store.list(Table::Incidents, None)).await?;
+    let s = st.clone();
+    let all = blocking(move || crate::incidents::all(&s)).await?;
     Ok(Json(json!({"incidents": all})))
 }
 
@@ -189,14 +188,13 @@ pub(crate) async fn list_agreements(
     State(st): State<AppState>,
     Auth(_actor): Auth,
 ) -> ApiResult<Json<Value>> {
-    let store = st.store.clone();
-    let all: Vec<Agreement> = blocking(move || store.list(Table::Agreements, None)).await?;
-    let today = Utc::now().date_naive();
+    let s = st.clone();
+    let all = blocking(move || crate::agreements::all_with_filing_overdue(&s)).await?;
     let out: Vec<Value> = all
         .iter()
-        .map(|a| {
+        .map(|(a, overdue)| {
             let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
-            v["filing_overdue"] = json!(a.filing_overdue(today));
+            v["filing_overdue"] = json!(overdue);
             v
         })
         .collect();

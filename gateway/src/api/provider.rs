@@ -8,7 +8,6 @@ use super::auth::{Auth, Body};
 use super::ApiResult;
 use super::{blocking, DatasetRecord};
 use crate::state::AppState;
-use crate::store::Table;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -37,10 +36,8 @@ fn own_view(d: &DatasetRecord) -> Value {
 
 pub(crate) async fn list(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Provider)?;
-    let store = st.store.clone();
-    let id = actor.id.clone();
-    let mine: Vec<DatasetRecord> =
-        blocking(move || store.list(Table::Datasets, Some(("owner", &id)))).await?;
+    let s = st.clone();
+    let mine = blocking(move || crate::providers::of_owner(&s, &actor.id)).await?;
     Ok(Json(
         json!({"datasets": mine.iter().map(own_view).collect::<Vec<_>>()}),
     ))
@@ -57,8 +54,8 @@ pub(crate) struct RulesDecision {
 
 /// Every dataset version with its rules and their review (operator).
 pub(crate) async fn all_versions(State(st): State<AppState>, Auth(_a): Auth) -> ApiResult<Json<Value>> {
-    let store = st.store.clone();
-    let all: Vec<DatasetRecord> = blocking(move || store.list(Table::Datasets, None)).await?;
+    let s = st.clone();
+    let all = blocking(move || crate::providers::all_versions(&s)).await?;
     Ok(Json(
         json!({"datasets": all.iter().map(super::catalog::view).collect::<Vec<_>>()}),
     ))

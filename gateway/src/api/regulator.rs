@@ -8,7 +8,6 @@ use super::blocking;
 use super::ApiResult;
 use crate::ledger_views;
 use crate::state::AppState;
-use crate::store::Table;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -19,8 +18,8 @@ use serde_json::{json, Value};
 
 pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Regulator)?;
-    let store = st.store.clone();
-    let all: Vec<Scenario> = blocking(move || store.list(Table::Scenarios, None)).await?;
+    let s = st.clone();
+    let all = blocking(move || crate::proposals::all(&s)).await?;
     Ok(Json(json!({"scenarios": all})))
 }
 

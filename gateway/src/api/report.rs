@@ -4,23 +4,21 @@
 
 use super::auth::Auth;
 use super::ApiResult;
-use super::{blocking, JobRecord, Period};
+use super::{blocking, Period};
 use crate::state::AppState;
-use crate::store::Table;
 use axum::extract::{Query, State};
 use axum::Json;
-use scenarios::workflow::Application;
 use serde_json::{json, Value};
 
 pub(crate) async fn list_applications(State(st): State<AppState>, Auth(_a): Auth) -> ApiResult<Json<Value>> {
-    let store = st.store.clone();
-    let all: Vec<Application> = blocking(move || store.list(Table::Applications, None)).await?;
+    let s = st.clone();
+    let all = blocking(move || crate::applications::all(&s)).await?;
     Ok(Json(json!({"applications": all})))
 }
 
 pub(crate) async fn list_jobs(State(st): State<AppState>, Auth(_a): Auth) -> ApiResult<Json<Value>> {
-    let store = st.store.clone();
-    let all: Vec<JobRecord> = blocking(move || store.list(Table::Jobs, None)).await?;
+    let s = st.clone();
+    let all = blocking(move || crate::jobs::all(&s)).await?;
     Ok(Json(json!({"jobs": all})))
 }
 
