@@ -116,8 +116,20 @@ pub fn view_of(st: &AppState, kind: &str, period: Option<u64>) -> ServiceResult<
     })
 }
 
+/// The reason of a regulator's decision, trimmed: 1 to 4000 bytes.
+fn checked_reason(r: &str) -> ServiceResult<String> {
+    let r = r.trim();
+    if r.is_empty() || r.len() > 4000 {
+        return Err(ServiceError::BadRequest(
+            "a reason of 1 to 4000 bytes is required".into(),
+        ));
+    }
+    Ok(r.to_string())
+}
+
 /// Lowers `kind`'s caps within its period to `change` of the current ones
-/// (the store refuses any raise), with its ledger entry; the new view.
+/// (the store refuses any raise), with its ledger entry and `reason` (1 to
+/// 4000 bytes); the new view.
 pub fn lower_caps(
     st: &AppState,
     actor: Actor,
@@ -125,6 +137,7 @@ pub fn lower_caps(
     change: impl FnOnce(Caps) -> Caps + Send + 'static,
     reason: String,
 ) -> ServiceResult<Value> {
+    let reason = checked_reason(&reason)?;
     let n = known(st, &kind)?;
     let p = st.store.tx(move |tx| {
         let current = population::open_population_in(tx, &kind, n, Utc::now())?;
@@ -135,7 +148,8 @@ pub fn lower_caps(
 }
 
 /// Opens `kind`'s next period, its caps `change`d from the current ones
-/// when given, with its ledger entry; the new view.
+/// when given, with its ledger entry and `reason` (1 to 4000 bytes); the
+/// new view.
 pub fn renew(
     st: &AppState,
     actor: Actor,
@@ -143,6 +157,7 @@ pub fn renew(
     change: Option<impl FnOnce(Caps) -> Caps + Send + 'static>,
     reason: String,
 ) -> ServiceResult<Value> {
+    let reason = checked_reason(&reason)?;
     let n = known(st, &kind)?;
     let p = st.store.tx(move |tx| {
         let current = population::open_population_in(tx, &kind, n, Utc::now())?;
