@@ -1,7 +1,8 @@
 //! The HTTP API: one route prefix per role (`/v1/provider`, `/v1/operator`,
 //! `/v1/developer`, `/v1/regulator`) plus the shared catalog. Handlers are
-//! thin: they authenticate, check the role, run the domain transition from
-//! `scenarios` and write it with its ledger entry in one store transaction.
+//! thin: they authenticate, check the role, read the wire request, call the
+//! service below the API that decides and records (its state change and
+//! ledger entry in one store transaction), and shape the wire answer.
 
 pub mod auth;
 mod catalog;
@@ -34,18 +35,12 @@ pub use error::{ApiError, ApiResult};
 
 // The records and services handlers use, re-exported from below the API
 // (the API imports from them, never the other way round).
-pub(crate) use crate::agreements::open_agreement_of;
 pub(crate) use crate::datasets::current_datasets;
 pub use crate::records::{
     Allowance, DatasetRecord, JobRecord, JobStatus, PrivateDataset, QueryRecord, ReviewStatus, RulesReview,
 };
 pub(crate) use crate::store::blocking;
 pub use developer::{developer_view, WITHHELD_NOTE};
-
-/// "No such thing": 404 with the id as given (escaped, never interpreted).
-pub(crate) fn not_found(what: &str, id: &str) -> ApiError {
-    ApiError::not_found(what, id)
-}
 
 /// A period of whole days, both ends included; open where absent.
 #[derive(Debug, Default, Deserialize)]

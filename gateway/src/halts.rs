@@ -8,7 +8,7 @@ use crate::error::{ServiceError, ServiceResult};
 use crate::keys::new_id;
 use crate::records::JobRecord;
 use crate::state::AppState;
-use crate::store::{append, blocking, get_in, list_in, put, NewEntry, Table, Tx};
+use crate::store::{append, blocking, get_in, list_in, put, NewEntry, StoreOps, Table};
 use chrono::Utc;
 use scenarios::oversight::{HaltScope, RiskReport};
 use scenarios::party::{Actor, Role};
@@ -41,7 +41,7 @@ pub fn stop_running(st: &AppState, pick: impl Fn(&JobRecord) -> bool) -> Service
 /// Halts agreements in one transaction with the report and its ledger
 /// entries; returns the report.
 fn halt_in(
-    tx: &Tx<'_>,
+    tx: &dyn StoreOps,
     actor: &Actor,
     scope: HaltScope,
     (risk, measures): (String, String),
@@ -88,7 +88,7 @@ async fn with_stopped(
 
 /// Agreement `id`, if `actor` may halt or end it: the operator, or the
 /// developer holding it (anyone else is told it does not exist).
-fn agreement_of(tx: &Tx<'_>, actor: &Actor, id: &str) -> ServiceResult<Agreement> {
+fn agreement_of(tx: &dyn StoreOps, actor: &Actor, id: &str) -> ServiceResult<Agreement> {
     get_in(tx, Table::Agreements, id)?
         .filter(|a: &Agreement| actor.role == Role::Operator || a.developer_id == actor.id)
         .ok_or_else(|| ServiceError::not_found("agreement", id))
@@ -194,4 +194,13 @@ pub async fn halt_scenario(
         })
         .await?;
     with_stopped(st, report, move |j| j.scenario_id == scenario).await
+}
+
+/// The risk reports `actor` sees: a developer those it filed, everyone
+/// else all. Blocking.
+pub fn reports_visible_to(st: &AppState, actor: &Actor) -> ServiceResult<Vec<RiskReport>> {
+    match actor.role {
+        Role::Developer => st.store.list(Table::RiskReports, Some(("filed_by", &actor.id))),
+        _ => st.store.list(Table::RiskReports, None),
+    }
 }

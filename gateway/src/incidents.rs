@@ -67,3 +67,8 @@ pub async fn advance(
         })
         .await
 }
+
+/// Every incident. Blocking.
+pub fn all(st: &AppState) -> ServiceResult<Vec<Incident>> {
+    st.store.list(crate::store::Table::Incidents, None)
+}

@@ -859,6 +859,39 @@ async fn finish(
     Ok(())
 }
 
+/// Job `id` of `developer` (another developer's answers 404). Blocking.
+pub fn own_job(st: &AppState, developer: &str, id: &str) -> ServiceResult<JobRecord> {
+    st.store
+        .get(Table::Jobs, id)?
+        .filter(|j: &JobRecord| j.developer_id == developer)
+        .ok_or_else(|| ServiceError::not_found("job", id))
+}
+
+/// The released output of job `id` of `developer`; a job that did not
+/// succeed has none. Blocking.
+pub fn released_output(st: &AppState, developer: &str, id: &str) -> ServiceResult<Vec<u8>> {
+    let j = own_job(st, developer, id)?;
+    if j.status != JobStatus::Succeeded {
+        return Err(ServiceError::Conflict(format!(
+            "job {} has no released output (status {})",
+            j.id,
+            j.status.as_str()
+        )));
+    }
+    st.store
+        .job_output(&j.id)?
+        .ok_or_else(|| ServiceError::Internal("released job without output".into()))
+}
+
+/// The jobs of `developer`. Blocking.
+pub fn of_developer(st: &AppState, developer: &str) -> ServiceResult<Vec<JobRecord>> {
+    st.store.list(Table::Jobs, Some(("developer_id", developer)))
+}
+
+/// Every job. Blocking.
+pub fn all(st: &AppState) -> ServiceResult<Vec<JobRecord>> {
+    st.store.list(Table::Jobs, None)
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,9 @@
 //! `main.rs` (the binary: `invis routes` prints the route table) and
 //! `server.rs` (builds the router for `invis serve`). Below the API no
 //! module uses axum either: services return `ServiceError`, which only
-//! `api::error` maps to HTTP.
+//! `api::error` maps to HTTP. Handlers leave the store work (units of
+//! work, writes, ledger entries) to the services; only `store` knows the
+//! database; and no modules import each other in a circle.
 
 use std::path::{Path, PathBuf};
 
@@ -161,8 +163,8 @@ fn services_know_no_http() {
 }
 
 /// Only the store knows it is SQLite: everyone else works through
-/// `store::Tx` and the store's operations, so a second backend replaces
-/// `store` alone. Unit tests may open the database file themselves (the
+/// `store::StoreOps` and the store's operations, so a second backend
+/// replaces `store` alone. Unit tests may open the database file themselves (the
 /// ledger's tamper tests do, as an attacker would).
 #[test]
 fn only_the_store_knows_its_database() {
@@ -175,6 +177,202 @@ fn only_the_store_knows_its_database() {
         offences.is_empty(),
         "modules outside `store` use the database directly (add an operation to `store` instead):\n{}",
         offences.join("\n")
+    );
+}
+
+/// Handlers translate HTTP and call a service: no file of the API reaches
+/// the store (`AppState::store`), writes to it, appends to the ledger or
+/// opens a unit of work itself (those are the services' below it, which
+/// keep a state change and its ledger entry in one transaction).
+#[test]
+fn handlers_leave_records_to_the_services() {
+    let store_work = [
+        ".store",
+        "NewEntry",
+        "append(",
+        ".write(",
+        ".tx(",
+        ".read(",
+        "read_consistent(",
+        "put(tx",
+        "put_in(",
+        "get_in(",
+        "list_in(",
+        "party_in(",
+        "parties_in(",
+        "organization_of(",
+        "StoreOps",
+    ];
+    let offences = offences(
+        |file| !(file == "api.rs" || file.starts_with("api/")),
+        |text| text.split("\n#[cfg(test)]\nmod tests").next().unwrap_or(""),
+        |code| store_work.iter().any(|w| code.contains(w)),
+    );
+    assert!(
+        offences.is_empty(),
+        "handlers do store work themselves (move it into the service below `api` that owns it):\n{}",
+        offences.join("\n")
+    );
+}
+
+/// The top-level modules of the crate (`store` for `store.rs` and
+/// `store/*`) each source file's code, tests left out, names with
+/// `crate::` paths, grouped imports included.
+fn module_imports() -> Vec<(String, Vec<String>)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for file in &files {
+        let relative = file
+            .strip_prefix(&src)
+            .expect("under src")
+            .to_string_lossy()
+            .replace('\\', "/");
+        let module = relative
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches(".rs")
+            .to_string();
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let text = text.split("\n#[cfg(test)]\nmod tests").next().unwrap_or("");
+        let mut names = Vec::new();
+        for (_, code) in code_lines(text) {
+            names.extend(crate_paths(&code));
+        }
+        names.retain(|n| *n != module);
+        match out.iter_mut().find(|(m, _)| *m == module) {
+            Some((_, all)) => all.extend(names),
+            None => out.push((module, names)),
+        }
+    }
+    for (_, names) in &mut out {
+        names.sort();
+        names.dedup();
+    }
+    out
+}
+
+/// The first segment of every `crate::` path in a line of code, and of
+/// every item of a grouped `crate::{...}` import.
+fn crate_paths(code: &str) -> Vec<String> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let prefix = concat!("crate", "::");
+    let mut out = Vec::new();
+    for (at, _) in code.match_indices(prefix) {
+        let rest = &code[at + prefix.len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 0;
+            let mut item_start = true;
+            let mut i = 0;
+            let bytes: Vec<char> = group.chars().collect();
+            while i < bytes.len() {
+                let c = bytes[i];
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    c if c.is_whitespace() => {}
+                    _ if item_start && depth == 0 => {
+                        let tail: String = bytes[i..].iter().collect();
+                        let name = ident(&tail);
+                        if !name.is_empty() {
+                            out.push(name);
+                        }
+                        item_start = false;
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        } else {
+            let name = ident(rest);
+            if !name.is_empty() {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// No circle of imports between the crate's modules (issue 17): the
+/// layers only look down. The composition roots (`lib.rs`, `main.rs`)
+/// and this file are left out; `crate::router`, re-exported by `lib.rs`,
+/// counts as the API.
+#[test]
+fn no_import_circle_between_modules() {
+    let mut graph = module_imports();
+    graph.retain(|(m, _)| !matches!(m.as_str(), "lib" | "main" | "layers"));
+    let known: Vec<String> = graph.iter().map(|(m, _)| m.clone()).collect();
+    for (_, names) in &mut graph {
+        for n in names.iter_mut() {
+            if n == "router" {
+                *n = "api".into();
+            }
+        }
+        names.retain(|n| known.contains(n));
+    }
+    assert!(
+        graph
+            .iter()
+            .any(|(m, ns)| m == "api" && ns.iter().any(|n| n == "store")),
+        "{graph:?}"
+    );
+    // Depth-first search for a back edge, keeping the path for the message.
+    fn visit<'a>(
+        graph: &'a [(String, Vec<String>)],
+        m: &'a str,
+        path: &mut Vec<&'a str>,
+        done: &mut Vec<&'a str>,
+    ) -> Option<String> {
+        if let Some(at) = path.iter().position(|p| *p == m) {
+            let mut circle = path[at..].to_vec();
+            circle.push(m);
+            return Some(circle.join(" -> "));
+        }
+        if done.contains(&m) {
+            return None;
+        }
+        path.push(m);
+        let names = graph
+            .iter()
+            .find(|(n, _)| n == m)
+            .map(|(_, ns)| ns.as_slice())
+            .unwrap_or(&[]);
+        for n in names {
+            if let Some(circle) = visit(graph, n, path, done) {
+                return Some(circle);
+            }
+        }
+        path.pop();
+        done.push(m);
+        None
+    }
+    let mut done = Vec::new();
+    for (m, _) in &graph {
+        if let Some(circle) = visit(&graph, m, &mut Vec::new(), &mut done) {
+            panic!("modules import each other in a circle: {circle}");
+        }
+    }
+}
+
+#[test]
+fn the_import_walk_sees_grouped_and_nested_paths() {
+    let p = |code: &str| crate_paths(&code.replace('#', "::"));
+    assert_eq!(p("use crate#store#{append, Table};"), ["store"]);
+    assert_eq!(
+        p("use crate#{api#{A, B}, store, records#X};"),
+        ["api", "store", "records"]
+    );
+    assert_eq!(
+        p("let x = crate#jobs#f(crate#keys#new_id(\"j\"));"),
+        ["jobs", "keys"]
     );
 }
 

@@ -7,7 +7,7 @@
 use crate::error::{ServiceError, ServiceResult};
 use crate::state::AppState;
 use crate::store::population::{self, PopulationRecord};
-use crate::store::Tx;
+use crate::store::StoreOps;
 use chrono::Utc;
 use scenarios::budget::{Delta, Epsilon, Rho};
 use scenarios::party::Actor;
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 /// One population as the regulator sees it, for `period` (the current one
 /// when `None`).
 fn view(
-    c: &Tx<'_>,
+    c: &dyn StoreOps,
     p: &PopulationRecord,
     units: u64,
     period: Option<u64>,
@@ -69,7 +69,7 @@ fn all_units(st: &AppState) -> ServiceResult<BTreeMap<String, u64>> {
 }
 
 /// The record of `kind`, or the one it would open with.
-fn record_or_default(c: &Tx<'_>, kind: &str, units: u64) -> ServiceResult<(PopulationRecord, bool)> {
+fn record_or_default(c: &dyn StoreOps, kind: &str, units: u64) -> ServiceResult<(PopulationRecord, bool)> {
     Ok(match population::population_in(c, kind)? {
         Some(p) => (p, true),
         None => (
@@ -116,8 +116,20 @@ pub fn view_of(st: &AppState, kind: &str, period: Option<u64>) -> ServiceResult<
     })
 }
 
+/// The reason of a regulator's decision, trimmed: 1 to 4000 bytes.
+fn checked_reason(r: &str) -> ServiceResult<String> {
+    let r = r.trim();
+    if r.is_empty() || r.len() > 4000 {
+        return Err(ServiceError::BadRequest(
+            "a reason of 1 to 4000 bytes is required".into(),
+        ));
+    }
+    Ok(r.to_string())
+}
+
 /// Lowers `kind`'s caps within its period to `change` of the current ones
-/// (the store refuses any raise), with its ledger entry; the new view.
+/// (the store refuses any raise), with its ledger entry and `reason` (1 to
+/// 4000 bytes); the new view.
 pub fn lower_caps(
     st: &AppState,
     actor: Actor,
@@ -125,6 +137,7 @@ pub fn lower_caps(
     change: impl FnOnce(Caps) -> Caps + Send + 'static,
     reason: String,
 ) -> ServiceResult<Value> {
+    let reason = checked_reason(&reason)?;
     let n = known(st, &kind)?;
     let p = st.store.tx(move |tx| {
         let current = population::open_population_in(tx, &kind, n, Utc::now())?;
@@ -135,7 +148,8 @@ pub fn lower_caps(
 }
 
 /// Opens `kind`'s next period, its caps `change`d from the current ones
-/// when given, with its ledger entry; the new view.
+/// when given, with its ledger entry and `reason` (1 to 4000 bytes); the
+/// new view.
 pub fn renew(
     st: &AppState,
     actor: Actor,
@@ -143,6 +157,7 @@ pub fn renew(
     change: Option<impl FnOnce(Caps) -> Caps + Send + 'static>,
     reason: String,
 ) -> ServiceResult<Value> {
+    let reason = checked_reason(&reason)?;
     let n = known(st, &kind)?;
     let p = st.store.tx(move |tx| {
         let current = population::open_population_in(tx, &kind, n, Utc::now())?;

@@ -93,7 +93,7 @@ pub fn default_dir(party: &str) -> String {
 }
 
 /// The storage location of `party`, relative to the data root.
-pub fn dir_of(c: &crate::store::Tx<'_>, party: &str) -> ServiceResult<String> {
+pub fn dir_of(c: &dyn crate::store::StoreOps, party: &str) -> ServiceResult<String> {
     Ok(get_in::<StorageAssignment>(c, Table::Storage, party)?
         .map(|a| a.dir)
         .unwrap_or_else(|| default_dir(party)))

@@ -120,16 +120,265 @@ impl From<rusqlite::Error> for ServiceError {
     }
 }
 
-/// What a unit of work (`Store::tx`, `Store::write`, `Store::read`) hands
-/// its closure: the store's operations take it, and only this module sees
-/// the SQLite connection inside, so no caller can run SQL of its own or
-/// depend on SQLite's types. A second backend would give its own `Tx`.
-pub struct Tx<'a>(&'a Connection);
+/// The SQLite implementation of [`StoreOps`]: what a unit of work runs
+/// on. Only this module can name it (and reach the connection inside);
+/// callers get a `&dyn StoreOps`, so no caller can run SQL of its own or
+/// depend on SQLite's types.
+pub(in crate::store) struct Tx<'a>(&'a Connection);
 
 impl<'a> Tx<'a> {
     /// The connection, for the store's own operations.
     pub(in crate::store) fn sql(&self) -> &'a Connection {
         self.0
+    }
+}
+
+/// The store's operations inside a unit of work ([`Store::tx`],
+/// [`Store::write`], [`Store::read`] hand their closure a
+/// `&dyn StoreOps`): the records' documents, parties, modules, job
+/// outputs, consents, verification counters, population budgets and the
+/// ledger. Nothing in it names the database; `Tx` implements it on
+/// SQLite, and a second backend would implement it again. Callers use the
+/// typed functions of this module ([`get_in`], [`list_in`], [`put`],
+/// [`append`], [`party_in`], [`population::charge_in`], ...), which call
+/// these methods; whatever one unit of work does through them commits or
+/// is undone together (a state change with its ledger entry).
+pub trait StoreOps {
+    /// Appends one entry to the ledger; returns its sequence number.
+    fn append(&self, e: NewEntry, time: DateTime<Utc>) -> ServiceResult<u64>;
+    /// The JSON body of document `id` of `table`.
+    fn document(&self, table: Table, id: &str) -> ServiceResult<Option<String>>;
+    /// The JSON bodies of `table` where `column = value` (all when `None`),
+    /// in insertion order.
+    fn documents(&self, table: Table, filter: Option<(&str, &str)>) -> ServiceResult<Vec<String>>;
+    /// Inserts or replaces document `id` of `table` (its JSON `body`) with
+    /// its lookup columns, in the order of the table's `columns`.
+    fn put_document(&self, table: Table, id: &str, cols: &[&str], body: &str) -> ServiceResult<()>;
+    /// All parties, by creation.
+    fn parties(&self) -> ServiceResult<Vec<Party>>;
+    /// One party by id.
+    fn party(&self, id: &str) -> ServiceResult<Option<Party>>;
+    /// Creates a party with a token hash.
+    fn insert_party(&self, p: &Party, token_hash: &str) -> ServiceResult<()>;
+    /// Replaces a party's token hash; false when there is no such party.
+    fn set_token_hash(&self, id: &str, token_hash: &str) -> ServiceResult<bool>;
+    /// Stores module bytes under their hash (idempotent).
+    fn put_module(&self, hash: &str, bytes: &[u8], now: &str) -> ServiceResult<()>;
+    /// Stores a job's output bytes.
+    fn set_job_output(&self, id: &str, output: &[u8]) -> ServiceResult<()>;
+    /// Records consent (or its withdrawal) of `units` for a scenario;
+    /// returns how many records changed.
+    fn put_consents(
+        &self,
+        scenario_id: &str,
+        units: &[String],
+        granted: bool,
+        by: &str,
+        at: &str,
+    ) -> ServiceResult<usize>;
+    /// Counts one more check of each unit; returns the counts before.
+    fn count_verifications(
+        &self,
+        developer: &str,
+        scenario: &str,
+        units: &[String],
+    ) -> ServiceResult<Vec<u32>>;
+    /// A population's record ([`population::population_in`]).
+    fn population(&self, kind: &str) -> ServiceResult<Option<population::PopulationRecord>>;
+    /// Every population's record ([`population::populations_in`]).
+    fn populations(&self) -> ServiceResult<Vec<population::PopulationRecord>>;
+    /// A population, opened when new ([`population::open_population_in`]).
+    fn open_population(
+        &self,
+        kind: &str,
+        units: u64,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<population::PopulationRecord>;
+    /// Charges a query at every level ([`population::charge_in`]).
+    fn charge(&self, ch: &population::Charge, now: DateTime<Utc>) -> ServiceResult<Vec<serde_json::Value>>;
+    /// Lowers a population's caps ([`population::lower_caps_in`]).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the decision's parts, as `population::lower_caps_in`"
+    )]
+    fn lower_caps(
+        &self,
+        actor: &Actor,
+        kind: &str,
+        units: u64,
+        caps: scenarios::population::Caps,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<population::PopulationRecord>;
+    /// Opens a population's next period ([`population::renew_in`]).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the decision's parts, as `population::renew_in`"
+    )]
+    fn renew(
+        &self,
+        actor: &Actor,
+        kind: &str,
+        units: u64,
+        caps: Option<scenarios::population::Caps>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<population::PopulationRecord>;
+    /// Every level of a period ([`population::levels_in`]).
+    fn levels(
+        &self,
+        p: &population::PopulationRecord,
+        period: u64,
+    ) -> ServiceResult<Vec<population::LevelView>>;
+    /// The population level's spend ([`population::population_spend_in`]).
+    fn population_spend(
+        &self,
+        p: &population::PopulationRecord,
+        period: u64,
+    ) -> ServiceResult<scenarios::population::Spend>;
+    /// Adds a verification batch's cost ([`population::add_verification_spent`]).
+    fn add_verification_spent(
+        &self,
+        developer: &str,
+        scenario: &str,
+        cost: &scenarios::budget::Budget,
+    ) -> ServiceResult<()>;
+    /// Spent through cross-verification ([`population::verification_spent_in`]).
+    fn verification_spent(&self, developer: &str, scenario: &str)
+        -> ServiceResult<scenarios::budget::Budget>;
+}
+
+impl StoreOps for Tx<'_> {
+    fn append(&self, e: NewEntry, time: DateTime<Utc>) -> ServiceResult<u64> {
+        append_sql(self, e, time)
+    }
+    fn document(&self, table: Table, id: &str) -> ServiceResult<Option<String>> {
+        let c = self.sql();
+        let sql = format!("SELECT body FROM {} WHERE id = ?1", table.name());
+        Ok(c.query_row(&sql, [id], |r| r.get(0)).optional()?)
+    }
+    fn documents(&self, table: Table, filter: Option<(&str, &str)>) -> ServiceResult<Vec<String>> {
+        documents_sql(self, table, filter)
+    }
+    fn put_document(&self, table: Table, id: &str, cols: &[&str], body: &str) -> ServiceResult<()> {
+        put_document_sql(self, table, id, cols, body)
+    }
+    fn parties(&self) -> ServiceResult<Vec<Party>> {
+        parties_where(self.sql(), "ORDER BY created_at, id", &[])
+    }
+    fn party(&self, id: &str) -> ServiceResult<Option<Party>> {
+        Ok(parties_where(self.sql(), "WHERE id = ?1", &[&id])?.pop())
+    }
+    fn insert_party(&self, p: &Party, token_hash: &str) -> ServiceResult<()> {
+        self.sql().execute(
+            "INSERT INTO parties (id, name, role, token_hash, created_at, org_id, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![p.id, p.name, p.role.as_str(), token_hash, p.created_at, p.organization, p.created_by],
+        )?;
+        Ok(())
+    }
+    fn set_token_hash(&self, id: &str, token_hash: &str) -> ServiceResult<bool> {
+        Ok(self.sql().execute(
+            "UPDATE parties SET token_hash = ?2 WHERE id = ?1",
+            params![id, token_hash],
+        )? == 1)
+    }
+    fn put_module(&self, hash: &str, bytes: &[u8], now: &str) -> ServiceResult<()> {
+        self.sql().execute(
+            "INSERT OR IGNORE INTO modules (hash, bytes, created_at) VALUES (?1, ?2, ?3)",
+            params![hash, bytes, now],
+        )?;
+        Ok(())
+    }
+    fn set_job_output(&self, id: &str, output: &[u8]) -> ServiceResult<()> {
+        self.sql()
+            .execute("UPDATE jobs SET output = ?2 WHERE id = ?1", params![id, output])?;
+        Ok(())
+    }
+    fn put_consents(
+        &self,
+        scenario_id: &str,
+        units: &[String],
+        granted: bool,
+        by: &str,
+        at: &str,
+    ) -> ServiceResult<usize> {
+        put_consents_sql(self, scenario_id, units, granted, by, at)
+    }
+    fn count_verifications(
+        &self,
+        developer: &str,
+        scenario: &str,
+        units: &[String],
+    ) -> ServiceResult<Vec<u32>> {
+        count_verifications_sql(self, developer, scenario, units)
+    }
+    fn population(&self, kind: &str) -> ServiceResult<Option<population::PopulationRecord>> {
+        population::population_sql(self, kind)
+    }
+    fn populations(&self) -> ServiceResult<Vec<population::PopulationRecord>> {
+        population::populations_sql(self)
+    }
+    fn open_population(
+        &self,
+        kind: &str,
+        units: u64,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<population::PopulationRecord> {
+        population::open_population_sql(self, kind, units, now)
+    }
+    fn charge(&self, ch: &population::Charge, now: DateTime<Utc>) -> ServiceResult<Vec<serde_json::Value>> {
+        population::charge_sql(self, ch, now)
+    }
+    fn lower_caps(
+        &self,
+        actor: &Actor,
+        kind: &str,
+        units: u64,
+        caps: scenarios::population::Caps,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<population::PopulationRecord> {
+        population::lower_caps_sql(self, actor, kind, units, caps, reason, now)
+    }
+    fn renew(
+        &self,
+        actor: &Actor,
+        kind: &str,
+        units: u64,
+        caps: Option<scenarios::population::Caps>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<population::PopulationRecord> {
+        population::renew_sql(self, actor, kind, units, caps, reason, now)
+    }
+    fn levels(
+        &self,
+        p: &population::PopulationRecord,
+        period: u64,
+    ) -> ServiceResult<Vec<population::LevelView>> {
+        population::levels_sql(self, p, period)
+    }
+    fn population_spend(
+        &self,
+        p: &population::PopulationRecord,
+        period: u64,
+    ) -> ServiceResult<scenarios::population::Spend> {
+        population::population_spend_sql(self, p, period)
+    }
+    fn add_verification_spent(
+        &self,
+        developer: &str,
+        scenario: &str,
+        cost: &scenarios::budget::Budget,
+    ) -> ServiceResult<()> {
+        population::add_verification_spent_sql(self, developer, scenario, cost)
+    }
+    fn verification_spent(
+        &self,
+        developer: &str,
+        scenario: &str,
+    ) -> ServiceResult<scenarios::budget::Budget> {
+        population::verification_spent_sql(self, developer, scenario)
     }
 }
 
@@ -220,16 +469,14 @@ pub struct Organization {
 }
 
 /// All parties, inside a connection or transaction.
-pub fn parties_in(c: &Tx<'_>) -> ServiceResult<Vec<Party>> {
-    let c = c.sql();
-    parties_where(c, "ORDER BY created_at, id", &[])
+pub fn parties_in(c: &dyn StoreOps) -> ServiceResult<Vec<Party>> {
+    c.parties()
 }
 
 /// The organization of a party, inside a connection or transaction.
-pub fn organization_of(c: &Tx<'_>, party_id: &str) -> ServiceResult<Option<Organization>> {
-    let c = c.sql();
-    match party_in(&Tx(c), party_id)? {
-        Some(p) => get_in(&Tx(c), Table::Organizations, &p.organization),
+pub fn organization_of(c: &dyn StoreOps, party_id: &str) -> ServiceResult<Option<Organization>> {
+    match party_in(c, party_id)? {
+        Some(p) => get_in(c, Table::Organizations, &p.organization),
         None => Ok(None),
     }
 }
@@ -245,9 +492,8 @@ impl Record for Organization {
 }
 
 /// One party by id, inside a connection or transaction.
-pub fn party_in(c: &Tx<'_>, id: &str) -> ServiceResult<Option<Party>> {
-    let c = c.sql();
-    Ok(parties_where(c, "WHERE id = ?1", &[&id])?.pop())
+pub fn party_in(c: &dyn StoreOps, id: &str) -> ServiceResult<Option<Party>> {
+    c.party(id)
 }
 
 /// Parties matching a `WHERE`/`ORDER BY` suffix.
@@ -285,8 +531,7 @@ fn parties_where(c: &Connection, suffix: &str, args: &[&dyn rusqlite::ToSql]) ->
 /// organizations (I16). A chain longer than
 /// [`scenarios::party::MAX_CREATOR_CHAIN`], or one that loops, is refused
 /// as a corrupt store.
-pub fn creators_in(c: &Tx<'_>, party: &Party) -> ServiceResult<Vec<scenarios::party::Creator>> {
-    let c = c.sql();
+pub fn creators_in(c: &dyn StoreOps, party: &Party) -> ServiceResult<Vec<scenarios::party::Creator>> {
     let mut out: Vec<scenarios::party::Creator> = Vec::new();
     let mut next = party.created_by.clone();
     while let Some(id) = next {
@@ -297,7 +542,7 @@ pub fn creators_in(c: &Tx<'_>, party: &Party) -> ServiceResult<Vec<scenarios::pa
             return Err(internal("the chain of party creators loops or is too long"));
         }
         // A creator that no longer exists still counts, by id.
-        let (org, up) = match party_in(&Tx(c), &id)? {
+        let (org, up) = match party_in(c, &id)? {
             Some(p) => (p.organization, p.created_by),
             None => (String::new(), None),
         };
@@ -364,7 +609,12 @@ thread_local! {
 /// On the writer thread the previous entry's number and hash are those
 /// this thread appended last, unless a change was undone since; reading
 /// them back from the table instead costs about a sixth of an append.
-pub fn append(tx: &Tx<'_>, e: NewEntry, time: DateTime<Utc>) -> ServiceResult<u64> {
+pub fn append(tx: &dyn StoreOps, e: NewEntry, time: DateTime<Utc>) -> ServiceResult<u64> {
+    tx.append(e, time)
+}
+
+/// [`append`] on SQLite.
+fn append_sql(tx: &Tx<'_>, e: NewEntry, time: DateTime<Utc>) -> ServiceResult<u64> {
     let tx = tx.sql();
     let undo_count = durable::undo_count();
     let cached = LAST_APPENDED.with(|l| {
@@ -491,6 +741,15 @@ impl Store {
     /// alone. Blocks the calling thread; async code uses [`Store::write`].
     pub fn tx<T, F>(&self, f: F) -> ServiceResult<T>
     where
+        F: FnOnce(&dyn StoreOps) -> ServiceResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.tx_sql(move |t: &Tx<'_>| f(t))
+    }
+
+    /// [`Store::tx`], for the store's own work on SQLite.
+    pub(in crate::store) fn tx_sql<T, F>(&self, f: F) -> ServiceResult<T>
+    where
         F: FnOnce(&Tx<'_>) -> ServiceResult<T> + Send + 'static,
         T: Send + 'static,
     {
@@ -509,13 +768,16 @@ impl Store {
     /// [`Store::tx`] for async callers: waits without holding a thread.
     pub async fn write<T, F>(&self, f: F) -> ServiceResult<T>
     where
-        F: FnOnce(&Tx<'_>) -> ServiceResult<T> + Send + 'static,
+        F: FnOnce(&dyn StoreOps) -> ServiceResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.submit(f, move |a| {
-            let _ = reply.send(a);
-        })?;
+        self.submit(
+            move |t: &Tx<'_>| f(t),
+            move |a| {
+                let _ = reply.send(a);
+            },
+        )?;
         answer.await.map_err(|_| unfinished())?
     }
 
@@ -559,7 +821,15 @@ impl Store {
 
     /// Runs a read-only closure on committed data, on the reading
     /// connection (writers are not held up).
-    pub fn read<T>(&self, f: impl FnOnce(&Tx<'_>) -> ServiceResult<T>) -> ServiceResult<T> {
+    pub fn read<T>(&self, f: impl FnOnce(&dyn StoreOps) -> ServiceResult<T>) -> ServiceResult<T> {
+        self.read_sql(|t| f(t))
+    }
+
+    /// [`Store::read`], for the store's own work on SQLite.
+    pub(in crate::store) fn read_sql<T>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> ServiceResult<T>,
+    ) -> ServiceResult<T> {
         let c = self
             .reader
             .lock()
@@ -569,8 +839,8 @@ impl Store {
 
     /// Like [`Store::read`], inside one read transaction: every query of
     /// `f` sees the same committed state.
-    pub fn read_consistent<T>(&self, f: impl FnOnce(&Tx<'_>) -> ServiceResult<T>) -> ServiceResult<T> {
-        self.read(|c| {
+    pub fn read_consistent<T>(&self, f: impl FnOnce(&dyn StoreOps) -> ServiceResult<T>) -> ServiceResult<T> {
+        self.read_sql(|c| {
             let tx = c.sql().unchecked_transaction()?;
             let out = f(&Tx(&tx))?;
             tx.finish()?;
@@ -581,29 +851,20 @@ impl Store {
     // ----- parties ---------------------------------------------------------
 
     /// Creates a party with a token hash.
-    pub fn insert_party(tx: &Tx<'_>, p: &Party, token_hash: &str) -> ServiceResult<()> {
-        let tx = tx.sql();
-        tx.execute(
-            "INSERT INTO parties (id, name, role, token_hash, created_at, org_id, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![p.id, p.name, p.role.as_str(), token_hash, p.created_at, p.organization, p.created_by],
-        )?;
-        Ok(())
+    pub fn insert_party(tx: &dyn StoreOps, p: &Party, token_hash: &str) -> ServiceResult<()> {
+        tx.insert_party(p, token_hash)
     }
 
     /// Replaces a party's token hash (a new token, or revocation with a
     /// value no token hashes to); false when there is no such party.
-    pub fn set_token_hash(tx: &Tx<'_>, id: &str, token_hash: &str) -> ServiceResult<bool> {
-        let tx = tx.sql();
-        Ok(tx.execute(
-            "UPDATE parties SET token_hash = ?2 WHERE id = ?1",
-            params![id, token_hash],
-        )? == 1)
+    pub fn set_token_hash(tx: &dyn StoreOps, id: &str, token_hash: &str) -> ServiceResult<bool> {
+        tx.set_token_hash(id, token_hash)
     }
 
     /// The party holding a token hash.
     pub fn party_by_token(&self, token_hash: &str) -> ServiceResult<Option<Party>> {
         Ok(self
-            .read(|c| parties_where(c.sql(), "WHERE token_hash = ?1", &[&token_hash]))?
+            .read_sql(|c| parties_where(c.sql(), "WHERE token_hash = ?1", &[&token_hash]))?
             .pop())
     }
 
@@ -613,7 +874,7 @@ impl Store {
         &self,
         token_hash: &str,
     ) -> ServiceResult<Option<(Party, Vec<scenarios::party::Creator>)>> {
-        self.read(
+        self.read_sql(
             |c| match parties_where(c.sql(), "WHERE token_hash = ?1", &[&token_hash])?.pop() {
                 Some(p) => {
                     let creators = creators_in(c, &p)?;
@@ -626,12 +887,12 @@ impl Store {
 
     /// All parties.
     pub fn parties(&self) -> ServiceResult<Vec<Party>> {
-        self.read(|c| parties_where(c.sql(), "ORDER BY created_at, id", &[]))
+        self.read_sql(|c| parties_where(c.sql(), "ORDER BY created_at, id", &[]))
     }
 
     /// Number of parties with `role`.
     pub fn count_role(&self, role: Role) -> ServiceResult<u64> {
-        self.read(|c| {
+        self.read_sql(|c| {
             Ok(c.sql().query_row(
                 "SELECT COUNT(*) FROM parties WHERE role = ?1",
                 [role.as_str()],
@@ -644,7 +905,7 @@ impl Store {
 
     /// Loads the JSON body of `id` from `table`.
     pub fn get<T: DeserializeOwned>(&self, table: Table, id: &str) -> ServiceResult<Option<T>> {
-        self.read(|c| get_in(c, table, id))
+        self.read_sql(|c| get_in(c, table, id))
     }
 
     /// Lists bodies of `table` where `column = value` (or all when `None`).
@@ -653,22 +914,17 @@ impl Store {
         table: Table,
         filter: Option<(&str, &str)>,
     ) -> ServiceResult<Vec<T>> {
-        self.read(|c| list_in(c, table, filter))
+        self.read_sql(|c| list_in(c, table, filter))
     }
 
     /// Stores module bytes under their hash (idempotent).
-    pub fn put_module(tx: &Tx<'_>, hash: &str, bytes: &[u8], now: &str) -> ServiceResult<()> {
-        let tx = tx.sql();
-        tx.execute(
-            "INSERT OR IGNORE INTO modules (hash, bytes, created_at) VALUES (?1, ?2, ?3)",
-            params![hash, bytes, now],
-        )?;
-        Ok(())
+    pub fn put_module(tx: &dyn StoreOps, hash: &str, bytes: &[u8], now: &str) -> ServiceResult<()> {
+        tx.put_module(hash, bytes, now)
     }
 
     /// Module bytes by hash.
     pub fn module(&self, hash: &str) -> ServiceResult<Option<Vec<u8>>> {
-        self.read(|c| {
+        self.read_sql(|c| {
             Ok(c.sql()
                 .query_row("SELECT bytes FROM modules WHERE hash = ?1", [hash], |r| r.get(0))
                 .optional()?)
@@ -677,7 +933,7 @@ impl Store {
 
     /// A job's released output.
     pub fn job_output(&self, id: &str) -> ServiceResult<Option<Vec<u8>>> {
-        self.read(|c| {
+        self.read_sql(|c| {
             Ok(c.sql()
                 .query_row("SELECT output FROM jobs WHERE id = ?1", [id], |r| {
                     r.get::<_, Option<Vec<u8>>>(0)
@@ -691,7 +947,7 @@ impl Store {
 
     /// Entries `from..` (at most `limit`).
     pub fn ledger(&self, from: u64, limit: u64) -> ServiceResult<Vec<StoredEntry>> {
-        self.read(|c| {
+        self.read_sql(|c| {
             let mut st = c
                 .sql()
                 .prepare("SELECT seq, hash, body FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
@@ -708,7 +964,7 @@ impl Store {
 
     /// Entries about one subject, in order.
     pub fn ledger_for(&self, subject: &str) -> ServiceResult<Vec<StoredEntry>> {
-        self.read(|c| {
+        self.read_sql(|c| {
             let mut st = c
                 .sql()
                 .prepare("SELECT seq, hash, body FROM ledger WHERE subject = ?1 ORDER BY seq")?;
@@ -725,7 +981,7 @@ impl Store {
 
     /// The first entry about `subject` with `action`, if any.
     pub fn ledger_seq_of(&self, subject: &str, action: &str) -> ServiceResult<Option<u64>> {
-        self.read(|c| {
+        self.read_sql(|c| {
             Ok(c.sql()
                 .query_row(
                     "SELECT MIN(seq) FROM ledger WHERE subject = ?1 AND action = ?2",
@@ -738,7 +994,7 @@ impl Store {
 
     /// Leaf hashes of entries `from..` (at most `limit`), in order.
     pub fn ledger_hashes(&self, from: u64, limit: u64) -> ServiceResult<Vec<(u64, Hash)>> {
-        self.read(|c| {
+        self.read_sql(|c| {
             let mut st = c
                 .sql()
                 .prepare_cached("SELECT seq, hash FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
@@ -760,7 +1016,7 @@ impl Store {
     /// signed for a size is kept).
     pub fn put_checkpoint(&self, cp: &SignedCheckpoint) -> ServiceResult<()> {
         let cp = cp.clone();
-        self.tx(move |tx| {
+        self.tx_sql(move |tx| {
             tx.sql().execute(
                 "INSERT OR IGNORE INTO checkpoints (size, root, time, signature) VALUES (?1, ?2, ?3, ?4)",
                 params![
@@ -779,7 +1035,7 @@ impl Store {
     /// Records that the stored checkpoint of `size` was published (shown
     /// to every party; see `gateway::ledger`). Idempotent.
     pub fn put_publication(&self, size: u64, at: DateTime<Utc>) -> ServiceResult<()> {
-        self.tx(move |tx| {
+        self.tx_sql(move |tx| {
             tx.sql().execute(
                 "INSERT OR IGNORE INTO published_checkpoints (size, published_at) VALUES (?1, ?2)",
                 params![
@@ -804,7 +1060,7 @@ impl Store {
         at: DateTime<Utc>,
     ) -> ServiceResult<bool> {
         let (witness, line) = (witness.to_string(), line.to_string());
-        self.tx(move |tx| {
+        self.tx_sql(move |tx| {
             let n = tx.sql().execute(
                 "INSERT OR IGNORE INTO cosignatures (size, witness, line, cosigned_at) VALUES (?1, ?2, ?3, ?4)",
                 params![
@@ -824,7 +1080,7 @@ impl Store {
     /// The cosignature lines stored for the checkpoint of `size`, by
     /// witness verifier key.
     pub fn cosignatures(&self, size: u64) -> ServiceResult<Vec<String>> {
-        self.read(move |c| {
+        self.read_sql(move |c| {
             let mut st = c
                 .sql()
                 .prepare_cached("SELECT line FROM cosignatures WHERE size = ?1 ORDER BY witness")?;
@@ -837,7 +1093,7 @@ impl Store {
 
     /// The largest cosigned checkpoint size in `from..=to`.
     pub fn largest_cosigned(&self, from: u64, to: u64) -> ServiceResult<Option<u64>> {
-        self.read(move |c| {
+        self.read_sql(move |c| {
             let mut st = c
                 .sql()
                 .prepare_cached("SELECT MAX(size) FROM cosignatures WHERE size >= ?1 AND size <= ?2")?;
@@ -881,7 +1137,7 @@ impl Store {
     }
 
     fn checkpoint_rows(&self, sql: &str, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>> {
-        self.read(|c| {
+        self.read_sql(|c| {
             let mut st = c.sql().prepare_cached(sql)?;
             let rows = st.query_map(
                 params![from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64],
@@ -912,7 +1168,7 @@ impl Store {
 
     /// Number of ledger entries.
     pub fn ledger_size(&self) -> ServiceResult<u64> {
-        self.read(|c| {
+        self.read_sql(|c| {
             Ok(c.sql()
                 .query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM ledger", [], |r| {
                     r.get::<_, i64>(0)
@@ -1110,27 +1366,28 @@ impl Record for scenarios::oversight::Incident {
 }
 
 /// Inserts or updates a record with its lookup columns.
-pub fn put<R: Record>(tx: &Tx<'_>, r: &R) -> ServiceResult<()> {
-    let tx = tx.sql();
+pub fn put<R: Record>(tx: &dyn StoreOps, r: &R) -> ServiceResult<()> {
     let cols = r.lookup();
     let refs: Vec<&str> = cols.iter().map(String::as_str).collect();
-    put_in(&Tx(tx), R::TABLE, r.id(), &refs, r)
+    put_in(tx, R::TABLE, r.id(), &refs, r)
 }
 
 /// Loads one document inside a connection or transaction.
-pub fn get_in<T: DeserializeOwned>(c: &Tx<'_>, table: Table, id: &str) -> ServiceResult<Option<T>> {
-    let c = c.sql();
-    let sql = format!("SELECT body FROM {} WHERE id = ?1", table.name());
-    let body: Option<String> = c.query_row(&sql, [id], |r| r.get(0)).optional()?;
-    body.map(|b| from_json(&b)).transpose()
+pub fn get_in<T: DeserializeOwned>(c: &dyn StoreOps, table: Table, id: &str) -> ServiceResult<Option<T>> {
+    c.document(table, id)?.map(|b| from_json(&b)).transpose()
 }
 
 /// Lists documents inside a connection or transaction.
 pub fn list_in<T: DeserializeOwned>(
-    c: &Tx<'_>,
+    c: &dyn StoreOps,
     table: Table,
     filter: Option<(&str, &str)>,
 ) -> ServiceResult<Vec<T>> {
+    c.documents(table, filter)?.iter().map(|b| from_json(b)).collect()
+}
+
+/// [`StoreOps::documents`] on SQLite.
+fn documents_sql(c: &Tx<'_>, table: Table, filter: Option<(&str, &str)>) -> ServiceResult<Vec<String>> {
     let c = c.sql();
     let mut bodies: Vec<String> = Vec::new();
     match filter {
@@ -1155,18 +1412,26 @@ pub fn list_in<T: DeserializeOwned>(
             }
         }
     }
-    bodies.iter().map(|b| from_json(b)).collect()
+    Ok(bodies)
 }
 
 /// Inserts or replaces a document with its lookup columns (in the order of
 /// the table's `columns`).
 pub fn put_in<T: Serialize>(
-    tx: &Tx<'_>,
+    tx: &dyn StoreOps,
     table: Table,
     id: &str,
     cols: &[&str],
     body: &T,
 ) -> ServiceResult<()> {
+    if table.columns().len() != cols.len() {
+        return Err(internal("column count mismatch"));
+    }
+    tx.put_document(table, id, cols, &to_json(body)?)
+}
+
+/// [`StoreOps::put_document`] on SQLite.
+fn put_document_sql(tx: &Tx<'_>, table: Table, id: &str, cols: &[&str], json: &str) -> ServiceResult<()> {
     let tx = tx.sql();
     let names = table.columns();
     if names.len() != cols.len() {
@@ -1187,7 +1452,6 @@ pub fn put_in<T: Serialize>(
         placeholders.join(", "),
         updates.join(", ")
     );
-    let json = to_json(body)?;
     let mut values: Vec<&dyn rusqlite::ToSql> = vec![&id];
     for c in cols {
         values.push(c);
@@ -1200,6 +1464,18 @@ pub fn put_in<T: Serialize>(
 /// Records consent (or its withdrawal) of `units` for a scenario; the last
 /// record of a unit counts. Returns how many records changed.
 pub fn put_consents(
+    tx: &dyn StoreOps,
+    scenario_id: &str,
+    units: &[String],
+    granted: bool,
+    by: &str,
+    at: &str,
+) -> ServiceResult<usize> {
+    tx.put_consents(scenario_id, units, granted, by, at)
+}
+
+/// [`put_consents`] on SQLite.
+fn put_consents_sql(
     tx: &Tx<'_>,
     scenario_id: &str,
     units: &[String],
@@ -1224,7 +1500,7 @@ pub fn put_consents(
 impl Store {
     /// Units that consented to a scenario.
     pub fn consenting_units(&self, scenario_id: &str) -> ServiceResult<std::collections::HashSet<String>> {
-        self.read(|c| {
+        self.read_sql(|c| {
             let mut st = c
                 .sql()
                 .prepare("SELECT unit FROM consents WHERE scenario_id = ?1 AND granted = 1")?;
@@ -1239,7 +1515,7 @@ impl Store {
 
     /// Consent counts per scenario: (scenario, granted, withdrawn).
     pub fn consent_counts(&self) -> ServiceResult<Vec<(String, u64, u64)>> {
-        self.read(|c| {
+        self.read_sql(|c| {
             let mut st = c.sql().prepare(
                 "SELECT scenario_id, SUM(granted), SUM(1 - granted) FROM consents GROUP BY scenario_id ORDER BY scenario_id",
             )?;
@@ -1254,6 +1530,16 @@ impl Store {
 /// Counts one more check of each of `units` by `developer` in `scenario`
 /// and returns, per unit, how many checks it had before this one.
 pub fn count_verifications(
+    tx: &dyn StoreOps,
+    developer: &str,
+    scenario: &str,
+    units: &[String],
+) -> ServiceResult<Vec<u32>> {
+    tx.count_verifications(developer, scenario, units)
+}
+
+/// [`count_verifications`] on SQLite.
+fn count_verifications_sql(
     tx: &Tx<'_>,
     developer: &str,
     scenario: &str,
@@ -1280,10 +1566,8 @@ pub fn count_verifications(
 }
 
 /// Stores a job's output bytes.
-pub fn set_job_output(tx: &Tx<'_>, id: &str, output: &[u8]) -> ServiceResult<()> {
-    let tx = tx.sql();
-    tx.execute("UPDATE jobs SET output = ?2 WHERE id = ?1", params![id, output])?;
-    Ok(())
+pub fn set_job_output(tx: &dyn StoreOps, id: &str, output: &[u8]) -> ServiceResult<()> {
+    tx.set_job_output(id, output)
 }
 
 #[cfg(test)]
@@ -1353,7 +1637,7 @@ mod tests {
         assert!(chain.is_empty());
         // A loop (only a corrupt store holds one) is refused, not followed.
         store
-            .tx(|tx| {
+            .tx_sql(|tx| {
                 tx.sql()
                     .execute("UPDATE parties SET created_by = 'pt_c' WHERE id = 'pt_a'", [])?;
                 Ok(())
@@ -1398,7 +1682,7 @@ mod tests {
         // Opening again is a no-op.
         let store = Store::open(dir.path()).unwrap();
         let n: i64 = store
-            .read(|c| {
+            .read_sql(|c| {
                 Ok(c.sql()
                     .query_row("SELECT COUNT(*) FROM budget_levels", [], |r| r.get(0))?)
             })
@@ -1444,7 +1728,7 @@ mod tests {
             "UPDATE cosignatures SET line = 'forged'",
             "DELETE FROM cosignatures",
         ] {
-            let r = store.tx(move |tx| Ok(tx.sql().execute(sql, [])?));
+            let r = store.tx_sql(move |tx| Ok(tx.sql().execute(sql, [])?));
             assert!(r.is_err(), "{sql} must be refused");
         }
         assert_eq!(store.ledger_size().unwrap(), 2);
@@ -1516,7 +1800,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
         let append_one = |subject: &'static str| {
-            move |tx: &Tx<'_>| {
+            move |tx: &dyn StoreOps| {
                 append(
                     tx,
                     NewEntry::system("test.append", subject, serde_json::json!({})),

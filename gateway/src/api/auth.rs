@@ -32,18 +32,9 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Actor, Ap
         return Err(ApiError::Unauthorized);
     }
     let hash = token_hash(token);
-    let store = state.store.clone();
-    let (party, creators) = tokio::task::spawn_blocking(move || store.actor_by_token(&hash))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
-        .ok_or(ApiError::Unauthorized)?;
-    Ok(Actor {
-        id: party.id,
-        role: party.role,
-        name: party.name,
-        org: party.organization,
-        creators,
-    })
+    crate::parties::actor_by_token(state, hash)
+        .await?
+        .ok_or(ApiError::Unauthorized)
 }
 
 impl FromRequestParts<AppState> for Auth {

@@ -4,28 +4,24 @@
 //! another developer's ids answer 404.
 
 use super::auth::{Auth, Body};
-use super::{blocking, not_found, JobRecord, JobStatus};
-use super::{ApiError, ApiResult};
-use crate::keys::new_id;
+use super::ApiResult;
+use super::{blocking, JobRecord};
 use crate::state::AppState;
-use crate::store::{append, get_in, organization_of, put, NewEntry, Table};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use chrono::Utc;
 use scenarios::budget::Budget;
-use scenarios::party::{Actor, Role};
-use scenarios::workflow::{Agreement, Application, Materials, Scenario, ScenarioStatus};
+use scenarios::party::Role;
+use scenarios::workflow::{Agreement, Application, Materials, Scenario};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
-    let store = st.store.clone();
-    let approved: Vec<Scenario> =
-        blocking(move || store.list(Table::Scenarios, Some(("status", "approved")))).await?;
+    let s = st.clone();
+    let approved = blocking(move || crate::proposals::all_approved(&s)).await?;
     Ok(Json(json!({"scenarios": approved})))
 }
 
@@ -35,12 +31,8 @@ pub(crate) async fn scenario(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Scenario>> {
     actor.require(Role::Developer)?;
-    let store = st.store.clone();
-    let sc: Option<Scenario> = blocking(move || store.get(Table::Scenarios, &id)).await?;
-    // Scenarios that are not approved are invisible to developers.
-    let sc = sc
-        .filter(|s| s.status == ScenarioStatus::Approved)
-        .ok_or_else(|| not_found("approved scenario", ""))?;
+    let s = st.clone();
+    let sc = blocking(move || crate::proposals::approved(&s, &id)).await?;
     Ok(Json(sc))
 }
 
@@ -54,14 +46,7 @@ pub(crate) async fn scenario_bundle(
 ) -> ApiResult<Json<crate::local::Bundle>> {
     actor.require(Role::Developer)?;
     let s = st.clone();
-    let (sc, datasets) = blocking(move || {
-        let sc: Option<Scenario> = s.store.get(Table::Scenarios, &id)?;
-        Ok((sc, super::current_datasets(&s)?))
-    })
-    .await?;
-    let sc = sc
-        .filter(|s| s.status == ScenarioStatus::Approved)
-        .ok_or_else(|| not_found("approved scenario", ""))?;
+    let (sc, datasets) = blocking(move || crate::proposals::approved_with_catalog(&s, &id)).await?;
     Ok(Json(crate::local::bundle(&sc.id, &sc.spec, &datasets)))
 }
 
@@ -79,54 +64,19 @@ pub(crate) async fn apply(
     Body(req): Body<Apply>,
 ) -> ApiResult<(StatusCode, Json<Application>)> {
     actor.require(Role::Developer)?;
-    let (store, calendar) = (st.store.clone(), st.config.calendar.clone());
-    let app = store
-        .write(move |tx| {
-            let sc: Scenario = get_in(tx, Table::Scenarios, &req.scenario_id)?
-                .filter(|s: &Scenario| s.status == ScenarioStatus::Approved)
-                .ok_or_else(|| not_found("approved scenario", &req.scenario_id))?;
-            let now = Utc::now();
-            // R10: eligibility is checked at application, with the reasons.
-            let standing = organization_of(tx, &actor.id)?
-                .map(|o| o.standing)
-                .unwrap_or_default();
-            let why = scenarios::party::ineligibility(&standing, now.date_naive());
-            if !why.is_empty() {
-                return Err(ApiError::Forbidden(format!(
-                    "not eligible to apply: {}",
-                    why.join("; ")
-                )));
-            }
-            let app = Application::submit(new_id("ap"), &sc, req.materials, &actor, now, &calendar)?;
-            put(tx, &app)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    "application.submit",
-                    &app.id,
-                    json!({"scenario": sc.id, "due_on": app.due_on, "materials": app.materials}),
-                ),
-                now,
-            )?;
-            Ok(app)
-        })
-        .await?;
+    let app = crate::applications::apply(&st, actor, req.scenario_id, req.materials).await?;
     Ok((StatusCode::CREATED, Json(app)))
 }
 
 /// The developer's own standing and whether it may apply now (R10).
 pub(crate) async fn eligibility(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
-    let store = st.store.clone();
-    let id = actor.id.clone();
-    let org = blocking(move || store.read(|c| organization_of(c, &id))).await?;
-    let standing = org.as_ref().map(|o| o.standing.clone()).unwrap_or_default();
-    let why = scenarios::party::ineligibility(&standing, Utc::now().date_naive());
+    let s = st.clone();
+    let e = blocking(move || crate::applications::eligibility(&s, &actor)).await?;
     Ok(Json(json!({
-        "organization": org.as_ref().map(|o| &o.id),
-        "eligible": why.is_empty(),
-        "reasons": why,
-        "standing": standing,
+        "organization": e.organization,
+        "eligible": e.reasons.is_empty(),
+        "reasons": e.reasons,
+        "standing": e.standing,
         "also_required_at_application": ["qualifications", "a named security officer"],
     })))
 }
@@ -136,10 +86,8 @@ pub(crate) async fn list_applications(
     Auth(actor): Auth,
 ) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
-    let store = st.store.clone();
-    let id = actor.id.clone();
-    let apps: Vec<Application> =
-        blocking(move || store.list(Table::Applications, Some(("developer_id", &id)))).await?;
+    let s = st.clone();
+    let apps = blocking(move || crate::applications::of_developer(&s, &actor.id)).await?;
     Ok(Json(json!({"applications": apps})))
 }
 
@@ -149,13 +97,9 @@ pub(crate) async fn application(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Application>> {
     actor.require(Role::Developer)?;
-    let store = st.store.clone();
-    let key = id.clone();
-    let app: Option<Application> = blocking(move || store.get(Table::Applications, &key)).await?;
-    Ok(Json(
-        app.filter(|a| a.developer_id == actor.id)
-            .ok_or_else(|| not_found("application", &id))?,
-    ))
+    let s = st.clone();
+    let app = blocking(move || crate::applications::own(&s, &actor.id, &id)).await?;
+    Ok(Json(app))
 }
 
 /// An agreement with its budget. `spent` is what the developer's ended
@@ -176,36 +120,14 @@ fn agreement_view(ag: &Agreement, sc: &Scenario, spent: Budget) -> Value {
     })
 }
 
-/// Loads an agreement of `actor` with its scenario.
-fn own_agreement(st: &AppState, actor: &Actor, id: &str) -> ApiResult<(Agreement, Scenario)> {
-    let ag: Agreement = st
-        .store
-        .get(Table::Agreements, id)?
-        .filter(|a: &Agreement| a.developer_id == actor.id)
-        .ok_or_else(|| not_found("agreement", id))?;
-    let sc: Scenario = st
-        .store
-        .get(Table::Scenarios, &ag.scenario_id)?
-        .ok_or_else(|| ApiError::Internal("agreement without scenario".into()))?;
-    Ok((ag, sc))
-}
-
 pub(crate) async fn list_agreements(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let s = st.clone();
-    let out = blocking(move || {
-        let ags: Vec<Agreement> = s
-            .store
-            .list(Table::Agreements, Some(("developer_id", &actor.id)))?;
-        let mut out = Vec::new();
-        for ag in ags {
-            let (ag, sc) = own_agreement(&s, &actor, &ag.id)?;
-            let spent = crate::jobs::settled_spent(&s.store, &actor.id, &sc.id)?;
-            out.push(agreement_view(&ag, &sc, spent));
-        }
-        Ok(out)
-    })
-    .await?;
+    let all = blocking(move || crate::agreements::own_with_spent(&s, &actor.id)).await?;
+    let out: Vec<Value> = all
+        .iter()
+        .map(|(ag, sc, spent)| agreement_view(ag, sc, *spent))
+        .collect();
     Ok(Json(json!({"agreements": out})))
 }
 
@@ -216,13 +138,8 @@ pub(crate) async fn agreement(
 ) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let s = st.clone();
-    let v = blocking(move || {
-        let (ag, sc) = own_agreement(&s, &actor, &id)?;
-        let spent = crate::jobs::settled_spent(&s.store, &actor.id, &sc.id)?;
-        Ok(agreement_view(&ag, &sc, spent))
-    })
-    .await?;
-    Ok(Json(v))
+    let (ag, sc, spent) = blocking(move || crate::agreements::one_with_spent(&s, &actor.id, &id)).await?;
+    Ok(Json(agreement_view(&ag, &sc, spent)))
 }
 
 pub(crate) async fn sign(
@@ -231,28 +148,7 @@ pub(crate) async fn sign(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Agreement>> {
     actor.require(Role::Developer)?;
-    let (store, calendar) = (st.store.clone(), st.config.calendar.clone());
-    let ag = store
-        .write(move |tx| {
-            let mut ag: Agreement = get_in(tx, Table::Agreements, &id)?
-                .filter(|a: &Agreement| a.developer_id == actor.id)
-                .ok_or_else(|| not_found("agreement", &id))?;
-            let now = Utc::now();
-            ag.sign(&actor, now, &calendar)?;
-            put(tx, &ag)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    "agreement.sign",
-                    &ag.id,
-                    json!({"valid_until": ag.valid_until, "filing_due": ag.filing_due}),
-                ),
-                now,
-            )?;
-            Ok(ag)
-        })
-        .await?;
+    let ag = crate::agreements::sign(&st, actor, id).await?;
     Ok(Json(ag))
 }
 
@@ -333,18 +229,10 @@ pub(crate) async fn submit_job(
     Ok((status, Json(developer_view(&done))))
 }
 
-fn own_job(st: &AppState, actor: &Actor, id: &str) -> ApiResult<JobRecord> {
-    st.store
-        .get(Table::Jobs, id)?
-        .filter(|j: &JobRecord| j.developer_id == actor.id)
-        .ok_or_else(|| not_found("job", id))
-}
-
 pub(crate) async fn list_jobs(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
-    let store = st.store.clone();
-    let jobs: Vec<JobRecord> =
-        blocking(move || store.list(Table::Jobs, Some(("developer_id", &actor.id)))).await?;
+    let s = st.clone();
+    let jobs = blocking(move || crate::jobs::of_developer(&s, &actor.id)).await?;
     Ok(Json(
         json!({"jobs": jobs.iter().map(developer_view).collect::<Vec<_>>()}),
     ))
@@ -357,7 +245,7 @@ pub(crate) async fn job(
 ) -> ApiResult<Json<Value>> {
     actor.require(Role::Developer)?;
     let s = st.clone();
-    let j = blocking(move || own_job(&s, &actor, &id)).await?;
+    let j = blocking(move || crate::jobs::own_job(&s, &actor.id, &id)).await?;
     Ok(Json(developer_view(&j)))
 }
 
@@ -370,16 +258,7 @@ pub(crate) async fn job_receipt(
     Path(id): Path<String>,
 ) -> ApiResult<Json<scenarios::ledger::Receipt>> {
     actor.require(Role::Developer)?;
-    let receipt = blocking(move || {
-        let j = own_job(&st, &actor, &id)?;
-        // Proven under the published checkpoint, or one over the ledger up
-        // to the release entry: never the ledger as it stands now, whose
-        // size would tell the caller how far other jobs have got.
-        st.ledger
-            .published_release_receipt(&st.store, &st.keys, &j.id)?
-            .ok_or_else(|| ApiError::Conflict(format!("job {} has no released output", j.id)))
-    })
-    .await?;
+    let receipt = blocking(move || crate::ledger_views::release_receipt(&st, &actor.id, &id)).await?;
     Ok(Json(receipt))
 }
 
@@ -390,20 +269,7 @@ pub(crate) async fn job_output(
 ) -> ApiResult<impl IntoResponse> {
     actor.require(Role::Developer)?;
     let s = st.clone();
-    let bytes = blocking(move || {
-        let j = own_job(&s, &actor, &id)?;
-        if j.status != JobStatus::Succeeded {
-            return Err(ApiError::Conflict(format!(
-                "job {} has no released output (status {})",
-                j.id,
-                j.status.as_str()
-            )));
-        }
-        s.store
-            .job_output(&j.id)?
-            .ok_or_else(|| ApiError::Internal("released job without output".into()))
-    })
-    .await?;
+    let bytes = blocking(move || crate::jobs::released_output(&s, &actor.id, &id)).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
 }
 
@@ -436,7 +302,7 @@ pub(crate) async fn limits(State(st): State<AppState>, Auth(actor): Auth) -> Api
 mod tests {
     use super::*;
     use crate::records::test_job;
-    use crate::records::QueryRecord;
+    use crate::records::{JobStatus, QueryRecord};
 
     fn job(status: JobStatus, charged_queries: u32) -> JobRecord {
         test_job(status, charged_queries)

@@ -2,18 +2,14 @@
 //! providing department verifies and corrects or rejects (R6).
 
 use super::auth::{Auth, Body};
-use super::{blocking, current_datasets, not_found, DatasetRecord};
-use super::{ApiError, ApiResult};
-use crate::keys::new_id;
+use super::blocking;
+use super::ApiResult;
+use crate::feedback;
 use crate::state::AppState;
-use crate::store::{append, get_in, list_in, put, NewEntry, Table};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::Utc;
-use scenarios::feedback::{Demand, DemandOutcome, FlagStatus, QualityFlag};
-use scenarios::party::Role;
-use scenarios::workflow::Scenario;
+use scenarios::feedback::{Demand, DemandOutcome, QualityFlag};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -31,42 +27,13 @@ pub(crate) async fn raise_demand(
     Auth(actor): Auth,
     Body(req): Body<NewDemand>,
 ) -> ApiResult<(StatusCode, Json<Demand>)> {
-    let d = st
-        .store
-        .write(move |tx| {
-            let now = Utc::now();
-            let d = Demand::raise(
-                new_id("dm"),
-                req.title,
-                req.description,
-                req.data_needed,
-                &actor,
-                now,
-            )?;
-            put(tx, &d)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    "demand.raise",
-                    &d.id,
-                    json!({"title": d.title, "data_needed": d.data_needed}),
-                ),
-                now,
-            )?;
-            Ok(d)
-        })
-        .await?;
+    let d = feedback::raise_demand(&st, actor, req.title, req.description, req.data_needed).await?;
     Ok((StatusCode::CREATED, Json(d)))
 }
 
 pub(crate) async fn list_demands(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
-    let store = st.store.clone();
-    let all: Vec<Demand> = blocking(move || match actor.role {
-        Role::Developer => store.list(Table::Demands, Some(("raised_by", &actor.id))),
-        _ => store.list(Table::Demands, None),
-    })
-    .await?;
+    let s = st.clone();
+    let all = blocking(move || feedback::demands_visible_to(&s, &actor)).await?;
     Ok(Json(json!({"demands": all})))
 }
 
@@ -88,39 +55,22 @@ pub(crate) async fn answer_demand(
     Path(id): Path<String>,
     Body(a): Body<Answer>,
 ) -> ApiResult<Json<Demand>> {
-    let d = st
-        .store
-        .write(move |tx| {
-            let mut d: Demand = get_in(tx, Table::Demands, &id)?.ok_or_else(|| not_found("demand", &id))?;
-            if let Some(sc) = &a.scenario_id {
-                get_in::<Scenario>(tx, Table::Scenarios, sc)?.ok_or_else(|| not_found("scenario", sc))?;
-            }
-            let now = Utc::now();
-            d.answer(a.outcome, a.scenario_id, a.unmet_needs, a.answer, &actor, now)?;
-            put(tx, &d)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    "demand.answer",
-                    &d.id,
-                    json!({"outcome": d.outcome, "scenario": d.scenario_id, "unmet_needs": d.unmet_needs}),
-                ),
-                now,
-            )?;
-            Ok(d)
-        })
-        .await?;
+    let a = feedback::Answer {
+        outcome: a.outcome,
+        scenario_id: a.scenario_id,
+        unmet_needs: a.unmet_needs,
+        answer: a.answer,
+    };
+    let d = feedback::answer_demand(&st, actor, id, a).await?;
     Ok(Json(d))
 }
 
 /// Data needs no scenario could meet, fed back to the data side.
 pub(crate) async fn unmet_needs(State(st): State<AppState>, Auth(_a): Auth) -> ApiResult<Json<Value>> {
-    let store = st.store.clone();
-    let all: Vec<Demand> = blocking(move || store.list(Table::Demands, None)).await?;
+    let s = st.clone();
+    let all = blocking(move || feedback::unmet_needs(&s)).await?;
     let out: Vec<Value> = all
         .iter()
-        .filter(|d| d.outcome == Some(DemandOutcome::DataUnmet))
         .map(|d| json!({"demand": d.id, "title": d.title, "unmet_needs": d.unmet_needs, "answered_at": d.answered_at}))
         .collect();
     Ok(Json(json!({"unmet_needs": out})))
@@ -141,71 +91,13 @@ pub(crate) async fn raise_flag(
     Auth(actor): Auth,
     Body(req): Body<NewFlag>,
 ) -> ApiResult<(StatusCode, Json<QualityFlag>)> {
-    let s = st.clone();
-    let d: DatasetRecord = blocking(move || {
-        current_datasets(&s)?
-            .into_iter()
-            .find(|d| d.name == req.dataset)
-            .ok_or_else(|| not_found("dataset", &req.dataset))
-    })
-    .await?;
-    if let Some(c) = &req.column {
-        if d.spec.column(c).is_none() {
-            return Err(ApiError::BadRequest(format!(
-                "dataset `{}` has no column `{}`",
-                d.name,
-                c.escape_debug()
-            )));
-        }
-    }
-    let f = st
-        .store
-        .write(move |tx| {
-            let now = Utc::now();
-            let f = QualityFlag::raise(
-                new_id("qf"),
-                d.name,
-                d.version,
-                req.column,
-                req.description,
-                &actor,
-                now,
-            )?;
-            put(tx, &f)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    "quality.flag",
-                    &f.id,
-                    json!({"dataset": f.dataset, "version": f.dataset_version, "column": f.column}),
-                ),
-                now,
-            )?;
-            Ok(f)
-        })
-        .await?;
+    let f = feedback::raise_flag(&st, actor, req.dataset, req.column, req.description).await?;
     Ok((StatusCode::CREATED, Json(f)))
 }
 
 pub(crate) async fn list_flags(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     let s = st.clone();
-    let all = blocking(move || {
-        let all: Vec<QualityFlag> = s.store.list(Table::QualityFlags, None)?;
-        Ok(match actor.role {
-            Role::Provider => {
-                let mine: Vec<String> = current_datasets(&s)?
-                    .into_iter()
-                    .filter(|d| d.owner == actor.id)
-                    .map(|d| d.name)
-                    .collect();
-                all.into_iter().filter(|f| mine.contains(&f.dataset)).collect()
-            }
-            Role::Developer => all.into_iter().filter(|f| f.by == actor.id).collect(),
-            Role::Operator | Role::Regulator => all,
-        })
-    })
-    .await?;
+    let all = blocking(move || feedback::flags_visible_to(&s, &actor)).await?;
     Ok(Json(json!({"quality_flags": all})))
 }
 
@@ -225,41 +117,6 @@ pub(crate) async fn resolve_flag(
     Path(id): Path<String>,
     Body(o): Body<Outcome>,
 ) -> ApiResult<Json<QualityFlag>> {
-    let f = st
-        .store
-        .write(move |tx| {
-            let mut f: QualityFlag = get_in(tx, Table::QualityFlags, &id)?.ok_or_else(|| not_found("quality flag", &id))?;
-            let versions: Vec<DatasetRecord> = list_in(tx, Table::Datasets, Some(("name", &f.dataset)))?;
-            if !versions.iter().any(|d| d.owner == actor.id) {
-                return Err(not_found("quality flag", &id));
-            }
-            if let Some(v) = o.corrected_version {
-                if !versions.iter().any(|d| d.version == v) {
-                    return Err(ApiError::BadRequest(format!(
-                        "dataset `{}` has no version {v}; register the correction first",
-                        f.dataset
-                    )));
-                }
-            }
-            let now = Utc::now();
-            f.resolve(o.corrected_version, o.finding, &actor, now)?;
-            put(tx, &f)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    if f.status == FlagStatus::Corrected {
-                        "quality.correct"
-                    } else {
-                        "quality.reject"
-                    },
-                    &f.id,
-                    json!({"dataset": f.dataset, "corrected_version": f.corrected_version, "finding": f.finding}),
-                ),
-                now,
-            )?;
-            Ok(f)
-        })
-        .await?;
+    let f = feedback::resolve_flag(&st, actor, id, o.corrected_version, o.finding).await?;
     Ok(Json(f))
 }

@@ -12,6 +12,7 @@
 use super::auth::Auth;
 use super::blocking;
 use super::{ApiError, ApiResult};
+use crate::ledger_views;
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -19,7 +20,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use scenarios::ledger::{Receipt, SignedCheckpoint, VerifierKey};
-use scenarios::party::{Actor, Role};
+use scenarios::party::Role;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -45,34 +46,8 @@ pub(crate) async fn checkpoint(
     Auth(actor): Auth,
 ) -> ApiResult<Json<SignedCheckpoint>> {
     Ok(Json(
-        blocking(move || {
-            let cp = match actor.role {
-                Role::Regulator => st.ledger.checkpoint(&st.store, &st.keys)?,
-                _ => st.ledger.published(&st.store, &st.keys)?,
-            };
-            st.ledger.with_note(&st.store, &st.keys, cp)
-        })
-        .await?,
+        blocking(move || ledger_views::checkpoint_for(&st, &actor)).await?,
     ))
-}
-
-/// The largest tree size `actor` may ask proofs about: none for the
-/// regulator, the published size for everyone else.
-fn proof_limit(st: &AppState, actor: &Actor) -> ApiResult<Option<u64>> {
-    match actor.role {
-        Role::Regulator => Ok(None),
-        _ => Ok(Some(st.ledger.published(&st.store, &st.keys)?.checkpoint.size)),
-    }
-}
-
-/// Refuses a proof about a tree larger than the caller may see.
-fn within(limit: Option<u64>, size: u64) -> ApiResult<()> {
-    match limit {
-        Some(published) if size > published => Err(ApiError::BadRequest(format!(
-            "proofs are served up to the latest published checkpoint (size {published}); size {size} is beyond it"
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// A range of stored checkpoints.
@@ -96,16 +71,7 @@ pub(crate) async fn checkpoints(
     Auth(actor): Auth,
     Query(r): Query<Range>,
 ) -> ApiResult<Json<Value>> {
-    let list = blocking(move || {
-        let list = match actor.role {
-            Role::Regulator => st.store.checkpoints(r.from, r.to)?,
-            _ => st.store.published_checkpoints(r.from, r.to)?,
-        };
-        list.into_iter()
-            .map(|cp| st.ledger.with_note(&st.store, &st.keys, cp))
-            .collect::<ApiResult<Vec<_>>>()
-    })
-    .await?;
+    let list = blocking(move || ledger_views::checkpoints_for(&st, &actor, r.from, r.to)).await?;
     Ok(Json(json!({"checkpoints": list})))
 }
 
@@ -122,11 +88,7 @@ pub(crate) async fn inclusion(
     Auth(actor): Auth,
     Query(q): Query<InclusionQuery>,
 ) -> ApiResult<Json<Value>> {
-    let proof = blocking(move || {
-        within(proof_limit(&st, &actor)?, q.size)?;
-        st.ledger.inclusion_proof(&st.store, q.seq, q.size)
-    })
-    .await?;
+    let proof = blocking(move || ledger_views::inclusion_for(&st, &actor, q.seq, q.size)).await?;
     Ok(Json(json!({"seq": q.seq, "size": q.size, "proof": proof})))
 }
 
@@ -143,13 +105,7 @@ pub(crate) async fn consistency(
     Auth(actor): Auth,
     Query(q): Query<ConsistencyQuery>,
 ) -> ApiResult<Json<Value>> {
-    let proof = blocking(move || {
-        let limit = proof_limit(&st, &actor)?;
-        within(limit, q.first)?;
-        within(limit, q.second)?;
-        st.ledger.consistency_proof(&st.store, q.first, q.second)
-    })
-    .await?;
+    let proof = blocking(move || ledger_views::consistency_for(&st, &actor, q.first, q.second)).await?;
     Ok(Json(
         json!({"first": q.first, "second": q.second, "proof": proof}),
     ))
@@ -162,13 +118,7 @@ pub(crate) async fn receipt(
     Path(seq): Path<u64>,
 ) -> ApiResult<Json<Receipt>> {
     actor.require(Role::Regulator)?;
-    Ok(Json(
-        blocking(move || {
-            let current = st.ledger.checkpoint(&st.store, &st.keys)?;
-            st.ledger.receipt(&st.store, &st.keys, seq, &current)
-        })
-        .await?,
-    ))
+    Ok(Json(blocking(move || ledger_views::receipt(&st, seq)).await?))
 }
 
 /// A witness's request: the size it last cosigned (0 the first time).
@@ -189,20 +139,8 @@ pub(crate) async fn witness_checkpoint(
     Query(q): Query<WitnessQuery>,
 ) -> ApiResult<Json<Value>> {
     actor.require(Role::Regulator)?;
-    let (cp, proof, chain, chain_proofs) = blocking(move || {
-        let (cp, proof) = st.ledger.for_witness(&st.store, &st.keys, q.from)?;
-        let size = cp.checkpoint.size;
-        let chain = st.ledger.key_chain(&st.store, &st.keys, size)?;
-        let chain_proofs = chain
-            .iter()
-            .map(|l| {
-                st.ledger
-                    .consistency_proof(&st.store, l.checkpoint.checkpoint.size, size)
-            })
-            .collect::<ApiResult<Vec<_>>>()?;
-        Ok((cp, proof, chain, chain_proofs))
-    })
-    .await?;
+    let from = q.from;
+    let (cp, proof, chain, chain_proofs) = blocking(move || ledger_views::for_witness(&st, from)).await?;
     // The key chain: each ledger key announcement before the checkpoint,
     // under the tree ending at it (signed by the key before), with the
     // consistency proof from that tree to the checkpoint.
@@ -240,11 +178,8 @@ pub(crate) async fn post_cosignature(
     let witness =
         VerifierKey::parse(&b.witness_key).map_err(|e| ApiError::BadRequest(format!("witness_key: {e}")))?;
     let name = witness.name.clone();
-    let stored = blocking(move || {
-        st.ledger
-            .cosign(&st.store, &st.keys, &actor, b.size, &witness, &b.cosignature)
-    })
-    .await?;
+    let stored =
+        blocking(move || ledger_views::cosign(&st, &actor, b.size, &witness, &b.cosignature)).await?;
     let status = if stored {
         axum::http::StatusCode::CREATED
     } else {
@@ -283,49 +218,16 @@ pub(crate) async fn feed(
     Query(q): Query<FeedQuery>,
 ) -> ApiResult<Response> {
     actor.require(Role::Regulator)?;
-    let s = st.clone();
-    let size = blocking(move || s.ledger.size(&s.store)).await?;
-    if q.from > size {
-        return Err(ApiError::BadRequest(format!(
-            "the ledger has {size} entries; a feed cannot start at {}",
-            q.from
-        )));
-    }
+    let (s, from) = (st.clone(), q.from);
+    blocking(move || ledger_views::check_feed_start(&s, from)).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     tokio::task::spawn_blocking(move || {
         let mut out = ChannelWriter {
             tx,
             buf: Vec::with_capacity(CHUNK),
         };
-        let mut from = q.from;
-        let mut header = from == 0;
-        loop {
-            match st.ledger.export(&st.store, &st.keys, from, header, &mut out) {
-                Ok(end) => from = end,
-                Err(e) => {
-                    tracing::error!(error = %e, "ledger feed stopped");
-                    return;
-                }
-            }
-            header = false;
-            if out.flush().is_err() || !q.follow {
-                return;
-            }
-            loop {
-                std::thread::sleep(FOLLOW_POLL);
-                if out.tx.is_closed() {
-                    return;
-                }
-                match st.ledger.size(&st.store) {
-                    Ok(n) if n > from => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "ledger feed stopped");
-                        return;
-                    }
-                }
-            }
-        }
+        let gone = out.tx.clone();
+        ledger_views::feed(&st, q.from, q.follow, FOLLOW_POLL, &mut out, || gone.is_closed());
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))

@@ -4,18 +4,16 @@
 //! the regulator and the overdue list (R12).
 
 use super::auth::{Auth, Body};
+use super::blocking;
 use super::ApiResult;
-use super::{blocking, not_found};
 use crate::objections;
 use crate::state::AppState;
-use crate::store::{append, get_in, put, NewEntry, Table};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{NaiveDate, Utc};
-use scenarios::oversight::{Incident, PlanState, RiskReport, Severity};
-use scenarios::party::Role;
-use scenarios::workflow::{Agreement, Application};
+use scenarios::oversight::{Incident, PlanState, Severity};
+use scenarios::workflow::Agreement;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -136,12 +134,8 @@ pub(crate) async fn list_risk_reports(
     State(st): State<AppState>,
     Auth(actor): Auth,
 ) -> ApiResult<Json<Value>> {
-    let store = st.store.clone();
-    let all: Vec<RiskReport> = blocking(move || match actor.role {
-        Role::Developer => store.list(Table::RiskReports, Some(("filed_by", &actor.id))),
-        _ => store.list(Table::RiskReports, None),
-    })
-    .await?;
+    let s = st.clone();
+    let all = blocking(move || crate::halts::reports_visible_to(&s, &actor)).await?;
     Ok(Json(json!({"risk_reports": all})))
 }
 
@@ -183,8 +177,8 @@ pub(crate) async fn advance_incident(
 }
 
 pub(crate) async fn list_incidents(State(st): State<AppState>, Auth(_actor): Auth) -> ApiResult<Json<Value>> {
-    let store = st.store.clone();
-    let all: Vec<Incident> = blocking(move || store.list(Table::Incidents, None)).await?;
+    let s = st.clone();
+    let all = blocking(move || crate::incidents::all(&s)).await?;
     Ok(Json(json!({"incidents": all})))
 }
 
@@ -194,14 +188,13 @@ pub(crate) async fn list_agreements(
     State(st): State<AppState>,
     Auth(_actor): Auth,
 ) -> ApiResult<Json<Value>> {
-    let store = st.store.clone();
-    let all: Vec<Agreement> = blocking(move || store.list(Table::Agreements, None)).await?;
-    let today = Utc::now().date_naive();
+    let s = st.clone();
+    let all = blocking(move || crate::agreements::all_with_filing_overdue(&s)).await?;
     let out: Vec<Value> = all
         .iter()
-        .map(|a| {
+        .map(|(a, overdue)| {
             let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
-            v["filing_overdue"] = json!(a.filing_overdue(today));
+            v["filing_overdue"] = json!(overdue);
             v
         })
         .collect();
@@ -213,26 +206,7 @@ pub(crate) async fn file_agreement(
     Auth(actor): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Agreement>> {
-    let ag = st
-        .store
-        .write(move |tx| {
-            let mut ag: Agreement = get_in(tx, Table::Agreements, &id)?.ok_or_else(|| not_found("agreement", &id))?;
-            let now = Utc::now();
-            ag.file(&actor, now)?;
-            put(tx, &ag)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    "agreement.file",
-                    &ag.id,
-                    json!({"filing_due": ag.filing_due, "on_time": ag.filing_due.is_none_or(|d| now.date_naive() <= d)}),
-                ),
-                now,
-            )?;
-            Ok(ag)
-        })
-        .await?;
+    let ag = crate::agreements::file(&st, actor, id).await?;
     Ok(Json(ag))
 }
 
@@ -250,16 +224,10 @@ pub(crate) async fn overdue(
     Query(q): Query<AsOf>,
 ) -> ApiResult<Json<Value>> {
     let today = q.as_of.unwrap_or_else(|| Utc::now().date_naive());
-    let store = st.store.clone();
-    let (apps, ags) = blocking(move || {
-        let apps: Vec<Application> = store.list(Table::Applications, None)?;
-        let ags: Vec<Agreement> = store.list(Table::Agreements, None)?;
-        Ok((apps, ags))
-    })
-    .await?;
+    let s = st.clone();
+    let (apps, ags) = blocking(move || crate::agreements::overdue(&s, today)).await?;
     let apps: Vec<Value> = apps
         .iter()
-        .filter(|a| a.is_overdue(today))
         .map(|a| {
             json!({"id": a.id, "developer_id": a.developer_id, "scenario_id": a.scenario_id,
             "submitted_at": a.submitted_at, "due_on": a.due_on})
@@ -267,7 +235,6 @@ pub(crate) async fn overdue(
         .collect();
     let ags: Vec<Value> = ags
         .iter()
-        .filter(|a| a.filing_overdue(today))
         .map(|a| {
             json!({"id": a.id, "developer_id": a.developer_id, "signed_at": a.signed_at,
             "filing_due": a.filing_due})

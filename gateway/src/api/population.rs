@@ -6,7 +6,7 @@
 
 use super::auth::{Auth, Body};
 use super::blocking;
-use super::{ApiError, ApiResult};
+use super::ApiResult;
 use crate::populations;
 use crate::state::AppState;
 use axum::extract::{Path, Query, State};
@@ -90,16 +90,6 @@ impl CapsPatch {
     }
 }
 
-fn reason_of(r: &str) -> ApiResult<String> {
-    let r = r.trim();
-    if r.is_empty() || r.len() > 4000 {
-        return Err(ApiError::BadRequest(
-            "a reason of 1 to 4000 bytes is required".into(),
-        ));
-    }
-    Ok(r.to_string())
-}
-
 /// A regulator's lowering of a population's caps within the period.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,7 +105,7 @@ pub(crate) async fn lower_caps(
     Body(req): Body<LowerCaps>,
 ) -> ApiResult<Json<Value>> {
     actor.require(Role::Regulator)?;
-    let reason = reason_of(&req.reason)?;
+    let reason = req.reason;
     let s = st.clone();
     let v = blocking(move || populations::lower_caps(&s, actor, kind, move |c| req.caps.apply(c), reason))
         .await?;
@@ -138,7 +128,7 @@ pub(crate) async fn renew(
     Body(req): Body<Renewal>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     actor.require(Role::Regulator)?;
-    let reason = reason_of(&req.reason)?;
+    let reason = req.reason;
     let s = st.clone();
     let change = req.caps.map(|patch| move |c: Caps| patch.apply(c));
     let v = blocking(move || populations::renew(&s, actor, kind, change, reason)).await?;

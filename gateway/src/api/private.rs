@@ -5,23 +5,16 @@
 //! nobody, the developer included, reads its rows back.
 
 use super::auth::{Auth, Body};
+use super::ApiResult;
 use super::{blocking, PrivateDataset};
-use super::{ApiError, ApiResult};
-use crate::keys::new_id;
+use crate::private_data;
 use crate::state::AppState;
-use crate::store::{append, NewEntry, Table};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::Utc;
-use scenarios::catalog::{ColumnSpec, DatasetSpec};
-use scenarios::policy::TableGrant;
-use scenarios::workflow::Agreement;
+use scenarios::catalog::ColumnSpec;
 use serde::Deserialize;
 use serde_json::{json, Value};
-
-/// Largest CSV a developer can bring, in bytes.
-const MAX_CSV_BYTES: usize = 8 << 20;
 
 /// What the developer sends.
 #[derive(Debug, Deserialize)]
@@ -48,129 +41,17 @@ pub(crate) async fn upload(
     Path(id): Path<String>,
     Body(req): Body<Upload>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    if req.csv.len() > MAX_CSV_BYTES {
-        return Err(ApiError::TooLarge(format!(
-            "the CSV is larger than {MAX_CSV_BYTES} bytes"
-        )));
-    }
-    let s = st.clone();
-    let name = req.name.clone();
-    let (ag, sc, existing) = blocking(move || {
-        let (ag, sc) = super::open_agreement_of(&s, &actor.id, &id)?;
-        let catalog = super::current_datasets(&s)?;
-        if catalog.iter().any(|d| d.name == name) || sc.spec.table(&name).is_some() {
-            return Err(ApiError::Conflict(format!(
-                "`{name}` is a public dataset's name; choose another"
-            )));
-        }
-        let existing = crate::datasets::private_tables(&s, &ag.id)?;
-        Ok((ag, sc, existing))
-    })
-    .await?;
-    if existing.iter().any(|p| p.spec.name == req.name) {
-        return Err(ApiError::Conflict(format!(
-            "agreement {} already has a table `{}`",
-            ag.id, req.name
-        )));
-    }
-    // The platform's copy of the file, readable by the platform only.
-    let dir = st.config.data_dir.join("private").join(&ag.id);
-    let path = dir.join(format!("{}.csv", new_id("pd")));
-    let spec = DatasetSpec {
+    let req = private_data::Upload {
         name: req.name,
         description: req.description,
-        path: path.to_string_lossy().into_owned(),
-        format: Some(scenarios::catalog::DataFormat::Csv),
         privacy_unit: req.privacy_unit,
         unit_kind: req.unit_kind,
-        share_class: scenarios::catalog::ShareClass::Conditional,
-        open_class: scenarios::catalog::OpenClass::NotOpen,
-        exclusion_reason: None,
         columns: req.columns,
-        // The developer's table takes the bounded path: its rows per unit
-        // are limited by the scenario's k instead.
-        one_row_per_unit: false,
+        grant: req.grant,
+        csv: req.csv,
     };
-    spec.validate()?;
-    let grant = TableGrant {
-        dataset: spec.name.clone(),
-        columns: req.grant,
-    };
-    // The grants are checked as if the table were part of the scenario:
-    // the same rules for units, joins, bounds and domains.
-    let mut extended = sc.spec.clone();
-    extended.tables.push(grant.clone());
-    let catalog = {
-        let s = st.clone();
-        blocking(move || super::current_datasets(&s)).await?
-    };
-    extended.validate(|n| {
-        if n == spec.name {
-            Some(&spec)
-        } else {
-            catalog.iter().find(|d| d.name == n).map(|d| &d.spec)
-        }
-    })?;
-    write_private(&dir, &path, req.csv.as_bytes())?;
-    let profile = match sandbox::profile::profile(&spec).await {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = std::fs::remove_file(&path);
-            return Err(e.into());
-        }
-    };
-    // A unit with many rows here would multiply its rows in a join with a
-    // public table, so whether it is in that table would show in how long
-    // a query takes (invariant I14). The scenario counts at most k rows of
-    // a unit anyway; more are refused.
-    let k = u64::from(sc.spec.release.max_rows_per_unit.max(1));
-    if profile.max_rows_per_unit.unwrap_or(u64::MAX) > k {
-        let _ = std::fs::remove_file(&path);
-        return Err(ApiError::BadRequest(format!(
-            "a privacy unit has more than {k} rows in this table; the scenario counts at most {k} rows per unit, so keep at most {k}"
-        )));
-    }
-    let record = PrivateDataset {
-        id: new_id("pd"),
-        agreement_id: ag.id.clone(),
-        developer_id: ag.developer_id.clone(),
-        spec,
-        grant,
-        profile,
-        created_at: Utc::now(),
-    };
-    let r = record.clone();
-    st.store
-        .write(move |tx| {
-            crate::store::put(tx, &r)?;
-            append(
-                tx,
-                NewEntry::system(
-                    "private_data.register",
-                    &r.id,
-                    json!({"agreement": r.agreement_id, "developer": r.developer_id, "name": r.spec.name,
-                        "version_hash": r.profile.version, "rows": r.profile.rows,
-                        "rules": r.spec.columns.iter().map(|c| json!({"column": c.name, "rule": c.rule})).collect::<Vec<_>>(),
-                        "grant": r.grant}),
-                ),
-                r.created_at,
-            )
-        })
-        .await?;
+    let record = private_data::register(&st, actor, id, req).await?;
     Ok((StatusCode::CREATED, Json(view(&record))))
-}
-
-fn write_private(dir: &std::path::Path, path: &std::path::Path, bytes: &[u8]) -> ApiResult<()> {
-    use std::io::Write;
-    let io = |e: std::io::Error| ApiError::Internal(format!("storing the table: {e}"));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)
 }
 
 /// Metadata only: never rows, samples or measured ranges.
@@ -186,14 +67,7 @@ pub(crate) async fn list(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let s = st.clone();
-    let all = blocking(move || {
-        let ag: Option<Agreement> = s.store.get(Table::Agreements, &id)?;
-        let ag = ag
-            .filter(|a| actor.role != scenarios::party::Role::Developer || a.developer_id == actor.id)
-            .ok_or_else(|| ApiError::NotFound(format!("no agreement {}", id.escape_debug())))?;
-        crate::datasets::private_tables(&s, &ag.id)
-    })
-    .await?;
+    let all = blocking(move || private_data::of_agreement(&s, &actor, &id)).await?;
     Ok(Json(
         json!({"datasets": all.iter().map(view).collect::<Vec<_>>()}),
     ))

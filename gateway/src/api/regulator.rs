@@ -4,10 +4,10 @@
 //! reads everything and changes no data other than its own decisions.
 
 use super::auth::{Auth, Body};
-use super::{blocking, JobRecord};
-use super::{ApiError, ApiResult};
+use super::blocking;
+use super::ApiResult;
+use crate::ledger_views;
 use crate::state::AppState;
-use crate::store::{append, get_in, put, NewEntry, Table};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 
 pub(crate) async fn list_scenarios(State(st): State<AppState>, Auth(actor): Auth) -> ApiResult<Json<Value>> {
     actor.require(Role::Regulator)?;
-    let store = st.store.clone();
-    let all: Vec<Scenario> = blocking(move || store.list(Table::Scenarios, None)).await?;
+    let s = st.clone();
+    let all = blocking(move || crate::proposals::all(&s)).await?;
     Ok(Json(json!({"scenarios": all})))
 }
 
@@ -39,27 +39,7 @@ pub(crate) async fn decide_scenario(
     Body(d): Body<Decision>,
 ) -> ApiResult<Json<Scenario>> {
     actor.require(Role::Regulator)?;
-    let store = st.store.clone();
-    let sc = store
-        .write(move |tx| {
-            let mut sc: Scenario = get_in(tx, Table::Scenarios, &id)?
-                .ok_or_else(|| ApiError::NotFound(format!("no scenario {}", id.escape_debug())))?;
-            let now = Utc::now();
-            sc.decide(d.approve, d.reason.clone(), &actor, now)?;
-            put(tx, &sc)?;
-            append(
-                tx,
-                NewEntry::by(
-                    &actor,
-                    &format!("scenario.{}", if d.approve { "approve" } else { "reject" }),
-                    &sc.id,
-                    json!({"class": sc.spec.class, "reason": sc.reason}),
-                ),
-                now,
-            )?;
-            Ok(sc)
-        })
-        .await?;
+    let sc = crate::proposals::decide(&st, actor, id, d.approve, d.reason).await?;
     Ok(Json(sc))
 }
 
@@ -76,48 +56,19 @@ pub(crate) struct ReleaseFilter {
     until: Option<DateTime<Utc>>,
 }
 
-impl ReleaseFilter {
-    fn keeps(&self, j: &JobRecord) -> bool {
-        let at = j.finished_at;
-        self.agreement.as_ref().is_none_or(|a| *a == j.agreement_id)
-            && self.scenario.as_ref().is_none_or(|s| *s == j.scenario_id)
-            && self.developer.as_ref().is_none_or(|d| *d == j.developer_id)
-            && self.since.is_none_or(|t| at.is_some_and(|at| at >= t))
-            && self.until.is_none_or(|t| at.is_some_and(|at| at < t))
-    }
-}
-
 pub(crate) async fn releases(
     State(st): State<AppState>,
     Auth(actor): Auth,
     Query(filter): Query<ReleaseFilter>,
 ) -> ApiResult<Json<Value>> {
     actor.require(Role::Regulator)?;
-    let out = blocking(move || {
-        let store = &st.store;
-        let mut jobs: Vec<JobRecord> = match &filter.agreement {
-            Some(a) => store.list(Table::Jobs, Some(("agreement_id", a)))?,
-            None => store.list(Table::Jobs, None)?,
-        };
-        jobs.retain(|j| j.status == super::JobStatus::Succeeded && filter.keeps(j));
-        jobs.sort_by_key(|j| j.finished_at);
-        // One current checkpoint serves every receipt in the list.
-        let current = st.ledger.checkpoint(store, &st.keys)?;
-        let mut releases = Vec::new();
-        for j in &jobs {
-            let lineage: Vec<Value> = store
-                .ledger_for(&j.id)?
-                .iter()
-                .map(|e| {
-                    let body: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
-                    json!({"seq": e.seq, "hash": e.hash, "entry": body})
-                })
-                .collect();
-            let receipt = st.ledger.release_receipt(store, &st.keys, &j.id, &current)?;
-            releases.push(json!({"job": j, "lineage": lineage, "receipt": receipt}));
-        }
-        Ok(releases)
-    })
-    .await?;
+    let filter = ledger_views::ReleaseFilter {
+        agreement: filter.agreement,
+        scenario: filter.scenario,
+        developer: filter.developer,
+        since: filter.since,
+        until: filter.until,
+    };
+    let out = blocking(move || ledger_views::releases(&st, &filter)).await?;
     Ok(Json(json!({"releases": out})))
 }

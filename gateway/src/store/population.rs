@@ -8,8 +8,8 @@
 //! Nothing here deletes spending: a renewal opens a new period and leaves
 //! the old period's rows as they were, for the regulator and the auditors.
 
-use super::Tx;
 use super::{append, from_json, to_json, NewEntry};
+use super::{StoreOps, Tx};
 use crate::error::{ServiceError, ServiceResult};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -49,7 +49,7 @@ pub struct PopulationRecord {
 }
 
 /// A population's record, if it was ever charged or set.
-pub fn population_in(c: &Tx<'_>, kind: &str) -> ServiceResult<Option<PopulationRecord>> {
+pub(in crate::store) fn population_sql(c: &Tx<'_>, kind: &str) -> ServiceResult<Option<PopulationRecord>> {
     let c = c.sql();
     let body: Option<String> = c
         .query_row("SELECT body FROM populations WHERE kind = ?1", [kind], |r| {
@@ -60,7 +60,7 @@ pub fn population_in(c: &Tx<'_>, kind: &str) -> ServiceResult<Option<PopulationR
 }
 
 /// Every population's record, by kind.
-pub fn populations_in(c: &Tx<'_>) -> ServiceResult<Vec<PopulationRecord>> {
+pub(in crate::store) fn populations_sql(c: &Tx<'_>) -> ServiceResult<Vec<PopulationRecord>> {
     let c = c.sql();
     let mut stmt = c.prepare("SELECT body FROM populations ORDER BY kind")?;
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
@@ -82,7 +82,7 @@ fn put_population(tx: &Connection, p: &PopulationRecord) -> ServiceResult<()> {
 
 /// The population `kind`, opened with the default caps for `units` units
 /// (and a ledger entry saying so) when it has no record yet.
-pub fn open_population_in(
+pub(in crate::store) fn open_population_sql(
     tx: &Tx<'_>,
     kind: &str,
     units: u64,
@@ -257,7 +257,11 @@ pub struct Charge {
 /// `tx`: all levels are checked before any is written, so a refusal
 /// (`BudgetExhausted`, naming the first exhausted level) changes nothing.
 /// Returns each level's figures after the charge, for the ledger entry.
-pub fn charge_in(tx: &Tx<'_>, ch: &Charge, now: DateTime<Utc>) -> ServiceResult<Vec<Value>> {
+pub(in crate::store) fn charge_sql(
+    tx: &Tx<'_>,
+    ch: &Charge,
+    now: DateTime<Utc>,
+) -> ServiceResult<Vec<Value>> {
     let tx = tx.sql();
     let mut states: Vec<(u64, LevelState, Option<Budget>)> = Vec::new();
     let mut new_allocations = Vec::new();
@@ -361,7 +365,7 @@ pub fn charge_in(tx: &Tx<'_>, ch: &Charge, now: DateTime<Utc>) -> ServiceResult<
 
 /// Lowers a population's caps within its period (a regulator's decision,
 /// recorded); refused when any part would rise or the caps are unsafe.
-pub fn lower_caps_in(
+pub(in crate::store) fn lower_caps_sql(
     tx: &Tx<'_>,
     actor: &Actor,
     kind: &str,
@@ -394,7 +398,7 @@ pub fn lower_caps_in(
 /// Opens a population's next period with `caps` (the current ones when
 /// `None`): the regulator's recorded renewal decision. Every level starts
 /// the new period with nothing spent; the closed period's figures stay.
-pub fn renew_in(
+pub(in crate::store) fn renew_sql(
     tx: &Tx<'_>,
     actor: &Actor,
     kind: &str,
@@ -451,7 +455,11 @@ pub struct LevelView {
 
 /// Every level of a population's period, with the population level first
 /// (listed even when nothing was spent).
-pub fn levels_in(c: &Tx<'_>, p: &PopulationRecord, period: u64) -> ServiceResult<Vec<LevelView>> {
+pub(in crate::store) fn levels_sql(
+    c: &Tx<'_>,
+    p: &PopulationRecord,
+    period: u64,
+) -> ServiceResult<Vec<LevelView>> {
     let c = c.sql();
     let mut stmt = c.prepare(
         "SELECT level, holder FROM budget_levels WHERE kind = ?1 AND period = ?2 ORDER BY level, holder",
@@ -507,7 +515,11 @@ pub fn levels_in(c: &Tx<'_>, p: &PopulationRecord, period: u64) -> ServiceResult
 }
 
 /// The population level's spend in a period (for its guarantee).
-pub fn population_spend_in(c: &Tx<'_>, p: &PopulationRecord, period: u64) -> ServiceResult<Spend> {
+pub(in crate::store) fn population_spend_sql(
+    c: &Tx<'_>,
+    p: &PopulationRecord,
+    period: u64,
+) -> ServiceResult<Spend> {
     let c = c.sql();
     Ok(level_in(c, &p.kind, period, Level::Population, &p.kind)?
         .unwrap_or_default()
@@ -625,7 +637,7 @@ pub(super) fn migrate_budgets(tx: &Connection, now: DateTime<Utc>) -> ServiceRes
 /// Adds a verification batch's cost to what a developer has spent under a
 /// scenario through cross-verification (shown with the settled spend of
 /// its jobs; the limits are the population levels charged with it).
-pub fn add_verification_spent(
+pub(in crate::store) fn add_verification_spent_sql(
     tx: &Tx<'_>,
     developer: &str,
     scenario: &str,
@@ -644,7 +656,11 @@ pub fn add_verification_spent(
 }
 
 /// What a developer has spent under a scenario through cross-verification.
-pub fn verification_spent_in(c: &Tx<'_>, developer: &str, scenario: &str) -> ServiceResult<Budget> {
+pub(in crate::store) fn verification_spent_sql(
+    c: &Tx<'_>,
+    developer: &str,
+    scenario: &str,
+) -> ServiceResult<Budget> {
     let c = c.sql();
     Ok(c.query_row(
         "SELECT epsilon, delta, rho FROM verification_spent WHERE developer_id = ?1 AND scenario_id = ?2",
@@ -653,6 +669,92 @@ pub fn verification_spent_in(c: &Tx<'_>, developer: &str, scenario: &str) -> Ser
     )
     .optional()?
     .unwrap_or_default())
+}
+
+// ----- the operations as callers use them (through `StoreOps`) -------------
+
+/// A population's record, if it was ever charged or set.
+pub fn population_in(c: &dyn StoreOps, kind: &str) -> ServiceResult<Option<PopulationRecord>> {
+    c.population(kind)
+}
+
+/// Every population's record, by kind.
+pub fn populations_in(c: &dyn StoreOps) -> ServiceResult<Vec<PopulationRecord>> {
+    c.populations()
+}
+
+/// The population `kind`, opened with the default caps for `units` units
+/// (and a ledger entry saying so) when it has no record yet.
+pub fn open_population_in(
+    tx: &dyn StoreOps,
+    kind: &str,
+    units: u64,
+    now: DateTime<Utc>,
+) -> ServiceResult<PopulationRecord> {
+    tx.open_population(kind, units, now)
+}
+
+/// Charges a query at every level of every population it reads, inside
+/// `tx`: all levels are checked before any is written, so a refusal
+/// (`BudgetExhausted`, naming the first exhausted level) changes nothing.
+/// Returns each level's figures after the charge, for the ledger entry.
+pub fn charge_in(tx: &dyn StoreOps, ch: &Charge, now: DateTime<Utc>) -> ServiceResult<Vec<Value>> {
+    tx.charge(ch, now)
+}
+
+/// Lowers a population's caps within its period (a regulator's decision,
+/// recorded); refused when any part would rise or the caps are unsafe.
+pub fn lower_caps_in(
+    tx: &dyn StoreOps,
+    actor: &Actor,
+    kind: &str,
+    units: u64,
+    caps: Caps,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> ServiceResult<PopulationRecord> {
+    tx.lower_caps(actor, kind, units, caps, reason, now)
+}
+
+/// Opens a population's next period with `caps` (the current ones when
+/// `None`): the regulator's recorded renewal decision.
+pub fn renew_in(
+    tx: &dyn StoreOps,
+    actor: &Actor,
+    kind: &str,
+    units: u64,
+    caps: Option<Caps>,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> ServiceResult<PopulationRecord> {
+    tx.renew(actor, kind, units, caps, reason, now)
+}
+
+/// Every level of a population's period, with the population level first
+/// (listed even when nothing was spent).
+pub fn levels_in(c: &dyn StoreOps, p: &PopulationRecord, period: u64) -> ServiceResult<Vec<LevelView>> {
+    c.levels(p, period)
+}
+
+/// The population level's spend in a period (for its guarantee).
+pub fn population_spend_in(c: &dyn StoreOps, p: &PopulationRecord, period: u64) -> ServiceResult<Spend> {
+    c.population_spend(p, period)
+}
+
+/// Adds a verification batch's cost to what a developer has spent under a
+/// scenario through cross-verification.
+pub fn add_verification_spent(
+    tx: &dyn StoreOps,
+    developer: &str,
+    scenario: &str,
+    cost: &Budget,
+) -> ServiceResult<()> {
+    tx.add_verification_spent(developer, scenario, cost)
+}
+
+/// What a developer has spent under a scenario through cross-verification.
+pub fn verification_spent_in(c: &dyn StoreOps, developer: &str, scenario: &str) -> ServiceResult<Budget> {
+    c.verification_spent(developer, scenario)
 }
 
 #[cfg(test)]
@@ -695,7 +797,7 @@ mod tests {
 
     fn level(store: &Store, level: Level, holder: &str) -> Budget {
         store
-            .read(|c| {
+            .read_sql(|c| {
                 let p = population_in(c, "enterprise")?.unwrap();
                 Ok(level_in(c.sql(), "enterprise", p.period, level, holder)?
                     .unwrap_or_default()
@@ -1051,7 +1153,7 @@ mod tests {
         // The old table is gone and the levels go on from there: the bank
         // has 3 left of its organization cap of 10.
         let gone: bool = store
-            .read(|c| {
+            .read_sql(|c| {
                 Ok(c.sql().query_row(
                     "SELECT COUNT(*) = 0 FROM sqlite_master WHERE name = 'budgets'",
                     [],
