@@ -237,6 +237,36 @@ mod x86 {
         }
     }
 
+    /// Calls `$avx512` or `$avx2`, functions compiled for those CPU
+    /// features, with `$args`, after asserting at run time that the CPU
+    /// has the chosen version's features.
+    macro_rules! dispatch {
+        ($version:expr, $avx512:ident, $avx2:ident, ($($arg:expr),*)) => {
+            match $version {
+                Version::Avx512 => {
+                    assert!(best() == Some(Version::Avx512), "AVX-512 version on a CPU without it");
+                    // SAFETY: the assertion above checked at run time that
+                    // the CPU has avx512f, avx512dq and avx512vl, the
+                    // features the AVX-512 versions are compiled for.
+                    #[allow(unsafe_code, reason = "run-time dispatch to a CPU-specific version")]
+                    unsafe {
+                        $avx512($($arg),*)
+                    }
+                }
+                Version::Avx2 => {
+                    assert!(std::arch::is_x86_feature_detected!("avx2"), "AVX2 version on a CPU without it");
+                    // SAFETY: the assertion above checked at run time that
+                    // the CPU has avx2, the feature the AVX2 versions are
+                    // compiled for.
+                    #[allow(unsafe_code, reason = "run-time dispatch to a CPU-specific version")]
+                    unsafe {
+                        $avx2($($arg),*)
+                    }
+                }
+            }
+        };
+    }
+
     impl Version {
         /// True when the running CPU has this version's features.
         #[cfg(test)]
@@ -252,37 +282,9 @@ mod x86 {
         pub(crate) fn run(self, xs: &[f64], rule: super::FixedPoint, out: &mut [i64]) {
             assert!(rule.fast(), "bounds beyond 2^62");
             let (unit, lo, hi) = (rule.unit, rule.lo as f64, rule.hi as f64);
-            match self {
-                Version::Avx512 => {
-                    assert!(
-                        best() == Some(Version::Avx512),
-                        "AVX-512 version on a CPU without it"
-                    );
-                    // SAFETY: the assertion above checked at run time that
-                    // the CPU has avx512f, avx512dq and avx512vl, the
-                    // features `avx512` is compiled for.
-                    #[allow(unsafe_code, reason = "run-time dispatch to a CPU-specific version")]
-                    unsafe {
-                        avx512(xs, unit, lo, hi, out)
-                    }
-                }
-                Version::Avx2 => {
-                    assert!(
-                        std::arch::is_x86_feature_detected!("avx2"),
-                        "AVX2 version on a CPU without it"
-                    );
-                    // SAFETY: the assertion above checked at run time that
-                    // the CPU has avx2, the feature `avx2` is compiled for.
-                    #[allow(unsafe_code, reason = "run-time dispatch to a CPU-specific version")]
-                    unsafe {
-                        avx2(xs, unit, lo, hi, out)
-                    }
-                }
-            }
+            dispatch!(self, avx512, avx2, (xs, unit, lo, hi, out))
         }
-    }
 
-    impl Version {
         /// [`super::add_fixed_points_to_lanes`] in this version, for a
         /// rule whose bounds are at most 2^62 in magnitude (checked).
         pub(crate) fn add_to_lanes(
@@ -294,34 +296,7 @@ mod x86 {
         ) {
             assert!(rule.fast(), "bounds beyond 2^62");
             let (unit, lo, hi) = (rule.unit, rule.lo as f64, rule.hi as f64);
-            match self {
-                Version::Avx512 => {
-                    assert!(
-                        best() == Some(Version::Avx512),
-                        "AVX-512 version on a CPU without it"
-                    );
-                    // SAFETY: the assertion above checked at run time that
-                    // the CPU has avx512f, avx512dq and avx512vl, the
-                    // features `lanes_avx512` is compiled for.
-                    #[allow(unsafe_code, reason = "run-time dispatch to a CPU-specific version")]
-                    unsafe {
-                        lanes_avx512(lanes, groups, xs, unit, lo, hi)
-                    }
-                }
-                Version::Avx2 => {
-                    assert!(
-                        std::arch::is_x86_feature_detected!("avx2"),
-                        "AVX2 version on a CPU without it"
-                    );
-                    // SAFETY: the assertion above checked at run time that
-                    // the CPU has avx2, the feature `lanes_avx2` is compiled
-                    // for.
-                    #[allow(unsafe_code, reason = "run-time dispatch to a CPU-specific version")]
-                    unsafe {
-                        lanes_avx2(lanes, groups, xs, unit, lo, hi)
-                    }
-                }
-            }
+            dispatch!(self, lanes_avx512, lanes_avx2, (lanes, groups, xs, unit, lo, hi))
         }
     }
 
