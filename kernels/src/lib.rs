@@ -46,6 +46,12 @@ const FAST_LIMIT: i64 = 1 << 62;
 /// How a float becomes its figure in a protected sum: times `unit`
 /// (`10^scale`), clamped to `[lo, hi]` (in units of `1 / unit`), rounded
 /// (see [`fixed_point`]).
+///
+/// The figure of a value other than NaN lies in `[lo, hi]` when both
+/// bounds are at most 2^52 in magnitude (NaN gives 0, which need not).
+/// Beyond, a bound's `f64` can round outward and `y ± 0.5` can round to
+/// the next even integer, so a figure can pass its bound by a few units;
+/// the policy keeps bounds within 10^15.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FixedPoint {
     /// `10^scale`.
