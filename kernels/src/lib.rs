@@ -46,6 +46,12 @@ const FAST_LIMIT: i64 = 1 << 62;
 /// How a float becomes its figure in a protected sum: times `unit`
 /// (`10^scale`), clamped to `[lo, hi]` (in units of `1 / unit`), rounded
 /// (see [`fixed_point`]).
+///
+/// The figure of a value other than NaN lies in `[lo, hi]` when both
+/// bounds are at most 2^52 in magnitude (NaN gives 0, which need not).
+/// Beyond, a bound's `f64` can round outward and `y ± 0.5` can round to
+/// the next even integer, so a figure can pass its bound by a few units;
+/// the policy keeps bounds within 10^15.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FixedPoint {
     /// `10^scale`.
@@ -492,6 +498,107 @@ mod tests {
         assert_eq!(fixed_point(1e300, 1.0, 5.0, 9.0), 9);
     }
 
+    /// NaN of every kind (quiet, signalling, either sign, any payload),
+    /// -0.0, subnormals and bounds at and around the fast versions' limit
+    /// (including lo > hi, and bounds whose f64 rounds past the i64): every
+    /// version agrees with the definition.
+    #[test]
+    fn every_version_agrees_on_nan_payloads_and_limit_bounds() {
+        let nans = [
+            0x7ff0_0000_0000_0001u64,
+            0x7ff4_0000_0000_0000,
+            0x7ff7_ffff_ffff_ffff,
+            0x7ff8_0000_0000_0000,
+            0x7fff_ffff_ffff_ffff,
+            0xfff0_0000_0000_0001,
+            0xfff8_0000_0000_0000,
+            0xffff_ffff_ffff_ffff,
+            0x8000_0000_0000_0001, // -5e-324
+            0x000f_ffff_ffff_ffff, // largest subnormal
+            0x8000_0000_0000_0000, // -0.0
+        ];
+        let mut xs: Vec<f64> = nans.iter().map(|b| f64::from_bits(*b)).collect();
+        xs.extend(EXTREMES);
+        xs.extend([4611686018427387904.0, -4611686018427387904.0, 4611686018427388928.0]);
+        let xs: Vec<f64> = xs.iter().cycle().take(3 * BLOCK + 5).copied().collect();
+        let l = FAST_LIMIT;
+        let edges = [
+            -l - 1,
+            -l,
+            -l + 1,
+            l - 1,
+            l,
+            l + 1,
+            (1 << 53) + 1,
+            (1 << 52) + 1,
+            -(1 << 52) - 1,
+            0,
+            -1,
+            1,
+            i64::MIN,
+            i64::MAX,
+        ];
+        for lo in edges {
+            for hi in edges {
+                for scale in 0..=6 {
+                    check_all(&xs, 10f64.powi(scale), lo, hi);
+                }
+            }
+        }
+    }
+
+    /// The fused kernel adds the rows both slices have (the shorter's
+    /// length), skips groups at or past `n` (up to `usize::MAX`) and writes
+    /// nowhere else, whatever `groups` holds.
+    #[test]
+    fn lanes_take_the_common_rows_and_skip_groups_out_of_range() {
+        let rule = FixedPoint::new(2, -300, 300);
+        let xs: Vec<f64> = (0..150).map(|i| i as f64 / 3.0 - 20.0).collect();
+        let groups: Vec<usize> = (0..170)
+            .map(|i| match i % 5 {
+                0 => usize::MAX,
+                1 => 3,
+                _ => i % 3,
+            })
+            .collect();
+        for (g, x) in [(&groups[..], &xs[..]), (&groups[..100], &xs[..]), (&groups[..], &xs[..77])] {
+            for width in [1usize, 2] {
+                let n = 3;
+                let mut want = vec![0i64; LANES * n * width];
+                for (i, (g, x)) in g.iter().zip(x).enumerate() {
+                    if *g < n {
+                        let at = ((i % LANES) * n + g) * width;
+                        want[at] += rule.of(*x);
+                        if width == 2 {
+                            want[at + 1] += 1;
+                        }
+                    }
+                }
+                let mut got = vec![0i64; LANES * n * width];
+                add_fixed_points_to_lanes(&mut got, n, width, g, x, rule);
+                assert_eq!(got, want, "width {width}, {} groups, {} xs", g.len(), x.len());
+                // A buffer too short for the slots is left as it is past
+                // its end (no panic).
+                let mut short = vec![0i64; 5];
+                add_fixed_points_to_lanes(&mut short, n, width, g, x, rule);
+            }
+        }
+    }
+
+    /// Past 2^52 a figure can leave its bounds, in the definition itself
+    /// (and so in every version): `y + 0.5` rounds to even, and a bound's
+    /// f64 can round outward. Callers keep bounds within 2^52 (the policy
+    /// refuses bounds past 10^15).
+    #[test]
+    fn beyond_2_pow_52_a_figure_can_pass_its_bounds() {
+        let odd = (1i64 << 52) + 1;
+        assert_eq!(FixedPoint::new(0, 0, odd).of(1e300), odd + 1);
+        assert_eq!(FixedPoint::new(0, -odd, 0).of(-1e300), -odd - 1);
+        let below = FAST_LIMIT - 1;
+        assert_eq!(FixedPoint::new(0, below, below).of(0.0), FAST_LIMIT);
+        assert_eq!(FixedPoint::new(0, 0, i64::MAX - 511).of(1e300), i64::MAX);
+    }
+
     proptest! {
         #[test]
         fn every_version_agrees_on_random_values(
@@ -501,6 +608,23 @@ mod tests {
             b in -(1i64 << 62)..=(1i64 << 62),
         ) {
             check_all(&xs, 10f64.powi(scale as i32), a.min(b), a.max(b));
+        }
+
+        /// Up to 2^52 in magnitude, every figure of a non-NaN value lies
+        /// within its bounds (what the noise's sensitivity relies on).
+        #[test]
+        fn figures_stay_within_bounds_up_to_2_pow_52(
+            xs in proptest::collection::vec(any::<f64>(), 0..200),
+            scale in 0u32..=6,
+            a in -(1i64 << 52)..=(1i64 << 52),
+            b in -(1i64 << 52)..=(1i64 << 52),
+        ) {
+            let rule = FixedPoint::new(scale, a.min(b), a.max(b));
+            let mut out = Vec::new();
+            fixed_points(&xs, rule, &mut out);
+            for (x, v) in xs.iter().zip(&out) {
+                prop_assert!(x.is_nan() || (rule.lo..=rule.hi).contains(v), "{x} -> {v}, {rule:?}");
+            }
         }
 
         #[test]

@@ -16,6 +16,7 @@
 //! `m1`, ..., in the order of the specifications.
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, StructArray};
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, Int64Type};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -136,9 +137,9 @@ enum Figures<'a> {
     Ones,
     /// `values[i]`.
     Given(&'a [i64]),
-    /// The fixed-point figure of `values[i]`, a Float64 column without
-    /// nulls, converted as it is added (one pass over the column).
-    Floats(&'a [f64], FixedPoint),
+    /// The fixed-point figure of `values[i]` (0 where `nulls` marks a
+    /// null), converted as it is added (one pass over the column).
+    Floats(&'a [f64], FixedPoint, Option<&'a NullBuffer>),
 }
 
 impl Figures<'_> {
@@ -148,7 +149,8 @@ impl Figures<'_> {
         match self {
             Figures::Ones => 1,
             Figures::Given(v) => v.get(i).copied().unwrap_or(0),
-            Figures::Floats(x, rule) => x.get(i).map_or(0, |x| rule.of(*x)),
+            Figures::Floats(_, _, Some(n)) if n.is_null(i) => 0,
+            Figures::Floats(x, rule, _) => x.get(i).map_or(0, |x| rule.of(*x)),
         }
     }
 }
@@ -178,8 +180,22 @@ fn scatter(
         let width = if counts.is_some() { 2 } else { 1 };
         let mut lanes = vec![0i64; LANES * n * width];
         match figures {
-            Figures::Floats(xs, rule) => {
-                kernels::add_fixed_points_to_lanes(&mut lanes, n, width, groups, xs, rule)
+            Figures::Floats(xs, rule, nulls) => {
+                kernels::add_fixed_points_to_lanes(&mut lanes, n, width, groups, xs, rule);
+                // Nulls add 0: take back what the kernel added for them
+                // (the same pass with or without nulls, so how long a
+                // batch takes does not turn on whether one row is null).
+                if let Some(nulls) = nulls.filter(|n| n.null_count() > 0) {
+                    for i in (!nulls.inner()).set_indices() {
+                        if let (Some(g), Some(x)) = (groups.get(i), xs.get(i)) {
+                            if *g < n {
+                                if let Some(a) = lanes.get_mut(((i % LANES) * n + g) * width) {
+                                    *a = a.wrapping_sub(rule.of(*x));
+                                }
+                            }
+                        }
+                    }
+                }
             }
             Figures::Ones if width == 2 => add_to_lanes::<2>(&mut lanes, n, groups, None),
             Figures::Ones => add_to_lanes::<1>(&mut lanes, n, groups, None),
@@ -266,13 +282,14 @@ fn fold_lanes(lanes: &[i64], width: usize, sums: &mut [i64], mut counts: Option<
     }
 }
 
-/// The Float64 values of a fixed-point measurement whose argument has no
-/// null, for [`Figures::Floats`]; `None` for any other measurement.
-fn floats_without_nulls<'a>(spec: &Spec, values: &'a [ArrayRef]) -> Option<(&'a [f64], FixedPoint)> {
+/// The figures of a fixed-point measurement of a Float64 argument, with
+/// or without nulls ([`Figures::Floats`]); `None` for any other
+/// measurement. The path does not depend on whether a batch holds a null.
+fn floats<'a>(spec: &Spec, values: &'a [ArrayRef]) -> Option<Figures<'a>> {
     match *spec {
         Spec::Fixed { arg, lo, hi, scale } => {
             let a = values.get(arg)?.as_primitive_opt::<Float64Type>()?;
-            (a.null_count() == 0).then(|| (&a.values()[..], FixedPoint::new(scale, lo, hi)))
+            Some(Figures::Floats(&a.values()[..], FixedPoint::new(scale, lo, hi), a.nulls()))
         }
         _ => None,
     }
@@ -382,8 +399,8 @@ impl PerGroup {
             }
             let counts = if counted { None } else { rows.as_deref_mut() };
             counted |= counts.is_some();
-            let figures = match floats_without_nulls(spec, values) {
-                Some((xs, rule)) => Figures::Floats(xs, rule),
+            let figures = match floats(spec, values) {
+                Some(figures) => figures,
                 None => {
                     row_figures(spec, values, &mut scratch)?;
                     Figures::Given(&scratch)
@@ -694,8 +711,8 @@ pub(crate) mod tests {
     /// (lanes) and many (no lanes), and batch lengths that leave a tail.
     #[tokio::test]
     async fn measures_equal_the_separate_aggregates_on_long_batches() {
-        // Floats without nulls take the fused conversion (with NaN and
-        // infinities among them); with nulls, the per-row figures.
+        // Floats take the fused conversion with nulls among them and
+        // without (then with NaN and infinities).
         for (groups, float_nulls) in [(3i32, true), (5_000, true), (3, false), (200, false)] {
             let mut parts = Vec::new();
             for p in 0..2 {
@@ -720,6 +737,83 @@ pub(crate) mod tests {
             }
             let seen = compare_lists(parts).await;
             assert_eq!(seen, groups as usize + 1, "every group and the null group");
+        }
+    }
+
+    /// The fused conversion gives the figures of the definition (nulls
+    /// add 0) on arrays as DataFusion hands them over: sliced (values at
+    /// an offset), with a null buffer that marks no row in the slice, with
+    /// real nulls, and without a buffer.
+    #[test]
+    fn fused_floats_equal_the_per_row_figures_on_sliced_and_null_buffered_arrays() {
+        use datafusion::arrow::array::Float64Array;
+        let specs = Arc::new(vec![
+            Spec::Rows,
+            Spec::Fixed {
+                arg: 0,
+                lo: -300,
+                hi: 300,
+                scale: 2,
+            },
+            Spec::NonNull { arg: 0 },
+            Spec::Rows,
+        ]);
+        let raw: Vec<Option<f64>> = (0..400)
+            .map(|i| match i {
+                0..=9 | 390.. => None,
+                _ => Some(match i % 9 {
+                    0 => f64::NAN,
+                    1 => f64::from_bits(0xfff0_0000_0000_0001),
+                    2 => f64::INFINITY,
+                    3 => -1e300,
+                    4 => -0.0,
+                    5 => 5e-324,
+                    _ => i as f64 / 7.0 - 20.0,
+                }),
+            })
+            .collect();
+        // Under a null, a value with a figure of its own (DataFusion leaves
+        // whatever it computed there).
+        let full = Float64Array::new(
+            raw.iter().map(|x| x.unwrap_or(123.0)).collect(),
+            Some(raw.iter().map(Option::is_some).collect::<Vec<_>>().into()),
+        );
+        let rule = FixedPoint::new(2, -300, 300);
+        let cases: Vec<(Float64Array, Vec<Option<f64>>)> = vec![
+            // Nulls only outside the slice: null_count 0, a null buffer.
+            (full.slice(10, 380), raw[10..390].to_vec()),
+            // A null buffer that marks nothing, on an unsliced array.
+            (
+                Float64Array::new(
+                    full.slice(10, 380).values().clone(),
+                    Some(datafusion::arrow::buffer::NullBuffer::new_valid(380)),
+                ),
+                raw[10..390].to_vec(),
+            ),
+            // No buffer at all, at an offset.
+            (
+                Float64Array::from(raw.iter().map(|x| x.unwrap_or(7.0)).collect::<Vec<_>>()).slice(3, 333),
+                raw[3..336].iter().map(|x| Some(x.unwrap_or(7.0))).collect(),
+            ),
+            // Real nulls (the per-row figures), at an offset.
+            (full.slice(5, 390), raw[5..395].to_vec()),
+        ];
+        for (array, rows) in cases {
+            let len = rows.len();
+            for n in [1usize, 3, 256, 257, len] {
+                let groups: Vec<usize> = (0..len).map(|i| (i * 7) % n).collect();
+                let mut acc = PerGroup::new(specs.clone());
+                let values: Vec<ArrayRef> = vec![Arc::new(array.clone())];
+                acc.add(&values, &groups, None, n).unwrap();
+                let mut want = vec![vec![0i64; n]; 4];
+                for (x, g) in rows.iter().zip(&groups) {
+                    want[0][*g] += 1;
+                    want[1][*g] += x.map_or(0, |x| rule.of(x));
+                    want[2][*g] += i64::from(x.is_some());
+                    want[3][*g] += 1;
+                }
+                assert_eq!(acc.figures, want, "n {n}, offset {}, nulls {}", array.offset(), array.null_count());
+            }
         }
     }
 
