@@ -519,7 +519,11 @@ mod tests {
         ];
         let mut xs: Vec<f64> = nans.iter().map(|b| f64::from_bits(*b)).collect();
         xs.extend(EXTREMES);
-        xs.extend([4611686018427387904.0, -4611686018427387904.0, 4611686018427388928.0]);
+        xs.extend([
+            4611686018427387904.0,
+            -4611686018427387904.0,
+            4611686018427388928.0,
+        ]);
         let xs: Vec<f64> = xs.iter().cycle().take(3 * BLOCK + 5).copied().collect();
         let l = FAST_LIMIT;
         let edges = [
@@ -561,7 +565,11 @@ mod tests {
                 _ => i % 3,
             })
             .collect();
-        for (g, x) in [(&groups[..], &xs[..]), (&groups[..100], &xs[..]), (&groups[..], &xs[..77])] {
+        for (g, x) in [
+            (&groups[..], &xs[..]),
+            (&groups[..100], &xs[..]),
+            (&groups[..], &xs[..77]),
+        ] {
             for width in [1usize, 2] {
                 let n = 3;
                 let mut want = vec![0i64; LANES * n * width];

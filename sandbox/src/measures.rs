@@ -289,7 +289,11 @@ fn floats<'a>(spec: &Spec, values: &'a [ArrayRef]) -> Option<Figures<'a>> {
     match *spec {
         Spec::Fixed { arg, lo, hi, scale } => {
             let a = values.get(arg)?.as_primitive_opt::<Float64Type>()?;
-            Some(Figures::Floats(&a.values()[..], FixedPoint::new(scale, lo, hi), a.nulls()))
+            Some(Figures::Floats(
+                &a.values()[..],
+                FixedPoint::new(scale, lo, hi),
+                a.nulls(),
+            ))
         }
         _ => None,
     }
@@ -812,7 +816,13 @@ pub(crate) mod tests {
                     want[2][*g] += i64::from(x.is_some());
                     want[3][*g] += 1;
                 }
-                assert_eq!(acc.figures, want, "n {n}, offset {}, nulls {}", array.offset(), array.null_count());
+                assert_eq!(
+                    acc.figures,
+                    want,
+                    "n {n}, offset {}, nulls {}",
+                    array.offset(),
+                    array.null_count()
+                );
             }
         }
     }
