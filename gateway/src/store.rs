@@ -100,7 +100,26 @@ CREATE TRIGGER IF NOT EXISTS cosignatures_no_delete BEFORE DELETE ON cosignature
 /// [`population::migrate_budgets`]).
 const SCHEMA_VERSION: &str = "6";
 
-/// The store.
+/// The store: the SQLite connection machinery around [`StoreOps`].
+///
+/// Every read and write of the store's data is a [`StoreOps`] method;
+/// `Store`'s own reads and writes (`ledger`, `checkpoints`,
+/// `put_checkpoint`, `put_cosignature`, `party_by_token`, `get`, `list`,
+/// `consent_counts`, ...) are thin wrappers that run one of them through
+/// [`Store::read`] or [`Store::tx`] (the connection or transaction each
+/// always used), so a second backend replaces what is left here and
+/// implements `StoreOps`, and nothing else changes. What is left is the
+/// connection machinery, bound to SQLite:
+/// - [`Store::open`]: opening the file, its pragmas, the schema and its
+///   migrations (including `record_creators` and
+///   `population::migrate_budgets`, which run on the raw connection
+///   before any unit of work exists);
+/// - [`Store::tx`], [`Store::write`], [`Store::read`],
+///   [`Store::read_consistent`] and the group-commit writer behind them
+///   ([`durable`], [`Store::sync_stats`]): how a unit of work gets a
+///   connection or transaction and when it is durable;
+/// - [`Store::snapshot`]: a consistent copy of the whole database file
+///   (`VACUUM INTO` on a connection of its own), a backend's own backup.
 pub struct Store {
     /// Owns the write connection (group commit).
     committer: durable::Committer,
@@ -134,15 +153,20 @@ impl<'a> Tx<'a> {
 }
 
 /// The store's operations inside a unit of work ([`Store::tx`],
-/// [`Store::write`], [`Store::read`] hand their closure a
-/// `&dyn StoreOps`): the records' documents, parties, modules, job
-/// outputs, consents, verification counters, population budgets and the
-/// ledger. Nothing in it names the database; `Tx` implements it on
-/// SQLite, and a second backend would implement it again. Callers use the
-/// typed functions of this module ([`get_in`], [`list_in`], [`put`],
-/// [`append`], [`party_in`], [`population::charge_in`], ...), which call
-/// these methods; whatever one unit of work does through them commits or
-/// is undone together (a state change with its ledger entry).
+/// [`Store::write`], [`Store::read`], [`Store::read_consistent`] hand
+/// their closure a `&dyn StoreOps`): every read and write of the store's
+/// data, namely the records' documents, parties (by id, by token hash, by
+/// role), modules, job outputs, consents and their counts, verification
+/// counters, population budgets, the ledger (appends, entries, leaf
+/// hashes, size), signed checkpoints, their publications and witness
+/// cosignatures. Nothing in it names the database; `Tx` implements it on
+/// SQLite, and a second backend would implement it again (with the
+/// connection machinery of [`Store`]). Callers use the typed functions of
+/// this module ([`get_in`], [`list_in`], [`put`], [`append`],
+/// [`party_in`], [`population::charge_in`], ...) or `Store`'s wrappers
+/// ([`Store::ledger`], [`Store::put_checkpoint`], ...), which call these
+/// methods; whatever one unit of work does through them commits or is
+/// undone together (a state change with its ledger entry).
 pub trait StoreOps {
     /// Appends one entry to the ledger; returns its sequence number.
     fn append(&self, e: NewEntry, time: DateTime<Utc>) -> ServiceResult<u64>;
@@ -246,6 +270,52 @@ pub trait StoreOps {
     /// Spent through cross-verification ([`population::verification_spent_in`]).
     fn verification_spent(&self, developer: &str, scenario: &str)
         -> ServiceResult<scenarios::budget::Budget>;
+
+    // ----- what `Store`'s own reads and writes run ---------------------------
+
+    /// The party holding a token hash.
+    fn party_by_token(&self, token_hash: &str) -> ServiceResult<Option<Party>>;
+    /// Number of parties with `role`.
+    fn count_role(&self, role: Role) -> ServiceResult<u64>;
+    /// Module bytes by hash.
+    fn module(&self, hash: &str) -> ServiceResult<Option<Vec<u8>>>;
+    /// A job's stored output bytes.
+    fn job_output(&self, id: &str) -> ServiceResult<Option<Vec<u8>>>;
+    /// Units that consented to a scenario.
+    fn consenting_units(&self, scenario_id: &str) -> ServiceResult<std::collections::HashSet<String>>;
+    /// Consent counts per scenario: (scenario, granted, withdrawn), by
+    /// scenario.
+    fn consent_counts(&self) -> ServiceResult<Vec<(String, u64, u64)>>;
+    /// Ledger entries `from..` (at most `limit`), in order.
+    fn ledger(&self, from: u64, limit: u64) -> ServiceResult<Vec<StoredEntry>>;
+    /// Ledger entries about one subject, in order.
+    fn ledger_for(&self, subject: &str) -> ServiceResult<Vec<StoredEntry>>;
+    /// The number of the first ledger entry about `subject` with `action`.
+    fn ledger_seq_of(&self, subject: &str, action: &str) -> ServiceResult<Option<u64>>;
+    /// Leaf hashes of ledger entries `from..` (at most `limit`), in order.
+    fn ledger_hashes(&self, from: u64, limit: u64) -> ServiceResult<Vec<(u64, Hash)>>;
+    /// Number of ledger entries.
+    fn ledger_size(&self) -> ServiceResult<u64>;
+    /// Records a signed checkpoint; the first one stored for a size is kept.
+    fn put_checkpoint(&self, cp: &SignedCheckpoint) -> ServiceResult<()>;
+    /// Records that the stored checkpoint of `size` was published
+    /// (idempotent).
+    fn put_publication(&self, size: u64, at: DateTime<Utc>) -> ServiceResult<()>;
+    /// Records a witness's cosignature line of the checkpoint of `size`
+    /// (only the line: its ledger entry is the caller's); the first line
+    /// stored for a (size, witness) is kept: false when there was one.
+    fn put_cosignature(&self, size: u64, witness: &str, line: &str, at: DateTime<Utc>)
+        -> ServiceResult<bool>;
+    /// The cosignature lines of the checkpoint of `size`, by witness key.
+    fn cosignatures(&self, size: u64) -> ServiceResult<Vec<String>>;
+    /// The largest cosigned checkpoint size in `from..=to`.
+    fn largest_cosigned(&self, from: u64, to: u64) -> ServiceResult<Option<u64>>;
+    /// Published checkpoints with `from <= size <= to`, in order.
+    fn published_checkpoints(&self, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>>;
+    /// Stored checkpoints with `from <= size <= to`, in order.
+    fn checkpoints(&self, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>>;
+    /// The stored checkpoint of largest size at most `at`.
+    fn checkpoint_at_or_before(&self, at: u64) -> ServiceResult<Option<SignedCheckpoint>>;
 }
 
 impl StoreOps for Tx<'_> {
@@ -379,6 +449,201 @@ impl StoreOps for Tx<'_> {
         scenario: &str,
     ) -> ServiceResult<scenarios::budget::Budget> {
         population::verification_spent_sql(self, developer, scenario)
+    }
+    fn party_by_token(&self, token_hash: &str) -> ServiceResult<Option<Party>> {
+        Ok(parties_where(self.sql(), "WHERE token_hash = ?1", &[&token_hash])?.pop())
+    }
+    fn count_role(&self, role: Role) -> ServiceResult<u64> {
+        Ok(self.sql().query_row(
+            "SELECT COUNT(*) FROM parties WHERE role = ?1",
+            [role.as_str()],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+    fn module(&self, hash: &str) -> ServiceResult<Option<Vec<u8>>> {
+        Ok(self
+            .sql()
+            .query_row("SELECT bytes FROM modules WHERE hash = ?1", [hash], |r| r.get(0))
+            .optional()?)
+    }
+    fn job_output(&self, id: &str) -> ServiceResult<Option<Vec<u8>>> {
+        Ok(self
+            .sql()
+            .query_row("SELECT output FROM jobs WHERE id = ?1", [id], |r| {
+                r.get::<_, Option<Vec<u8>>>(0)
+            })
+            .optional()?
+            .flatten())
+    }
+    fn consenting_units(&self, scenario_id: &str) -> ServiceResult<std::collections::HashSet<String>> {
+        let mut st = self
+            .sql()
+            .prepare("SELECT unit FROM consents WHERE scenario_id = ?1 AND granted = 1")?;
+        let rows = st.query_map([scenario_id], |r| r.get::<_, String>(0))?;
+        let mut out = std::collections::HashSet::new();
+        for r in rows {
+            out.insert(r?);
+        }
+        Ok(out)
+    }
+    fn consent_counts(&self) -> ServiceResult<Vec<(String, u64, u64)>> {
+        let mut st = self.sql().prepare(
+            "SELECT scenario_id, SUM(granted), SUM(1 - granted) FROM consents GROUP BY scenario_id ORDER BY scenario_id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+    fn ledger(&self, from: u64, limit: u64) -> ServiceResult<Vec<StoredEntry>> {
+        let mut st = self
+            .sql()
+            .prepare("SELECT seq, hash, body FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
+        let rows = st.query_map(params![from as i64, limit.min(i64::MAX as u64) as i64], |r| {
+            Ok(StoredEntry {
+                seq: r.get::<_, i64>(0)? as u64,
+                hash: r.get(1)?,
+                body: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+    fn ledger_for(&self, subject: &str) -> ServiceResult<Vec<StoredEntry>> {
+        let mut st = self
+            .sql()
+            .prepare("SELECT seq, hash, body FROM ledger WHERE subject = ?1 ORDER BY seq")?;
+        let rows = st.query_map([subject], |r| {
+            Ok(StoredEntry {
+                seq: r.get::<_, i64>(0)? as u64,
+                hash: r.get(1)?,
+                body: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+    fn ledger_seq_of(&self, subject: &str, action: &str) -> ServiceResult<Option<u64>> {
+        Ok(self
+            .sql()
+            .query_row(
+                "SELECT MIN(seq) FROM ledger WHERE subject = ?1 AND action = ?2",
+                [subject, action],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .map(|s| s as u64))
+    }
+    fn ledger_hashes(&self, from: u64, limit: u64) -> ServiceResult<Vec<(u64, Hash)>> {
+        let mut st = self
+            .sql()
+            .prepare_cached("SELECT seq, hash FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
+        let rows = st.query_map(params![from as i64, limit.min(i64::MAX as u64) as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, hex) = row?;
+            let h = parse_hash(&hex).ok_or_else(|| internal(format!("entry {seq} has a malformed hash")))?;
+            out.push((seq, h));
+        }
+        Ok(out)
+    }
+    fn ledger_size(&self) -> ServiceResult<u64> {
+        Ok(self
+            .sql()
+            .query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM ledger", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+    fn put_checkpoint(&self, cp: &SignedCheckpoint) -> ServiceResult<()> {
+        self.sql().execute(
+            "INSERT OR IGNORE INTO checkpoints (size, root, time, signature) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                cp.checkpoint.size as i64,
+                cp.checkpoint.root,
+                cp.checkpoint
+                    .time
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                cp.signature
+            ],
+        )?;
+        Ok(())
+    }
+    fn put_publication(&self, size: u64, at: DateTime<Utc>) -> ServiceResult<()> {
+        self.sql().execute(
+            "INSERT OR IGNORE INTO published_checkpoints (size, published_at) VALUES (?1, ?2)",
+            params![
+                size.min(i64::MAX as u64) as i64,
+                at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            ],
+        )?;
+        Ok(())
+    }
+    fn put_cosignature(
+        &self,
+        size: u64,
+        witness: &str,
+        line: &str,
+        at: DateTime<Utc>,
+    ) -> ServiceResult<bool> {
+        let n = self.sql().execute(
+            "INSERT OR IGNORE INTO cosignatures (size, witness, line, cosigned_at) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                size.min(i64::MAX as u64) as i64,
+                witness,
+                line,
+                at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            ],
+        )?;
+        Ok(n == 1)
+    }
+    fn cosignatures(&self, size: u64) -> ServiceResult<Vec<String>> {
+        let mut st = self
+            .sql()
+            .prepare_cached("SELECT line FROM cosignatures WHERE size = ?1 ORDER BY witness")?;
+        let rows = st.query_map(params![size.min(i64::MAX as u64) as i64], |r| {
+            r.get::<_, String>(0)
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+    fn largest_cosigned(&self, from: u64, to: u64) -> ServiceResult<Option<u64>> {
+        let mut st = self
+            .sql()
+            .prepare_cached("SELECT MAX(size) FROM cosignatures WHERE size >= ?1 AND size <= ?2")?;
+        let size = st.query_row(
+            params![from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64],
+            |r| r.get::<_, Option<i64>>(0),
+        )?;
+        Ok(size.map(|s| s as u64))
+    }
+    fn published_checkpoints(&self, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>> {
+        checkpoint_rows_sql(
+            self,
+            "SELECT c.size, c.root, c.time, c.signature FROM checkpoints c \
+             JOIN published_checkpoints p ON p.size = c.size WHERE c.size >= ?1 AND c.size <= ?2 ORDER BY c.size",
+            from,
+            to,
+        )
+    }
+    fn checkpoints(&self, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>> {
+        checkpoint_rows_sql(
+            self,
+            "SELECT size, root, time, signature FROM checkpoints WHERE size >= ?1 AND size <= ?2 ORDER BY size",
+            from,
+            to,
+        )
+    }
+    fn checkpoint_at_or_before(&self, at: u64) -> ServiceResult<Option<SignedCheckpoint>> {
+        Ok(checkpoint_rows_sql(
+            self,
+            "SELECT size, root, time, signature FROM checkpoints WHERE size >= ?1 AND size <= ?2 \
+             ORDER BY size DESC LIMIT 1",
+            0,
+            at,
+        )?
+        .pop())
     }
 }
 
@@ -863,9 +1128,7 @@ impl Store {
 
     /// The party holding a token hash.
     pub fn party_by_token(&self, token_hash: &str) -> ServiceResult<Option<Party>> {
-        Ok(self
-            .read_sql(|c| parties_where(c.sql(), "WHERE token_hash = ?1", &[&token_hash]))?
-            .pop())
+        self.read(|c| c.party_by_token(token_hash))
     }
 
     /// The party holding a token hash, with the chain of accounts that
@@ -874,38 +1137,30 @@ impl Store {
         &self,
         token_hash: &str,
     ) -> ServiceResult<Option<(Party, Vec<scenarios::party::Creator>)>> {
-        self.read_sql(
-            |c| match parties_where(c.sql(), "WHERE token_hash = ?1", &[&token_hash])?.pop() {
-                Some(p) => {
-                    let creators = creators_in(c, &p)?;
-                    Ok(Some((p, creators)))
-                }
-                None => Ok(None),
-            },
-        )
+        self.read(|c| match c.party_by_token(token_hash)? {
+            Some(p) => {
+                let creators = creators_in(c, &p)?;
+                Ok(Some((p, creators)))
+            }
+            None => Ok(None),
+        })
     }
 
     /// All parties.
     pub fn parties(&self) -> ServiceResult<Vec<Party>> {
-        self.read_sql(|c| parties_where(c.sql(), "ORDER BY created_at, id", &[]))
+        self.read(|c| c.parties())
     }
 
     /// Number of parties with `role`.
     pub fn count_role(&self, role: Role) -> ServiceResult<u64> {
-        self.read_sql(|c| {
-            Ok(c.sql().query_row(
-                "SELECT COUNT(*) FROM parties WHERE role = ?1",
-                [role.as_str()],
-                |r| r.get::<_, i64>(0),
-            )? as u64)
-        })
+        self.read(|c| c.count_role(role))
     }
 
     // ----- generic JSON documents -------------------------------------------
 
     /// Loads the JSON body of `id` from `table`.
     pub fn get<T: DeserializeOwned>(&self, table: Table, id: &str) -> ServiceResult<Option<T>> {
-        self.read_sql(|c| get_in(c, table, id))
+        self.read(|c| get_in(c, table, id))
     }
 
     /// Lists bodies of `table` where `column = value` (or all when `None`).
@@ -914,7 +1169,7 @@ impl Store {
         table: Table,
         filter: Option<(&str, &str)>,
     ) -> ServiceResult<Vec<T>> {
-        self.read_sql(|c| list_in(c, table, filter))
+        self.read(|c| list_in(c, table, filter))
     }
 
     /// Stores module bytes under their hash (idempotent).
@@ -924,127 +1179,47 @@ impl Store {
 
     /// Module bytes by hash.
     pub fn module(&self, hash: &str) -> ServiceResult<Option<Vec<u8>>> {
-        self.read_sql(|c| {
-            Ok(c.sql()
-                .query_row("SELECT bytes FROM modules WHERE hash = ?1", [hash], |r| r.get(0))
-                .optional()?)
-        })
+        self.read(|c| c.module(hash))
     }
 
     /// A job's released output.
     pub fn job_output(&self, id: &str) -> ServiceResult<Option<Vec<u8>>> {
-        self.read_sql(|c| {
-            Ok(c.sql()
-                .query_row("SELECT output FROM jobs WHERE id = ?1", [id], |r| {
-                    r.get::<_, Option<Vec<u8>>>(0)
-                })
-                .optional()?
-                .flatten())
-        })
+        self.read(|c| c.job_output(id))
     }
 
     // ----- ledger ---------------------------------------------------------------
 
     /// Entries `from..` (at most `limit`).
     pub fn ledger(&self, from: u64, limit: u64) -> ServiceResult<Vec<StoredEntry>> {
-        self.read_sql(|c| {
-            let mut st = c
-                .sql()
-                .prepare("SELECT seq, hash, body FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
-            let rows = st.query_map(params![from as i64, limit.min(i64::MAX as u64) as i64], |r| {
-                Ok(StoredEntry {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    hash: r.get(1)?,
-                    body: r.get(2)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        self.read(|c| c.ledger(from, limit))
     }
 
     /// Entries about one subject, in order.
     pub fn ledger_for(&self, subject: &str) -> ServiceResult<Vec<StoredEntry>> {
-        self.read_sql(|c| {
-            let mut st = c
-                .sql()
-                .prepare("SELECT seq, hash, body FROM ledger WHERE subject = ?1 ORDER BY seq")?;
-            let rows = st.query_map([subject], |r| {
-                Ok(StoredEntry {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    hash: r.get(1)?,
-                    body: r.get(2)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        self.read(|c| c.ledger_for(subject))
     }
 
     /// The first entry about `subject` with `action`, if any.
     pub fn ledger_seq_of(&self, subject: &str, action: &str) -> ServiceResult<Option<u64>> {
-        self.read_sql(|c| {
-            Ok(c.sql()
-                .query_row(
-                    "SELECT MIN(seq) FROM ledger WHERE subject = ?1 AND action = ?2",
-                    [subject, action],
-                    |r| r.get::<_, Option<i64>>(0),
-                )?
-                .map(|s| s as u64))
-        })
+        self.read(|c| c.ledger_seq_of(subject, action))
     }
 
     /// Leaf hashes of entries `from..` (at most `limit`), in order.
     pub fn ledger_hashes(&self, from: u64, limit: u64) -> ServiceResult<Vec<(u64, Hash)>> {
-        self.read_sql(|c| {
-            let mut st = c
-                .sql()
-                .prepare_cached("SELECT seq, hash FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
-            let rows = st.query_map(params![from as i64, limit.min(i64::MAX as u64) as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, hex) = row?;
-                let h =
-                    parse_hash(&hex).ok_or_else(|| internal(format!("entry {seq} has a malformed hash")))?;
-                out.push((seq, h));
-            }
-            Ok(out)
-        })
+        self.read(|c| c.ledger_hashes(from, limit))
     }
 
     /// Records a signed checkpoint (idempotent per size: the first one
     /// signed for a size is kept).
     pub fn put_checkpoint(&self, cp: &SignedCheckpoint) -> ServiceResult<()> {
         let cp = cp.clone();
-        self.tx_sql(move |tx| {
-            tx.sql().execute(
-                "INSERT OR IGNORE INTO checkpoints (size, root, time, signature) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    cp.checkpoint.size as i64,
-                    cp.checkpoint.root,
-                    cp.checkpoint
-                        .time
-                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                    cp.signature
-                ],
-            )?;
-            Ok(())
-        })
+        self.tx(move |tx| tx.put_checkpoint(&cp))
     }
 
     /// Records that the stored checkpoint of `size` was published (shown
     /// to every party; see `gateway::ledger`). Idempotent.
     pub fn put_publication(&self, size: u64, at: DateTime<Utc>) -> ServiceResult<()> {
-        self.tx_sql(move |tx| {
-            tx.sql().execute(
-                "INSERT OR IGNORE INTO published_checkpoints (size, published_at) VALUES (?1, ?2)",
-                params![
-                    size.min(i64::MAX as u64) as i64,
-                    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                ],
-            )?;
-            Ok(())
-        })
+        self.tx(move |tx| tx.put_publication(size, at))
     }
 
     /// Records a witness's cosignature line of the stored checkpoint of
@@ -1060,121 +1235,75 @@ impl Store {
         at: DateTime<Utc>,
     ) -> ServiceResult<bool> {
         let (witness, line) = (witness.to_string(), line.to_string());
-        self.tx_sql(move |tx| {
-            let n = tx.sql().execute(
-                "INSERT OR IGNORE INTO cosignatures (size, witness, line, cosigned_at) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    size.min(i64::MAX as u64) as i64,
-                    witness,
-                    line,
-                    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                ],
-            )?;
-            if n == 1 {
+        self.tx(move |tx| {
+            let stored = tx.put_cosignature(size, &witness, &line, at)?;
+            if stored {
                 append(tx, entry, at)?;
             }
-            Ok(n == 1)
+            Ok(stored)
         })
     }
 
     /// The cosignature lines stored for the checkpoint of `size`, by
     /// witness verifier key.
     pub fn cosignatures(&self, size: u64) -> ServiceResult<Vec<String>> {
-        self.read_sql(move |c| {
-            let mut st = c
-                .sql()
-                .prepare_cached("SELECT line FROM cosignatures WHERE size = ?1 ORDER BY witness")?;
-            let rows = st.query_map(params![size.min(i64::MAX as u64) as i64], |r| {
-                r.get::<_, String>(0)
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        self.read(move |c| c.cosignatures(size))
     }
 
     /// The largest cosigned checkpoint size in `from..=to`.
     pub fn largest_cosigned(&self, from: u64, to: u64) -> ServiceResult<Option<u64>> {
-        self.read_sql(move |c| {
-            let mut st = c
-                .sql()
-                .prepare_cached("SELECT MAX(size) FROM cosignatures WHERE size >= ?1 AND size <= ?2")?;
-            let size = st.query_row(
-                params![from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64],
-                |r| r.get::<_, Option<i64>>(0),
-            )?;
-            Ok(size.map(|s| s as u64))
-        })
+        self.read(move |c| c.largest_cosigned(from, to))
     }
 
     /// Published checkpoints with `from <= size <= to`, in order.
     pub fn published_checkpoints(&self, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>> {
-        self.checkpoint_rows(
-            "SELECT c.size, c.root, c.time, c.signature FROM checkpoints c \
-             JOIN published_checkpoints p ON p.size = c.size WHERE c.size >= ?1 AND c.size <= ?2 ORDER BY c.size",
-            from,
-            to,
-        )
+        self.read(|c| c.published_checkpoints(from, to))
     }
 
     /// Stored checkpoints with `from <= size <= to`, in order.
     pub fn checkpoints(&self, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>> {
-        self.checkpoint_rows(
-            "SELECT size, root, time, signature FROM checkpoints WHERE size >= ?1 AND size <= ?2 ORDER BY size",
-            from,
-            to,
-        )
+        self.read(|c| c.checkpoints(from, to))
     }
 
     /// The stored checkpoint of largest size at most `at`.
     pub fn checkpoint_at_or_before(&self, at: u64) -> ServiceResult<Option<SignedCheckpoint>> {
-        Ok(self
-            .checkpoint_rows(
-                "SELECT size, root, time, signature FROM checkpoints WHERE size >= ?1 AND size <= ?2 \
-                 ORDER BY size DESC LIMIT 1",
-                0,
-                at,
-            )?
-            .pop())
-    }
-
-    fn checkpoint_rows(&self, sql: &str, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>> {
-        self.read_sql(|c| {
-            let mut st = c.sql().prepare_cached(sql)?;
-            let rows = st.query_map(
-                params![from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)? as u64,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                },
-            )?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (size, root, time, signature) = row?;
-                let time = DateTime::parse_from_rfc3339(&time)
-                    .map_err(internal)?
-                    .with_timezone(&Utc);
-                out.push(SignedCheckpoint {
-                    checkpoint: Checkpoint { size, root, time },
-                    signature,
-                    note: None,
-                });
-            }
-            Ok(out)
-        })
+        self.read(|c| c.checkpoint_at_or_before(at))
     }
 
     /// Number of ledger entries.
     pub fn ledger_size(&self) -> ServiceResult<u64> {
-        self.read_sql(|c| {
-            Ok(c.sql()
-                .query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM ledger", [], |r| {
-                    r.get::<_, i64>(0)
-                })? as u64)
-        })
+        self.read(|c| c.ledger_size())
     }
+}
+
+/// Checkpoints selected by `sql` (with `from` and `to` bound to `?1` and
+/// `?2`), on SQLite.
+fn checkpoint_rows_sql(c: &Tx<'_>, sql: &str, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>> {
+    let mut st = c.sql().prepare_cached(sql)?;
+    let rows = st.query_map(
+        params![from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (size, root, time, signature) = row?;
+        let time = DateTime::parse_from_rfc3339(&time)
+            .map_err(internal)?
+            .with_timezone(&Utc);
+        out.push(SignedCheckpoint {
+            checkpoint: Checkpoint { size, root, time },
+            signature,
+            note: None,
+        });
+    }
+    Ok(out)
 }
 
 /// Tables holding JSON documents.
@@ -1500,30 +1629,12 @@ fn put_consents_sql(
 impl Store {
     /// Units that consented to a scenario.
     pub fn consenting_units(&self, scenario_id: &str) -> ServiceResult<std::collections::HashSet<String>> {
-        self.read_sql(|c| {
-            let mut st = c
-                .sql()
-                .prepare("SELECT unit FROM consents WHERE scenario_id = ?1 AND granted = 1")?;
-            let rows = st.query_map([scenario_id], |r| r.get::<_, String>(0))?;
-            let mut out = std::collections::HashSet::new();
-            for r in rows {
-                out.insert(r?);
-            }
-            Ok(out)
-        })
+        self.read(|c| c.consenting_units(scenario_id))
     }
 
     /// Consent counts per scenario: (scenario, granted, withdrawn).
     pub fn consent_counts(&self) -> ServiceResult<Vec<(String, u64, u64)>> {
-        self.read_sql(|c| {
-            let mut st = c.sql().prepare(
-                "SELECT scenario_id, SUM(granted), SUM(1 - granted) FROM consents GROUP BY scenario_id ORDER BY scenario_id",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        self.read(|c| c.consent_counts())
     }
 }
 
