@@ -121,9 +121,14 @@ pub struct Api {
 
 impl Api {
     fn new(base: &str, token: Option<&str>) -> Api {
+        // A fresh connection per request: the server closes a connection
+        // whose request body it refused unread (a 400 or 413 upload), and
+        // a pooled client that reused it raced that close ("peer
+        // disconnected" on the next request, seen under load).
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(300)))
+            .max_idle_connections(0)
             .build()
             .into();
         Api {
