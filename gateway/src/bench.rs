@@ -48,9 +48,28 @@ pub struct Selection {
     pub sections: Vec<Section>,
     /// Only the queries whose label contains this text.
     pub query: Option<String>,
+    /// Only the raw or only the protected queries (to profile one side).
+    pub side: Option<Side>,
+}
+
+/// One side of the comparison (`--side`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Side {
+    /// The SQL run raw in DataFusion.
+    Raw,
+    /// The SQL run through the policy and the mechanism.
+    Protected,
 }
 
 impl Selection {
+    fn sides(&self) -> sandbox::bench::Sides {
+        match self.side {
+            None => sandbox::bench::Sides::Both,
+            Some(Side::Raw) => sandbox::bench::Sides::Raw,
+            Some(Side::Protected) => sandbox::bench::Sides::Protected,
+        }
+    }
+
     fn keeps(&self, label: &str) -> bool {
         self.query.as_deref().is_none_or(|q| label.contains(q))
     }
@@ -197,8 +216,14 @@ async fn pums_section(
         .map(|(n, q, _, _)| (n.to_string(), q.to_string(), q.to_string()))
         .collect();
     if sections.contains(&Section::PumsCsv) {
-        let rows =
-            sandbox::bench::compare(&plane, cfg(big.clone(), big_units, 1.0)?, &cases, iterations).await?;
+        let rows = sandbox::bench::compare(
+            &plane,
+            cfg(big.clone(), big_units, 1.0)?,
+            &cases,
+            iterations,
+            selection.sides(),
+        )
+        .await?;
         println!();
         println!("PUMS_x1000.csv: 1,000,000 rows (CSV, read on every query); median of {iterations} runs");
         print_timings(&rows);
@@ -209,8 +234,14 @@ async fn pums_section(
         let batches = sandbox::files::read_csv(&dir.join("PUMS_x1000.csv")).await?;
         let mut in_memory = big;
         in_memory.data = sandbox::TableData::Batches(batches);
-        let rows =
-            sandbox::bench::compare(&plane, cfg(in_memory, big_units, 1.0)?, &cases, iterations).await?;
+        let rows = sandbox::bench::compare(
+            &plane,
+            cfg(in_memory, big_units, 1.0)?,
+            &cases,
+            iterations,
+            selection.sides(),
+        )
+        .await?;
         println!();
         println!(
             "PUMS_x1000 in memory: the same 1,000,000 rows registered as an in-memory table; median of {iterations} runs"
@@ -307,7 +338,7 @@ async fn demo_section(enterprises: usize, iterations: usize, selection: &Selecti
         ),
     ];
     let cases: Vec<_> = cases.into_iter().filter(|(n, ..)| selection.keeps(n)).collect();
-    let rows = sandbox::bench::compare(&DataPlane::new(), cfg, &cases, iterations).await?;
+    let rows = sandbox::bench::compare(&DataPlane::new(), cfg, &cases, iterations, selection.sides()).await?;
     println!(
         "{enterprises} enterprises, {} insurance rows; median of {iterations} runs",
         enterprises * 12

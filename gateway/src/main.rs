@@ -124,6 +124,9 @@ enum Command {
         /// example `--query SUM` under a profiler).
         #[arg(long)]
         query: Option<String>,
+        /// Run only one side of each comparison, for a profiler.
+        #[arg(long, value_enum)]
+        side: Option<gateway::bench::Side>,
     },
     /// Time the ledger: durable appends (one client and many), proofs,
     /// export and offline verification of a large ledger.
@@ -613,10 +616,12 @@ async fn main() -> Result<()> {
             reps,
             only,
             query,
+            side,
         } => {
             let selection = gateway::bench::Selection {
                 sections: only,
                 query,
+                side,
             };
             gateway::bench::run(
                 enterprises,

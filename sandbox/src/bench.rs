@@ -40,6 +40,19 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// Which side of a comparison runs: both, or one alone (to profile it;
+/// the other's time is then NaN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sides {
+    /// Raw and protected, interleaved.
+    #[default]
+    Both,
+    /// Only the raw query.
+    Raw,
+    /// Only the protected query.
+    Protected,
+}
+
 /// Times each `(name, protected_sql, raw_sql)` `iterations` times, raw and
 /// protected interleaved so both see the same machine state. The raw SQL
 /// is given separately because it reads raw columns (for example a join on
@@ -49,6 +62,7 @@ pub async fn compare(
     cfg: ScopeConfig,
     cases: &[(String, String, String)],
     iterations: usize,
+    sides: Sides,
 ) -> Result<Vec<BenchRow>> {
     let raw = SessionContext::new();
     for t in &cfg.tables {
@@ -66,9 +80,14 @@ pub async fn compare(
         scope.query(protected_sql).await?;
         let (mut r, mut p) = (Vec::new(), Vec::new());
         for _ in 0..iterations.max(1) {
-            let t = Instant::now();
-            raw.sql(raw_sql).await?.collect().await?;
-            r.push(t.elapsed().as_secs_f64() * 1e3);
+            if sides != Sides::Protected {
+                let t = Instant::now();
+                raw.sql(raw_sql).await?.collect().await?;
+                r.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            if sides == Sides::Raw {
+                continue;
+            }
             let t = Instant::now();
             let release = scope
                 .query(protected_sql)
