@@ -22,3 +22,4 @@ mod release;
 mod spine;
 mod timing;
 mod witness;
+mod workspace;
