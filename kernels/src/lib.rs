@@ -106,6 +106,15 @@ pub fn fixed_points(xs: &[f64], rule: FixedPoint, out: &mut Vec<i64>) {
     }
 }
 
+/// Where the sum of `group` in `lane` sits among lanes of `n` groups with
+/// `width` slots per group (its count, when `width` is 2, sits right
+/// after it): the one layout [`add_fixed_points_to_lanes`] and its callers
+/// share.
+#[inline(always)]
+pub fn lane_slot(lane: usize, group: usize, n: usize, width: usize) -> usize {
+    (lane * n + group) * width
+}
+
 /// Rows are spread over this many partial figures per group (row `i` to
 /// lane `i % LANES`), so consecutive rows of one group do not wait for each
 /// other's addition; the caller folds the lanes.
@@ -167,7 +176,7 @@ fn add_one<const W: usize>(lanes: &mut [i64], n: usize, lane: usize, group: usiz
     if group >= n {
         return;
     }
-    let at = (lane * n + group) * W;
+    let at = lane_slot(lane, group, n, W);
     if let Some(a) = lanes.get_mut(at) {
         *a = a.wrapping_add(v);
     }

@@ -189,7 +189,7 @@ fn scatter(
                     for i in (!nulls.inner()).set_indices() {
                         if let (Some(g), Some(x)) = (groups.get(i), xs.get(i)) {
                             if *g < n {
-                                if let Some(a) = lanes.get_mut(((i % LANES) * n + g) * width) {
+                                if let Some(a) = lanes.get_mut(kernels::lane_slot(i % LANES, *g, n, width)) {
                                     *a = a.wrapping_sub(rule.of(*x));
                                 }
                             }
@@ -227,7 +227,7 @@ fn add_to_lanes<const W: usize>(lanes: &mut [i64], n: usize, groups: &[usize], v
         if g >= n {
             return;
         }
-        let at = (lane * n + g) * W;
+        let at = kernels::lane_slot(lane, g, n, W);
         if let Some(a) = lanes.get_mut(at) {
             *a = a.wrapping_add(v);
         }
@@ -282,25 +282,30 @@ fn fold_lanes(lanes: &[i64], width: usize, sums: &mut [i64], mut counts: Option<
     }
 }
 
-/// The figures of a fixed-point measurement of a Float64 argument, with
-/// or without nulls ([`Figures::Floats`]); `None` for any other
-/// measurement. The path does not depend on whether a batch holds a null.
-fn floats<'a>(spec: &Spec, values: &'a [ArrayRef]) -> Option<Figures<'a>> {
+/// The figures of a fixed-point measurement, converted as they are added
+/// ([`Figures::Floats`], with or without nulls: the path does not depend
+/// on whether a batch holds a null); `None` for any other measurement.
+fn floats<'a>(spec: &Spec, values: &'a [ArrayRef]) -> Result<Option<Figures<'a>>> {
     match *spec {
         Spec::Fixed { arg, lo, hi, scale } => {
-            let a = values.get(arg)?.as_primitive_opt::<Float64Type>()?;
-            Some(Figures::Floats(
+            let a = argument(values, arg)?
+                .as_primitive_opt::<Float64Type>()
+                .ok_or_else(|| {
+                    DataFusionError::Internal("invis_measures: fixed-point sum of a non-Float64".into())
+                })?;
+            Ok(Some(Figures::Floats(
                 &a.values()[..],
                 FixedPoint::new(scale, lo, hi),
                 a.nulls(),
-            ))
+            )))
         }
-        _ => None,
+        _ => Ok(None),
     }
 }
 
 /// Each row's figure of a measurement that reads an argument, written to
-/// `out` (resized to the batch): nulls give 0.
+/// `out` (resized to the batch): nulls give 0. Fixed-point figures are
+/// never written out: [`floats`] converts them as they are added.
 fn row_figures(spec: &Spec, values: &[ArrayRef], out: &mut Vec<i64>) -> Result<()> {
     out.clear();
     let nulls = match *spec {
@@ -320,14 +325,10 @@ fn row_figures(spec: &Spec, values: &[ArrayRef], out: &mut Vec<i64>) -> Result<(
             out.extend(a.values().iter().map(move |x| (*x).max(lo).min(hi)));
             a.nulls()
         }
-        Spec::Fixed { arg, lo, hi, scale } => {
-            let a = argument(values, arg)?
-                .as_primitive_opt::<Float64Type>()
-                .ok_or_else(|| {
-                    DataFusionError::Internal("invis_measures: fixed-point sum of a non-Float64".into())
-                })?;
-            kernels::fixed_points(a.values(), FixedPoint::new(scale, lo, hi), out);
-            a.nulls()
+        Spec::Fixed { .. } => {
+            return Err(DataFusionError::Internal(
+                "invis_measures: fixed-point figures are converted as they are added (`floats`)".into(),
+            ))
         }
     };
     if let Some(n) = nulls {
@@ -403,7 +404,7 @@ impl PerGroup {
             }
             let counts = if counted { None } else { rows.as_deref_mut() };
             counted |= counts.is_some();
-            let figures = match floats(spec, values) {
+            let figures = match floats(spec, values)? {
                 Some(figures) => figures,
                 None => {
                     row_figures(spec, values, &mut scratch)?;
