@@ -160,29 +160,56 @@ impl Lanes<'_> {
     /// Adds `figure(xs[i])` for every row (see
     /// [`add_fixed_points_to_lanes`]).
     #[inline(always)]
-    fn add_all(self, groups: &[usize], xs: &[f64], figure: impl Fn(f64) -> i64) {
+    fn add_all<T: Copy>(self, groups: &[usize], xs: &[T], figure: impl Fn(T) -> i64) {
         if self.width == 2 {
-            add_all::<2>(self.lanes, self.n, groups, xs, figure);
+            add_all::<2, T>(self.lanes, self.n, groups, xs, figure);
         } else {
-            add_all::<1>(self.lanes, self.n, groups, xs, figure);
+            add_all::<1, T>(self.lanes, self.n, groups, xs, figure);
         }
     }
 }
 
-/// Adds `v` to the slot of `group` in `lane`, and 1 to the slot after it
-/// when there are `W` = 2 slots per group.
+/// Adds `values[i]` of every row (1 for every row when `values` is `None`)
+/// to its lane slot, with the layout, the count and the skipping of
+/// [`add_fixed_points_to_lanes`]: its counterpart for figures that are
+/// already integers.
+pub fn add_to_lanes(lanes: &mut [i64], n: usize, width: usize, groups: &[usize], values: Option<&[i64]>) {
+    let target = Lanes { lanes, n, width };
+    match values {
+        Some(values) => target.add_all(groups, values, |v| v),
+        // Every row adds 1: the groups themselves stand in for the values.
+        None => target.add_all(groups, groups, |_| 1),
+    }
+}
+
+/// The lane slots as [`LANES`] slices, one per lane, of `n` groups of `W`
+/// slots each (the layout of [`lane_slot`]). Where `lanes` is shorter than
+/// `LANES * n * W`, the last slices are short or empty.
+///
+/// Indexing a lane's own slice by the group checks the one bound that
+/// matters (the group is below `n`) in one comparison.
 #[inline(always)]
-fn add_one<const W: usize>(lanes: &mut [i64], n: usize, lane: usize, group: usize, v: i64) {
-    if group >= n {
-        return;
-    }
-    let at = lane_slot(lane, group, n, W);
-    if let Some(a) = lanes.get_mut(at) {
-        *a = a.wrapping_add(v);
-    }
-    if W == 2 {
-        if let Some(a) = lanes.get_mut(at + 1) {
-            *a = a.wrapping_add(1);
+fn split_lanes<const W: usize>(lanes: &mut [i64], n: usize) -> [&mut [[i64; W]]; LANES] {
+    let (slots, _) = lanes.as_chunks_mut::<W>();
+    let mut parts = slots.chunks_mut(n.max(1));
+    std::array::from_fn(|_| {
+        if n == 0 {
+            Default::default()
+        } else {
+            parts.next().unwrap_or_default()
+        }
+    })
+}
+
+/// Adds `v` to the first slot of `group` in `lane`, and 1 to the second
+/// when there is one (`W` = 2: the group's row count). A group out of the
+/// lane's range is skipped.
+#[inline(always)]
+fn add_one<const W: usize>(lane: &mut [[i64; W]], group: usize, v: i64) {
+    if let Some([sum, rest @ ..]) = lane.get_mut(group).map(|s| s.as_mut_slice()) {
+        *sum = sum.wrapping_add(v);
+        if let [count, ..] = rest {
+            *count = count.wrapping_add(1);
         }
     }
 }
@@ -193,13 +220,14 @@ fn add_one<const W: usize>(lanes: &mut [i64], n: usize, lane: usize, group: usiz
 /// overlap), then added [`LANES`] rows at a time, so that each row's lane
 /// is a constant.
 #[inline(always)]
-fn add_all<const W: usize>(
+fn add_all<const W: usize, T: Copy>(
     lanes: &mut [i64],
     n: usize,
     groups: &[usize],
-    xs: &[f64],
-    figure: impl Fn(f64) -> i64,
+    xs: &[T],
+    figure: impl Fn(T) -> i64,
 ) {
+    let mut lanes = split_lanes::<W>(lanes, n);
     let rows = groups.len().min(xs.len());
     let whole = rows - rows % BLOCK;
     let (groups, tail_groups) = groups.split_at(whole);
@@ -210,14 +238,16 @@ fn add_all<const W: usize>(
             *o = figure(*x);
         }
         for (gs, vs) in gs.chunks_exact(LANES).zip(v.chunks_exact(LANES)) {
-            for (lane, (g, v)) in gs.iter().zip(vs).enumerate() {
-                add_one::<W>(lanes, n, lane, *g, *v);
+            for ((lane, g), v) in lanes.iter_mut().zip(gs).zip(vs) {
+                add_one::<W>(lane, *g, *v);
             }
         }
     }
     // `whole` is a multiple of LANES, so the tail's lanes continue.
     for (i, (g, x)) in tail_groups.iter().zip(tail_xs).enumerate() {
-        add_one::<W>(lanes, n, i % LANES, *g, figure(*x));
+        if let Some(lane) = lanes.get_mut(i % LANES) {
+            add_one::<W>(lane, *g, figure(*x));
+        }
     }
 }
 
@@ -600,6 +630,54 @@ mod tests {
                 add_fixed_points_to_lanes(&mut short, n, width, g, x, rule);
             }
         }
+    }
+
+    /// The integer counterpart takes the same layout, counts and skipping,
+    /// with given values or ones, for every length around the blocks, and
+    /// with no groups at all.
+    #[test]
+    fn integer_lanes_take_the_same_layout() {
+        for rows in [0usize, 1, 7, 63, 64, 65, 200, 517] {
+            let values: Vec<i64> = (0..rows as i64)
+                .map(|i| i * 1_000_003 - 250_000 + i64::MAX / 3 * (i % 2))
+                .collect();
+            for n in [0usize, 1, 3, 24] {
+                let groups: Vec<usize> = (0..rows)
+                    .map(|i| if i % 11 == 0 { usize::MAX } else { i * 7 % (n + 2) })
+                    .collect();
+                for width in [1usize, 2] {
+                    for given in [Some(&values[..]), None] {
+                        let mut want = vec![0i64; LANES * n * width];
+                        for (i, g) in groups.iter().enumerate() {
+                            if *g < n {
+                                let at = lane_slot(i % LANES, *g, n, width);
+                                want[at] = want[at].wrapping_add(given.map_or(1, |v| v[i]));
+                                if width == 2 {
+                                    want[at + 1] += 1;
+                                }
+                            }
+                        }
+                        let mut got = vec![0i64; LANES * n * width];
+                        add_to_lanes(&mut got, n, width, &groups, given);
+                        assert_eq!(
+                            got,
+                            want,
+                            "{rows} rows, n {n}, width {width}, given {}",
+                            given.is_some()
+                        );
+                    }
+                }
+            }
+        }
+        // Fewer values than groups: only the common rows.
+        let mut got = vec![0i64; LANES * 2];
+        add_to_lanes(&mut got, 2, 1, &[0, 1, 0, 1], Some(&[5, 6]));
+        assert_eq!(&got[..4], &[5, 0, 0, 6]);
+        assert!(got[4..].iter().all(|v| *v == 0));
+        // A buffer too short for the slots is left as it is past its end.
+        let mut short = vec![0i64; 3];
+        add_to_lanes(&mut short, 4, 2, &[3, 3, 3, 3, 3, 3, 3, 3, 3], None);
+        assert_eq!(short, vec![0, 0, 0]);
     }
 
     /// Past 2^52 a figure can leave its bounds, in the definition itself

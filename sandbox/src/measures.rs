@@ -197,10 +197,8 @@ fn scatter(
                     }
                 }
             }
-            Figures::Ones if width == 2 => add_to_lanes::<2>(&mut lanes, n, groups, None),
-            Figures::Ones => add_to_lanes::<1>(&mut lanes, n, groups, None),
-            Figures::Given(v) if width == 2 => add_to_lanes::<2>(&mut lanes, n, groups, Some(v)),
-            Figures::Given(v) => add_to_lanes::<1>(&mut lanes, n, groups, Some(v)),
+            Figures::Ones => kernels::add_to_lanes(&mut lanes, n, width, groups, None),
+            Figures::Given(v) => kernels::add_to_lanes(&mut lanes, n, width, groups, Some(v)),
         }
         fold_lanes(&lanes, width, sums, counts);
         return;
@@ -215,53 +213,6 @@ fn scatter(
         }
         if let Some(c) = counts.as_deref_mut().and_then(|c| c.get_mut(*g)) {
             *c = c.wrapping_add(1);
-        }
-    }
-}
-
-/// Adds `values[i]` (1 when `values` is `None`) of every row to its lane
-/// slot, `W` slots per group (a sum, then its count when `W` is 2); see
-/// [`kernels::add_fixed_points_to_lanes`], which does this for floats.
-fn add_to_lanes<const W: usize>(lanes: &mut [i64], n: usize, groups: &[usize], values: Option<&[i64]>) {
-    let mut add = |lane: usize, g: usize, v: i64| {
-        if g >= n {
-            return;
-        }
-        let at = kernels::lane_slot(lane, g, n, W);
-        if let Some(a) = lanes.get_mut(at) {
-            *a = a.wrapping_add(v);
-        }
-        if W == 2 {
-            if let Some(a) = lanes.get_mut(at + 1) {
-                *a = a.wrapping_add(1);
-            }
-        }
-    };
-    let rows = values.map_or(groups.len(), |v| v.len().min(groups.len()));
-    let groups = groups.get(..rows).unwrap_or_default();
-    let whole = rows - rows % LANES;
-    let (groups, tail) = groups.split_at(whole);
-    match values {
-        Some(values) => {
-            let (values, tail_values) = values.split_at(whole);
-            for (gs, vs) in groups.chunks_exact(LANES).zip(values.chunks_exact(LANES)) {
-                for (l, (g, v)) in gs.iter().zip(vs).enumerate() {
-                    add(l, *g, *v);
-                }
-            }
-            for (l, (g, v)) in tail.iter().zip(tail_values).enumerate() {
-                add(l, *g, *v);
-            }
-        }
-        None => {
-            for gs in groups.chunks_exact(LANES) {
-                for (l, g) in gs.iter().enumerate() {
-                    add(l, *g, 1);
-                }
-            }
-            for (l, g) in tail.iter().enumerate() {
-                add(l, *g, 1);
-            }
         }
     }
 }

@@ -24,7 +24,7 @@
 //! unit, which both enforces the minimum cell size and makes releasing
 //! data-dependent group keys (ε, δ)-differentially private.
 
-use crate::exec::QueryInput;
+use crate::exec::{QueryInput, RelationPlanner};
 use crate::measures::Spec as FusedSpec;
 use crate::noise::{discrete_gaussian, discrete_laplace, RandomSource, Scale};
 use crate::policy::{AggKind, Checked, OutputRef};
@@ -353,7 +353,12 @@ impl Noise {
 }
 
 /// Builds the mechanism's plan and parameters for a checked query.
-pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules, rows: &RowFunctions) -> Result<Prepared> {
+pub(crate) fn prepare(
+    c: &Checked,
+    rules: &ReleaseRules,
+    rows: &RowFunctions,
+    relations: &RelationPlanner,
+) -> Result<Prepared> {
     let fast = c.unique;
     let k = i64::from(rules.max_rows_per_unit);
     let needs_l0 = !fast && !c.groups.is_empty() && !c.groups_unit_determined;
@@ -497,7 +502,7 @@ pub(crate) fn prepare(c: &Checked, rules: &ReleaseRules, rows: &RowFunctions) ->
         .unwrap_or(0.0);
     let tau = i128::from(rules.min_group_size) + margin as i128;
 
-    let plan = build_plan(c, &kinds, k, needs_l0.then_some(l0), rows)?;
+    let plan = build_plan(c, &kinds, k, needs_l0.then_some(l0), rows, relations)?;
     let whole_table_count = match c.uses.as_slice() {
         [only]
             if fast
@@ -717,7 +722,12 @@ pub(crate) fn wide_sum(lo: i64, hi: i64, k: i64) -> bool {
 
 /// The joined tables, reduced to the columns the expressions read, under
 /// a [`QueryInput`] that evaluates `outputs` and the query's conditions.
-fn query_input(c: &Checked, outputs: Vec<(String, Expr)>, rows: &RowFunctions) -> Result<QueryInput> {
+fn query_input(
+    c: &Checked,
+    outputs: Vec<(String, Expr)>,
+    rows: &RowFunctions,
+    relations: &RelationPlanner,
+) -> Result<QueryInput> {
     let mut needed: Vec<datafusion::common::Column> = Vec::new();
     for e in outputs.iter().map(|(_, e)| e).chain(&c.predicates) {
         for col_ref in e.column_refs() {
@@ -730,7 +740,7 @@ fn query_input(c: &Checked, outputs: Vec<(String, Expr)>, rows: &RowFunctions) -
         .project(needed.into_iter().map(Expr::Column))?
         .build()?;
     let condition = datafusion::logical_expr::utils::conjunction(c.predicates.iter().cloned());
-    QueryInput::new(relation, outputs, condition, rows.clone())
+    QueryInput::new(relation, outputs, condition, rows.clone(), relations.clone())
 }
 
 /// The rows the mechanism aggregates: a [`QueryInput`] evaluates, on every
@@ -743,6 +753,7 @@ fn build_plan(
     k: i64,
     l0: Option<u32>,
     rows: &RowFunctions,
+    relations: &RelationPlanner,
 ) -> Result<LogicalPlan> {
     let schema = c.relation.schema().clone();
     let gcols: Vec<String> = (0..c.groups.len()).map(|i| format!("__g{i}")).collect();
@@ -776,7 +787,7 @@ fn build_plan(
         let figure = figure(kind, &ty).ok_or_else(|| Error::Internal("measurement without value".into()))?;
         figures.push(Some((figure, col(format!("__a{j}").as_str()))));
     }
-    let input = query_input(c, outputs, rows)?;
+    let input = query_input(c, outputs, rows, relations)?;
     let group_keys: Vec<Expr> = gcols.iter().map(|g| col(g.as_str())).collect();
     let scan = LogicalPlanBuilder::scan("__input", provider_as_source(Arc::new(input)), None)?;
     // One row per unit, no sum wide enough for 128 bits and no ranking:
@@ -865,7 +876,10 @@ fn build_plan(
         bounded.push(f::least(vec![col("__rows"), lit(k)]).alias("__rows"));
         for (kind, v) in kinds.iter().zip(&value_cols) {
             let Some(v) = v else { continue };
-            let x = f::coalesce(vec![col(v.as_str()), lit(0i64)]);
+            // `coalesce` as the CASE it stands for: the mechanism's plan
+            // is not simplified before it runs (see `JobScope::execute_plan`),
+            // and DataFusion's `coalesce` runs only once simplified.
+            let x = when(col(v.as_str()).is_null(), lit(0i64)).otherwise(col(v.as_str()))?;
             let e = match kind {
                 Kind::Sum(_, lo, hi, _, _) => {
                     let lo_k = lo.saturating_mul(k).min(0);
