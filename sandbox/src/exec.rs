@@ -285,8 +285,10 @@ impl ExecutionPlan for TotalExec {
     fn properties(&self) -> &Arc<PlanProperties> {
         &self.properties
     }
+    /// Its columns are the programs' results, not its input's: an
+    /// ordering required of them must not be passed down by position.
     fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
+        vec![false]
     }
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         vec![&self.input]

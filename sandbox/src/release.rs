@@ -879,7 +879,7 @@ fn build_plan(
             // `coalesce` as the CASE it stands for: the mechanism's plan
             // is not simplified before it runs (see `JobScope::execute_plan`),
             // and DataFusion's `coalesce` runs only once simplified.
-            let x = when(col(v.as_str()).is_null(), lit(0i64)).otherwise(col(v.as_str()))?;
+            let x = when(col(v.as_str()).is_not_null(), col(v.as_str())).otherwise(lit(0i64))?;
             let e = match kind {
                 Kind::Sum(_, lo, hi, _, _) => {
                     let lo_k = lo.saturating_mul(k).min(0);

@@ -456,6 +456,17 @@ async fn dominated_and_estimable_sums_are_withheld() {
         w("b") <= 2 && w("d") <= 2,
         "balanced cells withheld: {withheld:?}"
     );
+    // Without GROUP BY the ranking of contributions sorts on a column of
+    // `TotalExec`; its ordering must not be passed to its input by
+    // position (planning failed, and the answer fell back to an empty
+    // input for every such query).
+    for sql in [
+        "SELECT SUM(val) AS total FROM firms",
+        "SELECT SUM(val) AS total, AVG(val) AS mean FROM firms",
+    ] {
+        let r = scope.query(sql).await.unwrap();
+        assert!(!r.fallback, "{sql}: released the fallback");
+    }
 }
 
 #[tokio::test]

@@ -172,6 +172,12 @@ impl Compiler<'_> {
                 };
                 Ok(self.push(node, DataType::Boolean))
             }
+            // DataFusion runs `coalesce` only once the simplifier has made
+            // it the CASE it stands for (its kernel always fails); compile
+            // that CASE.
+            Expr::ScalarFunction(f) if f.func.name() == "coalesce" => {
+                self.compile(&coalesce_as_case(&f.args)?)
+            }
             Expr::ScalarFunction(f) if self.rows.contains_key(f.func.name()) => {
                 let func = self
                     .rows
@@ -268,6 +274,27 @@ impl Compiler<'_> {
         )?;
         Ok(self.push(Node::Kernel { expr, schema, args }, ty))
     }
+}
+
+/// `coalesce(a, b, ..., z)` as `CASE WHEN a IS NOT NULL THEN a WHEN b IS
+/// NOT NULL THEN b ... ELSE z END` (the analyzer has given every argument
+/// one type).
+fn coalesce_as_case(args: &[Expr]) -> Result<Expr> {
+    let Some((last, first)) = args.split_last() else {
+        return Err(internal("coalesce without arguments"));
+    };
+    if first.is_empty() {
+        return Ok(last.clone());
+    }
+    let branches = first
+        .iter()
+        .map(|a| (Box::new(a.clone().is_not_null()), Box::new(a.clone())))
+        .collect();
+    Ok(Expr::Case(Case::new(
+        None,
+        branches,
+        Some(Box::new(last.clone())),
+    )))
 }
 
 impl Program {
@@ -690,6 +717,59 @@ mod tests {
         assert_eq!(out.null_count(), 4);
         let out = run(concat(vec![col("s"), lit("y".repeat(10))]));
         assert_eq!(out.null_count(), 0);
+    }
+
+    /// DataFusion's own `coalesce` kernel always fails (it expects the
+    /// simplifier to have replaced it): compiled as it stands, every row
+    /// was NULL.
+    #[test]
+    fn coalesce_takes_the_first_value_that_is_not_null() {
+        use datafusion::functions::expr_fn::coalesce;
+        let out = run(coalesce(vec![col("x"), lit(9i64)]));
+        let out = out.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        assert_eq!(
+            out.iter().collect::<Vec<_>>(),
+            vec![Some(1), Some(i64::MIN), Some(9), Some(-3)]
+        );
+        let out = run(coalesce(vec![col("s"), lit("none")]));
+        let out = out.as_string::<i32>();
+        assert_eq!(
+            out.iter().collect::<Vec<_>>(),
+            vec![Some("ab"), Some("cd"), Some("ef"), Some("none")]
+        );
+        let out = run(coalesce(vec![col("x")]));
+        assert_eq!(out.null_count(), 1);
+        // A failing argument is NULL on its row, and the next one is taken.
+        use datafusion::functions::expr_fn::abs;
+        let out = run(coalesce(vec![abs(col("x")), lit(0i64)]));
+        let out = out.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        assert_eq!(
+            out.iter().collect::<Vec<_>>(),
+            vec![Some(1), Some(0), Some(0), Some(3)]
+        );
+    }
+
+    /// DataFusion 55's functions whose kernel fails until the simplifier
+    /// has replaced them: none may be allowed unless compiled here as what
+    /// it stands for (as `coalesce` is).
+    #[test]
+    fn no_allowed_function_needs_the_simplifier() {
+        const SIMPLIFIED_ONLY: [&str; 7] = [
+            "nvl",
+            "ifnull",
+            "nvl2",
+            "arrow_cast",
+            "arrow_try_cast",
+            "cast_to_type",
+            "try_cast_to_type",
+        ];
+        for f in crate::policy::FUNCTIONS {
+            assert!(
+                !SIMPLIFIED_ONLY.contains(&f.name),
+                "{} is allowed but never runs",
+                f.name
+            );
+        }
     }
 
     #[test]
