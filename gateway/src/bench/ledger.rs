@@ -47,7 +47,7 @@ const ENTRIES_PER_JOB: u64 = 4;
 
 impl Job {
     fn next(&mut self) -> &str {
-        if self.entries % ENTRIES_PER_JOB == 0 {
+        if self.entries.is_multiple_of(ENTRIES_PER_JOB) {
             self.id = new_id("job");
         }
         self.entries += 1;

@@ -48,7 +48,7 @@ fn extreme_batch(n: usize, groups: i32, salt: usize) -> RecordBatch {
         Some(f64::MIN_POSITIVE),
     ];
     let g: Vec<Option<i32>> = (0..n)
-        .map(|i| ((i + salt) % 9 != 0).then_some(((i * 31 + salt) % groups as usize) as i32))
+        .map(|i| (!(i + salt).is_multiple_of(9)).then_some(((i * 31 + salt) % groups as usize) as i32))
         .collect();
     let x: Vec<Option<i64>> = (0..n).map(|i| xs[(i * 5 + salt) % xs.len()]).collect();
     let f: Vec<Option<f64>> = (0..n).map(|i| fs[(i * 3 + salt) % fs.len()]).collect();

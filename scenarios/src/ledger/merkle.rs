@@ -73,7 +73,7 @@ impl MerkleTree {
         }
         self.levels[0].push(leaf);
         let mut j = 0;
-        while self.levels[j].len() % 2 == 0 {
+        while self.levels[j].len().is_multiple_of(2) {
             let n = self.levels[j].len();
             let h = node_hash(&self.levels[j][n - 2], &self.levels[j][n - 1]);
             if self.levels.len() == j + 1 {
@@ -139,7 +139,7 @@ impl MerkleTree {
     /// multiple of every complete subtree size the recursion asks for.
     fn subtree(&self, start: u64, end: u64) -> Hash {
         let len = end - start;
-        if len.is_power_of_two() && start % len == 0 {
+        if len.is_power_of_two() && start.is_multiple_of(len) {
             let level = len.trailing_zeros() as usize;
             if let Some(h) = self.levels.get(level).and_then(|l| l.get((start / len) as usize)) {
                 return *h;
