@@ -503,26 +503,14 @@ impl StoreOps for Tx<'_> {
         let mut st = self
             .sql()
             .prepare("SELECT seq, hash, body FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
-        let rows = st.query_map(params![from as i64, limit.min(i64::MAX as u64) as i64], |r| {
-            Ok(StoredEntry {
-                seq: r.get::<_, i64>(0)? as u64,
-                hash: r.get(1)?,
-                body: r.get(2)?,
-            })
-        })?;
+        let rows = st.query_map(params![from as i64, sql_int(limit)], stored_entry)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
     fn ledger_for(&self, subject: &str) -> ServiceResult<Vec<StoredEntry>> {
         let mut st = self
             .sql()
             .prepare("SELECT seq, hash, body FROM ledger WHERE subject = ?1 ORDER BY seq")?;
-        let rows = st.query_map([subject], |r| {
-            Ok(StoredEntry {
-                seq: r.get::<_, i64>(0)? as u64,
-                hash: r.get(1)?,
-                body: r.get(2)?,
-            })
-        })?;
+        let rows = st.query_map([subject], stored_entry)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
     fn ledger_seq_of(&self, subject: &str, action: &str) -> ServiceResult<Option<u64>> {
@@ -539,7 +527,7 @@ impl StoreOps for Tx<'_> {
         let mut st = self
             .sql()
             .prepare_cached("SELECT seq, hash FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
-        let rows = st.query_map(params![from as i64, limit.min(i64::MAX as u64) as i64], |r| {
+        let rows = st.query_map(params![from as i64, sql_int(limit)], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
         })?;
         let mut out = Vec::new();
@@ -575,7 +563,7 @@ impl StoreOps for Tx<'_> {
         self.sql().execute(
             "INSERT OR IGNORE INTO published_checkpoints (size, published_at) VALUES (?1, ?2)",
             params![
-                size.min(i64::MAX as u64) as i64,
+                sql_int(size),
                 at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
             ],
         )?;
@@ -591,7 +579,7 @@ impl StoreOps for Tx<'_> {
         let n = self.sql().execute(
             "INSERT OR IGNORE INTO cosignatures (size, witness, line, cosigned_at) VALUES (?1, ?2, ?3, ?4)",
             params![
-                size.min(i64::MAX as u64) as i64,
+                sql_int(size),
                 witness,
                 line,
                 at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -603,19 +591,16 @@ impl StoreOps for Tx<'_> {
         let mut st = self
             .sql()
             .prepare_cached("SELECT line FROM cosignatures WHERE size = ?1 ORDER BY witness")?;
-        let rows = st.query_map(params![size.min(i64::MAX as u64) as i64], |r| {
-            r.get::<_, String>(0)
-        })?;
+        let rows = st.query_map(params![sql_int(size)], |r| r.get::<_, String>(0))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
     fn largest_cosigned(&self, from: u64, to: u64) -> ServiceResult<Option<u64>> {
         let mut st = self
             .sql()
             .prepare_cached("SELECT MAX(size) FROM cosignatures WHERE size >= ?1 AND size <= ?2")?;
-        let size = st.query_row(
-            params![from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64],
-            |r| r.get::<_, Option<i64>>(0),
-        )?;
+        let size = st.query_row(params![sql_int(from), sql_int(to)], |r| {
+            r.get::<_, Option<i64>>(0)
+        })?;
         Ok(size.map(|s| s as u64))
     }
     fn published_checkpoints(&self, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>> {
@@ -1276,21 +1261,32 @@ impl Store {
     }
 }
 
+/// A count or position as SQLite stores it: saturated at `i64::MAX`.
+pub(in crate::store) fn sql_int(x: u64) -> i64 {
+    i64::try_from(x).unwrap_or(i64::MAX)
+}
+
+/// A ledger row (`seq, hash, body`) as a [`StoredEntry`].
+fn stored_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEntry> {
+    Ok(StoredEntry {
+        seq: r.get::<_, i64>(0)? as u64,
+        hash: r.get(1)?,
+        body: r.get(2)?,
+    })
+}
+
 /// Checkpoints selected by `sql` (with `from` and `to` bound to `?1` and
 /// `?2`), on SQLite.
 fn checkpoint_rows_sql(c: &Tx<'_>, sql: &str, from: u64, to: u64) -> ServiceResult<Vec<SignedCheckpoint>> {
     let mut st = c.sql().prepare_cached(sql)?;
-    let rows = st.query_map(
-        params![from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64],
-        |r| {
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        },
-    )?;
+    let rows = st.query_map(params![sql_int(from), sql_int(to)], |r| {
+        Ok((
+            r.get::<_, i64>(0)? as u64,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
     let mut out = Vec::new();
     for row in rows {
         let (size, root, time, signature) = row?;

@@ -684,12 +684,18 @@ mod tests {
         p.eval(&batch()).unwrap()
     }
 
+    /// The values of an integer expression over [`batch`].
+    fn ints(e: Expr) -> Vec<Option<i64>> {
+        let out = run(e);
+        out.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .iter()
+            .collect()
+    }
+
     #[test]
     fn a_failing_row_is_null_and_the_others_are_computed() {
         use datafusion::functions::expr_fn::abs;
-        let out = run(abs(col("x")));
-        let out = out.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-        assert_eq!(out.iter().collect::<Vec<_>>(), vec![Some(1), None, None, Some(3)]);
+        assert_eq!(ints(abs(col("x"))), vec![Some(1), None, None, Some(3)]);
     }
 
     #[test]
@@ -699,12 +705,7 @@ mod tests {
         let e = when(col("x").eq(lit(1i64)), abs(col("x")))
             .otherwise(lit(7i64))
             .unwrap();
-        let out = run(e);
-        let out = out.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-        assert_eq!(
-            out.iter().collect::<Vec<_>>(),
-            vec![Some(1), Some(7), Some(7), Some(7)]
-        );
+        assert_eq!(ints(e), vec![Some(1), Some(7), Some(7), Some(7)]);
     }
 
     #[test]
@@ -725,10 +726,8 @@ mod tests {
     #[test]
     fn coalesce_takes_the_first_value_that_is_not_null() {
         use datafusion::functions::expr_fn::coalesce;
-        let out = run(coalesce(vec![col("x"), lit(9i64)]));
-        let out = out.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
         assert_eq!(
-            out.iter().collect::<Vec<_>>(),
+            ints(coalesce(vec![col("x"), lit(9i64)])),
             vec![Some(1), Some(i64::MIN), Some(9), Some(-3)]
         );
         let out = run(coalesce(vec![col("s"), lit("none")]));
@@ -741,10 +740,8 @@ mod tests {
         assert_eq!(out.null_count(), 1);
         // A failing argument is NULL on its row, and the next one is taken.
         use datafusion::functions::expr_fn::abs;
-        let out = run(coalesce(vec![abs(col("x")), lit(0i64)]));
-        let out = out.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
         assert_eq!(
-            out.iter().collect::<Vec<_>>(),
+            ints(coalesce(vec![abs(col("x")), lit(0i64)])),
             vec![Some(1), Some(0), Some(0), Some(3)]
         );
     }

@@ -9,7 +9,7 @@
 //! the old period's rows as they were, for the regulator and the auditors.
 
 use super::{append, from_json, to_json, NewEntry};
-use super::{StoreOps, Tx};
+use super::{sql_int, StoreOps, Tx};
 use crate::error::{ServiceError, ServiceResult};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -123,10 +123,6 @@ fn u(x: i64) -> u64 {
     x.max(0) as u64
 }
 
-fn i(x: u64) -> i64 {
-    i64::try_from(x).unwrap_or(i64::MAX)
-}
-
 /// The budget in three columns (epsilon, delta, rho) from `first` on.
 fn budget_at(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Budget> {
     Ok(Budget {
@@ -191,14 +187,14 @@ fn put_level(
             period as i64,
             l.level.as_str(),
             l.holder,
-            i(s.budget.epsilon.0),
-            i(s.budget.delta.0),
-            i(s.budget.rho.0),
-            i(s.epsilon_squares),
-            i(s.epsilon_drift),
-            own_cap.map(|c| i(c.epsilon.0)),
-            own_cap.map(|c| i(c.delta.0)),
-            own_cap.map(|c| i(c.rho.0)),
+            sql_int(s.budget.epsilon.0),
+            sql_int(s.budget.delta.0),
+            sql_int(s.budget.rho.0),
+            sql_int(s.epsilon_squares),
+            sql_int(s.epsilon_drift),
+            own_cap.map(|c| sql_int(c.epsilon.0)),
+            own_cap.map(|c| sql_int(c.delta.0)),
+            own_cap.map(|c| sql_int(c.rho.0)),
         ],
     )?;
     Ok(())
@@ -650,7 +646,7 @@ pub(in crate::store) fn add_verification_spent_sql(
            epsilon = MIN(epsilon + excluded.epsilon, 9223372036854775807),
            delta = MIN(delta + excluded.delta, 9223372036854775807),
            rho = MIN(rho + excluded.rho, 9223372036854775807)",
-        params![developer, scenario, i(cost.epsilon.0), i(cost.delta.0), i(cost.rho.0)],
+        params![developer, scenario, sql_int(cost.epsilon.0), sql_int(cost.delta.0), sql_int(cost.rho.0)],
     )?;
     Ok(())
 }
