@@ -20,6 +20,7 @@ use datafusion::common::DFSchema;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SessionState, TaskContext};
 use datafusion::logical_expr::{Expr, ScalarUDF, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
@@ -29,7 +30,7 @@ use scenarios::policy::{ScenarioSpec, TableGrant};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Size and modification time of a dataset file when it was registered. A
 /// file that no longer matches is refused: its version hash would lie.
@@ -515,6 +516,7 @@ impl DataPlane {
         }
         let relations = RelationPlanner::new(ctx.state());
         Ok(JobScope {
+            session: RwLock::new(Snapshot::of(&ctx)),
             ctx,
             relations,
             agreement_id: cfg.agreement_id,
@@ -577,6 +579,11 @@ pub struct Release {
 pub struct JobScope {
     /// The session with the desensitized views. Never handed out.
     ctx: SessionContext,
+    /// A snapshot of `ctx`'s state and a task context made from it, taken
+    /// when the scope opens and again when a row function is registered
+    /// (the only change a scope's session sees), so a query does not copy
+    /// the session's function registries to plan and run.
+    session: RwLock<Snapshot>,
     agreement_id: String,
     scenario: ScenarioSpec,
     tables: HashMap<String, TableInfo>,
@@ -594,6 +601,23 @@ pub struct JobScope {
     pool: Arc<crate::limits::NoisyPool>,
     /// Plans the tables a query reads (see [`RelationPlanner`]).
     relations: RelationPlanner,
+}
+
+/// A session's state, frozen, and the task context its plans run in.
+#[derive(Clone)]
+struct Snapshot {
+    state: Arc<SessionState>,
+    task: Arc<TaskContext>,
+}
+
+impl Snapshot {
+    fn of(ctx: &SessionContext) -> Snapshot {
+        let state = ctx.state();
+        Snapshot {
+            task: state.task_ctx(),
+            state: Arc::new(state),
+        }
+    }
 }
 
 impl std::fmt::Debug for JobScope {
@@ -634,7 +658,7 @@ impl JobScope {
     }
 
     fn name_free(&self, registered: &HashMap<String, Arc<dyn RowFunction>>, name: &str) -> Result<()> {
-        let state = self.ctx.state();
+        let state = self.snapshot()?.state;
         let taken = registered.contains_key(name)
             || state.scalar_functions().contains_key(name)
             || state.aggregate_functions().contains_key(name)
@@ -678,8 +702,20 @@ impl JobScope {
         self.name_free(&registered, &name)?;
         self.ctx
             .register_udf(ScalarUDF::new_from_impl(udf::GuestUdf::new(f.clone())));
+        *self
+            .session
+            .write()
+            .map_err(|_| Error::Internal("session snapshot poisoned".into()))? = Snapshot::of(&self.ctx);
         registered.insert(name, f);
         Ok(())
+    }
+
+    /// The session's current snapshot (see [`JobScope::session`]).
+    fn snapshot(&self) -> Result<Snapshot> {
+        self.session
+            .read()
+            .map(|s| s.clone())
+            .map_err(|_| Error::Internal("session snapshot poisoned".into()))
     }
 
     /// Checks `sql` against the scenario, charges the budget, runs it and
@@ -760,7 +796,7 @@ impl JobScope {
     /// (`crate::audit`), so what is audited is what queries run.
     pub(crate) async fn prepare(&self, sql: &str) -> Result<(release::Prepared, QueryLineage)> {
         let rules = &self.scenario.release;
-        let state = self.ctx.state();
+        let state = self.snapshot()?.state;
         let plan = state
             .create_logical_plan(sql)
             .await
@@ -845,17 +881,17 @@ impl JobScope {
     /// they are planned (projections reach the scans, joins take their
     /// keys).
     pub(crate) async fn execute_plan(&self, prepared: &release::Prepared) -> Result<Vec<RecordBatch>> {
-        let state = self.ctx.state();
+        let Snapshot { state, task } = self.snapshot()?;
         let analyzed = state
             .analyzer()
             .execute_and_check(prepared.plan.clone(), state.config_options(), |_, _| {})
             .map_err(df_error)?;
         let physical = state
             .query_planner()
-            .create_physical_plan(&analyzed, &state)
+            .create_physical_plan(&analyzed, state.as_ref())
             .await
             .map_err(df_error)?;
-        datafusion::physical_plan::collect(physical, state.task_ctx())
+        datafusion::physical_plan::collect(physical, task)
             .await
             .map_err(df_error)
     }
