@@ -8,13 +8,16 @@
 //! made protected sums 1.3-1.5x slower than raw DataFusion sums (issue 14's
 //! target is 1.05x). CPUs with AVX-512DQ convert eight values in one
 //! instruction, and AVX2 at least lets the clamping vectorize. Using them
-//! takes two kinds of `unsafe`, kept here and nowhere else:
+//! takes three kinds of `unsafe`, kept here and nowhere else:
 //!
 //! 1. calling a function compiled for CPU features after checking at run
-//!    time that the CPU has them, and
+//!    time that the CPU has them,
 //! 2. an unchecked float-to-integer conversion of a value already clamped
 //!    into a range where it cannot fail (the checked `as` conversion does
-//!    not vectorize).
+//!    not vectorize), and
+//! 3. a prefetch hint for the cache lines of an element of a slice a few
+//!    blocks ahead (the CPU's prefetcher stops at page boundaries; a hint
+//!    never faults and changes no result).
 //!
 //! Every version computes exactly what [`fixed_point`] computes, bit for
 //! bit; the tests compare them on extreme and random inputs.
@@ -232,7 +235,9 @@ fn add_all<const W: usize, T: Copy>(
     let whole = rows - rows % BLOCK;
     let (groups, tail_groups) = groups.split_at(whole);
     let (xs, tail_xs) = xs.split_at(whole);
-    for (gs, xs) in groups.chunks_exact(BLOCK).zip(xs.chunks_exact(BLOCK)) {
+    let all = xs;
+    for (b, (gs, xs)) in groups.chunks_exact(BLOCK).zip(xs.chunks_exact(BLOCK)).enumerate() {
+        prefetch_block(all, (b + AHEAD) * BLOCK);
         let mut v = [0i64; BLOCK];
         for (o, x) in v.iter_mut().zip(xs) {
             *o = figure(*x);
@@ -254,6 +259,46 @@ fn add_all<const W: usize, T: Copy>(
 /// Rows converted together before they are added (a multiple of
 /// [`LANES`]).
 const BLOCK: usize = 64;
+
+/// How far ahead of the block being added values are prefetched, in
+/// blocks (2 KiB of f64s).
+///
+/// The CPU's own prefetcher follows a stream only within a 4 KiB page, so
+/// a loop as fast as this one waits for memory at every page it enters;
+/// asking for the lines ahead of time hides that wait. Measured on the
+/// PUMS_x1000 benchmark (AVG and SUM by group, in memory): 1.05-1.06x and
+/// 0.95x of raw DataFusion without, 1.00x and 0.90x with.
+const AHEAD: usize = 4;
+
+/// Bytes in a cache line.
+const CACHE_LINE: usize = 64;
+
+/// Asks the CPU to bring the cache lines of `xs[at..at + BLOCK]` (what
+/// of it exists) into its cache. A hint only: the result of no
+/// computation changes, and the addresses are a function of positions,
+/// never of values.
+#[inline(always)]
+fn prefetch_block<T>(xs: &[T], at: usize) {
+    let lines = xs
+        .get(at..)
+        .unwrap_or_default()
+        .iter()
+        .take(BLOCK)
+        .step_by((CACHE_LINE / std::mem::size_of::<T>().max(1)).max(1));
+    for x in lines {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch reads nothing the program sees and never
+        // faults; the address is that of an element of `xs`.
+        #[allow(unsafe_code, reason = "a prefetch hint has no safe wrapper")]
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                std::ptr::from_ref(x).cast::<i8>(),
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = x;
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
