@@ -608,7 +608,9 @@ mod tests {
             -4611686018427387904.0,
             4611686018427388928.0,
         ]);
-        let xs: Vec<f64> = xs.iter().cycle().take(3 * BLOCK + 5).copied().collect();
+        // More blocks than the prefetch looks ahead, so its hints reach
+        // elements, and a tail.
+        let xs: Vec<f64> = xs.iter().cycle().take((AHEAD + 3) * BLOCK + 5).copied().collect();
         let l = FAST_LIMIT;
         let edges = [
             -l - 1,

@@ -9,6 +9,10 @@
 //!       granted table | INNER JOIN of granted tables on their privacy units
 //! ```
 //!
+//! Each JOIN's ON clause must equate the unit of the table it adds with the
+//! unit of a table before it; a unit equality between tables already joined
+//! would leave the new table joined to every row.
+//!
 //! Every column use is checked against the scenario's column control list
 //! (group, filter, aggregate, join), every expression against an allowlist
 //! of operators and functions that cannot fail on data, and every SUM/AVG
@@ -537,6 +541,13 @@ impl<'a> Checker<'a> {
                 let mut linked = false;
                 for c in conds {
                     if let Some((l, r)) = self.unit_equality(&c)? {
+                        if !crosses(&c, j.left.schema(), j.right.schema()) {
+                            return refuse(
+                                "each JOIN must link the table it adds: its ON clause may equate \
+                                 privacy units only between the joined table and a table before it \
+                                 (JOIN v ON v.unit = t.unit)",
+                            );
+                        }
                         rewritten.push(l.eq(r));
                         linked = true;
                     } else {
@@ -1255,6 +1266,24 @@ fn strip_alias(e: &Expr) -> &Expr {
         Expr::Alias(a) => strip_alias(&a.expr),
         other => other,
     }
+}
+
+/// True when `e` is an equality of a column of `left` with a column of
+/// `right`, in either order: a condition that links the two sides of a
+/// join, as opposed to one between tables already joined.
+fn crosses(e: &Expr, left: &DFSchema, right: &DFSchema) -> bool {
+    let Expr::BinaryExpr(BinaryExpr {
+        left: a,
+        op: Operator::Eq,
+        right: b,
+    }) = e
+    else {
+        return false;
+    };
+    let (Expr::Column(a), Expr::Column(b)) = (strip_cast(a), strip_cast(b)) else {
+        return false;
+    };
+    (left.has_column(a) && right.has_column(b)) || (left.has_column(b) && right.has_column(a))
 }
 
 fn strip_cast(e: &Expr) -> &Expr {

@@ -881,6 +881,18 @@ impl JobScope {
     /// they are planned (projections reach the scans, joins take their
     /// keys).
     pub(crate) async fn execute_plan(&self, prepared: &release::Prepared) -> Result<Vec<RecordBatch>> {
+        let (physical, task) = self.physical_plan(prepared).await?;
+        datafusion::physical_plan::collect(physical, task)
+            .await
+            .map_err(df_error)
+    }
+
+    /// The physical plan [`JobScope::execute_plan`] runs, and the task
+    /// context it runs in.
+    pub(crate) async fn physical_plan(
+        &self,
+        prepared: &release::Prepared,
+    ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)> {
         let Snapshot { state, task } = self.snapshot()?;
         let analyzed = state
             .analyzer()
@@ -891,9 +903,7 @@ impl JobScope {
             .create_physical_plan(&analyzed, state.as_ref())
             .await
             .map_err(df_error)?;
-        datafusion::physical_plan::collect(physical, task)
-            .await
-            .map_err(df_error)
+        Ok((physical, task))
     }
 }
 

@@ -260,6 +260,73 @@ async fn whole_table_counts_read_from_the_length_are_the_plans_and_only_where_no
     }
 }
 
+/// The tables under a query are planned with two optimizer rules only
+/// (`exec::RelationPlanner`): a join on the units still runs as a hash
+/// join on them, not as a nested loop, and each view reads only the
+/// columns the query uses.
+#[tokio::test]
+async fn relations_join_on_their_units_and_read_only_what_the_query_uses() {
+    let all = || crate::desensitize::UnitFilter::default();
+    let s = open(vec![
+        table("t", people(false), &["pid", "x"], all()),
+        table("u", people(false), &["pid", "x"], all()),
+    ])
+    .await;
+    for sql in [
+        "SELECT COUNT(*) AS n FROM t JOIN u ON t.pid = u.pid WHERE t.x > 3",
+        "SELECT COUNT(*) AS n FROM t AS a JOIN u AS b ON b.pid = a.pid WHERE a.x > 3",
+        "SELECT COUNT(*) AS n FROM t JOIN u USING (pid) WHERE t.x > 3",
+    ] {
+        let (prepared, _) = s.prepare(sql).await.unwrap();
+        let (plan, _) = s.physical_plan(&prepared).await.unwrap();
+        let text = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string();
+        assert!(text.contains("HashJoinExec"), "{sql}\n{text}");
+        assert!(!text.contains("NestedLoopJoinExec"), "{sql}\n{text}");
+        // Only `t`'s view reads `x`; `u`'s reads its unit alone.
+        let reading_x = text.lines().filter(|l| l.contains("x := x")).count();
+        assert_eq!(reading_x, 1, "{sql}\n{text}");
+        let n = only_i64(&s.execute_plan(&prepared).await.unwrap());
+        assert_eq!(n, vec![N as i64 - 4], "{sql}");
+    }
+}
+
+/// Each JOIN links the table it adds to the tables before it: a unit
+/// equality between two tables already joined does not (it would leave
+/// the new table joined to every row, so one of its rows would count once
+/// for every row of the others). Found by review.
+#[tokio::test]
+async fn a_join_must_link_the_table_it_adds() {
+    let all = || crate::desensitize::UnitFilter::default();
+    let s = open(vec![
+        table("t", people(false), &["pid", "x"], all()),
+        table("u", people(false), &["pid", "x"], all()),
+        table("v", people(false), &["pid", "x"], all()),
+    ])
+    .await;
+    for sql in [
+        "SELECT COUNT(*) AS n FROM t JOIN u ON t.pid = u.pid JOIN v ON t.pid = u.pid",
+        "SELECT COUNT(*) AS n FROM t JOIN u ON t.pid = u.pid JOIN v ON u.pid = t.pid AND v.x > 1",
+        // A link and, beside it, an equality of two tables already joined.
+        "SELECT COUNT(*) AS n FROM t JOIN u ON t.pid = u.pid JOIN v ON t.pid = v.pid AND t.pid = u.pid",
+    ] {
+        let e = s.prepare(sql).await.map(|_| ()).unwrap_err();
+        assert!(matches!(e, crate::Error::PolicyViolation(_)), "{sql}: {e}");
+        assert!(e.to_string().contains("link"), "{sql}: {e}");
+    }
+    // A chain or a star of links is fine, and counts each unit once.
+    for sql in [
+        "SELECT COUNT(*) AS n FROM t JOIN u ON t.pid = u.pid JOIN v ON u.pid = v.pid",
+        "SELECT COUNT(*) AS n FROM t JOIN u ON t.pid = u.pid JOIN v ON v.pid = t.pid",
+        "SELECT COUNT(*) AS n FROM t JOIN u USING (pid) JOIN v USING (pid)",
+    ] {
+        let (prepared, _) = s.prepare(sql).await.unwrap();
+        let n = only_i64(&s.execute_plan(&prepared).await.unwrap());
+        assert_eq!(n, vec![N as i64], "{sql}");
+    }
+}
+
 // ---------------------------------------------------------------------
 // Declared-complete float columns of tables no registration checked.
 
