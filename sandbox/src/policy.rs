@@ -621,10 +621,24 @@ impl<'a> Checker<'a> {
     /// Resolves a column to its table and name.
     fn resolve(&self, c: &Column) -> Result<(&'a TableInfo, String)> {
         let table_use = match &c.relation {
-            Some(q) => self
-                .uses
-                .iter()
-                .find(|u| &u.qualifier == q || u.qualifier.table() == q.table()),
+            // The use the planner resolved the column to: the one whose
+            // qualifier is the column's, else the only one whose table part
+            // is (a column must never be checked against another table's
+            // grants, found by review).
+            Some(q) => match self.uses.iter().find(|u| &u.qualifier == q) {
+                Some(u) => Some(u),
+                None => {
+                    let mut found = self.uses.iter().filter(|u| u.qualifier.table() == q.table());
+                    let first = found.next();
+                    if found.next().is_some() {
+                        return Err(Error::InvalidQuery(format!(
+                            "column `{}` is ambiguous; qualify it with its table's alias",
+                            c.name
+                        )));
+                    }
+                    first
+                }
+            },
             None => {
                 let mut found = self.uses.iter().filter(|u| {
                     self.tables

@@ -315,6 +315,21 @@ async fn a_join_must_link_the_table_it_adds() {
         assert!(matches!(e, crate::Error::PolicyViolation(_)), "{sql}: {e}");
         assert!(e.to_string().contains("link"), "{sql}: {e}");
     }
+    // A column is checked against the table the planner resolved it to,
+    // never another table whose name has the same last part: here `t.pid`
+    // is `v`'s unit, of another kind than `u`'s (found by review).
+    let mut other_kind = table("v", people(false), &["pid", "x"], all());
+    other_kind.spec.unit_kind = Some("household".into());
+    let s2 = open(vec![
+        table("t", people(false), &["pid", "x"], all()),
+        table("u", people(false), &["pid", "x"], all()),
+        other_kind,
+    ])
+    .await;
+    let sql =
+        "SELECT COUNT(*) AS n FROM (public.t JOIN u ON public.t.pid = u.pid) JOIN v AS t ON u.pid = x.t.pid";
+    let e = s2.prepare(sql).await.map(|_| ()).unwrap_err();
+    assert!(e.to_string().contains("same kind of privacy unit"), "{e}");
     // A chain or a star of links is fine, and counts each unit once.
     for sql in [
         "SELECT COUNT(*) AS n FROM t JOIN u ON t.pid = u.pid JOIN v ON u.pid = v.pid",
