@@ -503,7 +503,7 @@ impl StoreOps for Tx<'_> {
         let mut st = self
             .sql()
             .prepare("SELECT seq, hash, body FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
-        let rows = st.query_map(params![from as i64, sql_int(limit)], stored_entry)?;
+        let rows = st.query_map(params![sql_int(from), sql_int(limit)], stored_entry)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
     fn ledger_for(&self, subject: &str) -> ServiceResult<Vec<StoredEntry>> {
@@ -527,7 +527,7 @@ impl StoreOps for Tx<'_> {
         let mut st = self
             .sql()
             .prepare_cached("SELECT seq, hash FROM ledger WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
-        let rows = st.query_map(params![from as i64, sql_int(limit)], |r| {
+        let rows = st.query_map(params![sql_int(from), sql_int(limit)], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
         })?;
         let mut out = Vec::new();
@@ -1841,6 +1841,11 @@ mod tests {
         assert_eq!(store.ledger_size().unwrap(), 2);
         assert_eq!(store.cosignatures(1).unwrap(), ["line"]);
         assert_eq!(store.ledger(0, 1).unwrap()[0].seq, 0);
+        // A start past i64::MAX reads nothing (it once wrapped to a
+        // negative number and read from the first entry).
+        assert!(store.ledger(u64::MAX, 10).unwrap().is_empty());
+        assert!(store.ledger(1 << 63, 10).unwrap().is_empty());
+        assert!(store.ledger_hashes(u64::MAX, 10).unwrap().is_empty());
         assert_eq!(store.checkpoints(0, u64::MAX).unwrap(), vec![cp.clone()]);
         assert_eq!(store.published_checkpoints(0, u64::MAX).unwrap(), vec![cp]);
         // Acknowledged writes were flushed: at least one flush, never more
