@@ -627,30 +627,16 @@ impl<'a> Checker<'a> {
             // grants, found by review).
             Some(q) => match self.uses.iter().find(|u| &u.qualifier == q) {
                 Some(u) => Some(u),
-                None => {
-                    let mut found = self.uses.iter().filter(|u| u.qualifier.table() == q.table());
-                    let first = found.next();
-                    if found.next().is_some() {
-                        return Err(Error::InvalidQuery(format!(
-                            "column `{}` is ambiguous; qualify it with its table's alias",
-                            c.name
-                        )));
-                    }
-                    first
-                }
+                None => only(self.uses.iter().filter(|u| u.qualifier.table() == q.table()), c)?,
             },
-            None => {
-                let mut found = self.uses.iter().filter(|u| {
+            None => only(
+                self.uses.iter().filter(|u| {
                     self.tables
                         .get(&u.table)
                         .is_some_and(|t| t.view_schema.field_with_name(&c.name).is_ok())
-                });
-                let first = found.next();
-                if found.next().is_some() {
-                    return Err(Error::InvalidQuery(format!("column `{}` is ambiguous", c.name)));
-                }
-                first
-            }
+                }),
+                c,
+            )?,
         };
         let table_use = table_use.ok_or_else(|| {
             Error::InvalidQuery(format!(
@@ -668,15 +654,7 @@ impl<'a> Checker<'a> {
     /// If `e` is `a.unit = b.unit` across two tables whose units are of the
     /// same kind, returns the equality on the hidden unit columns.
     fn unit_equality(&self, e: &Expr) -> Result<Option<(Expr, Expr)>> {
-        let Expr::BinaryExpr(BinaryExpr {
-            left,
-            op: Operator::Eq,
-            right,
-        }) = e
-        else {
-            return Ok(None);
-        };
-        let (Expr::Column(lc), Expr::Column(rc)) = (strip_cast(left), strip_cast(right)) else {
+        let Some((lc, rc)) = column_equality(e) else {
             return Ok(None);
         };
         let (lt, ln) = self.resolve(lc)?;
@@ -1282,22 +1260,42 @@ fn strip_alias(e: &Expr) -> &Expr {
     }
 }
 
+/// The one table use of `found`, if any: a column that more than one
+/// could hold is ambiguous.
+fn only<'u>(mut found: impl Iterator<Item = &'u TableUse>, c: &Column) -> Result<Option<&'u TableUse>> {
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(Error::InvalidQuery(format!(
+            "column `{}` is ambiguous; qualify it with its table's alias",
+            c.name
+        )));
+    }
+    Ok(first)
+}
+
 /// True when `e` is an equality of a column of `left` with a column of
 /// `right`, in either order: a condition that links the two sides of a
 /// join, as opposed to one between tables already joined.
 fn crosses(e: &Expr, left: &DFSchema, right: &DFSchema) -> bool {
+    column_equality(e).is_some_and(|(a, b)| {
+        (left.has_column(a) && right.has_column(b)) || (left.has_column(b) && right.has_column(a))
+    })
+}
+
+/// The two columns of `a = b`, casts aside, when `e` is one.
+fn column_equality(e: &Expr) -> Option<(&Column, &Column)> {
     let Expr::BinaryExpr(BinaryExpr {
-        left: a,
+        left,
         op: Operator::Eq,
-        right: b,
+        right,
     }) = e
     else {
-        return false;
+        return None;
     };
-    let (Expr::Column(a), Expr::Column(b)) = (strip_cast(a), strip_cast(b)) else {
-        return false;
-    };
-    (left.has_column(a) && right.has_column(b)) || (left.has_column(b) && right.has_column(a))
+    match (strip_cast(left), strip_cast(right)) {
+        (Expr::Column(a), Expr::Column(b)) => Some((a, b)),
+        _ => None,
+    }
 }
 
 fn strip_cast(e: &Expr) -> &Expr {

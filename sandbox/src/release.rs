@@ -876,10 +876,9 @@ fn build_plan(
         bounded.push(f::least(vec![col("__rows"), lit(k)]).alias("__rows"));
         for (kind, v) in kinds.iter().zip(&value_cols) {
             let Some(v) = v else { continue };
-            // `coalesce` as the CASE it stands for: the mechanism's plan
-            // is not simplified before it runs (see `JobScope::execute_plan`),
-            // and DataFusion's `coalesce` runs only once simplified.
-            let x = when(col(v.as_str()).is_not_null(), col(v.as_str())).otherwise(lit(0i64))?;
+            // The mechanism's plan is not simplified before it runs (see
+            // `JobScope::execute_plan`).
+            let x = crate::total::coalesce_as_case(&[col(v.as_str()), lit(0i64)])?;
             let e = match kind {
                 Kind::Sum(_, lo, hi, _, _) => {
                     let lo_k = lo.saturating_mul(k).min(0);

@@ -278,8 +278,10 @@ impl Compiler<'_> {
 
 /// `coalesce(a, b, ..., z)` as `CASE WHEN a IS NOT NULL THEN a WHEN b IS
 /// NOT NULL THEN b ... ELSE z END` (the analyzer has given every argument
-/// one type).
-fn coalesce_as_case(args: &[Expr]) -> Result<Expr> {
+/// one type). DataFusion runs its own `coalesce` only once the simplifier
+/// has made it this CASE, so plans that are not simplified (a user's
+/// expressions here, the mechanism's own plan in `release`) write it.
+pub(crate) fn coalesce_as_case(args: &[Expr]) -> Result<Expr> {
     let Some((last, first)) = args.split_last() else {
         return Err(internal("coalesce without arguments"));
     };

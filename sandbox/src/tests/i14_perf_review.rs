@@ -150,6 +150,15 @@ fn table(
     }
 }
 
+/// Tables named `names`, each of all [`N`] people, complete, nothing
+/// removed.
+fn everyone(names: &[&str]) -> Vec<TableVersion> {
+    names
+        .iter()
+        .map(|n| table(n, people(false), &["pid", "x"], Default::default()))
+        .collect()
+}
+
 /// A scope over `tables`, each granted `x` (group, filter, aggregate in
 /// [0, 100]) and `pid`.
 async fn open(tables: Vec<TableVersion>) -> JobScope {
@@ -204,7 +213,7 @@ fn only_i64(batches: &[RecordBatch]) -> Vec<i64> {
 #[tokio::test]
 async fn whole_table_counts_read_from_the_length_are_the_plans_and_only_where_nothing_is_removed() {
     let all = || crate::desensitize::UnitFilter::default();
-    let s = open(vec![table("t", people(false), &["pid", "x"], all())]).await;
+    let s = open(everyone(&["t"])).await;
     for sql in [
         "SELECT COUNT(*) AS n FROM t",
         "SELECT COUNT(*) AS n, COUNT(DISTINCT pid) AS u, COUNT(x) AS c FROM t",
@@ -227,11 +236,7 @@ async fn whole_table_counts_read_from_the_length_are_the_plans_and_only_where_no
     assert_eq!(s.exact_rows("t"), Some(N as u64));
 
     // Two tables joined on the unit: never one table's length.
-    let s = open(vec![
-        table("t", people(false), &["pid", "x"], all()),
-        table("u", people(false), &["pid", "x"], all()),
-    ])
-    .await;
+    let s = open(everyone(&["t", "u"])).await;
     let (prepared, _) = s
         .prepare("SELECT COUNT(*) AS n FROM t JOIN u ON t.pid = u.pid")
         .await
@@ -266,12 +271,7 @@ async fn whole_table_counts_read_from_the_length_are_the_plans_and_only_where_no
 /// columns the query uses.
 #[tokio::test]
 async fn relations_join_on_their_units_and_read_only_what_the_query_uses() {
-    let all = || crate::desensitize::UnitFilter::default();
-    let s = open(vec![
-        table("t", people(false), &["pid", "x"], all()),
-        table("u", people(false), &["pid", "x"], all()),
-    ])
-    .await;
+    let s = open(everyone(&["t", "u"])).await;
     for sql in [
         "SELECT COUNT(*) AS n FROM t JOIN u ON t.pid = u.pid WHERE t.x > 3",
         "SELECT COUNT(*) AS n FROM t AS a JOIN u AS b ON b.pid = a.pid WHERE a.x > 3",
@@ -298,13 +298,7 @@ async fn relations_join_on_their_units_and_read_only_what_the_query_uses() {
 /// for every row of the others). Found by review.
 #[tokio::test]
 async fn a_join_must_link_the_table_it_adds() {
-    let all = || crate::desensitize::UnitFilter::default();
-    let s = open(vec![
-        table("t", people(false), &["pid", "x"], all()),
-        table("u", people(false), &["pid", "x"], all()),
-        table("v", people(false), &["pid", "x"], all()),
-    ])
-    .await;
+    let s = open(everyone(&["t", "u", "v"])).await;
     for sql in [
         "SELECT COUNT(*) AS n FROM t JOIN u ON t.pid = u.pid JOIN v ON t.pid = u.pid",
         "SELECT COUNT(*) AS n FROM t JOIN u ON t.pid = u.pid JOIN v ON u.pid = t.pid AND v.x > 1",
@@ -318,14 +312,11 @@ async fn a_join_must_link_the_table_it_adds() {
     // A column is checked against the table the planner resolved it to,
     // never another table whose name has the same last part: here `t.pid`
     // is `v`'s unit, of another kind than `u`'s (found by review).
-    let mut other_kind = table("v", people(false), &["pid", "x"], all());
-    other_kind.spec.unit_kind = Some("household".into());
-    let s2 = open(vec![
-        table("t", people(false), &["pid", "x"], all()),
-        table("u", people(false), &["pid", "x"], all()),
-        other_kind,
-    ])
-    .await;
+    let mut tables = everyone(&["t", "u", "v"]);
+    if let Some(v) = tables.last_mut() {
+        v.spec.unit_kind = Some("household".into());
+    }
+    let s2 = open(tables).await;
     let sql =
         "SELECT COUNT(*) AS n FROM (public.t JOIN u ON public.t.pid = u.pid) JOIN v AS t ON u.pid = x.t.pid";
     let e = s2.prepare(sql).await.map(|_| ()).unwrap_err();
